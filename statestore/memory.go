@@ -1,0 +1,245 @@
+package statestore
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// janitorInterval is how often Memory sweeps expired entries. Expiry is also
+// checked on every access, so the sweep only bounds memory use.
+const janitorInterval = time.Second
+
+// Memory is an in-process Store with the same semantics as Redis. It suits a
+// single process (the zero-setup default); state and locks are not shared
+// with other processes. It is safe for concurrent use.
+type Memory struct {
+	now func() time.Time
+
+	mu     sync.Mutex
+	closed bool
+	values map[string]memValue
+	locks  map[string]memLock
+	fences map[string]int64 // never deleted, like the Redis counter
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+type memValue struct {
+	data    []byte
+	expires time.Time
+}
+
+type memLock struct {
+	owner   string
+	expires time.Time
+}
+
+var _ Store = (*Memory)(nil)
+
+// NewMemory returns an empty in-process Store. It starts a janitor goroutine
+// that removes expired entries; Close stops it.
+func NewMemory() *Memory {
+	m := &Memory{
+		now:    time.Now,
+		values: make(map[string]memValue),
+		locks:  make(map[string]memLock),
+		fences: make(map[string]int64),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go m.janitor()
+	return m
+}
+
+func (m *Memory) janitor() {
+	defer close(m.done)
+	t := time.NewTicker(janitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			m.sweep()
+		}
+	}
+}
+
+// sweep deletes every expired value and lock.
+func (m *Memory) sweep() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for k, v := range m.values {
+		if !now.Before(v.expires) {
+			delete(m.values, k)
+		}
+	}
+	for k, l := range m.locks {
+		if !now.Before(l.expires) {
+			delete(m.locks, k)
+		}
+	}
+}
+
+// begin locks m and reports whether it is usable; the caller must unlock.
+func (m *Memory) begin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return errClosed
+	}
+	return nil
+}
+
+// Put implements Store.
+func (m *Memory) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := validate(key, ttl, true); err != nil {
+		return err
+	}
+	if err := m.begin(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	now := m.now()
+	if v, ok := m.values[key]; ok && now.Before(v.expires) {
+		return ErrExists
+	}
+	m.values[key] = memValue{data: clone(value), expires: now.Add(ttl)}
+	return nil
+}
+
+// Take implements Store.
+func (m *Memory) Take(ctx context.Context, key string) ([]byte, error) {
+	if err := validate(key, 0, false); err != nil {
+		return nil, err
+	}
+	if err := m.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	v, ok := m.values[key]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	delete(m.values, key)
+	if !m.now().Before(v.expires) {
+		return nil, ErrNotFound
+	}
+	return v.data, nil
+}
+
+// Lock implements Store.
+func (m *Memory) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
+	if err := validate(key, ttl, true); err != nil {
+		return nil, err
+	}
+	if err := m.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	now := m.now()
+	if l, ok := m.locks[key]; ok && now.Before(l.expires) {
+		return nil, ErrLocked
+	}
+	owner := rand.Text()
+	m.locks[key] = memLock{owner: owner, expires: now.Add(ttl)}
+	m.fences[key]++
+	return &memLease{m: m, key: key, owner: owner, fence: m.fences[key]}, nil
+}
+
+// WaitUnlocked implements Store by polling, like Redis.
+func (m *Memory) WaitUnlocked(ctx context.Context, key string) error {
+	if err := validate(key, 0, false); err != nil {
+		return err
+	}
+	return waitUntil(ctx, func(ctx context.Context) (bool, error) {
+		if err := m.begin(ctx); err != nil {
+			return false, err
+		}
+		defer m.mu.Unlock()
+		l, ok := m.locks[key]
+		return !ok || !m.now().Before(l.expires), nil
+	})
+}
+
+// Ping implements Store; it fails only after Close.
+func (m *Memory) Ping(ctx context.Context) error {
+	if err := m.begin(ctx); err != nil {
+		return err
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// Close stops the janitor and drops all state. It is safe to call more than once.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.values, m.locks = nil, nil
+	m.mu.Unlock()
+	close(m.stop)
+	<-m.done
+	return nil
+}
+
+// memLease is a lock held in a Memory store.
+type memLease struct {
+	m     *Memory
+	key   string
+	owner string
+	fence int64
+}
+
+func (l *memLease) Token() int64 { return l.fence }
+
+// held reports whether the lease still owns its lock; m.mu must be held.
+func (l *memLease) held() bool {
+	cur, ok := l.m.locks[l.key]
+	return ok && cur.owner == l.owner && l.m.now().Before(cur.expires)
+}
+
+func (l *memLease) Release(ctx context.Context) error {
+	if err := l.m.begin(ctx); err != nil {
+		return err
+	}
+	defer l.m.mu.Unlock()
+	if !l.held() {
+		return ErrLeaseLost
+	}
+	delete(l.m.locks, l.key)
+	return nil
+}
+
+func (l *memLease) Extend(ctx context.Context, ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("statestore: ttl %v must be positive", ttl)
+	}
+	if err := l.m.begin(ctx); err != nil {
+		return err
+	}
+	defer l.m.mu.Unlock()
+	if !l.held() {
+		return ErrLeaseLost
+	}
+	l.m.locks[l.key] = memLock{owner: l.owner, expires: l.m.now().Add(ttl)}
+	return nil
+}
+
+func clone(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return append([]byte(nil), b...)
+}

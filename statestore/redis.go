@@ -1,0 +1,347 @@
+package statestore
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis is a Store backed by Redis through a go-redis UniversalClient, so it
+// works with a single node, Sentinel and Cluster alike. It is safe for
+// concurrent use by many goroutines and many processes sharing one Redis.
+//
+// Key layout, all under the configured prefix:
+//
+//	<prefix>kv:<key>                values written by Put
+//	<prefix>lock:{<key>}            lock holder's random token, with the lease TTL
+//	<prefix>lock:{<key>}:fence      fencing counter (INCR), kept without TTL
+//
+// The braces put a lock and its fencing counter in one Cluster hash slot so
+// one Lua script can touch both. The fencing counter is never deleted: it is
+// what keeps tokens increasing after every lease has expired.
+type Redis struct {
+	client redis.UniversalClient
+	prefix string
+	owned  bool
+}
+
+var _ Store = (*Redis)(nil)
+
+// lockScript takes the lock only if free and, in the same atomic step, draws
+// the next fencing token, so no two holders ever see the same token.
+var lockScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+`)
+
+// releaseScript deletes the lock only if it still carries the caller's
+// token: a stale holder must not free a lock someone else now holds.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// extendScript resets the lock's TTL only if it still carries the caller's token.
+var extendScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+// NewRedis returns a Store using client, with every key prefixed by prefix
+// (for example "mcpauth:"). The caller keeps ownership of client: Close does
+// not close it.
+func NewRedis(client redis.UniversalClient, prefix string) *Redis {
+	return &Redis{client: client, prefix: prefix}
+}
+
+// NewRedisFromURL returns a Store connected as rawURL says; Close closes its
+// client. Supported forms (go-redis option names as query parameters, such as
+// dial_timeout=2s, read_timeout=1s, pool_size=20, max_retries=2):
+//
+//	redis://[user:password@]host:port[/db]            one node
+//	rediss://...                                      one node over TLS
+//	unix://[user:password@]/path/to/redis.sock[?db=N] one node over a Unix socket
+//	redis+cluster://[user:password@]host:port?addr=host2:port&addr=...   Cluster (rediss+cluster for TLS)
+//	redis+sentinel://[user:password@]host:port[/db]?master_name=NAME[&addr=host2:port...]
+//	    [&sentinel_username=U&sentinel_password=P]    Sentinel (rediss+sentinel for TLS)
+//
+// For Sentinel the URL's hosts are the sentinels and the userinfo
+// authenticates to the master. Keys get the prefix given by the query
+// parameter "prefix" (removed before the URL reaches go-redis), default
+// "mcpauth:".
+func NewRedisFromURL(rawURL string) (*Redis, error) {
+	prefix := "mcpauth:"
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// The URL may carry a password: do not echo it.
+		return nil, errors.New("statestore: redis URL does not parse")
+	}
+	q := u.Query()
+	if q.Has("prefix") {
+		prefix = q.Get("prefix")
+		q.Del("prefix")
+		u.RawQuery = q.Encode()
+	}
+	var client redis.UniversalClient
+	switch u.Scheme {
+	case "redis", "rediss", "unix":
+		opts, err := redis.ParseURL(u.String())
+		if err != nil {
+			return nil, fmt.Errorf("statestore: redis URL: %w", redactURLError(err))
+		}
+		client = redis.NewClient(opts)
+	case "redis+cluster", "rediss+cluster":
+		u.Scheme = strings.TrimSuffix(u.Scheme, "+cluster")
+		opts, err := redis.ParseClusterURL(u.String())
+		if err != nil {
+			return nil, fmt.Errorf("statestore: redis cluster URL: %w", redactURLError(err))
+		}
+		client = redis.NewClusterClient(opts)
+	case "redis+sentinel", "rediss+sentinel":
+		opts, err := parseSentinelURL(u)
+		if err != nil {
+			return nil, err
+		}
+		client = redis.NewFailoverClient(opts)
+	default:
+		return nil, fmt.Errorf("statestore: unsupported redis URL scheme %q", u.Scheme)
+	}
+	r := NewRedis(client, prefix)
+	r.owned = true
+	return r, nil
+}
+
+// redactURLError drops go-redis URL errors that could quote the URL; the
+// messages it produces for query parameters name only the parameter.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return errors.New("malformed URL")
+	}
+	return err
+}
+
+// parseSentinelURL builds Sentinel options from a redis+sentinel URL.
+func parseSentinelURL(u *url.URL) (*redis.FailoverOptions, error) {
+	opts := &redis.FailoverOptions{}
+	if u.Host == "" {
+		return nil, errors.New("statestore: sentinel URL needs a host")
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		host, port = u.Host, "26379"
+	}
+	opts.SentinelAddrs = append(opts.SentinelAddrs, net.JoinHostPort(host, port))
+	if u.User != nil {
+		opts.Username = u.User.Username()
+		opts.Password, _ = u.User.Password()
+	}
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		db, err := strconv.Atoi(p)
+		if err != nil || db < 0 {
+			return nil, errors.New("statestore: sentinel URL: path must be a database number")
+		}
+		opts.DB = db
+	}
+	if strings.HasPrefix(u.Scheme, "rediss") {
+		opts.TLSConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	}
+	for name, values := range u.Query() {
+		v := values[len(values)-1]
+		var err error
+		switch name {
+		case "master_name":
+			opts.MasterName = v
+		case "addr":
+			for _, a := range values {
+				if _, _, err := net.SplitHostPort(a); err != nil {
+					return nil, fmt.Errorf("statestore: sentinel URL: addr %q needs host:port", a)
+				}
+				opts.SentinelAddrs = append(opts.SentinelAddrs, a)
+			}
+		case "sentinel_username":
+			opts.SentinelUsername = v
+		case "sentinel_password":
+			opts.SentinelPassword = v
+		case "db":
+			opts.DB, err = strconv.Atoi(v)
+		case "dial_timeout":
+			opts.DialTimeout, err = parseDuration(v)
+		case "read_timeout":
+			opts.ReadTimeout, err = parseDuration(v)
+		case "write_timeout":
+			opts.WriteTimeout, err = parseDuration(v)
+		case "pool_timeout":
+			opts.PoolTimeout, err = parseDuration(v)
+		case "pool_size":
+			opts.PoolSize, err = strconv.Atoi(v)
+		case "max_retries":
+			opts.MaxRetries, err = strconv.Atoi(v)
+		case "replica_only":
+			opts.ReplicaOnly, err = strconv.ParseBool(v)
+		default:
+			return nil, fmt.Errorf("statestore: sentinel URL: unknown parameter %q", name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("statestore: sentinel URL: parameter %q: invalid value", name)
+		}
+	}
+	if opts.MasterName == "" {
+		return nil, errors.New("statestore: sentinel URL needs master_name")
+	}
+	return opts, nil
+}
+
+// parseDuration accepts a Go duration or, as go-redis does, plain seconds.
+func parseDuration(v string) (time.Duration, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	return time.ParseDuration(v)
+}
+
+func (r *Redis) kvKey(key string) string   { return r.prefix + "kv:" + key }
+func (r *Redis) lockKey(key string) string { return r.prefix + "lock:{" + key + "}" }
+func (r *Redis) fenceKey(key string) string {
+	return r.prefix + "lock:{" + key + "}:fence"
+}
+
+// Put implements Store with SET NX PX.
+func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := validate(key, ttl, true); err != nil {
+		return err
+	}
+	ok, err := r.client.SetNX(ctx, r.kvKey(key), value, roundTTL(ttl)).Result()
+	if err != nil {
+		return wrap("put", err)
+	}
+	if !ok {
+		return ErrExists
+	}
+	return nil
+}
+
+// Take implements Store with GETDEL, which is atomic: of concurrent takers on
+// any number of replicas, exactly one receives the value.
+func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
+	if err := validate(key, 0, false); err != nil {
+		return nil, err
+	}
+	v, err := r.client.GetDel(ctx, r.kvKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, wrap("take", err)
+	}
+	return v, nil
+}
+
+// Lock implements Store: SET NX PX with a random token and INCR of the
+// fencing counter run in one Lua script.
+func (r *Redis) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
+	if err := validate(key, ttl, true); err != nil {
+		return nil, err
+	}
+	token := rand.Text()
+	fence, err := lockScript.Run(ctx, r.client,
+		[]string{r.lockKey(key), r.fenceKey(key)},
+		token, roundTTL(ttl).Milliseconds()).Int64()
+	if err != nil {
+		return nil, wrap("lock", err)
+	}
+	if fence == 0 {
+		return nil, ErrLocked
+	}
+	return &redisLease{r: r, key: r.lockKey(key), owner: token, fence: fence}, nil
+}
+
+// WaitUnlocked implements Store by polling EXISTS.
+func (r *Redis) WaitUnlocked(ctx context.Context, key string) error {
+	if err := validate(key, 0, false); err != nil {
+		return err
+	}
+	lk := r.lockKey(key)
+	return waitUntil(ctx, func(ctx context.Context) (bool, error) {
+		n, err := r.client.Exists(ctx, lk).Result()
+		if err != nil {
+			return false, wrap("wait unlocked", err)
+		}
+		return n == 0, nil
+	})
+}
+
+// Ping implements Store.
+func (r *Redis) Ping(ctx context.Context) error {
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		return wrap("ping", err)
+	}
+	return nil
+}
+
+// Close closes the client if NewRedisFromURL created it, and does nothing
+// for a client passed to NewRedis.
+func (r *Redis) Close() error {
+	if !r.owned {
+		return nil
+	}
+	if err := r.client.Close(); err != nil {
+		return wrap("close", err)
+	}
+	return nil
+}
+
+// roundTTL rounds a sub-millisecond TTL up so that PX never gets 0.
+func roundTTL(ttl time.Duration) time.Duration {
+	return max(ttl.Round(time.Millisecond), time.Millisecond)
+}
+
+// redisLease is a lock held in Redis.
+type redisLease struct {
+	r     *Redis
+	key   string
+	owner string
+	fence int64
+}
+
+func (l *redisLease) Token() int64 { return l.fence }
+
+func (l *redisLease) Release(ctx context.Context) error {
+	n, err := releaseScript.Run(ctx, l.r.client, []string{l.key}, l.owner).Int64()
+	if err != nil {
+		return wrap("release", err)
+	}
+	if n == 0 {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+func (l *redisLease) Extend(ctx context.Context, ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("statestore: ttl %v must be positive", ttl)
+	}
+	n, err := extendScript.Run(ctx, l.r.client, []string{l.key}, l.owner, roundTTL(ttl).Milliseconds()).Int64()
+	if err != nil {
+		return wrap("extend", err)
+	}
+	if n == 0 {
+		return ErrLeaseLost
+	}
+	return nil
+}

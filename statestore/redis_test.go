@@ -1,0 +1,246 @@
+package statestore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mcpauth/mcpauth/statestore"
+)
+
+// redisAddr is the Redis the integration tests use.
+func redisAddr() string {
+	if a := os.Getenv("MCPAUTH_TEST_REDIS_ADDR"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
+}
+
+// redisClient returns a client on the test Redis, closed when tb ends. When
+// Redis is unreachable the test is skipped loudly, or fails under CI=true,
+// where a skipped integration test would hide a broken pipeline.
+func redisClient(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: redisAddr(), DialTimeout: 2 * time.Second})
+	tb.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		if os.Getenv("CI") == "true" {
+			tb.Fatalf("Redis at %s unreachable under CI=true: %v", redisAddr(), err)
+		}
+		tb.Skipf("!!! SKIPPING REDIS INTEGRATION TEST: Redis at %s unreachable (%v). Start redis-server or set MCPAUTH_TEST_REDIS_ADDR. !!!", redisAddr(), err)
+	}
+	return c
+}
+
+// redisPrefix returns a key prefix unique to tb and deletes its keys when tb ends.
+func redisPrefix(tb testing.TB) string {
+	tb.Helper()
+	c := redisClient(tb)
+	prefix := "mcpauth-test:" + rand.Text() + ":"
+	tb.Cleanup(func() {
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return prefix
+}
+
+func TestRedisKeysArePrefixed(t *testing.T) {
+	t.Parallel()
+	c := redisClient(t)
+	prefix := redisPrefix(t)
+	s := statestore.NewRedis(c, prefix)
+	ctx := t.Context()
+	if err := s.Put(ctx, "state-hash", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	l, err := s.Lock(ctx, "provider-1", time.Minute)
+	if err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	keys, err := c.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	want := map[string]bool{prefix + "kv:state-hash": true, prefix + "lock:{provider-1}": true, prefix + "lock:{provider-1}:fence": true}
+	if len(keys) != len(want) {
+		t.Fatalf("keys = %q, want %d keys", keys, len(want))
+	}
+	for _, k := range keys {
+		if !want[k] {
+			t.Errorf("unexpected key %q", k)
+		}
+	}
+	ttl, err := c.PTTL(ctx, prefix+"kv:state-hash").Result()
+	if err != nil || ttl <= 0 || ttl > time.Minute {
+		t.Errorf("value PTTL = %v, %v; want within (0, 1m]", ttl, err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if n, _ := c.Exists(ctx, prefix+"lock:{provider-1}:fence").Result(); n != 1 {
+		t.Error("fencing counter deleted on Release; tokens would restart")
+	}
+}
+
+func TestRedisUnavailable(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1: every call must fail fast and be
+	// recognisable as unavailability (mapped to UNAVAILABLE by callers).
+	c := redis.NewClient(&redis.Options{
+		Addr:          "127.0.0.1:1",
+		DialTimeout:   200 * time.Millisecond,
+		MaxRetries:    -1,
+		DialerRetries: 1,
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	s := statestore.NewRedis(c, "down:")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+
+	start := time.Now()
+	checks := map[string]error{
+		"Put": s.Put(ctx, "k", []byte("v"), time.Minute),
+		"Take": func() error {
+			_, err := s.Take(ctx, "k")
+			return err
+		}(),
+		"Lock": func() error {
+			_, err := s.Lock(ctx, "k", time.Minute)
+			return err
+		}(),
+		"WaitUnlocked": s.WaitUnlocked(ctx, "k"),
+		"Ping":         s.Ping(ctx),
+	}
+	for name, err := range checks {
+		if err == nil {
+			t.Errorf("%s against a dead Redis: no error", name)
+			continue
+		}
+		if !statestore.IsUnavailable(err) || !errors.Is(err, statestore.ErrUnavailable) {
+			t.Errorf("%s error %v: IsUnavailable = false", name, err)
+		}
+		if errors.Is(err, statestore.ErrNotFound) || errors.Is(err, statestore.ErrLocked) {
+			t.Errorf("%s error %v looks like a normal outcome", name, err)
+		}
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("failing against a dead Redis took %v", d)
+	}
+}
+
+func TestRedisClosedClientIsUnavailable(t *testing.T) {
+	t.Parallel()
+	c := redisClient(t)
+	s := statestore.NewRedis(c, redisPrefix(t))
+	_ = c.Close()
+	_, err := s.Take(t.Context(), "k")
+	if !statestore.IsUnavailable(err) {
+		t.Fatalf("Take on a closed client: %v, IsUnavailable = false", err)
+	}
+	// NewRedis does not own the client, so Close must not fail on it.
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+func TestRedisLoadingIsUnavailable(t *testing.T) {
+	t.Parallel()
+	for _, msg := range []string{
+		"LOADING Redis is loading the dataset in memory",
+		"READONLY You can't write against a read only replica.",
+		"MASTERDOWN Link with MASTER is down",
+		"CLUSTERDOWN The cluster is down",
+		"TRYAGAIN Multiple keys request during rehashing of slot",
+		"BUSY Redis is busy running a script.",
+	} {
+		if !statestore.IsUnavailable(redisError(msg)) {
+			t.Errorf("IsUnavailable(%q) = false", msg)
+		}
+	}
+	if statestore.IsUnavailable(redisError("WRONGTYPE Operation against a key holding the wrong kind of value")) {
+		t.Error("WRONGTYPE classified as unavailable")
+	}
+}
+
+// redisError is a reply error as go-redis reports it.
+type redisError string
+
+func (e redisError) Error() string { return string(e) }
+func (redisError) RedisError()     {}
+
+func TestNewRedisFromURL(t *testing.T) {
+	t.Parallel()
+	redisClient(t) // skip or fail when Redis is down
+	prefix := redisPrefix(t)
+	s, err := statestore.NewRedisFromURL("redis://" + redisAddr() + "/0?dial_timeout=1s&prefix=" + prefix)
+	if err != nil {
+		t.Fatalf("NewRedisFromURL: %v", err)
+	}
+	if err := s.Put(t.Context(), "k", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	other := statestore.NewRedis(redisClient(t), prefix)
+	if v, err := other.Take(t.Context(), "k"); err != nil || string(v) != "v" {
+		t.Fatalf("Take through a client with the same prefix = %q, %v", v, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Ping(t.Context()); !statestore.IsUnavailable(err) {
+		t.Fatalf("Ping after Close: %v, want unavailable", err)
+	}
+}
+
+func TestNewRedisFromURLForms(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		url     string
+		wantErr string
+	}{
+		{url: "redis://127.0.0.1:6379/2"},
+		{url: "rediss://user:pw@example.com:6380"},
+		{url: "unix:///run/redis.sock?db=1"},
+		{url: "redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002"},
+		{url: "redis+sentinel://:pw@127.0.0.1:26379/1?master_name=mymaster&addr=127.0.0.1:26380&sentinel_password=s&dial_timeout=2s"},
+		{url: "redis+sentinel://127.0.0.1:26379", wantErr: "master_name"},
+		{url: "redis+sentinel://127.0.0.1:26379?master_name=m&bogus=1", wantErr: "unknown parameter"},
+		{url: "redis+sentinel://127.0.0.1:26379?master_name=m&addr=nohostport", wantErr: "host:port"},
+		{url: "redis://127.0.0.1:6379?bogus=1", wantErr: "bogus"},
+		{url: "http://127.0.0.1:6379", wantErr: "unsupported"},
+		{url: "redis://user:s3cret@[::1", wantErr: "does not parse"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			t.Parallel()
+			s, err := statestore.NewRedisFromURL(tt.url)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("NewRedisFromURL: %v", err)
+				}
+				_ = s.Close()
+				return
+			}
+			if err == nil {
+				_ = s.Close()
+				t.Fatalf("NewRedisFromURL: no error, want one containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not contain %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), ":pw@") {
+				t.Fatalf("error %q leaks the password", err)
+			}
+		})
+	}
+}

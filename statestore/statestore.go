@@ -1,0 +1,214 @@
+// Package statestore holds short-lived flow state (PKCE verifiers, OAuth
+// state records) and cross-replica leases (the per-provider refresh lock).
+//
+// Values are opaque: callers encrypt them before storing and derive keys from
+// secrets (never use a raw state value as a key). Every value has a TTL and is
+// consumed exactly once by Take, which is atomic across replicas.
+//
+// Two implementations share one contract, proved by one conformance suite:
+// Redis (go-redis UniversalClient, so a single node, Sentinel or Cluster) for
+// more than one replica, and Memory for a single process.
+package statestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Store holds opaque values under keys with a TTL and single-use consumption,
+// and grants exclusive, fenced leases on keys.
+//
+// Keys used by Put/Take and keys used by Lock/WaitUnlocked live in separate
+// namespaces: a lock on "x" does not collide with a value stored under "x".
+type Store interface {
+	// Put stores value under key for ttl. It fails with ErrExists when the key
+	// already holds an unexpired value, and never overwrites it.
+	Put(ctx context.Context, key string, value []byte, ttl time.Duration) error
+
+	// Take atomically returns and deletes the value under key, so that of any
+	// number of concurrent callers exactly one receives it. It fails with
+	// ErrNotFound when the key is absent or expired.
+	Take(ctx context.Context, key string) ([]byte, error)
+
+	// Lock acquires a lease on key for ttl if nobody holds it, and fails with
+	// ErrLocked otherwise. The lease expires by itself after ttl unless
+	// extended, so a crashed holder never blocks others for longer than ttl.
+	Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error)
+
+	// WaitUnlocked blocks until nobody holds the lock on key, returning nil,
+	// or until ctx ends, returning its error. It polls with a short jittered
+	// backoff (5 to 50ms); it does not acquire the lock.
+	WaitUnlocked(ctx context.Context, key string) error
+
+	// Ping reports whether the store is reachable.
+	Ping(ctx context.Context) error
+
+	// Close releases the store's resources. Operations after Close fail with
+	// an error for which IsUnavailable is true.
+	Close() error
+}
+
+// Lease is a held lock returned by Store.Lock.
+type Lease interface {
+	// Token returns the lease's fencing token. Tokens for one key strictly
+	// increase across successive acquisitions by any holder on any replica,
+	// so a resource guarded by the lock can reject writes carrying a token
+	// lower than one it has already seen.
+	Token() int64
+
+	// Release frees the lock if this lease still holds it. When the lease has
+	// expired (and possibly been acquired by someone else) Release leaves the
+	// current holder's lock in place and returns ErrLeaseLost.
+	Release(ctx context.Context) error
+
+	// Extend resets the lease's remaining time to ttl if this lease still
+	// holds the lock, and returns ErrLeaseLost otherwise.
+	Extend(ctx context.Context, ttl time.Duration) error
+}
+
+// Errors returned by stores. Test for them with errors.Is.
+var (
+	// ErrNotFound means that Take found no value: it never existed, it
+	// expired, or another caller took it first.
+	ErrNotFound = errors.New("statestore: not found")
+
+	// ErrExists means that Put found an unexpired value under the key.
+	ErrExists = errors.New("statestore: key already exists")
+
+	// ErrLocked means that Lock found the key held by another lease.
+	ErrLocked = errors.New("statestore: locked")
+
+	// ErrLeaseLost means that a lease no longer holds its lock: it expired,
+	// and another holder may have acquired the lock since.
+	ErrLeaseLost = errors.New("statestore: lease lost")
+
+	// ErrUnavailable is matched (with errors.Is) by every error that comes
+	// from the store being unreachable, overloaded or closed. Callers map it
+	// to UNAVAILABLE. IsUnavailable also recognises unwrapped client errors.
+	ErrUnavailable = errors.New("statestore: unavailable")
+)
+
+// errClosed is returned by a Memory store after Close.
+var errClosed = &storeError{op: "memory", err: errors.New("store closed"), unavailable: true}
+
+// storeError wraps a backend error with the operation that failed. It
+// matches ErrUnavailable when the backend could not be reached or could not
+// serve the request for now.
+type storeError struct {
+	op          string
+	err         error
+	unavailable bool
+}
+
+func (e *storeError) Error() string { return fmt.Sprintf("statestore: %s: %v", e.op, e.err) }
+
+func (e *storeError) Unwrap() error { return e.err }
+
+func (e *storeError) Is(target error) bool { return target == ErrUnavailable && e.unavailable }
+
+// wrap annotates a backend error with op. The error's text carries no key and
+// no value, only the operation and the backend's own message.
+func wrap(op string, err error) error {
+	return &storeError{op: op, err: err, unavailable: classifyUnavailable(err)}
+}
+
+// IsUnavailable reports whether err means that the store cannot serve
+// requests for now (network errors, timeouts including context deadlines,
+// a closed client, an exhausted pool, and the Redis replies LOADING,
+// READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY, OOM, NOREPLICAS and
+// max-clients). It is false for ErrNotFound, ErrExists, ErrLocked,
+// ErrLeaseLost, context cancellation and nil.
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	return errors.Is(err, ErrUnavailable) || classifyUnavailable(err)
+}
+
+func classifyUnavailable(err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, context.Canceled):
+		// The caller gave up; the store may be fine.
+		return false
+	case errors.Is(err, redis.ErrClosed),
+		errors.Is(err, redis.ErrPoolTimeout),
+		errors.Is(err, redis.ErrPoolExhausted),
+		errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNREFUSED),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE),
+		errors.Is(err, net.ErrClosed):
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	return redis.IsLoadingError(err) ||
+		redis.IsReadOnlyError(err) ||
+		redis.IsMasterDownError(err) ||
+		redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) ||
+		redis.IsMaxClientsError(err) ||
+		redis.IsNoReplicasError(err) ||
+		redis.IsOOMError(err) ||
+		redis.HasErrorPrefix(err, "BUSY")
+}
+
+// validate rejects arguments that no implementation can honour.
+func validate(key string, ttl time.Duration, needTTL bool) error {
+	if key == "" {
+		return errors.New("statestore: empty key")
+	}
+	if needTTL && ttl <= 0 {
+		return fmt.Errorf("statestore: ttl %v must be positive", ttl)
+	}
+	return nil
+}
+
+// Poll interval bounds for WaitUnlocked. Waiters are few (one per replica
+// and provider during a refresh), so polling is cheaper than pub/sub.
+const (
+	minPoll = 5 * time.Millisecond
+	maxPoll = 50 * time.Millisecond
+)
+
+// waitUntil calls free with a jittered, growing interval until it reports
+// true, fails, or ctx ends.
+func waitUntil(ctx context.Context, free func(context.Context) (bool, error)) error {
+	delay := minPoll
+	// Since Go 1.23 a stopped timer can be Reset without draining it.
+	timer := time.NewTimer(maxPoll)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		ok, err := free(ctx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		// Jitter in [delay/2, delay] spreads waiters from different replicas.
+		d := delay/2 + rand.N(delay/2+1)
+		timer.Reset(d)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		}
+		delay = min(delay*2, maxPoll)
+	}
+}
