@@ -1,0 +1,380 @@
+package oauthclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/mcpauth/mcpauth/secret"
+)
+
+// maxExpiresIn caps expires_in so absurd values cannot overflow time math.
+const maxExpiresIn = 10 * 365 * 24 * time.Hour
+
+// Tokens is the result of a code exchange or a refresh.
+type Tokens struct {
+	// AccessToken is the access token.
+	AccessToken secret.Secret
+	// RefreshToken is the refresh token: the new one when the server
+	// rotated it, else the one the refresh was made with; zero when the
+	// server issued none.
+	RefreshToken secret.Secret
+	// TokenType is "Bearer".
+	TokenType string
+	// ExpiresAt is the absolute expiry computed from expires_in with the
+	// client's clock; zero means unknown.
+	ExpiresAt time.Time
+	// Scopes is the granted scope from the response, or the requested
+	// scopes when the response has none (RFC 6749 section 5.1).
+	Scopes []string
+}
+
+// Exchange redeems an authorization code at the token endpoint with
+// golang.org/x/oauth2: grant_type=authorization_code, the code,
+// redirect_uri, code_verifier, resource when non-empty, and client
+// authentication per ChooseAuthMethod. The request is made once and never
+// retried (an authorization code is single use; x/oauth2's auth-style
+// probing, which would re-send the code, is disabled by an explicit
+// style). Errors map as for Refresh; callers must not retry the exchange
+// even on a *TemporaryError.
+func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, code, verifier secret.Secret, redirectURI, resource string, requestedScopes []string) (*Tokens, error) {
+	const op = "token exchange"
+	if code.IsZero() || verifier.IsZero() {
+		return nil, errors.New("token exchange: code or verifier is empty")
+	}
+	cfg, err := c.oauth2Config(md, reg, redirectURI)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	opts := []oauth2.AuthCodeOption{oauth2.VerifierOption(verifier.Reveal())}
+	if resource != "" {
+		opts = append(opts, oauth2.SetAuthURLParam("resource", resource))
+	}
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
+	tok, err := cfg.Exchange(ctx, code.Reveal(), opts...)
+	if err != nil {
+		return nil, c.mapOAuth2Error(op, err)
+	}
+	out := &Tokens{
+		AccessToken:  secret.New(tok.AccessToken),
+		RefreshToken: secret.New(tok.RefreshToken),
+		Scopes:       splitScope(stringExtra(tok, "scope")),
+	}
+	if out.TokenType, err = bearerType(tok.TokenType); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	n := tok.ExpiresIn
+	if n == 0 {
+		// Form-encoded responses leave ExpiresIn unset.
+		n, _ = strconv.ParseInt(stringExtra(tok, "expires_in"), 10, 64)
+	}
+	if n > 0 {
+		out.ExpiresAt = c.now().Add(min(time.Duration(min(n, int64(maxExpiresIn/time.Second)))*time.Second, maxExpiresIn))
+	}
+	if len(out.Scopes) == 0 {
+		out.Scopes = splitScopeList(requestedScopes)
+	}
+	return out, nil
+}
+
+func stringExtra(tok *oauth2.Token, key string) string {
+	switch v := tok.Extra(key).(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return ""
+}
+
+func (c *Client) oauth2Config(md *Metadata, reg *Registration, redirectURI string) (*oauth2.Config, error) {
+	if md == nil || md.TokenEndpoint == "" {
+		return nil, errors.New("no token endpoint")
+	}
+	if err := checkEndpoint("token endpoint", md.TokenEndpoint); err != nil {
+		return nil, err
+	}
+	if reg == nil || reg.ClientID == "" {
+		return nil, errors.New("no client id")
+	}
+	method, err := ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &oauth2.Config{
+		ClientID:    reg.ClientID,
+		RedirectURL: redirectURI,
+		Endpoint:    oauth2.Endpoint{AuthURL: md.AuthorizationEndpoint, TokenURL: md.TokenEndpoint},
+	}
+	switch method {
+	case AuthClientSecretBasic:
+		cfg.ClientSecret = reg.ClientSecret.Reveal()
+		cfg.Endpoint.AuthStyle = oauth2.AuthStyleInHeader
+	case AuthClientSecretPost:
+		cfg.ClientSecret = reg.ClientSecret.Reveal()
+		cfg.Endpoint.AuthStyle = oauth2.AuthStyleInParams
+	default:
+		// Public client: client_id in the body, no secret.
+		cfg.Endpoint.AuthStyle = oauth2.AuthStyleInParams
+	}
+	return cfg, nil
+}
+
+// mapOAuth2Error turns an x/oauth2 error into this package's errors,
+// dropping oauth2.RetrieveError, whose text carries the upstream body.
+func (c *Client) mapOAuth2Error(op string, err error) error {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		var ue *url.Error
+		if errors.As(err, &ue) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return netError(op, err)
+		}
+		// A malformed success response; x/oauth2's text may quote it.
+		return fmt.Errorf("%s: invalid token response", op)
+	}
+	status := 0
+	var h http.Header
+	if re.Response != nil {
+		status, h = re.Response.StatusCode, re.Response.Header
+	}
+	return c.classify(op, status, h, re.ErrorCode)
+}
+
+// classify maps a token-endpoint failure to an error.
+func (c *Client) classify(op string, status int, h http.Header, code string) error {
+	switch code {
+	case "invalid_grant":
+		return fmt.Errorf("%s: %w", op, ErrInvalidGrant)
+	case "invalid_client", "unauthorized_client":
+		return fmt.Errorf("%s: %w", op, ErrInvalidClient)
+	}
+	if status == http.StatusTooManyRequests || status >= 500 || code == "temporarily_unavailable" {
+		return &TemporaryError{Op: op, Status: status, RetryAfter: retryAfter(h.Get("Retry-After"), c.now())}
+	}
+	if code != "" {
+		return &OAuthError{Op: op, Status: status, Code: sanitizeCode(code)}
+	}
+	if status == http.StatusUnauthorized {
+		// 401 without a body is how many servers say invalid_client.
+		return fmt.Errorf("%s: %w", op, ErrInvalidClient)
+	}
+	return &StatusError{Op: op, Status: status}
+}
+
+func bearerType(t string) (string, error) {
+	if t == "" || strings.EqualFold(t, "bearer") {
+		return "Bearer", nil
+	}
+	return "", ErrUnsupportedTokenType
+}
+
+// tokenResponse is the JSON of RFC 6749 section 5.1 and 5.2.
+type tokenResponse struct {
+	AccessToken  string    `json:"access_token"`
+	TokenType    string    `json:"token_type"`
+	ExpiresIn    expiresIn `json:"expires_in"`
+	RefreshToken string    `json:"refresh_token"`
+	Scope        string    `json:"scope"`
+	Error        string    `json:"error"`
+}
+
+// expiresIn accepts a JSON number or a numeric string (seen in the wild).
+type expiresIn int64
+
+func (e *expiresIn) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	if s == "" || s == "null" {
+		*e = 0
+		return nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return errors.New("invalid expires_in")
+	}
+	if f < 0 {
+		f = 0
+	}
+	if f > float64(maxExpiresIn/time.Second) {
+		f = float64(maxExpiresIn / time.Second)
+	}
+	*e = expiresIn(f)
+	return nil
+}
+
+// parseTokenResponse reads a token endpoint body, JSON or (as some servers
+// send) form-encoded.
+func parseTokenResponse(contentType string, body []byte) (tokenResponse, error) {
+	var tr tokenResponse
+	mt, _, _ := mime.ParseMediaType(contentType)
+	if mt == "application/x-www-form-urlencoded" || mt == "text/plain" {
+		v, err := url.ParseQuery(string(body))
+		if err != nil {
+			return tr, errors.New("invalid form response")
+		}
+		tr.AccessToken, tr.TokenType = v.Get("access_token"), v.Get("token_type")
+		tr.RefreshToken, tr.Scope, tr.Error = v.Get("refresh_token"), v.Get("scope"), v.Get("error")
+		if s := v.Get("expires_in"); s != "" {
+			if err := tr.ExpiresIn.UnmarshalJSON([]byte(s)); err != nil {
+				return tr, err
+			}
+		}
+		return tr, nil
+	}
+	if err := json.Unmarshal(body, &tr); err != nil {
+		return tr, errors.New("invalid json response")
+	}
+	return tr, nil
+}
+
+// postForm sends a client-authenticated form POST to endpoint and returns
+// the status, headers and capped body. Network failures are
+// *TemporaryError.
+func (c *Client) postForm(ctx context.Context, op, endpoint string, reg *Registration, advertised []string, form url.Values) (int, http.Header, []byte, error) {
+	if reg == nil || reg.ClientID == "" {
+		return 0, nil, nil, fmt.Errorf("%s: no client id", op)
+	}
+	method, err := ChooseAuthMethod(reg, advertised)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("%s: %w", op, err)
+	}
+	basic := false
+	switch method {
+	case AuthClientSecretBasic:
+		basic = true
+	case AuthClientSecretPost:
+		form.Set("client_id", reg.ClientID)
+		form.Set("client_secret", reg.ClientSecret.Reveal())
+	default:
+		form.Set("client_id", reg.ClientID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("%s: cannot build request", op)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if basic {
+		// RFC 6749 section 2.3.1: form-encode both parts first.
+		req.SetBasicAuth(url.QueryEscape(reg.ClientID), url.QueryEscape(reg.ClientSecret.Reveal()))
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, nil, netError(op, err)
+	}
+	defer res.Body.Close()
+	body, err := readCapped(res.Body, maxTokenBytes)
+	if errors.Is(err, ErrResponseTooLarge) {
+		return res.StatusCode, res.Header, nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err != nil {
+		return res.StatusCode, res.Header, nil, netError(op, err)
+	}
+	return res.StatusCode, res.Header, body, nil
+}
+
+// Refresh uses a refresh token (RFC 6749 section 6). It sends the request
+// itself because x/oauth2's refresh cannot add "resource": grant_type,
+// refresh_token, resource when non-empty, and client authentication; scope
+// is not sent, so the grant keeps its scope. When the response carries no
+// refresh token the old one is kept. invalid_grant maps to
+// ErrInvalidGrant; invalid_client and unauthorized_client to
+// ErrInvalidClient; 429, 5xx and network failures to *TemporaryError with
+// RetryAfter from the Retry-After header. Nothing is retried here.
+func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, refreshToken secret.Secret, resource string) (*Tokens, error) {
+	const op = "refresh"
+	if refreshToken.IsZero() {
+		return nil, errors.New("refresh: no refresh token")
+	}
+	if md == nil || md.TokenEndpoint == "" {
+		return nil, errors.New("refresh: no token endpoint")
+	}
+	if err := checkEndpoint("token endpoint", md.TokenEndpoint); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	form := url.Values{
+		"grant_type":    {"refresh_token"},
+		"refresh_token": {refreshToken.Reveal()},
+	}
+	if resource != "" {
+		form.Set("resource", resource)
+	}
+	status, h, body, err := c.postForm(ctx, op, md.TokenEndpoint, reg, md.TokenEndpointAuthMethods, form)
+	if err != nil {
+		return nil, err
+	}
+	if status < 200 || status > 299 {
+		tr, _ := parseTokenResponse(h.Get("Content-Type"), body)
+		return nil, c.classify(op, status, h, tr.Error)
+	}
+	tr, err := parseTokenResponse(h.Get("Content-Type"), body)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if tr.Error != "" {
+		// Some servers answer errors with 200.
+		return nil, c.classify(op, status, h, tr.Error)
+	}
+	if tr.AccessToken == "" {
+		return nil, errors.New("refresh: response has no access_token")
+	}
+	typ, err := bearerType(tr.TokenType)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	out := &Tokens{
+		AccessToken:  secret.New(tr.AccessToken),
+		RefreshToken: refreshToken,
+		TokenType:    typ,
+		Scopes:       splitScope(tr.Scope),
+	}
+	if tr.RefreshToken != "" {
+		out.RefreshToken = secret.New(tr.RefreshToken)
+	}
+	if tr.ExpiresIn > 0 {
+		out.ExpiresAt = c.now().Add(time.Duration(tr.ExpiresIn) * time.Second)
+	}
+	return out, nil
+}
+
+// Revoke revokes a token (RFC 7009) with client authentication; hint is
+// the token_type_hint ("refresh_token", "access_token" or ""). A 200 is
+// success (also for tokens the server no longer knows); 429, 5xx and
+// network failures are *TemporaryError; other answers are errors.
+func (c *Client) Revoke(ctx context.Context, md *Metadata, reg *Registration, token secret.Secret, hint string) error {
+	const op = "revocation"
+	if token.IsZero() {
+		return errors.New("revocation: no token")
+	}
+	if md == nil || md.RevocationEndpoint == "" {
+		return fmt.Errorf("%s: %w", op, ErrNoRevocationEndpoint)
+	}
+	if err := checkEndpoint("revocation endpoint", md.RevocationEndpoint); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	form := url.Values{"token": {token.Reveal()}}
+	if hint != "" {
+		form.Set("token_type_hint", hint)
+	}
+	status, h, body, err := c.postForm(ctx, op, md.RevocationEndpoint, reg, md.TokenEndpointAuthMethods, form)
+	if err != nil {
+		return err
+	}
+	if status == http.StatusOK {
+		return nil
+	}
+	tr, _ := parseTokenResponse(h.Get("Content-Type"), body)
+	if tr.Error == "invalid_grant" {
+		// Not defined for revocation; report it as a plain OAuth error.
+		return &OAuthError{Op: op, Status: status, Code: tr.Error}
+	}
+	return c.classify(op, status, h, tr.Error)
+}
