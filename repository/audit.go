@@ -1,0 +1,43 @@
+package repository
+
+import (
+	"context"
+)
+
+// AppendAudit appends e and sets e.ID (and e.CreatedAt when zero). Audit
+// events are append-only: the repository has no method that updates or
+// deletes them.
+func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
+	if err := checkTenant(e.TenantID); err != nil {
+		return err
+	}
+	if e.CreatedAt.IsZero() {
+		e.CreatedAt = s.db.NowFunc()
+	}
+	e.ID = 0 // assigned by the database
+	return dbErr(s.db.WithContext(ctx).Create(e).Error, "append audit event")
+}
+
+// ListAudit returns up to limit of the tenant's events matching f, newest
+// first, with ID below beforeID (0 for the newest page). It is a keyset query
+// on (tenant_id, id DESC). limit is clamped to [1, 1000] (0 means 50).
+func (s *Store) ListAudit(ctx context.Context, tenant string, f AuditFilter, beforeID int64, limit int) ([]AuditEvent, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if f.ProviderID != "" {
+		q = q.Where("provider_id = ?", f.ProviderID)
+	}
+	if f.EventType != "" {
+		q = q.Where("event_type = ?", f.EventType)
+	}
+	if beforeID > 0 {
+		q = q.Where("id < ?", beforeID)
+	}
+	var out []AuditEvent
+	if err := q.Order("id DESC").Limit(clampLimit(limit)).Find(&out).Error; err != nil {
+		return nil, dbErr(err, "list audit events")
+	}
+	return out, nil
+}

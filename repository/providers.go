@@ -1,0 +1,298 @@
+package repository
+
+import (
+	"context"
+	"errors"
+
+	"gorm.io/gorm"
+
+	"github.com/mcpauth/mcpauth/apperr"
+)
+
+var errEmptyID = errors.New("repository: empty provider id")
+
+// CreateProvider inserts p. It sets Version to 1 and CreatedAt/UpdatedAt to
+// now. A duplicate id, display name, server identifier or URL hash in the same
+// tenant is apperr.AlreadyExists with the matching field ("provider_id",
+// "provider.display_name", "provider.server_identifier",
+// "provider.server_url"); the check runs in the insert's transaction and the
+// database's unique indexes back it, so concurrent creates are also refused.
+func (s *Store) CreateProvider(ctx context.Context, p *Provider) error {
+	if err := checkTenant(p.TenantID); err != nil {
+		return err
+	}
+	if p.ID == "" {
+		return apperr.Internal(errEmptyID, "provider id missing")
+	}
+	now := s.db.NowFunc()
+	row := *p
+	row.Version = 1
+	row.CreatedAt, row.UpdatedAt = now, now
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := providerConflict(ctx, tx, &row, true); err != nil {
+			return err
+		}
+		return tx.Create(&row).Error
+	})
+	if err != nil {
+		return providerWriteErr(err, "create provider")
+	}
+	*p = row
+	return nil
+}
+
+// providerConflict reports the first uniqueness rule p would break in its
+// tenant, ignoring p's own row on update.
+func providerConflict(ctx context.Context, tx *gorm.DB, p *Provider, create bool) error {
+	q, err := scoped(ctx, tx, p.TenantID)
+	if err != nil {
+		return err
+	}
+	if !create {
+		q = q.Where("id <> ?", p.ID)
+	}
+	var rows []Provider
+	err = q.Select("id", "display_name", "server_identifier", "url_hash").
+		Where("(id = ? OR display_name = ? OR server_identifier = ? OR url_hash = ?)",
+			p.ID, p.DisplayName, p.ServerIdentifier, p.URLHash).
+		Limit(4).Find(&rows).Error
+	if err != nil {
+		return err
+	}
+	for _, check := range []struct {
+		field string
+		hit   func(Provider) bool
+	}{
+		{"provider_id", func(r Provider) bool { return create && r.ID == p.ID }},
+		{"provider.display_name", func(r Provider) bool { return r.DisplayName == p.DisplayName }},
+		{"provider.server_identifier", func(r Provider) bool { return r.ServerIdentifier == p.ServerIdentifier }},
+		{"provider.server_url", func(r Provider) bool { return r.URLHash == p.URLHash }},
+	} {
+		for _, r := range rows {
+			if check.hit(r) {
+				return alreadyExists(check.field)
+			}
+		}
+	}
+	return nil
+}
+
+// providerWriteErr translates a driver error from writing a provider row.
+func providerWriteErr(err error, what string) error {
+	if key, ok := uniqueViolation(err); ok {
+		if field, known := uniqueField[key]; known {
+			return alreadyExists(field)
+		}
+		return apperr.AlreadyExists("provider", "provider already exists")
+	}
+	return dbErr(err, what)
+}
+
+// GetProvider returns the tenant's provider id, or apperr.NotFound.
+func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	var p Provider
+	if err := q.Where("id = ?", id).Take(&p).Error; err != nil {
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return nil, apperr.NotFound("provider")
+		}
+		return nil, dbErr(err, "get provider")
+	}
+	return &p, nil
+}
+
+// ListProviders returns up to limit providers of tenant with id greater than
+// afterID ("" for the first page), ordered by id. It is a keyset query on the
+// primary key (tenant_id, id), so a page costs the same at any depth. limit is
+// clamped to [1, 1000] (0 means 50).
+func (s *Store) ListProviders(ctx context.Context, tenant, afterID string, limit int) ([]Provider, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	var out []Provider
+	if err := q.Where("id > ?", afterID).Order("id").Limit(clampLimit(limit)).Find(&out).Error; err != nil {
+		return nil, dbErr(err, "list providers")
+	}
+	return out, nil
+}
+
+// FindProviderByURLHash returns the tenant's provider whose URLHash is one of
+// hashes (one per active hashing key during rotation), or nil, nil when none.
+func (s *Store) FindProviderByURLHash(ctx context.Context, tenant string, hashes []string) (*Provider, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if len(hashes) == 0 {
+		return nil, nil
+	}
+	var out []Provider
+	if err := q.Where("url_hash IN ?", hashes).Order("id").Limit(1).Find(&out).Error; err != nil {
+		return nil, dbErr(err, "find provider by url")
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return &out[0], nil
+}
+
+// UpdateProvider replaces every mutable column of the stored row (tenant and
+// id from p) when its version is expectedVersion, and sets the version to
+// expectedVersion+1. On success p.Version and p.UpdatedAt reflect the write.
+// A missing row is apperr.NotFound; a version mismatch is apperr.Aborted and
+// changes nothing. Uniqueness conflicts are reported as in CreateProvider.
+func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion int64) error {
+	if err := checkTenant(p.TenantID); err != nil {
+		return err
+	}
+	now := s.db.NowFunc()
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := providerConflict(ctx, tx, p, false); err != nil {
+			return err
+		}
+		q, err := scoped(ctx, tx, p.TenantID)
+		if err != nil {
+			return err
+		}
+		res := q.Model(&Provider{}).Where("id = ? AND version = ?", p.ID, expectedVersion).
+			Updates(map[string]any{
+				"display_name":        p.DisplayName,
+				"server_identifier":   p.ServerIdentifier,
+				"url_hash":            p.URLHash,
+				"server_url":          nullBytes(p.ServerURL),
+				"headers":             nullBytes(p.Headers),
+				"icon":                p.Icon,
+				"timeout_ms":          p.TimeoutMS,
+				"sse_read_timeout_ms": p.SSEReadTimeoutMS,
+				"client_id":           p.ClientID,
+				"client_secret":       nullBytes(p.ClientSecret),
+				"scopes":              p.Scopes,
+				"compat":              p.Compat,
+				"auth_status":         p.AuthStatus,
+				"key_id":              p.KeyID,
+				"cred_generation":     p.CredGeneration,
+				"version":             expectedVersion + 1,
+				"updated_at":          now,
+			})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return missingOrChanged(ctx, tx, p.TenantID, p.ID,
+				apperr.Aborted("provider was changed concurrently; re-read and retry"))
+		}
+		return nil
+	})
+	if err != nil {
+		return providerWriteErr(err, "update provider")
+	}
+	p.Version = expectedVersion + 1
+	p.UpdatedAt = now
+	return nil
+}
+
+// missingOrChanged decides why a guarded write hit no row: NotFound when the
+// provider does not exist, otherwise changed.
+func missingOrChanged(ctx context.Context, tx *gorm.DB, tenant, id string, changed error) error {
+	q, err := scoped(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	var n int64
+	if err := q.Model(&Provider{}).Where("id = ?", id).Count(&n).Error; err != nil {
+		return err
+	}
+	if n == 0 {
+		return apperr.NotFound("provider")
+	}
+	return changed
+}
+
+// DeleteProvider deletes the tenant's provider id together with its
+// credential, client registrations and tool list, in one transaction.
+// expectedVersion 0 deletes any version; otherwise a mismatch is
+// apperr.Aborted and nothing is deleted. A missing provider is
+// apperr.NotFound. Audit events are kept.
+func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64) error {
+	if err := checkTenant(tenant); err != nil {
+		return err
+	}
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		// Dependents first; the foreign keys also cascade, this keeps the
+		// delete explicit and independent of PRAGMA foreign_keys.
+		for _, model := range []any{&Credential{}, &ClientRegistration{}, &ToolList{}} {
+			q, err := scoped(ctx, tx, tenant)
+			if err != nil {
+				return err
+			}
+			if err := q.Where("provider_id = ?", id).Delete(model).Error; err != nil {
+				return err
+			}
+		}
+		q, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		q = q.Where("id = ?", id)
+		if expectedVersion != 0 {
+			q = q.Where("version = ?", expectedVersion)
+		}
+		res := q.Delete(&Provider{})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			// Returning an error rolls back the dependents' deletion.
+			return missingOrChanged(ctx, tx, tenant, id,
+				apperr.Aborted("provider was changed concurrently; re-read and retry"))
+		}
+		return nil
+	})
+	return dbErr(err, "delete provider")
+}
+
+// SetAuthStatus sets the provider's auth status without changing its version:
+// the status is server-managed and must not invalidate a caller's etag.
+// A missing provider is apperr.NotFound.
+func (s *Store) SetAuthStatus(ctx context.Context, tenant, providerID string, status int32) error {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return err
+	}
+	res := q.Model(&Provider{}).Where("id = ?", providerID).
+		Updates(map[string]any{"auth_status": status, "updated_at": s.db.NowFunc()})
+	if res.Error != nil {
+		return dbErr(res.Error, "set auth status")
+	}
+	if res.RowsAffected == 0 {
+		return apperr.NotFound("provider")
+	}
+	return nil
+}
+
+// nullBytes stores nil (not an empty blob) for absent ciphertexts.
+func nullBytes(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// AfterFind reads absent ciphertexts back as nil whichever way the driver
+// stored them.
+func (p *Provider) AfterFind(*gorm.DB) error {
+	p.Headers = emptyToNil(p.Headers)
+	p.ClientSecret = emptyToNil(p.ClientSecret)
+	return nil
+}
+
+func emptyToNil(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}

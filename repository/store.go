@@ -1,0 +1,294 @@
+package repository
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	sqlite "github.com/glebarez/go-sqlite"
+	gormsqlite "github.com/glebarez/sqlite"
+	"github.com/jackc/pgx/v5/pgconn"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/mcpauth/mcpauth/apperr"
+)
+
+// ErrNoTenant is the cause of the error every tenant-scoped method returns
+// when called with an empty tenant; an empty tenant never means "no filter".
+var ErrNoTenant = errors.New("repository: empty tenant")
+
+// Options tunes the connection pool. Zero values select the defaults.
+type Options struct {
+	// MaxOpenConns caps open connections to PostgreSQL (default 20). SQLite
+	// always uses one connection: writes to a SQLite file are serialised by
+	// the database anyway, and one connection makes that explicit instead of
+	// surfacing SQLITE_BUSY under load.
+	MaxOpenConns int
+	// MaxIdleConns caps idle PostgreSQL connections (default MaxOpenConns).
+	MaxIdleConns int
+	// ConnMaxLifetime recycles PostgreSQL connections after this long
+	// (default 30 minutes), so that a failover or DNS change is picked up.
+	ConnMaxLifetime time.Duration
+}
+
+// Store is the GORM-backed repository. It is safe for concurrent use.
+type Store struct {
+	db *gorm.DB
+}
+
+// Open connects to the database named by dsn. A dsn starting with
+// postgres:// or postgresql:// selects PostgreSQL; anything else is a SQLite
+// file path, optionally prefixed with "sqlite:", opened with WAL journaling,
+// a 5 s busy timeout, foreign keys on and immediate write transactions.
+// Open pings the database; call Migrate before use. The GORM logger is off:
+// SQL is never logged, with or without values.
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	cfg := &gorm.Config{
+		Logger:                 logger.Discard,
+		SkipDefaultTransaction: true,
+		NowFunc:                func() time.Time { return time.Now().UTC() },
+		DisableAutomaticPing:   true,
+	}
+	var (
+		db  *gorm.DB
+		err error
+	)
+	if isPostgres(dsn) {
+		db, err = gorm.Open(postgres.Open(dsn), cfg)
+		if err != nil {
+			return nil, dbErr(err, "open postgres")
+		}
+		sqlDB, err := db.DB()
+		if err != nil {
+			return nil, dbErr(err, "open postgres")
+		}
+		maxOpen := opts.MaxOpenConns
+		if maxOpen <= 0 {
+			maxOpen = 20
+		}
+		maxIdle := opts.MaxIdleConns
+		if maxIdle <= 0 || maxIdle > maxOpen {
+			maxIdle = maxOpen
+		}
+		life := opts.ConnMaxLifetime
+		if life <= 0 {
+			life = 30 * time.Minute
+		}
+		sqlDB.SetMaxOpenConns(maxOpen)
+		sqlDB.SetMaxIdleConns(maxIdle)
+		sqlDB.SetConnMaxLifetime(life)
+	} else {
+		db, err = gorm.Open(gormsqlite.Open(sqliteDSN(dsn)), cfg)
+		if err != nil {
+			return nil, dbErr(err, "open sqlite")
+		}
+		sqlDB, err := db.DB()
+		if err != nil {
+			return nil, dbErr(err, "open sqlite")
+		}
+		sqlDB.SetMaxOpenConns(1)
+		sqlDB.SetMaxIdleConns(1)
+		sqlDB.SetConnMaxLifetime(0)
+	}
+	s := &Store{db: db}
+	if err := s.Ping(ctx); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func isPostgres(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+// sqliteDSN turns a file path into a driver DSN with the pragmas mcpauth
+// relies on. Caller-supplied query parameters are kept.
+func sqliteDSN(dsn string) string {
+	path := strings.TrimPrefix(dsn, "sqlite:")
+	q := url.Values{}
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		if parsed, err := url.ParseQuery(path[i+1:]); err == nil {
+			q = parsed
+		}
+		path = path[:i]
+	}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "busy_timeout(5000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	if q.Get("_txlock") == "" {
+		q.Set("_txlock", "immediate")
+	}
+	if q.Get("_time_format") == "" {
+		q.Set("_time_format", "sqlite")
+	}
+	return path + "?" + q.Encode()
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error {
+	sqlDB, err := s.db.DB()
+	if err != nil {
+		return err
+	}
+	return sqlDB.Close()
+}
+
+// DB returns the underlying *gorm.DB. It is meant for tests and tools; service
+// code must use the tenant-scoped methods.
+func (s *Store) DB() *gorm.DB { return s.db }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	sqlDB, err := s.db.DB()
+	if err != nil {
+		return dbErr(err, "ping database")
+	}
+	if err := sqlDB.PingContext(ctx); err != nil {
+		return apperr.Unavailable(err, "database unreachable")
+	}
+	return nil
+}
+
+// scoped is the one way tenant data is queried: it returns a fresh query on
+// db (a Store's pool or a transaction) restricted to tenant by an explicit
+// SQL condition. An empty tenant is an error, never "no filter". Call it once
+// per statement: a *gorm.DB chain accumulates conditions.
+func scoped(ctx context.Context, db *gorm.DB, tenant string) (*gorm.DB, error) {
+	if err := checkTenant(tenant); err != nil {
+		return nil, err
+	}
+	return db.WithContext(ctx).Where("tenant_id = ?", tenant), nil
+}
+
+// checkTenant is scoped's rule, also applied to rows about to be inserted
+// (an INSERT carries no WHERE clause).
+func checkTenant(tenant string) error {
+	if tenant == "" {
+		return apperr.Internal(ErrNoTenant, "tenant scope missing")
+	}
+	return nil
+}
+
+// clampLimit bounds a page size; the service validates page sizes, this only
+// protects the database.
+func clampLimit(limit int) int {
+	switch {
+	case limit <= 0:
+		return 50
+	case limit > 1000:
+		return 1000
+	}
+	return limit
+}
+
+// uniqueField maps unique indexes and columns to the proto field reported in
+// apperr.AlreadyExists.
+var uniqueField = map[string]string{
+	"uniq_provider_name": "provider.display_name",
+	"display_name":       "provider.display_name",
+	"uniq_provider_sid":  "provider.server_identifier",
+	"server_identifier":  "provider.server_identifier",
+	"uniq_provider_url":  "provider.server_url",
+	"url_hash":           "provider.server_url",
+	"providers_pkey":     "provider_id",
+	"id":                 "provider_id",
+}
+
+var uniqueMessage = map[string]string{
+	"provider.display_name":      "a provider with this display name already exists",
+	"provider.server_identifier": "a provider with this server identifier already exists",
+	"provider.server_url":        "a provider with this server URL already exists",
+	"provider_id":                "a provider with this id already exists",
+}
+
+func alreadyExists(field string) *apperr.Error {
+	return apperr.AlreadyExists(field, "%s", uniqueMessage[field])
+}
+
+// uniqueViolation reports whether err is a unique-constraint violation and,
+// when recognisable, the constraint (PostgreSQL) or last column (SQLite).
+func uniqueViolation(err error) (key string, ok bool) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		if pgErr.Code == "23505" {
+			return pgErr.ConstraintName, true
+		}
+		return "", false
+	}
+	var sqErr *sqlite.Error
+	if errors.As(err, &sqErr) {
+		// SQLITE_CONSTRAINT_UNIQUE (2067) and SQLITE_CONSTRAINT_PRIMARYKEY (1555).
+		if c := sqErr.Code(); c != 2067 && c != 1555 {
+			return "", false
+		}
+		// "UNIQUE constraint failed: providers.tenant_id, providers.display_name"
+		msg := sqErr.Error()
+		if i := strings.LastIndexByte(msg, '.'); i >= 0 {
+			key = strings.TrimSpace(msg[i+1:])
+			if j := strings.IndexAny(key, " )"); j >= 0 {
+				key = key[:j]
+			}
+		}
+		return key, true
+	}
+	return "", false
+}
+
+// foreignKeyViolation reports whether err is a foreign-key violation: the
+// provider a dependent row refers to does not exist (or was just deleted).
+func foreignKeyViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "23503"
+	}
+	var sqErr *sqlite.Error
+	if errors.As(err, &sqErr) {
+		return sqErr.Code() == 787 // SQLITE_CONSTRAINT_FOREIGNKEY
+	}
+	return false
+}
+
+// dbErr classifies an unexpected database error. Errors that already carry
+// an apperr kind pass through unchanged.
+func dbErr(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := apperr.As(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "DEADLINE_EXCEEDED", Message: what + ": deadline exceeded", Err: err}
+	case errors.Is(err, context.Canceled):
+		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "CANCELLED", Message: what + ": cancelled", Err: err}
+	case isConnErr(err):
+		return apperr.Unavailable(err, "%s: database unreachable", what)
+	}
+	return apperr.Internal(err, "%s", what)
+}
+
+func isConnErr(err error) bool {
+	var netErr net.Error
+	if errors.Is(err, driver.ErrBadConn) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Class 08: connection exception; 57P0x: operator intervention (shutdown).
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0")
+	}
+	return false
+}
