@@ -93,14 +93,15 @@ type TemporaryError struct {
 	// RetryAfter is the delay the server asked for in Retry-After, or 0.
 	RetryAfter time.Duration
 	// Err is the underlying network error, if any. It is not part of the
-	// message, so it can be logged only on purpose.
+	// message because its text may carry the full URL (query included);
+	// log it only on purpose.
 	Err error
 }
 
 // Error returns a short fact without the cause's text.
 func (e *TemporaryError) Error() string {
 	if e.Status == 0 {
-		return e.Op + ": authorization server unreachable"
+		return e.Op + ": server unreachable"
 	}
 	return fmt.Sprintf("%s: temporary failure, status %d", e.Op, e.Status)
 }
@@ -268,15 +269,21 @@ type Step struct {
 
 // Actions recorded in a Trace.
 const (
-	ActionProbe                     = "probe"
+	// ActionProbe is the unauthenticated initialize request.
+	ActionProbe = "probe"
+	// ActionProtectedResourceMetadata is a GET of RFC 9728 metadata.
 	ActionProtectedResourceMetadata = "protected_resource_metadata"
-	ActionAuthServerMetadata        = "authorization_server_metadata"
-	ActionLegacyDefaultEndpoints    = "legacy_default_endpoints"
+	// ActionAuthServerMetadata is a GET of RFC 8414 or OIDC metadata.
+	ActionAuthServerMetadata = "authorization_server_metadata"
+	// ActionLegacyDefaultEndpoints records the 2025-03-26 fallback to
+	// default endpoints; it makes no request.
+	ActionLegacyDefaultEndpoints = "legacy_default_endpoints"
 )
 
 // Trace records every step of probing and discovery, in order. A nil
 // *Trace records nothing. A Trace is not safe for concurrent use.
 type Trace struct {
+	// Steps lists the steps in the order they happened.
 	Steps []Step
 }
 

@@ -77,7 +77,8 @@ func (m *Metadata) SupportsS256() bool {
 //
 // Protected-resource metadata (RFC 9728) is read from the challenge's
 // resource_metadata URL, else the path-inserted well-known URL, else the
-// root one; a document whose "resource" differs from canonicalResource
+// root one (a resource_metadata URL that yields no document falls through
+// to the well-known ones, visibly in the trace); a document whose "resource" differs from canonicalResource
 // fails with ErrResourceMismatch, with no fallback. Authorization-server
 // metadata (RFC 8414 / OIDC discovery) for authorization_servers[0] is
 // read in the MCP specification's order, and a document whose "issuer"
@@ -103,7 +104,11 @@ func (c *Client) Discover(ctx context.Context, serverURL, canonicalResource stri
 			candidates = append(candidates, probe.ResourceMetadataURL)
 		}
 	}
-	candidates = append(candidates, prmWellKnownURLs(su)...)
+	for _, u := range prmWellKnownURLs(su) {
+		if !contains(candidates, u) {
+			candidates = append(candidates, u)
+		}
+	}
 
 	var prm *oauthex.ProtectedResourceMetadata
 	var prmURL string
@@ -123,7 +128,7 @@ func (c *Client) Discover(ctx context.Context, serverURL, canonicalResource stri
 	}
 
 	issuer := prm.AuthorizationServers[0]
-	asm, err := c.findAuthServerMeta(ctx, issuer, tr)
+	asm, _, err := c.findAuthServerMeta(ctx, issuer, tr)
 	if err != nil {
 		return nil, err
 	}
@@ -139,14 +144,14 @@ func (c *Client) Discover(ctx context.Context, serverURL, canonicalResource stri
 // that exists but is rejected (issuer mismatch, invalid) is an error: it
 // would be wrong to ignore it and guess endpoints.
 func (c *Client) discoverLegacy(ctx context.Context, origin, canonicalResource string, tr *Trace) (*Metadata, error) {
-	asm, err := c.findAuthServerMeta(ctx, origin, tr)
+	asm, nothing, err := c.findAuthServerMeta(ctx, origin, tr)
 	switch {
 	case err == nil:
 		md := metadataFrom(asm)
 		md.Resource = canonicalResource
 		md.Legacy = true
 		return md, nil
-	case !errors.Is(err, errNothingFound):
+	case !nothing:
 		return nil, err
 	}
 	md := &Metadata{
@@ -228,19 +233,15 @@ func AuthServerMetadataURLs(issuer string) ([]string, error) {
 	return []string{origin + oauthWK + p, origin + oidcWK + p, origin + p + oidcWK}, nil
 }
 
-// errNothingFound marks "no document at any location" (as opposed to a
-// document that was found and rejected).
-var errNothingFound = errors.New("nothing found")
-
 // findAuthServerMeta tries the well-known locations for issuer and returns
-// the first document that validates. It returns an error wrapping
-// errNothingFound and ErrNoAuthServerMetadata when no location had a
-// document, ErrIssuerMismatch when documents existed but named another
-// issuer, and ErrNoAuthServerMetadata when documents were invalid.
-func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trace) (*oauthex.AuthServerMeta, error) {
+// the first document that validates. On failure it returns
+// ErrIssuerMismatch when documents existed but named another issuer, else
+// ErrNoAuthServerMetadata, with nothing set when no location had a
+// document at all (as opposed to documents that were rejected).
+func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trace) (asm *oauthex.AuthServerMeta, nothing bool, err error) {
 	urls, err := AuthServerMetadataURLs(issuer)
 	if err != nil {
-		return nil, fmt.Errorf("discover: authorization server: %w", err)
+		return nil, false, fmt.Errorf("discover: authorization server: %w", err)
 	}
 	found, mismatch := false, false
 	for _, u := range urls {
@@ -249,17 +250,24 @@ func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trac
 		if err != nil {
 			step.Detail = err.Error()
 			tr.add(step)
-			return nil, err
+			return nil, false, err
 		}
 		if res.status != http.StatusOK {
 			step.Detail = cachedPrefix(cached) + "not found"
 			tr.add(step)
 			continue
 		}
+		if res.body == nil {
+			// A catch-all page is no document; for a legacy server it must
+			// not block the default endpoints.
+			step.Detail = cachedPrefix(cached) + "not found: not json"
+			tr.add(step)
+			continue
+		}
 		found = true
-		asm, err := decodeAuthServerMeta(res.body)
+		doc, err := decodeAuthServerMeta(res.body)
 		if err == nil {
-			err = validateAuthServerMeta(asm, issuer)
+			err = validateAuthServerMeta(doc, issuer)
 		}
 		if err != nil {
 			if errors.Is(err, ErrIssuerMismatch) {
@@ -271,16 +279,12 @@ func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trac
 		}
 		step.OK, step.Detail = true, cachedPrefix(cached)+"issuer matches"
 		tr.add(step)
-		return asm, nil
+		return doc, false, nil
 	}
-	switch {
-	case mismatch:
-		return nil, fmt.Errorf("discover: authorization server metadata: %w", ErrIssuerMismatch)
-	case found:
-		return nil, fmt.Errorf("discover: %w", ErrNoAuthServerMetadata)
-	default:
-		return nil, fmt.Errorf("discover: %w (%w)", ErrNoAuthServerMetadata, errNothingFound)
+	if mismatch {
+		return nil, false, fmt.Errorf("discover: authorization server metadata: %w", ErrIssuerMismatch)
 	}
+	return nil, !found, fmt.Errorf("discover: %w", ErrNoAuthServerMetadata)
 }
 
 // fetchPRM fetches and checks one protected-resource metadata candidate.
@@ -328,11 +332,12 @@ func cachedPrefix(cached bool) string {
 	return ""
 }
 
-// fetchMetadata GETs a metadata document through the cache. It returns a
-// result for 200 (with a JSON body) and for 4xx (no document); network
-// errors, 429 and 5xx are *TemporaryError; a 200 that is not JSON or too
-// large is reported as status 200 with a nil body (a body over the cap is
-// an error).
+// fetchMetadata GETs a metadata document through the cache. A 200 with a
+// JSON media type yields its body; a 200 of another type (often an HTML
+// catch-all page) yields a nil body; other statuses below 500 mean "no
+// document here". These outcomes are cached (4xx and non-JSON included, so
+// a cached discovery makes no request at all). Network errors, 429 and 5xx
+// are *TemporaryError and not cached; a body over 256 KiB is an error.
 //
 // The SDK's oauthex.GetProtectedResourceMetadata and GetAuthServerMeta are
 // not used: they replace the caller's transport and redirect policy with

@@ -607,3 +607,51 @@ func TestSameIssuerAndResource(t *testing.T) {
 		}
 	}
 }
+
+func TestDiscoverCatchAllHTMLIsLegacyDefaults(t *testing.T) {
+	t.Parallel()
+	srv := newRawServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write([]byte("<html>app</html>"))
+	}))
+	c := newTestClient(t)
+	var tr Trace
+	md, err := c.Discover(context.Background(), srv+"/mcp", srv+"/mcp", nil, &tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !md.Legacy || !md.DefaultEndpoints || md.TokenEndpoint != srv+"/token" || md.Issuer != srv {
+		t.Fatalf("metadata = %+v", md)
+	}
+	if len(tr.Steps) != 5 {
+		t.Errorf("trace = %+v", tr.Steps)
+	}
+}
+
+func TestDiscoverPRMWithoutAuthorizationServers(t *testing.T) {
+	t.Parallel()
+	srv := newRawServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/.well-known/oauth-protected-resource/mcp" {
+			writeJSON(w, 200, map[string]any{"resource": "http://" + r.Host + "/mcp"})
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	c := newTestClient(t)
+	if _, err := c.Discover(context.Background(), srv+"/mcp", srv+"/mcp", nil, nil); err == nil {
+		t.Fatal("accepted metadata without authorization_servers")
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	if _, err := New(nil); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	hc := &http.Client{}
+	for _, o := range []Option{WithClock(nil), WithMetadataTTL(-1), WithCacheLimits(0, 1), WithClientInfo("", "1")} {
+		if _, err := New(hc, o); err == nil {
+			t.Error("invalid option accepted")
+		}
+	}
+}

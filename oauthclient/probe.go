@@ -169,6 +169,9 @@ func (c *Client) Probe(ctx context.Context, serverURL string, headers map[string
 	default:
 		drain(res.Body)
 		step.Detail = "unexpected status"
+		if res.StatusCode >= 300 && res.StatusCode < 400 {
+			step.Detail = "redirect not followed; check the server url"
+		}
 		tr.add(step)
 		return nil, &StatusError{Op: op, Status: res.StatusCode}
 	}

@@ -18,16 +18,23 @@ import (
 // Registration methods, in the order the MCP specification asks a client
 // to prefer them.
 const (
-	MethodPreRegistered            = "pre_registered"
+	// MethodPreRegistered is a client entered by an operator.
+	MethodPreRegistered = "pre_registered"
+	// MethodClientIDMetadataDocument is a client identified by the URL of
+	// a Client ID Metadata Document the service hosts.
 	MethodClientIDMetadataDocument = "client_id_metadata_document"
-	MethodDynamicRegistration      = "dynamic_registration"
+	// MethodDynamicRegistration is a client obtained with RFC 7591.
+	MethodDynamicRegistration = "dynamic_registration"
 )
 
 // Token endpoint client authentication methods this package implements.
 const (
+	// AuthClientSecretBasic sends the client credentials in HTTP Basic.
 	AuthClientSecretBasic = "client_secret_basic"
-	AuthClientSecretPost  = "client_secret_post"
-	AuthNone              = "none"
+	// AuthClientSecretPost sends the client credentials in the form body.
+	AuthClientSecretPost = "client_secret_post"
+	// AuthNone is a public client: client_id in the body, no secret.
+	AuthNone = "none"
 )
 
 // Registration is a client identity at one authorization server.

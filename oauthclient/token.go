@@ -33,8 +33,9 @@ type Tokens struct {
 	// ExpiresAt is the absolute expiry computed from expires_in with the
 	// client's clock; zero means unknown.
 	ExpiresAt time.Time
-	// Scopes is the granted scope from the response, or the requested
-	// scopes when the response has none (RFC 6749 section 5.1).
+	// Scopes is the granted scope from the response. When the response
+	// has none, Exchange reports the requested scopes (RFC 6749 section
+	// 5.1) and Refresh reports nil, meaning the grant's scope is unchanged.
 	Scopes []string
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -521,6 +522,115 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		for _, s := range []string{"client-secret-value", "access-value", "refresh-value"} {
 			if strings.Contains(buf.String(), s) {
 				t.Errorf("%T prints %q", v, s)
+			}
+		}
+	}
+}
+
+// countingTransport counts the requests that went through it, per path.
+type countingTransport struct {
+	mu    sync.Mutex
+	paths map[string]int
+}
+
+func (ct *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ct.mu.Lock()
+	ct.paths[r.URL.Path]++
+	ct.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestAllRequestsUseTheGivenClient(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t).modern()
+	ct := &countingTransport{paths: map[string]int{}}
+	c, err := New(&http.Client{Transport: ct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := authorize(t, ts, c, ts.resource())
+	ctx := context.Background()
+	r, err := c.Refresh(ctx, f.md, f.reg, f.tokens.RefreshToken, ts.resource())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Revoke(ctx, f.md, f.reg, r.RefreshToken, "refresh_token"); err != nil {
+		t.Fatal(err)
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	for _, p := range []string{
+		"/.well-known/oauth-protected-resource/mcp", "/.well-known/oauth-authorization-server",
+		"/register", "/token", "/revoke",
+	} {
+		if got, want := ct.paths[p], ts.hitCount(p); got == 0 || got != want {
+			t.Errorf("%s: %d requests through the given client, %d at the server", p, got, want)
+		}
+	}
+	if ct.paths["/token"] != 2 {
+		t.Errorf("token requests = %d, want 2 (exchange through x/oauth2, refresh)", ct.paths["/token"])
+	}
+}
+
+func TestRefreshOversizedResponse(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t).modern()
+	c := newTestClient(t)
+	f := authorize(t, ts, c, ts.resource())
+	ts.config(func(ts *testServer) {
+		ts.tokenFail = &tokenFailure{status: 200, body: `{"access_token":"` + strings.Repeat("a", maxTokenBytes) + `"}`}
+	})
+	_, err := c.Refresh(context.Background(), f.md, f.reg, f.tokens.RefreshToken, ts.resource())
+	if !errors.Is(err, ErrResponseTooLarge) {
+		t.Fatalf("err = %v, want ErrResponseTooLarge", err)
+	}
+}
+
+func TestExchangeIsSentOnce(t *testing.T) {
+	t.Parallel()
+	for _, fail := range []tokenFailure{
+		{status: 503, retryAfter: "2", body: `{"error":"temporarily_unavailable"}`},
+		{status: 401, body: `{"error":"invalid_client","error_description":"SECRET-DESCRIPTION"}`},
+		{status: 200, body: `not json SECRET-DESCRIPTION`},
+	} {
+		ts := newTestServer(t).modern()
+		c := newTestClient(t)
+		ctx := context.Background()
+		md, err := c.Discover(ctx, ts.resource(), ts.resource(), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg, err := c.RegisterDynamic(ctx, md, "t", testRedirect, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		verifier, challenge, _ := NewPKCE()
+		state, _ := NewState()
+		u, err := AuthorizationURL(AuthRequest{Metadata: md, ClientID: reg.ClientID, RedirectURI: testRedirect, State: state, CodeChallenge: challenge})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cb := followAuthorize(t, u)
+		ts.config(func(ts *testServer) { ts.tokenFail = &fail })
+		_, err = c.Exchange(ctx, md, reg, secret.New(cb.Get("code")), verifier, testRedirect, "", nil)
+		if err == nil {
+			t.Fatalf("status %d: exchange succeeded", fail.status)
+		}
+		if n := ts.hitCount("/token"); n != 1 {
+			t.Errorf("status %d: %d token requests, want exactly 1", fail.status, n)
+		}
+		if strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("error leaks the upstream body: %q", err)
+		}
+		var te *TemporaryError
+		switch fail.status {
+		case 503:
+			if !errors.As(err, &te) || te.RetryAfter != 2*time.Second {
+				t.Errorf("err = %v, want TemporaryError", err)
+			}
+		case 401:
+			if !errors.Is(err, ErrInvalidClient) {
+				t.Errorf("err = %v, want ErrInvalidClient", err)
 			}
 		}
 	}
