@@ -146,6 +146,19 @@ func (s *Store) FindProviderByURLHash(ctx context.Context, tenant string, hashes
 // A missing row is apperr.NotFound; a version mismatch is apperr.Aborted and
 // changes nothing. Uniqueness conflicts are reported as in CreateProvider.
 func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion int64) error {
+	return s.updateProvider(ctx, p, expectedVersion, false)
+}
+
+// UpdateProviderResettingCredentials is UpdateProvider that, in the same
+// transaction, deletes everything tied to the provider's previous server:
+// its credential (tokens), client registrations and tool list. It is used
+// when the server URL changes, so no token or registration for the old
+// server can ever be used with the new one.
+func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *Provider, expectedVersion int64) error {
+	return s.updateProvider(ctx, p, expectedVersion, true)
+}
+
+func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion int64, reset bool) error {
 	if err := checkTenant(p.TenantID); err != nil {
 		return err
 	}
@@ -184,6 +197,18 @@ func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion
 		if res.RowsAffected == 0 {
 			return missingOrChanged(ctx, tx, p.TenantID, p.ID,
 				apperr.Aborted("provider was changed concurrently; re-read and retry"))
+		}
+		if !reset {
+			return nil
+		}
+		for _, model := range []any{&Credential{}, &ClientRegistration{}, &ToolList{}} {
+			q, err := scoped(ctx, tx, p.TenantID)
+			if err != nil {
+				return err
+			}
+			if err := q.Where("provider_id = ?", p.ID).Delete(model).Error; err != nil {
+				return err
+			}
 		}
 		return nil
 	})

@@ -1,0 +1,355 @@
+// Package app wires mcpauth together: configuration in, a running gRPC
+// server and HTTP gateway out. cmd/mcpauthd calls it; end-to-end tests use
+// it to run the real service on real sockets.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/config"
+	"github.com/mcpauth/mcpauth/egress"
+	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/mcpclient"
+	"github.com/mcpauth/mcpauth/metrics"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/server"
+	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/statestore"
+)
+
+// Version is reported to authorization and MCP servers as the client
+// version.
+const Version = "0.1.0"
+
+// App is one running mcpauth process.
+type App struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	store     *repository.Store
+	keys      *keyring.Keyring
+	flows     statestore.Store
+	guard     *egress.Guard
+	metrics   *metrics.Metrics
+	health    *health.Server
+	grpc      *grpc.Server
+	mem       *memListener
+	http      *http.Server
+	gwConn    *grpc.ClientConn
+	mcp       *mcpclient.Client
+	refresher *service.Refresher
+	tlsConfig *tls.Config
+}
+
+// LoadKeyring reads the master keys from MCPAUTH_MASTER_KEYS, else from
+// MCPAUTH_MASTER_KEY_FILE, else from a dev key file generated in the data
+// directory (with a loud warning: fine for a laptop, never for production).
+func LoadKeyring(cfg *config.Config, log *slog.Logger) (*keyring.Keyring, error) {
+	spec := cfg.MasterKeys.Reveal()
+	switch {
+	case spec != "":
+	case cfg.MasterKeyFile != "":
+		raw, err := os.ReadFile(cfg.MasterKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading MCPAUTH_MASTER_KEY_FILE: %w", err)
+		}
+		spec = string(raw)
+	default:
+		path := filepath.Join(cfg.DataDir, "master.key")
+		s, created, err := keyring.LoadOrCreateFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("dev master key: %w", err)
+		}
+		spec = s
+		log.Warn("USING A DEVELOPMENT MASTER KEY stored next to the data: set MCPAUTH_MASTER_KEYS or MCPAUTH_MASTER_KEY_FILE in production",
+			"path", path, "created", created)
+	}
+	k, err := keyring.Parse(spec)
+	if err != nil {
+		return nil, fmt.Errorf("master keys: %w", err)
+	}
+	return k, nil
+}
+
+// OpenStore opens and migrates the database.
+func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, error) {
+	if cfg.DatabaseURL.IsZero() {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating data dir: %w", err)
+		}
+	}
+	st, err := repository.Open(ctx, cfg.DatabaseDSN(), repository.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("migrating: %w", err)
+	}
+	return st, nil
+}
+
+// CheckKeysInUse refuses to run when a row is encrypted under a key the
+// keyring lacks: retiring a key before re-encrypting would make rows
+// unreadable.
+func CheckKeysInUse(ctx context.Context, st *repository.Store, k *keyring.Keyring) error {
+	usage, err := st.KeyUsage(ctx)
+	if err != nil {
+		return err
+	}
+	var missing []uint32
+	for id, n := range usage {
+		if n > 0 && !k.Has(id) {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("rows are encrypted under key ids %v that the configured master keys lack: add them back, run 'mcpauthd rotate-keys', then retire them", missing)
+	}
+	return nil
+}
+
+func authenticator(cfg *config.Config, log *slog.Logger) (server.Authenticator, error) {
+	if cfg.CallersFile != "" {
+		return caller.LoadFile(cfg.CallersFile)
+	}
+	path := filepath.Join(cfg.DataDir, "admin.key")
+	a, created, err := caller.LoadOrCreateAdmin(path)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("no MCPAUTH_CALLERS_FILE: one admin API key with every permission on every tenant is in use", "key_file", path, "created", created)
+	return a, nil
+}
+
+// New builds every component from cfg. Nothing listens until Serve.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, log: log, metrics: metrics.New(), health: health.NewServer()}
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	if a.keys, err = LoadKeyring(cfg, log); err != nil {
+		return nil, err
+	}
+	if a.store, err = OpenStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := CheckKeysInUse(ctx, a.store, a.keys); err != nil {
+		return nil, err
+	}
+	if cfg.RedisURL.IsZero() {
+		a.flows = statestore.NewMemory()
+		log.Info("flow state and refresh locks are in process memory: run one replica only, or set MCPAUTH_REDIS_URL")
+	} else {
+		r, err := statestore.NewRedisFromURL(cfg.RedisURL.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("MCPAUTH_REDIS_URL: %w", err)
+		}
+		a.flows = r
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := r.Ping(pctx); err != nil {
+			log.Warn("redis not reachable at start; calls needing it answer UNAVAILABLE until it is", "err", err.Error())
+		}
+	}
+	auth, err := authenticator(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	auditor := service.NewAuditor(a.store, log, nil)
+	allow, err := egress.ParseAllow(cfg.EgressAllow)
+	if err != nil {
+		return nil, fmt.Errorf("MCPAUTH_EGRESS_ALLOW: %w", err)
+	}
+	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: service.EgressBlockHook(auditor, a.metrics)}); err != nil {
+		return nil, err
+	}
+	if len(allow) > 0 {
+		log.Warn("egress allow-list in use: these hosts may be private and reached over plain http", "allow", allow)
+	}
+	proto, err := oauthclient.New(a.guard.Client(), oauthclient.WithMetadataTTL(cfg.MetadataTTL), oauthclient.WithClientInfo(cfg.ClientName, Version))
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := service.NewTokenService(service.TokenDeps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
+		Audit: auditor, Log: log, Metrics: a.metrics,
+		Config: service.TokenConfig{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL}})
+	if err != nil {
+		return nil, err
+	}
+	oauth, err := service.NewOAuthService(service.OAuthDeps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
+		Audit: auditor, Log: log, Tokens: tokens, Config: service.OAuthConfig{
+			PublicURL: cfg.PublicURL, CallbackURL: cfg.CallbackURL(), ClientName: cfg.ClientName,
+			ClientMetadataURL: cfg.ClientMetadataURL, ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL}})
+	if err != nil {
+		return nil, err
+	}
+	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: Version})
+	tools, err := service.NewToolService(service.ToolDeps{Store: a.store, Cipher: a.keys, Tokens: tokens, MCP: a.mcp,
+		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes})
+	if err != nil {
+		return nil, err
+	}
+	providers, err := service.NewProviderService(service.ProviderDeps{Store: a.store, Reset: a.store, Cipher: a.keys,
+		Audit: auditor, Log: log, Revoker: tokens, Prober: tools})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BackgroundRefreshInterval > 0 {
+		a.refresher = service.NewRefresher(a.store, tokens, log, cfg.BackgroundRefreshInterval)
+	}
+
+	var grpcOpts []grpc.ServerOption
+	if cfg.TLS() {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("loading TLS key pair: %w", err)
+		}
+		a.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(a.tlsConfig)))
+	}
+	a.grpc = server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health, Options: grpcOpts,
+		Services: server.Services{Providers: providers, OAuth: oauth, Audit: service.NewAuditService(a.store), Tools: tools}})
+
+	// The gateway reaches the gRPC server in process. The in-process server
+	// has no TLS: its "network" never leaves the process.
+	a.mem = newMemListener()
+	inproc := server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health,
+		Services: server.Services{Providers: providers, OAuth: oauth, Audit: service.NewAuditService(a.store), Tools: tools}})
+	go func() { _ = inproc.Serve(a.mem) }()
+	a.gwConn, err = grpc.NewClient("passthrough:///in-process",
+		grpc.WithContextDialer(a.mem.DialContext),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	gw, err := server.NewGateway(ctx, a.gwConn)
+	if err != nil {
+		return nil, err
+	}
+	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: oauth, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
+		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics})
+	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
+		Metrics: promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}), CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
+		Ready: a.ready})
+	a.http = server.NewHTTPServer(cfg.HTTPAddr, handler, a.tlsConfig, log)
+	return a, nil
+}
+
+func (a *App) ready(ctx context.Context) error {
+	if err := a.store.Ping(ctx); err != nil {
+		return err
+	}
+	return a.flows.Ping(ctx)
+}
+
+// Serve serves gRPC on grpcLis and HTTP on httpLis until ctx ends, then
+// drains both within the configured grace period.
+func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
+	errc := make(chan error, 2)
+	go func() { errc <- a.grpc.Serve(grpcLis) }()
+	go func() {
+		var err error
+		if a.tlsConfig != nil {
+			err = a.http.ServeTLS(httpLis, "", "")
+		} else {
+			err = a.http.Serve(httpLis)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- err
+	}()
+	var wg sync.WaitGroup
+	rctx, stopRefresher := context.WithCancel(ctx)
+	if a.refresher != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.refresher.Run(rctx) }()
+	}
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL)
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	a.log.Info("shutting down")
+	a.health.Shutdown()
+	stopRefresher()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownGrace)
+	defer cancel()
+	_ = a.http.Shutdown(sctx)
+	done := make(chan struct{})
+	go func() { a.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-sctx.Done():
+		a.grpc.Stop()
+	}
+	wg.Wait()
+	return serveErr
+}
+
+// Listen opens the configured listeners and serves until ctx ends.
+func (a *App) Listen(ctx context.Context) error {
+	gl, err := net.Listen("tcp", a.cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listen: %w", err)
+	}
+	hl, err := net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("http listen: %w", err)
+	}
+	return a.Serve(ctx, gl, hl)
+}
+
+// Store returns the repository (for operator commands and tests).
+func (a *App) Store() *repository.Store { return a.store }
+
+// Keys returns the keyring.
+func (a *App) Keys() *keyring.Keyring { return a.keys }
+
+// Close releases everything New opened.
+func (a *App) Close() {
+	if a.gwConn != nil {
+		_ = a.gwConn.Close()
+	}
+	if a.mem != nil {
+		_ = a.mem.Close()
+	}
+	if a.mcp != nil {
+		_ = a.mcp.Close()
+	}
+	if a.flows != nil {
+		_ = a.flows.Close()
+	}
+	if a.store != nil {
+		_ = a.store.Close()
+	}
+}

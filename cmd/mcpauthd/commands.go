@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/mcpauth/mcpauth/app"
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/config"
+	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/service"
+)
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// serve runs the service until SIGINT or SIGTERM, then drains.
+func serve(ctx context.Context, args []string) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel)
+	a, err := app.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return a.Listen(ctx)
+}
+
+// migrate applies the database migrations and exits.
+func migrate(ctx context.Context, args []string) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	st, err := app.OpenStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	fmt.Println("migrations applied")
+	return nil
+}
+
+// rotateKeys re-encrypts every row under the primary master key (the first
+// entry of MCPAUTH_MASTER_KEYS) and prints the row count per key id. It is
+// idempotent and can be interrupted and run again.
+func rotateKeys(ctx context.Context, args []string) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel)
+	keys, err := app.LoadKeyring(cfg, log)
+	if err != nil {
+		return err
+	}
+	st, err := app.OpenStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := app.CheckKeysInUse(ctx, st, keys); err != nil {
+		return err
+	}
+	r := service.NewRotator(st, keys, log)
+	var rep *service.RotationReport
+	for pass := 1; pass <= 5; pass++ {
+		if rep, err = r.Run(ctx); err != nil {
+			return err
+		}
+		fmt.Printf("pass %d: re-encrypted %d providers, %d credentials, %d client registrations (%d changed concurrently)\n",
+			pass, rep.Providers, rep.Credentials, rep.Registrations, rep.Skipped)
+		if rep.Skipped == 0 {
+			break
+		}
+	}
+	printUsage(rep.Usage, keys.PrimaryID())
+	return nil
+}
+
+// keyUsage prints how many rows each key id encrypts.
+func keyUsage(ctx context.Context, args []string) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	keys, err := app.LoadKeyring(cfg, newLogger(cfg.LogLevel))
+	if err != nil {
+		return err
+	}
+	st, err := app.OpenStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	usage, err := st.KeyUsage(ctx)
+	if err != nil {
+		return err
+	}
+	printUsage(usage, keys.PrimaryID())
+	return nil
+}
+
+func printUsage(usage map[uint32]int64, primary uint32) {
+	ids := make([]uint32, 0, len(usage))
+	for id := range usage {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		mark := ""
+		if id == primary {
+			mark = " (primary)"
+		}
+		fmt.Printf("key %d%s: %d rows\n", id, mark, usage[id])
+	}
+	for _, id := range ids {
+		if id != primary && usage[id] == 0 {
+			fmt.Printf("key %d encrypts no row: it can be removed from the configuration\n", id)
+		}
+	}
+}
+
+// newCallerKey prints a fresh API key and the callers-file entry for it.
+func newCallerKey() error {
+	key, hash, err := caller.NewKey()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("key (give it to the caller; it is not stored): %s\n", key)
+	fmt.Printf("callers file entry: {\"name\": \"NAME\", \"key_sha256\": %q, \"tenants\": [\"TENANT\"], \"permissions\": [\"providers.read\"]}\n", hash)
+	return nil
+}
+
+// newMasterKey prints a key spec with one fresh key; "-id N" picks the id
+// (use a new, higher id when rotating: put the new entry first).
+func newMasterKey(args []string) error {
+	fs := flag.NewFlagSet("new-master-key", flag.ContinueOnError)
+	id := fs.Uint("id", 1, "key id")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *id == 0 || *id > math.MaxUint32 {
+		return fmt.Errorf("-id must be between 1 and %d", uint32(math.MaxUint32))
+	}
+	spec, err := keyring.GenerateSpec(uint32(*id))
+	if err != nil {
+		return err
+	}
+	fmt.Println(spec)
+	return nil
+}
+
+// healthcheck asks the local HTTP port's /readyz (for container health
+// checks, where no curl exists).
+func healthcheck(ctx context.Context, args []string) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	_, port, err := net.SplitHostPort(cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	client := &http.Client{Timeout: 3 * time.Second}
+	if cfg.TLS() {
+		scheme = "https"
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // loopback self-check only
+	}
+	resp, err := client.Get(scheme + "://127.0.0.1:" + port + "/readyz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("readyz answered %d", resp.StatusCode)
+	}
+	return nil
+}

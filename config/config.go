@@ -1,0 +1,176 @@
+// Package config loads mcpauthd's configuration from MCPAUTH_* environment
+// variables (defaults in struct tags) and a few command-line flags that
+// override them. Secret values are typed so they cannot be printed.
+package config
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/mcpauth/mcpauth/secret"
+)
+
+// Config is the whole configuration of one mcpauthd process.
+type Config struct {
+	// GRPCAddr is the gRPC listen address.
+	GRPCAddr string `env:"MCPAUTH_GRPC_ADDR, default=:9090"`
+	// HTTPAddr is the REST gateway and browser routes listen address.
+	HTTPAddr string `env:"MCPAUTH_HTTP_ADDR, default=:8080"`
+	// DataDir holds the SQLite file, the dev master key and the admin key.
+	DataDir string `env:"MCPAUTH_DATA_DIR, default=./data"`
+	// DatabaseURL selects Postgres (postgres://...); empty means the SQLite
+	// file <DataDir>/mcpauth.db.
+	DatabaseURL SecretString `env:"MCPAUTH_DATABASE_URL"`
+	// RedisURL selects Redis (redis:// or rediss://) for flow state and
+	// refresh locks; empty means the in-process store (one replica only).
+	RedisURL SecretString `env:"MCPAUTH_REDIS_URL"`
+	// MasterKeys is the key spec "ID:BASE64,ID:BASE64", primary first.
+	MasterKeys SecretString `env:"MCPAUTH_MASTER_KEYS"`
+	// MasterKeyFile is a file holding the key spec; used when MasterKeys is
+	// empty. Without either, a dev key is generated in DataDir.
+	MasterKeyFile string `env:"MCPAUTH_MASTER_KEY_FILE"`
+	// CallersFile is the JSON file of API callers; without it an admin key
+	// is generated into <DataDir>/admin.key.
+	CallersFile string `env:"MCPAUTH_CALLERS_FILE"`
+	// PublicURL is the gateway's external base URL, used for the authorize
+	// and callback URLs handed to browsers and authorization servers.
+	PublicURL string `env:"MCPAUTH_PUBLIC_URL, default=http://localhost:8080"`
+	// ClientMetadataURL is an https URL of a Client ID Metadata Document to
+	// use as client_id; empty means mcpauth serves its own when PublicURL is
+	// https.
+	ClientMetadataURL string `env:"MCPAUTH_CLIENT_METADATA_URL"`
+	// ClientName is the client_name shown by authorization servers.
+	ClientName string `env:"MCPAUTH_CLIENT_NAME, default=mcpauth"`
+	// EgressAllow lists hosts, IPs or CIDRs that the egress guard lets
+	// through even when private, and over plain http (development, tests).
+	EgressAllow string `env:"MCPAUTH_EGRESS_ALLOW"`
+	// ReturnOrigins lists the origins StartAuthorization accepts in
+	// return_url.
+	ReturnOrigins []string `env:"MCPAUTH_RETURN_ORIGINS"`
+	// CORSOrigins lists origins allowed to call the REST gateway from a
+	// browser; CORS is closed when empty.
+	CORSOrigins []string `env:"MCPAUTH_CORS_ORIGINS"`
+	// TLSCertFile and TLSKeyFile serve both ports over TLS when set.
+	TLSCertFile string `env:"MCPAUTH_TLS_CERT_FILE"`
+	TLSKeyFile  string `env:"MCPAUTH_TLS_KEY_FILE"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `env:"MCPAUTH_LOG_LEVEL, default=info"`
+	// BrowserRatePerMinute limits authorize and callback requests per client
+	// IP.
+	BrowserRatePerMinute int `env:"MCPAUTH_BROWSER_RATE_PER_MINUTE, default=60"`
+	// FlowTTL is how long an authorization flow stays valid.
+	FlowTTL time.Duration `env:"MCPAUTH_FLOW_TTL, default=5m"`
+	// MetadataTTL is how long discovered metadata is cached.
+	MetadataTTL time.Duration `env:"MCPAUTH_METADATA_TTL, default=10m"`
+	// RefreshMarginMax caps how long before expiry a token is refreshed; the
+	// margin is a quarter of the token's lifetime up to this cap.
+	RefreshMarginMax time.Duration `env:"MCPAUTH_REFRESH_MARGIN_MAX, default=60s"`
+	// RefreshLockTTL bounds how long a crashed refresher holds the lock.
+	RefreshLockTTL time.Duration `env:"MCPAUTH_REFRESH_LOCK_TTL, default=15s"`
+	// BackgroundRefreshInterval is how often idle authorizations are
+	// checked; 0 disables the background refresher.
+	BackgroundRefreshInterval time.Duration `env:"MCPAUTH_BACKGROUND_REFRESH_INTERVAL, default=1m"`
+	// ShutdownGrace bounds the graceful drain on SIGTERM.
+	ShutdownGrace time.Duration `env:"MCPAUTH_SHUTDOWN_GRACE, default=15s"`
+	// ToolResultMaxBytes caps one tool result.
+	ToolResultMaxBytes int64 `env:"MCPAUTH_TOOL_RESULT_MAX_BYTES, default=4194304"`
+}
+
+// SecretString is a configuration value that must not be printed.
+type SecretString struct{ secret.Secret }
+
+// EnvDecode implements envconfig.Decoder.
+func (s *SecretString) EnvDecode(v string) error {
+	s.Secret = secret.New(v)
+	return nil
+}
+
+// Load reads the environment, then the flags in args (without the program
+// name), and validates the result.
+func Load(ctx context.Context, args []string, lookup envconfig.Lookuper) (*Config, error) {
+	var c Config
+	if lookup == nil {
+		lookup = envconfig.OsLookuper()
+	}
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
+		return nil, fmt.Errorf("reading environment: %w", err)
+	}
+	fs := flag.NewFlagSet("mcpauthd", flag.ContinueOnError)
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address (MCPAUTH_GRPC_ADDR)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP gateway listen address (MCPAUTH_HTTP_ADDR)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory (MCPAUTH_DATA_DIR)")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "external base URL of the gateway (MCPAUTH_PUBLIC_URL)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (MCPAUTH_LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return &c, c.validate()
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("MCPAUTH_DATA_DIR must not be empty"))
+	}
+	u, err := url.Parse(c.PublicURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		errs = append(errs, fmt.Errorf("MCPAUTH_PUBLIC_URL %q must be an absolute http(s) URL without query or fragment", c.PublicURL))
+	} else {
+		c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	}
+	if c.ClientMetadataURL != "" {
+		if u, err := url.Parse(c.ClientMetadataURL); err != nil || u.Scheme != "https" || u.Path == "" || u.Path == "/" {
+			errs = append(errs, errors.New("MCPAUTH_CLIENT_METADATA_URL must be an https URL with a path"))
+		}
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("MCPAUTH_TLS_CERT_FILE and MCPAUTH_TLS_KEY_FILE go together"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("MCPAUTH_LOG_LEVEL %q must be debug, info, warn or error", c.LogLevel))
+	}
+	if c.FlowTTL < time.Minute || c.FlowTTL > 10*time.Minute {
+		errs = append(errs, errors.New("MCPAUTH_FLOW_TTL must be between 1m and 10m"))
+	}
+	if c.BrowserRatePerMinute < 1 {
+		errs = append(errs, errors.New("MCPAUTH_BROWSER_RATE_PER_MINUTE must be at least 1"))
+	}
+	for _, o := range append(append([]string{}, c.ReturnOrigins...), c.CORSOrigins...) {
+		if u, err := url.Parse(o); err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || (u.Scheme != "https" && u.Scheme != "http") {
+			errs = append(errs, fmt.Errorf("origin %q must be scheme://host[:port]", o))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DatabaseDSN returns the database to open: the Postgres URL, or the SQLite
+// file in the data directory.
+func (c *Config) DatabaseDSN() string {
+	if d := c.DatabaseURL.Reveal(); d != "" {
+		return d
+	}
+	return filepath.Join(c.DataDir, "mcpauth.db")
+}
+
+// TLS reports whether the ports are served over TLS.
+func (c *Config) TLS() bool { return c.TLSCertFile != "" }
+
+// CallbackURL is the redirect_uri registered with authorization servers.
+func (c *Config) CallbackURL() string { return c.PublicURL + "/v1/oauth/callback" }
+
+// PublicHTTPS reports whether the public URL is https (needed to serve our
+// own Client ID Metadata Document and for __Host- cookies).
+func (c *Config) PublicHTTPS() bool { return strings.HasPrefix(c.PublicURL, "https://") }

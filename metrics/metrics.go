@@ -1,0 +1,60 @@
+// Package metrics defines mcpauth's Prometheus metrics. Labels carry only
+// bounded, non-secret values (outcomes, methods, reasons): never a tenant
+// id, provider id, URL or token.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every collector of the service.
+type Metrics struct {
+	Registry        *prometheus.Registry
+	Refreshes       *prometheus.CounterVec
+	RefreshLatency  prometheus.Histogram
+	LockWaits       prometheus.Histogram
+	TokensServed    prometheus.Counter
+	ReauthRequired  prometheus.Counter
+	EgressBlocked   *prometheus.CounterVec
+	CallbackResults *prometheus.CounterVec
+	ToolCalls       *prometheus.CounterVec
+}
+
+// New registers the collectors on a fresh registry (plus the Go and process
+// collectors).
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		Refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_token_refreshes_total", Help: "Token refreshes at authorization servers, by outcome.",
+		}, []string{"outcome"}),
+		RefreshLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mcpauth_token_refresh_duration_seconds", Help: "Duration of refresh requests to authorization servers.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		LockWaits: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mcpauth_refresh_lock_wait_seconds", Help: "Time spent waiting for another replica's refresh of the same provider.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		TokensServed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mcpauth_tokens_served_total", Help: "Access tokens handed to callers or used for MCP calls.",
+		}),
+		ReauthRequired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mcpauth_reauth_required_total", Help: "Authorizations that became REAUTH_REQUIRED.",
+		}),
+		EgressBlocked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_egress_blocked_total", Help: "Outbound requests refused by the egress guard, by reason.",
+		}, []string{"reason"}),
+		CallbackResults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_oauth_callbacks_total", Help: "OAuth callbacks, by result reason.",
+		}, []string{"result"}),
+		ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_tool_calls_total", Help: "MCP tool calls, by outcome.",
+		}, []string{"outcome"}),
+	}
+	r.MustRegister(m.Refreshes, m.RefreshLatency, m.LockWaits, m.TokensServed, m.ReauthRequired, m.EgressBlocked,
+		m.CallbackResults, m.ToolCalls, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,53 @@
+package repository
+
+import (
+	"context"
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// statusAuthorized mirrors mcpauth.v1.AuthorizationStatus AUTHORIZED; the
+// repository does not import the API package.
+const statusAuthorized = 4
+
+// CredentialsIdleSince lists, across all tenants, authorized credentials
+// with a refresh token whose last refresh is older than before (or never
+// recorded), least recently refreshed first. It is the background
+// refresher's query and the only cross-tenant read of credentials outside
+// key rotation; callers act on each row within its own tenant.
+func (s *Store) CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]Credential, error) {
+	var out []Credential
+	err := s.db.WithContext(ctx).
+		Where("status = ? AND has_refresh = ?", statusAuthorized, true).
+		Where("(last_refresh_at IS NULL OR last_refresh_at < ?)", before.UTC()).
+		Order("last_refresh_at").Limit(clampLimit(limit)).Find(&out).Error
+	return out, dbErr(err, "list idle credentials")
+}
+
+// RecordRefreshFailure counts a failed background refresh of the tenant's
+// credential, if it is still at generation, and returns the new count (0
+// when the credential changed meanwhile: a newer refresh succeeded).
+func (s *Store) RecordRefreshFailure(ctx context.Context, tenant, providerID string, generation int64) (int, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return 0, err
+	}
+	res := q.Model(&Credential{}).Where("provider_id = ? AND generation = ?", providerID, generation).
+		UpdateColumn("refresh_failures", gorm.Expr("refresh_failures + 1"))
+	if res.Error != nil {
+		return 0, dbErr(res.Error, "record refresh failure")
+	}
+	if res.RowsAffected == 0 {
+		return 0, nil
+	}
+	q, err = scoped(ctx, s.db, tenant)
+	if err != nil {
+		return 0, err
+	}
+	var c Credential
+	if err := q.Where("provider_id = ?", providerID).Take(&c).Error; err != nil {
+		return 0, dbErr(err, "read refresh failures")
+	}
+	return c.RefreshFailures, nil
+}

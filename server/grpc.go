@@ -1,0 +1,178 @@
+// Package server is mcpauth's transport: the gRPC server and its
+// interceptors (request id, recovery, logging, authentication, tenant and
+// permission checks, error mapping), the REST gateway, the browser routes of
+// the OAuth flow and the HTTP hardening around them.
+package server
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/reqid"
+)
+
+// MaxMessageBytes caps every gRPC request message.
+const MaxMessageBytes = 1 << 20
+
+// Authenticator finds the caller holding an API key.
+type Authenticator interface {
+	Authenticate(key string) (*caller.Identity, bool)
+}
+
+// DenialRecorder records refused calls in the audit log.
+type DenialRecorder interface {
+	RecordDenied(ctx context.Context, tenant, method, reason string)
+}
+
+// Services are the API implementations registered on the gRPC server.
+type Services struct {
+	Providers mcpauthv1.MCPProviderServiceServer
+	OAuth     mcpauthv1.OAuthServiceServer
+	Audit     mcpauthv1.AuditServiceServer
+	Tools     mcpauthv1.MCPToolServiceServer
+}
+
+// GRPCDeps are what NewGRPCServer needs.
+type GRPCDeps struct {
+	Log      *slog.Logger
+	Auth     Authenticator
+	Denials  DenialRecorder
+	Services Services
+	Health   *health.Server
+	Options  []grpc.ServerOption
+}
+
+// NewGRPCServer builds the gRPC server with every service, health and
+// reflection registered.
+func NewGRPCServer(d GRPCDeps) *grpc.Server {
+	i := &interceptor{log: d.Log, auth: d.Auth, denials: d.Denials}
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(i.unary),
+		grpc.ChainStreamInterceptor(i.stream),
+	}, d.Options...)
+	s := grpc.NewServer(opts...)
+	mcpauthv1.RegisterMCPProviderServiceServer(s, d.Services.Providers)
+	mcpauthv1.RegisterOAuthServiceServer(s, d.Services.OAuth)
+	mcpauthv1.RegisterAuditServiceServer(s, d.Services.Audit)
+	mcpauthv1.RegisterMCPToolServiceServer(s, d.Services.Tools)
+	healthpb.RegisterHealthServer(s, d.Health)
+	reflection.Register(s)
+	return s
+}
+
+type interceptor struct {
+	log     *slog.Logger
+	auth    Authenticator
+	denials DenialRecorder
+}
+
+// openMethod reports whether a method needs no API key.
+func openMethod(full string) bool {
+	return strings.HasPrefix(full, "/grpc.health.v1.Health/") || strings.HasPrefix(full, "/grpc.reflection.")
+}
+
+// unary runs, in order: request id, recovery, authentication, tenant and
+// permission check, the handler, error mapping, and one access log line.
+func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	start := time.Now()
+	ctx, id := withRequestID(ctx)
+	defer func() {
+		if r := recover(); r != nil {
+			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+		i.logCall(ctx, info.FullMethod, start, err)
+	}()
+	if openMethod(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	ctx, err = i.check(ctx, info.FullMethod, req)
+	if err != nil {
+		return nil, toStatus(ctx, i.log, err)
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", id))
+	resp, err = handler(ctx, req)
+	return resp, toStatus(ctx, i.log, err)
+}
+
+// stream serves reflection (the only streaming API) and refuses any other
+// streaming method without a key check path of its own.
+func (i *interceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if openMethod(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	return status.Error(codes.PermissionDenied, "streaming methods are not open to callers")
+}
+
+// check authenticates the caller and checks tenant and permission.
+func (i *interceptor) check(ctx context.Context, method string, req any) (context.Context, error) {
+	key := bearerFromMetadata(ctx)
+	if key == "" {
+		return ctx, apperr.Unauthenticated("missing API key: send authorization: Bearer <key>")
+	}
+	id, ok := i.auth.Authenticate(key)
+	if !ok {
+		return ctx, apperr.Unauthenticated("invalid API key")
+	}
+	ctx = caller.WithIdentity(ctx, id)
+	tenant, _, err := authorize(ctx, id, method, req)
+	if err != nil {
+		if apperr.KindOf(err) == apperr.KindPermissionDenied && i.denials != nil && tenant != "" {
+			i.denials.RecordDenied(ctx, tenant, method, "PERMISSION_DENIED")
+		}
+		return ctx, err
+	}
+	return ctx, nil
+}
+
+func bearerFromMetadata(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			return strings.TrimSpace(v[7:])
+		}
+	}
+	return ""
+}
+
+func withRequestID(ctx context.Context) (context.Context, string) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	id := ""
+	if v := md.Get("x-request-id"); len(v) > 0 && reqid.Valid(v[0]) {
+		id = v[0]
+	} else {
+		id = reqid.New()
+	}
+	return reqid.With(ctx, id), id
+}
+
+func (i *interceptor) logCall(ctx context.Context, method string, start time.Time, err error) {
+	code := status.Code(err)
+	level := slog.LevelInfo
+	if code == codes.Internal || code == codes.Unknown {
+		level = slog.LevelError
+	}
+	i.log.Log(ctx, level, "grpc call",
+		"method", method,
+		"code", code.String(),
+		"duration_ms", float64(time.Since(start).Microseconds())/1000,
+		"request_id", reqid.From(ctx),
+		"caller", caller.ActorName(ctx),
+	)
+}

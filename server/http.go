@@ -1,0 +1,163 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+)
+
+// MaxHeaderBytes caps request headers on the HTTP port.
+const MaxHeaderBytes = 16 << 10
+
+// maxGatewayBody caps REST request bodies (the gRPC limit applies too).
+const maxGatewayBody = MaxMessageBytes
+
+// forwardedHeaders are the only browser/HTTP headers the gateway passes on
+// as gRPC metadata. grpc-gateway's default matcher also forwards every
+// Grpc-Metadata-* header, which would let any HTTP client inject metadata.
+var forwardedHeaders = map[string]string{
+	"Authorization": "authorization",
+	"X-Request-Id":  "x-request-id",
+}
+
+func headerMatcher(key string) (string, bool) {
+	v, ok := forwardedHeaders[textproto.CanonicalMIMEHeaderKey(key)]
+	return v, ok
+}
+
+// NewGateway returns the REST gateway: every RPC under /v1/..., translated
+// to a gRPC call on conn (the process's own gRPC server), so the gRPC
+// interceptors authenticate and authorize REST calls exactly as gRPC ones.
+func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithIncomingHeaderMatcher(headerMatcher),
+		runtime.WithOutgoingHeaderMatcher(func(k string) (string, bool) {
+			if k == "x-request-id" {
+				return "X-Request-Id", true
+			}
+			return "", false
+		}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false, UseProtoNames: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+	)
+	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		mcpauthv1.RegisterMCPProviderServiceHandler,
+		mcpauthv1.RegisterOAuthServiceHandler,
+		mcpauthv1.RegisterAuditServiceHandler,
+		mcpauthv1.RegisterMCPToolServiceHandler,
+	} {
+		if err := reg(ctx, mux, conn); err != nil {
+			return nil, err
+		}
+	}
+	return http.MaxBytesHandler(mux, maxGatewayBody), nil
+}
+
+// HTTPDeps are what NewHTTPHandler needs.
+type HTTPDeps struct {
+	Log         *slog.Logger
+	Gateway     http.Handler
+	Browser     *Browser
+	Metrics     http.Handler
+	Ready       func(ctx context.Context) error
+	CORSOrigins []string
+	TLS         bool
+}
+
+// NewHTTPHandler assembles the HTTP port: the browser routes of the OAuth
+// flow, the REST gateway, health and metrics, behind the hardening headers
+// and CORS policy.
+func NewHTTPHandler(d HTTPDeps) http.Handler {
+	mux := http.NewServeMux()
+	if d.Browser != nil {
+		d.Browser.Register(mux)
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if d.Ready != nil {
+			if err := d.Ready(ctx); err != nil {
+				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	if d.Metrics != nil {
+		mux.Handle("GET /metrics", d.Metrics)
+	}
+	mux.Handle("/v1/", cors(d.CORSOrigins, d.Gateway))
+	return baseHeaders(d.TLS, mux)
+}
+
+// baseHeaders sets the headers every response carries.
+func baseHeaders(tls bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		if tls {
+			h.Set("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cors allows cross-origin calls only from the configured origins; with no
+// origins configured, no CORS header is ever sent (closed by default).
+func cors(origins []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		allowed := origin != "" && slices.Contains(origins, strings.TrimRight(origin, "/"))
+		if allowed {
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Add("Vary", "Origin")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-Id")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE")
+			h.Set("Access-Control-Max-Age", "600")
+		}
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			if !allowed {
+				http.Error(w, "origin not allowed", http.StatusForbidden)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// NewHTTPServer wraps h with timeouts and header limits.
+func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      90 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		TLSConfig:         tlsConfig,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}

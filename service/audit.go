@@ -1,0 +1,182 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/reqid"
+	"github.com/mcpauth/mcpauth/resname"
+	"github.com/mcpauth/mcpauth/validate"
+)
+
+// Audit event types. They are part of the API: consoles filter on them.
+const (
+	EventProviderCreated     = "provider.created"
+	EventProviderUpdated     = "provider.updated"
+	EventProviderDeleted     = "provider.deleted"
+	EventPermissionDenied    = "permission.denied"
+	EventAuthStarted         = "oauth.authorization.started"
+	EventCallbackSucceeded   = "oauth.callback.succeeded"
+	EventCallbackFailed      = "oauth.callback.failed"
+	EventTokenRefreshed      = "oauth.token.refreshed"
+	EventTokenRefreshFailed  = "oauth.token.refresh_failed"
+	EventTokenRead           = "oauth.token.read"
+	EventAuthRevoked         = "oauth.authorization.revoked"
+	EventRevocationFailed    = "oauth.revocation.failed"
+	EventEgressBlocked       = "egress.blocked"
+	EventCompatRelaxation    = "oauth.compatibility.used"
+	EventClientRegistered    = "oauth.client.registered"
+	EventToolCalled          = "mcp.tool.called"
+	EventToolsRefreshed      = "mcp.tools.refreshed"
+	EventCredentialsReset    = "provider.credentials.reset"
+	EventReauthRequired      = "oauth.reauth_required"
+	EventStepUpRequired      = "oauth.step_up_required"
+	EventTokenPersistFailure = "oauth.token.persist_failed"
+)
+
+// Event is one audit record before it is stored. Details must never hold a
+// secret; callers pass only ids, names, reasons and counts.
+type Event struct {
+	Tenant   string
+	Type     string
+	Provider string
+	Outcome  mcpauthv1.AuditOutcome
+	Reason   string
+	Actor    string // defaults to the caller in ctx
+	Details  map[string]string
+}
+
+// Auditor writes audit events. A failure to write is logged loudly but does
+// not fail the audited operation, which has already happened.
+type Auditor struct {
+	store AuditStore
+	log   *slog.Logger
+	now   Clock
+}
+
+// NewAuditor returns an Auditor writing to store.
+func NewAuditor(store AuditStore, log *slog.Logger, now Clock) *Auditor {
+	if now == nil {
+		now = time.Now
+	}
+	return &Auditor{store: store, log: log, now: now}
+}
+
+// Record appends e, filling in the actor and request id from ctx.
+func (a *Auditor) Record(ctx context.Context, e Event) {
+	if a == nil {
+		return
+	}
+	actor := e.Actor
+	if actor == "" {
+		actor = caller.ActorName(ctx)
+	}
+	details := "{}"
+	if len(e.Details) > 0 {
+		if b, err := json.Marshal(e.Details); err == nil {
+			details = string(b)
+		}
+	}
+	row := &repository.AuditEvent{
+		TenantID:   e.Tenant,
+		CreatedAt:  a.now().UTC(),
+		EventType:  e.Type,
+		Actor:      actor,
+		ProviderID: e.Provider,
+		Outcome:    int32(e.Outcome),
+		Reason:     e.Reason,
+		RequestID:  reqid.From(ctx),
+		Details:    details,
+	}
+	// The audit write must not be cut short by the caller going away.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := a.store.AppendAudit(wctx, row); err != nil {
+		a.log.ErrorContext(ctx, "audit write failed", "event", e.Type, "tenant", e.Tenant, "err", err.Error())
+	}
+}
+
+// RecordDenied records a refused call (server.DenialRecorder).
+func (a *Auditor) RecordDenied(ctx context.Context, tenant, method, reason string) {
+	a.Record(ctx, Event{Tenant: tenant, Type: EventPermissionDenied, Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_DENIED,
+		Reason: reason, Details: map[string]string{"method": method}})
+}
+
+// AuditService implements mcpauth.v1.AuditService.
+type AuditService struct {
+	mcpauthv1.UnimplementedAuditServiceServer
+	store AuditStore
+}
+
+// NewAuditService returns the audit read API over store.
+func NewAuditService(store AuditStore) *AuditService { return &AuditService{store: store} }
+
+// ListAuditEvents pages through a tenant's audit log, newest first.
+func (s *AuditService) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAuditEventsRequest) (*mcpauthv1.ListAuditEventsResponse, error) {
+	tenant, err := resname.ParseTenant("parent", req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	size, err := validate.PageSize("page_size", req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := resname.DecodePageToken("page_token", req.GetParent()+"|"+req.GetProvider()+"|"+req.GetEventType(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	var filter repository.AuditFilter
+	if req.GetProvider() != "" {
+		t, p, err := resname.ParseProvider("provider", req.GetProvider())
+		if err != nil {
+			return nil, err
+		}
+		if t != tenant {
+			return &mcpauthv1.ListAuditEventsResponse{}, nil
+		}
+		filter.ProviderID = p
+	}
+	if et := req.GetEventType(); et != "" {
+		if len(et) > 64 {
+			return nil, invalid("event_type", "must be at most 64 characters")
+		}
+		filter.EventType = et
+	}
+	rows, err := s.store.ListAudit(ctx, tenant, filter, tok.AfterN, size+1)
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcpauthv1.ListAuditEventsResponse{}
+	if len(rows) > size {
+		rows = rows[:size]
+		resp.NextPageToken = resname.EncodePageToken(resname.PageToken{
+			Parent: req.GetParent() + "|" + req.GetProvider() + "|" + req.GetEventType(), AfterN: rows[size-1].ID})
+	}
+	for _, r := range rows {
+		ev := &mcpauthv1.AuditEvent{
+			Name:       resname.AuditEventName(tenant, r.ID),
+			EventType:  r.EventType,
+			Actor:      r.Actor,
+			Outcome:    mcpauthv1.AuditOutcome(r.Outcome),
+			Reason:     r.Reason,
+			RequestId:  r.RequestID,
+			CreateTime: timestamppb.New(r.CreatedAt),
+		}
+		if r.ProviderID != "" {
+			ev.Provider = resname.ProviderName(tenant, r.ProviderID)
+		}
+		if r.Details != "" && r.Details != "{}" {
+			_ = json.Unmarshal([]byte(r.Details), &ev.Details)
+		}
+		resp.AuditEvents = append(resp.AuditEvents, ev)
+	}
+	return resp, nil
+}

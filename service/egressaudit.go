@@ -1,0 +1,44 @@
+package service
+
+import (
+	"context"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/metrics"
+)
+
+type auditScopeKey struct{}
+
+type auditScope struct{ tenant, provider string }
+
+// WithAuditScope marks ctx as work for one tenant's provider, so events
+// raised deep below (an egress block) land in that tenant's audit log.
+func WithAuditScope(ctx context.Context, tenant, provider string) context.Context {
+	return context.WithValue(ctx, auditScopeKey{}, auditScope{tenant, provider})
+}
+
+// EgressBlockHook returns the egress guard's OnBlock hook: it counts the
+// block and records an egress.blocked audit event for the tenant in scope.
+// It receives only the host and a reason, never a path or query.
+func EgressBlockHook(a *Auditor, m *metrics.Metrics) func(ctx context.Context, host, reason string) {
+	return func(ctx context.Context, host, reason string) {
+		m.EgressBlocked.WithLabelValues(reasonLabel(reason)).Inc()
+		sc, ok := ctx.Value(auditScopeKey{}).(auditScope)
+		if !ok || sc.tenant == "" {
+			a.log.WarnContext(ctx, "egress blocked outside a tenant scope", "host", host, "reason", reason)
+			return
+		}
+		a.Record(ctx, Event{Tenant: sc.tenant, Type: EventEgressBlocked, Provider: sc.provider,
+			Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_DENIED, Reason: "EGRESS_BLOCKED",
+			Details: map[string]string{"host": host, "rule": reason}})
+	}
+}
+
+// reasonLabel keeps the metric label set bounded.
+func reasonLabel(reason string) string {
+	if len(reason) > 40 {
+		return "other"
+	}
+	return reason
+}

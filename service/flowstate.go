@@ -1,0 +1,113 @@
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/statestore"
+)
+
+// FlowStore is the short-lived, single-use store of pending authorization
+// flows (Redis in production). statestore.Store implements it.
+type FlowStore interface {
+	Put(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	Take(ctx context.Context, key string) ([]byte, error)
+}
+
+// flowTenant is the encryption scope tenant of flow records. It is not a
+// valid tenant id, so it can never collide with a real tenant's keys.
+const flowTenant = "_flows"
+
+// flowRecord is what a pending flow remembers. It never holds a client
+// secret or token: those stay in the database. Short JSON names keep a
+// record well under 1 KiB in Redis.
+type flowRecord struct {
+	Tenant        string            `json:"t"`
+	Provider      string            `json:"p"`
+	User          string            `json:"u"`
+	Issuer        string            `json:"i"`
+	IssSupported  bool              `json:"is,omitempty"`
+	AuthEndpoint  string            `json:"ae"`
+	TokenEndpoint string            `json:"te"`
+	RevocationURL string            `json:"rv,omitempty"`
+	ClientID      string            `json:"c"`
+	RegMethod     string            `json:"rm"`
+	AuthMethod    string            `json:"am,omitempty"`
+	RedirectURI   string            `json:"r"`
+	Resource      string            `json:"rs,omitempty"`
+	Scopes        []string          `json:"s,omitempty"`
+	Verifier      string            `json:"v"`
+	State         string            `json:"st"`
+	ReturnURL     string            `json:"ru,omitempty"`
+	URLHash       string            `json:"uh"`
+	Browser       string            `json:"b,omitempty"`
+	ExpiresAt     int64             `json:"x"`
+	Extra         map[string]string `json:"e,omitempty"`
+	PKCEException bool              `json:"px,omitempty"`
+}
+
+// flowKey derives the store key from a flow handle or state: a hash, so the
+// raw value never appears in Redis and a key dump cannot be replayed.
+func flowKey(kind, handle string) string {
+	h := sha256.Sum256([]byte("mcpauth/v1/" + kind + "\x00" + handle))
+	return kind + ":" + base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// flowCodec seals flow records bound to their store key.
+type flowCodec struct {
+	cipher Cipher
+	store  FlowStore
+}
+
+func (c flowCodec) put(ctx context.Context, key string, r *flowRecord, ttl time.Duration) error {
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return apperr.Internal(err, "encoding flow")
+	}
+	ct, err := c.cipher.Seal(keyring.Scope{Tenant: flowTenant, Provider: key, Field: "flow"}, raw)
+	if err != nil {
+		return apperr.Internal(err, "sealing flow")
+	}
+	if err := c.store.Put(ctx, key, ct, ttl); err != nil {
+		return storeErr(err)
+	}
+	return nil
+}
+
+// take consumes the record atomically; errFlowGone when absent or expired.
+func (c flowCodec) take(ctx context.Context, key string, now time.Time) (*flowRecord, error) {
+	ct, err := c.store.Take(ctx, key)
+	if errors.Is(err, statestore.ErrNotFound) {
+		return nil, errFlowGone
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	raw, err := c.cipher.Open(keyring.Scope{Tenant: flowTenant, Provider: key, Field: "flow"}, ct)
+	if err != nil {
+		return nil, errFlowGone
+	}
+	var r flowRecord
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, errFlowGone
+	}
+	if now.Unix() > r.ExpiresAt {
+		return nil, errFlowGone
+	}
+	return &r, nil
+}
+
+var errFlowGone = apperr.FailedPrecondition("FLOW_EXPIRED_OR_USED", "this authorization link has expired or was already used")
+
+func storeErr(err error) error {
+	if statestore.IsUnavailable(err) {
+		return apperr.Unavailable(err, "flow state store unavailable")
+	}
+	return apperr.Internal(err, "flow state store")
+}
