@@ -57,6 +57,7 @@ type App struct {
 	gwConn    *grpc.ClientConn
 	mcp       *mcpclient.Client
 	refresher *service.Refresher
+	auditor   *service.Auditor
 	tlsConfig *tls.Config
 }
 
@@ -100,6 +101,12 @@ func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, erro
 	st, err := repository.Open(ctx, cfg.DatabaseDSN(), repository.Options{})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.DatabaseURL.IsZero() {
+		// The SQLite file holds only ciphertext, but keep it private anyway.
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			_ = os.Chmod(cfg.DatabaseDSN()+suffix, 0o600)
+		}
 	}
 	if err := st.Migrate(ctx); err != nil {
 		st.Close()
@@ -182,6 +189,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		return nil, err
 	}
 	auditor := service.NewAuditor(a.store, log, nil)
+	a.auditor = auditor
 	allow, err := egress.ParseAllow(cfg.EgressAllow)
 	if err != nil {
 		return nil, fmt.Errorf("MCPAUTH_EGRESS_ALLOW: %w", err)
@@ -345,6 +353,9 @@ func (a *App) Close() {
 	}
 	if a.mcp != nil {
 		_ = a.mcp.Close()
+	}
+	if a.auditor != nil {
+		a.auditor.Close()
 	}
 	if a.flows != nil {
 		_ = a.flows.Close()

@@ -135,7 +135,9 @@ func Start(tb testing.TB, o Options) *Service {
 		tb.Fatalf("config: %v", err)
 	}
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
 	a, err := app.New(ctx, cfg, log)
 	if err != nil {
 		tb.Fatalf("app.New: %v", err)
@@ -239,4 +241,11 @@ func NewCaller(tb testing.TB, name string, tenants []string, perms ...caller.Per
 		ps[i] = string(p)
 	}
 	return caller.FileCaller{Name: name, KeySHA256: hash, Tenants: tenants, Permissions: ps}, key
+}
+
+func getenv(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
 }

@@ -18,6 +18,25 @@ func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
 	return dbErr(s.db.WithContext(ctx).Create(e).Error, "append audit event")
 }
 
+// AppendAuditBatch appends events in one statement and one transaction
+// (the audit writer's group commit). Every event must name a tenant.
+func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) error {
+	if len(events) == 0 {
+		return nil
+	}
+	now := s.db.NowFunc()
+	for _, e := range events {
+		if err := checkTenant(e.TenantID); err != nil {
+			return err
+		}
+		if e.CreatedAt.IsZero() {
+			e.CreatedAt = now
+		}
+		e.ID = 0
+	}
+	return dbErr(s.db.WithContext(ctx).Create(events).Error, "append audit events")
+}
+
 // ListAudit returns up to limit of the tenant's events matching f, newest
 // first, with ID below beforeID (0 for the newest page). It is a keyset query
 // on (tenant_id, id DESC). limit is clamped to [1, 1000] (0 means 50).

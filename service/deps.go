@@ -42,6 +42,7 @@ var _ ProviderStore = (*repository.Store)(nil)
 // AuditStore appends and lists audit events. *repository.Store implements it.
 type AuditStore interface {
 	AppendAudit(ctx context.Context, e *repository.AuditEvent) error
+	AppendAuditBatch(ctx context.Context, events []*repository.AuditEvent) error
 	ListAudit(ctx context.Context, tenant string, f repository.AuditFilter, beforeID int64, limit int) ([]repository.AuditEvent, error)
 }
 
