@@ -2,56 +2,30 @@ package statestore_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"os"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mcpauth/mcpauth/internal/testenv"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
-// redisAddr is the Redis the integration tests use.
-func redisAddr() string {
-	if a := os.Getenv("MCPAUTH_TEST_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-// redisClient returns a client on the test Redis, closed when tb ends. When
-// Redis is unreachable the test is skipped loudly, or fails under CI=true,
-// where a skipped integration test would hide a broken pipeline.
+// redisClient returns a client on the test Redis (testenv: skipped loudly
+// when unreachable, failed under CI=true), closed when tb ends.
 func redisClient(tb testing.TB) redis.UniversalClient {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: redisAddr(), DialTimeout: 2 * time.Second})
-	tb.Cleanup(func() { _ = c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("Redis at %s unreachable under CI=true: %v", redisAddr(), err)
-		}
-		tb.Skipf("!!! SKIPPING REDIS INTEGRATION TEST: Redis at %s unreachable (%v). Start redis-server or set MCPAUTH_TEST_REDIS_ADDR. !!!", redisAddr(), err)
-	}
+	c, _ := testenv.Redis(tb)
 	return c
 }
 
-// redisPrefix returns a key prefix unique to tb and deletes its keys when tb ends.
+// redisPrefix returns a key prefix unique to tb whose keys are deleted when tb ends.
 func redisPrefix(tb testing.TB) string {
 	tb.Helper()
-	c := redisClient(tb)
-	prefix := "mcpauth-test:" + rand.Text() + ":"
-	tb.Cleanup(func() {
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
+	_, prefix := testenv.Redis(tb)
 	return prefix
 }
 
@@ -141,10 +115,18 @@ func TestRedisUnavailable(t *testing.T) {
 
 func TestRedisClosedClientIsUnavailable(t *testing.T) {
 	t.Parallel()
-	c := redisClient(t)
+	redisClient(t) // skip or fail when Redis is down
+	opts, err := redis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opts)
 	s := statestore.NewRedis(c, redisPrefix(t))
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
 	_ = c.Close()
-	_, err := s.Take(t.Context(), "k")
+	_, err = s.Take(t.Context(), "k")
 	if !statestore.IsUnavailable(err) {
 		t.Fatalf("Take on a closed client: %v, IsUnavailable = false", err)
 	}
@@ -183,7 +165,15 @@ func TestNewRedisFromURL(t *testing.T) {
 	t.Parallel()
 	redisClient(t) // skip or fail when Redis is down
 	prefix := redisPrefix(t)
-	s, err := statestore.NewRedisFromURL("redis://" + redisAddr() + "/0?dial_timeout=1s&prefix=" + prefix)
+	u, err := url.Parse(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("dial_timeout", "1s")
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	s, err := statestore.NewRedisFromURL(u.String())
 	if err != nil {
 		t.Fatalf("NewRedisFromURL: %v", err)
 	}
