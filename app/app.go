@@ -206,7 +206,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	}
 	tokens, err := service.NewTokenService(service.TokenDeps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Log: log, Metrics: a.metrics,
-		Config: service.TokenConfig{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL}})
+		Config: service.TokenConfig{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
 		return nil, err
 	}

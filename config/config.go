@@ -75,6 +75,10 @@ type Config struct {
 	RefreshMarginMax time.Duration `env:"MCPAUTH_REFRESH_MARGIN_MAX, default=60s"`
 	// RefreshLockTTL bounds how long a crashed refresher holds the lock.
 	RefreshLockTTL time.Duration `env:"MCPAUTH_REFRESH_LOCK_TTL, default=15s"`
+	// TokenCacheTTL keeps opened credentials in memory this long, so bursts
+	// of token reads cost one database read; another replica's revocation
+	// is seen within this time. 0 disables the cache.
+	TokenCacheTTL time.Duration `env:"MCPAUTH_TOKEN_CACHE_TTL, default=1s"`
 	// BackgroundRefreshInterval is how often idle authorizations are
 	// checked; 0 disables the background refresher.
 	BackgroundRefreshInterval time.Duration `env:"MCPAUTH_BACKGROUND_REFRESH_INTERVAL, default=1m"`
@@ -144,6 +148,9 @@ func (c *Config) validate() error {
 	}
 	if c.FlowTTL < time.Minute || c.FlowTTL > 10*time.Minute {
 		errs = append(errs, errors.New("MCPAUTH_FLOW_TTL must be between 1m and 10m"))
+	}
+	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
+		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))
 	}
 	if c.BrowserRatePerMinute < 1 {
 		errs = append(errs, errors.New("MCPAUTH_BROWSER_RATE_PER_MINUTE must be at least 1"))

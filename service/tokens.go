@@ -45,6 +45,9 @@ type TokenConfig struct {
 	MaxAttempts int
 	// MaxRetryAfter caps how long a Retry-After is honoured.
 	MaxRetryAfter time.Duration
+	// CacheTTL keeps opened credentials in memory this long (0 disables);
+	// see tokenCache for what it bounds.
+	CacheTTL time.Duration
 }
 
 // TokenService keeps tokens valid: proactive refresh, one refresh per
@@ -63,6 +66,7 @@ type TokenService struct {
 	metrics *metrics.Metrics
 	sf      singleflight.Group
 	sleep   func(ctx context.Context, d time.Duration) error
+	cache   *tokenCache
 }
 
 // TokenDeps are what NewTokenService needs.
@@ -99,7 +103,7 @@ func NewTokenService(d TokenDeps) (*TokenService, error) {
 		d.Config.MaxRetryAfter = 5 * time.Second
 	}
 	return &TokenService{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, log: d.Log,
-		now: d.Now, cfg: d.Config, metrics: d.Metrics, sleep: sleepCtx}, nil
+		now: d.Now, cfg: d.Config, metrics: d.Metrics, sleep: sleepCtx, cache: newTokenCache(d.Config.CacheTTL)}, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -168,14 +172,22 @@ func (s *TokenService) load(ctx context.Context, tenant, id string) (*repository
 // Get returns a valid access token for the provider, refreshing first when
 // it is due.
 func (s *TokenService) Get(ctx context.Context, tenant, id string) (*oauthclient.Tokens, *repository.Credential, error) {
+	key := tenant + "/" + id
+	now := s.now()
+	if e, ok := s.cache.get(key, now); ok && s.fresh(e.held) {
+		s.metrics.TokensServed.Inc()
+		return e.held.tokens, e.cred, nil
+	}
 	cred, h, err := s.load(ctx, tenant, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	if s.fresh(h) {
+		s.cache.put(key, cred, h, now)
 		s.metrics.TokensServed.Inc()
 		return h.tokens, cred, nil
 	}
+	s.cache.drop(key)
 	return s.refreshShared(ctx, tenant, id, "")
 }
 
@@ -427,6 +439,7 @@ func (s *TokenService) persist(ctx context.Context, prev *repository.Credential,
 	next.Status = int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED)
 	next.Reason, next.RefreshFailures, next.LastRefreshAt = "", 0, &now
 	next.KeyID, next.UpdatedAt = s.cipher.PrimaryID(), now
+	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
 	gen, err := s.store.PutCredential(ctx, &next, prev.Generation)
 	if err != nil {
 		return nil, err
@@ -452,6 +465,7 @@ func (s *TokenService) markReauth(ctx context.Context, cred *repository.Credenti
 	next.Status = int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_REAUTH_REQUIRED)
 	next.Reason = reason
 	next.UpdatedAt = s.now().UTC()
+	s.cache.drop(tenant + "/" + id)
 	if _, err := s.store.PutCredential(ctx, &next, cred.Generation); err != nil {
 		if apperr.KindOf(err) == apperr.KindAborted {
 			// Newer tokens exist: a stale failure must not wipe them.
@@ -483,6 +497,7 @@ func (s *TokenService) storeNew(ctx context.Context, row *repository.Provider, g
 	case apperr.KindOf(err) != apperr.KindNotFound:
 		return err
 	}
+	s.cache.drop(row.TenantID + "/" + row.ID)
 	c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: ct, Issuer: g.Issuer,
 		Scopes: jsonList(t.Scopes), ExpiresAt: expiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 		Status: int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED), LastRefreshAt: &now,
@@ -539,6 +554,7 @@ func (s *TokenService) Revoke(ctx context.Context, tenant, id string) (bool, err
 		return false, err
 	}
 	revoked := s.revokeAtServer(ctx, cred)
+	s.cache.drop(tenant + "/" + id)
 	if err := s.store.DeleteCredential(ctx, tenant, id, 0); err != nil && apperr.KindOf(err) != apperr.KindNotFound {
 		return revoked, err
 	}
@@ -553,6 +569,7 @@ func (s *TokenService) Revoke(ctx context.Context, tenant, id string) (bool, err
 // RevokeBeforeDelete revokes at the server before a provider is deleted;
 // failures are audited and never block the delete.
 func (s *TokenService) RevokeBeforeDelete(ctx context.Context, tenant, id string) bool {
+	s.cache.drop(tenant + "/" + id)
 	cred, err := s.store.GetCredential(ctx, tenant, id)
 	if err != nil {
 		return false
