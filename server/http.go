@@ -124,9 +124,15 @@ func baseHeaders(tls bool, next http.Handler) http.Handler {
 // cors allows cross-origin calls only from the configured origins; with no
 // origins configured, no CORS header is ever sent (closed by default).
 func cors(origins []string, next http.Handler) http.Handler {
+	// The configuration accepts "scheme://host[:port]" with a trailing slash
+	// and in any case; browsers send the origin lower-case without one.
+	allow := make([]string, 0, len(origins))
+	for _, o := range origins {
+		allow = append(allow, strings.ToLower(strings.TrimRight(strings.TrimSpace(o), "/")))
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
-		allowed := origin != "" && slices.Contains(origins, strings.TrimRight(origin, "/"))
+		allowed := origin != "" && slices.Contains(allow, strings.ToLower(strings.TrimRight(origin, "/")))
 		if allowed {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)

@@ -649,6 +649,12 @@ func maskPaths(m *fieldmaskpb.FieldMask) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	for _, p := range m.GetPaths() {
+		// name and etag identify and guard the update, they change
+		// nothing; the REST gateway infers a PATCH's mask from every field
+		// of the body, etag included.
+		if p == "name" || p == "etag" {
+			continue
+		}
 		if !slices.Contains(updatablePaths, p) {
 			return nil, invalid("update_mask", fmt.Sprintf("path %q is not updatable (allowed: %s)", p, strings.Join(updatablePaths, ", ")))
 		}
@@ -656,6 +662,9 @@ func maskPaths(m *fieldmaskpb.FieldMask) ([]string, error) {
 			seen[p] = true
 			out = append(out, p)
 		}
+	}
+	if len(out) == 0 {
+		return nil, invalid("update_mask", "must name the fields to change")
 	}
 	return out, nil
 }
@@ -708,6 +717,8 @@ func (s *ProviderService) view(row *repository.Provider) (*mcpauthv1.Provider, e
 		return nil, err
 	}
 	u, headers := d.url, d.headers
+	// Times are cut to microseconds, what the databases keep (PostgreSQL
+	// drops the rest), so a write's response shows what a later read does.
 	v := &mcpauthv1.Provider{
 		Name:                resname.ProviderName(row.TenantID, row.ID),
 		DisplayName:         row.DisplayName,
@@ -717,8 +728,8 @@ func (s *ProviderService) view(row *repository.Provider) (*mcpauthv1.Provider, e
 		Timeout:             durationpb.New(time.Duration(row.TimeoutMS) * time.Millisecond),
 		SseReadTimeout:      durationpb.New(time.Duration(row.SSEReadTimeoutMS) * time.Millisecond),
 		AuthorizationStatus: mcpauthv1.AuthorizationStatus(row.AuthStatus),
-		CreateTime:          timestamppb.New(row.CreatedAt),
-		UpdateTime:          timestamppb.New(row.UpdatedAt),
+		CreateTime:          timestamppb.New(row.CreatedAt.Truncate(time.Microsecond)),
+		UpdateTime:          timestamppb.New(row.UpdatedAt.Truncate(time.Microsecond)),
 		Etag:                etag(row),
 	}
 	names := make([]string, 0, len(headers))
