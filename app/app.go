@@ -57,6 +57,7 @@ type App struct {
 	gwConn    *grpc.ClientConn
 	mcp       *mcpclient.Client
 	refresher *service.Refresher
+	tokens    *service.TokenService
 	auditor   *service.Auditor
 	tlsConfig *tls.Config
 }
@@ -210,6 +211,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	a.tokens = tokens
 	oauth, err := service.NewOAuthService(service.OAuthDeps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
 		Audit: auditor, Log: log, Tokens: tokens, Config: service.OAuthConfig{
 			PublicURL: cfg.PublicURL, CallbackURL: cfg.CallbackURL(), ClientName: cfg.ClientName,
@@ -339,6 +341,10 @@ func (a *App) Listen(ctx context.Context) error {
 
 // Store returns the repository (for operator commands and tests).
 func (a *App) Store() *repository.Store { return a.store }
+
+// Tokens returns the token lifecycle service (for tests that drive a
+// background refresher with their own settings).
+func (a *App) Tokens() *service.TokenService { return a.tokens }
 
 // Keys returns the keyring.
 func (a *App) Keys() *keyring.Keyring { return a.keys }

@@ -203,6 +203,27 @@ func (g *Guard) OAuth2Context(ctx context.Context) context.Context {
 	return context.WithValue(ctx, oauth2.HTTPClient, g.client)
 }
 
+// Preflight applies the pre-connection URL rules of CheckURL to rawURL
+// without making a request, and reports a refusal to Config.OnBlock as a
+// refused request would be. Callers use it to refuse early a URL they will
+// only request later, such as a token endpoint learnt from metadata. The
+// connect-time IP check still applies when the URL is requested.
+func (g *Guard) Preflight(ctx context.Context, rawURL string) error {
+	if err := g.CheckURL(rawURL); err != nil {
+		if be, ok := err.(*BlockedError); ok {
+			g.report(ctx, be)
+		}
+		return err
+	}
+	return nil
+}
+
+// Preflight lets holders of Client() reach Guard.Preflight through the
+// client's Transport (interface { Preflight(context.Context, string) error }).
+func (t *transport) Preflight(ctx context.Context, rawURL string) error {
+	return t.g.Preflight(ctx, rawURL)
+}
+
 // transport checks each request before handing it to the pooled
 // http.Transport and caps the response body.
 type transport struct {

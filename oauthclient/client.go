@@ -278,6 +278,9 @@ const (
 	// ActionLegacyDefaultEndpoints records the 2025-03-26 fallback to
 	// default endpoints; it makes no request.
 	ActionLegacyDefaultEndpoints = "legacy_default_endpoints"
+	// ActionEndpointCheck records a metadata endpoint refused by the HTTP
+	// client's egress policy; it makes no request.
+	ActionEndpointCheck = "endpoint_check"
 )
 
 // Trace records every step of probing and discovery, in order. A nil

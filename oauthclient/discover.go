@@ -136,7 +136,43 @@ func (c *Client) Discover(ctx context.Context, serverURL, canonicalResource stri
 	md.Resource = canonicalResource
 	md.ResourceMetadataURL = prmURL
 	md.ScopesSupported = splitScopeList(prm.ScopesSupported)
+	if err := c.preflightEndpoints(ctx, md, tr); err != nil {
+		return nil, err
+	}
 	return md, nil
+}
+
+// preflighter is implemented by the egress guard's transport: it applies
+// the guard's URL rules to a URL without requesting it.
+type preflighter interface {
+	Preflight(ctx context.Context, rawURL string) error
+}
+
+// preflightEndpoints refuses metadata whose endpoints the HTTP client's
+// egress policy refuses (a token endpoint on a private address, say) before
+// a flow starts; otherwise the person would consent at the authorization
+// server only for the code exchange to be blocked. Clients whose transport
+// has no such policy skip the check. The refusal wraps the policy's error.
+func (c *Client) preflightEndpoints(ctx context.Context, md *Metadata, tr *Trace) error {
+	pf, ok := c.http.Transport.(preflighter)
+	if !ok {
+		return nil
+	}
+	for _, e := range []struct{ name, u string }{
+		{"authorization_endpoint", md.AuthorizationEndpoint},
+		{"token_endpoint", md.TokenEndpoint},
+		{"registration_endpoint", md.RegistrationEndpoint},
+		{"revocation_endpoint", md.RevocationEndpoint},
+	} {
+		if e.u == "" {
+			continue
+		}
+		if err := pf.Preflight(ctx, e.u); err != nil {
+			tr.add(Step{Action: ActionEndpointCheck, URL: e.u, Detail: e.name + " refused by the egress policy"})
+			return fmt.Errorf("discover: %s: %w", e.name, err)
+		}
+	}
+	return nil
 }
 
 // discoverLegacy applies the 2025-03-26 fallback: authorization-server
@@ -150,6 +186,9 @@ func (c *Client) discoverLegacy(ctx context.Context, origin, canonicalResource s
 		md := metadataFrom(asm)
 		md.Resource = canonicalResource
 		md.Legacy = true
+		if err := c.preflightEndpoints(ctx, md, tr); err != nil {
+			return nil, err
+		}
 		return md, nil
 	case !nothing:
 		return nil, err

@@ -59,12 +59,24 @@ func NewBrowser(d BrowserDeps) *Browser {
 	return &Browser{d: d, limiter: newIPLimiter(d.RatePerMinute)}
 }
 
-// Register adds the routes to mux. Only GET is served.
+// Register adds the routes to mux. Only GET (and HEAD) is served; other
+// methods on the browser paths answer 405 here, rather than falling through
+// to the REST gateway under /v1/.
 func (b *Browser) Register(mux *http.ServeMux) {
-	mux.Handle("GET /v1/oauth/authorize/{flow}", b.guard(http.HandlerFunc(b.authorize)))
-	mux.Handle("GET /v1/oauth/callback", b.guard(http.HandlerFunc(b.callback)))
-	mux.Handle("GET /console/api/mcp/oauth/callback", b.guard(http.HandlerFunc(b.callback)))
+	for path, h := range map[string]http.HandlerFunc{
+		"/v1/oauth/authorize/{flow}":      b.authorize,
+		"/v1/oauth/callback":              b.callback,
+		"/console/api/mcp/oauth/callback": b.callback,
+	} {
+		mux.Handle("GET "+path, b.guard(h))
+		mux.Handle(path, b.guard(http.HandlerFunc(methodNotAllowed)))
+	}
 	mux.HandleFunc("GET "+service.ClientMetadataPath, b.clientMetadata)
+}
+
+func methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Allow", "GET, HEAD")
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 }
 
 // pageStyle is the result page's only style; the CSP allows exactly it by
@@ -161,7 +173,8 @@ func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 }
 
 // callback completes the flow and shows the result (or redirects to the
-// caller's return URL). The cookie of the flow is cleared either way.
+// caller's return URL). The cookie of the flow is cleared either way, unless
+// the state store was unreachable (the flow is then still pending).
 func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	_, issPresent := q["iss"]
@@ -177,7 +190,9 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	res := b.d.Flow.Callback(r.Context(), in)
-	if in.State != "" && len(in.State) <= 512 {
+	// When the state store was unreachable the flow was not consumed and the
+	// page asks to try again: keep the cookie that retry needs.
+	if in.State != "" && len(in.State) <= 512 && res.Reason != "UNAVAILABLE" {
 		http.SetCookie(w, &http.Cookie{Name: service.CookieName(b.d.Secure, in.State), Value: "", Path: "/", MaxAge: -1,
 			HttpOnly: true, Secure: b.d.Secure, SameSite: http.SameSiteLaxMode})
 	}

@@ -19,6 +19,7 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/resname"
@@ -178,7 +179,12 @@ func upstreamErr(step string, err error) error {
 	if _, ok := apperr.As(err); ok {
 		return err
 	}
+	var blocked *egress.BlockedError
 	switch {
+	case errors.As(err, &blocked):
+		// Retrying cannot help: the provider's configuration or the
+		// allow-list must change. The message names host and rule only.
+		return apperr.FailedPrecondition("EGRESS_BLOCKED", "%s: %s", step, blocked.Error())
 	case errors.Is(err, oauthclient.ErrResourceMismatch):
 		return apperr.FailedPrecondition("RESOURCE_MISMATCH", "%s: the protected resource metadata names a different resource than this MCP server", step)
 	case errors.Is(err, oauthclient.ErrIssuerMismatch):
@@ -341,7 +347,11 @@ func (s *OAuthService) StartAuthorization(ctx context.Context, req *mcpauthv1.St
 	if err := s.flows.put(ctx, flowKey("flow", handle), rec, s.cfg.FlowTTL); err != nil {
 		return nil, err
 	}
-	if mcpauthv1.AuthorizationStatus(d.row.AuthStatus) != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED {
+	// An authorized provider keeps its status until the new flow completes.
+	// A pending one is not written again: concurrent starts would queue on
+	// the row's lock and a commit each for nothing.
+	if st := mcpauthv1.AuthorizationStatus(d.row.AuthStatus); st != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED &&
+		st != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_PENDING {
 		if err := s.store.SetAuthStatus(ctx, tenant, id, int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_PENDING)); err != nil {
 			return nil, err
 		}

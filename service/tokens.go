@@ -210,7 +210,10 @@ func (s *TokenService) refreshShared(ctx context.Context, tenant, id, stale stri
 	ch := s.sf.DoChan(key, func() (any, error) {
 		// The refresh must finish even if the first caller gives up: others
 		// wait on it, and an abandoned refresh can burn a rotating token.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LockTTL)
+		// This bounds the wait for the lock: a crashed holder's lease ends
+		// within one TTL, a live holder's work within one more. The work
+		// under the lock gets its own budget in refreshLocked.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.LockTTL)
 		defer cancel()
 		t, c, err := s.refreshLocked(rctx, tenant, id, stale)
 		if err != nil {
@@ -268,6 +271,11 @@ func (s *TokenService) refreshLocked(ctx context.Context, tenant, id, stale stri
 		defer cancel()
 		_ = lease.Release(rctx)
 	}()
+	// The work under the lock gets a full lease however long the wait took
+	// (else a waiter that acquires late is cut off mid-request and may burn
+	// a rotating refresh token), and ends when the lease does.
+	ctx, cancelWork := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LockTTL)
+	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
 	cred, h, err := s.load(ctx, tenant, id)
 	if err != nil {
@@ -461,7 +469,8 @@ func expiresPtr(t time.Time) *time.Time {
 func (s *TokenService) markReauth(ctx context.Context, cred *repository.Credential, reason string) error {
 	tenant, id := cred.TenantID, cred.ProviderID
 	next := *cred
-	next.Tokens, next.HasRefresh, next.ExpiresAt = nil, false, nil
+	// Empty, not nil: the column is NOT NULL, and empty means "no tokens".
+	next.Tokens, next.HasRefresh, next.ExpiresAt = []byte{}, false, nil
 	next.Status = int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_REAUTH_REQUIRED)
 	next.Reason = reason
 	next.UpdatedAt = s.now().UTC()
