@@ -74,6 +74,7 @@ type Service struct {
 	AdminKey string
 	DataDir  string
 	DSN      string
+	RedisURL string
 	Logs     *syncBuffer
 	stop     func()
 }
@@ -149,7 +150,8 @@ func Start(tb testing.TB, o Options) *Service {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &Service{App: a, Conn: conn, GRPCAddr: gl.Addr().String(), HTTPURL: httpURL, DataDir: dataDir, DSN: dsn, Logs: logs}
+	s := &Service{App: a, Conn: conn, GRPCAddr: gl.Addr().String(), HTTPURL: httpURL, DataDir: dataDir, DSN: dsn,
+		RedisURL: env["MCPAUTH_REDIS_URL"], Logs: logs}
 	if o.Callers == nil {
 		raw, err := os.ReadFile(filepath.Join(dataDir, "admin.key"))
 		if err != nil {
