@@ -195,7 +195,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, fmt.Errorf("MCPAUTH_EGRESS_ALLOW: %w", err)
 	}
-	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: service.EgressBlockHook(auditor, a.metrics)}); err != nil {
+	// The guard's body cap is the largest response anything may read (a
+	// tool result); oauthclient applies its own smaller caps to metadata
+	// (256 KiB) and token responses (1 MiB).
+	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: service.EgressBlockHook(auditor, a.metrics),
+		MaxBodyBytes: cfg.ToolResultMaxBytes + 64<<10}); err != nil {
 		return nil, err
 	}
 	if len(allow) > 0 {
