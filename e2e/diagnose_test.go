@@ -15,10 +15,10 @@ import (
 func TestDiagnoseProvider(t *testing.T) {
 	t.Parallel()
 	s := Start(t, Options{Env: map[string]string{"MCPAUTH_EGRESS_ALLOW": "127.0.0.1"}})
-	ctx := Ctx(t, s.AdminKey)
 
 	t.Run("ready with dynamic registration", func(t *testing.T) {
 		t.Parallel()
+		ctx := Ctx(t, s.AdminKey)
 		as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true, IssParameter: true, IssuerPath: "/tenant1"})
 		mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as, OmitResourceMetadata: true})
 		name := createProvider(t, s, s.AdminKey, "diag", "ready", mcp.URL(), nil)
@@ -61,6 +61,7 @@ func TestDiagnoseProvider(t *testing.T) {
 
 	t.Run("resource mismatch is the blocking problem", func(t *testing.T) {
 		t.Parallel()
+		ctx := Ctx(t, s.AdminKey)
 		as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true})
 		mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as, PRMResourceOverride: "https://other.example/mcp"})
 		name := createProvider(t, s, s.AdminKey, "diag", "mismatch", mcp.URL(), nil)
@@ -75,6 +76,7 @@ func TestDiagnoseProvider(t *testing.T) {
 
 	t.Run("no PKCE metadata is the blocking problem", func(t *testing.T) {
 		t.Parallel()
+		ctx := Ctx(t, s.AdminKey)
 		as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true, OmitPKCEMetadata: true})
 		mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as})
 		name := createProvider(t, s, s.AdminKey, "diag", "nopkce", mcp.URL(), nil)
@@ -89,6 +91,7 @@ func TestDiagnoseProvider(t *testing.T) {
 
 	t.Run("open server needs no authorization", func(t *testing.T) {
 		t.Parallel()
+		ctx := Ctx(t, s.AdminKey)
 		mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{})
 		name := createProvider(t, s, s.AdminKey, "diag", "open", mcp.URL(), nil)
 		d, err := s.OAuth().DiagnoseProvider(ctx, &mcpauthv1.DiagnoseProviderRequest{Name: name})
