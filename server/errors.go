@@ -41,13 +41,18 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "request canceled")
-	}
 	e, ok := apperr.As(err)
+	if !ok {
+		// Only an unclassified context error is the caller's own deadline
+		// or cancellation; a classified error (an upstream timeout mapped to
+		// UNAVAILABLE, say) keeps its code even if it wraps one.
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+		case errors.Is(err, context.Canceled):
+			return status.Error(codes.Canceled, "request canceled")
+		}
+	}
 	if !ok || e.Kind == apperr.KindInternal {
 		log.ErrorContext(ctx, "internal error", "err", err.Error())
 		return status.Error(codes.Internal, "internal error")

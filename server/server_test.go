@@ -46,6 +46,8 @@ func TestToStatus(t *testing.T) {
 		{"unclassified", secretCause, codes.Internal, "internal error", "", "", "hunter2"},
 		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, "deadline exceeded", "", "", ""},
 		{"canceled", context.Canceled, codes.Canceled, "request canceled", "", "", ""},
+		{"upstream timeout stays unavailable", apperr.Unavailable(fmt.Errorf("token: %w", context.DeadlineExceeded), "the MCP server did not answer in time"),
+			codes.Unavailable, "the MCP server did not answer in time", "UNAVAILABLE", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
