@@ -47,46 +47,74 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 	}
 	now := s.db.NowFunc()
 	newGen := expectedGeneration + 1
-	if expectedGeneration == 0 {
-		row := *c
-		row.Generation = newGen
-		row.UpdatedAt = now
-		if err := s.db.WithContext(ctx).Create(&row).Error; err != nil {
-			if _, dup := uniqueViolation(err); dup {
-				return 0, credentialChanged()
-			}
-			if foreignKeyViolation(err) {
-				return 0, apperr.NotFound("provider")
-			}
-			return 0, dbErr(err, "put credential")
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		pq, err := scoped(ctx, tx, c.TenantID)
+		if err != nil {
+			return err
 		}
-		*c = row
-		return newGen, nil
-	}
-	q, err := scoped(ctx, s.db, c.TenantID)
+		if expectedGeneration == 0 {
+			// A new credential continues the provider's generation sequence
+			// (providers.cred_generation), so a credential deleted and
+			// created again never reuses a generation a stale writer holds.
+			var p Provider
+			if err := pq.Select("cred_generation").Where("id = ?", c.ProviderID).Take(&p).Error; err != nil {
+				if errors.Is(err, gorm.ErrRecordNotFound) {
+					return apperr.NotFound("provider")
+				}
+				return err
+			}
+			newGen = p.CredGeneration + 1
+			row := *c
+			row.Generation = newGen
+			row.UpdatedAt = now
+			if err := tx.Create(&row).Error; err != nil {
+				if _, dup := uniqueViolation(err); dup {
+					return credentialChanged()
+				}
+				if foreignKeyViolation(err) {
+					return apperr.NotFound("provider")
+				}
+				return err
+			}
+		} else {
+			q, err := scoped(ctx, tx, c.TenantID)
+			if err != nil {
+				return err
+			}
+			res := q.Model(&Credential{}).Where("provider_id = ? AND generation = ?", c.ProviderID, expectedGeneration).
+				Updates(map[string]any{
+					"tokens":           c.Tokens,
+					"issuer":           c.Issuer,
+					"scopes":           c.Scopes,
+					"expires_at":       c.ExpiresAt,
+					"has_refresh":      c.HasRefresh,
+					"generation":       newGen,
+					"status":           c.Status,
+					"reason":           c.Reason,
+					"refresh_failures": c.RefreshFailures,
+					"last_refresh_at":  c.LastRefreshAt,
+					"key_id":           c.KeyID,
+					"updated_at":       now,
+				})
+			if res.Error != nil {
+				return res.Error
+			}
+			if res.RowsAffected == 0 {
+				return credentialChanged()
+			}
+		}
+		pq, err = scoped(ctx, tx, c.TenantID)
+		if err != nil {
+			return err
+		}
+		return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", c.ProviderID, newGen).
+			UpdateColumn("cred_generation", newGen).Error
+	})
 	if err != nil {
-		return 0, err
-	}
-	res := q.Model(&Credential{}).Where("provider_id = ? AND generation = ?", c.ProviderID, expectedGeneration).
-		Updates(map[string]any{
-			"tokens":           c.Tokens,
-			"issuer":           c.Issuer,
-			"scopes":           c.Scopes,
-			"expires_at":       c.ExpiresAt,
-			"has_refresh":      c.HasRefresh,
-			"generation":       newGen,
-			"status":           c.Status,
-			"reason":           c.Reason,
-			"refresh_failures": c.RefreshFailures,
-			"last_refresh_at":  c.LastRefreshAt,
-			"key_id":           c.KeyID,
-			"updated_at":       now,
-		})
-	if res.Error != nil {
-		return 0, dbErr(res.Error, "put credential")
-	}
-	if res.RowsAffected == 0 {
-		return 0, credentialChanged()
+		if _, ok := apperr.As(err); ok {
+			return 0, err
+		}
+		return 0, dbErr(err, "put credential")
 	}
 	c.Generation = newGen
 	c.UpdatedAt = now

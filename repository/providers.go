@@ -187,7 +187,6 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				"compat":              p.Compat,
 				"auth_status":         p.AuthStatus,
 				"key_id":              p.KeyID,
-				"cred_generation":     p.CredGeneration,
 				"version":             expectedVersion + 1,
 				"updated_at":          now,
 			})

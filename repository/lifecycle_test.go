@@ -1,0 +1,80 @@
+package repository
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/internal/testenv"
+)
+
+// TestCredentialGenerationNeverRepeats: a credential deleted and created
+// again continues the provider's generation sequence, so a writer still
+// holding an old generation can never overwrite the new grant.
+func TestCredentialGenerationNeverRepeats(t *testing.T) {
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := openStore(t, dsn)
+		p := mustCreate(t, s, newProvider("a", "p1"))
+		c := &Credential{TenantID: "a", ProviderID: p.ID, Tokens: []byte("t1")}
+		g1, err := s.PutCredential(ctx, c, 0)
+		wantNoErr(t, err, "first put")
+		g2, err := s.PutCredential(ctx, c, g1)
+		wantNoErr(t, err, "second put")
+		wantNoErr(t, s.DeleteCredential(ctx, "a", p.ID, 0), "delete")
+		g3, err := s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, Tokens: []byte("t2")}, 0)
+		wantNoErr(t, err, "re-create")
+		if g3 <= g2 {
+			t.Fatalf("generation went back: %d after %d", g3, g2)
+		}
+		// The stale writer that still holds g1 or g2 loses.
+		for _, stale := range []int64{g1, g2} {
+			_, err := s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, Tokens: []byte("stale")}, stale)
+			wantKind(t, err, apperr.KindAborted, "")
+		}
+		got, err := s.GetCredential(ctx, "a", p.ID)
+		wantNoErr(t, err, "get")
+		if string(got.Tokens) != "t2" || got.Generation != g3 {
+			t.Fatalf("credential %q gen %d, want t2 gen %d", got.Tokens, got.Generation, g3)
+		}
+	})
+}
+
+// TestIdleCredentials lists authorized credentials with a refresh token not
+// refreshed since a time, across tenants, and counts failures only against
+// the generation they were seen at.
+func TestIdleCredentials(t *testing.T) {
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := openStore(t, dsn)
+		old := time.Now().Add(-48 * time.Hour).UTC()
+		recent := time.Now().UTC()
+		for _, tc := range []struct {
+			tenant, id string
+			at         time.Time
+			refresh    bool
+		}{{"a", "idle", old, true}, {"b", "idle", old, true}, {"a", "fresh", recent, true}, {"a", "norefresh", old, false}} {
+			mustCreate(t, s, newProvider(tc.tenant, tc.id))
+			at := tc.at
+			_, err := s.PutCredential(ctx, &Credential{TenantID: tc.tenant, ProviderID: tc.id, Tokens: []byte("x"),
+				Status: statusAuthorized, HasRefresh: tc.refresh, LastRefreshAt: &at}, 0)
+			wantNoErr(t, err, "put")
+		}
+		rows, err := s.CredentialsIdleSince(ctx, time.Now().Add(-time.Hour), 10)
+		wantNoErr(t, err, "idle")
+		if len(rows) != 2 {
+			t.Fatalf("%d idle credentials, want 2: %+v", len(rows), rows)
+		}
+		c, err := s.GetCredential(ctx, "a", "idle")
+		wantNoErr(t, err, "get")
+		n, err := s.RecordRefreshFailure(ctx, "a", "idle", c.Generation)
+		wantNoErr(t, err, "failure")
+		if n != 1 {
+			t.Fatalf("failures %d", n)
+		}
+		if n, _ := s.RecordRefreshFailure(ctx, "a", "idle", c.Generation+100); n != 0 {
+			t.Fatalf("a failure at another generation counted: %d", n)
+		}
+	})
+}
