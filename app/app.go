@@ -99,7 +99,7 @@ func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, erro
 			return nil, fmt.Errorf("creating data dir: %w", err)
 		}
 	}
-	st, err := repository.Open(ctx, cfg.DatabaseDSN(), repository.Options{})
+	st, err := repository.Open(ctx, cfg.DatabaseDSN(), repository.Options{MaxOpenConns: cfg.DatabaseMaxConns})
 	if err != nil {
 		return nil, err
 	}
@@ -266,8 +266,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	proxies, err := cfg.TrustedProxyPrefixes()
+	if err != nil {
+		return nil, err
+	}
 	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: oauth, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
-		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics})
+		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics, TrustedProxies: proxies})
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
 		Metrics: promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}), CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
 		Ready: a.ready})

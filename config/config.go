@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -29,6 +30,8 @@ type Config struct {
 	// DatabaseURL selects Postgres (postgres://...); empty means the SQLite
 	// file <DataDir>/mcpauth.db.
 	DatabaseURL SecretString `env:"MCPAUTH_DATABASE_URL"`
+	// DatabaseMaxConns caps open PostgreSQL connections per replica.
+	DatabaseMaxConns int `env:"MCPAUTH_DATABASE_MAX_CONNS, default=20"`
 	// RedisURL selects Redis (redis:// or rediss://) for flow state and
 	// refresh locks; empty means the in-process store (one replica only).
 	RedisURL SecretString `env:"MCPAUTH_REDIS_URL"`
@@ -63,6 +66,9 @@ type Config struct {
 	TLSKeyFile  string `env:"MCPAUTH_TLS_KEY_FILE"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"MCPAUTH_LOG_LEVEL, default=info"`
+	// TrustedProxies lists CIDRs of reverse proxies whose X-Forwarded-For
+	// names the client for the browser routes' rate limit.
+	TrustedProxies []string `env:"MCPAUTH_TRUSTED_PROXIES"`
 	// BrowserRatePerMinute limits authorize and callback requests per client
 	// IP.
 	BrowserRatePerMinute int `env:"MCPAUTH_BROWSER_RATE_PER_MINUTE, default=60"`
@@ -149,8 +155,14 @@ func (c *Config) validate() error {
 	if c.FlowTTL < time.Minute || c.FlowTTL > 10*time.Minute {
 		errs = append(errs, errors.New("MCPAUTH_FLOW_TTL must be between 1m and 10m"))
 	}
+	if _, err := c.TrustedProxyPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))
+	}
+	if c.DatabaseMaxConns < 1 || c.DatabaseMaxConns > 1000 {
+		errs = append(errs, errors.New("MCPAUTH_DATABASE_MAX_CONNS must be between 1 and 1000"))
 	}
 	if c.BrowserRatePerMinute < 1 {
 		errs = append(errs, errors.New("MCPAUTH_BROWSER_RATE_PER_MINUTE must be at least 1"))
@@ -170,6 +182,23 @@ func (c *Config) DatabaseDSN() string {
 		return d
 	}
 	return filepath.Join(c.DataDir, "mcpauth.db")
+}
+
+// TrustedProxyPrefixes parses TrustedProxies (CIDRs or single addresses).
+func (c *Config) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("MCPAUTH_TRUSTED_PROXIES entry %q is not an address or CIDR", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // TLS reports whether the ports are served over TLS.

@@ -95,6 +95,11 @@ func Start(tb testing.TB, o Options) *Service {
 		"MCPAUTH_BACKGROUND_REFRESH_INTERVAL": "0",
 		"MCPAUTH_BROWSER_RATE_PER_MINUTE":     "10000",
 	}
+	if _, bench := tb.(*testing.B); !bench {
+		// Many test services run in parallel against one PostgreSQL
+		// (max_connections 100); benchmarks keep the production pool.
+		env["MCPAUTH_DATABASE_MAX_CONNS"] = "6"
+	}
 	dsn := o.DSN
 	if dsn == "" && o.Postgres {
 		dsn = testenv.PostgresDSN(tb)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,9 @@ type BrowserDeps struct {
 	TLS           bool
 	RatePerMinute int
 	Metrics       *metrics.Metrics
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed when
+	// rate limiting; empty means the connection's address is the client.
+	TrustedProxies []netip.Prefix
 }
 
 // Browser serves the routes a person's browser visits: the authorize
@@ -120,7 +124,7 @@ func (b *Browser) guard(next http.Handler) http.Handler {
 		if b.d.TLS {
 			h.Set("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
 		}
-		if !b.limiter.allow(clientIP(r)) {
+		if !b.limiter.allow(clientKey(r, b.d.TrustedProxies)) {
 			w.Header().Set("Retry-After", "60")
 			b.page(w, http.StatusTooManyRequests, pageData{Title: "Too many requests", Message: "Slow down and try again in a minute.", Reason: "RATE_LIMITED"})
 			return
@@ -129,12 +133,46 @@ func (b *Browser) guard(next http.Handler) http.Handler {
 	})
 }
 
-func clientIP(r *http.Request) string {
+// clientKey is the rate-limit key of a request: the client address (taken
+// from X-Forwarded-For only when the connection comes from a trusted proxy,
+// walking from the right past trusted hops), with IPv6 grouped by /64 so
+// one host cannot rotate addresses inside its own prefix.
+func clientKey(r *http.Request, trusted []netip.Prefix) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
 	}
-	return host
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	isTrusted := func(a netip.Addr) bool {
+		for _, p := range trusted {
+			if p.Contains(a.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
+	if isTrusted(addr) {
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			if err != nil {
+				break
+			}
+			addr = a
+			if !isTrusted(a) {
+				break
+			}
+		}
+	}
+	addr = addr.Unmap()
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.String()
+	}
+	return addr.String()
 }
 
 func (b *Browser) page(w http.ResponseWriter, code int, d pageData) {
@@ -243,6 +281,9 @@ type ipBucket struct {
 	seen time.Time
 }
 
+// maxBuckets bounds the limiter's memory.
+const maxBuckets = 100_000
+
 func newIPLimiter(perMinute int) *ipLimiter {
 	return &ipLimiter{perMin: perMinute, buckets: map[string]*ipBucket{}, lastGC: time.Now()}
 }
@@ -261,8 +302,17 @@ func (l *ipLimiter) allow(ip string) bool {
 	}
 	b, ok := l.buckets[ip]
 	if !ok {
-		if len(l.buckets) > 100_000 {
-			return false
+		if len(l.buckets) >= maxBuckets {
+			// Never refuse a newcomer because others flooded the table:
+			// forget the idle, and if that is not enough, start afresh.
+			for k, b := range l.buckets {
+				if now.Sub(b.seen) > time.Minute {
+					delete(l.buckets, k)
+				}
+			}
+			if len(l.buckets) >= maxBuckets {
+				l.buckets = map[string]*ipBucket{}
+			}
 		}
 		b = &ipBucket{l: rate.NewLimiter(rate.Limit(float64(l.perMin)/60), max(l.perMin/4, 5))}
 		l.buckets[ip] = b

@@ -96,6 +96,9 @@ type grantInfo struct {
 	ClientID           string `json:"c"`
 	AuthMethod         string `json:"am,omitempty"`
 	Resource           string `json:"rs,omitempty"`
+	// Server is the provider's normalised server URL when the tokens were
+	// granted (sealed with them): tokens are only ever sent to that server.
+	Server string `json:"sv,omitempty"`
 }
 
 // tokenBlob is the encrypted form of a token set.

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"strings"
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
@@ -35,10 +36,14 @@ func EgressBlockHook(a *Auditor, m *metrics.Metrics) func(ctx context.Context, h
 	}
 }
 
-// reasonLabel keeps the metric label set bounded.
+// reasonLabel maps the guard's reason to a fixed label set: reasons can
+// carry addresses, which must not become metric labels.
 func reasonLabel(reason string) string {
-	if len(reason) > 40 {
-		return "other"
+	for _, l := range []string{"loopback", "private", "link-local", "multicast", "unspecified", "https required",
+		"scheme", "userinfo", "redirect", "non-canonical", "reserved", "shared"} {
+		if strings.Contains(reason, l) {
+			return strings.ReplaceAll(l, " ", "_")
+		}
 	}
-	return reason
+	return "other"
 }

@@ -734,9 +734,15 @@ func (s *OAuthService) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diag
 	tr := &oauthclient.Trace{}
 	resp := &mcpauthv1.DiagnoseProviderResponse{}
 	disc, derr := s.discover(ctx, d, nil, tr)
+	// The provider's URL path can hold a secret (some servers put an API
+	// key there), and masked views never show it: nor does the trace.
+	hide := func(u string) string { return u }
+	if p := strings.TrimRight(d.url.EscapedPath(), "/"); p != "" {
+		hide = func(u string) string { return strings.ReplaceAll(u, p, "/******") }
+	}
 	for _, st := range tr.Steps {
-		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),
-			ContentType: st.ContentType, Ok: st.OK, Detail: st.Detail})
+		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: hide(st.URL), HttpStatus: int32(st.HTTPStatus),
+			ContentType: st.ContentType, Ok: st.OK, Detail: hide(st.Detail)})
 	}
 	if derr != nil {
 		resp.BlockingProblem = derr.Error()
@@ -748,7 +754,7 @@ func (s *OAuthService) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diag
 		return resp, nil
 	}
 	md := disc.md
-	resp.ResourceMetadataUrl = md.ResourceMetadataURL
+	resp.ResourceMetadataUrl = hide(md.ResourceMetadataURL)
 	resp.Issuer = md.Issuer
 	resp.PkceS256Supported = md.SupportsS256()
 	resp.ClientIdMetadataDocumentSupported = md.ClientIDMetadataDocumentSupported

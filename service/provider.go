@@ -579,7 +579,16 @@ func (s *ProviderService) UpdateProvider(ctx context.Context, req *mcpauthv1.Upd
 		return nil, err
 	}
 	row.UpdatedAt = s.now().UTC()
+	revoked := false
 	if urlChanged {
+		// The old server's tokens are about to be forgotten: revoke them
+		// there first, as on delete, which also drops this process's cached
+		// copy. A copy cached elsewhere lives at most the token cache TTL,
+		// is dead at the server once revoked, and is never sent by tool
+		// calls (they check the provider's status).
+		if s.revoker != nil {
+			revoked = s.revoker.RevokeBeforeDelete(ctx, tenant, id)
+		}
 		err = s.reset.UpdateProviderResettingCredentials(ctx, row, expected)
 	} else {
 		err = s.store.UpdateProvider(ctx, row, expected)
@@ -592,7 +601,8 @@ func (s *ProviderService) UpdateProvider(ctx context.Context, req *mcpauthv1.Upd
 		Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_SUCCESS, Details: map[string]string{"fields": strings.Join(changed, ",")}})
 	if urlChanged {
 		s.audit.Record(ctx, Event{Tenant: tenant, Type: EventCredentialsReset, Provider: id,
-			Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_SUCCESS, Reason: "SERVER_URL_CHANGED"})
+			Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_SUCCESS, Reason: "SERVER_URL_CHANGED",
+			Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
 	}
 	view, err := s.view(row)
 	if err != nil {

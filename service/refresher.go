@@ -2,11 +2,12 @@ package service
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 )
 
@@ -142,12 +143,16 @@ func (r *Refresher) refreshOne(ctx context.Context, c repository.Credential) boo
 	case "REAUTH_REQUIRED", "NOT_AUTHORIZED", "TOKEN_EXPIRED":
 		return false
 	}
-	if apperr.KindOf(err) != apperr.KindUnavailable {
+	// Only the authorization server's failures count towards giving up:
+	// an outage of mcpauth's own Redis or database says nothing about the
+	// grant and must never wipe it.
+	var temp *oauthclient.TemporaryError
+	if !errors.As(err, &temp) {
 		return false
 	}
 	n, ferr := r.store.RecordRefreshFailure(ctx, c.TenantID, c.ProviderID, c.Generation)
 	if ferr == nil && n >= r.cfg.MaxFailures {
-		_ = r.tokens.MarkReauth(ctx, c.TenantID, c.ProviderID, "REFRESH_EXHAUSTED")
+		_ = r.tokens.MarkReauth(ctx, c.TenantID, c.ProviderID, "REFRESH_EXHAUSTED", c.Generation)
 	}
 	return false
 }

@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -18,6 +20,7 @@ import (
 	"github.com/mcpauth/mcpauth/resname"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/statestore"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // TokenProtocol refreshes and revokes tokens. *oauthclient.Client
@@ -106,6 +109,9 @@ func NewTokenService(d TokenDeps) (*TokenService, error) {
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, sleep: sleepCtx, cache: newTokenCache(d.Config.CacheTTL)}, nil
 }
 
+// persistBudget is the time reserved for storing a refresh's result.
+const persistBudget = 5 * time.Second
+
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -193,10 +199,25 @@ func (s *TokenService) Get(ctx context.Context, tenant, id string) (*oauthclient
 
 // ForceRefresh refreshes after the MCP server rejected staleAccess (401),
 // unless the stored token already differs from it (someone else refreshed).
-func (s *TokenService) ForceRefresh(ctx context.Context, tenant, id string, staleAccess secret.Secret) (*oauthclient.Tokens, error) {
-	t, _, err := s.refreshShared(ctx, tenant, id, staleAccess.Reveal())
-	return t, err
+// Callers must use the tokens it returns, never a cached copy.
+func (s *TokenService) ForceRefresh(ctx context.Context, tenant, id string, staleAccess secret.Secret) (*oauthclient.Tokens, *repository.Credential, error) {
+	s.cache.drop(tenant + "/" + id)
+	return s.refreshShared(ctx, tenant, id, staleAccess.Reveal())
 }
+
+// grantMatches reports whether the credential's tokens were granted for
+// the provider's current server (normalised URL, sealed with the tokens).
+func (s *TokenService) grantMatches(cred *repository.Credential, d *providerData) bool {
+	h, err := openTokens(s.cipher, cred)
+	if err != nil {
+		return false
+	}
+	return h.grant.Server == validate.NormalizeURL(d.url)
+}
+
+// Forget drops the provider's cached credential (its server changed or it
+// was deleted on this replica).
+func (s *TokenService) Forget(tenant, id string) { s.cache.drop(tenant + "/" + id) }
 
 type refreshResult struct {
 	tokens *oauthclient.Tokens
@@ -206,7 +227,13 @@ type refreshResult struct {
 // refreshShared collapses concurrent refreshes of one provider in this
 // process into one; the cross-replica lock is taken inside.
 func (s *TokenService) refreshShared(ctx context.Context, tenant, id, stale string) (*oauthclient.Tokens, *repository.Credential, error) {
+	// Callers reacting to different rejected tokens must not share a result:
+	// one of them could be handed the very token its server just refused.
 	key := tenant + "/" + id
+	if stale != "" {
+		h := sha256.Sum256([]byte(stale))
+		key += "/" + hex.EncodeToString(h[:8])
+	}
 	ch := s.sf.DoChan(key, func() (any, error) {
 		// The refresh must finish even if the first caller gives up: others
 		// wait on it, and an abandoned refresh can burn a rotating token.
@@ -291,7 +318,7 @@ func (s *TokenService) refreshLocked(ctx context.Context, tenant, id, stale stri
 		return nil, nil, apperr.FailedPrecondition("TOKEN_EXPIRED", "the access token expired and the server issued no refresh token: authorize the provider again").
 			WithMeta("provider", resname.ProviderName(tenant, id))
 	}
-	return s.doRefresh(ctx, cred, h, stale)
+	return s.doRefresh(ctx, cred, h, stale, lease)
 }
 
 // usable reports whether held tokens can be served: fresh, and not the
@@ -343,7 +370,7 @@ func (s *TokenService) registrationFor(ctx context.Context, cred *repository.Cre
 // doRefresh calls the token endpoint (bounded, jittered retries on 5xx,
 // 429 and network errors, honouring Retry-After) and stores the result
 // with a generation compare-and-swap.
-func (s *TokenService) doRefresh(ctx context.Context, cred *repository.Credential, h *heldTokens, stale string) (*oauthclient.Tokens, *repository.Credential, error) {
+func (s *TokenService) doRefresh(ctx context.Context, cred *repository.Credential, h *heldTokens, stale string, lease statestore.Lease) (*oauthclient.Tokens, *repository.Credential, error) {
 	tenant, id := cred.TenantID, cred.ProviderID
 	ctx = WithAuditScope(ctx, tenant, id)
 	reg, err := s.registrationFor(ctx, cred, h.grant)
@@ -369,6 +396,11 @@ func (s *TokenService) doRefresh(ctx context.Context, cred *repository.Credentia
 			wait = base/2 + rand.N(base)
 		}
 		wait = min(wait, s.cfg.MaxRetryAfter)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait+persistBudget {
+			// Another attempt could succeed too late to be stored under
+			// the lease: stop while the old refresh token is still ours.
+			break
+		}
 		if err := s.sleep(ctx, wait); err != nil {
 			break
 		}
@@ -386,7 +418,9 @@ func (s *TokenService) doRefresh(ctx context.Context, cred *repository.Credentia
 				_ = s.store.DeleteClientRegistration(ctx, tenant, id, h.grant.Issuer)
 			}
 		}
-		return nil, nil, s.markReauth(ctx, cred, reason)
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		return nil, nil, s.markReauth(mctx, cred, reason)
 	default:
 		s.metrics.Refreshes.WithLabelValues("unavailable").Inc()
 		s.audit.Record(ctx, Event{Tenant: tenant, Type: EventTokenRefreshFailed, Provider: id, Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_FAILURE, Reason: "UNAVAILABLE"})
@@ -405,14 +439,23 @@ func (s *TokenService) doRefresh(ctx context.Context, cred *repository.Credentia
 	if fresh.TokenType == "" {
 		fresh.TokenType = h.tokens.TokenType
 	}
+	// The server may just have rotated the refresh token: storing the
+	// result must not be cut short by the lease deadline the request ran
+	// under. Keep the lease for the write, and give the write its own budget.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+	defer cancel()
+	if lease != nil {
+		_ = lease.Extend(pctx, s.cfg.LockTTL)
+	}
 	var stored *repository.Credential
 	for attempt := 1; attempt <= 3; attempt++ {
-		stored, err = s.persist(ctx, cred, h.grant, fresh)
+		stored, err = s.persist(pctx, cred, h.grant, fresh)
 		if err == nil || apperr.KindOf(err) == apperr.KindAborted {
 			break
 		}
-		_ = s.sleep(ctx, time.Duration(attempt)*100*time.Millisecond)
+		_ = s.sleep(pctx, time.Duration(attempt)*100*time.Millisecond)
 	}
+	ctx = pctx
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Someone stored newer tokens meanwhile: theirs win, ours are dropped.
 		latest, lh, lerr := s.load(ctx, tenant, id)
@@ -449,6 +492,9 @@ func (s *TokenService) persist(ctx context.Context, prev *repository.Credential,
 	next.KeyID, next.UpdatedAt = s.cipher.PrimaryID(), now
 	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
 	gen, err := s.store.PutCredential(ctx, &next, prev.Generation)
+	// Dropped again after the write: a concurrent Get may have cached the
+	// old credential between the first drop and the write.
+	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
 	if err != nil {
 		return nil, err
 	}
@@ -493,26 +539,54 @@ func (s *TokenService) markReauth(ctx context.Context, cred *repository.Credenti
 // storeNew stores the tokens of a completed authorization, replacing any
 // held before, and marks the provider AUTHORIZED.
 func (s *TokenService) storeNew(ctx context.Context, row *repository.Provider, g grantInfo, t *oauthclient.Tokens) error {
+	d, err := openProvider(s.cipher, row)
+	if err != nil {
+		return err
+	}
+	g.Server = validate.NormalizeURL(d.url)
 	now := s.now().UTC()
 	ct, err := sealTokens(s.cipher, row.TenantID, row.ID, t, g, now)
 	if err != nil {
 		return err
 	}
-	var expected int64
-	prev, err := s.store.GetCredential(ctx, row.TenantID, row.ID)
-	switch {
-	case err == nil:
-		expected = prev.Generation
-	case apperr.KindOf(err) != apperr.KindNotFound:
+	// A refresh finishing concurrently can win the compare-and-swap: re-read
+	// and try again, so a code already exchanged is not thrown away.
+	var gen int64
+	for attempt := 1; ; attempt++ {
+		var expected int64
+		prev, err := s.store.GetCredential(ctx, row.TenantID, row.ID)
+		switch {
+		case err == nil:
+			expected = prev.Generation
+		case apperr.KindOf(err) != apperr.KindNotFound:
+			return err
+		}
+		s.cache.drop(row.TenantID + "/" + row.ID)
+		c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: ct, Issuer: g.Issuer,
+			Scopes: jsonList(t.Scopes), ExpiresAt: expiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
+			Status: int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED), LastRefreshAt: &now,
+			KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
+		gen, err = s.store.PutCredential(ctx, c, expected)
+		if err == nil {
+			break
+		}
+		if apperr.KindOf(err) != apperr.KindAborted || attempt == 3 {
+			return err
+		}
+	}
+	// The provider's server may have changed between the callback's check
+	// and this write: then these tokens belong to the old server. Undo.
+	cur, err := s.store.GetProvider(ctx, row.TenantID, row.ID)
+	if err != nil {
 		return err
 	}
-	s.cache.drop(row.TenantID + "/" + row.ID)
-	c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: ct, Issuer: g.Issuer,
-		Scopes: jsonList(t.Scopes), ExpiresAt: expiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
-		Status: int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED), LastRefreshAt: &now,
-		KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
-	if _, err := s.store.PutCredential(ctx, c, expected); err != nil {
+	cd, err := openProvider(s.cipher, cur)
+	if err != nil {
 		return err
+	}
+	if validate.NormalizeURL(cd.url) != g.Server {
+		_ = s.store.DeleteCredential(ctx, row.TenantID, row.ID, gen)
+		return apperr.Aborted("the provider's server changed during the authorization")
 	}
 	return s.store.SetAuthStatus(ctx, row.TenantID, row.ID, int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED))
 }
@@ -594,11 +668,16 @@ func boolString(b bool) string {
 }
 
 // MarkReauth marks the provider's authorization dead after the MCP server
-// rejected a freshly refreshed token.
-func (s *TokenService) MarkReauth(ctx context.Context, tenant, id, reason string) error {
+// rejected a freshly refreshed token, if the stored credential is still at
+// generation (the one that was rejected). If newer tokens were stored
+// meanwhile, nothing is wiped and the caller gets ABORTED (retry).
+func (s *TokenService) MarkReauth(ctx context.Context, tenant, id, reason string, generation int64) error {
 	cred, err := s.store.GetCredential(ctx, tenant, id)
 	if err != nil {
 		return err
+	}
+	if cred.Generation != generation {
+		return apperr.Aborted("the credential changed meanwhile; retry")
 	}
 	return s.markReauth(ctx, cred, reason)
 }

@@ -18,6 +18,7 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/mcpclient"
 	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
@@ -125,6 +126,18 @@ func (s *ToolService) attachToken(ctx context.Context, ss *session) error {
 	row := ss.d.row
 	tok, cred, err := s.tokens.Get(ctx, row.TenantID, row.ID)
 	switch {
+	case err == nil && mcpauthv1.AuthorizationStatus(row.AuthStatus) != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED:
+		// The provider row, read just now, holds no authorization (its URL
+		// changed, it was revoked, or a new flow has not completed): a token
+		// can only come from a cache that has not seen that yet, possibly on
+		// another replica, and may belong to another server. Never send it.
+		ss.cred.AccessToken = secret.Secret{}
+		ss.gen = 0
+	case err == nil && !s.tokens.grantMatches(cred, ss.d):
+		// The tokens were granted for another server URL (the URL changed
+		// after they were issued): never send them to this one.
+		ss.cred.AccessToken = secret.Secret{}
+		ss.gen = 0
 	case err == nil:
 		ss.cred.AccessToken = tok.AccessToken
 		ss.gen = cred.Generation
@@ -151,15 +164,22 @@ func (s *ToolService) withAuthRetry(ctx context.Context, ss *session, fn func(ss
 			return apperr.FailedPrecondition("NOT_AUTHORIZED", "the MCP server requires authorization: call StartAuthorization").
 				WithMeta("provider", resname.ProviderName(tenant, id))
 		}
-		if _, rerr := s.tokens.ForceRefresh(ctx, tenant, id, ss.cred.AccessToken); rerr != nil {
+		// Retry with exactly the tokens the refresh produced (never a cached
+		// copy, which could be the rejected token again).
+		tok, cred, rerr := s.tokens.ForceRefresh(ctx, tenant, id, ss.cred.AccessToken)
+		if rerr != nil {
 			return rerr
 		}
-		if aerr := s.attachToken(ctx, ss); aerr != nil {
-			return aerr
+		if !s.tokens.grantMatches(cred, ss.d) {
+			return reauthErr(tenant, id, "the stored grant belongs to another server")
 		}
+		ss.cred.AccessToken, ss.gen = tok.AccessToken, cred.Generation
+		ss.key = fmt.Sprintf("%s/%s/%d/%d", tenant, id, ss.d.row.Version, ss.gen)
 		err = fn(ss)
 		if errors.As(err, &ae) && ae.Status == 401 {
-			return s.tokens.MarkReauth(ctx, tenant, id, "MCP_SERVER_REJECTED_TOKEN")
+			// Wipe only the generation that was just rejected: newer tokens
+			// stored meanwhile by another replica survive.
+			return s.tokens.MarkReauth(ctx, tenant, id, "MCP_SERVER_REJECTED_TOKEN", ss.gen)
 		}
 	}
 	if errors.As(err, &ae) && ae.Status == 403 {
@@ -219,6 +239,12 @@ func (s *ToolService) mapErr(err error) error {
 	case errors.Is(err, context.Canceled):
 		return err
 	}
+	var blocked *egress.BlockedError
+	if errors.As(err, &blocked) {
+		// A policy refusal, not an outage: retrying cannot help until the
+		// provider's URL or the allow-list changes. Host and rule only.
+		return apperr.FailedPrecondition("EGRESS_BLOCKED", "the MCP server's address is not allowed: %s", blocked.Error())
+	}
 	if _, ok := apperr.As(err); ok {
 		return err
 	}
@@ -251,7 +277,9 @@ func (s *ToolService) RefreshTools(ctx context.Context, req *mcpauthv1.RefreshTo
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding tools")
 	}
-	now := s.now().UTC()
+	// Microseconds: what PostgreSQL keeps, so ListTools later reports the
+	// same fetch_time as this answer.
+	now := s.now().UTC().Truncate(time.Microsecond)
 	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, Tools: string(raw), FetchedAt: now}); err != nil {
 		return nil, err
 	}
