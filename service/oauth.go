@@ -252,6 +252,14 @@ func (s *OAuthService) registration(ctx context.Context, d *providerData, md *oa
 		return nil, upstreamErr("dynamic client registration", err)
 	}
 	reg.Method = RegDynamic
+	// Two first starts can register concurrently: the first stored client
+	// wins and the other is discarded, so a pending flow's client is never
+	// overwritten (its callback would fail with CLIENT_CHANGED).
+	if won, err := s.store.GetClientRegistration(ctx, d.row.TenantID, d.row.ID, md.Issuer); err == nil && won.RedirectURI == s.cfg.CallbackURL {
+		if r, err := openRegistration(s.cipher, won); err == nil && (r.ExpiresAt.IsZero() || r.ExpiresAt.After(s.now())) {
+			return r, nil
+		}
+	}
 	ct, err := sealRegistration(s.cipher, d.row.TenantID, d.row.ID, md.Issuer, reg)
 	if err != nil {
 		return nil, err
