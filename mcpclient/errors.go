@@ -64,6 +64,10 @@ type AuthError struct {
 	// spaces (invalid and duplicate tokens dropped); for an
 	// insufficient_scope challenge these are the scopes the request needs.
 	Scopes []string
+	// Bearer is true when the refusal carries a Bearer challenge: the
+	// server asks for (another) OAuth token. A 401 without one refused
+	// something else, such as a custom header.
+	Bearer bool
 }
 
 // Error describes the refusal without any upstream text.
@@ -106,6 +110,7 @@ func newAuthError(status int, challenges []string) *AuthError {
 		if ch.Scheme != "bearer" {
 			continue
 		}
+		e.Bearer = true
 		e.InsufficientScope = ch.Params["error"] == "insufficient_scope"
 		e.Scopes = splitScope(ch.Params["scope"])
 		break

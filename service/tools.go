@@ -177,6 +177,14 @@ func (s *ToolService) withAuthRetry(ctx context.Context, ss *session, fn func(ss
 		ss.key = fmt.Sprintf("%s/%s/%d/%d", tenant, id, ss.d.row.Version, ss.gen)
 		err = fn(ss)
 		if errors.As(err, &ae) && ae.Status == 401 {
+			if !ae.Bearer {
+				// Refused with a fresh token, and without a Bearer challenge:
+				// the server refused something else (a custom header), and
+				// wiping a working authorization would not help.
+				return apperr.FailedPrecondition("NOT_AUTHORIZED",
+					"the MCP server refused the request without asking for an OAuth token: check the provider's headers").
+					WithMeta("provider", resname.ProviderName(tenant, id))
+			}
 			// Wipe only the generation that was just rejected: newer tokens
 			// stored meanwhile by another replica survive.
 			return s.tokens.MarkReauth(ctx, tenant, id, "MCP_SERVER_REJECTED_TOKEN", ss.gen)
