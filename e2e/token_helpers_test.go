@@ -1,0 +1,388 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/internal/testenv"
+)
+
+// tokMaxConns caps each replica's PostgreSQL connections in these tests.
+const tokMaxConns = 4
+
+// tokOptions configure a tokCluster.
+type tokOptions struct {
+	// AS configures the authorization server (a real fosite server that
+	// rotates refresh tokens and rejects reuse unless told otherwise).
+	AS testauthz.AuthServerOptions
+	// Replicas is how many mcpauth processes share the database and Redis;
+	// default 1.
+	Replicas int
+	// Env adds MCPAUTH_* settings to every replica.
+	Env map[string]string
+	// Tenant and ID name the provider; default acme/docs.
+	Tenant, ID string
+	// DefaultPool keeps the service's own database pool size (benchmarks)
+	// instead of capping it at tokMaxConns.
+	DefaultPool bool
+}
+
+// tokCluster is one provider authorized end to end against a real
+// authorization server, served by mcpauth replicas that share one
+// PostgreSQL schema and one Redis key prefix, as replicas in production
+// share a database and a Redis.
+type tokCluster struct {
+	AS       *testauthz.AuthServer
+	MCP      *testauthz.MCPServer
+	Replicas []*Service
+	// Key is an API key every replica accepts (all tenants, all permissions).
+	Key string
+	// Tenant, ID and Name identify the authorized provider.
+	Tenant, ID, Name string
+	// Redis is a client on the replicas' Redis, and Prefix the key prefix
+	// they use, so tests can inspect and plant their locks.
+	Redis  redis.UniversalClient
+	Prefix string
+}
+
+// tokStart starts the authorization server, an MCP server protected by it,
+// o.Replicas mcpauth replicas on PostgreSQL and Redis, and authorizes the
+// provider through replica 0 with a user agent.
+func tokStart(tb testing.TB, o tokOptions) *tokCluster {
+	tb.Helper()
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.Tenant == "" {
+		o.Tenant = "acme"
+	}
+	if o.ID == "" {
+		o.ID = "docs"
+	}
+	o.AS.DCR = true
+	c := &tokCluster{Tenant: o.Tenant, ID: o.ID}
+	c.AS = testauthz.NewAuthServer(tb, o.AS)
+	c.MCP = testauthz.NewMCPServer(tb, testauthz.MCPServerOptions{Auth: c.AS})
+	c.Redis, c.Prefix = testenv.Redis(tb)
+	redisURL, err := url.Parse(testenv.RedisURL(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	q := redisURL.Query()
+	q.Set("prefix", c.Prefix)
+	redisURL.RawQuery = q.Encode()
+
+	// Replicas share configuration, not disks: one master key, one callers file.
+	master := make([]byte, 32)
+	if _, err := rand.Read(master); err != nil {
+		tb.Fatal(err)
+	}
+	fc, key := NewCaller(tb, "token-tests", []string{"*"}, caller.ProvidersRead, caller.ProvidersWrite,
+		caller.Authorize, caller.TokensRead, caller.ToolsCall, caller.AuditRead)
+	c.Key = key
+	env := map[string]string{
+		"MCPAUTH_EGRESS_ALLOW": "127.0.0.1",
+		"MCPAUTH_MASTER_KEYS":  "1:" + base64.StdEncoding.EncodeToString(master),
+		"MCPAUTH_LOG_LEVEL":    "info",
+	}
+	for k, v := range o.Env {
+		env[k] = v
+	}
+	dsn := testenv.PostgresDSN(tb)
+	for range o.Replicas {
+		s := Start(tb, Options{DSN: dsn, RedisURL: redisURL.String(), Env: env,
+			Callers: &caller.File{Callers: []caller.FileCaller{fc}}})
+		// Each replica's pool defaults to 20 connections: three replicas and
+		// the parallel tests of this and other packages would exceed
+		// PostgreSQL's default max_connections (100), and callers would get
+		// "too many clients" as UNAVAILABLE. A few connections suffice.
+		if !o.DefaultPool {
+			sqlDB, err := s.Store().DB().DB()
+			if err != nil {
+				tb.Fatal(err)
+			}
+			sqlDB.SetMaxOpenConns(tokMaxConns)
+		}
+		c.Replicas = append(c.Replicas, s)
+	}
+	c.Name = c.authorize(tb, c.Replicas[0], c.Tenant, c.ID, c.MCP.URL())
+	return c
+}
+
+// authorize creates provider tenant/id for the MCP server at mcpURL on s
+// and runs the authorization with a fresh user agent. It returns the
+// provider's name.
+func (c *tokCluster) authorize(tb testing.TB, s *Service, tenant, id, mcpURL string) string {
+	tb.Helper()
+	name := createProvider(tb, s, c.Key, tenant, id, mcpURL, nil)
+	start, err := s.OAuth().StartAuthorization(Ctx(tb, c.Key), &mcpauthv1.StartAuthorizationRequest{Name: name, User: "alice"})
+	if err != nil {
+		tb.Fatalf("StartAuthorization: %v", err)
+	}
+	code, body, final := NewBrowser(tb).Open(tb, start.GetAuthorizationUrl())
+	if code != 200 || !strings.Contains(body, "Authorization complete") {
+		tb.Fatalf("authorizing %s: final page %s: %d %s", name, final, code, body)
+	}
+	return name
+}
+
+// ctx is a request context carrying the cluster's API key.
+func (c *tokCluster) ctx(tb testing.TB) context.Context {
+	tb.Helper()
+	return Ctx(tb, c.Key)
+}
+
+// get calls GetAccessToken for the cluster's provider on replica r.
+func (c *tokCluster) get(ctx context.Context, r int) (*mcpauthv1.GetAccessTokenResponse, error) {
+	return c.Replicas[r].OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: c.Name})
+}
+
+// mustGet is get that fails the test on error.
+func (c *tokCluster) mustGet(tb testing.TB, r int) *mcpauthv1.GetAccessTokenResponse {
+	tb.Helper()
+	tok, err := c.get(c.ctx(tb), r)
+	if err != nil {
+		tb.Fatalf("GetAccessToken on replica %d: %v", r, err)
+	}
+	return tok
+}
+
+// status returns the provider's authorization status.
+func (c *tokCluster) status(tb testing.TB) *mcpauthv1.GetAuthorizationStatusResponse {
+	tb.Helper()
+	st, err := c.Replicas[0].OAuth().GetAuthorizationStatus(c.ctx(tb), &mcpauthv1.GetAuthorizationStatusRequest{Name: c.Name})
+	if err != nil {
+		tb.Fatalf("GetAuthorizationStatus: %v", err)
+	}
+	return st
+}
+
+// waitDue polls GetAuthorizationStatus until the stored access token is
+// within margin of its expiry (margin 0: expired), and returns the expiry.
+// This waits on the service's own clock condition rather than sleeping a
+// guessed duration.
+func (c *tokCluster) waitDue(tb testing.TB, margin time.Duration) time.Time {
+	tb.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := c.status(tb)
+		if st.GetExpireTime() == nil {
+			tb.Fatalf("the provider's token has no expiry: %v", st)
+		}
+		exp := st.GetExpireTime().AsTime()
+		if !time.Now().Before(exp.Add(-margin)) {
+			return exp
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("token expiring at %s never became due", exp)
+		}
+		time.Sleep(min(10*time.Millisecond, time.Until(exp.Add(-margin))+time.Millisecond))
+	}
+}
+
+// lockKey is the Redis key of the provider's refresh lock, as
+// statestore.Redis lays it out for the service's lock name
+// "refresh:<tenant>/<provider>".
+func (c *tokCluster) lockKey() string {
+	return c.Prefix + "lock:{refresh:" + c.Tenant + "/" + c.ID + "}"
+}
+
+// tokRefreshRequests returns the refresh_token grant requests the server
+// received, including those it never answered (hung) or answered with an
+// injected fault.
+func tokRefreshRequests(as *testauthz.AuthServer) []testauthz.RecordedRequest {
+	var out []testauthz.RecordedRequest
+	for _, r := range as.RequestsTo(as.Path("/token")) {
+		if r.Form.Get("grant_type") == "refresh_token" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// tokWait polls cond until it holds, failing the test after timeout.
+func tokWait(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// tokResult is the outcome of one GetAccessToken call.
+type tokResult struct {
+	replica int
+	tok     *mcpauthv1.GetAccessTokenResponse
+	err     error
+	elapsed time.Duration
+}
+
+// tokCallers starts n GetAccessToken callers, caller i on replica
+// replicas[i%len(replicas)], all blocked on a start barrier. Closing the
+// returned channel releases them at once; the results arrive on the
+// returned channel, which has room for all of them.
+func (c *tokCluster) tokCallers(tb testing.TB, n int, replicas []int, timeout time.Duration) (chan struct{}, <-chan tokResult) {
+	tb.Helper()
+	start := make(chan struct{})
+	out := make(chan tokResult, n)
+	base := c.ctx(tb)
+	for i := range n {
+		r := replicas[i%len(replicas)]
+		go func() {
+			ctx, cancel := context.WithTimeout(base, timeout)
+			defer cancel()
+			<-start
+			t0 := time.Now()
+			tok, err := c.get(ctx, r)
+			out <- tokResult{replica: r, tok: tok, err: err, elapsed: time.Since(t0)}
+		}()
+	}
+	return start, out
+}
+
+// tokCollect reads n results, failing the test if they take over a minute.
+func tokCollect(tb testing.TB, results <-chan tokResult, n int) []tokResult {
+	tb.Helper()
+	var out []tokResult
+	timeout := time.After(time.Minute)
+	for range n {
+		select {
+		case r := <-results:
+			out = append(out, r)
+		case <-timeout:
+			tb.Fatalf("only %d of %d callers returned within a minute", len(out), n)
+		}
+	}
+	return out
+}
+
+// tokErrorInfo checks that err is a gRPC status with code and returns its
+// google.rpc.ErrorInfo detail (failing when there is none).
+func tokErrorInfo(tb testing.TB, err error, code codes.Code) *errdetails.ErrorInfo {
+	tb.Helper()
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != code {
+		tb.Fatalf("error %v, want code %s", err, code)
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	tb.Fatalf("error %v carries no ErrorInfo", err)
+	return nil
+}
+
+// tokAudit lists the tenant's audit events of one type for the provider.
+func (c *tokCluster) tokAudit(tb testing.TB, eventType string) []*mcpauthv1.AuditEvent {
+	tb.Helper()
+	resp, err := c.Replicas[0].Audit().ListAuditEvents(c.ctx(tb), &mcpauthv1.ListAuditEventsRequest{
+		Parent: "tenants/" + c.Tenant, Provider: c.Name, EventType: eventType, PageSize: 500})
+	if err != nil {
+		tb.Fatalf("ListAuditEvents: %v", err)
+	}
+	return resp.GetAuditEvents()
+}
+
+// tokRedisMonitor streams the commands Redis executes (MONITOR) on its own
+// connection and closes the returned channel once a command line contains
+// match, ignoring case. It is how a test learns that another process is blocked polling a
+// lock, the way Gitaly's WaitForBlockedQuery watches pg_stat_activity.
+func tokRedisMonitor(tb testing.TB, match string) <-chan struct{} {
+	tb.Helper()
+	opts, err := redis.ParseURL(testenv.RedisURL(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", opts.Addr)
+	if err != nil {
+		tb.Fatalf("redis monitor: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	rd := bufio.NewReader(conn)
+	// send writes one inline command and expects +OK.
+	send := func(words ...string) {
+		if _, err := fmt.Fprintf(conn, "%s\r\n", strings.Join(words, " ")); err != nil {
+			tb.Fatalf("redis monitor: %v", err)
+		}
+		line, err := rd.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "+OK" {
+			tb.Fatalf("redis monitor: %s: %q %v", words[0], strings.TrimSpace(line), err)
+		}
+	}
+	if opts.Password != "" {
+		user := opts.Username
+		if user == "" {
+			user = "default"
+		}
+		send("AUTH", tokQuote(user), tokQuote(opts.Password))
+	}
+	// MONITOR answers +OK before streaming: commands after it are seen.
+	send("MONITOR")
+	seen := make(chan struct{})
+	var once sync.Once
+	go func() {
+		for {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				return
+			}
+			// Command names appear as the client sent them (go-redis: lower case).
+			if strings.Contains(strings.ToLower(line), strings.ToLower(match)) {
+				once.Do(func() { close(seen) })
+			}
+		}
+	}()
+	return seen
+}
+
+// tokQuote quotes s as a word of an inline Redis command.
+func tokQuote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// tokSameToken checks that every result succeeded with one and the same
+// access token, and returns it.
+func tokSameToken(tb testing.TB, results []tokResult) string {
+	tb.Helper()
+	var tok string
+	var errs []error
+	for _, r := range results {
+		if r.err != nil {
+			errs = append(errs, fmt.Errorf("replica %d: %w", r.replica, r.err))
+			continue
+		}
+		switch {
+		case tok == "":
+			tok = r.tok.GetAccessToken()
+		case r.tok.GetAccessToken() != tok:
+			tb.Errorf("replica %d returned a different access token than another caller", r.replica)
+		}
+	}
+	if len(errs) > 0 {
+		tb.Fatalf("%d of %d callers failed: %v", len(errs), len(results), errors.Join(errs...))
+	}
+	return tok
+}

@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/internal/testauthz"
+)
+
+// tokLifetime is the access-token lifetime of the refresh tests.
+const tokLifetime = 2 * time.Second
+
+// tokDueMargin is how close to its expiry the tests wait before releasing
+// callers. The service refreshes when less than min(lifetime/4,
+// MCPAUTH_REFRESH_MARGIN_MAX) is left. fosite rounds expiries and
+// expires_in to whole seconds, so a 2 s token is stored with a lifetime of
+// 1 to 2 s and a margin of 0.25 to 0.5 s: 200 ms before expiry it is due for
+// sure, and the authorization server still accepts it.
+const tokDueMargin = 200 * time.Millisecond
+
+// tokRefreshCheck records the authorization server's counters before a
+// refresh round and asserts on their deltas afterwards.
+type tokRefreshCheck struct {
+	as                        *testauthz.AuthServer
+	refreshes, reuse, records int
+}
+
+func tokCounters(as *testauthz.AuthServer) tokRefreshCheck {
+	return tokRefreshCheck{as: as, refreshes: as.RefreshCount(), reuse: as.ReuseRejections(), records: len(tokRefreshRequests(as))}
+}
+
+// want asserts that exactly n refresh requests reached the server since
+// the counters were taken, and that none presented a used refresh token.
+func (b tokRefreshCheck) want(tb testing.TB, n int) {
+	tb.Helper()
+	if d := b.as.RefreshCount() - b.refreshes; d != n {
+		tb.Errorf("authorization server processed %d refreshes, want %d", d, n)
+	}
+	if d := len(tokRefreshRequests(b.as)) - b.records; d != n {
+		tb.Errorf("authorization server received %d refresh requests, want %d", d, n)
+	}
+	if d := b.as.ReuseRejections() - b.reuse; d != 0 {
+		tb.Errorf("authorization server rejected %d reused refresh tokens (and revoked the family)", d)
+	}
+}
+
+// tokValid fails unless the authorization server accepts the access token.
+func tokValid(tb testing.TB, as *testauthz.AuthServer, tok string) {
+	tb.Helper()
+	if _, ok := as.Validate(tok); !ok {
+		tb.Fatal("the authorization server does not accept the access token mcpauth returned")
+	}
+}
+
+// TestTokenRefreshSingleFlight: 100 concurrent GetAccessToken calls on a
+// due token in one process cause exactly one refresh at the authorization
+// server, and every caller gets the same new token.
+func TestTokenRefreshSingleFlight(t *testing.T) {
+	t.Parallel()
+	c := tokStart(t, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: tokLifetime}})
+	old := c.mustGet(t, 0).GetAccessToken()
+	check := tokCounters(c.AS)
+
+	start, results := c.tokCallers(t, 100, []int{0}, 30*time.Second)
+	c.waitDue(t, tokDueMargin)
+	close(start)
+	tok := tokSameToken(t, tokCollect(t, results, 100))
+
+	check.want(t, 1)
+	if tok == old {
+		t.Fatal("callers got the old access token after the refresh")
+	}
+	tokValid(t, c.AS, tok)
+}
+
+// TestTokenRefreshAcrossReplicas: 100 callers spread over three replicas
+// sharing one database and one Redis cause exactly one refresh per expiry,
+// three expiries in a row, and all get a token the server accepts.
+func TestTokenRefreshAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	c := tokStart(t, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: tokLifetime}, Replicas: 3})
+	prev := c.mustGet(t, 0).GetAccessToken()
+	for round := 1; round <= 3; round++ {
+		check := tokCounters(c.AS)
+		start, results := c.tokCallers(t, 100, []int{0, 1, 2}, 30*time.Second)
+		c.waitDue(t, tokDueMargin)
+		close(start)
+		rs := tokCollect(t, results, 100)
+		tok := tokSameToken(t, rs)
+		check.want(t, 1)
+		if tok == prev {
+			t.Fatalf("expiry %d: callers got the previous access token", round)
+		}
+		tokValid(t, c.AS, tok)
+		perReplica := map[int]int{}
+		for _, r := range rs {
+			perReplica[r.replica]++
+		}
+		if len(perReplica) != 3 {
+			t.Fatalf("callers were not spread over the replicas: %v", perReplica)
+		}
+		prev = tok
+	}
+}
+
+// TestTokenRefreshLockHolderCrashed: a replica that took the refresh lock
+// and died leaves the lock in Redis until its TTL ends. Callers on every
+// replica wait that long, then exactly one of them refreshes; the rotated
+// refresh token is stored, so the next expiry refreshes again.
+func TestTokenRefreshLockHolderCrashed(t *testing.T) {
+	t.Parallel()
+	const lockTTL = 2 * time.Second
+	c := tokStart(t, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: tokLifetime}, Replicas: 3,
+		Env: map[string]string{"MCPAUTH_REFRESH_LOCK_TTL": lockTTL.String()}})
+	old := c.mustGet(t, 0).GetAccessToken()
+	check := tokCounters(c.AS)
+	start, results := c.tokCallers(t, 30, []int{0, 1, 2}, 30*time.Second)
+	c.waitDue(t, 0)
+
+	// What statestore.Redis.Lock leaves behind for a holder that never
+	// releases: the lock key with the holder's random token and the lease TTL.
+	ctx := context.Background()
+	ok, err := c.Redis.SetNX(ctx, c.lockKey(), "token-of-a-crashed-replica", lockTTL).Result()
+	if err != nil || !ok {
+		t.Fatalf("planting the crashed holder's lock: %v %v", ok, err)
+	}
+	planted := time.Now()
+	close(start)
+	tok := tokSameToken(t, tokCollect(t, results, 30))
+
+	check.want(t, 1)
+	if tok == old {
+		t.Fatal("callers got the expired access token")
+	}
+	tokValid(t, c.AS, tok)
+	reqs := tokRefreshRequests(c.AS)
+	if at := reqs[len(reqs)-1].Time; at.Before(planted.Add(lockTTL - 50*time.Millisecond)) {
+		t.Errorf("the refresh reached the server %s after the lock was planted, before its TTL of %s ended", at.Sub(planted), lockTTL)
+	}
+	if n, err := c.Redis.Exists(ctx, c.lockKey()).Result(); err != nil || n != 0 {
+		t.Errorf("the refresh lock is still held after the refresh (exists=%d, %v)", n, err)
+	}
+
+	// No token was lost: the stored refresh token is the rotated one.
+	check = tokCounters(c.AS)
+	c.waitDue(t, tokDueMargin)
+	next := c.mustGet(t, 1).GetAccessToken()
+	check.want(t, 1)
+	if next == tok {
+		t.Fatal("no refresh at the next expiry")
+	}
+	tokValid(t, c.AS, next)
+	if st := c.status(t); st.GetStatus() != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED {
+		t.Fatalf("status %s after the refreshes", st.GetStatus())
+	}
+}
+
+// TestTokenRefreshHangingServerAcrossReplicas: while replica 0's refresh
+// hangs at the authorization server, replica 1's callers wait on the lock
+// instead of sending a second refresh. When replica 0 gives up (its work is
+// bounded by the lock TTL) and releases the lock, replica 1 refreshes once,
+// with the refresh token the hung request never consumed.
+func TestTokenRefreshHangingServerAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	const lockTTL = 3 * time.Second
+	c := tokStart(t, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: tokLifetime}, Replicas: 2,
+		Env: map[string]string{"MCPAUTH_REFRESH_LOCK_TTL": lockTTL.String()}})
+	old := c.mustGet(t, 0).GetAccessToken()
+	check := tokCounters(c.AS)
+	// The token expires first, so nobody can fall back to it.
+	c.waitDue(t, 0)
+
+	c.AS.SetTokenDelay(30 * time.Second)
+	first, firstDone := c.tokCallers(t, 1, []int{0}, 30*time.Second)
+	close(first)
+	tokWait(t, "replica 0's refresh request to reach the server", 10*time.Second, func() bool {
+		return len(tokRefreshRequests(c.AS)) == check.records+1
+	})
+	c.AS.SetTokenDelay(0) // requests from now on are answered at once
+
+	// Replica 1 polls the lock with EXISTS while it waits: watch for it.
+	waiting := tokRedisMonitor(t, `"EXISTS" "`+c.lockKey()+`"`)
+	start, results := c.tokCallers(t, 20, []int{1}, 30*time.Second)
+	close(start)
+	select {
+	case <-waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("replica 1 never waited on the refresh lock")
+	}
+	if n := len(tokRefreshRequests(c.AS)); n != check.records+1 {
+		t.Fatalf("%d refresh requests while replica 0's refresh hangs, want only replica 0's", n-check.records)
+	}
+	if len(results) != 0 || len(firstDone) != 0 {
+		t.Fatal("callers returned while the refresh hangs")
+	}
+
+	r0 := tokCollect(t, firstDone, 1)[0]
+	// The upstream request's deadline, not the caller's: UNAVAILABLE.
+	if info := tokErrorInfo(t, r0.err, codes.Unavailable); info.GetReason() != "UNAVAILABLE" {
+		t.Fatalf("replica 0's caller after the hung refresh: reason %q, want UNAVAILABLE", info.GetReason())
+	}
+	if r0.elapsed > lockTTL+2*time.Second {
+		t.Errorf("replica 0's caller waited %s; its refresh should be bounded by the lock TTL %s", r0.elapsed, lockTTL)
+	}
+	tok := tokSameToken(t, tokCollect(t, results, 20))
+	tokValid(t, c.AS, tok)
+	if tok == old {
+		t.Fatal("replica 1 served the expired token")
+	}
+	reqs := tokRefreshRequests(c.AS)[check.records:]
+	if len(reqs) != 2 {
+		t.Fatalf("%d refresh requests, want the hung one and one retry after it was abandoned", len(reqs))
+	}
+	if gap := reqs[1].Time.Sub(reqs[0].Time); gap < lockTTL-100*time.Millisecond {
+		t.Errorf("the second refresh was sent %s after the hung one, before the hung one's lock TTL %s ended", gap, lockTTL)
+	}
+	if reqs[0].Form.Get("refresh_token") != reqs[1].Form.Get("refresh_token") {
+		t.Error("the retry did not use the refresh token the hung request left unconsumed")
+	}
+	if c.AS.RefreshCount()-check.refreshes != 1 || c.AS.ReuseRejections() != check.reuse {
+		t.Errorf("server processed %d refreshes with %d reuse rejections, want 1 and 0",
+			c.AS.RefreshCount()-check.refreshes, c.AS.ReuseRejections()-check.reuse)
+	}
+}
+
+// TestTokenRefreshWithoutRotation: a server that does not rotate refresh
+// tokens sends none back; mcpauth keeps the original and uses it for every
+// refresh.
+func TestTokenRefreshWithoutRotation(t *testing.T) {
+	t.Parallel()
+	c := tokStart(t, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: tokLifetime, NoRefreshRotation: true}})
+	prev := c.mustGet(t, 0).GetAccessToken()
+	check := tokCounters(c.AS)
+	for round := 1; round <= 2; round++ {
+		c.waitDue(t, tokDueMargin)
+		tok := c.mustGet(t, 0).GetAccessToken()
+		if tok == prev {
+			t.Fatalf("refresh %d: no new access token", round)
+		}
+		tokValid(t, c.AS, tok)
+		prev = tok
+	}
+	check.want(t, 2)
+	reqs := tokRefreshRequests(c.AS)[check.records:]
+	first, second := reqs[0].Form.Get("refresh_token"), reqs[1].Form.Get("refresh_token")
+	if first == "" || first != second {
+		t.Fatal("the second refresh did not present the original refresh token")
+	}
+	if st := c.status(t); !st.GetHasRefreshToken() {
+		t.Fatal("the refresh token was dropped after a response without one")
+	}
+}
