@@ -225,7 +225,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	}
 	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: Version})
 	tools, err := service.NewToolService(service.ToolDeps{Store: a.store, Cipher: a.keys, Tokens: tokens, MCP: a.mcp,
-		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes})
+		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: oauth})
 	if err != nil {
 		return nil, err
 	}

@@ -533,7 +533,17 @@ func (s *TokenService) markReauth(ctx context.Context, cred *repository.Credenti
 	}
 	s.metrics.ReauthRequired.Inc()
 	s.audit.Record(ctx, Event{Tenant: tenant, Type: EventReauthRequired, Provider: id, Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_FAILURE, Reason: reason})
-	return reauthErr(tenant, id, "the authorization server rejected the refresh token")
+	why := map[string]string{
+		"INVALID_GRANT":             "the authorization server rejected the refresh token",
+		"INVALID_CLIENT":            "the authorization server no longer knows mcpauth's client",
+		"MCP_SERVER_REJECTED_TOKEN": "the MCP server rejected a freshly refreshed token",
+		"REFRESH_EXHAUSTED":         "the token could not be refreshed for too long",
+		"PERSIST_FAILED":            "refreshed tokens could not be stored",
+	}[reason]
+	if why == "" {
+		why = "the authorization is no longer valid"
+	}
+	return reauthErr(tenant, id, why)
 }
 
 // storeNew stores the tokens of a completed authorization, replacing any

@@ -18,6 +18,7 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/mcpclient"
 	"github.com/mcpauth/mcpauth/metrics"
@@ -58,6 +59,7 @@ type ToolService struct {
 	metrics   *metrics.Metrics
 	maxResult int64
 	now       Clock
+	starter   AuthorizationStarter
 }
 
 // ToolDeps are what NewToolService needs.
@@ -71,6 +73,8 @@ type ToolDeps struct {
 	Metrics        *metrics.Metrics
 	MaxResultBytes int64
 	Now            Clock
+	// Starter, when set, lets step-up answers carry an authorization URL.
+	Starter AuthorizationStarter
 }
 
 // NewToolService returns the tool service.
@@ -85,7 +89,7 @@ func NewToolService(d ToolDeps) (*ToolService, error) {
 		d.Now = time.Now
 	}
 	return &ToolService{store: d.Store, cipher: d.Cipher, tokens: d.Tokens, mcp: d.MCP, audit: d.Audit, log: d.Log,
-		metrics: d.Metrics, maxResult: d.MaxResultBytes, now: d.Now}, nil
+		metrics: d.Metrics, maxResult: d.MaxResultBytes, now: d.Now, starter: d.Starter}, nil
 }
 
 // maxToolNameLen bounds the tool name of CallTool.
@@ -98,6 +102,8 @@ type session struct {
 	cred   mcpclient.Credentials
 	key    string
 	gen    int64
+	// user is the person the call is made for, if the caller said so.
+	user string
 }
 
 // prepare loads the provider and its current credentials. A provider that
@@ -226,13 +232,42 @@ func (s *ToolService) stepUp(ctx context.Context, ss *session, ae *mcpclient.Aut
 	}
 	s.audit.Record(ctx, Event{Tenant: tenant, Type: EventStepUpRequired, Provider: id, Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_FAILURE,
 		Reason: "INSUFFICIENT_SCOPE", Details: map[string]string{"missing_scopes": strings.Join(missing, " ")}})
-	return apperr.FailedPrecondition("INSUFFICIENT_SCOPE", "the MCP server needs more scopes: authorize again with additional_scopes").
+	e := apperr.FailedPrecondition("INSUFFICIENT_SCOPE", "the MCP server needs more scopes: authorize again with additional_scopes").
 		WithMeta("provider", name).
 		WithMeta("missing_scopes", strings.Join(missing, " ")).
 		WithMeta("required_scopes", strings.Join(ae.Scopes, " ")).
 		WithMeta("granted_scopes", strings.Join(granted, " ")).
 		WithMeta("step_up_scopes", strings.Join(union, " ")).
 		WithMeta("action", "call mcpauth.v1.OAuthService/StartAuthorization with additional_scopes = missing_scopes")
+	s.attachStepUpURL(ctx, ss, missing, e)
+	return e
+}
+
+// AuthorizationStarter starts an authorization flow.
+// *OAuthService implements it.
+type AuthorizationStarter interface {
+	StartAuthorization(ctx context.Context, req *mcpauthv1.StartAuthorizationRequest) (*mcpauthv1.StartAuthorizationResponse, error)
+}
+
+// attachStepUpURL adds a fresh authorization URL (with the missing scopes)
+// to a step-up answer when the call named the person it is made for and
+// the caller may also start authorizations on this tenant; otherwise the
+// answer only says what to call.
+func (s *ToolService) attachStepUpURL(ctx context.Context, ss *session, missing []string, e *apperr.Error) {
+	if s.starter == nil || ss.user == "" {
+		return
+	}
+	id, ok := caller.FromContext(ctx)
+	if !ok || !id.Allows(ss.d.row.TenantID, caller.Authorize) {
+		return
+	}
+	resp, err := s.starter.StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{
+		Name: resname.ProviderName(ss.d.row.TenantID, ss.d.row.ID), User: ss.user, AdditionalScopes: missing})
+	if err != nil || resp.GetAuthorizationUrl() == "" {
+		return
+	}
+	e.WithMeta("authorization_url", resp.GetAuthorizationUrl()).
+		WithMeta("authorization_expire_time", resp.GetExpireTime().AsTime().UTC().Format(time.RFC3339))
 }
 
 // mapErr classifies MCP failures without leaking upstream text.
@@ -271,6 +306,7 @@ func (s *ToolService) RefreshTools(ctx context.Context, req *mcpauthv1.RefreshTo
 	if err != nil {
 		return nil, err
 	}
+	ss.user = req.GetUser()
 	var tools []*mcp.Tool
 	err = s.withAuthRetry(ctx, ss, func(ss *session) error {
 		var lerr error
@@ -341,6 +377,7 @@ func (s *ToolService) CallTool(ctx context.Context, req *mcpauthv1.CallToolReque
 	if err != nil {
 		return nil, err
 	}
+	ss.user = req.GetUser()
 	args := req.GetArguments().AsMap()
 	var res *mcp.CallToolResult
 	err = s.withAuthRetry(ctx, ss, func(ss *session) error {

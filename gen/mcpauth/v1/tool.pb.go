@@ -119,7 +119,11 @@ func (x *Tool) GetAnnotations() *structpb.Struct {
 type RefreshToolsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The person on whose behalf the call is made, if known. When the server
+	// asks for more scopes and the caller may also authorize, the step-up
+	// answer then carries a fresh authorization URL for this person.
+	User          string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,6 +161,13 @@ func (*RefreshToolsRequest) Descriptor() ([]byte, []int) {
 func (x *RefreshToolsRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *RefreshToolsRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -325,7 +336,10 @@ type CallToolRequest struct {
 	// The tool to call.
 	Tool string `protobuf:"bytes,2,opt,name=tool,proto3" json:"tool,omitempty"`
 	// The tool's arguments.
-	Arguments     *structpb.Struct `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	Arguments *structpb.Struct `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	// The person on whose behalf the call is made, if known (see
+	// RefreshToolsRequest.user).
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +393,13 @@ func (x *CallToolRequest) GetArguments() *structpb.Struct {
 		return x.Arguments
 	}
 	return nil
+}
+
+func (x *CallToolRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // CallToolResponse is the response of CallTool.
@@ -457,9 +478,10 @@ const file_mcpauth_v1_tool_proto_rawDesc = "" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12:\n" +
 	"\finput_schema\x18\x04 \x01(\v2\x17.google.protobuf.StructR\vinputSchema\x12<\n" +
 	"\routput_schema\x18\x05 \x01(\v2\x17.google.protobuf.StructR\foutputSchema\x129\n" +
-	"\vannotations\x18\x06 \x01(\v2\x17.google.protobuf.StructR\vannotations\".\n" +
+	"\vannotations\x18\x06 \x01(\v2\x17.google.protobuf.StructR\vannotations\"B\n" +
 	"\x13RefreshToolsRequest\x12\x17\n" +
-	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"y\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"y\n" +
 	"\x14RefreshToolsResponse\x12&\n" +
 	"\x05tools\x18\x01 \x03(\v2\x10.mcpauth.v1.ToolR\x05tools\x129\n" +
 	"\n" +
@@ -469,11 +491,12 @@ const file_mcpauth_v1_tool_proto_rawDesc = "" +
 	"\x11ListToolsResponse\x12&\n" +
 	"\x05tools\x18\x01 \x03(\v2\x10.mcpauth.v1.ToolR\x05tools\x129\n" +
 	"\n" +
-	"fetch_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\"z\n" +
+	"fetch_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\"\x8e\x01\n" +
 	"\x0fCallToolRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
 	"\x04tool\x18\x02 \x01(\tB\x03\xe0A\x02R\x04tool\x125\n" +
-	"\targuments\x18\x03 \x01(\v2\x17.google.protobuf.StructR\targuments\"\xa8\x01\n" +
+	"\targuments\x18\x03 \x01(\v2\x17.google.protobuf.StructR\targuments\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"\xa8\x01\n" +
 	"\x10CallToolResponse\x121\n" +
 	"\acontent\x18\x01 \x03(\v2\x17.google.protobuf.StructR\acontent\x12F\n" +
 	"\x12structured_content\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x11structuredContent\x12\x19\n" +
