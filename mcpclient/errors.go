@@ -11,7 +11,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"github.com/modelcontextprotocol/go-sdk/oauthex"
+
+	"github.com/mcpauth/mcpauth/oauthclient"
 )
 
 var (
@@ -102,56 +103,15 @@ func newAuthError(status int, challenges []string) *AuthError {
 		return e
 	}
 	e.Challenge = raw
-	chs, err := oauthex.ParseWWWAuthenticate(challenges)
+	// The same parser the OAuth client uses for 401 challenges.
+	ch, err := oauthclient.ParseChallenge(challenges)
 	if err != nil {
 		return e
 	}
-	for _, ch := range chs {
-		if ch.Scheme != "bearer" {
-			continue
-		}
-		e.Bearer = true
-		e.InsufficientScope = ch.Params["error"] == "insufficient_scope"
-		e.Scopes = splitScope(ch.Params["scope"])
-		break
-	}
+	e.Bearer = true
+	e.InsufficientScope = ch.Error == "insufficient_scope"
+	e.Scopes = ch.Scope
 	return e
-}
-
-// splitScope splits a space-delimited scope string, dropping tokens that are
-// not RFC 6749 scope-tokens and duplicates.
-func splitScope(s string) []string {
-	var out []string
-	for _, f := range strings.Fields(s) {
-		if validScopeToken(f) && !contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-// validScopeToken reports whether s matches RFC 6749's
-// scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
-func validScopeToken(s string) bool {
-	if s == "" || len(s) > 256 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if b < 0x21 || b > 0x7e || b == '"' || b == '\\' {
-			return false
-		}
-	}
-	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // rpcError is a JSON-RPC error answered by the server. Its message names the
