@@ -17,6 +17,7 @@ import (
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/config"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/service"
 )
 
@@ -56,28 +57,44 @@ func migrate(ctx context.Context, args []string) error {
 	return nil
 }
 
-// rotateKeys re-encrypts every row under the primary master key (the first
-// entry of MCPAUTH_MASTER_KEYS) and prints the row count per key id. It is
-// idempotent and can be interrupted and run again.
-func rotateKeys(ctx context.Context, args []string) error {
+// keyedStore is what the key commands work on: the configuration's
+// keyring and the migrated database.
+type keyedStore struct {
+	log  *slog.Logger
+	keys *keyring.Keyring
+	st   *repository.Store
+}
+
+func openKeyedStore(ctx context.Context, args []string) (*keyedStore, error) {
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	log := newLogger(cfg.LogLevel)
 	keys, err := app.LoadKeyring(cfg, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	st, err := app.OpenStore(ctx, cfg)
 	if err != nil {
+		return nil, err
+	}
+	return &keyedStore{log: log, keys: keys, st: st}, nil
+}
+
+// rotateKeys re-encrypts every row under the primary master key (the first
+// entry of MCPAUTH_MASTER_KEYS) and prints the row count per key id. It is
+// idempotent and can be interrupted and run again.
+func rotateKeys(ctx context.Context, args []string) error {
+	ks, err := openKeyedStore(ctx, args)
+	if err != nil {
 		return err
 	}
-	defer st.Close()
-	if err := app.CheckKeysInUse(ctx, st, keys); err != nil {
+	defer ks.st.Close()
+	if err := app.CheckKeysInUse(ctx, ks.st, ks.keys); err != nil {
 		return err
 	}
-	r := service.NewRotator(st, keys, log)
+	r := service.NewRotator(ks.st, ks.keys, ks.log)
 	var rep *service.RotationReport
 	for pass := 1; pass <= 5; pass++ {
 		if rep, err = r.Run(ctx); err != nil {
@@ -89,48 +106,42 @@ func rotateKeys(ctx context.Context, args []string) error {
 			break
 		}
 	}
-	printUsage(rep.Usage, keys.PrimaryID())
+	printUsage(rep.Usage, ks.keys)
 	return nil
 }
 
 // keyUsage prints how many rows each key id encrypts.
 func keyUsage(ctx context.Context, args []string) error {
-	cfg, err := config.Load(ctx, args, nil)
+	ks, err := openKeyedStore(ctx, args)
 	if err != nil {
 		return err
 	}
-	keys, err := app.LoadKeyring(cfg, newLogger(cfg.LogLevel))
+	defer ks.st.Close()
+	usage, err := ks.st.KeyUsage(ctx)
 	if err != nil {
 		return err
 	}
-	st, err := app.OpenStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	usage, err := st.KeyUsage(ctx)
-	if err != nil {
-		return err
-	}
-	printUsage(usage, keys.PrimaryID())
+	printUsage(usage, ks.keys)
 	return nil
 }
 
-func printUsage(usage map[uint32]int64, primary uint32) {
-	ids := make([]uint32, 0, len(usage))
+func printUsage(usage map[uint32]int64, keys *keyring.Keyring) {
+	ids := keys.IDs()
 	for id := range usage {
-		ids = append(ids, id)
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
 		mark := ""
-		if id == primary {
+		if id == keys.PrimaryID() {
 			mark = " (primary)"
 		}
 		fmt.Printf("key %d%s: %d rows\n", id, mark, usage[id])
 	}
 	for _, id := range ids {
-		if id != primary && usage[id] == 0 {
+		if id != keys.PrimaryID() && usage[id] == 0 {
 			fmt.Printf("key %d encrypts no row: it can be removed from the configuration\n", id)
 		}
 	}
