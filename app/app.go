@@ -219,7 +219,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	oauth, err := service.NewOAuthService(service.OAuthDeps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
 		Audit: auditor, Log: log, Tokens: tokens, Config: service.OAuthConfig{
 			PublicURL: cfg.PublicURL, CallbackURL: cfg.CallbackURL(), ClientName: cfg.ClientName,
-			ClientMetadataURL: cfg.ClientMetadataURL, ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL}})
+			ClientMetadataURL: cfg.ClientMetadataURL, ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
+			ProbeTTL: cfg.MetadataTTL}})
 	if err != nil {
 		return nil, err
 	}

@@ -63,12 +63,13 @@ type Event struct {
 // loudly but does not fail the audited operation, which has already
 // happened.
 type Auditor struct {
-	store AuditStore
-	log   *slog.Logger
-	now   Clock
-	queue chan pending
-	once  sync.Once
-	done  chan struct{}
+	store   AuditStore
+	log     *slog.Logger
+	now     Clock
+	queue   chan pending
+	once    sync.Once
+	done    chan struct{}
+	writers sync.WaitGroup
 }
 
 type pending struct {
@@ -79,20 +80,29 @@ type pending struct {
 // maxAuditBatch bounds one group commit.
 const maxAuditBatch = 256
 
+// auditWriters is how many group commits may be in flight at once.
+const auditWriters = 4
+
 // NewAuditor returns an Auditor writing to store. Close stops its writer.
 func NewAuditor(store AuditStore, log *slog.Logger, now Clock) *Auditor {
 	if now == nil {
 		now = time.Now
 	}
 	a := &Auditor{store: store, log: log, now: now, queue: make(chan pending, 4*maxAuditBatch), done: make(chan struct{})}
-	go a.writer()
+	// A few writers: while one batch commits, the next one forms and
+	// commits in parallel, so a slow commit does not cap throughput.
+	a.writers.Add(auditWriters)
+	for range auditWriters {
+		go a.writer()
+	}
+	go func() { a.writers.Wait(); close(a.done) }()
 	return a
 }
 
 // writer stores whatever is queued, in batches: the first waiting event
 // starts a batch, and every event queued meanwhile joins it.
 func (a *Auditor) writer() {
-	defer close(a.done)
+	defer a.writers.Done()
 	batch := make([]pending, 0, maxAuditBatch)
 	for first := range a.queue {
 		batch = append(batch[:0], first)

@@ -55,6 +55,8 @@ type OAuthConfig struct {
 	ClientMetadataURL string // empty: none, unless PublicURL is https
 	ReturnOrigins     []string
 	FlowTTL           time.Duration
+	// ProbeTTL keeps probe results (see probeCache); 0 probes every time.
+	ProbeTTL time.Duration
 }
 
 // OAuthService implements mcpauth.v1.OAuthService and the browser side of
@@ -70,6 +72,7 @@ type OAuthService struct {
 	now    Clock
 	cfg    OAuthConfig
 	tokens *TokenService
+	probes *probeCache
 }
 
 // OAuthDeps are what NewOAuthService needs.
@@ -103,7 +106,8 @@ func NewOAuthService(d OAuthDeps) (*OAuthService, error) {
 		d.Now = time.Now
 	}
 	return &OAuthService{store: d.Store, cipher: d.Cipher, flows: flowCodec{cipher: d.Cipher, store: d.Flows},
-		proto: d.Proto, audit: d.Audit, log: d.Log, now: d.Now, cfg: d.Config, tokens: d.Tokens}, nil
+		proto: d.Proto, audit: d.Audit, log: d.Log, now: d.Now, cfg: d.Config, tokens: d.Tokens,
+		probes: newProbeCache(d.Config.ProbeTTL)}, nil
 }
 
 // ClientMetadataURL is the client_id used with servers that support Client
@@ -153,9 +157,16 @@ type discovery struct {
 // discover probes the MCP server and, when it asks for authorization,
 // discovers its authorization server.
 func (s *OAuthService) discover(ctx context.Context, d *providerData, extra []string, tr *oauthclient.Trace) (*discovery, error) {
-	probe, err := s.proto.Probe(ctx, d.url.String(), d.headers, tr)
-	if err != nil {
-		return nil, upstreamErr("probing the MCP server", err)
+	probe, cached := (*oauthclient.ProbeResult)(nil), false
+	if tr == nil {
+		probe, cached = s.probes.get(d.row, s.now())
+	}
+	if !cached {
+		var err error
+		if probe, err = s.proto.Probe(ctx, d.url.String(), d.headers, tr); err != nil {
+			return nil, upstreamErr("probing the MCP server", err)
+		}
+		s.probes.put(d.row, probe, s.now())
 	}
 	if probe.NotRequired {
 		return &discovery{probe: probe}, nil
