@@ -21,7 +21,9 @@ func (s *Store) CredentialsIdleSince(ctx context.Context, before time.Time, limi
 	err := s.db.WithContext(ctx).
 		Where("status = ? AND has_refresh = ?", statusAuthorized, true).
 		Where("(last_refresh_at IS NULL OR last_refresh_at < ?)", before.UTC()).
-		Order("last_refresh_at").Limit(clampLimit(limit)).Find(&out).Error
+		// Never-refreshed rows first, on PostgreSQL and SQLite alike.
+		Order("CASE WHEN last_refresh_at IS NULL THEN 0 ELSE 1 END, last_refresh_at").
+		Limit(clampLimit(limit)).Find(&out).Error
 	return out, dbErr(err, "list idle credentials")
 }
 
