@@ -575,7 +575,7 @@ func (s *ProviderService) UpdateProvider(ctx context.Context, req *mcpauthv1.Upd
 		return nil, invalid("provider.oauth_client.client_id", "is required when a client secret is stored")
 	}
 	row.KeyID = s.cipher.PrimaryID()
-	if err := s.reencryptUntouched(row, paths, urlChanged); err != nil {
+	if err := s.reencryptUntouched(row, paths); err != nil {
 		return nil, err
 	}
 	row.UpdatedAt = s.now().UTC()
@@ -614,7 +614,7 @@ func (s *ProviderService) UpdateProvider(ctx context.Context, req *mcpauthv1.Upd
 // reencryptUntouched re-seals the ciphertexts the update did not replace
 // when they are under an older key, so a row always uses one key id (the
 // one in its key_id column) and rotation bookkeeping stays exact.
-func (s *ProviderService) reencryptUntouched(row *repository.Provider, paths []string, urlChanged bool) error {
+func (s *ProviderService) reencryptUntouched(row *repository.Provider, paths []string) error {
 	type field struct {
 		name string
 		ct   *[]byte
@@ -648,7 +648,6 @@ func (s *ProviderService) reencryptUntouched(row *repository.Provider, paths []s
 		}
 		row.URLHash = s.cipher.Fingerprint(row.TenantID, purposeURL, []byte(validate.NormalizeURL(u)))
 	}
-	_ = urlChanged
 	return nil
 }
 

@@ -696,7 +696,7 @@ func (s *TokenService) MarkReauth(ctx context.Context, tenant, id, reason string
 // access token may still be fresh, so refresh tokens that expire when
 // unused stay alive. It takes the same lock as on-demand refreshes.
 func (s *TokenService) refreshIdle(ctx context.Context, tenant, id string) (*oauthclient.Tokens, error) {
-	cred, h, err := s.load(ctx, tenant, id)
+	_, h, err := s.load(ctx, tenant, id)
 	if err != nil {
 		return nil, err
 	}
@@ -706,6 +706,5 @@ func (s *TokenService) refreshIdle(ctx context.Context, tenant, id string) (*oau
 	// Passing the current access token as "stale" makes refreshLocked skip
 	// the refresh only if another replica already rotated it.
 	t, _, err := s.refreshShared(ctx, tenant, id, h.tokens.AccessToken.Reveal())
-	_ = cred
 	return t, err
 }
