@@ -11,6 +11,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
+	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/reqid"
@@ -122,24 +123,48 @@ func (a *Auditor) writer() {
 		for i, p := range batch {
 			rows[i] = p.row
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := a.store.AppendAuditBatch(ctx, rows)
-		cancel()
-		if err != nil && len(rows) > 1 {
-			// One bad event must not cost the others: write them one by one.
-			for _, r := range rows {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				if err := a.store.AppendAudit(ctx, r); err != nil {
-					a.log.Error("audit write failed", "event", r.EventType, "tenant", r.TenantID, "err", err.Error())
-				}
-				cancel()
-			}
-		} else if err != nil {
-			a.log.Error("audit write failed", "event", rows[0].EventType, "tenant", rows[0].TenantID, "err", err.Error())
-		}
+		a.writeBatch(rows)
 		for _, p := range batch {
 			close(p.done)
 		}
+	}
+}
+
+// auditRetryFor bounds how long a batch is retried while the database is
+// unavailable. The callers wait meanwhile: an operation whose audit event
+// is not stored is not acknowledged as audited.
+const auditRetryFor = 30 * time.Second
+
+// writeBatch writes one batch, retrying with backoff while the database is
+// unavailable (a restart or failover right after the audited operation
+// committed must not lose its event). A batch refused for another reason
+// is written event by event, so one bad event does not cost the others.
+func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
+	deadline := time.Now().Add(auditRetryFor)
+	wait := 50 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := a.store.AppendAuditBatch(ctx, rows)
+		cancel()
+		switch {
+		case err == nil:
+			return
+		case apperr.KindOf(err) == apperr.KindUnavailable && time.Now().Add(wait).Before(deadline):
+			a.log.Warn("audit write waiting for the database", "events", len(rows), "err", err.Error())
+			time.Sleep(wait)
+			wait = min(2*wait, time.Second)
+			continue
+		}
+		if len(rows) == 1 || apperr.KindOf(err) == apperr.KindUnavailable {
+			for _, r := range rows {
+				a.log.Error("AUDIT EVENT LOST", "event", r.EventType, "tenant", r.TenantID, "request_id", r.RequestID, "err", err.Error())
+			}
+			return
+		}
+		for _, r := range rows {
+			a.writeBatch([]*repository.AuditEvent{r})
+		}
+		return
 	}
 }
 
