@@ -86,3 +86,38 @@ func (m *metadataCache) len() int {
 	defer m.mu.Unlock()
 	return m.ll.Len()
 }
+
+// resultCache keeps validated discovery results (see Client.Discover).
+// Callers get a copy, so they cannot change the cached value.
+type resultCache struct {
+	mu sync.Mutex
+	m  map[string]resultEntry
+}
+
+type resultEntry struct {
+	md      Metadata
+	expires time.Time
+}
+
+// maxResults bounds the result cache; past it, it is emptied.
+const maxResults = 1024
+
+func (r *resultCache) get(key string, now time.Time) (*Metadata, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[key]
+	if !ok || !now.Before(e.expires) {
+		return nil, false
+	}
+	md := e.md
+	return &md, true
+}
+
+func (r *resultCache) put(key string, md *Metadata, expires time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || len(r.m) >= maxResults {
+		r.m = map[string]resultEntry{}
+	}
+	r.m[key] = resultEntry{md: *md, expires: expires}
+}

@@ -145,10 +145,11 @@ func (e *OAuthError) Error() string {
 // Client runs the client side of the protocol. It is safe for concurrent
 // use; create one per process and share it.
 type Client struct {
-	http  *http.Client
-	now   func() time.Time
-	ttl   time.Duration
-	cache *metadataCache
+	http    *http.Client
+	now     func() time.Time
+	ttl     time.Duration
+	cache   *metadataCache
+	results resultCache
 
 	cacheEntries int
 	cacheBytes   int

@@ -89,6 +89,29 @@ func (m *Metadata) SupportsS256() bool {
 // *TemporaryError rather than fall back, so a transient outage never
 // switches the client to another authorization server.
 func (c *Client) Discover(ctx context.Context, serverURL, canonicalResource string, probe *ProbeResult, tr *Trace) (*Metadata, error) {
+	// Untraced calls reuse a validated result for the metadata TTL instead
+	// of decoding and validating the cached documents again; a traced call
+	// (diagnosis) always walks every step and stores nothing. A result can
+	// be built from documents cached up to a TTL earlier, so discovery data
+	// is at most twice the TTL old.
+	key := serverURL + "\x00" + canonicalResource + "\x00"
+	if probe != nil {
+		key += probe.ResourceMetadataURL
+	}
+	if tr == nil {
+		if md, ok := c.results.get(key, c.now()); ok {
+			return md, nil
+		}
+	}
+	md, err := c.discover(ctx, serverURL, canonicalResource, probe, tr)
+	if err == nil && tr == nil {
+		c.results.put(key, md, c.now().Add(c.ttl))
+	}
+	return md, err
+}
+
+// discover runs discovery; Discover caches its successful results.
+func (c *Client) discover(ctx context.Context, serverURL, canonicalResource string, probe *ProbeResult, tr *Trace) (*Metadata, error) {
 	su, err := url.Parse(serverURL)
 	if err != nil || checkEndpoint("server url", serverURL) != nil {
 		return nil, errors.New("discover: invalid server url")
