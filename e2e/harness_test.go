@@ -205,7 +205,11 @@ func waitReady(tb testing.TB, base string) {
 // Ctx returns a context carrying key as the caller's API key.
 func Ctx(tb testing.TB, key string) context.Context {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// A safety net against hangs, not a timing assertion: parallel subtests
+	// may start long after their parent created this context on a loaded
+	// machine, so the bound is generous. Tests that need a short deadline
+	// set their own.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	tb.Cleanup(cancel)
 	if key == "" {
 		return ctx
