@@ -2,6 +2,9 @@ package repository
 
 import (
 	"context"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // AppendAudit appends e and sets e.ID (and e.CreatedAt when zero). Audit
@@ -34,7 +37,32 @@ func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) erro
 		}
 		e.ID = 0
 	}
-	return dbErr(s.db.WithContext(ctx).Create(events).Error, "append audit events")
+	// On PostgreSQL the batch goes in with COPY: one statement, no RETURNING,
+	// no per-row parse, and still all-or-nothing.
+	if s.db.Dialector.Name() != "postgres" {
+		return dbErr(s.db.WithContext(ctx).Create(events).Error, "append audit events")
+	}
+	sqlDB, err := s.db.DB()
+	if err != nil {
+		return dbErr(err, "append audit events")
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		return dbErr(err, "append audit events")
+	}
+	defer conn.Close()
+	rows := make([][]any, len(events))
+	for i, e := range events {
+		rows[i] = []any{e.TenantID, e.CreatedAt, e.EventType, e.Actor, e.ProviderID, e.Outcome, e.Reason, e.RequestID, e.Details}
+	}
+	err = conn.Raw(func(dc any) error {
+		pc := dc.(*stdlib.Conn).Conn()
+		_, err := pc.CopyFrom(ctx, pgx.Identifier{"audit_events"},
+			[]string{"tenant_id", "created_at", "event_type", "actor", "provider_id", "outcome", "reason", "request_id", "details"},
+			pgx.CopyFromRows(rows))
+		return err
+	})
+	return dbErr(err, "append audit events")
 }
 
 // ListAudit returns up to limit of the tenant's events matching f, newest
