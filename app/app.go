@@ -43,23 +43,24 @@ const Version = "0.1.0"
 
 // App is one running mcpauth process.
 type App struct {
-	cfg       *config.Config
-	log       *slog.Logger
-	store     *repository.Store
-	keys      *keyring.Keyring
-	flows     statestore.Store
-	guard     *egress.Guard
-	metrics   *metrics.Metrics
-	health    *health.Server
-	grpc      *grpc.Server
-	mem       *memListener
-	http      *http.Server
-	gwConn    *grpc.ClientConn
-	mcp       *mcpclient.Client
-	refresher *service.Refresher
-	tokens    *service.TokenService
-	auditor   *service.Auditor
-	tlsConfig *tls.Config
+	cfg        *config.Config
+	log        *slog.Logger
+	store      *repository.Store
+	keys       *keyring.Keyring
+	flows      statestore.Store
+	guard      *egress.Guard
+	metrics    *metrics.Metrics
+	health     *health.Server
+	grpc       *grpc.Server
+	mem        *memListener
+	http       *http.Server
+	gwConn     *grpc.ClientConn
+	mcp        *mcpclient.Client
+	refresher  *service.Refresher
+	tokens     *service.TokenService
+	auditor    *service.Auditor
+	tlsConfig  *tls.Config
+	metricsSrv *http.Server
 }
 
 // LoadKeyring reads the master keys from MCPAUTH_MASTER_KEYS, else from
@@ -273,10 +274,21 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	}
 	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: oauth, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
 		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics, TrustedProxies: proxies})
+	// Metrics go on the public port only when no admin port is configured.
+	metricsHandler := promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{})
+	var publicMetrics http.Handler
+	if cfg.MetricsAddr == "" {
+		publicMetrics = metricsHandler
+	}
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
-		Metrics: promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}), CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
+		Metrics: publicMetrics, CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
 		Ready: a.ready})
 	a.http = server.NewHTTPServer(cfg.HTTPAddr, handler, a.tlsConfig, log)
+	if cfg.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metricsHandler)
+		a.metricsSrv = server.NewHTTPServer(cfg.MetricsAddr, mux, nil, log)
+	}
 	return a, nil
 }
 
@@ -291,6 +303,17 @@ func (a *App) ready(ctx context.Context) error {
 // drains both within the configured grace period.
 func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 2)
+	if a.metricsSrv != nil {
+		ml, err := net.Listen("tcp", a.cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		go func() {
+			if err := a.metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.log.Error("metrics server stopped", "err", err.Error())
+			}
+		}()
+	}
 	go func() { errc <- a.grpc.Serve(grpcLis) }()
 	go func() {
 		var err error
@@ -323,6 +346,9 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownGrace)
 	defer cancel()
 	_ = a.http.Shutdown(sctx)
+	if a.metricsSrv != nil {
+		_ = a.metricsSrv.Shutdown(sctx)
+	}
 	done := make(chan struct{})
 	go func() { a.grpc.GracefulStop(); close(done) }()
 	select {

@@ -64,6 +64,9 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile serve both ports over TLS when set.
 	TLSCertFile string `env:"MCPAUTH_TLS_CERT_FILE"`
 	TLSKeyFile  string `env:"MCPAUTH_TLS_KEY_FILE"`
+	// MetricsAddr, when set, serves /metrics on its own listener (an admin
+	// port) instead of the public HTTP port.
+	MetricsAddr string `env:"MCPAUTH_METRICS_ADDR"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"MCPAUTH_LOG_LEVEL, default=info"`
 	// TrustedProxies lists CIDRs of reverse proxies whose X-Forwarded-For
