@@ -10,6 +10,7 @@ import (
 	"github.com/mcpauth/mcpauth/keyring"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/resname"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/validate"
 )
@@ -28,6 +29,21 @@ type CredentialStore interface {
 }
 
 var _ CredentialStore = (*repository.Store)(nil)
+
+// providerGetter reads one provider row. Every store of this package has it.
+type providerGetter interface {
+	GetProvider(ctx context.Context, tenant, id string) (*repository.Provider, error)
+}
+
+// providerByName parses a provider resource name (request field "name") and
+// reads the row: the preamble of every per-provider call.
+func providerByName(ctx context.Context, st providerGetter, name string) (*repository.Provider, error) {
+	tenant, id, err := resname.ParseProvider("name", name)
+	if err != nil {
+		return nil, err
+	}
+	return st.GetProvider(ctx, tenant, id)
+}
 
 // providerData is a provider with its secrets opened, for the services that
 // talk to its servers.

@@ -136,11 +136,7 @@ func (s *OAuthService) ClientMetadataDocument() map[string]any {
 }
 
 func (s *OAuthService) loadProvider(ctx context.Context, name string) (*providerData, error) {
-	tenant, id, err := resname.ParseProvider("name", name)
-	if err != nil {
-		return nil, err
-	}
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	row, err := providerByName(ctx, s.store, name)
 	if err != nil {
 		return nil, err
 	}
@@ -677,14 +673,11 @@ func upstreamDetail(code, desc string) string {
 
 // GetAuthorizationStatus reports whether the provider holds usable tokens.
 func (s *OAuthService) GetAuthorizationStatus(ctx context.Context, req *mcpauthv1.GetAuthorizationStatusRequest) (*mcpauthv1.GetAuthorizationStatusResponse, error) {
-	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	row, err := providerByName(ctx, s.store, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	row, err := s.store.GetProvider(ctx, tenant, id)
-	if err != nil {
-		return nil, err
-	}
+	tenant, id := row.TenantID, row.ID
 	resp := &mcpauthv1.GetAuthorizationStatusResponse{Status: mcpauthv1.AuthorizationStatus(row.AuthStatus)}
 	cred, err := s.store.GetCredential(ctx, tenant, id)
 	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
@@ -728,14 +721,11 @@ func (s *OAuthService) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAcc
 // RevokeAuthorization revokes at the server when it can, then deletes the
 // tokens locally; the client registration is kept.
 func (s *OAuthService) RevokeAuthorization(ctx context.Context, req *mcpauthv1.RevokeAuthorizationRequest) (*mcpauthv1.RevokeAuthorizationResponse, error) {
-	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	row, err := providerByName(ctx, s.store, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.store.GetProvider(ctx, tenant, id); err != nil {
-		return nil, err
-	}
-	revoked, err := s.tokens.Revoke(ctx, tenant, id)
+	revoked, err := s.tokens.Revoke(ctx, row.TenantID, row.ID)
 	if err != nil {
 		return nil, err
 	}

@@ -426,11 +426,7 @@ func (s *ProviderService) CreateProvider(ctx context.Context, req *mcpauthv1.Cre
 
 // GetProvider returns the masked view of a provider.
 func (s *ProviderService) GetProvider(ctx context.Context, req *mcpauthv1.GetProviderRequest) (*mcpauthv1.GetProviderResponse, error) {
-	tenant, id, err := resname.ParseProvider("name", req.GetName())
-	if err != nil {
-		return nil, err
-	}
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	row, err := providerByName(ctx, s.store, req.GetName())
 	if err != nil {
 		return nil, err
 	}
@@ -681,14 +677,11 @@ func maskPaths(m *fieldmaskpb.FieldMask) ([]string, error) {
 // DeleteProvider revokes the provider's tokens at the authorization server
 // when possible, then deletes the provider and everything it owns.
 func (s *ProviderService) DeleteProvider(ctx context.Context, req *mcpauthv1.DeleteProviderRequest) (*mcpauthv1.DeleteProviderResponse, error) {
-	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	row, err := providerByName(ctx, s.store, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	row, err := s.store.GetProvider(ctx, tenant, id)
-	if err != nil {
-		return nil, err
-	}
+	tenant, id := row.TenantID, row.ID
 	var expected int64
 	if req.GetEtag() != "" {
 		if req.GetEtag() != etag(row) {

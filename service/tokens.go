@@ -178,23 +178,41 @@ func (s *TokenService) load(ctx context.Context, tenant, id string) (*repository
 // Get returns a valid access token for the provider, refreshing first when
 // it is due.
 func (s *TokenService) Get(ctx context.Context, tenant, id string) (*oauthclient.Tokens, *repository.Credential, error) {
+	t, c, _, err := s.getHeld(ctx, tenant, id)
+	return t, c, err
+}
+
+// getHeld is Get that also returns the grant the tokens were issued under,
+// from the same decryption (callers that check where a token may go need
+// it on every call).
+func (s *TokenService) getHeld(ctx context.Context, tenant, id string) (*oauthclient.Tokens, *repository.Credential, grantInfo, error) {
 	key := tenant + "/" + id
 	now := s.now()
 	if e, ok := s.cache.get(key, now); ok && s.fresh(e.held) {
 		s.metrics.TokensServed.Inc()
-		return e.held.tokens, e.cred, nil
+		return e.held.tokens, e.cred, e.held.grant, nil
 	}
 	cred, h, err := s.load(ctx, tenant, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, grantInfo{}, err
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now)
 		s.metrics.TokensServed.Inc()
-		return h.tokens, cred, nil
+		return h.tokens, cred, h.grant, nil
 	}
 	s.cache.drop(key)
-	return s.refreshShared(ctx, tenant, id, "")
+	t, c, err := s.refreshShared(ctx, tenant, id, "")
+	if err != nil {
+		return nil, nil, grantInfo{}, err
+	}
+	// The refresh may have returned another replica's newer credential:
+	// read its grant rather than assume ours.
+	nh, err := openTokens(s.cipher, c)
+	if err != nil {
+		return nil, nil, grantInfo{}, err
+	}
+	return t, c, nh.grant, nil
 }
 
 // ForceRefresh refreshes after the MCP server rejected staleAccess (401),
@@ -212,7 +230,12 @@ func (s *TokenService) grantMatches(cred *repository.Credential, d *providerData
 	if err != nil {
 		return false
 	}
-	return h.grant.Server == validate.NormalizeURL(d.url)
+	return h.grant.grantedFor(d)
+}
+
+// grantedFor reports whether the grant was issued for d's current server.
+func (g grantInfo) grantedFor(d *providerData) bool {
+	return g.Server == validate.NormalizeURL(d.url)
 }
 
 // Forget drops the provider's cached credential (its server changed or it

@@ -130,7 +130,7 @@ func (s *ToolService) prepare(ctx context.Context, tenant, id string) (*session,
 // attachToken adds the current access token, when the provider has one.
 func (s *ToolService) attachToken(ctx context.Context, ss *session) error {
 	row := ss.d.row
-	tok, cred, err := s.tokens.Get(ctx, row.TenantID, row.ID)
+	tok, cred, grant, err := s.tokens.getHeld(ctx, row.TenantID, row.ID)
 	switch {
 	case err == nil && mcpauthv1.AuthorizationStatus(row.AuthStatus) != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED:
 		// The provider row, read just now, holds no authorization (its URL
@@ -139,7 +139,7 @@ func (s *ToolService) attachToken(ctx context.Context, ss *session) error {
 		// another replica, and may belong to another server. Never send it.
 		ss.cred.AccessToken = secret.Secret{}
 		ss.gen = 0
-	case err == nil && !s.tokens.grantMatches(cred, ss.d):
+	case err == nil && !grant.grantedFor(ss.d):
 		// The tokens were granted for another server URL (the URL changed
 		// after they were issued): never send them to this one.
 		ss.cred.AccessToken = secret.Secret{}
@@ -338,13 +338,11 @@ func (s *ToolService) RefreshTools(ctx context.Context, req *mcpauthv1.RefreshTo
 
 // ListTools returns the stored tool list without connecting.
 func (s *ToolService) ListTools(ctx context.Context, req *mcpauthv1.ListToolsRequest) (*mcpauthv1.ListToolsResponse, error) {
-	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	row, err := providerByName(ctx, s.store, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.store.GetProvider(ctx, tenant, id); err != nil {
-		return nil, err
-	}
+	tenant, id := row.TenantID, row.ID
 	tl, err := s.store.GetTools(ctx, tenant, id)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return &mcpauthv1.ListToolsResponse{}, nil
