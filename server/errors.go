@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/reqid"
 )
 
 // errorDomain is the google.rpc.ErrorInfo domain of every error detail.
@@ -31,9 +32,11 @@ var kindCodes = map[apperr.Kind]codes.Code{
 }
 
 // toStatus is the one place where errors become gRPC statuses. Classified
-// errors keep their message and get a google.rpc.ErrorInfo (and a
-// BadRequest for invalid fields); anything else is logged and answered with
-// a bare INTERNAL so no internal detail, secret or upstream body leaks.
+// errors send their Public text (field and message, never the cause) and get
+// a google.rpc.ErrorInfo (and a BadRequest for invalid fields); anything else
+// is answered with a bare INTERNAL so no internal detail, secret or upstream
+// body leaks. The log line gets the whole chain, cause included: an internal
+// error at error level, any other error that carries a cause at warn level.
 func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if err == nil {
 		return nil
@@ -41,6 +44,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	msg := apperr.PublicMessage(err)
 	e, ok := apperr.As(err)
 	if !ok {
 		// Only an unclassified context error is the caller's own deadline
@@ -48,23 +52,33 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		// UNAVAILABLE, say) keeps its code even if it wraps one.
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
-			return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+			return status.Error(codes.DeadlineExceeded, msg)
 		case errors.Is(err, context.Canceled):
-			return status.Error(codes.Canceled, "request canceled")
+			return status.Error(codes.Canceled, msg)
 		}
 	}
-	if !ok || e.Kind == apperr.KindInternal {
-		log.ErrorContext(ctx, "internal error", "err", err.Error())
+	code, known := codes.Internal, false
+	if ok {
+		code, known = kindCodes[e.Kind]
+	}
+	if !known || code == codes.Internal {
+		log.ErrorContext(ctx, "internal error", errAttrs(ctx, err, e)...)
 		return status.Error(codes.Internal, "internal error")
 	}
-	if e.Kind == apperr.KindUnavailable && e.Err != nil {
-		log.WarnContext(ctx, "dependency unavailable", "err", e.Err.Error())
+	if e.Err != nil {
+		what := "call failed"
+		if e.Kind == apperr.KindUnavailable {
+			what = "dependency unavailable"
+		}
+		log.WarnContext(ctx, what, errAttrs(ctx, err, e)...)
 	}
-	st := status.New(kindCodes[e.Kind], e.Error())
+	st := status.New(code, msg)
 	info := &errdetails.ErrorInfo{Reason: e.Reason, Domain: errorDomain, Metadata: e.Metadata}
 	var withDetails *status.Status
 	var derr error
 	if e.Field != "" {
+		// The field travels next to the description, which is therefore the
+		// public message alone (no field prefix, never the cause).
 		br := &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: e.Field, Description: e.Message}}}
 		withDetails, derr = st.WithDetails(info, br)
 	} else {
@@ -74,4 +88,21 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return st.Err()
 	}
 	return withDetails.Err()
+}
+
+// errAttrs are the log attributes of a failed call: the whole chain as err,
+// and the kind and reason when the error is classified (e may be nil).
+func errAttrs(ctx context.Context, err error, e *apperr.Error) []any {
+	kind, reason := apperr.KindInternal, ""
+	if e != nil {
+		kind, reason = e.Kind, e.Reason
+	}
+	attrs := []any{slog.String("err", err.Error()), slog.String("kind", kind.String())}
+	if reason != "" {
+		attrs = append(attrs, slog.String("reason", reason))
+	}
+	if id := reqid.From(ctx); id != "" {
+		attrs = append(attrs, slog.String("request_id", id))
+	}
+	return attrs
 }
