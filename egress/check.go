@@ -6,7 +6,7 @@ import (
 	"net/url"
 	"strings"
 
-	"golang.org/x/net/idna"
+	"github.com/mcpauth/mcpauth/hostname"
 )
 
 // CheckURL is the pre-flight check applied to every request and redirect
@@ -85,22 +85,14 @@ func (g *Guard) check(u *url.URL) *BlockedError {
 	return nil
 }
 
-// asciiHost returns the host as it will be resolved: lower-case, without a
-// trailing dot, and with non-ASCII names mapped to their ASCII (punycode)
-// form the way net/http does it, so that for example full-width digits are
-// seen as the digits they become.
+// asciiHost returns the host as it will be resolved: hostname.ASCII
+// without a trailing dot.
 func asciiHost(h string) (string, error) {
-	for i := 0; i < len(h); i++ {
-		if h[i] >= 0x80 {
-			a, err := idna.Lookup.ToASCII(h)
-			if err != nil {
-				return "", err
-			}
-			h = a
-			break
-		}
+	a, err := hostname.ASCII(h)
+	if err != nil {
+		return "", err
 	}
-	return normHost(h), nil
+	return normHost(a), nil
 }
 
 // ipLike reports whether a host name would be taken for an IPv4 address by
@@ -181,28 +173,8 @@ func parseAllowEntry(raw string) (allowEntry, error) {
 		return allowEntry{text: a.String(), prefix: netip.PrefixFrom(a, a.BitLen())}, nil
 	}
 	h, err := asciiHost(s)
-	if err != nil || !validHostName(h) {
+	if err != nil || !hostname.Valid(h) {
 		return allowEntry{}, fmt.Errorf("egress: allow-list entry %q is not a host name, IP address or CIDR prefix", raw)
 	}
 	return allowEntry{text: h, host: h}, nil
-}
-
-// validHostName accepts DNS names made of letters, digits, hyphens and
-// underscores whose last label is not numeric.
-func validHostName(h string) bool {
-	if h == "" || len(h) > 253 || ipLike(h) {
-		return false
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -157,16 +157,12 @@ type pageData struct {
 func (b *Browser) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
+		// nosniff, frame denial, no-referrer and HSTS come from the base
+		// headers every response carries (baseHeaders).
 		h.Set("Cache-Control", "no-store")
 		h.Set("Pragma", "no-cache")
-		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Content-Security-Policy", pageCSP)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
-		if b.d.TLS {
-			h.Set("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-		}
 		if !b.limiter.allow(clientKey(r, b.d.TrustedProxies)) {
 			w.Header().Set("Retry-After", "60")
 			b.page(w, http.StatusTooManyRequests, pageData{Title: "Too many requests", Message: "Slow down and try again in a minute.", Reason: "RATE_LIMITED"})

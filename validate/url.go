@@ -9,7 +9,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"golang.org/x/net/idna"
+	"github.com/mcpauth/mcpauth/hostname"
 
 	"github.com/mcpauth/mcpauth/apperr"
 )
@@ -96,47 +96,11 @@ func hostPortRule(u *url.URL) string {
 	if a, err := netip.ParseAddr(h); err == nil && a.Is4() {
 		return ""
 	}
-	a, err := asciiHost(h)
-	if err != nil || !validHostName(a) {
+	a, err := hostname.ASCII(h)
+	if err != nil || !hostname.Valid(a) {
 		return "must have a valid host"
 	}
 	return ""
-}
-
-// asciiHost lower-cases an ASCII host name, or converts an internationalised
-// one to its ASCII (punycode) form.
-func asciiHost(h string) (string, error) {
-	for i := 0; i < len(h); i++ {
-		if h[i] >= utf8.RuneSelf {
-			return idna.Lookup.ToASCII(h)
-		}
-	}
-	return strings.ToLower(h), nil
-}
-
-// validHostName accepts DNS names of letters, digits, '-' and '_' with
-// labels of 1 to 63 characters that neither start nor end with '-', at most
-// 253 characters in all, whose last label is not numeric (a numeric last
-// label makes permissive resolvers read the name as an IPv4 address).
-func validHostName(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	labels := strings.Split(h, ".")
-	for _, l := range labels {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	last := labels[len(labels)-1]
-	return strings.IndexFunc(last, func(r rune) bool { return r < '0' || r > '9' }) >= 0 &&
-		!(len(last) > 1 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X'))
 }
 
 // hostPort returns the canonical authority of u: the host lower-cased (an
@@ -144,7 +108,7 @@ func validHostName(h string) bool {
 // brackets) and the port, unless it is the scheme's default.
 func hostPort(scheme string, u *url.URL) string {
 	h := u.Hostname()
-	if a, err := asciiHost(h); err == nil {
+	if a, err := hostname.ASCII(h); err == nil {
 		h = a
 	} else {
 		h = asciiLower(h)

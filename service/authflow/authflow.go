@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -213,23 +212,6 @@ func upstreamErr(step string, err error) error {
 	return apperr.Unavailable(err, "%s failed: %s", step, err.Error())
 }
 
-// chooseAuthMethod picks the token endpoint client authentication.
-func chooseAuthMethod(override string, hasSecret bool, supported []string) string {
-	if override != "" {
-		return override
-	}
-	if !hasSecret {
-		return oauthclient.AuthNone
-	}
-	if len(supported) == 0 || slices.Contains(supported, oauthclient.AuthClientSecretBasic) {
-		return oauthclient.AuthClientSecretBasic
-	}
-	if slices.Contains(supported, oauthclient.AuthClientSecretPost) {
-		return oauthclient.AuthClientSecretPost
-	}
-	return oauthclient.AuthClientSecretBasic
-}
-
 // usableRegistration opens a stored dynamic registration when it is still
 // good for this deployment (same redirect URI, not expired).
 func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauthclient.Registration, bool) {
@@ -245,9 +227,15 @@ func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauth
 // dryRun it never registers (Diagnose).
 func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
 	if d.Row.ClientID != "" {
-		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
-			AuthMethod:  chooseAuthMethod(d.Compat.TokenEndpointAuth, !d.ClientSecret.IsZero(), md.TokenEndpointAuthMethods),
-			RedirectURI: s.cfg.CallbackURL}, nil
+		reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
+			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL}
+		method, err := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
+		if err != nil {
+			return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
+				"the authorization server advertises no token endpoint authentication mcpauth can use with the pre-registered client")
+		}
+		reg.AuthMethod = method
+		return reg, nil
 	}
 	if cimd := s.cfg.ClientMetadataURL; cimd != "" && md.ClientIDMetadataDocumentSupported {
 		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: cimd, AuthMethod: oauthclient.AuthNone, RedirectURI: s.cfg.CallbackURL}, nil
