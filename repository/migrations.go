@@ -9,6 +9,12 @@ import (
 	"gorm.io/gorm"
 )
 
+// migration is one versioned schema change.
+type migration struct {
+	id  string
+	sql []string
+}
+
 // migrationLockKey is the PostgreSQL advisory lock that serialises Migrate
 // across replicas starting at the same time.
 const migrationLockKey = 0x6d6370617574 // "mcpaut"
@@ -17,10 +23,7 @@ const migrationLockKey = 0x6d6370617574 // "mcpaut"
 // cannot rewrite history. Placeholders are replaced per dialect:
 // {{BYTES}} binary, {{EMPTYBYTES}} an empty binary value, {{TS}} timestamp, {{BOOL}} boolean, {{AUTOID}} an
 // auto-increment 64-bit primary key.
-var migrations = []struct {
-	id  string
-	sql []string
-}{
+var migrations = []migration{
 	{
 		id: "0001_init",
 		sql: []string{
@@ -169,6 +172,11 @@ func renderDDL(dialect, stmt string) string {
 // SQLite both have transactional DDL), is safe to call repeatedly, and on
 // PostgreSQL holds an advisory lock so concurrent replicas migrate once.
 func (s *Store) Migrate(ctx context.Context) error {
+	return s.migrate(ctx, migrations)
+}
+
+// migrate applies list (a prefix of migrations, in tests) as Migrate does.
+func (s *Store) migrate(ctx context.Context, list []migration) error {
 	dialect := s.db.Dialector.Name()
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if dialect == "postgres" {
@@ -176,8 +184,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 				return fmt.Errorf("take migration lock: %w", err)
 			}
 		}
-		ms := make([]*gormigrate.Migration, 0, len(migrations))
-		for _, m := range migrations {
+		ms := make([]*gormigrate.Migration, 0, len(list))
+		for _, m := range list {
 			m := m
 			ms = append(ms, &gormigrate.Migration{
 				ID: m.id,
