@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -267,15 +268,16 @@ func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthErr
 		WithMeta("required_scopes", strings.Join(ae.Scopes, " ")).
 		WithMeta("granted_scopes", strings.Join(granted, " ")).
 		WithMeta("step_up_scopes", strings.Join(union, " "))
-	s.attachStepUpURL(ctx, ss, missing, e)
+	s.attachStepUpURL(ctx, ss, union, e)
 	return e
 }
 
-// attachStepUpURL adds a fresh authorization URL (with the missing scopes)
-// to a step-up answer when the call named the person it is made for and
+// attachStepUpURL adds a fresh authorization URL asking for scopes (the
+// union of those granted and those missing, so a step-up never drops a
+// scope an earlier one added) to a step-up answer when the call named the person it is made for and
 // the caller may also start authorizations on this tenant; otherwise the
 // answer only says what to call.
-func (s *Service) attachStepUpURL(ctx context.Context, ss *session, missing []string, e *apperr.Error) {
+func (s *Service) attachStepUpURL(ctx context.Context, ss *session, scopes []string, e *apperr.Error) {
 	if s.starter == nil || ss.user == "" {
 		return
 	}
@@ -283,7 +285,7 @@ func (s *Service) attachStepUpURL(ctx context.Context, ss *session, missing []st
 	if !ok || !id.Allows(ss.d.Row.TenantID, caller.Authorize) {
 		return
 	}
-	started, err := s.starter.Start(ctx, authflow.StartInput{Tenant: ss.d.Row.TenantID, Provider: ss.d.Row.ID, User: ss.user, AdditionalScopes: missing})
+	started, err := s.starter.Start(ctx, authflow.StartInput{Tenant: ss.d.Row.TenantID, Provider: ss.d.Row.ID, User: ss.user, AdditionalScopes: scopes})
 	if err != nil || started.AuthorizationURL == "" {
 		return
 	}
@@ -411,7 +413,7 @@ type Result struct {
 // or the result.
 func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 	tool := in.Tool
-	if tool == "" || len(tool) > maxToolNameLen || strings.ContainsAny(tool, "\x00\r\n") {
+	if tool == "" || len(tool) > maxToolNameLen || strings.ContainsFunc(tool, unicode.IsControl) {
 		return nil, apperr.Invalid("tool", "must be 1-%d characters without control characters", maxToolNameLen)
 	}
 	tenant, id := in.Tenant, in.Provider
@@ -454,6 +456,10 @@ func (s *Service) ProbeServer(ctx context.Context, serverURL string, headers map
 	var ae *mcpclient.AuthError
 	if err == nil || errors.As(err, &ae) {
 		return nil
+	}
+	var blocked *egress.BlockedError
+	if errors.As(err, &blocked) {
+		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
 	}
 	return apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server could not be reached: %s", err.Error())
 }
