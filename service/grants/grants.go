@@ -704,15 +704,20 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	return revoked, nil
 }
 
-// RevokeBeforeDelete revokes at the server before a provider is deleted (or
-// its server changes); failures are audited and never block the caller.
-func (s *Service) RevokeBeforeDelete(ctx context.Context, tenant, id string) bool {
-	s.cache.drop(tenant + "/" + id)
+// PrepareRevoke reads the provider's grant as held now and returns its
+// revocation at the server, to run once the change that forgets the grant
+// (a delete, a new server URL) has committed. The revocation reports
+// whether the server confirmed; failures are audited and never block the
+// caller.
+func (s *Service) PrepareRevoke(ctx context.Context, tenant, id string) func(context.Context) bool {
 	cred, err := s.store.GetCredential(ctx, tenant, id)
-	if err != nil {
-		return false
+	return func(ctx context.Context) bool {
+		s.cache.drop(tenant + "/" + id)
+		if err != nil {
+			return false
+		}
+		return s.revokeAtServer(ctx, cred)
 	}
-	return s.revokeAtServer(ctx, cred)
 }
 
 // Status is what a provider's grant looks like now.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"slices"
 	"sort"
@@ -60,11 +61,14 @@ type Store interface {
 
 var _ Store = (*repository.Store)(nil)
 
-// Revoker revokes a provider's tokens at its authorization server before
-// they are forgotten. It reports whether the server confirmed; errors are
-// audited by the implementation and never block the caller.
+// Revoker revokes a provider's tokens at its authorization server when
+// they are forgotten. PrepareRevoke reads the grant held now and returns
+// the revocation to run once the change that forgets it has committed (so a
+// refused change never leaves a grant revoked at the server but still
+// stored); the revocation reports whether the server confirmed, and its
+// failures are audited by the implementation and never block the caller.
 type Revoker interface {
-	RevokeBeforeDelete(ctx context.Context, tenant, providerID string) bool
+	PrepareRevoke(ctx context.Context, tenant, providerID string) func(context.Context) bool
 }
 
 // Prober checks that an MCP server answers (any 2xx, or 401/403 asking for
@@ -335,8 +339,10 @@ func validateCompat(c domain.Compat) (domain.Compat, error) {
 	if len(c.ExtraParams) > maxExtraParams {
 		return out, invalid("provider.compatibility.extra_authorization_params", fmt.Sprintf("must have at most %d entries", maxExtraParams))
 	}
-	for k, v := range c.ExtraParams {
-		field := fmt.Sprintf("provider.compatibility.extra_authorization_params[%q]", k)
+	// Sorted, so the same profile is always refused on the same entry.
+	for _, k := range slices.Sorted(maps.Keys(c.ExtraParams)) {
+		v := c.ExtraParams[k]
+		field := fmt.Sprintf("provider.compatibility.extra_authorization_params[%q]", truncate(k, 64))
 		if k == "" || len(k) > 64 || strings.IndexFunc(k, func(r rune) bool {
 			return !(r == '_' || r == '-' || r == '.' || r < unicode.MaxASCII && (unicode.IsLetter(r) || unicode.IsDigit(r)))
 		}) >= 0 {
@@ -354,6 +360,15 @@ func validateCompat(c domain.Compat) (domain.Compat, error) {
 		out.ExtraParams[k] = v
 	}
 	return out, nil
+}
+
+// truncate cuts s to at most n bytes for an error's field path, so an
+// oversized name cannot flood the error.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 // newID returns a random resource id: "p" and 19 base32 characters.
@@ -643,18 +658,16 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	row.UpdatedAt = s.now().UTC()
 	revoked := false
 	if urlChanged {
-		// The old server's tokens are about to be forgotten: revoke them
-		// there first, as on delete, which also drops this process's cached
-		// copy. A copy cached elsewhere is never sent by tool calls: they
-		// check the grant read with the provider.
-		if s.revoker != nil {
-			revoked = s.revoker.RevokeBeforeDelete(ctx, tenant, id)
+		// The old server's tokens are forgotten with the update, then
+		// revoked there, as on delete. A copy cached on another replica is
+		// never sent by tool calls: they check the grant read with the
+		// provider.
+		revoke := s.prepareRevoke(ctx, tenant, id)
+		if err := s.store.UpdateProviderResettingCredentials(ctx, row, expected); err != nil {
+			return nil, storeErr(err)
 		}
-		err = s.store.UpdateProviderResettingCredentials(ctx, row, expected)
-	} else {
-		err = s.store.UpdateProvider(ctx, row, expected)
-	}
-	if err != nil {
+		revoked = revoke(ctx)
+	} else if err := s.store.UpdateProvider(ctx, row, expected); err != nil {
 		return nil, storeErr(err)
 	}
 	row.Version = expected + 1
@@ -726,16 +739,23 @@ func (s *Service) Delete(ctx context.Context, tenant, id, wantEtag string) (bool
 		}
 		expected = row.Version
 	}
-	revoked := false
-	if s.revoker != nil {
-		revoked = s.revoker.RevokeBeforeDelete(ctx, tenant, id)
-	}
+	revoke := s.prepareRevoke(ctx, tenant, id)
 	if err := s.store.DeleteProvider(ctx, tenant, id, expected); err != nil {
 		return false, err
 	}
+	revoked := revoke(ctx)
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventProviderDeleted, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
 	return revoked, nil
+}
+
+// prepareRevoke is the revocation of the provider's grant as held now; a
+// no-op without a revoker.
+func (s *Service) prepareRevoke(ctx context.Context, tenant, id string) func(context.Context) bool {
+	if s.revoker == nil {
+		return func(context.Context) bool { return false }
+	}
+	return s.revoker.PrepareRevoke(ctx, tenant, id)
 }
 
 func etag(row *repository.Provider) string { return `"v` + strconv.FormatInt(row.Version, 10) + `"` }
