@@ -92,7 +92,7 @@ func NewAuditor(store Store, log *slog.Logger, now Clock) *Auditor {
 		now = time.Now
 	}
 	a := &Auditor{store: store, log: log, now: now, queue: make(chan pending, 4*maxBatch), done: make(chan struct{}),
-		retry: retry.Policy{Attempts: 1 << 20, Base: 50 * time.Millisecond, Max: time.Second, Budget: retryFor}}
+		retry: retry.Policy{Base: 50 * time.Millisecond, Max: time.Second, Budget: retryFor}}
 	// A few writers: while one batch commits, the next one forms and
 	// commits in parallel, so a slow commit does not cap throughput.
 	a.writers.Add(writers)
@@ -138,12 +138,15 @@ func (a *Auditor) writer() {
 // committed must not lose its event). A batch refused for another reason is
 // written event by event, so one bad event does not cost the others.
 func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
-	err := retry.Do(context.Background(), a.retry, func(ctx context.Context, _ int) error {
+	p := a.retry
+	p.OnRetry = func(_ int, err error, _ time.Duration) {
+		a.log.Warn("audit write waiting for the database", "events", len(rows), "err", err.Error())
+	}
+	err := retry.Do(context.Background(), p, func(ctx context.Context, _ int) error {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		err := a.store.AppendAuditBatch(wctx, rows)
-		if err != nil && apperr.KindOf(err) == apperr.KindUnavailable {
-			a.log.Warn("audit write waiting for the database", "events", len(rows), "err", err.Error())
+		if apperr.KindOf(err) == apperr.KindUnavailable {
 			return err
 		}
 		return retry.Permanent(err)

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
@@ -248,10 +249,7 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 	switch {
 	case err == nil:
 		if reg, ok := s.usableRegistration(stored); ok {
-			if d.Compat.TokenEndpointAuth != "" {
-				reg.AuthMethod = d.Compat.TokenEndpointAuth
-			}
-			return reg, nil
+			return withAuthOverride(reg, d.Compat), nil
 		}
 	case apperr.KindOf(err) != apperr.KindNotFound:
 		return nil, err
@@ -269,7 +267,7 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 	// overwritten (its callback would fail with CLIENT_CHANGED).
 	if won, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer); err == nil {
 		if r, ok := s.usableRegistration(won); ok {
-			return r, nil
+			return withAuthOverride(r, d.Compat), nil
 		}
 	}
 	ct, err := vault.SealRegistration(s.cipher, d.Row.TenantID, d.Row.ID, md.Issuer, reg)
@@ -284,7 +282,16 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": md.Issuer, "method": string(domain.RegDynamic)}})
-	return reg, nil
+	return withAuthOverride(reg, d.Compat), nil
+}
+
+// withAuthOverride applies the provider's token-endpoint authentication
+// override, when it has one, to a dynamically registered client.
+func withAuthOverride(reg *oauthclient.Registration, c domain.Compat) *oauthclient.Registration {
+	if c.TokenEndpointAuth != "" {
+		reg.AuthMethod = c.TokenEndpointAuth
+	}
+	return reg
 }
 
 // randomToken returns n random bytes, base64url encoded.
@@ -656,6 +663,10 @@ func upstreamDetail(code, desc string) string {
 			return r
 		}, s)
 		if len(s) > n {
+			// Cut at a character boundary: the page must stay valid UTF-8.
+			for n > 0 && !utf8.RuneStart(s[n]) {
+				n--
+			}
 			s = s[:n] + "…"
 		}
 		return s

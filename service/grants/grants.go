@@ -420,7 +420,8 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 // late to be stored under the lease is not made.
 func (s *Service) callRefresh(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, h *vault.Held) (*oauthclient.Tokens, error) {
 	var fresh *oauthclient.Tokens
-	p := retry.Policy{Attempts: s.cfg.MaxAttempts, Base: 200 * time.Millisecond, Max: s.cfg.MaxRetryAfter, Jitter: 0.5, Reserve: persistBudget}
+	// Waits in [100ms, 300ms], then [200ms, 600ms]...
+	p := retry.Policy{Attempts: s.cfg.MaxAttempts, Base: 300 * time.Millisecond, Max: s.cfg.MaxRetryAfter, Jitter: 2.0 / 3, Reserve: persistBudget}
 	err := retry.Do(ctx, p, func(ctx context.Context, _ int) error {
 		start := time.Now()
 		t, err := s.proto.Refresh(ctx, md, reg, h.Tokens.RefreshToken, h.Grant.Resource)
@@ -645,36 +646,58 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vaul
 	return nil
 }
 
-// revokeAtServer sends RFC 7009 revocations, refresh token first (which on
-// most servers also kills the access tokens), then the access token. It
-// reports whether every revocation was confirmed.
-func (s *Service) revokeAtServer(ctx context.Context, cred *repository.Credential) bool {
+// pendingRevocation is what revoking a grant at its server needs, read while the
+// grant and its client registration are still stored.
+type pendingRevocation struct {
+	tenant, id string
+	held       *vault.Held
+	reg        *oauthclient.Registration
+	// noClient: the client the tokens were issued to could not be rebuilt.
+	noClient bool
+}
+
+// prepareRevocation reads what revoking cred needs; nil when there is
+// nothing to revoke (no tokens, or a server without a revocation endpoint).
+func (s *Service) prepareRevocation(ctx context.Context, cred *repository.Credential) *pendingRevocation {
 	if len(cred.Tokens) == 0 {
-		return false
+		return nil
 	}
-	tenant, id := cred.TenantID, cred.ProviderID
-	ctx = audit.WithScope(ctx, tenant, id)
 	h, err := vault.OpenTokens(s.cipher, cred)
 	if err != nil || h.Grant.RevocationEndpoint == "" {
+		return nil
+	}
+	rv := &pendingRevocation{tenant: cred.TenantID, id: cred.ProviderID, held: h}
+	if rv.reg, err = s.registrationFor(ctx, cred, h.Grant); err != nil {
+		rv.noClient = true
+	}
+	return rv
+}
+
+// revokeAtServer sends RFC 7009 revocations, refresh token first (which on
+// most servers also kills the access tokens), then the access token. It
+// reports whether every revocation was confirmed, and audits failures.
+func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) bool {
+	if rv == nil {
 		return false
 	}
+	ctx = audit.WithScope(ctx, rv.tenant, rv.id)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventRevocationFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})
+		s.audit.Record(ctx, audit.Event{Tenant: rv.tenant, Type: domain.EventRevocationFailed, Provider: rv.id, Outcome: domain.OutcomeFailure, Reason: reason})
 	}
-	reg, err := s.registrationFor(ctx, cred, h.Grant)
-	if err != nil {
+	if rv.noClient {
 		failed(domain.ReasonNoClient)
 		return false
 	}
-	md := &oauthclient.Metadata{Issuer: h.Grant.Issuer, TokenEndpoint: h.Grant.TokenEndpoint, RevocationEndpoint: h.Grant.RevocationEndpoint}
+	g, t := rv.held.Grant, rv.held.Tokens
+	md := &oauthclient.Metadata{Issuer: g.Issuer, TokenEndpoint: g.TokenEndpoint, RevocationEndpoint: g.RevocationEndpoint}
 	ok := true
-	if !h.Tokens.RefreshToken.IsZero() {
-		if err := s.proto.Revoke(ctx, md, reg, h.Tokens.RefreshToken, "refresh_token"); err != nil {
+	if !t.RefreshToken.IsZero() {
+		if err := s.proto.Revoke(ctx, md, rv.reg, t.RefreshToken, "refresh_token"); err != nil {
 			ok = false
 			failed(domain.ReasonRevokeRefreshFailed)
 		}
 	}
-	if err := s.proto.Revoke(ctx, md, reg, h.Tokens.AccessToken, "access_token"); err != nil {
+	if err := s.proto.Revoke(ctx, md, rv.reg, t.AccessToken, "access_token"); err != nil {
 		ok = false
 		failed(domain.ReasonRevokeAccessFailed)
 	}
@@ -694,7 +717,7 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	revoked := s.revokeAtServer(ctx, cred)
+	revoked := s.revokeAtServer(ctx, s.prepareRevocation(ctx, cred))
 	s.cache.drop(tenant + "/" + id)
 	if err := s.store.DeleteCredential(ctx, tenant, id, 0); err != nil && apperr.KindOf(err) != apperr.KindNotFound {
 		return revoked, err
@@ -710,13 +733,13 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 // whether the server confirmed; failures are audited and never block the
 // caller.
 func (s *Service) PrepareRevoke(ctx context.Context, tenant, id string) func(context.Context) bool {
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+	var rv *pendingRevocation
+	if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
+		rv = s.prepareRevocation(ctx, cred)
+	}
 	return func(ctx context.Context) bool {
 		s.cache.drop(tenant + "/" + id)
-		if err != nil {
-			return false
-		}
-		return s.revokeAtServer(ctx, cred)
+		return s.revokeAtServer(ctx, rv)
 	}
 }
 
