@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -68,18 +69,6 @@ func failing(calls *int, errs ...error) func(context.Context, int) error {
 	}
 }
 
-func equalWaits(got, want []time.Duration) bool {
-	if len(got) != len(want) {
-		return false
-	}
-	for i := range got {
-		if got[i] != want[i] {
-			return false
-		}
-	}
-	return true
-}
-
 var (
 	errA = errors.New("attempt a failed")
 	errB = errors.New("attempt b failed")
@@ -130,7 +119,7 @@ func TestDo(t *testing.T) {
 			if calls != tt.calls {
 				t.Errorf("%d calls, want %d", calls, tt.calls)
 			}
-			if got := clock.recorded(); !equalWaits(got, tt.waits) {
+			if got := clock.recorded(); !slices.Equal(got, tt.waits) {
 				t.Errorf("waits %v, want %v", got, tt.waits)
 			}
 		})
@@ -152,7 +141,7 @@ func TestDoReserve(t *testing.T) {
 	if err != errB || calls != 2 {
 		t.Fatalf("Do() = %v after %d calls, want %v after 2", err, calls, errB)
 	}
-	if got := clock.recorded(); !equalWaits(got, []time.Duration{time.Hour}) {
+	if got := clock.recorded(); !slices.Equal(got, []time.Duration{time.Hour}) {
 		t.Errorf("waits %v, want [1h]", got)
 	}
 }
