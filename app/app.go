@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,7 +34,11 @@ import (
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/server"
-	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/authflow"
+	"github.com/mcpauth/mcpauth/service/grants"
+	"github.com/mcpauth/mcpauth/service/providers"
+	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
@@ -56,9 +61,9 @@ type App struct {
 	http       *http.Server
 	gwConn     *grpc.ClientConn
 	mcp        *mcpclient.Client
-	refresher  *service.Refresher
-	tokens     *service.TokenService
-	auditor    *service.Auditor
+	refresher  *grants.Refresher
+	tokens     *grants.Service
+	auditor    *audit.Auditor
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
 }
@@ -190,7 +195,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
-	auditor := service.NewAuditor(a.store, log, nil)
+	auditor := audit.NewAuditor(a.store, log, nil)
 	a.auditor = auditor
 	allow, err := egress.ParseAllow(cfg.EgressAllow)
 	if err != nil {
@@ -199,7 +204,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	// The guard's body cap is the largest response anything may read (a
 	// tool result); oauthclient applies its own smaller caps to metadata
 	// (256 KiB) and token responses (1 MiB).
-	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: service.EgressBlockHook(auditor, a.metrics),
+	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: audit.EgressBlockHook(auditor, a.metrics),
 		MaxBodyBytes: cfg.ToolResultMaxBytes + 64<<10}); err != nil {
 		return nil, err
 	}
@@ -210,35 +215,41 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := service.NewTokenService(service.TokenDeps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
+	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Log: log, Metrics: a.metrics,
-		Config: service.TokenConfig{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
+		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
 		return nil, err
 	}
 	a.tokens = tokens
-	oauth, err := service.NewOAuthService(service.OAuthDeps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
-		Audit: auditor, Log: log, Tokens: tokens, Config: service.OAuthConfig{
-			PublicURL: cfg.PublicURL, CallbackURL: cfg.CallbackURL(), ClientName: cfg.ClientName,
-			ClientMetadataURL: cfg.ClientMetadataURL, ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
+	flow, err := authflow.New(authflow.Deps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
+		Audit: auditor, Log: log, Grants: tokens, Config: authflow.Config{
+			CallbackURL: cfg.PublicURL + server.CallbackPath, AuthorizeURLPrefix: cfg.PublicURL + server.AuthorizePath, ClientName: cfg.ClientName,
+			ClientMetadataURL: clientMetadataURL(cfg), ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
 			ProbeTTL: cfg.MetadataTTL}})
 	if err != nil {
 		return nil, err
 	}
 	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: Version})
-	tools, err := service.NewToolService(service.ToolDeps{Store: a.store, Cipher: a.keys, Tokens: tokens, MCP: a.mcp,
-		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: oauth})
+	toolUC, err := tools.New(tools.Deps{Store: a.store, Cipher: a.keys, Grants: tokens, MCP: a.mcp,
+		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: flow})
 	if err != nil {
 		return nil, err
 	}
-	providers, err := service.NewProviderService(service.ProviderDeps{Store: a.store, Reset: a.store, Cipher: a.keys,
-		Audit: auditor, Log: log, Revoker: tokens, Prober: tools})
+	providerUC, err := providers.New(providers.Deps{Store: a.store, Cipher: a.keys, Audit: auditor, Log: log,
+		Revoker: tokens, Prober: toolUC})
+	if err != nil {
+		return nil, err
+	}
+	auditLog, err := audit.NewLog(a.store)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.BackgroundRefreshInterval > 0 {
-		a.refresher = service.NewRefresher(a.store, tokens, log, cfg.BackgroundRefreshInterval)
+		a.refresher = grants.NewRefresher(a.store, tokens, log, cfg.BackgroundRefreshInterval)
 	}
+	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
+		Audit: server.NewAuditAPI(auditLog), Tools: server.NewToolAPI(toolUC)}
 
 	var grpcOpts []grpc.ServerOption
 	if cfg.TLS() {
@@ -250,13 +261,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(a.tlsConfig)))
 	}
 	a.grpc = server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health, Options: grpcOpts,
-		Services: server.Services{Providers: providers, OAuth: oauth, Audit: service.NewAuditService(a.store), Tools: tools}})
+		Services: services})
 
 	// The gateway reaches the gRPC server in process. The in-process server
 	// has no TLS: its "network" never leaves the process.
 	a.mem = newMemListener()
 	inproc := server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health,
-		Services: server.Services{Providers: providers, OAuth: oauth, Audit: service.NewAuditService(a.store), Tools: tools}})
+		Services: services})
 	go func() { _ = inproc.Serve(a.mem) }()
 	a.gwConn, err = grpc.NewClient("passthrough:///in-process",
 		grpc.WithContextDialer(a.mem.DialContext),
@@ -272,7 +283,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
-	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: oauth, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
+	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: flow, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
 		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics, TrustedProxies: proxies})
 	// Metrics go on the public port only when no admin port is configured.
 	metricsHandler := promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{})
@@ -379,7 +390,20 @@ func (a *App) Store() *repository.Store { return a.store }
 
 // Tokens returns the token lifecycle service (for tests that drive a
 // background refresher with their own settings).
-func (a *App) Tokens() *service.TokenService { return a.tokens }
+func (a *App) Tokens() *grants.Service { return a.tokens }
+
+// clientMetadataURL is the client_id mcpauth uses with servers that support
+// Client ID Metadata Documents: the configured document, else the one it
+// serves itself when its public URL is https, else none.
+func clientMetadataURL(cfg *config.Config) string {
+	if cfg.ClientMetadataURL != "" {
+		return cfg.ClientMetadataURL
+	}
+	if strings.HasPrefix(cfg.PublicURL, "https://") {
+		return cfg.PublicURL + server.ClientMetadataPath
+	}
+	return ""
+}
 
 // Keys returns the keyring.
 func (a *App) Keys() *keyring.Keyring { return a.keys }

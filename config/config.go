@@ -207,9 +207,6 @@ func (c *Config) TrustedProxyPrefixes() ([]netip.Prefix, error) {
 // TLS reports whether the ports are served over TLS.
 func (c *Config) TLS() bool { return c.TLSCertFile != "" }
 
-// CallbackURL is the redirect_uri registered with authorization servers.
-func (c *Config) CallbackURL() string { return c.PublicURL + "/v1/oauth/callback" }
-
 // PublicHTTPS reports whether the public URL is https (needed to serve our
 // own Client ID Metadata Document and for __Host- cookies).
 func (c *Config) PublicHTTPS() bool { return strings.HasPrefix(c.PublicURL, "https://") }

@@ -18,8 +18,8 @@ func TestDefaults(t *testing.T) {
 	if c.GRPCAddr != ":9090" || c.HTTPAddr != ":8080" || c.DataDir != "./data" || c.DatabaseDSN() != "data/mcpauth.db" {
 		t.Fatalf("defaults: %+v", c)
 	}
-	if c.CallbackURL() != "http://localhost:8080/v1/oauth/callback" || c.PublicHTTPS() || c.TLS() {
-		t.Fatalf("derived values: %s %v %v", c.CallbackURL(), c.PublicHTTPS(), c.TLS())
+	if c.PublicURL != "http://localhost:8080" || c.PublicHTTPS() || c.TLS() {
+		t.Fatalf("derived values: %s %v %v", c.PublicURL, c.PublicHTTPS(), c.TLS())
 	}
 }
 

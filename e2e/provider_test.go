@@ -15,6 +15,7 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/repository"
 )
 
@@ -487,22 +488,19 @@ func TestProviderURLChange(t *testing.T) {
 					OauthClient: &mcpauthv1.OAuthClient{ClientId: "client-1", ClientSecret: "secret-1", Scopes: []string{"s1"}},
 				})
 				// Pretend the provider was authorized and its tools fetched.
-				if err := st.SetAuthStatus(ctx, "acme", id, int32(mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED)); err != nil {
-					t.Fatal(err)
-				}
 				tokens, err := s.App.Keys().Seal(provScope("acme", id, provFieldTokens), []byte(`{"a":"old-access"}`))
 				if err != nil {
 					t.Fatal(err)
 				}
 				if _, err := st.PutCredential(ctx, &repository.Credential{TenantID: "acme", ProviderID: id, Tokens: tokens,
-					KeyID: s.App.Keys().PrimaryID(), Scopes: "[]"}, 0); err != nil {
+					KeyID: s.App.Keys().PrimaryID(), Scopes: "[]", Status: domain.StatusAuthorized}, 0); err != nil {
 					t.Fatalf("PutCredential: %v", err)
 				}
 				if err := st.PutTools(ctx, &repository.ToolList{TenantID: "acme", ProviderID: id, Tools: "[]"}); err != nil {
 					t.Fatalf("PutTools: %v", err)
 				}
 				if err := st.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: "acme", ProviderID: id,
-					Issuer: "https://as.example", Method: repository.MethodDynamicRegistration, ClientID: "dcr-client",
+					Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "dcr-client",
 					KeyID: s.App.Keys().PrimaryID()}); err != nil {
 					t.Fatalf("PutClientRegistration: %v", err)
 				}

@@ -21,7 +21,7 @@ import (
 	"github.com/mcpauth/mcpauth/internal/testenv"
 	"github.com/mcpauth/mcpauth/keyring"
 	"github.com/mcpauth/mcpauth/repository"
-	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/service/rotation"
 )
 
 // rotTenants and rotIDs name the providers of the rotation test. The same
@@ -296,8 +296,8 @@ func TestRotationEndToEnd(t *testing.T) {
 		// Key 2 primary, key 1 still readable.
 		s2 := env.start(t, spec2+","+spec1)
 		rotSameViews(t, views, rotViews(t, s2))
-		if err := service.CheckRetire(ctx, s2.Store(), 1); err == nil {
-			t.Fatal("CheckRetire(1) passed while rows use key 1")
+		if usage, err := s2.Store().KeyUsage(ctx); err != nil || usage[1] == 0 {
+			t.Fatalf("key 1 usage before rotation = %v, %v; want rows under key 1", usage, err)
 		}
 		// URL uniqueness spans both keys during the rotation.
 		_, err = s2.Providers().CreateProvider(Ctx(t, s2.AdminKey), &mcpauthv1.CreateProviderRequest{Parent: "tenants/t1",
@@ -331,7 +331,7 @@ func TestRotationEndToEnd(t *testing.T) {
 
 		// Re-encrypt everything under key 2, while the service runs.
 		var rotLog syncBuffer
-		rot := service.NewRotator(s2.Store(), s2.App.Keys(), slog.New(slog.NewJSONHandler(&rotLog, nil)))
+		rot := rotation.New(s2.Store(), s2.App.Keys(), slog.New(slog.NewJSONHandler(&rotLog, nil)))
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		rep, err := rot.Run(rctx)
@@ -345,8 +345,8 @@ func TestRotationEndToEnd(t *testing.T) {
 			t.Fatalf("usage after rotation %v", rep.Usage)
 		}
 		rotCheckRows(t, s2, 2, nProviders, nCreds)
-		if err := service.CheckRetire(ctx, s2.Store(), 1); err != nil {
-			t.Fatalf("CheckRetire(1) after rotation: %v", err)
+		if usage, err := s2.Store().KeyUsage(ctx); err != nil || usage[1] != 0 {
+			t.Fatalf("key 1 usage after rotation = %v, %v; want none", usage, err)
 		}
 		rotSameViews(t, views, rotViews(t, s2))
 		// A second pass has nothing to do.

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/internal/testauthz"
-	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/service/grants"
 )
 
 // tokMakeIdle sets the time of a credential's last refresh, as if nobody
@@ -112,8 +112,8 @@ func TestTokenBackgroundRefreshFairness(t *testing.T) {
 	}
 	from := len(tokRefreshRequests(c.AS))
 
-	r := service.NewRefresherWith(s.Store(), s.App.Tokens(), slog.New(slog.DiscardHandler),
-		service.RefresherConfig{IdleAge: time.Hour, Concurrency: 1, PerTenant: 2})
+	r := grants.NewRefresherWith(s.Store(), s.App.Tokens(), slog.New(slog.DiscardHandler),
+		grants.RefresherConfig{IdleAge: time.Hour, Concurrency: 1, PerTenant: 2})
 	if n := r.Pass(ctx); n != 3 {
 		t.Fatalf("the pass refreshed %d authorizations, want 3 (two of big's, small's one)", n)
 	}

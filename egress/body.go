@@ -3,29 +3,10 @@ package egress
 import (
 	"errors"
 	"io"
-	"net/url"
-	"strings"
 )
 
 // ErrBodyTooLarge is returned when a response body is longer than the cap.
 var ErrBodyTooLarge = errors.New("egress: response body too large")
-
-// ReadAll reads r to the end, returning ErrBodyTooLarge (and no data) as
-// soon as more than max bytes arrive. Callers use it for a cap smaller than
-// Config.MaxBodyBytes, for example on metadata documents.
-func ReadAll(r io.Reader, max int64) ([]byte, error) {
-	if max < 0 {
-		max = 0
-	}
-	b, err := io.ReadAll(io.LimitReader(r, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > max {
-		return nil, ErrBodyTooLarge
-	}
-	return b, nil
-}
 
 // limitedBody passes through up to max bytes of a response body and then
 // fails with ErrBodyTooLarge instead of returning more.
@@ -62,34 +43,3 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 }
 
 func (b *limitedBody) Close() error { return b.rc.Close() }
-
-// Redact returns err with any *url.Error replaced by one that names only the
-// scheme and host of the request URL, so that the error can be logged or
-// returned without the path, query or userinfo (http.Client puts the whole
-// URL into its errors). errors.Is and errors.As still see the cause.
-func Redact(err error) error {
-	var ue *url.Error
-	if !errors.As(err, &ue) {
-		return err
-	}
-	where := "request"
-	if u, perr := url.Parse(ue.URL); perr == nil && u.Host != "" {
-		where = strings.ToLower(u.Scheme) + "://" + u.Host
-	}
-	return &redactedError{msg: ue.Op + " " + where + ": " + causeText(ue.Err), err: ue.Err}
-}
-
-func causeText(err error) string {
-	if err == nil {
-		return "unknown error"
-	}
-	return err.Error()
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }

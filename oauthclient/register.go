@@ -12,19 +12,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
 
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/secret"
-)
-
-// Registration methods, in the order the MCP specification asks a client
-// to prefer them.
-const (
-	// MethodPreRegistered is a client entered by an operator.
-	MethodPreRegistered = "pre_registered"
-	// MethodClientIDMetadataDocument is a client identified by the URL of
-	// a Client ID Metadata Document the service hosts.
-	MethodClientIDMetadataDocument = "client_id_metadata_document"
-	// MethodDynamicRegistration is a client obtained with RFC 7591.
-	MethodDynamicRegistration = "dynamic_registration"
 )
 
 // Token endpoint client authentication methods this package implements.
@@ -39,8 +28,8 @@ const (
 
 // Registration is a client identity at one authorization server.
 type Registration struct {
-	// Method is how the client was obtained: one of the Method constants.
-	Method string
+	// Method is how the client was obtained.
+	Method domain.RegistrationMethod
 	// ClientID is the client identifier (for a Client ID Metadata
 	// Document, the document's https URL).
 	ClientID string
@@ -142,7 +131,7 @@ func (c *Client) RegisterDynamic(ctx context.Context, md *Metadata, clientName, 
 		return nil, errors.New("registration: response has no client_id")
 	}
 	reg := &Registration{
-		Method:       MethodDynamicRegistration,
+		Method:       domain.RegDynamic,
 		ClientID:     out.ClientID,
 		ClientSecret: secret.New(out.ClientSecret),
 		RedirectURI:  redirectURI,
@@ -190,7 +179,7 @@ func ChooseAuthMethod(reg *Registration, advertised []string) (string, error) {
 	if reg == nil {
 		return "", errors.New("no registration")
 	}
-	if reg.Method == MethodClientIDMetadataDocument || reg.ClientSecret.IsZero() || reg.AuthMethod == AuthNone {
+	if reg.Method == domain.RegCIMD || reg.ClientSecret.IsZero() || reg.AuthMethod == AuthNone {
 		return AuthNone, nil
 	}
 	switch reg.AuthMethod {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -138,7 +139,7 @@ func TestFullFlow(t *testing.T) {
 	c := newTestClient(t, WithClock(clock.Now))
 	f := authorize(t, ts, c, ts.resource())
 
-	if f.reg.Method != MethodDynamicRegistration || f.reg.AuthMethod != AuthClientSecretBasic || f.reg.ClientSecret.IsZero() {
+	if f.reg.Method != domain.RegDynamic || f.reg.AuthMethod != AuthClientSecretBasic || f.reg.ClientSecret.IsZero() {
 		t.Errorf("registration = %+v", f.reg)
 	}
 	if !equalStrings(f.scopes, []string{"tools:read", OfflineAccess}) {
@@ -482,7 +483,7 @@ func TestRegisterDynamicErrors(t *testing.T) {
 
 func TestChooseAuthMethod(t *testing.T) {
 	t.Parallel()
-	withSecret := func(m, am string) *Registration {
+	withSecret := func(m domain.RegistrationMethod, am string) *Registration {
 		return &Registration{Method: m, ClientID: "c", ClientSecret: secret.New("s"), AuthMethod: am}
 	}
 	tests := []struct {
@@ -492,14 +493,14 @@ func TestChooseAuthMethod(t *testing.T) {
 		want       string
 		wantErr    bool
 	}{
-		{"public client", &Registration{Method: MethodDynamicRegistration, ClientID: "c"}, nil, AuthNone, false},
-		{"cimd", withSecret(MethodClientIDMetadataDocument, ""), nil, AuthNone, false},
-		{"default basic", withSecret(MethodPreRegistered, ""), nil, AuthClientSecretBasic, false},
-		{"post only", withSecret(MethodPreRegistered, ""), []string{"client_secret_post", "none"}, AuthClientSecretPost, false},
-		{"basic preferred", withSecret(MethodPreRegistered, ""), []string{"client_secret_post", "client_secret_basic"}, AuthClientSecretBasic, false},
-		{"recorded wins", withSecret(MethodDynamicRegistration, AuthClientSecretPost), []string{"client_secret_basic"}, AuthClientSecretPost, false},
-		{"none only with secret", withSecret(MethodPreRegistered, ""), []string{"none", "private_key_jwt"}, "", true},
-		{"unknown recorded", withSecret(MethodPreRegistered, "private_key_jwt"), nil, "", true},
+		{"public client", &Registration{Method: domain.RegDynamic, ClientID: "c"}, nil, AuthNone, false},
+		{"cimd", withSecret(domain.RegCIMD, ""), nil, AuthNone, false},
+		{"default basic", withSecret(domain.RegPreRegistered, ""), nil, AuthClientSecretBasic, false},
+		{"post only", withSecret(domain.RegPreRegistered, ""), []string{"client_secret_post", "none"}, AuthClientSecretPost, false},
+		{"basic preferred", withSecret(domain.RegPreRegistered, ""), []string{"client_secret_post", "client_secret_basic"}, AuthClientSecretBasic, false},
+		{"recorded wins", withSecret(domain.RegDynamic, AuthClientSecretPost), []string{"client_secret_basic"}, AuthClientSecretPost, false},
+		{"none only with secret", withSecret(domain.RegPreRegistered, ""), []string{"none", "private_key_jwt"}, "", true},
+		{"unknown recorded", withSecret(domain.RegPreRegistered, "private_key_jwt"), nil, "", true},
 	}
 	for _, tt := range tests {
 		got, err := ChooseAuthMethod(tt.reg, tt.advertised)

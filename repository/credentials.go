@@ -3,8 +3,11 @@ package repository
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"gorm.io/gorm"
+
+	"github.com/mcpauth/mcpauth/domain"
 
 	"github.com/mcpauth/mcpauth/apperr"
 )
@@ -144,4 +147,78 @@ func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string,
 		return err
 	}
 	return credentialChanged()
+}
+
+// SetGrantStatus moves the provider's grant to status to (with reason) when
+// its current status is one of from, without touching its tokens or its
+// generation. A provider without a grant row counts as UNAUTHORIZED: when
+// from names it, a row without tokens is created (keyID is the key id it
+// records, though it holds no ciphertext). It reports whether anything
+// changed. A missing provider is apperr.NotFound.
+func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error) {
+	if err := checkTenant(tenant); err != nil {
+		return false, err
+	}
+	changed := false
+	now := s.db.NowFunc()
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		res := q.Model(&Credential{}).Where("provider_id = ? AND status IN ?", providerID, from).
+			Updates(map[string]any{"status": to, "reason": reason, "updated_at": now})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected > 0 || !slices.Contains(from, domain.StatusUnauthorized) {
+			changed = res.RowsAffected > 0
+			return nil
+		}
+		q, err = scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		var n int64
+		if err := q.Model(&Credential{}).Where("provider_id = ?", providerID).Count(&n).Error; err != nil {
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+		pq, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		var p Provider
+		if err := pq.Select("cred_generation").Where("id = ?", providerID).Take(&p).Error; err != nil {
+			if errors.Is(err, gorm.ErrRecordNotFound) {
+				return apperr.NotFound("provider")
+			}
+			return err
+		}
+		gen := p.CredGeneration + 1
+		row := Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: gen, Status: to,
+			Reason: reason, KeyID: keyID, UpdatedAt: now}
+		if err := tx.Create(&row).Error; err != nil {
+			if _, dup := uniqueViolation(err); dup {
+				return nil // a concurrent writer created the grant: it wins
+			}
+			return err
+		}
+		pq, err = scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		changed = true
+		return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", providerID, gen).
+			UpdateColumn("cred_generation", gen).Error
+	})
+	if err != nil {
+		if _, ok := apperr.As(err); ok {
+			return false, err
+		}
+		return false, dbErr(err, "set grant status")
+	}
+	return changed, nil
 }

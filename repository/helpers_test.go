@@ -86,7 +86,18 @@ func wantKind(tb testing.TB, err error, kind apperr.Kind, field string) {
 	if e.Kind != kind {
 		tb.Fatalf("err = %v kind %d, want kind %d", err, e.Kind, kind)
 	}
-	if field != "" && e.Field != field {
+	if field == "" {
+		return
+	}
+	// Uniqueness conflicts name their rule; other errors their field.
+	var c *ConflictError
+	if errors.As(err, &c) {
+		if string(c.Rule) != field {
+			tb.Fatalf("err = %v rule %q, want rule %q", err, c.Rule, field)
+		}
+		return
+	}
+	if e.Field != field {
 		tb.Fatalf("err = %v field %q, want field %q", err, e.Field, field)
 	}
 }

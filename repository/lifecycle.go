@@ -5,11 +5,9 @@ import (
 	"time"
 
 	"gorm.io/gorm"
-)
 
-// statusAuthorized mirrors mcpauth.v1.AuthorizationStatus AUTHORIZED; the
-// repository does not import the API package.
-const statusAuthorized = 4
+	"github.com/mcpauth/mcpauth/domain"
+)
 
 // CredentialsIdleSince lists, across all tenants, authorized credentials
 // with a refresh token whose last refresh is older than before (or never
@@ -19,7 +17,7 @@ const statusAuthorized = 4
 func (s *Store) CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]Credential, error) {
 	var out []Credential
 	err := s.db.WithContext(ctx).
-		Where("status = ? AND has_refresh = ?", statusAuthorized, true).
+		Where("status = ? AND has_refresh = ?", domain.StatusAuthorized, true).
 		Where("(last_refresh_at IS NULL OR last_refresh_at < ?)", before.UTC()).
 		// Never-refreshed rows first, on PostgreSQL and SQLite alike.
 		Order("CASE WHEN last_refresh_at IS NULL THEN 0 ELSE 1 END, last_refresh_at").

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
@@ -58,7 +59,7 @@ func TestIdleCredentials(t *testing.T) {
 			mustCreate(t, s, newProvider(tc.tenant, tc.id))
 			at := tc.at
 			_, err := s.PutCredential(ctx, &Credential{TenantID: tc.tenant, ProviderID: tc.id, Tokens: []byte("x"),
-				Status: statusAuthorized, HasRefresh: tc.refresh, LastRefreshAt: &at}, 0)
+				Status: domain.StatusAuthorized, HasRefresh: tc.refresh, LastRefreshAt: &at}, 0)
 			wantNoErr(t, err, "put")
 		}
 		rows, err := s.CredentialsIdleSince(ctx, time.Now().Add(-time.Hour), 10)

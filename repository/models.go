@@ -1,6 +1,10 @@
 package repository
 
-import "time"
+import (
+	"time"
+
+	"github.com/mcpauth/mcpauth/domain"
+)
 
 // The schema itself is defined by the versioned SQL in migrations.go; the
 // GORM tags below name the columns and keys so queries map onto it. A test
@@ -39,10 +43,15 @@ type Provider struct {
 	Scopes string `gorm:"column:scopes"`
 	// Compat is the JSON text of the provider's compatibility profile.
 	Compat string `gorm:"column:compat"`
-	// AuthStatus is the provider's authorization status (proto enum value).
-	AuthStatus int32 `gorm:"column:auth_status"`
 	// KeyID is the id of the key every ciphertext in this row uses.
 	KeyID uint32 `gorm:"column:key_id"`
+	// GrantStatus, GrantReason and GrantGeneration are the provider's grant
+	// (its credentials row) as GetProvider and ListProviders read it in the
+	// same query; zero when it has none. They are not columns of providers:
+	// the grant row is the only owner of the authorization status.
+	GrantStatus     domain.AuthStatus `gorm:"column:grant_status;->;-:migration"`
+	GrantReason     string            `gorm:"column:grant_reason;->;-:migration"`
+	GrantGeneration int64             `gorm:"column:grant_generation;->;-:migration"`
 	// Version is the optimistic-lock counter: 1 on create, +1 per update.
 	// The API etag derives from it.
 	Version int64 `gorm:"column:version"`
@@ -56,6 +65,15 @@ type Provider struct {
 
 // TableName returns the table that stores providers.
 func (Provider) TableName() string { return "providers" }
+
+// AuthStatus is the provider's authorization status and its reason, from
+// its grant: UNAUTHORIZED when it has none.
+func (p *Provider) AuthStatus() (domain.AuthStatus, string) {
+	if p.GrantStatus == domain.StatusUnknown {
+		return domain.StatusUnauthorized, ""
+	}
+	return p.GrantStatus, p.GrantReason
+}
 
 // Credential holds one provider's OAuth tokens (one row per provider).
 type Credential struct {
@@ -75,9 +93,10 @@ type Credential struct {
 	HasRefresh bool `gorm:"column:has_refresh"`
 	// Generation is the compare-and-swap counter: 1 on insert, +1 per write.
 	Generation int64 `gorm:"column:generation"`
-	// Status mirrors the provider's auth status for this token row.
-	Status int32 `gorm:"column:status"`
-	// Reason is a stable code explaining Status (for example REAUTH_REQUIRED).
+	// Status is the grant's authorization status: the one place it is
+	// stored, written in the same statement as the tokens it describes.
+	Status domain.AuthStatus `gorm:"column:status"`
+	// Reason is a stable code explaining Status (for example INVALID_GRANT).
 	Reason string `gorm:"column:reason"`
 	// RefreshFailures counts consecutive failed refreshes.
 	RefreshFailures int `gorm:"column:refresh_failures"`
@@ -92,12 +111,6 @@ type Credential struct {
 // TableName returns the table that stores credentials.
 func (Credential) TableName() string { return "credentials" }
 
-// Registration methods stored in ClientRegistration.Method.
-const (
-	MethodDynamicRegistration = "dynamic_registration"
-	MethodClientIDMetadata    = "client_id_metadata_document"
-)
-
 // ClientRegistration is the result of dynamic client registration or a client
 // ID metadata document for one provider at one authorization server. Rows are
 // keyed by IssuerHash (hex SHA-256 of Issuer, computed by the repository) so
@@ -111,8 +124,8 @@ type ClientRegistration struct {
 	IssuerHash string `gorm:"column:issuer_hash;primaryKey;size:64"`
 	// Issuer is the authorization server's issuer identifier.
 	Issuer string `gorm:"column:issuer"`
-	// Method is MethodDynamicRegistration or MethodClientIDMetadata.
-	Method string `gorm:"column:method"`
+	// Method is how the client was obtained (dynamic registration).
+	Method domain.RegistrationMethod `gorm:"column:method"`
 	// ClientID is the registered client id.
 	ClientID string `gorm:"column:client_id"`
 	// Secret is the ciphertext of the JSON client info (secret, auth method,

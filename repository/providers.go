@@ -13,9 +13,8 @@ var errEmptyID = errors.New("repository: empty provider id")
 
 // CreateProvider inserts p. It sets Version to 1 and CreatedAt/UpdatedAt to
 // now. A duplicate id, display name, server identifier or URL hash in the same
-// tenant is apperr.AlreadyExists with the matching field ("provider_id",
-// "provider.display_name", "provider.server_identifier",
-// "provider.server_url"); the check runs in the insert's transaction and the
+// tenant is apperr.AlreadyExists wrapping a *ConflictError that names the
+// rule; the check runs in the insert's transaction and the
 // database's unique indexes back it, so concurrent creates are also refused.
 func (s *Store) CreateProvider(ctx context.Context, p *Provider) error {
 	if err := checkTenant(p.TenantID); err != nil {
@@ -60,17 +59,17 @@ func providerConflict(ctx context.Context, tx *gorm.DB, p *Provider, create bool
 		return err
 	}
 	for _, check := range []struct {
-		field string
-		hit   func(Provider) bool
+		rule Unique
+		hit  func(Provider) bool
 	}{
-		{"provider_id", func(r Provider) bool { return create && r.ID == p.ID }},
-		{"provider.display_name", func(r Provider) bool { return r.DisplayName == p.DisplayName }},
-		{"provider.server_identifier", func(r Provider) bool { return r.ServerIdentifier == p.ServerIdentifier }},
-		{"provider.server_url", func(r Provider) bool { return r.URLHash == p.URLHash }},
+		{UniqueID, func(r Provider) bool { return create && r.ID == p.ID }},
+		{UniqueDisplayName, func(r Provider) bool { return r.DisplayName == p.DisplayName }},
+		{UniqueServerIdentifier, func(r Provider) bool { return r.ServerIdentifier == p.ServerIdentifier }},
+		{UniqueServerURL, func(r Provider) bool { return r.URLHash == p.URLHash }},
 	} {
 		for _, r := range rows {
 			if check.hit(r) {
-				return alreadyExists(check.field)
+				return conflict(check.rule)
 			}
 		}
 	}
@@ -80,22 +79,23 @@ func providerConflict(ctx context.Context, tx *gorm.DB, p *Provider, create bool
 // providerWriteErr translates a driver error from writing a provider row.
 func providerWriteErr(err error, what string) error {
 	if key, ok := uniqueViolation(err); ok {
-		if field, known := uniqueField[key]; known {
-			return alreadyExists(field)
+		if rule, known := uniqueRule[key]; known {
+			return conflict(rule)
 		}
 		return apperr.AlreadyExists("provider", "provider already exists")
 	}
 	return dbErr(err, what)
 }
 
-// GetProvider returns the tenant's provider id, or apperr.NotFound.
+// GetProvider returns the tenant's provider id with its grant status, or
+// apperr.NotFound.
 func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, error) {
-	q, err := scoped(ctx, s.db, tenant)
+	q, err := scopedTable(ctx, s.db, "providers", tenant)
 	if err != nil {
 		return nil, err
 	}
 	var p Provider
-	if err := q.Where("id = ?", id).Take(&p).Error; err != nil {
+	if err := withGrant(q).Where("providers.id = ?", id).Take(&p).Error; err != nil {
 		if errors.Is(err, gorm.ErrRecordNotFound) {
 			return nil, apperr.NotFound("provider")
 		}
@@ -104,17 +104,25 @@ func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, 
 	return &p, nil
 }
 
+// withGrant reads a provider's grant status with it (credentials is keyed by
+// the same primary key, so the join is one index lookup per row).
+func withGrant(q *gorm.DB) *gorm.DB {
+	return q.Table("providers").
+		Select("providers.*, credentials.status AS grant_status, credentials.reason AS grant_reason, credentials.generation AS grant_generation").
+		Joins("LEFT JOIN credentials ON credentials.tenant_id = providers.tenant_id AND credentials.provider_id = providers.id")
+}
+
 // ListProviders returns up to limit providers of tenant with id greater than
 // afterID ("" for the first page), ordered by id. It is a keyset query on the
 // primary key (tenant_id, id), so a page costs the same at any depth. limit is
 // clamped to [1, 1000] (0 means 50).
 func (s *Store) ListProviders(ctx context.Context, tenant, afterID string, limit int) ([]Provider, error) {
-	q, err := scoped(ctx, s.db, tenant)
+	q, err := scopedTable(ctx, s.db, "providers", tenant)
 	if err != nil {
 		return nil, err
 	}
 	var out []Provider
-	if err := q.Where("id > ?", afterID).Order("id").Limit(clampLimit(limit)).Find(&out).Error; err != nil {
+	if err := withGrant(q).Where("providers.id > ?", afterID).Order("providers.id").Limit(clampLimit(limit)).Find(&out).Error; err != nil {
 		return nil, dbErr(err, "list providers")
 	}
 	return out, nil
@@ -185,7 +193,6 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				"client_secret":       nullBytes(p.ClientSecret),
 				"scopes":              p.Scopes,
 				"compat":              p.Compat,
-				"auth_status":         p.AuthStatus,
 				"key_id":              p.KeyID,
 				"version":             expectedVersion + 1,
 				"updated_at":          now,
@@ -277,25 +284,6 @@ func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedV
 		return nil
 	})
 	return dbErr(err, "delete provider")
-}
-
-// SetAuthStatus sets the provider's auth status without changing its version:
-// the status is server-managed and must not invalidate a caller's etag.
-// A missing provider is apperr.NotFound.
-func (s *Store) SetAuthStatus(ctx context.Context, tenant, providerID string, status int32) error {
-	q, err := scoped(ctx, s.db, tenant)
-	if err != nil {
-		return err
-	}
-	res := q.Model(&Provider{}).Where("id = ?", providerID).
-		Updates(map[string]any{"auth_status": status, "updated_at": s.db.NowFunc()})
-	if res.Error != nil {
-		return dbErr(res.Error, "set auth status")
-	}
-	if res.RowsAffected == 0 {
-		return apperr.NotFound("provider")
-	}
-	return nil
 }
 
 // nullBytes stores nil (not an empty blob) for absent ciphertexts.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 func TestMigrateIdempotentAndModelsMatchSchema(t *testing.T) {
@@ -30,7 +31,11 @@ func TestMigrateIdempotentAndModelsMatchSchema(t *testing.T) {
 			if !m.HasTable(model) {
 				t.Fatalf("table for %T missing", model)
 			}
-			for _, name := range stmt.Schema.DBNames {
+			for _, f := range stmt.Schema.Fields {
+				name := f.DBName
+				if name == "" || f.IgnoreMigration {
+					continue // read through a join (Provider.Grant*), not a column
+				}
 				if !m.HasColumn(model, name) {
 					t.Errorf("%T: column %q missing from schema", model, name)
 				}
@@ -83,10 +88,27 @@ func TestProviderRoundTrip(t *testing.T) {
 			t.Fatalf("update not stored: %+v", again)
 		}
 
-		wantNoErr(t, s.SetAuthStatus(ctx, "a", "p1", 3), "SetAuthStatus")
+		if st, _ := again.AuthStatus(); st != domain.StatusUnauthorized {
+			t.Fatalf("status without a grant = %v, want UNAUTHORIZED", st)
+		}
+		changed, err := s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+		wantNoErr(t, err, "SetGrantStatus")
 		again, _ = s.GetProvider(ctx, "a", "p1")
-		if again.AuthStatus != 3 || again.Version != 2 {
-			t.Fatalf("auth status %d version %d, want 3 and unchanged version 2", again.AuthStatus, again.Version)
+		if st, _ := again.AuthStatus(); !changed || st != domain.StatusPending || again.Version != 2 {
+			t.Fatalf("changed %v status %v version %d, want PENDING and unchanged version 2", changed, st, again.Version)
+		}
+		// Only from the statuses named: PENDING is not UNAUTHORIZED.
+		changed, err = s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusNotRequired, "", 1)
+		wantNoErr(t, err, "SetGrantStatus")
+		again, _ = s.GetProvider(ctx, "a", "p1")
+		if st, _ := again.AuthStatus(); changed || st != domain.StatusPending {
+			t.Fatalf("changed %v status %v, want unchanged PENDING", changed, st)
+		}
+		changed, err = s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusPending}, domain.StatusUnauthorized, "X", 1)
+		wantNoErr(t, err, "SetGrantStatus")
+		again, _ = s.GetProvider(ctx, "a", "p1")
+		if st, why := again.AuthStatus(); !changed || st != domain.StatusUnauthorized || why != "X" {
+			t.Fatalf("changed %v status %v %q, want UNAUTHORIZED X", changed, st, why)
 		}
 
 		found, err := s.FindProviderByURLHash(ctx, "a", []string{"k9:nope", p.URLHash})
@@ -123,7 +145,7 @@ func TestTenantIsolation(t *testing.T) {
 				p := mustCreate(t, s, newProvider(owner, id))
 				_, err := s.PutCredential(ctx, newCredential(owner, id, "tok-"+owner), 0)
 				wantNoErr(t, err, "PutCredential")
-				reg := &ClientRegistration{TenantID: owner, ProviderID: id, Issuer: "https://as.example", Method: MethodDynamicRegistration, ClientID: "cid-" + owner, Secret: []byte("sec"), KeyID: 1}
+				reg := &ClientRegistration{TenantID: owner, ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "cid-" + owner, Secret: []byte("sec"), KeyID: 1}
 				wantNoErr(t, s.PutClientRegistration(ctx, reg), "PutClientRegistration")
 				wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: owner, ProviderID: id, Tools: `["t-` + owner + `"]`}), "PutTools")
 				wantNoErr(t, s.AppendAudit(ctx, &AuditEvent{TenantID: owner, EventType: "provider.created", ProviderID: id}), "AppendAudit")
@@ -144,7 +166,13 @@ func TestTenantIsolation(t *testing.T) {
 				hijack := newProvider(other, id)
 				hijack.DisplayName = "hijacked"
 				wantKind(t, s.UpdateProvider(ctx, hijack, 1), apperr.KindNotFound, "")
-				wantKind(t, s.SetAuthStatus(ctx, other, id, 9), apperr.KindNotFound, "")
+				allStatuses := []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending, domain.StatusAuthorized,
+					domain.StatusNotRequired, domain.StatusReauthRequired}
+				_, err = s.SetGrantStatus(ctx, other, id, allStatuses, domain.StatusReauthRequired, "evil", 1)
+				wantKind(t, err, apperr.KindNotFound, "")
+				if c, err := s.GetCredential(ctx, owner, id); err != nil || c.Reason == "evil" {
+					t.Fatalf("owner's grant after another tenant's SetGrantStatus: %+v, %v", c, err)
+				}
 				wantKind(t, s.DeleteProvider(ctx, other, id, 0), apperr.KindNotFound, "")
 
 				_, err = s.GetCredential(ctx, other, id)
@@ -157,7 +185,7 @@ func TestTenantIsolation(t *testing.T) {
 
 				_, err = s.GetClientRegistration(ctx, other, id, "https://as.example")
 				wantKind(t, err, apperr.KindNotFound, "")
-				wantKind(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: other, ProviderID: id, Issuer: "https://as.example", Method: MethodDynamicRegistration, ClientID: "evil", KeyID: 1}), apperr.KindNotFound, "")
+				wantKind(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: other, ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "evil", KeyID: 1}), apperr.KindNotFound, "")
 				wantNoErr(t, s.DeleteClientRegistration(ctx, other, id, "https://as.example"), "DeleteClientRegistration as other")
 
 				_, err = s.GetTools(ctx, other, id)
@@ -195,7 +223,7 @@ func TestTenantIsolation(t *testing.T) {
 				// The owner's rows are intact.
 				gp, err := s.GetProvider(ctx, owner, id)
 				wantNoErr(t, err, "GetProvider as owner")
-				if gp.DisplayName != p.DisplayName || gp.AuthStatus != 0 || gp.Version != 1 || gp.KeyID != 1 {
+				if gp.DisplayName != p.DisplayName || gp.GrantReason == "evil" || gp.Version != 1 || gp.KeyID != 1 {
 					t.Fatalf("owner's provider changed: %+v", gp)
 				}
 				gc, err := s.GetCredential(ctx, owner, id)
@@ -246,14 +274,17 @@ func TestEmptyTenantRefused(t *testing.T) {
 			{"FindProviderByURLHash", func() error { _, err := s.FindProviderByURLHash(ctx, "", []string{"x"}); return err }},
 			{"UpdateProvider", func() error { return s.UpdateProvider(ctx, newProvider("", "p1"), 1) }},
 			{"DeleteProvider", func() error { return s.DeleteProvider(ctx, "", "p1", 0) }},
-			{"SetAuthStatus", func() error { return s.SetAuthStatus(ctx, "", "p1", 1) }},
+			{"SetGrantStatus", func() error {
+				_, err := s.SetGrantStatus(ctx, "", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+				return err
+			}},
 			{"GetCredential", func() error { _, err := s.GetCredential(ctx, "", "p1"); return err }},
 			{"PutCredential/insert", func() error { _, err := s.PutCredential(ctx, newCredential("", "p1", "t"), 0); return err }},
 			{"PutCredential/update", func() error { _, err := s.PutCredential(ctx, newCredential("", "p1", "t"), 1); return err }},
 			{"DeleteCredential", func() error { return s.DeleteCredential(ctx, "", "p1", 0) }},
 			{"GetClientRegistration", func() error { _, err := s.GetClientRegistration(ctx, "", "p1", "i"); return err }},
 			{"PutClientRegistration", func() error {
-				return s.PutClientRegistration(ctx, &ClientRegistration{ProviderID: "p1", Issuer: "i", Method: MethodDynamicRegistration, ClientID: "c"})
+				return s.PutClientRegistration(ctx, &ClientRegistration{ProviderID: "p1", Issuer: "i", Method: domain.RegDynamic, ClientID: "c"})
 			}},
 			{"DeleteClientRegistration", func() error { return s.DeleteClientRegistration(ctx, "", "p1", "i") }},
 			{"PutTools", func() error { return s.PutTools(ctx, &ToolList{ProviderID: "p1", Tools: "[]"}) }},
@@ -303,10 +334,10 @@ func TestProviderUniqueness(t *testing.T) {
 			mod   func(p *Provider)
 			field string
 		}{
-			{"id", func(p *Provider) { p.ID = base.ID }, "provider_id"},
-			{"display_name", func(p *Provider) { p.DisplayName = base.DisplayName }, "provider.display_name"},
-			{"server_identifier", func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "provider.server_identifier"},
-			{"url_hash", func(p *Provider) { p.URLHash = base.URLHash }, "provider.server_url"},
+			{"id", func(p *Provider) { p.ID = base.ID }, "id"},
+			{"display_name", func(p *Provider) { p.DisplayName = base.DisplayName }, "display_name"},
+			{"server_identifier", func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "server_identifier"},
+			{"url_hash", func(p *Provider) { p.URLHash = base.URLHash }, "server_url"},
 		}
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
@@ -346,10 +377,10 @@ func TestUniqueViolationTranslated(t *testing.T) {
 			mod   func(p *Provider)
 			field string
 		}{
-			{func(p *Provider) { p.ID = base.ID }, "provider_id"},
-			{func(p *Provider) { p.DisplayName = base.DisplayName }, "provider.display_name"},
-			{func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "provider.server_identifier"},
-			{func(p *Provider) { p.URLHash = base.URLHash }, "provider.server_url"},
+			{func(p *Provider) { p.ID = base.ID }, "id"},
+			{func(p *Provider) { p.DisplayName = base.DisplayName }, "display_name"},
+			{func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "server_identifier"},
+			{func(p *Provider) { p.URLHash = base.URLHash }, "server_url"},
 		} {
 			dup := newProvider("a", "raw")
 			dup.Version = 1
@@ -388,7 +419,7 @@ func TestConcurrentCreateSameName(t *testing.T) {
 			case err == nil:
 				okCount++
 			case isKind(err, apperr.KindAlreadyExists):
-				wantKind(t, err, apperr.KindAlreadyExists, "provider.display_name")
+				wantKind(t, err, apperr.KindAlreadyExists, "display_name")
 			default:
 				t.Errorf("unexpected error: %v", err)
 			}
@@ -437,7 +468,7 @@ func TestDeleteProviderCascades(t *testing.T) {
 			mustCreate(t, s, newProvider("a", id))
 			_, err := s.PutCredential(ctx, newCredential("a", id, "tok"), 0)
 			wantNoErr(t, err, "PutCredential")
-			wantNoErr(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: "a", ProviderID: id, Issuer: "https://as.example", Method: MethodDynamicRegistration, ClientID: "c"}), "PutClientRegistration")
+			wantNoErr(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: "a", ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "c"}), "PutClientRegistration")
 			wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: id, Tools: "[]"}), "PutTools")
 		}
 		wantNoErr(t, s.AppendAudit(ctx, &AuditEvent{TenantID: "a", ProviderID: "p1", EventType: "provider.created"}), "AppendAudit")
@@ -554,19 +585,19 @@ func TestClientRegistrationUpsert(t *testing.T) {
 		ctx := context.Background()
 		mustCreate(t, s, newProvider("a", "p1"))
 		issuer := "https://as.example/" + strings.Repeat("x", 2000)
-		r := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: MethodDynamicRegistration, ClientID: "c1", Secret: []byte("s1"), KeyID: 1}
+		r := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: domain.RegDynamic, ClientID: "c1", Secret: []byte("s1"), KeyID: 1}
 		wantNoErr(t, s.PutClientRegistration(ctx, r), "insert")
 		if r.Version != 1 || r.IssuerHash != IssuerHash(issuer) {
 			t.Fatalf("after insert: %+v", r)
 		}
-		r2 := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: MethodClientIDMetadata, ClientID: "c2", KeyID: 1}
+		r2 := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: domain.RegCIMD, ClientID: "c2", KeyID: 1}
 		wantNoErr(t, s.PutClientRegistration(ctx, r2), "replace")
 		if r2.Version != 2 {
 			t.Fatalf("version after replace = %d, want 2", r2.Version)
 		}
 		got, err := s.GetClientRegistration(ctx, "a", "p1", issuer)
 		wantNoErr(t, err, "get")
-		if got.ClientID != "c2" || got.Secret != nil || got.Method != MethodClientIDMetadata || got.Issuer != issuer {
+		if got.ClientID != "c2" || got.Secret != nil || got.Method != domain.RegCIMD || got.Issuer != issuer {
 			t.Fatalf("stored registration: %+v", got)
 		}
 		_, err = s.GetClientRegistration(ctx, "a", "p1", "https://other.example")
@@ -671,7 +702,7 @@ func TestRotation(t *testing.T) {
 				mustCreate(t, s, newProvider(tenant, id))
 				_, err := s.PutCredential(ctx, newCredential(tenant, id, "tok"), 0)
 				wantNoErr(t, err, "PutCredential")
-				wantNoErr(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: tenant, ProviderID: id, Issuer: "https://as.example", Method: MethodDynamicRegistration, ClientID: "c", Secret: []byte("s"), KeyID: 1}), "PutClientRegistration")
+				wantNoErr(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: tenant, ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "c", Secret: []byte("s"), KeyID: 1}), "PutClientRegistration")
 			}
 		}
 		usage, err := s.KeyUsage(ctx)

@@ -168,6 +168,15 @@ func scoped(ctx context.Context, db *gorm.DB, tenant string) (*gorm.DB, error) {
 	return db.WithContext(ctx).Where("tenant_id = ?", tenant), nil
 }
 
+// scopedTable is scoped with the tenant column qualified by table, for
+// queries that join another tenant-keyed table.
+func scopedTable(ctx context.Context, db *gorm.DB, table, tenant string) (*gorm.DB, error) {
+	if err := checkTenant(tenant); err != nil {
+		return nil, err
+	}
+	return db.WithContext(ctx).Where(table+".tenant_id = ?", tenant), nil
+}
+
 // checkTenant is scoped's rule, also applied to rows about to be inserted
 // (an INSERT carries no WHERE clause).
 func checkTenant(tenant string) error {
@@ -189,28 +198,42 @@ func clampLimit(limit int) int {
 	return limit
 }
 
-// uniqueField maps unique indexes and columns to the proto field reported in
-// apperr.AlreadyExists.
-var uniqueField = map[string]string{
-	"uniq_provider_name": "provider.display_name",
-	"display_name":       "provider.display_name",
-	"uniq_provider_sid":  "provider.server_identifier",
-	"server_identifier":  "provider.server_identifier",
-	"uniq_provider_url":  "provider.server_url",
-	"url_hash":           "provider.server_url",
-	"providers_pkey":     "provider_id",
-	"id":                 "provider_id",
+// Unique is a uniqueness rule of providers within a tenant.
+type Unique string
+
+// The uniqueness rules of providers.
+const (
+	UniqueID               Unique = "id"
+	UniqueDisplayName      Unique = "display_name"
+	UniqueServerIdentifier Unique = "server_identifier"
+	UniqueServerURL        Unique = "server_url"
+)
+
+// ConflictError reports a write refused by a uniqueness rule. It is of kind
+// apperr.KindAlreadyExists; the use case names the API field.
+type ConflictError struct {
+	Rule Unique
 }
 
-var uniqueMessage = map[string]string{
-	"provider.display_name":      "a provider with this display name already exists",
-	"provider.server_identifier": "a provider with this server identifier already exists",
-	"provider.server_url":        "a provider with this server URL already exists",
-	"provider_id":                "a provider with this id already exists",
+// Error names the rule.
+func (e *ConflictError) Error() string {
+	return "a provider with this " + strings.ReplaceAll(string(e.Rule), "_", " ") + " already exists"
 }
 
-func alreadyExists(field string) *apperr.Error {
-	return apperr.AlreadyExists(field, "%s", uniqueMessage[field])
+// uniqueRule maps unique indexes (PostgreSQL) and columns (SQLite) to rules.
+var uniqueRule = map[string]Unique{
+	"uniq_provider_name": UniqueDisplayName,
+	"display_name":       UniqueDisplayName,
+	"uniq_provider_sid":  UniqueServerIdentifier,
+	"server_identifier":  UniqueServerIdentifier,
+	"uniq_provider_url":  UniqueServerURL,
+	"url_hash":           UniqueServerURL,
+	"providers_pkey":     UniqueID,
+	"id":                 UniqueID,
+}
+
+func conflict(rule Unique) error {
+	return &apperr.Error{Kind: apperr.KindAlreadyExists, Reason: "ALREADY_EXISTS", Message: (&ConflictError{rule}).Error(), Err: &ConflictError{rule}}
 }
 
 // uniqueViolation reports whether err is a unique-constraint violation and,

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -17,20 +18,62 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/metrics"
-	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/reqid"
+	"github.com/mcpauth/mcpauth/resname"
+	"github.com/mcpauth/mcpauth/service/authflow"
 )
 
-// BrowserFlow is the browser side of the OAuth flow.
-// *service.OAuthService implements it.
+// Browser routes and the names the flow needs to know.
+const (
+	// AuthorizePath, followed by a flow handle, is the route a person's
+	// browser opens to start a flow.
+	AuthorizePath = "/v1/oauth/authorize/"
+	// CallbackPath is the OAuth redirect URI's path.
+	CallbackPath = "/v1/oauth/callback"
+	// DifyCallbackPath is the Dify-compatible alias of CallbackPath.
+	DifyCallbackPath = "/console/api/mcp/oauth/callback"
+	// ClientMetadataPath is where mcpauth serves its own Client ID Metadata
+	// Document when its public URL is https.
+	ClientMetadataPath = "/v1/oauth/client-metadata.json"
+)
+
+// BrowserFlow is the browser side of the OAuth flow. *authflow.Service
+// implements it.
 type BrowserFlow interface {
-	BeginBrowser(ctx context.Context, handle string, secure bool) (*service.BrowserStart, error)
-	Callback(ctx context.Context, in service.CallbackInput) *service.CallbackResult
-	ClientMetadataURL() string
+	BeginBrowser(ctx context.Context, handle string) (*authflow.BrowserStart, error)
+	Callback(ctx context.Context, in authflow.CallbackInput) *authflow.CallbackResult
 	ClientMetadataDocument() map[string]any
 }
 
-var _ BrowserFlow = (*service.OAuthService)(nil)
+var _ BrowserFlow = (*authflow.Service)(nil)
+
+// cookieName is the flow cookie's name for a binding (see
+// authflow.BrowserStart): __Host- prefixed when the public URL is https.
+func cookieName(secure bool, binding string) string {
+	if secure {
+		return "__Host-mcpauth_" + binding
+	}
+	return "mcpauth_" + binding
+}
+
+// callbackMessages are the result page's words for each outcome.
+var callbackMessages = map[string]string{
+	"":                               "The MCP server is now connected. You can close this window.",
+	domain.ReasonMissingState:        "The authorization response carries no valid state. Start the authorization again.",
+	domain.ReasonUnavailable:         "mcpauth cannot reach its state store right now. Try again in a moment.",
+	domain.ReasonStateInvalid:        "This authorization link has expired or was already used. Start the authorization again.",
+	domain.ReasonBrowserMismatch:     "This authorization was started in another browser. Start it again from the browser you use here.",
+	domain.ReasonIssuerMismatch:      "The authorization response came from an unexpected authorization server and was discarded.",
+	domain.ReasonAuthorizationDenied: "The authorization server did not grant access.",
+	domain.ReasonMissingCode:         "The authorization response carries no code.",
+	domain.ReasonProviderGone:        "The provider was deleted while it was being authorized.",
+	domain.ReasonProviderChanged:     "The provider's server changed while it was being authorized. Start again.",
+	domain.ReasonClientChanged:       "The provider's client registration changed while it was being authorized. Start again.",
+	domain.ReasonTokenExchangeFailed: "The authorization server refused to exchange the authorization code.",
+	domain.ReasonStoreFailed:         "The tokens could not be stored. Start the authorization again.",
+}
 
 // BrowserDeps are what NewBrowser needs.
 type BrowserDeps struct {
@@ -68,14 +111,14 @@ func NewBrowser(d BrowserDeps) *Browser {
 // to the REST gateway under /v1/.
 func (b *Browser) Register(mux *http.ServeMux) {
 	for path, h := range map[string]http.HandlerFunc{
-		"/v1/oauth/authorize/{flow}":      b.authorize,
-		"/v1/oauth/callback":              b.callback,
-		"/console/api/mcp/oauth/callback": b.callback,
+		AuthorizePath + "{flow}": b.authorize,
+		CallbackPath:             b.callback,
+		DifyCallbackPath:         b.callback,
 	} {
 		mux.Handle("GET "+path, b.guard(h))
 		mux.Handle(path, b.guard(http.HandlerFunc(methodNotAllowed)))
 	}
-	mux.HandleFunc("GET "+service.ClientMetadataPath, b.clientMetadata)
+	mux.HandleFunc("GET "+ClientMetadataPath, b.clientMetadata)
 }
 
 func methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
@@ -186,21 +229,21 @@ func (b *Browser) page(w http.ResponseWriter, code int, d pageData) {
 // authorize binds this browser to the flow with a cookie and redirects to
 // the authorization server.
 func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
-	start, err := b.d.Flow.BeginBrowser(r.Context(), r.PathValue("flow"), b.d.Secure)
+	start, err := b.d.Flow.BeginBrowser(r.Context(), r.PathValue("flow"))
 	if err != nil {
 		code, msg, reason := http.StatusBadRequest, "This authorization link has expired or was already used. Start the authorization again.", "FLOW_EXPIRED_OR_USED"
 		if apperr.KindOf(err) == apperr.KindUnavailable {
 			code, msg, reason = http.StatusServiceUnavailable, "mcpauth cannot reach its state store right now. Try again in a moment.", "UNAVAILABLE"
 		} else if apperr.KindOf(err) == apperr.KindInternal {
-			b.d.Log.ErrorContext(r.Context(), "authorize route failed", "err", err.Error())
+			b.d.Log.ErrorContext(r.Context(), "authorize route failed", "err", err.Error(), "request_id", reqid.From(r.Context()))
 			code, msg, reason = http.StatusInternalServerError, "Something went wrong on mcpauth's side.", "INTERNAL"
 		}
 		b.page(w, code, pageData{Title: "Authorization cannot start", Message: msg, Reason: reason})
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name:     start.CookieName,
-		Value:    start.CookieValue,
+		Name:     cookieName(b.d.Secure, start.Binding),
+		Value:    start.BrowserSecret,
 		Path:     "/",
 		MaxAge:   int(start.MaxAge / time.Second),
 		HttpOnly: true,
@@ -216,11 +259,11 @@ func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	_, issPresent := q["iss"]
-	in := service.CallbackInput{
+	in := authflow.CallbackInput{
 		State: q.Get("state"), Code: q.Get("code"), Iss: q.Get("iss"), IssPresent: issPresent,
-		Error: q.Get("error"), ErrorDescription: q.Get("error_description"), Secure: b.d.Secure,
-		Cookie: func(name string) string {
-			c, err := r.Cookie(name)
+		Error: q.Get("error"), ErrorDescription: q.Get("error_description"),
+		BrowserSecret: func(binding string) string {
+			c, err := r.Cookie(cookieName(b.d.Secure, binding))
 			if err != nil {
 				return ""
 			}
@@ -230,8 +273,8 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	res := b.d.Flow.Callback(r.Context(), in)
 	// When the state store was unreachable the flow was not consumed and the
 	// page asks to try again: keep the cookie that retry needs.
-	if in.State != "" && len(in.State) <= 512 && res.Reason != "UNAVAILABLE" {
-		http.SetCookie(w, &http.Cookie{Name: service.CookieName(b.d.Secure, in.State), Value: "", Path: "/", MaxAge: -1,
+	if in.State != "" && len(in.State) <= 512 && res.Reason != domain.ReasonUnavailable {
+		http.SetCookie(w, &http.Cookie{Name: cookieName(b.d.Secure, authflow.Binding(in.State)), Value: "", Path: "/", MaxAge: -1,
 			HttpOnly: true, Secure: b.d.Secure, SameSite: http.SameSiteLaxMode})
 	}
 	result := "success"
@@ -241,31 +284,63 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	if b.d.Metrics != nil {
 		b.d.Metrics.CallbackResults.WithLabelValues(result).Inc()
 	}
-	if res.Redirect != "" {
-		http.Redirect(w, r, res.Redirect, http.StatusFound)
+	provider := ""
+	if res.Tenant != "" {
+		provider = resname.ProviderName(res.Tenant, res.Provider)
+	}
+	if to := returnRedirect(res, provider); to != "" {
+		http.Redirect(w, r, to, http.StatusFound)
 		return
 	}
 	if res.OK {
-		b.page(w, http.StatusOK, pageData{OK: true, Title: "Authorization complete", Message: res.Message, Provider: res.ProviderName})
+		b.page(w, http.StatusOK, pageData{OK: true, Title: "Authorization complete", Message: callbackMessages[""], Provider: provider})
 		return
 	}
 	code := http.StatusBadRequest
-	if res.Reason == "UNAVAILABLE" {
+	if res.Reason == domain.ReasonUnavailable {
 		code = http.StatusServiceUnavailable
 	}
-	b.page(w, code, pageData{Title: "Authorization failed", Message: res.Message, Detail: res.Detail, Reason: res.Reason, Provider: res.ProviderName})
+	msg, ok := callbackMessages[res.Reason]
+	if !ok {
+		msg = "The authorization could not be completed. Start it again."
+	}
+	b.page(w, code, pageData{Title: "Authorization failed", Message: msg, Detail: res.Detail, Reason: res.Reason, Provider: provider})
+}
+
+// returnRedirect is where to send the browser after the callback when the
+// flow's starter gave a return URL: that URL with the outcome in its query.
+func returnRedirect(res *authflow.CallbackResult, provider string) string {
+	if res.ReturnURL == "" {
+		return ""
+	}
+	u, err := url.Parse(res.ReturnURL)
+	if err != nil {
+		return ""
+	}
+	q := u.Query()
+	q.Set("mcpauth_provider", provider)
+	if res.OK {
+		q.Set("mcpauth_status", "success")
+	} else {
+		q.Set("mcpauth_status", "error")
+		q.Set("mcpauth_reason", res.Reason)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // clientMetadata serves mcpauth's Client ID Metadata Document when it has
 // one (public https URL, no external document configured).
 func (b *Browser) clientMetadata(w http.ResponseWriter, _ *http.Request) {
-	if !strings.HasSuffix(b.d.Flow.ClientMetadataURL(), service.ClientMetadataPath) {
+	doc := b.d.Flow.ClientMetadataDocument()
+	if id, _ := doc["client_id"].(string); !strings.HasSuffix(id, ClientMetadataPath) {
+		// None, or one hosted elsewhere.
 		http.NotFound(w, nil)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "public, max-age=300")
-	_ = json.NewEncoder(w).Encode(b.d.Flow.ClientMetadataDocument())
+	_ = json.NewEncoder(w).Encode(doc)
 }
 
 // ipLimiter is a per-client-IP token bucket with idle entries swept.

@@ -18,7 +18,7 @@ import (
 	"github.com/mcpauth/mcpauth/config"
 	"github.com/mcpauth/mcpauth/keyring"
 	"github.com/mcpauth/mcpauth/repository"
-	"github.com/mcpauth/mcpauth/service"
+	"github.com/mcpauth/mcpauth/service/rotation"
 )
 
 func newLogger(level string) *slog.Logger {
@@ -94,8 +94,8 @@ func rotateKeys(ctx context.Context, args []string) error {
 	if err := app.CheckKeysInUse(ctx, ks.st, ks.keys); err != nil {
 		return err
 	}
-	r := service.NewRotator(ks.st, ks.keys, ks.log)
-	var rep *service.RotationReport
+	r := rotation.New(ks.st, ks.keys, ks.log)
+	var rep *rotation.Report
 	for pass := 1; pass <= 5; pass++ {
 		if rep, err = r.Run(ctx); err != nil {
 			return err

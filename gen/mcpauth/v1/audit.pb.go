@@ -80,12 +80,167 @@ func (AuditOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_mcpauth_v1_audit_proto_rawDescGZIP(), []int{0}
 }
 
+// AuditEventType is the kind of an audit event. Each value stands for one
+// AuditEvent.event_type string, named in its comment; the value name is the
+// string upper-cased with dots replaced by underscores, after the
+// AUDIT_EVENT_TYPE_ prefix.
+type AuditEventType int32
+
+const (
+	// Not known: the event's type is newer than this enum (read event_type).
+	AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED AuditEventType = 0
+	// "provider.created": a provider was created (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_PROVIDER_CREATED AuditEventType = 1
+	// "provider.updated": a provider was changed; details.fields lists the
+	// fields (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_PROVIDER_UPDATED AuditEventType = 2
+	// "provider.deleted": a provider was deleted (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_PROVIDER_DELETED AuditEventType = 3
+	// "provider.credentials.reset": a provider's tokens were dropped because
+	// its server URL changed (SUCCESS, reason SERVER_URL_CHANGED).
+	AuditEventType_AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET AuditEventType = 4
+	// "permission.denied": a caller was refused a method on the tenant
+	// (DENIED, reason PERMISSION_DENIED; details.method).
+	AuditEventType_AUDIT_EVENT_TYPE_PERMISSION_DENIED AuditEventType = 5
+	// "oauth.authorization.started": StartAuthorization created a flow
+	// (SUCCESS) or failed (FAILURE with the call's ErrorReason).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED AuditEventType = 6
+	// "oauth.callback.succeeded": a browser authorization completed and the
+	// tokens were stored (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED AuditEventType = 7
+	// "oauth.callback.failed": a browser authorization failed (FAILURE with a
+	// callback ErrorReason such as BROWSER_MISMATCH).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED AuditEventType = 8
+	// "oauth.token.refreshed": an access token was refreshed (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED AuditEventType = 9
+	// "oauth.token.refresh_failed": the authorization server could not be
+	// reached to refresh (FAILURE, reason UNAVAILABLE).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED AuditEventType = 10
+	// "oauth.token.read": GetAccessToken handed out an access token
+	// (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ AuditEventType = 11
+	// "oauth.token.persist_failed": refreshed tokens could not be stored
+	// (FAILURE, reason DB_WRITE_FAILED).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED AuditEventType = 12
+	// "oauth.authorization.revoked": a provider's tokens were revoked and
+	// deleted (SUCCESS).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED AuditEventType = 13
+	// "oauth.revocation.failed": revocation at the authorization server failed
+	// (FAILURE, reason NO_CLIENT, REVOKE_REFRESH_FAILED or
+	// REVOKE_ACCESS_FAILED).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED AuditEventType = 14
+	// "oauth.compatibility.used": a relaxation of the compatibility profile
+	// was applied (SUCCESS, reason empty or PKCE_METADATA_MISSING).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED AuditEventType = 15
+	// "oauth.client.registered": mcpauth registered a client dynamically
+	// (SUCCESS; details.issuer, details.method).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED AuditEventType = 16
+	// "oauth.reauth_required": the provider's authorization became invalid
+	// (FAILURE, reason INVALID_GRANT, INVALID_CLIENT,
+	// MCP_SERVER_REJECTED_TOKEN, REFRESH_EXHAUSTED or PERSIST_FAILED).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED AuditEventType = 17
+	// "oauth.step_up_required": the MCP server asked for more scopes (FAILURE,
+	// reason INSUFFICIENT_SCOPE or STEP_UP_LOOP).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED AuditEventType = 18
+	// "egress.blocked": the egress policy refused an address (DENIED, reason
+	// EGRESS_BLOCKED; details.host and details.rule).
+	AuditEventType_AUDIT_EVENT_TYPE_EGRESS_BLOCKED AuditEventType = 19
+	// "mcp.tools.refreshed": RefreshTools listed the tools (SUCCESS) or failed
+	// (FAILURE with the call's ErrorReason).
+	AuditEventType_AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED AuditEventType = 20
+	// "mcp.tool.called": CallTool called a tool (SUCCESS, even when the tool
+	// reported an error) or failed (FAILURE with the call's ErrorReason).
+	AuditEventType_AUDIT_EVENT_TYPE_MCP_TOOL_CALLED AuditEventType = 21
+)
+
+// Enum value maps for AuditEventType.
+var (
+	AuditEventType_name = map[int32]string{
+		0:  "AUDIT_EVENT_TYPE_UNSPECIFIED",
+		1:  "AUDIT_EVENT_TYPE_PROVIDER_CREATED",
+		2:  "AUDIT_EVENT_TYPE_PROVIDER_UPDATED",
+		3:  "AUDIT_EVENT_TYPE_PROVIDER_DELETED",
+		4:  "AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET",
+		5:  "AUDIT_EVENT_TYPE_PERMISSION_DENIED",
+		6:  "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED",
+		7:  "AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED",
+		8:  "AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED",
+		9:  "AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED",
+		10: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED",
+		11: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ",
+		12: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED",
+		13: "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED",
+		14: "AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED",
+		15: "AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED",
+		16: "AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED",
+		17: "AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED",
+		18: "AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED",
+		19: "AUDIT_EVENT_TYPE_EGRESS_BLOCKED",
+		20: "AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED",
+		21: "AUDIT_EVENT_TYPE_MCP_TOOL_CALLED",
+	}
+	AuditEventType_value = map[string]int32{
+		"AUDIT_EVENT_TYPE_UNSPECIFIED":                 0,
+		"AUDIT_EVENT_TYPE_PROVIDER_CREATED":            1,
+		"AUDIT_EVENT_TYPE_PROVIDER_UPDATED":            2,
+		"AUDIT_EVENT_TYPE_PROVIDER_DELETED":            3,
+		"AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET":  4,
+		"AUDIT_EVENT_TYPE_PERMISSION_DENIED":           5,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED": 6,
+		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED":    7,
+		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED":       8,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED":       9,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED":  10,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ":            11,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED":  12,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED": 13,
+		"AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED":     14,
+		"AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED":    15,
+		"AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED":     16,
+		"AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED":       17,
+		"AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED":      18,
+		"AUDIT_EVENT_TYPE_EGRESS_BLOCKED":              19,
+		"AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED":         20,
+		"AUDIT_EVENT_TYPE_MCP_TOOL_CALLED":             21,
+	}
+)
+
+func (x AuditEventType) Enum() *AuditEventType {
+	p := new(AuditEventType)
+	*p = x
+	return p
+}
+
+func (x AuditEventType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuditEventType) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_audit_proto_enumTypes[1].Descriptor()
+}
+
+func (AuditEventType) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_audit_proto_enumTypes[1]
+}
+
+func (x AuditEventType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuditEventType.Descriptor instead.
+func (AuditEventType) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_audit_proto_rawDescGZIP(), []int{1}
+}
+
 // AuditEvent is one security-relevant event. It never holds a secret.
 type AuditEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/auditEvents/{id}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// For example provider.created, oauth.callback.failed.
+	// The event type as a string, for example provider.created or
+	// oauth.callback.failed. Kept for compatibility; type carries the same
+	// information as an enum. Always set, also for types newer than the
+	// AuditEventType a client knows.
 	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// The caller or person that caused the event.
 	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
@@ -93,14 +248,18 @@ type AuditEvent struct {
 	Provider string `protobuf:"bytes,4,opt,name=provider,proto3" json:"provider,omitempty"`
 	// How it ended.
 	Outcome AuditOutcome `protobuf:"varint,5,opt,name=outcome,proto3,enum=mcpauth.v1.AuditOutcome" json:"outcome,omitempty"`
-	// A stable reason code for failures and denials.
+	// A stable reason code for failures, denials and some successes: the
+	// name of an ErrorReason value (for example "REAUTH_REQUIRED"), or empty.
 	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The request id of the call that caused it.
 	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When it happened.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Further non-secret facts.
-	Details       map[string]string `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Details map[string]string `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The event type as an enum: the same as event_type. UNSPECIFIED when
+	// event_type names a type this enum does not list.
+	Type          AuditEventType `protobuf:"varint,10,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -198,6 +357,13 @@ func (x *AuditEvent) GetDetails() map[string]string {
 	return nil
 }
 
+func (x *AuditEvent) GetType() AuditEventType {
+	if x != nil {
+		return x.Type
+	}
+	return AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED
+}
+
 // ListAuditEventsRequest is the request of ListAuditEvents.
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -209,8 +375,12 @@ type ListAuditEventsRequest struct {
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Only events of this provider (its resource name), if set.
 	Provider string `protobuf:"bytes,4,opt,name=provider,proto3" json:"provider,omitempty"`
-	// Only events of this type, if set.
-	EventType     string `protobuf:"bytes,5,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Only events of this type, if set (an AuditEvent.event_type string).
+	EventType string `protobuf:"bytes,5,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Only events of this type, if not UNSPECIFIED: the enum form of
+	// event_type. If both are set they must name the same type, otherwise the
+	// call fails with INVALID_ARGUMENT.
+	Type          AuditEventType `protobuf:"varint,6,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +450,13 @@ func (x *ListAuditEventsRequest) GetEventType() string {
 	return ""
 }
 
+func (x *ListAuditEventsRequest) GetType() AuditEventType {
+	if x != nil {
+		return x.Type
+	}
+	return AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED
+}
+
 // ListAuditEventsResponse is the response of ListAuditEvents.
 type ListAuditEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -340,7 +517,7 @@ var File_mcpauth_v1_audit_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"\x16mcpauth/v1/audit.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x03\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x03\n" +
 	"\n" +
 	"AuditEvent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
@@ -354,10 +531,12 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"request_id\x18\a \x01(\tR\trequestId\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12=\n" +
-	"\adetails\x18\t \x03(\v2#.mcpauth.v1.AuditEvent.DetailsEntryR\adetails\x1a:\n" +
+	"\adetails\x18\t \x03(\v2#.mcpauth.v1.AuditEvent.DetailsEntryR\adetails\x12.\n" +
+	"\x04type\x18\n" +
+	" \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xac\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x01\n" +
 	"\x16ListAuditEventsRequest\x12\x1b\n" +
 	"\x06parent\x18\x01 \x01(\tB\x03\xe0A\x02R\x06parent\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -365,7 +544,8 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\x12\x1a\n" +
 	"\bprovider\x18\x04 \x01(\tR\bprovider\x12\x1d\n" +
 	"\n" +
-	"event_type\x18\x05 \x01(\tR\teventType\"|\n" +
+	"event_type\x18\x05 \x01(\tR\teventType\x12.\n" +
+	"\x04type\x18\x06 \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\"|\n" +
 	"\x17ListAuditEventsResponse\x129\n" +
 	"\faudit_events\x18\x01 \x03(\v2\x16.mcpauth.v1.AuditEventR\vauditEvents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*}\n" +
@@ -373,7 +553,31 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x032\x97\x01\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xcd\a\n" +
+	"\x0eAuditEventType\x12 \n" +
+	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
+	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
+	"!AUDIT_EVENT_TYPE_PROVIDER_UPDATED\x10\x02\x12%\n" +
+	"!AUDIT_EVENT_TYPE_PROVIDER_DELETED\x10\x03\x12/\n" +
+	"+AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET\x10\x04\x12&\n" +
+	"\"AUDIT_EVENT_TYPE_PERMISSION_DENIED\x10\x05\x120\n" +
+	",AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED\x10\x06\x12-\n" +
+	")AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED\x10\a\x12*\n" +
+	"&AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED\x10\b\x12*\n" +
+	"&AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED\x10\t\x12/\n" +
+	"+AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED\x10\n" +
+	"\x12%\n" +
+	"!AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ\x10\v\x12/\n" +
+	"+AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED\x10\f\x120\n" +
+	",AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED\x10\r\x12,\n" +
+	"(AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED\x10\x0e\x12-\n" +
+	")AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED\x10\x0f\x12,\n" +
+	"(AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED\x10\x10\x12*\n" +
+	"&AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED\x10\x11\x12+\n" +
+	"'AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED\x10\x12\x12#\n" +
+	"\x1fAUDIT_EVENT_TYPE_EGRESS_BLOCKED\x10\x13\x12(\n" +
+	"$AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED\x10\x14\x12$\n" +
+	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x152\x97\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
 	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
@@ -389,28 +593,31 @@ func file_mcpauth_v1_audit_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_audit_proto_rawDescData
 }
 
-var file_mcpauth_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_mcpauth_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_mcpauth_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_mcpauth_v1_audit_proto_goTypes = []any{
 	(AuditOutcome)(0),               // 0: mcpauth.v1.AuditOutcome
-	(*AuditEvent)(nil),              // 1: mcpauth.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),  // 2: mcpauth.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil), // 3: mcpauth.v1.ListAuditEventsResponse
-	nil,                             // 4: mcpauth.v1.AuditEvent.DetailsEntry
-	(*timestamppb.Timestamp)(nil),   // 5: google.protobuf.Timestamp
+	(AuditEventType)(0),             // 1: mcpauth.v1.AuditEventType
+	(*AuditEvent)(nil),              // 2: mcpauth.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),  // 3: mcpauth.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil), // 4: mcpauth.v1.ListAuditEventsResponse
+	nil,                             // 5: mcpauth.v1.AuditEvent.DetailsEntry
+	(*timestamppb.Timestamp)(nil),   // 6: google.protobuf.Timestamp
 }
 var file_mcpauth_v1_audit_proto_depIdxs = []int32{
 	0, // 0: mcpauth.v1.AuditEvent.outcome:type_name -> mcpauth.v1.AuditOutcome
-	5, // 1: mcpauth.v1.AuditEvent.create_time:type_name -> google.protobuf.Timestamp
-	4, // 2: mcpauth.v1.AuditEvent.details:type_name -> mcpauth.v1.AuditEvent.DetailsEntry
-	1, // 3: mcpauth.v1.ListAuditEventsResponse.audit_events:type_name -> mcpauth.v1.AuditEvent
-	2, // 4: mcpauth.v1.AuditService.ListAuditEvents:input_type -> mcpauth.v1.ListAuditEventsRequest
-	3, // 5: mcpauth.v1.AuditService.ListAuditEvents:output_type -> mcpauth.v1.ListAuditEventsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 1: mcpauth.v1.AuditEvent.create_time:type_name -> google.protobuf.Timestamp
+	5, // 2: mcpauth.v1.AuditEvent.details:type_name -> mcpauth.v1.AuditEvent.DetailsEntry
+	1, // 3: mcpauth.v1.AuditEvent.type:type_name -> mcpauth.v1.AuditEventType
+	1, // 4: mcpauth.v1.ListAuditEventsRequest.type:type_name -> mcpauth.v1.AuditEventType
+	2, // 5: mcpauth.v1.ListAuditEventsResponse.audit_events:type_name -> mcpauth.v1.AuditEvent
+	3, // 6: mcpauth.v1.AuditService.ListAuditEvents:input_type -> mcpauth.v1.ListAuditEventsRequest
+	4, // 7: mcpauth.v1.AuditService.ListAuditEvents:output_type -> mcpauth.v1.ListAuditEventsResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_audit_proto_init() }
@@ -423,7 +630,7 @@ func file_mcpauth_v1_audit_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_audit_proto_rawDesc), len(file_mcpauth_v1_audit_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,

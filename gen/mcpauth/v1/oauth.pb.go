@@ -23,6 +23,71 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RegistrationMethod is how mcpauth's OAuth client is registered with an
+// authorization server, in the order the MCP specification asks a client to
+// try them. Each value stands for one registration_method string, named in
+// its comment: the value name after the REGISTRATION_METHOD_ prefix,
+// lower-cased.
+type RegistrationMethod int32
+
+const (
+	// Not known, or no registration applies (for example the MCP server needs
+	// no authorization, or a blocking problem was found first).
+	RegistrationMethod_REGISTRATION_METHOD_UNSPECIFIED RegistrationMethod = 0
+	// "pre_registered": the client an operator registered by hand and set as
+	// the provider's oauth_client.
+	RegistrationMethod_REGISTRATION_METHOD_PRE_REGISTERED RegistrationMethod = 1
+	// "client_id_metadata_document": mcpauth's Client ID Metadata Document
+	// URL is the client id.
+	RegistrationMethod_REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT RegistrationMethod = 2
+	// "dynamic_registration": a client obtained with RFC 7591 dynamic client
+	// registration.
+	RegistrationMethod_REGISTRATION_METHOD_DYNAMIC_REGISTRATION RegistrationMethod = 3
+)
+
+// Enum value maps for RegistrationMethod.
+var (
+	RegistrationMethod_name = map[int32]string{
+		0: "REGISTRATION_METHOD_UNSPECIFIED",
+		1: "REGISTRATION_METHOD_PRE_REGISTERED",
+		2: "REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT",
+		3: "REGISTRATION_METHOD_DYNAMIC_REGISTRATION",
+	}
+	RegistrationMethod_value = map[string]int32{
+		"REGISTRATION_METHOD_UNSPECIFIED":                 0,
+		"REGISTRATION_METHOD_PRE_REGISTERED":              1,
+		"REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT": 2,
+		"REGISTRATION_METHOD_DYNAMIC_REGISTRATION":        3,
+	}
+)
+
+func (x RegistrationMethod) Enum() *RegistrationMethod {
+	p := new(RegistrationMethod)
+	*p = x
+	return p
+}
+
+func (x RegistrationMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RegistrationMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_oauth_proto_enumTypes[0].Descriptor()
+}
+
+func (RegistrationMethod) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_oauth_proto_enumTypes[0]
+}
+
+func (x RegistrationMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RegistrationMethod.Descriptor instead.
+func (RegistrationMethod) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{0}
+}
+
 // StartAuthorizationRequest is the request of StartAuthorization.
 type StartAuthorizationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -112,10 +177,14 @@ type StartAuthorizationResponse struct {
 	// The authorization server's issuer.
 	Issuer string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	// How the client is registered: pre_registered, client_id_metadata_document
-	// or dynamic_registration.
+	// or dynamic_registration. Kept for compatibility; client_registration_method
+	// carries the same as an enum.
 	RegistrationMethod string `protobuf:"bytes,6,opt,name=registration_method,json=registrationMethod,proto3" json:"registration_method,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// How the client is registered, as an enum: the same as
+	// registration_method. UNSPECIFIED when status is NOT_REQUIRED.
+	ClientRegistrationMethod RegistrationMethod `protobuf:"varint,7,opt,name=client_registration_method,json=clientRegistrationMethod,proto3,enum=mcpauth.v1.RegistrationMethod" json:"client_registration_method,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *StartAuthorizationResponse) Reset() {
@@ -190,6 +259,13 @@ func (x *StartAuthorizationResponse) GetRegistrationMethod() string {
 	return ""
 }
 
+func (x *StartAuthorizationResponse) GetClientRegistrationMethod() RegistrationMethod {
+	if x != nil {
+		return x.ClientRegistrationMethod
+	}
+	return RegistrationMethod_REGISTRATION_METHOD_UNSPECIFIED
+}
+
 // GetAuthorizationStatusRequest is the request of GetAuthorizationStatus.
 type GetAuthorizationStatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -249,7 +325,10 @@ type GetAuthorizationStatusResponse struct {
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Whether a refresh token is held.
 	HasRefreshToken bool `protobuf:"varint,5,opt,name=has_refresh_token,json=hasRefreshToken,proto3" json:"has_refresh_token,omitempty"`
-	// Why the status is what it is (for REAUTH_REQUIRED and EXPIRED).
+	// Why the status is what it is (for REAUTH_REQUIRED and EXPIRED). For
+	// REAUTH_REQUIRED it is usually the name of an ErrorReason value
+	// (INVALID_GRANT, INVALID_CLIENT, MCP_SERVER_REJECTED_TOKEN,
+	// REFRESH_EXHAUSTED or PERSIST_FAILED); otherwise plain words.
 	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -705,14 +784,20 @@ type DiagnoseProviderResponse struct {
 	DynamicRegistrationSupported bool `protobuf:"varint,8,opt,name=dynamic_registration_supported,json=dynamicRegistrationSupported,proto3" json:"dynamic_registration_supported,omitempty"`
 	// Whether the server says it sends iss in responses (RFC 9207).
 	IssuerParameterSupported bool `protobuf:"varint,9,opt,name=issuer_parameter_supported,json=issuerParameterSupported,proto3" json:"issuer_parameter_supported,omitempty"`
-	// The registration path that would be used.
+	// The registration path that would be used: pre_registered,
+	// client_id_metadata_document or dynamic_registration. Kept for
+	// compatibility; client_registration_method carries the same as an enum.
 	RegistrationMethod string `protobuf:"bytes,10,opt,name=registration_method,json=registrationMethod,proto3" json:"registration_method,omitempty"`
 	// The scopes that would be requested.
 	Scopes []string `protobuf:"bytes,11,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	// NOT_REQUIRED when the MCP server answered without authorization.
-	Status        AuthorizationStatus `protobuf:"varint,12,opt,name=status,proto3,enum=mcpauth.v1.AuthorizationStatus" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Status AuthorizationStatus `protobuf:"varint,12,opt,name=status,proto3,enum=mcpauth.v1.AuthorizationStatus" json:"status,omitempty"`
+	// The registration path that would be used, as an enum: the same as
+	// registration_method. UNSPECIFIED when none would (not ready, or
+	// NOT_REQUIRED).
+	ClientRegistrationMethod RegistrationMethod `protobuf:"varint,13,opt,name=client_registration_method,json=clientRegistrationMethod,proto3,enum=mcpauth.v1.RegistrationMethod" json:"client_registration_method,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *DiagnoseProviderResponse) Reset() {
@@ -829,6 +914,13 @@ func (x *DiagnoseProviderResponse) GetStatus() AuthorizationStatus {
 	return AuthorizationStatus_AUTHORIZATION_STATUS_UNSPECIFIED
 }
 
+func (x *DiagnoseProviderResponse) GetClientRegistrationMethod() RegistrationMethod {
+	if x != nil {
+		return x.ClientRegistrationMethod
+	}
+	return RegistrationMethod_REGISTRATION_METHOD_UNSPECIFIED
+}
+
 var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
@@ -840,7 +932,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x04user\x18\x02 \x01(\tB\x03\xe0A\x02R\x04user\x12\x1d\n" +
 	"\n" +
 	"return_url\x18\x03 \x01(\tR\treturnUrl\x12+\n" +
-	"\x11additional_scopes\x18\x04 \x03(\tR\x10additionalScopes\"\xa0\x02\n" +
+	"\x11additional_scopes\x18\x04 \x03(\tR\x10additionalScopes\"\xfe\x02\n" +
 	"\x1aStartAuthorizationResponse\x12+\n" +
 	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -848,7 +940,8 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x127\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\x16\n" +
 	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12/\n" +
-	"\x13registration_method\x18\x06 \x01(\tR\x12registrationMethod\"8\n" +
+	"\x13registration_method\x18\x06 \x01(\tR\x12registrationMethod\x12\\\n" +
+	"\x1aclient_registration_method\x18\a \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod\"8\n" +
 	"\x1dGetAuthorizationStatusRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"\x8a\x02\n" +
 	"\x1eGetAuthorizationStatusResponse\x127\n" +
@@ -882,7 +975,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xe1\x04\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xbf\x05\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -896,7 +989,13 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x13registration_method\x18\n" +
 	" \x01(\tR\x12registrationMethod\x12\x16\n" +
 	"\x06scopes\x18\v \x03(\tR\x06scopes\x127\n" +
-	"\x06status\x18\f \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status2\xb7\x06\n" +
+	"\x06status\x18\f \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\\\n" +
+	"\x1aclient_registration_method\x18\r \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod*\xc4\x01\n" +
+	"\x12RegistrationMethod\x12#\n" +
+	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
+	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +
+	"/REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT\x10\x02\x12,\n" +
+	"(REGISTRATION_METHOD_DYNAMIC_REGISTRATION\x10\x032\xb7\x06\n" +
 	"\fOAuthService\x12\xa3\x01\n" +
 	"\x12StartAuthorization\x12%.mcpauth.v1.StartAuthorizationRequest\x1a&.mcpauth.v1.StartAuthorizationResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=tenants/*/providers/*}:startAuthorization\x12\xad\x01\n" +
 	"\x16GetAuthorizationStatus\x12).mcpauth.v1.GetAuthorizationStatusRequest\x1a*.mcpauth.v1.GetAuthorizationStatusResponse\"<\x82\xd3\xe4\x93\x026\x124/v1/{name=tenants/*/providers/*}:authorizationStatus\x12\x90\x01\n" +
@@ -916,45 +1015,49 @@ func file_mcpauth_v1_oauth_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_oauth_proto_rawDescData
 }
 
+var file_mcpauth_v1_oauth_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_mcpauth_v1_oauth_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_mcpauth_v1_oauth_proto_goTypes = []any{
-	(*StartAuthorizationRequest)(nil),      // 0: mcpauth.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),     // 1: mcpauth.v1.StartAuthorizationResponse
-	(*GetAuthorizationStatusRequest)(nil),  // 2: mcpauth.v1.GetAuthorizationStatusRequest
-	(*GetAuthorizationStatusResponse)(nil), // 3: mcpauth.v1.GetAuthorizationStatusResponse
-	(*GetAccessTokenRequest)(nil),          // 4: mcpauth.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),         // 5: mcpauth.v1.GetAccessTokenResponse
-	(*RevokeAuthorizationRequest)(nil),     // 6: mcpauth.v1.RevokeAuthorizationRequest
-	(*RevokeAuthorizationResponse)(nil),    // 7: mcpauth.v1.RevokeAuthorizationResponse
-	(*DiagnoseProviderRequest)(nil),        // 8: mcpauth.v1.DiagnoseProviderRequest
-	(*DiagnosticStep)(nil),                 // 9: mcpauth.v1.DiagnosticStep
-	(*DiagnoseProviderResponse)(nil),       // 10: mcpauth.v1.DiagnoseProviderResponse
-	(*timestamppb.Timestamp)(nil),          // 11: google.protobuf.Timestamp
-	(AuthorizationStatus)(0),               // 12: mcpauth.v1.AuthorizationStatus
+	(RegistrationMethod)(0),                // 0: mcpauth.v1.RegistrationMethod
+	(*StartAuthorizationRequest)(nil),      // 1: mcpauth.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),     // 2: mcpauth.v1.StartAuthorizationResponse
+	(*GetAuthorizationStatusRequest)(nil),  // 3: mcpauth.v1.GetAuthorizationStatusRequest
+	(*GetAuthorizationStatusResponse)(nil), // 4: mcpauth.v1.GetAuthorizationStatusResponse
+	(*GetAccessTokenRequest)(nil),          // 5: mcpauth.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),         // 6: mcpauth.v1.GetAccessTokenResponse
+	(*RevokeAuthorizationRequest)(nil),     // 7: mcpauth.v1.RevokeAuthorizationRequest
+	(*RevokeAuthorizationResponse)(nil),    // 8: mcpauth.v1.RevokeAuthorizationResponse
+	(*DiagnoseProviderRequest)(nil),        // 9: mcpauth.v1.DiagnoseProviderRequest
+	(*DiagnosticStep)(nil),                 // 10: mcpauth.v1.DiagnosticStep
+	(*DiagnoseProviderResponse)(nil),       // 11: mcpauth.v1.DiagnoseProviderResponse
+	(*timestamppb.Timestamp)(nil),          // 12: google.protobuf.Timestamp
+	(AuthorizationStatus)(0),               // 13: mcpauth.v1.AuthorizationStatus
 }
 var file_mcpauth_v1_oauth_proto_depIdxs = []int32{
-	11, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	12, // 2: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	11, // 3: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
-	11, // 4: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	9,  // 5: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
-	12, // 6: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	0,  // 7: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
-	2,  // 8: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
-	4,  // 9: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
-	6,  // 10: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
-	8,  // 11: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
-	1,  // 12: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
-	3,  // 13: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
-	5,  // 14: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
-	7,  // 15: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
-	10, // 16: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
-	12, // [12:17] is the sub-list for method output_type
-	7,  // [7:12] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	12, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	0,  // 2: mcpauth.v1.StartAuthorizationResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
+	13, // 3: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	12, // 4: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 5: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	10, // 6: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
+	13, // 7: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	0,  // 8: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
+	1,  // 9: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
+	3,  // 10: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
+	5,  // 11: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
+	7,  // 12: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
+	9,  // 13: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
+	2,  // 14: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
+	4,  // 15: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
+	6,  // 16: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
+	8,  // 17: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
+	11, // 18: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_oauth_proto_init() }
@@ -968,13 +1071,14 @@ func file_mcpauth_v1_oauth_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_oauth_proto_rawDesc), len(file_mcpauth_v1_oauth_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_mcpauth_v1_oauth_proto_goTypes,
 		DependencyIndexes: file_mcpauth_v1_oauth_proto_depIdxs,
+		EnumInfos:         file_mcpauth_v1_oauth_proto_enumTypes,
 		MessageInfos:      file_mcpauth_v1_oauth_proto_msgTypes,
 	}.Build()
 	File_mcpauth_v1_oauth_proto = out.File

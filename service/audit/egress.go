@@ -1,22 +1,21 @@
-package service
+package audit
 
 import (
 	"context"
 	"strings"
 
-	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/metrics"
 )
 
-type auditScopeKey struct{}
+type scopeKey struct{}
 
-type auditScope struct{ tenant, provider string }
+type scope struct{ tenant, provider string }
 
-// WithAuditScope marks ctx as work for one tenant's provider, so events
-// raised deep below (an egress block) land in that tenant's audit log.
-func WithAuditScope(ctx context.Context, tenant, provider string) context.Context {
-	return context.WithValue(ctx, auditScopeKey{}, auditScope{tenant, provider})
+// WithScope marks ctx as work for one tenant's provider, so events raised
+// deep below (an egress block) land in that tenant's audit log.
+func WithScope(ctx context.Context, tenant, provider string) context.Context {
+	return context.WithValue(ctx, scopeKey{}, scope{tenant, provider})
 }
 
 // EgressBlockHook returns the egress guard's OnBlock hook: it counts the
@@ -25,13 +24,13 @@ func WithAuditScope(ctx context.Context, tenant, provider string) context.Contex
 func EgressBlockHook(a *Auditor, m *metrics.Metrics) func(ctx context.Context, host, reason string) {
 	return func(ctx context.Context, host, reason string) {
 		m.EgressBlocked.WithLabelValues(reasonLabel(reason)).Inc()
-		sc, ok := ctx.Value(auditScopeKey{}).(auditScope)
+		sc, ok := ctx.Value(scopeKey{}).(scope)
 		if !ok || sc.tenant == "" {
 			a.log.WarnContext(ctx, "egress blocked outside a tenant scope", "host", host, "reason", reason)
 			return
 		}
-		a.Record(ctx, Event{Tenant: sc.tenant, Type: EventEgressBlocked, Provider: sc.provider,
-			Outcome: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_DENIED, Reason: "EGRESS_BLOCKED",
+		a.Record(ctx, Event{Tenant: sc.tenant, Type: domain.EventEgressBlocked, Provider: sc.provider,
+			Outcome: domain.OutcomeDenied, Reason: domain.ReasonEgressBlocked,
 			Details: map[string]string{"host": host, "rule": reason}})
 	}
 }

@@ -1,4 +1,4 @@
-package service
+package grants
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 )
@@ -43,20 +45,20 @@ type RefresherConfig struct {
 // Refresher keeps idle authorizations alive in the background.
 type Refresher struct {
 	store  IdleStore
-	tokens *TokenService
+	tokens *Service
 	log    *slog.Logger
 	cfg    RefresherConfig
 }
 
 // NewRefresher returns a background refresher with production defaults
 // around interval.
-func NewRefresher(store IdleStore, tokens *TokenService, log *slog.Logger, interval time.Duration) *Refresher {
+func NewRefresher(store IdleStore, tokens *Service, log *slog.Logger, interval time.Duration) *Refresher {
 	return NewRefresherWith(store, tokens, log, RefresherConfig{Interval: interval})
 }
 
 // NewRefresherWith returns a refresher with explicit settings (zero values
 // take the defaults).
-func NewRefresherWith(store IdleStore, tokens *TokenService, log *slog.Logger, cfg RefresherConfig) *Refresher {
+func NewRefresherWith(store IdleStore, tokens *Service, log *slog.Logger, cfg RefresherConfig) *Refresher {
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Minute
 	}
@@ -135,13 +137,15 @@ func (r *Refresher) Pass(ctx context.Context) int {
 }
 
 func (r *Refresher) refreshOne(ctx context.Context, c repository.Credential) bool {
-	_, err := r.tokens.refreshIdle(ctx, c.TenantID, c.ProviderID)
+	err := r.tokens.refreshIdle(ctx, c.TenantID, c.ProviderID)
 	if err == nil {
 		return true
 	}
-	switch reasonOf(err) {
-	case "REAUTH_REQUIRED", "NOT_AUTHORIZED", "TOKEN_EXPIRED":
-		return false
+	if e, ok := apperr.As(err); ok {
+		switch e.Reason {
+		case domain.ReasonReauthRequired, domain.ReasonNotAuthorized, domain.ReasonTokenExpired:
+			return false
+		}
 	}
 	// Only the authorization server's failures count towards giving up:
 	// an outage of mcpauth's own Redis or database says nothing about the
@@ -152,7 +156,7 @@ func (r *Refresher) refreshOne(ctx context.Context, c repository.Credential) boo
 	}
 	n, ferr := r.store.RecordRefreshFailure(ctx, c.TenantID, c.ProviderID, c.Generation)
 	if ferr == nil && n >= r.cfg.MaxFailures {
-		_ = r.tokens.MarkReauth(ctx, c.TenantID, c.ProviderID, "REFRESH_EXHAUSTED", c.Generation)
+		_ = r.tokens.MarkReauth(ctx, c.TenantID, c.ProviderID, domain.ReasonRefreshExhausted, c.Generation)
 	}
 	return false
 }

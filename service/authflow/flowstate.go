@@ -1,4 +1,4 @@
-package service
+package authflow
 
 import (
 	"context"
@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
@@ -28,28 +30,28 @@ const flowTenant = "_flows"
 // secret or token: those stay in the database. Short JSON names keep a
 // record well under 1 KiB in Redis.
 type flowRecord struct {
-	Tenant        string            `json:"t"`
-	Provider      string            `json:"p"`
-	User          string            `json:"u"`
-	Issuer        string            `json:"i"`
-	IssSupported  bool              `json:"is,omitempty"`
-	AuthEndpoint  string            `json:"ae"`
-	TokenEndpoint string            `json:"te"`
-	RevocationURL string            `json:"rv,omitempty"`
-	ClientID      string            `json:"c"`
-	RegMethod     string            `json:"rm"`
-	AuthMethod    string            `json:"am,omitempty"`
-	RedirectURI   string            `json:"r"`
-	Resource      string            `json:"rs,omitempty"`
-	Scopes        []string          `json:"s,omitempty"`
-	Verifier      string            `json:"v"`
-	State         string            `json:"st"`
-	ReturnURL     string            `json:"ru,omitempty"`
-	URLHash       string            `json:"uh"`
-	Browser       string            `json:"b,omitempty"`
-	ExpiresAt     int64             `json:"x"`
-	Extra         map[string]string `json:"e,omitempty"`
-	PKCEException bool              `json:"px,omitempty"`
+	Tenant        string                    `json:"t"`
+	Provider      string                    `json:"p"`
+	User          string                    `json:"u"`
+	Issuer        string                    `json:"i"`
+	IssSupported  bool                      `json:"is,omitempty"`
+	AuthEndpoint  string                    `json:"ae"`
+	TokenEndpoint string                    `json:"te"`
+	RevocationURL string                    `json:"rv,omitempty"`
+	ClientID      string                    `json:"c"`
+	RegMethod     domain.RegistrationMethod `json:"rm"`
+	AuthMethod    string                    `json:"am,omitempty"`
+	RedirectURI   string                    `json:"r"`
+	Resource      string                    `json:"rs,omitempty"`
+	Scopes        []string                  `json:"s,omitempty"`
+	Verifier      string                    `json:"v"`
+	State         string                    `json:"st"`
+	ReturnURL     string                    `json:"ru,omitempty"`
+	URLHash       string                    `json:"uh"`
+	Browser       string                    `json:"b,omitempty"`
+	ExpiresAt     int64                     `json:"x"`
+	Extra         map[string]string         `json:"e,omitempty"`
+	PKCEException bool                      `json:"px,omitempty"`
 }
 
 // flowKey derives the store key from a flow handle or state: a hash, so the
@@ -61,7 +63,7 @@ func flowKey(kind, handle string) string {
 
 // flowCodec seals flow records bound to their store key.
 type flowCodec struct {
-	cipher Cipher
+	cipher vault.Cipher
 	store  FlowStore
 }
 
@@ -103,7 +105,7 @@ func (c flowCodec) take(ctx context.Context, key string, now time.Time) (*flowRe
 	return &r, nil
 }
 
-var errFlowGone = apperr.FailedPrecondition("FLOW_EXPIRED_OR_USED", "this authorization link has expired or was already used")
+var errFlowGone = apperr.FailedPrecondition(domain.ReasonFlowExpiredOrUsed, "this authorization link has expired or was already used")
 
 func storeErr(err error) error {
 	if statestore.IsUnavailable(err) {

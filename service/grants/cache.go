@@ -1,10 +1,11 @@
-package service
+package grants
 
 import (
 	"sync"
 	"time"
 
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/vault"
 )
 
 // tokenCache keeps opened credentials for a very short time, so a burst of
@@ -22,7 +23,7 @@ type tokenCache struct {
 
 type cachedCred struct {
 	cred *repository.Credential
-	held *heldTokens
+	held *vault.Held
 	at   time.Time
 }
 
@@ -47,7 +48,7 @@ func (c *tokenCache) get(key string, now time.Time) (cachedCred, bool) {
 	return e, true
 }
 
-func (c *tokenCache) put(key string, cred *repository.Credential, h *heldTokens, now time.Time) {
+func (c *tokenCache) put(key string, cred *repository.Credential, h *vault.Held, now time.Time) {
 	if c == nil || c.ttl <= 0 {
 		return
 	}

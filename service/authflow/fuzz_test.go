@@ -1,4 +1,4 @@
-package service
+package authflow
 
 import (
 	"context"
@@ -13,12 +13,14 @@ import (
 	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
 // newFuzzOAuth wires a real OAuthService on a SQLite file and the
 // in-process flow store.
-func newFuzzOAuth(tb testing.TB) (*OAuthService, statestore.Store) {
+func newFuzzOAuth(tb testing.TB) (*Service, statestore.Store) {
 	tb.Helper()
 	ctx := context.Background()
 	st, err := repository.Open(ctx, filepath.Join(tb.TempDir(), "fuzz.db"), repository.Options{})
@@ -44,14 +46,14 @@ func newFuzzOAuth(tb testing.TB) (*OAuthService, statestore.Store) {
 	}
 	flows := statestore.NewMemory()
 	tb.Cleanup(func() { flows.Close() })
-	audit := NewAuditor(st, log, nil)
-	tb.Cleanup(audit.Close)
-	tokens, err := NewTokenService(TokenDeps{Store: st, Cipher: keys, Proto: proto, Locks: flows, Audit: audit, Log: log, Metrics: metrics.New()})
+	auditor := audit.NewAuditor(st, log, nil)
+	tb.Cleanup(auditor.Close)
+	tokens, err := grants.New(grants.Deps{Store: st, Cipher: keys, Proto: proto, Locks: flows, Audit: auditor, Log: log, Metrics: metrics.New()})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	svc, err := NewOAuthService(OAuthDeps{Store: st, Cipher: keys, Flows: flows, Proto: proto, Audit: audit, Log: log, Tokens: tokens,
-		Config: OAuthConfig{PublicURL: "http://localhost:8080", CallbackURL: "http://localhost:8080/v1/oauth/callback"}})
+	svc, err := New(Deps{Store: st, Cipher: keys, Flows: flows, Proto: proto, Audit: auditor, Log: log, Grants: tokens,
+		Config: Config{AuthorizeURLPrefix: "http://localhost:8080/v1/oauth/authorize/", CallbackURL: "http://localhost:8080/v1/oauth/callback"}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -69,12 +71,12 @@ func FuzzCallback(f *testing.F) {
 	svc, _ := newFuzzOAuth(f)
 	f.Fuzz(func(t *testing.T, state, code, iss string, issPresent bool, errCode, desc, cookie string) {
 		res := svc.Callback(context.Background(), CallbackInput{State: state, Code: code, Iss: iss, IssPresent: issPresent,
-			Error: errCode, ErrorDescription: desc, Cookie: func(string) string { return cookie }})
+			Error: errCode, ErrorDescription: desc, BrowserSecret: func(string) string { return cookie }})
 		if res == nil || res.OK {
 			t.Fatalf("callback without a flow succeeded: %+v", res)
 		}
-		if res.Message == "" || res.Reason == "" {
-			t.Fatalf("failure without message or reason: %+v", res)
+		if res.Reason == "" {
+			t.Fatalf("failure without a reason: %+v", res)
 		}
 		for _, r := range res.Detail {
 			if r < 0x20 || r == 0x7f {
@@ -90,7 +92,7 @@ func FuzzBeginBrowser(f *testing.F) {
 	f.Add(strings.Repeat("x", 200))
 	svc, _ := newFuzzOAuth(f)
 	f.Fuzz(func(t *testing.T, handle string) {
-		if _, err := svc.BeginBrowser(context.Background(), handle, false); err == nil {
+		if _, err := svc.BeginBrowser(context.Background(), handle); err == nil {
 			t.Fatal("unknown flow handle accepted")
 		}
 	})

@@ -1,4 +1,7 @@
-package service
+// Package rotation is the key rotation use case: it re-encrypts every
+// provider, grant and client registration under the primary key (online,
+// idempotent, resumable) and refuses to retire a key still in use.
+package rotation
 
 import (
 	"context"
@@ -7,12 +10,13 @@ import (
 
 	"github.com/mcpauth/mcpauth/keyring"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/validate"
 )
 
-// RotationStore is the cross-tenant access key rotation needs.
+// Store is the cross-tenant access key rotation needs.
 // *repository.Store implements it.
-type RotationStore interface {
+type Store interface {
 	KeyUsage(ctx context.Context) (map[uint32]int64, error)
 	ProvidersNotUnderKey(ctx context.Context, keyID uint32, afterTenant, afterID string, limit int) ([]repository.Provider, error)
 	CredentialsNotUnderKey(ctx context.Context, keyID uint32, afterTenant, afterProviderID string, limit int) ([]repository.Credential, error)
@@ -22,10 +26,10 @@ type RotationStore interface {
 	RewriteClientRegistrationCiphertexts(ctx context.Context, r *repository.ClientRegistration, oldKeyID uint32) (bool, error)
 }
 
-var _ RotationStore = (*repository.Store)(nil)
+var _ Store = (*repository.Store)(nil)
 
-// RotationReport says what a rotation pass did.
-type RotationReport struct {
+// Report says what a rotation pass did.
+type Report struct {
 	Providers, Credentials, Registrations int
 	// Skipped rows changed concurrently; a writer re-encrypts under the
 	// primary key anyway, and a second pass picks up any left over.
@@ -38,14 +42,14 @@ type RotationReport struct {
 // resumable: it only touches rows under another key, and each rewrite is
 // conditional on the row still being under the key it was read with.
 type Rotator struct {
-	store RotationStore
-	keys  *keyring.Keyring
+	store Store
+	keys  vault.Cipher
 	log   *slog.Logger
 	batch int
 }
 
-// NewRotator returns a rotator.
-func NewRotator(store RotationStore, keys *keyring.Keyring, log *slog.Logger) *Rotator {
+// New returns a rotator.
+func New(store Store, keys vault.Cipher, log *slog.Logger) *Rotator {
 	return &Rotator{store: store, keys: keys, log: log, batch: 200}
 }
 
@@ -61,9 +65,9 @@ func (r *Rotator) reseal(s keyring.Scope, ct []byte) ([]byte, error) {
 }
 
 // Run re-encrypts all providers, credentials and client registrations.
-func (r *Rotator) Run(ctx context.Context) (*RotationReport, error) {
+func (r *Rotator) Run(ctx context.Context) (*Report, error) {
 	primary := r.keys.PrimaryID()
-	rep := &RotationReport{}
+	rep := &Report{}
 	afterT, afterID := "", ""
 	for {
 		rows, err := r.store.ProvidersNotUnderKey(ctx, primary, afterT, afterID, r.batch)
@@ -75,20 +79,20 @@ func (r *Rotator) Run(ctx context.Context) (*RotationReport, error) {
 			afterT, afterID = p.TenantID, p.ID
 			old := p.KeyID
 			sc := func(f string) keyring.Scope { return keyring.Scope{Tenant: p.TenantID, Provider: p.ID, Field: f} }
-			if p.ServerURL, err = r.reseal(sc(fieldServerURL), p.ServerURL); err != nil {
+			if p.ServerURL, err = r.reseal(sc(vault.FieldServerURL), p.ServerURL); err != nil {
 				return rep, err
 			}
-			if p.Headers, err = r.reseal(sc(fieldHeaders), p.Headers); err != nil {
+			if p.Headers, err = r.reseal(sc(vault.FieldHeaders), p.Headers); err != nil {
 				return rep, err
 			}
-			if p.ClientSecret, err = r.reseal(sc(fieldClientSecret), p.ClientSecret); err != nil {
+			if p.ClientSecret, err = r.reseal(sc(vault.FieldClientSecret), p.ClientSecret); err != nil {
 				return rep, err
 			}
-			d, err := openProvider(r.keys, p)
+			u, err := vault.OpenURL(r.keys, p)
 			if err != nil {
 				return rep, err
 			}
-			p.URLHash = r.keys.Fingerprint(p.TenantID, purposeURL, []byte(validate.NormalizeURL(d.url)))
+			p.URLHash = r.keys.Fingerprint(p.TenantID, vault.PurposeURL, []byte(validate.NormalizeURL(u)))
 			p.KeyID = primary
 			ok, err := r.store.RewriteProviderCiphertexts(ctx, p, old)
 			if err != nil {
@@ -110,7 +114,7 @@ func (r *Rotator) Run(ctx context.Context) (*RotationReport, error) {
 			c := &rows[i]
 			afterT, afterID = c.TenantID, c.ProviderID
 			old := c.KeyID
-			if c.Tokens, err = r.reseal(keyring.Scope{Tenant: c.TenantID, Provider: c.ProviderID, Field: fieldTokens}, c.Tokens); err != nil {
+			if c.Tokens, err = r.reseal(keyring.Scope{Tenant: c.TenantID, Provider: c.ProviderID, Field: vault.FieldTokens}, c.Tokens); err != nil {
 				return rep, err
 			}
 			c.KeyID = primary
@@ -134,7 +138,7 @@ func (r *Rotator) Run(ctx context.Context) (*RotationReport, error) {
 			g := &rows[i]
 			afterT, afterID, afterIH = g.TenantID, g.ProviderID, g.IssuerHash
 			old := g.KeyID
-			if g.Secret, err = r.reseal(keyring.Scope{Tenant: g.TenantID, Provider: g.ProviderID, Field: fieldRegistration + "\x00" + g.Issuer}, g.Secret); err != nil {
+			if g.Secret, err = r.reseal(vault.RegistrationScope(g.TenantID, g.ProviderID, g.Issuer), g.Secret); err != nil {
 				return rep, err
 			}
 			g.KeyID = primary
@@ -162,16 +166,4 @@ func count(ok bool, done, skipped *int) {
 	} else {
 		*skipped++
 	}
-}
-
-// CheckRetire refuses to retire keyID while any row still uses it.
-func CheckRetire(ctx context.Context, store RotationStore, keyID uint32) error {
-	usage, err := store.KeyUsage(ctx)
-	if err != nil {
-		return err
-	}
-	if n := usage[keyID]; n > 0 {
-		return fmt.Errorf("key %d still encrypts %d rows: run rotate-keys with a newer primary key first", keyID, n)
-	}
-	return nil
 }

@@ -1,0 +1,55 @@
+package domain
+
+// Reason codes are the stable, upper-snake-case codes errors and audit events
+// carry (google.rpc.ErrorInfo.reason on the API, declared there as the
+// ErrorReason enum). Callers branch on them, so they never change.
+const (
+	ReasonInvalidArgument       = "INVALID_ARGUMENT"
+	ReasonNotFound              = "NOT_FOUND"
+	ReasonAlreadyExists         = "ALREADY_EXISTS"
+	ReasonPermissionDenied      = "PERMISSION_DENIED"
+	ReasonUnauthenticated       = "UNAUTHENTICATED"
+	ReasonAborted               = "ABORTED"
+	ReasonUnavailable           = "UNAVAILABLE"
+	ReasonInternal              = "INTERNAL"
+	ReasonNotAuthorized         = "NOT_AUTHORIZED"
+	ReasonReauthRequired        = "REAUTH_REQUIRED"
+	ReasonTokenExpired          = "TOKEN_EXPIRED"
+	ReasonInsufficientScope     = "INSUFFICIENT_SCOPE"
+	ReasonInsufficientScopeLoop = "INSUFFICIENT_SCOPE_LOOP"
+	ReasonStepUpLoop            = "STEP_UP_LOOP"
+	ReasonPKCENotSupported      = "PKCE_NOT_SUPPORTED"
+	ReasonPKCEMetadataMissing   = "PKCE_METADATA_MISSING"
+	ReasonIssuerMismatch        = "ISSUER_MISMATCH"
+	ReasonResourceMismatch      = "RESOURCE_MISMATCH"
+	ReasonEgressBlocked         = "EGRESS_BLOCKED"
+	ReasonNoClientRegistration  = "NO_CLIENT_REGISTRATION"
+	ReasonFlowExpiredOrUsed     = "FLOW_EXPIRED_OR_USED"
+	ReasonProbeUnavailable      = "PROBE_UNAVAILABLE"
+	ReasonServerUnreachable     = "SERVER_UNREACHABLE"
+	ReasonResultTooLarge        = "RESULT_TOO_LARGE"
+
+	// Reasons of a dead grant (REAUTH_REQUIRED's audit reason and status reason).
+	ReasonInvalidGrant           = "INVALID_GRANT"
+	ReasonInvalidClient          = "INVALID_CLIENT"
+	ReasonMCPServerRejectedToken = "MCP_SERVER_REJECTED_TOKEN"
+	ReasonRefreshExhausted       = "REFRESH_EXHAUSTED"
+	ReasonPersistFailed          = "PERSIST_FAILED"
+	ReasonDBWriteFailed          = "DB_WRITE_FAILED"
+	ReasonServerURLChanged       = "SERVER_URL_CHANGED"
+	ReasonNoClient               = "NO_CLIENT"
+	ReasonRevokeRefreshFailed    = "REVOKE_REFRESH_FAILED"
+	ReasonRevokeAccessFailed     = "REVOKE_ACCESS_FAILED"
+
+	// Reasons of a failed browser callback.
+	ReasonMissingState        = "MISSING_STATE"
+	ReasonStateInvalid        = "STATE_INVALID"
+	ReasonBrowserMismatch     = "BROWSER_MISMATCH"
+	ReasonAuthorizationDenied = "AUTHORIZATION_DENIED"
+	ReasonMissingCode         = "MISSING_CODE"
+	ReasonProviderGone        = "PROVIDER_GONE"
+	ReasonProviderChanged     = "PROVIDER_CHANGED"
+	ReasonClientChanged       = "CLIENT_CHANGED"
+	ReasonTokenExchangeFailed = "TOKEN_EXCHANGE_FAILED"
+	ReasonStoreFailed         = "STORE_FAILED"
+)

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/resname"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/validate"
+)
+
+// AuditUseCases lists audit events. *audit.Log implements it.
+type AuditUseCases interface {
+	List(ctx context.Context, tenant string, f audit.Filter, beforeID int64, limit int) ([]audit.Entry, error)
+}
+
+var _ AuditUseCases = (*audit.Log)(nil)
+
+// auditAPI implements mcpauth.v1.AuditService.
+type auditAPI struct {
+	mcpauthv1.UnimplementedAuditServiceServer
+	uc AuditUseCases
+}
+
+// NewAuditAPI returns the gRPC audit service.
+func NewAuditAPI(uc AuditUseCases) mcpauthv1.AuditServiceServer { return &auditAPI{uc: uc} }
+
+// eventTypes maps the domain's audit event types to the API's enum; the
+// enum value names are the types upper-cased with dots as underscores.
+var eventTypes = func() map[domain.EventType]mcpauthv1.AuditEventType {
+	m := make(map[domain.EventType]mcpauthv1.AuditEventType, len(domain.EventTypes))
+	for _, t := range domain.EventTypes {
+		name := "AUDIT_EVENT_TYPE_" + strings.ToUpper(strings.ReplaceAll(string(t), ".", "_"))
+		m[t] = mcpauthv1.AuditEventType(mcpauthv1.AuditEventType_value[name])
+	}
+	return m
+}()
+
+// eventTypeNames is eventTypes reversed, for the enum filter.
+var eventTypeNames = func() map[mcpauthv1.AuditEventType]domain.EventType {
+	m := make(map[mcpauthv1.AuditEventType]domain.EventType, len(eventTypes))
+	for t, e := range eventTypes {
+		m[e] = t
+	}
+	return m
+}()
+
+// outcomes maps the domain's audit outcomes to the API's.
+var outcomes = map[domain.Outcome]mcpauthv1.AuditOutcome{
+	domain.OutcomeSuccess: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_SUCCESS,
+	domain.OutcomeFailure: mcpauthv1.AuditOutcome_AUDIT_OUTCOME_FAILURE,
+	domain.OutcomeDenied:  mcpauthv1.AuditOutcome_AUDIT_OUTCOME_DENIED,
+}
+
+// ListAuditEvents pages through a tenant's audit log, newest first. The page
+// token is bound to the parent and the filters it was issued for.
+func (a *auditAPI) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAuditEventsRequest) (*mcpauthv1.ListAuditEventsResponse, error) {
+	tenant, err := resname.ParseTenant("parent", req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	size, err := validate.PageSize("page_size", req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	typ := domain.EventType(req.GetEventType())
+	if et := req.GetType(); et != mcpauthv1.AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED {
+		named, known := eventTypeNames[et]
+		switch {
+		case !known:
+			return nil, apperr.Invalid("type", "is not a known audit event type")
+		case typ != "" && typ != named:
+			return nil, apperr.Invalid("type", "names another event type than event_type")
+		}
+		typ = named
+	}
+	bound := req.GetParent() + "|" + req.GetProvider() + "|" + string(typ)
+	tok, err := resname.DecodePageToken("page_token", bound, req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	f := audit.Filter{Type: typ}
+	if req.GetProvider() != "" {
+		t, p, err := resname.ParseProvider("provider", req.GetProvider())
+		if err != nil {
+			return nil, err
+		}
+		if t != tenant {
+			return &mcpauthv1.ListAuditEventsResponse{}, nil
+		}
+		f.Provider = p
+	}
+	entries, err := a.uc.List(ctx, tenant, f, tok.AfterN, size+1)
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcpauthv1.ListAuditEventsResponse{}
+	if len(entries) > size {
+		entries = entries[:size]
+		resp.NextPageToken = resname.EncodePageToken(resname.PageToken{Parent: bound, AfterN: entries[size-1].ID})
+	}
+	for _, e := range entries {
+		ev := &mcpauthv1.AuditEvent{
+			Name:       resname.AuditEventName(tenant, e.ID),
+			EventType:  string(e.Type),
+			Type:       eventTypes[e.Type],
+			Actor:      e.Actor,
+			Outcome:    outcomes[e.Outcome],
+			Reason:     e.Reason,
+			RequestId:  e.RequestID,
+			CreateTime: timestamppb.New(e.Time),
+			Details:    e.Details,
+		}
+		if e.Provider != "" {
+			ev.Provider = resname.ProviderName(tenant, e.Provider)
+		}
+		resp.AuditEvents = append(resp.AuditEvents, ev)
+	}
+	return resp, nil
+}

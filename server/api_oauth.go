@@ -1,0 +1,146 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/resname"
+	"github.com/mcpauth/mcpauth/service/authflow"
+	"github.com/mcpauth/mcpauth/service/grants"
+)
+
+// FlowUseCases starts and diagnoses authorizations. *authflow.Service
+// implements it.
+type FlowUseCases interface {
+	Start(ctx context.Context, in authflow.StartInput) (*authflow.Started, error)
+	Diagnose(ctx context.Context, tenant, id string) (*authflow.Diagnosis, error)
+}
+
+var _ FlowUseCases = (*authflow.Service)(nil)
+
+// GrantUseCases reads, serves and revokes grants. *grants.Service
+// implements it.
+type GrantUseCases interface {
+	Status(ctx context.Context, tenant, id string) (*grants.Status, error)
+	AccessToken(ctx context.Context, tenant, id string) (*grants.Token, error)
+	Revoke(ctx context.Context, tenant, id string) (bool, error)
+}
+
+var _ GrantUseCases = (*grants.Service)(nil)
+
+// registrationMethods maps the domain's registration methods to the API's.
+var registrationMethods = map[domain.RegistrationMethod]mcpauthv1.RegistrationMethod{
+	domain.RegPreRegistered: mcpauthv1.RegistrationMethod_REGISTRATION_METHOD_PRE_REGISTERED,
+	domain.RegCIMD:          mcpauthv1.RegistrationMethod_REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT,
+	domain.RegDynamic:       mcpauthv1.RegistrationMethod_REGISTRATION_METHOD_DYNAMIC_REGISTRATION,
+}
+
+// oauthAPI implements mcpauth.v1.OAuthService.
+type oauthAPI struct {
+	mcpauthv1.UnimplementedOAuthServiceServer
+	flow   FlowUseCases
+	grants GrantUseCases
+}
+
+// NewOAuthAPI returns the gRPC OAuth service.
+func NewOAuthAPI(flow FlowUseCases, g GrantUseCases) mcpauthv1.OAuthServiceServer {
+	return &oauthAPI{flow: flow, grants: g}
+}
+
+func (a *oauthAPI) StartAuthorization(ctx context.Context, req *mcpauthv1.StartAuthorizationRequest) (*mcpauthv1.StartAuthorizationResponse, error) {
+	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.flow.Start(ctx, authflow.StartInput{Tenant: tenant, Provider: id, User: req.GetUser(), ReturnURL: req.GetReturnUrl(),
+		AdditionalScopes: req.GetAdditionalScopes()})
+	if err != nil {
+		return nil, withProvider(err, tenant, id)
+	}
+	resp := &mcpauthv1.StartAuthorizationResponse{Status: authStatuses[st.Status], AuthorizationUrl: st.AuthorizationURL,
+		Scopes: st.Scopes, Issuer: st.Issuer, RegistrationMethod: string(st.RegistrationMethod),
+		ClientRegistrationMethod: registrationMethods[st.RegistrationMethod]}
+	if !st.ExpiresAt.IsZero() {
+		resp.ExpireTime = timestamppb.New(st.ExpiresAt)
+	}
+	return resp, nil
+}
+
+func (a *oauthAPI) GetAuthorizationStatus(ctx context.Context, req *mcpauthv1.GetAuthorizationStatusRequest) (*mcpauthv1.GetAuthorizationStatusResponse, error) {
+	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.grants.Status(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcpauthv1.GetAuthorizationStatusResponse{Status: authStatuses[st.Status], Issuer: st.Issuer, Scopes: st.Scopes,
+		HasRefreshToken: st.HasRefresh, Reason: st.Reason}
+	if !st.ExpiresAt.IsZero() {
+		resp.ExpireTime = timestamppb.New(st.ExpiresAt)
+	}
+	return resp, nil
+}
+
+func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessTokenRequest) (*mcpauthv1.GetAccessTokenResponse, error) {
+	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := a.grants.AccessToken(ctx, tenant, id)
+	if err != nil {
+		return nil, withProvider(err, tenant, id)
+	}
+	resp := &mcpauthv1.GetAccessTokenResponse{AccessToken: tok.AccessToken.Reveal(), TokenType: tok.TokenType, Scopes: tok.Scopes, Issuer: tok.Issuer}
+	if !tok.ExpiresAt.IsZero() {
+		resp.ExpireTime = timestamppb.New(tok.ExpiresAt)
+	}
+	return resp, nil
+}
+
+func (a *oauthAPI) RevokeAuthorization(ctx context.Context, req *mcpauthv1.RevokeAuthorizationRequest) (*mcpauthv1.RevokeAuthorizationResponse, error) {
+	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	revoked, err := a.grants.Revoke(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	return &mcpauthv1.RevokeAuthorizationResponse{RevokedAtServer: revoked}, nil
+}
+
+func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.DiagnoseProviderRequest) (*mcpauthv1.DiagnoseProviderResponse, error) {
+	tenant, id, err := resname.ParseProvider("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	d, err := a.flow.Diagnose(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	resp := &mcpauthv1.DiagnoseProviderResponse{
+		Ready:                             d.Ready,
+		BlockingProblem:                   d.BlockingProblem,
+		ResourceMetadataUrl:               d.ResourceMetadataURL,
+		Issuer:                            d.Issuer,
+		PkceS256Supported:                 d.PKCES256Supported,
+		ClientIdMetadataDocumentSupported: d.ClientIDMetadataDocumentSupported,
+		DynamicRegistrationSupported:      d.DynamicRegistrationSupported,
+		IssuerParameterSupported:          d.IssuerParameterSupported,
+		RegistrationMethod:                string(d.RegistrationMethod),
+		ClientRegistrationMethod:          registrationMethods[d.RegistrationMethod],
+		Scopes:                            d.Scopes,
+		Status:                            authStatuses[d.Status],
+	}
+	for _, st := range d.Steps {
+		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),
+			ContentType: st.ContentType, Ok: st.OK, Detail: st.Detail})
+	}
+	return resp, nil
+}

@@ -1,0 +1,760 @@
+// Package authflow is the OAuth authorization use case: it discovers a
+// provider's authorization server, chooses the client registration, starts
+// single-use flows bound to a browser, completes them on the callback (state,
+// browser binding and RFC 9207 issuer checked before the code goes
+// anywhere), and diagnoses providers step by step. It speaks no HTTP: the
+// transport owns cookies, pages and redirects.
+package authflow
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/egress"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
+)
+
+// Store reads providers and keeps grant status and client registrations.
+// *repository.Store implements it.
+type Store interface {
+	vault.ProviderGetter
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
+	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
+	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
+	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
+}
+
+var _ Store = (*repository.Store)(nil)
+
+// Protocol is the OAuth client protocol mcpauth speaks to MCP and
+// authorization servers. *oauthclient.Client implements it.
+type Protocol interface {
+	Probe(ctx context.Context, serverURL string, headers map[string]string, tr *oauthclient.Trace) (*oauthclient.ProbeResult, error)
+	Discover(ctx context.Context, serverURL, canonicalResource string, probe *oauthclient.ProbeResult, tr *oauthclient.Trace) (*oauthclient.Metadata, error)
+	RegisterDynamic(ctx context.Context, md *oauthclient.Metadata, clientName, redirectURI string, scopes []string) (*oauthclient.Registration, error)
+	Exchange(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, code, verifier secret.Secret, redirectURI, resource string, requestedScopes []string) (*oauthclient.Tokens, error)
+}
+
+// GrantStore stores the tokens of a completed authorization.
+// *grants.Service implements it.
+type GrantStore interface {
+	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens) error
+}
+
+// Clock tells the time.
+type Clock func() time.Time
+
+// Config is the part of the configuration the flow needs.
+type Config struct {
+	// CallbackURL is the redirect URI registered with authorization servers.
+	CallbackURL string
+	// AuthorizeURLPrefix followed by a flow handle is the URL a person's
+	// browser opens to start a flow (the gateway's authorize route).
+	AuthorizeURLPrefix string
+	// ClientName is sent in dynamic registrations.
+	ClientName string
+	// ClientMetadataURL is the client_id used with servers that support
+	// Client ID Metadata Documents; empty when mcpauth serves none.
+	ClientMetadataURL string
+	// ReturnOrigins are the origins a flow may send the browser back to.
+	ReturnOrigins []string
+	// FlowTTL bounds a pending flow (default 5 minutes).
+	FlowTTL time.Duration
+	// ProbeTTL keeps probe results (see probeCache); 0 probes every time.
+	ProbeTTL time.Duration
+}
+
+// Service runs authorization flows.
+type Service struct {
+	store  Store
+	cipher vault.Cipher
+	flows  flowCodec
+	proto  Protocol
+	grants GrantStore
+	audit  audit.Recorder
+	log    *slog.Logger
+	now    Clock
+	cfg    Config
+	probes *probeCache
+}
+
+// Deps are what New needs. Now defaults to time.Now.
+type Deps struct {
+	Store  Store
+	Cipher vault.Cipher
+	Flows  FlowStore
+	Proto  Protocol
+	Grants GrantStore
+	Audit  audit.Recorder
+	Log    *slog.Logger
+	Now    Clock
+	Config Config
+}
+
+// New returns the authorization flow use case.
+func New(d Deps) (*Service, error) {
+	if d.Store == nil || d.Cipher == nil || d.Flows == nil || d.Proto == nil || d.Audit == nil || d.Log == nil || d.Grants == nil {
+		return nil, errors.New("authflow: store, cipher, flows, proto, grants, audit and log are required")
+	}
+	if d.Config.CallbackURL == "" || d.Config.AuthorizeURLPrefix == "" {
+		return nil, errors.New("authflow: callback and authorize URLs are required")
+	}
+	if d.Config.FlowTTL <= 0 {
+		d.Config.FlowTTL = 5 * time.Minute
+	}
+	if d.Config.ClientName == "" {
+		d.Config.ClientName = "mcpauth"
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return &Service{store: d.Store, cipher: d.Cipher, flows: flowCodec{cipher: d.Cipher, store: d.Flows},
+		proto: d.Proto, grants: d.Grants, audit: d.Audit, log: d.Log, now: d.Now, cfg: d.Config,
+		probes: newProbeCache(d.Config.ProbeTTL)}, nil
+}
+
+// ClientMetadataDocument is mcpauth's Client ID Metadata Document, or nil
+// when it has none.
+func (s *Service) ClientMetadataDocument() map[string]any {
+	if s.cfg.ClientMetadataURL == "" {
+		return nil
+	}
+	return map[string]any{
+		"client_id":                  s.cfg.ClientMetadataURL,
+		"client_name":                s.cfg.ClientName,
+		"redirect_uris":              []string{s.cfg.CallbackURL},
+		"grant_types":                []string{"authorization_code", "refresh_token"},
+		"response_types":             []string{"code"},
+		"token_endpoint_auth_method": "none",
+		"application_type":           "web",
+	}
+}
+
+func (s *Service) loadProvider(ctx context.Context, tenant, id string) (*vault.Provider, error) {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	return vault.OpenProvider(s.cipher, row)
+}
+
+// discovery is the outcome of probing and discovering one provider.
+type discovery struct {
+	probe  *oauthclient.ProbeResult
+	md     *oauthclient.Metadata
+	scopes []string
+}
+
+// discover probes the MCP server and, when it asks for authorization,
+// discovers its authorization server.
+func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []string, tr *oauthclient.Trace) (*discovery, error) {
+	probe, cached := (*oauthclient.ProbeResult)(nil), false
+	if tr == nil {
+		probe, cached = s.probes.get(d.Row, s.now())
+	}
+	if !cached {
+		var err error
+		if probe, err = s.proto.Probe(ctx, d.URL.String(), d.Headers, tr); err != nil {
+			return nil, upstreamErr("probing the MCP server", err)
+		}
+		s.probes.put(d.Row, probe, s.now())
+	}
+	if probe.NotRequired {
+		return &discovery{probe: probe}, nil
+	}
+	md, err := s.proto.Discover(ctx, d.URL.String(), d.Resource, probe, tr)
+	if err != nil {
+		return nil, upstreamErr("discovering the authorization server", err)
+	}
+	var scopes []string
+	if len(d.Scopes) > 0 {
+		scopes = oauthclient.SelectScopes(d.Scopes, nil, md.ASScopesSupported, extra)
+	} else {
+		scopes = oauthclient.SelectScopes(probe.Scopes, md.ScopesSupported, md.ASScopesSupported, extra)
+	}
+	return &discovery{probe: probe, md: md, scopes: scopes}, nil
+}
+
+// upstreamErr turns a protocol failure into a caller-facing error that
+// names the step but carries no upstream body.
+func upstreamErr(step string, err error) error {
+	if _, ok := apperr.As(err); ok {
+		return err
+	}
+	var blocked *egress.BlockedError
+	switch {
+	case errors.As(err, &blocked):
+		// Retrying cannot help: the provider's configuration or the
+		// allow-list must change. The message names host and rule only.
+		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "%s: %s", step, blocked.Error())
+	case errors.Is(err, oauthclient.ErrResourceMismatch):
+		return apperr.FailedPrecondition(domain.ReasonResourceMismatch, "%s: the protected resource metadata names a different resource than this MCP server", step)
+	case errors.Is(err, oauthclient.ErrIssuerMismatch):
+		return apperr.FailedPrecondition(domain.ReasonIssuerMismatch, "%s: the authorization server metadata names a different issuer", step)
+	case errors.Is(err, context.DeadlineExceeded):
+		return apperr.Unavailable(err, "%s: timed out", step)
+	}
+	return apperr.Unavailable(err, "%s failed: %s", step, err.Error())
+}
+
+// chooseAuthMethod picks the token endpoint client authentication.
+func chooseAuthMethod(override string, hasSecret bool, supported []string) string {
+	if override != "" {
+		return override
+	}
+	if !hasSecret {
+		return oauthclient.AuthNone
+	}
+	if len(supported) == 0 || slices.Contains(supported, oauthclient.AuthClientSecretBasic) {
+		return oauthclient.AuthClientSecretBasic
+	}
+	if slices.Contains(supported, oauthclient.AuthClientSecretPost) {
+		return oauthclient.AuthClientSecretPost
+	}
+	return oauthclient.AuthClientSecretBasic
+}
+
+// usableRegistration opens a stored dynamic registration when it is still
+// good for this deployment (same redirect URI, not expired).
+func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauthclient.Registration, bool) {
+	reg, err := vault.OpenRegistration(s.cipher, row)
+	if err != nil || reg.RedirectURI != s.cfg.CallbackURL || !(reg.ExpiresAt.IsZero() || reg.ExpiresAt.After(s.now())) {
+		return nil, false
+	}
+	return reg, true
+}
+
+// registration picks the client registration in the spec's order:
+// pre-registered, Client ID Metadata Document, dynamic registration. With
+// dryRun it never registers (Diagnose).
+func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
+	if d.Row.ClientID != "" {
+		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
+			AuthMethod:  chooseAuthMethod(d.Compat.TokenEndpointAuth, !d.ClientSecret.IsZero(), md.TokenEndpointAuthMethods),
+			RedirectURI: s.cfg.CallbackURL}, nil
+	}
+	if cimd := s.cfg.ClientMetadataURL; cimd != "" && md.ClientIDMetadataDocumentSupported {
+		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: cimd, AuthMethod: oauthclient.AuthNone, RedirectURI: s.cfg.CallbackURL}, nil
+	}
+	if md.RegistrationEndpoint == "" {
+		return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
+			"the authorization server supports neither client ID metadata documents nor dynamic registration: set oauth_client on the provider")
+	}
+	stored, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
+	switch {
+	case err == nil:
+		if reg, ok := s.usableRegistration(stored); ok {
+			if d.Compat.TokenEndpointAuth != "" {
+				reg.AuthMethod = d.Compat.TokenEndpointAuth
+			}
+			return reg, nil
+		}
+	case apperr.KindOf(err) != apperr.KindNotFound:
+		return nil, err
+	}
+	if dryRun {
+		return &oauthclient.Registration{Method: domain.RegDynamic, RedirectURI: s.cfg.CallbackURL}, nil
+	}
+	reg, err := s.proto.RegisterDynamic(ctx, md, s.cfg.ClientName, s.cfg.CallbackURL, scopes)
+	if err != nil {
+		return nil, upstreamErr("dynamic client registration", err)
+	}
+	reg.Method = domain.RegDynamic
+	// Two first starts can register concurrently: the first stored client
+	// wins and the other is discarded, so a pending flow's client is never
+	// overwritten (its callback would fail with CLIENT_CHANGED).
+	if won, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer); err == nil {
+		if r, ok := s.usableRegistration(won); ok {
+			return r, nil
+		}
+	}
+	ct, err := vault.SealRegistration(s.cipher, d.Row.TenantID, d.Row.ID, md.Issuer, reg)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	if err := s.store.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: d.Row.TenantID, ProviderID: d.Row.ID,
+		Issuer: md.Issuer, Method: domain.RegDynamic, ClientID: reg.ClientID, Secret: ct, RedirectURI: reg.RedirectURI,
+		KeyID: s.cipher.PrimaryID(), CreatedAt: now, UpdatedAt: now}); err != nil {
+		return nil, err
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,
+		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": md.Issuer, "method": string(domain.RegDynamic)}})
+	return reg, nil
+}
+
+// randomToken returns n random bytes, base64url encoded.
+func randomToken(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// reasonOf returns the stable reason of a classified error.
+func reasonOf(err error) string {
+	if e, ok := apperr.As(err); ok && e.Reason != "" {
+		return e.Reason
+	}
+	return domain.ReasonInternal
+}
+
+// StartInput asks for an authorization flow.
+type StartInput struct {
+	Tenant   string
+	Provider string
+	// User is the calling platform's id of the person who will authorize.
+	User string
+	// ReturnURL, when set, is where the browser goes after the callback.
+	ReturnURL        string
+	AdditionalScopes []string
+}
+
+// Started is a started flow, or NOT_REQUIRED when the server asks for no
+// authorization.
+type Started struct {
+	Status domain.AuthStatus
+	// AuthorizationURL is what the person's browser opens (single use).
+	AuthorizationURL   string
+	ExpiresAt          time.Time
+	Scopes             []string
+	Issuer             string
+	RegistrationMethod domain.RegistrationMethod
+}
+
+// Start discovers the provider's authorization server, picks the client
+// registration, stores a single-use flow and returns the URL of mcpauth's
+// authorize route for the person's browser.
+func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
+	if err := validate.UserID("user", in.User); err != nil {
+		return nil, err
+	}
+	if in.ReturnURL != "" {
+		if err := validate.ReturnURL("return_url", in.ReturnURL, s.cfg.ReturnOrigins); err != nil {
+			return nil, err
+		}
+	}
+	if err := validate.Scopes("additional_scopes", in.AdditionalScopes); err != nil {
+		return nil, err
+	}
+	d, err := s.loadProvider(ctx, in.Tenant, in.Provider)
+	if err != nil {
+		return nil, err
+	}
+	tenant, id := d.Row.TenantID, d.Row.ID
+	ctx = audit.WithScope(ctx, tenant, id)
+	failed := func(reason string) {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})
+	}
+	disc, err := s.discover(ctx, d, in.AdditionalScopes, nil)
+	if err != nil {
+		failed(reasonOf(err))
+		return nil, err
+	}
+	if disc.probe.NotRequired {
+		// A grant held already stays: tokens the server no longer asks
+		// for do no harm, and it may ask again.
+		if _, err := s.store.SetGrantStatus(ctx, tenant, id, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending},
+			domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
+			return nil, err
+		}
+		return &Started{Status: domain.StatusNotRequired}, nil
+	}
+	md := disc.md
+	if !md.SupportsS256() {
+		if !d.Compat.AllowMissingPKCE || len(md.CodeChallengeMethods) > 0 {
+			failed(domain.ReasonPKCENotSupported)
+			return nil, apperr.FailedPrecondition(domain.ReasonPKCENotSupported,
+				"the authorization server does not advertise S256 PKCE (code_challenge_methods_supported); refusing to authorize without it")
+		}
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
+			Reason: domain.ReasonPKCEMetadataMissing, Details: map[string]string{"issuer": md.Issuer}})
+	}
+	reg, err := s.registration(ctx, d, md, disc.scopes, false)
+	if err != nil {
+		failed(reasonOf(err))
+		return nil, err
+	}
+	verifier, _, err := oauthclient.NewPKCE()
+	if err != nil {
+		return nil, apperr.Internal(err, "pkce")
+	}
+	state, err := oauthclient.NewState()
+	if err != nil {
+		return nil, apperr.Internal(err, "state")
+	}
+	handle, err := randomToken(32)
+	if err != nil {
+		return nil, apperr.Internal(err, "flow handle")
+	}
+	expires := s.now().Add(s.cfg.FlowTTL)
+	rec := &flowRecord{
+		Tenant: tenant, Provider: id, User: in.User, Issuer: md.Issuer, IssSupported: md.IssParameterSupported,
+		AuthEndpoint: md.AuthorizationEndpoint, TokenEndpoint: md.TokenEndpoint, RevocationURL: md.RevocationEndpoint, ClientID: reg.ClientID,
+		RegMethod: reg.Method, AuthMethod: reg.AuthMethod, RedirectURI: s.cfg.CallbackURL, Resource: d.ResourceParam(),
+		Scopes: disc.scopes, Verifier: verifier.Reveal(), State: state, ReturnURL: in.ReturnURL,
+		URLHash: d.Row.URLHash, ExpiresAt: expires.Unix(), Extra: d.Compat.ExtraParams,
+		PKCEException: !md.SupportsS256(),
+	}
+	if err := s.flows.put(ctx, flowKey("flow", handle), rec, s.cfg.FlowTTL); err != nil {
+		return nil, err
+	}
+	// A held grant (authorized, or dead with its reason) keeps its status
+	// until the new flow completes. A pending one is not written again:
+	// concurrent starts would queue on the row's lock for nothing.
+	if cur, _ := d.Row.AuthStatus(); cur == domain.StatusUnauthorized || cur == domain.StatusNotRequired {
+		if _, err := s.store.SetGrantStatus(ctx, tenant, id, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusNotRequired},
+			domain.StatusPending, "", s.cipher.PrimaryID()); err != nil {
+			return nil, err
+		}
+	}
+	details := map[string]string{"issuer": md.Issuer, "registration": string(reg.Method), "user": in.User}
+	if rec.Resource == "" {
+		details["resource"] = "omitted"
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Outcome: domain.OutcomeSuccess, Details: details})
+	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || len(d.Compat.ExtraParams) > 0 {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
+			Details: d.Compat.AuditDetails()})
+	}
+	return &Started{
+		Status:             domain.StatusPending,
+		AuthorizationURL:   s.cfg.AuthorizeURLPrefix + handle,
+		ExpiresAt:          expires,
+		Scopes:             disc.scopes,
+		Issuer:             md.Issuer,
+		RegistrationMethod: reg.Method,
+	}, nil
+}
+
+// BrowserStart is what the authorize route needs to redirect the browser:
+// the authorization server URL, and the secret binding the browser to the
+// flow under a name derived from the flow.
+type BrowserStart struct {
+	RedirectURL string
+	// Binding names the flow's browser secret (derived from the state by a
+	// hash, so it does not reveal it); the transport stores BrowserSecret
+	// under it (a cookie) and hands it back on the callback.
+	Binding       string
+	BrowserSecret string
+	MaxAge        time.Duration
+}
+
+// Binding derives the browser binding's name from a state: one per flow, so
+// two flows in one browser do not overwrite each other.
+func Binding(state string) string {
+	h := sha256.Sum256([]byte("mcpauth/v1/cookie\x00" + state))
+	return base64.RawURLEncoding.EncodeToString(h[:6])
+}
+
+// BeginBrowser consumes the flow handle (single use), binds the flow to a
+// fresh browser secret and returns the authorization server redirect.
+func (s *Service) BeginBrowser(ctx context.Context, handle string) (*BrowserStart, error) {
+	if handle == "" || len(handle) > 128 {
+		return nil, errFlowGone
+	}
+	now := s.now()
+	rec, err := s.flows.take(ctx, flowKey("flow", handle), now)
+	if err != nil {
+		return nil, err
+	}
+	browser, err := randomToken(32)
+	if err != nil {
+		return nil, apperr.Internal(err, "browser binding")
+	}
+	bh := sha256.Sum256([]byte(browser))
+	rec.Browser = base64.RawURLEncoding.EncodeToString(bh[:])
+	ttl := time.Unix(rec.ExpiresAt, 0).Sub(now)
+	if ttl <= 0 {
+		return nil, errFlowGone
+	}
+	md := &oauthclient.Metadata{AuthorizationEndpoint: rec.AuthEndpoint, Issuer: rec.Issuer}
+	if !rec.PKCEException {
+		// Start checked the server advertises S256.
+		md.CodeChallengeMethods = []string{"S256"}
+	}
+	authURL, err := oauthclient.AuthorizationURL(oauthclient.AuthRequest{
+		Metadata:      md,
+		PKCEException: rec.PKCEException,
+		ClientID:      rec.ClientID,
+		RedirectURI:   rec.RedirectURI,
+		State:         rec.State,
+		CodeChallenge: challengeOf(rec.Verifier),
+		Scopes:        rec.Scopes,
+		Resource:      rec.Resource,
+		Extra:         rec.Extra,
+	})
+	if err != nil {
+		return nil, apperr.Internal(err, "building authorization url")
+	}
+	if err := s.flows.put(ctx, flowKey("state", rec.State), rec, ttl); err != nil {
+		return nil, err
+	}
+	return &BrowserStart{RedirectURL: authURL, Binding: Binding(rec.State), BrowserSecret: browser, MaxAge: ttl}, nil
+}
+
+// challengeOf computes the S256 challenge of a verifier.
+func challengeOf(verifier string) string {
+	h := sha256.Sum256([]byte(verifier))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// CallbackInput is the authorization response as the browser delivered it.
+type CallbackInput struct {
+	State            string
+	Code             string
+	Iss              string
+	IssPresent       bool
+	Error            string
+	ErrorDescription string
+	// BrowserSecret returns the browser secret the browser holds under a
+	// binding name (see BrowserStart), or "".
+	BrowserSecret func(binding string) string
+}
+
+// CallbackResult is the outcome of a callback.
+type CallbackResult struct {
+	OK bool
+	// Reason is a stable code for failures (domain.Reason...).
+	Reason string
+	// Detail is the authorization server's error and description, already
+	// cut and stripped of control characters (escape it when shown); never
+	// set after an issuer mismatch.
+	Detail string
+	// Tenant and Provider name the provider, when known.
+	Tenant, Provider string
+	// ReturnURL is where the flow's starter asked the browser to go back.
+	ReturnURL string
+}
+
+// Callback completes a flow: it consumes the state atomically, checks the
+// browser binding and the issuer (RFC 9207) before the code goes anywhere,
+// exchanges the code once, and stores the tokens encrypted.
+func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResult {
+	if in.State == "" || len(in.State) > 512 {
+		return &CallbackResult{Reason: domain.ReasonMissingState}
+	}
+	rec, err := s.flows.take(ctx, flowKey("state", in.State), s.now())
+	if err != nil {
+		if apperr.KindOf(err) == apperr.KindUnavailable {
+			return &CallbackResult{Reason: domain.ReasonUnavailable}
+		}
+		s.log.WarnContext(ctx, "oauth callback with unknown, expired or replayed state")
+		return &CallbackResult{Reason: domain.ReasonStateInvalid}
+	}
+	ctx = audit.WithScope(ctx, rec.Tenant, rec.Provider)
+	fail := func(reason, detail string) *CallbackResult {
+		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
+			Outcome: domain.OutcomeFailure, Reason: reason})
+		// A pending grant goes back to unauthorized; a held one keeps its
+		// tokens and status.
+		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
+			domain.StatusUnauthorized, reason, s.cipher.PrimaryID())
+		return &CallbackResult{Reason: reason, Detail: detail, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+	}
+	secretHeld := ""
+	if in.BrowserSecret != nil {
+		secretHeld = in.BrowserSecret(Binding(rec.State))
+	}
+	bh := sha256.Sum256([]byte(secretHeld))
+	if secretHeld == "" || subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(bh[:])), []byte(rec.Browser)) != 1 {
+		return fail(domain.ReasonBrowserMismatch, "")
+	}
+	if err := oauthclient.CheckIssuer(rec.Issuer, rec.IssSupported, in.Iss, in.IssPresent); err != nil {
+		// Mix-up defence: nothing the response says is shown or used.
+		return fail(domain.ReasonIssuerMismatch, "")
+	}
+	if in.Error != "" {
+		return fail(domain.ReasonAuthorizationDenied, upstreamDetail(in.Error, in.ErrorDescription))
+	}
+	if in.Code == "" || len(in.Code) > 4096 {
+		return fail(domain.ReasonMissingCode, "")
+	}
+	row, err := s.store.GetProvider(ctx, rec.Tenant, rec.Provider)
+	if err != nil {
+		return fail(domain.ReasonProviderGone, "")
+	}
+	if row.URLHash != rec.URLHash {
+		return fail(domain.ReasonProviderChanged, "")
+	}
+	reg, err := s.flowRegistration(ctx, row, rec)
+	if err != nil {
+		return fail(domain.ReasonClientChanged, "")
+	}
+	md := &oauthclient.Metadata{Issuer: rec.Issuer, TokenEndpoint: rec.TokenEndpoint, AuthorizationEndpoint: rec.AuthEndpoint}
+	tokens, err := s.proto.Exchange(ctx, md, reg, secret.New(in.Code), secret.New(rec.Verifier), rec.RedirectURI, rec.Resource, rec.Scopes)
+	if err != nil {
+		if errors.Is(err, oauthclient.ErrInvalidClient) && reg.Method == domain.RegDynamic {
+			// The server evicted our registration: register again next time.
+			_ = s.store.DeleteClientRegistration(ctx, rec.Tenant, rec.Provider, rec.Issuer)
+		}
+		s.log.WarnContext(ctx, "code exchange failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
+		return fail(domain.ReasonTokenExchangeFailed, "")
+	}
+	grant := vault.Grant{Issuer: rec.Issuer, TokenEndpoint: rec.TokenEndpoint, RevocationEndpoint: rec.RevocationURL,
+		RegMethod: reg.Method, ClientID: reg.ClientID, AuthMethod: reg.AuthMethod, Resource: rec.Resource}
+	if len(tokens.Scopes) == 0 {
+		tokens.Scopes = rec.Scopes
+	}
+	if err := s.grants.StoreNew(ctx, row, grant, tokens); err != nil {
+		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
+		return fail(domain.ReasonStoreFailed, "")
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
+		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
+	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+}
+
+// flowRegistration re-reads the client the flow was started with; secrets
+// never travel through the flow store.
+func (s *Service) flowRegistration(ctx context.Context, row *repository.Provider, rec *flowRecord) (*oauthclient.Registration, error) {
+	switch rec.RegMethod {
+	case domain.RegPreRegistered:
+		d, err := vault.OpenProvider(s.cipher, row)
+		if err != nil {
+			return nil, err
+		}
+		if row.ClientID != rec.ClientID {
+			return nil, errors.New("pre-registered client changed")
+		}
+		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI}, nil
+	case domain.RegCIMD:
+		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: rec.ClientID, AuthMethod: oauthclient.AuthNone, RedirectURI: rec.RedirectURI}, nil
+	case domain.RegDynamic:
+		stored, err := s.store.GetClientRegistration(ctx, rec.Tenant, rec.Provider, rec.Issuer)
+		if err != nil {
+			return nil, err
+		}
+		if stored.ClientID != rec.ClientID {
+			return nil, errors.New("dynamic registration changed")
+		}
+		reg, err := vault.OpenRegistration(s.cipher, stored)
+		if err != nil {
+			return nil, err
+		}
+		if rec.AuthMethod != "" {
+			reg.AuthMethod = rec.AuthMethod
+		}
+		return reg, nil
+	}
+	return nil, fmt.Errorf("unknown registration method %q", rec.RegMethod)
+}
+
+// upstreamDetail shortens an authorization server's error for display: cut
+// and stripped of control characters (the page escapes it).
+func upstreamDetail(code, desc string) string {
+	clean := func(s string, n int) string {
+		s = strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return -1
+			}
+			return r
+		}, s)
+		if len(s) > n {
+			s = s[:n] + "…"
+		}
+		return s
+	}
+	out := clean(code, 64)
+	if desc != "" {
+		out += ": " + clean(desc, 200)
+	}
+	return out
+}
+
+// Step is one step of a diagnosis.
+type Step struct {
+	Action      string
+	URL         string
+	HTTPStatus  int
+	ContentType string
+	OK          bool
+	Detail      string
+}
+
+// Diagnosis reports discovery and registration without starting a flow.
+type Diagnosis struct {
+	Steps                             []Step
+	BlockingProblem                   string
+	Status                            domain.AuthStatus
+	Ready                             bool
+	ResourceMetadataURL               string
+	Issuer                            string
+	PKCES256Supported                 bool
+	ClientIDMetadataDocumentSupported bool
+	DynamicRegistrationSupported      bool
+	IssuerParameterSupported          bool
+	Scopes                            []string
+	RegistrationMethod                domain.RegistrationMethod
+}
+
+// Diagnose runs discovery and registration selection without starting a
+// flow and reports every step in plain words.
+func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, error) {
+	d, err := s.loadProvider(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	ctx = audit.WithScope(ctx, d.Row.TenantID, d.Row.ID)
+	tr := &oauthclient.Trace{}
+	out := &Diagnosis{}
+	disc, derr := s.discover(ctx, d, nil, tr)
+	// The provider's URL path can hold a secret (some servers put an API
+	// key there), and masked views never show it: nor does the trace.
+	hide := func(u string) string { return u }
+	if p := strings.TrimRight(d.URL.EscapedPath(), "/"); p != "" {
+		hide = func(u string) string { return strings.ReplaceAll(u, p, "/******") }
+	}
+	for _, st := range tr.Steps {
+		out.Steps = append(out.Steps, Step{Action: st.Action, URL: hide(st.URL), HTTPStatus: st.HTTPStatus,
+			ContentType: st.ContentType, OK: st.OK, Detail: hide(st.Detail)})
+	}
+	if derr != nil {
+		out.BlockingProblem = apperr.PublicMessage(derr)
+		return out, nil
+	}
+	if disc.probe.NotRequired {
+		out.Status = domain.StatusNotRequired
+		out.Ready = true
+		return out, nil
+	}
+	md := disc.md
+	out.ResourceMetadataURL = hide(md.ResourceMetadataURL)
+	out.Issuer = md.Issuer
+	out.PKCES256Supported = md.SupportsS256()
+	out.ClientIDMetadataDocumentSupported = md.ClientIDMetadataDocumentSupported
+	out.DynamicRegistrationSupported = md.RegistrationEndpoint != ""
+	out.IssuerParameterSupported = md.IssParameterSupported
+	out.Scopes = disc.scopes
+	out.Status, _ = d.Row.AuthStatus()
+	switch {
+	case !md.SupportsS256() && !(d.Compat.AllowMissingPKCE && len(md.CodeChallengeMethods) == 0):
+		out.BlockingProblem = "the authorization server does not advertise S256 PKCE; mcpauth refuses to authorize without it (set compatibility.allow_missing_pkce_metadata only if you know the server supports S256 anyway)"
+	default:
+		reg, err := s.registration(ctx, d, md, disc.scopes, true)
+		if err != nil {
+			out.BlockingProblem = apperr.PublicMessage(err)
+		} else {
+			out.RegistrationMethod = reg.Method
+			out.Ready = true
+		}
+	}
+	return out, nil
+}

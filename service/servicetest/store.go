@@ -1,0 +1,543 @@
+// Package servicetest holds working in-memory stand-ins for what the use
+// cases consume, for their unit tests: a Store with the repository's rules
+// (tenant scope, uniqueness, versions, generation compare-and-swap, grant
+// status), a stepping Clock, and an audit Recorder that keeps events. They
+// are real implementations, not call recorders: tests assert on state.
+package servicetest
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/repository"
+)
+
+// ErrInjected is the cause of failures injected with Store.FailOn.
+var ErrInjected = errors.New("servicetest: injected failure")
+
+// Store is an in-memory repository. The zero value is not usable: call
+// NewStore.
+type Store struct {
+	mu        sync.Mutex
+	now       func() time.Time
+	providers map[string]repository.Provider
+	creds     map[string]repository.Credential
+	regs      map[string]repository.ClientRegistration
+	tools     map[string]repository.ToolList
+	audit     []repository.AuditEvent
+	fail      map[string]error
+	calls     map[string]int
+}
+
+// NewStore returns an empty store whose timestamps come from now (time.Now
+// when nil).
+func NewStore(now func() time.Time) *Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{now: now, providers: map[string]repository.Provider{}, creds: map[string]repository.Credential{},
+		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, fail: map[string]error{},
+		calls: map[string]int{}}
+}
+
+// FailOn makes every later call of the named method (for example
+// "PutCredential") return err; a nil err clears it.
+func (s *Store) FailOn(method string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		delete(s.fail, method)
+		return
+	}
+	s.fail[method] = err
+}
+
+// Calls reports how often the named method was called.
+func (s *Store) Calls(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[method]
+}
+
+// enter counts a call, checks the tenant scope and returns an injected
+// failure. s.mu is held.
+func (s *Store) enter(method, tenant string) error {
+	s.calls[method]++
+	if err := s.fail[method]; err != nil {
+		return err
+	}
+	if tenant == "" {
+		return apperr.Internal(repository.ErrNoTenant, "tenant scope missing")
+	}
+	return nil
+}
+
+func key(parts ...string) string { return strings.Join(parts, "\x00") }
+
+// CreateProvider inserts p with the repository's uniqueness rules.
+func (s *Store) CreateProvider(_ context.Context, p *repository.Provider) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("CreateProvider", p.TenantID); err != nil {
+		return err
+	}
+	if err := s.conflict(p, true); err != nil {
+		return err
+	}
+	row := *p
+	row.Version = 1
+	row.CreatedAt, row.UpdatedAt = s.now(), s.now()
+	row.GrantStatus, row.GrantReason, row.GrantGeneration = 0, "", 0
+	s.providers[key(p.TenantID, p.ID)] = row
+	*p = row
+	return nil
+}
+
+func (s *Store) conflict(p *repository.Provider, create bool) error {
+	for _, r := range s.providers {
+		if r.TenantID != p.TenantID || (!create && r.ID == p.ID) {
+			continue
+		}
+		var rule repository.Unique
+		switch {
+		case create && r.ID == p.ID:
+			rule = repository.UniqueID
+		case r.DisplayName == p.DisplayName:
+			rule = repository.UniqueDisplayName
+		case r.ServerIdentifier == p.ServerIdentifier:
+			rule = repository.UniqueServerIdentifier
+		case r.URLHash == p.URLHash:
+			rule = repository.UniqueServerURL
+		default:
+			continue
+		}
+		c := &repository.ConflictError{Rule: rule}
+		return &apperr.Error{Kind: apperr.KindAlreadyExists, Reason: domain.ReasonAlreadyExists, Message: c.Error(), Err: c}
+	}
+	return nil
+}
+
+// withGrant fills the grant fields of a provider row as the repository's
+// join does. s.mu is held.
+func (s *Store) withGrant(p repository.Provider) *repository.Provider {
+	if c, ok := s.creds[key(p.TenantID, p.ID)]; ok {
+		p.GrantStatus, p.GrantReason, p.GrantGeneration = c.Status, c.Reason, c.Generation
+	} else {
+		p.GrantStatus, p.GrantReason, p.GrantGeneration = 0, "", 0
+	}
+	return &p
+}
+
+// GetProvider returns the provider with its grant status.
+func (s *Store) GetProvider(_ context.Context, tenant, id string) (*repository.Provider, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("GetProvider", tenant); err != nil {
+		return nil, err
+	}
+	p, ok := s.providers[key(tenant, id)]
+	if !ok {
+		return nil, apperr.NotFound("provider")
+	}
+	return s.withGrant(p), nil
+}
+
+// ListProviders pages by id.
+func (s *Store) ListProviders(_ context.Context, tenant, afterID string, limit int) ([]repository.Provider, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ListProviders", tenant); err != nil {
+		return nil, err
+	}
+	var out []repository.Provider
+	for _, p := range s.providers {
+		if p.TenantID == tenant && p.ID > afterID {
+			out = append(out, *s.withGrant(p))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// FindProviderByURLHash returns the tenant's provider with one of hashes.
+func (s *Store) FindProviderByURLHash(_ context.Context, tenant string, hashes []string) (*repository.Provider, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("FindProviderByURLHash", tenant); err != nil {
+		return nil, err
+	}
+	for _, p := range s.providers {
+		if p.TenantID == tenant && slices.Contains(hashes, p.URLHash) {
+			return s.withGrant(p), nil
+		}
+	}
+	return nil, nil
+}
+
+// UpdateProvider replaces the row when its version matches.
+func (s *Store) UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64) error {
+	return s.update("UpdateProvider", p, expectedVersion, false)
+}
+
+// UpdateProviderResettingCredentials also drops the grant, registrations and
+// tool list.
+func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64) error {
+	return s.update("UpdateProviderResettingCredentials", p, expectedVersion, true)
+}
+
+func (s *Store) update(method string, p *repository.Provider, expectedVersion int64, reset bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(method, p.TenantID); err != nil {
+		return err
+	}
+	cur, ok := s.providers[key(p.TenantID, p.ID)]
+	if !ok {
+		return apperr.NotFound("provider")
+	}
+	if cur.Version != expectedVersion {
+		return apperr.Aborted("provider was changed concurrently; re-read and retry")
+	}
+	if err := s.conflict(p, false); err != nil {
+		return err
+	}
+	row := *p
+	row.Version = expectedVersion + 1
+	row.CreatedAt, row.UpdatedAt = cur.CreatedAt, s.now()
+	row.CredGeneration = cur.CredGeneration
+	s.providers[key(p.TenantID, p.ID)] = row
+	if reset {
+		s.dropDependents(p.TenantID, p.ID)
+	}
+	p.Version, p.UpdatedAt = row.Version, row.UpdatedAt
+	return nil
+}
+
+func (s *Store) dropDependents(tenant, id string) {
+	delete(s.creds, key(tenant, id))
+	delete(s.tools, key(tenant, id))
+	for k, r := range s.regs {
+		if r.TenantID == tenant && r.ProviderID == id {
+			delete(s.regs, k)
+		}
+	}
+}
+
+// DeleteProvider deletes the provider and what it owns.
+func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVersion int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("DeleteProvider", tenant); err != nil {
+		return err
+	}
+	cur, ok := s.providers[key(tenant, id)]
+	if !ok {
+		return apperr.NotFound("provider")
+	}
+	if expectedVersion != 0 && cur.Version != expectedVersion {
+		return apperr.Aborted("provider was changed concurrently; re-read and retry")
+	}
+	delete(s.providers, key(tenant, id))
+	s.dropDependents(tenant, id)
+	return nil
+}
+
+// GetCredential returns the provider's grant row.
+func (s *Store) GetCredential(_ context.Context, tenant, providerID string) (*repository.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("GetCredential", tenant); err != nil {
+		return nil, err
+	}
+	c, ok := s.creds[key(tenant, providerID)]
+	if !ok {
+		return nil, apperr.NotFound("credential")
+	}
+	return &c, nil
+}
+
+// PutCredential writes with compare-and-swap on the generation, as the
+// repository does.
+func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expectedGeneration int64) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("PutCredential", c.TenantID); err != nil {
+		return 0, err
+	}
+	k := key(c.TenantID, c.ProviderID)
+	p, ok := s.providers[k]
+	cur, exists := s.creds[k]
+	var gen int64
+	switch {
+	case expectedGeneration == 0 && !ok:
+		return 0, apperr.NotFound("provider")
+	case expectedGeneration == 0 && exists:
+		return 0, apperr.Aborted("credential was changed concurrently; re-read and retry")
+	case expectedGeneration == 0:
+		gen = p.CredGeneration + 1
+	case !exists || cur.Generation != expectedGeneration:
+		return 0, apperr.Aborted("credential was changed concurrently; re-read and retry")
+	default:
+		gen = expectedGeneration + 1
+	}
+	row := *c
+	row.Generation = gen
+	row.UpdatedAt = s.now()
+	s.creds[k] = row
+	if p.CredGeneration < gen {
+		p.CredGeneration = gen
+		s.providers[k] = p
+	}
+	c.Generation, c.UpdatedAt = gen, row.UpdatedAt
+	return gen, nil
+}
+
+// DeleteCredential deletes the grant (any generation when 0).
+func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, expectedGeneration int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("DeleteCredential", tenant); err != nil {
+		return err
+	}
+	cur, ok := s.creds[key(tenant, providerID)]
+	if !ok {
+		return apperr.NotFound("credential")
+	}
+	if expectedGeneration != 0 && cur.Generation != expectedGeneration {
+		return apperr.Aborted("credential was changed concurrently; re-read and retry")
+	}
+	delete(s.creds, key(tenant, providerID))
+	return nil
+}
+
+// SetGrantStatus moves the grant's status as the repository does.
+func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("SetGrantStatus", tenant); err != nil {
+		return false, err
+	}
+	k := key(tenant, providerID)
+	if c, ok := s.creds[k]; ok {
+		if !slices.Contains(from, c.Status) {
+			return false, nil
+		}
+		c.Status, c.Reason, c.UpdatedAt = to, reason, s.now()
+		s.creds[k] = c
+		return true, nil
+	}
+	if !slices.Contains(from, domain.StatusUnauthorized) {
+		return false, nil
+	}
+	p, ok := s.providers[k]
+	if !ok {
+		return false, apperr.NotFound("provider")
+	}
+	p.CredGeneration++
+	s.providers[k] = p
+	s.creds[k] = repository.Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: p.CredGeneration,
+		Status: to, Reason: reason, KeyID: keyID, UpdatedAt: s.now()}
+	return true, nil
+}
+
+// CredentialsIdleSince lists authorized grants with a refresh token not
+// refreshed since before, never-refreshed first.
+func (s *Store) CredentialsIdleSince(_ context.Context, before time.Time, limit int) ([]repository.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["CredentialsIdleSince"]++
+	if err := s.fail["CredentialsIdleSince"]; err != nil {
+		return nil, err
+	}
+	var out []repository.Credential
+	for _, c := range s.creds {
+		if c.Status == domain.StatusAuthorized && c.HasRefresh && (c.LastRefreshAt == nil || c.LastRefreshAt.Before(before)) {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].LastRefreshAt, out[j].LastRefreshAt
+		switch {
+		case a == nil && b == nil:
+			return key(out[i].TenantID, out[i].ProviderID) < key(out[j].TenantID, out[j].ProviderID)
+		case a == nil:
+			return true
+		case b == nil:
+			return false
+		}
+		return a.Before(*b)
+	})
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// RecordRefreshFailure counts a failed background refresh at generation.
+func (s *Store) RecordRefreshFailure(_ context.Context, tenant, providerID string, generation int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("RecordRefreshFailure", tenant); err != nil {
+		return 0, err
+	}
+	c, ok := s.creds[key(tenant, providerID)]
+	if !ok || c.Generation != generation {
+		return 0, nil
+	}
+	c.RefreshFailures++
+	s.creds[key(tenant, providerID)] = c
+	return c.RefreshFailures, nil
+}
+
+// GetClientRegistration returns the registration at issuer.
+func (s *Store) GetClientRegistration(_ context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("GetClientRegistration", tenant); err != nil {
+		return nil, err
+	}
+	r, ok := s.regs[key(tenant, providerID, issuer)]
+	if !ok {
+		return nil, apperr.NotFound("client registration")
+	}
+	return &r, nil
+}
+
+// PutClientRegistration inserts or replaces a registration.
+func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientRegistration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("PutClientRegistration", r.TenantID); err != nil {
+		return err
+	}
+	if _, ok := s.providers[key(r.TenantID, r.ProviderID)]; !ok {
+		return apperr.NotFound("provider")
+	}
+	k := key(r.TenantID, r.ProviderID, r.Issuer)
+	row := *r
+	row.Version = s.regs[k].Version + 1
+	s.regs[k] = row
+	return nil
+}
+
+// DeleteClientRegistration deletes a registration (absent is fine).
+func (s *Store) DeleteClientRegistration(_ context.Context, tenant, providerID, issuer string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("DeleteClientRegistration", tenant); err != nil {
+		return err
+	}
+	delete(s.regs, key(tenant, providerID, issuer))
+	return nil
+}
+
+// PutTools stores a tool list.
+func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("PutTools", t.TenantID); err != nil {
+		return err
+	}
+	if _, ok := s.providers[key(t.TenantID, t.ProviderID)]; !ok {
+		return apperr.NotFound("provider")
+	}
+	s.tools[key(t.TenantID, t.ProviderID)] = *t
+	return nil
+}
+
+// GetTools returns a stored tool list.
+func (s *Store) GetTools(_ context.Context, tenant, providerID string) (*repository.ToolList, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("GetTools", tenant); err != nil {
+		return nil, err
+	}
+	t, ok := s.tools[key(tenant, providerID)]
+	if !ok {
+		return nil, apperr.NotFound("tool list")
+	}
+	return &t, nil
+}
+
+// AppendAudit appends one event.
+func (s *Store) AppendAudit(_ context.Context, e *repository.AuditEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("AppendAudit", e.TenantID); err != nil {
+		return err
+	}
+	e.ID = int64(len(s.audit) + 1)
+	s.audit = append(s.audit, *e)
+	return nil
+}
+
+// AppendAuditBatch appends events, all or none.
+func (s *Store) AppendAuditBatch(_ context.Context, events []*repository.AuditEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["AppendAuditBatch"]++
+	if err := s.fail["AppendAuditBatch"]; err != nil {
+		return err
+	}
+	for _, e := range events {
+		if e.TenantID == "" {
+			return apperr.Internal(repository.ErrNoTenant, "tenant scope missing")
+		}
+	}
+	for _, e := range events {
+		e.ID = int64(len(s.audit) + 1)
+		s.audit = append(s.audit, *e)
+	}
+	return nil
+}
+
+// ListAudit lists the tenant's events before beforeID (0: newest), newest
+// first.
+func (s *Store) ListAudit(_ context.Context, tenant string, f repository.AuditFilter, beforeID int64, limit int) ([]repository.AuditEvent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ListAudit", tenant); err != nil {
+		return nil, err
+	}
+	var out []repository.AuditEvent
+	for i := len(s.audit) - 1; i >= 0; i-- {
+		e := s.audit[i]
+		if e.TenantID != tenant || (beforeID > 0 && e.ID >= beforeID) ||
+			(f.ProviderID != "" && e.ProviderID != f.ProviderID) || (f.EventType != "" && e.EventType != f.EventType) {
+			continue
+		}
+		out = append(out, e)
+		if limit > 0 && len(out) == limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Events returns every stored audit event, oldest first.
+func (s *Store) Events() []repository.AuditEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.audit)
+}
+
+// Credential returns the stored grant row, or nil.
+func (s *Store) Credential(tenant, providerID string) *repository.Credential {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.creds[key(tenant, providerID)]
+	if !ok {
+		return nil
+	}
+	return &c
+}

@@ -1,0 +1,498 @@
+// Package tools is the MCP tool use case: it connects to a provider's MCP
+// server with the stored credentials (custom headers and the OAuth token
+// together) so callers never hold raw tokens, lists and stores its tools,
+// and calls them. A 401 refreshes once; a 403 insufficient_scope becomes a
+// structured step-up answer.
+package tools
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/egress"
+	"github.com/mcpauth/mcpauth/mcpclient"
+	"github.com/mcpauth/mcpauth/metrics"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/authflow"
+	"github.com/mcpauth/mcpauth/service/grants"
+	"github.com/mcpauth/mcpauth/service/vault"
+)
+
+// Connector talks MCP to remote servers. *mcpclient.Client implements it.
+type Connector interface {
+	ListTools(ctx context.Context, key string, t mcpclient.Target, cr mcpclient.Credentials) ([]*mcp.Tool, error)
+	CallTool(ctx context.Context, key string, t mcpclient.Target, cr mcpclient.Credentials, name string, args map[string]any) (*mcp.CallToolResult, error)
+	Probe(ctx context.Context, t mcpclient.Target, cr mcpclient.Credentials) error
+}
+
+var _ Connector = (*mcpclient.Client)(nil)
+
+// Store reads providers and grants and keeps tool lists.
+// *repository.Store implements it.
+type Store interface {
+	vault.ProviderGetter
+	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	PutTools(ctx context.Context, t *repository.ToolList) error
+	GetTools(ctx context.Context, tenant, providerID string) (*repository.ToolList, error)
+}
+
+var _ Store = (*repository.Store)(nil)
+
+// Grants serves and refreshes access tokens. *grants.Service implements it.
+type Grants interface {
+	Get(ctx context.Context, tenant, id string) (*grants.Token, error)
+	ForceRefresh(ctx context.Context, tenant, id string, staleAccess secret.Secret) (*grants.Token, error)
+	MarkReauth(ctx context.Context, tenant, id, reason string, generation int64) error
+	Forget(tenant, id string)
+}
+
+var _ Grants = (*grants.Service)(nil)
+
+// Starter starts an authorization flow, so step-up answers can carry an
+// authorization URL. *authflow.Service implements it.
+type Starter interface {
+	Start(ctx context.Context, in authflow.StartInput) (*authflow.Started, error)
+}
+
+var _ Starter = (*authflow.Service)(nil)
+
+// Clock tells the time.
+type Clock func() time.Time
+
+// Service connects callers' tool calls to MCP servers.
+type Service struct {
+	store     Store
+	cipher    vault.Cipher
+	grants    Grants
+	mcp       Connector
+	audit     audit.Recorder
+	log       *slog.Logger
+	metrics   *metrics.Metrics
+	maxResult int64
+	now       Clock
+	starter   Starter
+}
+
+// Deps are what New needs. Starter is optional; Now defaults to time.Now.
+type Deps struct {
+	Store          Store
+	Cipher         vault.Cipher
+	Grants         Grants
+	MCP            Connector
+	Audit          audit.Recorder
+	Log            *slog.Logger
+	Metrics        *metrics.Metrics
+	MaxResultBytes int64
+	Now            Clock
+	Starter        Starter
+}
+
+// New returns the tool use case.
+func New(d Deps) (*Service, error) {
+	if d.Store == nil || d.Cipher == nil || d.Grants == nil || d.MCP == nil || d.Audit == nil || d.Log == nil || d.Metrics == nil {
+		return nil, errors.New("tools: store, cipher, grants, mcp, audit, log and metrics are required")
+	}
+	if d.MaxResultBytes <= 0 {
+		d.MaxResultBytes = 4 << 20
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return &Service{store: d.Store, cipher: d.Cipher, grants: d.Grants, mcp: d.MCP, audit: d.Audit, log: d.Log,
+		metrics: d.Metrics, maxResult: d.MaxResultBytes, now: d.Now, starter: d.Starter}, nil
+}
+
+// maxToolNameLen bounds the tool name of Call.
+const maxToolNameLen = 128
+
+// session is what one MCP exchange needs.
+type session struct {
+	d      *vault.Provider
+	target mcpclient.Target
+	cred   mcpclient.Credentials
+	key    string
+	gen    int64
+	// user is the person the call is made for, if the caller said so.
+	user string
+}
+
+// prepare loads the provider and its current credentials. A provider that
+// was never authorized is tried with its headers only (servers that need no
+// OAuth); one whose authorization broke answers with the reason.
+func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*session, error) {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	d, err := vault.OpenProvider(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	ss := &session{d: d, user: user, target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
+		SSEReadTimeout: time.Duration(row.SSEReadTimeoutMS) * time.Millisecond, MaxResultBytes: s.maxResult},
+		cred: mcpclient.Credentials{Headers: d.Headers}}
+	if err := s.attachToken(ctx, ss); err != nil {
+		return nil, err
+	}
+	return ss, nil
+}
+
+// attachToken adds the current access token, when the provider has one.
+// The grant read with the provider just now is the truth: a token from a
+// cache that has not seen a revocation, a URL change or a newer generation
+// (possibly on another replica) is never sent.
+func (s *Service) attachToken(ctx context.Context, ss *session) error {
+	row := ss.d.Row
+	ss.cred.AccessToken, ss.gen = secret.Secret{}, 0
+	defer func() { ss.key = fmt.Sprintf("%s/%s/%d/%d", row.TenantID, row.ID, row.Version, ss.gen) }()
+	status, _ := row.AuthStatus()
+	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired {
+		// No OAuth grant: headers only (NOT_REQUIRED or custom-header auth).
+		return nil
+	}
+	tok, err := s.grants.Get(ctx, row.TenantID, row.ID)
+	if err == nil && tok.Generation < row.GrantGeneration {
+		// Cached before a newer grant was stored: read it again.
+		s.grants.Forget(row.TenantID, row.ID)
+		tok, err = s.grants.Get(ctx, row.TenantID, row.ID)
+	}
+	switch {
+	case err != nil && reasonOf(err) == domain.ReasonNotAuthorized:
+		return nil
+	case err != nil:
+		return err
+	case tok.Generation < row.GrantGeneration || !tok.Grant.GrantedFor(ss.d):
+		// The tokens were granted for another server URL, or are older than
+		// the grant just read: never send them.
+		return nil
+	}
+	ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
+	return nil
+}
+
+func reasonOf(err error) string {
+	if e, ok := apperr.As(err); ok {
+		return e.Reason
+	}
+	return domain.ReasonInternal
+}
+
+// withAuthRetry runs fn; on a 401 it refreshes once and retries; a second
+// 401 marks the authorization dead; a 403 insufficient_scope becomes a
+// structured step-up error.
+func (s *Service) withAuthRetry(ctx context.Context, ss *session, fn func(ss *session) error) error {
+	tenant, id := ss.d.Row.TenantID, ss.d.Row.ID
+	err := fn(ss)
+	var ae *mcpclient.AuthError
+	if errors.As(err, &ae) && ae.Status == 401 {
+		if ss.cred.AccessToken.IsZero() {
+			return apperr.FailedPrecondition(domain.ReasonNotAuthorized, "the MCP server requires authorization: call StartAuthorization")
+		}
+		// Retry with exactly the token the refresh produced (never a cached
+		// copy, which could be the rejected token again).
+		tok, rerr := s.grants.ForceRefresh(ctx, tenant, id, ss.cred.AccessToken)
+		if rerr != nil {
+			return rerr
+		}
+		if !tok.Grant.GrantedFor(ss.d) {
+			return grants.ReauthRequired("the stored grant belongs to another server")
+		}
+		ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
+		ss.key = fmt.Sprintf("%s/%s/%d/%d", tenant, id, ss.d.Row.Version, ss.gen)
+		err = fn(ss)
+		if errors.As(err, &ae) && ae.Status == 401 {
+			if !ae.Bearer {
+				// Refused with a fresh token, and without a Bearer challenge:
+				// the server refused something else (a custom header), and
+				// wiping a working authorization would not help.
+				return apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+					"the MCP server refused the request without asking for an OAuth token: check the provider's headers")
+			}
+			// Wipe only the generation that was just rejected: newer tokens
+			// stored meanwhile by another replica survive.
+			return s.grants.MarkReauth(ctx, tenant, id, domain.ReasonMCPServerRejectedToken, ss.gen)
+		}
+	}
+	if errors.As(err, &ae) && ae.Status == 403 {
+		return s.stepUp(ctx, ss, ae)
+	}
+	return s.mapErr(err)
+}
+
+// stepUp builds the structured "authorization required" answer to a 403
+// insufficient_scope: the scopes the server asks for, the union to request,
+// and what to call. If the server refuses scopes already granted, asking
+// again would loop: that is reported instead.
+func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthError) error {
+	tenant, id := ss.d.Row.TenantID, ss.d.Row.ID
+	if !ae.InsufficientScope {
+		return apperr.PermissionDenied("the MCP server refused the request (403)")
+	}
+	var granted []string
+	if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
+		granted = vault.ParseList(cred.Scopes)
+	}
+	union := slices.Clone(granted)
+	missing := []string{}
+	for _, sc := range ae.Scopes {
+		if !slices.Contains(union, sc) {
+			union = append(union, sc)
+			missing = append(missing, sc)
+		}
+	}
+	if len(missing) == 0 {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpLoop})
+		return apperr.FailedPrecondition(domain.ReasonInsufficientScopeLoop,
+			"the MCP server refuses the call although every scope it asks for is already granted; re-authorizing would not help").
+			WithMeta("required_scopes", strings.Join(ae.Scopes, " "))
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure,
+		Reason: domain.ReasonInsufficientScope, Details: map[string]string{"missing_scopes": strings.Join(missing, " ")}})
+	e := apperr.FailedPrecondition(domain.ReasonInsufficientScope, "the MCP server needs more scopes: authorize again with additional_scopes").
+		WithMeta("missing_scopes", strings.Join(missing, " ")).
+		WithMeta("required_scopes", strings.Join(ae.Scopes, " ")).
+		WithMeta("granted_scopes", strings.Join(granted, " ")).
+		WithMeta("step_up_scopes", strings.Join(union, " "))
+	s.attachStepUpURL(ctx, ss, missing, e)
+	return e
+}
+
+// attachStepUpURL adds a fresh authorization URL (with the missing scopes)
+// to a step-up answer when the call named the person it is made for and
+// the caller may also start authorizations on this tenant; otherwise the
+// answer only says what to call.
+func (s *Service) attachStepUpURL(ctx context.Context, ss *session, missing []string, e *apperr.Error) {
+	if s.starter == nil || ss.user == "" {
+		return
+	}
+	id, ok := caller.FromContext(ctx)
+	if !ok || !id.Allows(ss.d.Row.TenantID, caller.Authorize) {
+		return
+	}
+	started, err := s.starter.Start(ctx, authflow.StartInput{Tenant: ss.d.Row.TenantID, Provider: ss.d.Row.ID, User: ss.user, AdditionalScopes: missing})
+	if err != nil || started.AuthorizationURL == "" {
+		return
+	}
+	e.WithMeta("authorization_url", started.AuthorizationURL).
+		WithMeta("authorization_expire_time", started.ExpiresAt.UTC().Format(time.RFC3339))
+}
+
+// mapErr classifies MCP failures without leaking upstream text.
+func (s *Service) mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, mcpclient.ErrResultTooLarge):
+		return apperr.FailedPrecondition(domain.ReasonResultTooLarge, "the MCP server's response exceeds %d bytes", s.maxResult)
+	case errors.Is(err, context.DeadlineExceeded):
+		return apperr.Unavailable(err, "the MCP server did not answer in time")
+	case errors.Is(err, context.Canceled):
+		return err
+	}
+	var blocked *egress.BlockedError
+	if errors.As(err, &blocked) {
+		// A policy refusal, not an outage: retrying cannot help until the
+		// provider's URL or the allow-list changes. Host and rule only.
+		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
+	}
+	if _, ok := apperr.As(err); ok {
+		return err
+	}
+	return apperr.Unavailable(err, "the MCP server could not be reached or answered with an error")
+}
+
+// Tool is one tool as the MCP server describes it. Schemas and annotations
+// are JSON objects, nil when absent.
+type Tool struct {
+	Name         string
+	Title        string
+	Description  string
+	InputSchema  map[string]any
+	OutputSchema map[string]any
+	Annotations  map[string]any
+}
+
+// List is a provider's tool list and when it was fetched.
+type List struct {
+	Tools     []Tool
+	FetchedAt time.Time
+}
+
+// Refresh connects, lists every tool (all pages), stores and returns the
+// list. user, when set, names the person the call is made for.
+func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, error) {
+	ctx = audit.WithScope(ctx, tenant, id)
+	ss, err := s.prepare(ctx, tenant, id, user)
+	if err != nil {
+		return nil, err
+	}
+	var tools []*mcp.Tool
+	err = s.withAuthRetry(ctx, ss, func(ss *session) error {
+		var lerr error
+		tools, lerr = s.mcp.ListTools(ctx, ss.key, ss.target, ss.cred)
+		return lerr
+	})
+	if err != nil {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err)})
+		return nil, err
+	}
+	raw, err := json.Marshal(tools)
+	if err != nil {
+		return nil, apperr.Internal(err, "encoding tools")
+	}
+	// Microseconds: what PostgreSQL keeps, so List later reports the same
+	// fetch time as this answer.
+	now := s.now().UTC().Truncate(time.Microsecond)
+	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, Tools: string(raw), FetchedAt: now}); err != nil {
+		return nil, err
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, Outcome: domain.OutcomeSuccess,
+		Details: map[string]string{"count": strconv.Itoa(len(tools))}})
+	out, err := decodeTools(string(raw))
+	if err != nil {
+		return nil, err
+	}
+	return &List{Tools: out, FetchedAt: now}, nil
+}
+
+// Stored returns the stored tool list without connecting (empty when the
+// tools were never fetched).
+func (s *Service) Stored(ctx context.Context, tenant, id string) (*List, error) {
+	if _, err := s.store.GetProvider(ctx, tenant, id); err != nil {
+		return nil, err
+	}
+	tl, err := s.store.GetTools(ctx, tenant, id)
+	if apperr.KindOf(err) == apperr.KindNotFound {
+		return &List{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out, err := decodeTools(tl.Tools)
+	if err != nil {
+		return nil, err
+	}
+	return &List{Tools: out, FetchedAt: tl.FetchedAt}, nil
+}
+
+// CallInput is one tool call.
+type CallInput struct {
+	Tenant, Provider string
+	Tool             string
+	Arguments        map[string]any
+	// User, when set, names the person the call is made for.
+	User string
+}
+
+// Result is a tool's result as the server sent it: each content block and
+// the structured content as JSON objects.
+type Result struct {
+	Content           []map[string]any
+	StructuredContent map[string]any
+	IsError           bool
+}
+
+// Call calls one tool and returns its result faithfully. The audit event
+// records caller, provider, tool, outcome and duration, never the arguments
+// or the result.
+func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
+	tool := in.Tool
+	if tool == "" || len(tool) > maxToolNameLen || strings.ContainsAny(tool, "\x00\r\n") {
+		return nil, apperr.Invalid("tool", "must be 1-%d characters without control characters", maxToolNameLen)
+	}
+	tenant, id := in.Tenant, in.Provider
+	ctx = audit.WithScope(ctx, tenant, id)
+	start := time.Now()
+	ss, err := s.prepare(ctx, tenant, id, in.User)
+	if err != nil {
+		return nil, err
+	}
+	var res *mcp.CallToolResult
+	err = s.withAuthRetry(ctx, ss, func(ss *session) error {
+		var cerr error
+		res, cerr = s.mcp.CallTool(ctx, ss.key, ss.target, ss.cred, tool, in.Arguments)
+		return cerr
+	})
+	details := map[string]string{"tool": tool, "duration_ms": strconv.FormatInt(time.Since(start).Milliseconds(), 10)}
+	if err != nil {
+		s.metrics.ToolCalls.WithLabelValues("error").Inc()
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err), Details: details})
+		return nil, err
+	}
+	out, err := decodeResult(res)
+	if err != nil {
+		return nil, err
+	}
+	outcome := "success"
+	if out.IsError {
+		outcome = "tool_error"
+		details["is_error"] = "true"
+	}
+	s.metrics.ToolCalls.WithLabelValues(outcome).Inc()
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeSuccess, Details: details})
+	return out, nil
+}
+
+// ProbeServer checks that an MCP server answers (providers.Prober): any
+// answer, including a demand for authorization, counts as reachable.
+func (s *Service) ProbeServer(ctx context.Context, serverURL string, headers map[string]string) error {
+	err := s.mcp.Probe(ctx, mcpclient.Target{URL: serverURL, Timeout: 15 * time.Second, MaxResultBytes: 1 << 20}, mcpclient.Credentials{Headers: headers})
+	var ae *mcpclient.AuthError
+	if err == nil || errors.As(err, &ae) {
+		return nil
+	}
+	return apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server could not be reached: %s", err.Error())
+}
+
+func decodeTools(raw string) ([]Tool, error) {
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(raw), &list); err != nil {
+		return nil, apperr.Internal(err, "decoding stored tools")
+	}
+	out := make([]Tool, 0, len(list))
+	for _, m := range list {
+		t := Tool{InputSchema: object(m["inputSchema"]), OutputSchema: object(m["outputSchema"]), Annotations: object(m["annotations"])}
+		t.Name, _ = m["name"].(string)
+		t.Title, _ = m["title"].(string)
+		t.Description, _ = m["description"].(string)
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func object(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
+}
+
+// decodeResult reads a tool result through JSON, so every content block
+// keeps exactly the fields the server sent.
+func decodeResult(res *mcp.CallToolResult) (*Result, error) {
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return nil, apperr.Internal(err, "encoding tool result")
+	}
+	var m struct {
+		Content           []map[string]any `json:"content"`
+		StructuredContent any              `json:"structuredContent"`
+		IsError           bool             `json:"isError"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, apperr.Internal(err, "decoding tool result")
+	}
+	return &Result{Content: m.Content, StructuredContent: object(m.StructuredContent), IsError: m.IsError}, nil
+}
