@@ -147,7 +147,8 @@ func (p Policy) grow(d time.Duration) time.Duration {
 }
 
 // Permanent marks err as not worth retrying: Do stops and returns err
-// itself. Permanent(nil) is nil.
+// itself (the mark is found anywhere in the chain fn returns, and whatever
+// wraps it is dropped). Permanent(nil) is nil.
 func Permanent(err error) error {
 	if err == nil {
 		return nil
@@ -156,8 +157,9 @@ func Permanent(err error) error {
 }
 
 // After marks err as worth retrying after d (a server's Retry-After, say)
-// instead of the backoff; Max still caps the wait. Do returns err itself if
-// it gives up. After(nil, d) is nil.
+// instead of the backoff; the wait is not jittered, and Max, Budget and
+// Reserve still apply. Do returns err itself if it gives up. After(nil, d)
+// is nil.
 func After(err error, d time.Duration) error {
 	if err == nil {
 		return nil

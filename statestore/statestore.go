@@ -15,12 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mcpauth/mcpauth/retry"
 )
 
 // Store holds opaque values under keys with a TTL and single-use consumption,
@@ -178,37 +179,33 @@ func validate(key string, ttl time.Duration, needTTL bool) error {
 	return nil
 }
 
-// Poll interval bounds for WaitUnlocked. Waiters are few (one per replica
-// and provider during a refresh), so polling is cheaper than pub/sub.
-const (
-	minPoll = 5 * time.Millisecond
-	maxPoll = 50 * time.Millisecond
-)
+// pollPolicy is WaitUnlocked's polling: a jittered interval in
+// [delay/2, delay] that grows from 5 to 50ms, which spreads waiters from
+// different replicas. Only the end of the context stops it. Waiters are few
+// (one per replica and provider during a refresh), so polling is cheaper
+// than pub/sub.
+var pollPolicy = retry.Policy{Base: 5 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: 0.5}
 
-// waitUntil calls free with a jittered, growing interval until it reports
-// true, fails, or ctx ends.
+// errHeld is the poll's answer while the lock is still held.
+var errHeld = errors.New("statestore: lock still held")
+
+// waitUntil calls free with pollPolicy's interval until it reports true,
+// fails, or ctx ends (then it returns ctx's error).
 func waitUntil(ctx context.Context, free func(context.Context) (bool, error)) error {
-	delay := minPoll
-	// Since Go 1.23 a stopped timer can be Reset without draining it.
-	timer := time.NewTimer(maxPoll)
-	timer.Stop()
-	defer timer.Stop()
-	for {
+	err := retry.Do(ctx, pollPolicy, func(ctx context.Context, _ int) error {
 		ok, err := free(ctx)
-		if err != nil {
-			return err
+		switch {
+		case err != nil:
+			return retry.Permanent(err)
+		case !ok:
+			return errHeld
 		}
-		if ok {
-			return nil
-		}
-		// Jitter in [delay/2, delay] spreads waiters from different replicas.
-		d := delay/2 + rand.N(delay/2+1)
-		timer.Reset(d)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-		}
-		delay = min(delay*2, maxPoll)
+		return nil
+	})
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, errHeld) {
+		// The attempts are not capped: only the end of ctx stops the poll,
+		// and WaitUnlocked's contract is to return ctx's error then.
+		return cerr
 	}
+	return err
 }
