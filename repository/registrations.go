@@ -7,7 +7,6 @@ import (
 	"errors"
 
 	"gorm.io/gorm"
-	"gorm.io/gorm/clause"
 
 	"github.com/mcpauth/mcpauth/apperr"
 )
@@ -38,10 +37,14 @@ func (s *Store) GetClientRegistration(ctx context.Context, tenant, providerID, i
 	return &r, nil
 }
 
-// PutClientRegistration inserts or replaces the provider's registration at
-// r.Issuer. It sets r.IssuerHash, r.Version (1 on insert, +1 on replace) and
-// the timestamps. A missing provider is apperr.NotFound("provider not
-// found").
+// PutClientRegistration stores the provider's registration at r.Issuer
+// with compare-and-swap on its version: r.Version 0 inserts and requires
+// that none is stored; otherwise the stored registration is replaced only if
+// its version is r.Version. So of two clients registered concurrently, only
+// the first is kept and the other writer learns it (apperr.Aborted), and a
+// pending flow's client is never overwritten. It sets r.IssuerHash,
+// r.Version and the timestamps. A missing provider is
+// apperr.NotFound("provider not found").
 func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration) error {
 	if err := checkTenant(r.TenantID); err != nil {
 		return err
@@ -52,31 +55,37 @@ func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration
 	now := s.db.NowFunc()
 	row := *r
 	row.IssuerHash = IssuerHash(r.Issuer)
-	row.Version = 1
-	row.CreatedAt, row.UpdatedAt = now, now
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		err := tx.Clauses(clause.OnConflict{
-			Columns: []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}, {Name: "issuer_hash"}},
-			DoUpdates: clause.Assignments(map[string]any{
+	row.UpdatedAt = now
+	changed := apperr.Aborted("client registration was changed concurrently; re-read it")
+	var err error
+	if r.Version == 0 {
+		row.Version, row.CreatedAt = 1, now
+		err = s.db.WithContext(ctx).Create(&row).Error
+		if _, dup := uniqueViolation(err); dup {
+			return changed
+		}
+	} else {
+		var q *gorm.DB
+		if q, err = scoped(ctx, s.db, row.TenantID); err != nil {
+			return err
+		}
+		res := q.Model(&ClientRegistration{}).
+			Where("provider_id = ? AND issuer_hash = ? AND version = ?", row.ProviderID, row.IssuerHash, r.Version).
+			Updates(map[string]any{
 				"issuer":       row.Issuer,
 				"method":       row.Method,
 				"client_id":    row.ClientID,
 				"secret":       nullBytes(row.Secret),
 				"redirect_uri": row.RedirectURI,
 				"key_id":       row.KeyID,
-				"version":      gorm.Expr("client_registrations.version + 1"),
+				"version":      r.Version + 1,
 				"updated_at":   now,
-			}),
-		}).Create(&row).Error
-		if err != nil {
-			return err
+			})
+		if err = res.Error; err == nil && res.RowsAffected == 0 {
+			return changed
 		}
-		q, err := scoped(ctx, tx, row.TenantID)
-		if err != nil {
-			return err
-		}
-		return q.Where("provider_id = ? AND issuer_hash = ?", row.ProviderID, row.IssuerHash).Take(&row).Error
-	})
+		row.Version = r.Version + 1
+	}
 	if err != nil {
 		if foreignKeyViolation(err) {
 			return apperr.NotFound("provider")

@@ -590,7 +590,13 @@ func TestClientRegistrationUpsert(t *testing.T) {
 		if r.Version != 1 || r.IssuerHash != IssuerHash(issuer) {
 			t.Fatalf("after insert: %+v", r)
 		}
-		r2 := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: domain.RegCIMD, ClientID: "c2", KeyID: 1}
+		// Compare-and-swap: a second insert and a replace of a stale
+		// version are refused and change nothing.
+		stale := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: domain.RegDynamic, ClientID: "late", KeyID: 1}
+		wantKind(t, s.PutClientRegistration(ctx, stale), apperr.KindAborted, "")
+		stale.Version = 7
+		wantKind(t, s.PutClientRegistration(ctx, stale), apperr.KindAborted, "")
+		r2 := &ClientRegistration{TenantID: "a", ProviderID: "p1", Issuer: issuer, Method: domain.RegCIMD, ClientID: "c2", KeyID: 1, Version: 1}
 		wantNoErr(t, s.PutClientRegistration(ctx, r2), "replace")
 		if r2.Version != 2 {
 			t.Fatalf("version after replace = %d, want 2", r2.Version)

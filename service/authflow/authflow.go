@@ -245,12 +245,14 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 		return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
 			"the authorization server supports neither client ID metadata documents nor dynamic registration: set oauth_client on the provider")
 	}
+	var replaces int64 // the version of an unusable stored registration
 	stored, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
 	switch {
 	case err == nil:
 		if reg, ok := s.usableRegistration(stored); ok {
 			return withAuthOverride(reg, d.Compat), nil
 		}
+		replaces = stored.Version
 	case apperr.KindOf(err) != apperr.KindNotFound:
 		return nil, err
 	}
@@ -262,22 +264,28 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 		return nil, upstreamErr("dynamic client registration", err)
 	}
 	reg.Method = domain.RegDynamic
-	// Two first starts can register concurrently: the first stored client
-	// wins and the other is discarded, so a pending flow's client is never
-	// overwritten (its callback would fail with CLIENT_CHANGED).
-	if won, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer); err == nil {
-		if r, ok := s.usableRegistration(won); ok {
-			return withAuthOverride(r, d.Compat), nil
-		}
-	}
 	ct, err := vault.SealRegistration(s.cipher, d.Row.TenantID, d.Row.ID, md.Issuer, reg)
 	if err != nil {
 		return nil, err
 	}
 	now := s.now().UTC()
-	if err := s.store.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: d.Row.TenantID, ProviderID: d.Row.ID,
+	err = s.store.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: d.Row.TenantID, ProviderID: d.Row.ID,
 		Issuer: md.Issuer, Method: domain.RegDynamic, ClientID: reg.ClientID, Secret: ct, RedirectURI: reg.RedirectURI,
-		KeyID: s.cipher.PrimaryID(), CreatedAt: now, UpdatedAt: now}); err != nil {
+		KeyID: s.cipher.PrimaryID(), Version: replaces, CreatedAt: now, UpdatedAt: now})
+	if apperr.KindOf(err) == apperr.KindAborted {
+		// Another start registered concurrently and stored its client
+		// first: use that one, so neither pending flow's client is
+		// overwritten (its callback would fail with CLIENT_CHANGED).
+		won, gerr := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
+		if gerr != nil {
+			return nil, gerr
+		}
+		if r, ok := s.usableRegistration(won); ok {
+			return withAuthOverride(r, d.Compat), nil
+		}
+		return nil, err
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,

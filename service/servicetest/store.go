@@ -413,7 +413,8 @@ func (s *Store) GetClientRegistration(_ context.Context, tenant, providerID, iss
 	return &r, nil
 }
 
-// PutClientRegistration inserts or replaces a registration.
+// PutClientRegistration stores a registration with compare-and-swap on its
+// version (0: insert only), as the repository does.
 func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientRegistration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -424,9 +425,13 @@ func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientReg
 		return apperr.NotFound("provider")
 	}
 	k := key(r.TenantID, r.ProviderID, r.Issuer)
+	if s.regs[k].Version != r.Version {
+		return apperr.Aborted("client registration was changed concurrently; re-read it")
+	}
 	row := *r
-	row.Version = s.regs[k].Version + 1
+	row.Version = r.Version + 1
 	s.regs[k] = row
+	r.Version = row.Version
 	return nil
 }
 
