@@ -180,6 +180,8 @@ func reauthWhy(reason string) string {
 		return "the token could not be refreshed for too long"
 	case domain.ReasonPersistFailed:
 		return "refreshed tokens could not be stored"
+	case domain.ReasonNoClient:
+		return "the client the tokens were issued to is gone or was replaced"
 	}
 	return "the authorization is no longer valid"
 }
@@ -447,6 +449,14 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	tenant, id := cred.TenantID, cred.ProviderID
 	ctx = audit.WithScope(ctx, tenant, id)
 	reg, err := s.registrationFor(ctx, cred, h.Grant)
+	if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonReauthRequired {
+		// The client the tokens were issued to is gone or was replaced:
+		// the grant can never be refreshed again. Say so where the status
+		// lives, so reads and the background refresher stop trying.
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		return nil, s.markReauth(mctx, cred, domain.ReasonNoClient)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -563,7 +573,11 @@ func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, r
 	next.Reason = reason
 	next.UpdatedAt = s.now().UTC()
 	s.cache.drop(tenant + "/" + id)
-	if _, err := s.store.PutCredential(ctx, &next, cred.Generation); err != nil {
+	_, err := s.store.PutCredential(ctx, &next, cred.Generation)
+	// Dropped again after the write: a concurrent Get may have cached the
+	// old credential in between.
+	s.cache.drop(tenant + "/" + id)
+	if err != nil {
 		if apperr.KindOf(err) == apperr.KindAborted {
 			// Newer tokens exist: a stale failure must not wipe them.
 			return apperr.Aborted("the credential changed during the refresh; retry")
@@ -621,6 +635,7 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vaul
 			Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 			Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
 		gen, err = s.store.PutCredential(ctx, c, expected)
+		s.cache.drop(row.TenantID + "/" + row.ID)
 		if err != nil && apperr.KindOf(err) != apperr.KindAborted {
 			return retry.Permanent(err)
 		}
@@ -719,7 +734,9 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	}
 	revoked := s.revokeAtServer(ctx, s.prepareRevocation(ctx, cred))
 	s.cache.drop(tenant + "/" + id)
-	if err := s.store.DeleteCredential(ctx, tenant, id, 0); err != nil && apperr.KindOf(err) != apperr.KindNotFound {
+	err = s.store.DeleteCredential(ctx, tenant, id, 0)
+	s.cache.drop(tenant + "/" + id)
+	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
 		return revoked, err
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthRevoked, Provider: id, Outcome: domain.OutcomeSuccess,

@@ -1,0 +1,112 @@
+package grants
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/vault"
+)
+
+func TestTokenCache(t *testing.T) {
+	t.Parallel()
+	cred, held := &repository.Credential{TenantID: tnt, ProviderID: pid}, &vault.Held{}
+	tests := []struct {
+		name  string
+		cache *tokenCache
+		age   time.Duration
+		want  bool
+	}{
+		{"nil cache keeps nothing", nil, 0, false},
+		{"zero ttl keeps nothing", newTokenCache(0), 0, false},
+		{"kept within its ttl", newTokenCache(time.Second), time.Second - time.Nanosecond, true},
+		{"gone at its ttl", newTokenCache(time.Second), time.Second, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.cache.put("k", cred, held, t0)
+			e, ok := tt.cache.get("k", t0.Add(tt.age))
+			if ok != tt.want || (ok && (e.cred != cred || e.held != held)) {
+				t.Errorf("get = %+v, %v; want %v", e, ok, tt.want)
+			}
+			tt.cache.drop("k")
+			if _, ok := tt.cache.get("k", t0); ok {
+				t.Error("dropped entry still served")
+			}
+		})
+	}
+	t.Run("emptied when full", func(t *testing.T) {
+		t.Parallel()
+		c := newTokenCache(time.Hour)
+		for i := range maxCachedCreds {
+			c.put(strconv.Itoa(i), cred, held, t0)
+		}
+		if _, ok := c.get("0", t0); !ok {
+			t.Fatal("entry lost before the cache was full")
+		}
+		c.put("new", cred, held, t0)
+		_, oldKept := c.get("0", t0)
+		_, newKept := c.get("new", t0)
+		if oldKept || !newKept || len(c.m) != 1 {
+			t.Errorf("after overflow: old kept %v, new kept %v, %d entries", oldKept, newKept, len(c.m))
+		}
+	})
+}
+
+// A Get on this replica that runs between a write's cache drop and the
+// write itself caches the credential the write is about to replace. The
+// refresh path drops the entry again after its write for this reason; the
+// other writes must too, or the replaced token is served for up to
+// CacheTTL after the write returned.
+func TestCacheNotRefilledDuringWrite(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		arm        func(hs *hookStore, concurrentGet func())
+		write      func(e *env, svc *Service) error
+		wantKind   apperr.Kind
+		wantReason string
+	}{
+		{name: "Revoke",
+			arm: func(hs *hookStore, get func()) { hs.onDelete = get },
+			write: func(e *env, svc *Service) error {
+				_, err := svc.Revoke(e.ctx, tnt, pid)
+				return err
+			},
+			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonNotAuthorized},
+		{name: "MarkReauth",
+			arm: func(hs *hookStore, get func()) {
+				hs.onPut = func(*repository.Credential, int64) error { get(); return nil }
+			},
+			write: func(e *env, svc *Service) error {
+				err := svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, e.cred(tnt, pid).Generation)
+				if apperr.KindOf(err) == apperr.KindFailedPrecondition {
+					return nil
+				}
+				return err
+			},
+			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonReauthRequired},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newCachedEnv(t)
+			e.authorize(grantSpec{})
+			hs := &hookStore{Store: e.store}
+			svc := e.service(e.svc.cfg, hs, e.locks)
+			tt.arm(hs, func() { _, _ = svc.Get(e.ctx, tnt, pid) })
+			if err := tt.write(e, svc); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := svc.Get(e.ctx, tnt, pid)
+			if err == nil {
+				t.Fatalf("Get after %s served %q from the cache", tt.name, tok.AccessToken.Reveal())
+			}
+			wantErr(t, err, tt.wantKind, tt.wantReason)
+		})
+	}
+}
