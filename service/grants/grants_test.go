@@ -784,5 +784,5 @@ func TestClientGoneMarksGrantDead(t *testing.T) {
 	}
 	_, err := e.svc.Get(e.ctx, tnt, pid)
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
-	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonInvalidClient)
+	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonNoClient)
 }
