@@ -2,6 +2,5 @@
 # Regenerates gen/ from proto/ with the pinned local tools (tools/buf, tools/protoc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/protodeps.sh
 rm -rf gen
 scripts/buf.sh generate
