@@ -9,8 +9,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 )
 
 // chromiumPath is where the browser test expects Chromium (.ci/run

@@ -13,8 +13,8 @@ import (
 
 	"google.golang.org/grpc/metadata"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 )
 
 // oaBenchCtx is a caller context without deadline (load rounds may run

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 )
 
 // TestOAuthAccessDenied: error=access_denied from the authorization server

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // oaWantHardened fails tb unless h carries the browser routes' hardening

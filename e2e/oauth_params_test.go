@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 )
 
 // TestOAuthRequestParameters checks, at the authorization server, what the

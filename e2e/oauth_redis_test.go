@@ -14,8 +14,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 )
 
 // TestOAuthFlowStateInRedis: a pending flow costs at most 1 KiB in Redis,

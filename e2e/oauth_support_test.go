@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	"github.com/mcpauth/mcpauth/service/grants"
 )
 

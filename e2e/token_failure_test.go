@@ -10,7 +10,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // TestTokenReauthRequired: a dead refresh token (invalid_grant) turns the

@@ -22,7 +22,7 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
 	"github.com/mcpauth/mcpauth/caller"
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 

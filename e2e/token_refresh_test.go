@@ -9,7 +9,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // tokLifetime is the access-token lifetime of the refresh tests.

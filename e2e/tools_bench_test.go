@@ -12,7 +12,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // tlBearerTransport adds the bearer token to every request, as a client

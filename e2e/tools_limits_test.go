@@ -16,7 +16,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // TestToolsDeadlinesAndSize: a slow tool is cut by the caller's gRPC

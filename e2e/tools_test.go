@@ -11,7 +11,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
-	"github.com/mcpauth/mcpauth/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 )
 
 // tlAllToolNames are the tools every testauthz MCP server has.

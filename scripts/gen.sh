@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates gen/ from proto/ with the pinned local tools.
+# Regenerates gen/ from proto/ with the pinned local tools (tools/buf, tools/protoc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/protodeps.sh
 rm -rf gen
-go tool buf generate
+scripts/buf.sh generate
