@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -21,10 +20,6 @@ type loadResult struct {
 }
 
 func (r loadResult) RPS() float64 { return float64(r.N) / r.Duration.Seconds() }
-
-func (r loadResult) String() string {
-	return fmt.Sprintf("%.0f req/s, p50 %s, p99 %s, %d errors", r.RPS(), r.P50, r.P99, r.Errors)
-}
 
 // runLoad calls fn from conc goroutines for d and measures throughput and
 // latency. It is a load generator for benchmarks, never a timed assertion.

@@ -323,16 +323,6 @@ func oaMust(tb testing.TB, err error) {
 	}
 }
 
-// oaContainsAny reports whether s contains any of the needles.
-func oaContainsAny(s string, needles ...string) (string, bool) {
-	for _, n := range needles {
-		if n != "" && strings.Contains(s, n) {
-			return n, true
-		}
-	}
-	return "", false
-}
-
 // oaMCPStatus sends an MCP initialize request with the bearer token to the
 // MCP server and returns the HTTP status: 200 when the server accepts the
 // token.

@@ -183,15 +183,6 @@ func provAuditEvents(tb testing.TB, s *Service, key, tenant string) []*mcpauthv1
 	}
 }
 
-// provEventTypes lists the types of events, oldest first.
-func provEventTypes(events []*mcpauthv1.AuditEvent) []string {
-	out := make([]string, 0, len(events))
-	for i := len(events) - 1; i >= 0; i-- {
-		out = append(out, events[i].GetEventType())
-	}
-	return out
-}
-
 // provRowCount counts the rows of table across all tenants, straight from
 // the database.
 func provRowCount(tb testing.TB, s *Service, table string) int64 {

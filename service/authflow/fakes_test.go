@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -728,13 +727,4 @@ func wantErr(tb testing.TB, err error, kind apperr.Kind, reason string) *apperr.
 		tb.Fatalf("error %v (kind %v), want %v %s", err, apperr.KindOf(err), kind, reason)
 	}
 	return e
-}
-
-// knownBug skips a test that exposes a reported bug, with the one-line
-// explanation; AUTHFLOW_KNOWN_BUGS=1 runs it (it fails until fixed).
-func knownBug(tb testing.TB, why string) {
-	tb.Helper()
-	if os.Getenv("AUTHFLOW_KNOWN_BUGS") == "" {
-		tb.Skip("BUG: " + why)
-	}
 }
