@@ -686,19 +686,11 @@ func upstreamDetail(code, desc string) string {
 	return out
 }
 
-// Step is one step of a diagnosis.
-type Step struct {
-	Action      string
-	URL         string
-	HTTPStatus  int
-	ContentType string
-	OK          bool
-	Detail      string
-}
-
 // Diagnosis reports discovery and registration without starting a flow.
 type Diagnosis struct {
-	Steps                             []Step
+	// Steps are the requests discovery made, with the provider's URL path
+	// hidden.
+	Steps                             []oauthclient.Step
 	BlockingProblem                   string
 	Status                            domain.AuthStatus
 	Ready                             bool
@@ -730,8 +722,8 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 		hide = func(u string) string { return strings.ReplaceAll(u, p, "/******") }
 	}
 	for _, st := range tr.Steps {
-		out.Steps = append(out.Steps, Step{Action: st.Action, URL: hide(st.URL), HTTPStatus: st.HTTPStatus,
-			ContentType: st.ContentType, OK: st.OK, Detail: hide(st.Detail)})
+		st.URL, st.Detail = hide(st.URL), hide(st.Detail)
+		out.Steps = append(out.Steps, st)
 	}
 	if derr != nil {
 		out.BlockingProblem = apperr.PublicMessage(derr)

@@ -635,7 +635,7 @@ func TestDiagnoseHidesTheServerURLPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Diagnosis{
-		Steps: []Step{
+		Steps: []oauthclient.Step{
 			{Action: oauthclient.ActionProbe, URL: "https://mcp.example.com/******/", HTTPStatus: 401, OK: true},
 			{Action: oauthclient.ActionProtectedResourceMetadata, URL: "https://mcp.example.com/.well-known/oauth-protected-resource/******",
 				HTTPStatus: 200, ContentType: "application/json", OK: true, Detail: "resource https://mcp.example.com/******"},
