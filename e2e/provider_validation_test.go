@@ -123,6 +123,11 @@ func provBadInputs() []provBadInput {
 		provBadCreate("header Mcp-Session-Id", `provider.headers["Mcp-Session-Id"]`, provSetHeaders(map[string]string{"Mcp-Session-Id": "s"})),
 		provBadCreate("url with ipv6 zone", "provider.server_url", provSetURL("https://[fe80::1%25eth0]/mcp")),
 		provBadCreate("icon over 2 KiB", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = strings.Repeat("i", 2049) }),
+		provBadCreate("icon javascript", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "JavaScript:alert(1)" }),
+		provBadCreate("icon data html", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "data:text/html,<script>alert(1)</script>" }),
+		provBadCreate("icon data svg", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "data:image/svg+xml;base64,PHN2Zy8+" }),
+		provBadCreate("icon http", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "http://example.com/i.png" }),
+		provBadCreate("icon userinfo", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "https://u:p@example.com/i.png" }),
 		provBadCreate("too many extra params", "provider.compatibility.extra_authorization_params", func(r *mcpauthv1.CreateProviderRequest) {
 			m := map[string]string{}
 			for i := range 17 {

@@ -169,7 +169,13 @@ type Provider struct {
 	Headers map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The names of the custom headers, with a short fingerprint of each value.
 	HeaderInfo []*HeaderInfo `protobuf:"bytes,7,rep,name=header_info,json=headerInfo,proto3" json:"header_info,omitempty"`
-	// Icon URL or emoji shown by consoles.
+	// Icon shown by consoles, at most 2048 bytes, one of: an https URL (no
+	// userinfo, no fragment); a data URL
+	// "data:image/{png,jpeg,gif,webp};base64,..." whose content is that image
+	// type; or a symbol such as an emoji (1 to 16 characters, no spaces, no
+	// ASCII punctuation). Any other form (javascript:, http:, other data:
+	// types, SVG, which can carry script) is refused with INVALID_ARGUMENT, so
+	// a console may use the value as an image source.
 	Icon string `protobuf:"bytes,8,opt,name=icon,proto3" json:"icon,omitempty"`
 	// Timeout of one request to the MCP server (1s to 10m, default 30s).
 	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
