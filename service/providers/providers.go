@@ -22,6 +22,7 @@ import (
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/vault"
@@ -39,11 +40,6 @@ const (
 	maxClientSecretLen    = 1024
 	maxExtraParams        = 16
 )
-
-// protocolParams cannot be set through extra authorization parameters: they
-// are mcpauth's to choose.
-var protocolParams = []string{"response_type", "client_id", "redirect_uri", "state", "code_challenge",
-	"code_challenge_method", "resource", "scope", "request", "request_uri", "code_verifier"}
 
 // Store persists providers. *repository.Store implements it.
 type Store interface {
@@ -348,7 +344,9 @@ func validateCompat(c domain.Compat) (domain.Compat, error) {
 		}) >= 0 {
 			return out, invalid(field, "name must be 1-64 characters of [A-Za-z0-9._-]")
 		}
-		if slices.Contains(protocolParams, strings.ToLower(k)) {
+		// The list is the authorization request builder's own, so what is
+		// accepted here is what it sends.
+		if oauthclient.ReservedParameter(k) {
 			return out, invalid(field, "is a protocol parameter and cannot be overridden")
 		}
 		if len(v) > 512 || strings.ContainsAny(v, "\r\n\x00") {

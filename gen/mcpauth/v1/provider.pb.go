@@ -488,7 +488,13 @@ type CompatibilityProfile struct {
 	// advertise code_challenge_methods_supported.
 	AllowMissingPkceMetadata bool `protobuf:"varint,3,opt,name=allow_missing_pkce_metadata,json=allowMissingPkceMetadata,proto3" json:"allow_missing_pkce_metadata,omitempty"`
 	// Extra query parameters added to the authorization request
-	// (for example access_type=offline). Protocol parameters cannot be set.
+	// (for example access_type=offline). Protocol parameters cannot be set,
+	// in any letter case: those mcpauth chooses (response_type, client_id,
+	// redirect_uri, state, scope, resource, code_challenge,
+	// code_challenge_method, code_verifier, nonce, dpop_jkt), those that change
+	// how or where the response is delivered (response_mode, request,
+	// request_uri) and client credentials (client_secret, client_assertion,
+	// client_assertion_type).
 	ExtraAuthorizationParams map[string]string `protobuf:"bytes,4,rep,name=extra_authorization_params,json=extraAuthorizationParams,proto3" json:"extra_authorization_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Token endpoint client authentication: client_secret_basic,
 	// client_secret_post or none. Empty means the server's advertised choice.
