@@ -558,8 +558,10 @@ type UpdateInput struct {
 // Update changes the fields named in the input's paths. A new server URL
 // drops everything tied to the old server: tokens, client registrations,
 // the tool list, and (unless the same request sets them) the custom headers
-// and the pre-registered client, so no credential meant for the old server
-// is ever sent to the new one.
+// and the pre-registered client's id and secret, so no credential meant for
+// the old server is ever sent to the new one. A new client id drops the
+// stored client secret unless the same request sets one. What was dropped
+// is named in the audit events' "dropped" detail.
 func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if len(in.Paths) == 0 {
 		return nil, invalid("update_mask", "must name the fields to change")
@@ -589,6 +591,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		return nil, err
 	}
 	expected := row.Version
+	oldClientID := row.ClientID
 	urlChanged := false
 	for _, path := range paths {
 		switch path {
@@ -635,17 +638,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			row.Compat = vault.JSONCompat(v.compat)
 		}
 	}
-	if urlChanged {
-		if !slices.Contains(paths, PathHeaders) {
-			row.Headers = nil
-		}
-		if !slices.Contains(paths, PathOAuthClient) && !slices.Contains(paths, PathOAuthClientSecret) {
-			row.ClientSecret = nil
-			if !slices.Contains(paths, PathOAuthClientID) {
-				row.ClientID = ""
-			}
-		}
-	}
+	dropped := dropUnsafe(row, paths, urlChanged, oldClientID)
 	if row.ClientID == "" && len(row.ClientSecret) > 0 {
 		return nil, invalid("provider.oauth_client.client_id", "is required when a client secret is stored")
 	}
@@ -672,14 +665,49 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if urlChanged {
 		row.GrantStatus, row.GrantReason, row.GrantGeneration = domain.StatusUnknown, "", 0
 	}
+	details := map[string]string{"fields": strings.Join(paths, ",")}
+	if len(dropped) > 0 {
+		details["dropped"] = strings.Join(dropped, ",")
+	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"fields": strings.Join(paths, ",")}})
+		Outcome: domain.OutcomeSuccess, Details: details})
 	if urlChanged {
+		details := map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}
+		if len(dropped) > 0 {
+			details["dropped"] = strings.Join(dropped, ",")
+		}
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
-			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged,
-			Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
+			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
 	}
 	return s.view(row)
+}
+
+// dropUnsafe removes from row the credentials the update must not carry
+// over although the mask does not name them, and returns the paths of those
+// that were stored. A new server URL drops the custom headers and the
+// pre-registered client's id and secret (they may be secrets meant for the
+// old host) unless the same request sets them. A new client id drops the
+// stored secret, which belongs to the previous client, unless the same
+// request sets one: a client id is never paired with another client's
+// secret. Clearing the id while a secret is stored is left to the caller to
+// refuse.
+func dropUnsafe(row *repository.Provider, paths []string, urlChanged bool, oldClientID string) []string {
+	setsSecret := slices.Contains(paths, PathOAuthClient) || slices.Contains(paths, PathOAuthClientSecret)
+	var dropped []string
+	if urlChanged && !slices.Contains(paths, PathHeaders) && len(row.Headers) > 0 {
+		row.Headers = nil
+		dropped = append(dropped, PathHeaders)
+	}
+	if urlChanged && !setsSecret && !slices.Contains(paths, PathOAuthClientID) && row.ClientID != "" {
+		row.ClientID = ""
+		dropped = append(dropped, PathOAuthClientID)
+	}
+	idChanged := row.ClientID != oldClientID && (urlChanged || row.ClientID != "")
+	if idChanged && !setsSecret && len(row.ClientSecret) > 0 {
+		row.ClientSecret = nil
+		dropped = append(dropped, PathOAuthClientSecret)
+	}
+	return dropped
 }
 
 // reencryptUntouched re-seals the ciphertexts the update did not replace

@@ -160,12 +160,17 @@ type Provider struct {
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// Stable identifier other systems refer to, unique per tenant.
 	ServerIdentifier string `protobuf:"bytes,3,opt,name=server_identifier,json=serverIdentifier,proto3" json:"server_identifier,omitempty"`
-	// The MCP server URL. Input only: it is stored encrypted.
+	// The MCP server URL. Input only: it is stored encrypted. Changing it to
+	// a different server (after normalisation) drops the provider's tokens and
+	// registrations and, unless the same update sets them, its headers and
+	// oauth_client id and secret (see UpdateProvider).
 	ServerUrl string `protobuf:"bytes,4,opt,name=server_url,json=serverUrl,proto3" json:"server_url,omitempty"`
 	// The server URL with path, query and userinfo hidden.
 	MaskedServerUrl string `protobuf:"bytes,5,opt,name=masked_server_url,json=maskedServerUrl,proto3" json:"masked_server_url,omitempty"`
 	// Custom headers sent to the MCP server. Input only: values are stored
-	// encrypted and never returned.
+	// encrypted and never returned. They are dropped when server_url changes
+	// unless the same update sets them again (they may be secrets meant for
+	// the old host).
 	Headers map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The names of the custom headers, with a short fingerprint of each value.
 	HeaderInfo []*HeaderInfo `protobuf:"bytes,7,rep,name=header_info,json=headerInfo,proto3" json:"header_info,omitempty"`
@@ -406,7 +411,10 @@ func (x *HeaderInfo) GetFingerprint() string {
 // OAuthClient is a client registered with the authorization server by hand.
 type OAuthClient struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The client identifier issued by the authorization server.
+	// The client identifier issued by the authorization server. Changing it
+	// drops the stored client_secret unless the same update sets one
+	// (oauth_client or oauth_client.client_secret in the mask); clearing it
+	// while a secret is stored is refused.
 	ClientId string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// The client secret. Input only: it is stored encrypted.
 	ClientSecret string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
