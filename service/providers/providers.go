@@ -53,6 +53,7 @@ type Store interface {
 	// transaction as the update.
 	UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64) error
 	DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64) error
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -68,9 +69,12 @@ type Revoker interface {
 }
 
 // Prober checks that an MCP server answers (any 2xx, or 401/403 asking for
-// authorization) before a provider is created with connectivity validation.
+// authorization) before a provider is created with connectivity validation,
+// and reports whether it asked for authorization. The context carries the
+// tenant and provider audit scope, so a blocked request is audited for the
+// tenant.
 type Prober interface {
-	ProbeServer(ctx context.Context, serverURL string, headers map[string]string) error
+	ProbeServer(ctx context.Context, serverURL string, headers map[string]string) (authRequired bool, err error)
 }
 
 // Clock tells the time.
@@ -481,11 +485,17 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.checkURLUnique(ctx, in.Tenant, "", v.serverURL); err != nil {
 		return nil, err
 	}
+	// Without a probe nothing is known about the server: the provider
+	// starts UNAUTHORIZED, as the stored default says.
+	authRequired := true
 	if in.ValidateConnectivity {
 		if s.prober == nil {
 			return nil, apperr.FailedPrecondition(domain.ReasonProbeUnavailable, "connectivity validation is not available")
 		}
-		if err := s.prober.ProbeServer(ctx, v.serverURL.String(), v.headers); err != nil {
+		// The scope files an egress block under the tenant and the id
+		// the provider would have had.
+		authRequired, err = s.prober.ProbeServer(audit.WithScope(ctx, in.Tenant, id), v.serverURL.String(), v.headers)
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -511,7 +521,24 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: v.compat.AuditDetails()})
+	if !authRequired {
+		s.markNotRequired(ctx, row)
+	}
 	return s.view(row)
+}
+
+// markNotRequired records that the server of a provider just created
+// answered the probe without asking for authorization. The provider exists
+// by now, so a failure here does not fail the create (a retry would only
+// meet ALREADY_EXISTS): the provider stays UNAUTHORIZED until its first
+// authorization attempt finds out again.
+func (s *Service) markNotRequired(ctx context.Context, row *repository.Provider) {
+	if _, err := s.store.SetGrantStatus(ctx, row.TenantID, row.ID, []domain.AuthStatus{domain.StatusUnauthorized},
+		domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
+		s.log.WarnContext(ctx, "recording a provider's authorization as not required", "tenant", row.TenantID, "provider", row.ID, "error", err)
+		return
+	}
+	row.GrantStatus = domain.StatusNotRequired
 }
 
 // Get returns the masked view of a provider.

@@ -14,8 +14,10 @@ import (
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/reqid"
+	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/servicetest"
 	"github.com/mcpauth/mcpauth/service/vault"
 )
@@ -329,6 +331,29 @@ func TestCreateConflicts(t *testing.T) {
 	}
 }
 
+// TestCreateConnectivityEgressAudited checks that the probe runs in the
+// tenant's audit scope: a request the egress guard blocks is filed as an
+// egress.blocked event of the tenant, under the requested provider id.
+func TestCreateConnectivityEgressAudited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	auditor := e.deps.Audit.(*audit.Auditor)
+	block := audit.EgressBlockHook(auditor, metrics.New())
+	e.prober.onProbe = func(ctx context.Context) { block(ctx, "10.1.2.3", "private address") }
+	e.prober.err = apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed")
+	_, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: true})
+	wantErr(t, err, apperr.KindFailedPrecondition, "")
+	auditor.Close()
+	events := e.eventsOf(domain.EventEgressBlocked)
+	if len(events) != 1 || events[0].TenantID != "t1" || events[0].ProviderID != "linear" || events[0].Reason != domain.ReasonEgressBlocked ||
+		!strings.Contains(events[0].Details, "10.1.2.3") {
+		t.Fatalf("egress.blocked events = %+v, want one for t1/linear", events)
+	}
+	if n := e.store.Calls("CreateProvider"); n != 0 || len(e.eventsOf(domain.EventProviderCreated)) != 0 {
+		t.Errorf("a blocked probe stored %d providers", n)
+	}
+}
+
 // TestURLUniqueAcrossKeys checks that a URL hashed under an older key is
 // still found once a new primary key hashes new URLs.
 func TestURLUniqueAcrossKeys(t *testing.T) {
@@ -359,24 +384,32 @@ func TestCreateConnectivity(t *testing.T) {
 	t.Parallel()
 	unreachable := apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server did not answer")
 	tests := []struct {
-		name       string
-		noProber   bool
-		probeErr   error
-		validate   bool
-		wantReason string
-		wantProbes int
+		name         string
+		noProber     bool
+		probeErr     error
+		authRequired bool
+		statusFails  bool
+		validate     bool
+		wantReason   string
+		wantProbes   int
+		wantStatus   domain.AuthStatus
 	}{
-		{name: "probe passes", validate: true, wantProbes: 1},
+		{name: "server answers without asking for authorization", validate: true, wantProbes: 1, wantStatus: domain.StatusNotRequired},
+		{name: "server asks for authorization", validate: true, authRequired: true, wantProbes: 1, wantStatus: domain.StatusUnauthorized},
+		{name: "status cannot be recorded", validate: true, statusFails: true, wantProbes: 1, wantStatus: domain.StatusUnauthorized},
 		{name: "probe fails", validate: true, probeErr: unreachable, wantReason: domain.ReasonServerUnreachable, wantProbes: 1},
 		{name: "no prober", validate: true, noProber: true, wantReason: domain.ReasonProbeUnavailable},
-		{name: "not asked for", probeErr: unreachable},
+		{name: "not asked for", probeErr: unreachable, wantStatus: domain.StatusUnauthorized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, dropIf(tt.noProber, noProber))
-			e.prober.err = tt.probeErr
-			_, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: tt.validate})
+			e.prober.err, e.prober.authRequired = tt.probeErr, tt.authRequired
+			if tt.statusFails {
+				e.store.FailOn("SetGrantStatus", errors.New("database unreachable"))
+			}
+			v, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: tt.validate})
 			stored := e.store.Calls("CreateProvider")
 			if tt.wantReason != "" {
 				wantErr(t, err, apperr.KindFailedPrecondition, "")
@@ -388,6 +421,12 @@ func TestCreateConnectivity(t *testing.T) {
 				}
 			} else if err != nil || stored != 1 {
 				t.Fatalf("Create = %v, %d stored", err, stored)
+			} else {
+				e.store.FailOn("SetGrantStatus", nil)
+				got, err := e.svc.Get(context.Background(), "t1", "linear")
+				if err != nil || v.Status != tt.wantStatus || got.Status != tt.wantStatus {
+					t.Errorf("status created %v, read %v (%v); want %v", v.Status, got.Status, err, tt.wantStatus)
+				}
 			}
 			if len(e.prober.probed) != tt.wantProbes {
 				t.Fatalf("probes = %+v, want %d", e.prober.probed, tt.wantProbes)

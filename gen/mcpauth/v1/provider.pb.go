@@ -586,7 +586,11 @@ type CreateProviderRequest struct {
 	// Optional id for the new provider ([a-z0-9-], 1-63 characters);
 	// a random one is chosen when empty.
 	ProviderId string `protobuf:"bytes,3,opt,name=provider_id,json=providerId,proto3" json:"provider_id,omitempty"`
-	// Probe the MCP server before creating: unreachable servers are refused.
+	// Probe the MCP server before creating: unreachable servers are refused
+	// (FAILED_PRECONDITION; a probe the egress policy blocks is also audited
+	// as egress.blocked for the tenant). A server that answers without asking
+	// for authorization makes the provider AUTHORIZATION_STATUS_NOT_REQUIRED;
+	// otherwise, and without a probe, it starts UNAUTHORIZED.
 	ValidateConnectivity bool `protobuf:"varint,4,opt,name=validate_connectivity,json=validateConnectivity,proto3" json:"validate_connectivity,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
