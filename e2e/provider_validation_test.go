@@ -276,6 +276,8 @@ func TestProviderDuplicates(t *testing.T) {
 		}{
 			{"same display name", "provider.display_name", &mcpauthv1.Provider{DisplayName: "First", ServerIdentifier: "x1", ServerUrl: "https://x1.example.com/"}, "x1"},
 			{"same identifier", "provider.server_identifier", &mcpauthv1.Provider{DisplayName: "X2", ServerIdentifier: "first", ServerUrl: "https://x2.example.com/"}, "x2"},
+			{"display name in another case", "provider.display_name", &mcpauthv1.Provider{DisplayName: "FIRST", ServerIdentifier: "x7", ServerUrl: "https://x7.example.com/"}, "x7"},
+			{"identifier in another case", "provider.server_identifier", &mcpauthv1.Provider{DisplayName: "X8", ServerIdentifier: "First", ServerUrl: "https://x8.example.com/"}, "x8"},
 			{"same url", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X3", ServerIdentifier: "x3", ServerUrl: "HTTPS://Host.Example.com:443/path/"}, "x3"},
 			{"url variant", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X4", ServerIdentifier: "x4", ServerUrl: "https://host.example.com/path"}, "x4"},
 			{"url variant with spaces around", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X5", ServerIdentifier: "x5", ServerUrl: " https://host.example.com:443/path// "}, "x5"},
@@ -302,6 +304,8 @@ func TestProviderDuplicates(t *testing.T) {
 		}{
 			{"display name", "provider.display_name", "display_name", &mcpauthv1.Provider{DisplayName: "First"}},
 			{"identifier", "provider.server_identifier", "server_identifier", &mcpauthv1.Provider{ServerIdentifier: "first"}},
+			{"display name in another case", "provider.display_name", "display_name", &mcpauthv1.Provider{DisplayName: "fIRST"}},
+			{"identifier in another case", "provider.server_identifier", "server_identifier", &mcpauthv1.Provider{ServerIdentifier: "FIRST"}},
 			{"url variant", "provider.server_url", "server_url", &mcpauthv1.Provider{ServerUrl: "https://HOST.example.com/path"}},
 		}
 		second := provGet(t, s, key, "tenants/acme/providers/second")

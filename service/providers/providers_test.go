@@ -301,6 +301,9 @@ func TestCreateConflicts(t *testing.T) {
 		{"same id", "t1", "linear", func() Fields { return named("other") }, "provider_id", 2},
 		{"same display name", "t1", "other", func() Fields { f := named("other"); f.DisplayName = "Linear"; return f }, "provider.display_name", 2},
 		{"same server identifier", "t1", "other", func() Fields { f := named("other"); f.ServerIdentifier = "linear"; return f }, "provider.server_identifier", 2},
+		{"same display name in another case", "t1", "other", func() Fields { f := named("other"); f.DisplayName = "LINEAR"; return f }, "provider.display_name", 2},
+		{"same display name trimmed, in another case", "t1", "other", func() Fields { f := named("other"); f.DisplayName = " lInEaR "; return f }, "provider.display_name", 2},
+		{"same server identifier in another case", "t1", "other", func() Fields { f := named("other"); f.ServerIdentifier = "Linear"; return f }, "provider.server_identifier", 2},
 		{"same server url spelled differently", "t1", "other", func() Fields {
 			f := named("other")
 			f.ServerURL = "HTTPS://MCP.Linear.App:443/mcp/?key=url-secret"

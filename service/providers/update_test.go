@@ -56,6 +56,8 @@ func TestUpdateFields(t *testing.T) {
 	}{
 		{"display name, trimmed", with(func(f *Fields) { f.DisplayName = "  Linear 2 " }), []string{PathDisplayName},
 			func(t *testing.T, v *View, _ *vault.Provider) { eq(t, "display name", v.DisplayName, "Linear 2") }},
+		{"own display name in another case", with(func(f *Fields) { f.DisplayName = "LINEAR" }), []string{PathDisplayName},
+			func(t *testing.T, v *View, _ *vault.Provider) { eq(t, "display name", v.DisplayName, "LINEAR") }},
 		{"server identifier", with(func(f *Fields) { f.ServerIdentifier = "linear-2" }), []string{PathServerIdentifier},
 			func(t *testing.T, v *View, _ *vault.Provider) {
 				eq(t, "server identifier", v.ServerIdentifier, "linear-2")
@@ -426,6 +428,10 @@ func TestUpdateRefused(t *testing.T) {
 		{name: "display name of another provider", fields: named("other"), paths: []string{PathDisplayName},
 			kind: apperr.KindAlreadyExists, field: "provider.display_name"},
 		{name: "server identifier of another provider", fields: named("other"), paths: []string{PathServerIdentifier},
+			kind: apperr.KindAlreadyExists, field: "provider.server_identifier"},
+		{name: "display name of another provider in another case", fields: named("OTHER"), paths: []string{PathDisplayName},
+			kind: apperr.KindAlreadyExists, field: "provider.display_name"},
+		{name: "server identifier of another provider in another case", fields: named("Other"), paths: []string{PathServerIdentifier},
 			kind: apperr.KindAlreadyExists, field: "provider.server_identifier"},
 		{name: "server url of another provider", fields: Fields{ServerURL: "HTTPS://other.example.com/mcp/"}, paths: []string{PathServerURL},
 			kind: apperr.KindAlreadyExists, field: "provider.server_url"},

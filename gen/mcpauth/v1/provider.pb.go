@@ -156,9 +156,12 @@ type Provider struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Resource name: tenants/{tenant}/providers/{provider}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Human readable name, unique per tenant.
+	// Human readable name, unique per tenant ignoring case ("Linear" and
+	// "LINEAR" cannot coexist; ASCII letters are always folded, other letters
+	// as the database's lower() folds them).
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// Stable identifier other systems refer to, unique per tenant.
+	// Stable identifier other systems refer to, unique per tenant ignoring
+	// case ("pg2" and "PG2" cannot coexist).
 	ServerIdentifier string `protobuf:"bytes,3,opt,name=server_identifier,json=serverIdentifier,proto3" json:"server_identifier,omitempty"`
 	// The MCP server URL. Input only: it is stored encrypted. Changing it to
 	// a different server (after normalisation) drops the provider's tokens and
