@@ -10,6 +10,22 @@ import (
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
+// openAt opens a store on dsn, closed at cleanup, with the first n
+// migrations applied.
+func openAt(tb testing.TB, dsn string, n int) *Store {
+	tb.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	if err := s.migrate(ctx, migrations[:n]); err != nil {
+		tb.Fatalf("migrating to %s: %v", migrations[n-1].id, err)
+	}
+	return s
+}
+
 // TestMigrationStatusToGrant upgrades a 0001 database whose providers hold
 // every status in their own column (and some a credential row that
 // disagrees) and checks that afterwards the grant row alone says the same
@@ -18,14 +34,7 @@ func TestMigrationStatusToGrant(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s, err := Open(ctx, dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		if err := s.migrate(ctx, migrations[:1]); err != nil {
-			t.Fatalf("migrating to 0001: %v", err)
-		}
+		s := openAt(t, dsn, 1)
 		// Pre-0002 status values were the API's numbers: 1 NOT_REQUIRED,
 		// 2 UNAUTHORIZED, 3 PENDING, 4 AUTHORIZED, 6 REAUTH_REQUIRED.
 		rows := []struct {
@@ -101,14 +110,7 @@ func TestMigrationNamesIgnoreCase(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s, err := Open(ctx, dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		if err := s.migrate(ctx, migrations[:2]); err != nil {
-			t.Fatalf("migrating to 0002: %v", err)
-		}
+		s := openAt(t, dsn, 2)
 		insert := func(tenant, id, name, sid string) {
 			t.Helper()
 			err := s.DB().Exec(`INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash, server_url,
@@ -126,7 +128,7 @@ func TestMigrationNamesIgnoreCase(t *testing.T) {
 		// The same names in another tenant do not collide.
 		insert("u", "p1", "Postgres secret-name", "pg2")
 
-		err = s.Migrate(ctx)
+		err := s.Migrate(ctx)
 		if err == nil {
 			t.Fatal("Migrate succeeded over names equal ignoring case")
 		}

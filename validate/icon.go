@@ -3,7 +3,6 @@ package validate
 import (
 	"bytes"
 	"encoding/base64"
-	"net/url"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -60,15 +59,9 @@ func Icon(field, s string) error {
 }
 
 func httpsIcon(field, s string) error {
-	if err := urlText(field, s); err != nil {
-		return err
-	}
-	if strings.Contains(s, `\`) {
-		return apperr.Invalid(field, "must not contain a backslash")
-	}
-	u, err := url.Parse(s)
+	u, err := parseBrowserURL(field, s)
 	if err != nil {
-		return apperr.Invalid(field, "must be a valid URL")
+		return err
 	}
 	if !strings.EqualFold(u.Scheme, "https") {
 		return apperr.Invalid(field, "must be an https URL, a data:image URL or a symbol")

@@ -257,10 +257,7 @@ func TestUpdateURLChange(t *testing.T) {
 				t.Errorf("revocations = %+v, want %+v (while the grant was held)", e.revoker.revocations(), want)
 			}
 			reset, updated := e.eventsOf(domain.EventCredentialsReset), e.eventsOf(domain.EventProviderUpdated)
-			dropped := ""
-			if tt.wantDropped != "" {
-				dropped = fmt.Sprintf(`"dropped":%q,`, tt.wantDropped)
-			}
+			dropped := droppedDetail(tt.wantDropped)
 			wantReset := fmt.Sprintf(`{%s"revoked_at_server":"%v"}`, dropped, tt.confirm)
 			wantUpdated := fmt.Sprintf(`{%s"fields":%q}`, dropped, strings.Join(tt.paths, ","))
 			if len(reset) != 1 || reset[0].Reason != domain.ReasonServerURLChanged || reset[0].Details != wantReset ||
@@ -269,6 +266,15 @@ func TestUpdateURLChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// droppedDetail is the "dropped" entry of an audit event's JSON details
+// (which lead with it, in key order), or "" when nothing was dropped.
+func droppedDetail(paths string) string {
+	if paths == "" {
+		return ""
+	}
+	return fmt.Sprintf(`"dropped":%q,`, paths)
 }
 
 // TestUpdateClientIDDropsSecret checks that a new client id is never paired
@@ -318,11 +324,7 @@ func TestUpdateClientIDDropsSecret(t *testing.T) {
 			}
 			eq(t, "stored secret", d.ClientSecret.Reveal(), tt.wantSecret)
 			eq(t, "headers kept", fmt.Sprint(headerNames(v)), "[X-Api-Key X-Empty]")
-			dropped := ""
-			if tt.wantDropped != "" {
-				dropped = fmt.Sprintf(`"dropped":%q,`, tt.wantDropped)
-			}
-			want := fmt.Sprintf(`{%s"fields":%q}`, dropped, strings.Join(tt.paths, ","))
+			want := fmt.Sprintf(`{%s"fields":%q}`, droppedDetail(tt.wantDropped), strings.Join(tt.paths, ","))
 			if ev := e.eventsOf(domain.EventProviderUpdated); len(ev) != 1 || ev[0].Details != want {
 				t.Errorf("provider.updated events %+v, want details %s", ev, want)
 			}
