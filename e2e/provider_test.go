@@ -268,15 +268,30 @@ func TestProviderUpdateMask(t *testing.T) {
 				},
 			},
 			{
-				name:  "client id only keeps the secret",
+				// The stored secret belongs to the previous client: a new
+				// id is never paired with it.
+				name:  "client id only drops the previous client's secret",
 				paths: []string{"oauth_client.client_id"},
-				in:    &mcpauthv1.Provider{OauthClient: &mcpauthv1.OAuthClient{ClientId: "client-2", Scopes: []string{"ignored"}}},
+				in:    &mcpauthv1.Provider{OauthClient: &mcpauthv1.OAuthClient{ClientId: "client-2", ClientSecret: "ignored", Scopes: []string{"ignored"}}},
 				check: func(t *testing.T, before, after *mcpauthv1.Provider, row *repository.Provider) {
 					want := proto.Clone(before).(*mcpauthv1.Provider)
-					want.OauthClient.ClientId = "client-2"
+					want.OauthClient.ClientId, want.OauthClient.ClientSecretSet = "client-2", false
 					provSameExceptVersion(t, want, after)
-					if got := provOpen(t, s, row, provFieldClientSecret, row.ClientSecret); got != "client-secret-1" {
-						t.Fatalf("stored client secret changed to %q", got)
+					if row.ClientSecret != nil {
+						t.Fatalf("client_secret column still holds %x", row.ClientSecret)
+					}
+				},
+			},
+			{
+				name:  "client id with its secret",
+				paths: []string{"oauth_client.client_id", "oauth_client.client_secret"},
+				in:    &mcpauthv1.Provider{OauthClient: &mcpauthv1.OAuthClient{ClientId: "client-3", ClientSecret: "client-secret-3"}},
+				check: func(t *testing.T, before, after *mcpauthv1.Provider, row *repository.Provider) {
+					if c := after.GetOauthClient(); c.GetClientId() != "client-3" || !c.GetClientSecretSet() {
+						t.Fatalf("oauth_client = %v", c)
+					}
+					if got := provOpen(t, s, row, provFieldClientSecret, row.ClientSecret); got != "client-secret-3" {
+						t.Fatalf("stored client secret = %q, want client-secret-3", got)
 					}
 				},
 			},
@@ -453,10 +468,13 @@ func TestProviderURLChange(t *testing.T) {
 			wantReset   bool
 			wantHeaders []string
 			wantClient  *mcpauthv1.OAuthClient
+			// wantDropped is the reset event's "dropped" detail.
+			wantDropped string
 		}{
 			{
 				name: "new url only", newURL: "https://other-%d.example.com/mcp", paths: []string{"server_url"},
 				wantReset: true, wantClient: &mcpauthv1.OAuthClient{Scopes: []string{"s1"}},
+				wantDropped: "headers,oauth_client.client_id,oauth_client.client_secret",
 			},
 			{
 				name: "new url with headers and client", newURL: "https://other-%d.example.com/mcp",
@@ -471,6 +489,7 @@ func TestProviderURLChange(t *testing.T) {
 				paths:     []string{"server_url", "oauth_client.client_id"},
 				in:        &mcpauthv1.Provider{OauthClient: &mcpauthv1.OAuthClient{ClientId: "new-client"}},
 				wantReset: true, wantClient: &mcpauthv1.OAuthClient{ClientId: "new-client", Scopes: []string{"s1"}},
+				wantDropped: "headers,oauth_client.client_secret",
 			},
 			{
 				name: "same url after normalisation", newURL: "HTTPS://URL-%d.Example.com:443/mcp/", paths: []string{"server_url"},
@@ -561,8 +580,8 @@ func TestProviderURLChange(t *testing.T) {
 				for _, e := range provAuditEvents(t, s, key, "acme") {
 					if e.GetProvider() == name && e.GetEventType() == "provider.credentials.reset" {
 						reset = true
-						if e.GetReason() != "SERVER_URL_CHANGED" {
-							t.Errorf("reset event reason = %q", e.GetReason())
+						if e.GetReason() != "SERVER_URL_CHANGED" || e.GetDetails()["dropped"] != tt.wantDropped {
+							t.Errorf("reset event reason %q, dropped %q; want SERVER_URL_CHANGED, %q", e.GetReason(), e.GetDetails()["dropped"], tt.wantDropped)
 						}
 					}
 				}

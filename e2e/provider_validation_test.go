@@ -123,6 +123,11 @@ func provBadInputs() []provBadInput {
 		provBadCreate("header Mcp-Session-Id", `provider.headers["Mcp-Session-Id"]`, provSetHeaders(map[string]string{"Mcp-Session-Id": "s"})),
 		provBadCreate("url with ipv6 zone", "provider.server_url", provSetURL("https://[fe80::1%25eth0]/mcp")),
 		provBadCreate("icon over 2 KiB", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = strings.Repeat("i", 2049) }),
+		provBadCreate("icon javascript", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "JavaScript:alert(1)" }),
+		provBadCreate("icon data html", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "data:text/html,<script>alert(1)</script>" }),
+		provBadCreate("icon data svg", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "data:image/svg+xml;base64,PHN2Zy8+" }),
+		provBadCreate("icon http", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "http://example.com/i.png" }),
+		provBadCreate("icon userinfo", "provider.icon", func(r *mcpauthv1.CreateProviderRequest) { r.Provider.Icon = "https://u:p@example.com/i.png" }),
 		provBadCreate("too many extra params", "provider.compatibility.extra_authorization_params", func(r *mcpauthv1.CreateProviderRequest) {
 			m := map[string]string{}
 			for i := range 17 {
@@ -271,6 +276,8 @@ func TestProviderDuplicates(t *testing.T) {
 		}{
 			{"same display name", "provider.display_name", &mcpauthv1.Provider{DisplayName: "First", ServerIdentifier: "x1", ServerUrl: "https://x1.example.com/"}, "x1"},
 			{"same identifier", "provider.server_identifier", &mcpauthv1.Provider{DisplayName: "X2", ServerIdentifier: "first", ServerUrl: "https://x2.example.com/"}, "x2"},
+			{"display name in another case", "provider.display_name", &mcpauthv1.Provider{DisplayName: "FIRST", ServerIdentifier: "x7", ServerUrl: "https://x7.example.com/"}, "x7"},
+			{"identifier in another case", "provider.server_identifier", &mcpauthv1.Provider{DisplayName: "X8", ServerIdentifier: "First", ServerUrl: "https://x8.example.com/"}, "x8"},
 			{"same url", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X3", ServerIdentifier: "x3", ServerUrl: "HTTPS://Host.Example.com:443/path/"}, "x3"},
 			{"url variant", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X4", ServerIdentifier: "x4", ServerUrl: "https://host.example.com/path"}, "x4"},
 			{"url variant with spaces around", "provider.server_url", &mcpauthv1.Provider{DisplayName: "X5", ServerIdentifier: "x5", ServerUrl: " https://host.example.com:443/path// "}, "x5"},
@@ -297,6 +304,8 @@ func TestProviderDuplicates(t *testing.T) {
 		}{
 			{"display name", "provider.display_name", "display_name", &mcpauthv1.Provider{DisplayName: "First"}},
 			{"identifier", "provider.server_identifier", "server_identifier", &mcpauthv1.Provider{ServerIdentifier: "first"}},
+			{"display name in another case", "provider.display_name", "display_name", &mcpauthv1.Provider{DisplayName: "fIRST"}},
+			{"identifier in another case", "provider.server_identifier", "server_identifier", &mcpauthv1.Provider{ServerIdentifier: "FIRST"}},
 			{"url variant", "provider.server_url", "server_url", &mcpauthv1.Provider{ServerUrl: "https://HOST.example.com/path"}},
 		}
 		second := provGet(t, s, key, "tenants/acme/providers/second")

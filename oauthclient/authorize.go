@@ -36,16 +36,27 @@ type AuthRequest struct {
 	PKCEException bool
 }
 
-// reservedParams are the parameters Extra may not set: the protocol
-// parameters, plus those that would change the response's delivery or let
-// a request object override them (response_mode, request, request_uri),
-// and credentials that never belong in a browser URL.
+// reservedParams are the parameters Extra may not set (compared ignoring
+// case): those the client chooses (RFC 6749 and RFC 7636: response_type,
+// client_id, redirect_uri, state, scope, code_challenge,
+// code_challenge_method, code_verifier; RFC 8707: resource; OpenID Connect:
+// nonce, only worth something fresh per request; RFC 9449: dpop_jkt, which
+// binds the code to a key the client does not hold), those that change how
+// or where the response is delivered (response_mode of OAuth 2.0 Multiple
+// Response Types and JARM: form_post, fragment, jwt...; RFC 9101 request and
+// request_uri, whose request object overrides every other parameter), and
+// credentials that never belong in a browser URL (client_secret,
+// client_assertion, client_assertion_type).
 var reservedParams = map[string]bool{
 	"response_type": true, "client_id": true, "redirect_uri": true, "state": true,
 	"code_challenge": true, "code_challenge_method": true, "resource": true, "scope": true,
-	"response_mode": true, "request": true, "request_uri": true,
+	"response_mode": true, "request": true, "request_uri": true, "nonce": true, "dpop_jkt": true,
 	"code_verifier": true, "client_secret": true, "client_assertion": true, "client_assertion_type": true,
 }
+
+// ReservedParameter reports whether name (in any letter case) is a
+// parameter an authorization request's extra parameters may not set.
+func ReservedParameter(name string) bool { return reservedParams[strings.ToLower(name)] }
 
 // AuthorizationURL builds the URL the browser is sent to:
 // response_type=code, client_id, redirect_uri, state, code_challenge with
@@ -79,7 +90,7 @@ func AuthorizationURL(r AuthRequest) (string, error) {
 		if k == "" {
 			return "", errors.New("authorization url: empty extra parameter name")
 		}
-		if reservedParams[strings.ToLower(k)] {
+		if ReservedParameter(k) {
 			return "", fmt.Errorf("authorization url: %q: %w", k, ErrReservedParameter)
 		}
 		keys = append(keys, k)
@@ -92,7 +103,7 @@ func AuthorizationURL(r AuthRequest) (string, error) {
 	}
 	q := u.Query()
 	for k := range q {
-		if reservedParams[strings.ToLower(k)] {
+		if ReservedParameter(k) {
 			q.Del(k)
 		}
 	}

@@ -147,6 +147,7 @@ func TestAuthorizationURLReservedExtra(t *testing.T) {
 		"response_type", "client_id", "redirect_uri", "state", "code_challenge",
 		"code_challenge_method", "resource", "scope", "Scope", "REDIRECT_URI",
 		"request", "request_uri", "response_mode", "code_verifier", "client_secret",
+		"Response_Mode", "nonce", "NONCE", "dpop_jkt", "client_assertion", "client_assertion_type",
 	} {
 		r := testAuthRequest(t)
 		r.Extra = map[string]string{k: "attacker"}

@@ -11,8 +11,12 @@ import (
 
 // migration is one versioned schema change.
 type migration struct {
-	id  string
-	sql []string
+	id string
+	// check, when set, runs in the migration's transaction before its
+	// statements and refuses data the migration cannot carry over, with a
+	// message that tells the operator what to do.
+	check func(tx *gorm.DB) error
+	sql   []string
 }
 
 // migrationLockKey is the PostgreSQL advisory lock that serialises Migrate
@@ -143,6 +147,59 @@ var migrations = []migration{
 			`ALTER TABLE providers DROP COLUMN auth_status`,
 		},
 	},
+	{
+		// People compare names ignoring case: "pg2" and "PG2" are one
+		// provider to them. Display names and server identifiers become
+		// unique per tenant as lower() folds them (ASCII letters on every
+		// backend; PostgreSQL also folds other letters as its locale says).
+		// Rows that already collide are not renamed behind the operator's
+		// back (other systems refer to server identifiers): the migration
+		// refuses, naming the providers to rename, and can be run again.
+		id:    "0003_provider_names_ignore_case",
+		check: caseCollisions,
+		sql: []string{
+			`DROP INDEX uniq_provider_name`,
+			`DROP INDEX uniq_provider_sid`,
+			`CREATE UNIQUE INDEX uniq_provider_name_ci ON providers (tenant_id, lower(display_name))`,
+			`CREATE UNIQUE INDEX uniq_provider_sid_ci ON providers (tenant_id, lower(server_identifier))`,
+		},
+	},
+}
+
+// maxNamedCollisions bounds the providers a refused migration names.
+const maxNamedCollisions = 20
+
+// caseCollisions refuses migration 0003 while providers of one tenant have
+// display names or server identifiers equal ignoring case. The message
+// names tenant and provider ids only (never a name, URL or secret).
+func caseCollisions(tx *gorm.DB) error {
+	var problems []string
+	for _, col := range []string{"display_name", "server_identifier"} {
+		var rows []struct{ TenantID, ID string }
+		err := tx.Raw(`SELECT tenant_id, id FROM providers WHERE (tenant_id, lower(`+col+`)) IN
+			(SELECT tenant_id, lower(`+col+`) FROM providers GROUP BY tenant_id, lower(`+col+`) HAVING count(*) > 1)
+			ORDER BY tenant_id, id LIMIT ?`, maxNamedCollisions+1).Scan(&rows).Error
+		if err != nil {
+			return fmt.Errorf("look for %s equal ignoring case: %w", col, err)
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		ids := make([]string, 0, len(rows))
+		for i, r := range rows {
+			if i == maxNamedCollisions {
+				ids = append(ids, "...")
+				break
+			}
+			ids = append(ids, r.TenantID+"/"+r.ID)
+		}
+		problems = append(problems, fmt.Sprintf("%s equal ignoring case in one tenant: %s", col, strings.Join(ids, ", ")))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("providers must be renamed before upgrading (with UpdateProvider on the previous version; then start again): %s",
+			strings.Join(problems, "; "))
+	}
+	return nil
 }
 
 func renderDDL(dialect, stmt string) string {
@@ -190,6 +247,11 @@ func (s *Store) migrate(ctx context.Context, list []migration) error {
 			ms = append(ms, &gormigrate.Migration{
 				ID: m.id,
 				Migrate: func(tx *gorm.DB) error {
+					if m.check != nil {
+						if err := m.check(tx); err != nil {
+							return fmt.Errorf("migration %s: %w", m.id, err)
+						}
+					}
 					for _, stmt := range m.sql {
 						if err := tx.Exec(renderDDL(dialect, stmt)).Error; err != nil {
 							return fmt.Errorf("migration %s: %w", m.id, err)

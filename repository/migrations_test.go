@@ -2,11 +2,29 @@ package repository
 
 import (
 	"context"
+	"strings"
 	"testing"
 
+	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
+
+// openAt opens a store on dsn, closed at cleanup, with the first n
+// migrations applied.
+func openAt(tb testing.TB, dsn string, n int) *Store {
+	tb.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	if err := s.migrate(ctx, migrations[:n]); err != nil {
+		tb.Fatalf("migrating to %s: %v", migrations[n-1].id, err)
+	}
+	return s
+}
 
 // TestMigrationStatusToGrant upgrades a 0001 database whose providers hold
 // every status in their own column (and some a credential row that
@@ -16,14 +34,7 @@ func TestMigrationStatusToGrant(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s, err := Open(ctx, dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		if err := s.migrate(ctx, migrations[:1]); err != nil {
-			t.Fatalf("migrating to 0001: %v", err)
-		}
+		s := openAt(t, dsn, 1)
 		// Pre-0002 status values were the API's numbers: 1 NOT_REQUIRED,
 		// 2 UNAUTHORIZED, 3 PENDING, 4 AUTHORIZED, 6 REAUTH_REQUIRED.
 		rows := []struct {
@@ -86,6 +97,69 @@ func TestMigrationStatusToGrant(t *testing.T) {
 			if r.credStatus == 0 && (len(c.Tokens) != 0 || c.Generation != r.provGn+1) {
 				t.Errorf("%s: moved status row has tokens %q or generation %d, want none and %d", r.id, c.Tokens, c.Generation, r.provGn+1)
 			}
+		}
+	})
+}
+
+// TestMigrationNamesIgnoreCase upgrades a 0002 database to case-insensitive
+// uniqueness: providers whose names collide only in case make the
+// migration refuse, naming tenant and provider ids and nothing else, and
+// change nothing; once renamed, the migration runs and the database itself
+// refuses names equal ignoring case.
+func TestMigrationNamesIgnoreCase(t *testing.T) {
+	t.Parallel()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := openAt(t, dsn, 2)
+		insert := func(tenant, id, name, sid string) {
+			t.Helper()
+			err := s.DB().Exec(`INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash, server_url,
+				key_id, version, created_at, updated_at)
+				VALUES (?, ?, ?, ?, ?, ?, 1, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)`,
+				tenant, id, name, sid, "h-"+id, []byte("ct-secret-url")).Error
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		insert("t", "p1", "Postgres secret-name", "pg2")
+		insert("t", "p2", "postgres SECRET-NAME", "other")
+		insert("t", "p3", "third", "PG2")
+		insert("t", "p4", "fourth", "fourth")
+		// The same names in another tenant do not collide.
+		insert("u", "p1", "Postgres secret-name", "pg2")
+
+		err := s.Migrate(ctx)
+		if err == nil {
+			t.Fatal("Migrate succeeded over names equal ignoring case")
+		}
+		msg := err.Error()
+		for _, want := range []string{"0003_provider_names_ignore_case", "display_name", "t/p1, t/p2", "server_identifier", "t/p1, t/p3", "rename"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("error %q does not say %q", msg, want)
+			}
+		}
+		for _, secret := range []string{"secret", "pg2", "PG2", "u/p1", "t/p4"} {
+			if strings.Contains(strings.ReplaceAll(msg, "0003_provider_names_ignore_case", ""), secret) {
+				t.Errorf("error %q names %q", msg, secret)
+			}
+		}
+		var n int64
+		wantNoErr(t, s.DB().Table("schema_migrations").Count(&n).Error, "count migrations")
+		if n != 2 || !s.DB().Migrator().HasIndex(&Provider{}, "uniq_provider_name") || s.DB().Migrator().HasIndex(&Provider{}, "uniq_provider_name_ci") {
+			t.Fatalf("the refused migration changed the schema: %d migrations recorded", n)
+		}
+
+		// Renamed, the upgrade goes through.
+		wantNoErr(t, s.DB().Exec(`UPDATE providers SET display_name = 'second' WHERE id = 'p2' AND tenant_id = 't'`).Error, "rename p2")
+		wantNoErr(t, s.DB().Exec(`UPDATE providers SET server_identifier = 'pg3' WHERE id = 'p3' AND tenant_id = 't'`).Error, "rename p3")
+		wantNoErr(t, s.Migrate(ctx), "Migrate after renaming")
+		for _, p := range []struct{ name, sid, field string }{
+			{"THIRD", "x1", "display_name"},
+			{"x2", "Fourth", "server_identifier"},
+		} {
+			dup := &Provider{TenantID: "t", ID: "dup", DisplayName: p.name, ServerIdentifier: p.sid, URLHash: "h-dup",
+				ServerURL: []byte("ct"), KeyID: 1, Version: 1}
+			wantKind(t, providerWriteErr(s.DB().Create(dup).Error, "insert"), apperr.KindAlreadyExists, p.field)
 		}
 	})
 }

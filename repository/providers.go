@@ -41,7 +41,9 @@ func (s *Store) CreateProvider(ctx context.Context, p *Provider) error {
 }
 
 // providerConflict reports the first uniqueness rule p would break in its
-// tenant, ignoring p's own row on update.
+// tenant, ignoring p's own row on update. Display names and server
+// identifiers are compared with the database's lower(), as their unique
+// indexes are, so this check and the indexes agree on every backend.
 func providerConflict(ctx context.Context, tx *gorm.DB, p *Provider, create bool) error {
 	q, err := scoped(ctx, tx, p.TenantID)
 	if err != nil {
@@ -50,26 +52,26 @@ func providerConflict(ctx context.Context, tx *gorm.DB, p *Provider, create bool
 	if !create {
 		q = q.Where("id <> ?", p.ID)
 	}
-	var rows []Provider
-	err = q.Select("id", "display_name", "server_identifier", "url_hash").
-		Where("(id = ? OR display_name = ? OR server_identifier = ? OR url_hash = ?)",
+	var hits []struct {
+		ID       string `gorm:"column:id"`
+		SameName bool   `gorm:"column:same_name"`
+		SameSID  bool   `gorm:"column:same_sid"`
+		URLHash  string `gorm:"column:url_hash"`
+	}
+	err = q.Model(&Provider{}).
+		Select("id, lower(display_name) = lower(?) AS same_name, lower(server_identifier) = lower(?) AS same_sid, url_hash",
+			p.DisplayName, p.ServerIdentifier).
+		Where("(id = ? OR lower(display_name) = lower(?) OR lower(server_identifier) = lower(?) OR url_hash = ?)",
 			p.ID, p.DisplayName, p.ServerIdentifier, p.URLHash).
-		Limit(4).Find(&rows).Error
+		Limit(4).Scan(&hits).Error
 	if err != nil {
 		return err
 	}
-	for _, check := range []struct {
-		rule Unique
-		hit  func(Provider) bool
-	}{
-		{UniqueID, func(r Provider) bool { return create && r.ID == p.ID }},
-		{UniqueDisplayName, func(r Provider) bool { return r.DisplayName == p.DisplayName }},
-		{UniqueServerIdentifier, func(r Provider) bool { return r.ServerIdentifier == p.ServerIdentifier }},
-		{UniqueServerURL, func(r Provider) bool { return r.URLHash == p.URLHash }},
-	} {
-		for _, r := range rows {
-			if check.hit(r) {
-				return conflict(check.rule)
+	for _, rule := range []Unique{UniqueID, UniqueDisplayName, UniqueServerIdentifier, UniqueServerURL} {
+		for _, h := range hits {
+			if rule == UniqueID && create && h.ID == p.ID || rule == UniqueDisplayName && h.SameName ||
+				rule == UniqueServerIdentifier && h.SameSID || rule == UniqueServerURL && h.URLHash == p.URLHash {
+				return conflict(rule)
 			}
 		}
 	}

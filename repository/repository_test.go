@@ -45,14 +45,20 @@ func TestMigrateIdempotentAndModelsMatchSchema(t *testing.T) {
 			model any
 			name  string
 		}{
-			{&Provider{}, "uniq_provider_name"},
-			{&Provider{}, "uniq_provider_sid"},
+			{&Provider{}, "uniq_provider_name_ci"},
+			{&Provider{}, "uniq_provider_sid_ci"},
 			{&Provider{}, "uniq_provider_url"},
 			{&Provider{}, "idx_provider_key_id"},
 			{&AuditEvent{}, "idx_audit_tenant_id"},
 		} {
 			if !m.HasIndex(idx.model, idx.name) {
 				t.Errorf("index %s missing", idx.name)
+			}
+		}
+		// The case-sensitive indexes 0003 replaced are gone.
+		for _, name := range []string{"uniq_provider_name", "uniq_provider_sid"} {
+			if m.HasIndex(&Provider{}, name) {
+				t.Errorf("index %s still exists", name)
 			}
 		}
 	})
@@ -329,6 +335,10 @@ func TestProviderUniqueness(t *testing.T) {
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		base := mustCreate(t, s, newProvider("a", "p1"))
+		// A provider may change the case of its own names.
+		own := mustCreate(t, s, newProvider("a", "own"))
+		own.DisplayName, own.ServerIdentifier = "NAME-OWN", "SID-own"
+		wantNoErr(t, s.UpdateProvider(ctx, own, 1), "renaming a provider in another case")
 		cases := []struct {
 			name  string
 			mod   func(p *Provider)
@@ -336,7 +346,9 @@ func TestProviderUniqueness(t *testing.T) {
 		}{
 			{"id", func(p *Provider) { p.ID = base.ID }, "id"},
 			{"display_name", func(p *Provider) { p.DisplayName = base.DisplayName }, "display_name"},
+			{"display_name in another case", func(p *Provider) { p.DisplayName = strings.ToUpper(base.DisplayName) }, "display_name"},
 			{"server_identifier", func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "server_identifier"},
+			{"server_identifier in another case", func(p *Provider) { p.ServerIdentifier = "SID-p1" }, "server_identifier"},
 			{"url_hash", func(p *Provider) { p.URLHash = base.URLHash }, "server_url"},
 		}
 		for _, c := range cases {
@@ -346,10 +358,10 @@ func TestProviderUniqueness(t *testing.T) {
 				wantKind(t, s.CreateProvider(ctx, dup), apperr.KindAlreadyExists, c.field)
 
 				// The same values in another tenant are fine.
-				other := newProvider("b", "dup-"+c.name)
+				other := newProvider("b-"+c.name, "dup-"+c.name)
 				c.mod(other)
-				other.TenantID = "b"
-				wantNoErr(t, s.CreateProvider(ctx, other), "create in tenant b")
+				other.TenantID = "b-" + c.name
+				wantNoErr(t, s.CreateProvider(ctx, other), "create in another tenant")
 
 				// Updating another row into a conflict is refused too.
 				if c.name != "id" {
@@ -379,7 +391,9 @@ func TestUniqueViolationTranslated(t *testing.T) {
 		}{
 			{func(p *Provider) { p.ID = base.ID }, "id"},
 			{func(p *Provider) { p.DisplayName = base.DisplayName }, "display_name"},
+			{func(p *Provider) { p.DisplayName = "NAME-P1" }, "display_name"},
 			{func(p *Provider) { p.ServerIdentifier = base.ServerIdentifier }, "server_identifier"},
+			{func(p *Provider) { p.ServerIdentifier = "Sid-P1" }, "server_identifier"},
 			{func(p *Provider) { p.URLHash = base.URLHash }, "server_url"},
 		} {
 			dup := newProvider("a", "raw")
@@ -407,7 +421,8 @@ func TestConcurrentCreateSameName(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				p := newProvider("a", fmt.Sprintf("c%d", i))
-				p.DisplayName = "same-name"
+				// Equal ignoring case: the unique index decides as the pre-check does.
+				p.DisplayName = []string{"same-name", "SAME-NAME", "Same-Name"}[i%3]
 				<-start
 				errs[i] = s.CreateProvider(ctx, p)
 			}()

@@ -220,16 +220,15 @@ func (e *ConflictError) Error() string {
 	return "a provider with this " + strings.ReplaceAll(string(e.Rule), "_", " ") + " already exists"
 }
 
-// uniqueRule maps unique indexes (PostgreSQL) and columns (SQLite) to rules.
+// uniqueRule maps unique indexes (PostgreSQL; SQLite for an index on an
+// expression) and columns (SQLite) to rules.
 var uniqueRule = map[string]Unique{
-	"uniq_provider_name": UniqueDisplayName,
-	"display_name":       UniqueDisplayName,
-	"uniq_provider_sid":  UniqueServerIdentifier,
-	"server_identifier":  UniqueServerIdentifier,
-	"uniq_provider_url":  UniqueServerURL,
-	"url_hash":           UniqueServerURL,
-	"providers_pkey":     UniqueID,
-	"id":                 UniqueID,
+	"uniq_provider_name_ci": UniqueDisplayName,
+	"uniq_provider_sid_ci":  UniqueServerIdentifier,
+	"uniq_provider_url":     UniqueServerURL,
+	"url_hash":              UniqueServerURL,
+	"providers_pkey":        UniqueID,
+	"id":                    UniqueID,
 }
 
 func conflict(rule Unique) error {
@@ -252,8 +251,14 @@ func uniqueViolation(err error) (key string, ok bool) {
 		if c := sqErr.Code(); c != 2067 && c != 1555 {
 			return "", false
 		}
-		// "UNIQUE constraint failed: providers.tenant_id, providers.display_name"
+		// "UNIQUE constraint failed: providers.tenant_id, providers.url_hash",
+		// or for an index on an expression
+		// "UNIQUE constraint failed: index 'uniq_provider_name_ci'".
 		msg := sqErr.Error()
+		if _, name, ok := strings.Cut(msg, "index '"); ok {
+			key, _, _ = strings.Cut(name, "'")
+			return key, true
+		}
 		if i := strings.LastIndexByte(msg, '.'); i >= 0 {
 			key = strings.TrimSpace(msg[i+1:])
 			if j := strings.IndexAny(key, " )"); j >= 0 {

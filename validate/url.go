@@ -58,6 +58,23 @@ func urlText(field, s string) error {
 	return nil
 }
 
+// parseBrowserURL applies urlText, refuses a backslash (browsers read '\'
+// as '/', which would make them see a different host than these checks)
+// and parses s.
+func parseBrowserURL(field, s string) (*url.URL, error) {
+	if err := urlText(field, s); err != nil {
+		return nil, err
+	}
+	if strings.Contains(s, `\`) {
+		return nil, apperr.Invalid(field, "must not contain a backslash")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, apperr.Invalid(field, "must be a valid URL")
+	}
+	return u, nil
+}
+
 // authority checks the host, port and userinfo of an http(s) URL.
 func authority(field string, u *url.URL) error {
 	if u.Opaque != "" || u.Host == "" {
@@ -235,15 +252,9 @@ func ReturnURL(field, raw string, allowedOrigins []string) error {
 	if raw == "" {
 		return apperr.Invalid(field, "is required")
 	}
-	if err := urlText(field, raw); err != nil {
-		return err
-	}
-	if strings.Contains(raw, `\`) {
-		return apperr.Invalid(field, "must not contain a backslash")
-	}
-	u, err := url.Parse(raw)
+	u, err := parseBrowserURL(field, raw)
 	if err != nil {
-		return apperr.Invalid(field, "must be a valid URL")
+		return err
 	}
 	switch strings.ToLower(u.Scheme) {
 	case "https":

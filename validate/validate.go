@@ -117,20 +117,6 @@ func ResourceID(field, s string) error {
 	return nil
 }
 
-// Icon checks an optional icon reference (a URL or a short symbol): at most
-// 2048 bytes of valid UTF-8 without control characters. Empty is allowed.
-func Icon(field, s string) error {
-	switch {
-	case len(s) > MaxIconBytes:
-		return apperr.Invalid(field, "must be at most %d bytes", MaxIconBytes)
-	case !utf8.ValidString(s):
-		return apperr.Invalid(field, "must be valid UTF-8")
-	case strings.IndexFunc(s, unsafeRune) >= 0:
-		return apperr.Invalid(field, "must not contain control characters")
-	}
-	return nil
-}
-
 // Timeout checks that d lies within [min, max].
 func Timeout(field string, d, min, max time.Duration) error {
 	if d < min || d > max {

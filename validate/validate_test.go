@@ -69,12 +69,6 @@ func TestStringRules(t *testing.T) {
 		{"resource id trailing dash", ResourceID, "a-", "must not end with '-'"},
 		{"resource id slash", ResourceID, "a/b", "lower-case"},
 
-		{"icon empty", Icon, "", ""},
-		{"icon url", Icon, "https://example.com/icon.png", ""},
-		{"icon emoji", Icon, "🔧", ""},
-		{"icon too long", Icon, strings.Repeat("a", 2049), "at most 2048 bytes"},
-		{"icon control", Icon, "a\rb", "control characters"},
-
 		{"user ok", UserID, "user-42@example.com", ""},
 		{"user with space", UserID, "Jane Doe", ""},
 		{"user empty", UserID, "", "is required"},

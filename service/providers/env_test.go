@@ -55,9 +55,13 @@ func (r *revoker) revocations() []revocation {
 	return append([]revocation(nil), r.revoked...)
 }
 
-// prober answers every probe with err and keeps what it was asked.
+// prober answers every probe with err (or, without one, with authRequired)
+// and keeps what it was asked; onProbe, when set, sees each probe's
+// context first, as the egress guard's block hook would.
 type prober struct {
-	err error
+	err          error
+	authRequired bool
+	onProbe      func(ctx context.Context)
 
 	mu     sync.Mutex
 	probed []probe
@@ -68,11 +72,14 @@ type probe struct {
 	headers map[string]string
 }
 
-func (p *prober) ProbeServer(_ context.Context, serverURL string, headers map[string]string) error {
+func (p *prober) ProbeServer(ctx context.Context, serverURL string, headers map[string]string) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.probed = append(p.probed, probe{serverURL, maps.Clone(headers)})
-	return p.err
+	if p.onProbe != nil {
+		p.onProbe(ctx)
+	}
+	return p.authRequired, p.err
 }
 
 // env is a provider registry over the in-memory store, a real keyring and

@@ -22,6 +22,7 @@ import (
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/vault"
@@ -40,11 +41,6 @@ const (
 	maxExtraParams        = 16
 )
 
-// protocolParams cannot be set through extra authorization parameters: they
-// are mcpauth's to choose.
-var protocolParams = []string{"response_type", "client_id", "redirect_uri", "state", "code_challenge",
-	"code_challenge_method", "resource", "scope", "request", "request_uri", "code_verifier"}
-
 // Store persists providers. *repository.Store implements it.
 type Store interface {
 	CreateProvider(ctx context.Context, p *repository.Provider) error
@@ -57,6 +53,7 @@ type Store interface {
 	// transaction as the update.
 	UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64) error
 	DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64) error
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -72,9 +69,12 @@ type Revoker interface {
 }
 
 // Prober checks that an MCP server answers (any 2xx, or 401/403 asking for
-// authorization) before a provider is created with connectivity validation.
+// authorization) before a provider is created with connectivity validation,
+// and reports whether it asked for authorization. The context carries the
+// tenant and provider audit scope, so a blocked request is audited for the
+// tenant.
 type Prober interface {
-	ProbeServer(ctx context.Context, serverURL string, headers map[string]string) error
+	ProbeServer(ctx context.Context, serverURL string, headers map[string]string) (authRequired bool, err error)
 }
 
 // Clock tells the time.
@@ -348,7 +348,9 @@ func validateCompat(c domain.Compat) (domain.Compat, error) {
 		}) >= 0 {
 			return out, invalid(field, "name must be 1-64 characters of [A-Za-z0-9._-]")
 		}
-		if slices.Contains(protocolParams, strings.ToLower(k)) {
+		// The list is the authorization request builder's own, so what is
+		// accepted here is what it sends.
+		if oauthclient.ReservedParameter(k) {
 			return out, invalid(field, "is a protocol parameter and cannot be overridden")
 		}
 		if len(v) > 512 || strings.ContainsAny(v, "\r\n\x00") {
@@ -483,11 +485,17 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.checkURLUnique(ctx, in.Tenant, "", v.serverURL); err != nil {
 		return nil, err
 	}
+	// Without a probe nothing is known about the server: the provider
+	// starts UNAUTHORIZED, as the stored default says.
+	authRequired := true
 	if in.ValidateConnectivity {
 		if s.prober == nil {
 			return nil, apperr.FailedPrecondition(domain.ReasonProbeUnavailable, "connectivity validation is not available")
 		}
-		if err := s.prober.ProbeServer(ctx, v.serverURL.String(), v.headers); err != nil {
+		// The scope files an egress block under the tenant and the id
+		// the provider would have had.
+		authRequired, err = s.prober.ProbeServer(audit.WithScope(ctx, in.Tenant, id), v.serverURL.String(), v.headers)
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -513,7 +521,24 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: v.compat.AuditDetails()})
+	if !authRequired {
+		s.markNotRequired(ctx, row)
+	}
 	return s.view(row)
+}
+
+// markNotRequired records that the server of a provider just created
+// answered the probe without asking for authorization. The provider exists
+// by now, so a failure here does not fail the create (a retry would only
+// meet ALREADY_EXISTS): the provider stays UNAUTHORIZED until its first
+// authorization attempt finds out again.
+func (s *Service) markNotRequired(ctx context.Context, row *repository.Provider) {
+	if _, err := s.store.SetGrantStatus(ctx, row.TenantID, row.ID, []domain.AuthStatus{domain.StatusUnauthorized},
+		domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
+		s.log.WarnContext(ctx, "recording a provider's authorization as not required", "tenant", row.TenantID, "provider", row.ID, "error", err)
+		return
+	}
+	row.GrantStatus = domain.StatusNotRequired
 }
 
 // Get returns the masked view of a provider.
@@ -560,8 +585,10 @@ type UpdateInput struct {
 // Update changes the fields named in the input's paths. A new server URL
 // drops everything tied to the old server: tokens, client registrations,
 // the tool list, and (unless the same request sets them) the custom headers
-// and the pre-registered client, so no credential meant for the old server
-// is ever sent to the new one.
+// and the pre-registered client's id and secret, so no credential meant for
+// the old server is ever sent to the new one. A new client id drops the
+// stored client secret unless the same request sets one. What was dropped
+// is named in the audit events' "dropped" detail.
 func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if len(in.Paths) == 0 {
 		return nil, invalid("update_mask", "must name the fields to change")
@@ -591,6 +618,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		return nil, err
 	}
 	expected := row.Version
+	oldClientID := row.ClientID
 	urlChanged := false
 	for _, path := range paths {
 		switch path {
@@ -637,17 +665,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			row.Compat = vault.JSONCompat(v.compat)
 		}
 	}
-	if urlChanged {
-		if !slices.Contains(paths, PathHeaders) {
-			row.Headers = nil
-		}
-		if !slices.Contains(paths, PathOAuthClient) && !slices.Contains(paths, PathOAuthClientSecret) {
-			row.ClientSecret = nil
-			if !slices.Contains(paths, PathOAuthClientID) {
-				row.ClientID = ""
-			}
-		}
-	}
+	dropped := dropUnsafe(row, paths, urlChanged, oldClientID)
 	if row.ClientID == "" && len(row.ClientSecret) > 0 {
 		return nil, invalid("provider.oauth_client.client_id", "is required when a client secret is stored")
 	}
@@ -674,14 +692,49 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if urlChanged {
 		row.GrantStatus, row.GrantReason, row.GrantGeneration = domain.StatusUnknown, "", 0
 	}
+	details := map[string]string{"fields": strings.Join(paths, ",")}
+	if len(dropped) > 0 {
+		details["dropped"] = strings.Join(dropped, ",")
+	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"fields": strings.Join(paths, ",")}})
+		Outcome: domain.OutcomeSuccess, Details: details})
 	if urlChanged {
+		details := map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}
+		if len(dropped) > 0 {
+			details["dropped"] = strings.Join(dropped, ",")
+		}
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
-			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged,
-			Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
+			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
 	}
 	return s.view(row)
+}
+
+// dropUnsafe removes from row the credentials the update must not carry
+// over although the mask does not name them, and returns the paths of those
+// that were stored. A new server URL drops the custom headers and the
+// pre-registered client's id and secret (they may be secrets meant for the
+// old host) unless the same request sets them. A new client id drops the
+// stored secret, which belongs to the previous client, unless the same
+// request sets one: a client id is never paired with another client's
+// secret. Clearing the id while a secret is stored is left to the caller to
+// refuse.
+func dropUnsafe(row *repository.Provider, paths []string, urlChanged bool, oldClientID string) []string {
+	setsSecret := slices.Contains(paths, PathOAuthClient) || slices.Contains(paths, PathOAuthClientSecret)
+	var dropped []string
+	if urlChanged && !slices.Contains(paths, PathHeaders) && len(row.Headers) > 0 {
+		row.Headers = nil
+		dropped = append(dropped, PathHeaders)
+	}
+	if urlChanged && !setsSecret && !slices.Contains(paths, PathOAuthClientID) && row.ClientID != "" {
+		row.ClientID = ""
+		dropped = append(dropped, PathOAuthClientID)
+	}
+	idChanged := row.ClientID != oldClientID && (urlChanged || row.ClientID != "")
+	if idChanged && !setsSecret && len(row.ClientSecret) > 0 {
+		row.ClientSecret = nil
+		dropped = append(dropped, PathOAuthClientSecret)
+	}
+	return dropped
 }
 
 // reencryptUntouched re-seals the ciphertexts the update did not replace

@@ -14,8 +14,10 @@ import (
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/reqid"
+	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/servicetest"
 	"github.com/mcpauth/mcpauth/service/vault"
 )
@@ -175,6 +177,13 @@ var invalidCases = []struct {
 	{"authorization header", func(f *Fields) { f.Headers = map[string]string{"authorization": "Bearer x"} }, `provider.headers["authorization"]`},
 	{"header value with newline", func(f *Fields) { f.Headers = map[string]string{"X-A": "a\r\nX-B: b"} }, `provider.headers["X-A"]`},
 	{"icon with control character", func(f *Fields) { f.Icon = "a\x07" }, "provider.icon"},
+	{"javascript icon", func(f *Fields) { f.Icon = "javascript:alert(1)" }, "provider.icon"},
+	{"javascript icon in capitals", func(f *Fields) { f.Icon = "JAVASCRIPT:alert(1)" }, "provider.icon"},
+	{"html data icon", func(f *Fields) { f.Icon = "data:text/html,<script>alert(1)</script>" }, "provider.icon"},
+	{"svg data icon", func(f *Fields) { f.Icon = "data:image/svg+xml;base64,PHN2ZyBvbmxvYWQ9YWxlcnQoMSk+" }, "provider.icon"},
+	{"http icon", func(f *Fields) { f.Icon = "http://linear.app/icon.png" }, "provider.icon"},
+	{"icon with userinfo", func(f *Fields) { f.Icon = "https://u:p@linear.app/icon.png" }, "provider.icon"},
+	{"oversized icon", func(f *Fields) { f.Icon = "https://linear.app/" + strings.Repeat("i", 2048) }, "provider.icon"},
 	{"timeout below a second", func(f *Fields) { f.Timeout = dur(999 * time.Millisecond) }, "provider.timeout"},
 	{"timeout above ten minutes", func(f *Fields) { f.Timeout = dur(MaxTimeout + 1) }, "provider.timeout"},
 	{"zero sse read timeout", func(f *Fields) { f.SSEReadTimeout = dur(0) }, "provider.sse_read_timeout"},
@@ -222,6 +231,24 @@ var invalidCases = []struct {
 		`provider.compatibility.extra_authorization_params["redirect_uri"]`},
 	{"protocol parameter in another case", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"Code_Challenge": "x"} },
 		`provider.compatibility.extra_authorization_params["Code_Challenge"]`},
+	{"response_mode", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"response_mode": "form_post"} },
+		`provider.compatibility.extra_authorization_params["response_mode"]`},
+	{"response_mode in capitals", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"RESPONSE_MODE": "fragment"} },
+		`provider.compatibility.extra_authorization_params["RESPONSE_MODE"]`},
+	{"JARM response_mode", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"Response_Mode": "query.jwt"} },
+		`provider.compatibility.extra_authorization_params["Response_Mode"]`},
+	{"request_uri", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"Request_URI": "urn:x"} },
+		`provider.compatibility.extra_authorization_params["Request_URI"]`},
+	{"request object", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"request": "eyJ"} },
+		`provider.compatibility.extra_authorization_params["request"]`},
+	{"fixed nonce", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"nonce": "n"} },
+		`provider.compatibility.extra_authorization_params["nonce"]`},
+	{"dpop_jkt", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"dpop_jkt": "k"} },
+		`provider.compatibility.extra_authorization_params["dpop_jkt"]`},
+	{"client secret in the URL", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"client_secret": "s"} },
+		`provider.compatibility.extra_authorization_params["client_secret"]`},
+	{"client assertion type", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"Client_Assertion_Type": "x"} },
+		`provider.compatibility.extra_authorization_params["Client_Assertion_Type"]`},
 	{"extra parameter value too long", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"audience": strings.Repeat("v", 513)} },
 		`provider.compatibility.extra_authorization_params["audience"]`},
 	{"extra parameter value with newline", func(f *Fields) { f.Compat.ExtraParams = map[string]string{"audience": "a\nb"} },
@@ -274,6 +301,9 @@ func TestCreateConflicts(t *testing.T) {
 		{"same id", "t1", "linear", func() Fields { return named("other") }, "provider_id", 2},
 		{"same display name", "t1", "other", func() Fields { f := named("other"); f.DisplayName = "Linear"; return f }, "provider.display_name", 2},
 		{"same server identifier", "t1", "other", func() Fields { f := named("other"); f.ServerIdentifier = "linear"; return f }, "provider.server_identifier", 2},
+		{"same display name in another case", "t1", "other", func() Fields { f := named("other"); f.DisplayName = "LINEAR"; return f }, "provider.display_name", 2},
+		{"same display name trimmed, in another case", "t1", "other", func() Fields { f := named("other"); f.DisplayName = " lInEaR "; return f }, "provider.display_name", 2},
+		{"same server identifier in another case", "t1", "other", func() Fields { f := named("other"); f.ServerIdentifier = "Linear"; return f }, "provider.server_identifier", 2},
 		{"same server url spelled differently", "t1", "other", func() Fields {
 			f := named("other")
 			f.ServerURL = "HTTPS://MCP.Linear.App:443/mcp/?key=url-secret"
@@ -301,6 +331,29 @@ func TestCreateConflicts(t *testing.T) {
 				t.Errorf("%d audit events, want %d", got, wantEvents)
 			}
 		})
+	}
+}
+
+// TestCreateConnectivityEgressAudited checks that the probe runs in the
+// tenant's audit scope: a request the egress guard blocks is filed as an
+// egress.blocked event of the tenant, under the requested provider id.
+func TestCreateConnectivityEgressAudited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	auditor := e.deps.Audit.(*audit.Auditor)
+	block := audit.EgressBlockHook(auditor, metrics.New())
+	e.prober.onProbe = func(ctx context.Context) { block(ctx, "10.1.2.3", "private address") }
+	e.prober.err = apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed")
+	_, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: true})
+	wantErr(t, err, apperr.KindFailedPrecondition, "")
+	auditor.Close()
+	events := e.eventsOf(domain.EventEgressBlocked)
+	if len(events) != 1 || events[0].TenantID != "t1" || events[0].ProviderID != "linear" || events[0].Reason != domain.ReasonEgressBlocked ||
+		!strings.Contains(events[0].Details, "10.1.2.3") {
+		t.Fatalf("egress.blocked events = %+v, want one for t1/linear", events)
+	}
+	if n := e.store.Calls("CreateProvider"); n != 0 || len(e.eventsOf(domain.EventProviderCreated)) != 0 {
+		t.Errorf("a blocked probe stored %d providers", n)
 	}
 }
 
@@ -334,24 +387,32 @@ func TestCreateConnectivity(t *testing.T) {
 	t.Parallel()
 	unreachable := apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server did not answer")
 	tests := []struct {
-		name       string
-		noProber   bool
-		probeErr   error
-		validate   bool
-		wantReason string
-		wantProbes int
+		name         string
+		noProber     bool
+		probeErr     error
+		authRequired bool
+		statusFails  bool
+		validate     bool
+		wantReason   string
+		wantProbes   int
+		wantStatus   domain.AuthStatus
 	}{
-		{name: "probe passes", validate: true, wantProbes: 1},
+		{name: "server answers without asking for authorization", validate: true, wantProbes: 1, wantStatus: domain.StatusNotRequired},
+		{name: "server asks for authorization", validate: true, authRequired: true, wantProbes: 1, wantStatus: domain.StatusUnauthorized},
+		{name: "status cannot be recorded", validate: true, statusFails: true, wantProbes: 1, wantStatus: domain.StatusUnauthorized},
 		{name: "probe fails", validate: true, probeErr: unreachable, wantReason: domain.ReasonServerUnreachable, wantProbes: 1},
 		{name: "no prober", validate: true, noProber: true, wantReason: domain.ReasonProbeUnavailable},
-		{name: "not asked for", probeErr: unreachable},
+		{name: "not asked for", probeErr: unreachable, wantStatus: domain.StatusUnauthorized},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, dropIf(tt.noProber, noProber))
-			e.prober.err = tt.probeErr
-			_, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: tt.validate})
+			e.prober.err, e.prober.authRequired = tt.probeErr, tt.authRequired
+			if tt.statusFails {
+				e.store.FailOn("SetGrantStatus", errors.New("database unreachable"))
+			}
+			v, err := e.svc.Create(context.Background(), CreateInput{Tenant: "t1", ID: "linear", Fields: linear(), ValidateConnectivity: tt.validate})
 			stored := e.store.Calls("CreateProvider")
 			if tt.wantReason != "" {
 				wantErr(t, err, apperr.KindFailedPrecondition, "")
@@ -363,6 +424,12 @@ func TestCreateConnectivity(t *testing.T) {
 				}
 			} else if err != nil || stored != 1 {
 				t.Fatalf("Create = %v, %d stored", err, stored)
+			} else {
+				e.store.FailOn("SetGrantStatus", nil)
+				got, err := e.svc.Get(context.Background(), "t1", "linear")
+				if err != nil || v.Status != tt.wantStatus || got.Status != tt.wantStatus {
+					t.Errorf("status created %v, read %v (%v); want %v", v.Status, got.Status, err, tt.wantStatus)
+				}
 			}
 			if len(e.prober.probed) != tt.wantProbes {
 				t.Fatalf("probes = %+v, want %d", e.prober.probed, tt.wantProbes)

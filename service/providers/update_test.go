@@ -56,6 +56,8 @@ func TestUpdateFields(t *testing.T) {
 	}{
 		{"display name, trimmed", with(func(f *Fields) { f.DisplayName = "  Linear 2 " }), []string{PathDisplayName},
 			func(t *testing.T, v *View, _ *vault.Provider) { eq(t, "display name", v.DisplayName, "Linear 2") }},
+		{"own display name in another case", with(func(f *Fields) { f.DisplayName = "LINEAR" }), []string{PathDisplayName},
+			func(t *testing.T, v *View, _ *vault.Provider) { eq(t, "display name", v.DisplayName, "LINEAR") }},
 		{"server identifier", with(func(f *Fields) { f.ServerIdentifier = "linear-2" }), []string{PathServerIdentifier},
 			func(t *testing.T, v *View, _ *vault.Provider) {
 				eq(t, "server identifier", v.ServerIdentifier, "linear-2")
@@ -87,9 +89,9 @@ func TestUpdateFields(t *testing.T) {
 			}},
 		{"client cleared", Fields{}, []string{PathOAuthClient},
 			func(t *testing.T, v *View, _ *vault.Provider) { eq(t, "client", clientString(v.OAuthClient), "none") }},
-		{"client id", with(func(f *Fields) { f.OAuthClient.ClientID = "c3" }), []string{PathOAuthClientID},
+		{"same client id keeps the secret", with(func(f *Fields) { f.OAuthClient.ClientID = "client-1" }), []string{PathOAuthClientID},
 			func(t *testing.T, v *View, d *vault.Provider) {
-				eq(t, "client", clientString(v.OAuthClient)+" "+d.ClientSecret.Reveal(), "c3/true/[read] client-secret")
+				eq(t, "client", clientString(v.OAuthClient)+" "+d.ClientSecret.Reveal(), "client-1/true/[read] client-secret")
 			}},
 		{"client secret", with(func(f *Fields) { f.OAuthClient.ClientSecret = "new-secret" }), []string{PathOAuthClientSecret},
 			func(t *testing.T, v *View, d *vault.Provider) {
@@ -184,23 +186,31 @@ func TestUpdateURLChange(t *testing.T) {
 		wantHeaders string
 		wantClient  string
 		wantSecret  string
+		// wantDropped is the "dropped" detail of both audit events.
+		wantDropped string
 	}{
 		{name: "url only", paths: []string{PathServerURL}, confirm: true,
-			wantHeaders: "[]", wantClient: "/false/[read]"},
+			wantHeaders: "[]", wantClient: "/false/[read]", wantDropped: "headers,oauth_client.client_id,oauth_client.client_secret"},
 		{name: "with headers and client",
 			fields: Fields{Headers: map[string]string{"X-New": "v"}, OAuthClient: OAuthClient{ClientID: "new-client", ClientSecret: "new-secret"}},
 			paths:  []string{PathServerURL, PathHeaders, PathOAuthClient}, confirm: true,
 			wantHeaders: "[X-New]", wantClient: "new-client/true/[]", wantSecret: "new-secret"},
 		{name: "with client id", fields: Fields{OAuthClient: OAuthClient{ClientID: "new-client"}},
 			paths: []string{PathServerURL, PathOAuthClientID}, confirm: true,
-			wantHeaders: "[]", wantClient: "new-client/false/[read]"},
+			wantHeaders: "[]", wantClient: "new-client/false/[read]", wantDropped: "headers,oauth_client.client_secret"},
+		{name: "with the same client id", fields: Fields{OAuthClient: OAuthClient{ClientID: "client-1"}},
+			paths: []string{PathServerURL, PathOAuthClientID}, confirm: true,
+			wantHeaders: "[]", wantClient: "client-1/true/[read]", wantSecret: "client-secret", wantDropped: "headers"},
 		{name: "with client secret", fields: Fields{OAuthClient: OAuthClient{ClientSecret: "new-secret"}},
 			paths: []string{PathServerURL, PathOAuthClientSecret}, confirm: true,
-			wantHeaders: "[]", wantClient: "client-1/true/[read]", wantSecret: "new-secret"},
+			wantHeaders: "[]", wantClient: "client-1/true/[read]", wantSecret: "new-secret", wantDropped: "headers"},
+		{name: "with headers", fields: Fields{Headers: map[string]string{"X-New": "v"}},
+			paths: []string{PathServerURL, PathHeaders}, confirm: true,
+			wantHeaders: "[X-New]", wantClient: "/false/[read]", wantDropped: "oauth_client.client_id,oauth_client.client_secret"},
 		{name: "server did not confirm the revocation", paths: []string{PathServerURL},
-			wantHeaders: "[]", wantClient: "/false/[read]"},
+			wantHeaders: "[]", wantClient: "/false/[read]", wantDropped: "headers,oauth_client.client_id,oauth_client.client_secret"},
 		{name: "no revoker", paths: []string{PathServerURL}, noRevoker: true,
-			wantHeaders: "[]", wantClient: "/false/[read]"},
+			wantHeaders: "[]", wantClient: "/false/[read]", wantDropped: "headers,oauth_client.client_id,oauth_client.client_secret"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,11 +256,80 @@ func TestUpdateURLChange(t *testing.T) {
 			if want := []revocation{{"t1", "linear", true}}; !tt.noRevoker && !reflect.DeepEqual(e.revoker.revocations(), want) {
 				t.Errorf("revocations = %+v, want %+v (while the grant was held)", e.revoker.revocations(), want)
 			}
-			reset := e.eventsOf(domain.EventCredentialsReset)
-			wantDetails := fmt.Sprintf(`{"revoked_at_server":"%v"}`, tt.confirm)
-			if len(reset) != 1 || reset[0].Reason != domain.ReasonServerURLChanged || reset[0].Details != wantDetails ||
-				len(e.eventsOf(domain.EventProviderUpdated)) != 1 {
-				t.Errorf("audit = %+v, want an update and a reset with %s", e.store.Events(), wantDetails)
+			reset, updated := e.eventsOf(domain.EventCredentialsReset), e.eventsOf(domain.EventProviderUpdated)
+			dropped := droppedDetail(tt.wantDropped)
+			wantReset := fmt.Sprintf(`{%s"revoked_at_server":"%v"}`, dropped, tt.confirm)
+			wantUpdated := fmt.Sprintf(`{%s"fields":%q}`, dropped, strings.Join(tt.paths, ","))
+			if len(reset) != 1 || reset[0].Reason != domain.ReasonServerURLChanged || reset[0].Details != wantReset ||
+				len(updated) != 1 || updated[0].Details != wantUpdated {
+				t.Errorf("audit = %+v, want an update with %s and a reset with %s", e.store.Events(), wantUpdated, wantReset)
+			}
+		})
+	}
+}
+
+// droppedDetail is the "dropped" entry of an audit event's JSON details
+// (which lead with it, in key order), or "" when nothing was dropped.
+func droppedDetail(paths string) string {
+	if paths == "" {
+		return ""
+	}
+	return fmt.Sprintf(`"dropped":%q,`, paths)
+}
+
+// TestUpdateClientIDDropsSecret checks that a new client id is never paired
+// with the previous client's secret: the stored secret is dropped (and the
+// drop audited) unless the same request sets a secret.
+func TestUpdateClientIDDropsSecret(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		client      OAuthClient
+		paths       []string
+		wantClient  string
+		wantSecret  string
+		wantDropped string
+	}{
+		{name: "new id alone", client: OAuthClient{ClientID: "client-2"}, paths: []string{PathOAuthClientID},
+			wantClient: "client-2/false/[read]", wantDropped: "oauth_client.client_secret"},
+		{name: "new id alone, a secret in the request but not in the mask",
+			client: OAuthClient{ClientID: "client-2", ClientSecret: "ignored"}, paths: []string{PathOAuthClientID},
+			wantClient: "client-2/false/[read]", wantDropped: "oauth_client.client_secret"},
+		{name: "new id and its secret", client: OAuthClient{ClientID: "client-2", ClientSecret: "secret-2"},
+			paths: []string{PathOAuthClientID, PathOAuthClientSecret}, wantClient: "client-2/true/[read]", wantSecret: "secret-2"},
+		{name: "new id and an explicitly empty secret", client: OAuthClient{ClientID: "client-2"},
+			paths: []string{PathOAuthClientID, PathOAuthClientSecret}, wantClient: "client-2/false/[read]"},
+		{name: "whole client", client: OAuthClient{ClientID: "client-2", ClientSecret: "secret-2", Scopes: []string{"w"}},
+			paths: []string{PathOAuthClient}, wantClient: "client-2/true/[w]", wantSecret: "secret-2"},
+		{name: "same id", client: OAuthClient{ClientID: "client-1"}, paths: []string{PathOAuthClientID},
+			wantClient: "client-1/true/[read]", wantSecret: "client-secret"},
+		{name: "id and secret cleared together", paths: []string{PathOAuthClientID, PathOAuthClientSecret},
+			wantClient: "/false/[read]"},
+		{name: "scopes only", client: OAuthClient{Scopes: []string{"x"}}, paths: []string{PathOAuthClientScopes},
+			wantClient: "client-1/true/[x]", wantSecret: "client-secret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.create(t, "t1", "linear", linear())
+			v, err := e.svc.Update(context.Background(), UpdateInput{Tenant: "t1", ID: "linear", Fields: Fields{OAuthClient: tt.client}, Paths: tt.paths})
+			if err != nil {
+				t.Fatalf("Update: %v", err)
+			}
+			eq(t, "client", clientString(v.OAuthClient), tt.wantClient)
+			d, err := vault.OpenProvider(e.keys, e.row(t, "t1", "linear"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			eq(t, "stored secret", d.ClientSecret.Reveal(), tt.wantSecret)
+			eq(t, "headers kept", fmt.Sprint(headerNames(v)), "[X-Api-Key X-Empty]")
+			want := fmt.Sprintf(`{%s"fields":%q}`, droppedDetail(tt.wantDropped), strings.Join(tt.paths, ","))
+			if ev := e.eventsOf(domain.EventProviderUpdated); len(ev) != 1 || ev[0].Details != want {
+				t.Errorf("provider.updated events %+v, want details %s", ev, want)
+			}
+			if n := len(e.eventsOf(domain.EventCredentialsReset)); n != 0 {
+				t.Errorf("%d credentials.reset events for a client change", n)
 			}
 		})
 	}
@@ -351,6 +430,10 @@ func TestUpdateRefused(t *testing.T) {
 		{name: "display name of another provider", fields: named("other"), paths: []string{PathDisplayName},
 			kind: apperr.KindAlreadyExists, field: "provider.display_name"},
 		{name: "server identifier of another provider", fields: named("other"), paths: []string{PathServerIdentifier},
+			kind: apperr.KindAlreadyExists, field: "provider.server_identifier"},
+		{name: "display name of another provider in another case", fields: named("OTHER"), paths: []string{PathDisplayName},
+			kind: apperr.KindAlreadyExists, field: "provider.display_name"},
+		{name: "server identifier of another provider in another case", fields: named("Other"), paths: []string{PathServerIdentifier},
 			kind: apperr.KindAlreadyExists, field: "provider.server_identifier"},
 		{name: "server url of another provider", fields: Fields{ServerURL: "HTTPS://other.example.com/mcp/"}, paths: []string{PathServerURL},
 			kind: apperr.KindAlreadyExists, field: "provider.server_url"},

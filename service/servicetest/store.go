@@ -109,9 +109,9 @@ func (s *Store) conflict(p *repository.Provider, create bool) error {
 		switch {
 		case create && r.ID == p.ID:
 			rule = repository.UniqueID
-		case r.DisplayName == p.DisplayName:
+		case lowerASCII(r.DisplayName) == lowerASCII(p.DisplayName):
 			rule = repository.UniqueDisplayName
-		case r.ServerIdentifier == p.ServerIdentifier:
+		case lowerASCII(r.ServerIdentifier) == lowerASCII(p.ServerIdentifier):
 			rule = repository.UniqueServerIdentifier
 		case r.URLHash == p.URLHash:
 			rule = repository.UniqueServerURL
@@ -122,6 +122,19 @@ func (s *Store) conflict(p *repository.Provider, create bool) error {
 		return &apperr.Error{Kind: apperr.KindAlreadyExists, Reason: domain.ReasonAlreadyExists, Message: c.Error(), Err: c}
 	}
 	return nil
+}
+
+// lowerASCII folds s as SQLite's lower() does (ASCII letters only), the
+// case rule every backend of the repository applies to display names and
+// server identifiers.
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // withGrant fills the grant fields of a provider row as the repository's

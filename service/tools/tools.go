@@ -450,18 +450,23 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 }
 
 // ProbeServer checks that an MCP server answers (providers.Prober): any
-// answer, including a demand for authorization, counts as reachable.
-func (s *Service) ProbeServer(ctx context.Context, serverURL string, headers map[string]string) error {
-	err := s.mcp.Probe(ctx, mcpclient.Target{URL: serverURL, Timeout: 15 * time.Second, MaxResultBytes: 1 << 20}, mcpclient.Credentials{Headers: headers})
+// answer, including a demand for authorization, counts as reachable. It
+// reports whether the server asked for authorization; a server that
+// answered without asking needs none.
+func (s *Service) ProbeServer(ctx context.Context, serverURL string, headers map[string]string) (authRequired bool, err error) {
+	err = s.mcp.Probe(ctx, mcpclient.Target{URL: serverURL, Timeout: 15 * time.Second, MaxResultBytes: 1 << 20}, mcpclient.Credentials{Headers: headers})
 	var ae *mcpclient.AuthError
-	if err == nil || errors.As(err, &ae) {
-		return nil
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.As(err, &ae):
+		return true, nil
 	}
 	var blocked *egress.BlockedError
 	if errors.As(err, &blocked) {
-		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
+		return false, apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
 	}
-	return apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server could not be reached: %s", err.Error())
+	return false, apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server could not be reached: %s", err.Error())
 }
 
 func decodeTools(raw string) ([]Tool, error) {

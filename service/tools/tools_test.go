@@ -923,12 +923,14 @@ func TestProbeServer(t *testing.T) {
 		url    string
 		setup  func(e *env)
 		reason string // "" for reachable
+		// authRequired is whether the server asked for authorization.
+		authRequired bool
 	}{
 		{name: "answers", url: serverURL, setup: func(e *env) { e.serve(serverURL, nil) }},
-		{name: "asks for authorization", url: serverURL, setup: func(e *env) { e.serve(serverURL, e.as) }},
+		{name: "asks for authorization", url: serverURL, setup: func(e *env) { e.serve(serverURL, e.as) }, authRequired: true},
 		{name: "refuses the headers", url: serverURL, setup: func(e *env) {
 			e.serve(serverURL, nil).needHeaders = map[string]string{"X-Api-Key": "other"}
-		}},
+		}, authRequired: true},
 		{name: "no such host", url: "https://gone.example.com/mcp", setup: func(*env) {}, reason: domain.ReasonServerUnreachable},
 		{name: "server failing", url: serverURL, setup: func(e *env) {
 			e.serve(serverURL, nil).down = fmt.Errorf("mcpclient: ping: server answered 503: %w", mcpclient.ErrUnreachable)
@@ -942,13 +944,13 @@ func TestProbeServer(t *testing.T) {
 			e := newEnv(t)
 			tc.setup(e)
 			headers := map[string]string{"X-Api-Key": "k1"}
-			err := e.svc.ProbeServer(context.Background(), tc.url, headers)
+			authRequired, err := e.svc.ProbeServer(context.Background(), tc.url, headers)
 			if tc.reason != "" {
 				wantErr(t, err, apperr.KindFailedPrecondition, tc.reason)
 				return
 			}
-			if err != nil {
-				t.Fatalf("ProbeServer() = %v, want reachable", err)
+			if err != nil || authRequired != tc.authRequired {
+				t.Fatalf("ProbeServer() = %v, %v; want reachable, authorization required %v", authRequired, err, tc.authRequired)
 			}
 			req := e.net.server(tc.url).Requests()
 			want := mcpclient.Target{URL: tc.url, Timeout: 15 * time.Second, MaxResultBytes: 1 << 20}

@@ -156,20 +156,34 @@ type Provider struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Resource name: tenants/{tenant}/providers/{provider}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Human readable name, unique per tenant.
+	// Human readable name, unique per tenant ignoring case ("Linear" and
+	// "LINEAR" cannot coexist; ASCII letters are always folded, other letters
+	// as the database's lower() folds them).
 	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	// Stable identifier other systems refer to, unique per tenant.
+	// Stable identifier other systems refer to, unique per tenant ignoring
+	// case ("pg2" and "PG2" cannot coexist).
 	ServerIdentifier string `protobuf:"bytes,3,opt,name=server_identifier,json=serverIdentifier,proto3" json:"server_identifier,omitempty"`
-	// The MCP server URL. Input only: it is stored encrypted.
+	// The MCP server URL. Input only: it is stored encrypted. Changing it to
+	// a different server (after normalisation) drops the provider's tokens and
+	// registrations and, unless the same update sets them, its headers and
+	// oauth_client id and secret (see UpdateProvider).
 	ServerUrl string `protobuf:"bytes,4,opt,name=server_url,json=serverUrl,proto3" json:"server_url,omitempty"`
 	// The server URL with path, query and userinfo hidden.
 	MaskedServerUrl string `protobuf:"bytes,5,opt,name=masked_server_url,json=maskedServerUrl,proto3" json:"masked_server_url,omitempty"`
 	// Custom headers sent to the MCP server. Input only: values are stored
-	// encrypted and never returned.
+	// encrypted and never returned. They are dropped when server_url changes
+	// unless the same update sets them again (they may be secrets meant for
+	// the old host).
 	Headers map[string]string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The names of the custom headers, with a short fingerprint of each value.
 	HeaderInfo []*HeaderInfo `protobuf:"bytes,7,rep,name=header_info,json=headerInfo,proto3" json:"header_info,omitempty"`
-	// Icon URL or emoji shown by consoles.
+	// Icon shown by consoles, at most 2048 bytes, one of: an https URL (no
+	// userinfo, no fragment); a data URL
+	// "data:image/{png,jpeg,gif,webp};base64,..." whose content is that image
+	// type; or a symbol such as an emoji (1 to 16 characters, no spaces, no
+	// ASCII punctuation). Any other form (javascript:, http:, other data:
+	// types, SVG, which can carry script) is refused with INVALID_ARGUMENT, so
+	// a console may use the value as an image source.
 	Icon string `protobuf:"bytes,8,opt,name=icon,proto3" json:"icon,omitempty"`
 	// Timeout of one request to the MCP server (1s to 10m, default 30s).
 	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -400,7 +414,10 @@ func (x *HeaderInfo) GetFingerprint() string {
 // OAuthClient is a client registered with the authorization server by hand.
 type OAuthClient struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The client identifier issued by the authorization server.
+	// The client identifier issued by the authorization server. Changing it
+	// drops the stored client_secret unless the same update sets one
+	// (oauth_client or oauth_client.client_secret in the mask); clearing it
+	// while a secret is stored is refused.
 	ClientId string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// The client secret. Input only: it is stored encrypted.
 	ClientSecret string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
@@ -482,7 +499,13 @@ type CompatibilityProfile struct {
 	// advertise code_challenge_methods_supported.
 	AllowMissingPkceMetadata bool `protobuf:"varint,3,opt,name=allow_missing_pkce_metadata,json=allowMissingPkceMetadata,proto3" json:"allow_missing_pkce_metadata,omitempty"`
 	// Extra query parameters added to the authorization request
-	// (for example access_type=offline). Protocol parameters cannot be set.
+	// (for example access_type=offline). Protocol parameters cannot be set,
+	// in any letter case: those mcpauth chooses (response_type, client_id,
+	// redirect_uri, state, scope, resource, code_challenge,
+	// code_challenge_method, code_verifier, nonce, dpop_jkt), those that change
+	// how or where the response is delivered (response_mode, request,
+	// request_uri) and client credentials (client_secret, client_assertion,
+	// client_assertion_type).
 	ExtraAuthorizationParams map[string]string `protobuf:"bytes,4,rep,name=extra_authorization_params,json=extraAuthorizationParams,proto3" json:"extra_authorization_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Token endpoint client authentication: client_secret_basic,
 	// client_secret_post or none. Empty means the server's advertised choice.
@@ -566,7 +589,11 @@ type CreateProviderRequest struct {
 	// Optional id for the new provider ([a-z0-9-], 1-63 characters);
 	// a random one is chosen when empty.
 	ProviderId string `protobuf:"bytes,3,opt,name=provider_id,json=providerId,proto3" json:"provider_id,omitempty"`
-	// Probe the MCP server before creating: unreachable servers are refused.
+	// Probe the MCP server before creating: unreachable servers are refused
+	// (FAILED_PRECONDITION; a probe the egress policy blocks is also audited
+	// as egress.blocked for the tenant). A server that answers without asking
+	// for authorization makes the provider AUTHORIZATION_STATUS_NOT_REQUIRED;
+	// otherwise, and without a probe, it starts UNAUTHORIZED.
 	ValidateConnectivity bool `protobuf:"varint,4,opt,name=validate_connectivity,json=validateConnectivity,proto3" json:"validate_connectivity,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache

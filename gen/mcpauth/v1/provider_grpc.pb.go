@@ -40,7 +40,16 @@ type MCPProviderServiceClient interface {
 	GetProvider(ctx context.Context, in *GetProviderRequest, opts ...grpc.CallOption) (*GetProviderResponse, error)
 	// ListProviders pages through a tenant's providers in a stable order.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
-	// UpdateProvider changes the fields named in update_mask and nothing else.
+	// UpdateProvider changes the fields named in update_mask and, for safety,
+	// drops credentials that belonged to what changed even when the mask does
+	// not name them: a new server_url drops the tokens, client registrations
+	// and tool list, and (unless the same request sets them) the custom
+	// headers and the oauth_client's client_id and client_secret, since they
+	// may be secrets meant for the old host; a new oauth_client.client_id
+	// drops the stored client_secret unless the same request sets one. The
+	// response shows the result (empty header_info, client_secret_set false)
+	// and the provider.updated audit event (and provider.credentials.reset
+	// for a new URL) names the dropped fields in its "dropped" detail.
 	UpdateProvider(ctx context.Context, in *UpdateProviderRequest, opts ...grpc.CallOption) (*UpdateProviderResponse, error)
 	// DeleteProvider removes a provider, its credentials and its tool list.
 	DeleteProvider(ctx context.Context, in *DeleteProviderRequest, opts ...grpc.CallOption) (*DeleteProviderResponse, error)
@@ -118,7 +127,16 @@ type MCPProviderServiceServer interface {
 	GetProvider(context.Context, *GetProviderRequest) (*GetProviderResponse, error)
 	// ListProviders pages through a tenant's providers in a stable order.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
-	// UpdateProvider changes the fields named in update_mask and nothing else.
+	// UpdateProvider changes the fields named in update_mask and, for safety,
+	// drops credentials that belonged to what changed even when the mask does
+	// not name them: a new server_url drops the tokens, client registrations
+	// and tool list, and (unless the same request sets them) the custom
+	// headers and the oauth_client's client_id and client_secret, since they
+	// may be secrets meant for the old host; a new oauth_client.client_id
+	// drops the stored client_secret unless the same request sets one. The
+	// response shows the result (empty header_info, client_secret_set false)
+	// and the provider.updated audit event (and provider.credentials.reset
+	// for a new URL) names the dropped fields in its "dropped" detail.
 	UpdateProvider(context.Context, *UpdateProviderRequest) (*UpdateProviderResponse, error)
 	// DeleteProvider removes a provider, its credentials and its tool list.
 	DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error)
