@@ -74,35 +74,25 @@ func TestUndecodableRequestIsInvalidArgument(t *testing.T) {
 	}
 	malformed := []byte{0x0a, 0x05, 'a'} // a length running past the end
 	rpcs := 0
-	for _, fd := range []protoreflect.FileDescriptor{
-		mcpauthv1.File_mcpauth_v1_provider_proto, mcpauthv1.File_mcpauth_v1_oauth_proto,
-		mcpauthv1.File_mcpauth_v1_audit_proto, mcpauthv1.File_mcpauth_v1_tool_proto,
-	} {
-		for i := range fd.Services().Len() {
-			svc := fd.Services().Get(i)
-			for j := range svc.Methods().Len() {
-				m := svc.Methods().Get(j)
-				full := "/" + string(svc.FullName()) + "/" + string(m.Name())
-				rpcs++
-				bodies := map[string][]byte{"malformed": malformed}
-				fields := m.Input().Fields()
-				for k := range fields.Len() {
-					if f := fields.Get(k); f.Kind() == protoreflect.StringKind && !f.IsList() && !f.IsMap() {
-						bodies["invalid UTF-8 in "+string(f.Name())] = badInvalidUTF8(f.Number())
-						break
-					}
+	for _, am := range apiMethods() {
+		rpcs++
+		bodies := map[string][]byte{"malformed": malformed}
+		fields := am.Desc.Input().Fields()
+		for k := range fields.Len() {
+			if f := fields.Get(k); f.Kind() == protoreflect.StringKind && !f.IsList() && !f.IsMap() {
+				bodies["invalid UTF-8 in "+string(f.Name())] = badInvalidUTF8(f.Number())
+				break
+			}
+		}
+		for what, body := range bodies {
+			for _, key := range []string{"", "k"} {
+				ctx := t.Context()
+				if key != "" {
+					ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
 				}
-				for what, body := range bodies {
-					for _, key := range []string{"", "k"} {
-						ctx := t.Context()
-						if key != "" {
-							ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
-						}
-						var out []byte
-						err := conn.Invoke(ctx, full, &body, &out, grpc.ForceCodec(rawCodec{}))
-						want(t, full+" "+what+" key "+key, err)
-					}
-				}
+				var out []byte
+				err := conn.Invoke(ctx, am.Full, &body, &out, grpc.ForceCodec(rawCodec{}))
+				want(t, am.Full+" "+what+" key "+key, err)
 			}
 		}
 	}

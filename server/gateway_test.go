@@ -18,9 +18,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-
-	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 )
 
 // restRoute is one RPC's HTTP binding, with its path variables filled in.
@@ -39,38 +36,29 @@ var (
 func restRoutes(tb testing.TB) []restRoute {
 	tb.Helper()
 	var out []restRoute
-	for _, fd := range []protoreflect.FileDescriptor{
-		mcpauthv1.File_mcpauth_v1_provider_proto, mcpauthv1.File_mcpauth_v1_oauth_proto,
-		mcpauthv1.File_mcpauth_v1_audit_proto, mcpauthv1.File_mcpauth_v1_tool_proto,
-	} {
-		for i := range fd.Services().Len() {
-			svc := fd.Services().Get(i)
-			for j := range svc.Methods().Len() {
-				m := svc.Methods().Get(j)
-				rule, _ := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule)
-				r := restRoute{RPC: "/" + string(svc.FullName()) + "/" + string(m.Name()), Body: rule.GetBody() != ""}
-				var tmpl string
-				switch p := rule.GetPattern().(type) {
-				case *annotations.HttpRule_Get:
-					r.Method, tmpl = http.MethodGet, p.Get
-				case *annotations.HttpRule_Post:
-					r.Method, tmpl = http.MethodPost, p.Post
-				case *annotations.HttpRule_Patch:
-					r.Method, tmpl = http.MethodPatch, p.Patch
-				case *annotations.HttpRule_Delete:
-					r.Method, tmpl = http.MethodDelete, p.Delete
-				case *annotations.HttpRule_Put:
-					r.Method, tmpl = http.MethodPut, p.Put
-				default:
-					tb.Fatalf("%s has no HTTP binding this test knows", r.RPC)
-				}
-				tmpl = boundVar.ReplaceAllStringFunc(tmpl, func(v string) string {
-					return strings.ReplaceAll(boundVar.FindStringSubmatch(v)[1], "*", "x")
-				})
-				r.Path = plainVar.ReplaceAllString(tmpl, "x")
-				out = append(out, r)
-			}
+	for _, am := range apiMethods() {
+		rule, _ := proto.GetExtension(am.Desc.Options(), annotations.E_Http).(*annotations.HttpRule)
+		r := restRoute{RPC: am.Full, Body: rule.GetBody() != ""}
+		var tmpl string
+		switch p := rule.GetPattern().(type) {
+		case *annotations.HttpRule_Get:
+			r.Method, tmpl = http.MethodGet, p.Get
+		case *annotations.HttpRule_Post:
+			r.Method, tmpl = http.MethodPost, p.Post
+		case *annotations.HttpRule_Patch:
+			r.Method, tmpl = http.MethodPatch, p.Patch
+		case *annotations.HttpRule_Delete:
+			r.Method, tmpl = http.MethodDelete, p.Delete
+		case *annotations.HttpRule_Put:
+			r.Method, tmpl = http.MethodPut, p.Put
+		default:
+			tb.Fatalf("%s has no HTTP binding this test knows", r.RPC)
 		}
+		tmpl = boundVar.ReplaceAllStringFunc(tmpl, func(v string) string {
+			return strings.ReplaceAll(boundVar.FindStringSubmatch(v)[1], "*", "x")
+		})
+		r.Path = plainVar.ReplaceAllString(tmpl, "x")
+		out = append(out, r)
 	}
 	if len(out) < 14 {
 		tb.Fatalf("found %d REST routes, want them all", len(out))
