@@ -81,6 +81,28 @@ func (b *cappedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// verbMismatch reports whether the route r matched has no custom verb while
+// r's last path segment carries one: the runtime lets a pattern's "*" match
+// "x:callTool", which would send DELETE .../x:callTool to DeleteProvider.
+func verbMismatch(r *http.Request) bool {
+	pat, ok := runtime.HTTPPattern(r.Context())
+	return ok && pat.Verb() == "" && strings.Contains(r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:], ":")
+}
+
+// exactVerb is a gateway middleware that refuses a request verbMismatch
+// finds, as the routing error code.
+func exactVerb(refuse func(w http.ResponseWriter, r *http.Request)) runtime.Middleware {
+	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if verbMismatch(r) {
+				refuse(w, r)
+				return
+			}
+			next(w, r, params)
+		}
+	}
+}
+
 // errBodyTooLarge is the status of a REST body over maxGatewayBody.
 var errBodyTooLarge = &runtime.HTTPStatusError{
 	HTTPStatus: http.StatusRequestEntityTooLarge,
@@ -118,8 +140,9 @@ func gatewayErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 var probedMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 
 // routingErrorHandler answers a known path with an unsupported method 405
-// with an Allow header (the runtime answers 501 without one). probe is a
-// mux with the same routes whose handlers only report that they matched.
+// with an Allow header (the runtime answers 501 without one), and a path no
+// method serves 404. probe is a mux with the same routes whose handlers
+// only report that they matched.
 func routingErrorHandler(probe http.Handler) runtime.RoutingErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 		if code != http.StatusMethodNotAllowed {
@@ -136,6 +159,10 @@ func routingErrorHandler(probe http.Handler) runtime.RoutingErrorHandlerFunc {
 				allow = append(allow, method)
 			}
 		}
+		if len(allow) == 0 {
+			runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, http.StatusNotFound)
+			return
+		}
 		w.Header().Set("Allow", strings.Join(allow, ", "))
 		runtime.HTTPError(ctx, mux, m, w, r, &runtime.HTTPStatusError{
 			HTTPStatus: http.StatusMethodNotAllowed,
@@ -145,14 +172,18 @@ func routingErrorHandler(probe http.Handler) runtime.RoutingErrorHandlerFunc {
 }
 
 // newProbeMux returns a mux with the routes register adds whose handlers
-// answer 204 without calling anything, and whose routing errors are bare
-// status codes.
+// answer 204 without calling anything (405 where exactVerb would refuse),
+// and whose routing errors are bare status codes.
 func newProbeMux(register func(*runtime.ServeMux) error) (*runtime.ServeMux, error) {
 	probe := runtime.NewServeMux(
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(func(runtime.HandlerFunc) runtime.HandlerFunc {
-			return func(w http.ResponseWriter, _ *http.Request, _ map[string]string) {
+			return func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+				if verbMismatch(r) {
+					w.WriteHeader(http.StatusMethodNotAllowed)
+					return
+				}
 				w.WriteHeader(http.StatusNoContent)
 			}
 		}),

@@ -67,6 +67,7 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false, UseProtoNames: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}}
+	routingError := routingErrorHandler(probe)
 	var mux *runtime.ServeMux
 	mux = runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(headerMatcher),
@@ -80,10 +81,15 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithErrorHandler(gatewayErrorHandler),
-		runtime.WithRoutingErrorHandler(routingErrorHandler(probe)),
-		runtime.WithMiddlewares(capBody(func(w http.ResponseWriter, r *http.Request, err error) {
-			runtime.HTTPError(r.Context(), mux, marshaler, w, r, err)
-		})),
+		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithMiddlewares(
+			exactVerb(func(w http.ResponseWriter, r *http.Request) {
+				routingError(r.Context(), mux, marshaler, w, r, http.StatusMethodNotAllowed)
+			}),
+			capBody(func(w http.ResponseWriter, r *http.Request, err error) {
+				runtime.HTTPError(r.Context(), mux, marshaler, w, r, err)
+			}),
+		),
 	)
 	if err := register(mux); err != nil {
 		return nil, err
