@@ -11,8 +11,11 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // strictJSON is the gateway's JSON marshaler: protojson with proto field
@@ -106,7 +109,21 @@ func exactVerb(refuse func(w http.ResponseWriter, r *http.Request)) runtime.Midd
 // errBodyTooLarge is the status of a REST body over maxGatewayBody.
 var errBodyTooLarge = &runtime.HTTPStatusError{
 	HTTPStatus: http.StatusRequestEntityTooLarge,
-	Err:        status.Error(codes.InvalidArgument, fmt.Sprintf("request body exceeds %d bytes", maxGatewayBody)),
+	Err:        withInvalidArgumentReason(status.New(codes.InvalidArgument, fmt.Sprintf("request body exceeds %d bytes", maxGatewayBody))),
+}
+
+// withInvalidArgumentReason gives an INVALID_ARGUMENT status the gateway
+// made itself (an undecodable or oversized body) the ErrorInfo reason the
+// use cases' refusals carry, so REST callers branch on the same data.
+func withInvalidArgumentReason(st *status.Status) error {
+	if st.Code() != codes.InvalidArgument || len(st.Details()) != 0 {
+		return st.Err()
+	}
+	d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: domain.ReasonInvalidArgument, Domain: errorDomain})
+	if err != nil {
+		return st.Err()
+	}
+	return d.Err()
 }
 
 // capBody is a gateway middleware (it runs once a route matched) that caps
@@ -131,6 +148,8 @@ func capBody(fail func(w http.ResponseWriter, r *http.Request, err error)) runti
 func gatewayErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	if b, ok := r.Body.(*cappedBody); ok && b.hit {
 		err = errBodyTooLarge
+	} else if st, ok := status.FromError(err); ok {
+		err = withInvalidArgumentReason(st)
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }

@@ -203,10 +203,26 @@ func TestGatewayIgnoresMethodOverride(t *testing.T) {
 // hideLength makes a request body of unknown length (chunked).
 type hideLength struct{ io.Reader }
 
+// restReason is the ErrorInfo reason of an INVALID_ARGUMENT REST error
+// body, or "" if it is not one.
+func restReason(w *httptest.ResponseRecorder) string {
+	var e struct {
+		Code    int `json:"code"`
+		Details []struct {
+			Reason string `json:"reason"`
+		} `json:"details"`
+	}
+	if json.Unmarshal(w.Body.Bytes(), &e) != nil || e.Code != int(codes.InvalidArgument) || len(e.Details) != 1 {
+		return ""
+	}
+	return e.Details[0].Reason
+}
+
 // TestGatewayBodyLimits: on every route that takes a body, a body over the
 // cap answers 413 whether its length was declared or not, and a body with
-// anything but white space after its JSON value answers 400
-// INVALID_ARGUMENT without echoing it; neither reaches the RPC.
+// anything but white space after its JSON value answers 400 without echoing
+// it, both INVALID_ARGUMENT with its ErrorInfo reason; neither reaches the
+// RPC.
 func TestGatewayBodyLimits(t *testing.T) {
 	t.Parallel()
 	h, rec := newTestGateway(t)
@@ -223,17 +239,13 @@ func TestGatewayBodyLimits(t *testing.T) {
 				req.Body, req.ContentLength = io.NopCloser(hideLength{strings.NewReader(big)}), -1
 			}
 			w := serve(h, req)
-			if got := rec.take(); w.Code != http.StatusRequestEntityTooLarge || len(got) != 0 {
+			if got := rec.take(); w.Code != http.StatusRequestEntityTooLarge || restReason(w) != "INVALID_ARGUMENT" || len(got) != 0 {
 				t.Errorf("%s %s oversized (length declared %v): %d, calls %v; want 413 and none", r.Method, r.Path, declared, w.Code, got)
 			}
 		}
 		for _, body := range []string{`{} garbage`, `{}{}`, `{} {"x":1}`, `{}]`, `{} 1`, `{}"trailing-secret"`} {
 			w := serve(h, httptest.NewRequest(r.Method, r.Path, strings.NewReader(body)))
-			var e struct {
-				Code int `json:"code"`
-			}
-			_ = json.Unmarshal(w.Body.Bytes(), &e)
-			if got := rec.take(); w.Code != http.StatusBadRequest || e.Code != int(codes.InvalidArgument) || len(got) != 0 {
+			if got := rec.take(); w.Code != http.StatusBadRequest || restReason(w) != "INVALID_ARGUMENT" || len(got) != 0 {
 				t.Errorf("%s %s %q: %d %s, calls %v; want 400 INVALID_ARGUMENT and none", r.Method, r.Path, body, w.Code, w.Body, got)
 			}
 			if strings.Contains(w.Body.String(), "garbage") || strings.Contains(w.Body.String(), "trailing-secret") {
