@@ -52,4 +52,5 @@ const (
 	ReasonClientChanged       = "CLIENT_CHANGED"
 	ReasonTokenExchangeFailed = "TOKEN_EXCHANGE_FAILED"
 	ReasonStoreFailed         = "STORE_FAILED"
+	ReasonDuplicateParameter  = "DUPLICATE_PARAMETER"
 )

@@ -73,6 +73,7 @@ var callbackMessages = map[string]string{
 	domain.ReasonClientChanged:       "The provider's client registration changed while it was being authorized. Start again.",
 	domain.ReasonTokenExchangeFailed: "The authorization server refused to exchange the authorization code.",
 	domain.ReasonStoreFailed:         "The tokens could not be stored. Start the authorization again.",
+	domain.ReasonDuplicateParameter:  "The authorization response repeats a parameter and was discarded. Finish the authorization in the browser that started it.",
 }
 
 // BrowserDeps are what NewBrowser needs.
@@ -254,6 +255,14 @@ func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 // the state store was unreachable (the flow is then still pending).
 func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	// A repeated parameter (RFC 6749 section 3.1) is refused before the
+	// flow is looked at: which of two states or issuers would count is
+	// ambiguous, and a forged link carrying a second value must not consume
+	// the flow (nor clear its cookie) that the real browser is completing.
+	if repeatedParam(q, callbackParams) {
+		b.refuseRepeated(w)
+		return
+	}
 	_, issPresent := q["iss"]
 	in := authflow.CallbackInput{
 		State: q.Get("state"), Code: q.Get("code"), Iss: q.Get("iss"), IssPresent: issPresent,
@@ -301,6 +310,28 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 		msg = "The authorization could not be completed. Start it again."
 	}
 	b.page(w, code, pageData{Title: "Authorization failed", Message: msg, Detail: res.Detail, Reason: res.Reason, Provider: provider})
+}
+
+// callbackParams are the authorization response parameters the callback
+// reads (RFC 6749 sections 4.1.2 and 4.1.2.1, RFC 9207).
+var callbackParams = []string{"state", "code", "iss", "error", "error_description", "error_uri"}
+
+// repeatedParam reports whether any of names appears more than once in q.
+func repeatedParam(q url.Values, names []string) bool {
+	for _, n := range names {
+		if len(q[n]) > 1 {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *Browser) refuseRepeated(w http.ResponseWriter) {
+	if b.d.Metrics != nil {
+		b.d.Metrics.CallbackResults.WithLabelValues(strings.ToLower(domain.ReasonDuplicateParameter)).Inc()
+	}
+	b.page(w, http.StatusBadRequest, pageData{Title: "Authorization failed",
+		Message: callbackMessages[domain.ReasonDuplicateParameter], Reason: domain.ReasonDuplicateParameter})
 }
 
 // returnRedirect is where to send the browser after the callback when the

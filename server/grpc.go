@@ -60,9 +60,10 @@ type GRPCDeps struct {
 // NewGRPCServer builds the gRPC server with every service, health and
 // reflection registered.
 func NewGRPCServer(d GRPCDeps) *grpc.Server {
-	i := &interceptor{log: d.Log, auth: d.Auth, denials: d.Denials}
+	i := &interceptor{log: d.Log, auth: d.Auth, denials: d.Denials, codec: newRequestCodec()}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
+		grpc.ForceServerCodecV2(i.codec),
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(i.stream),
 	}, d.Options...)
@@ -80,6 +81,7 @@ type interceptor struct {
 	log     *slog.Logger
 	auth    Authenticator
 	denials DenialRecorder
+	codec   *requestCodec
 }
 
 // openMethod reports whether a method needs no API key.
@@ -99,6 +101,9 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 		i.logCall(ctx, info.FullMethod, start, err)
 	}()
+	if err := i.codec.check(req); err != nil {
+		return nil, toStatus(ctx, i.log, err)
+	}
 	if openMethod(info.FullMethod) {
 		return handler(ctx, req)
 	}
@@ -115,9 +120,26 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 // streaming method without a key check path of its own.
 func (i *interceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if openMethod(info.FullMethod) {
-		return handler(srv, ss)
+		return handler(srv, &checkedStream{ServerStream: ss, codec: i.codec, log: i.log})
 	}
 	return status.Error(codes.PermissionDenied, "streaming methods are not open to callers")
+}
+
+// checkedStream refuses a received message that did not decode.
+type checkedStream struct {
+	grpc.ServerStream
+	codec *requestCodec
+	log   *slog.Logger
+}
+
+func (s *checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := s.codec.check(m); err != nil {
+		return toStatus(s.Context(), s.log, err)
+	}
+	return nil
 }
 
 // check authenticates the caller and checks tenant and permission.

@@ -39,8 +39,37 @@ func headerMatcher(key string) (string, bool) {
 // NewGateway returns the REST gateway: every RPC under /v1/..., translated
 // to a gRPC call on conn (the process's own gRPC server), so the gRPC
 // interceptors authenticate and authorize REST calls exactly as gRPC ones.
+//
+// The runtime's method fallbacks are off: a POST with a form body (which a
+// cross-site page can send without a preflight) is neither served as a GET
+// nor turned into the method named by X-HTTP-Method-Override. An
+// unsupported method on a known path answers 405 with Allow, a body over
+// maxGatewayBody 413, and a body with more than one JSON value 400.
 func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
-	mux := runtime.NewServeMux(
+	register := func(mux *runtime.ServeMux) error {
+		for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+			mcpauthv1.RegisterMCPProviderServiceHandler,
+			mcpauthv1.RegisterOAuthServiceHandler,
+			mcpauthv1.RegisterAuditServiceHandler,
+			mcpauthv1.RegisterMCPToolServiceHandler,
+		} {
+			if err := reg(ctx, mux, conn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	probe, err := newProbeMux(register)
+	if err != nil {
+		return nil, err
+	}
+	marshaler := strictJSON{&runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false, UseProtoNames: true},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}}
+	routingError := routingErrorHandler(probe)
+	var mux *runtime.ServeMux
+	mux = runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(headerMatcher),
 		runtime.WithOutgoingHeaderMatcher(func(k string) (string, bool) {
 			if k == "x-request-id" {
@@ -48,22 +77,24 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 			}
 			return "", false
 		}),
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false, UseProtoNames: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithDisableHTTPMethodOverride(),
+		runtime.WithErrorHandler(gatewayErrorHandler),
+		runtime.WithRoutingErrorHandler(routingError),
+		runtime.WithMiddlewares(
+			exactVerb(func(w http.ResponseWriter, r *http.Request) {
+				routingError(r.Context(), mux, marshaler, w, r, http.StatusMethodNotAllowed)
+			}),
+			capBody(func(w http.ResponseWriter, r *http.Request, err error) {
+				runtime.HTTPError(r.Context(), mux, marshaler, w, r, err)
+			}),
+		),
 	)
-	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		mcpauthv1.RegisterMCPProviderServiceHandler,
-		mcpauthv1.RegisterOAuthServiceHandler,
-		mcpauthv1.RegisterAuditServiceHandler,
-		mcpauthv1.RegisterMCPToolServiceHandler,
-	} {
-		if err := reg(ctx, mux, conn); err != nil {
-			return nil, err
-		}
+	if err := register(mux); err != nil {
+		return nil, err
 	}
-	return http.MaxBytesHandler(mux, maxGatewayBody), nil
+	return mux, nil
 }
 
 // HTTPDeps are what NewHTTPHandler needs.

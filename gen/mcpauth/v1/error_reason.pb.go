@@ -272,6 +272,11 @@ const (
 	// deleted.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_SERVER_URL_CHANGED ErrorReason = 47
+	// A parameter of the authorization response appears more than once
+	// (RFC 6749 section 3.1; HTTP 400; not audited, no redirect). The flow is
+	// not consumed: the browser that started it can still complete it.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DUPLICATE_PARAMETER ErrorReason = 48
 )
 
 // Enum value maps for ErrorReason.
@@ -325,6 +330,7 @@ var (
 		45: "REVOKE_REFRESH_FAILED",
 		46: "REVOKE_ACCESS_FAILED",
 		47: "SERVER_URL_CHANGED",
+		48: "DUPLICATE_PARAMETER",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -375,6 +381,7 @@ var (
 		"REVOKE_REFRESH_FAILED":     45,
 		"REVOKE_ACCESS_FAILED":      46,
 		"SERVER_URL_CHANGED":        47,
+		"DUPLICATE_PARAMETER":       48,
 	}
 )
 
@@ -410,7 +417,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x99\b\n" +
+	"mcpauth.v1*\xb2\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -460,7 +467,8 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\tNO_CLIENT\x10,\x12\x19\n" +
 	"\x15REVOKE_REFRESH_FAILED\x10-\x12\x18\n" +
 	"\x14REVOKE_ACCESS_FAILED\x10.\x12\x16\n" +
-	"\x12SERVER_URL_CHANGED\x10/B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x12SERVER_URL_CHANGED\x10/\x12\x17\n" +
+	"\x13DUPLICATE_PARAMETER\x100B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

@@ -1,0 +1,45 @@
+package server
+
+import (
+	"sync"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+
+	"github.com/mcpauth/mcpauth/apperr"
+)
+
+// requestCodec is the gRPC server's codec: the proto codec, except that a
+// request message which does not decode (malformed wire data, invalid UTF-8
+// in a string field) is the caller's fault, INVALID_ARGUMENT, where grpc-go
+// answers INTERNAL.
+//
+// grpc-go wraps any Unmarshal error in an INTERNAL status of its own, so the
+// codec cannot return the right status itself: it reports success, remembers
+// the message as undecodable, and the interceptors (which every request
+// passes, before authentication) refuse it.
+type requestCodec struct {
+	encoding.CodecV2
+	undecoded sync.Map // request message pointer -> struct{}
+}
+
+func newRequestCodec() *requestCodec {
+	return &requestCodec{CodecV2: encoding.GetCodecV2(proto.Name)}
+}
+
+func (c *requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if err := c.CodecV2.Unmarshal(data, v); err != nil {
+		c.undecoded.Store(v, struct{}{})
+	}
+	return nil
+}
+
+// check reports INVALID_ARGUMENT if req failed to decode, and forgets it.
+// The message quotes nothing of the request.
+func (c *requestCodec) check(req any) error {
+	if _, bad := c.undecoded.LoadAndDelete(req); bad {
+		return apperr.Invalid("", "the request message does not decode: malformed protobuf or invalid UTF-8 in a string field")
+	}
+	return nil
+}
