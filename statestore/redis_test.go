@@ -46,7 +46,7 @@ func TestRedisKeysArePrefixed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("KEYS: %v", err)
 	}
-	want := map[string]bool{prefix + "kv:state-hash": true, prefix + "lock:{provider-1}": true, prefix + "lock:{provider-1}:fence": true}
+	want := map[string]bool{prefix + "kv:state-hash": true, prefix + "lock:{provider-1}": true}
 	if len(keys) != len(want) {
 		t.Fatalf("keys = %q, want %d keys", keys, len(want))
 	}
@@ -62,8 +62,62 @@ func TestRedisKeysArePrefixed(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if n, _ := c.Exists(ctx, prefix+"lock:{provider-1}:fence").Result(); n != 1 {
-		t.Error("fencing counter deleted on Release; tokens would restart")
+}
+
+// TestRedisLeavesNoKeyWithoutTTL takes, extends, releases and abandons locks
+// and stores and takes values, then checks that every key left under the
+// prefix expires by itself: nothing outlives the provider or flow it was
+// written for (a fencing counter kept without TTL once did).
+func TestRedisLeavesNoKeyWithoutTTL(t *testing.T) {
+	t.Parallel()
+	c := redisClient(t)
+	prefix := redisPrefix(t)
+	s := statestore.NewRedis(c, prefix)
+	ctx := t.Context()
+	for i := range 3 {
+		l, err := s.Lock(ctx, "released", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock #%d: %v", i, err)
+		}
+		if err := l.Extend(ctx, 2*time.Minute); err != nil {
+			t.Fatalf("Extend #%d: %v", i, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatalf("Release #%d: %v", i, err)
+		}
+	}
+	if _, err := s.Lock(ctx, "abandoned", time.Minute); err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	if _, err := s.Lock(ctx, "expired", 50*time.Millisecond); err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	if err := s.Put(ctx, "kept", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if err := s.Put(ctx, "taken", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if _, err := s.Take(ctx, "taken"); err != nil {
+		t.Fatalf("Take: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	keys, err := c.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatalf("KEYS: %v", err)
+	}
+	want := map[string]bool{prefix + "lock:{abandoned}": true, prefix + "kv:kept": true}
+	if len(keys) != len(want) {
+		t.Errorf("keys = %q, want only %d", keys, len(want))
+	}
+	for _, k := range keys {
+		ttl, err := c.PTTL(ctx, k).Result()
+		if err != nil || ttl <= 0 {
+			t.Errorf("key %q: PTTL %v, %v; every key must expire", k, ttl, err)
+		}
+		if !want[k] {
+			t.Errorf("unexpected key %q", k)
+		}
 	}
 }
 
