@@ -143,6 +143,21 @@ var migrations = []migration{
 			`ALTER TABLE providers DROP COLUMN auth_status`,
 		},
 	},
+	{
+		// One row per master key id the data was ever written under: a
+		// check value derived from the key (keyring.CheckValue). A replica
+		// configured with another key under a known id refuses to start
+		// instead of writing rows the others cannot read.
+		id: "0004_key_check",
+		sql: []string{
+			`CREATE TABLE key_checks (
+				key_id bigint NOT NULL,
+				check_value varchar(64) NOT NULL,
+				created_at {{TS}} NOT NULL,
+				CONSTRAINT key_checks_pkey PRIMARY KEY (key_id)
+			)`,
+		},
+	},
 }
 
 func renderDDL(dialect, stmt string) string {
