@@ -2,7 +2,6 @@ package repository
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"testing"
 
@@ -53,15 +52,7 @@ func TestMigrationAuditUIDs(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s, err := Open(ctx, dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		i := slices.IndexFunc(migrations, func(m migration) bool { return m.id == "0005_audit_event_uid" })
-		if err := s.migrate(ctx, migrations[:i]); err != nil {
-			t.Fatalf("migrating to before 0005: %v", err)
-		}
+		s := openMigratedBefore(t, dsn, "0005_audit_event_uid")
 		for range 3 {
 			wantNoErr(t, s.DB().Exec(`INSERT INTO audit_events (tenant_id, created_at, event_type) VALUES ('t', CURRENT_TIMESTAMP, 'e')`).Error, "insert")
 		}

@@ -2,11 +2,32 @@ package repository
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
+
+// openMigratedBefore opens dsn, closed at cleanup, and applies the
+// migrations that come before the one with id next.
+func openMigratedBefore(tb testing.TB, dsn, next string) *Store {
+	tb.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, dsn, Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	i := slices.IndexFunc(migrations, func(m migration) bool { return m.id == next })
+	if i < 0 {
+		tb.Fatalf("no migration %q", next)
+	}
+	if err := s.migrate(ctx, migrations[:i]); err != nil {
+		tb.Fatalf("migrating to before %s: %v", next, err)
+	}
+	return s
+}
 
 // TestMigrationStatusToGrant upgrades a 0001 database whose providers hold
 // every status in their own column (and some a credential row that
@@ -16,14 +37,7 @@ func TestMigrationStatusToGrant(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s, err := Open(ctx, dsn, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		if err := s.migrate(ctx, migrations[:1]); err != nil {
-			t.Fatalf("migrating to 0001: %v", err)
-		}
+		s := openMigratedBefore(t, dsn, "0002_status_on_grant")
 		// Pre-0002 status values were the API's numbers: 1 NOT_REQUIRED,
 		// 2 UNAUTHORIZED, 3 PENDING, 4 AUTHORIZED, 6 REAUTH_REQUIRED.
 		rows := []struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,19 +43,7 @@ func TestRedisKeysArePrefixed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Lock: %v", err)
 	}
-	keys, err := c.Keys(ctx, prefix+"*").Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
-	}
-	want := map[string]bool{prefix + "kv:state-hash": true, prefix + "lock:{provider-1}": true}
-	if len(keys) != len(want) {
-		t.Fatalf("keys = %q, want %d keys", keys, len(want))
-	}
-	for _, k := range keys {
-		if !want[k] {
-			t.Errorf("unexpected key %q", k)
-		}
-	}
+	wantKeys(t, c, prefix, "kv:state-hash", "lock:{provider-1}")
 	ttl, err := c.PTTL(ctx, prefix+"kv:state-hash").Result()
 	if err != nil || ttl <= 0 || ttl > time.Minute {
 		t.Errorf("value PTTL = %v, %v; want within (0, 1m]", ttl, err)
@@ -102,23 +91,31 @@ func TestRedisLeavesNoKeyWithoutTTL(t *testing.T) {
 		t.Fatalf("Take: %v", err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	keys, err := c.Keys(ctx, prefix+"*").Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
-	}
-	want := map[string]bool{prefix + "lock:{abandoned}": true, prefix + "kv:kept": true}
-	if len(keys) != len(want) {
-		t.Errorf("keys = %q, want only %d", keys, len(want))
-	}
-	for _, k := range keys {
+	for _, k := range wantKeys(t, c, prefix, "lock:{abandoned}", "kv:kept") {
 		ttl, err := c.PTTL(ctx, k).Result()
 		if err != nil || ttl <= 0 {
 			t.Errorf("key %q: PTTL %v, %v; every key must expire", k, ttl, err)
 		}
-		if !want[k] {
-			t.Errorf("unexpected key %q", k)
-		}
 	}
+}
+
+// wantKeys fails tb unless the keys under prefix are exactly prefix+want,
+// and returns them.
+func wantKeys(tb testing.TB, c redis.UniversalClient, prefix string, want ...string) []string {
+	tb.Helper()
+	keys, err := c.Keys(context.Background(), prefix+"*").Result()
+	if err != nil {
+		tb.Fatalf("KEYS: %v", err)
+	}
+	for i, k := range want {
+		want[i] = prefix + k
+	}
+	slices.Sort(keys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		tb.Fatalf("keys = %q, want %q", keys, want)
+	}
+	return keys
 }
 
 func TestRedisUnavailable(t *testing.T) {
