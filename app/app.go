@@ -39,6 +39,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/providers"
 	"github.com/mcpauth/mcpauth/service/tools"
+	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
@@ -135,12 +136,32 @@ func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, erro
 // CheckKeyIdentity refuses to run when a configured master key id is known to
 // the database with another key's check value (keyring.CheckValue): rows
 // written under it would not open here, and rows written here would not open
-// anywhere else. Ids the database does not know yet are recorded. Run it
-// before anything writes rows. Errors name key ids only, never key material.
+// anywhere else. Ids the database does not know yet are recorded, once a
+// provider row under the id, if any (a database written before key checks
+// existed), opens with the key. Run it before anything writes rows. Errors
+// name key ids only, never key material.
 func CheckKeyIdentity(ctx context.Context, st *repository.Store, k *keyring.Keyring) error {
+	known, err := st.KeyChecks(ctx)
+	if err != nil {
+		return err
+	}
 	checks := make(map[uint32]string, len(k.IDs()))
 	for _, id := range k.IDs() {
 		checks[id], _ = k.CheckValue(id)
+		if _, ok := known[id]; ok {
+			continue
+		}
+		row, err := st.AnyProviderUnderKey(ctx, id)
+		if err != nil {
+			return err
+		}
+		if row == nil {
+			continue
+		}
+		if _, err := vault.OpenURL(k, row); err != nil {
+			return fmt.Errorf("key id %d in the configured master keys does not open the rows written under it (provider %q of tenant %q): "+
+				"configure the master keys the database was written with", id, row.ID, row.TenantID)
+		}
 	}
 	mismatched, err := st.CheckKeys(ctx, checks)
 	if err != nil {

@@ -15,6 +15,9 @@ import (
 	"github.com/mcpauth/mcpauth/app"
 	"github.com/mcpauth/mcpauth/config"
 	"github.com/mcpauth/mcpauth/internal/testenv"
+	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/vault"
 )
 
 // newApp runs app.New (every startup check) with a fresh data directory on
@@ -133,4 +136,51 @@ func TestDevKeysOnSharedSQLiteRefused(t *testing.T) {
 	if _, err := newApp(t, dsn, ""); err == nil || !strings.Contains(err.Error(), "key id 1") {
 		t.Fatalf("second start with its own development key: %v, want a refusal naming key id 1", err)
 	}
+}
+
+// TestWrongKeyOnDatabaseBeforeKeyChecks: a database written before key
+// check values existed (its key_checks table empty) holds a provider under
+// key id 1; a start with another key under id 1 is refused because that row
+// does not open, and the right key starts and is recorded.
+func TestWrongKeyOnDatabaseBeforeKeyChecks(t *testing.T) {
+	t.Parallel()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		specA, _ := keySpec("1", 0xA1)
+		specB, _ := keySpec("1", 0xB2)
+		st, err := repository.Open(ctx, dsn, repository.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if err := st.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		k, err := keyring.Parse(specA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, err := k.Seal(keyring.Scope{Tenant: "t", Provider: "p", Field: vault.FieldServerURL}, []byte("https://mcp.example.com/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		row := &repository.Provider{TenantID: "t", ID: "p", DisplayName: "p", ServerIdentifier: "p", URLHash: "h",
+			ServerURL: ct, Scopes: "[]", Compat: "{}", KeyID: 1}
+		if err := st.CreateProvider(ctx, row); err != nil {
+			t.Fatal(err)
+		}
+		_, err = newApp(t, dsn, specB)
+		if err == nil || !strings.Contains(err.Error(), "key id 1 in the configured master keys does not open the rows written under it") {
+			t.Fatalf("start with another key over rows of key 1: %v, want a refusal", err)
+		}
+		if checks, err := st.KeyChecks(ctx); err != nil || len(checks) != 0 {
+			t.Fatalf("after the refusal, key checks %v, %v; want none recorded", checks, err)
+		}
+		if _, err := newApp(t, dsn, specA); err != nil {
+			t.Fatalf("start with the key the rows were written with: %v", err)
+		}
+		if _, err := newApp(t, dsn, specB); err == nil || !strings.Contains(err.Error(), "is not the key the database was written with") {
+			t.Fatalf("start with another key after the check value was recorded: %v", err)
+		}
+	})
 }

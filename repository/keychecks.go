@@ -48,3 +48,31 @@ func (s *Store) CheckKeys(ctx context.Context, checks map[uint32]string) (mismat
 	})
 	return mismatched, dbErr(err, "check master keys")
 }
+
+// KeyChecks returns the recorded check value of every key id.
+func (s *Store) KeyChecks(ctx context.Context) (map[uint32]string, error) {
+	var rows []KeyCheck
+	if err := s.db.WithContext(ctx).Find(&rows).Error; err != nil {
+		return nil, dbErr(err, "read key checks")
+	}
+	out := make(map[uint32]string, len(rows))
+	for _, r := range rows {
+		out[r.KeyID] = r.CheckValue
+	}
+	return out, nil
+}
+
+// AnyProviderUnderKey returns one provider of any tenant whose row is
+// encrypted under keyID, or nil when there is none. Cross-tenant: it serves
+// the startup check that a key id first seen by key_checks (a database
+// written before it existed) is the key the rows were written with.
+func (s *Store) AnyProviderUnderKey(ctx context.Context, keyID uint32) (*Provider, error) {
+	var out []Provider
+	if err := s.db.WithContext(ctx).Where("key_id = ?", keyID).Limit(1).Find(&out).Error; err != nil {
+		return nil, dbErr(err, "read a provider for the key check")
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return &out[0], nil
+}

@@ -36,10 +36,10 @@ func TestCheckKeys(t *testing.T) {
 		if len(bad) != 0 {
 			t.Fatalf("original key after a refusal: mismatched %v, want none", bad)
 		}
-		var n int64
-		wantNoErr(t, s.DB().Table("key_checks").Count(&n).Error, "count")
-		if n != 2 {
-			t.Fatalf("key_checks rows = %d, want 2", n)
+		checks, err := s.KeyChecks(ctx)
+		wantNoErr(t, err, "KeyChecks")
+		if len(checks) != 2 || checks[1] != "v1" || checks[2] != "v2" {
+			t.Fatalf("KeyChecks = %v, want 1:v1 2:v2", checks)
 		}
 
 		// Two replicas starting at once with different keys under new id 7.
@@ -59,6 +59,29 @@ func TestCheckKeys(t *testing.T) {
 		}
 		if refused := len(results[0]) + len(results[1]); refused != 1 {
 			t.Fatalf("concurrent first starts: mismatched %v and %v, want exactly one refused", results[0], results[1])
+		}
+	})
+}
+
+// TestAnyProviderUnderKey finds a row of any tenant under a key id, and nil
+// for an id no row uses.
+func TestAnyProviderUnderKey(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		p := newProvider("b", "p1")
+		p.KeyID = 3
+		mustCreate(t, s, newProvider("a", "p1"))
+		mustCreate(t, s, p)
+		got, err := s.AnyProviderUnderKey(ctx, 3)
+		wantNoErr(t, err, "AnyProviderUnderKey")
+		if got == nil || got.TenantID != "b" || got.ID != "p1" {
+			t.Fatalf("AnyProviderUnderKey(3) = %+v, want b/p1", got)
+		}
+		got, err = s.AnyProviderUnderKey(ctx, 9)
+		wantNoErr(t, err, "AnyProviderUnderKey")
+		if got != nil {
+			t.Fatalf("AnyProviderUnderKey(9) = %+v, want nil", got)
 		}
 	})
 }
