@@ -39,6 +39,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/providers"
 	"github.com/mcpauth/mcpauth/service/tools"
+	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
@@ -68,9 +69,17 @@ type App struct {
 	metricsSrv *http.Server
 }
 
+// errDevKeyShared refuses the generated development key on a database that
+// replicas can share: each replica would generate its own key under the same
+// id, and each would fail on the rows of the others.
+var errDevKeyShared = errors.New("no master key configured and the database is PostgreSQL, which replicas can share: " +
+	"a development key generated in each replica's data directory would differ from the others'; " +
+	"set MCPAUTH_MASTER_KEYS or MCPAUTH_MASTER_KEY_FILE (generate one with 'mcpauthd new-master-key') and give every replica the same keys")
+
 // LoadKeyring reads the master keys from MCPAUTH_MASTER_KEYS, else from
 // MCPAUTH_MASTER_KEY_FILE, else from a dev key file generated in the data
 // directory (with a loud warning: fine for a laptop, never for production).
+// The dev key is refused when the database is PostgreSQL.
 func LoadKeyring(cfg *config.Config, log *slog.Logger) (*keyring.Keyring, error) {
 	spec := cfg.MasterKeys.Reveal()
 	switch {
@@ -81,6 +90,8 @@ func LoadKeyring(cfg *config.Config, log *slog.Logger) (*keyring.Keyring, error)
 			return nil, fmt.Errorf("reading MCPAUTH_MASTER_KEY_FILE: %w", err)
 		}
 		spec = string(raw)
+	case repository.IsPostgres(cfg.DatabaseDSN()):
+		return nil, errDevKeyShared
 	default:
 		path := filepath.Join(cfg.DataDir, "master.key")
 		s, created, err := keyring.LoadOrCreateFile(path)
@@ -120,6 +131,51 @@ func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, erro
 		return nil, fmt.Errorf("migrating: %w", err)
 	}
 	return st, nil
+}
+
+// CheckKeyIdentity refuses to run when a configured master key id is known to
+// the database with another key's check value (keyring.CheckValue): rows
+// written under it would not open here, and rows written here would not open
+// anywhere else. Ids the database does not know yet are recorded, once a
+// provider row under the id, if any (a database written before key checks
+// existed), opens with the key. Run it before anything writes rows. Errors
+// name key ids only, never key material.
+func CheckKeyIdentity(ctx context.Context, st *repository.Store, k *keyring.Keyring) error {
+	known, err := st.KeyChecks(ctx)
+	if err != nil {
+		return err
+	}
+	checks := make(map[uint32]string, len(k.IDs()))
+	for _, id := range k.IDs() {
+		checks[id], _ = k.CheckValue(id)
+		if _, ok := known[id]; ok {
+			continue
+		}
+		row, err := st.AnyProviderUnderKey(ctx, id)
+		if err != nil {
+			return err
+		}
+		if row == nil {
+			continue
+		}
+		if _, err := vault.OpenURL(k, row); err != nil {
+			return fmt.Errorf("key id %d in the configured master keys does not open the rows written under it (provider %q of tenant %q): "+
+				"configure the master keys the database was written with", id, row.ID, row.TenantID)
+		}
+	}
+	mismatched, err := st.CheckKeys(ctx, checks)
+	if err != nil {
+		return err
+	}
+	const advice = ": configure the master keys the replicas sharing this database use (a new key needs a new id)"
+	switch len(mismatched) {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("key id %d in the configured master keys is not the key the database was written with"+advice, mismatched[0])
+	default:
+		return fmt.Errorf("key ids %v in the configured master keys are not the keys the database was written with"+advice, mismatched)
+	}
 }
 
 // CheckKeysInUse refuses to run when a row is encrypted under a key the
@@ -171,6 +227,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		return nil, err
 	}
 	if a.store, err = OpenStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := CheckKeyIdentity(ctx, a.store, a.keys); err != nil {
 		return nil, err
 	}
 	if err := CheckKeysInUse(ctx, a.store, a.keys); err != nil {

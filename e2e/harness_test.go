@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -136,6 +138,10 @@ func Start(tb testing.TB, o Options) *Service {
 	for k, v := range o.Env {
 		env[k] = v
 	}
+	if repository.IsPostgres(dsn) && env["MCPAUTH_MASTER_KEYS"] == "" && env["MCPAUTH_MASTER_KEY_FILE"] == "" {
+		// The service refuses a generated development key on PostgreSQL.
+		env["MCPAUTH_MASTER_KEYS"] = databaseMasterKeys(dsn)
+	}
 	cfg, err := config.Load(ctx, nil, envconfig.MapLookuper(env))
 	if err != nil {
 		tb.Fatalf("config: %v", err)
@@ -180,6 +186,14 @@ func Start(tb testing.TB, o Options) *Service {
 	tb.Cleanup(s.stop)
 	waitReady(tb, httpURL)
 	return s
+}
+
+// databaseMasterKeys is the key spec of the replicas and restarts of a test
+// on one PostgreSQL database that configure none: derived from the DSN
+// (which names a fresh schema per test), so they all share it.
+func databaseMasterKeys(dsn string) string {
+	sum := sha256.Sum256([]byte("mcpauth e2e master key\x00" + dsn))
+	return "1:" + base64.StdEncoding.EncodeToString(sum[:])
 }
 
 // Stop stops the service now (restart tests).

@@ -76,6 +76,8 @@ const (
 	fieldAAD       = "mcpauth/v1/field"
 	fingerprintTag = "mcpauth/v1/fingerprint\x00"
 	shortTag       = "mcpauth/v1/short-fingerprint\x00"
+	checkTag       = "mcpauth/v1/key-check\x00"
+	checkMessage   = "mcpauth key check v1"
 )
 
 // Scope is the associated data that binds a ciphertext to where it belongs:
@@ -407,4 +409,18 @@ func (k *Keyring) Fingerprints(tenant, purpose string, value []byte) []string {
 // like them it cannot be computed without the master key.
 func (k *Keyring) ShortFingerprint(tenant, purpose string, value []byte) string {
 	return hex.EncodeToString(k.mac(k.primary, shortTag, tenant, purpose, value)[:4])
+}
+
+// CheckValue returns the key check value of master key id: 32 hex digits of
+// an HMAC-SHA256 of a constant under a key derived from the master key for
+// this purpose alone. Stored next to the data, it tells whether a configured
+// key is the one the data was written with (two keys generated separately
+// under the same id give different values) without revealing the key: it
+// cannot be computed, or tested against guesses, without the key. ok is false
+// when the keyring lacks id.
+func (k *Keyring) CheckValue(id uint32) (value string, ok bool) {
+	if !k.Has(id) {
+		return "", false
+	}
+	return hex.EncodeToString(k.mac(id, checkTag, "", "", []byte(checkMessage))[:16]), true
 }

@@ -651,3 +651,39 @@ func TestCacheIsBounded(t *testing.T) {
 		t.Fatalf("Open after eviction = %q, %v", pt, err)
 	}
 }
+
+// TestCheckValue: the check value is stable for one key, differs between
+// two keys under the same id, is separate from fingerprints, and contains
+// no key material.
+func TestCheckValue(t *testing.T) {
+	t.Parallel()
+	a := mustParse(t, specA)
+	a2 := mustParse(t, specBA)
+	other := mustParse(t, "1:"+base64.StdEncoding.EncodeToString(keyC))
+	va, ok := a.CheckValue(1)
+	if !ok || len(va) != 32 {
+		t.Fatalf("CheckValue(1) = %q, %v; want 32 hex digits", va, ok)
+	}
+	if v, _ := a2.CheckValue(1); v != va {
+		t.Errorf("same key in another keyring: %q, want %q", v, va)
+	}
+	if v, _ := other.CheckValue(1); v == va {
+		t.Error("another key under id 1 has the same check value")
+	}
+	if vb, _ := a2.CheckValue(2); vb == va {
+		t.Error("keys 1 and 2 share a check value")
+	}
+	if _, ok := a.CheckValue(2); ok {
+		t.Error("CheckValue of a missing id reported ok")
+	}
+	for _, enc := range []string{hexString(keyA), base64.StdEncoding.EncodeToString(keyA)} {
+		if strings.Contains(enc, va) || strings.Contains(va, enc[:16]) {
+			t.Error("check value contains key material")
+		}
+	}
+	if strings.Contains(a.Fingerprint("", "", []byte(checkMessage)), va) {
+		t.Error("check value equals a fingerprint")
+	}
+}
+
+func hexString(b []byte) string { return fmt.Sprintf("%x", b) }

@@ -2,12 +2,28 @@ package repository
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/mcpauth/mcpauth/apperr"
 )
 
-// AppendAudit appends e and sets e.ID (and e.CreatedAt when zero). Audit
+// ErrUnknownAuditEvent is the cause of ListAudit's error when the event to
+// page after is not one of the tenant's.
+var ErrUnknownAuditEvent = errors.New("repository: unknown audit event")
+
+// newAuditUID returns a fresh public event id.
+func newAuditUID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics instead)
+	return hex.EncodeToString(b)
+}
+
+// AppendAudit appends e and sets e.ID, e.UID (and e.CreatedAt when zero). Audit
 // events are append-only: the repository has no method that updates or
 // deletes them.
 func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
@@ -18,6 +34,7 @@ func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
 		e.CreatedAt = s.db.NowFunc()
 	}
 	e.ID = 0 // assigned by the database
+	e.UID = newAuditUID()
 	return dbErr(s.db.WithContext(ctx).Create(e).Error, "append audit event")
 }
 
@@ -36,6 +53,7 @@ func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) erro
 			e.CreatedAt = now
 		}
 		e.ID = 0
+		e.UID = newAuditUID()
 	}
 	// On PostgreSQL the batch goes in with COPY: one statement, no RETURNING,
 	// no per-row parse, and still all-or-nothing.
@@ -53,12 +71,12 @@ func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) erro
 	defer conn.Close()
 	rows := make([][]any, len(events))
 	for i, e := range events {
-		rows[i] = []any{e.TenantID, e.CreatedAt, e.EventType, e.Actor, e.ProviderID, e.Outcome, e.Reason, e.RequestID, e.Details}
+		rows[i] = []any{e.TenantID, e.UID, e.CreatedAt, e.EventType, e.Actor, e.ProviderID, e.Outcome, e.Reason, e.RequestID, e.Details}
 	}
 	err = conn.Raw(func(dc any) error {
 		pc := dc.(*stdlib.Conn).Conn()
 		_, err := pc.CopyFrom(ctx, pgx.Identifier{"audit_events"},
-			[]string{"tenant_id", "created_at", "event_type", "actor", "provider_id", "outcome", "reason", "request_id", "details"},
+			[]string{"tenant_id", "uid", "created_at", "event_type", "actor", "provider_id", "outcome", "reason", "request_id", "details"},
 			pgx.CopyFromRows(rows))
 		return err
 	})
@@ -66,9 +84,27 @@ func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) erro
 }
 
 // ListAudit returns up to limit of the tenant's events matching f, newest
-// first, with ID below beforeID (0 for the newest page). It is a keyset query
-// on (tenant_id, id DESC). limit is clamped to [1, 1000] (0 means 50).
-func (s *Store) ListAudit(ctx context.Context, tenant string, f AuditFilter, beforeID int64, limit int) ([]AuditEvent, error) {
+// first, older than the tenant's event with UID afterUID ("" for the newest
+// page). It is a keyset query on (tenant_id, id DESC). An afterUID that is not
+// one of the tenant's events is an invalid-argument error on "page_token"
+// wrapping ErrUnknownAuditEvent. limit is clamped to [1, 1000] (0 means 50).
+func (s *Store) ListAudit(ctx context.Context, tenant string, f AuditFilter, afterUID string, limit int) ([]AuditEvent, error) {
+	var beforeID int64
+	if afterUID != "" {
+		q, err := scoped(ctx, s.db, tenant)
+		if err != nil {
+			return nil, err
+		}
+		var ids []int64
+		if err := q.Model(&AuditEvent{}).Where("uid = ?", afterUID).Limit(1).Pluck("id", &ids).Error; err != nil {
+			return nil, dbErr(err, "list audit events")
+		}
+		if len(ids) == 0 {
+			return nil, &apperr.Error{Kind: apperr.KindInvalidArgument, Reason: "INVALID_ARGUMENT", Field: "page_token",
+				Message: "is not a valid page token", Err: ErrUnknownAuditEvent}
+		}
+		beforeID = ids[0]
+	}
 	q, err := scoped(ctx, s.db, tenant)
 	if err != nil {
 		return nil, err

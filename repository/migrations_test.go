@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -10,9 +11,9 @@ import (
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
-// openAt opens a store on dsn, closed at cleanup, with the first n
-// migrations applied.
-func openAt(tb testing.TB, dsn string, n int) *Store {
+// openMigratedBefore opens dsn, closed at cleanup, and applies the
+// migrations that come before the one with id next.
+func openMigratedBefore(tb testing.TB, dsn, next string) *Store {
 	tb.Helper()
 	ctx := context.Background()
 	s, err := Open(ctx, dsn, Options{})
@@ -20,8 +21,12 @@ func openAt(tb testing.TB, dsn string, n int) *Store {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = s.Close() })
-	if err := s.migrate(ctx, migrations[:n]); err != nil {
-		tb.Fatalf("migrating to %s: %v", migrations[n-1].id, err)
+	i := slices.IndexFunc(migrations, func(m migration) bool { return m.id == next })
+	if i < 0 {
+		tb.Fatalf("no migration %q", next)
+	}
+	if err := s.migrate(ctx, migrations[:i]); err != nil {
+		tb.Fatalf("migrating to before %s: %v", next, err)
 	}
 	return s
 }
@@ -34,7 +39,7 @@ func TestMigrationStatusToGrant(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s := openAt(t, dsn, 1)
+		s := openMigratedBefore(t, dsn, "0002_status_on_grant")
 		// Pre-0002 status values were the API's numbers: 1 NOT_REQUIRED,
 		// 2 UNAUTHORIZED, 3 PENDING, 4 AUTHORIZED, 6 REAUTH_REQUIRED.
 		rows := []struct {
@@ -110,7 +115,7 @@ func TestMigrationNamesIgnoreCase(t *testing.T) {
 	t.Parallel()
 	testenv.Backends(t, func(t *testing.T, dsn string) {
 		ctx := context.Background()
-		s := openAt(t, dsn, 2)
+		s := openMigratedBefore(t, dsn, "0003_provider_names_ignore_case")
 		insert := func(tenant, id, name, sid string) {
 			t.Helper()
 			err := s.DB().Exec(`INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash, server_url,

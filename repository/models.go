@@ -164,8 +164,13 @@ func (ToolList) TableName() string { return "tool_lists" }
 
 // AuditEvent is one append-only audit record. It never contains a secret.
 type AuditEvent struct {
-	// ID is assigned by the database, increasing; lists page on it.
+	// ID is assigned by the database, increasing across all tenants; lists
+	// are ordered by it. It is never shown to callers: it would tell them
+	// how many events other tenants wrote.
 	ID int64 `gorm:"column:id;primaryKey;autoIncrement"`
+	// UID is the event's public id, 32 random lower-case hex digits set on
+	// insert, unique per tenant.
+	UID string `gorm:"column:uid"`
 	// TenantID is the tenant the event belongs to.
 	TenantID string `gorm:"column:tenant_id;size:63"`
 	// CreatedAt is the event time; set on insert when zero.

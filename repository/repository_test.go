@@ -198,7 +198,7 @@ func TestTenantIsolation(t *testing.T) {
 				wantKind(t, err, apperr.KindNotFound, "")
 				wantKind(t, s.PutTools(ctx, &ToolList{TenantID: other, ProviderID: id, Tools: "[]"}), apperr.KindNotFound, "")
 
-				events, err := s.ListAudit(ctx, other, AuditFilter{}, 0, 1000)
+				events, err := s.ListAudit(ctx, other, AuditFilter{}, "", 1000)
 				wantNoErr(t, err, "ListAudit")
 				for _, e := range events {
 					if e.TenantID != other || e.ProviderID == id {
@@ -247,7 +247,7 @@ func TestTenantIsolation(t *testing.T) {
 				if gt.Tools != `["t-`+owner+`"]` {
 					t.Fatalf("owner's tools changed: %+v", gt)
 				}
-				ev, err := s.ListAudit(ctx, owner, AuditFilter{ProviderID: id}, 0, 10)
+				ev, err := s.ListAudit(ctx, owner, AuditFilter{ProviderID: id}, "", 10)
 				wantNoErr(t, err, "ListAudit as owner")
 				if len(ev) != 1 {
 					t.Fatalf("owner sees %d events for %s, want 1", len(ev), id)
@@ -296,7 +296,7 @@ func TestEmptyTenantRefused(t *testing.T) {
 			{"PutTools", func() error { return s.PutTools(ctx, &ToolList{ProviderID: "p1", Tools: "[]"}) }},
 			{"GetTools", func() error { _, err := s.GetTools(ctx, "", "p1"); return err }},
 			{"AppendAudit", func() error { return s.AppendAudit(ctx, &AuditEvent{EventType: "x"}) }},
-			{"ListAudit", func() error { _, err := s.ListAudit(ctx, "", AuditFilter{}, 0, 10); return err }},
+			{"ListAudit", func() error { _, err := s.ListAudit(ctx, "", AuditFilter{}, "", 10); return err }},
 			{"RewriteProviderCiphertexts", func() error { _, err := s.RewriteProviderCiphertexts(ctx, newProvider("", "p1"), 1); return err }},
 			{"RewriteCredentialCiphertexts", func() error {
 				_, err := s.RewriteCredentialCiphertexts(ctx, newCredential("", "p1", "t"), 1)
@@ -504,7 +504,7 @@ func TestDeleteProviderCascades(t *testing.T) {
 		wantKind(t, err, apperr.KindNotFound, "")
 		wantKind(t, s.DeleteProvider(ctx, "a", "p1", 0), apperr.KindNotFound, "")
 
-		ev, err := s.ListAudit(ctx, "a", AuditFilter{ProviderID: "p1"}, 0, 10)
+		ev, err := s.ListAudit(ctx, "a", AuditFilter{ProviderID: "p1"}, "", 10)
 		wantNoErr(t, err, "ListAudit")
 		if len(ev) != 1 {
 			t.Fatalf("audit events after delete = %d, want 1 (append-only)", len(ev))
@@ -684,10 +684,11 @@ func TestKeysetPagination(t *testing.T) {
 
 		sizes = nil
 		var last int64
-		before := int64(0)
+		after = ""
 		count := 0
+		uids := map[string]bool{}
 		for {
-			page, err := s.ListAudit(ctx, "a", AuditFilter{EventType: "e"}, before, 50)
+			page, err := s.ListAudit(ctx, "a", AuditFilter{EventType: "e"}, after, 50)
 			wantNoErr(t, err, "ListAudit")
 			if len(page) == 0 {
 				break
@@ -698,14 +699,18 @@ func TestKeysetPagination(t *testing.T) {
 					t.Fatalf("audit not strictly newest first: %d after %d", e.ID, last)
 				}
 				last = e.ID
+				if len(e.UID) != 32 || uids[e.UID] {
+					t.Fatalf("audit uid %q: not 32 hex digits or repeated", e.UID)
+				}
+				uids[e.UID] = true
 				count++
 			}
-			before = page[len(page)-1].ID
+			after = page[len(page)-1].UID
 		}
 		if fmt.Sprint(sizes) != "[50 50 20]" || count != total {
 			t.Fatalf("audit pages %v, %d events", sizes, count)
 		}
-		ev, err := s.ListAudit(ctx, "a", AuditFilter{ProviderID: "p007"}, 0, 10)
+		ev, err := s.ListAudit(ctx, "a", AuditFilter{ProviderID: "p007"}, "", 10)
 		wantNoErr(t, err, "ListAudit by provider")
 		if len(ev) != 1 || ev[0].ProviderID != "p007" {
 			t.Fatalf("filtered audit = %+v", ev)

@@ -104,6 +104,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// IsPostgres reports whether dsn selects PostgreSQL, a database several
+// replicas can share; anything else is a SQLite file of one process.
+func IsPostgres(dsn string) bool { return isPostgres(dsn) }
+
 func isPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }

@@ -3,7 +3,11 @@
 // encodes list page tokens.
 //
 // Page tokens are opaque to callers but carry no authority: a token only
-// says where the previous page ended and which parent it was issued for.
+// says where the previous page ended and which parent it was issued for. A
+// position is always something the previous page showed the caller (a
+// provider id, an audit event's public id), never an internal counter:
+// audit events are numbered by one sequence across all tenants, and a token
+// carrying that number would tell every tenant the others' event volume.
 // The server authorises every list request from its parent field, never
 // from the token, and a token presented with a different parent is
 // rejected, so swapping tokens between requests cannot reach another
@@ -15,7 +19,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/mcpauth/mcpauth/apperr"
@@ -84,18 +87,19 @@ func ProviderName(tenant, provider string) string {
 	return tenantsPrefix + tenant + providersInfix + provider
 }
 
-// AuditEventName formats "tenants/{tenant}/auditEvents/{id}".
-func AuditEventName(tenant string, id int64) string {
-	return tenantsPrefix + tenant + auditEventInfix + strconv.FormatInt(id, 10)
+// AuditEventName formats "tenants/{tenant}/auditEvents/{uid}", where uid is
+// the event's public id (random, unique within the tenant), not its row
+// number.
+func AuditEventName(tenant, uid string) string {
+	return tenantsPrefix + tenant + auditEventInfix + uid
 }
 
 // PageToken is the decoded content of a list page token: the parent the
-// list was for and the position after which the next page starts (the last
-// key of the previous page, and a numeric key for lists ordered by one).
+// list was for and the position after which the next page starts (the key
+// the previous page's last item was shown with).
 type PageToken struct {
 	Parent string
 	After  string
-	AfterN int64
 }
 
 // pageTokenVersion is bumped when the encoding changes; older tokens are
@@ -105,20 +109,23 @@ const pageTokenVersion = 1
 // maxPageTokenLen bounds the work spent on a token before it is rejected.
 const maxPageTokenLen = 2048
 
+// pageTokenJSON is the token's encoding. Tokens of version 1 carrying a
+// numeric position "n" (audit lists until they paged on public ids) are
+// rejected as unknown fields.
 type pageTokenJSON struct {
 	V int    `json:"v"`
 	P string `json:"p"`
 	K string `json:"k,omitempty"`
-	N int64  `json:"n,omitempty"`
 }
 
 // EncodePageToken returns the opaque token for t: unpadded base64url of a
 // small versioned JSON document. It is not encrypted or signed because it
-// grants nothing (see the package documentation).
+// grants nothing and holds nothing the caller has not seen (see the package
+// documentation).
 func EncodePageToken(t PageToken) string {
-	b, err := json.Marshal(pageTokenJSON{V: pageTokenVersion, P: t.Parent, K: t.After, N: t.AfterN})
+	b, err := json.Marshal(pageTokenJSON{V: pageTokenVersion, P: t.Parent, K: t.After})
 	if err != nil {
-		// Marshalling strings and an integer cannot fail.
+		// Marshalling strings and an integer (the version) cannot fail.
 		panic("resname: encoding page token: " + err.Error())
 	}
 	return base64.RawURLEncoding.EncodeToString(b)
@@ -148,5 +155,5 @@ func DecodePageToken(field, parent, s string) (PageToken, error) {
 	if tj.P != parent {
 		return PageToken{}, apperr.Invalid(field, "does not belong to this request")
 	}
-	return PageToken{Parent: tj.P, After: tj.K, AfterN: tj.N}, nil
+	return PageToken{Parent: tj.P, After: tj.K}, nil
 }

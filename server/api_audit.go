@@ -17,7 +17,7 @@ import (
 
 // AuditUseCases lists audit events. *audit.Log implements it.
 type AuditUseCases interface {
-	List(ctx context.Context, tenant string, f audit.Filter, beforeID int64, limit int) ([]audit.Entry, error)
+	List(ctx context.Context, tenant string, f audit.Filter, afterUID string, limit int) ([]audit.Entry, error)
 }
 
 var _ AuditUseCases = (*audit.Log)(nil)
@@ -59,7 +59,9 @@ var outcomes = map[domain.Outcome]mcpauthv1.AuditOutcome{
 }
 
 // ListAuditEvents pages through a tenant's audit log, newest first. The page
-// token is bound to the parent and the filters it was issued for.
+// token is bound to the parent and the filters it was issued for, and holds
+// the public id of the previous page's last event; events are named by that
+// id too. Neither shows the row number, a sequence across all tenants.
 func (a *auditAPI) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAuditEventsRequest) (*mcpauthv1.ListAuditEventsResponse, error) {
 	tenant, err := resname.ParseTenant("parent", req.GetParent())
 	if err != nil {
@@ -96,18 +98,18 @@ func (a *auditAPI) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAudit
 		}
 		f.Provider = p
 	}
-	entries, err := a.uc.List(ctx, tenant, f, tok.AfterN, size+1)
+	entries, err := a.uc.List(ctx, tenant, f, tok.After, size+1)
 	if err != nil {
 		return nil, err
 	}
 	resp := &mcpauthv1.ListAuditEventsResponse{}
 	if len(entries) > size {
 		entries = entries[:size]
-		resp.NextPageToken = resname.EncodePageToken(resname.PageToken{Parent: bound, AfterN: entries[size-1].ID})
+		resp.NextPageToken = resname.EncodePageToken(resname.PageToken{Parent: bound, After: entries[size-1].UID})
 	}
 	for _, e := range entries {
 		ev := &mcpauthv1.AuditEvent{
-			Name:       resname.AuditEventName(tenant, e.ID),
+			Name:       resname.AuditEventName(tenant, e.UID),
 			EventType:  string(e.Type),
 			Type:       eventTypes[e.Type],
 			Actor:      e.Actor,

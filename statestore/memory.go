@@ -22,7 +22,6 @@ type Memory struct {
 	closed bool
 	values map[string]memValue
 	locks  map[string]memLock
-	fences map[string]int64 // never deleted, like the Redis counter
 
 	stop chan struct{}
 	done chan struct{}
@@ -47,7 +46,6 @@ func NewMemory() *Memory {
 		now:    time.Now,
 		values: make(map[string]memValue),
 		locks:  make(map[string]memLock),
-		fences: make(map[string]int64),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
@@ -151,8 +149,7 @@ func (m *Memory) Lock(ctx context.Context, key string, ttl time.Duration) (Lease
 	}
 	owner := rand.Text()
 	m.locks[key] = memLock{owner: owner, expires: now.Add(ttl)}
-	m.fences[key]++
-	return &memLease{m: m, key: key, owner: owner, fence: m.fences[key]}, nil
+	return &memLease{m: m, key: key, owner: owner}, nil
 }
 
 // WaitUnlocked implements Store by polling, like Redis.
@@ -199,10 +196,7 @@ type memLease struct {
 	m     *Memory
 	key   string
 	owner string
-	fence int64
 }
-
-func (l *memLease) Token() int64 { return l.fence }
 
 // held reports whether the lease still owns its lock; m.mu must be held.
 func (l *memLease) held() bool {

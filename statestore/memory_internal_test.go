@@ -26,10 +26,10 @@ func TestMemorySweepRemovesExpired(t *testing.T) {
 	now = now.Add(2 * time.Second)
 	m.sweep()
 	m.mu.Lock()
-	nv, nl, nf := len(m.values), len(m.locks), len(m.fences)
+	nv, nl := len(m.values), len(m.locks)
 	m.mu.Unlock()
-	if nv != 1 || nl != 0 || nf != 1 {
-		t.Fatalf("after sweep: %d values, %d locks, %d fences; want 1, 0, 1", nv, nl, nf)
+	if nv != 1 || nl != 0 {
+		t.Fatalf("after sweep: %d values, %d locks; want 1, 0", nv, nl)
 	}
 }
 

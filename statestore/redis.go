@@ -23,11 +23,12 @@ import (
 //
 //	<prefix>kv:<key>                values written by Put
 //	<prefix>lock:{<key>}            lock holder's random token, with the lease TTL
-//	<prefix>lock:{<key>}:fence      fencing counter (INCR), kept without TTL
 //
-// The braces put a lock and its fencing counter in one Cluster hash slot so
-// one Lua script can touch both. The fencing counter is never deleted: it is
-// what keeps tokens increasing after every lease has expired.
+// Every key carries a TTL, so nothing outlives the provider or flow it was
+// written for. (Leases used to draw a fencing token from a counter kept
+// without TTL; no caller read it, since the credential generation check in
+// the database is what rejects a stale holder's write, and the counters
+// piled up forever, one per provider ever refreshed.)
 type Redis struct {
 	client redis.UniversalClient
 	prefix string
@@ -35,15 +36,6 @@ type Redis struct {
 }
 
 var _ Store = (*Redis)(nil)
-
-// lockScript takes the lock only if free and, in the same atomic step, draws
-// the next fencing token, so no two holders ever see the same token.
-var lockScript = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0
-`)
 
 // releaseScript deletes the lock only if it still carries the caller's
 // token: a stale holder must not free a lock someone else now holds.
@@ -217,9 +209,6 @@ func parseDuration(v string) (time.Duration, error) {
 
 func (r *Redis) kvKey(key string) string   { return r.prefix + "kv:" + key }
 func (r *Redis) lockKey(key string) string { return r.prefix + "lock:{" + key + "}" }
-func (r *Redis) fenceKey(key string) string {
-	return r.prefix + "lock:{" + key + "}:fence"
-}
 
 // Put implements Store with SET NX PX.
 func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
@@ -252,23 +241,20 @@ func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
-// Lock implements Store: SET NX PX with a random token and INCR of the
-// fencing counter run in one Lua script.
+// Lock implements Store: SET NX PX with a random owner token.
 func (r *Redis) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
 	if err := validate(key, ttl, true); err != nil {
 		return nil, err
 	}
 	token := rand.Text()
-	fence, err := lockScript.Run(ctx, r.client,
-		[]string{r.lockKey(key), r.fenceKey(key)},
-		token, roundTTL(ttl).Milliseconds()).Int64()
+	ok, err := r.client.SetNX(ctx, r.lockKey(key), token, roundTTL(ttl)).Result()
 	if err != nil {
 		return nil, wrap("lock", err)
 	}
-	if fence == 0 {
+	if !ok {
 		return nil, ErrLocked
 	}
-	return &redisLease{r: r, key: r.lockKey(key), owner: token, fence: fence}, nil
+	return &redisLease{r: r, key: r.lockKey(key), owner: token}, nil
 }
 
 // WaitUnlocked implements Store by polling EXISTS.
@@ -316,10 +302,7 @@ type redisLease struct {
 	r     *Redis
 	key   string
 	owner string
-	fence int64
 }
-
-func (l *redisLease) Token() int64 { return l.fence }
 
 func (l *redisLease) Release(ctx context.Context) error {
 	n, err := releaseScript.Run(ctx, l.r.client, []string{l.key}, l.owner).Int64()

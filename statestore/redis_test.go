@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,19 +43,7 @@ func TestRedisKeysArePrefixed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Lock: %v", err)
 	}
-	keys, err := c.Keys(ctx, prefix+"*").Result()
-	if err != nil {
-		t.Fatalf("KEYS: %v", err)
-	}
-	want := map[string]bool{prefix + "kv:state-hash": true, prefix + "lock:{provider-1}": true, prefix + "lock:{provider-1}:fence": true}
-	if len(keys) != len(want) {
-		t.Fatalf("keys = %q, want %d keys", keys, len(want))
-	}
-	for _, k := range keys {
-		if !want[k] {
-			t.Errorf("unexpected key %q", k)
-		}
-	}
+	wantKeys(t, c, prefix, "kv:state-hash", "lock:{provider-1}")
 	ttl, err := c.PTTL(ctx, prefix+"kv:state-hash").Result()
 	if err != nil || ttl <= 0 || ttl > time.Minute {
 		t.Errorf("value PTTL = %v, %v; want within (0, 1m]", ttl, err)
@@ -62,9 +51,71 @@ func TestRedisKeysArePrefixed(t *testing.T) {
 	if err := l.Release(ctx); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if n, _ := c.Exists(ctx, prefix+"lock:{provider-1}:fence").Result(); n != 1 {
-		t.Error("fencing counter deleted on Release; tokens would restart")
+}
+
+// TestRedisLeavesNoKeyWithoutTTL takes, extends, releases and abandons locks
+// and stores and takes values, then checks that every key left under the
+// prefix expires by itself: nothing outlives the provider or flow it was
+// written for (a fencing counter kept without TTL once did).
+func TestRedisLeavesNoKeyWithoutTTL(t *testing.T) {
+	t.Parallel()
+	c := redisClient(t)
+	prefix := redisPrefix(t)
+	s := statestore.NewRedis(c, prefix)
+	ctx := t.Context()
+	for i := range 3 {
+		l, err := s.Lock(ctx, "released", time.Minute)
+		if err != nil {
+			t.Fatalf("Lock #%d: %v", i, err)
+		}
+		if err := l.Extend(ctx, 2*time.Minute); err != nil {
+			t.Fatalf("Extend #%d: %v", i, err)
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatalf("Release #%d: %v", i, err)
+		}
 	}
+	if _, err := s.Lock(ctx, "abandoned", time.Minute); err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	if _, err := s.Lock(ctx, "expired", 50*time.Millisecond); err != nil {
+		t.Fatalf("Lock: %v", err)
+	}
+	if err := s.Put(ctx, "kept", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if err := s.Put(ctx, "taken", []byte("v"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if _, err := s.Take(ctx, "taken"); err != nil {
+		t.Fatalf("Take: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	for _, k := range wantKeys(t, c, prefix, "lock:{abandoned}", "kv:kept") {
+		ttl, err := c.PTTL(ctx, k).Result()
+		if err != nil || ttl <= 0 {
+			t.Errorf("key %q: PTTL %v, %v; every key must expire", k, ttl, err)
+		}
+	}
+}
+
+// wantKeys fails tb unless the keys under prefix are exactly prefix+want,
+// and returns them.
+func wantKeys(tb testing.TB, c redis.UniversalClient, prefix string, want ...string) []string {
+	tb.Helper()
+	keys, err := c.Keys(context.Background(), prefix+"*").Result()
+	if err != nil {
+		tb.Fatalf("KEYS: %v", err)
+	}
+	for i, k := range want {
+		want[i] = prefix + k
+	}
+	slices.Sort(keys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		tb.Fatalf("keys = %q, want %q", keys, want)
+	}
+	return keys
 }
 
 func TestRedisUnavailable(t *testing.T) {

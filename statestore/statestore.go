@@ -25,7 +25,7 @@ import (
 )
 
 // Store holds opaque values under keys with a TTL and single-use consumption,
-// and grants exclusive, fenced leases on keys.
+// and grants exclusive, expiring leases on keys.
 //
 // Keys used by Put/Take and keys used by Lock/WaitUnlocked live in separate
 // namespaces: a lock on "x" does not collide with a value stored under "x".
@@ -57,14 +57,11 @@ type Store interface {
 	Close() error
 }
 
-// Lease is a held lock returned by Store.Lock.
+// Lease is a held lock returned by Store.Lock. It carries no fencing token:
+// a lease can expire while its holder still works, so what the lock guards
+// must reject a stale holder's write by itself (grants does, with the
+// credential generation it compares and swaps in the database).
 type Lease interface {
-	// Token returns the lease's fencing token. Tokens for one key strictly
-	// increase across successive acquisitions by any holder on any replica,
-	// so a resource guarded by the lock can reject writes carrying a token
-	// lower than one it has already seen.
-	Token() int64
-
 	// Release frees the lock if this lease still holds it. When the lease has
 	// expired (and possibly been acquired by someone else) Release leaves the
 	// current holder's lock in place and returns ErrLeaseLost.

@@ -79,6 +79,10 @@ func openKeyedStore(ctx context.Context, args []string) (*keyedStore, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := app.CheckKeyIdentity(ctx, st, keys); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return &keyedStore{log: log, keys: keys, st: st}, nil
 }
 

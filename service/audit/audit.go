@@ -23,7 +23,7 @@ import (
 type Store interface {
 	AppendAudit(ctx context.Context, e *repository.AuditEvent) error
 	AppendAuditBatch(ctx context.Context, events []*repository.AuditEvent) error
-	ListAudit(ctx context.Context, tenant string, f repository.AuditFilter, beforeID int64, limit int) ([]repository.AuditEvent, error)
+	ListAudit(ctx context.Context, tenant string, f repository.AuditFilter, afterUID string, limit int) ([]repository.AuditEvent, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -233,7 +233,9 @@ func (a *Auditor) RecordDenied(ctx context.Context, tenant, method, reason strin
 
 // Entry is one stored audit event.
 type Entry struct {
-	ID        int64
+	// UID is the event's public id: random, unique within the tenant. (The
+	// database's sequence is not exposed; it spans all tenants.)
+	UID       string
 	Time      time.Time
 	Type      domain.EventType
 	Actor     string
@@ -266,19 +268,19 @@ func NewLog(store Store) (*Log, error) {
 // maxTypeLen bounds an event type filter.
 const maxTypeLen = 64
 
-// List returns up to limit of the tenant's events older than beforeID (0:
-// the newest), newest first.
-func (l *Log) List(ctx context.Context, tenant string, f Filter, beforeID int64, limit int) ([]Entry, error) {
+// List returns up to limit of the tenant's events older than the one with
+// UID afterUID ("": the newest), newest first.
+func (l *Log) List(ctx context.Context, tenant string, f Filter, afterUID string, limit int) ([]Entry, error) {
 	if len(f.Type) > maxTypeLen {
 		return nil, apperr.Invalid("event_type", "must be at most %d characters", maxTypeLen)
 	}
-	rows, err := l.store.ListAudit(ctx, tenant, repository.AuditFilter{ProviderID: f.Provider, EventType: string(f.Type)}, beforeID, limit)
+	rows, err := l.store.ListAudit(ctx, tenant, repository.AuditFilter{ProviderID: f.Provider, EventType: string(f.Type)}, afterUID, limit)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Entry, len(rows))
 	for i, r := range rows {
-		out[i] = Entry{ID: r.ID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID,
+		out[i] = Entry{UID: r.UID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID,
 			Outcome: domain.Outcome(r.Outcome), Reason: r.Reason, RequestID: r.RequestID}
 		if r.Details != "" && r.Details != "{}" {
 			_ = json.Unmarshal([]byte(r.Details), &out[i].Details)

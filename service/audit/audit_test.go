@@ -411,10 +411,10 @@ func seedLog(t *testing.T, st *servicetest.Store) {
 	}
 }
 
-func ids(entries []Entry) []int64 {
-	out := make([]int64, len(entries))
+func uids(entries []Entry) []string {
+	out := make([]string, len(entries))
 	for i, e := range entries {
-		out[i] = e.ID
+		out[i] = e.UID
 	}
 	return out
 }
@@ -429,43 +429,43 @@ func TestLogList(t *testing.T) {
 	}
 	ctx := context.Background()
 	tests := []struct {
-		name     string
-		tenant   string
-		filter   Filter
-		beforeID int64
-		limit    int
-		want     []int64
+		name   string
+		tenant string
+		filter Filter
+		after  string
+		limit  int
+		want   []string
 	}{
-		{"all of a tenant, newest first", "t1", Filter{}, 0, 10, []int64{5, 4, 2, 1}},
-		{"other tenant", "t2", Filter{}, 0, 10, []int64{3}},
-		{"by provider", "t1", Filter{Provider: "p1"}, 0, 10, []int64{5, 4, 1}},
-		{"by type", "t1", Filter{Type: domain.EventProviderCreated}, 0, 10, []int64{2, 1}},
-		{"by provider and type", "t1", Filter{Provider: "p2", Type: domain.EventProviderCreated}, 0, 10, []int64{2}},
-		{"first page", "t1", Filter{}, 0, 2, []int64{5, 4}},
-		{"next page", "t1", Filter{}, 4, 2, []int64{2, 1}},
-		{"past the end", "t1", Filter{}, 1, 2, []int64{}},
-		{"type of 64 characters", "t1", Filter{Type: domain.EventType(strings.Repeat("x", 64))}, 0, 10, []int64{}},
+		{"all of a tenant, newest first", "t1", Filter{}, "", 10, []string{"e5", "e4", "e2", "e1"}},
+		{"other tenant", "t2", Filter{}, "", 10, []string{"e3"}},
+		{"by provider", "t1", Filter{Provider: "p1"}, "", 10, []string{"e5", "e4", "e1"}},
+		{"by type", "t1", Filter{Type: domain.EventProviderCreated}, "", 10, []string{"e2", "e1"}},
+		{"by provider and type", "t1", Filter{Provider: "p2", Type: domain.EventProviderCreated}, "", 10, []string{"e2"}},
+		{"first page", "t1", Filter{}, "", 2, []string{"e5", "e4"}},
+		{"next page", "t1", Filter{}, "e4", 2, []string{"e2", "e1"}},
+		{"past the end", "t1", Filter{}, "e1", 2, []string{}},
+		{"type of 64 characters", "t1", Filter{Type: domain.EventType(strings.Repeat("x", 64))}, "", 10, []string{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := l.List(ctx, tt.tenant, tt.filter, tt.beforeID, tt.limit)
+			got, err := l.List(ctx, tt.tenant, tt.filter, tt.after, tt.limit)
 			if err != nil {
 				t.Fatalf("List: %v", err)
 			}
-			if g := ids(got); fmt.Sprint(g) != fmt.Sprint(tt.want) {
-				t.Errorf("ids = %v, want %v", g, tt.want)
+			if g := uids(got); fmt.Sprint(g) != fmt.Sprint(tt.want) {
+				t.Errorf("uids = %v, want %v", g, tt.want)
 			}
 		})
 	}
 
 	t.Run("entry fields", func(t *testing.T) {
 		t.Parallel()
-		got, err := l.List(ctx, "t1", Filter{Provider: "p1"}, 0, 2)
+		got, err := l.List(ctx, "t1", Filter{Provider: "p1"}, "", 2)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Entry{ID: 5, Time: epoch, Type: domain.EventProviderDeleted, Actor: "bob", Provider: "p1", Outcome: domain.OutcomeSuccess,
+		want := Entry{UID: "e5", Time: epoch, Type: domain.EventProviderDeleted, Actor: "bob", Provider: "p1", Outcome: domain.OutcomeSuccess,
 			Reason: "R", RequestID: "q", Details: map[string]string{"revoked_at_server": "true"}}
 		if fmt.Sprint(got[0]) != fmt.Sprint(want) {
 			t.Errorf("entry = %+v, want %+v", got[0], want)
@@ -486,7 +486,7 @@ func TestLogListErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = l.List(context.Background(), "t1", Filter{Type: domain.EventType(strings.Repeat("x", 65))}, 0, 10)
+	_, err = l.List(context.Background(), "t1", Filter{Type: domain.EventType(strings.Repeat("x", 65))}, "", 10)
 	if e, ok := apperr.As(err); !ok || e.Kind != apperr.KindInvalidArgument || e.Field != "event_type" {
 		t.Errorf("err = %v, want INVALID_ARGUMENT on event_type", err)
 	}
@@ -494,7 +494,7 @@ func TestLogListErrors(t *testing.T) {
 		t.Errorf("ListAudit called %d times for a bad filter", got)
 	}
 	st.FailOn("ListAudit", servicetest.ErrInjected)
-	if _, err := l.List(context.Background(), "t1", Filter{}, 0, 10); !errors.Is(err, servicetest.ErrInjected) {
+	if _, err := l.List(context.Background(), "t1", Filter{}, "", 10); !errors.Is(err, servicetest.ErrInjected) {
 		t.Errorf("err = %v, want the store's", err)
 	}
 }

@@ -8,6 +8,7 @@ package servicetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -519,13 +520,24 @@ func (s *Store) AppendAuditBatch(_ context.Context, events []*repository.AuditEv
 	return nil
 }
 
-// ListAudit lists the tenant's events before beforeID (0: newest), newest
-// first.
-func (s *Store) ListAudit(_ context.Context, tenant string, f repository.AuditFilter, beforeID int64, limit int) ([]repository.AuditEvent, error) {
+// ListAudit lists the tenant's events older than the one with UID afterUID
+// ("": newest), newest first. The fake's UIDs are "e" and the ID: "e1",
+// "e2", ... (set on the listed copies; Events shows none).
+func (s *Store) ListAudit(_ context.Context, tenant string, f repository.AuditFilter, afterUID string, limit int) ([]repository.AuditEvent, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ListAudit", tenant); err != nil {
 		return nil, err
+	}
+	var beforeID int64
+	if afterUID != "" {
+		i := slices.IndexFunc(s.audit, func(e repository.AuditEvent) bool {
+			return e.TenantID == tenant && fmt.Sprintf("e%d", e.ID) == afterUID
+		})
+		if i < 0 {
+			return nil, apperr.Invalid("page_token", "is not a valid page token")
+		}
+		beforeID = s.audit[i].ID
 	}
 	var out []repository.AuditEvent
 	for i := len(s.audit) - 1; i >= 0; i-- {
@@ -534,6 +546,7 @@ func (s *Store) ListAudit(_ context.Context, tenant string, f repository.AuditFi
 			(f.ProviderID != "" && e.ProviderID != f.ProviderID) || (f.EventType != "" && e.EventType != f.EventType) {
 			continue
 		}
+		e.UID = fmt.Sprintf("e%d", e.ID)
 		out = append(out, e)
 		if limit > 0 && len(out) == limit {
 			break
