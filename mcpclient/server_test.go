@@ -26,7 +26,7 @@ const (
 	testToken   = "tok-good"
 	manyTools   = 35
 	testPage    = 4
-	bigResultSz = 10 << 20
+	bigResultSz = 2 << 20
 )
 
 type echoIn struct {
