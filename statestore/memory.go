@@ -136,6 +136,22 @@ func (m *Memory) Take(ctx context.Context, key string) ([]byte, error) {
 	return v.data, nil
 }
 
+// Get implements Store.
+func (m *Memory) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := validate(key, 0, false); err != nil {
+		return nil, err
+	}
+	if err := m.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	v, ok := m.values[key]
+	if !ok || !m.now().Before(v.expires) {
+		return nil, ErrNotFound
+	}
+	return clone(v.data), nil
+}
+
 // Lock implements Store.
 func (m *Memory) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
 	if err := validate(key, ttl, true); err != nil {

@@ -252,6 +252,21 @@ func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
 	return v, nil
 }
 
+// Get implements Store with GET; the value and its TTL stay as they are.
+func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := validate(key, 0, false); err != nil {
+		return nil, err
+	}
+	v, err := r.client.Get(ctx, r.kvKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, wrap("get", err)
+	}
+	return v, nil
+}
+
 // Lock implements Store: SET NX PX with a random token and INCR of the
 // fencing counter run in one Lua script.
 func (r *Redis) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
