@@ -272,6 +272,26 @@ const (
 	// deleted.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_SERVER_URL_CHANGED ErrorReason = 47
+	// The provider's MCP server asks for no authorization (its grant status
+	// is NOT_REQUIRED) (gRPC FAILED_PRECONDITION): no token is needed; call
+	// the server with the provider's headers only (CallTool does).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_NOT_REQUIRED ErrorReason = 48
+	// The MCP server names an authorization server whose metadata is at none
+	// of the well-known locations (they answer 4xx or no metadata document)
+	// (gRPC FAILED_PRECONDITION): retrying does not help; fix the server's
+	// protected resource metadata or the authorization server.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_METADATA_NOT_FOUND ErrorReason = 49
+	// The MCP endpoint answered 404 or 410 (gRPC FAILED_PRECONDITION):
+	// retrying does not help; check the provider's server_url.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_SERVER_NOT_FOUND ErrorReason = 50
+	// The MCP endpoint answered 400 to a well-formed MCP request (gRPC
+	// FAILED_PRECONDITION): retrying unchanged does not help; check the
+	// provider's server_url and headers.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_SERVER_REQUEST_REJECTED ErrorReason = 51
 )
 
 // Enum value maps for ErrorReason.
@@ -325,6 +345,10 @@ var (
 		45: "REVOKE_REFRESH_FAILED",
 		46: "REVOKE_ACCESS_FAILED",
 		47: "SERVER_URL_CHANGED",
+		48: "NOT_REQUIRED",
+		49: "METADATA_NOT_FOUND",
+		50: "SERVER_NOT_FOUND",
+		51: "SERVER_REQUEST_REJECTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -375,6 +399,10 @@ var (
 		"REVOKE_REFRESH_FAILED":     45,
 		"REVOKE_ACCESS_FAILED":      46,
 		"SERVER_URL_CHANGED":        47,
+		"NOT_REQUIRED":              48,
+		"METADATA_NOT_FOUND":        49,
+		"SERVER_NOT_FOUND":          50,
+		"SERVER_REQUEST_REJECTED":   51,
 	}
 )
 
@@ -410,7 +438,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x99\b\n" +
+	"mcpauth.v1*\xf6\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -460,7 +488,11 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\tNO_CLIENT\x10,\x12\x19\n" +
 	"\x15REVOKE_REFRESH_FAILED\x10-\x12\x18\n" +
 	"\x14REVOKE_ACCESS_FAILED\x10.\x12\x16\n" +
-	"\x12SERVER_URL_CHANGED\x10/B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x12SERVER_URL_CHANGED\x10/\x12\x10\n" +
+	"\fNOT_REQUIRED\x100\x12\x16\n" +
+	"\x12METADATA_NOT_FOUND\x101\x12\x14\n" +
+	"\x10SERVER_NOT_FOUND\x102\x12\x1b\n" +
+	"\x17SERVER_REQUEST_REJECTED\x103B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once
