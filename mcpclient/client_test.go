@@ -530,6 +530,47 @@ func TestUnreachableIsRedacted(t *testing.T) {
 	}
 }
 
+// TestEgressBlockOncePerCall: the SDK tries more than one request when the
+// first fails (server/discover, then initialize; the legacy transport);
+// after the egress guard refused one, the call sends nothing more, so each
+// call meets the guard (and its audit hook) once.
+func TestEgressBlockOncePerCall(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, streamableSSE)
+	var blocks atomic.Int32
+	g, err := egress.New(egress.Config{OnBlock: func(context.Context, string, string) { blocks.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(g.Client(), Options{})
+	t.Cleanup(func() { _ = c.Close() })
+	tg := Target{URL: ts.URL}
+	calls := map[string]func() error{
+		"CallTool": func() error {
+			_, err := c.CallTool(t.Context(), "k", tg, goodCreds(), "echo", map[string]any{"text": "x"})
+			return err
+		},
+		"ListTools": func() error {
+			_, err := c.ListTools(t.Context(), "k", tg, goodCreds())
+			return err
+		},
+		"Probe": func() error { return c.Probe(t.Context(), tg, goodCreds()) },
+	}
+	for name, call := range calls {
+		for range 2 { // a second call is a new decision, blocked again
+			before := blocks.Load()
+			err := call()
+			var be *egress.BlockedError
+			if !errors.As(err, &be) || !errors.Is(err, ErrUnreachable) {
+				t.Fatalf("%s: %v, want an egress block", name, err)
+			}
+			if n := blocks.Load() - before; n != 1 {
+				t.Errorf("%s: the egress guard refused %d requests of one call, want 1", name, n)
+			}
+		}
+	}
+}
+
 func TestServerErrorStatusIsUnreachable(t *testing.T) {
 	t.Parallel()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

@@ -24,7 +24,8 @@ var (
 
 	// ErrUnreachable is returned when no usable answer came back from the
 	// server: the connection failed or was refused by the egress guard
-	// (errors.As still finds the *egress.BlockedError), the server answered
+	// (errors.As still finds the *egress.BlockedError; the call then sends
+	// no further request, so the guard refuses it once), the server answered
 	// 5xx, 408 or 429, or the connection closed in the middle of a call.
 	ErrUnreachable = errors.New("mcpclient: server unreachable")
 
