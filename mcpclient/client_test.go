@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -571,6 +572,35 @@ func TestEgressBlockOncePerCall(t *testing.T) {
 	}
 }
 
+// TestDefinitiveStatusIsStatusError: a URL that is no MCP endpoint (404,
+// 410, 400 to every request, over both transports) is a *StatusError with
+// the status, not ErrUnreachable: retrying cannot help.
+func TestDefinitiveStatusIsStatusError(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{http.StatusBadRequest, http.StatusNotFound, http.StatusGone} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				http.Error(w, "nothing here SECRETBODY", code)
+			}))
+			defer ts.Close()
+			c := newTestClient(t, Options{})
+			tg := Target{URL: ts.URL + "/mcp/SECRETPATH"}
+			_, lerr := c.ListTools(t.Context(), "k", tg, goodCreds())
+			_, cerr := c.CallTool(t.Context(), "k", tg, goodCreds(), "echo", nil)
+			for name, err := range map[string]error{"ListTools": lerr, "CallTool": cerr, "Probe": c.Probe(t.Context(), tg, Credentials{})} {
+				var se *StatusError
+				if !errors.As(err, &se) || se.Status != code || errors.Is(err, ErrUnreachable) {
+					t.Fatalf("%s: %v, want a StatusError %d", name, err, code)
+				}
+				if msg := err.Error(); !strings.Contains(msg, strconv.Itoa(code)) || strings.Contains(msg, "SECRET") {
+					t.Fatalf("%s: message %q", name, msg)
+				}
+			}
+		})
+	}
+}
+
 func TestServerErrorStatusIsUnreachable(t *testing.T) {
 	t.Parallel()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -581,6 +611,9 @@ func TestServerErrorStatusIsUnreachable(t *testing.T) {
 	err := c.Probe(t.Context(), Target{URL: ts.URL}, Credentials{})
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "502") || strings.Contains(err.Error(), "exploded") {
 		t.Fatalf("got %v, want ErrUnreachable naming 502 only", err)
+	}
+	if se := (*StatusError)(nil); errors.As(err, &se) {
+		t.Fatalf("got StatusError %d for a 502: retrying may help", se.Status)
 	}
 }
 

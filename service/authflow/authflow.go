@@ -198,6 +198,7 @@ func upstreamErr(step string, err error) error {
 		return err
 	}
 	var blocked *egress.BlockedError
+	var status *oauthclient.StatusError
 	switch {
 	case errors.As(err, &blocked):
 		// Retrying cannot help: the provider's configuration or the
@@ -207,6 +208,15 @@ func upstreamErr(step string, err error) error {
 		return apperr.FailedPrecondition(domain.ReasonResourceMismatch, "%s: the protected resource metadata names a different resource than this MCP server", step)
 	case errors.Is(err, oauthclient.ErrIssuerMismatch):
 		return apperr.FailedPrecondition(domain.ReasonIssuerMismatch, "%s: the authorization server metadata names a different issuer", step)
+	case errors.Is(err, oauthclient.ErrNoAuthServerMetadata):
+		// Every well-known location answered definitively (4xx, or no
+		// metadata document): 5xx, 429 and network failures abort discovery
+		// as temporary errors before this.
+		return apperr.FailedPrecondition(domain.ReasonMetadataNotFound,
+			"%s: the authorization server the MCP server names publishes no metadata at any well-known location", step)
+	case errors.As(err, &status) && status.Op == oauthclient.OpProbe && domain.ServerStatusReason(status.Status) != "":
+		return apperr.FailedPrecondition(domain.ServerStatusReason(status.Status),
+			"%s: the MCP server answered %d: check the provider's server_url and headers", step, status.Status)
 	case errors.Is(err, context.DeadlineExceeded):
 		return apperr.Unavailable(err, "%s: timed out", step)
 	}
