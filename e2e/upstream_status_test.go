@@ -48,6 +48,14 @@ func TestUpstreamDefinitiveStatus(t *testing.T) {
 			Provider:             &mcpauthv1.Provider{DisplayName: id, ServerIdentifier: id, ServerUrl: origin + path}})
 		return resp.GetProvider().GetName(), err
 	}
+	mustCreate := func(id, path string) string {
+		t.Helper()
+		name, err := create(id, path, false)
+		if err != nil {
+			t.Fatalf("CreateProvider %s: %v", id, err)
+		}
+		return name
+	}
 	wantReason := func(what string, err error, code codes.Code, reason string) {
 		t.Helper()
 		info := tlErrorInfo(t, err, code)
@@ -62,10 +70,7 @@ func TestUpstreamDefinitiveStatus(t *testing.T) {
 	_, err := create("checked", "/wrong", true)
 	wantReason("CreateProvider validating a 404 URL", err, codes.FailedPrecondition, "SERVER_NOT_FOUND")
 
-	name, err := create("wrong", "/wrong", false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	name := mustCreate("wrong", "/wrong")
 	_, err = tlCall(ctx, s, name, "echo", map[string]any{"text": "x"})
 	wantReason("CallTool on a 404 URL", err, codes.FailedPrecondition, "SERVER_NOT_FOUND")
 	_, err = s.Tools().RefreshTools(ctx, &mcpauthv1.RefreshToolsRequest{Name: name})
@@ -78,17 +83,11 @@ func TestUpstreamDefinitiveStatus(t *testing.T) {
 	wantReason("CallTool on a 410 URL", err, codes.FailedPrecondition, "SERVER_NOT_FOUND")
 
 	answer.Store(http.StatusNotFound)
-	protected, err := create("protected", "/protected", false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	protected := mustCreate("protected", "/protected")
 	_, err = s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: protected, User: "alice"})
 	wantReason("StartAuthorization with authorization server metadata answering 404", err, codes.FailedPrecondition, "METADATA_NOT_FOUND")
 
-	failing, err := create("failing", "/failing", false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	failing := mustCreate("failing", "/failing")
 	_, err = tlCall(ctx, s, failing, "echo", map[string]any{"text": "x"})
 	wantReason("CallTool on a 503 URL", err, codes.Unavailable, "UNAVAILABLE")
 	_, err = s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: failing, User: "alice"})
