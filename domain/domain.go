@@ -176,3 +176,19 @@ func (c Compat) IsZero() bool {
 	return (c.ResourceMode == 0 || c.ResourceMode == ResourceCanonical) && c.ResourceOverride == "" &&
 		!c.AllowMissingPKCE && len(c.ExtraParams) == 0 && c.TokenEndpointAuth == ""
 }
+
+// ServerStatusReason returns the reason of a definitive HTTP error answer
+// from an MCP endpoint: 404 and 410 (the URL names no MCP endpoint) are
+// SERVER_NOT_FOUND, 400 (a well-formed request refused) is
+// SERVER_REQUEST_REJECTED. Retrying cannot help with either. Any other
+// status returns "": the caller keeps its own mapping (5xx, 408 and 429
+// are temporary).
+func ServerStatusReason(status int) string {
+	switch status {
+	case 404, 410:
+		return ReasonServerNotFound
+	case 400:
+		return ReasonServerRequestRejected
+	}
+	return ""
+}

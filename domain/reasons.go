@@ -28,6 +28,10 @@ const (
 	ReasonProbeUnavailable      = "PROBE_UNAVAILABLE"
 	ReasonServerUnreachable     = "SERVER_UNREACHABLE"
 	ReasonResultTooLarge        = "RESULT_TOO_LARGE"
+	ReasonNotRequired           = "NOT_REQUIRED"
+	ReasonMetadataNotFound      = "METADATA_NOT_FOUND"
+	ReasonServerNotFound        = "SERVER_NOT_FOUND"
+	ReasonServerRequestRejected = "SERVER_REQUEST_REJECTED"
 
 	// Reasons of a dead grant (REAUTH_REQUIRED's audit reason and status reason).
 	ReasonInvalidGrant           = "INVALID_GRANT"

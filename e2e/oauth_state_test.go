@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
 	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 )
@@ -109,7 +107,10 @@ func TestOAuthUnknownState(t *testing.T) {
 
 // TestOAuthWrongBrowser: a callback URL delivered to another browser than
 // the one that opened the authorize link is refused before the code goes
-// anywhere, and the flow is burnt.
+// anywhere, and audited; but it does not consume the flow (whoever learns a
+// state must not be able to cancel someone else's authorization): the
+// genuine browser completes it afterwards, once. The flow state lives in
+// Redis.
 func TestOAuthWrongBrowser(t *testing.T) {
 	t.Parallel()
 	redisURL, _, _ := oaRedis(t)
@@ -119,27 +120,32 @@ func TestOAuthWrongBrowser(t *testing.T) {
 	victim := NewBrowser(t)
 	cb := oaToCallback(t, victim, start.GetAuthorizationUrl())
 
-	attacker := NewBrowser(t)
-	oaFailed(t, oaOpen(t, attacker, cb.String()), "BROWSER_MISMATCH")
+	for _, attacker := range []*Browser{NewBrowser(t), NewBrowser(t)} {
+		oaFailed(t, oaOpen(t, attacker, cb.String()), "BROWSER_MISMATCH")
+	}
 	if n := f.AS.Counts("/token"); n != 0 {
-		t.Errorf("%d token requests after a wrong-browser callback", n)
+		t.Errorf("%d token requests after wrong-browser callbacks", n)
 	}
 	ev := oaWantEvent(t, f.S, "acme", "oauth.callback.failed", "BROWSER_MISMATCH")
 	if ev.GetProvider() != f.Name {
 		t.Errorf("event provider %q", ev.GetProvider())
 	}
-	if st := f.Status(t); st != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_UNAUTHORIZED {
+	if st := f.Status(t); st != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_PENDING {
+		t.Errorf("status %v after wrong-browser callbacks, want PENDING", st)
+	}
+	// The genuine browser completes the flow, exactly once.
+	if p := oaOpen(t, victim, cb.String()); p.Title != "Authorization complete" {
+		t.Fatalf("genuine callback after wrong-browser ones: %q %q", p.Title, p.Reason)
+	}
+	if st := f.Status(t); st != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED {
 		t.Errorf("status %v", st)
 	}
-	// The state was consumed by the attempt: the genuine browser must start
-	// again, and nothing was stored.
-	oaFailed(t, oaOpen(t, victim, cb.String()), "STATE_INVALID")
-	if n := f.AS.Counts("/token"); n != 0 {
-		t.Errorf("%d token requests", n)
+	if _, err := f.S.OAuth().GetAccessToken(f.Ctx, &mcpauthv1.GetAccessTokenRequest{Name: f.Name}); err != nil {
+		t.Errorf("GetAccessToken after the genuine callback: %v", err)
 	}
-	_, err := f.S.OAuth().GetAccessToken(f.Ctx, &mcpauthv1.GetAccessTokenRequest{Name: f.Name})
-	if c, _ := oaCode(err); c == codes.OK {
-		t.Error("tokens were stored")
+	oaFailed(t, oaOpen(t, victim, cb.String()), "STATE_INVALID")
+	if n := f.AS.Counts("/token"); n != 1 {
+		t.Errorf("%d token requests, want 1", n)
 	}
 }
 

@@ -154,6 +154,12 @@ func TestToolsEgressGuard(t *testing.T) {
 		events := tlWaitEvents(t, s, "tl-ssrf", name, "egress.blocked", 2, func(ev *mcpauthv1.AuditEvent) bool {
 			return ev.GetOutcome() == mcpauthv1.AuditOutcome_AUDIT_OUTCOME_DENIED
 		})
+		// One event per blocked call (CallTool, RefreshTools), however many
+		// requests the MCP client would have tried: let late ones land.
+		time.Sleep(300 * time.Millisecond)
+		if events = tlEvents(t, s, "tl-ssrf", name, "egress.blocked"); len(events) != 2 {
+			t.Errorf("%s: %d egress.blocked events for 2 blocked calls, want 2", u, len(events))
+		}
 		for _, ev := range events {
 			if strings.Contains(tlJSON(ev), "/mcp") || strings.Contains(tlJSON(ev), "k1") {
 				t.Errorf("%s: audit event carries the path or a header value: %v", u, ev)

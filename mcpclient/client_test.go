@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -530,6 +531,76 @@ func TestUnreachableIsRedacted(t *testing.T) {
 	}
 }
 
+// TestEgressBlockOncePerCall: the SDK tries more than one request when the
+// first fails (server/discover, then initialize; the legacy transport);
+// after the egress guard refused one, the call sends nothing more, so each
+// call meets the guard (and its audit hook) once.
+func TestEgressBlockOncePerCall(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, streamableSSE)
+	var blocks atomic.Int32
+	g, err := egress.New(egress.Config{OnBlock: func(context.Context, string, string) { blocks.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(g.Client(), Options{})
+	t.Cleanup(func() { _ = c.Close() })
+	tg := Target{URL: ts.URL}
+	calls := map[string]func() error{
+		"CallTool": func() error {
+			_, err := c.CallTool(t.Context(), "k", tg, goodCreds(), "echo", map[string]any{"text": "x"})
+			return err
+		},
+		"ListTools": func() error {
+			_, err := c.ListTools(t.Context(), "k", tg, goodCreds())
+			return err
+		},
+		"Probe": func() error { return c.Probe(t.Context(), tg, goodCreds()) },
+	}
+	for name, call := range calls {
+		for range 2 { // a second call is a new decision, blocked again
+			before := blocks.Load()
+			err := call()
+			var be *egress.BlockedError
+			if !errors.As(err, &be) || !errors.Is(err, ErrUnreachable) {
+				t.Fatalf("%s: %v, want an egress block", name, err)
+			}
+			if n := blocks.Load() - before; n != 1 {
+				t.Errorf("%s: the egress guard refused %d requests of one call, want 1", name, n)
+			}
+		}
+	}
+}
+
+// TestDefinitiveStatusIsStatusError: a URL that is no MCP endpoint (404,
+// 410, 400 to every request, over both transports) is a *StatusError with
+// the status, not ErrUnreachable: retrying cannot help.
+func TestDefinitiveStatusIsStatusError(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{http.StatusBadRequest, http.StatusNotFound, http.StatusGone} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				http.Error(w, "nothing here SECRETBODY", code)
+			}))
+			defer ts.Close()
+			c := newTestClient(t, Options{})
+			tg := Target{URL: ts.URL + "/mcp/SECRETPATH"}
+			_, lerr := c.ListTools(t.Context(), "k", tg, goodCreds())
+			_, cerr := c.CallTool(t.Context(), "k", tg, goodCreds(), "echo", nil)
+			for name, err := range map[string]error{"ListTools": lerr, "CallTool": cerr, "Probe": c.Probe(t.Context(), tg, Credentials{})} {
+				var se *StatusError
+				if !errors.As(err, &se) || se.Status != code || errors.Is(err, ErrUnreachable) {
+					t.Fatalf("%s: %v, want a StatusError %d", name, err, code)
+				}
+				if msg := err.Error(); !strings.Contains(msg, strconv.Itoa(code)) || strings.Contains(msg, "SECRET") {
+					t.Fatalf("%s: message %q", name, msg)
+				}
+			}
+		})
+	}
+}
+
 func TestServerErrorStatusIsUnreachable(t *testing.T) {
 	t.Parallel()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -540,6 +611,9 @@ func TestServerErrorStatusIsUnreachable(t *testing.T) {
 	err := c.Probe(t.Context(), Target{URL: ts.URL}, Credentials{})
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "502") || strings.Contains(err.Error(), "exploded") {
 		t.Fatalf("got %v, want ErrUnreachable naming 502 only", err)
+	}
+	if se := (*StatusError)(nil); errors.As(err, &se) {
+		t.Fatalf("got StatusError %d for a 502: retrying may help", se.Status)
 	}
 }
 

@@ -24,7 +24,8 @@ var (
 
 	// ErrUnreachable is returned when no usable answer came back from the
 	// server: the connection failed or was refused by the egress guard
-	// (errors.As still finds the *egress.BlockedError), the server answered
+	// (errors.As still finds the *egress.BlockedError; the call then sends
+	// no further request, so the guard refuses it once), the server answered
 	// 5xx, 408 or 429, or the connection closed in the middle of a call.
 	ErrUnreachable = errors.New("mcpclient: server unreachable")
 
@@ -113,6 +114,26 @@ func newAuthError(status int, challenges []string) *AuthError {
 	e.Scopes = ch.Scope
 	return e
 }
+
+// StatusError reports that the server answered with an HTTP error status
+// that is neither an authorization refusal (AuthError) nor temporary
+// (ErrUnreachable: 5xx, 408, 429): a 404 or 410 for a URL that names no MCP
+// endpoint, a 400 for a request it will never accept. Retrying unchanged
+// does not help. Its message names the operation and the status only, never
+// a URL path or upstream text.
+type StatusError struct {
+	// Op names the call, for example "tools/call".
+	Op string
+	// Status is the HTTP status of the last answer.
+	Status int
+	err    error // the SDK's report, for errors.Is and errors.As
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("mcpclient: %s: server answered %d", e.Op, e.Status)
+}
+
+func (e *StatusError) Unwrap() error { return e.err }
 
 // rpcError is a JSON-RPC error answered by the server. Its message names the
 // code only: the server's message is upstream text, reachable through
@@ -226,7 +247,7 @@ func classify(op string, err error, cs *callState, ss *sessionState, t Target) e
 	}
 	switch {
 	case status >= 400:
-		return redact(fmt.Sprintf("mcpclient: %s: server answered %d: ", op, status), err)
+		return &StatusError{Op: op, Status: status, err: err}
 	case errors.Is(err, mcp.ErrConnectionClosed), errors.Is(err, mcp.ErrSessionMissing):
 		return &sentinelError{
 			msg:      "mcpclient: " + op + ": " + redactURLs(err.Error()),

@@ -32,6 +32,12 @@ type callState struct {
 	armedAt  atomic.Int64 // unix nanos an SSE stream began to count for the idle timeout; 0 = none
 	lastRead atomic.Int64 // unix nanos of the last bytes read from this call's SSE response
 	session  atomic.Pointer[sessionState]
+	// blocked is the egress guard's refusal of one of this call's requests,
+	// once seen (sticky: reset does not clear it). Every later request of
+	// the call fails with it unsent: the SDK tries another request after a
+	// refused one (server/discover, then initialize), and each attempt
+	// would reach the guard and be audited again.
+	blocked atomic.Pointer[egress.BlockedError]
 
 	mu         sync.Mutex
 	status     int      // status of the last response
@@ -189,11 +195,22 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	if cs != nil {
+		if be := cs.blocked.Load(); be != nil {
+			if req.Body != nil {
+				_ = req.Body.Close() // RoundTrip must close the body even on error
+			}
+			cs.record(0, nil, be)
+			return nil, be
+		}
 		cs.requests.Add(1)
 	}
 
 	resp, err := rt.base.RoundTrip(req)
 	if err != nil {
+		var be *egress.BlockedError
+		if cs != nil && errors.As(err, &be) {
+			cs.blocked.CompareAndSwap(nil, be)
+		}
 		switch {
 		case cs != nil:
 			cs.record(0, nil, err)

@@ -115,6 +115,10 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// OpProbe is the Op of errors from Probe: a *StatusError with it is the MCP
+// endpoint's own answer.
+const OpProbe = "probe"
+
 // Probe sends an unauthenticated MCP "initialize" request to serverURL
 // (POST, JSON-RPC, with the provider's custom headers) and reports whether
 // authorization is required. A 401 or 403 is parsed for its Bearer
@@ -122,7 +126,7 @@ func contains(list []string, s string) bool {
 // *StatusError and a network failure a *TemporaryError. The custom header
 // values may be secrets: they are sent, never recorded.
 func (c *Client) Probe(ctx context.Context, serverURL string, headers map[string]string, tr *Trace) (*ProbeResult, error) {
-	const op = "probe"
+	const op = OpProbe
 	if err := checkEndpoint("server url", serverURL); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}

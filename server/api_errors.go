@@ -23,7 +23,7 @@ func withProvider(err error, tenant, id string) error {
 	case domain.ReasonInsufficientScope:
 		e.WithMeta("provider", name).
 			WithMeta("action", "call mcpauth.v1.OAuthService/StartAuthorization with additional_scopes = missing_scopes")
-	case domain.ReasonInsufficientScopeLoop:
+	case domain.ReasonInsufficientScopeLoop, domain.ReasonNotRequired:
 		e.WithMeta("provider", name)
 	}
 	return err

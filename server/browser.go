@@ -64,7 +64,7 @@ var callbackMessages = map[string]string{
 	domain.ReasonMissingState:        "The authorization response carries no valid state. Start the authorization again.",
 	domain.ReasonUnavailable:         "mcpauth cannot reach its state store right now. Try again in a moment.",
 	domain.ReasonStateInvalid:        "This authorization link has expired or was already used. Start the authorization again.",
-	domain.ReasonBrowserMismatch:     "This authorization was started in another browser. Start it again from the browser you use here.",
+	domain.ReasonBrowserMismatch:     "This authorization was started in another browser. Finish it in the browser that started it, or start it again here.",
 	domain.ReasonIssuerMismatch:      "The authorization response came from an unexpected authorization server and was discarded.",
 	domain.ReasonAuthorizationDenied: "The authorization server did not grant access.",
 	domain.ReasonMissingCode:         "The authorization response carries no code.",

@@ -58,6 +58,34 @@ func runConformance(t *testing.T, open func(t *testing.T) factory) {
 		}
 	})
 
+	t.Run("GetDoesNotConsume", func(t *testing.T) {
+		t.Parallel()
+		f := open(t)
+		a, b := f(t), f(t)
+		ctx := t.Context()
+		if err := a.Put(ctx, "k", []byte("v"), time.Minute); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		// Any number of reads, on any replica, leave the value in place for
+		// the one Take.
+		for i, s := range []statestore.Store{a, b, a} {
+			got, err := s.Get(ctx, "k")
+			if err != nil || string(got) != "v" {
+				t.Fatalf("Get %d = %q, %v", i, got, err)
+			}
+			got[0] = 'x' // a caller's copy: changing it changes nothing stored
+		}
+		if got, err := b.Take(ctx, "k"); err != nil || string(got) != "v" {
+			t.Fatalf("Take after Get = %q, %v", got, err)
+		}
+		if _, err := a.Get(ctx, "k"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Get after Take error = %v, want ErrNotFound", err)
+		}
+		if _, err := a.Get(ctx, "never-put"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Get of absent key error = %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("PutExisting", func(t *testing.T) {
 		t.Parallel()
 		s := open(t)(t)
@@ -94,6 +122,9 @@ func runConformance(t *testing.T, open func(t *testing.T) factory) {
 			}
 			return err == nil
 		})
+		if _, err := s.Get(ctx, "k"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Get after expiry error = %v, want ErrNotFound", err)
+		}
 		if _, err := s.Take(ctx, "k"); !errors.Is(err, statestore.ErrNotFound) {
 			t.Fatalf("Take after expiry error = %v, want ErrNotFound", err)
 		}
@@ -292,6 +323,10 @@ func runConformance(t *testing.T, open func(t *testing.T) factory) {
 			"Put zero ttl":  s.Put(ctx, "k", []byte("v"), 0),
 			"Take empty key": func() error {
 				_, err := s.Take(ctx, "")
+				return err
+			}(),
+			"Get empty key": func() error {
+				_, err := s.Get(ctx, "")
 				return err
 			}(),
 			"Lock negative ttl": func() error {

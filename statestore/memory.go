@@ -116,6 +116,17 @@ func (m *Memory) Put(ctx context.Context, key string, value []byte, ttl time.Dur
 
 // Take implements Store.
 func (m *Memory) Take(ctx context.Context, key string) ([]byte, error) {
+	return m.read(ctx, key, true)
+}
+
+// Get implements Store.
+func (m *Memory) Get(ctx context.Context, key string) ([]byte, error) {
+	return m.read(ctx, key, false)
+}
+
+// read returns the unexpired value under key, deleting it when consume is
+// set (an expired one is deleted too); a value it keeps is copied.
+func (m *Memory) read(ctx context.Context, key string, consume bool) ([]byte, error) {
 	if err := validate(key, 0, false); err != nil {
 		return nil, err
 	}
@@ -124,14 +135,16 @@ func (m *Memory) Take(ctx context.Context, key string) ([]byte, error) {
 	}
 	defer m.mu.Unlock()
 	v, ok := m.values[key]
-	if !ok {
-		return nil, ErrNotFound
+	if consume {
+		delete(m.values, key)
 	}
-	delete(m.values, key)
-	if !m.now().Before(v.expires) {
+	switch {
+	case !ok || !m.now().Before(v.expires):
 		return nil, ErrNotFound
+	case consume:
+		return v.data, nil
 	}
-	return v.data, nil
+	return clone(v.data), nil
 }
 
 // Lock implements Store.

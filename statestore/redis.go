@@ -228,15 +228,25 @@ func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Dura
 // Take implements Store with GETDEL, which is atomic: of concurrent takers on
 // any number of replicas, exactly one receives the value.
 func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
+	return r.read(ctx, key, "take", r.client.GetDel)
+}
+
+// Get implements Store with GET; the value and its TTL stay as they are.
+func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
+	return r.read(ctx, key, "get", r.client.Get)
+}
+
+// read runs a one-key read command (GET or GETDEL) on key's value.
+func (r *Redis) read(ctx context.Context, key, op string, cmd func(context.Context, string) *redis.StringCmd) ([]byte, error) {
 	if err := validate(key, 0, false); err != nil {
 		return nil, err
 	}
-	v, err := r.client.GetDel(ctx, r.kvKey(key)).Bytes()
+	v, err := cmd(ctx, r.kvKey(key)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, wrap("take", err)
+		return nil, wrap(op, err)
 	}
 	return v, nil
 }

@@ -140,6 +140,10 @@ func TestRedisUnavailable(t *testing.T) {
 			_, err := s.Take(ctx, "k")
 			return err
 		}(),
+		"Get": func() error {
+			_, err := s.Get(ctx, "k")
+			return err
+		}(),
 		"Lock": func() error {
 			_, err := s.Lock(ctx, "k", time.Minute)
 			return err

@@ -39,6 +39,13 @@ type Store interface {
 	// ErrNotFound when the key is absent or expired.
 	Take(ctx context.Context, key string) ([]byte, error)
 
+	// Get returns the value under key without consuming it, failing with
+	// ErrNotFound when the key is absent or expired. It lets a caller check
+	// a request against the value before it takes it, so that a request
+	// that fails the check does not destroy the value for the legitimate
+	// one; whoever acts on the value must still Take it (and compare).
+	Get(ctx context.Context, key string) ([]byte, error)
+
 	// Lock acquires a lease on key for ttl if nobody holds it, and fails with
 	// ErrLocked otherwise. The lease expires by itself after ttl unless
 	// extended, so a crashed holder never blocks others for longer than ttl.
@@ -74,7 +81,7 @@ type Lease interface {
 
 // Errors returned by stores. Test for them with errors.Is.
 var (
-	// ErrNotFound means that Take found no value: it never existed, it
+	// ErrNotFound means that Take or Get found no value: it never existed, it
 	// expired, or another caller took it first.
 	ErrNotFound = errors.New("statestore: not found")
 

@@ -198,6 +198,7 @@ func upstreamErr(step string, err error) error {
 		return err
 	}
 	var blocked *egress.BlockedError
+	var status *oauthclient.StatusError
 	switch {
 	case errors.As(err, &blocked):
 		// Retrying cannot help: the provider's configuration or the
@@ -207,6 +208,15 @@ func upstreamErr(step string, err error) error {
 		return apperr.FailedPrecondition(domain.ReasonResourceMismatch, "%s: the protected resource metadata names a different resource than this MCP server", step)
 	case errors.Is(err, oauthclient.ErrIssuerMismatch):
 		return apperr.FailedPrecondition(domain.ReasonIssuerMismatch, "%s: the authorization server metadata names a different issuer", step)
+	case errors.Is(err, oauthclient.ErrNoAuthServerMetadata):
+		// Every well-known location answered definitively (4xx, or no
+		// metadata document): 5xx, 429 and network failures abort discovery
+		// as temporary errors before this.
+		return apperr.FailedPrecondition(domain.ReasonMetadataNotFound,
+			"%s: the authorization server the MCP server names publishes no metadata at any well-known location", step)
+	case errors.As(err, &status) && status.Op == oauthclient.OpProbe && domain.ServerStatusReason(status.Status) != "":
+		return apperr.FailedPrecondition(domain.ServerStatusReason(status.Status),
+			"%s: the MCP server answered %d: check the provider's server_url and headers", step, status.Status)
 	case errors.Is(err, context.DeadlineExceeded):
 		return apperr.Unavailable(err, "%s: timed out", step)
 	}
@@ -547,38 +557,44 @@ type CallbackResult struct {
 	ReturnURL string
 }
 
-// Callback completes a flow: it consumes the state atomically, checks the
-// browser binding and the issuer (RFC 9207) before the code goes anywhere,
-// exchanges the code once, and stores the tokens encrypted.
+// Callback completes a flow: it checks the browser binding on a read of the
+// state's record, then consumes the record atomically and checks the issuer
+// (RFC 9207) before the code goes anywhere, exchanges the code once, and
+// stores the tokens encrypted. A request from another browser consumes
+// nothing: whoever learns a state cannot cancel someone else's
+// authorization with it.
 func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResult {
 	if in.State == "" || len(in.State) > 512 {
 		return &CallbackResult{Reason: domain.ReasonMissingState}
 	}
-	rec, err := s.flows.take(ctx, flowKey("state", in.State), s.now())
+	key := flowKey("state", in.State)
+	rec, sealed, err := s.flows.peek(ctx, key, s.now())
 	if err != nil {
-		if apperr.KindOf(err) == apperr.KindUnavailable {
-			return &CallbackResult{Reason: domain.ReasonUnavailable}
-		}
-		s.log.WarnContext(ctx, "oauth callback with unknown, expired or replayed state")
-		return &CallbackResult{Reason: domain.ReasonStateInvalid}
+		return s.stateFailure(ctx, err)
 	}
 	ctx = audit.WithScope(ctx, rec.Tenant, rec.Provider)
-	fail := func(reason, detail string) *CallbackResult {
+	failed := func(reason string) {
 		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: reason})
+	}
+	if !browserMatches(rec, in.BrowserSecret) {
+		// Not the browser that started the flow: the flow stays pending for
+		// the one that did, and the grant's status does not change.
+		failed(domain.ReasonBrowserMismatch)
+		return &CallbackResult{Reason: domain.ReasonBrowserMismatch, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+	}
+	// The flow's own browser: consume the record read above (single use).
+	// Of concurrent callbacks with the same state, exactly one gets here.
+	if err := s.flows.consume(ctx, key, sealed); err != nil {
+		return s.stateFailure(ctx, err)
+	}
+	fail := func(reason, detail string) *CallbackResult {
+		failed(reason)
 		// A pending grant goes back to unauthorized; a held one keeps its
 		// tokens and status.
 		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
 			domain.StatusUnauthorized, reason, s.cipher.PrimaryID())
 		return &CallbackResult{Reason: reason, Detail: detail, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
-	}
-	secretHeld := ""
-	if in.BrowserSecret != nil {
-		secretHeld = in.BrowserSecret(Binding(rec.State))
-	}
-	bh := sha256.Sum256([]byte(secretHeld))
-	if secretHeld == "" || subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(bh[:])), []byte(rec.Browser)) != 1 {
-		return fail(domain.ReasonBrowserMismatch, "")
 	}
 	if err := oauthclient.CheckIssuer(rec.Issuer, rec.IssSupported, in.Iss, in.IssPresent); err != nil {
 		// Mix-up defence: nothing the response says is shown or used.
@@ -623,6 +639,29 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+}
+
+// stateFailure answers a callback whose state names no usable flow.
+func (s *Service) stateFailure(ctx context.Context, err error) *CallbackResult {
+	if apperr.KindOf(err) == apperr.KindUnavailable {
+		return &CallbackResult{Reason: domain.ReasonUnavailable}
+	}
+	s.log.WarnContext(ctx, "oauth callback with unknown, expired or replayed state")
+	return &CallbackResult{Reason: domain.ReasonStateInvalid}
+}
+
+// browserMatches reports whether the browser holds the secret the flow was
+// bound to when it began (compared as hashes, in constant time).
+func browserMatches(rec *flowRecord, secretOf func(binding string) string) bool {
+	held := ""
+	if secretOf != nil {
+		held = secretOf(Binding(rec.State))
+	}
+	if held == "" || rec.Browser == "" {
+		return false
+	}
+	bh := sha256.Sum256([]byte(held))
+	return subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(bh[:])), []byte(rec.Browser)) == 1
 }
 
 // flowRegistration re-reads the client the flow was started with; secrets

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -210,6 +211,64 @@ func TestCallbackRejectsReplay(t *testing.T) {
 	}
 }
 
+// TestCallbackFromAnotherBrowserKeepsTheFlow: whoever learns a state (a
+// leaked redirect, a log) and sends it from another browser, any number of
+// times, cannot cancel the flow: its own browser completes it afterwards,
+// once.
+func TestCallbackFromAnotherBrowserKeepsTheFlow(t *testing.T) {
+	t.Parallel()
+	e := newProviderEnv(t, providerSpec{})
+	f := e.authorize(t, startIn())
+	for range 3 {
+		in := f.callback()
+		in.BrowserSecret = func(string) string { return "attacker" }
+		if res := e.svc.Callback(context.Background(), in); res.OK || res.Reason != domain.ReasonBrowserMismatch {
+			t.Fatalf("Callback from another browser = %+v", res)
+		}
+	}
+	if n := e.as.counts().exchanges; n != 0 {
+		t.Fatalf("%d token requests from another browser's callbacks", n)
+	}
+	e.wantStatus(t, testProvider, domain.StatusPending, "")
+	e.complete(t, f)
+	e.wantStatus(t, testProvider, domain.StatusAuthorized, "")
+	if res := e.svc.Callback(context.Background(), f.callback()); res.Reason != domain.ReasonStateInvalid {
+		t.Fatalf("replay after completion = %+v, want STATE_INVALID", res)
+	}
+	if n := e.as.counts().exchanges; n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
+}
+
+// TestConcurrentCallbacksConsumeOnce: the binding is checked on a read, but
+// the record is consumed atomically: of many callbacks from the flow's own
+// browser at once, exactly one exchanges the code.
+func TestConcurrentCallbacksConsumeOnce(t *testing.T) {
+	t.Parallel()
+	e := newProviderEnv(t, providerSpec{})
+	f := e.authorize(t, startIn())
+	const n = 16
+	results := make(chan *CallbackResult, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { results <- e.svc.Callback(context.Background(), f.callback()) })
+	}
+	wg.Wait()
+	close(results)
+	ok := 0
+	for res := range results {
+		switch {
+		case res.OK:
+			ok++
+		case res.Reason != domain.ReasonStateInvalid:
+			t.Errorf("concurrent callback = %+v, want OK or STATE_INVALID", res)
+		}
+	}
+	if ok != 1 || e.as.counts().exchanges != 1 {
+		t.Fatalf("%d callbacks succeeded and %d codes were exchanged, want 1 and 1", ok, e.as.counts().exchanges)
+	}
+}
+
 func TestCallbackFailures(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
@@ -219,7 +278,8 @@ func TestCallbackFailures(t *testing.T) {
 		wantReason string
 		wantDetail string
 		exchanged  bool // the code reached the token endpoint
-		flowKnown  bool // the state named a flow (it is consumed and audited)
+		flowKnown  bool // the state named a flow (it is audited, and consumed unless kept)
+		kept       bool // the flow survives: its own browser completes it afterwards
 	}{
 		{name: "missing state", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) { in.State = "" },
 			wantReason: domain.ReasonMissingState},
@@ -229,18 +289,24 @@ func TestCallbackFailures(t *testing.T) {
 			wantReason: domain.ReasonStateInvalid},
 		{name: "flow store unavailable", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Take", errStoreDown) },
 			wantReason: domain.ReasonUnavailable},
+		{name: "flow store unavailable on read", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Get", errStoreDown) },
+			wantReason: domain.ReasonUnavailable},
 		{name: "flow store broken", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) {
 			e.flows.failOn("Take", errors.New("WRONGTYPE"))
 		}, wantReason: domain.ReasonStateInvalid},
 		{name: "no browser binding", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) { in.BrowserSecret = nil },
-			wantReason: domain.ReasonBrowserMismatch, flowKnown: true},
+			wantReason: domain.ReasonBrowserMismatch, flowKnown: true, kept: true},
 		{name: "empty browser secret", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) {
 			in.BrowserSecret = func(string) string { return "" }
-		}, wantReason: domain.ReasonBrowserMismatch, flowKnown: true},
+		}, wantReason: domain.ReasonBrowserMismatch, flowKnown: true, kept: true},
 		{name: "another browser's secret", prepare: func(t *testing.T, e *env, _ *flow, in *CallbackInput) {
 			other := e.authorize(t, startIn())
 			in.BrowserSecret = func(string) string { return other.browser.BrowserSecret }
-		}, wantReason: domain.ReasonBrowserMismatch, flowKnown: true},
+		}, wantReason: domain.ReasonBrowserMismatch, flowKnown: true, kept: true},
+		{name: "another browser with an issuer mismatch and an error", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) {
+			in.BrowserSecret = nil
+			in.Iss, in.Code, in.Error = "https://evil.example.com", "", "access_denied"
+		}, wantReason: domain.ReasonBrowserMismatch, flowKnown: true, kept: true},
 		{name: "iss missing where advertised", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) { in.Iss, in.IssPresent = "", false },
 			wantReason: domain.ReasonIssuerMismatch, flowKnown: true},
 		{name: "iss of another server hides its error", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) {
@@ -301,6 +367,7 @@ func TestCallbackFailures(t *testing.T) {
 					t.Fatalf("%d callback.failed events", n)
 				}
 				e.wantStatus(t, testProvider, domain.StatusPending, "")
+				e.flows.failOn("Get", nil)
 				e.flows.failOn("Take", nil)
 				e.complete(t, f)
 				return
@@ -308,6 +375,14 @@ func TestCallbackFailures(t *testing.T) {
 			ev := e.event(t, domain.EventCallbackFailed)
 			if ev.Reason != tc.wantReason || ev.Actor != "user:"+testUser || ev.Outcome != int32(domain.OutcomeFailure) {
 				t.Fatalf("callback.failed event %+v", ev)
+			}
+			if tc.kept {
+				// Another browser learnt the state: the flow is neither
+				// consumed nor failed, and its own browser completes it.
+				e.wantStatus(t, testProvider, domain.StatusPending, "")
+				e.complete(t, f)
+				e.wantStatus(t, testProvider, domain.StatusAuthorized, "")
+				return
 			}
 			if tc.wantReason != domain.ReasonProviderGone {
 				e.wantStatus(t, testProvider, domain.StatusUnauthorized, tc.wantReason)
@@ -526,9 +601,10 @@ func TestFailedFlowKeepsAHeldGrant(t *testing.T) {
 			if after.Generation != before.Generation || string(after.Tokens) != string(before.Tokens) {
 				t.Fatal("the held grant's tokens changed")
 			}
-			// Starts wrote no PENDING; failures found no PENDING to reset.
-			if n := e.store.Calls("SetGrantStatus") - writes; n != 3 {
-				t.Fatalf("%d status writes, want only the 3 failures' conditional resets", n)
+			// Starts wrote no PENDING; failures found no PENDING to reset;
+			// another browser's callback writes no status at all.
+			if n := e.store.Calls("SetGrantStatus") - writes; n != 2 {
+				t.Fatalf("%d status writes, want only the 2 consumed failures' conditional resets", n)
 			}
 		})
 	}

@@ -440,6 +440,13 @@ func (f *flakyFlows) Take(ctx context.Context, key string) ([]byte, error) {
 	return f.Memory.Take(ctx, key)
 }
 
+func (f *flakyFlows) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := f.failure("Get"); err != nil {
+		return nil, err
+	}
+	return f.Memory.Get(ctx, key)
+}
+
 // env is the flow use case wired to working in-memory dependencies.
 type env struct {
 	svc    *Service

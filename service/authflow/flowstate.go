@@ -1,6 +1,7 @@
 package authflow
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -20,6 +21,10 @@ import (
 type FlowStore interface {
 	Put(ctx context.Context, key string, value []byte, ttl time.Duration) error
 	Take(ctx context.Context, key string) ([]byte, error)
+	// Get reads without consuming: a callback checks its browser binding
+	// on a read, so that a request from another browser cannot burn the
+	// flow of the browser that started it.
+	Get(ctx context.Context, key string) ([]byte, error)
 }
 
 // flowTenant is the encryption scope tenant of flow records. It is not a
@@ -85,12 +90,39 @@ func (c flowCodec) put(ctx context.Context, key string, r *flowRecord, ttl time.
 // take consumes the record atomically; errFlowGone when absent or expired.
 func (c flowCodec) take(ctx context.Context, key string, now time.Time) (*flowRecord, error) {
 	ct, err := c.store.Take(ctx, key)
-	if errors.Is(err, statestore.ErrNotFound) {
-		return nil, errFlowGone
-	}
 	if err != nil {
-		return nil, storeErr(err)
+		return nil, flowStoreErr(err)
 	}
+	return c.open(key, ct, now)
+}
+
+// peek reads the record without consuming it, and returns its sealed form
+// for consume.
+func (c flowCodec) peek(ctx context.Context, key string, now time.Time) (*flowRecord, []byte, error) {
+	ct, err := c.store.Get(ctx, key)
+	if err != nil {
+		return nil, nil, flowStoreErr(err)
+	}
+	r, err := c.open(key, ct, now)
+	return r, ct, err
+}
+
+// consume takes the record peek read, atomically: errFlowGone when it is
+// gone (another request consumed it meanwhile) or is not the one read.
+func (c flowCodec) consume(ctx context.Context, key string, sealed []byte) error {
+	ct, err := c.store.Take(ctx, key)
+	if err != nil {
+		return flowStoreErr(err)
+	}
+	if !bytes.Equal(ct, sealed) {
+		return errFlowGone
+	}
+	return nil
+}
+
+// open decrypts and checks a sealed record; errFlowGone when it does not
+// open or has expired.
+func (c flowCodec) open(key string, ct []byte, now time.Time) (*flowRecord, error) {
 	raw, err := c.cipher.Open(keyring.Scope{Tenant: flowTenant, Provider: key, Field: "flow"}, ct)
 	if err != nil {
 		return nil, errFlowGone
@@ -103,6 +135,14 @@ func (c flowCodec) take(ctx context.Context, key string, now time.Time) (*flowRe
 		return nil, errFlowGone
 	}
 	return &r, nil
+}
+
+// flowStoreErr maps a flow store failure: a missing record is errFlowGone.
+func flowStoreErr(err error) error {
+	if errors.Is(err, statestore.ErrNotFound) {
+		return errFlowGone
+	}
+	return storeErr(err)
 }
 
 var errFlowGone = apperr.FailedPrecondition(domain.ReasonFlowExpiredOrUsed, "this authorization link has expired or was already used")

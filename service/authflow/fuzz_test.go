@@ -71,6 +71,13 @@ func FuzzCallback(f *testing.F) {
 		switch {
 		case res.OK:
 			e.wantStatus(t, testProvider, domain.StatusAuthorized, "")
+		case ownState && res.Reason == domain.ReasonBrowserMismatch:
+			// Another browser: audited, but the flow stays for its own.
+			if len(failed) != 1 || failed[0].Reason != res.Reason {
+				t.Fatalf("callback.failed events %+v for %s", failed, res.Reason)
+			}
+			e.wantStatus(t, testProvider, domain.StatusPending, "")
+			e.complete(t, fl)
 		case ownState:
 			if len(failed) != 1 || failed[0].Reason != res.Reason {
 				t.Fatalf("callback.failed events %+v for %s", failed, res.Reason)

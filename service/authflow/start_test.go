@@ -616,6 +616,20 @@ func TestStartMapsUpstreamAndStoreFailures(t *testing.T) {
 		{name: "authorization server down", setup: func(e *env) {
 			e.as.discoverErr = &oauthclient.TemporaryError{Op: "authorization server metadata", Status: 503}
 		}, wantKind: apperr.KindUnavailable, wantReason: domain.ReasonUnavailable, wantMsg: "temporary failure, status 503", audited: true},
+		// Definitive answers: retrying cannot help, so not UNAVAILABLE.
+		{name: "MCP endpoint answers 404", setup: func(e *env) { e.as.probeErr = &oauthclient.StatusError{Op: oauthclient.OpProbe, Status: 404} },
+			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonServerNotFound, wantMsg: "probing the MCP server: the MCP server answered 404", audited: true},
+		{name: "MCP endpoint answers 410", setup: func(e *env) { e.as.probeErr = &oauthclient.StatusError{Op: oauthclient.OpProbe, Status: 410} },
+			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonServerNotFound, wantMsg: "answered 410", audited: true},
+		{name: "MCP endpoint answers 400", setup: func(e *env) { e.as.probeErr = &oauthclient.StatusError{Op: oauthclient.OpProbe, Status: 400} },
+			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonServerRequestRejected, wantMsg: "answered 400", audited: true},
+		{name: "MCP endpoint answers 500", setup: func(e *env) { e.as.probeErr = &oauthclient.StatusError{Op: oauthclient.OpProbe, Status: 500} },
+			wantKind: apperr.KindUnavailable, wantReason: domain.ReasonUnavailable, wantMsg: "status 500", audited: true},
+		{name: "MCP endpoint answers 429", setup: func(e *env) { e.as.probeErr = &oauthclient.StatusError{Op: oauthclient.OpProbe, Status: 429} },
+			wantKind: apperr.KindUnavailable, wantReason: domain.ReasonUnavailable, wantMsg: "status 429", audited: true},
+		{name: "no authorization server metadata", setup: func(e *env) {
+			e.as.discoverErr = fmt.Errorf("discover: %w", oauthclient.ErrNoAuthServerMetadata)
+		}, wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonMetadataNotFound, wantMsg: "publishes no metadata", audited: true},
 		{name: "classified probe error kept", setup: func(e *env) { e.as.probeErr = classified },
 			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonProbeUnavailable, wantMsg: "answered 500", audited: true},
 		{name: "registration refused", setup: func(e *env) {

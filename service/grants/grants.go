@@ -191,7 +191,7 @@ func reauthWhy(reason string) string {
 func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Credential, *vault.Held, error) {
 	cred, err := s.store.GetCredential(ctx, tenant, id)
 	if apperr.KindOf(err) == apperr.KindNotFound {
-		return nil, nil, notAuthorized()
+		return nil, nil, s.noGrant(ctx, tenant, id)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -200,7 +200,7 @@ func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Cred
 	case cred.Status == domain.StatusReauthRequired:
 		return cred, nil, ReauthRequired(reauthWhy(cred.Reason))
 	case cred.Status != domain.StatusAuthorized:
-		return cred, nil, notAuthorized()
+		return cred, nil, s.noGrant(ctx, tenant, id)
 	case len(cred.Tokens) == 0:
 		return cred, nil, ReauthRequired("the provider holds no tokens")
 	}
@@ -209,6 +209,23 @@ func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Cred
 		return nil, nil, err
 	}
 	return cred, h, nil
+}
+
+// noGrant explains why a provider holds no usable grant, existence first:
+// a provider (or tenant) that does not exist is NOT_FOUND, so a caller is
+// never told to start an authorization that cannot start; a server that
+// asks for no authorization needs no token; otherwise the provider is not
+// authorized yet.
+func (s *Service) noGrant(ctx context.Context, tenant, id string) error {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
+		return err
+	}
+	if st, _ := row.AuthStatus(); st == domain.StatusNotRequired {
+		return apperr.FailedPrecondition(domain.ReasonNotRequired,
+			"the provider's MCP server asks for no authorization: no access token is needed")
+	}
+	return notAuthorized()
 }
 
 // Token is a valid access token and what it was issued with.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -650,15 +651,29 @@ func TestGetWithoutUsableGrant(t *testing.T) {
 	}{
 		{"provider without grant", func(e *env) { e.provider(tnt, pid, domain.RegPreRegistered) },
 			apperr.KindFailedPrecondition, domain.ReasonNotAuthorized},
-		{"unknown provider", func(*env) {}, apperr.KindFailedPrecondition, domain.ReasonNotAuthorized},
+		// Existence first: never "call StartAuthorization" for a provider
+		// StartAuthorization would answer NOT_FOUND for.
+		{"unknown provider", func(*env) {}, apperr.KindNotFound, domain.ReasonNotFound},
+		{"unknown provider of a known tenant", func(e *env) { e.provider(tnt, "other", domain.RegPreRegistered) },
+			apperr.KindNotFound, domain.ReasonNotFound},
+		{"unknown tenant", func(e *env) { e.provider("another-tenant", pid, domain.RegPreRegistered) },
+			apperr.KindNotFound, domain.ReasonNotFound},
 		{"authorization pending", func(e *env) {
 			e.provider(tnt, pid, domain.RegPreRegistered)
 			setStatus(e, domain.StatusUnauthorized, domain.StatusPending)
 		}, apperr.KindFailedPrecondition, domain.ReasonNotAuthorized},
 		{"no authorization required", func(e *env) {
+			e.provider(tnt, pid, domain.RegPreRegistered)
+			setStatus(e, domain.StatusUnauthorized, domain.StatusNotRequired)
+		}, apperr.KindFailedPrecondition, domain.ReasonNotRequired},
+		{"no authorization required any more", func(e *env) {
 			e.authorize(grantSpec{})
 			setStatus(e, domain.StatusAuthorized, domain.StatusNotRequired)
-		}, apperr.KindFailedPrecondition, domain.ReasonNotAuthorized},
+		}, apperr.KindFailedPrecondition, domain.ReasonNotRequired},
+		{"provider unreadable", func(e *env) {
+			e.provider(tnt, pid, domain.RegPreRegistered)
+			e.store.FailOn("GetProvider", errInjected)
+		}, apperr.KindUnavailable, domain.ReasonUnavailable},
 		{"dead grant", func(e *env) {
 			e.authorize(grantSpec{})
 			_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
@@ -686,6 +701,11 @@ func TestGetWithoutUsableGrant(t *testing.T) {
 			e := newEnv(t, testConfig)
 			tt.prepare(e)
 			_, err := e.svc.Get(e.ctx, tnt, pid)
+			wantErr(t, err, tt.wantKind, tt.wantReason)
+			if msg := apperr.PublicMessage(err); tt.wantReason != domain.ReasonNotAuthorized && strings.Contains(msg, "StartAuthorization") {
+				t.Errorf("message %q sends the caller to StartAuthorization", msg)
+			}
+			_, err = e.svc.AccessToken(e.ctx, tnt, pid)
 			wantErr(t, err, tt.wantKind, tt.wantReason)
 			_, err = e.svc.ForceRefresh(e.ctx, tnt, pid, secret.New("at-rejected"))
 			wantErr(t, err, tt.wantKind, tt.wantReason)

@@ -305,16 +305,35 @@ func (s *Service) mapErr(err error) error {
 	case errors.Is(err, context.Canceled):
 		return err
 	}
+	if perr := definitiveErr(err); perr != nil {
+		return perr
+	}
+	if _, ok := apperr.As(err); ok {
+		return err
+	}
+	return apperr.Unavailable(err, "the MCP server could not be reached or answered with an error")
+}
+
+// definitiveErr maps the MCP failures retrying cannot help with (an egress
+// refusal; a 404, 410 or 400 from the endpoint) to FAILED_PRECONDITION, and
+// returns nil for any other error.
+func definitiveErr(err error) error {
 	var blocked *egress.BlockedError
 	if errors.As(err, &blocked) {
 		// A policy refusal, not an outage: retrying cannot help until the
 		// provider's URL or the allow-list changes. Host and rule only.
 		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
 	}
-	if _, ok := apperr.As(err); ok {
-		return err
+	var se *mcpclient.StatusError
+	if errors.As(err, &se) {
+		switch reason := domain.ServerStatusReason(se.Status); reason {
+		case domain.ReasonServerNotFound:
+			return apperr.FailedPrecondition(reason, "the MCP server answered %d: no MCP endpoint at the provider's server_url", se.Status)
+		case domain.ReasonServerRequestRejected:
+			return apperr.FailedPrecondition(reason, "the MCP server answered %d to an MCP request: check the provider's server_url and headers", se.Status)
+		}
 	}
-	return apperr.Unavailable(err, "the MCP server could not be reached or answered with an error")
+	return nil
 }
 
 // Tool is one tool as the MCP server describes it. Schemas and annotations
@@ -462,9 +481,8 @@ func (s *Service) ProbeServer(ctx context.Context, serverURL string, headers map
 	case errors.As(err, &ae):
 		return true, nil
 	}
-	var blocked *egress.BlockedError
-	if errors.As(err, &blocked) {
-		return false, apperr.FailedPrecondition(domain.ReasonEgressBlocked, "the MCP server's address is not allowed: %s", blocked.Error())
+	if perr := definitiveErr(err); perr != nil {
+		return false, perr
 	}
 	return false, apperr.FailedPrecondition(domain.ReasonServerUnreachable, "the MCP server could not be reached: %s", err.Error())
 }

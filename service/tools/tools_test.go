@@ -802,6 +802,15 @@ func TestCallMapsServerErrors(t *testing.T) {
 			apperr.KindUnavailable, domain.ReasonUnavailable, "did not answer in time"},
 		{"unreachable", fmt.Errorf("mcpclient: call tool: server answered 502: %w", mcpclient.ErrUnreachable),
 			apperr.KindUnavailable, domain.ReasonUnavailable, "could not be reached"},
+		// Definitive answers of the endpoint: retrying cannot help.
+		{"not found", &mcpclient.StatusError{Op: "tools/call", Status: 404},
+			apperr.KindFailedPrecondition, domain.ReasonServerNotFound, "answered 404: no MCP endpoint"},
+		{"gone", &mcpclient.StatusError{Op: "tools/call", Status: 410},
+			apperr.KindFailedPrecondition, domain.ReasonServerNotFound, "answered 410"},
+		{"bad request", &mcpclient.StatusError{Op: "tools/call", Status: 400},
+			apperr.KindFailedPrecondition, domain.ReasonServerRequestRejected, "answered 400"},
+		{"other client error", &mcpclient.StatusError{Op: "tools/call", Status: 415},
+			apperr.KindUnavailable, domain.ReasonUnavailable, "could not be reached"},
 		{"generic", errBoom, apperr.KindUnavailable, domain.ReasonUnavailable, "could not be reached"},
 		{"already classified", apperr.Aborted("session reset"), apperr.KindAborted, domain.ReasonAborted, "session reset"},
 	}
@@ -935,6 +944,9 @@ func TestProbeServer(t *testing.T) {
 		{name: "server failing", url: serverURL, setup: func(e *env) {
 			e.serve(serverURL, nil).down = fmt.Errorf("mcpclient: ping: server answered 503: %w", mcpclient.ErrUnreachable)
 		}, reason: domain.ReasonServerUnreachable},
+		{name: "no MCP endpoint", url: serverURL, setup: func(e *env) {
+			e.serve(serverURL, nil).down = &mcpclient.StatusError{Op: "initialize", Status: 404}
+		}, reason: domain.ReasonServerNotFound},
 		{name: "egress blocked", url: "https://127.0.0.1/mcp", setup: func(e *env) { e.serve("https://127.0.0.1/mcp", nil) },
 			reason: domain.ReasonEgressBlocked},
 	}

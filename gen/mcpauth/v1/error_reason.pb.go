@@ -277,6 +277,26 @@ const (
 	// not consumed: the browser that started it can still complete it.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_DUPLICATE_PARAMETER ErrorReason = 48
+	// The provider's MCP server asks for no authorization (its grant status
+	// is NOT_REQUIRED) (gRPC FAILED_PRECONDITION): no token is needed; call
+	// the server with the provider's headers only (CallTool does).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_NOT_REQUIRED ErrorReason = 49
+	// The MCP server names an authorization server whose metadata is at none
+	// of the well-known locations (they answer 4xx or no metadata document)
+	// (gRPC FAILED_PRECONDITION): retrying does not help; fix the server's
+	// protected resource metadata or the authorization server.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_METADATA_NOT_FOUND ErrorReason = 50
+	// The MCP endpoint answered 404 or 410 (gRPC FAILED_PRECONDITION):
+	// retrying does not help; check the provider's server_url.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_SERVER_NOT_FOUND ErrorReason = 51
+	// The MCP endpoint answered 400 to a well-formed MCP request (gRPC
+	// FAILED_PRECONDITION): retrying unchanged does not help; check the
+	// provider's server_url and headers.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_SERVER_REQUEST_REJECTED ErrorReason = 52
 )
 
 // Enum value maps for ErrorReason.
@@ -331,6 +351,10 @@ var (
 		46: "REVOKE_ACCESS_FAILED",
 		47: "SERVER_URL_CHANGED",
 		48: "DUPLICATE_PARAMETER",
+		49: "NOT_REQUIRED",
+		50: "METADATA_NOT_FOUND",
+		51: "SERVER_NOT_FOUND",
+		52: "SERVER_REQUEST_REJECTED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -382,6 +406,10 @@ var (
 		"REVOKE_ACCESS_FAILED":      46,
 		"SERVER_URL_CHANGED":        47,
 		"DUPLICATE_PARAMETER":       48,
+		"NOT_REQUIRED":              49,
+		"METADATA_NOT_FOUND":        50,
+		"SERVER_NOT_FOUND":          51,
+		"SERVER_REQUEST_REJECTED":   52,
 	}
 )
 
@@ -417,7 +445,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xb2\b\n" +
+	"mcpauth.v1*\x8f\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -468,7 +496,11 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x15REVOKE_REFRESH_FAILED\x10-\x12\x18\n" +
 	"\x14REVOKE_ACCESS_FAILED\x10.\x12\x16\n" +
 	"\x12SERVER_URL_CHANGED\x10/\x12\x17\n" +
-	"\x13DUPLICATE_PARAMETER\x100B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x13DUPLICATE_PARAMETER\x100\x12\x10\n" +
+	"\fNOT_REQUIRED\x101\x12\x16\n" +
+	"\x12METADATA_NOT_FOUND\x102\x12\x14\n" +
+	"\x10SERVER_NOT_FOUND\x103\x12\x1b\n" +
+	"\x17SERVER_REQUEST_REJECTED\x104B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once
