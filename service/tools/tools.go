@@ -31,6 +31,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/authflow"
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // Connector talks MCP to remote servers. *mcpclient.Client implements it.
@@ -183,6 +184,15 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	}
 	ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
 	return nil
+}
+
+// optionalUser checks the person a call is made for, when it names one,
+// by the rule StartAuthorization applies to it.
+func optionalUser(user string) error {
+	if user == "" {
+		return nil
+	}
+	return validate.UserID("user", user)
 }
 
 func reasonOf(err error) string {
@@ -356,6 +366,9 @@ type List struct {
 // Refresh connects, lists every tool (all pages), stores and returns the
 // list. user, when set, names the person the call is made for.
 func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, error) {
+	if err := optionalUser(user); err != nil {
+		return nil, err
+	}
 	ctx = audit.WithScope(ctx, tenant, id)
 	ss, err := s.prepare(ctx, tenant, id, user)
 	if err != nil {
@@ -434,6 +447,9 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 	tool := in.Tool
 	if tool == "" || len(tool) > maxToolNameLen || strings.ContainsFunc(tool, unicode.IsControl) {
 		return nil, apperr.Invalid("tool", "must be 1-%d characters without control characters", maxToolNameLen)
+	}
+	if err := optionalUser(in.User); err != nil {
+		return nil, err
 	}
 	tenant, id := in.Tenant, in.Provider
 	ctx = audit.WithScope(ctx, tenant, id)

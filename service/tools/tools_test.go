@@ -997,3 +997,28 @@ func TestStepUpURLKeepsScopesGrantedEarlier(t *testing.T) {
 		}
 	}
 }
+
+// TestCallsValidateTheUser: the person a call is made for follows the rule
+// StartAuthorization applies (it can reach the audit log and a step-up
+// flow); a bad one is refused before anything is sent or recorded.
+func TestCallsValidateTheUser(t *testing.T) {
+	t.Parallel()
+	for _, user := range []string{"a\x00b", "line\nbreak", "\u202eevil", " ", strings.Repeat("u", 257)} {
+		t.Run(fmt.Sprintf("%q", user), func(t *testing.T) {
+			t.Parallel()
+			e, srv := authorizedEnv(t)
+			_, err := e.svc.Call(context.Background(), tools.CallInput{Tenant: tenant, Provider: "p", Tool: "echo", User: user})
+			if ae := wantErr(t, err, apperr.KindInvalidArgument, domain.ReasonInvalidArgument); ae.Field != "user" {
+				t.Errorf("Call: field = %q, want user", ae.Field)
+			}
+			_, err = e.svc.Refresh(context.Background(), tenant, "p", user)
+			if ae := wantErr(t, err, apperr.KindInvalidArgument, domain.ReasonInvalidArgument); ae.Field != "user" {
+				t.Errorf("Refresh: field = %q, want user", ae.Field)
+			}
+			wantTokens(t, srv)
+			if evs := e.store.Events(); len(evs) != 0 {
+				t.Errorf("audit = %+v, want none for a refused request", evs)
+			}
+		})
+	}
+}
