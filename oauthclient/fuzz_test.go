@@ -26,6 +26,10 @@ func FuzzParseChallenge(f *testing.F) {
 		`, ,`,
 		`"Bearer"`,
 		`Bearer a=b,,c=d`,
+		`Bearer error="<script>alert(1)</script>", scope="ok bad\"x \u00e9"`,
+		`Bearer realm="unterminated`,
+		"Bearer error=\"a\x00b\r\nX-Injected: 1\"",
+		`Bearer resource_metadata="https://x.example/prm", resource_metadata="https://evil.example/prm"`,
 		`DPoP algs="ES256 PS256", Bearer scope=x`,
 	} {
 		f.Add(s, "")
@@ -33,6 +37,16 @@ func FuzzParseChallenge(f *testing.F) {
 	f.Fuzz(func(t *testing.T, h1, h2 string) {
 		ch, err := ParseChallenge([]string{h1, h2})
 		if err != nil {
+			// Header text is upstream data: the error is one of a fixed set
+			// and never quotes it.
+			switch err.Error() {
+			case ErrNoBearerChallenge.Error(), "malformed WWW-Authenticate header", "WWW-Authenticate header too long":
+			default:
+				t.Fatalf("unexpected error %q", err)
+			}
+			if ch.Error != "" || ch.Scope != nil || ch.ResourceMetadata != "" {
+				t.Fatalf("challenge %+v returned with error %v", ch, err)
+			}
 			return
 		}
 		for _, s := range ch.Scope {
