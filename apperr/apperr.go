@@ -198,6 +198,20 @@ func Internal(cause error, format string, args ...any) *Error {
 }
 
 // WithMeta adds a metadata entry and returns e.
+// Clone returns a copy of e with its own metadata map, for adding metadata
+// to an error that other goroutines may hold (a result shared by a
+// single-flight group, say).
+func (e *Error) Clone() *Error {
+	c := *e
+	if e.Metadata != nil {
+		c.Metadata = make(map[string]string, len(e.Metadata))
+		for k, v := range e.Metadata {
+			c.Metadata[k] = v
+		}
+	}
+	return &c
+}
+
 func (e *Error) WithMeta(k, v string) *Error {
 	if e.Metadata == nil {
 		e.Metadata = map[string]string{}

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/mcpauth/mcpauth/domain"
 
@@ -200,11 +201,15 @@ func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, f
 		gen := p.CredGeneration + 1
 		row := Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: gen, Status: to,
 			Reason: reason, KeyID: keyID, UpdatedAt: now}
-		if err := tx.Create(&row).Error; err != nil {
-			if _, dup := uniqueViolation(err); dup {
-				return nil // a concurrent writer created the grant: it wins
-			}
-			return err
+		// A concurrent writer may create the grant first: it wins. ON
+		// CONFLICT DO NOTHING keeps the transaction alive on PostgreSQL,
+		// where a failed statement would abort it.
+		res = tx.Clauses(clause.OnConflict{DoNothing: true}).Create(&row)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return nil
 		}
 		pq, err = scoped(ctx, tx, tenant)
 		if err != nil {

@@ -854,3 +854,38 @@ func TestSQLitePragmas(t *testing.T) {
 		t.Fatalf("journal_mode=%q foreign_keys=%d busy_timeout=%d", mode, fk, busy)
 	}
 }
+
+// TestSetGrantStatusConcurrentFirstWrite: two writers creating a
+// provider's first grant row at once both succeed (the first row wins), on
+// PostgreSQL too, where a failed INSERT would abort the transaction.
+func TestSetGrantStatusConcurrentFirstWrite(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		for i := range 10 {
+			id := fmt.Sprintf("race-%d", i)
+			mustCreate(t, s, newProvider("a", id))
+			var wg sync.WaitGroup
+			errs := make(chan error, 2)
+			for _, to := range []domain.AuthStatus{domain.StatusPending, domain.StatusNotRequired} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := s.SetGrantStatus(ctx, "a", id, []domain.AuthStatus{domain.StatusUnauthorized}, to, "", 1)
+					errs <- err
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					t.Fatalf("%s: %v", id, err)
+				}
+			}
+			c, err := s.GetCredential(ctx, "a", id)
+			if err != nil || (c.Status != domain.StatusPending && c.Status != domain.StatusNotRequired) {
+				t.Fatalf("%s: grant %+v, %v", id, c, err)
+			}
+		}
+	})
+}

@@ -53,7 +53,21 @@ for t in "${targets[@]}"; do
   i=$((i + 1))
   printf 'fuzz [%d/%d] %s %s\n' "$i" "${#targets[@]}" "$pkg" "$name"
   t0=$SECONDS
-  if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" -parallel "$parallel" "$pkg" >"$log" 2>&1; then
+  ok=false
+  for attempt in 1 2; do
+    if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" -parallel "$parallel" "$pkg" >"$log" 2>&1; then
+      ok=true; break
+    fi
+    # The fuzzing engine itself sometimes stops a run at -fuzztime with
+    # "context deadline exceeded" while a worker is mid-input, writing no
+    # crasher: that says nothing about the code, so the target runs once
+    # more. Anything else (a crasher, a build or seed failure) fails now.
+    if grep -q 'Failing input written to' "$log" || ! grep -q 'context deadline exceeded' "$log"; then
+      break
+    fi
+    echo "  the fuzzing engine stopped at its deadline without a crasher; running the target again"
+  done
+  if ! $ok; then
     cat "$log"
     dir=$(go list -f '{{.Dir}}' "$pkg")
     echo

@@ -8,12 +8,15 @@ import (
 
 // withProvider adds to an error about a provider's authorization what the
 // caller needs to act on it: the provider's resource name and, when a
-// person must authorize, which RPC (and REST path) to call.
+// person must authorize, which RPC (and REST path) to call. It works on a
+// copy: the same error value can reach several callers at once (waiters of
+// one refresh share its result).
 func withProvider(err error, tenant, id string) error {
-	e, ok := apperr.As(err)
+	shared, ok := apperr.As(err)
 	if !ok {
 		return err
 	}
+	e := shared.Clone()
 	name := resname.ProviderName(tenant, id)
 	switch e.Reason {
 	case domain.ReasonNotAuthorized, domain.ReasonReauthRequired, domain.ReasonTokenExpired:
@@ -25,6 +28,8 @@ func withProvider(err error, tenant, id string) error {
 			WithMeta("action", "call mcpauth.v1.OAuthService/StartAuthorization with additional_scopes = missing_scopes")
 	case domain.ReasonInsufficientScopeLoop, domain.ReasonNotRequired:
 		e.WithMeta("provider", name)
+	default:
+		return err
 	}
-	return err
+	return e
 }

@@ -749,13 +749,29 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	revoked := s.revokeAtServer(ctx, s.prepareRevocation(ctx, cred))
-	s.cache.drop(tenant + "/" + id)
-	err = s.store.DeleteCredential(ctx, tenant, id, 0)
-	s.cache.drop(tenant + "/" + id)
+	// Delete exactly the grant read (tokens stored meanwhile are read and
+	// deleted on the next attempt), then revoke what was deleted: a grant
+	// is never revoked at the server while it stays stored.
+	var rv *pendingRevocation
+	err = retry.Do(ctx, retry.Policy{Attempts: 3}, func(ctx context.Context, attempt int) error {
+		if attempt > 1 {
+			if cred, err = s.store.GetCredential(ctx, tenant, id); err != nil {
+				return retry.Permanent(err)
+			}
+		}
+		rv = s.prepareRevocation(ctx, cred)
+		s.cache.drop(tenant + "/" + id)
+		err := s.store.DeleteCredential(ctx, tenant, id, cred.Generation)
+		s.cache.drop(tenant + "/" + id)
+		if apperr.KindOf(err) == apperr.KindAborted {
+			return err
+		}
+		return retry.Permanent(err)
+	})
 	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
-		return revoked, err
+		return false, err
 	}
+	revoked := s.revokeAtServer(ctx, rv)
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthRevoked, Provider: id, Outcome: domain.OutcomeSuccess,
 		Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
 	return revoked, nil

@@ -8,6 +8,7 @@ package vault
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/url"
 	"time"
 
@@ -96,7 +97,9 @@ func OpenURL(c Cipher, row *repository.Provider) (*url.URL, error) {
 	}
 	u, err := url.Parse(string(pt))
 	if err != nil {
-		return nil, apperr.Internal(err, "parsing stored server url")
+		// url.Error quotes the whole URL, which may hold a secret and must
+		// not reach the log line this cause ends up in.
+		return nil, apperr.Internal(errors.New("the stored server url does not parse"), "parsing stored server url")
 	}
 	return u, nil
 }
