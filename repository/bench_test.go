@@ -35,10 +35,10 @@ func BenchmarkListProvidersPage50_1M(b *testing.B) {
 	load := time.Now()
 	insert := `INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash,
 			server_url, headers, icon, timeout_ms, sse_read_timeout_ms, client_id, client_secret,
-			scopes, compat, auth_status, key_id, version, cred_generation, created_at, updated_at)
+			scopes, compat, key_id, version, cred_generation, created_at, updated_at)
 		SELECT ?, 'p' || lpad(i::text, 7, '0'), 'name-' || i, 'sid-' || i, 'k1:' || md5(i::text),
 			decode(repeat(md5(i::text), 3), 'hex'), decode(repeat(md5((i + 1)::text), 4), 'hex'),
-			'', 30000, 300000, '', NULL, '["read"]', '{}', 0, 1, 1, 0, now(), now()
+			'', 30000, 300000, '', NULL, '["read"]', '{}', 1, 1, 0, now(), now()
 		FROM generate_series(?::bigint, ?::bigint) AS i`
 	for lo := 0; lo < rows; lo += batch {
 		if err := db.Exec(insert, tenant, lo, lo+batch-1).Error; err != nil {
