@@ -6,16 +6,19 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -67,6 +70,31 @@ type App struct {
 	auditor    *audit.Auditor
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
+	callers    *caller.Reloader
+}
+
+// grpcTLSConfig is the gRPC port's TLS: the HTTP port's, plus client
+// certificate verification when MCPAUTH_TLS_CLIENT_CA_FILE is set (mTLS
+// callers). The HTTP port never asks browsers for certificates.
+func grpcTLSConfig(cfg *config.Config, base *tls.Config) (*tls.Config, error) {
+	if cfg.TLSClientCAFile == "" {
+		return base, nil
+	}
+	pem, err := os.ReadFile(cfg.TLSClientCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("MCPAUTH_TLS_CLIENT_CA_FILE: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("MCPAUTH_TLS_CLIENT_CA_FILE %q holds no PEM certificate", cfg.TLSClientCAFile)
+	}
+	c := base.Clone()
+	c.ClientCAs = pool
+	c.ClientAuth = tls.VerifyClientCertIfGiven
+	if cfg.TLSClientAuth == "require" {
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return c, nil
 }
 
 // errDevKeyShared refuses the generated development key on a database that
@@ -112,8 +140,8 @@ func LoadKeyring(cfg *config.Config, log *slog.Logger) (*keyring.Keyring, error)
 // OpenStore opens and migrates the database.
 func OpenStore(ctx context.Context, cfg *config.Config) (*repository.Store, error) {
 	if cfg.DatabaseURL.IsZero() {
-		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("creating data dir: %w", err)
+		if err := prepareDataDir(cfg.DataDir); err != nil {
+			return nil, err
 		}
 	}
 	st, err := repository.Open(ctx, cfg.DatabaseDSN(), repository.Options{MaxOpenConns: cfg.DatabaseMaxConns})
@@ -199,17 +227,52 @@ func CheckKeysInUse(ctx context.Context, st *repository.Store, k *keyring.Keyrin
 	return nil
 }
 
-func authenticator(cfg *config.Config, log *slog.Logger) (server.Authenticator, error) {
+// AdminKeyPath is where the generated admin API key is kept when no
+// callers file is configured.
+func AdminKeyPath(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "admin.key") }
+
+// authenticator returns the callers: the callers file, followed by a
+// Reloader (returned too, for Serve to watch), or the generated admin key.
+func authenticator(cfg *config.Config, log *slog.Logger) (server.Authenticator, *caller.Reloader, error) {
 	if cfg.CallersFile != "" {
-		return caller.LoadFile(cfg.CallersFile)
+		r, err := caller.NewReloader(cfg.CallersFile, log)
+		return r, r, err
 	}
-	path := filepath.Join(cfg.DataDir, "admin.key")
+	path := AdminKeyPath(cfg)
 	a, created, err := caller.LoadOrCreateAdmin(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	log.Warn("no MCPAUTH_CALLERS_FILE: one admin API key with every permission on every tenant is in use", "key_file", path, "created", created)
-	return a, nil
+	log.Warn("no MCPAUTH_CALLERS_FILE: one admin API key with every permission on every tenant is in use; "+
+		"print it with 'mcpauthd print-admin-key' (same MCPAUTH_DATA_DIR)", "key_file", path, "created", created)
+	return a, nil, nil
+}
+
+// needsDataDir reports whether anything is kept in the data directory: the
+// SQLite database, the development master key or the generated admin key.
+func needsDataDir(cfg *config.Config) bool {
+	return cfg.DatabaseURL.IsZero() || cfg.CallersFile == "" || (cfg.MasterKeys.IsZero() && cfg.MasterKeyFile == "")
+}
+
+// prepareDataDir creates the data directory when missing and proves it is
+// writable, so that a directory owned by another user fails here with the
+// fix, not later with a bare "permission denied" on some file.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating data directory %q (MCPAUTH_DATA_DIR): %w; %s", dir, err, dataDirFix(dir))
+	}
+	f, err := os.CreateTemp(dir, ".write-check-*")
+	if err != nil {
+		return fmt.Errorf("data directory %q (MCPAUTH_DATA_DIR) is not writable: %w; %s", dir, err, dataDirFix(dir))
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+func dataDirFix(dir string) string {
+	return fmt.Sprintf("make it writable by uid %d (the container image runs as 65532: chown -R 65532:65532 %s), "+
+		"or set MCPAUTH_DATA_DIR to a directory this user owns", os.Getuid(), dir)
 }
 
 // New builds every component from cfg. Nothing listens until Serve.
@@ -220,8 +283,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 			a.Close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating data dir: %w", err)
+	if needsDataDir(cfg) {
+		if err := prepareDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	if a.keys, err = LoadKeyring(cfg, log); err != nil {
 		return nil, err
@@ -250,10 +315,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 			log.Warn("redis not reachable at start; calls needing it answer UNAVAILABLE until it is", "err", err.Error())
 		}
 	}
-	auth, err := authenticator(cfg, log)
+	auth, callers, err := authenticator(cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	a.callers = callers
 	auditor := audit.NewAuditor(a.store, log, nil)
 	a.auditor = auditor
 	allow, err := egress.ParseAllow(cfg.EgressAllow)
@@ -317,7 +383,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 			return nil, fmt.Errorf("loading TLS key pair: %w", err)
 		}
 		a.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(a.tlsConfig)))
+		grpcTLS, err := grpcTLSConfig(cfg, a.tlsConfig)
+		if err != nil {
+			return nil, err
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(grpcTLS)))
 	}
 	a.grpc = server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health, Options: grpcOpts,
 		Services: services})
@@ -402,6 +472,13 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	if a.refresher != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.refresher.Run(rctx) }()
+	}
+	if a.callers != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		wg.Add(1)
+		go func() { defer wg.Done(); a.callers.Watch(rctx, a.cfg.CallersReloadInterval, hup) }()
 	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL)

@@ -5,15 +5,18 @@
 package caller
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -92,9 +95,32 @@ func ActorName(ctx context.Context) string {
 	return "anonymous"
 }
 
-// Authenticator maps API keys to identities.
+// Authenticator maps API keys and client certificates to identities. It is
+// immutable once built; Reloader swaps whole authenticators.
 type Authenticator struct {
-	byHash map[[32]byte]*Identity
+	byHash    map[[32]byte]*Identity
+	byURI     map[string]*Identity
+	bySubject map[string]*Identity
+}
+
+// Len returns how many callers the authenticator knows.
+func (a *Authenticator) Len() int { return len(a.byHash) + len(a.byURI) + len(a.bySubject) }
+
+// AuthenticateCert returns the identity a verified client certificate maps
+// to: a URI SAN (such as a SPIFFE id) named by an entry's cert_uri, else the
+// subject named by an entry's cert_subject. The caller must have verified
+// the chain (the gRPC server's TLS does).
+func (a *Authenticator) AuthenticateCert(cert *x509.Certificate) (*Identity, bool) {
+	if cert == nil {
+		return nil, false
+	}
+	for _, u := range cert.URIs {
+		if id, ok := a.byURI[u.String()]; ok {
+			return id, true
+		}
+	}
+	id, ok := a.bySubject[cert.Subject.String()]
+	return id, ok
 }
 
 // Authenticate returns the identity holding key. The lookup is by the
@@ -114,10 +140,16 @@ type File struct {
 	Callers []FileCaller `json:"callers"`
 }
 
-// FileCaller is one caller in the callers file.
+// FileCaller is one caller in the callers file. It authenticates with
+// exactly one of: an API key (KeySHA256), or a client certificate verified
+// by the gRPC server's TLS whose URI SAN is CertURI (for example a SPIFFE
+// id) or whose subject is CertSubject (RFC 2253 form, as "openssl x509
+// -noout -subject -nameopt RFC2253" prints it: "CN=billing,O=acme").
 type FileCaller struct {
 	Name        string   `json:"name"`
-	KeySHA256   string   `json:"key_sha256"`
+	KeySHA256   string   `json:"key_sha256,omitempty"`
+	CertURI     string   `json:"cert_uri,omitempty"`
+	CertSubject string   `json:"cert_subject,omitempty"`
 	Tenants     []string `json:"tenants"`
 	Permissions []string `json:"permissions"`
 }
@@ -128,8 +160,12 @@ func LoadFile(path string) (*Authenticator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading callers file: %w", err)
 	}
+	return parseFile(path, raw)
+}
+
+func parseFile(path string, raw []byte) (*Authenticator, error) {
 	var f File
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("parsing callers file %q: %w", path, err)
@@ -139,16 +175,21 @@ func LoadFile(path string) (*Authenticator, error) {
 
 // FromFile validates a callers document and builds the authenticator.
 func FromFile(f File) (*Authenticator, error) {
-	a := &Authenticator{byHash: map[[32]byte]*Identity{}}
+	a := &Authenticator{byHash: map[[32]byte]*Identity{}, byURI: map[string]*Identity{}, bySubject: map[string]*Identity{}}
 	names := map[string]bool{}
 	for i, c := range f.Callers {
 		if c.Name == "" || names[c.Name] {
 			return nil, fmt.Errorf("callers[%d]: name must be set and unique", i)
 		}
 		names[c.Name] = true
-		raw, err := hex.DecodeString(c.KeySHA256)
-		if err != nil || len(raw) != sha256.Size {
-			return nil, fmt.Errorf("callers[%d] %q: key_sha256 must be 64 hex digits", i, c.Name)
+		set := 0
+		for _, v := range []string{c.KeySHA256, c.CertURI, c.CertSubject} {
+			if v != "" {
+				set++
+			}
+		}
+		if set != 1 {
+			return nil, fmt.Errorf("callers[%d] %q: set exactly one of key_sha256, cert_uri, cert_subject", i, c.Name)
 		}
 		if len(c.Tenants) == 0 {
 			return nil, fmt.Errorf("callers[%d] %q: tenants must list tenant ids or \"*\"", i, c.Name)
@@ -164,14 +205,35 @@ func FromFile(f File) (*Authenticator, error) {
 			}
 			perms = append(perms, Permission(p))
 		}
-		var h [32]byte
-		copy(h[:], raw)
-		if _, dup := a.byHash[h]; dup {
-			return nil, fmt.Errorf("callers[%d] %q: key used twice", i, c.Name)
+		id := NewIdentity(c.Name, c.Tenants, perms)
+		switch {
+		case c.CertURI != "":
+			if u, err := url.Parse(c.CertURI); err != nil || u.Scheme == "" {
+				return nil, fmt.Errorf("callers[%d] %q: cert_uri must be an absolute URI (a URI SAN such as spiffe://trust-domain/path)", i, c.Name)
+			}
+			if _, dup := a.byURI[c.CertURI]; dup {
+				return nil, fmt.Errorf("callers[%d] %q: cert_uri used twice", i, c.Name)
+			}
+			a.byURI[c.CertURI] = id
+		case c.CertSubject != "":
+			if _, dup := a.bySubject[c.CertSubject]; dup {
+				return nil, fmt.Errorf("callers[%d] %q: cert_subject used twice", i, c.Name)
+			}
+			a.bySubject[c.CertSubject] = id
+		default:
+			raw, err := hex.DecodeString(c.KeySHA256)
+			if err != nil || len(raw) != sha256.Size {
+				return nil, fmt.Errorf("callers[%d] %q: key_sha256 must be 64 hex digits", i, c.Name)
+			}
+			var h [32]byte
+			copy(h[:], raw)
+			if _, dup := a.byHash[h]; dup {
+				return nil, fmt.Errorf("callers[%d] %q: key used twice", i, c.Name)
+			}
+			a.byHash[h] = id
 		}
-		a.byHash[h] = NewIdentity(c.Name, c.Tenants, perms)
 	}
-	if len(a.byHash) == 0 {
+	if a.Len() == 0 {
 		return nil, errors.New("callers file lists no callers")
 	}
 	return a, nil
@@ -197,35 +259,49 @@ func HashKey(key string) string {
 // missing, and returns an authenticator with one all-powerful "admin"
 // caller. created reports whether a new key was written.
 func LoadOrCreateAdmin(path string) (a *Authenticator, created bool, err error) {
-	raw, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		key, _, kerr := NewKey()
-		if kerr != nil {
-			return nil, false, kerr
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	_, err = os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := createAdminKey(path); err != nil {
 			return nil, false, err
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, false, fmt.Errorf("creating admin key: %w", err)
-		}
-		if _, err := f.WriteString(key + "\n"); err != nil {
-			f.Close()
-			return nil, false, err
-		}
-		if err := f.Close(); err != nil {
-			return nil, false, err
-		}
-		raw, created = []byte(key), true
-	case err != nil:
-		return nil, false, fmt.Errorf("reading admin key: %w", err)
+		created = true
 	}
-	key := strings.TrimSpace(string(raw))
-	if len(key) < 32 {
-		return nil, false, fmt.Errorf("admin key in %q is too short", path)
+	key, err := ReadAdminKey(path)
+	if err != nil {
+		return nil, false, err
 	}
 	a = &Authenticator{byHash: map[[32]byte]*Identity{sha256.Sum256([]byte(key)): NewIdentity("admin", []string{"*"}, All)}}
 	return a, created, nil
+}
+
+func createAdminKey(path string) error {
+	key, _, err := NewKey()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating admin key: %w", err)
+	}
+	if _, err := f.WriteString(key + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ReadAdminKey returns the admin key stored at path.
+func ReadAdminKey(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading admin key: %w", err)
+	}
+	key := strings.TrimSpace(string(raw))
+	if len(key) < 32 {
+		return "", fmt.Errorf("admin key in %q is too short", path)
+	}
+	return key, nil
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"path/filepath"
@@ -43,9 +45,14 @@ type Config struct {
 	// CallersFile is the JSON file of API callers; without it an admin key
 	// is generated into <DataDir>/admin.key.
 	CallersFile string `env:"MCPAUTH_CALLERS_FILE"`
+	// CallersReloadInterval is how often the callers file is checked for
+	// changes (SIGHUP checks at once); 0 leaves only SIGHUP.
+	CallersReloadInterval time.Duration `env:"MCPAUTH_CALLERS_RELOAD_INTERVAL, default=5s"`
 	// PublicURL is the gateway's external base URL, used for the authorize
-	// and callback URLs handed to browsers and authorization servers.
-	PublicURL string `env:"MCPAUTH_PUBLIC_URL, default=http://localhost:8080"`
+	// and callback URLs handed to browsers and authorization servers. Unset,
+	// it follows HTTPAddr: http(s)://localhost:<its port> (or its host when
+	// that is a specific address).
+	PublicURL string `env:"MCPAUTH_PUBLIC_URL"`
 	// ClientMetadataURL is an https URL of a Client ID Metadata Document to
 	// use as client_id; empty means mcpauth serves its own when PublicURL is
 	// https.
@@ -64,6 +71,15 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile serve both ports over TLS when set.
 	TLSCertFile string `env:"MCPAUTH_TLS_CERT_FILE"`
 	TLSKeyFile  string `env:"MCPAUTH_TLS_KEY_FILE"`
+	// TLSClientCAFile, with TLS, makes the gRPC port ask for client
+	// certificates and verify them against these CAs (PEM); callers whose
+	// certificate the callers file maps (cert_uri, cert_subject) need no
+	// API key. The HTTP port, which browsers use, never asks.
+	TLSClientCAFile string `env:"MCPAUTH_TLS_CLIENT_CA_FILE"`
+	// TLSClientAuth is "optional" (API-key callers connect without a
+	// certificate) or "require" (every gRPC connection presents a verified
+	// certificate).
+	TLSClientAuth string `env:"MCPAUTH_TLS_CLIENT_AUTH, default=optional"`
 	// MetricsAddr, when set, serves /metrics on its own listener (an admin
 	// port) instead of the public HTTP port.
 	MetricsAddr string `env:"MCPAUTH_METRICS_ADDR"`
@@ -116,19 +132,57 @@ func Load(ctx context.Context, args []string, lookup envconfig.Lookuper) (*Confi
 	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &c, Lookuper: lookup}); err != nil {
 		return nil, fmt.Errorf("reading environment: %w", err)
 	}
-	fs := flag.NewFlagSet("mcpauthd", flag.ContinueOnError)
-	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address (MCPAUTH_GRPC_ADDR)")
-	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP gateway listen address (MCPAUTH_HTTP_ADDR)")
-	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory (MCPAUTH_DATA_DIR)")
-	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "external base URL of the gateway (MCPAUTH_PUBLIC_URL)")
-	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (MCPAUTH_LOG_LEVEL)")
+	fs := flagSet(&c)
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if c.PublicURL == "" {
+		c.PublicURL = localURL(c.HTTPAddr, c.TLS())
+	}
 	return &c, c.validate()
+}
+
+// localURL is the public URL of a gateway listening on addr when nothing
+// else is configured: the port of addr on localhost, or on addr's host when
+// it names one address (not a wildcard).
+func localURL(addr string, tls bool) string {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return scheme + "://localhost:8080"
+	}
+	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// flagSet binds the command-line flags to c's fields; their defaults are
+// c's current values (the environment's).
+func flagSet(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("mcpauthd", flag.ContinueOnError)
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address (MCPAUTH_GRPC_ADDR)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP gateway listen address (MCPAUTH_HTTP_ADDR)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory (MCPAUTH_DATA_DIR)")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "external base URL of the gateway (MCPAUTH_PUBLIC_URL; default http://localhost:<port of -http-addr>)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (MCPAUTH_LOG_LEVEL)")
+	return fs
+}
+
+// PrintFlags writes the flags Load accepts, with their built-in defaults,
+// to w (for a command's help text). It reads no environment.
+func PrintFlags(w io.Writer) {
+	c := Config{GRPCAddr: ":9090", HTTPAddr: ":8080", DataDir: "./data", LogLevel: "info"}
+	fs := flagSet(&c)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 }
 
 func (c *Config) validate() error {
@@ -149,6 +203,15 @@ func (c *Config) validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("MCPAUTH_TLS_CERT_FILE and MCPAUTH_TLS_KEY_FILE go together"))
+	}
+	if c.TLSClientCAFile != "" && c.TLSCertFile == "" {
+		errs = append(errs, errors.New("MCPAUTH_TLS_CLIENT_CA_FILE needs MCPAUTH_TLS_CERT_FILE and MCPAUTH_TLS_KEY_FILE (client certificates are verified on the gRPC port's TLS)"))
+	}
+	if c.TLSClientAuth != "optional" && c.TLSClientAuth != "require" {
+		errs = append(errs, fmt.Errorf("MCPAUTH_TLS_CLIENT_AUTH %q must be optional or require", c.TLSClientAuth))
+	}
+	if c.CallersReloadInterval < 0 {
+		errs = append(errs, errors.New("MCPAUTH_CALLERS_RELOAD_INTERVAL must not be negative"))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -74,3 +74,46 @@ func TestInvalid(t *testing.T) {
 		})
 	}
 }
+
+// TestPublicURLFollowsHTTPAddr: without MCPAUTH_PUBLIC_URL the authorize and
+// callback URLs are on the port the gateway listens on.
+func TestPublicURLFollowsHTTPAddr(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": ":9999"}, want: "http://localhost:9999"},
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": "0.0.0.0:9999"}, want: "http://localhost:9999"},
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": "[::]:9999"}, want: "http://localhost:9999"},
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": "127.0.0.1:7000"}, want: "http://127.0.0.1:7000"},
+		{env: map[string]string{}, args: []string{"-http-addr", ":8181"}, want: "http://localhost:8181"},
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": ":9443", "MCPAUTH_TLS_CERT_FILE": "c", "MCPAUTH_TLS_KEY_FILE": "k"},
+			want: "https://localhost:9443"},
+		{env: map[string]string{"MCPAUTH_HTTP_ADDR": ":9999", "MCPAUTH_PUBLIC_URL": "https://auth.example"}, want: "https://auth.example"},
+	} {
+		c, err := Load(context.Background(), tt.args, envconfig.MapLookuper(tt.env))
+		if err != nil {
+			t.Fatalf("%v %v: %v", tt.env, tt.args, err)
+		}
+		if c.PublicURL != tt.want {
+			t.Errorf("%v %v: public URL %q, want %q", tt.env, tt.args, c.PublicURL, tt.want)
+		}
+	}
+}
+
+func TestClientCertConfig(t *testing.T) {
+	t.Parallel()
+	for env, want := range map[string]string{
+		"MCPAUTH_TLS_CLIENT_CA_FILE=ca.pem":   "MCPAUTH_TLS_CLIENT_CA_FILE needs MCPAUTH_TLS_CERT_FILE",
+		"MCPAUTH_TLS_CLIENT_AUTH=sometimes":   `MCPAUTH_TLS_CLIENT_AUTH "sometimes" must be optional or require`,
+		"MCPAUTH_CALLERS_RELOAD_INTERVAL=-1s": "MCPAUTH_CALLERS_RELOAD_INTERVAL must not be negative",
+	} {
+		k, v, _ := strings.Cut(env, "=")
+		_, err := Load(context.Background(), nil, envconfig.MapLookuper(map[string]string{k: v}))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", env, err, want)
+		}
+	}
+}

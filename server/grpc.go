@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"runtime/debug"
 	"strings"
@@ -13,9 +14,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -32,6 +35,12 @@ const MaxMessageBytes = 1 << 20
 // Authenticator finds the caller holding an API key.
 type Authenticator interface {
 	Authenticate(key string) (*caller.Identity, bool)
+}
+
+// CertAuthenticator finds the caller a verified client certificate
+// belongs to (mTLS callers); an Authenticator may also be one.
+type CertAuthenticator interface {
+	AuthenticateCert(cert *x509.Certificate) (*caller.Identity, bool)
 }
 
 // DenialRecorder records refused calls in the audit log.
@@ -144,13 +153,9 @@ func (s *checkedStream) RecvMsg(m any) error {
 
 // check authenticates the caller and checks tenant and permission.
 func (i *interceptor) check(ctx context.Context, method string, req any) (context.Context, error) {
-	key := bearerFromMetadata(ctx)
-	if key == "" {
-		return ctx, apperr.Unauthenticated("missing API key: send authorization: Bearer <key>")
-	}
-	id, ok := i.auth.Authenticate(key)
-	if !ok {
-		return ctx, apperr.Unauthenticated("invalid API key")
+	id, err := i.authenticate(ctx)
+	if err != nil {
+		return ctx, err
 	}
 	ctx = caller.WithIdentity(ctx, id)
 	tenant, _, err := authorize(ctx, id, method, req)
@@ -161,6 +166,43 @@ func (i *interceptor) check(ctx context.Context, method string, req any) (contex
 		return ctx, err
 	}
 	return ctx, nil
+}
+
+// authenticate finds the caller: by the API key when the call carries one,
+// else by the client certificate the TLS handshake verified (mTLS callers
+// of the callers file).
+func (i *interceptor) authenticate(ctx context.Context) (*caller.Identity, error) {
+	if key := bearerFromMetadata(ctx); key != "" {
+		id, ok := i.auth.Authenticate(key)
+		if !ok {
+			return nil, apperr.Unauthenticated("invalid API key")
+		}
+		return id, nil
+	}
+	cert := verifiedClientCert(ctx)
+	if cert == nil {
+		return nil, apperr.Unauthenticated("missing API key: send authorization: Bearer <key>")
+	}
+	if ca, ok := i.auth.(CertAuthenticator); ok {
+		if id, ok := ca.AuthenticateCert(cert); ok {
+			return id, nil
+		}
+	}
+	return nil, apperr.Unauthenticated("the client certificate belongs to no caller: add its URI SAN (cert_uri) or subject (cert_subject) to the callers file, or send an API key")
+}
+
+// verifiedClientCert returns the leaf of the client certificate chain the
+// TLS handshake verified, or nil (no TLS, no certificate, or not verified).
+func verifiedClientCert(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
 }
 
 func bearerFromMetadata(ctx context.Context) string {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -28,7 +29,7 @@ func newLogger(level string) *slog.Logger {
 }
 
 // serve runs the service until SIGINT or SIGTERM, then drains.
-func serve(ctx context.Context, args []string) error {
+func serve(ctx context.Context, args []string, _ io.Writer) error {
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
 		return err
@@ -43,7 +44,7 @@ func serve(ctx context.Context, args []string) error {
 }
 
 // migrate applies the database migrations and exits.
-func migrate(ctx context.Context, args []string) error {
+func migrate(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
 		return err
@@ -53,7 +54,7 @@ func migrate(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
-	fmt.Println("migrations applied")
+	fmt.Fprintln(out, "migrations applied")
 	return nil
 }
 
@@ -89,7 +90,7 @@ func openKeyedStore(ctx context.Context, args []string) (*keyedStore, error) {
 // rotateKeys re-encrypts every row under the primary master key (the first
 // entry of MCPAUTH_MASTER_KEYS) and prints the row count per key id. It is
 // idempotent and can be interrupted and run again.
-func rotateKeys(ctx context.Context, args []string) error {
+func rotateKeys(ctx context.Context, args []string, out io.Writer) error {
 	ks, err := openKeyedStore(ctx, args)
 	if err != nil {
 		return err
@@ -104,18 +105,18 @@ func rotateKeys(ctx context.Context, args []string) error {
 		if rep, err = r.Run(ctx); err != nil {
 			return err
 		}
-		fmt.Printf("pass %d: re-encrypted %d providers, %d credentials, %d client registrations (%d changed concurrently)\n",
+		fmt.Fprintf(out, "pass %d: re-encrypted %d providers, %d credentials, %d client registrations (%d changed concurrently)\n",
 			pass, rep.Providers, rep.Credentials, rep.Registrations, rep.Skipped)
 		if rep.Skipped == 0 {
 			break
 		}
 	}
-	printUsage(rep.Usage, ks.keys)
+	printUsage(out, rep.Usage, ks.keys)
 	return nil
 }
 
 // keyUsage prints how many rows each key id encrypts.
-func keyUsage(ctx context.Context, args []string) error {
+func keyUsage(ctx context.Context, args []string, out io.Writer) error {
 	ks, err := openKeyedStore(ctx, args)
 	if err != nil {
 		return err
@@ -125,11 +126,11 @@ func keyUsage(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	printUsage(usage, ks.keys)
+	printUsage(out, usage, ks.keys)
 	return nil
 }
 
-func printUsage(usage map[uint32]int64, keys *keyring.Keyring) {
+func printUsage(out io.Writer, usage map[uint32]int64, keys *keyring.Keyring) {
 	ids := keys.IDs()
 	for id := range usage {
 		if !slices.Contains(ids, id) {
@@ -142,33 +143,40 @@ func printUsage(usage map[uint32]int64, keys *keyring.Keyring) {
 		if id == keys.PrimaryID() {
 			mark = " (primary)"
 		}
-		fmt.Printf("key %d%s: %d rows\n", id, mark, usage[id])
+		fmt.Fprintf(out, "key %d%s: %d rows\n", id, mark, usage[id])
 	}
 	for _, id := range ids {
 		if id != keys.PrimaryID() && usage[id] == 0 {
-			fmt.Printf("key %d encrypts no row: it can be removed from the configuration\n", id)
+			fmt.Fprintf(out, "key %d encrypts no row: it can be removed from the configuration\n", id)
 		}
 	}
 }
 
 // newCallerKey prints a fresh API key and the callers-file entry for it.
-func newCallerKey() error {
+func newCallerKey(_ context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("new-caller-key takes no arguments (got %q)", args[0])
+	}
 	key, hash, err := caller.NewKey()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("key (give it to the caller; it is not stored): %s\n", key)
-	fmt.Printf("callers file entry: {\"name\": \"NAME\", \"key_sha256\": %q, \"tenants\": [\"TENANT\"], \"permissions\": [\"providers.read\"]}\n", hash)
+	fmt.Fprintf(out, "key (give it to the caller; it is not stored): %s\n", key)
+	fmt.Fprintf(out, "callers file entry: {\"name\": \"NAME\", \"key_sha256\": %q, \"tenants\": [\"TENANT\"], \"permissions\": [\"providers.read\"]}\n", hash)
 	return nil
 }
 
 // newMasterKey prints a key spec with one fresh key; "-id N" picks the id
 // (use a new, higher id when rotating: put the new entry first).
-func newMasterKey(args []string) error {
+func newMasterKey(_ context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("new-master-key", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	id := fs.Uint("id", 1, "key id")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	if *id == 0 || *id > math.MaxUint32 {
 		return fmt.Errorf("-id must be between 1 and %d", uint32(math.MaxUint32))
@@ -177,13 +185,13 @@ func newMasterKey(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(spec)
+	fmt.Fprintln(out, spec)
 	return nil
 }
 
 // healthcheck asks the local HTTP port's /readyz (for container health
 // checks, where no curl exists).
-func healthcheck(ctx context.Context, args []string) error {
+func healthcheck(ctx context.Context, args []string, _ io.Writer) error {
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
 		return err
@@ -206,5 +214,25 @@ func healthcheck(ctx context.Context, args []string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("readyz answered %d", resp.StatusCode)
 	}
+	return nil
+}
+
+// printAdminKey prints the admin key generated into the data directory, so
+// that a container without a shell can hand it out
+// ("docker compose exec mcpauth /mcpauthd print-admin-key"). It creates
+// nothing: before the first start there is no key to print.
+func printAdminKey(ctx context.Context, args []string, out io.Writer) error {
+	cfg, err := config.Load(ctx, args, nil)
+	if err != nil {
+		return err
+	}
+	if cfg.CallersFile != "" {
+		return fmt.Errorf("MCPAUTH_CALLERS_FILE is set: callers authenticate with the keys of %q, there is no generated admin key", cfg.CallersFile)
+	}
+	key, err := caller.ReadAdminKey(app.AdminKeyPath(cfg))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, key)
 	return nil
 }

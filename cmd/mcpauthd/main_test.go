@@ -25,11 +25,7 @@ import (
 // and admin keys), calls it, and stops it with SIGTERM.
 func TestBinaryServesAndDrains(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "mcpauthd")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	cmd := exec.Command(bin, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "MCPAUTH_LOG_LEVEL=info")

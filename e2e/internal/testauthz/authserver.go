@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/ory/fosite"
@@ -98,6 +97,14 @@ type AuthServerOptions struct {
 	User string
 	// Deny makes the authorization endpoint answer error=access_denied.
 	Deny bool
+	// Consent makes the authorization endpoint show a consent page (HTML,
+	// works in a real browser) instead of approving at once: the page's form
+	// POSTs the request back with consent=approve or consent=deny. A
+	// headless client can POST consent=approve to the authorization URL.
+	Consent bool
+
+	// Addr is the listen address; default "127.0.0.1:0" (a free port).
+	Addr string
 }
 
 // AuthServer is a real OAuth 2.1 authorization server (fosite) listening on
@@ -128,9 +135,9 @@ type AuthServer struct {
 
 // NewAuthServer starts an authorization server on 127.0.0.1 and stops it
 // when tb ends.
-func NewAuthServer(tb testing.TB, opt AuthServerOptions) *AuthServer {
+func NewAuthServer(tb TB, opt AuthServerOptions) *AuthServer {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", listenAddr(opt.Addr))
 	if err != nil {
 		tb.Fatalf("testauthz: listen: %v", err)
 	}
@@ -146,7 +153,7 @@ func NewAuthServer(tb testing.TB, opt AuthServerOptions) *AuthServer {
 
 // newAuthServer builds the server's handler for an issuer under origin; the
 // caller serves it.
-func newAuthServer(tb testing.TB, opt AuthServerOptions, origin string) *AuthServer {
+func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	tb.Helper()
 	if opt.AccessTokenLifetime == 0 {
 		opt.AccessTokenLifetime = time.Hour
@@ -206,6 +213,9 @@ func newAuthServer(tb testing.TB, opt AuthServerOptions, origin string) *AuthSer
 	p := opt.IssuerPath
 	a.mux = http.NewServeMux()
 	a.mux.HandleFunc("GET "+p+"/authorize", a.authorize)
+	if opt.Consent {
+		a.mux.HandleFunc("POST "+p+"/authorize", a.authorize)
+	}
 	a.mux.HandleFunc("POST "+p+"/token", a.token)
 	a.mux.HandleFunc("POST "+p+"/revoke", a.revoke)
 	a.mux.HandleFunc("POST "+p+"/introspect", a.introspect)
@@ -311,15 +321,19 @@ func (a *AuthServer) authorize(w http.ResponseWriter, r *http.Request) {
 		a.provider.WriteAuthorizeError(ctx, w, ar, err)
 		return
 	}
-	resource := r.URL.Query().Get("resource")
-	if a.opt.RejectResource && r.URL.Query().Has("resource") {
+	resource := ar.GetRequestForm().Get("resource")
+	if a.opt.RejectResource && ar.GetRequestForm().Has("resource") {
 		a.provider.WriteAuthorizeError(ctx, w, ar, errInvalidTarget)
 		return
 	}
 	a.mu.Lock()
 	deny := a.deny
 	a.mu.Unlock()
-	if deny {
+	if a.opt.Consent && r.Method == http.MethodGet {
+		writeConsentPage(w, ar, a.opt.User)
+		return
+	}
+	if deny || (a.opt.Consent && ar.GetRequestForm().Get("consent") != "approve") {
 		a.provider.WriteAuthorizeError(ctx, w, ar, fosite.ErrAccessDenied.WithHint("The user denied the request."))
 		return
 	}

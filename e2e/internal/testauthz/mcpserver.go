@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -93,6 +92,8 @@ type MCPServerOptions struct {
 	HugeTool bool
 	// Stateless runs the Streamable HTTP transport without sessions.
 	Stateless bool
+	// Addr is the listen address; default "127.0.0.1:0" (a free port).
+	Addr string
 }
 
 // MCPServer is a real MCP server (go-sdk, Streamable HTTP) listening on
@@ -109,7 +110,7 @@ type MCPServer struct {
 }
 
 // NewMCPServer starts an MCP server on 127.0.0.1 and stops it when tb ends.
-func NewMCPServer(tb testing.TB, opt MCPServerOptions) *MCPServer {
+func NewMCPServer(tb TB, opt MCPServerOptions) *MCPServer {
 	tb.Helper()
 	if opt.Path == "" {
 		opt.Path = "/mcp"
@@ -120,7 +121,7 @@ func NewMCPServer(tb testing.TB, opt MCPServerOptions) *MCPServer {
 	if opt.Auth != nil && opt.EmbeddedAuth != nil {
 		tb.Fatal("testauthz: set Auth or EmbeddedAuth, not both")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", listenAddr(opt.Addr))
 	if err != nil {
 		tb.Fatalf("testauthz: listen: %v", err)
 	}
