@@ -1,6 +1,9 @@
 package caller
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,5 +93,59 @@ func TestAdminKeyFile(t *testing.T) {
 	}
 	if _, ok := b.Authenticate(strings.TrimSpace(string(raw))); !ok {
 		t.Fatal("reloaded key differs")
+	}
+}
+
+func TestCertEntries(t *testing.T) {
+	t.Parallel()
+	_, hash, _ := NewKey()
+	base := func(c FileCaller) FileCaller {
+		c.Tenants, c.Permissions = []string{"acme"}, []string{"providers.read"}
+		return c
+	}
+	for _, tt := range []struct {
+		c    FileCaller
+		want string
+	}{
+		{base(FileCaller{Name: "a"}), "set exactly one of key_sha256, cert_uri, cert_subject"},
+		{base(FileCaller{Name: "a", KeySHA256: hash, CertURI: "spiffe://t/a"}), "set exactly one"},
+		{base(FileCaller{Name: "a", CertURI: "not a uri"}), "cert_uri must be an absolute URI"},
+	} {
+		if _, err := FromFile(File{Callers: []FileCaller{tt.c}}); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: %v, want %q", tt.c, err, tt.want)
+		}
+	}
+	dup := []FileCaller{base(FileCaller{Name: "a", CertSubject: "CN=x"}), base(FileCaller{Name: "b", CertSubject: "CN=x"})}
+	if _, err := FromFile(File{Callers: dup}); err == nil || !strings.Contains(err.Error(), "cert_subject used twice") {
+		t.Errorf("duplicate subject: %v", err)
+	}
+	a, err := FromFile(File{Callers: []FileCaller{
+		base(FileCaller{Name: "spiffe", CertURI: "spiffe://acme.test/billing"}),
+		base(FileCaller{Name: "subject", CertSubject: "CN=ops,O=acme"}),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("spiffe://acme.test/billing")
+	other, _ := url.Parse("spiffe://acme.test/other")
+	for _, tt := range []struct {
+		cert *x509.Certificate
+		want string
+	}{
+		{&x509.Certificate{URIs: []*url.URL{other, u}}, "spiffe"},
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "ops", Organization: []string{"acme"}}}, "subject"},
+		{&x509.Certificate{URIs: []*url.URL{other}, Subject: pkix.Name{CommonName: "ops"}}, ""},
+		{nil, ""},
+	} {
+		got := ""
+		if id, ok := a.AuthenticateCert(tt.cert); ok {
+			got = id.Name
+		}
+		if got != tt.want {
+			t.Errorf("cert %v: identity %q, want %q", tt.cert, got, tt.want)
+		}
+	}
+	if id, ok := a.Authenticate(""); ok || id != nil {
+		t.Error("empty key authenticated")
 	}
 }
