@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -190,15 +191,20 @@ func newMasterKey(_ context.Context, args []string, out io.Writer) error {
 }
 
 // healthcheck asks the local HTTP port's /readyz (for container health
-// checks, where no curl exists).
+// checks, where no curl exists): 200 only when the database and the state
+// store answer. It dials the HTTP address's host when that names one
+// address, else the loopback.
 func healthcheck(ctx context.Context, args []string, _ io.Writer) error {
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
 		return err
 	}
-	_, port, err := net.SplitHostPort(cfg.HTTPAddr)
+	host, port, err := net.SplitHostPort(cfg.HTTPAddr)
 	if err != nil {
 		return err
+	}
+	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
 	}
 	scheme := "http"
 	client := &http.Client{Timeout: 3 * time.Second}
@@ -206,7 +212,7 @@ func healthcheck(ctx context.Context, args []string, _ io.Writer) error {
 		scheme = "https"
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // loopback self-check only
 	}
-	resp, err := client.Get(scheme + "://127.0.0.1:" + port + "/readyz")
+	resp, err := client.Get(scheme + "://" + net.JoinHostPort(host, port) + "/readyz")
 	if err != nil {
 		return err
 	}

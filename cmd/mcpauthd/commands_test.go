@@ -6,11 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -333,5 +336,35 @@ func TestCallersFileReloadOnSIGHUP(t *testing.T) {
 	}
 	if c := list(oldKey); c != codes.Unauthenticated {
 		t.Errorf("key of the broken file: %v, want Unauthenticated", c)
+	}
+}
+
+// TestHealthcheckProbesReadiness: the container healthcheck exits 0 only
+// when /readyz on the configured HTTP port answers 200.
+func TestHealthcheckProbesReadiness(t *testing.T) {
+	t.Parallel()
+	var ready atomic.Bool
+	var paths sync.Map
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths.Store(r.URL.Path, true)
+		if !ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	env := []string{"MCPAUTH_HTTP_ADDR=" + strings.TrimPrefix(srv.URL, "http://")}
+	if _, errOut, code := runBinary(t, t.TempDir(), env, "healthcheck"); code == 0 || !strings.Contains(errOut, "readyz answered 503") {
+		t.Fatalf("not ready: exit %d, stderr %q", code, errOut)
+	}
+	ready.Store(true)
+	if _, errOut, code := runBinary(t, t.TempDir(), env, "healthcheck"); code != 0 {
+		t.Fatalf("ready: exit %d, stderr %q", code, errOut)
+	}
+	if _, ok := paths.Load("/readyz"); !ok {
+		t.Fatal("healthcheck did not ask /readyz")
+	}
+	srv.Close()
+	if _, _, code := runBinary(t, t.TempDir(), env, "healthcheck"); code == 0 {
+		t.Fatal("healthcheck passed with nothing listening")
 	}
 }

@@ -1,6 +1,9 @@
-package e2e
+// Package walkthrough runs the README's walk-through as a test.
+// It is a package of its own so that its builds get their own test timeout.
+package walkthrough
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -10,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,7 +42,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 			t.Skipf("SKIPPED LOUDLY: %s is not installed; the README walk-through is not checked", tool)
 		}
 	}
-	root, err := filepath.Abs("..")
+	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,4 +234,22 @@ func joinLogs(logs []*syncBuffer) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// syncBuffer collects output from concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
