@@ -60,3 +60,13 @@ func (c *probeCache) put(row *repository.Provider, res *oauthclient.ProbeResult,
 	}
 	c.m[probeKey(row)] = probeEntry{res: res, at: now}
 }
+
+// drop forgets the provider's probe result.
+func (c *probeCache) drop(row *repository.Provider) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, probeKey(row))
+}
