@@ -223,3 +223,40 @@ func (w *scopeErrorWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the real writer.
 func (w *scopeErrorWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// NewAuthServerAdvertising starts an AuthServer whose metadata lists only
+// methods as token_endpoint_auth_methods_supported (RFC 8414 section 2),
+// such as ["private_key_jwt"] or ["client_secret_basic"]. The clients it
+// registers dynamically get the method they ask for, as before.
+func NewAuthServerAdvertising(tb testing.TB, opt AuthServerOptions, methods []string) *AuthServer {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("testauthz: listen: %v", err)
+	}
+	a := newAuthServer(tb, opt, "http://"+l.Addr().String())
+	meta := map[string]bool{}
+	for _, p := range a.metadataPaths() {
+		meta[p] = true
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !meta[r.URL.Path] {
+			a.ServeHTTP(w, r)
+			return
+		}
+		rr := httptest.NewRecorder()
+		a.ServeHTTP(rr, r)
+		var doc map[string]any
+		if err := json.Unmarshal(rr.Body.Bytes(), &doc); err != nil {
+			http.Error(w, "metadata", http.StatusInternalServerError)
+			return
+		}
+		doc["token_endpoint_auth_methods_supported"] = methods
+		writeJSON(w, rr.Code, doc)
+	}))
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return a
+}
