@@ -211,6 +211,12 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	if probe.NotRequired {
 		return &discovery{probe: probe}, nil
 	}
+	if ch != nil && s.probes.discoveredBefore(d.Row, ch.SeenAt, s.now()) {
+		// The server refused a request after this replica last read its
+		// metadata (possibly based on it: a token from an authorization
+		// server it no longer trusts): read the metadata again.
+		s.proto.Forget(d.URL.String())
+	}
 	md, err := s.proto.Discover(ctx, d.URL.String(), d.Resource, probe, tr)
 	if err != nil {
 		return nil, upstreamErr("discovering the authorization server", err)

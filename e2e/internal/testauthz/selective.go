@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -51,6 +52,9 @@ type SelectiveServer struct {
 	path   string
 	opt    SelectiveOptions
 	rec    recorder
+
+	mu   sync.Mutex
+	auth *AuthServer // the authorization server named now (SetAuth)
 }
 
 // NewSelectiveServer starts the server on 127.0.0.1 and stops it when tb
@@ -61,7 +65,7 @@ func NewSelectiveServer(tb testing.TB, opt SelectiveOptions) *SelectiveServer {
 	if err != nil {
 		tb.Fatalf("testauthz: listen: %v", err)
 	}
-	s := &SelectiveServer{origin: "http://" + l.Addr().String(), path: "/mcp", opt: opt}
+	s := &SelectiveServer{origin: "http://" + l.Addr().String(), path: "/mcp", opt: opt, auth: opt.Auth}
 
 	server := mcp.NewServer(&mcp.Implementation{Name: "testauthz-selective", Version: "1.0.0"}, nil)
 	(&MCPServer{}).addTools(server)
@@ -110,21 +114,25 @@ func NewSelectiveServer(tb testing.TB, opt SelectiveOptions) *SelectiveServer {
 			basic.ServeHTTP(w, r)
 		}
 	})
-	prm := &oauthex.ProtectedResourceMetadata{
-		Resource:               s.URL(),
-		AuthorizationServers:   []string{opt.Auth.URL},
-		ScopesSupported:        []string{opt.BasicScope},
-		BearerMethodsSupported: []string{"header"},
-	}
 	prmPath := "/.well-known/oauth-protected-resource" + s.path
 	if opt.RootPRM {
-		prm.Resource = s.origin
 		prmPath = "/.well-known/oauth-protected-resource"
 	}
-	if opt.PRMResource != "" {
-		prm.Resource = opt.PRMResource
-	}
-	mux.Handle(prmPath, auth.ProtectedResourceMetadataHandler(prm))
+	mux.HandleFunc(prmPath, func(w http.ResponseWriter, r *http.Request) {
+		prm := &oauthex.ProtectedResourceMetadata{
+			Resource:               s.URL(),
+			AuthorizationServers:   []string{s.currentAuth().URL},
+			ScopesSupported:        []string{opt.BasicScope},
+			BearerMethodsSupported: []string{"header"},
+		}
+		if opt.RootPRM {
+			prm.Resource = s.origin
+		}
+		if opt.PRMResource != "" {
+			prm.Resource = opt.PRMResource
+		}
+		auth.ProtectedResourceMetadataHandler(prm).ServeHTTP(w, r)
+	})
 
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.rec.record(r)
@@ -135,6 +143,21 @@ func NewSelectiveServer(tb testing.TB, opt SelectiveOptions) *SelectiveServer {
 	srv.Start()
 	tb.Cleanup(srv.Close)
 	return s
+}
+
+// SetAuth moves the server to another authorization server: its metadata
+// names as from now on (RFC 9728 authorization_servers), and only that
+// server's tokens are accepted.
+func (s *SelectiveServer) SetAuth(as *AuthServer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.auth = as
+}
+
+func (s *SelectiveServer) currentAuth() *AuthServer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.auth
 }
 
 // URL is the MCP endpoint.
@@ -167,7 +190,7 @@ func (s *SelectiveServer) Methods() []string {
 // server's resource identifier: the PRM resource (RFC 8707 section 2, MCP
 // "Token Handling": tokens must have been issued for this server).
 func (s *SelectiveServer) verify(ctx context.Context, token string, _ *http.Request) (*auth.TokenInfo, error) {
-	info, err := s.opt.Auth.ValidateToken(ctx, token)
+	info, err := s.currentAuth().ValidateToken(ctx, token)
 	if err != nil {
 		return nil, fmt.Errorf("%w: inactive token", auth.ErrInvalidToken)
 	}
