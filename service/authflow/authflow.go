@@ -935,6 +935,10 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	ctx = audit.WithScope(ctx, d.Row.TenantID, d.Row.ID)
 	tr := &oauthclient.Trace{}
 	out := &Diagnosis{}
+	// A diagnosis reads the servers as they are now, and what it reads
+	// replaces what StartAuthorization had cached.
+	s.proto.Forget(d.URL.String())
+	s.probes.drop(d.Row)
 	disc, derr := s.discover(ctx, d, nil, tr)
 	// The provider's URL path can hold a secret (some servers put an API
 	// key there), and masked views never show it: nor does the trace.
