@@ -194,3 +194,33 @@ func TestChallengeTokenEndpointAuthFromMetadata(t *testing.T) {
 		}
 	})
 }
+
+// TestChallengeTokenEndpointErrorIsVisible: a token endpoint error on the
+// callback shows as the status reason and in the audit event (the error
+// code, never the body), and DiagnoseProvider reads the servers afresh.
+func TestChallengeTokenEndpointErrorIsVisible(t *testing.T) {
+	t.Parallel()
+	f := oaSetup(t, testauthz.AuthServerOptions{DCR: true}, testauthz.MCPServerOptions{}, Options{}, nil)
+	start := f.Start(t)
+	b := NewBrowser(t)
+	cb := oaToCallback(t, b, start.GetAuthorizationUrl())
+	f.AS.SetTokenStatus(http.StatusBadRequest, "")
+	oaFailed(t, oaOpen(t, b, cb.String()), "TOKEN_EXCHANGE_FAILED")
+	st := tlStatus(t, f.S, f.Name)
+	if st.GetStatus() != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_UNAUTHORIZED || st.GetReason() != "TOKEN_EXCHANGE_FAILED" {
+		t.Fatalf("status %v %q", st.GetStatus(), st.GetReason())
+	}
+	ev := oaWantEvent(t, f.S, "acme", "oauth.callback.failed", "TOKEN_EXCHANGE_FAILED")
+	if ev.GetDetails()["error"] != "temporarily_unavailable" {
+		t.Fatalf("event details %v, want the token endpoint's error code", ev.GetDetails())
+	}
+	// DiagnoseProvider reads the metadata again rather than from the cache
+	// StartAuthorization filled.
+	before := len(f.AS.RequestsTo("/.well-known/oauth-authorization-server"))
+	if _, err := f.S.OAuth().DiagnoseProvider(f.Ctx, &mcpauthv1.DiagnoseProviderRequest{Name: f.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.AS.RequestsTo("/.well-known/oauth-authorization-server")); n != before+1 {
+		t.Fatalf("DiagnoseProvider fetched the metadata %d times, want 1", n-before)
+	}
+}

@@ -789,15 +789,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		}
 		// The token endpoint's error code (never its body or description)
 		// goes to the audit event; the status carries the reason.
-		details := map[string]string{}
-		var oe *oauthclient.OAuthError
-		var se *oauthclient.StatusError
-		switch {
-		case errors.As(err, &oe):
-			details["error"] = oe.Code
-		case errors.As(err, &se):
-			details["http_status"] = strconv.Itoa(se.Status)
-		}
+		details := tokenErrorDetails(err)
 		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: domain.ReasonTokenExchangeFailed, Details: details})
 		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
@@ -821,6 +813,30 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+}
+
+// tokenErrorDetails describes a failed token request for the audit log by
+// the token endpoint's error code (RFC 6749 section 5.2) or HTTP status,
+// never its body or description.
+func tokenErrorDetails(err error) map[string]string {
+	var oe *oauthclient.OAuthError
+	var se *oauthclient.StatusError
+	var te *oauthclient.TemporaryError
+	switch {
+	case errors.Is(err, oauthclient.ErrInvalidGrant):
+		return map[string]string{"error": "invalid_grant"}
+	case errors.Is(err, oauthclient.ErrInvalidClient):
+		return map[string]string{"error": "invalid_client"}
+	case errors.As(err, &oe):
+		return map[string]string{"error": oe.Code}
+	case errors.As(err, &te) && te.Status == 0:
+		return map[string]string{"error": "unreachable"}
+	case errors.As(err, &te):
+		return map[string]string{"error": "temporarily_unavailable", "http_status": strconv.Itoa(te.Status)}
+	case errors.As(err, &se):
+		return map[string]string{"http_status": strconv.Itoa(se.Status)}
+	}
+	return nil
 }
 
 // stateFailure answers a callback whose state names no usable flow.

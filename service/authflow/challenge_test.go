@@ -2,6 +2,8 @@ package authflow
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"net/url"
 	"slices"
 	"testing"
@@ -139,5 +141,26 @@ func TestDefaultEndpointsAlwaysSendS256(t *testing.T) {
 	}
 	if d, err := e.svc.Diagnose(context.Background(), testTenant, testProvider); err != nil || !d.Ready || !d.PKCES256Supported {
 		t.Fatalf("Diagnose = %+v, %v", d, err)
+	}
+}
+
+func TestTokenErrorDetails(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err  error
+		want map[string]string
+	}{
+		{oauthclient.ErrInvalidGrant, map[string]string{"error": "invalid_grant"}},
+		{oauthclient.ErrInvalidClient, map[string]string{"error": "invalid_client"}},
+		{&oauthclient.OAuthError{Code: "invalid_scope", Status: 400}, map[string]string{"error": "invalid_scope"}},
+		{&oauthclient.TemporaryError{Status: 503}, map[string]string{"error": "temporarily_unavailable", "http_status": "503"}},
+		{&oauthclient.TemporaryError{}, map[string]string{"error": "unreachable"}},
+		{&oauthclient.StatusError{Status: 418}, map[string]string{"http_status": "418"}},
+		{errors.New("other"), nil},
+	}
+	for _, tc := range tests {
+		if got := tokenErrorDetails(tc.err); !maps.Equal(got, tc.want) {
+			t.Errorf("tokenErrorDetails(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
