@@ -3,6 +3,7 @@ package e2e
 import (
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -122,5 +123,47 @@ func TestChallengeUnknownToolKeepsItsMeaning(t *testing.T) {
 	}
 	if got := oaStatusOf(t, s, ctx, name); got != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_NOT_REQUIRED {
 		t.Fatalf("status after an unauthenticated success = %v", got)
+	}
+}
+
+// TestChallengeStepUpIsBounded: a server that answers every authenticated
+// request 403 insufficient_scope with a scope the token lacks gets at most
+// three step-up authorizations, then a clear STEP_UP_EXHAUSTED.
+func TestChallengeStepUpIsBounded(t *testing.T) {
+	t.Parallel()
+	scopes := []string{"mcp:basic", "offline_access"}
+	for i := range 12 {
+		scopes = append(scopes, "more"+strconv.Itoa(i))
+	}
+	as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true, Scopes: scopes})
+	srv := testauthz.NewSelectiveServer(t, testauthz.SelectiveOptions{Auth: as, BasicScope: "mcp:basic", Insatiable: true})
+	s := Start(t, Options{Env: oaAllowEnv()})
+	ctx := Ctx(t, s.AdminKey)
+	name := createProvider(t, s, s.AdminKey, "acme", "greedy", srv.URL(), nil)
+	challengeFirst(t, s, name)
+	st, err := s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: name, User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := oaOpen(t, NewBrowser(t), st.GetAuthorizationUrl()); p.Title != "Authorization complete" {
+		t.Fatalf("first flow: %q %q", p.Title, p.Reason)
+	}
+	for i := range 3 {
+		_, err := s.Tools().RefreshTools(ctx, &mcpauthv1.RefreshToolsRequest{Name: name, User: "alice"})
+		info := tlWantReason(t, err, codes.FailedPrecondition, "INSUFFICIENT_SCOPE")
+		u := info.GetMetadata()["authorization_url"]
+		if u == "" {
+			t.Fatalf("step-up %d without a URL: %v", i, info.GetMetadata())
+		}
+		if p := oaOpen(t, NewBrowser(t), u); p.Title != "Authorization complete" {
+			t.Fatalf("step-up %d: %q %q", i, p.Title, p.Reason)
+		}
+	}
+	_, err = s.Tools().RefreshTools(ctx, &mcpauthv1.RefreshToolsRequest{Name: name, User: "alice"})
+	tlWantReason(t, err, codes.FailedPrecondition, "STEP_UP_EXHAUSTED")
+	_, err = s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: name, User: "alice"})
+	oaWantErr(t, err, codes.FailedPrecondition, "STEP_UP_EXHAUSTED")
+	if n := as.Counts("/authorize"); n != 4 {
+		t.Fatalf("%d authorization requests, want 1 + 3 step-ups", n)
 	}
 }

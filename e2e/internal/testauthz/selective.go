@@ -38,6 +38,12 @@ type SelectiveOptions struct {
 	// PRMResource, when set, replaces the metadata's resource (a server
 	// naming another origin).
 	PRMResource string
+	// Insatiable answers every authenticated request 403
+	// insufficient_scope naming a scope the token lacks ("more<n>", n the
+	// token's scope count), so no authorization ever satisfies it: clients
+	// must bound their step-up attempts (MCP authorization, Step-Up
+	// Authorization Flow: "no more than a few times").
+	Insatiable bool
 }
 
 // SelectiveServer is a go-sdk MCP server (Streamable HTTP) that lets
@@ -110,6 +116,13 @@ func NewSelectiveServer(tb testing.TB, opt SelectiveOptions) *SelectiveServer {
 			open.ServeHTTP(w, r)
 		case method == "tools/call" && tool == opt.WriteTool && opt.WriteTool != "":
 			write.ServeHTTP(w, r)
+		case opt.Insatiable && r.Header.Get("Authorization") != "":
+			n := 0
+			if info, err := s.verify(r.Context(), strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), r); err == nil {
+				n = len(info.Scopes)
+			}
+			insufficientScope(auth.RequireBearerToken(s.verify, &auth.RequireBearerTokenOptions{ResourceMetadataURL: rm,
+				Scopes: []string{opt.BasicScope, fmt.Sprintf("more%d", n)}})(open)).ServeHTTP(w, r)
 		default:
 			basic.ServeHTTP(w, r)
 		}
