@@ -221,12 +221,20 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	if err != nil {
 		return nil, upstreamErr("discovering the authorization server", err)
 	}
-	if ch != nil && ch.Error == "insufficient_scope" {
+	// The held grant, if any: its scopes for a step-up, its issuer to
+	// notice an authorization server that moved.
+	cred, err := s.store.GetCredential(ctx, tenant, id)
+	switch {
+	case err == nil:
+	case apperr.KindOf(err) == apperr.KindNotFound:
+		cred = nil
+	default:
+		return nil, err
+	}
+	if ch != nil && ch.Error == "insufficient_scope" && cred != nil {
 		// Step-up (MCP authorization, Step-Up Authorization Flow): the
 		// union of the scopes granted so far and those the challenge names.
-		if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
-			extra = append(vault.ParseList(cred.Scopes), extra...)
-		}
+		extra = append(vault.ParseList(cred.Scopes), extra...)
 	}
 	var scopes []string
 	if len(d.Scopes) > 0 {
@@ -234,7 +242,7 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	} else {
 		scopes = oauthclient.SelectScopes(probe.Scopes, md.ScopesSupported, md.ASScopesSupported, extra)
 	}
-	if err := s.checkAuthServer(ctx, d, md); err != nil {
+	if err := s.checkAuthServer(ctx, d, cred, md); err != nil {
 		return nil, err
 	}
 	return &discovery{probe: probe, md: md, scopes: scopes, challenge: ch}, nil
@@ -256,10 +264,9 @@ func presence(u string) string {
 // client is registered there and the old server's client id and secret are
 // never presented to it (a pre-registered client is the operator's
 // statement of which client to use, and is kept).
-func (s *Service) checkAuthServer(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata) error {
+func (s *Service) checkAuthServer(ctx context.Context, d *vault.Provider, cred *repository.Credential, md *oauthclient.Metadata) error {
 	tenant, id := d.Row.TenantID, d.Row.ID
-	cred, err := s.store.GetCredential(ctx, tenant, id)
-	if err != nil || cred.Issuer == "" || oauthclient.SameIssuer(cred.Issuer, md.Issuer) {
+	if cred == nil || cred.Issuer == "" || oauthclient.SameIssuer(cred.Issuer, md.Issuer) {
 		return nil
 	}
 	changed, err := s.store.SetGrantStatus(ctx, tenant, id,
