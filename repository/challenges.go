@@ -85,9 +85,23 @@ func (s *Store) GetChallenge(ctx context.Context, tenant, providerID string) (*C
 	return &c, nil
 }
 
-// ClearChallenge forgets the provider's challenge: a request succeeded.
+// ClearChallenge forgets the provider's challenge: a request succeeded. It
+// is called after every successful MCP request, so it reads first and
+// writes only when there is a challenge to forget (a write, even one that
+// deletes nothing, takes SQLite's write lock).
 func (s *Store) ClearChallenge(ctx context.Context, tenant, providerID string) error {
 	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return err
+	}
+	var n int64
+	if err := q.Model(&Challenge{}).Where("provider_id = ?", providerID).Limit(1).Count(&n).Error; err != nil {
+		return dbErr(err, "read challenge")
+	}
+	if n == 0 {
+		return nil
+	}
+	q, err = scoped(ctx, s.db, tenant)
 	if err != nil {
 		return err
 	}
