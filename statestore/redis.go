@@ -338,3 +338,6 @@ func (l *redisLease) Extend(ctx context.Context, ttl time.Duration) error {
 	}
 	return nil
 }
+
+// Client returns the go-redis client (for instrumentation).
+func (r *Redis) Client() redis.UniversalClient { return r.client }
