@@ -403,7 +403,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	return a, nil
 }
 
-
 // Serve serves gRPC on grpcLis and HTTP on httpLis until ctx ends, then
 // drains both within the configured grace period.
 func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
@@ -441,7 +440,8 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	a.poller.Poll(ctx)
 	wg.Add(1)
 	go func() { defer wg.Done(); a.poller.Run(rctx) }()
-	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL)
+	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL,
+		"version", version.String())
 	var serveErr error
 	select {
 	case <-ctx.Done():

@@ -103,11 +103,11 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 
 // HTTPDeps are what NewHTTPHandler needs.
 type HTTPDeps struct {
-	Log         *slog.Logger
-	Gateway     http.Handler
-	Browser     *Browser
-	Metrics     http.Handler
-	Ready       func(ctx context.Context) error
+	Log     *slog.Logger
+	Gateway http.Handler
+	Browser *Browser
+	Metrics http.Handler
+	Ready   func(ctx context.Context) error
 	// Version is reported by /healthz.
 	Version string
 	// OpenAPI is the REST API's OpenAPI document, served at /openapi.json.
