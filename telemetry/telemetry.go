@@ -82,7 +82,10 @@ func Propagator() propagation.TextMapPropagator { return propagation.TraceContex
 // and MCP servers, which are third parties.
 var noPropagation = propagation.NewCompositeTextMapPropagator()
 
-type origURLKey struct{}
+type (
+	origURLKey     struct{}
+	origRequestKey struct{}
+)
 
 // Transport wraps base (the egress guard's pooled transport) with client
 // spans that name the request's scheme, host and port, never its path,
@@ -130,9 +133,9 @@ func (rt restoreURL) RoundTrip(r *http.Request) (*http.Response, error) {
 // by a placeholder); the handler itself sees the request unchanged.
 func Handler(next http.Handler, tp trace.TracerProvider, redact func(path string) string) http.Handler {
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if orig, ok := r.Context().Value(origURLKey{}).(*url.URL); ok {
+		if orig, ok := r.Context().Value(origRequestKey{}).(*http.Request); ok {
 			r = r.Clone(r.Context())
-			r.URL = orig
+			r.URL, r.RequestURI = orig.URL, orig.RequestURI
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -143,7 +146,7 @@ func Handler(next http.Handler, tp trace.TracerProvider, redact func(path string
 	)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		shown := &url.URL{Path: redact(r.URL.Path)}
-		hidden := r.WithContext(context.WithValue(r.Context(), origURLKey{}, r.URL))
+		hidden := r.WithContext(context.WithValue(r.Context(), origRequestKey{}, r))
 		hidden.URL = shown
 		hidden.RequestURI = ""
 		traced.ServeHTTP(w, hidden)
