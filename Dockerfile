@@ -12,7 +12,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /out/mcpauthd ./cmd/mcpauthd
+# docker build --build-arg VERSION=$(git describe --tags --always) stamps the
+# version /healthz and "mcpauthd version" report (.git is not in the context).
+ARG VERSION=
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/mcpauth/mcpauth/version.stamped=${VERSION}" -o /out/mcpauthd ./cmd/mcpauthd
 # The data directory (SQLite file, development master key, generated admin
 # key), owned by the user the image runs as. Docker fills an empty named
 # volume from the image's directory at its mount point, ownership included,

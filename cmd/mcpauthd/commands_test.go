@@ -29,6 +29,9 @@ import (
 	"github.com/mcpauth/mcpauth/caller"
 )
 
+// stamp is the version the test binary is built with.
+const stamp = "v9.8.7-stamped"
+
 var (
 	buildOnce sync.Once
 	builtBin  string
@@ -50,7 +53,8 @@ func buildBinary(tb testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "mcpauthd")
-		if out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput(); err != nil {
+		build := exec.Command("go", "build", "-ldflags", "-X github.com/mcpauth/mcpauth/version.stamped="+stamp, "-o", builtBin, ".")
+		if out, err := build.CombinedOutput(); err != nil {
 			buildErr = errors.New(string(out))
 		}
 	})

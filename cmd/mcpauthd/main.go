@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/mcpauth/mcpauth/config"
+	"github.com/mcpauth/mcpauth/version"
 )
 
 func main() {
@@ -59,6 +60,15 @@ var commands = []command{
 		usage: "[flags]", config: true, run: printAdminKey},
 	{name: "healthcheck", summary: "exit 0 when the local HTTP port answers /readyz with 200 (for container health checks)",
 		usage: "[flags]", config: true, run: healthcheck},
+	{name: "version", summary: "print the build's version", run: printVersion},
+}
+
+func printVersion(_ context.Context, args []string, out io.Writer) error {
+	if len(args) > 0 {
+		return fmt.Errorf("version takes no arguments (got %q)", args[0])
+	}
+	fmt.Fprintln(out, version.String())
+	return nil
 }
 
 // run dispatches to a subcommand; serving is the default.

@@ -204,6 +204,11 @@ func TestContainerImage(t *testing.T) {
 		}
 	}
 	env = append(env, instructions(build, "ENV")...)
+	for _, arg := range instructions(build, "ARG") {
+		if strings.Contains(arg, "=") {
+			env = append(env, arg) // the build argument's default
+		}
+	}
 	if !slices.Contains(env, "GOWORK=off") {
 		t.Error("the build stage does not set GOWORK=off")
 	}
