@@ -27,8 +27,7 @@ import (
 func TestBinaryServesAndDrains(t *testing.T) {
 	dir := t.TempDir()
 	bin := buildBinary(t)
-	if out, err := exec.Command(bin, "version").Output(); err != nil || string(out) != stamp+"
-" {
+	if out, err := exec.Command(bin, "version").Output(); err != nil || string(out) != stamp+"\n" {
 		t.Fatalf("mcpauthd version: %q, %v; want %q", out, err, stamp)
 	}
 	cmd := exec.Command(bin, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0")
