@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
@@ -157,8 +158,10 @@ func TestRefresherFailures(t *testing.T) {
 		{name: "rejected refresh token: dead at once, not counted", passes: 2, wantCalls: 1,
 			prepare:    func(e *env) { e.as.forgetGrant(tnt + "/" + pid) },
 			wantStatus: domain.StatusReauthRequired, wantWhy: domain.ReasonInvalidGrant},
-		{name: "mcpauth's own lock store down: not counted", passes: maxFailures + 1, wantCalls: 0,
-			prepare:    func(e *env) { _ = e.locks.Close() },
+		{name: "mcpauth's own database lease unavailable: not counted", passes: maxFailures + 1, wantCalls: 0,
+			prepare: func(e *env) {
+				e.store.FailOn("AcquireRefreshLease", apperr.Unavailable(errInjected, "database down"))
+			},
 			wantStatus: domain.StatusAuthorized},
 	}
 	for _, tt := range tests {
@@ -172,6 +175,9 @@ func TestRefresherFailures(t *testing.T) {
 			r := NewRefresherWith(e.store, e.svc, e.log, RefresherConfig{IdleAge: time.Hour, MaxFailures: maxFailures})
 			for range tt.passes {
 				r.Pass(e.ctx)
+				// Past the failure backoff (whose skipped passes are
+				// not failures of the server), within the token's life.
+				e.clock.Advance(e.svc.cfg.BackoffMax)
 			}
 			e.wantRefreshes(tt.wantCalls)
 			e.wantGrant(tnt, pid, tt.wantStatus, tt.wantWhy)

@@ -33,6 +33,7 @@ type Store struct {
 	regs      map[string]repository.ClientRegistration
 	tools     map[string]repository.ToolList
 	audit     []repository.AuditEvent
+	leases    map[string]repository.RefreshLease
 	fail      map[string]error
 	calls     map[string]int
 }
@@ -44,7 +45,7 @@ func NewStore(now func() time.Time) *Store {
 		now = time.Now
 	}
 	return &Store{now: now, providers: map[string]repository.Provider{}, creds: map[string]repository.Credential{},
-		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, fail: map[string]error{},
+		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, leases: map[string]repository.RefreshLease{}, fail: map[string]error{},
 		calls: map[string]int{}}
 }
 
@@ -240,6 +241,7 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 func (s *Store) dropDependents(tenant, id string) {
 	delete(s.creds, key(tenant, id))
 	delete(s.tools, key(tenant, id))
+	delete(s.leases, key(tenant, id))
 	for k, r := range s.regs {
 		if r.TenantID == tenant && r.ProviderID == id {
 			delete(s.regs, k)
@@ -571,4 +573,55 @@ func (s *Store) Credential(tenant, providerID string) *repository.Credential {
 		return nil
 	}
 	return &c
+}
+
+// AcquireRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out repository.LeaseAcquired
+	if err := s.enter("AcquireRefreshLease", tenant); err != nil {
+		return out, err
+	}
+	if _, ok := s.providers[key(tenant, providerID)]; !ok {
+		return out, apperr.NotFound("provider")
+	}
+	now := s.now()
+	prev, ok := s.leases[key(tenant, providerID)]
+	if ok && prev.Holder != holder && !prev.ExpiresAt.Before(now) {
+		return out, repository.ErrLeaseHeld
+	}
+	out.TookOver = ok && prev.Holder != holder && prev.Generation == generation
+	s.leases[key(tenant, providerID)] = repository.RefreshLease{TenantID: tenant, ProviderID: providerID, Generation: generation,
+		Holder: holder, ExpiresAt: now.Add(ttl)}
+	return out, nil
+}
+
+// ExtendRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) ExtendRefreshLease(_ context.Context, tenant, providerID, holder string, ttl time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ExtendRefreshLease", tenant); err != nil {
+		return err
+	}
+	l, ok := s.leases[key(tenant, providerID)]
+	if !ok || l.Holder != holder {
+		return repository.ErrLeaseGone
+	}
+	l.ExpiresAt = s.now().Add(ttl)
+	s.leases[key(tenant, providerID)] = l
+	return nil
+}
+
+// ReleaseRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) ReleaseRefreshLease(_ context.Context, tenant, providerID, holder string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ReleaseRefreshLease", tenant); err != nil {
+		return err
+	}
+	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
+		delete(s.leases, key(tenant, providerID))
+	}
+	return nil
 }
