@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 func TestRefreshLeaseOneHolder(t *testing.T) {
@@ -126,4 +127,32 @@ func TestIsRetryable(t *testing.T) {
 	if k := apperr.KindOf(dbErr(io.ErrUnexpectedEOF, "x")); k != apperr.KindUnavailable {
 		t.Fatalf("dbErr(unexpected EOF) kind %v, want Unavailable", k)
 	}
+}
+
+func TestExpirePendingGrants(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		mustCreate(t, s, newProvider("a", "p1"))
+		mustCreate(t, s, newProvider("b", "p2"))
+		for _, p := range [][2]string{{"a", "p1"}, {"b", "p2"}} {
+			_, err := s.SetGrantStatus(ctx, p[0], p[1], []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+			wantNoErr(t, err, "pending")
+		}
+		n, err := s.ExpirePendingGrants(ctx, time.Now().Add(-time.Hour), "FLOW_EXPIRED_OR_USED")
+		wantNoErr(t, err, "expire recent")
+		if n != 0 {
+			t.Fatalf("recent PENDING grants expired: %d", n)
+		}
+		n, err = s.ExpirePendingGrants(ctx, time.Now().Add(time.Second), "FLOW_EXPIRED_OR_USED")
+		wantNoErr(t, err, "expire")
+		if n != 2 {
+			t.Fatalf("expired %d grants, want 2 (across tenants)", n)
+		}
+		c, err := s.GetCredential(ctx, "a", "p1")
+		wantNoErr(t, err, "get")
+		if c.Status != domain.StatusUnauthorized || c.Reason != "FLOW_EXPIRED_OR_USED" {
+			t.Fatalf("grant %v/%q, want UNAUTHORIZED/FLOW_EXPIRED_OR_USED", c.Status, c.Reason)
+		}
+	})
 }

@@ -297,3 +297,27 @@ func TestNewRefresherDefaults(t *testing.T) {
 		t.Errorf("with interval = %+v, want %+v", got, want)
 	}
 }
+
+// TestRefresherExpiresAbandonedFlows: a grant left PENDING (its flow lost
+// with Redis, or abandoned) goes back to UNAUTHORIZED after PendingTTL;
+// a recent PENDING and a held grant are left alone.
+func TestRefresherExpiresAbandonedFlows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testConfig)
+	e.provider(tnt, "old", domain.RegPreRegistered)
+	e.provider(tnt, "recent", domain.RegPreRegistered)
+	e.authorize(grantSpec{})
+	pending := func(id string) {
+		if _, err := e.store.SetGrantStatus(e.ctx, tnt, id, []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", e.keys.PrimaryID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending("old")
+	e.clock.Advance(20 * time.Minute)
+	pending("recent")
+	r := NewRefresherWith(e.store, e.svc, e.log, RefresherConfig{IdleAge: 24 * time.Hour, PendingTTL: 15 * time.Minute})
+	r.Pass(e.ctx)
+	e.wantGrant(tnt, "old", domain.StatusUnauthorized, domain.ReasonFlowExpiredOrUsed)
+	e.wantGrant(tnt, "recent", domain.StatusPending, "")
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+}

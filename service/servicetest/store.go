@@ -625,3 +625,22 @@ func (s *Store) ReleaseRefreshLease(_ context.Context, tenant, providerID, holde
 	}
 	return nil
 }
+
+// ExpirePendingGrants implements the repository's sweep of abandoned flows.
+func (s *Store) ExpirePendingGrants(_ context.Context, before time.Time, reason string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["ExpirePendingGrants"]++
+	if err := s.fail["ExpirePendingGrants"]; err != nil {
+		return 0, err
+	}
+	var n int64
+	for k, c := range s.creds {
+		if c.Status == domain.StatusPending && c.UpdatedAt.Before(before) {
+			c.Status, c.Reason, c.UpdatedAt = domain.StatusUnauthorized, reason, s.now()
+			s.creds[k] = c
+			n++
+		}
+	}
+	return n, nil
+}
