@@ -27,6 +27,14 @@ func (RefreshLease) TableName() string { return "refresh_leases" }
 // holder's lease has not expired. Test with errors.Is.
 var ErrLeaseHeld = errors.New("repository: refresh lease held by another replica")
 
+// ErrRefreshBackoff is the cause of AcquireRefreshLease's error while the
+// grant's refreshes are backed off after a failure (see BackoffRefreshLease).
+var ErrRefreshBackoff = errors.New("repository: refreshes backed off after a failure")
+
+// backoffHolder marks a lease that holds a grant's refreshes back after a
+// failure instead of a replica refreshing it.
+const backoffHolder = "backoff"
+
 // ErrLeaseGone is returned by ExtendRefreshLease when holder no longer holds
 // the lease (it expired and another holder took it, or it was released).
 var ErrLeaseGone = errors.New("repository: refresh lease no longer held")
@@ -77,12 +85,15 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, tenant, providerID stri
 			return res.Error
 		}
 		if res.RowsAffected == 0 {
+			if perr == nil && prev.Holder == backoffHolder {
+				return ErrRefreshBackoff
+			}
 			return ErrLeaseHeld
 		}
-		out.TookOver = perr == nil && prev.Holder != holder && prev.Generation == generation
+		out.TookOver = perr == nil && prev.Holder != holder && prev.Holder != backoffHolder && prev.Generation == generation
 		return nil
 	})
-	if errors.Is(err, ErrLeaseHeld) {
+	if errors.Is(err, ErrLeaseHeld) || errors.Is(err, ErrRefreshBackoff) {
 		return out, err
 	}
 	return out, dbErr(err, "acquire refresh lease")
@@ -114,4 +125,19 @@ func (s *Store) ReleaseRefreshLease(ctx context.Context, tenant, providerID, hol
 		return err
 	}
 	return dbErr(q.Where("provider_id = ? AND holder = ?", providerID, holder).Delete(&RefreshLease{}).Error, "release refresh lease")
+}
+
+// BackoffRefreshLease turns holder's lease into a backoff that lasts for d:
+// until it ends no replica refreshes the grant (AcquireRefreshLease fails
+// with ErrRefreshBackoff), so a failing authorization server is asked again
+// once per backoff, not once per replica and caller. It does nothing when
+// holder no longer holds the lease.
+func (s *Store) BackoffRefreshLease(ctx context.Context, tenant, providerID, holder string, d time.Duration) error {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return err
+	}
+	res := q.Model(&RefreshLease{}).Where("provider_id = ? AND holder = ?", providerID, holder).
+		Updates(map[string]any{"holder": backoffHolder, "expires_at": s.db.NowFunc().Add(d)})
+	return dbErr(res.Error, "back off refresh lease")
 }

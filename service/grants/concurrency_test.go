@@ -258,3 +258,39 @@ func TestCallerGivingUpDoesNotAbandonTheRefresh(t *testing.T) {
 		t.Error("stored refresh token is not the rotated one")
 	}
 }
+
+// TestFailedRefreshBacksOffEveryReplica: after a refresh failed at the
+// server, neither this replica nor another asks it again until the backoff
+// ends; both serve the valid token meanwhile, and a caller whose token
+// expired is answered at once instead of waiting for the server.
+func TestFailedRefreshBacksOffEveryReplica(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig
+	cfg.MaxAttempts = 1
+	cfg.BackoffMax = 5 * time.Minute
+	e := newEnv(t, cfg)
+	s := e.authorize(grantSpec{})
+	other := e.service(cfg, e.store, e.locks)
+	e.as.failAlways(temporary(2 * time.Minute)) // a backoff of 1.5 to 2 minutes
+	e.clock.Advance(dueButValid)
+	for i, svc := range []*Service{e.svc, other, e.svc, other} {
+		tok, err := svc.Get(e.ctx, tnt, pid)
+		if err != nil || tok.AccessToken != s.tokens.AccessToken {
+			t.Fatalf("read %d: %v; want the valid token", i, err)
+		}
+	}
+	e.wantRefreshes(1)
+	e.clock.Advance(time.Minute) // expired, backoff still running on the lease
+	if _, err := other.Get(e.ctx, tnt, pid); apperr.KindOf(err) != apperr.KindUnavailable {
+		t.Fatalf("expired token during the backoff: %v, want UNAVAILABLE", err)
+	}
+	e.wantRefreshes(1)
+	e.clock.Advance(e.svc.cfg.BackoffMax)
+	e.as.failAlways(nil)
+	tok, err := other.Get(e.ctx, tnt, pid)
+	if err != nil || tok.AccessToken == s.tokens.AccessToken {
+		t.Fatalf("after the backoff: %v; want a refreshed token", err)
+	}
+	e.wantRefreshes(2)
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+}

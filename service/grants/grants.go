@@ -47,6 +47,7 @@ type Store interface {
 	AcquireRefreshLease(ctx context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error)
 	ExtendRefreshLease(ctx context.Context, tenant, providerID, holder string, ttl time.Duration) error
 	ReleaseRefreshLease(ctx context.Context, tenant, providerID, holder string) error
+	BackoffRefreshLease(ctx context.Context, tenant, providerID, holder string, d time.Duration) error
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -518,7 +519,7 @@ func (s *Service) failing(key string) (time.Time, bool) {
 
 // noteFailure backs the grant's refreshes off: 1s, 2s, 4s... up to
 // BackoffMax, at least retryAfter, jittered by up to a quarter.
-func (s *Service) noteFailure(key string, retryAfter time.Duration) {
+func (s *Service) noteFailure(key string, retryAfter time.Duration) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.backoff[key]
@@ -528,6 +529,7 @@ func (s *Service) noteFailure(key string, retryAfter time.Duration) {
 	d -= time.Duration(mrand.Int64N(int64(d/4) + 1))
 	f.until = s.now().Add(d)
 	s.backoff[key] = f
+	return d
 }
 
 // noteSuccess ends the grant's backoff.
@@ -643,6 +645,15 @@ func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential
 		acq, err = s.store.AcquireRefreshLease(ctx, tenant, id, cred.Generation, holder, s.leaseTTL())
 		if err == nil {
 			break
+		}
+		if errors.Is(err, repository.ErrRefreshBackoff) {
+			// A replica's refresh failed moments ago: the server is not
+			// asked again until the backoff ends.
+			s.metrics.Refreshes.WithLabelValues("backoff").Inc()
+			if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
+				return token(h.Tokens, cred, h.Grant), nil
+			}
+			return nil, apperr.Unavailable(errBackoff, "refreshing the token failed recently; retry in a few seconds")
 		}
 		if !errors.Is(err, repository.ErrLeaseHeld) {
 			if k := apperr.KindOf(err); k == apperr.KindNotFound || k == apperr.KindFailedPrecondition {
@@ -831,9 +842,13 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		if errors.As(rerr, &temp) {
 			retryAfter = temp.RetryAfter
 		}
-		// Remember the failure: callers are not sent to a failing server
-		// again until the backoff ends.
-		s.noteFailure(key, retryAfter)
+		// Remember the failure, here and for every replica (the lease
+		// becomes a backoff): the failing server is not asked again until
+		// the backoff ends.
+		d := s.noteFailure(key, retryAfter)
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = s.store.BackoffRefreshLease(bctx, tenant, id, holder, d)
+		cancel()
 		s.metrics.Refreshes.WithLabelValues("unavailable").Inc()
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
 		if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {

@@ -288,7 +288,7 @@ func TestRefresherRun(t *testing.T) {
 func TestNewRefresherDefaults(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testConfig)
-	want := RefresherConfig{Interval: time.Minute, IdleAge: 12 * time.Hour, Batch: 500, Concurrency: 4, PerTenant: 50, MaxFailures: 20}
+	want := RefresherConfig{Interval: time.Minute, IdleAge: 12 * time.Hour, Batch: 500, Concurrency: 4, PerTenant: 50, MaxFailures: 20, PendingTTL: 11 * time.Minute}
 	if got := NewRefresher(e.store, e.svc, e.log, 0).cfg; got != want {
 		t.Errorf("defaults = %+v, want %+v", got, want)
 	}

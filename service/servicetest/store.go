@@ -589,9 +589,12 @@ func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string
 	now := s.now()
 	prev, ok := s.leases[key(tenant, providerID)]
 	if ok && prev.Holder != holder && !prev.ExpiresAt.Before(now) {
+		if prev.Holder == "backoff" {
+			return out, repository.ErrRefreshBackoff
+		}
 		return out, repository.ErrLeaseHeld
 	}
-	out.TookOver = ok && prev.Holder != holder && prev.Generation == generation
+	out.TookOver = ok && prev.Holder != holder && prev.Holder != "backoff" && prev.Generation == generation
 	s.leases[key(tenant, providerID)] = repository.RefreshLease{TenantID: tenant, ProviderID: providerID, Generation: generation,
 		Holder: holder, ExpiresAt: now.Add(ttl)}
 	return out, nil
@@ -643,4 +646,18 @@ func (s *Store) ExpirePendingGrants(_ context.Context, before time.Time, reason 
 		}
 	}
 	return n, nil
+}
+
+// BackoffRefreshLease implements the repository's refresh backoff in memory.
+func (s *Store) BackoffRefreshLease(_ context.Context, tenant, providerID, holder string, d time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("BackoffRefreshLease", tenant); err != nil {
+		return err
+	}
+	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
+		l.Holder, l.ExpiresAt = "backoff", s.now().Add(d)
+		s.leases[key(tenant, providerID)] = l
+	}
+	return nil
 }
