@@ -898,7 +898,10 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// The server rotated the refresh token: the stored one is dead.
 		// Never throw the answer away while the process lives: serve it,
 		// and store it as soon as the database is back.
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenPersistFailure, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
+		// The audit store is likely down too: the caller does not wait for
+		// this event to be written.
+		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: tenant, Type: domain.EventTokenPersistFailure, Provider: id,
+			Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
 		s.keepUnstored(cred, h.Grant, fresh, holder, err)
 		t, _, uerr := s.fromUnstored(key, "")
 		return t, true, uerr
