@@ -2,6 +2,7 @@ package grants
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -15,9 +16,12 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/servicetest"
 )
 
 // counter reads a counter's value.
@@ -818,4 +822,45 @@ func TestClientGoneMarksGrantDead(t *testing.T) {
 	_, err := e.svc.Get(e.ctx, tnt, pid)
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonNoClient)
+}
+
+// slowAudit is a recorder whose token-read writes take long: the clock
+// moves past the token's expiry while the event is written.
+type slowAudit struct {
+	audit.Recorder
+	clock *servicetest.Clock
+	by    time.Duration
+	reads atomic.Int32
+}
+
+func (a *slowAudit) Record(ctx context.Context, e audit.Event) {
+	if e.Type == domain.EventTokenRead && a.reads.Add(1) == 1 {
+		a.clock.Advance(a.by)
+	}
+	a.Recorder.Record(ctx, e)
+}
+
+// TestAccessTokenCheckedAfterTheAuditWrite (issue 15, case 7): a token
+// that expires while its read is audited never reaches the caller; the
+// caller gets a valid one, and the read is audited once.
+func TestAccessTokenCheckedAfterTheAuditWrite(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testConfig)
+	s := e.authorize(grantSpec{})
+	rec := &slowAudit{Recorder: e.auditor, clock: e.clock, by: 2 * time.Hour}
+	svc, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: rec, Log: e.log,
+		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.AccessToken(e.ctx, tnt, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.AccessToken == s.tokens.AccessToken || !e.clock.Now().Before(tok.ExpiresAt) {
+		t.Fatal("a token that expired during the audit write reached the caller")
+	}
+	if n := rec.reads.Load(); n != 1 {
+		t.Errorf("token reads audited %d times, want 1", n)
+	}
 }
