@@ -167,7 +167,7 @@ func TestFaultDatabaseDownDuringRefreshStore(t *testing.T) {
 
 // TestFaultAuthServerBlackHoled (issue 15, case 4): the authorization
 // server swallows every request. While the token is valid every caller on
-// every replica gets it within the stale wait (0.5 s), never waiting for
+// every replica gets it after the stale wait (0.5 s), never waiting for
 // the hung server; once it expired, callers are answered by their own
 // deadline. When the server is back the grant refreshes normally.
 func TestFaultAuthServerBlackHoled(t *testing.T) {
@@ -189,8 +189,10 @@ func TestFaultAuthServerBlackHoled(t *testing.T) {
 		}
 		worst = max(worst, r.elapsed)
 	}
-	if worst > time.Second {
-		t.Errorf("slowest caller with a valid token waited %v, want at most 1s", worst)
+	// The stale wait is 0.5 s; the rest is slack for a loaded machine (the
+	// hung server would make it 10 s and more).
+	if worst > 2*time.Second {
+		t.Errorf("slowest caller with a valid token waited %v, want at most 2s", worst)
 	}
 	if time.Now().After(exp) {
 		t.Log("note: the token expired while the callers ran")

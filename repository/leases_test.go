@@ -156,3 +156,30 @@ func TestExpirePendingGrants(t *testing.T) {
 		}
 	})
 }
+
+func TestRefreshLeaseBackoff(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		mustCreate(t, s, newProvider("a", "p1"))
+		_, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h1", time.Minute)
+		wantNoErr(t, err, "acquire")
+		// A stranger cannot turn the lease into a backoff.
+		wantNoErr(t, s.BackoffRefreshLease(ctx, "a", "p1", "stranger", time.Minute), "stranger backoff")
+		if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h2", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+			t.Fatalf("acquire while held: %v, want ErrLeaseHeld", err)
+		}
+		wantNoErr(t, s.BackoffRefreshLease(ctx, "a", "p1", "h1", 50*time.Millisecond), "backoff")
+		for _, h := range []string{"h1", "h2"} {
+			if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, h, time.Minute); !errors.Is(err, ErrRefreshBackoff) {
+				t.Fatalf("acquire by %s during the backoff: %v, want ErrRefreshBackoff", h, err)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		got, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h2", time.Minute)
+		wantNoErr(t, err, "acquire after the backoff")
+		if got.TookOver {
+			t.Fatal("a backoff that ended reported as a takeover (nobody spent the token)")
+		}
+	})
+}
