@@ -47,6 +47,9 @@ type LeaseAcquired struct {
 	// the new holder should give it a moment and read the credential
 	// again before it calls the token endpoint.
 	TookOver bool
+	// BackoffUntil is when the backoff that refused the lease ends (with
+	// ErrRefreshBackoff only).
+	BackoffUntil time.Time
 }
 
 // AcquireRefreshLease records holder as the only replica allowed to refresh
@@ -86,6 +89,7 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, tenant, providerID stri
 		}
 		if res.RowsAffected == 0 {
 			if perr == nil && prev.Holder == backoffHolder {
+				out.BackoffUntil = prev.ExpiresAt
 				return ErrRefreshBackoff
 			}
 			return ErrLeaseHeld

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -297,7 +298,7 @@ func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
 	err := retry.Do(ctx, takeRetry, func(ctx context.Context, _ int) error {
 		var err error
 		v, err = takeScript.Run(ctx, r.client, keys, nonce, receiptTTL.Milliseconds()).Text()
-		if err != nil && (errors.Is(err, redis.Nil) || !classifyUnavailable(err)) {
+		if err != nil && (errors.Is(err, redis.Nil) || !mayHaveRun(err)) {
 			return retry.Permanent(err)
 		}
 		return err
@@ -309,6 +310,23 @@ func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
 		return nil, wrap("take", err)
 	}
 	return []byte(v), nil
+}
+
+// mayHaveRun reports whether a failed command may have run on Redis with
+// its answer lost (a timeout, a connection cut mid-command): only then is
+// the take retried with its nonce. A command that could not be sent (no
+// connection, a refused dial, an exhausted pool) ran nowhere.
+func mayHaveRun(err error) bool {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted),
+		errors.Is(err, redis.ErrClosed), errors.Is(err, context.Canceled):
+		return false
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return false
+	}
+	return classifyUnavailable(err)
 }
 
 // receiptTTL is how long a Take's receipt lets a retry of the same take

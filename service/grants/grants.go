@@ -447,9 +447,9 @@ func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (
 		return t, err
 	}
 	if until, failing := s.failing(tenant + "/" + id); failing {
-		s.metrics.Refreshes.WithLabelValues("backoff").Inc()
-		return nil, apperr.Unavailable(errBackoff, "refreshing the token failed recently; the next attempt is in %s",
-			until.Sub(s.now()).Round(100*time.Millisecond))
+		if err := s.waitBackoff(ctx, until); err != nil {
+			return nil, err
+		}
 	}
 	select {
 	case <-ctx.Done():
@@ -466,6 +466,33 @@ func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (
 // errBackoff is the cause of the error a caller gets while the grant's
 // refreshes are backed off.
 var errBackoff = errors.New("refresh backed off after failures")
+
+// maxBackoffWait is the longest a caller without a deadline waits for a
+// backoff to end.
+const maxBackoffWait = 5 * time.Second
+
+// waitBackoff waits for the grant's refresh backoff to end when the caller
+// can afford it (its deadline, at most maxBackoffWait), so that it then
+// gets the one refresh made after the backoff; otherwise it answers
+// UNAVAILABLE at once rather than keep the caller waiting for nothing.
+func (s *Service) waitBackoff(ctx context.Context, until time.Time) error {
+	wait := until.Sub(s.now())
+	if wait <= 0 {
+		return nil
+	}
+	limit := maxBackoffWait
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, time.Until(dl))
+	}
+	if wait >= limit {
+		s.metrics.Refreshes.WithLabelValues("backoff").Inc()
+		return apperr.Unavailable(errBackoff, "refreshing the token failed recently; the next attempt is in %s", wait.Round(100*time.Millisecond))
+	}
+	if err := sleepCtx(ctx, wait); err != nil {
+		return apperr.Unavailable(err, "waiting for the refresh backoff to end")
+	}
+	return nil
+}
 
 // refreshChan starts the grant's refresh, or joins the one running in this
 // process: concurrent refreshes of one grant collapse into one; the
@@ -649,11 +676,14 @@ func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential
 		if errors.Is(err, repository.ErrRefreshBackoff) {
 			// A replica's refresh failed moments ago: the server is not
 			// asked again until the backoff ends.
-			s.metrics.Refreshes.WithLabelValues("backoff").Inc()
 			if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
+				s.metrics.Refreshes.WithLabelValues("backoff").Inc()
 				return token(h.Tokens, cred, h.Grant), nil
 			}
-			return nil, apperr.Unavailable(errBackoff, "refreshing the token failed recently; retry in a few seconds")
+			if err := s.waitBackoff(ctx, acq.BackoffUntil); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if !errors.Is(err, repository.ErrLeaseHeld) {
 			if k := apperr.KindOf(err); k == apperr.KindNotFound || k == apperr.KindFailedPrecondition {

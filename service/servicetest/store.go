@@ -590,6 +590,7 @@ func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string
 	prev, ok := s.leases[key(tenant, providerID)]
 	if ok && prev.Holder != holder && !prev.ExpiresAt.Before(now) {
 		if prev.Holder == "backoff" {
+			out.BackoffUntil = prev.ExpiresAt
 			return out, repository.ErrRefreshBackoff
 		}
 		return out, repository.ErrLeaseHeld
