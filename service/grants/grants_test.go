@@ -524,6 +524,10 @@ func TestRefreshPersistFailure(t *testing.T) {
 		t.Fatalf("second read = %v; want the kept token", err)
 	}
 	e.wantRefreshes(1) // the stored, rotated refresh token is never spent again
+	// The failure's audit event is written without holding up the caller.
+	for wait := time.Now().Add(5 * time.Second); len(e.events(domain.EventTokenPersistFailure)) == 0 && time.Now().Before(wait); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	e.wantEvents(domain.EventTokenPersistFailure, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed)
 	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
 
