@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sqlite "github.com/glebarez/go-sqlite"
@@ -39,7 +40,8 @@ type Options struct {
 
 // Store is the GORM-backed repository. It is safe for concurrent use.
 type Store struct {
-	db *gorm.DB
+	db        *gorm.DB
+	eventHook atomic.Pointer[func()]
 }
 
 // Open connects to the database named by dsn. A dsn starting with

@@ -202,27 +202,39 @@ func (a *Auditor) Record(ctx context.Context, e Event) {
 }
 
 func (a *Auditor) row(ctx context.Context, e Event) *repository.AuditEvent {
-	actor := e.Actor
-	if actor == "" {
-		actor = caller.ActorName(ctx)
-	}
-	details := "{}"
-	if len(e.Details) > 0 {
-		if b, err := json.Marshal(e.Details); err == nil {
-			details = string(b)
+	return Rows(ctx, a.now(), e)[0]
+}
+
+// Rows turns events into rows to be stored in the same transaction as the
+// change they describe (the repository's write methods take them), filling
+// in the actor and request id from ctx. Each row gets its idempotency key
+// (uid and time) now, so a retried write stores it once.
+func Rows(ctx context.Context, now time.Time, events ...Event) []*repository.AuditEvent {
+	out := make([]*repository.AuditEvent, len(events))
+	for i, e := range events {
+		actor := e.Actor
+		if actor == "" {
+			actor = caller.ActorName(ctx)
 		}
+		details := "{}"
+		if len(e.Details) > 0 {
+			if b, err := json.Marshal(e.Details); err == nil {
+				details = string(b)
+			}
+		}
+		out[i] = &repository.AuditEvent{
+			TenantID:   e.Tenant,
+			EventType:  string(e.Type),
+			Actor:      actor,
+			ProviderID: e.Provider,
+			Outcome:    int32(e.Outcome),
+			Reason:     e.Reason,
+			RequestID:  reqid.From(ctx),
+			Details:    details,
+		}
+		repository.PrepareEvents(now, out[i])
 	}
-	return &repository.AuditEvent{
-		TenantID:   e.Tenant,
-		CreatedAt:  a.now().UTC(),
-		EventType:  string(e.Type),
-		Actor:      actor,
-		ProviderID: e.Provider,
-		Outcome:    int32(e.Outcome),
-		Reason:     e.Reason,
-		RequestID:  reqid.From(ctx),
-		Details:    details,
-	}
+	return out
 }
 
 // RecordDenied records a refused call (the transport's denial recorder).

@@ -135,7 +135,12 @@ func TestRecord(t *testing.T) {
 			}
 			want := tt.want
 			want.ID, want.CreatedAt = 1, epoch.UTC()
-			if got := events[0]; got != want {
+			got := events[0]
+			if len(got.UID) != 32 {
+				t.Errorf("uid %q: want the idempotency key, 32 hex digits, set before the write", got.UID)
+			}
+			got.UID = ""
+			if got != want {
 				t.Errorf("stored %+v\nwant       %+v", got, want)
 			}
 		})
@@ -150,7 +155,7 @@ func TestRecordDenied(t *testing.T) {
 	want := repository.AuditEvent{ID: 1, TenantID: "t1", CreatedAt: epoch.UTC(), EventType: "permission.denied", Actor: "anonymous",
 		Outcome: int32(domain.OutcomeDenied), Reason: "missing permission", RequestID: "r9",
 		Details: `{"method":"/mcpauth.v1.Providers/DeleteProvider"}`}
-	if got := st.Events(); len(got) != 1 || got[0] != want {
+	if got := withoutUIDs(st.Events()); len(got) != 1 || got[0] != want {
 		t.Errorf("stored %+v, want %+v", got, want)
 	}
 }
@@ -497,4 +502,12 @@ func TestLogListErrors(t *testing.T) {
 	if _, err := l.List(context.Background(), "t1", Filter{}, "", 10); !errors.Is(err, servicetest.ErrInjected) {
 		t.Errorf("err = %v, want the store's", err)
 	}
+}
+
+// withoutUIDs clears the events' random idempotency keys for comparison.
+func withoutUIDs(events []repository.AuditEvent) []repository.AuditEvent {
+	for i := range events {
+		events[i].UID = ""
+	}
+	return events
 }

@@ -34,7 +34,7 @@ import (
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
@@ -54,7 +54,8 @@ type Protocol interface {
 // GrantStore stores the tokens of a completed authorization.
 // *grants.Service implements it.
 type GrantStore interface {
-	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens) error
+	// StoreNew stores events in the same transaction as the tokens.
+	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error
 }
 
 // Clock tells the time.
@@ -632,12 +633,12 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if len(tokens.Scopes) == 0 {
 		tokens.Scopes = rec.Scopes
 	}
-	if err := s.grants.StoreNew(ctx, row, grant, tokens); err != nil {
+	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
+		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
+	if err := s.grants.StoreNew(ctx, row, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 }
 
