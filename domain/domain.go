@@ -94,6 +94,9 @@ const (
 	EventEgressBlocked       EventType = "egress.blocked"
 	EventToolCalled          EventType = "mcp.tool.called"
 	EventToolsRefreshed      EventType = "mcp.tools.refreshed"
+	// EventWebhookChanged: a webhook endpoint was created, updated,
+	// deleted or had its secret rotated (details.endpoint, details.change).
+	EventWebhookChanged EventType = "webhook.endpoint.changed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -102,7 +105,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed,
+	EventToolsRefreshed, EventWebhookChanged,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

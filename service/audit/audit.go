@@ -291,12 +291,8 @@ func (l *Log) List(ctx context.Context, tenant string, f Filter, afterUID string
 		return nil, err
 	}
 	out := make([]Entry, len(rows))
-	for i, r := range rows {
-		out[i] = Entry{UID: r.UID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID,
-			Outcome: domain.Outcome(r.Outcome), Reason: r.Reason, RequestID: r.RequestID}
-		if r.Details != "" && r.Details != "{}" {
-			_ = json.Unmarshal([]byte(r.Details), &out[i].Details)
-		}
+	for i := range rows {
+		out[i] = entryOf(&rows[i])
 	}
 	return out, nil
 }

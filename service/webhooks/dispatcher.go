@@ -1,0 +1,289 @@
+package webhooks
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/resname"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+)
+
+// DispatchConfig tunes delivery.
+type DispatchConfig struct {
+	// Poll is how often the feed and the due deliveries are checked when
+	// nothing wakes the dispatcher (default 250 ms).
+	Poll time.Duration
+	// BackoffBase is the first retry delay (default 1 s); each retry
+	// doubles it, with full jitter, up to BackoffMax (default 10 min).
+	BackoffBase, BackoffMax time.Duration
+	// MaxAttempts after which a delivery is dead (default 30, about four
+	// hours at the default backoff).
+	MaxAttempts int
+	// Lease keeps other replicas off a delivery being attempted (default
+	// 30 s; longer than the sender's timeout).
+	Lease time.Duration
+	// Workers deliver in parallel (default 16).
+	Workers int
+	// MirrorToLog writes every event to the log as it is fanned out (at
+	// least once), for a log pipeline.
+	MirrorToLog bool
+}
+
+// Dispatcher fans the event feed out to endpoints and delivers.
+type Dispatcher struct {
+	store  Store
+	cipher Cipher
+	send   Sender
+	log    *slog.Logger
+	now    Clock
+	wake   *audit.Wakeup
+	cfg    DispatchConfig
+	owner  string
+}
+
+// NewDispatcher returns a dispatcher; Run starts it.
+func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, now Clock, wake *audit.Wakeup, cfg DispatchConfig) (*Dispatcher, error) {
+	if store == nil || cipher == nil || send == nil || log == nil {
+		return nil, errors.New("webhooks: store, cipher, sender and log are required")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	if wake == nil {
+		wake = audit.NewWakeup()
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 250 * time.Millisecond
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = time.Second
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 10 * time.Minute
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 30
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 30 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 16
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
+		owner: hex.EncodeToString(b)}, nil
+}
+
+// fanOutBatch bounds the events routed in one transaction.
+const fanOutBatch = 500
+
+// Run fans out and delivers until ctx ends.
+func (d *Dispatcher) Run(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Poll)
+	defer t.Stop()
+	for {
+		woken := d.wake.C()
+		busy := d.Step(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if busy {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-woken:
+		case <-t.C:
+		}
+	}
+}
+
+// Step routes new events and attempts the deliveries due now; it reports
+// whether there may be more to do at once.
+func (d *Dispatcher) Step(ctx context.Context) bool {
+	n, err := d.store.FanOutEvents(ctx, fanOutBatch, d.route)
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
+	}
+	claimed, err := d.store.ClaimDeliveries(ctx, d.owner, d.now().UTC(), d.cfg.Lease, 4*d.cfg.Workers)
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("claiming webhook deliveries failed; retrying", "err", err.Error())
+	}
+	if len(claimed) > 0 {
+		d.deliverAll(ctx, claimed)
+	}
+	return n == fanOutBatch || len(claimed) > 0
+}
+
+// route creates an event's deliveries: one per endpoint of its tenant that
+// existed when the event happened and whose filter takes its type.
+func (d *Dispatcher) route(ev *repository.AuditEvent, endpoints []repository.WebhookEndpoint) []repository.WebhookDelivery {
+	if d.cfg.MirrorToLog {
+		d.log.Info("audit event", "tenant", ev.TenantID, "event_id", ev.UID, "event_type", ev.EventType, "actor", ev.Actor,
+			"provider", ev.ProviderID, "outcome", outcomeName(domain.Outcome(ev.Outcome)), "reason", ev.Reason,
+			"request_id", ev.RequestID, "time", ev.CreatedAt)
+	}
+	var out []repository.WebhookDelivery
+	var body string
+	for _, ep := range endpoints {
+		if ev.CreatedAt.Before(ep.CreatedAt) {
+			continue
+		}
+		if ep.EventTypes != "" && !slices.Contains(strings.Split(ep.EventTypes, ","), ev.EventType) {
+			continue
+		}
+		if body == "" {
+			body = Payload(ev)
+		}
+		now := d.now().UTC()
+		out = append(out, repository.WebhookDelivery{TenantID: ev.TenantID, EndpointID: ep.ID, EventUID: ev.UID,
+			EventType: ev.EventType, ProviderID: ev.ProviderID, EventTxID: ev.TxID, EventID: ev.ID, Payload: body,
+			State: repository.DeliveryPending, NextAttemptAt: now, CreatedAt: now, UpdatedAt: now})
+	}
+	return out
+}
+
+func outcomeName(o domain.Outcome) string {
+	switch o {
+	case domain.OutcomeSuccess:
+		return "SUCCESS"
+	case domain.OutcomeFailure:
+		return "FAILURE"
+	case domain.OutcomeDenied:
+		return "DENIED"
+	}
+	return "UNSPECIFIED"
+}
+
+// payload is the message body: the Standard Webhooks envelope (type,
+// timestamp, data) around the event as ListAuditEvents shows it.
+type payload struct {
+	Type      string    `json:"type"`
+	Timestamp time.Time `json:"timestamp"`
+	Data      eventData `json:"data"`
+}
+
+type eventData struct {
+	Name      string            `json:"name"`
+	EventType string            `json:"event_type"`
+	Actor     string            `json:"actor,omitempty"`
+	Provider  string            `json:"provider,omitempty"`
+	Outcome   string            `json:"outcome"`
+	Reason    string            `json:"reason,omitempty"`
+	RequestID string            `json:"request_id,omitempty"`
+	Details   map[string]string `json:"details,omitempty"`
+}
+
+// Payload is the JSON body delivered for ev.
+func Payload(ev *repository.AuditEvent) string {
+	p := payload{Type: ev.EventType, Timestamp: ev.CreatedAt.UTC(), Data: eventData{
+		Name: resname.AuditEventName(ev.TenantID, ev.UID), EventType: ev.EventType, Actor: ev.Actor,
+		Outcome: outcomeName(domain.Outcome(ev.Outcome)), Reason: ev.Reason, RequestID: ev.RequestID}}
+	if ev.ProviderID != "" {
+		p.Data.Provider = resname.ProviderName(ev.TenantID, ev.ProviderID)
+	}
+	if ev.Details != "" && ev.Details != "{}" {
+		_ = json.Unmarshal([]byte(ev.Details), &p.Data.Details)
+	}
+	b, _ := json.Marshal(p)
+	return string(b)
+}
+
+// deliverAll attempts the claimed deliveries with up to Workers at once.
+func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.WebhookDelivery) {
+	sem := make(chan struct{}, d.cfg.Workers)
+	var wg sync.WaitGroup
+	endpoints := map[string]*repository.WebhookEndpoint{}
+	for i := range claimed {
+		dl := &claimed[i]
+		k := dl.TenantID + "/" + dl.EndpointID
+		ep, ok := endpoints[k]
+		if !ok {
+			var err error
+			if ep, err = d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID); err != nil {
+				ep = nil
+			}
+			endpoints[k] = ep
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d.attempt(ctx, dl, ep)
+		}()
+	}
+	wg.Wait()
+}
+
+// attempt sends one delivery and records the outcome.
+func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint) {
+	var status int
+	var err error
+	if ep == nil {
+		err = errors.New("endpoint unavailable")
+	} else {
+		var secs = d.secrets(ep)
+		if secs == nil {
+			err = errNoSecret
+		} else {
+			status, err = d.send.Send(ctx, ep.URL, dl.EventUID, d.now(), []byte(dl.Payload), secs)
+		}
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the lease expires and the attempt is made again
+	}
+	dl.Attempts++
+	dl.LastStatus = status
+	if err == nil {
+		dl.State, dl.LastError = repository.DeliveryDelivered, ""
+	} else {
+		dl.LastError = err.Error()
+		if dl.Attempts >= d.cfg.MaxAttempts {
+			dl.State = repository.DeliveryDead
+			d.log.Warn("webhook delivery dead", "tenant", dl.TenantID, "endpoint", dl.EndpointID, "event_id", dl.EventUID,
+				"attempts", dl.Attempts)
+		} else {
+			dl.NextAttemptAt = d.now().UTC().Add(d.backoff(dl.Attempts))
+		}
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, ferr := d.store.FinishAttempt(fctx, dl, d.owner); ferr != nil {
+		d.log.Warn("recording a webhook attempt failed; it will be made again", "err", ferr.Error())
+	}
+}
+
+func (d *Dispatcher) secrets(ep *repository.WebhookEndpoint) []secret.Secret {
+	s, err := secrets(d.cipher, ep, d.now())
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// backoff is the delay before attempt n+1: exponential from BackoffBase,
+// capped at BackoffMax, with "equal jitter" (a uniform draw between half
+// and all of it, so deliveries failing together do not retry in step).
+func (d *Dispatcher) backoff(n int) time.Duration {
+	exp := float64(d.cfg.BackoffBase) * math.Pow(2, float64(n-1))
+	if exp > float64(d.cfg.BackoffMax) {
+		exp = float64(d.cfg.BackoffMax)
+	}
+	return time.Duration(exp/2 + mrand.Float64()*exp/2)
+}
