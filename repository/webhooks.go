@@ -364,8 +364,26 @@ func (s *Store) FinishAttempt(ctx context.Context, d *WebhookDelivery, owner str
 }
 
 // ListWebhookDeliveries pages through the deliveries to the tenant's
-// endpoint, newest first, optionally in one state (state < 0: any).
-func (s *Store) ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, beforeID int64, limit int) ([]WebhookDelivery, error) {
+// endpoint, newest first, optionally in one state (state < 0: any), after
+// the delivery of event afterUID ("": from the newest). An afterUID with no
+// delivery to the endpoint is an invalid-argument error on "page_token".
+func (s *Store) ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]WebhookDelivery, error) {
+	var beforeID int64
+	if afterUID != "" {
+		q, err := scoped(ctx, s.db, tenant)
+		if err != nil {
+			return nil, err
+		}
+		var ids []int64
+		if err := q.Model(&WebhookDelivery{}).Where("endpoint_id = ? AND event_uid = ?", endpointID, afterUID).
+			Limit(1).Pluck("id", &ids).Error; err != nil {
+			return nil, dbErr(err, "list webhook deliveries")
+		}
+		if len(ids) == 0 {
+			return nil, apperr.Invalid("page_token", "is not a valid page token")
+		}
+		beforeID = ids[0]
+	}
 	q, err := scoped(ctx, s.db, tenant)
 	if err != nil {
 		return nil, err

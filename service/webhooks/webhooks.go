@@ -30,7 +30,7 @@ type Store interface {
 	ListWebhookEndpoints(ctx context.Context, tenant, afterID string, limit int) ([]repository.WebhookEndpoint, error)
 	UpdateWebhookEndpoint(ctx context.Context, e *repository.WebhookEndpoint, expectedVersion int64, events ...*repository.AuditEvent) error
 	DeleteWebhookEndpoint(ctx context.Context, tenant, id string, events ...*repository.AuditEvent) error
-	ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, beforeID int64, limit int) ([]repository.WebhookDelivery, error)
+	ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]repository.WebhookDelivery, error)
 	DeliveryCounts(ctx context.Context, tenant, endpointID string) (map[int]int64, error)
 	RedeliverWebhookEvent(ctx context.Context, tenant, endpointID, eventUID string) error
 	FanOutEvents(ctx context.Context, limit int, route repository.Route) (int, error)
@@ -308,11 +308,11 @@ func (s *Service) RotateSecret(ctx context.Context, tenant, id string) (secret.S
 
 // ListDeliveries pages through the endpoint's deliveries, newest first,
 // optionally in one state (state < 0: any).
-func (s *Service) ListDeliveries(ctx context.Context, tenant, endpointID string, state int, beforeID int64, limit int) ([]Delivery, error) {
+func (s *Service) ListDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]Delivery, error) {
 	if _, err := s.store.GetWebhookEndpoint(ctx, tenant, endpointID); err != nil {
 		return nil, err
 	}
-	rows, err := s.store.ListWebhookDeliveries(ctx, tenant, endpointID, state, beforeID, limit)
+	rows, err := s.store.ListWebhookDeliveries(ctx, tenant, endpointID, state, afterUID, limit)
 	if err != nil {
 		return nil, err
 	}
