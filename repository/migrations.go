@@ -309,6 +309,16 @@ var migrations = []migration{
 				CONSTRAINT event_cursors_pkey PRIMARY KEY (name)
 			)`,
 		},
+		// The fan-out starts after the events that exist now (no endpoint
+		// existed for them): after every row of this transaction and of
+		// every one that ended before it.
+		postgres: []string{
+			`INSERT INTO event_cursors (name, txid, event_id)
+				SELECT 'webhooks', pg_current_xact_id()::text::bigint, COALESCE(max(id), 0) FROM audit_events`,
+		},
+		sqlite: []string{
+			`INSERT INTO event_cursors (name, txid, event_id) SELECT 'webhooks', 0, COALESCE(max(id), 0) FROM audit_events`,
+		},
 	},
 }
 

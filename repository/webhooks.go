@@ -253,17 +253,14 @@ type Route func(ev *AuditEvent, endpoints []WebhookEndpoint) []WebhookDelivery
 // the cursor past them. The cursor row is locked for the transaction, so
 // replicas fan out one at a time and every event is routed exactly once; a
 // delivery that exists already is kept (insert-ignore on endpoint and event
-// uid). It returns how many events were routed. A cursor that does not
-// exist yet starts at the end of the feed.
+// uid). It returns how many events were routed. Migration 0009 creates the
+// cursor after the events that existed then; were it missing, the fan-out
+// would start from the first event (never skip one).
 func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, error) {
-	start, err := s.FeedEnd(ctx)
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).
-			Create(&EventCursorRow{Name: webhookCursor, TxID: start.TxID, EventID: start.ID}).Error; err != nil {
+			Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
 			return err
 		}
 		var cur EventCursorRow
