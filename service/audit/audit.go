@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -146,7 +147,7 @@ func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		err := a.store.AppendAuditBatch(wctx, rows)
-		if apperr.KindOf(err) == apperr.KindUnavailable {
+		if retryable(err) {
 			return err
 		}
 		return retry.Permanent(err)
@@ -163,6 +164,18 @@ func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
 	for _, r := range rows {
 		a.writeBatch([]*repository.AuditEvent{r})
 	}
+}
+
+// retryable reports whether a failed batch may have failed for the
+// connection's sake: the database unreachable, or the connection lost
+// mid-statement (io.ErrUnexpectedEOF from a dying server, which the
+// repository does not yet classify as unavailable; the issue-15 classifier
+// replaces this check once merged). Retrying is safe even when the first
+// attempt committed: every event carries its idempotency key, and the
+// repository skips events already stored.
+func retryable(err error) bool {
+	return apperr.KindOf(err) == apperr.KindUnavailable || errors.Is(err, io.ErrUnexpectedEOF) ||
+		apperr.KindOf(err) == apperr.KindDeadlineExceeded
 }
 
 // Close stores what is queued and stops the writers. Events recorded after

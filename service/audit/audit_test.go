@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -510,4 +511,33 @@ func withoutUIDs(events []repository.AuditEvent) []repository.AuditEvent {
 		events[i].UID = ""
 	}
 	return events
+}
+
+// TestRecordRetriedAfterLostAckStoredOnce: the batch commits but the
+// connection dies before the acknowledgement (io.ErrUnexpectedEOF from a
+// dying PostgreSQL): the batch is retried with the same idempotency keys
+// and each event is stored once, with no false "lost" alarm.
+func TestRecordRetriedAfterLostAckStoredOnce(t *testing.T) {
+	t.Parallel()
+	st := servicetest.NewStore(nil)
+	var calls atomic.Int32
+	a, logs := newAuditor(t, &hookedStore{Store: st, before: func(events []*repository.AuditEvent) error {
+		if calls.Add(1) == 1 {
+			if err := st.AppendAuditBatch(context.Background(), events); err != nil {
+				return err
+			}
+			return fmt.Errorf("commit: %w", io.ErrUnexpectedEOF)
+		}
+		return nil
+	}})
+	a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventPermissionDenied})
+	if got := len(st.Events()); got != 1 {
+		t.Fatalf("stored %d events, want 1 (the retry must not double it)", got)
+	}
+	if calls.Load() != 2 {
+		t.Errorf("%d attempts, want 2 (a lost acknowledgement is retried)", calls.Load())
+	}
+	if strings.Contains(logs.String(), "AUDIT EVENT LOST") {
+		t.Errorf("a stored event was reported lost:\n%s", logs)
+	}
 }

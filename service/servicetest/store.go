@@ -521,6 +521,12 @@ func (s *Store) AppendAuditBatch(_ context.Context, events []*repository.AuditEv
 		}
 	}
 	for _, e := range events {
+		// The repository's idempotency key: a retried event is stored once.
+		if e.UID != "" && slices.ContainsFunc(s.audit, func(o repository.AuditEvent) bool {
+			return o.TenantID == e.TenantID && o.UID == e.UID && o.CreatedAt.Equal(e.CreatedAt)
+		}) {
+			continue
+		}
 		e.ID = int64(len(s.audit) + 1)
 		s.audit = append(s.audit, *e)
 	}
