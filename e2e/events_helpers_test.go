@@ -54,6 +54,8 @@ type evMessage struct {
 	Type     string
 	Name     string
 	Provider string
+	// Created is the event's time from the payload.
+	Created time.Time
 }
 
 // evReceiver is a webhook receiver (httptest) that verifies each message
@@ -95,15 +97,16 @@ func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	sec, _ := strconv.ParseInt(ts, 10, 64)
 	var p struct {
-		Type string `json:"type"`
-		Data struct {
+		Type      string    `json:"type"`
+		Timestamp time.Time `json:"timestamp"`
+		Data      struct {
 			Name     string `json:"name"`
 			Provider string `json:"provider"`
 		} `json:"data"`
 	}
 	_ = json.Unmarshal(body, &p)
 	r.got = append(r.got, evMessage{ID: id, Time: time.Unix(sec, 0), Received: time.Now(), Body: body, Type: p.Type,
-		Name: p.Data.Name, Provider: p.Data.Provider})
+		Name: p.Data.Name, Provider: p.Data.Provider, Created: p.Timestamp})
 	select {
 	case r.notify <- struct{}{}:
 	default:

@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"gorm.io/gorm"
@@ -312,45 +313,92 @@ func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, 
 }
 
 // ClaimDeliveries leases up to limit due deliveries to owner until now+lease:
-// pending, due, not leased by another live owner, and the first pending one
-// of their endpoint and provider in feed order (so deliveries of one
-// provider to one endpoint go out in order, one at a time). A delivery is
-// claimed by compare-and-swap on its lease, so two replicas never attempt
-// the same one at once.
+// pending, due, not leased by another live owner, and, for events about a
+// provider, the first pending one of their endpoint and provider in feed
+// order (so deliveries of one provider to one endpoint go out in order, one
+// at a time; events about no provider are not ordered). Deliveries are
+// claimed by compare-and-swap on their lease in one statement, so two
+// replicas never attempt the same one at once.
 func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]WebhookDelivery, error) {
 	var cands []WebhookDelivery
 	err := s.db.WithContext(ctx).
 		Where("d.state = ? AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)", DeliveryPending, now, now).
-		Where(`NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id AND e.endpoint_id = d.endpoint_id
-			AND e.provider_id = d.provider_id AND e.state = ? AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id))`, DeliveryPending).
+		Where(`(d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id
+			AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id AND e.state = ?
+			AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id)))`, DeliveryPending).
 		Where(`NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)`).
 		Table("webhook_deliveries AS d").Order("d.next_attempt_at").Limit(clampLimit(limit)).Find(&cands).Error
 	if err != nil {
 		return nil, dbErr(err, "find due deliveries")
 	}
+	if len(cands) == 0 {
+		return nil, nil
+	}
 	until := now.Add(lease)
+	ids := make([]int64, len(cands))
+	for i, d := range cands {
+		ids[i] = d.ID
+	}
+	// The lease is a fresh token per claim: rows that carry it afterwards
+	// are the ones this statement won.
+	token := owner + "/" + newAuditUID()[:8]
+	res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).
+		Where("id IN ? AND state = ? AND (lease_until IS NULL OR lease_until < ?)", ids, DeliveryPending, now).
+		Updates(map[string]any{"lease_owner": token, "lease_until": until})
+	if res.Error != nil {
+		return nil, dbErr(res.Error, "claim deliveries")
+	}
 	out := cands[:0]
+	if res.RowsAffected == 0 {
+		return out, nil
+	}
+	var won []int64
+	if err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id IN ? AND lease_owner = ?", ids, token).
+		Pluck("id", &won).Error; err != nil {
+		return nil, dbErr(err, "claim deliveries")
+	}
 	for _, d := range cands {
-		res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).
-			Where("id = ? AND state = ? AND (lease_until IS NULL OR lease_until < ?)", d.ID, DeliveryPending, now).
-			Updates(map[string]any{"lease_owner": owner, "lease_until": until})
-		if res.Error != nil {
-			return out, dbErr(res.Error, "claim delivery")
-		}
-		if res.RowsAffected == 1 {
-			d.LeaseOwner, d.LeaseUntil = owner, &until
+		if slices.Contains(won, d.ID) {
+			d.LeaseOwner, d.LeaseUntil = token, &until
 			out = append(out, d)
 		}
 	}
 	return out, nil
 }
 
-// FinishAttempt records the outcome of owner's attempt at d (its State,
+// FinishDelivered records that the deliveries done (each holding its lease
+// token in LeaseOwner and the answer's status in LastStatus) were
+// delivered, in one statement per token and status. Rows whose lease
+// another replica took over meanwhile are left alone.
+func (s *Store) FinishDelivered(ctx context.Context, done []WebhookDelivery) error {
+	type key struct {
+		token  string
+		status int
+	}
+	groups := map[key][]int64{}
+	for _, d := range done {
+		k := key{d.LeaseOwner, d.LastStatus}
+		groups[k] = append(groups[k], d.ID)
+	}
+	now := s.db.NowFunc()
+	for k, ids := range groups {
+		err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id IN ? AND lease_owner = ?", ids, k.token).
+			Updates(map[string]any{"state": DeliveryDelivered, "attempts": gorm.Expr("attempts + 1"), "last_status": k.status,
+				"last_error": "", "lease_owner": "", "lease_until": nil, "updated_at": now}).Error
+		if err != nil {
+			return dbErr(err, "finish deliveries")
+		}
+	}
+	return nil
+}
+
+// FinishAttempt records the outcome of an attempt at d (its State,
 // Attempts, NextAttemptAt, LastStatus and LastError as set by the caller)
-// and releases the lease. It reports false when owner no longer held the
-// lease (it expired and another replica took over): nothing is written.
-func (s *Store) FinishAttempt(ctx context.Context, d *WebhookDelivery, owner string) (bool, error) {
-	res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, owner).
+// and releases the lease held with the token in d.LeaseOwner. It reports
+// false when that lease was no longer held (it expired and another replica
+// took over): nothing is written.
+func (s *Store) FinishAttempt(ctx context.Context, d *WebhookDelivery) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, d.LeaseOwner).
 		Updates(map[string]any{"state": d.State, "attempts": d.Attempts, "next_attempt_at": d.NextAttemptAt,
 			"last_status": d.LastStatus, "last_error": d.LastError, "lease_owner": "", "lease_until": nil,
 			"updated_at": s.db.NowFunc()})

@@ -35,7 +35,7 @@ type DispatchConfig struct {
 	// Lease keeps other replicas off a delivery being attempted (default
 	// 30 s; longer than the sender's timeout).
 	Lease time.Duration
-	// Workers deliver in parallel (default 16).
+	// Workers deliver in parallel (default 32).
 	Workers int
 	// MirrorToLog writes every event to the log as it is fanned out (at
 	// least once), for a log pipeline.
@@ -81,7 +81,7 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 		cfg.Lease = 30 * time.Second
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 16
+		cfg.Workers = 32
 	}
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
@@ -89,8 +89,12 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 		owner: hex.EncodeToString(b)}, nil
 }
 
-// fanOutBatch bounds the events routed in one transaction.
-const fanOutBatch = 500
+// fanOutBatch bounds the events routed in one transaction; claimBatch the
+// deliveries claimed at once.
+const (
+	fanOutBatch = 500
+	claimBatch  = 500
+)
 
 // Run fans out and delivers until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) {
@@ -121,7 +125,7 @@ func (d *Dispatcher) Step(ctx context.Context) bool {
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
 	}
-	claimed, err := d.store.ClaimDeliveries(ctx, d.owner, d.now().UTC(), d.cfg.Lease, 4*d.cfg.Workers)
+	claimed, err := d.store.ClaimDeliveries(ctx, d.owner, d.now().UTC(), d.cfg.Lease, claimBatch)
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("claiming webhook deliveries failed; retrying", "err", err.Error())
 	}
@@ -205,16 +209,19 @@ func Payload(ev *repository.AuditEvent) string {
 	return string(b)
 }
 
-// deliverAll attempts the claimed deliveries with up to Workers at once.
+// deliverAll attempts the claimed deliveries with up to Workers at once,
+// then records the outcomes: the delivered ones in one statement, the
+// failed ones one by one with their next attempt.
 func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.WebhookDelivery) {
 	sem := make(chan struct{}, d.cfg.Workers)
 	var wg sync.WaitGroup
 	endpoints := map[string]*repository.WebhookEndpoint{}
+	ok := make([]bool, len(claimed))
 	for i := range claimed {
 		dl := &claimed[i]
 		k := dl.TenantID + "/" + dl.EndpointID
-		ep, ok := endpoints[k]
-		if !ok {
+		ep, found := endpoints[k]
+		if !found {
 			var err error
 			if ep, err = d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID); err != nil {
 				ep = nil
@@ -225,48 +232,58 @@ func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.Webhoo
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			d.attempt(ctx, dl, ep)
+			ok[i] = d.attempt(ctx, dl, ep)
 		}()
 	}
 	wg.Wait()
+	if ctx.Err() != nil {
+		return // shutting down: the leases expire and the attempts are made again
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var delivered []repository.WebhookDelivery
+	for i := range claimed {
+		if ok[i] {
+			delivered = append(delivered, claimed[i])
+			continue
+		}
+		if _, err := d.store.FinishAttempt(fctx, &claimed[i]); err != nil {
+			d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
+		}
+	}
+	if len(delivered) > 0 {
+		if err := d.store.FinishDelivered(fctx, delivered); err != nil {
+			d.log.Warn("recording webhook deliveries failed; they will be made again", "err", err.Error())
+		}
+	}
 }
 
-// attempt sends one delivery and records the outcome.
-func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint) {
+// attempt sends one delivery and reports whether it was delivered; a
+// failure sets the delivery's next attempt, or makes it dead.
+func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint) bool {
 	var status int
 	var err error
 	if ep == nil {
 		err = errors.New("endpoint unavailable")
+	} else if secs := d.secrets(ep); secs == nil {
+		err = errNoSecret
 	} else {
-		var secs = d.secrets(ep)
-		if secs == nil {
-			err = errNoSecret
-		} else {
-			status, err = d.send.Send(ctx, ep.URL, dl.EventUID, d.now(), []byte(dl.Payload), secs)
-		}
+		status, err = d.send.Send(ctx, ep.URL, dl.EventUID, d.now(), []byte(dl.Payload), secs)
 	}
-	if ctx.Err() != nil {
-		return // shutting down: the lease expires and the attempt is made again
-	}
-	dl.Attempts++
 	dl.LastStatus = status
 	if err == nil {
-		dl.State, dl.LastError = repository.DeliveryDelivered, ""
+		return true
+	}
+	dl.Attempts++
+	dl.LastError = err.Error()
+	if dl.Attempts >= d.cfg.MaxAttempts {
+		dl.State = repository.DeliveryDead
+		d.log.Warn("webhook delivery dead", "tenant", dl.TenantID, "endpoint", dl.EndpointID, "event_id", dl.EventUID,
+			"attempts", dl.Attempts)
 	} else {
-		dl.LastError = err.Error()
-		if dl.Attempts >= d.cfg.MaxAttempts {
-			dl.State = repository.DeliveryDead
-			d.log.Warn("webhook delivery dead", "tenant", dl.TenantID, "endpoint", dl.EndpointID, "event_id", dl.EventUID,
-				"attempts", dl.Attempts)
-		} else {
-			dl.NextAttemptAt = d.now().UTC().Add(d.backoff(dl.Attempts))
-		}
+		dl.NextAttemptAt = d.now().UTC().Add(d.backoff(dl.Attempts))
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, ferr := d.store.FinishAttempt(fctx, dl, d.owner); ferr != nil {
-		d.log.Warn("recording a webhook attempt failed; it will be made again", "err", ferr.Error())
-	}
+	return false
 }
 
 func (d *Dispatcher) secrets(ep *repository.WebhookEndpoint) []secret.Secret {

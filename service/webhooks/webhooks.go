@@ -35,7 +35,8 @@ type Store interface {
 	RedeliverWebhookEvent(ctx context.Context, tenant, endpointID, eventUID string) error
 	FanOutEvents(ctx context.Context, limit int, route repository.Route) (int, error)
 	ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]repository.WebhookDelivery, error)
-	FinishAttempt(ctx context.Context, d *repository.WebhookDelivery, owner string) (bool, error)
+	FinishAttempt(ctx context.Context, d *repository.WebhookDelivery) (bool, error)
+	FinishDelivered(ctx context.Context, done []repository.WebhookDelivery) error
 }
 
 var _ Store = (*repository.Store)(nil)
