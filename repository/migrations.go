@@ -300,7 +300,7 @@ var migrations = []migration{
 					REFERENCES webhook_endpoints (tenant_id, id) ON DELETE CASCADE
 			)`,
 			`CREATE UNIQUE INDEX uniq_webhook_delivery ON webhook_deliveries (tenant_id, endpoint_id, event_uid)`,
-			`CREATE INDEX idx_webhook_delivery_due ON webhook_deliveries (state, next_attempt_at)`,
+			`CREATE INDEX idx_webhook_delivery_due ON webhook_deliveries (state, event_txid, event_id)`,
 			`CREATE INDEX idx_webhook_delivery_order ON webhook_deliveries (tenant_id, endpoint_id, provider_id, state, event_txid, event_id)`,
 			`CREATE TABLE event_cursors (
 				name varchar(63) NOT NULL,

@@ -3,7 +3,6 @@ package repository
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 
 	"gorm.io/gorm"
@@ -312,58 +311,73 @@ func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, 
 	return n, dbErr(err, "fan out events")
 }
 
-// ClaimDeliveries leases up to limit due deliveries to owner until now+lease:
-// pending, due, not leased by another live owner, and, for events about a
-// provider, the first pending one of their endpoint and provider in feed
-// order (so deliveries of one provider to one endpoint go out in order, one
-// at a time; events about no provider are not ordered). Deliveries are
-// claimed by compare-and-swap on their lease in one statement, so two
-// replicas never attempt the same one at once.
+// claimLockKey serialises ClaimDeliveries across replicas (PostgreSQL
+// advisory lock, held for the claim's short transaction only).
+const claimLockKey = 0x6d6370776864 // "mcpwhd"
+
+// ClaimDeliveries leases up to limit due deliveries to owner until
+// now+lease, in feed order: pending, due, not leased by a live owner, and,
+// for events about a provider, with no earlier pending delivery of the same
+// endpoint and provider that is leased or waiting for a retry. So a batch
+// may hold several deliveries of one group (endpoint and provider), which
+// the caller sends one after the other in the order returned, stopping at
+// the first failure; no other replica can take a later one meanwhile, since
+// claims are serialised and the earlier ones are leased. Events about no
+// provider are not ordered. The lease owner recorded is a fresh token per
+// claim (in LeaseOwner of the rows returned).
 func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]WebhookDelivery, error) {
-	var cands []WebhookDelivery
-	err := s.db.WithContext(ctx).
-		Where("d.state = ? AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)", DeliveryPending, now, now).
-		Where(`(d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id
-			AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id AND e.state = ?
-			AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id)))`, DeliveryPending).
-		Where(`NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)`).
-		Table("webhook_deliveries AS d").Order("d.next_attempt_at").Limit(clampLimit(limit)).Find(&cands).Error
-	if err != nil {
-		return nil, dbErr(err, "find due deliveries")
-	}
-	if len(cands) == 0 {
-		return nil, nil
-	}
-	until := now.Add(lease)
-	ids := make([]int64, len(cands))
-	for i, d := range cands {
-		ids[i] = d.ID
-	}
-	// The lease is a fresh token per claim: rows that carry it afterwards
-	// are the ones this statement won.
-	token := owner + "/" + newAuditUID()[:8]
-	res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).
-		Where("id IN ? AND state = ? AND (lease_until IS NULL OR lease_until < ?)", ids, DeliveryPending, now).
-		Updates(map[string]any{"lease_owner": token, "lease_until": until})
-	if res.Error != nil {
-		return nil, dbErr(res.Error, "claim deliveries")
-	}
-	out := cands[:0]
-	if res.RowsAffected == 0 {
-		return out, nil
-	}
-	var won []int64
-	if err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id IN ? AND lease_owner = ?", ids, token).
-		Pluck("id", &won).Error; err != nil {
-		return nil, dbErr(err, "claim deliveries")
-	}
-	for _, d := range cands {
-		if slices.Contains(won, d.ID) {
+	var out []WebhookDelivery
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if s.db.Dialector.Name() == "postgres" {
+			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", claimLockKey).Error; err != nil {
+				return err
+			}
+		}
+		var cands []WebhookDelivery
+		err := tx.Table("webhook_deliveries AS d").
+			Where("d.state = ? AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)", DeliveryPending, now, now).
+			Where(`(d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id
+				AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id AND e.state = ?
+				AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id)
+				AND (e.lease_until >= ? OR e.next_attempt_at > ?)))`, DeliveryPending, now, now).
+			Where(`NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)`).
+			Order("d.event_txid, d.event_id").Limit(clampLimit(limit)).Find(&cands).Error
+		if err != nil || len(cands) == 0 {
+			return err
+		}
+		ids := make([]int64, len(cands))
+		for i, d := range cands {
+			ids[i] = d.ID
+		}
+		token := owner + "/" + newAuditUID()[:8]
+		until := now.Add(lease)
+		if err := tx.Model(&WebhookDelivery{}).Where("id IN ?", ids).
+			Updates(map[string]any{"lease_owner": token, "lease_until": until}).Error; err != nil {
+			return err
+		}
+		for _, d := range cands {
 			d.LeaseOwner, d.LeaseUntil = token, &until
 			out = append(out, d)
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, dbErr(err, "claim deliveries")
 	}
 	return out, nil
+}
+
+// ReleaseDeliveries gives back the leases of deliveries not attempted (the
+// followers of a failed delivery in their group), unchanged otherwise.
+func (s *Store) ReleaseDeliveries(ctx context.Context, ds []WebhookDelivery) error {
+	for _, d := range ds {
+		err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, d.LeaseOwner).
+			Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
+		if err != nil {
+			return dbErr(err, "release deliveries")
+		}
+	}
+	return nil
 }
 
 // FinishDelivered records that the deliveries done (each holding its lease

@@ -209,30 +209,62 @@ func Payload(ev *repository.AuditEvent) string {
 	return string(b)
 }
 
-// deliverAll attempts the claimed deliveries with up to Workers at once,
-// then records the outcomes: the delivered ones in one statement, the
-// failed ones one by one with their next attempt.
+// deliverAll attempts the claimed deliveries, up to Workers groups at once;
+// the deliveries of one group (endpoint and provider) go one after the
+// other in feed order, and a failure stops its group (the rest are released
+// untried, to follow the failed one after its retry). Then it records the
+// outcomes: the delivered ones in one statement, the failed ones one by one
+// with their next attempt.
 func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.WebhookDelivery) {
-	sem := make(chan struct{}, d.cfg.Workers)
-	var wg sync.WaitGroup
+	type group struct{ idx []int }
+	var order []string
+	groups := map[string]*group{}
+	for i, dl := range claimed {
+		k := dl.TenantID + "/" + dl.EndpointID + "/" + dl.ProviderID
+		if dl.ProviderID == "" {
+			k += "#" + dl.EventUID // events about no provider are not ordered
+		}
+		g, ok := groups[k]
+		if !ok {
+			g = &group{}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.idx = append(g.idx, i)
+	}
 	endpoints := map[string]*repository.WebhookEndpoint{}
-	ok := make([]bool, len(claimed))
-	for i := range claimed {
-		dl := &claimed[i]
+	for _, dl := range claimed {
 		k := dl.TenantID + "/" + dl.EndpointID
-		ep, found := endpoints[k]
-		if !found {
-			var err error
-			if ep, err = d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID); err != nil {
+		if _, ok := endpoints[k]; !ok {
+			ep, err := d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID)
+			if err != nil {
 				ep = nil
 			}
 			endpoints[k] = ep
 		}
+	}
+	const (
+		untried = iota
+		delivered
+		failed
+	)
+	result := make([]int, len(claimed))
+	sem := make(chan struct{}, d.cfg.Workers)
+	var wg sync.WaitGroup
+	for _, k := range order {
+		g := groups[k]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ok[i] = d.attempt(ctx, dl, ep)
+			for _, i := range g.idx {
+				dl := &claimed[i]
+				if !d.attempt(ctx, dl, endpoints[dl.TenantID+"/"+dl.EndpointID]) {
+					result[i] = failed
+					return
+				}
+				result[i] = delivered
+			}
 		}()
 	}
 	wg.Wait()
@@ -241,19 +273,27 @@ func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.Webhoo
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	var delivered []repository.WebhookDelivery
+	var done, release []repository.WebhookDelivery
 	for i := range claimed {
-		if ok[i] {
-			delivered = append(delivered, claimed[i])
-			continue
-		}
-		if _, err := d.store.FinishAttempt(fctx, &claimed[i]); err != nil {
-			d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
+		switch result[i] {
+		case delivered:
+			done = append(done, claimed[i])
+		case untried:
+			release = append(release, claimed[i])
+		case failed:
+			if _, err := d.store.FinishAttempt(fctx, &claimed[i]); err != nil {
+				d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
+			}
 		}
 	}
-	if len(delivered) > 0 {
-		if err := d.store.FinishDelivered(fctx, delivered); err != nil {
+	if len(done) > 0 {
+		if err := d.store.FinishDelivered(fctx, done); err != nil {
 			d.log.Warn("recording webhook deliveries failed; they will be made again", "err", err.Error())
+		}
+	}
+	if len(release) > 0 {
+		if err := d.store.ReleaseDeliveries(fctx, release); err != nil {
+			d.log.Warn("releasing webhook deliveries failed; their leases expire", "err", err.Error())
 		}
 	}
 }

@@ -37,6 +37,7 @@ type Store interface {
 	ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]repository.WebhookDelivery, error)
 	FinishAttempt(ctx context.Context, d *repository.WebhookDelivery) (bool, error)
 	FinishDelivered(ctx context.Context, done []repository.WebhookDelivery) error
+	ReleaseDeliveries(ctx context.Context, ds []repository.WebhookDelivery) error
 }
 
 var _ Store = (*repository.Store)(nil)
