@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -23,8 +25,14 @@ import (
 // consumers delivered per second, and events per second fully delivered.
 //
 //	go test -run '^$' -bench BenchmarkEventPipeline -benchtime 10000x ./e2e/
+//
+// MCPAUTH_BENCH_EVENTS_RATE sets another rate (events/s, a multiple of 100).
 func BenchmarkEventPipeline(b *testing.B) {
-	const consumers, rate = 10, 1000
+	const consumers = 10
+	rate := 1000
+	if v, err := strconv.Atoi(os.Getenv("MCPAUTH_BENCH_EVENTS_RATE")); err == nil && v >= 100 {
+		rate = v
+	}
 	s := Start(b, Options{Postgres: true, Env: evEnv(map[string]string{"MCPAUTH_EVENTS_POLL": "250ms"})})
 	recv := make([]*evReceiver, consumers)
 	for i := range recv {
@@ -69,7 +77,7 @@ func BenchmarkEventPipeline(b *testing.B) {
 	st := s.Store()
 	b.ResetTimer()
 	start := time.Now()
-	tick := time.NewTicker(time.Second / (rate / 10))
+	tick := time.NewTicker(time.Second / time.Duration(rate/10))
 	for sent := 0; sent < b.N; {
 		<-tick.C
 		n := min(10, b.N-sent)

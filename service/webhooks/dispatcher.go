@@ -93,16 +93,40 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 // deliveries claimed at once.
 const (
 	fanOutBatch = 500
-	claimBatch  = 500
+	claimBatch  = 1000
 )
 
-// Run fans out and delivers until ctx ends.
+// Run fans out and delivers until ctx ends: two loops, so that routing
+// new events and sending routed ones overlap.
 func (d *Dispatcher) Run(ctx context.Context) {
+	routed := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.loop(ctx, nil, func() bool {
+			n := d.fanOut(ctx)
+			if n > 0 {
+				select {
+				case routed <- struct{}{}:
+				default:
+				}
+			}
+			return n == fanOutBatch
+		})
+	}()
+	d.loop(ctx, routed, func() bool { return d.deliverDue(ctx) > 0 })
+	wg.Wait()
+}
+
+// loop runs step until ctx ends; while step reports more work it runs again
+// at once, otherwise it waits for a wake-up, extra, or the poll interval.
+func (d *Dispatcher) loop(ctx context.Context, extra <-chan struct{}, step func() bool) {
 	t := time.NewTicker(d.cfg.Poll)
 	defer t.Stop()
 	for {
 		woken := d.wake.C()
-		busy := d.Step(ctx)
+		busy := step()
 		if ctx.Err() != nil {
 			return
 		}
@@ -113,6 +137,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-woken:
+		case <-extra:
 		case <-t.C:
 		}
 	}
@@ -121,10 +146,19 @@ func (d *Dispatcher) Run(ctx context.Context) {
 // Step routes new events and attempts the deliveries due now; it reports
 // whether there may be more to do at once.
 func (d *Dispatcher) Step(ctx context.Context) bool {
+	n := d.fanOut(ctx)
+	return d.deliverDue(ctx) > 0 || n == fanOutBatch
+}
+
+func (d *Dispatcher) fanOut(ctx context.Context) int {
 	n, err := d.store.FanOutEvents(ctx, fanOutBatch, d.route)
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
 	}
+	return n
+}
+
+func (d *Dispatcher) deliverDue(ctx context.Context) int {
 	claimed, err := d.store.ClaimDeliveries(ctx, d.owner, d.now().UTC(), d.cfg.Lease, claimBatch)
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("claiming webhook deliveries failed; retrying", "err", err.Error())
@@ -132,7 +166,7 @@ func (d *Dispatcher) Step(ctx context.Context) bool {
 	if len(claimed) > 0 {
 		d.deliverAll(ctx, claimed)
 	}
-	return n == fanOutBatch || len(claimed) > 0
+	return len(claimed)
 }
 
 // route creates an event's deliveries: one per endpoint of its tenant that
