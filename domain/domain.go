@@ -94,6 +94,13 @@ const (
 	EventEgressBlocked       EventType = "egress.blocked"
 	EventToolCalled          EventType = "mcp.tool.called"
 	EventToolsRefreshed      EventType = "mcp.tools.refreshed"
+	// EventAuthServerChanged: the protected resource metadata names a new
+	// authorization server (details.old_issuer, details.new_issuer).
+	EventAuthServerChanged EventType = "oauth.authorization_server.changed"
+	// EventChallengeRecorded: an MCP request was refused with a Bearer
+	// challenge that changed the provider's status (details.status,
+	// details.error).
+	EventChallengeRecorded EventType = "mcp.challenge.recorded"
 	// EventWebhookChanged: a webhook endpoint was created, updated,
 	// deleted or had its secret rotated (details.endpoint, details.change).
 	EventWebhookChanged EventType = "webhook.endpoint.changed"
@@ -105,7 +112,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed, EventWebhookChanged,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an
