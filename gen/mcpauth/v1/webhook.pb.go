@@ -1242,14 +1242,13 @@ const file_mcpauth_v1_webhook_proto_rawDesc = "" +
 	"\"WEBHOOK_DELIVERY_STATE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eWEBHOOK_DELIVERY_STATE_PENDING\x10\x01\x12$\n" +
 	" WEBHOOK_DELIVERY_STATE_DELIVERED\x10\x02\x12\x1f\n" +
-	"\x1bWEBHOOK_DELIVERY_STATE_DEAD\x10\x032\xf5\n" +
-	"\n" +
+	"\x1bWEBHOOK_DELIVERY_STATE_DEAD\x10\x032\x87\v\n" +
 	"\x0eWebhookService\x12\xaf\x01\n" +
-	"\x15CreateWebhookEndpoint\x12(.mcpauth.v1.CreateWebhookEndpointRequest\x1a).mcpauth.v1.CreateWebhookEndpointResponse\"A\x82\xd3\xe4\x93\x02;:\x10webhook_endpoint\"'/v1/{parent=tenants/*}/webhookEndpoints\x12\x94\x01\n" +
-	"\x12GetWebhookEndpoint\x12%.mcpauth.v1.GetWebhookEndpointRequest\x1a&.mcpauth.v1.GetWebhookEndpointResponse\"/\x82\xd3\xe4\x93\x02)\x12'/v1/{name=tenants/*/webhookEndpoints/*}\x12\x9a\x01\n" +
+	"\x15CreateWebhookEndpoint\x12(.mcpauth.v1.CreateWebhookEndpointRequest\x1a).mcpauth.v1.CreateWebhookEndpointResponse\"A\x82\xd3\xe4\x93\x02;:\x10webhook_endpoint\"'/v1/{parent=tenants/*}/webhookEndpoints\x12\x9d\x01\n" +
+	"\x12GetWebhookEndpoint\x12%.mcpauth.v1.GetWebhookEndpointRequest\x1a&.mcpauth.v1.GetWebhookEndpointResponse\"8\x82\xd3\xe4\x93\x022\x120/v1/webhooks/{name=tenants/*/webhookEndpoints/*}\x12\x9a\x01\n" +
 	"\x14ListWebhookEndpoints\x12'.mcpauth.v1.ListWebhookEndpointsRequest\x1a(.mcpauth.v1.ListWebhookEndpointsResponse\"/\x82\xd3\xe4\x93\x02)\x12'/v1/{parent=tenants/*}/webhookEndpoints\x12\xc0\x01\n" +
-	"\x15UpdateWebhookEndpoint\x12(.mcpauth.v1.UpdateWebhookEndpointRequest\x1a).mcpauth.v1.UpdateWebhookEndpointResponse\"R\x82\xd3\xe4\x93\x02L:\x10webhook_endpoint28/v1/{webhook_endpoint.name=tenants/*/webhookEndpoints/*}\x12\x9d\x01\n" +
-	"\x15DeleteWebhookEndpoint\x12(.mcpauth.v1.DeleteWebhookEndpointRequest\x1a).mcpauth.v1.DeleteWebhookEndpointResponse\"/\x82\xd3\xe4\x93\x02)*'/v1/{name=tenants/*/webhookEndpoints/*}\x12\xbf\x01\n" +
+	"\x15UpdateWebhookEndpoint\x12(.mcpauth.v1.UpdateWebhookEndpointRequest\x1a).mcpauth.v1.UpdateWebhookEndpointResponse\"R\x82\xd3\xe4\x93\x02L:\x10webhook_endpoint28/v1/{webhook_endpoint.name=tenants/*/webhookEndpoints/*}\x12\xa6\x01\n" +
+	"\x15DeleteWebhookEndpoint\x12(.mcpauth.v1.DeleteWebhookEndpointRequest\x1a).mcpauth.v1.DeleteWebhookEndpointResponse\"8\x82\xd3\xe4\x93\x022*0/v1/webhooks/{name=tenants/*/webhookEndpoints/*}\x12\xbf\x01\n" +
 	"\x1bRotateWebhookEndpointSecret\x12..mcpauth.v1.RotateWebhookEndpointSecretRequest\x1a/.mcpauth.v1.RotateWebhookEndpointSecretResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{name=tenants/*/webhookEndpoints/*}:rotateSecret\x12\xaa\x01\n" +
 	"\x15ListWebhookDeliveries\x12(.mcpauth.v1.ListWebhookDeliveriesRequest\x1a).mcpauth.v1.ListWebhookDeliveriesResponse\"<\x82\xd3\xe4\x93\x026\x124/v1/{parent=tenants/*/webhookEndpoints/*}/deliveries\x12\xaa\x01\n" +
 	"\x15RedeliverWebhookEvent\x12(.mcpauth.v1.RedeliverWebhookEventRequest\x1a).mcpauth.v1.RedeliverWebhookEventResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/{name=tenants/*/webhookEndpoints/*}:redeliverB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"

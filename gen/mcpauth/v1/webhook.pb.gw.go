@@ -481,7 +481,7 @@ func RegisterWebhookServiceHandlerServer(ctx context.Context, mux *runtime.Serve
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/mcpauth.v1.WebhookService/GetWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/{name=tenants/*/webhookEndpoints/*}"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/mcpauth.v1.WebhookService/GetWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/webhooks/{name=tenants/*/webhookEndpoints/*}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -541,7 +541,7 @@ func RegisterWebhookServiceHandlerServer(ctx context.Context, mux *runtime.Serve
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/mcpauth.v1.WebhookService/DeleteWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/{name=tenants/*/webhookEndpoints/*}"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/mcpauth.v1.WebhookService/DeleteWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/webhooks/{name=tenants/*/webhookEndpoints/*}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -676,7 +676,7 @@ func RegisterWebhookServiceHandlerClient(ctx context.Context, mux *runtime.Serve
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/mcpauth.v1.WebhookService/GetWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/{name=tenants/*/webhookEndpoints/*}"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/mcpauth.v1.WebhookService/GetWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/webhooks/{name=tenants/*/webhookEndpoints/*}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -727,7 +727,7 @@ func RegisterWebhookServiceHandlerClient(ctx context.Context, mux *runtime.Serve
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/mcpauth.v1.WebhookService/DeleteWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/{name=tenants/*/webhookEndpoints/*}"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/mcpauth.v1.WebhookService/DeleteWebhookEndpoint", runtime.WithHTTPPathPattern("/v1/webhooks/{name=tenants/*/webhookEndpoints/*}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -796,10 +796,10 @@ func RegisterWebhookServiceHandlerClient(ctx context.Context, mux *runtime.Serve
 
 var (
 	pattern_WebhookService_CreateWebhookEndpoint_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "tenants", "parent", "webhookEndpoints"}, ""))
-	pattern_WebhookService_GetWebhookEndpoint_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "tenants", "webhookEndpoints", "name"}, ""))
+	pattern_WebhookService_GetWebhookEndpoint_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 2, 3, 1, 0, 4, 4, 5, 4}, []string{"v1", "webhooks", "tenants", "webhookEndpoints", "name"}, ""))
 	pattern_WebhookService_ListWebhookEndpoints_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "tenants", "parent", "webhookEndpoints"}, ""))
 	pattern_WebhookService_UpdateWebhookEndpoint_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "tenants", "webhookEndpoints", "webhook_endpoint.name"}, ""))
-	pattern_WebhookService_DeleteWebhookEndpoint_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "tenants", "webhookEndpoints", "name"}, ""))
+	pattern_WebhookService_DeleteWebhookEndpoint_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 2, 2, 1, 0, 2, 3, 1, 0, 4, 4, 5, 4}, []string{"v1", "webhooks", "tenants", "webhookEndpoints", "name"}, ""))
 	pattern_WebhookService_RotateWebhookEndpointSecret_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "tenants", "webhookEndpoints", "name"}, "rotateSecret"))
 	pattern_WebhookService_ListWebhookDeliveries_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "tenants", "webhookEndpoints", "parent", "deliveries"}, ""))
 	pattern_WebhookService_RedeliverWebhookEvent_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "tenants", "webhookEndpoints", "name"}, "redeliver"))
