@@ -41,6 +41,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
+	"github.com/mcpauth/mcpauth/workload"
 )
 
 // Version is reported to authorization and MCP servers as the client
@@ -274,8 +275,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	workloadFiles, err := workload.NewFiles(cfg.WorkloadTokenDirs)
+	if err != nil {
+		return nil, err
+	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Log: log, Metrics: a.metrics,
+		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles},
 		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
 		return nil, err
@@ -296,7 +302,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		return nil, err
 	}
 	providerUC, err := providers.New(providers.Deps{Store: a.store, Cipher: a.keys, Audit: auditor, Log: log,
-		Revoker: tokens, Prober: toolUC})
+		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL)})
 	if err != nil {
 		return nil, err
 	}
@@ -352,7 +358,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	}
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
 		Metrics: publicMetrics, CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
-		Ready: a.ready})
+		Ready: a.ready, JWKS: providerUC})
 	a.http = server.NewHTTPServer(cfg.HTTPAddr, handler, a.tlsConfig, log)
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()

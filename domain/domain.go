@@ -94,6 +94,8 @@ const (
 	EventEgressBlocked       EventType = "egress.blocked"
 	EventToolCalled          EventType = "mcp.tool.called"
 	EventToolsRefreshed      EventType = "mcp.tools.refreshed"
+	EventTokenObtained       EventType = "oauth.token.obtained"
+	EventTokenObtainFailed   EventType = "oauth.token.obtain_failed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -102,7 +104,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed,
+	EventToolsRefreshed, EventTokenObtained, EventTokenObtainFailed,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

@@ -42,6 +42,9 @@ type Registration struct {
 	RedirectURI string
 	// ExpiresAt is when the client secret expires; zero means never.
 	ExpiresAt time.Time
+	// ClientKey, when set, authenticates the client with private_key_jwt
+	// (RFC 7523 section 2.2) instead of a secret.
+	ClientKey *ClientKey
 }
 
 // RegisterDynamic registers a client with RFC 7591 dynamic client
@@ -174,10 +177,13 @@ func supportsAuth(advertised []string, method string) bool {
 // registration response, or the operator's choice for a pre-registered
 // client) wins when it is basic or post. Otherwise basic is preferred over
 // post. A secret-holding client at a server that supports neither is an
-// error.
+// error. A client holding a key (ClientKey) uses private_key_jwt.
 func ChooseAuthMethod(reg *Registration, advertised []string) (string, error) {
 	if reg == nil {
 		return "", errors.New("no registration")
+	}
+	if reg.ClientKey != nil {
+		return AuthPrivateKeyJWT, nil
 	}
 	if reg.Method == domain.RegCIMD || reg.ClientSecret.IsZero() || reg.AuthMethod == AuthNone {
 		return AuthNone, nil

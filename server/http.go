@@ -106,6 +106,8 @@ type HTTPDeps struct {
 	Ready       func(ctx context.Context) error
 	CORSOrigins []string
 	TLS         bool
+	// JWKS serves providers' public client keys; nil serves none.
+	JWKS JWKSSource
 }
 
 // NewHTTPHandler assembles the HTTP port: the browser routes of the OAuth
@@ -115,6 +117,9 @@ func NewHTTPHandler(d HTTPDeps) http.Handler {
 	mux := http.NewServeMux()
 	if d.Browser != nil {
 		d.Browser.Register(mux)
+	}
+	if d.JWKS != nil {
+		mux.Handle("GET "+JWKSPathPrefix+"{tenant}/{provider}", jwksHandler(d.JWKS))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -239,7 +239,7 @@ func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauth
 func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
 	if d.Row.ClientID != "" {
 		reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
-			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL}
+			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL, ClientKey: d.ClientKey}
 		method, err := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
 		if err != nil {
 			return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
@@ -370,6 +370,11 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	d, err := s.loadProvider(ctx, in.Tenant, in.Provider)
 	if err != nil {
 		return nil, err
+	}
+	if d.Kind != domain.KindAuthorizationCode {
+		// Tokens of other kinds are obtained without a person (GetAccessToken).
+		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
 	ctx = audit.WithScope(ctx, tenant, id)
@@ -676,7 +681,7 @@ func (s *Service) flowRegistration(ctx context.Context, row *repository.Provider
 		if row.ClientID != rec.ClientID {
 			return nil, errors.New("pre-registered client changed")
 		}
-		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI}, nil
+		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI, ClientKey: d.ClientKey}, nil
 	case domain.RegCIMD:
 		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: rec.ClientID, AuthMethod: oauthclient.AuthNone, RedirectURI: rec.RedirectURI}, nil
 	case domain.RegDynamic:

@@ -151,6 +151,15 @@ const (
 	// "mcp.tool.called": CallTool called a tool (SUCCESS, even when the tool
 	// reported an error) or failed (FAILURE with the call's ErrorReason).
 	AuditEventType_AUDIT_EVENT_TYPE_MCP_TOOL_CALLED AuditEventType = 21
+	// "oauth.token.obtained": a token was obtained without a person
+	// (client credentials or JWT bearer grant) (SUCCESS; details.kind,
+	// details.grant_type, details.auth_method).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED AuditEventType = 80
+	// "oauth.token.obtain_failed": obtaining a token without a person failed
+	// (FAILURE, reason INVALID_GRANT, INVALID_CLIENT, INVALID_SCOPE,
+	// UNAUTHORIZED_CLIENT, GRANT_REFUSED, ASSERTION_UNAVAILABLE or
+	// UNAVAILABLE; details.kind, details.oauth_error).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED AuditEventType = 81
 )
 
 // Enum value maps for AuditEventType.
@@ -178,6 +187,8 @@ var (
 		19: "AUDIT_EVENT_TYPE_EGRESS_BLOCKED",
 		20: "AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED",
 		21: "AUDIT_EVENT_TYPE_MCP_TOOL_CALLED",
+		80: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED",
+		81: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED",
 	}
 	AuditEventType_value = map[string]int32{
 		"AUDIT_EVENT_TYPE_UNSPECIFIED":                 0,
@@ -202,6 +213,8 @@ var (
 		"AUDIT_EVENT_TYPE_EGRESS_BLOCKED":              19,
 		"AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED":         20,
 		"AUDIT_EVENT_TYPE_MCP_TOOL_CALLED":             21,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED":        80,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED":   81,
 	}
 )
 
@@ -553,7 +566,7 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xcd\a\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xa8\b\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
@@ -577,7 +590,9 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"'AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED\x10\x12\x12#\n" +
 	"\x1fAUDIT_EVENT_TYPE_EGRESS_BLOCKED\x10\x13\x12(\n" +
 	"$AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED\x10\x14\x12$\n" +
-	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x152\x97\x01\n" +
+	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x15\x12)\n" +
+	"%AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED\x10P\x12.\n" +
+	"*AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED\x10Q2\x97\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
 	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
