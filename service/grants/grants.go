@@ -277,7 +277,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	}
 	cred, h, err := s.load(ctx, tenant, id)
 	if err != nil {
-		return s.obtainIfMachine(ctx, tenant, id, err)
+		return s.obtainIfMachine(ctx, tenant, id, cred, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now)

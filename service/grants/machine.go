@@ -52,13 +52,23 @@ var (
 // obtainIfMachine is Get's answer when the provider holds no usable grant:
 // a provider of a kind without a person gets its first token now, under
 // the same one-at-a-time guard as refreshes; any other keeps loadErr.
-func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, loadErr error) (*Token, error) {
-	if e, ok := apperr.As(loadErr); !ok || e.Reason != domain.ReasonNotAuthorized {
+// A grant such a kind marked dead answers with the server's error as its
+// reason again, without asking the server.
+func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *repository.Credential, loadErr error) (*Token, error) {
+	e, ok := apperr.As(loadErr)
+	if !ok || e.Reason != domain.ReasonNotAuthorized && e.Reason != domain.ReasonReauthRequired {
 		return nil, loadErr
 	}
 	row, err := s.store.GetProvider(ctx, tenant, id)
 	if err != nil || !domain.CredentialKind(row.CredentialKind).Machine() {
 		return nil, loadErr
+	}
+	if e.Reason == domain.ReasonReauthRequired {
+		if cred == nil || cred.Reason == "" {
+			return nil, loadErr
+		}
+		return nil, apperr.FailedPrecondition(cred.Reason, "the authorization server refused the last %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
+			domain.CredentialKind(row.CredentialKind).GrantType(), cred.Reason)
 	}
 	return s.refreshShared(ctx, tenant, id, "")
 }
