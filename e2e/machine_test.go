@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,6 +270,19 @@ func TestMachinePrivateKeyJWT(t *testing.T) {
 			k := p.GetOauthClient().GetPrivateKeyJwt()
 			if k.GetAlgorithm() != tc.alg || k.GetKeyId() == "" || k.GetJwksUri() == "" || k.GetPrivateKeyPem() != "" {
 				t.Fatalf("key view = %v", k)
+			}
+			diag, err := e.S.OAuth().DiagnoseProvider(Ctx(t, e.S.AdminKey), &mcpauthv1.DiagnoseProviderRequest{Name: p.GetName()})
+			if err != nil {
+				t.Fatalf("DiagnoseProvider: %v", err)
+			}
+			if !diag.GetReady() || diag.GetGrantType() != "client_credentials" || diag.GetTokenEndpointAuthMethod() != "private_key_jwt" ||
+				diag.GetCredentialKind() != mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS ||
+				!slices.Contains(diag.GetGrantTypesSupported(), "client_credentials") ||
+				!slices.Contains(diag.GetTokenEndpointAuthMethodsSupported(), "private_key_jwt") {
+				t.Fatalf("DiagnoseProvider = %v", diag)
+			}
+			if n := len(e.tokenRequests()); n != 0 {
+				t.Fatalf("DiagnoseProvider made %d token requests", n)
 			}
 			jwks := mcFetchJWKS(t, k.GetJwksUri())
 			e.AS.RegisterMachineClient(testauthz.MachineClient{ID: "svc-key", JWKSURI: k.GetJwksUri(), Alg: tc.alg})

@@ -18,6 +18,17 @@ var credentialKinds = map[mcpauthv1.CredentialKind]domain.CredentialKind{
 	mcpauthv1.CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION: domain.KindStaticAuthorization,
 }
 
+// credentialKindProto is the API's value of a domain credential kind
+// (UNSPECIFIED stays for the authorization code default).
+func credentialKindProto(k domain.CredentialKind) mcpauthv1.CredentialKind {
+	for api, d := range credentialKinds {
+		if d == k && api != mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED {
+			return api
+		}
+	}
+	return mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+}
+
 // credentialFields converts the credential settings of an API provider.
 func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	kind, known := credentialKinds[p.GetCredentialKind()]
@@ -34,11 +45,7 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 
 // credentialProto adds the credential settings of a view to p.
 func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
-	for api, d := range credentialKinds {
-		if d == v.CredentialKind && api != mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED {
-			p.CredentialKind = api
-		}
-	}
+	p.CredentialKind = credentialKindProto(v.CredentialKind)
 	if h := v.StaticAuthorization; h != nil {
 		p.StaticAuthorizationInfo = &mcpauthv1.HeaderInfo{Name: h.Name, ValueSet: h.ValueSet, Fingerprint: h.Fingerprint}
 	}

@@ -746,6 +746,13 @@ type Diagnosis struct {
 	IssuerParameterSupported          bool
 	Scopes                            []string
 	RegistrationMethod                domain.RegistrationMethod
+	// What the server advertises for the credential kinds, and what the
+	// provider will use (diagnose_kinds.go).
+	GrantTypesSupported      []string
+	TokenEndpointAuthMethods []string
+	CredentialKind           domain.CredentialKind
+	GrantType                string
+	TokenEndpointAuthMethod  string
 }
 
 // Diagnose runs discovery and registration selection without starting a
@@ -787,6 +794,9 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	out.IssuerParameterSupported = md.IssParameterSupported
 	out.Scopes = disc.scopes
 	out.Status, _ = d.Row.AuthStatus()
+	if diagnoseKind(out, d, md) {
+		return out, nil
+	}
 	switch {
 	case !md.SupportsS256() && !(d.Compat.AllowMissingPKCE && len(md.CodeChallengeMethods) == 0):
 		out.BlockingProblem = "the authorization server does not advertise S256 PKCE; mcpauth refuses to authorize without it (set compatibility.allow_missing_pkce_metadata only if you know the server supports S256 anyway)"
@@ -796,6 +806,7 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 			out.BlockingProblem = apperr.PublicMessage(err)
 		} else {
 			out.RegistrationMethod = reg.Method
+			out.TokenEndpointAuthMethod = reg.AuthMethod
 			out.Ready = true
 		}
 	}
