@@ -60,7 +60,8 @@ func (f *Files) Enabled() bool { return f != nil && len(f.dirs) > 0 }
 // within reports whether p lies strictly inside one of the directories.
 func (f *Files) within(p string) bool {
 	for _, d := range f.dirs {
-		if rel, err := filepath.Rel(d, p); err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel) {
+		if rel, err := filepath.Rel(d, p); err == nil && rel != "." && rel != ".." &&
+			!strings.HasPrefix(rel, ".."+string(filepath.Separator)) && !filepath.IsAbs(rel) {
 			return true
 		}
 	}
