@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,7 +29,9 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
+	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
 // mcEnv is one mcpauth (PostgreSQL, Redis) with a machine authorization
@@ -528,4 +532,63 @@ func TestMachineStaticAuthorization(t *testing.T) {
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"oauth_client.client_id"}}})
 	provWantField(t, err, codes.InvalidArgument, "provider.oauth_client")
 	e.noSecretAnywhere(t, p.GetName(), "sk-static-0123456789")
+}
+
+// TestMachineOneRequestAcrossReplicas: three replicas sharing PostgreSQL
+// and Redis, 30 concurrent first reads of a client-credentials provider:
+// exactly one token request at the authorization server, one token.
+func TestMachineOneRequestAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	as := testauthz.NewMachineAuthServer(t, testauthz.MachineOptions{})
+	as.RegisterMachineClient(testauthz.MachineClient{ID: "svc", Secret: "replica-secret"})
+	mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as})
+	_, prefix := testenv.Redis(t)
+	ru, err := url.Parse(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := ru.Query()
+	q.Set("prefix", prefix)
+	ru.RawQuery = q.Encode()
+	master := make([]byte, 32)
+	_, _ = rand.Read(master)
+	fc, key := NewCaller(t, "machine-replicas", []string{"*"}, caller.ProvidersRead, caller.ProvidersWrite, caller.TokensRead)
+	env := map[string]string{"MCPAUTH_EGRESS_ALLOW": "127.0.0.1", "MCPAUTH_MASTER_KEYS": "1:" + base64.StdEncoding.EncodeToString(master),
+		"MCPAUTH_LOG_LEVEL": "info", "MCPAUTH_DATABASE_MAX_CONNS": "4"}
+	dsn := testenv.PostgresDSN(t)
+	var replicas []*Service
+	for range 3 {
+		replicas = append(replicas, Start(t, Options{DSN: dsn, RedisURL: ru.String(), Env: env,
+			Callers: &caller.File{Callers: []caller.FileCaller{fc}}}))
+	}
+	out, err := replicas[0].Providers().CreateProvider(Ctx(t, key), &mcpauthv1.CreateProviderRequest{Parent: "tenants/acme", ProviderId: "cc",
+		Provider: &mcpauthv1.Provider{DisplayName: "cc", ServerIdentifier: "cc", ServerUrl: mcp.URL(),
+			CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS,
+			OauthClient:    &mcpauthv1.OAuthClient{ClientId: "svc", ClientSecret: "replica-secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		seen = map[string]bool{}
+		wg   sync.WaitGroup
+	)
+	for i := range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tok, err := replicas[i%3].OAuth().GetAccessToken(Ctx(t, key), &mcpauthv1.GetAccessTokenRequest{Name: out.GetProvider().GetName()})
+			if err != nil {
+				t.Errorf("GetAccessToken on replica %d: %v", i%3, err)
+				return
+			}
+			mu.Lock()
+			seen[tok.GetAccessToken()] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if n := len(as.RequestsTo("/token")); n != 1 || len(seen) != 1 {
+		t.Fatalf("%d token requests and %d distinct tokens across 3 replicas, want 1 and 1", n, len(seen))
+	}
 }
