@@ -21,6 +21,9 @@ var credentialKinds = map[mcpauthv1.CredentialKind]domain.CredentialKind{
 // credentialKindProto is the API's value of a domain credential kind
 // (UNSPECIFIED stays for the authorization code default).
 func credentialKindProto(k domain.CredentialKind) mcpauthv1.CredentialKind {
+	if k == domain.KindAuthorizationCode {
+		return mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+	}
 	for api, d := range credentialKinds {
 		if d == k && api != mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED {
 			return api
