@@ -220,3 +220,34 @@ func TestPrivateKeyJWTOnRefreshAndCredentials(t *testing.T) {
 		t.Fatalf("grant_type %q scope %q", g, te.forms[0].Get("scope"))
 	}
 }
+
+// TestPrivateKeyJWTOnCodeExchange: an authorization-code client holding
+// a key authenticates the code exchange with an assertion, not a secret.
+func TestPrivateKeyJWTOnCodeExchange(t *testing.T) {
+	t.Parallel()
+	c, te, md := machineClient(t, http.StatusOK, `{"access_token":"at","token_type":"Bearer","expires_in":60,"refresh_token":"rt"}`)
+	k, _, err := GenerateClientKey(AlgRS256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &Registration{ClientID: "web", ClientKey: k, RedirectURI: "https://mcpauth.example/cb"}
+	if _, err := c.Exchange(context.Background(), md, reg, secret.New("code"), secret.New("verifier"), reg.RedirectURI, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	f := te.forms[0]
+	if f.Get("grant_type") != "authorization_code" || f.Get("client_assertion_type") != ClientAssertionType || f.Get("client_assertion") == "" ||
+		f.Has("client_secret") || te.headers[0].Get("Authorization") != "" || f.Get("client_id") != "web" {
+		t.Fatalf("exchange form %v, Authorization %q", f, te.headers[0].Get("Authorization"))
+	}
+	raw, _ := k.PublicJWK()
+	var pub jose.JSONWebKey
+	_ = json.Unmarshal(raw, &pub)
+	tok, err := jwt.ParseSigned(f.Get("client_assertion"), []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cl jwt.Claims
+	if err := tok.Claims(pub, &cl); err != nil || cl.Issuer != "web" || cl.Audience[0] != md.Issuer {
+		t.Fatalf("assertion claims %+v: %v", cl, err)
+	}
+}
