@@ -94,8 +94,15 @@ const (
 	EventEgressBlocked       EventType = "egress.blocked"
 	EventToolCalled          EventType = "mcp.tool.called"
 	EventToolsRefreshed      EventType = "mcp.tools.refreshed"
-	EventTokenObtained       EventType = "oauth.token.obtained"
-	EventTokenObtainFailed   EventType = "oauth.token.obtain_failed"
+	// EventAuthServerChanged: the protected resource metadata names a new
+	// authorization server (details.old_issuer, details.new_issuer).
+	EventAuthServerChanged EventType = "oauth.authorization_server.changed"
+	// EventChallengeRecorded: an MCP request was refused with a Bearer
+	// challenge that changed the provider's status (details.status,
+	// details.error).
+	EventChallengeRecorded EventType = "mcp.challenge.recorded"
+	EventTokenObtained     EventType = "oauth.token.obtained"
+	EventTokenObtainFailed EventType = "oauth.token.obtain_failed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -104,7 +111,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed, EventTokenObtained, EventTokenObtainFailed,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventTokenObtained, EventTokenObtainFailed,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

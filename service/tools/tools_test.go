@@ -781,6 +781,17 @@ func TestBrokenGrantFailsWithoutContactingTheServer(t *testing.T) {
 				tc.breakG(t, e)
 				wantErr(t, op.run(context.Background(), e), tc.kind, tc.reason)
 				wantTokens(t, srv)
+				if op.name != "call" {
+					return
+				}
+				// The refused call is audited once, with the refusal's reason.
+				evs := e.events(domain.EventToolCalled)
+				if len(evs) != 1 || evs[0].Outcome != int32(domain.OutcomeFailure) || evs[0].Reason != tc.reason {
+					t.Fatalf("tool call audit events = %+v, want one failure with reason %s", evs, tc.reason)
+				}
+				if _, d := e.lastEvent(t, domain.EventToolCalled); d["refused"] != "before_server" || d["tool"] != "echo" {
+					t.Errorf("refused call details = %v", d)
+				}
 			})
 		}
 	}
@@ -1020,5 +1031,44 @@ func TestCallsValidateTheUser(t *testing.T) {
 				t.Errorf("audit = %+v, want none for a refused request", evs)
 			}
 		})
+	}
+}
+
+// TestStepUpIsBounded: each 403 insufficient_scope is recorded; after
+// MaxStepUpAttempts authorizations completed while one was outstanding,
+// the answer is STEP_UP_EXHAUSTED and no further flow is started.
+func TestStepUpIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addProvider(t, provider{id: "p", scopes: []string{"read"}})
+	e.authorize(t, e.grants, "p", "read")
+	e.serve(serverURL, e.as, echoTool("write_doc", "read", "write"), echoTool("read_doc", "read"))
+	may := agent(caller.ToolsCall, caller.Authorize)
+	_, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "write_doc", User: "u"})
+	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonInsufficientScope)
+	ch, err := e.store.GetChallenge(context.Background(), tenant, "p")
+	if err != nil || ch.HTTPStatus != 403 || ch.Error != "insufficient_scope" || ch.Scope != "read write" {
+		t.Fatalf("recorded challenge %+v, %v", ch, err)
+	}
+	for range domain.MaxStepUpAttempts {
+		if err := e.store.CountStepUp(context.Background(), tenant, "p"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flows := len(e.starter.Flows())
+	_, err = e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "write_doc", User: "u"})
+	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonStepUpExhausted)
+	if n := len(e.starter.Flows()); n != flows {
+		t.Fatalf("%d more flows started after the bound", n-flows)
+	}
+	if ev, _ := e.lastEvent(t, domain.EventStepUpRequired); ev.Reason != domain.ReasonStepUpExhausted {
+		t.Fatalf("step-up audit reason %s", ev.Reason)
+	}
+	// A successful authorized request starts the count again.
+	if _, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "read_doc", User: "u"}); err != nil {
+		t.Fatalf("read_doc: %v", err)
+	}
+	if _, err := e.store.GetChallenge(context.Background(), tenant, "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Fatalf("challenge after a success: %v", err)
 	}
 }
