@@ -103,6 +103,9 @@ const (
 	EventChallengeRecorded EventType = "mcp.challenge.recorded"
 	EventTokenObtained     EventType = "oauth.token.obtained"
 	EventTokenObtainFailed EventType = "oauth.token.obtain_failed"
+	// EventWebhookChanged: a webhook endpoint was created, updated,
+	// deleted or had its secret rotated (details.endpoint, details.change).
+	EventWebhookChanged EventType = "webhook.endpoint.changed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -111,7 +114,8 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventTokenObtained, EventTokenObtainFailed,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged, EventTokenObtained,
+	EventTokenObtainFailed,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sqlite "github.com/glebarez/go-sqlite"
@@ -37,7 +38,8 @@ type Options struct {
 
 // Store is the GORM-backed repository. It is safe for concurrent use.
 type Store struct {
-	db *gorm.DB
+	db        *gorm.DB
+	eventHook atomic.Pointer[func()]
 }
 
 // Open connects to the database named by dsn. A dsn starting with
