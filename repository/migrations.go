@@ -363,6 +363,18 @@ var migrations = []migration{
 			`INSERT INTO event_cursors (name, txid, event_id) SELECT 'webhooks', 0, COALESCE(max(id), 0) FROM audit_events`,
 		},
 	},
+	{
+		// Credential kinds without a person (client credentials, JWT
+		// bearer) and static API keys: the kind, its non-secret settings
+		// (JSON) and its secret material (one ciphertext: private key,
+		// static Authorization value).
+		id: "0011_credential_kinds",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN credential_kind varchar(32) NOT NULL DEFAULT ''`,
+			`ALTER TABLE providers ADD COLUMN credential_config text NOT NULL DEFAULT ''`,
+			`ALTER TABLE providers ADD COLUMN credential_secrets {{BYTES}}`,
+		},
+	},
 }
 
 // maxNamedCollisions bounds the providers a refused migration names.

@@ -119,6 +119,7 @@ type Service struct {
 	metrics *metrics.Metrics
 	sf      singleflight.Group
 	cache   *tokenCache
+	machine MachineDeps
 
 	mu sync.Mutex
 	// inflight records when a refresh of a grant started in this process.
@@ -156,6 +157,8 @@ type Deps struct {
 	Now     Clock
 	Config  Config
 	Metrics *metrics.Metrics
+	// Machine obtains tokens for kinds without a person (machine.go).
+	Machine MachineDeps
 }
 
 // New returns the token lifecycle service.
@@ -188,7 +191,7 @@ func New(d Deps) (*Service, error) {
 		d.Config.BackoffMax = 30 * time.Second
 	}
 	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, log: d.Log,
-		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL),
+		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
 
@@ -376,7 +379,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	}
 	cred, h, err := s.load(ctx, tenant, id)
 	if err != nil {
-		return nil, err
+		return s.obtainIfMachine(ctx, tenant, id, cred, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now)
@@ -639,8 +642,9 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
 	cred, h, err := s.load(ctx, tenant, id)
-	if err != nil {
-		return nil, err
+	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
+		// Kinds without a person ask again instead of refreshing (machine.go).
+		return s.obtainLocked(ctx, tenant, id, cred, err)
 	}
 	if s.usable(h, stale) {
 		return token(h.Tokens, cred, h.Grant), nil
@@ -780,7 +784,7 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 		if err != nil {
 			return nil, err
 		}
-		reg.ClientSecret = d.ClientSecret
+		reg.ClientSecret, reg.ClientKey = d.ClientSecret, d.ClientKey
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, cred.TenantID, cred.ProviderID, g.Issuer)
 		if apperr.KindOf(err) == apperr.KindNotFound {
