@@ -38,6 +38,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/authflow"
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/providers"
+	"github.com/mcpauth/mcpauth/service/readlog"
 	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
@@ -65,6 +66,7 @@ type App struct {
 	refresher  *grants.Refresher
 	tokens     *grants.Service
 	auditor    *audit.Auditor
+	reads      *readlog.Aggregator
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
 }
@@ -274,8 +276,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	if a.reads, err = readlog.New(a.store, log, nil, readlog.Config{FlushInterval: cfg.TokenReadFlushInterval}); err != nil {
+		return nil, err
+	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
-		Audit: auditor, Log: log, Metrics: a.metrics,
+		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
 		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
 		return nil, err
@@ -304,11 +309,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	readLog, err := readlog.NewLog(a.store)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.BackgroundRefreshInterval > 0 {
 		a.refresher = grants.NewRefresher(a.store, tokens, log, cfg.BackgroundRefreshInterval)
 	}
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
-		Audit: server.NewAuditAPI(auditLog), Tools: server.NewToolAPI(toolUC)}
+		Audit: server.NewAuditAPI(auditLog), Tools: server.NewToolAPI(toolUC),
+		TokenReads: server.NewTokenReadAPI(readLog)}
 
 	var grpcOpts []grpc.ServerOption
 	if cfg.TLS() {
@@ -477,6 +487,12 @@ func (a *App) Close() {
 	}
 	if a.mcp != nil {
 		_ = a.mcp.Close()
+	}
+	if a.reads != nil {
+		// Serve has drained the calls: store every counted token read.
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+		_ = a.reads.Close(ctx)
+		cancel()
 	}
 	if a.auditor != nil {
 		a.auditor.Close()

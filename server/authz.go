@@ -26,7 +26,8 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.OAuthService_RevokeAuthorization_FullMethodName:    caller.Authorize,
 	mcpauthv1.OAuthService_DiagnoseProvider_FullMethodName:       caller.Authorize,
 
-	mcpauthv1.AuditService_ListAuditEvents_FullMethodName: caller.AuditRead,
+	mcpauthv1.AuditService_ListAuditEvents_FullMethodName:    caller.AuditRead,
+	mcpauthv1.TokenReadService_ListTokenReads_FullMethodName: caller.AuditRead,
 
 	mcpauthv1.MCPToolService_RefreshTools_FullMethodName: caller.ToolsCall,
 	mcpauthv1.MCPToolService_ListTools_FullMethodName:    caller.ProvidersRead,

@@ -45,6 +45,8 @@ type Services struct {
 	OAuth     mcpauthv1.OAuthServiceServer
 	Audit     mcpauthv1.AuditServiceServer
 	Tools     mcpauthv1.MCPToolServiceServer
+	// TokenReads is optional: without it the service is not registered.
+	TokenReads mcpauthv1.TokenReadServiceServer
 }
 
 // GRPCDeps are what NewGRPCServer needs.
@@ -72,6 +74,9 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	mcpauthv1.RegisterOAuthServiceServer(s, d.Services.OAuth)
 	mcpauthv1.RegisterAuditServiceServer(s, d.Services.Audit)
 	mcpauthv1.RegisterMCPToolServiceServer(s, d.Services.Tools)
+	if d.Services.TokenReads != nil {
+		mcpauthv1.RegisterTokenReadServiceServer(s, d.Services.TokenReads)
+	}
 	healthpb.RegisterHealthServer(s, d.Health)
 	reflection.Register(s)
 	return s

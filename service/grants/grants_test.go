@@ -33,7 +33,7 @@ func TestNew(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testConfig)
 	full := func() Deps {
-		return Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Log: e.log, Metrics: e.metrics}
+		return Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log, Metrics: e.metrics}
 	}
 	missing := []struct {
 		name string
@@ -44,6 +44,7 @@ func TestNew(t *testing.T) {
 		{"proto", func(d *Deps) { d.Proto = nil }},
 		{"locks", func(d *Deps) { d.Locks = nil }},
 		{"audit", func(d *Deps) { d.Audit = nil }},
+		{"reads", func(d *Deps) { d.Reads = nil }},
 		{"log", func(d *Deps) { d.Log = nil }},
 		{"metrics", func(d *Deps) { d.Metrics = nil }},
 	}
