@@ -195,6 +195,9 @@ func (i *interceptor) logCall(ctx context.Context, method string, start time.Tim
 	if code == codes.Internal || code == codes.Unknown {
 		level = slog.LevelError
 	}
+	if !i.log.Enabled(ctx, level) {
+		return // no attributes built for a line nobody writes
+	}
 	i.log.Log(ctx, level, "grpc call",
 		"method", method,
 		"code", code.String(),

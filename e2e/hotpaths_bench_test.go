@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+)
+
+// BenchmarkHotPathsBinaries runs the mcpauthd binaries named by
+// MCPAUTH_BENCH_BINARIES ("label=path,label=path"; default: this tree's,
+// labelled "this") one at a time as real processes on one PostgreSQL schema
+// and one Redis, and measures GetAccessToken (a valid token),
+// StartAuthorization (cached metadata, stored registration) and GetProvider,
+// each right after grpc.health.v1.Health/Check on the same process, at 64
+// concurrent callers over one connection. Binaries and methods are
+// interleaved over MCPAUTH_BENCH_ROUNDS rounds (default 2); the table at
+// the end gives the mean throughput ratio to Health/Check and the p99 per
+// binary and method. Goals (DESIGN.md section 6): GetAccessToken >= 0.5
+// with p99 <= 10 ms, StartAuthorization >= 0.3, GetProvider >= 0.4.
+//
+//	go build -o /tmp/mcpauthd-main ./cmd/mcpauthd   # on the baseline commit
+//	MCPAUTH_BENCH_BINARIES=main=/tmp/mcpauthd-main,this= go test -run '^$' -bench BenchmarkHotPathsBinaries -benchtime 1x -timeout 30m ./e2e/
+//
+// (An empty path is this tree's binary.)
+func BenchmarkHotPathsBinaries(b *testing.B) {
+	type bin struct{ label, path string }
+	var bins []bin
+	spec := getenv("MCPAUTH_BENCH_BINARIES", "this=")
+	for _, part := range strings.Split(spec, ",") {
+		label, path, ok := strings.Cut(part, "=")
+		if !ok || label == "" {
+			b.Fatalf("MCPAUTH_BENCH_BINARIES: %q is not label=path", part)
+		}
+		if path == "" {
+			path = mcpauthdBinary(b)
+		}
+		bins = append(bins, bin{label, path})
+	}
+	rounds := 2
+	if r := os.Getenv("MCPAUTH_BENCH_ROUNDS"); r != "" {
+		if _, err := fmt.Sscan(r, &rounds); err != nil || rounds < 1 {
+			b.Fatalf("MCPAUTH_BENCH_ROUNDS: %q", r)
+		}
+	}
+	c := tokStart(b, tokOptions{Env: map[string]string{"MCPAUTH_LOG_LEVEL": "warn"}, DefaultPool: true})
+	for _, r := range c.Replicas {
+		r.Stop()
+	}
+	env := map[string]string{}
+	for k, v := range c.Env {
+		env[k] = v
+	}
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+c.Key)
+	d := loadDuration()
+	type key struct{ bin, method string }
+	results := map[key][]loadResult{}
+	health := map[key][]loadResult{}
+	methods := []string{"GetAccessToken", "StartAuthorization", "GetProvider"}
+	for round := range rounds {
+		for _, bn := range bins {
+			p := startBinary(b, bn.path, env)
+			hc := healthpb.NewHealthClient(p.Conn)
+			oc := mcpauthv1.NewOAuthServiceClient(p.Conn)
+			pc := mcpauthv1.NewMCPProviderServiceClient(p.Conn)
+			calls := map[string]func(context.Context) error{
+				"GetAccessToken": func(context.Context) error {
+					_, err := oc.GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: c.Name})
+					return err
+				},
+				"StartAuthorization": func(context.Context) error {
+					_, err := oc.StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: c.Name, User: "alice"})
+					return err
+				},
+				"GetProvider": func(context.Context) error {
+					_, err := pc.GetProvider(ctx, &mcpauthv1.GetProviderRequest{Name: c.Name})
+					return err
+				},
+			}
+			// Warm up: connections, metadata and probe caches.
+			for _, m := range methods {
+				if err := calls[m](ctx); err != nil {
+					b.Fatalf("%s on %s: %v", m, bn.label, err)
+				}
+			}
+			for _, m := range methods {
+				h := runLoad(ctx, 64, d, func(ctx context.Context) error {
+					_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+					return err
+				})
+				r := runLoad(ctx, 64, d, calls[m])
+				health[key{bn.label, m}] = append(health[key{bn.label, m}], h)
+				results[key{bn.label, m}] = append(results[key{bn.label, m}], r)
+				b.Logf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms | call %6.0f/s p50 %6.1fms p99 %6.1fms errors %d | ratio %.2f",
+					round+1, bn.label, m, h.RPS(), ms(h.P99), r.RPS(), ms(r.P50), ms(r.P99), r.Errors, r.RPS()/h.RPS())
+				if r.Errors > 0 || h.Errors > 0 {
+					b.Errorf("%s on %s: %d errors (health %d)", m, bn.label, r.Errors, h.Errors)
+				}
+			}
+			if err := p.Term(b); err != nil {
+				b.Errorf("%s did not stop cleanly: %v", bn.label, err)
+			}
+		}
+	}
+	b.Logf("mean over %d rounds of %s each, 64 callers (ratio = call req/s / Health/Check req/s of the run just before):", rounds, d)
+	for _, m := range methods {
+		for _, bn := range bins {
+			k := key{bn.label, m}
+			var ratio, p99, hp99 float64
+			for i, r := range results[k] {
+				ratio += r.RPS() / health[k][i].RPS() / float64(len(results[k]))
+				p99 += ms(r.P99) / float64(len(results[k]))
+				hp99 += ms(health[k][i].P99) / float64(len(results[k]))
+			}
+			b.Logf("  %-18s %-6s ratio %.2f  p99 %6.1f ms  (Health/Check p99 %6.1f ms)", m, bn.label, ratio, p99, hp99)
+			b.ReportMetric(ratio, m+"_"+bn.label+"_ratio")
+			b.ReportMetric(p99, m+"_"+bn.label+"_p99_ms")
+		}
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
