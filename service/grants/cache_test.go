@@ -1,7 +1,9 @@
 package grants
 
 import (
+	"errors"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,5 +110,50 @@ func TestCacheNotRefilledDuringWrite(t *testing.T) {
 			}
 			wantErr(t, err, tt.wantKind, tt.wantReason)
 		})
+	}
+}
+
+// TestConcurrentMissesShareOneRead: callers that miss the cache at the same
+// time (every caller of a busy grant, whenever its entry ends) share one
+// database read and decryption.
+func TestConcurrentMissesShareOneRead(t *testing.T) {
+	t.Parallel()
+	e := newCachedEnv(t)
+	s := e.authorize(grantSpec{})
+	hs := &hookStore{Store: e.store}
+	svc := e.service(e.svc.cfg, hs, e.locks)
+	var reads atomic.Int32
+	entered, release := make(chan struct{}), make(chan struct{})
+	hs.onGet = func() {
+		if reads.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+	}
+	const callers = 8
+	errs := make(chan error, callers)
+	get := func() {
+		tok, err := svc.Get(e.ctx, tnt, pid)
+		if err == nil && tok.AccessToken != s.tokens.AccessToken {
+			err = errors.New("another token served")
+		}
+		errs <- err
+	}
+	go get()
+	<-entered
+	for range callers - 1 {
+		go get()
+	}
+	// Not a timing assertion: the wait only lets the other callers reach
+	// the shared read before it returns.
+	time.Sleep(300 * time.Millisecond)
+	close(release)
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d credential reads for %d concurrent misses, want 1", n, callers)
 	}
 }

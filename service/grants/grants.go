@@ -99,6 +99,7 @@ type Service struct {
 	cfg     Config
 	metrics *metrics.Metrics
 	sf      singleflight.Group
+	loads   singleflight.Group // cache misses of one grant share one read
 	cache   *tokenCache
 }
 
@@ -285,7 +286,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		s.metrics.TokensServed.Inc()
 		return token(e.held.Tokens, e.cred, e.held.Grant), nil
 	}
-	cred, h, err := s.load(ctx, tenant, id)
+	cred, h, err := s.loadShared(ctx, key, tenant, id)
 	if err != nil {
 		return nil, err
 	}
@@ -296,6 +297,31 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	}
 	s.cache.drop(key)
 	return s.refreshShared(ctx, tenant, id, "")
+}
+
+// loadShared is load for a cache miss: concurrent misses of one grant in
+// this process (every caller of a busy grant, each time its cache entry
+// ends) share one read and one decryption instead of one each. The read
+// does not end with the first caller's context, which the others did not
+// choose.
+func (s *Service) loadShared(ctx context.Context, key, tenant, id string) (*repository.Credential, *vault.Held, error) {
+	type loaded struct {
+		cred *repository.Credential
+		held *vault.Held
+	}
+	ch := s.loads.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		cred, h, err := s.load(lctx, tenant, id)
+		return loaded{cred, h}, err
+	})
+	select {
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	case r := <-ch:
+		l, _ := r.Val.(loaded)
+		return l.cred, l.held, r.Err
+	}
 }
 
 // ForceRefresh refreshes after the MCP server rejected staleAccess (401),
