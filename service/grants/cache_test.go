@@ -30,7 +30,7 @@ func TestTokenCache(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.cache.put("k", cred, held, t0)
+			tt.cache.put("k", cred, held, t0, tt.cache.now())
 			e, ok := tt.cache.get("k", t0.Add(tt.age))
 			if ok != tt.want || (ok && (e.cred != cred || e.held != held)) {
 				t.Errorf("get = %+v, %v; want %v", e, ok, tt.want)
@@ -45,12 +45,12 @@ func TestTokenCache(t *testing.T) {
 		t.Parallel()
 		c := newTokenCache(time.Hour)
 		for i := range maxCachedCreds {
-			c.put(strconv.Itoa(i), cred, held, t0)
+			c.put(strconv.Itoa(i), cred, held, t0, c.now())
 		}
 		if _, ok := c.get("0", t0); !ok {
 			t.Fatal("entry lost before the cache was full")
 		}
-		c.put("new", cred, held, t0)
+		c.put("new", cred, held, t0, c.now())
 		_, oldKept := c.get("0", t0)
 		_, newKept := c.get("new", t0)
 		if oldKept || !newKept || len(c.m) != 1 {
@@ -155,5 +155,26 @@ func TestConcurrentMissesShareOneRead(t *testing.T) {
 	}
 	if n := reads.Load(); n != 1 {
 		t.Errorf("%d credential reads for %d concurrent misses, want 1", n, callers)
+	}
+}
+
+// TestReadBeforeDropNotCached: a read that began before a drop (this
+// process changed the credential meanwhile) is not cached.
+func TestReadBeforeDropNotCached(t *testing.T) {
+	t.Parallel()
+	c := newTokenCache(time.Hour)
+	t0 := time.Unix(1000, 0)
+	before := c.now()
+	c.drop("other")
+	c.put("k", &repository.Credential{}, &vault.Held{}, t0, before)
+	if _, ok := c.get("k", t0); ok {
+		t.Fatal("a read that began before a drop was cached")
+	}
+	if c.shareKey("k", before) == c.shareKey("k", c.now()) {
+		t.Fatal("callers after a drop would join a read that began before it")
+	}
+	c.put("k", &repository.Credential{}, &vault.Held{}, t0, c.now())
+	if _, ok := c.get("k", t0); !ok {
+		t.Fatal("a read after the drop was not cached")
 	}
 }

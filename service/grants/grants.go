@@ -286,12 +286,13 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		s.metrics.TokensServed.Inc()
 		return token(e.held.Tokens, e.cred, e.held.Grant), nil
 	}
-	cred, h, err := s.loadShared(ctx, key, tenant, id)
+	epoch := s.cache.now()
+	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), tenant, id)
 	if err != nil {
 		return nil, err
 	}
 	if s.fresh(h) {
-		s.cache.put(key, cred, h, now)
+		s.cache.put(key, cred, h, now, epoch)
 		s.metrics.TokensServed.Inc()
 		return token(h.Tokens, cred, h.Grant), nil
 	}
