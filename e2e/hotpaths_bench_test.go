@@ -29,7 +29,10 @@ import (
 //	go build -o /tmp/mcpauthd-main ./cmd/mcpauthd   # on the baseline commit
 //	MCPAUTH_BENCH_BINARIES=main=/tmp/mcpauthd-main,this= go test -run '^$' -bench BenchmarkHotPathsBinaries -benchtime 1x -timeout 30m ./e2e/
 //
-// (An empty path is this tree's binary.)
+// (An empty path is this tree's binary.) With MCPAUTH_BENCH_GHZ naming a
+// ghz binary (go install github.com/bojand/ghz/cmd/ghz@latest), ghz
+// generates the load instead of this test's own loop (over one connection,
+// like the loop).
 func BenchmarkHotPathsBinaries(b *testing.B) {
 	type bin struct{ label, path string }
 	var bins []bin
@@ -44,6 +47,7 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 		}
 		bins = append(bins, bin{label, path})
 	}
+	ghz := os.Getenv("MCPAUTH_BENCH_GHZ")
 	rounds := 2
 	if r := os.Getenv("MCPAUTH_BENCH_ROUNDS"); r != "" {
 		if _, err := fmt.Sscan(r, &rounds); err != nil || rounds < 1 {
@@ -70,6 +74,16 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 			hc := healthpb.NewHealthClient(p.Conn)
 			oc := mcpauthv1.NewOAuthServiceClient(p.Conn)
 			pc := mcpauthv1.NewMCPProviderServiceClient(p.Conn)
+			ghzReq := map[string]string{
+				"GetAccessToken":     `{"name":"` + c.Name + `"}`,
+				"StartAuthorization": `{"name":"` + c.Name + `","user":"alice"}`,
+				"GetProvider":        `{"name":"` + c.Name + `"}`,
+			}
+			ghzCall := map[string]string{
+				"GetAccessToken":     "mcpauth.v1.OAuthService/GetAccessToken",
+				"StartAuthorization": "mcpauth.v1.OAuthService/StartAuthorization",
+				"GetProvider":        "mcpauth.v1.MCPProviderService/GetProvider",
+			}
 			calls := map[string]func(context.Context) error{
 				"GetAccessToken": func(context.Context) error {
 					_, err := oc.GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: c.Name})
@@ -91,11 +105,17 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 				}
 			}
 			for _, m := range methods {
-				h := runLoad(ctx, 64, d, func(ctx context.Context) error {
-					_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-					return err
-				})
-				r := runLoad(ctx, 64, d, calls[m])
+				var h, r loadResult
+				if ghz != "" {
+					h = ghzLoad(b, ghz, p.GRPCAddr, "grpc.health.v1.Health/Check", "{}", "", 64, d)
+					r = ghzLoad(b, ghz, p.GRPCAddr, ghzCall[m], ghzReq[m], c.Key, 64, d)
+				} else {
+					h = runLoad(ctx, 64, d, func(ctx context.Context) error {
+						_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+						return err
+					})
+					r = runLoad(ctx, 64, d, calls[m])
+				}
 				health[key{bn.label, m}] = append(health[key{bn.label, m}], h)
 				results[key{bn.label, m}] = append(results[key{bn.label, m}], r)
 				b.Logf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms | call %6.0f/s p50 %6.1fms p99 %6.1fms errors %d | ratio %.2f",
@@ -109,6 +129,11 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 			}
 		}
 	}
+	gen := "this test's load loop"
+	if ghz != "" {
+		gen = "ghz"
+	}
+	b.Logf("load generator: %s", gen)
 	b.Logf("mean over %d rounds of %s each, 64 callers (ratio = call req/s / Health/Check req/s of the run just before):", rounds, d)
 	for _, m := range methods {
 		for _, bn := range bins {
