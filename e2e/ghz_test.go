@@ -42,9 +42,10 @@ func ghzLoad(tb testing.TB, path, addr, call, data, key string, conc int, d time
 	}
 	res := loadResult{N: r.Count, Duration: time.Duration(r.Total)}
 	for msg, n := range r.Errors {
-		// ghz cancels the calls in flight when the duration ends: not the
+		// ghz cancels the calls in flight and closes its connection when
+		// the duration ends ("Canceled", "transport is closing"): not the
 		// server's errors.
-		if strings.Contains(msg, "Canceled") || strings.Contains(msg, "connection is closing") {
+		if strings.Contains(msg, "Canceled") || strings.Contains(msg, "is closing") {
 			continue
 		}
 		tb.Logf("ghz %s: %d × %s", call, n, msg)

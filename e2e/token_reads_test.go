@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 )
@@ -99,6 +102,16 @@ func TestTokenReadsSurviveCrashBounded(t *testing.T) {
 	p = startBinary(t, bin, env)
 	if n := storedReads(t, p.Conn, c.Key, c.Tenant, c.Name); n != afterCrash+40 {
 		t.Fatalf("after SIGTERM: %d reads stored, want %d (every read before a graceful stop)", n, afterCrash+40)
+	}
+	// A page token is checked; another tenant's provider lists nothing.
+	tc := mcpauthv1.NewTokenReadServiceClient(p.Conn)
+	if _, err := tc.ListTokenReads(Ctx(t, c.Key), &mcpauthv1.ListTokenReadsRequest{Parent: "tenants/" + c.Tenant,
+		PageToken: "not-a-token"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_token") {
+		t.Errorf("bad page token: %v, want INVALID_ARGUMENT naming page_token", err)
+	}
+	if other, err := tc.ListTokenReads(Ctx(t, c.Key), &mcpauthv1.ListTokenReadsRequest{Parent: "tenants/other",
+		Provider: c.Name}); err != nil || len(other.GetTokenReads()) != 0 {
+		t.Errorf("another tenant listing %s: %v, %d rows", c.Name, err, len(other.GetTokenReads()))
 	}
 	// Token reads are no longer one audit event each.
 	evs, err := mcpauthv1.NewAuditServiceClient(p.Conn).ListAuditEvents(Ctx(t, c.Key), &mcpauthv1.ListAuditEventsRequest{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -261,5 +262,93 @@ func TestNewAndListValidate(t *testing.T) {
 	}
 	if _, err := NewLog(nil); err == nil {
 		t.Error("NewLog without store")
+	}
+}
+
+// ListTokenReads makes memStore a Lister with the repository's order:
+// minute, provider, actor, all descending, after the cursor.
+func (m *memStore) ListTokenReads(_ context.Context, tenant string, f repository.TokenReadsFilter, after repository.TokenReadsCursor, limit int) ([]repository.TokenReads, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []repository.TokenReads
+	for k, byTenant := range m.counts {
+		r, ok := byTenant[tenant]
+		if !ok || f.ProviderID != "" && k.ProviderID != f.ProviderID {
+			continue
+		}
+		if after != (repository.TokenReadsCursor{}) && !less(k, after) {
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b repository.TokenReads) int {
+		ka := repository.TokenReadsCursor{Minute: a.Minute, ProviderID: a.ProviderID, Actor: a.Actor}
+		kb := repository.TokenReadsCursor{Minute: b.Minute, ProviderID: b.ProviderID, Actor: b.Actor}
+		if less(kb, ka) {
+			return -1
+		}
+		return 1
+	})
+	return out[:min(limit, len(out))], nil
+}
+
+func less(a, b repository.TokenReadsCursor) bool {
+	if a.Minute != b.Minute {
+		return a.Minute < b.Minute
+	}
+	if a.ProviderID != b.ProviderID {
+		return a.ProviderID < b.ProviderID
+	}
+	return a.Actor < b.Actor
+}
+
+func TestLogListsStoredCounts(t *testing.T) {
+	s := newMemStore()
+	c := &clock{t: time.Date(2026, 11, 30, 1, 0, 30, 0, time.UTC)}
+	a := newAgg(t, s, c, Config{})
+	a.Record(as("svc"), "t1", "p")
+	a.Record(as("svc"), "t1", "p")
+	a.Record(as("ops"), "t1", "q")
+	a.Record(as("svc"), "t2", "p")
+	c.add(time.Minute)
+	a.Record(as("svc"), "t1", "p")
+	if err := a.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLog(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m0 := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
+	var got []Reads
+	var cur Cursor
+	for {
+		page, err := l.List(context.Background(), "t1", "", cur, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		got = append(got, page...)
+		last := page[len(page)-1]
+		cur = Cursor{Minute: last.Minute, Provider: last.Provider, Actor: last.Actor}
+	}
+	want := []Reads{
+		{Provider: "p", Actor: "svc", Minute: m0.Add(time.Minute), Count: 1, First: m0.Add(90 * time.Second), Last: m0.Add(90 * time.Second)},
+		{Provider: "q", Actor: "ops", Minute: m0, Count: 1, First: m0.Add(30 * time.Second), Last: m0.Add(30 * time.Second)},
+		{Provider: "p", Actor: "svc", Minute: m0, Count: 2, First: m0.Add(30 * time.Second), Last: m0.Add(30 * time.Second)},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("row %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	only, err := l.List(context.Background(), "t1", "q", Cursor{}, 10)
+	if err != nil || len(only) != 1 || only[0].Provider != "q" {
+		t.Errorf("provider q: %+v, %v", only, err)
 	}
 }
