@@ -119,7 +119,9 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 				}
 				health[key{bn.label, m}] = append(health[key{bn.label, m}], h)
 				results[key{bn.label, m}] = append(results[key{bn.label, m}], r)
-				b.Logf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms | call %6.0f/s p50 %6.1fms p99 %6.1fms errors %d | ratio %.2f",
+				// On stdout: the testing package keeps only the first lines
+				// of a benchmark's log, and the summary below must be among them.
+				fmt.Printf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms | call %6.0f/s p50 %6.1fms p99 %6.1fms errors %d | ratio %.2f\n",
 					round+1, bn.label, m, h.RPS(), ms(h.P99), r.RPS(), ms(r.P50), ms(r.P99), r.Errors, r.RPS()/h.RPS())
 				if r.Errors > 0 || h.Errors > 0 {
 					b.Errorf("%s on %s: %d errors (health %d)", m, bn.label, r.Errors, h.Errors)
