@@ -6,7 +6,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /mcpauthd ./cmd/mcpauthd
+# docker build --build-arg VERSION=$(git describe --tags --always) stamps the
+# version /healthz and "mcpauthd version" report (.git is not in the context).
+ARG VERSION=
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/mcpauth/mcpauth/version.stamped=${VERSION}" -o /mcpauthd ./cmd/mcpauthd
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /mcpauthd /mcpauthd

@@ -19,12 +19,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/mcpauth/mcpauth/api/openapi"
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/config"
 	"github.com/mcpauth/mcpauth/egress"
@@ -42,11 +44,9 @@ import (
 	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
+	"github.com/mcpauth/mcpauth/telemetry"
+	"github.com/mcpauth/mcpauth/version"
 )
-
-// Version is reported to authorization and MCP servers as the client
-// version.
-const Version = "0.1.0"
 
 // App is one running mcpauth process.
 type App struct {
@@ -69,6 +69,23 @@ type App struct {
 	reads      *readlog.Aggregator
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
+	poller     *server.HealthPoller
+	// tracer is the tracer provider; nil when tracing is off.
+	tracer        trace.TracerProvider
+	traceShutdown func(context.Context) error
+}
+
+// Option adjusts New.
+type Option func(*options)
+
+type options struct {
+	tracer trace.TracerProvider
+}
+
+// WithTracerProvider traces with tp instead of the exporter the OTEL_*
+// environment variables configure (tests record spans with it).
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tracer = tp }
 }
 
 // errDevKeyShared refuses the generated development key on a database that
@@ -215,13 +232,20 @@ func authenticator(cfg *config.Config, log *slog.Logger) (server.Authenticator, 
 }
 
 // New builds every component from cfg. Nothing listens until Serve.
-func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err error) {
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log, metrics: metrics.New(), health: health.NewServer()}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := a.setupTracing(ctx, o.tracer); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
 	}
@@ -229,6 +253,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		return nil, err
 	}
 	if a.store, err = OpenStore(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := a.instrumentStore(); err != nil {
 		return nil, err
 	}
 	if err := CheckKeyIdentity(ctx, a.store, a.keys); err != nil {
@@ -246,6 +273,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 			return nil, fmt.Errorf("MCPAUTH_REDIS_URL: %w", err)
 		}
 		a.flows = r
+		if a.tracer != nil {
+			if err := redisotel.InstrumentTracing(r.Client(), redisotel.WithTracerProvider(a.tracer),
+				redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false)); err != nil {
+				return nil, fmt.Errorf("tracing redis: %w", err)
+			}
+		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		if err := r.Ping(pctx); err != nil {
@@ -266,13 +299,13 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	// tool result); oauthclient applies its own smaller caps to metadata
 	// (256 KiB) and token responses (1 MiB).
 	if a.guard, err = egress.New(egress.Config{Allow: allow, OnBlock: audit.EgressBlockHook(auditor, a.metrics),
-		MaxBodyBytes: cfg.ToolResultMaxBytes + 64<<10}); err != nil {
+		MaxBodyBytes: cfg.ToolResultMaxBytes + 64<<10, Instrument: a.traceTransport}); err != nil {
 		return nil, err
 	}
 	if len(allow) > 0 {
 		log.Warn("egress allow-list in use: these hosts may be private and reached over plain http", "allow", allow)
 	}
-	proto, err := oauthclient.New(a.guard.Client(), oauthclient.WithMetadataTTL(cfg.MetadataTTL), oauthclient.WithClientInfo(cfg.ClientName, Version))
+	proto, err := oauthclient.New(a.guard.Client(), oauthclient.WithMetadataTTL(cfg.MetadataTTL), oauthclient.WithClientInfo(cfg.ClientName, version.String()))
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +327,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
-	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: Version})
+	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: version.String()})
 	toolUC, err := tools.New(tools.Deps{Store: a.store, Cipher: a.keys, Grants: tokens, MCP: a.mcp,
 		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: flow})
 	if err != nil {
@@ -329,18 +362,19 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		a.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(a.tlsConfig)))
 	}
+	grpcOpts = append(grpcOpts, a.grpcServerTracing()...)
 	a.grpc = server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health, Options: grpcOpts,
-		Services: services})
+		Services: services, RPCMetrics: a.metrics.RPC})
 
 	// The gateway reaches the gRPC server in process. The in-process server
 	// has no TLS: its "network" never leaves the process.
 	a.mem = newMemListener()
 	inproc := server.NewGRPCServer(server.GRPCDeps{Log: log, Auth: auth, Denials: auditor, Health: a.health,
-		Services: services})
+		Services: services, RPCMetrics: a.metrics.RPC, Options: a.grpcServerTracing()})
 	go func() { _ = inproc.Serve(a.mem) }()
-	a.gwConn, err = grpc.NewClient("passthrough:///in-process",
+	a.gwConn, err = grpc.NewClient("passthrough:///in-process", append([]grpc.DialOption{
 		grpc.WithContextDialer(a.mem.DialContext),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials())}, a.grpcClientTracing()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -360,9 +394,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 	if cfg.MetricsAddr == "" {
 		publicMetrics = metricsHandler
 	}
+	ready, err := a.setupHealth()
+	if err != nil {
+		return nil, err
+	}
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
 		Metrics: publicMetrics, CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
-		Ready: a.ready})
+		Ready: ready, Version: version.String(), OpenAPI: openapi.Document})
+	if a.tracer != nil {
+		handler = telemetry.Handler(handler, a.tracer, server.TracedPath)
+	}
 	a.http = server.NewHTTPServer(cfg.HTTPAddr, handler, a.tlsConfig, log)
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
@@ -370,13 +411,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *App, err
 		a.metricsSrv = server.NewHTTPServer(cfg.MetricsAddr, mux, nil, log)
 	}
 	return a, nil
-}
-
-func (a *App) ready(ctx context.Context) error {
-	if err := a.store.Ping(ctx); err != nil {
-		return err
-	}
-	return a.flows.Ping(ctx)
 }
 
 // Serve serves gRPC on grpcLis and HTTP on httpLis until ctx ends, then
@@ -413,8 +447,11 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.refresher.Run(rctx) }()
 	}
-	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL)
+	a.poller.Poll(ctx)
+	wg.Add(1)
+	go func() { defer wg.Done(); a.poller.Run(rctx) }()
+	a.log.Info("mcpauthd serving", "grpc", grpcLis.Addr().String(), "http", httpLis.Addr().String(), "public_url", a.cfg.PublicURL,
+		"version", version.String())
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -479,6 +516,13 @@ func (a *App) Keys() *keyring.Keyring { return a.keys }
 
 // Close releases everything New opened.
 func (a *App) Close() {
+	if a.traceShutdown != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.traceShutdown(sctx); err != nil {
+			a.log.Warn("flushing traces", "err", err.Error())
+		}
+		cancel()
+	}
 	if a.gwConn != nil {
 		_ = a.gwConn.Close()
 	}

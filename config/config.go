@@ -96,6 +96,9 @@ type Config struct {
 	BackgroundRefreshInterval time.Duration `env:"MCPAUTH_BACKGROUND_REFRESH_INTERVAL, default=1m"`
 	// ShutdownGrace bounds the graceful drain on SIGTERM.
 	ShutdownGrace time.Duration `env:"MCPAUTH_SHUTDOWN_GRACE, default=15s"`
+	// HealthInterval is how often the database and Redis are probed for
+	// gRPC health (grpc.health.v1 per service).
+	HealthInterval time.Duration `env:"MCPAUTH_HEALTH_INTERVAL, default=5s"`
 	// ToolResultMaxBytes caps one tool result.
 	ToolResultMaxBytes int64 `env:"MCPAUTH_TOOL_RESULT_MAX_BYTES, default=4194304"`
 }
@@ -172,6 +175,9 @@ func (c *Config) validate() error {
 	}
 	if c.DatabaseMaxConns < 1 || c.DatabaseMaxConns > 1000 {
 		errs = append(errs, errors.New("MCPAUTH_DATABASE_MAX_CONNS must be between 1 and 1000"))
+	}
+	if c.HealthInterval < 10*time.Millisecond || c.HealthInterval > 5*time.Minute {
+		errs = append(errs, errors.New("MCPAUTH_HEALTH_INTERVAL must be between 10ms and 5m"))
 	}
 	if c.BrowserRatePerMinute < 1 {
 		errs = append(errs, errors.New("MCPAUTH_BROWSER_RATE_PER_MINUTE must be at least 1"))

@@ -65,6 +65,8 @@ type Options struct {
 	Callers *caller.File
 	// DataDir reuses a data directory (restart tests).
 	DataDir string
+	// AppOptions are passed to app.New (a test tracer provider).
+	AppOptions []app.Option
 }
 
 // Service is a running mcpauth.
@@ -150,7 +152,7 @@ func Start(tb testing.TB, o Options) *Service {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	a, err := app.New(ctx, cfg, log)
+	a, err := app.New(ctx, cfg, log, o.AppOptions...)
 	if err != nil {
 		tb.Fatalf("app.New: %v", err)
 	}

@@ -85,6 +85,9 @@ type Config struct {
 	// (for audit and metrics). It receives the host name only, never a URL,
 	// path or query.
 	OnBlock func(ctx context.Context, host, reason string)
+	// Instrument, when set, wraps the pooled transport behind the guard's
+	// checks (tracing): it sees only requests the guard let through.
+	Instrument func(http.RoundTripper) http.RoundTripper
 }
 
 // BlockedError reports a request or connection the Guard refused. It names
@@ -180,8 +183,12 @@ func New(cfg Config) (*Guard, error) {
 		MaxIdleConnsPerHost:    10,
 		IdleConnTimeout:        90 * time.Second,
 	}
+	var base http.RoundTripper = g.base
+	if cfg.Instrument != nil {
+		base = cfg.Instrument(base)
+	}
 	g.client = &http.Client{
-		Transport:     &transport{g: g, base: g.base},
+		Transport:     &transport{g: g, base: base},
 		CheckRedirect: g.checkRedirect,
 		Timeout:       cfg.Timeout,
 	}

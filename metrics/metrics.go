@@ -4,6 +4,9 @@
 package metrics
 
 import (
+	"database/sql"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -19,6 +22,10 @@ type Metrics struct {
 	EgressBlocked   *prometheus.CounterVec
 	CallbackResults *prometheus.CounterVec
 	ToolCalls       *prometheus.CounterVec
+	// RPC is the per-RPC RED metrics of the gRPC server (grpc_server_started_total,
+	// grpc_server_handled_total by code, grpc_server_handling_seconds), labelled
+	// by service, method and code only.
+	RPC *grpcprom.ServerMetrics
 }
 
 // New registers the collectors on a fresh registry (plus the Go and process
@@ -53,8 +60,17 @@ func New() *Metrics {
 		ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mcpauth_tool_calls_total", Help: "MCP tool calls, by outcome.",
 		}, []string{"outcome"}),
+		RPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.001, 2, 15)))),
 	}
-	r.MustRegister(m.Refreshes, m.RefreshLatency, m.LockWaits, m.TokensServed, m.ReauthRequired, m.EgressBlocked,
+	r.MustRegister(m.RPC, m.Refreshes, m.RefreshLatency, m.LockWaits, m.TokensServed, m.ReauthRequired, m.EgressBlocked,
 		m.CallbackResults, m.ToolCalls, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// WatchDB exports db's connection pool statistics (go_sql_* with
+// db_name=name: open, in use and idle connections, waits, wait time,
+// closed connections).
+func (m *Metrics) WatchDB(db *sql.DB, name string) error {
+	return m.Registry.Register(collectors.NewDBStatsCollector(db, name))
 }

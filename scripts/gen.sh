@@ -2,5 +2,5 @@
 # Regenerates gen/ from proto/ with the pinned local tools (tools/buf, tools/protoc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf gen
+rm -rf gen api/openapi/*.swagger.json
 scripts/buf.sh generate

@@ -24,6 +24,8 @@ import (
 type restRoute struct {
 	Method, Path, RPC string
 	Body              bool
+	// Template is the path as the google.api.http option writes it.
+	Template string
 }
 
 var (
@@ -54,6 +56,7 @@ func restRoutes(tb testing.TB) []restRoute {
 		default:
 			tb.Fatalf("%s has no HTTP binding this test knows", r.RPC)
 		}
+		r.Template = tmpl
 		tmpl = boundVar.ReplaceAllStringFunc(tmpl, func(v string) string {
 			return strings.ReplaceAll(boundVar.FindStringSubmatch(v)[1], "*", "x")
 		})

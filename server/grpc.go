@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -57,17 +58,27 @@ type GRPCDeps struct {
 	Services Services
 	Health   *health.Server
 	Options  []grpc.ServerOption
+	// RPCMetrics, when set, counts every call by service, method and final
+	// code and times it (the outermost interceptor, so it sees the code the
+	// caller gets).
+	RPCMetrics *grpcprom.ServerMetrics
 }
 
 // NewGRPCServer builds the gRPC server with every service, health and
 // reflection registered.
 func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	i := &interceptor{log: d.Log, auth: d.Auth, denials: d.Denials, codec: newRequestCodec()}
+	unary := []grpc.UnaryServerInterceptor{i.unary}
+	stream := []grpc.StreamServerInterceptor{i.stream}
+	if d.RPCMetrics != nil {
+		unary = append([]grpc.UnaryServerInterceptor{d.RPCMetrics.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{d.RPCMetrics.StreamServerInterceptor()}, stream...)
+	}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxMessageBytes),
 		grpc.ForceServerCodecV2(i.codec),
-		grpc.ChainUnaryInterceptor(i.unary),
-		grpc.ChainStreamInterceptor(i.stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	}, d.Options...)
 	s := grpc.NewServer(opts...)
 	mcpauthv1.RegisterMCPProviderServiceServer(s, d.Services.Providers)
@@ -79,6 +90,9 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	}
 	healthpb.RegisterHealthServer(s, d.Health)
 	reflection.Register(s)
+	if d.RPCMetrics != nil {
+		d.RPCMetrics.InitializeMetrics(s)
+	}
 	return s
 }
 

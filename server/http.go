@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/textproto"
@@ -16,6 +17,9 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 )
+
+// OpenAPIPath is where the HTTP port serves the REST API's OpenAPI document.
+const OpenAPIPath = "/openapi.json"
 
 // MaxHeaderBytes caps request headers on the HTTP port.
 const MaxHeaderBytes = 16 << 10
@@ -100,11 +104,15 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 
 // HTTPDeps are what NewHTTPHandler needs.
 type HTTPDeps struct {
-	Log         *slog.Logger
-	Gateway     http.Handler
-	Browser     *Browser
-	Metrics     http.Handler
-	Ready       func(ctx context.Context) error
+	Log     *slog.Logger
+	Gateway http.Handler
+	Browser *Browser
+	Metrics http.Handler
+	Ready   func(ctx context.Context) error
+	// Version is reported by /healthz.
+	Version string
+	// OpenAPI is the REST API's OpenAPI document, served at /openapi.json.
+	OpenAPI     []byte
 	CORSOrigins []string
 	TLS         bool
 }
@@ -117,10 +125,18 @@ func NewHTTPHandler(d HTTPDeps) http.Handler {
 	if d.Browser != nil {
 		d.Browser.Register(mux)
 	}
+	healthz, _ := json.Marshal(map[string]string{"status": "ok", "version": d.Version})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(append(healthz, '\n'))
 	})
+	if d.OpenAPI != nil {
+		// The document describes the API, not any tenant's data: no key.
+		mux.HandleFunc("GET "+OpenAPIPath, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(d.OpenAPI)
+		})
+	}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
@@ -198,4 +214,14 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config, log *slog
 		TLSConfig:         tlsConfig,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// TracedPath is the request path a span may show: the authorize route's
+// flow handle (a capability until a browser binds it) becomes "{flow}".
+// Queries are never shown (the callback's carries the code and state).
+func TracedPath(path string) string {
+	if len(path) > len(AuthorizePath) && strings.HasPrefix(path, AuthorizePath) {
+		return AuthorizePath + "{flow}"
+	}
+	return path
 }

@@ -33,6 +33,12 @@ type Redis struct {
 	client redis.UniversalClient
 	prefix string
 	owned  bool
+	// probe, when set, is what Ping uses: a one-connection client to the
+	// same servers that never retries. Health probes through the shared
+	// pool would count towards go-redis's dial circuit breaker, which, once
+	// open, fails every call until its once-a-second probe gets through:
+	// a health check must not delay the service's recovery.
+	probe redis.UniversalClient
 }
 
 var _ Store = (*Redis)(nil)
@@ -115,7 +121,24 @@ func NewRedisFromURL(rawURL string) (*Redis, error) {
 	}
 	r := NewRedis(client, prefix)
 	r.owned = true
+	r.probe = probeClient(client)
 	return r, nil
+}
+
+// probeClient returns a client with client's settings, one connection and
+// no retries, or nil for a client type it does not know.
+func probeClient(client redis.UniversalClient) redis.UniversalClient {
+	switch c := client.(type) {
+	case *redis.Client: // one node, or a Sentinel failover client (its dialer asks the sentinels)
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxRetries = 1, 0, 1, -1
+		return redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxRetries = 1, 0, 1, -1
+		return redis.NewClusterClient(&o)
+	}
+	return nil
 }
 
 // redactURLError drops go-redis URL errors that could quote the URL; the
@@ -284,7 +307,11 @@ func (r *Redis) WaitUnlocked(ctx context.Context, key string) error {
 
 // Ping implements Store.
 func (r *Redis) Ping(ctx context.Context) error {
-	if err := r.client.Ping(ctx).Err(); err != nil {
+	c := r.client
+	if r.probe != nil {
+		c = r.probe
+	}
+	if err := c.Ping(ctx).Err(); err != nil {
 		return wrap("ping", err)
 	}
 	return nil
@@ -295,6 +322,9 @@ func (r *Redis) Ping(ctx context.Context) error {
 func (r *Redis) Close() error {
 	if !r.owned {
 		return nil
+	}
+	if r.probe != nil {
+		_ = r.probe.Close()
 	}
 	if err := r.client.Close(); err != nil {
 		return wrap("close", err)
@@ -338,3 +368,6 @@ func (l *redisLease) Extend(ctx context.Context, ttl time.Duration) error {
 	}
 	return nil
 }
+
+// Client returns the go-redis client (for instrumentation).
+func (r *Redis) Client() redis.UniversalClient { return r.client }

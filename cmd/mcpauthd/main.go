@@ -8,6 +8,7 @@
 //	mcpauthd new-caller-key   print a new API key and its hash for the callers file
 //	mcpauthd new-master-key   print a fresh master key spec for MCPAUTH_MASTER_KEYS
 //	mcpauthd healthcheck      exit 0 when the local HTTP port answers /readyz
+//	mcpauthd version          print the build's version
 package main
 
 import (
@@ -16,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/mcpauth/mcpauth/version"
 )
 
 func main() {
@@ -49,7 +52,10 @@ func run(ctx context.Context, args []string) error {
 		return newMasterKey(args)
 	case "healthcheck":
 		return healthcheck(ctx, args)
+	case "version":
+		fmt.Println(version.String())
+		return nil
 	default:
-		return fmt.Errorf("unknown command %q (serve, migrate, rotate-keys, key-usage, new-caller-key, new-master-key, healthcheck)", cmd)
+		return fmt.Errorf("unknown command %q (serve, migrate, rotate-keys, key-usage, new-caller-key, new-master-key, healthcheck, version)", cmd)
 	}
 }

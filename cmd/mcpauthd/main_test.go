@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,15 +21,19 @@ import (
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 )
 
-// TestBinaryServesAndDrains builds mcpauthd, runs it on its embedded
-// defaults in a fresh directory (SQLite, in-process state, generated dev
-// and admin keys), calls it, and stops it with SIGTERM.
+// TestBinaryServesAndDrains builds mcpauthd with a stamped version, runs it
+// on its embedded defaults in a fresh directory (SQLite, in-process state,
+// generated dev and admin keys), calls it, and stops it with SIGTERM.
 func TestBinaryServesAndDrains(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "mcpauthd")
-	build := exec.Command("go", "build", "-o", bin, ".")
+	const stamp = "v9.8.7-stamped"
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/mcpauth/mcpauth/version.stamped="+stamp, "-o", bin, ".")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "version").Output(); err != nil || string(out) != stamp+"\n" {
+		t.Fatalf("mcpauthd version: %q, %v; want %q", out, err, stamp)
 	}
 	cmd := exec.Command(bin, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0")
 	cmd.Dir = dir
@@ -49,7 +54,7 @@ func TestBinaryServesAndDrains(t *testing.T) {
 		}
 		close(lines)
 	}()
-	var grpcAddr string
+	var grpcAddr, httpAddr string
 	var logs []string
 	deadline := time.After(30 * time.Second)
 	for grpcAddr == "" {
@@ -65,6 +70,10 @@ func TestBinaryServesAndDrains(t *testing.T) {
 			}
 			if m["msg"] == "mcpauthd serving" {
 				grpcAddr, _ = m["grpc"].(string)
+				httpAddr, _ = m["http"].(string)
+				if m["version"] != stamp {
+					t.Errorf("serving log names version %v, want %q", m["version"], stamp)
+				}
 			}
 		case <-deadline:
 			t.Fatalf("mcpauthd did not start:\n%s", strings.Join(logs, "\n"))
@@ -89,6 +98,16 @@ func TestBinaryServesAndDrains(t *testing.T) {
 	defer cancel()
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("health: %v", err)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hz struct{ Status, Version string }
+	err = json.NewDecoder(resp.Body).Decode(&hz)
+	resp.Body.Close()
+	if err != nil || hz.Status != "ok" || hz.Version != stamp {
+		t.Errorf("/healthz: %+v, %v; want ok and version %q", hz, err, stamp)
 	}
 	actx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(string(key)))
 	if _, err := mcpauthv1.NewMCPProviderServiceClient(conn).CreateProvider(actx, &mcpauthv1.CreateProviderRequest{
