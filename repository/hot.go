@@ -7,6 +7,10 @@ import (
 	"strconv"
 	"strings"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/mcpauth/mcpauth/apperr"
 )
 
@@ -38,21 +42,47 @@ func newHotSQL(text string) hotSQL {
 	return hotSQL{text: text, postgres: b.String()}
 }
 
-// queryRow runs q with args on the pool, after checking the tenant (the
-// first argument of every hot query).
-func (s *Store) queryRow(ctx context.Context, q hotSQL, tenant string, args ...any) (*sql.Row, error) {
+// getRow runs q with the tenant and args on the pool and scans its one row
+// into dest (no row: NotFound(what)), after checking the tenant (the first
+// argument of every hot query). With a tracer it is a client span like the
+// ones of GORM's statements (statement text with placeholders, no values).
+func (s *Store) getRow(ctx context.Context, q hotSQL, table, what, tenant string, args []any, dest ...any) error {
 	if err := checkTenant(tenant); err != nil {
-		return nil, err
+		return err
 	}
 	db, err := s.db.DB()
 	if err != nil {
-		return nil, err
+		return dbErr(err, "get "+what)
 	}
 	text := q.text
 	if s.db.Dialector.Name() == "postgres" {
 		text = q.postgres
 	}
-	return db.QueryRowContext(ctx, text, append([]any{tenant}, args...)...), nil
+	var span trace.Span
+	if s.tracer != nil {
+		system := "sqlite"
+		if s.db.Dialector.Name() == "postgres" {
+			system = "postgresql"
+		}
+		ctx, span = s.tracer.Start(ctx, "SELECT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+			attribute.String("db.system.name", system), attribute.String("db.operation.name", "SELECT"),
+			attribute.String("db.collection.name", table), attribute.String("db.query.text", text)))
+		defer span.End()
+	}
+	err = db.QueryRowContext(ctx, text, append([]any{tenant}, args...)...).Scan(dest...)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return apperr.NotFound(what)
+	case err != nil:
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		return dbErr(err, "get "+what)
+	}
+	if span != nil {
+		span.SetAttributes(attribute.Int64("db.response.returned_rows", 1))
+	}
+	return nil
 }
 
 // providerColumns are the columns GetProvider reads, in the order of
@@ -86,14 +116,3 @@ func registrationDest(r *ClientRegistration) []any {
 var getRegistrationSQL = newHotSQL(`SELECT tenant_id, provider_id, issuer_hash, issuer, method, client_id, secret, redirect_uri,
 	key_id, version, created_at, updated_at
 	FROM client_registrations WHERE tenant_id = ? AND provider_id = ? AND issuer_hash = ?`)
-
-// scanOne scans row into dest, mapping no row to NotFound(what).
-func scanOne(row *sql.Row, what string, dest ...any) error {
-	if err := row.Scan(dest...); err != nil {
-		if errors.Is(err, sql.ErrNoRows) {
-			return apperr.NotFound(what)
-		}
-		return dbErr(err, "get "+what)
-	}
-	return nil
-}

@@ -92,12 +92,8 @@ func providerWriteErr(err error, what string) error {
 // GetProvider returns the tenant's provider id with its grant status, or
 // apperr.NotFound.
 func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, error) {
-	row, err := s.queryRow(ctx, getProviderSQL, tenant, id)
-	if err != nil {
-		return nil, err
-	}
 	var p Provider
-	if err := scanOne(row, "provider", providerDest(&p)...); err != nil {
+	if err := s.getRow(ctx, getProviderSQL, "providers", "provider", tenant, []any{id}, providerDest(&p)...); err != nil {
 		return nil, err
 	}
 	return &p, nil

@@ -21,12 +21,9 @@ func IssuerHash(issuer string) string {
 // GetClientRegistration returns the provider's registration at issuer, or
 // apperr.NotFound("client registration not found").
 func (s *Store) GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*ClientRegistration, error) {
-	row, err := s.queryRow(ctx, getRegistrationSQL, tenant, providerID, IssuerHash(issuer))
-	if err != nil {
-		return nil, err
-	}
 	var r ClientRegistration
-	if err := scanOne(row, "client registration", registrationDest(&r)...); err != nil {
+	if err := s.getRow(ctx, getRegistrationSQL, "client_registrations", "client registration", tenant,
+		[]any{providerID, IssuerHash(issuer)}, registrationDest(&r)...); err != nil {
 		return nil, err
 	}
 	return &r, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"go.opentelemetry.io/otel/trace"
 	"net"
 	"net/url"
 	"strings"
@@ -40,6 +41,9 @@ type Options struct {
 // Store is the GORM-backed repository. It is safe for concurrent use.
 type Store struct {
 	db *gorm.DB
+	// tracer, set by Trace, traces the hand-written hot reads (hot.go) as
+	// the GORM callbacks trace every other statement.
+	tracer trace.Tracer
 }
 
 // Open connects to the database named by dsn. A dsn starting with

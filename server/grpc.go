@@ -42,11 +42,10 @@ type DenialRecorder interface {
 
 // Services are the API implementations registered on the gRPC server.
 type Services struct {
-	Providers mcpauthv1.MCPProviderServiceServer
-	OAuth     mcpauthv1.OAuthServiceServer
-	Audit     mcpauthv1.AuditServiceServer
-	Tools     mcpauthv1.MCPToolServiceServer
-	// TokenReads is optional: without it the service is not registered.
+	Providers  mcpauthv1.MCPProviderServiceServer
+	OAuth      mcpauthv1.OAuthServiceServer
+	Audit      mcpauthv1.AuditServiceServer
+	Tools      mcpauthv1.MCPToolServiceServer
 	TokenReads mcpauthv1.TokenReadServiceServer
 }
 
@@ -85,9 +84,7 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	mcpauthv1.RegisterOAuthServiceServer(s, d.Services.OAuth)
 	mcpauthv1.RegisterAuditServiceServer(s, d.Services.Audit)
 	mcpauthv1.RegisterMCPToolServiceServer(s, d.Services.Tools)
-	if d.Services.TokenReads != nil {
-		mcpauthv1.RegisterTokenReadServiceServer(s, d.Services.TokenReads)
-	}
+	mcpauthv1.RegisterTokenReadServiceServer(s, d.Services.TokenReads)
 	healthpb.RegisterHealthServer(s, d.Health)
 	reflection.Register(s)
 	if d.RPCMetrics != nil {
