@@ -94,6 +94,13 @@ const (
 	EventEgressBlocked       EventType = "egress.blocked"
 	EventToolCalled          EventType = "mcp.tool.called"
 	EventToolsRefreshed      EventType = "mcp.tools.refreshed"
+	// EventAuthServerChanged: the protected resource metadata names a new
+	// authorization server (details.old_issuer, details.new_issuer).
+	EventAuthServerChanged EventType = "oauth.authorization_server.changed"
+	// EventChallengeRecorded: an MCP request was refused with a Bearer
+	// challenge that changed the provider's status (details.status,
+	// details.error).
+	EventChallengeRecorded EventType = "mcp.challenge.recorded"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -102,7 +109,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

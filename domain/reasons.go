@@ -58,3 +58,32 @@ const (
 	ReasonStoreFailed         = "STORE_FAILED"
 	ReasonDuplicateParameter  = "DUPLICATE_PARAMETER"
 )
+
+// Reasons of challenge-driven authorization (issue 9).
+const (
+	// ReasonAuthorizationRequired: an MCP request was answered 401 (or 403
+	// insufficient_scope) and the challenge was recorded; StartAuthorization
+	// uses it.
+	ReasonAuthorizationRequired = "AUTHORIZATION_REQUIRED"
+	// ReasonStepUpExhausted: the server kept refusing with
+	// insufficient_scope after MaxStepUpAttempts authorizations.
+	ReasonStepUpExhausted = "STEP_UP_EXHAUSTED"
+	// ReasonNoUsableAuthMethod: the authorization server advertises no token
+	// endpoint authentication method mcpauth can use with this client.
+	ReasonNoUsableAuthMethod = "NO_USABLE_AUTH_METHOD"
+	// ReasonAuthServerChanged: the protected resource metadata names another
+	// authorization server than the one that issued the held grant.
+	ReasonAuthServerChanged = "AUTHORIZATION_SERVER_CHANGED"
+	// ReasonUpstreamInvalidParams: the MCP server answered JSON-RPC -32602
+	// (invalid params, also its answer to an unknown tool) or -32600.
+	ReasonUpstreamInvalidParams = "UPSTREAM_INVALID_PARAMS"
+	// ReasonUpstreamMethodNotFound: the MCP server answered JSON-RPC -32601.
+	ReasonUpstreamMethodNotFound = "UPSTREAM_METHOD_NOT_FOUND"
+	// ReasonUpstreamRPCError: the MCP server answered another JSON-RPC error.
+	ReasonUpstreamRPCError = "UPSTREAM_RPC_ERROR"
+)
+
+// MaxStepUpAttempts bounds the authorizations made for one run of
+// insufficient_scope refusals (MCP authorization, Step-Up Authorization
+// Flow: "no more than a few times"); past it the refusal is permanent.
+const MaxStepUpAttempts = 3

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -305,4 +306,33 @@ func keepSession(err error) bool {
 		return false
 	}
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
+// maxRPCMessage bounds the server's JSON-RPC error message RPCErrorOf
+// returns.
+const maxRPCMessage = 200
+
+// RPCErrorOf reports whether err is a JSON-RPC error the MCP server
+// answered (not a transport failure), with its code and its message
+// sanitised for showing to a caller: control characters removed, URLs cut
+// to scheme and host, at most 200 bytes (cut at a character boundary).
+func RPCErrorOf(err error) (code int64, message string, ok bool) {
+	var re *rpcError
+	if !errors.As(err, &re) {
+		return 0, "", false
+	}
+	msg := strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, redactURLs(re.err.Message))
+	if len(msg) > maxRPCMessage {
+		n := maxRPCMessage
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		msg = msg[:n] + "…"
+	}
+	return re.err.Code, msg, true
 }

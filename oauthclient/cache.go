@@ -2,6 +2,7 @@ package oauthclient
 
 import (
 	"container/list"
+	"strings"
 	"sync"
 	"time"
 )
@@ -120,4 +121,27 @@ func (r *resultCache) put(key string, md *Metadata, expires time.Time) {
 		r.m = map[string]resultEntry{}
 	}
 	r.m[key] = resultEntry{md: *md, expires: expires}
+}
+
+// delete drops key, if cached.
+func (m *metadataCache) delete(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.items[key]; ok {
+		m.remove(el)
+	}
+}
+
+// drop removes and returns the results whose key starts with prefix.
+func (r *resultCache) drop(prefix string) []Metadata {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Metadata
+	for k, e := range r.m {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, e.md)
+			delete(r.m, k)
+		}
+	}
+	return out
 }

@@ -282,6 +282,10 @@ const (
 	// ActionEndpointCheck records a metadata endpoint refused by the HTTP
 	// client's egress policy; it makes no request.
 	ActionEndpointCheck = "endpoint_check"
+	// ActionRecordedChallenge records that discovery started from the
+	// Bearer challenge an earlier MCP request was refused with; it makes no
+	// request.
+	ActionRecordedChallenge = "recorded_challenge"
 )
 
 // Trace records every step of probing and discovery, in order. A nil
@@ -290,6 +294,9 @@ type Trace struct {
 	// Steps lists the steps in the order they happened.
 	Steps []Step
 }
+
+// Add records a step taken outside this package (a recorded challenge).
+func (t *Trace) Add(s Step) { t.add(s) }
 
 func (t *Trace) add(s Step) {
 	if t == nil {
@@ -394,6 +401,10 @@ func retryAfter(h string, now time.Time) time.Duration {
 // sanitizeCode keeps an OAuth error code only if it is a short token of
 // safe characters; anything else is replaced, so upstream text never
 // reaches a message unfiltered.
+// SanitizeCode is sanitizeCode for other packages: an upstream code cut
+// short and reduced to printable ASCII.
+func SanitizeCode(s string) string { return sanitizeCode(s) }
+
 func sanitizeCode(s string) string {
 	if s == "" {
 		return ""

@@ -156,13 +156,43 @@ func (c *Client) discover(ctx context.Context, serverURL, canonicalResource stri
 		return nil, err
 	}
 	md := metadataFrom(asm)
-	md.Resource = canonicalResource
+	// The resource parameter (RFC 8707) carries the protected resource's
+	// own identifier, the PRM "resource": the MCP authorization spec
+	// ("Canonical Server URI") defines the canonical URI as the RFC 8707
+	// resource identifier that "aligns with the resource parameter in RFC
+	// 9728", and the MCP server checks a token's audience against that
+	// identifier. For a path-inserted or header-named document it is the
+	// MCP URL itself; a root document (RFC 9728 section 3.3) names the
+	// origin, and a token for the origin is what such a server accepts.
+	md.Resource = prm.Resource
 	md.ResourceMetadataURL = prmURL
 	md.ScopesSupported = splitScopeList(prm.ScopesSupported)
 	if err := c.preflightEndpoints(ctx, md, tr); err != nil {
 		return nil, err
 	}
 	return md, nil
+}
+
+// Forget drops what discovery cached for the MCP server at serverURL: its
+// validated results, and the protected-resource and authorization-server
+// documents they were built from. Callers use it when a request based on
+// that metadata failed (a registration refused, a token rejected), so the
+// next discovery reads the servers again instead of serving a stale answer
+// for the rest of the TTL.
+func (c *Client) Forget(serverURL string) {
+	var urls []string
+	if su, err := url.Parse(serverURL); err == nil {
+		urls = prmWellKnownURLs(su)
+	}
+	for _, md := range c.results.drop(serverURL + "\x00") {
+		urls = append(urls, md.ResourceMetadataURL)
+		if as, err := AuthServerMetadataURLs(md.Issuer); err == nil {
+			urls = append(urls, as...)
+		}
+	}
+	for _, u := range urls {
+		c.cache.delete(u)
+	}
 }
 
 // preflighter is implemented by the egress guard's transport: it applies
@@ -334,6 +364,7 @@ func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trac
 		if err != nil {
 			if errors.Is(err, ErrIssuerMismatch) {
 				mismatch = true
+				err = fmt.Errorf("issuer mismatch: the document names %q, expected %q", StripURL(doc.Issuer), StripURL(issuer))
 			}
 			step.Detail = cachedPrefix(cached) + "not used: " + err.Error()
 			tr.add(step)
@@ -372,8 +403,11 @@ func (c *Client) fetchPRM(ctx context.Context, u, canonicalResource string, tr *
 		tr.add(step)
 		return nil, nil
 	}
-	if !SameResource(prm.Resource, canonicalResource) {
-		step.Detail = cachedPrefix(cached) + "resource mismatch"
+	if !CoversResource(prm.Resource, canonicalResource) {
+		// Both values, for DiagnoseProvider (which hides the provider's
+		// path); the error itself quotes neither.
+		step.Detail = cachedPrefix(cached) + fmt.Sprintf("resource mismatch: the document names %q, the MCP server is %q",
+			StripURL(prm.Resource), StripURL(canonicalResource))
 		tr.add(step)
 		return nil, fmt.Errorf("discover: %w", ErrResourceMismatch)
 	}
@@ -564,6 +598,34 @@ func isOriginOnly(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && u.Host != "" && (u.Path == "" || u.Path == "/") &&
 		u.RawQuery == "" && !u.ForceQuery && u.Fragment == "" && u.User == nil
+}
+
+// CoversResource reports whether a protected-resource metadata document
+// naming resource describes the MCP server at canonical: the same URI
+// (SameResource), or one on the same origin whose path is a whole-segment
+// prefix of canonical's, without a query. RFC 9728 section 3.3 makes a
+// document at the root well-known URL name the origin, and the MCP
+// authorization spec lets that root document serve a path-bearing MCP
+// endpoint ("Protected Resource Metadata Discovery Requirements"); RFC
+// 8707 section 2 lets a resource indicator be less specific than the
+// request URL. Another origin (scheme, host or port) is never accepted.
+func CoversResource(resource, canonical string) bool {
+	if SameResource(resource, canonical) {
+		return true
+	}
+	r, okR := normalizeResource(resource)
+	c, okC := normalizeResource(canonical)
+	if !okR || !okC || strings.Contains(r, "?") {
+		return false
+	}
+	ru, _ := url.Parse(r)
+	cu, _ := url.Parse(c)
+	if ru.Scheme != cu.Scheme || ru.Host != cu.Host {
+		return false
+	}
+	rp := strings.TrimSuffix(ru.EscapedPath(), "/")
+	cp := cu.EscapedPath()
+	return rp == "" || cp == rp || strings.HasPrefix(cp, rp+"/")
 }
 
 // SameResource reports whether two resource URIs are the same after the

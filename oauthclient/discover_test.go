@@ -397,7 +397,9 @@ func TestDiscoverResourceMismatch(t *testing.T) {
 		t.Errorf("authorization server metadata fetched %d times after mismatch", n)
 	}
 	last := tr.Steps[len(tr.Steps)-1]
-	if last.OK || last.Detail != "resource mismatch" {
+	// Both values are shown (DiagnoseProvider hides the provider's path).
+	if last.OK || !strings.Contains(last.Detail, "resource mismatch") || !strings.Contains(last.Detail, `"https://other.example/mcp"`) ||
+		!strings.Contains(last.Detail, `"`+ts.resource()+`"`) {
 		t.Errorf("last step = %+v", last)
 	}
 }

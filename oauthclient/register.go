@@ -74,12 +74,9 @@ func (c *Client) RegisterDynamic(ctx context.Context, md *Metadata, clientName, 
 	if clientName == "" {
 		return nil, errors.New("registration: client name is empty")
 	}
-	want := AuthNone
-	switch {
-	case supportsAuth(md.TokenEndpointAuthMethods, AuthClientSecretBasic):
-		want = AuthClientSecretBasic
-	case supportsAuth(md.TokenEndpointAuthMethods, AuthClientSecretPost):
-		want = AuthClientSecretPost
+	want, err := RegistrationAuthMethod(md.TokenEndpointAuthMethods)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	meta := oauthex.ClientRegistrationMetadata{
 		ClientName:              clientName,
@@ -157,43 +154,86 @@ func (c *Client) RegisterDynamic(ctx context.Context, md *Metadata, clientName, 
 	return reg, nil
 }
 
-// supportsAuth reports whether method is in the advertised list, where an
-// empty list means the RFC 8414 default, client_secret_basic.
+// ErrNoUsableAuthMethod is returned when the authorization server
+// advertises (token_endpoint_auth_methods_supported) no token endpoint
+// authentication method this client can use.
+var ErrNoUsableAuthMethod = errors.New("the authorization server advertises no token endpoint authentication method mcpauth can use with this client")
+
+// supportsAuth reports whether method is usable at a server advertising
+// the given token_endpoint_auth_methods_supported. An empty list means the
+// RFC 8414 default, client_secret_basic; "none" is accepted too, because a
+// public client cannot authenticate at all and servers that publish no
+// metadata (2025-03-26 default endpoints) or omit the list do register
+// public clients.
 func supportsAuth(advertised []string, method string) bool {
 	if len(advertised) == 0 {
-		return method == AuthClientSecretBasic
+		return method == AuthClientSecretBasic || method == AuthNone
 	}
 	return contains(advertised, method)
 }
 
-// ChooseAuthMethod returns the token endpoint authentication method to
-// use for reg at a server advertising the given
-// token_endpoint_auth_methods_supported (empty means client_secret_basic,
-// per RFC 8414). A client without a secret, or one identified by a Client
-// ID Metadata Document, uses "none". A method recorded in reg (the
-// registration response, or the operator's choice for a pre-registered
-// client) wins when it is basic or post. Otherwise basic is preferred over
-// post. A secret-holding client at a server that supports neither is an
-// error.
+// The token endpoint authentication methods a client holding a secret can
+// use, in order of preference. This and ChooseAuthMethod are the one place
+// where methods are chosen: a new method (private_key_jwt for a client
+// holding a key) is added to the list here and to the switch of
+// ChooseAuthMethod, and is then used by registration, code exchange,
+// refresh and revocation alike.
+var secretMethods = []string{AuthClientSecretBasic, AuthClientSecretPost}
+
+// RegistrationAuthMethod returns the token_endpoint_auth_method to ask for
+// in a dynamic registration at a server advertising the given methods:
+// client_secret_basic, else client_secret_post (mcpauth is a server-side
+// broker that can keep a secret, and a confidential client's refresh
+// tokens are bound to its credentials, OAuth 2.1 section 4.3.1), else
+// none. When the server advertises none of them (only private_key_jwt,
+// say) it is ErrNoUsableAuthMethod, before any request is made.
+func RegistrationAuthMethod(advertised []string) (string, error) {
+	for _, m := range secretMethods {
+		if supportsAuth(advertised, m) {
+			return m, nil
+		}
+	}
+	if supportsAuth(advertised, AuthNone) {
+		return AuthNone, nil
+	}
+	return "", ErrNoUsableAuthMethod
+}
+
+// ChooseAuthMethod returns the token endpoint authentication method to use
+// for reg at a server advertising the given
+// token_endpoint_auth_methods_supported (see supportsAuth for an empty
+// list). A method recorded in reg (the registration response, or the
+// operator's choice for the provider) wins. Otherwise a client holding a
+// secret uses the first advertised of secretMethods, and a client without
+// one (a public client, or one identified by a Client ID Metadata
+// Document) uses "none" when the server accepts it. Anything else is
+// ErrNoUsableAuthMethod: the server would reject the client at the token
+// endpoint, after the person consented.
 func ChooseAuthMethod(reg *Registration, advertised []string) (string, error) {
 	if reg == nil {
 		return "", errors.New("no registration")
 	}
-	if reg.Method == domain.RegCIMD || reg.ClientSecret.IsZero() || reg.AuthMethod == AuthNone {
-		return AuthNone, nil
-	}
 	switch reg.AuthMethod {
+	case AuthNone:
+		return AuthNone, nil
 	case AuthClientSecretBasic, AuthClientSecretPost:
-		return reg.AuthMethod, nil
+		if reg.Method != domain.RegCIMD && !reg.ClientSecret.IsZero() {
+			return reg.AuthMethod, nil
+		}
 	case "":
 	default:
 		return "", fmt.Errorf("unsupported client authentication method %q", sanitizeCode(reg.AuthMethod))
 	}
-	switch {
-	case supportsAuth(advertised, AuthClientSecretBasic):
-		return AuthClientSecretBasic, nil
-	case supportsAuth(advertised, AuthClientSecretPost):
-		return AuthClientSecretPost, nil
+	if reg.Method != domain.RegCIMD && !reg.ClientSecret.IsZero() {
+		for _, m := range secretMethods {
+			if supportsAuth(advertised, m) {
+				return m, nil
+			}
+		}
+		return "", ErrNoUsableAuthMethod
 	}
-	return "", errors.New("server supports no client secret authentication method")
+	if supportsAuth(advertised, AuthNone) {
+		return AuthNone, nil
+	}
+	return "", ErrNoUsableAuthMethod
 }

@@ -192,6 +192,30 @@ var migrations = []migration{
 		},
 	},
 	{
+		// The last Bearer challenge an MCP server answered for a provider
+		// (401, or 403 insufficient_scope), on any request from any replica:
+		// StartAuthorization discovers and picks scopes from it, and a probe
+		// never hides it. step_up_attempts counts authorizations completed
+		// while an insufficient_scope refusal was outstanding; a successful
+		// authorized request deletes the row.
+		id: "0006_mcp_challenges",
+		sql: []string{
+			`CREATE TABLE mcp_challenges (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				http_status integer NOT NULL,
+				error text NOT NULL DEFAULT '',
+				scope text NOT NULL DEFAULT '',
+				resource_metadata text NOT NULL DEFAULT '',
+				step_up_attempts integer NOT NULL DEFAULT 0,
+				seen_at {{TS}} NOT NULL,
+				CONSTRAINT mcp_challenges_pkey PRIMARY KEY (tenant_id, provider_id),
+				CONSTRAINT fk_mcp_challenges_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+		},
+	},
+	{
 		// Token reads are counted per (tenant, minute, provider, caller)
 		// instead of one audit row each; token_read_batches makes a retried
 		// flush of the same batch a no-op (see AddTokenReads).

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -38,6 +40,11 @@ type Store interface {
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
+	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	// Challenges the MCP server answered (any replica, any request).
+	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
+	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
+	CountStepUp(ctx context.Context, tenant, providerID string) error
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -49,6 +56,9 @@ type Protocol interface {
 	Discover(ctx context.Context, serverURL, canonicalResource string, probe *oauthclient.ProbeResult, tr *oauthclient.Trace) (*oauthclient.Metadata, error)
 	RegisterDynamic(ctx context.Context, md *oauthclient.Metadata, clientName, redirectURI string, scopes []string) (*oauthclient.Registration, error)
 	Exchange(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, code, verifier secret.Secret, redirectURI, resource string, requestedScopes []string) (*oauthclient.Tokens, error)
+	// Forget drops cached discovery for a server whose metadata led to a
+	// failed request.
+	Forget(serverURL string)
 }
 
 // GrantStore stores the tokens of a completed authorization.
@@ -159,28 +169,72 @@ type discovery struct {
 	probe  *oauthclient.ProbeResult
 	md     *oauthclient.Metadata
 	scopes []string
+	// challenge is the recorded challenge discovery started from, if any.
+	challenge *repository.Challenge
 }
 
-// discover probes the MCP server and, when it asks for authorization,
-// discovers its authorization server.
+// discover finds out whether the provider's MCP server asks for
+// authorization and, when it does, discovers its authorization server.
+//
+// A challenge an earlier MCP request was refused with (401, or 403
+// insufficient_scope; recorded by any replica) is the truth and is used
+// instead of probing: servers that let initialize through and challenge
+// tools/list would otherwise look open. Without one, an unauthenticated
+// initialize probes (cached per provider version for the metadata TTL). The
+// probe is only a first guess and is not recorded: its 401 is answered by
+// the flow this discovery starts.
 func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []string, tr *oauthclient.Trace) (*discovery, error) {
-	probe, cached := (*oauthclient.ProbeResult)(nil), false
-	if tr == nil {
-		probe, cached = s.probes.get(d.Row, s.now())
-	}
-	if !cached {
-		var err error
-		if probe, err = s.proto.Probe(ctx, d.URL.String(), d.Headers, tr); err != nil {
-			return nil, upstreamErr("probing the MCP server", err)
+	tenant, id := d.Row.TenantID, d.Row.ID
+	var probe *oauthclient.ProbeResult
+	ch, err := s.store.GetChallenge(ctx, tenant, id)
+	switch {
+	case err == nil:
+		probe = d.ChallengeProbe(ch)
+		tr.Add(oauthclient.Step{Action: oauthclient.ActionRecordedChallenge, HTTPStatus: ch.HTTPStatus, OK: true,
+			Detail: fmt.Sprintf("an MCP request was refused at %s; error %q, scope %q, resource_metadata %s",
+				ch.SeenAt.UTC().Format(time.RFC3339), ch.Error, ch.Scope, presence(probe.ResourceMetadataURL))})
+	case apperr.KindOf(err) != apperr.KindNotFound:
+		return nil, err
+	default:
+		ch = nil
+		cached := false
+		if tr == nil {
+			probe, cached = s.probes.get(d.Row, s.now())
 		}
-		s.probes.put(d.Row, probe, s.now())
+		if !cached {
+			if probe, err = s.proto.Probe(ctx, d.URL.String(), d.Headers, tr); err != nil {
+				return nil, upstreamErr("probing the MCP server", err)
+			}
+			s.probes.put(d.Row, probe, s.now())
+		}
 	}
 	if probe.NotRequired {
 		return &discovery{probe: probe}, nil
 	}
+	if ch != nil && s.probes.discoveredBefore(d.Row, ch.SeenAt, s.now()) {
+		// The server refused a request after this replica last read its
+		// metadata (possibly based on it: a token from an authorization
+		// server it no longer trusts): read the metadata again.
+		s.proto.Forget(d.URL.String())
+	}
 	md, err := s.proto.Discover(ctx, d.URL.String(), d.Resource, probe, tr)
 	if err != nil {
 		return nil, upstreamErr("discovering the authorization server", err)
+	}
+	// The held grant, if any: its scopes for a step-up, its issuer to
+	// notice an authorization server that moved.
+	cred, err := s.store.GetCredential(ctx, tenant, id)
+	switch {
+	case err == nil:
+	case apperr.KindOf(err) == apperr.KindNotFound:
+		cred = nil
+	default:
+		return nil, err
+	}
+	if ch != nil && ch.Error == "insufficient_scope" && cred != nil {
+		// Step-up (MCP authorization, Step-Up Authorization Flow): the
+		// union of the scopes granted so far and those the challenge names.
+		extra = append(vault.ParseList(cred.Scopes), extra...)
 	}
 	var scopes []string
 	if len(d.Scopes) > 0 {
@@ -188,7 +242,44 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	} else {
 		scopes = oauthclient.SelectScopes(probe.Scopes, md.ScopesSupported, md.ASScopesSupported, extra)
 	}
-	return &discovery{probe: probe, md: md, scopes: scopes}, nil
+	if err := s.checkAuthServer(ctx, d, cred, md); err != nil {
+		return nil, err
+	}
+	return &discovery{probe: probe, md: md, scopes: scopes, challenge: ch}, nil
+}
+
+func presence(u string) string {
+	if u == "" {
+		return "absent"
+	}
+	return "present"
+}
+
+// checkAuthServer compares the authorization server the protected
+// resource metadata names now with the one that issued the held grant. When
+// it moved, the grant becomes REAUTH_REQUIRED (its tokens are never sent to
+// the new server, and its refresh token only ever goes back to the old
+// server's token endpoint), the move is audited once, and the flow goes on
+// with the new server: client registrations are kept per issuer, so a new
+// client is registered there and the old server's client id and secret are
+// never presented to it (a pre-registered client is the operator's
+// statement of which client to use, and is kept).
+func (s *Service) checkAuthServer(ctx context.Context, d *vault.Provider, cred *repository.Credential, md *oauthclient.Metadata) error {
+	tenant, id := d.Row.TenantID, d.Row.ID
+	if cred == nil || cred.Issuer == "" || oauthclient.SameIssuer(cred.Issuer, md.Issuer) {
+		return nil
+	}
+	changed, err := s.store.SetGrantStatus(ctx, tenant, id,
+		[]domain.AuthStatus{domain.StatusAuthorized, domain.StatusExpired, domain.StatusReauthRequired},
+		domain.StatusReauthRequired, domain.ReasonAuthServerChanged, s.cipher.PrimaryID())
+	if err != nil {
+		return err
+	}
+	if changed && cred.Reason != domain.ReasonAuthServerChanged {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthServerChanged, Provider: id, Outcome: domain.OutcomeFailure,
+			Reason: domain.ReasonAuthServerChanged, Details: map[string]string{"old_issuer": cred.Issuer, "new_issuer": md.Issuer}})
+	}
+	return nil
 }
 
 // upstreamErr turns a protocol failure into a caller-facing error that
@@ -204,6 +295,8 @@ func upstreamErr(step string, err error) error {
 		// Retrying cannot help: the provider's configuration or the
 		// allow-list must change. The message names host and rule only.
 		return apperr.FailedPrecondition(domain.ReasonEgressBlocked, "%s: %s", step, blocked.Error())
+	case errors.Is(err, oauthclient.ErrNoUsableAuthMethod):
+		return apperr.FailedPrecondition(domain.ReasonNoUsableAuthMethod, "%s: %s", step, oauthclient.ErrNoUsableAuthMethod.Error())
 	case errors.Is(err, oauthclient.ErrResourceMismatch):
 		return apperr.FailedPrecondition(domain.ReasonResourceMismatch, "%s: the protected resource metadata names a different resource than this MCP server", step)
 	case errors.Is(err, oauthclient.ErrIssuerMismatch):
@@ -221,6 +314,28 @@ func upstreamErr(step string, err error) error {
 		return apperr.Unavailable(err, "%s: timed out", step)
 	}
 	return apperr.Unavailable(err, "%s failed: %s", step, err.Error())
+}
+
+// resourceParam is the RFC 8707 resource parameter of a flow: the
+// provider's compatibility override when it has one, else the protected
+// resource's identifier from its metadata (see oauthclient.Metadata.Resource),
+// else the canonical MCP server URI.
+func resourceParam(d *vault.Provider, md *oauthclient.Metadata) string {
+	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || md.Resource == "" {
+		return d.ResourceParam()
+	}
+	return md.Resource
+}
+
+// flowSupported refuses, before any registration or browser step, an
+// authorization server that advertises grant types without
+// authorization_code (RFC 8414 grant_types_supported).
+func flowSupported(md *oauthclient.Metadata) error {
+	if len(md.GrantTypes) > 0 && !slices.Contains(md.GrantTypes, "authorization_code") {
+		return apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
+			"the authorization server does not advertise the authorization_code grant (grant_types_supported)")
+	}
+	return nil
 }
 
 // usableRegistration opens a stored dynamic registration when it is still
@@ -242,25 +357,41 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL}
 		method, err := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
 		if err != nil {
-			return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
-				"the authorization server advertises no token endpoint authentication mcpauth can use with the pre-registered client")
+			return nil, apperr.FailedPrecondition(domain.ReasonNoUsableAuthMethod,
+				"the authorization server advertises no token endpoint authentication method mcpauth can use with the pre-registered client (token_endpoint_auth_methods_supported: %s)",
+				advertisedMethods(md))
 		}
 		reg.AuthMethod = method
 		return reg, nil
 	}
 	if cimd := s.cfg.ClientMetadataURL; cimd != "" && md.ClientIDMetadataDocumentSupported {
-		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: cimd, AuthMethod: oauthclient.AuthNone, RedirectURI: s.cfg.CallbackURL}, nil
+		// mcpauth's metadata document declares "none": usable only where
+		// the server accepts public clients.
+		reg := &oauthclient.Registration{Method: domain.RegCIMD, ClientID: cimd, AuthMethod: oauthclient.AuthNone, RedirectURI: s.cfg.CallbackURL}
+		if _, err := oauthclient.ChooseAuthMethod(&oauthclient.Registration{Method: domain.RegCIMD}, md.TokenEndpointAuthMethods); err == nil {
+			return reg, nil
+		}
 	}
 	if md.RegistrationEndpoint == "" {
 		return nil, apperr.FailedPrecondition(domain.ReasonNoClientRegistration,
 			"the authorization server supports neither client ID metadata documents nor dynamic registration: set oauth_client on the provider")
+	}
+	if _, err := oauthclient.RegistrationAuthMethod(md.TokenEndpointAuthMethods); err != nil {
+		return nil, apperr.FailedPrecondition(domain.ReasonNoUsableAuthMethod,
+			"the authorization server advertises no token endpoint authentication method mcpauth can register with (token_endpoint_auth_methods_supported: %s)",
+			advertisedMethods(md))
 	}
 	var replaces int64 // the version of an unusable stored registration
 	stored, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
 	switch {
 	case err == nil:
 		if reg, ok := s.usableRegistration(stored); ok {
-			return withAuthOverride(reg, d.Compat), nil
+			reg = withAuthOverride(reg, d.Compat)
+			if _, err := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods); err == nil {
+				return reg, nil
+			}
+			// The server no longer accepts how this client authenticates:
+			// register a new one.
 		}
 		replaces = stored.Version
 	case apperr.KindOf(err) != apperr.KindNotFound:
@@ -301,6 +432,24 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 	s.audit.Record(ctx, audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": md.Issuer, "method": string(domain.RegDynamic)}})
 	return withAuthOverride(reg, d.Compat), nil
+}
+
+// advertisedMethods lists the advertised token endpoint authentication
+// methods for a message (sanitised by the metadata parser's caller: codes
+// only, cut short).
+func advertisedMethods(md *oauthclient.Metadata) string {
+	if len(md.TokenEndpointAuthMethods) == 0 {
+		return "absent"
+	}
+	out := make([]string, 0, len(md.TokenEndpointAuthMethods))
+	for i, m := range md.TokenEndpointAuthMethods {
+		if i == 8 {
+			out = append(out, "...")
+			break
+		}
+		out = append(out, oauthclient.SanitizeCode(m))
+	}
+	return strings.Join(out, " ")
 }
 
 // withAuthOverride applies the provider's token-endpoint authentication
@@ -390,8 +539,17 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 		}
 		return &Started{Status: domain.StatusNotRequired}, nil
 	}
+	if ch := disc.challenge; ch != nil && ch.Error == "insufficient_scope" && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
+		failed(domain.ReasonStepUpExhausted)
+		return nil, apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
+			"the MCP server still refuses with insufficient_scope after %d authorizations for more scopes; authorizing again will not help", ch.StepUpAttempts)
+	}
 	md := disc.md
-	if !md.SupportsS256() {
+	if err := flowSupported(md); err != nil {
+		failed(reasonOf(err))
+		return nil, err
+	}
+	if !md.SupportsS256() && !md.DefaultEndpoints {
 		if !d.Compat.AllowMissingPKCE || len(md.CodeChallengeMethods) > 0 {
 			failed(domain.ReasonPKCENotSupported)
 			return nil, apperr.FailedPrecondition(domain.ReasonPKCENotSupported,
@@ -403,6 +561,12 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	reg, err := s.registration(ctx, d, md, disc.scopes, false)
 	if err != nil {
 		failed(reasonOf(err))
+		if apperr.KindOf(err) != apperr.KindFailedPrecondition {
+			// A registration endpoint that started refusing: read the
+			// metadata again next time rather than for the whole TTL.
+			s.proto.Forget(d.URL.String())
+			s.probes.drop(d.Row)
+		}
 		return nil, err
 	}
 	verifier, _, err := oauthclient.NewPKCE()
@@ -421,10 +585,12 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	rec := &flowRecord{
 		Tenant: tenant, Provider: id, User: in.User, Issuer: md.Issuer, IssSupported: md.IssParameterSupported,
 		AuthEndpoint: md.AuthorizationEndpoint, TokenEndpoint: md.TokenEndpoint, RevocationURL: md.RevocationEndpoint, ClientID: reg.ClientID,
-		RegMethod: reg.Method, AuthMethod: reg.AuthMethod, RedirectURI: s.cfg.CallbackURL, Resource: d.ResourceParam(),
+		RegMethod: reg.Method, AuthMethod: reg.AuthMethod, RedirectURI: s.cfg.CallbackURL, Resource: resourceParam(d, md),
 		Scopes: disc.scopes, Verifier: verifier.Reveal(), State: state, ReturnURL: in.ReturnURL,
 		URLHash: d.Row.URLHash, ExpiresAt: expires.Unix(), Extra: d.Compat.ExtraParams,
-		PKCEException: !md.SupportsS256(),
+		// 2025-03-26 default endpoints advertise nothing, and that
+		// revision requires PKCE: S256 is always sent to them.
+		PKCEException: !md.SupportsS256() && !md.DefaultEndpoints,
 	}
 	if err := s.flows.put(ctx, flowKey("flow", handle), rec, s.cfg.FlowTTL); err != nil {
 		return nil, err
@@ -625,7 +791,17 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 			_ = s.store.DeleteClientRegistration(ctx, rec.Tenant, rec.Provider, rec.Issuer)
 		}
 		s.log.WarnContext(ctx, "code exchange failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
-		return fail(domain.ReasonTokenExchangeFailed, "")
+		if u, uerr := vault.OpenURL(s.cipher, row); uerr == nil {
+			s.proto.Forget(u.String())
+		}
+		// The token endpoint's error code (never its body or description)
+		// goes to the audit event; the status carries the reason.
+		details := tokenErrorDetails(err)
+		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
+			Outcome: domain.OutcomeFailure, Reason: domain.ReasonTokenExchangeFailed, Details: details})
+		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
+			domain.StatusUnauthorized, domain.ReasonTokenExchangeFailed, s.cipher.PrimaryID())
+		return &CallbackResult{Reason: domain.ReasonTokenExchangeFailed, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 	}
 	grant := vault.Grant{Issuer: rec.Issuer, TokenEndpoint: rec.TokenEndpoint, RevocationEndpoint: rec.RevocationURL,
 		RegMethod: reg.Method, ClientID: reg.ClientID, AuthMethod: reg.AuthMethod, Resource: rec.Resource}
@@ -636,9 +812,38 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")
 	}
+	// An authorization completed while an insufficient_scope refusal was
+	// outstanding counts towards the step-up bound.
+	if err := s.store.CountStepUp(ctx, rec.Tenant, rec.Provider); err != nil {
+		s.log.WarnContext(ctx, "counting a step-up failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
+	}
 	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+}
+
+// tokenErrorDetails describes a failed token request for the audit log by
+// the token endpoint's error code (RFC 6749 section 5.2) or HTTP status,
+// never its body or description.
+func tokenErrorDetails(err error) map[string]string {
+	var oe *oauthclient.OAuthError
+	var se *oauthclient.StatusError
+	var te *oauthclient.TemporaryError
+	switch {
+	case errors.Is(err, oauthclient.ErrInvalidGrant):
+		return map[string]string{"error": "invalid_grant"}
+	case errors.Is(err, oauthclient.ErrInvalidClient):
+		return map[string]string{"error": "invalid_client"}
+	case errors.As(err, &oe):
+		return map[string]string{"error": oe.Code}
+	case errors.As(err, &te) && te.Status == 0:
+		return map[string]string{"error": "unreachable"}
+	case errors.As(err, &te):
+		return map[string]string{"error": "temporarily_unavailable", "http_status": strconv.Itoa(te.Status)}
+	case errors.As(err, &se):
+		return map[string]string{"http_status": strconv.Itoa(se.Status)}
+	}
+	return nil
 }
 
 // stateFailure answers a callback whose state names no usable flow.
@@ -753,6 +958,10 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	ctx = audit.WithScope(ctx, d.Row.TenantID, d.Row.ID)
 	tr := &oauthclient.Trace{}
 	out := &Diagnosis{}
+	// A diagnosis reads the servers as they are now, and what it reads
+	// replaces what StartAuthorization had cached.
+	s.proto.Forget(d.URL.String())
+	s.probes.drop(d.Row)
 	disc, derr := s.discover(ctx, d, nil, tr)
 	// The provider's URL path can hold a secret (some servers put an API
 	// key there), and masked views never show it: nor does the trace.
@@ -782,9 +991,19 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	out.IssuerParameterSupported = md.IssParameterSupported
 	out.Scopes = disc.scopes
 	out.Status, _ = d.Row.AuthStatus()
+	if ch := disc.challenge; ch != nil && ch.Error == "insufficient_scope" && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
+		out.BlockingProblem = fmt.Sprintf("the MCP server still refuses with insufficient_scope after %d authorizations for more scopes", ch.StepUpAttempts)
+		return out, nil
+	}
+	if err := flowSupported(md); err != nil {
+		out.BlockingProblem = apperr.PublicMessage(err)
+		return out, nil
+	}
 	switch {
-	case !md.SupportsS256() && !(d.Compat.AllowMissingPKCE && len(md.CodeChallengeMethods) == 0):
-		out.BlockingProblem = "the authorization server does not advertise S256 PKCE; mcpauth refuses to authorize without it (set compatibility.allow_missing_pkce_metadata only if you know the server supports S256 anyway)"
+	case md.DefaultEndpoints:
+		// 2025-03-26 default endpoints: S256 is always sent.
+		out.PKCES256Supported = true
+		fallthrough
 	default:
 		reg, err := s.registration(ctx, d, md, disc.scopes, true)
 		if err != nil {
@@ -793,6 +1012,8 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 			out.RegistrationMethod = reg.Method
 			out.Ready = true
 		}
+	case !md.SupportsS256() && !(d.Compat.AllowMissingPKCE && len(md.CodeChallengeMethods) == 0):
+		out.BlockingProblem = "the authorization server does not advertise S256 PKCE; mcpauth refuses to authorize without it (set compatibility.allow_missing_pkce_metadata only if you know the server supports S256 anyway)"
 	}
 	return out, nil
 }

@@ -96,6 +96,7 @@ type fakeAS struct {
 
 	// What the servers received.
 	probes, discovers, registrations, exchanges int
+	forgotten                                   []string
 	probed                                      []probeCall
 	registered                                  []registerCall
 	lastExchange                                *exchangeCall
@@ -227,6 +228,13 @@ func (a *fakeAS) Discover(_ context.Context, _, canonicalResource string, _ *oau
 		*l = slices.Clone(*l)
 	}
 	return &md, nil
+}
+
+// Forget records that cached discovery for serverURL was dropped.
+func (a *fakeAS) Forget(serverURL string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.forgotten = append(a.forgotten, serverURL)
 }
 
 // RegisterDynamic is RFC 7591 registration: a confidential client using

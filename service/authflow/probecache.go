@@ -18,6 +18,10 @@ type probeCache struct {
 	ttl time.Duration
 	mu  sync.Mutex
 	m   map[string]probeEntry
+	// discovered is when each provider (any version) was last discovered
+	// on this replica, so a challenge recorded later drops what discovery
+	// cached (see Service.discover).
+	discovered map[string]time.Time
 }
 
 type probeEntry struct {
@@ -29,7 +33,7 @@ type probeEntry struct {
 const maxProbeEntries = 10_000
 
 func newProbeCache(ttl time.Duration) *probeCache {
-	return &probeCache{ttl: ttl, m: map[string]probeEntry{}}
+	return &probeCache{ttl: ttl, m: map[string]probeEntry{}, discovered: map[string]time.Time{}}
 }
 
 func probeKey(row *repository.Provider) string {
@@ -59,4 +63,31 @@ func (c *probeCache) put(row *repository.Provider, res *oauthclient.ProbeResult,
 		c.m = map[string]probeEntry{}
 	}
 	c.m[probeKey(row)] = probeEntry{res: res, at: now}
+}
+
+// drop forgets the provider's probe result.
+func (c *probeCache) drop(row *repository.Provider) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, probeKey(row))
+}
+
+// discoveredBefore reports whether the provider was last discovered on this
+// replica before t (or never), and records now as its discovery time.
+func (c *probeCache) discoveredBefore(row *repository.Provider, t, now time.Time) bool {
+	if c == nil {
+		return true
+	}
+	k := row.TenantID + "/" + row.ID
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last, ok := c.discovered[k]
+	if len(c.discovered) >= maxProbeEntries {
+		c.discovered = map[string]time.Time{}
+	}
+	c.discovered[k] = now
+	return !ok || last.Before(t)
 }

@@ -302,9 +302,6 @@ func TestStartChoosesRegistration(t *testing.T) {
 				a.md.TokenEndpointAuthMethods = []string{"private_key_jwt", "client_secret_post", "client_secret_basic"}
 			},
 			wantMethod: domain.RegPreRegistered, wantClient: preID, wantAuth: oauthclient.AuthClientSecretBasic},
-		{name: "pre-registered public client, secret methods only", spec: providerSpec{ClientID: preID},
-			setup:      func(a *fakeAS) { a.md.TokenEndpointAuthMethods = []string{"client_secret_post"} },
-			wantMethod: domain.RegPreRegistered, wantClient: preID, wantAuth: oauthclient.AuthNone},
 		{name: "pre-registered public client", spec: providerSpec{ClientID: preID},
 			wantMethod: domain.RegPreRegistered, wantClient: preID, wantAuth: oauthclient.AuthNone},
 		{name: "pre-registered, compatibility override",
@@ -352,15 +349,24 @@ func TestStartChoosesRegistration(t *testing.T) {
 func TestStartWithoutUsableClient(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
-		name  string
-		spec  providerSpec
-		setup func(*fakeAS)
+		name   string
+		spec   providerSpec
+		setup  func(*fakeAS)
+		reason string
 	}{
-		{name: "neither metadata documents nor dynamic registration", setup: func(a *fakeAS) { a.md.RegistrationEndpoint = "" }},
+		{name: "neither metadata documents nor dynamic registration", setup: func(a *fakeAS) { a.md.RegistrationEndpoint = "" },
+			reason: domain.ReasonNoClientRegistration},
 		{name: "pre-registered secret the server cannot take", spec: providerSpec{ClientID: "pre-client", ClientSecret: "s"},
-			setup: func(a *fakeAS) { a.md.TokenEndpointAuthMethods = []string{"private_key_jwt"} }},
+			setup: func(a *fakeAS) { a.md.TokenEndpointAuthMethods = []string{"private_key_jwt"} }, reason: domain.ReasonNoUsableAuthMethod},
 		{name: "pre-registered with an unknown override", spec: providerSpec{ClientID: "pre-client", ClientSecret: "s",
-			Compat: domain.Compat{TokenEndpointAuth: "tls_client_auth"}}},
+			Compat: domain.Compat{TokenEndpointAuth: "tls_client_auth"}}, reason: domain.ReasonNoUsableAuthMethod},
+		// A public client sends "none": a server listing only secret
+		// methods would refuse it at the token endpoint (issue 9 item 6).
+		{name: "pre-registered public client, secret methods only", spec: providerSpec{ClientID: "pre-client"},
+			setup: func(a *fakeAS) { a.md.TokenEndpointAuthMethods = []string{"client_secret_post"} }, reason: domain.ReasonNoUsableAuthMethod},
+		// Dynamic registration cannot obtain a key: refused before /register.
+		{name: "dynamic registration, private_key_jwt only", setup: func(a *fakeAS) { a.md.TokenEndpointAuthMethods = []string{"private_key_jwt"} },
+			reason: domain.ReasonNoUsableAuthMethod},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -370,8 +376,8 @@ func TestStartWithoutUsableClient(t *testing.T) {
 				tc.setup(e.as)
 			}
 			_, err := e.svc.Start(context.Background(), startIn())
-			wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonNoClientRegistration)
-			if ev := e.event(t, domain.EventAuthStarted); ev.Reason != domain.ReasonNoClientRegistration || ev.Outcome != int32(domain.OutcomeFailure) {
+			wantErr(t, err, apperr.KindFailedPrecondition, tc.reason)
+			if ev := e.event(t, domain.EventAuthStarted); ev.Reason != tc.reason || ev.Outcome != int32(domain.OutcomeFailure) {
 				t.Fatalf("started event %+v", ev)
 			}
 			e.wantStatus(t, testProvider, domain.StatusUnauthorized, "")

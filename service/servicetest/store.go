@@ -32,6 +32,7 @@ type Store struct {
 	creds     map[string]repository.Credential
 	regs      map[string]repository.ClientRegistration
 	tools     map[string]repository.ToolList
+	chals     map[string]repository.Challenge
 	audit     []repository.AuditEvent
 	fail      map[string]error
 	calls     map[string]int
@@ -44,7 +45,7 @@ func NewStore(now func() time.Time) *Store {
 		now = time.Now
 	}
 	return &Store{now: now, providers: map[string]repository.Provider{}, creds: map[string]repository.Credential{},
-		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, fail: map[string]error{},
+		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, chals: map[string]repository.Challenge{}, fail: map[string]error{},
 		calls: map[string]int{}}
 }
 
@@ -240,6 +241,7 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 func (s *Store) dropDependents(tenant, id string) {
 	delete(s.creds, key(tenant, id))
 	delete(s.tools, key(tenant, id))
+	delete(s.chals, key(tenant, id))
 	for k, r := range s.regs {
 		if r.TenantID == tenant && r.ProviderID == id {
 			delete(s.regs, k)

@@ -25,6 +25,7 @@ import (
 	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/mcpclient"
 	"github.com/mcpauth/mcpauth/metrics"
+	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/audit"
@@ -50,6 +51,12 @@ type Store interface {
 	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
 	PutTools(ctx context.Context, t *repository.ToolList) error
 	GetTools(ctx context.Context, tenant, providerID string) (*repository.ToolList, error)
+	// Challenges: what the MCP server answered 401/403 with, for every
+	// replica and for StartAuthorization.
+	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
+	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
+	ClearChallenge(ctx context.Context, tenant, providerID string) error
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -206,12 +213,85 @@ func reasonOf(err error) string {
 // 401 marks the authorization dead; a 403 insufficient_scope becomes a
 // structured step-up error.
 func (s *Service) withAuthRetry(ctx context.Context, ss *session, fn func(ss *session) error) error {
+	err := s.withAuthRetryOnce(ctx, ss, fn)
+	if err == nil {
+		s.succeeded(ctx, ss)
+	}
+	return err
+}
+
+// succeeded settles what a successful MCP request proves: made without a
+// token, the server needs none (NOT_REQUIRED, any recorded challenge
+// forgotten); made with one, no refusal is outstanding any more (the
+// step-up attempt count starts again). Failures here are logged only: the
+// request itself succeeded.
+func (s *Service) succeeded(ctx context.Context, ss *session) {
+	row := ss.d.Row
+	if !ss.cred.AccessToken.IsZero() {
+		if err := s.store.ClearChallenge(ctx, row.TenantID, row.ID); err != nil {
+			s.log.WarnContext(ctx, "clearing the recorded challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
+		}
+		return
+	}
+	if st, _ := row.AuthStatus(); st != domain.StatusUnauthorized {
+		return
+	}
+	if err := s.store.ClearChallenge(ctx, row.TenantID, row.ID); err != nil {
+		s.log.WarnContext(ctx, "clearing the recorded challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
+		return
+	}
+	if _, err := s.store.SetGrantStatus(ctx, row.TenantID, row.ID, []domain.AuthStatus{domain.StatusUnauthorized},
+		domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
+		s.log.WarnContext(ctx, "recording NOT_REQUIRED failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
+	}
+}
+
+// recordChallenge keeps a 401 or 403 insufficient_scope Bearer challenge
+// for the provider in the database, so that every replica and
+// StartAuthorization see it (MCP authorization, Scope Selection Strategy:
+// the challenge's scope is authoritative for the operation). A refusal
+// without a Bearer challenge (a custom header missing) is not about OAuth
+// and is not recorded.
+func (s *Service) recordChallenge(ctx context.Context, ss *session, ae *mcpclient.AuthError) {
+	if !ae.Bearer || (ae.Status == 403 && !ae.InsufficientScope) {
+		return
+	}
+	ch, err := oauthclient.ParseChallenge([]string{ae.Challenge})
+	if err != nil {
+		return
+	}
+	row := ss.d.Row
+	changed, err := s.store.RecordChallenge(ctx, ss.d.ChallengeRow(ae.Status, ch), s.cipher.PrimaryID())
+	if err != nil {
+		s.log.WarnContext(ctx, "recording the MCP server's challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
+		return
+	}
+	if changed {
+		reason := domain.ReasonAuthorizationRequired
+		if ae.InsufficientScope {
+			reason = domain.ReasonInsufficientScope
+		}
+		s.audit.Record(ctx, audit.Event{Tenant: row.TenantID, Type: domain.EventChallengeRecorded, Provider: row.ID, Outcome: domain.OutcomeFailure,
+			Reason: reason, Details: map[string]string{"status": strconv.Itoa(ae.Status), "error": ch.Error}})
+	}
+}
+
+// withAuthRetryOnce is withAuthRetry without the success bookkeeping.
+func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss *session) error) error {
 	tenant, id := ss.d.Row.TenantID, ss.d.Row.ID
 	err := fn(ss)
 	var ae *mcpclient.AuthError
+	if errors.As(err, &ae) {
+		s.recordChallenge(ctx, ss, ae)
+	}
 	if errors.As(err, &ae) && ae.Status == 401 {
 		if ss.cred.AccessToken.IsZero() {
-			return apperr.FailedPrecondition(domain.ReasonNotAuthorized, "the MCP server requires authorization: call StartAuthorization")
+			if !ae.Bearer {
+				return apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+					"the MCP server refused the request without asking for an OAuth token: check the provider's headers")
+			}
+			return apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+				"the MCP server requires authorization (its challenge was recorded): call StartAuthorization")
 		}
 		// Retry with exactly the token the refresh produced (never a cached
 		// copy, which could be the rejected token again).
@@ -225,6 +305,9 @@ func (s *Service) withAuthRetry(ctx context.Context, ss *session, fn func(ss *se
 		ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
 		ss.key = fmt.Sprintf("%s/%s/%d/%d", tenant, id, ss.d.Row.Version, ss.gen)
 		err = fn(ss)
+		if errors.As(err, &ae) {
+			s.recordChallenge(ctx, ss, ae)
+		}
 		if errors.As(err, &ae) && ae.Status == 401 {
 			if !ae.Bearer {
 				// Refused with a fresh token, and without a Bearer challenge:
@@ -252,6 +335,12 @@ func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthErr
 	tenant, id := ss.d.Row.TenantID, ss.d.Row.ID
 	if !ae.InsufficientScope {
 		return apperr.PermissionDenied("the MCP server refused the request (403)")
+	}
+	if ch, err := s.store.GetChallenge(ctx, tenant, id); err == nil && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpExhausted})
+		return apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
+			"the MCP server still refuses with insufficient_scope after %d authorizations for more scopes; authorizing again will not help", ch.StepUpAttempts).
+			WithMeta("required_scopes", strings.Join(ae.Scopes, " "))
 	}
 	var granted []string
 	if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
@@ -318,10 +407,44 @@ func (s *Service) mapErr(err error) error {
 	if perr := definitiveErr(err); perr != nil {
 		return perr
 	}
+	if rerr := rpcErr(err); rerr != nil {
+		return rerr
+	}
 	if _, ok := apperr.As(err); ok {
 		return err
 	}
-	return apperr.Unavailable(err, "the MCP server could not be reached or answered with an error")
+	return apperr.Unavailable(err, "the MCP server could not be reached")
+}
+
+// JSON-RPC error codes (JSON-RPC 2.0 section 5.1; MCP tools: an unknown
+// tool or invalid arguments are -32602).
+const (
+	rpcInvalidRequest = -32600
+	rpcMethodNotFound = -32601
+	rpcInvalidParams  = -32602
+)
+
+// rpcErr maps a JSON-RPC error the MCP server answered to a code that keeps
+// its meaning (the request reached the server and was refused: not an
+// outage), with the server's message sanitised and bounded; nil for other
+// errors.
+func rpcErr(err error) error {
+	code, msg, ok := mcpclient.RPCErrorOf(err)
+	if !ok {
+		return nil
+	}
+	var e *apperr.Error
+	switch code {
+	case rpcInvalidParams, rpcInvalidRequest:
+		e = &apperr.Error{Kind: apperr.KindInvalidArgument, Reason: domain.ReasonUpstreamInvalidParams,
+			Message: fmt.Sprintf("the MCP server rejected the request's parameters (JSON-RPC %d): %s", code, msg)}
+	case rpcMethodNotFound:
+		e = &apperr.Error{Kind: apperr.KindUnimplemented, Reason: domain.ReasonUpstreamMethodNotFound,
+			Message: fmt.Sprintf("the MCP server does not offer this method (JSON-RPC %d): %s", code, msg)}
+	default:
+		e = apperr.FailedPrecondition(domain.ReasonUpstreamRPCError, "the MCP server answered with JSON-RPC error %d: %s", code, msg)
+	}
+	return e.WithMeta("rpc_code", strconv.FormatInt(code, 10))
 }
 
 // definitiveErr maps the MCP failures retrying cannot help with (an egress

@@ -1022,3 +1022,42 @@ func TestCallsValidateTheUser(t *testing.T) {
 		})
 	}
 }
+
+// TestStepUpIsBounded: each 403 insufficient_scope is recorded; after
+// MaxStepUpAttempts authorizations completed while one was outstanding,
+// the answer is STEP_UP_EXHAUSTED and no further flow is started.
+func TestStepUpIsBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addProvider(t, provider{id: "p", scopes: []string{"read"}})
+	e.authorize(t, e.grants, "p", "read")
+	e.serve(serverURL, e.as, echoTool("write_doc", "read", "write"), echoTool("read_doc", "read"))
+	may := agent(caller.ToolsCall, caller.Authorize)
+	_, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "write_doc", User: "u"})
+	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonInsufficientScope)
+	ch, err := e.store.GetChallenge(context.Background(), tenant, "p")
+	if err != nil || ch.HTTPStatus != 403 || ch.Error != "insufficient_scope" || ch.Scope != "read write" {
+		t.Fatalf("recorded challenge %+v, %v", ch, err)
+	}
+	for range domain.MaxStepUpAttempts {
+		if err := e.store.CountStepUp(context.Background(), tenant, "p"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flows := len(e.starter.Flows())
+	_, err = e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "write_doc", User: "u"})
+	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonStepUpExhausted)
+	if n := len(e.starter.Flows()); n != flows {
+		t.Fatalf("%d more flows started after the bound", n-flows)
+	}
+	if ev, _ := e.lastEvent(t, domain.EventStepUpRequired); ev.Reason != domain.ReasonStepUpExhausted {
+		t.Fatalf("step-up audit reason %s", ev.Reason)
+	}
+	// A successful authorized request starts the count again.
+	if _, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "read_doc", User: "u"}); err != nil {
+		t.Fatalf("read_doc: %v", err)
+	}
+	if _, err := e.store.GetChallenge(context.Background(), tenant, "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Fatalf("challenge after a success: %v", err)
+	}
+}

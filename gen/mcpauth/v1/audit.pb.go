@@ -151,6 +151,16 @@ const (
 	// "mcp.tool.called": CallTool called a tool (SUCCESS, even when the tool
 	// reported an error) or failed (FAILURE with the call's ErrorReason).
 	AuditEventType_AUDIT_EVENT_TYPE_MCP_TOOL_CALLED AuditEventType = 21
+	// "oauth.authorization_server.changed": the MCP server's protected
+	// resource metadata names another authorization server than the one that
+	// issued the held grant; the grant became REAUTH_REQUIRED (FAILURE, reason
+	// AUTHORIZATION_SERVER_CHANGED; details.old_issuer, details.new_issuer).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED AuditEventType = 40
+	// "mcp.challenge.recorded": an MCP request was answered 401 or 403
+	// insufficient_scope; the challenge was recorded for StartAuthorization
+	// (FAILURE, reason AUTHORIZATION_REQUIRED or INSUFFICIENT_SCOPE;
+	// details.status, details.error).
+	AuditEventType_AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED AuditEventType = 41
 )
 
 // Enum value maps for AuditEventType.
@@ -178,30 +188,34 @@ var (
 		19: "AUDIT_EVENT_TYPE_EGRESS_BLOCKED",
 		20: "AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED",
 		21: "AUDIT_EVENT_TYPE_MCP_TOOL_CALLED",
+		40: "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED",
+		41: "AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED",
 	}
 	AuditEventType_value = map[string]int32{
-		"AUDIT_EVENT_TYPE_UNSPECIFIED":                 0,
-		"AUDIT_EVENT_TYPE_PROVIDER_CREATED":            1,
-		"AUDIT_EVENT_TYPE_PROVIDER_UPDATED":            2,
-		"AUDIT_EVENT_TYPE_PROVIDER_DELETED":            3,
-		"AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET":  4,
-		"AUDIT_EVENT_TYPE_PERMISSION_DENIED":           5,
-		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED": 6,
-		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED":    7,
-		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED":       8,
-		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED":       9,
-		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED":  10,
-		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ":            11,
-		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED":  12,
-		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED": 13,
-		"AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED":     14,
-		"AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED":    15,
-		"AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED":     16,
-		"AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED":       17,
-		"AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED":      18,
-		"AUDIT_EVENT_TYPE_EGRESS_BLOCKED":              19,
-		"AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED":         20,
-		"AUDIT_EVENT_TYPE_MCP_TOOL_CALLED":             21,
+		"AUDIT_EVENT_TYPE_UNSPECIFIED":                        0,
+		"AUDIT_EVENT_TYPE_PROVIDER_CREATED":                   1,
+		"AUDIT_EVENT_TYPE_PROVIDER_UPDATED":                   2,
+		"AUDIT_EVENT_TYPE_PROVIDER_DELETED":                   3,
+		"AUDIT_EVENT_TYPE_PROVIDER_CREDENTIALS_RESET":         4,
+		"AUDIT_EVENT_TYPE_PERMISSION_DENIED":                  5,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_STARTED":        6,
+		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_SUCCEEDED":           7,
+		"AUDIT_EVENT_TYPE_OAUTH_CALLBACK_FAILED":              8,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESHED":              9,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_REFRESH_FAILED":         10,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_READ":                   11,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_PERSIST_FAILED":         12,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_REVOKED":        13,
+		"AUDIT_EVENT_TYPE_OAUTH_REVOCATION_FAILED":            14,
+		"AUDIT_EVENT_TYPE_OAUTH_COMPATIBILITY_USED":           15,
+		"AUDIT_EVENT_TYPE_OAUTH_CLIENT_REGISTERED":            16,
+		"AUDIT_EVENT_TYPE_OAUTH_REAUTH_REQUIRED":              17,
+		"AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED":             18,
+		"AUDIT_EVENT_TYPE_EGRESS_BLOCKED":                     19,
+		"AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED":                20,
+		"AUDIT_EVENT_TYPE_MCP_TOOL_CALLED":                    21,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED": 40,
+		"AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED":             41,
 	}
 )
 
@@ -553,7 +567,7 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xcd\a\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xb3\b\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
@@ -577,7 +591,9 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"'AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED\x10\x12\x12#\n" +
 	"\x1fAUDIT_EVENT_TYPE_EGRESS_BLOCKED\x10\x13\x12(\n" +
 	"$AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED\x10\x14\x12$\n" +
-	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x152\x97\x01\n" +
+	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x15\x127\n" +
+	"3AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED\x10(\x12+\n" +
+	"'AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED\x10)2\x97\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
 	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 

@@ -297,6 +297,39 @@ const (
 	// provider's server_url and headers.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_SERVER_REQUEST_REJECTED ErrorReason = 52
+	// An MCP request was answered 401 (or 403 insufficient_scope) and the
+	// challenge was recorded (gRPC FAILED_PRECONDITION): call
+	// StartAuthorization, which uses the challenge's resource_metadata and
+	// scope.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_AUTHORIZATION_REQUIRED ErrorReason = 53
+	// The MCP server kept answering 403 insufficient_scope after three
+	// authorizations for it (gRPC FAILED_PRECONDITION): authorizing again
+	// will not help; the server's scope configuration needs fixing.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_STEP_UP_EXHAUSTED ErrorReason = 54
+	// The authorization server advertises no token endpoint authentication
+	// method mcpauth can use with this client (token_endpoint_auth_methods_supported)
+	// (gRPC FAILED_PRECONDITION), found before any browser step.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_NO_USABLE_AUTH_METHOD ErrorReason = 55
+	// The MCP server's protected resource metadata names another
+	// authorization server than the one that issued the held grant: the grant
+	// is REAUTH_REQUIRED and a new authorization registers with the new server.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_AUTHORIZATION_SERVER_CHANGED ErrorReason = 56
+	// The MCP server answered JSON-RPC -32602 or -32600 (invalid params, which
+	// is also its answer to an unknown tool) (gRPC INVALID_ARGUMENT).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_UPSTREAM_INVALID_PARAMS ErrorReason = 57
+	// The MCP server answered JSON-RPC -32601, method not found (gRPC
+	// UNIMPLEMENTED): it does not offer the capability.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_UPSTREAM_METHOD_NOT_FOUND ErrorReason = 58
+	// The MCP server answered another JSON-RPC error (gRPC
+	// FAILED_PRECONDITION; metadata rpc_code).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_UPSTREAM_RPC_ERROR ErrorReason = 59
 )
 
 // Enum value maps for ErrorReason.
@@ -355,61 +388,75 @@ var (
 		50: "METADATA_NOT_FOUND",
 		51: "SERVER_NOT_FOUND",
 		52: "SERVER_REQUEST_REJECTED",
+		53: "AUTHORIZATION_REQUIRED",
+		54: "STEP_UP_EXHAUSTED",
+		55: "NO_USABLE_AUTH_METHOD",
+		56: "AUTHORIZATION_SERVER_CHANGED",
+		57: "UPSTREAM_INVALID_PARAMS",
+		58: "UPSTREAM_METHOD_NOT_FOUND",
+		59: "UPSTREAM_RPC_ERROR",
 	}
 	ErrorReason_value = map[string]int32{
-		"ERROR_REASON_UNSPECIFIED":  0,
-		"INVALID_ARGUMENT":          1,
-		"NOT_FOUND":                 2,
-		"ALREADY_EXISTS":            3,
-		"PERMISSION_DENIED":         4,
-		"UNAUTHENTICATED":           5,
-		"ABORTED":                   6,
-		"UNAVAILABLE":               7,
-		"INTERNAL":                  8,
-		"DEADLINE_EXCEEDED":         9,
-		"CANCELLED":                 10,
-		"NOT_AUTHORIZED":            11,
-		"REAUTH_REQUIRED":           12,
-		"TOKEN_EXPIRED":             13,
-		"INSUFFICIENT_SCOPE":        14,
-		"INSUFFICIENT_SCOPE_LOOP":   15,
-		"PKCE_NOT_SUPPORTED":        16,
-		"ISSUER_MISMATCH":           17,
-		"RESOURCE_MISMATCH":         18,
-		"NO_CLIENT_REGISTRATION":    19,
-		"EGRESS_BLOCKED":            20,
-		"SERVER_UNREACHABLE":        21,
-		"RESULT_TOO_LARGE":          22,
-		"PROBE_UNAVAILABLE":         23,
-		"FLOW_EXPIRED_OR_USED":      24,
-		"MISSING_STATE":             25,
-		"STATE_INVALID":             26,
-		"BROWSER_MISMATCH":          27,
-		"AUTHORIZATION_DENIED":      28,
-		"MISSING_CODE":              29,
-		"PROVIDER_GONE":             30,
-		"PROVIDER_CHANGED":          31,
-		"CLIENT_CHANGED":            32,
-		"TOKEN_EXCHANGE_FAILED":     33,
-		"STORE_FAILED":              34,
-		"RATE_LIMITED":              35,
-		"INVALID_GRANT":             36,
-		"INVALID_CLIENT":            37,
-		"MCP_SERVER_REJECTED_TOKEN": 38,
-		"REFRESH_EXHAUSTED":         39,
-		"PERSIST_FAILED":            40,
-		"STEP_UP_LOOP":              41,
-		"PKCE_METADATA_MISSING":     42,
-		"DB_WRITE_FAILED":           43,
-		"NO_CLIENT":                 44,
-		"REVOKE_REFRESH_FAILED":     45,
-		"REVOKE_ACCESS_FAILED":      46,
-		"SERVER_URL_CHANGED":        47,
-		"DUPLICATE_PARAMETER":       48,
-		"NOT_REQUIRED":              49,
-		"METADATA_NOT_FOUND":        50,
-		"SERVER_NOT_FOUND":          51,
-		"SERVER_REQUEST_REJECTED":   52,
+		"ERROR_REASON_UNSPECIFIED":     0,
+		"INVALID_ARGUMENT":             1,
+		"NOT_FOUND":                    2,
+		"ALREADY_EXISTS":               3,
+		"PERMISSION_DENIED":            4,
+		"UNAUTHENTICATED":              5,
+		"ABORTED":                      6,
+		"UNAVAILABLE":                  7,
+		"INTERNAL":                     8,
+		"DEADLINE_EXCEEDED":            9,
+		"CANCELLED":                    10,
+		"NOT_AUTHORIZED":               11,
+		"REAUTH_REQUIRED":              12,
+		"TOKEN_EXPIRED":                13,
+		"INSUFFICIENT_SCOPE":           14,
+		"INSUFFICIENT_SCOPE_LOOP":      15,
+		"PKCE_NOT_SUPPORTED":           16,
+		"ISSUER_MISMATCH":              17,
+		"RESOURCE_MISMATCH":            18,
+		"NO_CLIENT_REGISTRATION":       19,
+		"EGRESS_BLOCKED":               20,
+		"SERVER_UNREACHABLE":           21,
+		"RESULT_TOO_LARGE":             22,
+		"PROBE_UNAVAILABLE":            23,
+		"FLOW_EXPIRED_OR_USED":         24,
+		"MISSING_STATE":                25,
+		"STATE_INVALID":                26,
+		"BROWSER_MISMATCH":             27,
+		"AUTHORIZATION_DENIED":         28,
+		"MISSING_CODE":                 29,
+		"PROVIDER_GONE":                30,
+		"PROVIDER_CHANGED":             31,
+		"CLIENT_CHANGED":               32,
+		"TOKEN_EXCHANGE_FAILED":        33,
+		"STORE_FAILED":                 34,
+		"RATE_LIMITED":                 35,
+		"INVALID_GRANT":                36,
+		"INVALID_CLIENT":               37,
+		"MCP_SERVER_REJECTED_TOKEN":    38,
+		"REFRESH_EXHAUSTED":            39,
+		"PERSIST_FAILED":               40,
+		"STEP_UP_LOOP":                 41,
+		"PKCE_METADATA_MISSING":        42,
+		"DB_WRITE_FAILED":              43,
+		"NO_CLIENT":                    44,
+		"REVOKE_REFRESH_FAILED":        45,
+		"REVOKE_ACCESS_FAILED":         46,
+		"SERVER_URL_CHANGED":           47,
+		"DUPLICATE_PARAMETER":          48,
+		"NOT_REQUIRED":                 49,
+		"METADATA_NOT_FOUND":           50,
+		"SERVER_NOT_FOUND":             51,
+		"SERVER_REQUEST_REJECTED":      52,
+		"AUTHORIZATION_REQUIRED":       53,
+		"STEP_UP_EXHAUSTED":            54,
+		"NO_USABLE_AUTH_METHOD":        55,
+		"AUTHORIZATION_SERVER_CHANGED": 56,
+		"UPSTREAM_INVALID_PARAMS":      57,
+		"UPSTREAM_METHOD_NOT_FOUND":    58,
+		"UPSTREAM_RPC_ERROR":           59,
 	}
 )
 
@@ -445,7 +492,8 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x8f\t\n" +
+	"mcpauth.v1*\xd3\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -500,7 +548,14 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\fNOT_REQUIRED\x101\x12\x16\n" +
 	"\x12METADATA_NOT_FOUND\x102\x12\x14\n" +
 	"\x10SERVER_NOT_FOUND\x103\x12\x1b\n" +
-	"\x17SERVER_REQUEST_REJECTED\x104B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x17SERVER_REQUEST_REJECTED\x104\x12\x1a\n" +
+	"\x16AUTHORIZATION_REQUIRED\x105\x12\x15\n" +
+	"\x11STEP_UP_EXHAUSTED\x106\x12\x19\n" +
+	"\x15NO_USABLE_AUTH_METHOD\x107\x12 \n" +
+	"\x1cAUTHORIZATION_SERVER_CHANGED\x108\x12\x1b\n" +
+	"\x17UPSTREAM_INVALID_PARAMS\x109\x12\x1d\n" +
+	"\x19UPSTREAM_METHOD_NOT_FOUND\x10:\x12\x16\n" +
+	"\x12UPSTREAM_RPC_ERROR\x10;B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once
