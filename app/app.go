@@ -347,7 +347,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	if cfg.BackgroundRefreshInterval > 0 {
-		a.refresher = grants.NewRefresher(a.store, tokens, log, cfg.BackgroundRefreshInterval)
+		a.refresher = grants.NewRefresherWith(a.store, tokens, log, grants.RefresherConfig{Interval: cfg.BackgroundRefreshInterval,
+			PendingTTL: cfg.FlowTTL + time.Minute})
 	}
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
 		Audit: server.NewAuditAPI(auditLog), Tools: server.NewToolAPI(toolUC),

@@ -57,7 +57,7 @@ func TestOAuthHappyPath(t *testing.T) {
 	// The callback URL cannot be replayed.
 	cb := b.Visited[len(b.Visited)-1]
 	code, body, _ = b.Open(t, cb.String())
-	if code == 200 || !strings.Contains(body, "expired or was already used") {
+	if code == 200 || !strings.Contains(body, "start the authorization again") {
 		t.Fatalf("replayed callback: %d %s", code, body)
 	}
 }

@@ -45,6 +45,15 @@ type tokOptions struct {
 	// DefaultPool keeps the service's own database pool size (benchmarks)
 	// instead of capping it at tokMaxConns.
 	DefaultPool bool
+	// NewAS, when set, starts the authorization server (for example behind
+	// a fault proxy) instead of testauthz.NewAuthServer.
+	NewAS func(tb testing.TB, opt testauthz.AuthServerOptions) *testauthz.AuthServer
+	// RedisURL, when set, is the replicas' Redis (a private instance a
+	// fault test stops and restarts) instead of the shared one.
+	RedisURL string
+	// DSN, when set, is the replicas' database (for example through a fault
+	// proxy) instead of a fresh schema on the shared PostgreSQL.
+	DSN string
 }
 
 // tokCluster is one provider authorized end to end against a real
@@ -85,12 +94,31 @@ func tokStart(tb testing.TB, o tokOptions) *tokCluster {
 	}
 	o.AS.DCR = true
 	c := &tokCluster{Tenant: o.Tenant, ID: o.ID}
-	c.AS = testauthz.NewAuthServer(tb, o.AS)
+	if o.NewAS != nil {
+		c.AS = o.NewAS(tb, o.AS)
+	} else {
+		c.AS = testauthz.NewAuthServer(tb, o.AS)
+	}
 	c.MCP = testauthz.NewMCPServer(tb, testauthz.MCPServerOptions{Auth: c.AS})
-	c.Redis, c.Prefix = testenv.Redis(tb)
-	redisURL, err := url.Parse(testenv.RedisURL(tb))
-	if err != nil {
-		tb.Fatal(err)
+	var redisURL *url.URL
+	var err error
+	if o.RedisURL != "" {
+		c.Prefix = "mcpauth_fault:"
+		redisURL, err = url.Parse(o.RedisURL)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		opts, err := redis.ParseURL(o.RedisURL)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		c.Redis = redis.NewClient(opts)
+		tb.Cleanup(func() { _ = c.Redis.Close() })
+	} else {
+		c.Redis, c.Prefix = testenv.Redis(tb)
+		if redisURL, err = url.Parse(testenv.RedisURL(tb)); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	q := redisURL.Query()
 	q.Set("prefix", c.Prefix)
@@ -112,7 +140,10 @@ func tokStart(tb testing.TB, o tokOptions) *tokCluster {
 	for k, v := range o.Env {
 		env[k] = v
 	}
-	dsn := testenv.PostgresDSN(tb)
+	dsn := o.DSN
+	if dsn == "" {
+		dsn = testenv.PostgresDSN(tb)
+	}
 	for range o.Replicas {
 		s := Start(tb, Options{DSN: dsn, RedisURL: redisURL.String(), Env: env,
 			Callers: &caller.File{Callers: []caller.FileCaller{fc}}})

@@ -213,6 +213,16 @@ func classify(op string, err error, cs *callState, ss *sessionState, t Target) e
 	if perr := cs.parent.Err(); perr != nil {
 		return fmt.Errorf("mcpclient: %s: %w", op, perr)
 	}
+	if status, _ := cs.response(); ss != nil && status == 0 && cs.requests.Load() > 0 {
+		// Another call's 401 failed the session under this one, whose
+		// request went out after the token was rejected: report the 401,
+		// so the caller refreshes and retries on a fresh session instead
+		// of seeing UNAVAILABLE. (A request sent before may have run: that
+		// stays UNAVAILABLE, the caller decides whether to repeat it.)
+		if ae := ss.rejectedBefore(cs.sentAt.Load()); ae != nil {
+			return ae
+		}
+	}
 	if cause := context.Cause(cs.causeCtx); cause != nil {
 		if errors.Is(cause, errSSEIdle) {
 			return &sentinelError{

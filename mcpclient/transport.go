@@ -29,6 +29,7 @@ type callState struct {
 
 	tooLarge atomic.Bool
 	requests atomic.Int32 // HTTP requests attempted by this call
+	sentAt   atomic.Int64 // unix nanos the call's last HTTP request was sent
 	armedAt  atomic.Int64 // unix nanos an SSE stream began to count for the idle timeout; 0 = none
 	lastRead atomic.Int64 // unix nanos of the last bytes read from this call's SSE response
 	session  atomic.Pointer[sessionState]
@@ -105,6 +106,13 @@ type sessionState struct {
 	authStatus int
 	challenge  []string
 	netErr     error
+	// rejectedAt is when a 401 was answered to a call of the session
+	// (unix nanos; 0: none), with its challenge: the SDK then fails the
+	// whole session, and a call whose request went out afterwards (with
+	// the token already rejected) ends with a closed connection instead of
+	// its own 401.
+	rejectedAt        int64
+	rejectedChallenge []string
 }
 
 type streamKey struct{}
@@ -121,6 +129,30 @@ func (ss *sessionState) record(status int, challenge []string, netErr error) {
 	if status == http.StatusUnauthorized || status == http.StatusForbidden {
 		ss.authStatus, ss.challenge = status, challenge
 	}
+}
+
+// recordRejected remembers that the server answered 401 to a call of the
+// session, and when.
+func (ss *sessionState) recordRejected(challenge []string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.rejectedAt == 0 {
+		ss.rejectedAt, ss.rejectedChallenge = time.Now().UnixNano(), challenge
+	}
+}
+
+// rejectedBefore is the 401 a call of the session received before sentAt
+// (unix nanos), or nil. A request sent after the server rejected the
+// session's token carried a dead token: the server certainly refused it
+// too, so it may be sent again with a new token. A request sent earlier
+// may have been processed (the token may still have been valid for it).
+func (ss *sessionState) rejectedBefore(sentAt int64) *AuthError {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.rejectedAt == 0 || sentAt < ss.rejectedAt {
+		return nil
+	}
+	return newAuthError(http.StatusUnauthorized, ss.rejectedChallenge)
 }
 
 func (ss *sessionState) response() (int, error) {
@@ -203,6 +235,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, be
 		}
 		cs.requests.Add(1)
+		cs.sentAt.Store(time.Now().UnixNano())
 	}
 
 	resp, err := rt.base.RoundTrip(req)
@@ -229,6 +262,9 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		cs.record(resp.StatusCode, challenge, nil)
 	case stream:
 		rt.ss.record(resp.StatusCode, challenge, nil)
+	}
+	if resp.StatusCode == http.StatusUnauthorized && rt.ss != nil {
+		rt.ss.recordRejected(challenge)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return resp, nil

@@ -1,13 +1,18 @@
 package mcpclient
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 // recordingTransport answers 200 to everything and keeps the requests.
@@ -153,5 +158,48 @@ func TestRedactURLs(t *testing.T) {
 		if got := redactURLs(in); got != want {
 			t.Errorf("redactURLs(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestPeerRejectionOrdersBySendTime: a call that failed without an answer
+// of its own on a session whose token the server rejected is reported as
+// that 401 (retry with a new token) only if its request went out after the
+// rejection; one sent before may have run, and stays UNAVAILABLE.
+func TestPeerRejectionOrdersBySendTime(t *testing.T) {
+	t.Parallel()
+	tgt := Target{Timeout: time.Second}
+	closed := fmt.Errorf("calling tool: %w", mcp.ErrConnectionClosed)
+	for _, tc := range []struct {
+		name      string
+		sentAfter bool
+		want401   bool
+	}{
+		{"sent after the 401", true, true},
+		{"sent before the 401: may have run", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ss := newSessionState(1 << 20)
+			cs, done := newCall(context.Background(), tgt)
+			defer done()
+			cs.requests.Add(1)
+			if tc.sentAfter {
+				ss.recordRejected([]string{`Bearer error="invalid_token"`})
+				time.Sleep(time.Millisecond)
+				cs.sentAt.Store(time.Now().UnixNano())
+			} else {
+				cs.sentAt.Store(time.Now().UnixNano())
+				time.Sleep(time.Millisecond)
+				ss.recordRejected(nil)
+			}
+			cs.record(0, nil, errors.New("context canceled"))
+			err := classify("tools/call", closed, cs, ss, tgt)
+			var ae *AuthError
+			if got := errors.As(err, &ae) && ae.Status == http.StatusUnauthorized; got != tc.want401 {
+				t.Fatalf("classify = %v; 401 %v, want %v", err, got, tc.want401)
+			}
+			if !tc.want401 && !errors.Is(err, ErrUnreachable) {
+				t.Fatalf("classify = %v, want ErrUnreachable", err)
+			}
+		})
 	}
 }

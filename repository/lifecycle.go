@@ -51,3 +51,19 @@ func (s *Store) RecordRefreshFailure(ctx context.Context, tenant, providerID str
 	}
 	return c.RefreshFailures, nil
 }
+
+// ExpirePendingGrants moves, across all tenants, grants PENDING since
+// before back to UNAUTHORIZED with reason: their authorization flow was
+// lost (a Redis restart) or abandoned, and no callback will ever end it.
+// A grant with tokens never is PENDING, so nothing held is touched. It
+// returns how many grants it moved; it is the background refresher's
+// sweep, like CredentialsIdleSince.
+func (s *Store) ExpirePendingGrants(ctx context.Context, before time.Time, reason string) (int64, error) {
+	res := s.db.WithContext(ctx).Model(&Credential{}).
+		Where("status = ? AND updated_at < ?", domain.StatusPending, before.UTC()).
+		Updates(map[string]any{"status": domain.StatusUnauthorized, "reason": reason, "updated_at": s.db.NowFunc()})
+	if res.Error != nil {
+		return 0, dbErr(res.Error, "expire pending grants")
+	}
+	return res.RowsAffected, nil
+}

@@ -216,6 +216,25 @@ var migrations = []migration{
 		},
 	},
 	{
+		// The refresh lease: a replica calls the token endpoint with a
+		// grant's refresh token only while it holds this row for the
+		// generation it read. Redis only keeps replicas from queueing here;
+		// losing Redis can never let two replicas spend one refresh token.
+		id: "0007_refresh_leases",
+		sql: []string{
+			`CREATE TABLE refresh_leases (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				generation bigint NOT NULL,
+				holder varchar(64) NOT NULL,
+				expires_at {{TS}} NOT NULL,
+				CONSTRAINT refresh_leases_pkey PRIMARY KEY (tenant_id, provider_id),
+				CONSTRAINT fk_refresh_leases_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+		},
+	},
+	{
 		// Token reads are counted per (tenant, minute, provider, caller)
 		// instead of one audit row each; token_read_batches makes a retried
 		// flush of the same batch a no-op (see AddTokenReads).

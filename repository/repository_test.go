@@ -25,7 +25,7 @@ func TestMigrateIdempotentAndModelsMatchSchema(t *testing.T) {
 			t.Fatalf("schema_migrations has %d rows, want %d", n, len(migrations))
 		}
 		m := s.DB().Migrator()
-		for _, model := range []any{&Provider{}, &Credential{}, &ClientRegistration{}, &ToolList{}, &AuditEvent{}} {
+		for _, model := range []any{&Provider{}, &Credential{}, &ClientRegistration{}, &ToolList{}, &AuditEvent{}, &RefreshLease{}} {
 			stmt := s.DB().Model(model).Statement
 			wantNoErr(t, stmt.Parse(model), "parse %T", model)
 			if !m.HasTable(model) {

@@ -2,10 +2,8 @@ package repository
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"go.opentelemetry.io/otel/trace"
-	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -306,25 +304,8 @@ func dbErr(err error, what string) error {
 		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "DEADLINE_EXCEEDED", Message: what + ": deadline exceeded", Err: err}
 	case errors.Is(err, context.Canceled):
 		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "CANCELLED", Message: what + ": cancelled", Err: err}
-	case isConnErr(err):
+	case IsRetryable(err):
 		return apperr.Unavailable(err, "%s: database unreachable", what)
 	}
 	return apperr.Internal(err, "%s", what)
-}
-
-func isConnErr(err error) bool {
-	var netErr net.Error
-	if errors.Is(err, driver.ErrBadConn) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) {
-		return true
-	}
-	var connErr *pgconn.ConnectError
-	if errors.As(err, &connErr) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// Class 08: connection exception; 57P0x: operator intervention (shutdown).
-		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P0")
-	}
-	return false
 }

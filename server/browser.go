@@ -58,12 +58,18 @@ func cookieName(secure bool, binding string) string {
 	return "mcpauth_" + binding
 }
 
+// lostFlowMessage is shown when mcpauth holds no flow for a link or
+// callback: it expired, was already completed, or was lost (a Redis
+// restart or eviction). Nothing was changed; the way out is to start again.
+const lostFlowMessage = "mcpauth has no authorization in progress for this link: it expired, was already completed, or was lost " +
+	"when mcpauth's state store restarted. Nothing was changed. Go back to the application and start the authorization again."
+
 // callbackMessages are the result page's words for each outcome.
 var callbackMessages = map[string]string{
 	"":                               "The MCP server is now connected. You can close this window.",
 	domain.ReasonMissingState:        "The authorization response carries no valid state. Start the authorization again.",
-	domain.ReasonUnavailable:         "mcpauth cannot reach its state store right now. Try again in a moment.",
-	domain.ReasonStateInvalid:        "This authorization link has expired or was already used. Start the authorization again.",
+	domain.ReasonUnavailable:         "mcpauth cannot reach its state store right now. Nothing was lost: reload this page in a moment to finish the authorization.",
+	domain.ReasonStateInvalid:        lostFlowMessage,
 	domain.ReasonBrowserMismatch:     "This authorization was started in another browser. Finish it in the browser that started it, or start it again here.",
 	domain.ReasonIssuerMismatch:      "The authorization response came from an unexpected authorization server and was discarded.",
 	domain.ReasonAuthorizationDenied: "The authorization server did not grant access.",
@@ -228,9 +234,10 @@ func (b *Browser) page(w http.ResponseWriter, code int, d pageData) {
 func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 	start, err := b.d.Flow.BeginBrowser(r.Context(), r.PathValue("flow"))
 	if err != nil {
-		code, msg, reason := http.StatusBadRequest, "This authorization link has expired or was already used. Start the authorization again.", "FLOW_EXPIRED_OR_USED"
+		code, msg, reason := http.StatusBadRequest, lostFlowMessage, "FLOW_EXPIRED_OR_USED"
 		if apperr.KindOf(err) == apperr.KindUnavailable {
-			code, msg, reason = http.StatusServiceUnavailable, "mcpauth cannot reach its state store right now. Try again in a moment.", "UNAVAILABLE"
+			w.Header().Set("Retry-After", "2")
+			code, msg, reason = http.StatusServiceUnavailable, "mcpauth cannot reach its state store right now. Nothing was lost: reload this page in a moment.", "UNAVAILABLE"
 		} else if apperr.KindOf(err) == apperr.KindInternal {
 			b.d.Log.ErrorContext(r.Context(), "authorize route failed", "err", err.Error(), "request_id", reqid.From(r.Context()))
 			code, msg, reason = http.StatusInternalServerError, "Something went wrong on mcpauth's side.", "INTERNAL"
@@ -303,6 +310,8 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	code := http.StatusBadRequest
 	if res.Reason == domain.ReasonUnavailable {
+		// The flow was not consumed: reloading the callback finishes it.
+		w.Header().Set("Retry-After", "2")
 		code = http.StatusServiceUnavailable
 	}
 	msg, ok := callbackMessages[res.Reason]

@@ -10,9 +10,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mcpauth/mcpauth/retry"
 )
 
 // Redis is a Store backed by Redis through a go-redis UniversalClient, so it
@@ -23,6 +26,8 @@ import (
 //
 //	<prefix>kv:<key>                values written by Put
 //	<prefix>lock:{<key>}            lock holder's random token, with the lease TTL
+//	<prefix>taken:{<prefix>kv:<key>} a Take's receipt (nonce and value), so a
+//	                                retried Take gets what the lost answer held
 //
 // Every key carries a TTL, so nothing outlives the provider or flow it was
 // written for. (Leases used to draw a fencing token from a counter kept
@@ -50,6 +55,54 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+`)
+
+// lockScript takes the lock for ARGV[1] unless someone else holds it. A
+// retried call (go-redis retries a command whose answer was lost, for
+// example when Redis paused longer than the read timeout) finds its own
+// token and counts as acquired, instead of seeing its own key as "locked".
+var lockScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+`)
+
+// putScript is SET NX PX that a retry cannot turn into "exists": a value
+// equal to ARGV[1] (a sealed, randomly nonced ciphertext: only this write
+// produced it) is this write's own.
+var putScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 1
+end
+return 0
+`)
+
+// takeScript is GETDEL that a retry cannot lose: the taker leaves a receipt
+// (its nonce ARGV[1], fixed length, followed by the value) for ARGV[2] ms,
+// and a retried take with the same nonce, whose first answer was lost,
+// gets the value from the receipt. Any other taker finds nothing.
+var takeScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[1] .. v, 'PX', ARGV[2])
+  return v
+end
+local r = redis.call('GET', KEYS[2])
+if r and string.sub(r, 1, #ARGV[1]) == ARGV[1] then
+  return string.sub(r, #ARGV[1] + 1)
+end
+return false
 `)
 
 // extendScript resets the lock's TTL only if it still carries the caller's token.
@@ -233,61 +286,121 @@ func parseDuration(v string) (time.Duration, error) {
 func (r *Redis) kvKey(key string) string   { return r.prefix + "kv:" + key }
 func (r *Redis) lockKey(key string) string { return r.prefix + "lock:{" + key + "}" }
 
-// Put implements Store with SET NX PX.
+// receiptKey shares its hash tag with the key's value, so both live in one
+// Cluster slot (flow keys carry no braces of their own).
+func (r *Redis) receiptKey(key string) string { return r.prefix + "taken:{" + r.kvKey(key) + "}" }
+
+// Put implements Store with SET NX PX in a script, so that a retried Put
+// whose first answer was lost does not report its own value as ErrExists.
 func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	if err := validate(key, ttl, true); err != nil {
 		return err
 	}
-	ok, err := r.client.SetNX(ctx, r.kvKey(key), value, roundTTL(ttl)).Result()
+	n, err := putScript.Run(ctx, r.client, []string{r.kvKey(key)}, value, roundTTL(ttl).Milliseconds()).Int64()
 	if err != nil {
 		return wrap("put", err)
 	}
-	if !ok {
+	if n == 0 {
 		return ErrExists
 	}
 	return nil
 }
 
-// Take implements Store with GETDEL, which is atomic: of concurrent takers on
-// any number of replicas, exactly one receives the value.
+// Take implements Store atomically: of concurrent takers on any number of
+// replicas, exactly one receives the value. It is safe to retry: a take
+// whose answer was lost (Redis stalled past the read timeout, the
+// connection broke) is retried with the same nonce and receives the value
+// from its receipt, so a stall never destroys a value nobody received.
 func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
-	return r.read(ctx, key, "take", r.client.GetDel)
-}
-
-// Get implements Store with GET; the value and its TTL stay as they are.
-func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
-	return r.read(ctx, key, "get", r.client.Get)
-}
-
-// read runs a one-key read command (GET or GETDEL) on key's value.
-func (r *Redis) read(ctx context.Context, key, op string, cmd func(context.Context, string) *redis.StringCmd) ([]byte, error) {
 	if err := validate(key, 0, false); err != nil {
 		return nil, err
 	}
-	v, err := cmd(ctx, r.kvKey(key)).Bytes()
+	nonce := rand.Text() // fixed length (26 characters)
+	keys := []string{r.kvKey(key), r.receiptKey(key)}
+	var v string
+	err := retry.Do(ctx, takeRetry, func(ctx context.Context, _ int) error {
+		var err error
+		v, err = takeScript.Run(ctx, r.client, keys, nonce, receiptTTL.Milliseconds()).Text()
+		if err != nil && (errors.Is(err, redis.Nil) || !mayHaveRun(err)) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
-		return nil, wrap(op, err)
+		return nil, wrap("take", err)
+	}
+	return []byte(v), nil
+}
+
+// mayHaveRun reports whether a failed command may have run on Redis with
+// its answer lost (a timeout, a connection cut mid-command): only then is
+// the take retried with its nonce. A command that could not be sent (no
+// connection, a refused dial, an exhausted pool) ran nowhere.
+func mayHaveRun(err error) bool {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrPoolExhausted),
+		errors.Is(err, redis.ErrClosed), errors.Is(err, context.Canceled):
+		return false
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return false
+	}
+	return classifyUnavailable(err)
+}
+
+// receiptTTL is how long a Take's receipt lets a retry of the same take
+// receive the value.
+const receiptTTL = time.Minute
+
+// takeRetry retries a take that failed for want of Redis (with the same
+// nonce) while the caller's context allows.
+var takeRetry = retry.Policy{Attempts: 4, Base: 50 * time.Millisecond, Max: 500 * time.Millisecond, Jitter: 0.5}
+
+// Get implements Store with GET; the value and its TTL stay as they are.
+func (r *Redis) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := validate(key, 0, false); err != nil {
+		return nil, err
+	}
+	v, err := r.client.Get(ctx, r.kvKey(key)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, wrap("get", err)
 	}
 	return v, nil
 }
 
-// Lock implements Store: SET NX PX with a random owner token.
+// Lock implements Store with a random owner token set in a script that
+// treats the caller's own token as acquired, so a retried acquire whose
+// first answer was lost does not find itself "locked" for a whole TTL. An
+// acquire that fails for want of Redis releases what it may have taken.
 func (r *Redis) Lock(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
 	if err := validate(key, ttl, true); err != nil {
 		return nil, err
 	}
 	token := rand.Text()
-	ok, err := r.client.SetNX(ctx, r.lockKey(key), token, roundTTL(ttl)).Result()
+	l := &redisLease{r: r, key: r.lockKey(key), owner: token}
+	n, err := lockScript.Run(ctx, r.client, []string{l.key}, token, roundTTL(ttl).Milliseconds()).Int64()
 	if err != nil {
+		// The script may have run and its answer been lost: free the lock
+		// in the background, so this replica does not block every other
+		// for a TTL. Release only deletes a lock carrying our token.
+		go func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = l.Release(rctx)
+		}()
 		return nil, wrap("lock", err)
 	}
-	if !ok {
+	if n == 0 {
 		return nil, ErrLocked
 	}
-	return &redisLease{r: r, key: r.lockKey(key), owner: token}, nil
+	return l, nil
 }
 
 // WaitUnlocked implements Store by polling EXISTS.

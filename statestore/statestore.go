@@ -65,9 +65,10 @@ type Store interface {
 }
 
 // Lease is a held lock returned by Store.Lock. It carries no fencing token:
-// a lease can expire while its holder still works, so what the lock guards
-// must reject a stale holder's write by itself (grants does, with the
-// credential generation it compares and swaps in the database).
+// a lease can expire while its holder still works, and Redis can lose it
+// (restart, failover, eviction), so what the lock guards must be decided
+// elsewhere (grants only queues refreshers here; the refresh lease row in
+// the database, per credential generation, decides who refreshes).
 type Lease interface {
 	// Release frees the lock if this lease still holds it. When the lease has
 	// expired (and possibly been acquired by someone else) Release leaves the

@@ -153,9 +153,12 @@ func TestLockHolderReleasesWithoutResult(t *testing.T) {
 	e.wantRefreshes(1)
 }
 
+// TestLockStoreUnavailable: Redis is only the queue in front of the
+// database lease, so losing it neither withholds a token nor stops a
+// refresh.
 func TestLockStoreUnavailable(t *testing.T) {
 	t.Parallel()
-	t.Run("fresh tokens are still served, due ones are not refreshed", func(t *testing.T) {
+	t.Run("tokens are served, due ones refreshed under the database lease", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, testConfig)
 		s := e.authorize(grantSpec{})
@@ -164,10 +167,15 @@ func TestLockStoreUnavailable(t *testing.T) {
 			t.Error("fresh token not served")
 		}
 		e.clock.Advance(dueButValid)
-		_, err := e.svc.Get(e.ctx, tnt, pid)
-		wantErr(t, err, apperr.KindUnavailable, domain.ReasonUnavailable)
-		e.wantRefreshes(0)
-		e.wantGrant(tnt, pid, domain.StatusAuthorized, "") // an outage of mcpauth's own store never kills a grant
+		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.AccessToken == s.tokens.AccessToken {
+			t.Error("due token not refreshed")
+		}
+		e.wantRefreshes(1)
+		e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
 	})
 	t.Run("lock store lost while waiting", func(t *testing.T) {
 		t.Parallel()
@@ -175,14 +183,50 @@ func TestLockStoreUnavailable(t *testing.T) {
 		e.authorize(grantSpec{})
 		locks := newWaitSignalLocker(e.locks)
 		svc := e.service(testConfig, e.store, locks)
-		e.clock.Advance(dueButValid)
+		e.clock.Advance(time.Hour)
 		if _, err := e.locks.Lock(e.ctx, lockKey(tnt, pid), time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		wait := launch(1, func() (*Token, error) { return svc.Get(e.ctx, tnt, pid) })
 		<-locks.waiting
 		_ = e.locks.Close()
-		wantErr(t, wait()[0].err, apperr.KindUnavailable, domain.ReasonUnavailable)
+		if err := wait()[0].err; err != nil {
+			t.Fatal(err)
+		}
+		e.wantRefreshes(1)
+	})
+	t.Run("database lease held elsewhere: nobody else spends the refresh token", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, testConfig)
+		s := e.authorize(grantSpec{})
+		_ = e.locks.Close() // as after a Redis restart: the queue is gone
+		cred := e.cred(tnt, pid)
+		if _, err := e.store.AcquireRefreshLease(e.ctx, tnt, pid, cred.Generation, "other-replica", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Advance(dueButValid)
+		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		if err != nil || tok.AccessToken != s.tokens.AccessToken {
+			t.Fatalf("valid token not served while another replica holds the lease: %v", err)
+		}
+		e.clock.Advance(time.Minute) // expired
+		ctx, cancel := context.WithTimeout(e.ctx, 300*time.Millisecond)
+		defer cancel()
+		if _, err := e.svc.Get(ctx, tnt, pid); err == nil {
+			t.Fatal("an expired token was served or refreshed without the lease")
+		}
+		e.wantRefreshes(0)
+	})
+	t.Run("database down: a valid token is served, nothing refreshed", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, testConfig)
+		s := e.authorize(grantSpec{})
+		e.clock.Advance(dueButValid)
+		e.store.FailOn("AcquireRefreshLease", apperr.Unavailable(errInjected, "database down"))
+		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		if err != nil || tok.AccessToken != s.tokens.AccessToken {
+			t.Fatalf("valid token not served: %v", err)
+		}
 		e.wantRefreshes(0)
 	})
 }
@@ -213,4 +257,40 @@ func TestCallerGivingUpDoesNotAbandonTheRefresh(t *testing.T) {
 	if !e.as.isLive(e.held(tnt, pid).Tokens.RefreshToken.Reveal()) {
 		t.Error("stored refresh token is not the rotated one")
 	}
+}
+
+// TestFailedRefreshBacksOffEveryReplica: after a refresh failed at the
+// server, neither this replica nor another asks it again until the backoff
+// ends; both serve the valid token meanwhile, and a caller whose token
+// expired is answered at once instead of waiting for the server.
+func TestFailedRefreshBacksOffEveryReplica(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig
+	cfg.MaxAttempts = 1
+	cfg.BackoffMax = 5 * time.Minute
+	e := newEnv(t, cfg)
+	s := e.authorize(grantSpec{})
+	other := e.service(cfg, e.store, e.locks)
+	e.as.failAlways(temporary(2 * time.Minute)) // a backoff of 1.5 to 2 minutes
+	e.clock.Advance(dueButValid)
+	for i, svc := range []*Service{e.svc, other, e.svc, other} {
+		tok, err := svc.Get(e.ctx, tnt, pid)
+		if err != nil || tok.AccessToken != s.tokens.AccessToken {
+			t.Fatalf("read %d: %v; want the valid token", i, err)
+		}
+	}
+	e.wantRefreshes(1)
+	e.clock.Advance(time.Minute) // expired, backoff still running on the lease
+	if _, err := other.Get(e.ctx, tnt, pid); apperr.KindOf(err) != apperr.KindUnavailable {
+		t.Fatalf("expired token during the backoff: %v, want UNAVAILABLE", err)
+	}
+	e.wantRefreshes(1)
+	e.clock.Advance(e.svc.cfg.BackoffMax)
+	e.as.failAlways(nil)
+	tok, err := other.Get(e.ctx, tnt, pid)
+	if err != nil || tok.AccessToken == s.tokens.AccessToken {
+		t.Fatalf("after the backoff: %v; want a refreshed token", err)
+	}
+	e.wantRefreshes(2)
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
 }

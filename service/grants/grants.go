@@ -8,11 +8,14 @@ package grants
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	mrand "math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -39,6 +42,12 @@ type Store interface {
 	DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64) error
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
+	// The refresh lease (see refreshLeased): the database, not Redis, says
+	// who may spend a grant's refresh token.
+	AcquireRefreshLease(ctx context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error)
+	ExtendRefreshLease(ctx context.Context, tenant, providerID, holder string, ttl time.Duration) error
+	ReleaseRefreshLease(ctx context.Context, tenant, providerID, holder string) error
+	BackoffRefreshLease(ctx context.Context, tenant, providerID, holder string, d time.Duration) error
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -49,8 +58,11 @@ type Protocol interface {
 	Revoke(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, token secret.Secret, hint string) error
 }
 
-// Locker gives one refresher per grant across replicas (Redis SET NX PX in
-// production). statestore.Store implements it.
+// Locker queues refreshers of one grant across replicas (Redis in
+// production), so that they wait on Redis rather than poll the database.
+// It is only the fast path: the refresh lease in the database decides who
+// refreshes, so losing Redis (restart, failover, eviction) can never let
+// two replicas spend one refresh token. statestore.Store implements it.
 type Locker interface {
 	Lock(ctx context.Context, key string, ttl time.Duration) (statestore.Lease, error)
 	WaitUnlocked(ctx context.Context, key string) error
@@ -81,6 +93,21 @@ type Config struct {
 	// CacheTTL keeps opened credentials in memory this long (0 disables);
 	// see tokenCache for what it bounds.
 	CacheTTL time.Duration
+	// StaleWait is how long a caller whose token is due but still valid
+	// waits for the refresh before it is given the valid token (stale
+	// while refresh); never longer than the caller's own deadline.
+	StaleWait time.Duration
+	// TakeoverSettle is how long a replica that took over an expired
+	// refresh lease of the same generation waits before it reads the
+	// grant again and refreshes: the previous holder may have spent the
+	// refresh token and be storing the answer the moment the database
+	// is back.
+	TakeoverSettle time.Duration
+	// BackoffMax caps the backoff after failed refreshes (negative cache):
+	// while it runs, no refresh of the grant is attempted, valid tokens
+	// are served and callers needing a new one are answered UNAVAILABLE
+	// at once instead of hammering a failing authorization server.
+	BackoffMax time.Duration
 }
 
 // Service keeps tokens valid: proactive refresh, one refresh per grant at a
@@ -101,6 +128,30 @@ type Service struct {
 	sf      singleflight.Group
 	loads   singleflight.Group // cache misses of one grant share one read
 	cache   *tokenCache
+
+	mu sync.Mutex
+	// inflight records when a refresh of a grant started in this process.
+	inflight map[string]time.Time
+	// backoff is the negative cache of failed refreshes, by grant.
+	backoff map[string]failure
+	// unstored holds refreshes the authorization server answered that
+	// could not be stored yet (the database is down): they are served and
+	// stored as soon as the database is back, never thrown away.
+	unstored map[string]*unstoredRefresh
+}
+
+// failure is a grant's run of failed refreshes.
+type failure struct {
+	n     int
+	until time.Time
+}
+
+// unstoredRefresh is an answered refresh waiting to be stored.
+type unstoredRefresh struct {
+	base   *repository.Credential // the credential the refresh started from
+	grant  vault.Grant
+	tokens *oauthclient.Tokens
+	holder string // the refresh lease holder, released once stored
 }
 
 // Deps are what New needs. Now defaults to time.Now.
@@ -137,8 +188,18 @@ func New(d Deps) (*Service, error) {
 	if d.Config.MaxRetryAfter <= 0 {
 		d.Config.MaxRetryAfter = 5 * time.Second
 	}
+	if d.Config.StaleWait <= 0 {
+		d.Config.StaleWait = 500 * time.Millisecond
+	}
+	if d.Config.TakeoverSettle <= 0 {
+		d.Config.TakeoverSettle = 2 * time.Second
+	}
+	if d.Config.BackoffMax <= 0 {
+		d.Config.BackoffMax = 30 * time.Second
+	}
 	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
-		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL)}, nil
+		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL),
+		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
 
 // persistBudget is the time reserved for storing a refresh's result.
@@ -165,6 +226,20 @@ func (s *Service) fresh(h *vault.Held) bool {
 
 func (s *Service) valid(h *vault.Held) bool {
 	return h.Tokens.ExpiresAt.IsZero() || s.now().Before(h.Tokens.ExpiresAt)
+}
+
+// servable reports whether a due token still has enough life left to hand
+// to a caller while a refresh is attempted: an eighth of its lifetime, at
+// most a second.
+func (s *Service) servable(h *vault.Held) bool {
+	if h.Tokens.ExpiresAt.IsZero() {
+		return true
+	}
+	left := time.Second
+	if life := h.Tokens.ExpiresAt.Sub(h.IssuedAt); !h.IssuedAt.IsZero() && life > 0 {
+		left = min(left, life/8)
+	}
+	return s.now().Add(left).Before(h.Tokens.ExpiresAt)
 }
 
 // ReauthRequired is the error when a person must authorize again; why is a
@@ -266,21 +341,45 @@ func token(t *oauthclient.Tokens, cred *repository.Credential, g vault.Grant) *T
 // that asked for it, refreshing first when it is due, and counts the read
 // (per caller, provider and minute; not a synchronous audit row: see
 // ReadCounter). A failed read is not a read; the refresh and reauth events
-// it may cause are audited synchronously as before.
+// it may cause are audited synchronously as before. Freshness is checked
+// again right before the token is returned.
 func (s *Service) AccessToken(ctx context.Context, tenant, id string) (*Token, error) {
 	t, err := s.Get(ctx, tenant, id)
 	if err != nil {
 		return nil, err
 	}
 	s.reads.Record(ctx, tenant, id)
+	if s.expired(t) {
+		// It expired meanwhile: an expired token never reaches the
+		// caller; the read is counted once.
+		if t, err = s.Get(ctx, tenant, id); err != nil {
+			return nil, err
+		}
+		if s.expired(t) {
+			return nil, apperr.Unavailable(errors.New("token expired before it could be returned"), "no valid access token could be obtained in time; retry")
+		}
+	}
 	return t, nil
+}
+
+// expired reports whether t can no longer be used.
+func (s *Service) expired(t *Token) bool {
+	return !t.ExpiresAt.IsZero() && !s.now().Before(t.ExpiresAt)
 }
 
 // Get returns a valid access token for the provider, refreshing first when
 // it is due, together with the grant it was issued under (from the same
 // decryption: callers that check where a token may go need it every time).
+//
+// A token that is due but still valid is served while the refresh runs
+// (stale while refresh): the caller waits at most StaleWait (and never
+// past its own deadline) for the new token, then gets the valid one. Only
+// a caller whose token has expired waits for the refresh itself.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	key := tenant + "/" + id
+	if t, ok, err := s.fromUnstored(key, ""); ok {
+		return t, err
+	}
 	now := s.now()
 	if e, ok := s.cache.get(key, now); ok && s.fresh(e.held) {
 		s.metrics.TokensServed.Inc()
@@ -297,7 +396,50 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		return token(h.Tokens, cred, h.Grant), nil
 	}
 	s.cache.drop(key)
-	return s.refreshShared(ctx, tenant, id, "")
+	if !s.servable(h) {
+		return s.refreshShared(ctx, tenant, id, "")
+	}
+	// Due but valid: serve it unless the refresh answers quickly.
+	stale := func() (*Token, error) {
+		s.metrics.TokensServed.Inc()
+		s.metrics.Refreshes.WithLabelValues("stale_served").Inc()
+		return token(h.Tokens, cred, h.Grant), nil
+	}
+	if _, failing := s.failing(key); failing {
+		return stale()
+	}
+	wait := s.cfg.StaleWait
+	if started, ok := s.inflightSince(key); ok {
+		wait -= time.Since(started)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)*9/10)
+	}
+	ch := s.refreshChan(ctx, tenant, id, "")
+	if wait <= 0 {
+		return stale()
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		if r.Err == nil {
+			s.metrics.TokensServed.Inc()
+			return r.Val.(*Token), nil
+		}
+		switch apperr.KindOf(r.Err) {
+		case apperr.KindUnavailable, apperr.KindDeadlineExceeded:
+			// mcpauth's own stores or the server are failing: the valid
+			// token still works.
+			return stale()
+		}
+		// The grant is dead or gone, or changed meanwhile: say so.
+		return nil, r.Err
+	case <-timer.C:
+		return stale()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // loadShared is load for a cache miss: concurrent misses of one grant in
@@ -336,9 +478,64 @@ func (s *Service) ForceRefresh(ctx context.Context, tenant, id string, staleAcce
 // Forget drops the provider's cached credential on this replica.
 func (s *Service) Forget(tenant, id string) { s.cache.drop(tenant + "/" + id) }
 
-// refreshShared collapses concurrent refreshes of one grant in this process
-// into one; the cross-replica lock is taken inside.
+// refreshShared waits for the grant's refresh, started or joined, until
+// ctx ends.
 func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (*Token, error) {
+	if t, ok, err := s.fromUnstored(tenant+"/"+id, stale); ok {
+		return t, err
+	}
+	if until, failing := s.failing(tenant + "/" + id); failing {
+		if err := s.waitBackoff(ctx, until); err != nil {
+			return nil, err
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-s.refreshChan(ctx, tenant, id, stale):
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		s.metrics.TokensServed.Inc()
+		return r.Val.(*Token), nil
+	}
+}
+
+// errBackoff is the cause of the error a caller gets while the grant's
+// refreshes are backed off.
+var errBackoff = errors.New("refresh backed off after failures")
+
+// maxBackoffWait is the longest a caller without a deadline waits for a
+// backoff to end.
+const maxBackoffWait = 5 * time.Second
+
+// waitBackoff waits for the grant's refresh backoff to end when the caller
+// can afford it (its deadline, at most maxBackoffWait), so that it then
+// gets the one refresh made after the backoff; otherwise it answers
+// UNAVAILABLE at once rather than keep the caller waiting for nothing.
+func (s *Service) waitBackoff(ctx context.Context, until time.Time) error {
+	wait := until.Sub(s.now())
+	if wait <= 0 {
+		return nil
+	}
+	limit := maxBackoffWait
+	if dl, ok := ctx.Deadline(); ok {
+		limit = min(limit, time.Until(dl))
+	}
+	if wait >= limit {
+		s.metrics.Refreshes.WithLabelValues("backoff").Inc()
+		return apperr.Unavailable(errBackoff, "refreshing the token failed recently; the next attempt is in %s", wait.Round(100*time.Millisecond))
+	}
+	if err := sleepCtx(ctx, wait); err != nil {
+		return apperr.Unavailable(err, "waiting for the refresh backoff to end")
+	}
+	return nil
+}
+
+// refreshChan starts the grant's refresh, or joins the one running in this
+// process: concurrent refreshes of one grant collapse into one; the
+// cross-replica lease is taken inside.
+func (s *Service) refreshChan(ctx context.Context, tenant, id, stale string) <-chan singleflight.Result {
 	// Callers reacting to different rejected tokens must not share a result:
 	// one of them could be handed the very token its server just refused.
 	key := tenant + "/" + id
@@ -346,7 +543,15 @@ func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (
 		h := sha256.Sum256([]byte(stale))
 		key += "/" + hex.EncodeToString(h[:8])
 	}
-	ch := s.sf.DoChan(key, func() (any, error) {
+	return s.sf.DoChan(key, func() (any, error) {
+		s.mu.Lock()
+		s.inflight[key] = time.Now()
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.inflight, key)
+			s.mu.Unlock()
+		}()
 		// The refresh must finish even if the first caller gives up: others
 		// wait on it, and an abandoned refresh can burn a rotating token.
 		// This bounds the wait for the lock: a crashed holder's lease ends
@@ -356,21 +561,73 @@ func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (
 		defer cancel()
 		return s.refreshLocked(rctx, tenant, id, stale)
 	})
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		s.metrics.TokensServed.Inc()
-		return r.Val.(*Token), nil
-	}
 }
 
-// refreshLocked takes the grant's cross-replica lock, re-reads the
-// credential (another replica may have refreshed already), and refreshes
-// only if it is still due.
+// inflightSince reports when the grant's refresh in this process started.
+func (s *Service) inflightSince(key string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.inflight[key]
+	return t, ok
+}
+
+// failing reports whether the grant's refreshes are backed off, and until when.
+func (s *Service) failing(key string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, ok := s.backoff[key]
+	if !ok || !s.now().Before(f.until) {
+		return time.Time{}, false
+	}
+	return f.until, true
+}
+
+// noteFailure backs the grant's refreshes off: 1s, 2s, 4s... up to
+// BackoffMax, at least retryAfter, jittered by up to a quarter.
+func (s *Service) noteFailure(key string, retryAfter time.Duration) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.backoff[key]
+	f.n++
+	d := min(time.Second<<min(f.n-1, 16), s.cfg.BackoffMax)
+	d = max(d, min(retryAfter, s.cfg.BackoffMax))
+	d -= time.Duration(mrand.Int64N(int64(d/4) + 1))
+	f.until = s.now().Add(d)
+	s.backoff[key] = f
+	return d
+}
+
+// noteSuccess ends the grant's backoff.
+func (s *Service) noteSuccess(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.backoff, key)
+}
+
+// fromUnstored serves the grant's refreshed tokens that wait to be stored
+// (ok false when there are none). Nothing may refresh from the stored,
+// older refresh token meanwhile: the server rotated it.
+func (s *Service) fromUnstored(key, stale string) (*Token, bool, error) {
+	s.mu.Lock()
+	u := s.unstored[key]
+	s.mu.Unlock()
+	if u == nil {
+		return nil, false, nil
+	}
+	t := u.tokens
+	if (t.ExpiresAt.IsZero() || s.now().Before(t.ExpiresAt)) && t.AccessToken.Reveal() != stale {
+		next := *u.base
+		next.Generation++ // the generation it will be stored as
+		s.metrics.TokensServed.Inc()
+		return token(t, &next, u.grant), true, nil
+	}
+	return nil, true, apperr.Unavailable(errors.New("refreshed tokens not stored yet"),
+		"the refreshed tokens are waiting for the database to be stored; retry")
+}
+
+// refreshLocked queues on the grant's Redis lock (when Redis answers),
+// re-reads the credential (another replica may have refreshed already),
+// and refreshes under the database lease only if it is still due.
 func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (*Token, error) {
 	lockKey := "refresh:" + tenant + "/" + id
 	waitStart := time.Now()
@@ -382,13 +639,18 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 			break
 		}
 		if !errors.Is(err, statestore.ErrLocked) {
-			if statestore.IsUnavailable(err) {
-				return nil, apperr.Unavailable(err, "refresh lock store unavailable")
-			}
-			return nil, apperr.Internal(err, "refresh lock")
+			// Redis is only the queue: without it, the database lease
+			// alone keeps one refresher per grant.
+			s.metrics.Refreshes.WithLabelValues("lock_store_unavailable").Inc()
+			s.log.WarnContext(ctx, "refresh lock store unavailable: refreshing under the database lease alone",
+				"tenant", tenant, "provider", id, "err", err.Error())
+			break
 		}
 		if err := s.locks.WaitUnlocked(ctx, lockKey); err != nil {
-			return nil, apperr.Unavailable(err, "waiting for another refresh of this provider")
+			if !statestore.IsUnavailable(err) || ctx.Err() != nil {
+				return nil, apperr.Unavailable(err, "waiting for another refresh of this provider")
+			}
+			break
 		}
 		// The holder released: its result is probably stored already.
 		cred, h, err := s.load(ctx, tenant, id)
@@ -400,11 +662,13 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 			return token(h.Tokens, cred, h.Grant), nil
 		}
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = lease.Release(rctx)
-	}()
+	if lease != nil {
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = lease.Release(rctx)
+		}()
+	}
 	// The work under the lock gets a full lease however long the wait took
 	// (else a waiter that acquires late is cut off mid-request and may burn
 	// a rotating refresh token), and ends when the lease does.
@@ -424,7 +688,108 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 		}
 		return nil, apperr.FailedPrecondition(domain.ReasonTokenExpired, "the access token expired and the server issued no refresh token: authorize the provider again")
 	}
-	return s.doRefresh(ctx, cred, h, stale, lease)
+	return s.refreshLeased(ctx, cred, h, stale)
+}
+
+// leaseTTL is how long a refresh lease lasts unless released: the work
+// budget, the store budget and some slack. A crashed holder blocks the
+// grant's refreshes this long at most.
+func (s *Service) leaseTTL() time.Duration { return s.cfg.LockTTL + persistBudget + 5*time.Second }
+
+// refreshLeased takes the grant's refresh lease in the database for the
+// generation read (the only permission to spend its refresh token), then
+// refreshes. While another replica holds the lease it waits for that
+// replica's result; while the database cannot be reached nobody refreshes,
+// and a still-valid token is served.
+func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential, h *vault.Held, stale string) (*Token, error) {
+	tenant, id := cred.TenantID, cred.ProviderID
+	holder := rand.Text()
+	var acq repository.LeaseAcquired
+	for {
+		var err error
+		acq, err = s.store.AcquireRefreshLease(ctx, tenant, id, cred.Generation, holder, s.leaseTTL())
+		if err == nil {
+			break
+		}
+		if errors.Is(err, repository.ErrRefreshBackoff) {
+			// A replica's refresh failed moments ago: the server is not
+			// asked again until the backoff ends.
+			if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
+				s.metrics.Refreshes.WithLabelValues("backoff").Inc()
+				return token(h.Tokens, cred, h.Grant), nil
+			}
+			if err := s.waitBackoff(ctx, acq.BackoffUntil); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if !errors.Is(err, repository.ErrLeaseHeld) {
+			if k := apperr.KindOf(err); k == apperr.KindNotFound || k == apperr.KindFailedPrecondition {
+				return nil, err
+			}
+			s.metrics.Refreshes.WithLabelValues("lease_unavailable").Inc()
+			if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
+				return token(h.Tokens, cred, h.Grant), nil
+			}
+			return nil, apperr.Unavailable(err, "the refresh lease could not be taken: the database is unavailable")
+		}
+		// Another replica refreshes this grant: wait for its result.
+		if err := sleepCtx(ctx, 100*time.Millisecond+time.Duration(mrand.Int64N(int64(150*time.Millisecond)))); err != nil {
+			if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
+				return token(h.Tokens, cred, h.Grant), nil
+			}
+			return nil, apperr.Unavailable(err, "waiting for another replica's refresh of this provider")
+		}
+		if cred, h, err = s.load(ctx, tenant, id); err != nil {
+			return nil, err
+		}
+		if s.usable(h, stale) {
+			return token(h.Tokens, cred, h.Grant), nil
+		}
+	}
+	keep := false
+	defer func() {
+		if keep {
+			return // the unstored refresh releases the lease once stored
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = s.store.ReleaseRefreshLease(rctx, tenant, id, holder)
+	}()
+	if acq.TookOver {
+		// The previous holder's lease for this generation expired without
+		// a release: it crashed, or it holds an answered refresh it is
+		// about to store now that the database is back. Let it.
+		s.metrics.Refreshes.WithLabelValues("lease_takeover").Inc()
+		if err := sleepCtx(ctx, s.cfg.TakeoverSettle); err != nil {
+			return nil, apperr.Unavailable(err, "taking over a refresh")
+		}
+		latest, lh, err := s.load(ctx, tenant, id)
+		if err != nil {
+			return nil, err
+		}
+		if latest.Generation != cred.Generation {
+			if s.usable(lh, stale) || (s.valid(lh) && lh.Tokens.AccessToken.Reveal() != stale) {
+				return token(lh.Tokens, latest, lh.Grant), nil
+			}
+			return nil, apperr.Aborted("the credential changed during the refresh; retry")
+		}
+	}
+	t, kept, err := s.doRefresh(ctx, cred, h, stale, holder)
+	keep = kept
+	return t, err
+}
+
+// sleepCtx waits d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // usable reports whether held tokens can be served: fresh, and not the
@@ -500,9 +865,11 @@ func (s *Service) callRefresh(ctx context.Context, md *oauthclient.Metadata, reg
 	return fresh, err
 }
 
-// doRefresh refreshes the tokens and stores the result with a generation
-// compare-and-swap.
-func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h *vault.Held, stale string, lease statestore.Lease) (*Token, error) {
+// doRefresh refreshes the tokens under the refresh lease held by holder and
+// stores the result with a generation compare-and-swap. kept reports that
+// the answered refresh could not be stored and is kept in memory (served,
+// and stored once the database is back, which then releases the lease).
+func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h *vault.Held, stale, holder string) (_ *Token, kept bool, _ error) {
 	tenant, id := cred.TenantID, cred.ProviderID
 	ctx = audit.WithScope(ctx, tenant, id)
 	reg, err := s.registrationFor(ctx, cred, h.Grant)
@@ -512,15 +879,17 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// lives, so reads and the background refresher stop trying.
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		return nil, s.markReauth(mctx, cred, domain.ReasonNoClient)
+		return nil, false, s.markReauth(mctx, cred, domain.ReasonNoClient)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	md := &oauthclient.Metadata{Issuer: h.Grant.Issuer, TokenEndpoint: h.Grant.TokenEndpoint, RevocationEndpoint: h.Grant.RevocationEndpoint}
 	fresh, rerr := s.callRefresh(ctx, md, reg, h)
+	key := tenant + "/" + id
 	switch {
 	case rerr == nil:
+		s.noteSuccess(key)
 	case errors.Is(rerr, oauthclient.ErrInvalidGrant), errors.Is(rerr, oauthclient.ErrInvalidClient):
 		s.metrics.Refreshes.WithLabelValues("reauth_required").Inc()
 		reason := domain.ReasonInvalidGrant
@@ -534,15 +903,27 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		}
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		return nil, s.markReauth(mctx, cred, reason)
+		return nil, false, s.markReauth(mctx, cred, reason)
 	default:
+		var temp *oauthclient.TemporaryError
+		retryAfter := time.Duration(0)
+		if errors.As(rerr, &temp) {
+			retryAfter = temp.RetryAfter
+		}
+		// Remember the failure, here and for every replica (the lease
+		// becomes a backoff): the failing server is not asked again until
+		// the backoff ends.
+		d := s.noteFailure(key, retryAfter)
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = s.store.BackoffRefreshLease(bctx, tenant, id, holder, d)
+		cancel()
 		s.metrics.Refreshes.WithLabelValues("unavailable").Inc()
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
 		if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
 			// The old token still works: serve it while the server is down.
-			return token(h.Tokens, cred, h.Grant), nil
+			return token(h.Tokens, cred, h.Grant), false, nil
 		}
-		return nil, apperr.Unavailable(rerr, "the authorization server could not refresh the token")
+		return nil, false, apperr.Unavailable(rerr, "the authorization server could not refresh the token")
 	}
 	if fresh.RefreshToken.IsZero() {
 		fresh.RefreshToken = h.Tokens.RefreshToken
@@ -558,9 +939,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	// under. Keep the lease for the write, and give the write its own budget.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	if lease != nil {
-		_ = lease.Extend(pctx, s.cfg.LockTTL)
-	}
+	_ = s.store.ExtendRefreshLease(pctx, tenant, id, holder, s.leaseTTL())
 	var stored *repository.Credential
 	err = retry.Do(pctx, retry.Policy{Attempts: 3, Base: 100 * time.Millisecond, Max: 300 * time.Millisecond},
 		func(ctx context.Context, _ int) error {
@@ -576,20 +955,78 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// Someone stored newer tokens meanwhile: theirs win, ours are dropped.
 		latest, lh, lerr := s.load(ctx, tenant, id)
 		if lerr != nil {
-			return nil, lerr
+			return nil, false, lerr
 		}
-		return token(lh.Tokens, latest, lh.Grant), nil
+		return token(lh.Tokens, latest, lh.Grant), false, nil
+	}
+	if apperr.KindOf(err) == apperr.KindNotFound {
+		return nil, false, err // the provider was deleted meanwhile
 	}
 	if err != nil {
-		// The server rotated the refresh token but we could not store it:
-		// the old one is probably dead. Say so instead of pretending.
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenPersistFailure, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
-		_ = s.markReauth(ctx, cred, domain.ReasonPersistFailed)
-		return nil, apperr.Unavailable(err, "refreshed tokens could not be stored")
+		// The server rotated the refresh token: the stored one is dead.
+		// Never throw the answer away while the process lives: serve it,
+		// and store it as soon as the database is back.
+		// The audit store is likely down too: the caller does not wait for
+		// this event to be written.
+		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: tenant, Type: domain.EventTokenPersistFailure, Provider: id,
+			Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
+		s.keepUnstored(cred, h.Grant, fresh, holder, err)
+		t, _, uerr := s.fromUnstored(key, "")
+		return t, true, uerr
 	}
 	s.metrics.Refreshes.WithLabelValues("success").Inc()
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
-	return token(fresh, stored, h.Grant), nil
+	return token(fresh, stored, h.Grant), false, nil
+}
+
+// keepUnstored keeps an answered refresh whose store failed, and stores it
+// in the background until the database takes it (or newer tokens are
+// stored, which win).
+func (s *Service) keepUnstored(base *repository.Credential, g vault.Grant, t *oauthclient.Tokens, holder string, cause error) {
+	key := base.TenantID + "/" + base.ProviderID
+	u := &unstoredRefresh{base: base, grant: g, tokens: t, holder: holder}
+	s.mu.Lock()
+	s.unstored[key] = u
+	s.mu.Unlock()
+	s.cache.drop(key)
+	s.metrics.Refreshes.WithLabelValues("unstored").Inc()
+	s.log.Error("refreshed tokens could not be stored: kept in memory and served until the database takes them",
+		"tenant", base.TenantID, "provider", base.ProviderID, "err", cause.Error())
+	go s.storeLater(key, u)
+}
+
+// storeLater stores an unstored refresh with backoff until it is stored or
+// superseded, then forgets it and releases its refresh lease.
+func (s *Service) storeLater(key string, u *unstoredRefresh) {
+	ctx := context.Background()
+	tenant, id := u.base.TenantID, u.base.ProviderID
+	p := retry.Policy{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.5}
+	err := retry.Do(ctx, p, func(ctx context.Context, _ int) error {
+		actx, cancel := context.WithTimeout(ctx, persistBudget)
+		defer cancel()
+		_, err := s.persist(actx, u.base, u.grant, u.tokens)
+		switch apperr.KindOf(err) {
+		case apperr.KindAborted, apperr.KindNotFound:
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	s.mu.Lock()
+	if s.unstored[key] == u {
+		delete(s.unstored, key)
+	}
+	s.mu.Unlock()
+	s.cache.drop(key)
+	actx, cancel := context.WithTimeout(audit.WithScope(ctx, tenant, id), persistBudget)
+	defer cancel()
+	if err != nil {
+		s.log.Warn("kept refreshed tokens dropped: the grant changed meanwhile", "tenant", tenant, "provider", id, "err", err.Error())
+		return
+	}
+	_ = s.store.ReleaseRefreshLease(actx, tenant, id, u.holder)
+	s.metrics.Refreshes.WithLabelValues("stored_late").Inc()
+	s.log.Info("kept refreshed tokens stored", "tenant", tenant, "provider", id)
+	s.audit.Record(actx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
 }
 
 // persist stores refreshed tokens if the credential is still the one the
@@ -889,4 +1326,12 @@ func (s *Service) refreshIdle(ctx context.Context, tenant, id string) error {
 	// the refresh only if another replica already rotated it.
 	_, err = s.refreshShared(ctx, tenant, id, h.Tokens.AccessToken.Reveal())
 	return err
+}
+
+// hasUnstored reports whether an answered refresh of the grant waits to be
+// stored.
+func (s *Service) hasUnstored(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.unstored[key] != nil
 }

@@ -2,10 +2,12 @@ package grants
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,9 +16,12 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/servicetest"
 )
 
 // counter reads a counter's value.
@@ -64,7 +69,8 @@ func TestNew(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := Config{MarginMax: time.Minute, LockTTL: 15 * time.Second, MaxAttempts: 3, MaxRetryAfter: 5 * time.Second}
+		want := Config{MarginMax: time.Minute, LockTTL: 15 * time.Second, MaxAttempts: 3, MaxRetryAfter: 5 * time.Second,
+			StaleWait: 500 * time.Millisecond, TakeoverSettle: 2 * time.Second, BackoffMax: 30 * time.Second}
 		if s.cfg != want {
 			t.Errorf("config = %+v, want %+v", s.cfg, want)
 		}
@@ -75,7 +81,8 @@ func TestNew(t *testing.T) {
 	t.Run("explicit settings kept", func(t *testing.T) {
 		t.Parallel()
 		d := full()
-		d.Config = Config{MarginMax: 2 * time.Minute, LockTTL: time.Second, MaxAttempts: 7, MaxRetryAfter: time.Millisecond, CacheTTL: time.Second}
+		d.Config = Config{MarginMax: 2 * time.Minute, LockTTL: time.Second, MaxAttempts: 7, MaxRetryAfter: time.Millisecond, CacheTTL: time.Second,
+			StaleWait: time.Second, TakeoverSettle: time.Millisecond, BackoffMax: time.Minute}
 		s, err := New(d)
 		if err != nil {
 			t.Fatal(err)
@@ -483,61 +490,69 @@ func TestConcurrentWriteWins(t *testing.T) {
 	}
 }
 
+// TestRefreshPersistFailure: the server answered a refresh (and rotated the
+// refresh token) but the database cannot store it. The answer is never
+// thrown away: it is served from memory, no second refresh spends the dead
+// stored refresh token, and it is stored once the database is back.
 func TestRefreshPersistFailure(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name       string
-		failPuts   int // failed credential writes; -1: all
-		wantPuts   int
-		wantStatus domain.AuthStatus
-		wantWhy    string
-	}{
-		// Three failed attempts to store the refreshed tokens, then the
-		// attempt to mark the grant dead fails too: nothing changes.
-		{name: "database down: marking the grant dead fails too", failPuts: -1, wantPuts: 4, wantStatus: domain.StatusAuthorized},
-		{name: "database back for the mark: grant PERSIST_FAILED", failPuts: 3, wantPuts: 4,
-			wantStatus: domain.StatusReauthRequired, wantWhy: domain.ReasonPersistFailed},
+	e := newEnv(t, testConfig)
+	s := e.authorize(grantSpec{})
+	hs := &hookStore{Store: e.store}
+	svc := e.service(testConfig, hs, e.locks)
+	var down atomic.Bool
+	down.Store(true)
+	hs.onPut = func(*repository.Credential, int64) error {
+		if down.Load() {
+			return errInjected
+		}
+		return nil
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			e := newEnv(t, testConfig)
-			s := e.authorize(grantSpec{})
-			hs := &hookStore{Store: e.store}
-			svc := e.service(testConfig, hs, e.locks)
-			puts, fails := 0, tt.failPuts
-			hs.onPut = func(*repository.Credential, int64) error {
-				puts++
-				if fails != 0 {
-					fails--
-					return errInjected
-				}
-				return nil
-			}
-			e.clock.Advance(dueButValid)
+	e.clock.Advance(time.Hour) // expired: the caller waits for the refresh
 
-			_, err := svc.Get(e.ctx, tnt, pid)
-			wantErr(t, err, apperr.KindUnavailable, domain.ReasonUnavailable)
-			if puts != tt.wantPuts {
-				t.Errorf("credential writes = %d, want %d", puts, tt.wantPuts)
-			}
-			e.wantEvents(domain.EventTokenPersistFailure, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed)
-			e.wantGrant(tnt, pid, tt.wantStatus, tt.wantWhy)
-			if tt.wantStatus == domain.StatusReauthRequired {
-				e.wantEvents(domain.EventReauthRequired, pid, domain.OutcomeFailure, domain.ReasonPersistFailed)
-				return
-			}
-			// The server rotated the refresh token that is still stored: the
-			// next refresh, once the database is back, finds it dead.
-			if e.as.isLive(s.tokens.RefreshToken.Reveal()) {
-				t.Fatal("the server did not rotate the refresh token")
-			}
-			hs.onPut = nil
-			_, err = svc.Get(e.ctx, tnt, pid)
-			wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
-			e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonInvalidGrant)
-		})
+	tok, err := svc.Get(e.ctx, tnt, pid)
+	if err != nil {
+		t.Fatalf("refreshed token not served while the database is down: %v", err)
 	}
+	if tok.AccessToken == s.tokens.AccessToken {
+		t.Fatal("the expired token was served")
+	}
+	if e.as.isLive(s.tokens.RefreshToken.Reveal()) {
+		t.Fatal("the server did not rotate the refresh token: the test proves nothing")
+	}
+	again, err := svc.Get(e.ctx, tnt, pid)
+	if err != nil || again.AccessToken != tok.AccessToken {
+		t.Fatalf("second read = %v; want the kept token", err)
+	}
+	e.wantRefreshes(1) // the stored, rotated refresh token is never spent again
+	// The failure's audit event is written without holding up the caller.
+	for wait := time.Now().Add(5 * time.Second); len(e.events(domain.EventTokenPersistFailure)) == 0 && time.Now().Before(wait); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.wantEvents(domain.EventTokenPersistFailure, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed)
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+
+	down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for e.held(tnt, pid).Tokens.AccessToken != tok.AccessToken {
+		if time.Now().After(deadline) {
+			t.Fatal("kept tokens not stored after the database came back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+	for svc.hasUnstored(tnt + "/" + pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("kept tokens not forgotten after they were stored")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The refresh lease was released: a refresh can run again.
+	e.clock.Advance(2 * time.Hour)
+	if _, err := svc.Get(e.ctx, tnt, pid); err != nil {
+		t.Fatalf("refresh after the kept tokens were stored: %v", err)
+	}
+	e.wantRefreshes(2)
 }
 
 func TestForceRefresh(t *testing.T) {
@@ -784,12 +799,18 @@ func TestRefreshNeedsTheGrantsClient(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, testConfig)
-			_, err := e.getDue(tt.reg, tt.change)
-			wantErr(t, err, tt.wantKind, tt.wantReason)
+			tok, err := e.getDue(tt.reg, tt.change)
 			e.wantRefreshes(0) // the tokens are never sent with another client
 			if tt.wantKind == apperr.KindUnavailable {
-				e.wantGrant(tnt, pid, domain.StatusAuthorized, "") // a database outage never kills a grant
+				// The due token is still valid: it is served while the
+				// database is down, and the outage never kills the grant.
+				if err != nil || tok == nil {
+					t.Fatalf("due but valid token not served during a database outage: %v", err)
+				}
+				e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+				return
 			}
+			wantErr(t, err, tt.wantKind, tt.wantReason)
 		})
 	}
 }
@@ -806,4 +827,45 @@ func TestClientGoneMarksGrantDead(t *testing.T) {
 	_, err := e.svc.Get(e.ctx, tnt, pid)
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonNoClient)
+}
+
+// slowAudit is a recorder whose token-read writes take long: the clock
+// moves past the token's expiry while the event is written.
+type slowAudit struct {
+	audit.Recorder
+	clock *servicetest.Clock
+	by    time.Duration
+	reads atomic.Int32
+}
+
+func (a *slowAudit) Record(ctx context.Context, e audit.Event) {
+	if e.Type == domain.EventTokenRead && a.reads.Add(1) == 1 {
+		a.clock.Advance(a.by)
+	}
+	a.Recorder.Record(ctx, e)
+}
+
+// TestAccessTokenCheckedAfterTheAuditWrite (issue 15, case 7): a token
+// that expires while its read is audited never reaches the caller; the
+// caller gets a valid one, and the read is audited once.
+func TestAccessTokenCheckedAfterTheAuditWrite(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testConfig)
+	s := e.authorize(grantSpec{})
+	rec := &slowAudit{Recorder: e.auditor, clock: e.clock, by: 2 * time.Hour}
+	svc, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: rec, Log: e.log,
+		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.AccessToken(e.ctx, tnt, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.AccessToken == s.tokens.AccessToken || !e.clock.Now().Before(tok.ExpiresAt) {
+		t.Fatal("a token that expired during the audit write reached the caller")
+	}
+	if n := rec.reads.Load(); n != 1 {
+		t.Errorf("token reads audited %d times, want 1", n)
+	}
 }

@@ -18,6 +18,7 @@ import (
 type IdleStore interface {
 	CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]repository.Credential, error)
 	RecordRefreshFailure(ctx context.Context, tenant, providerID string, generation int64) (int, error)
+	ExpirePendingGrants(ctx context.Context, before time.Time, reason string) (int64, error)
 }
 
 var _ IdleStore = (*repository.Store)(nil)
@@ -40,6 +41,11 @@ type RefresherConfig struct {
 	// after this many consecutive failed background refreshes instead of
 	// retrying forever.
 	MaxFailures int
+	// PendingTTL moves a grant PENDING for longer back to UNAUTHORIZED
+	// (reason FLOW_EXPIRED_OR_USED): its flow expired, was abandoned, or
+	// was lost with Redis, and no callback will ever end it. Set it above
+	// the flow TTL.
+	PendingTTL time.Duration
 }
 
 // Refresher keeps idle authorizations alive in the background.
@@ -77,6 +83,9 @@ func NewRefresherWith(store IdleStore, tokens *Service, log *slog.Logger, cfg Re
 	if cfg.MaxFailures <= 0 {
 		cfg.MaxFailures = 20
 	}
+	if cfg.PendingTTL <= 0 {
+		cfg.PendingTTL = 11 * time.Minute // the longest flow TTL, and a minute
+	}
 	return &Refresher{store: store, tokens: tokens, log: log, cfg: cfg}
 }
 
@@ -101,6 +110,11 @@ func (r *Refresher) Run(ctx context.Context) {
 // Tenants take turns (round-robin, at most PerTenant each), so one tenant
 // with many providers cannot starve the others.
 func (r *Refresher) Pass(ctx context.Context) int {
+	if n, err := r.store.ExpirePendingGrants(ctx, r.tokens.now().Add(-r.cfg.PendingTTL), domain.ReasonFlowExpiredOrUsed); err != nil {
+		r.log.WarnContext(ctx, "background refresh: expiring abandoned authorizations failed", "err", err.Error())
+	} else if n > 0 {
+		r.log.InfoContext(ctx, "abandoned authorizations expired: PENDING back to UNAUTHORIZED", "grants", n)
+	}
 	rows, err := r.store.CredentialsIdleSince(ctx, r.tokens.now().Add(-r.cfg.IdleAge), r.cfg.Batch)
 	if err != nil {
 		r.log.WarnContext(ctx, "background refresh: listing idle authorizations failed", "err", err.Error())

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
@@ -157,8 +158,10 @@ func TestRefresherFailures(t *testing.T) {
 		{name: "rejected refresh token: dead at once, not counted", passes: 2, wantCalls: 1,
 			prepare:    func(e *env) { e.as.forgetGrant(tnt + "/" + pid) },
 			wantStatus: domain.StatusReauthRequired, wantWhy: domain.ReasonInvalidGrant},
-		{name: "mcpauth's own lock store down: not counted", passes: maxFailures + 1, wantCalls: 0,
-			prepare:    func(e *env) { _ = e.locks.Close() },
+		{name: "mcpauth's own database lease unavailable: not counted", passes: maxFailures + 1, wantCalls: 0,
+			prepare: func(e *env) {
+				e.store.FailOn("AcquireRefreshLease", apperr.Unavailable(errInjected, "database down"))
+			},
 			wantStatus: domain.StatusAuthorized},
 	}
 	for _, tt := range tests {
@@ -172,6 +175,9 @@ func TestRefresherFailures(t *testing.T) {
 			r := NewRefresherWith(e.store, e.svc, e.log, RefresherConfig{IdleAge: time.Hour, MaxFailures: maxFailures})
 			for range tt.passes {
 				r.Pass(e.ctx)
+				// Past the failure backoff (whose skipped passes are
+				// not failures of the server), within the token's life.
+				e.clock.Advance(e.svc.cfg.BackoffMax)
 			}
 			e.wantRefreshes(tt.wantCalls)
 			e.wantGrant(tnt, pid, tt.wantStatus, tt.wantWhy)
@@ -282,7 +288,7 @@ func TestRefresherRun(t *testing.T) {
 func TestNewRefresherDefaults(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testConfig)
-	want := RefresherConfig{Interval: time.Minute, IdleAge: 12 * time.Hour, Batch: 500, Concurrency: 4, PerTenant: 50, MaxFailures: 20}
+	want := RefresherConfig{Interval: time.Minute, IdleAge: 12 * time.Hour, Batch: 500, Concurrency: 4, PerTenant: 50, MaxFailures: 20, PendingTTL: 11 * time.Minute}
 	if got := NewRefresher(e.store, e.svc, e.log, 0).cfg; got != want {
 		t.Errorf("defaults = %+v, want %+v", got, want)
 	}
@@ -290,4 +296,28 @@ func TestNewRefresherDefaults(t *testing.T) {
 	if got := NewRefresher(e.store, e.svc, e.log, 5*time.Second).cfg; got != want {
 		t.Errorf("with interval = %+v, want %+v", got, want)
 	}
+}
+
+// TestRefresherExpiresAbandonedFlows: a grant left PENDING (its flow lost
+// with Redis, or abandoned) goes back to UNAUTHORIZED after PendingTTL;
+// a recent PENDING and a held grant are left alone.
+func TestRefresherExpiresAbandonedFlows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testConfig)
+	e.provider(tnt, "old", domain.RegPreRegistered)
+	e.provider(tnt, "recent", domain.RegPreRegistered)
+	e.authorize(grantSpec{})
+	pending := func(id string) {
+		if _, err := e.store.SetGrantStatus(e.ctx, tnt, id, []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", e.keys.PrimaryID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending("old")
+	e.clock.Advance(20 * time.Minute)
+	pending("recent")
+	r := NewRefresherWith(e.store, e.svc, e.log, RefresherConfig{IdleAge: 24 * time.Hour, PendingTTL: 15 * time.Minute})
+	r.Pass(e.ctx)
+	e.wantGrant(tnt, "old", domain.StatusUnauthorized, domain.ReasonFlowExpiredOrUsed)
+	e.wantGrant(tnt, "recent", domain.StatusPending, "")
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
 }

@@ -34,6 +34,7 @@ type Store struct {
 	tools     map[string]repository.ToolList
 	chals     map[string]repository.Challenge
 	audit     []repository.AuditEvent
+	leases    map[string]repository.RefreshLease
 	fail      map[string]error
 	calls     map[string]int
 }
@@ -45,7 +46,8 @@ func NewStore(now func() time.Time) *Store {
 		now = time.Now
 	}
 	return &Store{now: now, providers: map[string]repository.Provider{}, creds: map[string]repository.Credential{},
-		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, chals: map[string]repository.Challenge{}, fail: map[string]error{},
+		regs: map[string]repository.ClientRegistration{}, tools: map[string]repository.ToolList{}, leases: map[string]repository.RefreshLease{},
+		chals: map[string]repository.Challenge{}, fail: map[string]error{},
 		calls: map[string]int{}}
 }
 
@@ -241,6 +243,7 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 func (s *Store) dropDependents(tenant, id string) {
 	delete(s.creds, key(tenant, id))
 	delete(s.tools, key(tenant, id))
+	delete(s.leases, key(tenant, id))
 	delete(s.chals, key(tenant, id))
 	for k, r := range s.regs {
 		if r.TenantID == tenant && r.ProviderID == id {
@@ -573,4 +576,92 @@ func (s *Store) Credential(tenant, providerID string) *repository.Credential {
 		return nil
 	}
 	return &c
+}
+
+// AcquireRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out repository.LeaseAcquired
+	if err := s.enter("AcquireRefreshLease", tenant); err != nil {
+		return out, err
+	}
+	if _, ok := s.providers[key(tenant, providerID)]; !ok {
+		return out, apperr.NotFound("provider")
+	}
+	now := s.now()
+	prev, ok := s.leases[key(tenant, providerID)]
+	if ok && prev.Holder != holder && !prev.ExpiresAt.Before(now) {
+		if prev.Holder == "backoff" {
+			out.BackoffUntil = prev.ExpiresAt
+			return out, repository.ErrRefreshBackoff
+		}
+		return out, repository.ErrLeaseHeld
+	}
+	out.TookOver = ok && prev.Holder != holder && prev.Holder != "backoff" && prev.Generation == generation
+	s.leases[key(tenant, providerID)] = repository.RefreshLease{TenantID: tenant, ProviderID: providerID, Generation: generation,
+		Holder: holder, ExpiresAt: now.Add(ttl)}
+	return out, nil
+}
+
+// ExtendRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) ExtendRefreshLease(_ context.Context, tenant, providerID, holder string, ttl time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ExtendRefreshLease", tenant); err != nil {
+		return err
+	}
+	l, ok := s.leases[key(tenant, providerID)]
+	if !ok || l.Holder != holder {
+		return repository.ErrLeaseGone
+	}
+	l.ExpiresAt = s.now().Add(ttl)
+	s.leases[key(tenant, providerID)] = l
+	return nil
+}
+
+// ReleaseRefreshLease implements the repository's refresh lease in memory.
+func (s *Store) ReleaseRefreshLease(_ context.Context, tenant, providerID, holder string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ReleaseRefreshLease", tenant); err != nil {
+		return err
+	}
+	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
+		delete(s.leases, key(tenant, providerID))
+	}
+	return nil
+}
+
+// ExpirePendingGrants implements the repository's sweep of abandoned flows.
+func (s *Store) ExpirePendingGrants(_ context.Context, before time.Time, reason string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["ExpirePendingGrants"]++
+	if err := s.fail["ExpirePendingGrants"]; err != nil {
+		return 0, err
+	}
+	var n int64
+	for k, c := range s.creds {
+		if c.Status == domain.StatusPending && c.UpdatedAt.Before(before) {
+			c.Status, c.Reason, c.UpdatedAt = domain.StatusUnauthorized, reason, s.now()
+			s.creds[k] = c
+			n++
+		}
+	}
+	return n, nil
+}
+
+// BackoffRefreshLease implements the repository's refresh backoff in memory.
+func (s *Store) BackoffRefreshLease(_ context.Context, tenant, providerID, holder string, d time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("BackoffRefreshLease", tenant); err != nil {
+		return err
+	}
+	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
+		l.Holder, l.ExpiresAt = "backoff", s.now().Add(d)
+		s.leases[key(tenant, providerID)] = l
+	}
+	return nil
 }

@@ -579,6 +579,14 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 	start := time.Now()
 	ss, err := s.prepare(ctx, tenant, id, in.User)
 	if err != nil {
+		if apperr.KindOf(err) == apperr.KindNotFound {
+			return nil, err // no such provider: nothing was attempted
+		}
+		// Refused before reaching the server (no grant, REAUTH_REQUIRED, a
+		// store outage): an attempted call is audited all the same.
+		s.metrics.ToolCalls.WithLabelValues("error").Inc()
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err),
+			Details: map[string]string{"tool": tool, "refused": "before_server", "duration_ms": strconv.FormatInt(time.Since(start).Milliseconds(), 10)}})
 		return nil, err
 	}
 	var res *mcp.CallToolResult

@@ -781,6 +781,17 @@ func TestBrokenGrantFailsWithoutContactingTheServer(t *testing.T) {
 				tc.breakG(t, e)
 				wantErr(t, op.run(context.Background(), e), tc.kind, tc.reason)
 				wantTokens(t, srv)
+				if op.name != "call" {
+					return
+				}
+				// The refused call is audited once, with the refusal's reason.
+				evs := e.events(domain.EventToolCalled)
+				if len(evs) != 1 || evs[0].Outcome != int32(domain.OutcomeFailure) || evs[0].Reason != tc.reason {
+					t.Fatalf("tool call audit events = %+v, want one failure with reason %s", evs, tc.reason)
+				}
+				if _, d := e.lastEvent(t, domain.EventToolCalled); d["refused"] != "before_server" || d["tool"] != "echo" {
+					t.Errorf("refused call details = %v", d)
+				}
 			})
 		}
 	}

@@ -144,6 +144,21 @@ func NewAuthServer(tb testing.TB, opt AuthServerOptions) *AuthServer {
 	return a
 }
 
+// NewAuthServerOn serves an authorization server on l whose issuer and
+// endpoints are under publicOrigin (for example "http://127.0.0.1:4567"),
+// the address of a fault proxy in front of l: every request mcpauth makes
+// to the server then passes through the proxy. It stops when tb ends.
+func NewAuthServerOn(tb testing.TB, opt AuthServerOptions, l net.Listener, publicOrigin string) *AuthServer {
+	tb.Helper()
+	a := newAuthServer(tb, opt, publicOrigin)
+	srv := httptest.NewUnstartedServer(a)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	tb.Cleanup(srv.Close)
+	return a
+}
+
 // newAuthServer builds the server's handler for an issuer under origin; the
 // caller serves it.
 func newAuthServer(tb testing.TB, opt AuthServerOptions, origin string) *AuthServer {
