@@ -43,9 +43,11 @@ import (
 	"github.com/mcpauth/mcpauth/service/readlog"
 	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/service/webhooks"
 	"github.com/mcpauth/mcpauth/statestore"
 	"github.com/mcpauth/mcpauth/telemetry"
 	"github.com/mcpauth/mcpauth/version"
+	"github.com/mcpauth/mcpauth/webhook"
 )
 
 // App is one running mcpauth process.
@@ -67,6 +69,8 @@ type App struct {
 	tokens     *grants.Service
 	auditor    *audit.Auditor
 	reads      *readlog.Aggregator
+	dispatcher *webhooks.Dispatcher
+	retention  *audit.Retention
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
 	poller     *server.HealthPoller
@@ -346,12 +350,37 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	// The event pipeline: commits that store events wake this replica's
+	// watchers and dispatcher; other replicas' events are polled for.
+	wake := audit.NewWakeup()
+	a.store.OnEvents(wake.Notify)
+	feed, err := audit.NewFeed(a.store, wake, cfg.EventsPoll)
+	if err != nil {
+		return nil, err
+	}
+	sender, err := webhook.NewSender(a.guard.Client(), cfg.WebhookTimeout, cfg.ClientName+"/"+version.String())
+	if err != nil {
+		return nil, err
+	}
+	webhookUC, err := webhooks.New(a.store, a.keys, a.guard, nil)
+	if err != nil {
+		return nil, err
+	}
+	if a.dispatcher, err = webhooks.NewDispatcher(a.store, a.keys, sender, log, nil, wake, webhooks.DispatchConfig{
+		Poll: cfg.EventsPoll, BackoffBase: cfg.WebhookBackoffBase, BackoffMax: cfg.WebhookBackoffMax,
+		MaxAttempts: cfg.WebhookMaxAttempts, Lease: 3 * cfg.WebhookTimeout, MirrorToLog: cfg.AuditLogMirror}); err != nil {
+		return nil, err
+	}
+	if a.retention, err = audit.NewRetention(a.store, log, nil, cfg.AuditRetention,
+		cfg.AuditRowBound(repository.IsPostgres(cfg.DatabaseDSN()))); err != nil {
+		return nil, err
+	}
 	if cfg.BackgroundRefreshInterval > 0 {
 		a.refresher = grants.NewRefresherWith(a.store, tokens, log, grants.RefresherConfig{Interval: cfg.BackgroundRefreshInterval,
 			PendingTTL: cfg.FlowTTL + time.Minute})
 	}
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
-		Audit: server.NewAuditAPI(auditLog), Tools: server.NewToolAPI(toolUC),
+		Audit: server.NewAuditAPI(auditLog, feed), Tools: server.NewToolAPI(toolUC), Webhooks: server.NewWebhookAPI(webhookUC),
 		TokenReads: server.NewTokenReadAPI(readLog)}
 
 	var grpcOpts []grpc.ServerOption
@@ -448,6 +477,11 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.refresher.Run(rctx) }()
 	}
+	// Stopped with the refresher: an attempt cut short is not recorded, its
+	// lease expires and it is made again (at least once).
+	wg.Add(2)
+	go func() { defer wg.Done(); a.dispatcher.Run(rctx) }()
+	go func() { defer wg.Done(); a.retention.Run(rctx, a.cfg.AuditRetentionInterval) }()
 	a.poller.Poll(ctx)
 	wg.Add(1)
 	go func() { defer wg.Done(); a.poller.Run(rctx) }()

@@ -101,6 +101,43 @@ type Config struct {
 	HealthInterval time.Duration `env:"MCPAUTH_HEALTH_INTERVAL, default=5s"`
 	// ToolResultMaxBytes caps one tool result.
 	ToolResultMaxBytes int64 `env:"MCPAUTH_TOOL_RESULT_MAX_BYTES, default=4194304"`
+
+	// EventsPoll is how often WatchEvents streams and the webhook
+	// dispatcher look for events written by other replicas (this replica's
+	// wake them at once).
+	EventsPoll time.Duration `env:"MCPAUTH_EVENTS_POLL, default=250ms"`
+	// WebhookTimeout bounds one delivery attempt.
+	WebhookTimeout time.Duration `env:"MCPAUTH_WEBHOOK_TIMEOUT, default=10s"`
+	// WebhookBackoffBase is the first retry delay; each retry doubles it
+	// (with jitter) up to WebhookBackoffMax.
+	WebhookBackoffBase time.Duration `env:"MCPAUTH_WEBHOOK_BACKOFF_BASE, default=1s"`
+	WebhookBackoffMax  time.Duration `env:"MCPAUTH_WEBHOOK_BACKOFF_MAX, default=10m"`
+	// WebhookMaxAttempts after which a delivery is dead (a dead letter,
+	// listed by ListWebhookDeliveries, until RedeliverWebhookEvent).
+	WebhookMaxAttempts int `env:"MCPAUTH_WEBHOOK_MAX_ATTEMPTS, default=30"`
+	// AuditLogMirror also writes every audit event to the log (one JSON
+	// line each, at least once) for a log pipeline.
+	AuditLogMirror bool `env:"MCPAUTH_AUDIT_LOG_MIRROR, default=false"`
+	// AuditRetention keeps audit events this long (0: for ever). On
+	// PostgreSQL whole monthly partitions are dropped once entirely older.
+	AuditRetention time.Duration `env:"MCPAUTH_AUDIT_RETENTION, default=2160h"`
+	// AuditMaxRows bounds the audit log's rows (the oldest beyond go; 0: no
+	// bound). Meant for SQLite, where it defaults to one million.
+	AuditMaxRows int64 `env:"MCPAUTH_AUDIT_MAX_ROWS, default=-1"`
+	// AuditRetentionInterval is how often retention runs.
+	AuditRetentionInterval time.Duration `env:"MCPAUTH_AUDIT_RETENTION_INTERVAL, default=1h"`
+}
+
+// AuditRowBound is the audit row bound to apply: AuditMaxRows when set,
+// else one million on SQLite and none on PostgreSQL.
+func (c *Config) AuditRowBound(postgres bool) int64 {
+	switch {
+	case c.AuditMaxRows >= 0:
+		return c.AuditMaxRows
+	case postgres:
+		return 0
+	}
+	return 1_000_000
 }
 
 // SecretString is a configuration value that must not be printed.

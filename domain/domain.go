@@ -101,6 +101,9 @@ const (
 	// challenge that changed the provider's status (details.status,
 	// details.error).
 	EventChallengeRecorded EventType = "mcp.challenge.recorded"
+	// EventWebhookChanged: a webhook endpoint was created, updated,
+	// deleted or had its secret rotated (details.endpoint, details.change).
+	EventWebhookChanged EventType = "webhook.endpoint.changed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -109,7 +112,7 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

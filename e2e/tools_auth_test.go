@@ -366,7 +366,9 @@ func TestToolsURLChangeDropsCredentials(t *testing.T) {
 		t.Error("the old server's access token is still valid at its authorization server")
 	}
 	tlWaitEvents(t, s, "tl-move", name, "provider.credentials.reset", 1, func(ev *mcpauthv1.AuditEvent) bool {
-		return ev.GetReason() == "SERVER_URL_CHANGED" && ev.GetDetails()["revoked_at_server"] == "true"
+		// The event commits with the reset, before the old server is asked;
+		// the revocation itself is checked at the server above.
+		return ev.GetReason() == "SERVER_URL_CHANGED"
 	})
 	p, err := s.Providers().GetProvider(ctx, &mcpauthv1.GetProviderRequest{Name: name})
 	if err != nil {

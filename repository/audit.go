@@ -6,9 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/stdlib"
-
 	"github.com/mcpauth/mcpauth/apperr"
 )
 
@@ -23,63 +20,31 @@ func newAuditUID() string {
 	return hex.EncodeToString(b)
 }
 
-// AppendAudit appends e and sets e.ID, e.UID (and e.CreatedAt when zero). Audit
-// events are append-only: the repository has no method that updates or
-// deletes them.
+// AppendAudit appends e and sets e.ID (and e.UID and e.CreatedAt when
+// empty). An event whose uid and time are already stored is skipped: a
+// retried write is not doubled. Audit events are append-only: the repository
+// has no method that updates them; only retention removes old ones.
 func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
-	if err := checkTenant(e.TenantID); err != nil {
-		return err
-	}
-	if e.CreatedAt.IsZero() {
-		e.CreatedAt = s.db.NowFunc()
-	}
-	e.ID = 0 // assigned by the database
-	e.UID = newAuditUID()
-	return dbErr(s.db.WithContext(ctx).Create(e).Error, "append audit event")
+	return s.AppendAuditBatch(ctx, []*AuditEvent{e})
 }
 
 // AppendAuditBatch appends events in one statement and one transaction
-// (the audit writer's group commit). Every event must name a tenant.
+// (the audit writer's group commit). Every event must name a tenant. Events
+// whose uid and time are already stored are skipped, so a batch retried after
+// its commit's acknowledgement was lost is not written twice.
 func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	now := s.db.NowFunc()
 	for _, e := range events {
 		if err := checkTenant(e.TenantID); err != nil {
 			return err
 		}
-		if e.CreatedAt.IsZero() {
-			e.CreatedAt = now
-		}
-		e.ID = 0
-		e.UID = newAuditUID()
 	}
-	// On PostgreSQL the batch goes in with COPY: one statement, no RETURNING,
-	// no per-row parse, and still all-or-nothing.
-	if s.db.Dialector.Name() != "postgres" {
-		return dbErr(s.db.WithContext(ctx).Create(events).Error, "append audit events")
+	err := insertEvents(ctx, s.db, events)
+	if err == nil {
+		s.notifyEvents()
 	}
-	sqlDB, err := s.db.DB()
-	if err != nil {
-		return dbErr(err, "append audit events")
-	}
-	conn, err := sqlDB.Conn(ctx)
-	if err != nil {
-		return dbErr(err, "append audit events")
-	}
-	defer conn.Close()
-	rows := make([][]any, len(events))
-	for i, e := range events {
-		rows[i] = []any{e.TenantID, e.UID, e.CreatedAt, e.EventType, e.Actor, e.ProviderID, e.Outcome, e.Reason, e.RequestID, e.Details}
-	}
-	err = conn.Raw(func(dc any) error {
-		pc := dc.(*stdlib.Conn).Conn()
-		_, err := pc.CopyFrom(ctx, pgx.Identifier{"audit_events"},
-			[]string{"tenant_id", "uid", "created_at", "event_type", "actor", "provider_id", "outcome", "reason", "request_id", "details"},
-			pgx.CopyFromRows(rows))
-		return err
-	})
 	return dbErr(err, "append audit events")
 }
 

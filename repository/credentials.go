@@ -42,7 +42,10 @@ func (s *Store) GetCredential(ctx context.Context, tenant, providerID string) (*
 // appeared or disappeared meanwhile) is apperr.Aborted and changes nothing,
 // so a writer holding stale tokens can never overwrite newer ones. A missing
 // provider is apperr.NotFound("provider not found").
-func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGeneration int64) (int64, error) {
+//
+// events are inserted in the same transaction (see insertEvents): they are
+// stored exactly when the credential is.
+func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGeneration int64, events ...*AuditEvent) (int64, error) {
 	if err := checkTenant(c.TenantID); err != nil {
 		return 0, err
 	}
@@ -111,8 +114,11 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 		if err != nil {
 			return err
 		}
-		return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", c.ProviderID, newGen).
-			UpdateColumn("cred_generation", newGen).Error
+		if err := pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", c.ProviderID, newGen).
+			UpdateColumn("cred_generation", newGen).Error; err != nil {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
 	})
 	if err != nil {
 		if _, ok := apperr.As(err); ok {
@@ -120,6 +126,7 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 		}
 		return 0, dbErr(err, "put credential")
 	}
+	s.eventsStored(events)
 	c.Generation = newGen
 	c.UpdatedAt = now
 	return newGen, nil
@@ -127,28 +134,45 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 
 // DeleteCredential deletes the provider's credential. expectedGeneration 0
 // deletes any generation; otherwise a mismatch is apperr.Aborted. A missing
-// credential is apperr.NotFound("credential not found").
-func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64) error {
-	q, err := scoped(ctx, s.db, tenant)
+// credential is apperr.NotFound("credential not found"). events are inserted
+// in the same transaction.
+func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64, events ...*AuditEvent) error {
+	if err := checkTenant(tenant); err != nil {
+		return err
+	}
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		q = q.Where("provider_id = ?", providerID)
+		if expectedGeneration != 0 {
+			q = q.Where("generation = ?", expectedGeneration)
+		}
+		res := q.Delete(&Credential{})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return errNothingDeleted
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	if errors.Is(err, errNothingDeleted) {
+		if _, err := s.GetCredential(ctx, tenant, providerID); err != nil {
+			return err
+		}
+		return credentialChanged()
+	}
 	if err != nil {
-		return err
+		return dbErr(err, "delete credential")
 	}
-	q = q.Where("provider_id = ?", providerID)
-	if expectedGeneration != 0 {
-		q = q.Where("generation = ?", expectedGeneration)
-	}
-	res := q.Delete(&Credential{})
-	if res.Error != nil {
-		return dbErr(res.Error, "delete credential")
-	}
-	if res.RowsAffected > 0 {
-		return nil
-	}
-	if _, err := s.GetCredential(ctx, tenant, providerID); err != nil {
-		return err
-	}
-	return credentialChanged()
+	s.eventsStored(events)
+	return nil
 }
+
+// errNothingDeleted rolls back a delete that matched no row.
+var errNothingDeleted = errors.New("repository: nothing deleted")
 
 // SetGrantStatus moves the provider's grant to status to (with reason) when
 // its current status is one of from, without touching its tokens or its
@@ -156,13 +180,16 @@ func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string,
 // from names it, a row without tokens is created (keyID is the key id it
 // records, though it holds no ciphertext). It reports whether anything
 // changed. A missing provider is apperr.NotFound.
-func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error) {
+//
+// events are inserted in the same transaction, and only when the status
+// changed.
+func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*AuditEvent) (bool, error) {
 	if err := checkTenant(tenant); err != nil {
 		return false, err
 	}
 	changed := false
 	now := s.db.NowFunc()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	set := func(tx *gorm.DB) error {
 		q, err := scoped(ctx, tx, tenant)
 		if err != nil {
 			return err
@@ -218,12 +245,21 @@ func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, f
 		changed = true
 		return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", providerID, gen).
 			UpdateColumn("cred_generation", gen).Error
+	}
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := set(tx); err != nil || !changed {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
 	})
 	if err != nil {
 		if _, ok := apperr.As(err); ok {
 			return false, err
 		}
 		return false, dbErr(err, "set grant status")
+	}
+	if changed {
+		s.eventsStored(events)
 	}
 	return changed, nil
 }

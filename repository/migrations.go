@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/go-gormigrate/gormigrate/v2"
@@ -17,6 +18,10 @@ type migration struct {
 	// message that tells the operator what to do.
 	check func(tx *gorm.DB) error
 	sql   []string
+	// postgres and sqlite, when set, run after sql on that dialect only
+	// (for changes the two databases express differently).
+	postgres []string
+	sqlite   []string
 }
 
 // migrationLockKey is the PostgreSQL advisory lock that serialises Migrate
@@ -235,6 +240,130 @@ var migrations = []migration{
 		},
 	},
 	{
+		// The audit log becomes the event outbox. Each event records the
+		// transaction that wrote it (txid; on PostgreSQL the top-level
+		// transaction id, 64-bit and increasing per database cluster), so
+		// that readers can deliver events in an order that never changes
+		// afterwards: (txid, id) below the oldest transaction still running
+		// (see EventsAfter). On PostgreSQL the table is also partitioned by
+		// month of created_at, so that retention drops whole partitions;
+		// existing rows are copied into it. The public uid together with
+		// created_at is the idempotency key of a retried insert.
+		id: "0008_audit_outbox_partitioned",
+		postgres: []string{
+			`ALTER TABLE audit_events RENAME TO audit_events_0005`,
+			`DROP INDEX IF EXISTS idx_audit_tenant_id`,
+			`DROP INDEX IF EXISTS idx_audit_tenant_provider_id`,
+			`DROP INDEX IF EXISTS uniq_audit_uid`,
+			`CREATE SEQUENCE audit_event_seq AS bigint`,
+			`SELECT setval('audit_event_seq', GREATEST((SELECT max(id) FROM audit_events_0005), 0) + 1, false)`,
+			`CREATE TABLE audit_events (
+				id bigint NOT NULL DEFAULT nextval('audit_event_seq'),
+				uid varchar(32) NOT NULL,
+				tenant_id varchar(63) NOT NULL,
+				created_at timestamptz NOT NULL,
+				event_type text NOT NULL,
+				actor text NOT NULL DEFAULT '',
+				provider_id text NOT NULL DEFAULT '',
+				outcome integer NOT NULL DEFAULT 0,
+				reason text NOT NULL DEFAULT '',
+				request_id text NOT NULL DEFAULT '',
+				details text NOT NULL DEFAULT '',
+				txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)
+			) PARTITION BY RANGE (created_at)`,
+			`ALTER SEQUENCE audit_event_seq OWNED BY audit_events.id`,
+			// Rows outside every monthly partition (a clock far off, a
+			// partition not created yet) land here instead of failing.
+			`CREATE TABLE audit_events_default PARTITION OF audit_events DEFAULT`,
+			`DO $$
+			DECLARE m date;
+			BEGIN
+				m := date_trunc('month', LEAST(COALESCE((SELECT min(created_at) FROM audit_events_0005), now()), now()) AT TIME ZONE 'UTC')::date;
+				WHILE m <= (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 month')::date LOOP
+					EXECUTE format('CREATE TABLE %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
+						'audit_events_p' || to_char(m, 'YYYYMM'), m::timestamp AT TIME ZONE 'UTC', (m + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+					m := (m + interval '1 month')::date;
+				END LOOP;
+			END $$`,
+			`INSERT INTO audit_events (id, uid, tenant_id, created_at, event_type, actor, provider_id, outcome, reason, request_id, details)
+				SELECT id, uid, tenant_id, created_at, event_type, actor, provider_id, outcome, reason, request_id, details FROM audit_events_0005`,
+			`DROP TABLE audit_events_0005`,
+			`CREATE INDEX idx_audit_tenant_id ON audit_events (tenant_id, id DESC)`,
+			`CREATE INDEX idx_audit_tenant_provider_id ON audit_events (tenant_id, provider_id, id DESC)`,
+			`CREATE UNIQUE INDEX uniq_audit_uid ON audit_events (tenant_id, uid, created_at)`,
+			`CREATE INDEX idx_audit_feed ON audit_events (txid, id)`,
+			`CREATE INDEX idx_audit_tenant_feed ON audit_events (tenant_id, txid, id)`,
+		},
+		// One SQLite connection writes at a time, so id order is commit
+		// order there: txid stays 0.
+		sqlite: []string{
+			`ALTER TABLE audit_events ADD COLUMN txid bigint NOT NULL DEFAULT 0`,
+		},
+	},
+	{
+		// Webhook endpoints and the deliveries fanned out to them; the
+		// fan-out position in the event feed.
+		id: "0009_webhooks",
+		sql: []string{
+			`CREATE TABLE webhook_endpoints (
+				tenant_id varchar(63) NOT NULL,
+				id varchar(63) NOT NULL,
+				url text NOT NULL,
+				event_types text NOT NULL DEFAULT '',
+				secret {{BYTES}} NOT NULL,
+				previous_secret {{BYTES}},
+				previous_until {{TS}},
+				key_id bigint NOT NULL,
+				disabled {{BOOL}} NOT NULL DEFAULT false,
+				version bigint NOT NULL,
+				created_at {{TS}} NOT NULL,
+				updated_at {{TS}} NOT NULL,
+				CONSTRAINT webhook_endpoints_pkey PRIMARY KEY (tenant_id, id)
+			)`,
+			`CREATE TABLE webhook_deliveries (
+				id {{AUTOID}},
+				tenant_id varchar(63) NOT NULL,
+				endpoint_id varchar(63) NOT NULL,
+				event_uid varchar(32) NOT NULL,
+				event_type text NOT NULL,
+				provider_id text NOT NULL DEFAULT '',
+				event_txid bigint NOT NULL,
+				event_id bigint NOT NULL,
+				payload text NOT NULL,
+				state integer NOT NULL DEFAULT 0,
+				attempts integer NOT NULL DEFAULT 0,
+				next_attempt_at {{TS}} NOT NULL,
+				lease_owner text NOT NULL DEFAULT '',
+				lease_until {{TS}},
+				last_status integer NOT NULL DEFAULT 0,
+				last_error text NOT NULL DEFAULT '',
+				created_at {{TS}} NOT NULL,
+				updated_at {{TS}} NOT NULL,
+				CONSTRAINT fk_webhook_deliveries_endpoint FOREIGN KEY (tenant_id, endpoint_id)
+					REFERENCES webhook_endpoints (tenant_id, id) ON DELETE CASCADE
+			)`,
+			`CREATE UNIQUE INDEX uniq_webhook_delivery ON webhook_deliveries (tenant_id, endpoint_id, event_uid)`,
+			`CREATE INDEX idx_webhook_delivery_due ON webhook_deliveries (state, event_txid, event_id)`,
+			`CREATE INDEX idx_webhook_delivery_order ON webhook_deliveries (tenant_id, endpoint_id, provider_id, state, event_txid, event_id)`,
+			`CREATE TABLE event_cursors (
+				name varchar(63) NOT NULL,
+				txid bigint NOT NULL,
+				event_id bigint NOT NULL,
+				CONSTRAINT event_cursors_pkey PRIMARY KEY (name)
+			)`,
+		},
+		// The fan-out starts after the events that exist now (no endpoint
+		// existed for them): after every row of this transaction and of
+		// every one that ended before it.
+		postgres: []string{
+			`INSERT INTO event_cursors (name, txid, event_id)
+				SELECT 'webhooks', pg_current_xact_id()::text::bigint, COALESCE(max(id), 0) FROM audit_events`,
+		},
+		sqlite: []string{
+			`INSERT INTO event_cursors (name, txid, event_id) SELECT 'webhooks', 0, COALESCE(max(id), 0) FROM audit_events`,
+		},
+	},
+	{
 		// Token reads are counted per (tenant, minute, provider, caller)
 		// instead of one audit row each; token_read_batches makes a retried
 		// flush of the same batch a no-op (see AddTokenReads).
@@ -347,7 +476,13 @@ func (s *Store) migrate(ctx context.Context, list []migration) error {
 							return fmt.Errorf("migration %s: %w", m.id, err)
 						}
 					}
-					for _, stmt := range m.sql {
+					stmts := m.sql
+					if dialect == "postgres" {
+						stmts = append(slices.Clone(stmts), m.postgres...)
+					} else {
+						stmts = append(slices.Clone(stmts), m.sqlite...)
+					}
+					for _, stmt := range stmts {
 						if err := tx.Exec(renderDDL(dialect, stmt)).Error; err != nil {
 							return fmt.Errorf("migration %s: %w", m.id, err)
 						}

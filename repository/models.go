@@ -189,6 +189,9 @@ type AuditEvent struct {
 	RequestID string `gorm:"column:request_id"`
 	// Details is JSON text with non-secret extra facts.
 	Details string `gorm:"column:details"`
+	// TxID is the writing transaction (PostgreSQL; 0 on SQLite), set by
+	// the database: with ID it orders the event feed (see EventsAfter).
+	TxID int64 `gorm:"column:txid;->"`
 }
 
 // TableName returns the table that stores audit events.

@@ -16,7 +16,9 @@ var errEmptyID = errors.New("repository: empty provider id")
 // tenant is apperr.AlreadyExists wrapping a *ConflictError that names the
 // rule; the check runs in the insert's transaction and the
 // database's unique indexes back it, so concurrent creates are also refused.
-func (s *Store) CreateProvider(ctx context.Context, p *Provider) error {
+//
+// events are inserted in the same transaction.
+func (s *Store) CreateProvider(ctx context.Context, p *Provider, events ...*AuditEvent) error {
 	if err := checkTenant(p.TenantID); err != nil {
 		return err
 	}
@@ -31,11 +33,15 @@ func (s *Store) CreateProvider(ctx context.Context, p *Provider) error {
 		if err := providerConflict(ctx, tx, &row, true); err != nil {
 			return err
 		}
-		return tx.Create(&row).Error
+		if err := tx.Create(&row).Error; err != nil {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
 	})
 	if err != nil {
 		return providerWriteErr(err, "create provider")
 	}
+	s.eventsStored(events)
 	*p = row
 	return nil
 }
@@ -148,8 +154,9 @@ func (s *Store) FindProviderByURLHash(ctx context.Context, tenant string, hashes
 // expectedVersion+1. On success p.Version and p.UpdatedAt reflect the write.
 // A missing row is apperr.NotFound; a version mismatch is apperr.Aborted and
 // changes nothing. Uniqueness conflicts are reported as in CreateProvider.
-func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion int64) error {
-	return s.updateProvider(ctx, p, expectedVersion, false)
+// events are inserted in the same transaction.
+func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion int64, events ...*AuditEvent) error {
+	return s.updateProvider(ctx, p, expectedVersion, false, events)
 }
 
 // UpdateProviderResettingCredentials is UpdateProvider that, in the same
@@ -157,11 +164,11 @@ func (s *Store) UpdateProvider(ctx context.Context, p *Provider, expectedVersion
 // its credential (tokens), client registrations and tool list. It is used
 // when the server URL changes, so no token or registration for the old
 // server can ever be used with the new one.
-func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *Provider, expectedVersion int64) error {
-	return s.updateProvider(ctx, p, expectedVersion, true)
+func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *Provider, expectedVersion int64, events ...*AuditEvent) error {
+	return s.updateProvider(ctx, p, expectedVersion, true, events)
 }
 
-func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion int64, reset bool) error {
+func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion int64, reset bool, events []*AuditEvent) error {
 	if err := checkTenant(p.TenantID); err != nil {
 		return err
 	}
@@ -200,7 +207,7 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				apperr.Aborted("provider was changed concurrently; re-read and retry"))
 		}
 		if !reset {
-			return nil
+			return insertEvents(ctx, tx, events)
 		}
 		for _, model := range []any{&Credential{}, &ClientRegistration{}, &ToolList{}} {
 			q, err := scoped(ctx, tx, p.TenantID)
@@ -211,11 +218,12 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				return err
 			}
 		}
-		return nil
+		return insertEvents(ctx, tx, events)
 	})
 	if err != nil {
 		return providerWriteErr(err, "update provider")
 	}
+	s.eventsStored(events)
 	p.Version = expectedVersion + 1
 	p.UpdatedAt = now
 	return nil
@@ -243,7 +251,9 @@ func missingOrChanged(ctx context.Context, tx *gorm.DB, tenant, id string, chang
 // expectedVersion 0 deletes any version; otherwise a mismatch is
 // apperr.Aborted and nothing is deleted. A missing provider is
 // apperr.NotFound. Audit events are kept.
-func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64) error {
+//
+// events are inserted in the same transaction.
+func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64, events ...*AuditEvent) error {
 	if err := checkTenant(tenant); err != nil {
 		return err
 	}
@@ -276,9 +286,13 @@ func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedV
 			return missingOrChanged(ctx, tx, tenant, id,
 				apperr.Aborted("provider was changed concurrently; re-read and retry"))
 		}
-		return nil
+		return insertEvents(ctx, tx, events)
 	})
-	return dbErr(err, "delete provider")
+	if err != nil {
+		return dbErr(err, "delete provider")
+	}
+	s.eventsStored(events)
+	return nil
 }
 
 // nullBytes stores nil (not an empty blob) for absent ciphertexts.

@@ -6,6 +6,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	sqlite "github.com/glebarez/go-sqlite"
@@ -38,7 +39,8 @@ type Options struct {
 
 // Store is the GORM-backed repository. It is safe for concurrent use.
 type Store struct {
-	db *gorm.DB
+	db        *gorm.DB
+	eventHook atomic.Pointer[func()]
 	// tracer, set by Trace, traces the hand-written hot reads (hot.go) as
 	// the GORM callbacks trace every other statement.
 	tracer trace.Tracer

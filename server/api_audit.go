@@ -22,14 +22,65 @@ type AuditUseCases interface {
 
 var _ AuditUseCases = (*audit.Log)(nil)
 
+// EventWatcher streams a tenant's events. *audit.Feed implements it.
+type EventWatcher interface {
+	Watch(ctx context.Context, tenant, afterUID string, send func(audit.Entry) error) error
+}
+
+var _ EventWatcher = (*audit.Feed)(nil)
+
 // auditAPI implements mcpauth.v1.AuditService.
 type auditAPI struct {
 	mcpauthv1.UnimplementedAuditServiceServer
-	uc AuditUseCases
+	uc    AuditUseCases
+	watch EventWatcher
 }
 
 // NewAuditAPI returns the gRPC audit service.
-func NewAuditAPI(uc AuditUseCases) mcpauthv1.AuditServiceServer { return &auditAPI{uc: uc} }
+func NewAuditAPI(uc AuditUseCases, watch EventWatcher) mcpauthv1.AuditServiceServer {
+	return &auditAPI{uc: uc, watch: watch}
+}
+
+// WatchEvents streams the tenant's events from after resume_after.
+func (a *auditAPI) WatchEvents(req *mcpauthv1.WatchEventsRequest, stream mcpauthv1.AuditService_WatchEventsServer) error {
+	tenant, err := resname.ParseTenant("parent", req.GetParent())
+	if err != nil {
+		return err
+	}
+	after := ""
+	if r := req.GetResumeAfter(); r != "" {
+		t, uid, err := resname.ParseAuditEvent("resume_after", r)
+		if err != nil {
+			return err
+		}
+		if t != tenant {
+			return apperr.Invalid("resume_after", "names an event of another tenant than parent")
+		}
+		after = uid
+	}
+	return a.watch.Watch(stream.Context(), tenant, after, func(e audit.Entry) error {
+		return stream.Send(&mcpauthv1.WatchEventsResponse{AuditEvent: auditEventProto(tenant, e)})
+	})
+}
+
+// auditEventProto is the API form of a stored event.
+func auditEventProto(tenant string, e audit.Entry) *mcpauthv1.AuditEvent {
+	ev := &mcpauthv1.AuditEvent{
+		Name:       resname.AuditEventName(tenant, e.UID),
+		EventType:  string(e.Type),
+		Type:       eventTypes[e.Type],
+		Actor:      e.Actor,
+		Outcome:    outcomes[e.Outcome],
+		Reason:     e.Reason,
+		RequestId:  e.RequestID,
+		CreateTime: timestamppb.New(e.Time),
+		Details:    e.Details,
+	}
+	if e.Provider != "" {
+		ev.Provider = resname.ProviderName(tenant, e.Provider)
+	}
+	return ev
+}
 
 // eventTypes maps the domain's audit event types to the API's enum; the
 // enum value names are the types upper-cased with dots as underscores.
@@ -108,21 +159,7 @@ func (a *auditAPI) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAudit
 		resp.NextPageToken = resname.EncodePageToken(resname.PageToken{Parent: bound, After: entries[size-1].UID})
 	}
 	for _, e := range entries {
-		ev := &mcpauthv1.AuditEvent{
-			Name:       resname.AuditEventName(tenant, e.UID),
-			EventType:  string(e.Type),
-			Type:       eventTypes[e.Type],
-			Actor:      e.Actor,
-			Outcome:    outcomes[e.Outcome],
-			Reason:     e.Reason,
-			RequestId:  e.RequestID,
-			CreateTime: timestamppb.New(e.Time),
-			Details:    e.Details,
-		}
-		if e.Provider != "" {
-			ev.Provider = resname.ProviderName(tenant, e.Provider)
-		}
-		resp.AuditEvents = append(resp.AuditEvents, ev)
+		resp.AuditEvents = append(resp.AuditEvents, auditEventProto(tenant, e))
 	}
 	return resp, nil
 }

@@ -26,8 +26,18 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.OAuthService_RevokeAuthorization_FullMethodName:    caller.Authorize,
 	mcpauthv1.OAuthService_DiagnoseProvider_FullMethodName:       caller.Authorize,
 
-	mcpauthv1.AuditService_ListAuditEvents_FullMethodName:    caller.AuditRead,
-	mcpauthv1.TokenReadService_ListTokenReads_FullMethodName: caller.AuditRead,
+	mcpauthv1.AuditService_ListAuditEvents_FullMethodName: caller.AuditRead,
+	mcpauthv1.AuditService_WatchEvents_FullMethodName:     caller.AuditRead,
+
+	mcpauthv1.WebhookService_CreateWebhookEndpoint_FullMethodName:       caller.ProvidersWrite,
+	mcpauthv1.WebhookService_GetWebhookEndpoint_FullMethodName:          caller.ProvidersRead,
+	mcpauthv1.WebhookService_ListWebhookEndpoints_FullMethodName:        caller.ProvidersRead,
+	mcpauthv1.WebhookService_UpdateWebhookEndpoint_FullMethodName:       caller.ProvidersWrite,
+	mcpauthv1.WebhookService_DeleteWebhookEndpoint_FullMethodName:       caller.ProvidersWrite,
+	mcpauthv1.WebhookService_RotateWebhookEndpointSecret_FullMethodName: caller.ProvidersWrite,
+	mcpauthv1.WebhookService_ListWebhookDeliveries_FullMethodName:       caller.ProvidersRead,
+	mcpauthv1.WebhookService_RedeliverWebhookEvent_FullMethodName:       caller.ProvidersWrite,
+	mcpauthv1.TokenReadService_ListTokenReads_FullMethodName:            caller.AuditRead,
 
 	mcpauthv1.MCPToolService_RefreshTools_FullMethodName: caller.ToolsCall,
 	mcpauthv1.MCPToolService_ListTools_FullMethodName:    caller.ProvidersRead,
@@ -39,6 +49,16 @@ var methodPermissions = map[string]caller.Permission{
 // requests whose tenant the caller has already been checked against.
 func tenantOf(req any) (string, error) {
 	switch r := req.(type) {
+	case *mcpauthv1.ListWebhookDeliveriesRequest:
+		t, _, err := resname.ParseWebhookEndpoint("parent", r.GetParent())
+		return t, err
+	case *mcpauthv1.UpdateWebhookEndpointRequest:
+		t, _, err := resname.ParseWebhookEndpoint("webhook_endpoint.name", r.GetWebhookEndpoint().GetName())
+		return t, err
+	case *mcpauthv1.GetWebhookEndpointRequest, *mcpauthv1.DeleteWebhookEndpointRequest,
+		*mcpauthv1.RotateWebhookEndpointSecretRequest, *mcpauthv1.RedeliverWebhookEventRequest:
+		t, _, err := resname.ParseWebhookEndpoint("name", r.(interface{ GetName() string }).GetName())
+		return t, err
 	case interface{ GetParent() string }:
 		return resname.ParseTenant("parent", r.GetParent())
 	case *mcpauthv1.UpdateProviderRequest:

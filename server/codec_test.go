@@ -51,6 +51,7 @@ func TestUndecodableRequestIsInvalidArgument(t *testing.T) {
 		OAuth:      mcpauthv1.UnimplementedOAuthServiceServer{},
 		Audit:      mcpauthv1.UnimplementedAuditServiceServer{},
 		Tools:      mcpauthv1.UnimplementedMCPToolServiceServer{},
+		Webhooks:   mcpauthv1.UnimplementedWebhookServiceServer{},
 		TokenReads: mcpauthv1.UnimplementedTokenReadServiceServer{},
 	}, keyAuth{"k": caller.NewIdentity("ops", []string{"acme"}, []caller.Permission{caller.ProvidersRead})})
 	want := func(t *testing.T, what string, err error) {

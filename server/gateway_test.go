@@ -39,6 +39,9 @@ func restRoutes(tb testing.TB) []restRoute {
 	tb.Helper()
 	var out []restRoute
 	for _, am := range apiMethods() {
+		if am.Desc.IsStreamingServer() {
+			continue // WatchEvents is served on gRPC only
+		}
 		rule, _ := proto.GetExtension(am.Desc.Options(), annotations.E_Http).(*annotations.HttpRule)
 		r := restRoute{RPC: am.Full, Body: rule.GetBody() != ""}
 		var tmpl string

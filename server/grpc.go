@@ -46,6 +46,7 @@ type Services struct {
 	OAuth      mcpauthv1.OAuthServiceServer
 	Audit      mcpauthv1.AuditServiceServer
 	Tools      mcpauthv1.MCPToolServiceServer
+	Webhooks   mcpauthv1.WebhookServiceServer
 	TokenReads mcpauthv1.TokenReadServiceServer
 }
 
@@ -85,6 +86,9 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	mcpauthv1.RegisterAuditServiceServer(s, d.Services.Audit)
 	mcpauthv1.RegisterMCPToolServiceServer(s, d.Services.Tools)
 	mcpauthv1.RegisterTokenReadServiceServer(s, d.Services.TokenReads)
+	if d.Services.Webhooks != nil {
+		mcpauthv1.RegisterWebhookServiceServer(s, d.Services.Webhooks)
+	}
 	healthpb.RegisterHealthServer(s, d.Health)
 	reflection.Register(s)
 	if d.RPCMetrics != nil {
@@ -132,13 +136,64 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	return resp, toStatus(ctx, i.log, err)
 }
 
-// stream serves reflection (the only streaming API) and refuses any other
-// streaming method without a key check path of its own.
-func (i *interceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+// stream serves reflection and the server-streaming API methods
+// (WatchEvents). A server-streaming method's one request is checked as a
+// unary request is (key, tenant, permission) when the handler receives it,
+// before the handler sees it; the handler's context then carries the caller
+// and the request id. Client-streaming methods are refused: none exist.
+func (i *interceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	if openMethod(info.FullMethod) {
 		return handler(srv, &checkedStream{ServerStream: ss, codec: i.codec, log: i.log})
 	}
-	return status.Error(codes.PermissionDenied, "streaming methods are not open to callers")
+	if info.IsClientStream {
+		return status.Error(codes.PermissionDenied, "streaming methods are not open to callers")
+	}
+	start := time.Now()
+	ctx, id := withRequestID(ss.Context())
+	as := &authorizedStream{checkedStream: checkedStream{ServerStream: ss, codec: i.codec, log: i.log}, ctx: ctx, i: i, method: info.FullMethod}
+	defer func() {
+		if r := recover(); r != nil {
+			i.log.ErrorContext(as.ctx, "panic in handler", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+		i.logCall(as.ctx, info.FullMethod, start, err)
+	}()
+	_ = ss.SetHeader(metadata.Pairs("x-request-id", id))
+	err = handler(srv, as)
+	if as.refused != nil {
+		return as.refused
+	}
+	return toStatus(as.ctx, i.log, err)
+}
+
+// authorizedStream checks the request of a server-streaming call when the
+// handler receives it.
+type authorizedStream struct {
+	checkedStream
+	ctx     context.Context
+	i       *interceptor
+	method  string
+	checked bool
+	refused error
+}
+
+func (s *authorizedStream) Context() context.Context { return s.ctx }
+
+func (s *authorizedStream) RecvMsg(m any) error {
+	if s.checked {
+		return status.Error(codes.InvalidArgument, "one request message only")
+	}
+	if err := s.checkedStream.RecvMsg(m); err != nil {
+		return err
+	}
+	s.checked = true
+	ctx, err := s.i.check(s.ctx, s.method, m)
+	s.ctx = ctx
+	if err != nil {
+		s.refused = toStatus(ctx, s.i.log, err)
+		return s.refused
+	}
+	return nil
 }
 
 // checkedStream refuses a received message that did not decode.

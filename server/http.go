@@ -55,6 +55,7 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 			mcpauthv1.RegisterMCPProviderServiceHandler,
 			mcpauthv1.RegisterOAuthServiceHandler,
 			mcpauthv1.RegisterAuditServiceHandler,
+			mcpauthv1.RegisterWebhookServiceHandler,
 			mcpauthv1.RegisterMCPToolServiceHandler,
 			mcpauthv1.RegisterTokenReadServiceHandler,
 		} {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -146,7 +147,7 @@ func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		err := a.store.AppendAuditBatch(wctx, rows)
-		if apperr.KindOf(err) == apperr.KindUnavailable {
+		if retryable(err) {
 			return err
 		}
 		return retry.Permanent(err)
@@ -163,6 +164,18 @@ func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
 	for _, r := range rows {
 		a.writeBatch([]*repository.AuditEvent{r})
 	}
+}
+
+// retryable reports whether a failed batch may have failed for the
+// connection's sake: the database unreachable, or the connection lost
+// mid-statement (io.ErrUnexpectedEOF from a dying server, which the
+// repository does not yet classify as unavailable; the issue-15 classifier
+// replaces this check once merged). Retrying is safe even when the first
+// attempt committed: every event carries its idempotency key, and the
+// repository skips events already stored.
+func retryable(err error) bool {
+	return apperr.KindOf(err) == apperr.KindUnavailable || errors.Is(err, io.ErrUnexpectedEOF) ||
+		apperr.KindOf(err) == apperr.KindDeadlineExceeded
 }
 
 // Close stores what is queued and stops the writers. Events recorded after
@@ -202,27 +215,39 @@ func (a *Auditor) Record(ctx context.Context, e Event) {
 }
 
 func (a *Auditor) row(ctx context.Context, e Event) *repository.AuditEvent {
-	actor := e.Actor
-	if actor == "" {
-		actor = caller.ActorName(ctx)
-	}
-	details := "{}"
-	if len(e.Details) > 0 {
-		if b, err := json.Marshal(e.Details); err == nil {
-			details = string(b)
+	return Rows(ctx, a.now(), e)[0]
+}
+
+// Rows turns events into rows to be stored in the same transaction as the
+// change they describe (the repository's write methods take them), filling
+// in the actor and request id from ctx. Each row gets its idempotency key
+// (uid and time) now, so a retried write stores it once.
+func Rows(ctx context.Context, now time.Time, events ...Event) []*repository.AuditEvent {
+	out := make([]*repository.AuditEvent, len(events))
+	for i, e := range events {
+		actor := e.Actor
+		if actor == "" {
+			actor = caller.ActorName(ctx)
 		}
+		details := "{}"
+		if len(e.Details) > 0 {
+			if b, err := json.Marshal(e.Details); err == nil {
+				details = string(b)
+			}
+		}
+		out[i] = &repository.AuditEvent{
+			TenantID:   e.Tenant,
+			EventType:  string(e.Type),
+			Actor:      actor,
+			ProviderID: e.Provider,
+			Outcome:    int32(e.Outcome),
+			Reason:     e.Reason,
+			RequestID:  reqid.From(ctx),
+			Details:    details,
+		}
+		repository.PrepareEvents(now, out[i])
 	}
-	return &repository.AuditEvent{
-		TenantID:   e.Tenant,
-		CreatedAt:  a.now().UTC(),
-		EventType:  string(e.Type),
-		Actor:      actor,
-		ProviderID: e.Provider,
-		Outcome:    int32(e.Outcome),
-		Reason:     e.Reason,
-		RequestID:  reqid.From(ctx),
-		Details:    details,
-	}
+	return out
 }
 
 // RecordDenied records a refused call (the transport's denial recorder).
@@ -279,12 +304,8 @@ func (l *Log) List(ctx context.Context, tenant string, f Filter, afterUID string
 		return nil, err
 	}
 	out := make([]Entry, len(rows))
-	for i, r := range rows {
-		out[i] = Entry{UID: r.UID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID,
-			Outcome: domain.Outcome(r.Outcome), Reason: r.Reason, RequestID: r.RequestID}
-		if r.Details != "" && r.Details != "{}" {
-			_ = json.Unmarshal([]byte(r.Details), &out[i].Details)
-		}
+	for i := range rows {
+		out[i] = entryOf(&rows[i])
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -135,7 +136,12 @@ func TestRecord(t *testing.T) {
 			}
 			want := tt.want
 			want.ID, want.CreatedAt = 1, epoch.UTC()
-			if got := events[0]; got != want {
+			got := events[0]
+			if len(got.UID) != 32 {
+				t.Errorf("uid %q: want the idempotency key, 32 hex digits, set before the write", got.UID)
+			}
+			got.UID = ""
+			if got != want {
 				t.Errorf("stored %+v\nwant       %+v", got, want)
 			}
 		})
@@ -150,7 +156,7 @@ func TestRecordDenied(t *testing.T) {
 	want := repository.AuditEvent{ID: 1, TenantID: "t1", CreatedAt: epoch.UTC(), EventType: "permission.denied", Actor: "anonymous",
 		Outcome: int32(domain.OutcomeDenied), Reason: "missing permission", RequestID: "r9",
 		Details: `{"method":"/mcpauth.v1.Providers/DeleteProvider"}`}
-	if got := st.Events(); len(got) != 1 || got[0] != want {
+	if got := withoutUIDs(st.Events()); len(got) != 1 || got[0] != want {
 		t.Errorf("stored %+v, want %+v", got, want)
 	}
 }
@@ -496,5 +502,42 @@ func TestLogListErrors(t *testing.T) {
 	st.FailOn("ListAudit", servicetest.ErrInjected)
 	if _, err := l.List(context.Background(), "t1", Filter{}, "", 10); !errors.Is(err, servicetest.ErrInjected) {
 		t.Errorf("err = %v, want the store's", err)
+	}
+}
+
+// withoutUIDs clears the events' random idempotency keys for comparison.
+func withoutUIDs(events []repository.AuditEvent) []repository.AuditEvent {
+	for i := range events {
+		events[i].UID = ""
+	}
+	return events
+}
+
+// TestRecordRetriedAfterLostAckStoredOnce: the batch commits but the
+// connection dies before the acknowledgement (io.ErrUnexpectedEOF from a
+// dying PostgreSQL): the batch is retried with the same idempotency keys
+// and each event is stored once, with no false "lost" alarm.
+func TestRecordRetriedAfterLostAckStoredOnce(t *testing.T) {
+	t.Parallel()
+	st := servicetest.NewStore(nil)
+	var calls atomic.Int32
+	a, logs := newAuditor(t, &hookedStore{Store: st, before: func(events []*repository.AuditEvent) error {
+		if calls.Add(1) == 1 {
+			if err := st.AppendAuditBatch(context.Background(), events); err != nil {
+				return err
+			}
+			return fmt.Errorf("commit: %w", io.ErrUnexpectedEOF)
+		}
+		return nil
+	}})
+	a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventPermissionDenied})
+	if got := len(st.Events()); got != 1 {
+		t.Fatalf("stored %d events, want 1 (the retry must not double it)", got)
+	}
+	if calls.Load() != 2 {
+		t.Errorf("%d attempts, want 2 (a lost acknowledgement is retried)", calls.Load())
+	}
+	if strings.Contains(logs.String(), "AUDIT EVENT LOST") {
+		t.Errorf("a stored event was reported lost:\n%s", logs)
 	}
 }

@@ -36,7 +36,7 @@ import (
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
@@ -64,7 +64,8 @@ type Protocol interface {
 // GrantStore stores the tokens of a completed authorization.
 // *grants.Service implements it.
 type GrantStore interface {
-	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens) error
+	// StoreNew stores events in the same transaction as the tokens.
+	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error
 }
 
 // Clock tells the time.
@@ -269,17 +270,17 @@ func (s *Service) checkAuthServer(ctx context.Context, d *vault.Provider, cred *
 	if cred == nil || cred.Issuer == "" || oauthclient.SameIssuer(cred.Issuer, md.Issuer) {
 		return nil
 	}
-	changed, err := s.store.SetGrantStatus(ctx, tenant, id,
-		[]domain.AuthStatus{domain.StatusAuthorized, domain.StatusExpired, domain.StatusReauthRequired},
-		domain.StatusReauthRequired, domain.ReasonAuthServerChanged, s.cipher.PrimaryID())
-	if err != nil {
-		return err
-	}
-	if changed && cred.Reason != domain.ReasonAuthServerChanged {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthServerChanged, Provider: id, Outcome: domain.OutcomeFailure,
+	// The event commits with the status change (SetGrantStatus stores it
+	// only when the status changed), once per move.
+	var events []*repository.AuditEvent
+	if cred.Reason != domain.ReasonAuthServerChanged {
+		events = audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventAuthServerChanged, Provider: id, Outcome: domain.OutcomeFailure,
 			Reason: domain.ReasonAuthServerChanged, Details: map[string]string{"old_issuer": cred.Issuer, "new_issuer": md.Issuer}})
 	}
-	return nil
+	_, err := s.store.SetGrantStatus(ctx, tenant, id,
+		[]domain.AuthStatus{domain.StatusAuthorized, domain.StatusExpired, domain.StatusReauthRequired},
+		domain.StatusReauthRequired, domain.ReasonAuthServerChanged, s.cipher.PrimaryID(), events...)
+	return err
 }
 
 // upstreamErr turns a protocol failure into a caller-facing error that
@@ -808,7 +809,9 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if len(tokens.Scopes) == 0 {
 		tokens.Scopes = rec.Scopes
 	}
-	if err := s.grants.StoreNew(ctx, row, grant, tokens); err != nil {
+	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
+		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
+	if err := s.grants.StoreNew(ctx, row, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")
 	}
@@ -817,8 +820,6 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if err := s.store.CountStepUp(ctx, rec.Tenant, rec.Provider); err != nil {
 		s.log.WarnContext(ctx, "counting a step-up failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 }
 

@@ -260,20 +260,20 @@ func (h *hookStore) GetCredential(ctx context.Context, tenant, providerID string
 	return h.Store.GetCredential(ctx, tenant, providerID)
 }
 
-func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential, expected int64) (int64, error) {
+func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential, expected int64, events ...*repository.AuditEvent) (int64, error) {
 	if h.onPut != nil {
 		if err := h.onPut(c, expected); err != nil {
 			return 0, err
 		}
 	}
-	return h.Store.PutCredential(ctx, c, expected)
+	return h.Store.PutCredential(ctx, c, expected, events...)
 }
 
-func (h *hookStore) DeleteCredential(ctx context.Context, tenant, providerID string, expected int64) error {
+func (h *hookStore) DeleteCredential(ctx context.Context, tenant, providerID string, expected int64, events ...*repository.AuditEvent) error {
 	if h.onDelete != nil {
 		h.onDelete()
 	}
-	return h.Store.DeleteCredential(ctx, tenant, providerID, expected)
+	return h.Store.DeleteCredential(ctx, tenant, providerID, expected, events...)
 }
 
 func (h *hookStore) CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]repository.Credential, error) {

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"log/slog"
 	mrand "math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 
@@ -38,8 +37,10 @@ import (
 type Store interface {
 	vault.ProviderGetter
 	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
-	PutCredential(ctx context.Context, c *repository.Credential, expectedGeneration int64) (int64, error)
-	DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64) error
+	// The write methods take the audit events of the change and store them
+	// in its transaction.
+	PutCredential(ctx context.Context, c *repository.Credential, expectedGeneration int64, events ...*repository.AuditEvent) (int64, error)
+	DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64, events ...*repository.AuditEvent) error
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
 	// The refresh lease (see refreshLeased): the database, not Redis, says
@@ -941,10 +942,11 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	defer cancel()
 	_ = s.store.ExtendRefreshLease(pctx, tenant, id, holder, s.leaseTTL())
 	var stored *repository.Credential
+	refreshed := audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(pctx, retry.Policy{Attempts: 3, Base: 100 * time.Millisecond, Max: 300 * time.Millisecond},
 		func(ctx context.Context, _ int) error {
 			var perr error
-			stored, perr = s.persist(ctx, cred, h.Grant, fresh)
+			stored, perr = s.persist(ctx, cred, h.Grant, fresh, refreshed...)
 			if apperr.KindOf(perr) == apperr.KindAborted {
 				return retry.Permanent(perr)
 			}
@@ -975,7 +977,6 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		return t, true, uerr
 	}
 	s.metrics.Refreshes.WithLabelValues("success").Inc()
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
 	return token(fresh, stored, h.Grant), false, nil
 }
 
@@ -1001,10 +1002,13 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	ctx := context.Background()
 	tenant, id := u.base.TenantID, u.base.ProviderID
 	p := retry.Policy{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.5}
+	// The event commits with the tokens, once, whichever attempt stores them.
+	refreshed := audit.Rows(audit.WithScope(ctx, tenant, id), s.now(),
+		audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
 	err := retry.Do(ctx, p, func(ctx context.Context, _ int) error {
 		actx, cancel := context.WithTimeout(ctx, persistBudget)
 		defer cancel()
-		_, err := s.persist(actx, u.base, u.grant, u.tokens)
+		_, err := s.persist(actx, u.base, u.grant, u.tokens, refreshed...)
 		switch apperr.KindOf(err) {
 		case apperr.KindAborted, apperr.KindNotFound:
 			return retry.Permanent(err)
@@ -1026,12 +1030,12 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	_ = s.store.ReleaseRefreshLease(actx, tenant, id, u.holder)
 	s.metrics.Refreshes.WithLabelValues("stored_late").Inc()
 	s.log.Info("kept refreshed tokens stored", "tenant", tenant, "provider", id)
-	s.audit.Record(actx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
 }
 
 // persist stores refreshed tokens if the credential is still the one the
-// refresh started from (generation compare-and-swap).
-func (s *Service) persist(ctx context.Context, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens) (*repository.Credential, error) {
+// refresh started from (generation compare-and-swap), with events in the
+// same transaction.
+func (s *Service) persist(ctx context.Context, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) (*repository.Credential, error) {
 	now := s.now().UTC()
 	ct, err := vault.SealTokens(s.cipher, prev.TenantID, prev.ProviderID, t, g, now)
 	if err != nil {
@@ -1044,7 +1048,7 @@ func (s *Service) persist(ctx context.Context, prev *repository.Credential, g va
 	next.Reason, next.RefreshFailures, next.LastRefreshAt = "", 0, &now
 	next.KeyID, next.UpdatedAt = s.cipher.PrimaryID(), now
 	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
-	gen, err := s.store.PutCredential(ctx, &next, prev.Generation)
+	gen, err := s.store.PutCredential(ctx, &next, prev.Generation, events...)
 	// Dropped again after the write: a concurrent Get may have cached the
 	// old credential between the first drop and the write.
 	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
@@ -1067,7 +1071,8 @@ func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, r
 	next.Reason = reason
 	next.UpdatedAt = s.now().UTC()
 	s.cache.drop(tenant + "/" + id)
-	_, err := s.store.PutCredential(ctx, &next, cred.Generation)
+	_, err := s.store.PutCredential(ctx, &next, cred.Generation,
+		audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventReauthRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})...)
 	// Dropped again after the write: a concurrent Get may have cached the
 	// old credential in between.
 	s.cache.drop(tenant + "/" + id)
@@ -1079,7 +1084,6 @@ func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, r
 		return err
 	}
 	s.metrics.ReauthRequired.Inc()
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventReauthRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})
 	return ReauthRequired(reauthWhy(reason))
 }
 
@@ -1101,7 +1105,8 @@ func (s *Service) MarkReauth(ctx context.Context, tenant, id, reason string, gen
 
 // StoreNew stores the tokens of a completed authorization of row's server,
 // replacing any held before; the grant becomes AUTHORIZED in the same write.
-func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens) error {
+// events are stored in the same transaction as the tokens.
+func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error {
 	d, err := vault.OpenProvider(s.cipher, row)
 	if err != nil {
 		return err
@@ -1128,7 +1133,7 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vaul
 		c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: ct, Issuer: g.Issuer,
 			Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 			Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
-		gen, err = s.store.PutCredential(ctx, c, expected)
+		gen, err = s.store.PutCredential(ctx, c, expected, events...)
 		s.cache.drop(row.TenantID + "/" + row.ID)
 		if err != nil && apperr.KindOf(err) != apperr.KindAborted {
 			return retry.Permanent(err)
@@ -1230,6 +1235,10 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	// deleted on the next attempt), then revoke what was deleted: a grant
 	// is never revoked at the server while it stays stored.
 	var rv *pendingRevocation
+	// The event commits with the deletion. Whether the server then
+	// confirmed the revocation is in the response; a failure is audited on
+	// its own (oauth.revocation.failed).
+	revokedEv := audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventAuthRevoked, Provider: id, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(ctx, retry.Policy{Attempts: 3}, func(ctx context.Context, attempt int) error {
 		if attempt > 1 {
 			if cred, err = s.store.GetCredential(ctx, tenant, id); err != nil {
@@ -1238,7 +1247,7 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 		}
 		rv = s.prepareRevocation(ctx, cred)
 		s.cache.drop(tenant + "/" + id)
-		err := s.store.DeleteCredential(ctx, tenant, id, cred.Generation)
+		err := s.store.DeleteCredential(ctx, tenant, id, cred.Generation, revokedEv...)
 		s.cache.drop(tenant + "/" + id)
 		if apperr.KindOf(err) == apperr.KindAborted {
 			return err
@@ -1248,10 +1257,7 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
 		return false, err
 	}
-	revoked := s.revokeAtServer(ctx, rv)
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthRevoked, Provider: id, Outcome: domain.OutcomeSuccess,
-		Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
-	return revoked, nil
+	return s.revokeAtServer(ctx, rv), nil
 }
 
 // PrepareRevoke reads the provider's grant as held now and returns its

@@ -43,17 +43,19 @@ const (
 
 // Store persists providers. *repository.Store implements it.
 type Store interface {
-	CreateProvider(ctx context.Context, p *repository.Provider) error
+	// The write methods take the audit events of the change and store them
+	// in its transaction.
+	CreateProvider(ctx context.Context, p *repository.Provider, events ...*repository.AuditEvent) error
 	GetProvider(ctx context.Context, tenant, id string) (*repository.Provider, error)
 	ListProviders(ctx context.Context, tenant, afterID string, limit int) ([]repository.Provider, error)
 	FindProviderByURLHash(ctx context.Context, tenant string, hashes []string) (*repository.Provider, error)
-	UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64) error
+	UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error
 	// UpdateProviderResettingCredentials drops everything tied to the old
 	// server (tokens, client registrations, tool list) in the same
 	// transaction as the update.
-	UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64) error
-	DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64) error
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
+	UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error
+	DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64, events ...*repository.AuditEvent) error
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -516,11 +518,11 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.applyClientSecret(row, v.clientSecret); err != nil {
 		return nil, err
 	}
-	if err := s.store.CreateProvider(ctx, row); err != nil {
+	created := audit.Rows(ctx, s.now(), audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
+		Outcome: domain.OutcomeSuccess, Details: v.compat.AuditDetails()})
+	if err := s.store.CreateProvider(ctx, row, created...); err != nil {
 		return nil, storeErr(err)
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: v.compat.AuditDetails()})
 	if !authRequired {
 		s.markNotRequired(ctx, row)
 	}
@@ -674,37 +676,40 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		return nil, err
 	}
 	row.UpdatedAt = s.now().UTC()
-	revoked := false
+	details := map[string]string{"fields": strings.Join(paths, ",")}
+	if len(dropped) > 0 {
+		details["dropped"] = strings.Join(dropped, ",")
+	}
+	events := []audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
+		Outcome: domain.OutcomeSuccess, Details: details}}
+	if urlChanged {
+		// The event commits with the reset; whether the old server then
+		// confirmed the revocation is in the response, and a failed
+		// revocation is audited on its own (oauth.revocation.failed).
+		details := map[string]string{}
+		if len(dropped) > 0 {
+			details["dropped"] = strings.Join(dropped, ",")
+		}
+		events = append(events, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
+			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
+	}
+	rows := audit.Rows(ctx, s.now(), events...)
 	if urlChanged {
 		// The old server's tokens are forgotten with the update, then
 		// revoked there, as on delete. A copy cached on another replica is
 		// never sent by tool calls: they check the grant read with the
 		// provider.
 		revoke := s.prepareRevoke(ctx, tenant, id)
-		if err := s.store.UpdateProviderResettingCredentials(ctx, row, expected); err != nil {
+		if err := s.store.UpdateProviderResettingCredentials(ctx, row, expected, rows...); err != nil {
 			return nil, storeErr(err)
 		}
-		revoked = revoke(ctx)
-	} else if err := s.store.UpdateProvider(ctx, row, expected); err != nil {
+		revoke(ctx)
+	} else if err := s.store.UpdateProvider(ctx, row, expected, rows...); err != nil {
 		return nil, storeErr(err)
 	}
 	row.Version = expected + 1
 	if urlChanged {
 		row.GrantStatus, row.GrantReason, row.GrantGeneration = domain.StatusUnknown, "", 0
-	}
-	details := map[string]string{"fields": strings.Join(paths, ",")}
-	if len(dropped) > 0 {
-		details["dropped"] = strings.Join(dropped, ",")
-	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: details})
-	if urlChanged {
-		details := map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}
-		if len(dropped) > 0 {
-			details["dropped"] = strings.Join(dropped, ",")
-		}
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
-			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
 	}
 	return s.view(row)
 }
@@ -793,13 +798,15 @@ func (s *Service) Delete(ctx context.Context, tenant, id, wantEtag string) (bool
 		expected = row.Version
 	}
 	revoke := s.prepareRevoke(ctx, tenant, id)
-	if err := s.store.DeleteProvider(ctx, tenant, id, expected); err != nil {
+	// The event commits with the deletion. Whether the server then
+	// confirmed the revocation is in the response; a failed revocation is
+	// audited on its own (oauth.revocation.failed).
+	deleted := audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventProviderDeleted, Provider: id,
+		Outcome: domain.OutcomeSuccess})
+	if err := s.store.DeleteProvider(ctx, tenant, id, expected, deleted...); err != nil {
 		return false, err
 	}
-	revoked := revoke(ctx)
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventProviderDeleted, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"revoked_at_server": strconv.FormatBool(revoked)}})
-	return revoked, nil
+	return revoke(ctx), nil
 }
 
 // prepareRevoke is the revocation of the provider's grant as held now; a

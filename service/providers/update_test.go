@@ -258,7 +258,9 @@ func TestUpdateURLChange(t *testing.T) {
 			}
 			reset, updated := e.eventsOf(domain.EventCredentialsReset), e.eventsOf(domain.EventProviderUpdated)
 			dropped := droppedDetail(tt.wantDropped)
-			wantReset := fmt.Sprintf(`{%s"revoked_at_server":"%v"}`, dropped, tt.confirm)
+			// The reset commits with the update, before the old server is
+			// asked to revoke: its answer is not part of the event.
+			wantReset := "{" + strings.TrimSuffix(dropped, ",") + "}"
 			wantUpdated := fmt.Sprintf(`{%s"fields":%q}`, dropped, strings.Join(tt.paths, ","))
 			if len(reset) != 1 || reset[0].Reason != domain.ReasonServerURLChanged || reset[0].Details != wantReset ||
 				len(updated) != 1 || updated[0].Details != wantUpdated {

@@ -86,7 +86,7 @@ func (s *Store) enter(method, tenant string) error {
 func key(parts ...string) string { return strings.Join(parts, "\x00") }
 
 // CreateProvider inserts p with the repository's uniqueness rules.
-func (s *Store) CreateProvider(_ context.Context, p *repository.Provider) error {
+func (s *Store) CreateProvider(_ context.Context, p *repository.Provider, events ...*repository.AuditEvent) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("CreateProvider", p.TenantID); err != nil {
@@ -101,6 +101,7 @@ func (s *Store) CreateProvider(_ context.Context, p *repository.Provider) error 
 	row.GrantStatus, row.GrantReason, row.GrantGeneration = 0, "", 0
 	s.providers[key(p.TenantID, p.ID)] = row
 	*p = row
+	s.appendEvents(events)
 	return nil
 }
 
@@ -202,17 +203,17 @@ func (s *Store) FindProviderByURLHash(_ context.Context, tenant string, hashes [
 }
 
 // UpdateProvider replaces the row when its version matches.
-func (s *Store) UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64) error {
-	return s.update("UpdateProvider", p, expectedVersion, false)
+func (s *Store) UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error {
+	return s.update("UpdateProvider", p, expectedVersion, false, events)
 }
 
 // UpdateProviderResettingCredentials also drops the grant, registrations and
 // tool list.
-func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64) error {
-	return s.update("UpdateProviderResettingCredentials", p, expectedVersion, true)
+func (s *Store) UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error {
+	return s.update("UpdateProviderResettingCredentials", p, expectedVersion, true, events)
 }
 
-func (s *Store) update(method string, p *repository.Provider, expectedVersion int64, reset bool) error {
+func (s *Store) update(method string, p *repository.Provider, expectedVersion int64, reset bool, events []*repository.AuditEvent) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter(method, p.TenantID); err != nil {
@@ -237,6 +238,7 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 		s.dropDependents(p.TenantID, p.ID)
 	}
 	p.Version, p.UpdatedAt = row.Version, row.UpdatedAt
+	s.appendEvents(events)
 	return nil
 }
 
@@ -253,7 +255,7 @@ func (s *Store) dropDependents(tenant, id string) {
 }
 
 // DeleteProvider deletes the provider and what it owns.
-func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVersion int64) error {
+func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVersion int64, events ...*repository.AuditEvent) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("DeleteProvider", tenant); err != nil {
@@ -268,6 +270,7 @@ func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVer
 	}
 	delete(s.providers, key(tenant, id))
 	s.dropDependents(tenant, id)
+	s.appendEvents(events)
 	return nil
 }
 
@@ -287,7 +290,7 @@ func (s *Store) GetCredential(_ context.Context, tenant, providerID string) (*re
 
 // PutCredential writes with compare-and-swap on the generation, as the
 // repository does.
-func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expectedGeneration int64) (int64, error) {
+func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expectedGeneration int64, events ...*repository.AuditEvent) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("PutCredential", c.TenantID); err != nil {
@@ -318,11 +321,12 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 		s.providers[k] = p
 	}
 	c.Generation, c.UpdatedAt = gen, row.UpdatedAt
+	s.appendEvents(events)
 	return gen, nil
 }
 
 // DeleteCredential deletes the grant (any generation when 0).
-func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, expectedGeneration int64) error {
+func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, expectedGeneration int64, events ...*repository.AuditEvent) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("DeleteCredential", tenant); err != nil {
@@ -336,11 +340,12 @@ func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, e
 		return apperr.Aborted("credential was changed concurrently; re-read and retry")
 	}
 	delete(s.creds, key(tenant, providerID))
+	s.appendEvents(events)
 	return nil
 }
 
 // SetGrantStatus moves the grant's status as the repository does.
-func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error) {
+func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("SetGrantStatus", tenant); err != nil {
@@ -353,6 +358,7 @@ func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, fro
 		}
 		c.Status, c.Reason, c.UpdatedAt = to, reason, s.now()
 		s.creds[k] = c
+		s.appendEvents(events)
 		return true, nil
 	}
 	if !slices.Contains(from, domain.StatusUnauthorized) {
@@ -366,6 +372,7 @@ func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, fro
 	s.providers[k] = p
 	s.creds[k] = repository.Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: p.CredGeneration,
 		Status: to, Reason: reason, KeyID: keyID, UpdatedAt: s.now()}
+	s.appendEvents(events)
 	return true, nil
 }
 
@@ -519,6 +526,12 @@ func (s *Store) AppendAuditBatch(_ context.Context, events []*repository.AuditEv
 		}
 	}
 	for _, e := range events {
+		// The repository's idempotency key: a retried event is stored once.
+		if e.UID != "" && slices.ContainsFunc(s.audit, func(o repository.AuditEvent) bool {
+			return o.TenantID == e.TenantID && o.UID == e.UID && o.CreatedAt.Equal(e.CreatedAt)
+		}) {
+			continue
+		}
 		e.ID = int64(len(s.audit) + 1)
 		s.audit = append(s.audit, *e)
 	}
@@ -558,6 +571,15 @@ func (s *Store) ListAudit(_ context.Context, tenant string, f repository.AuditFi
 		}
 	}
 	return out, nil
+}
+
+// appendEvents stores the events of a change that succeeded, as the
+// repository does in the change's transaction. Call with s.mu held.
+func (s *Store) appendEvents(events []*repository.AuditEvent) {
+	for _, e := range events {
+		e.ID = int64(len(s.audit) + 1)
+		s.audit = append(s.audit, *e)
+	}
 }
 
 // Events returns every stored audit event, oldest first.

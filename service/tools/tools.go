@@ -56,7 +56,7 @@ type Store interface {
 	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
 	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
 	ClearChallenge(ctx context.Context, tenant, providerID string) error
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32) (bool, error)
+	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)

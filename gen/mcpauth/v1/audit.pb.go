@@ -161,6 +161,10 @@ const (
 	// (FAILURE, reason AUTHORIZATION_REQUIRED or INSUFFICIENT_SCOPE;
 	// details.status, details.error).
 	AuditEventType_AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED AuditEventType = 41
+	// "webhook.endpoint.changed": a webhook endpoint was created, updated,
+	// deleted or had its secret rotated (SUCCESS; details.endpoint and
+	// details.change: created, updated, deleted or secret_rotated).
+	AuditEventType_AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED AuditEventType = 60
 )
 
 // Enum value maps for AuditEventType.
@@ -190,6 +194,7 @@ var (
 		21: "AUDIT_EVENT_TYPE_MCP_TOOL_CALLED",
 		40: "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED",
 		41: "AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED",
+		60: "AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED",
 	}
 	AuditEventType_value = map[string]int32{
 		"AUDIT_EVENT_TYPE_UNSPECIFIED":                        0,
@@ -216,6 +221,7 @@ var (
 		"AUDIT_EVENT_TYPE_MCP_TOOL_CALLED":                    21,
 		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED": 40,
 		"AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED":             41,
+		"AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED":           60,
 	}
 )
 
@@ -526,6 +532,109 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// WatchEventsRequest is the request of WatchEvents.
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant: tenants/{tenant}.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// Resume after this event (its name, tenants/{tenant}/auditEvents/{id},
+	// as last received); empty to start with events stored from now on.
+	ResumeAfter   string `protobuf:"bytes,2,opt,name=resume_after,json=resumeAfter,proto3" json:"resume_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_mcpauth_v1_audit_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_audit_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_audit_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WatchEventsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetResumeAfter() string {
+	if x != nil {
+		return x.ResumeAfter
+	}
+	return ""
+}
+
+// WatchEventsResponse carries one event.
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event, as ListAuditEvents shows it; its name is the resume
+	// position.
+	AuditEvent    *AuditEvent `protobuf:"bytes,1,opt,name=audit_event,json=auditEvent,proto3" json:"audit_event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_mcpauth_v1_audit_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_audit_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_audit_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchEventsResponse) GetAuditEvent() *AuditEvent {
+	if x != nil {
+		return x.AuditEvent
+	}
+	return nil
+}
+
 var File_mcpauth_v1_audit_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_audit_proto_rawDesc = "" +
@@ -562,12 +671,18 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x04type\x18\x06 \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\"|\n" +
 	"\x17ListAuditEventsResponse\x129\n" +
 	"\faudit_events\x18\x01 \x03(\v2\x16.mcpauth.v1.AuditEventR\vauditEvents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*}\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"T\n" +
+	"\x12WatchEventsRequest\x12\x1b\n" +
+	"\x06parent\x18\x01 \x01(\tB\x03\xe0A\x02R\x06parent\x12!\n" +
+	"\fresume_after\x18\x02 \x01(\tR\vresumeAfter\"N\n" +
+	"\x13WatchEventsResponse\x127\n" +
+	"\vaudit_event\x18\x01 \x01(\v2\x16.mcpauth.v1.AuditEventR\n" +
+	"auditEvent*}\n" +
 	"\fAuditOutcome\x12\x1d\n" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xb3\b\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xe2\b\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
@@ -593,9 +708,11 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"$AUDIT_EVENT_TYPE_MCP_TOOLS_REFRESHED\x10\x14\x12$\n" +
 	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x15\x127\n" +
 	"3AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED\x10(\x12+\n" +
-	"'AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED\x10)2\x97\x01\n" +
+	"'AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED\x10)\x12-\n" +
+	")AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED\x10<2\xe9\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
-	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEventsB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEvents\x12P\n" +
+	"\vWatchEvents\x12\x1e.mcpauth.v1.WatchEventsRequest\x1a\x1f.mcpauth.v1.WatchEventsResponse0\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_audit_proto_rawDescOnce sync.Once
@@ -610,30 +727,35 @@ func file_mcpauth_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_mcpauth_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mcpauth_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_mcpauth_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_mcpauth_v1_audit_proto_goTypes = []any{
 	(AuditOutcome)(0),               // 0: mcpauth.v1.AuditOutcome
 	(AuditEventType)(0),             // 1: mcpauth.v1.AuditEventType
 	(*AuditEvent)(nil),              // 2: mcpauth.v1.AuditEvent
 	(*ListAuditEventsRequest)(nil),  // 3: mcpauth.v1.ListAuditEventsRequest
 	(*ListAuditEventsResponse)(nil), // 4: mcpauth.v1.ListAuditEventsResponse
-	nil,                             // 5: mcpauth.v1.AuditEvent.DetailsEntry
-	(*timestamppb.Timestamp)(nil),   // 6: google.protobuf.Timestamp
+	(*WatchEventsRequest)(nil),      // 5: mcpauth.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 6: mcpauth.v1.WatchEventsResponse
+	nil,                             // 7: mcpauth.v1.AuditEvent.DetailsEntry
+	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
 }
 var file_mcpauth_v1_audit_proto_depIdxs = []int32{
 	0, // 0: mcpauth.v1.AuditEvent.outcome:type_name -> mcpauth.v1.AuditOutcome
-	6, // 1: mcpauth.v1.AuditEvent.create_time:type_name -> google.protobuf.Timestamp
-	5, // 2: mcpauth.v1.AuditEvent.details:type_name -> mcpauth.v1.AuditEvent.DetailsEntry
+	8, // 1: mcpauth.v1.AuditEvent.create_time:type_name -> google.protobuf.Timestamp
+	7, // 2: mcpauth.v1.AuditEvent.details:type_name -> mcpauth.v1.AuditEvent.DetailsEntry
 	1, // 3: mcpauth.v1.AuditEvent.type:type_name -> mcpauth.v1.AuditEventType
 	1, // 4: mcpauth.v1.ListAuditEventsRequest.type:type_name -> mcpauth.v1.AuditEventType
 	2, // 5: mcpauth.v1.ListAuditEventsResponse.audit_events:type_name -> mcpauth.v1.AuditEvent
-	3, // 6: mcpauth.v1.AuditService.ListAuditEvents:input_type -> mcpauth.v1.ListAuditEventsRequest
-	4, // 7: mcpauth.v1.AuditService.ListAuditEvents:output_type -> mcpauth.v1.ListAuditEventsResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2, // 6: mcpauth.v1.WatchEventsResponse.audit_event:type_name -> mcpauth.v1.AuditEvent
+	3, // 7: mcpauth.v1.AuditService.ListAuditEvents:input_type -> mcpauth.v1.ListAuditEventsRequest
+	5, // 8: mcpauth.v1.AuditService.WatchEvents:input_type -> mcpauth.v1.WatchEventsRequest
+	4, // 9: mcpauth.v1.AuditService.ListAuditEvents:output_type -> mcpauth.v1.ListAuditEventsResponse
+	6, // 10: mcpauth.v1.AuditService.WatchEvents:output_type -> mcpauth.v1.WatchEventsResponse
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_audit_proto_init() }
@@ -647,7 +769,7 @@ func file_mcpauth_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_audit_proto_rawDesc), len(file_mcpauth_v1_audit_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

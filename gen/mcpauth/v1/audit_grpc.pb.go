@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AuditService_ListAuditEvents_FullMethodName = "/mcpauth.v1.AuditService/ListAuditEvents"
+	AuditService_WatchEvents_FullMethodName     = "/mcpauth.v1.AuditService/WatchEvents"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -30,6 +31,15 @@ const (
 type AuditServiceClient interface {
 	// ListAuditEvents pages through a tenant's audit events, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// WatchEvents streams a tenant's audit events as they are stored, oldest
+	// first, from the event after resume_after (or from now). It needs the
+	// permission ListAuditEvents needs. Guarantee: reconnecting with the name
+	// of the last event received neither repeats nor skips an event, across
+	// disconnects, restarts and replicas. An event is sent once every
+	// transaction older than its own has ended (normally well under a
+	// second). A resume_after that names no event of the tenant (unknown, or
+	// removed by retention) is INVALID_ARGUMENT.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type auditServiceClient struct {
@@ -50,6 +60,25 @@ func (c *auditServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 	return out, nil
 }
 
+func (c *auditServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AuditService_ServiceDesc.Streams[0], AuditService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -58,6 +87,15 @@ func (c *auditServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 type AuditServiceServer interface {
 	// ListAuditEvents pages through a tenant's audit events, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// WatchEvents streams a tenant's audit events as they are stored, oldest
+	// first, from the event after resume_after (or from now). It needs the
+	// permission ListAuditEvents needs. Guarantee: reconnecting with the name
+	// of the last event received neither repeats nor skips an event, across
+	// disconnects, restarts and replicas. An event is sent once every
+	// transaction older than its own has ended (normally well under a
+	// second). A resume_after that names no event of the tenant (unknown, or
+	// removed by retention) is INVALID_ARGUMENT.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -70,6 +108,9 @@ type UnimplementedAuditServiceServer struct{}
 
 func (UnimplementedAuditServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedAuditServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -110,6 +151,17 @@ func _AuditService_ListAuditEvents_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AuditServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AuditService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -122,6 +174,12 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AuditService_ListAuditEvents_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _AuditService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "mcpauth/v1/audit.proto",
 }

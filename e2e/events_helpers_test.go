@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"context"
+
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"google.golang.org/grpc/metadata"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// evVerify checks a message's signature as the Standard Webhooks
+// specification (v1.0.0, "Signature scheme", symmetric signatures) states
+// it, independently of the library the service signs with: the secret is
+// "whsec_" followed by the base64 key; the signed content is the message
+// id, the timestamp and the raw body joined by full stops; the signature is
+// the base64 of its HMAC-SHA256 under the key; webhook-signature holds a
+// space-delimited list of "v1,<signature>" entries, any one of which may
+// match (there is more than one while a secret is rotated).
+func evVerify(secret, id, ts string, body []byte, header string) error {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
+	if err != nil {
+		return errors.New("secret is not whsec_ and base64")
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(id + "." + ts + "."))
+	mac.Write(body)
+	want := base64.StdEncoding.EncodeToString(mac.Sum(nil))
+	for _, part := range strings.Split(header, " ") {
+		ver, sig, ok := strings.Cut(part, ",")
+		if ok && ver == "v1" && hmac.Equal([]byte(sig), []byte(want)) {
+			return nil
+		}
+	}
+	return errors.New("no signature matches")
+}
+
+// evMessage is one message a receiver took.
+type evMessage struct {
+	ID       string
+	Time     time.Time
+	Received time.Time
+	Body     []byte
+	Type     string
+	Name     string
+	Provider string
+	// Created is the event's time from the payload.
+	Created time.Time
+}
+
+// evReceiver is a webhook receiver (httptest) that verifies each message
+// with the spec's algorithm, answers as fail says, and keeps the messages it
+// accepted with 2xx.
+type evReceiver struct {
+	srv    *httptest.Server
+	mu     sync.Mutex
+	secret string
+	down   bool
+	got    []evMessage
+	bad    []string
+	tries  int
+	notify chan struct{}
+}
+
+func evNewReceiver(tb testing.TB) *evReceiver {
+	tb.Helper()
+	r := &evReceiver{notify: make(chan struct{}, 1)}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	tb.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tries++
+	if r.down {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	id, ts, sig := req.Header.Get("webhook-id"), req.Header.Get("webhook-timestamp"), req.Header.Get("webhook-signature")
+	if err := evVerify(r.secret, id, ts, body, sig); err != nil {
+		r.bad = append(r.bad, id+": "+err.Error())
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	sec, _ := strconv.ParseInt(ts, 10, 64)
+	var p struct {
+		Type      string    `json:"type"`
+		Timestamp time.Time `json:"timestamp"`
+		Data      struct {
+			Name     string `json:"name"`
+			Provider string `json:"provider"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(body, &p)
+	r.got = append(r.got, evMessage{ID: id, Time: time.Unix(sec, 0), Received: time.Now(), Body: body, Type: p.Type,
+		Name: p.Data.Name, Provider: p.Data.Provider, Created: p.Timestamp})
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *evReceiver) setDown(down bool) {
+	r.mu.Lock()
+	r.down = down
+	r.mu.Unlock()
+}
+
+func (r *evReceiver) setSecret(s string) {
+	r.mu.Lock()
+	r.secret = s
+	r.mu.Unlock()
+}
+
+func (r *evReceiver) messages() []evMessage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]evMessage(nil), r.got...)
+}
+
+func (r *evReceiver) attempts() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tries
+}
+
+func (r *evReceiver) badSignatures() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.bad...)
+}
+
+// waitFor waits until the receiver accepted messages with every name in
+// names (or the deadline passes) and returns what it accepted.
+func (r *evReceiver) waitFor(tb testing.TB, names []string, within time.Duration) []evMessage {
+	tb.Helper()
+	deadline := time.After(within)
+	for {
+		got := r.messages()
+		seen := map[string]bool{}
+		for _, m := range got {
+			seen[m.Name] = true
+		}
+		missing := 0
+		for _, n := range names {
+			if !seen[n] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return got
+		}
+		select {
+		case <-r.notify:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			tb.Fatalf("receiver got %d messages; %d of %d events missing after %v", len(got), missing, len(names), within)
+		}
+	}
+}
+
+// metadataCtx adds key as the caller's API key to ctx.
+func metadataCtx(ctx context.Context, key string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+}

@@ -1,0 +1,500 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+
+	"github.com/mcpauth/mcpauth/apperr"
+)
+
+// WebhookEndpoint is a tenant's webhook receiver. Its signing secret is a
+// ciphertext sealed by the service layer.
+type WebhookEndpoint struct {
+	// TenantID is the owning tenant.
+	TenantID string `gorm:"column:tenant_id;primaryKey;size:63"`
+	// ID is the endpoint id, unique in the tenant.
+	ID string `gorm:"column:id;primaryKey;size:63"`
+	// URL is the https URL events are posted to.
+	URL string `gorm:"column:url"`
+	// EventTypes is a comma-separated list of event types to deliver;
+	// empty delivers every type.
+	EventTypes string `gorm:"column:event_types"`
+	// Secret is the sealed signing secret.
+	Secret []byte `gorm:"column:secret"`
+	// PreviousSecret is the sealed secret before the last rotation, still
+	// signed with until PreviousUntil.
+	PreviousSecret []byte `gorm:"column:previous_secret"`
+	// PreviousUntil ends the previous secret's grace period.
+	PreviousUntil *time.Time `gorm:"column:previous_until"`
+	// KeyID is the master key id the secrets are sealed under.
+	KeyID uint32 `gorm:"column:key_id"`
+	// Disabled stops deliveries (events are still queued for it).
+	Disabled bool `gorm:"column:disabled"`
+	// Version increases with every update (optimistic locking).
+	Version int64 `gorm:"column:version"`
+	// CreatedAt is when the endpoint was created: it receives events from
+	// then on.
+	CreatedAt time.Time `gorm:"column:created_at"`
+	// UpdatedAt is the last change.
+	UpdatedAt time.Time `gorm:"column:updated_at"`
+}
+
+// TableName returns the table of webhook endpoints.
+func (WebhookEndpoint) TableName() string { return "webhook_endpoints" }
+
+// Delivery states.
+const (
+	DeliveryPending   = 0
+	DeliveryDelivered = 1
+	DeliveryDead      = 2
+)
+
+// WebhookDelivery is one event to deliver to one endpoint.
+type WebhookDelivery struct {
+	// ID is the delivery's row id (internal; callers see EventUID).
+	ID int64 `gorm:"column:id;primaryKey;autoIncrement"`
+	// TenantID is the owning tenant.
+	TenantID string `gorm:"column:tenant_id"`
+	// EndpointID is the receiving endpoint.
+	EndpointID string `gorm:"column:endpoint_id"`
+	// EventUID is the event's public id: the webhook-id header, the same on
+	// every attempt, so receivers drop repeats.
+	EventUID string `gorm:"column:event_uid"`
+	// EventType is the event's type.
+	EventType string `gorm:"column:event_type"`
+	// ProviderID is the provider concerned: deliveries of one provider to
+	// one endpoint go out in feed order, one at a time.
+	ProviderID string `gorm:"column:provider_id"`
+	// EventTxID and EventID are the event's feed position (see EventCursor).
+	EventTxID int64 `gorm:"column:event_txid"`
+	EventID   int64 `gorm:"column:event_id"`
+	// Payload is the JSON body, fixed when the delivery is created.
+	Payload string `gorm:"column:payload"`
+	// State is DeliveryPending, DeliveryDelivered or DeliveryDead.
+	State int `gorm:"column:state"`
+	// Attempts counts attempts made.
+	Attempts int `gorm:"column:attempts"`
+	// NextAttemptAt is when the next attempt is due.
+	NextAttemptAt time.Time `gorm:"column:next_attempt_at"`
+	// LeaseOwner and LeaseUntil: the replica attempting it now, and until
+	// when others keep off.
+	LeaseOwner string     `gorm:"column:lease_owner"`
+	LeaseUntil *time.Time `gorm:"column:lease_until"`
+	// LastStatus is the last HTTP status (0: no answer).
+	LastStatus int `gorm:"column:last_status"`
+	// LastError says why the last attempt failed (never a response body).
+	LastError string `gorm:"column:last_error"`
+	// CreatedAt and UpdatedAt.
+	CreatedAt time.Time `gorm:"column:created_at"`
+	UpdatedAt time.Time `gorm:"column:updated_at"`
+}
+
+// TableName returns the table of webhook deliveries.
+func (WebhookDelivery) TableName() string { return "webhook_deliveries" }
+
+var errEmptyEndpointID = errors.New("repository: empty webhook endpoint id")
+
+// CreateWebhookEndpoint inserts e (Version 1). A duplicate id is
+// apperr.AlreadyExists. events are inserted in the same transaction.
+func (s *Store) CreateWebhookEndpoint(ctx context.Context, e *WebhookEndpoint, events ...*AuditEvent) error {
+	if err := checkTenant(e.TenantID); err != nil {
+		return err
+	}
+	if e.ID == "" {
+		return apperr.Internal(errEmptyEndpointID, "webhook endpoint id missing")
+	}
+	now := s.db.NowFunc()
+	e.Version, e.CreatedAt, e.UpdatedAt = 1, now, now
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Create(e).Error; err != nil {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	if _, dup := uniqueViolation(err); dup {
+		return &apperr.Error{Kind: apperr.KindAlreadyExists, Reason: "ALREADY_EXISTS", Field: "webhook_endpoint_id",
+			Message: "a webhook endpoint with this id already exists", Err: err}
+	}
+	if err != nil {
+		return dbErr(err, "create webhook endpoint")
+	}
+	s.eventsStored(events)
+	return nil
+}
+
+// GetWebhookEndpoint returns the tenant's endpoint id, or apperr.NotFound.
+func (s *Store) GetWebhookEndpoint(ctx context.Context, tenant, id string) (*WebhookEndpoint, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	var e WebhookEndpoint
+	if err := q.Where("id = ?", id).Take(&e).Error; err != nil {
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return nil, apperr.NotFound("webhook endpoint")
+		}
+		return nil, dbErr(err, "get webhook endpoint")
+	}
+	return &e, nil
+}
+
+// ListWebhookEndpoints pages through the tenant's endpoints by id.
+func (s *Store) ListWebhookEndpoints(ctx context.Context, tenant, afterID string, limit int) ([]WebhookEndpoint, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if afterID != "" {
+		q = q.Where("id > ?", afterID)
+	}
+	var out []WebhookEndpoint
+	err = q.Order("id").Limit(clampLimit(limit)).Find(&out).Error
+	return out, dbErr(err, "list webhook endpoints")
+}
+
+// UpdateWebhookEndpoint replaces the endpoint's url, event types, secrets,
+// key id and disabled flag when its version is expectedVersion (0: any);
+// otherwise apperr.Aborted. events are inserted in the same transaction.
+func (s *Store) UpdateWebhookEndpoint(ctx context.Context, e *WebhookEndpoint, expectedVersion int64, events ...*AuditEvent) error {
+	if err := checkTenant(e.TenantID); err != nil {
+		return err
+	}
+	now := s.db.NowFunc()
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q, err := scoped(ctx, tx, e.TenantID)
+		if err != nil {
+			return err
+		}
+		q = q.Model(&WebhookEndpoint{}).Where("id = ?", e.ID)
+		if expectedVersion != 0 {
+			q = q.Where("version = ?", expectedVersion)
+		}
+		res := q.Updates(map[string]any{"url": e.URL, "event_types": e.EventTypes, "secret": e.Secret,
+			"previous_secret": nullBytes(e.PreviousSecret), "previous_until": e.PreviousUntil, "key_id": e.KeyID,
+			"disabled": e.Disabled, "version": gorm.Expr("version + 1"), "updated_at": now})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			if _, err := s.GetWebhookEndpoint(ctx, e.TenantID, e.ID); err != nil {
+				return err
+			}
+			return apperr.Aborted("webhook endpoint was changed concurrently; re-read and retry")
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	if err != nil {
+		return dbErr(err, "update webhook endpoint")
+	}
+	e.UpdatedAt = now
+	if expectedVersion != 0 {
+		e.Version = expectedVersion + 1
+	}
+	s.eventsStored(events)
+	return nil
+}
+
+// DeleteWebhookEndpoint deletes the endpoint and its deliveries.
+func (s *Store) DeleteWebhookEndpoint(ctx context.Context, tenant, id string, events ...*AuditEvent) error {
+	if err := checkTenant(tenant); err != nil {
+		return err
+	}
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		q, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		if err := q.Where("endpoint_id = ?", id).Delete(&WebhookDelivery{}).Error; err != nil {
+			return err
+		}
+		q, err = scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		res := q.Where("id = ?", id).Delete(&WebhookEndpoint{})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return apperr.NotFound("webhook endpoint")
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	if err != nil {
+		return dbErr(err, "delete webhook endpoint")
+	}
+	s.eventsStored(events)
+	return nil
+}
+
+// EventCursorRow is the stored position of a feed reader.
+type EventCursorRow struct {
+	Name    string `gorm:"column:name;primaryKey"`
+	TxID    int64  `gorm:"column:txid"`
+	EventID int64  `gorm:"column:event_id"`
+}
+
+// TableName returns the table of feed cursors.
+func (EventCursorRow) TableName() string { return "event_cursors" }
+
+// webhookCursor names the fan-out's position in the feed.
+const webhookCursor = "webhooks"
+
+// Route decides, for one event, the deliveries to create (one per matching
+// endpoint of the event's tenant, whose endpoints are given).
+type Route func(ev *AuditEvent, endpoints []WebhookEndpoint) []WebhookDelivery
+
+// FanOutEvents reads up to limit events after the fan-out cursor and, in
+// one transaction, creates their deliveries (as route says) and advances
+// the cursor past them. The cursor row is locked for the transaction, so
+// replicas fan out one at a time and every event is routed exactly once; a
+// delivery that exists already is kept (insert-ignore on endpoint and event
+// uid). It returns how many events were routed. Migration 0009 creates the
+// cursor after the events that existed then; were it missing, the fan-out
+// would start from the first event (never skip one).
+func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, error) {
+	n := 0
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).
+			Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
+			return err
+		}
+		var cur EventCursorRow
+		q := tx.Where("name = ?", webhookCursor)
+		if s.db.Dialector.Name() == "postgres" {
+			q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+		}
+		if err := q.Take(&cur).Error; err != nil {
+			return err
+		}
+		var events []AuditEvent
+		if err := tx.Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), cur.TxID, cur.EventID).
+			Order("txid, id").Limit(clampLimit(limit)).Find(&events).Error; err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		byTenant := map[string][]WebhookEndpoint{}
+		for _, ev := range events {
+			if _, ok := byTenant[ev.TenantID]; ok {
+				continue
+			}
+			var eps []WebhookEndpoint
+			eq, err := scoped(ctx, tx, ev.TenantID)
+			if err != nil {
+				return err
+			}
+			if err := eq.Find(&eps).Error; err != nil {
+				return err
+			}
+			byTenant[ev.TenantID] = eps
+		}
+		var out []WebhookDelivery
+		for i := range events {
+			out = append(out, route(&events[i], byTenant[events[i].TenantID])...)
+		}
+		if len(out) > 0 {
+			if err := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(out, 500).Error; err != nil {
+				return err
+			}
+		}
+		last := events[len(events)-1]
+		n = len(events)
+		return tx.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).
+			Updates(map[string]any{"txid": last.TxID, "event_id": last.ID}).Error
+	})
+	return n, dbErr(err, "fan out events")
+}
+
+// claimLockKey serialises ClaimDeliveries across replicas (PostgreSQL
+// advisory lock, held for the claim's short transaction only).
+const claimLockKey = 0x6d6370776864 // "mcpwhd"
+
+// ClaimDeliveries leases up to limit due deliveries to owner until
+// now+lease, in feed order: pending, due, not leased by a live owner, and,
+// for events about a provider, with no earlier pending delivery of the same
+// endpoint and provider that is leased or waiting for a retry. So a batch
+// may hold several deliveries of one group (endpoint and provider), which
+// the caller sends one after the other in the order returned, stopping at
+// the first failure; no other replica can take a later one meanwhile, since
+// claims are serialised and the earlier ones are leased. Events about no
+// provider are not ordered. The lease owner recorded is a fresh token per
+// claim (in LeaseOwner of the rows returned).
+func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]WebhookDelivery, error) {
+	var out []WebhookDelivery
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if s.db.Dialector.Name() == "postgres" {
+			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", claimLockKey).Error; err != nil {
+				return err
+			}
+		}
+		var cands []WebhookDelivery
+		err := tx.Table("webhook_deliveries AS d").
+			Where("d.state = ? AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)", DeliveryPending, now, now).
+			Where(`(d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id
+				AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id AND e.state = ?
+				AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id)
+				AND (e.lease_until >= ? OR e.next_attempt_at > ?)))`, DeliveryPending, now, now).
+			Where(`NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)`).
+			Order("d.event_txid, d.event_id").Limit(clampLimit(limit)).Find(&cands).Error
+		if err != nil || len(cands) == 0 {
+			return err
+		}
+		ids := make([]int64, len(cands))
+		for i, d := range cands {
+			ids[i] = d.ID
+		}
+		token := owner + "/" + newAuditUID()[:8]
+		until := now.Add(lease)
+		if err := tx.Model(&WebhookDelivery{}).Where("id IN ?", ids).
+			Updates(map[string]any{"lease_owner": token, "lease_until": until}).Error; err != nil {
+			return err
+		}
+		for _, d := range cands {
+			d.LeaseOwner, d.LeaseUntil = token, &until
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, dbErr(err, "claim deliveries")
+	}
+	return out, nil
+}
+
+// ReleaseDeliveries gives back the leases of deliveries not attempted (the
+// followers of a failed delivery in their group), unchanged otherwise.
+func (s *Store) ReleaseDeliveries(ctx context.Context, ds []WebhookDelivery) error {
+	for _, d := range ds {
+		err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, d.LeaseOwner).
+			Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
+		if err != nil {
+			return dbErr(err, "release deliveries")
+		}
+	}
+	return nil
+}
+
+// FinishDelivered records that the deliveries done (each holding its lease
+// token in LeaseOwner and the answer's status in LastStatus) were
+// delivered, in one statement per token and status. Rows whose lease
+// another replica took over meanwhile are left alone.
+func (s *Store) FinishDelivered(ctx context.Context, done []WebhookDelivery) error {
+	type key struct {
+		token  string
+		status int
+	}
+	groups := map[key][]int64{}
+	for _, d := range done {
+		k := key{d.LeaseOwner, d.LastStatus}
+		groups[k] = append(groups[k], d.ID)
+	}
+	now := s.db.NowFunc()
+	for k, ids := range groups {
+		err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id IN ? AND lease_owner = ?", ids, k.token).
+			Updates(map[string]any{"state": DeliveryDelivered, "attempts": gorm.Expr("attempts + 1"), "last_status": k.status,
+				"last_error": "", "lease_owner": "", "lease_until": nil, "updated_at": now}).Error
+		if err != nil {
+			return dbErr(err, "finish deliveries")
+		}
+	}
+	return nil
+}
+
+// FinishAttempt records the outcome of an attempt at d (its State,
+// Attempts, NextAttemptAt, LastStatus and LastError as set by the caller)
+// and releases the lease held with the token in d.LeaseOwner. It reports
+// false when that lease was no longer held (it expired and another replica
+// took over): nothing is written.
+func (s *Store) FinishAttempt(ctx context.Context, d *WebhookDelivery) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, d.LeaseOwner).
+		Updates(map[string]any{"state": d.State, "attempts": d.Attempts, "next_attempt_at": d.NextAttemptAt,
+			"last_status": d.LastStatus, "last_error": d.LastError, "lease_owner": "", "lease_until": nil,
+			"updated_at": s.db.NowFunc()})
+	if res.Error != nil {
+		return false, dbErr(res.Error, "finish delivery attempt")
+	}
+	return res.RowsAffected == 1, nil
+}
+
+// ListWebhookDeliveries pages through the deliveries to the tenant's
+// endpoint, newest first, optionally in one state (state < 0: any), after
+// the delivery of event afterUID ("": from the newest). An afterUID with no
+// delivery to the endpoint is an invalid-argument error on "page_token".
+func (s *Store) ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]WebhookDelivery, error) {
+	var beforeID int64
+	if afterUID != "" {
+		q, err := scoped(ctx, s.db, tenant)
+		if err != nil {
+			return nil, err
+		}
+		var ids []int64
+		if err := q.Model(&WebhookDelivery{}).Where("endpoint_id = ? AND event_uid = ?", endpointID, afterUID).
+			Limit(1).Pluck("id", &ids).Error; err != nil {
+			return nil, dbErr(err, "list webhook deliveries")
+		}
+		if len(ids) == 0 {
+			return nil, apperr.Invalid("page_token", "is not a valid page token")
+		}
+		beforeID = ids[0]
+	}
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	q = q.Where("endpoint_id = ?", endpointID)
+	if state >= 0 {
+		q = q.Where("state = ?", state)
+	}
+	if beforeID > 0 {
+		q = q.Where("id < ?", beforeID)
+	}
+	var out []WebhookDelivery
+	err = q.Order("id DESC").Limit(clampLimit(limit)).Find(&out).Error
+	return out, dbErr(err, "list webhook deliveries")
+}
+
+// DeliveryCounts counts the endpoint's deliveries per state.
+func (s *Store) DeliveryCounts(ctx context.Context, tenant, endpointID string) (map[int]int64, error) {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return nil, err
+	}
+	var rows []struct {
+		State int
+		N     int64
+	}
+	err = q.Model(&WebhookDelivery{}).Select("state, count(*) AS n").Where("endpoint_id = ?", endpointID).
+		Group("state").Scan(&rows).Error
+	out := map[int]int64{}
+	for _, r := range rows {
+		out[r.State] = r.N
+	}
+	return out, dbErr(err, "count webhook deliveries")
+}
+
+// RedeliverWebhookEvent makes the delivery of event uid to the endpoint
+// pending again, due now, with its attempts reset. A missing delivery is
+// apperr.NotFound.
+func (s *Store) RedeliverWebhookEvent(ctx context.Context, tenant, endpointID, eventUID string) error {
+	q, err := scoped(ctx, s.db, tenant)
+	if err != nil {
+		return err
+	}
+	now := s.db.NowFunc()
+	res := q.Model(&WebhookDelivery{}).Where("endpoint_id = ? AND event_uid = ?", endpointID, eventUID).
+		Updates(map[string]any{"state": DeliveryPending, "attempts": 0, "next_attempt_at": now, "last_error": "",
+			"lease_owner": "", "lease_until": nil, "updated_at": now})
+	if res.Error != nil {
+		return dbErr(res.Error, "redeliver")
+	}
+	if res.RowsAffected == 0 {
+		return apperr.NotFound("webhook delivery")
+	}
+	return nil
+}

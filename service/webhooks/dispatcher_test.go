@@ -1,0 +1,68 @@
+package webhooks
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/mcpauth/mcpauth/repository"
+)
+
+// TestRoute: an event goes to the endpoints that existed when it happened
+// and whose type filter takes it, with the body naming it as the API does.
+func TestRoute(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	d := &Dispatcher{now: func() time.Time { return at }, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ev := &repository.AuditEvent{ID: 7, TxID: 99, UID: "0123456789abcdef0123456789abcdef", TenantID: "acme", CreatedAt: at,
+		EventType: "oauth.reauth_required", ProviderID: "linear", Outcome: 2, Reason: "INVALID_GRANT", Details: `{"k":"v"}`}
+	eps := []repository.WebhookEndpoint{
+		{TenantID: "acme", ID: "all", CreatedAt: at.Add(-time.Hour)},
+		{TenantID: "acme", ID: "reauth", EventTypes: "provider.created,oauth.reauth_required", CreatedAt: at.Add(-time.Hour)},
+		{TenantID: "acme", ID: "created-only", EventTypes: "provider.created", CreatedAt: at.Add(-time.Hour)},
+		{TenantID: "acme", ID: "later", CreatedAt: at.Add(time.Second)},
+	}
+	out := d.route(ev, eps)
+	var ids []string
+	for _, dl := range out {
+		ids = append(ids, dl.EndpointID)
+		if dl.EventUID != ev.UID || dl.EventTxID != 99 || dl.EventID != 7 || dl.ProviderID != "linear" || dl.State != repository.DeliveryPending {
+			t.Errorf("delivery %+v does not carry the event's id, feed position and provider", dl)
+		}
+	}
+	if len(ids) != 2 || ids[0] != "all" || ids[1] != "reauth" {
+		t.Fatalf("routed to %v, want [all reauth]", ids)
+	}
+	var body struct {
+		Type      string    `json:"type"`
+		Timestamp time.Time `json:"timestamp"`
+		Data      struct {
+			Name, EventType, Provider, Outcome, Reason string
+			Details                                    map[string]string
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(out[0].Payload), &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Type != "oauth.reauth_required" || !body.Timestamp.Equal(at) || body.Data.Name != "tenants/acme/auditEvents/"+ev.UID ||
+		body.Data.Provider != "tenants/acme/providers/linear" || body.Data.Outcome != "FAILURE" || body.Data.Reason != "INVALID_GRANT" ||
+		body.Data.Details["k"] != "v" {
+		t.Errorf("payload %s", out[0].Payload)
+	}
+}
+
+// TestBackoff: each retry waits between half and all of the doubled
+// delay, capped.
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	d := &Dispatcher{cfg: DispatchConfig{BackoffBase: time.Second, BackoffMax: 10 * time.Second}}
+	for n, max := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 30: 10 * time.Second} {
+		for range 100 {
+			if got := d.backoff(n); got < max/2 || got > max {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", n, got, max/2, max)
+			}
+		}
+	}
+}
