@@ -48,6 +48,7 @@ import (
 	"github.com/mcpauth/mcpauth/telemetry"
 	"github.com/mcpauth/mcpauth/version"
 	"github.com/mcpauth/mcpauth/webhook"
+	"github.com/mcpauth/mcpauth/workload"
 )
 
 // App is one running mcpauth process.
@@ -316,9 +317,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if a.reads, err = readlog.New(a.store, log, nil, readlog.Config{FlushInterval: cfg.TokenReadFlushInterval}); err != nil {
 		return nil, err
 	}
+	workloadFiles, err := workload.NewFiles(cfg.WorkloadTokenDirs)
+	if err != nil {
+		return nil, err
+	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
-		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
+		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles},
+		Config:  grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
 		return nil, err
 	}
@@ -338,7 +344,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	providerUC, err := providers.New(providers.Deps{Store: a.store, Cipher: a.keys, Audit: auditor, Log: log,
-		Revoker: tokens, Prober: toolUC})
+		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL)})
 	if err != nil {
 		return nil, err
 	}
@@ -430,7 +436,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
 		Metrics: publicMetrics, CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
-		Ready: ready, Version: version.String(), OpenAPI: openapi.Document})
+		Ready: ready, Version: version.String(), OpenAPI: openapi.Document, JWKS: providerUC})
 	if a.tracer != nil {
 		handler = telemetry.Handler(handler, a.tracer, server.TracedPath)
 	}

@@ -72,6 +72,12 @@ type Config struct {
 	// TrustedProxies lists CIDRs of reverse proxies whose X-Forwarded-For
 	// names the client for the browser routes' rate limit.
 	TrustedProxies []string `env:"MCPAUTH_TRUSTED_PROXIES"`
+	// WorkloadTokenDirs lists the directories (absolute) from which
+	// providers of credential kind JWT_BEARER may read workload identity
+	// tokens, such as /var/run/secrets/tokens; empty disables the kind.
+	// Tenants name files through the API, so keep these directories free
+	// of anything but such tokens.
+	WorkloadTokenDirs []string `env:"MCPAUTH_WORKLOAD_TOKEN_DIRS"`
 	// BrowserRatePerMinute limits authorize and callback requests per client
 	// IP.
 	BrowserRatePerMinute int `env:"MCPAUTH_BROWSER_RATE_PER_MINUTE, default=60"`

@@ -101,6 +101,8 @@ const (
 	// challenge that changed the provider's status (details.status,
 	// details.error).
 	EventChallengeRecorded EventType = "mcp.challenge.recorded"
+	EventTokenObtained     EventType = "oauth.token.obtained"
+	EventTokenObtainFailed EventType = "oauth.token.obtain_failed"
 	// EventWebhookChanged: a webhook endpoint was created, updated,
 	// deleted or had its secret rotated (details.endpoint, details.change).
 	EventWebhookChanged EventType = "webhook.endpoint.changed"
@@ -112,7 +114,8 @@ var EventTypes = []EventType{
 	EventAuthStarted, EventCallbackSucceeded, EventCallbackFailed, EventTokenRefreshed, EventTokenRefreshFailed,
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
-	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged,
+	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged, EventTokenObtained,
+	EventTokenObtainFailed,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

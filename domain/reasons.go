@@ -45,6 +45,13 @@ const (
 	ReasonRevokeRefreshFailed    = "REVOKE_REFRESH_FAILED"
 	ReasonRevokeAccessFailed     = "REVOKE_ACCESS_FAILED"
 
+	// Reasons of the credential kinds without a browser (issue 12).
+	ReasonCredentialKindChanged = "CREDENTIAL_KIND_CHANGED"
+	ReasonInvalidScope          = "INVALID_SCOPE"
+	ReasonUnauthorizedClient    = "UNAUTHORIZED_CLIENT"
+	ReasonGrantRefused          = "GRANT_REFUSED"
+	ReasonAssertionUnavailable  = "ASSERTION_UNAVAILABLE"
+
 	// Reasons of a failed browser callback.
 	ReasonMissingState        = "MISSING_STATE"
 	ReasonStateInvalid        = "STATE_INVALID"

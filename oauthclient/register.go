@@ -42,6 +42,9 @@ type Registration struct {
 	RedirectURI string
 	// ExpiresAt is when the client secret expires; zero means never.
 	ExpiresAt time.Time
+	// ClientKey, when set, authenticates the client with private_key_jwt
+	// (RFC 7523 section 2.2) instead of a secret.
+	ClientKey *ClientKey
 }
 
 // RegisterDynamic registers a client with RFC 7591 dynamic client
@@ -208,10 +211,18 @@ func RegistrationAuthMethod(advertised []string) (string, error) {
 // one (a public client, or one identified by a Client ID Metadata
 // Document) uses "none" when the server accepts it. Anything else is
 // ErrNoUsableAuthMethod: the server would reject the client at the token
-// endpoint, after the person consented.
+// endpoint, after the person consented. A client holding a key
+// (ClientKey) uses private_key_jwt unless the server advertises a list
+// without it.
 func ChooseAuthMethod(reg *Registration, advertised []string) (string, error) {
 	if reg == nil {
 		return "", errors.New("no registration")
+	}
+	if reg.ClientKey != nil {
+		if len(advertised) > 0 && !contains(advertised, AuthPrivateKeyJWT) {
+			return "", ErrNoUsableAuthMethod
+		}
+		return AuthPrivateKeyJWT, nil
 	}
 	switch reg.AuthMethod {
 	case AuthNone:

@@ -60,6 +60,19 @@ func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, 
 	if resource != "" {
 		opts = append(opts, oauth2.SetAuthURLParam("resource", resource))
 	}
+	if reg.ClientKey != nil {
+		// private_key_jwt: x/oauth2 sends client_id in the body (no
+		// secret); the assertion goes with it.
+		form := url.Values{}
+		if err := c.setClientAssertion(form, md, reg); err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		for k := range form {
+			if k != "client_id" {
+				opts = append(opts, oauth2.SetAuthURLParam(k, form.Get(k)))
+			}
+		}
+	}
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
 	tok, err := cfg.Exchange(ctx, code.Reveal(), opts...)
 	if err != nil {
@@ -239,11 +252,11 @@ func parseTokenResponse(contentType string, body []byte) (tokenResponse, error) 
 // postForm sends a client-authenticated form POST to endpoint and returns
 // the status, headers and capped body. Network failures are
 // *TemporaryError.
-func (c *Client) postForm(ctx context.Context, op, endpoint string, reg *Registration, advertised []string, form url.Values) (int, http.Header, []byte, error) {
+func (c *Client) postForm(ctx context.Context, op, endpoint string, md *Metadata, reg *Registration, form url.Values) (int, http.Header, []byte, error) {
 	if reg == nil || reg.ClientID == "" {
 		return 0, nil, nil, fmt.Errorf("%s: no client id", op)
 	}
-	method, err := ChooseAuthMethod(reg, advertised)
+	method, err := ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("%s: %w", op, err)
 	}
@@ -254,18 +267,36 @@ func (c *Client) postForm(ctx context.Context, op, endpoint string, reg *Registr
 	case AuthClientSecretPost:
 		form.Set("client_id", reg.ClientID)
 		form.Set("client_secret", reg.ClientSecret.Reveal())
+	case AuthPrivateKeyJWT:
+		if err := c.setClientAssertion(form, md, reg); err != nil {
+			return 0, nil, nil, fmt.Errorf("%s: %w", op, err)
+		}
 	default:
 		form.Set("client_id", reg.ClientID)
 	}
+	var user, pass string
+	if basic {
+		// RFC 6749 section 2.3.1: form-encode both parts first.
+		user, pass = url.QueryEscape(reg.ClientID), url.QueryEscape(reg.ClientSecret.Reveal())
+	}
+	return c.send(ctx, op, endpoint, form, user, pass, nil)
+}
+
+// send POSTs form to endpoint, with HTTP Basic when user is not empty and
+// the extra headers, and returns the status, headers and capped body.
+// Network failures are *TemporaryError.
+func (c *Client) send(ctx context.Context, op, endpoint string, form url.Values, user, pass string, extra http.Header) (int, http.Header, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("%s: cannot build request", op)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	if basic {
-		// RFC 6749 section 2.3.1: form-encode both parts first.
-		req.SetBasicAuth(url.QueryEscape(reg.ClientID), url.QueryEscape(reg.ClientSecret.Reveal()))
+	for k, v := range extra {
+		req.Header[k] = v
+	}
+	if user != "" {
+		req.SetBasicAuth(user, pass)
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
@@ -308,24 +339,36 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 	if resource != "" {
 		form.Set("resource", resource)
 	}
-	status, h, body, err := c.postForm(ctx, op, md.TokenEndpoint, reg, md.TokenEndpointAuthMethods, form)
+	status, h, body, err := c.postForm(ctx, op, md.TokenEndpoint, md, reg, form)
 	if err != nil {
 		return nil, err
 	}
+	out, err := c.readTokens(op, status, h, body, c.classify)
+	if err != nil {
+		return nil, err
+	}
+	if out.RefreshToken.IsZero() {
+		out.RefreshToken = refreshToken
+	}
+	return out, nil
+}
+
+// readTokens reads a token endpoint answer (RFC 6749 section 5.1), mapping
+// error answers (also those sent with 200, as some servers do) with fail.
+func (c *Client) readTokens(op string, status int, h http.Header, body []byte, fail func(op string, status int, h http.Header, code string) error) (*Tokens, error) {
 	if status < 200 || status > 299 {
 		tr, _ := parseTokenResponse(h.Get("Content-Type"), body)
-		return nil, c.classify(op, status, h, tr.Error)
+		return nil, fail(op, status, h, tr.Error)
 	}
 	tr, err := parseTokenResponse(h.Get("Content-Type"), body)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	if tr.Error != "" {
-		// Some servers answer errors with 200.
-		return nil, c.classify(op, status, h, tr.Error)
+		return nil, fail(op, status, h, tr.Error)
 	}
 	if tr.AccessToken == "" {
-		return nil, errors.New("refresh: response has no access_token")
+		return nil, fmt.Errorf("%s: response has no access_token", op)
 	}
 	typ, err := bearerType(tr.TokenType)
 	if err != nil {
@@ -333,12 +376,9 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 	}
 	out := &Tokens{
 		AccessToken:  secret.New(tr.AccessToken),
-		RefreshToken: refreshToken,
+		RefreshToken: secret.New(tr.RefreshToken),
 		TokenType:    typ,
 		Scopes:       splitScope(tr.Scope),
-	}
-	if tr.RefreshToken != "" {
-		out.RefreshToken = secret.New(tr.RefreshToken)
 	}
 	if tr.ExpiresIn > 0 {
 		out.ExpiresAt = c.now().Add(time.Duration(tr.ExpiresIn) * time.Second)
@@ -365,7 +405,7 @@ func (c *Client) Revoke(ctx context.Context, md *Metadata, reg *Registration, to
 	if hint != "" {
 		form.Set("token_type_hint", hint)
 	}
-	status, h, body, err := c.postForm(ctx, op, md.RevocationEndpoint, reg, md.TokenEndpointAuthMethods, form)
+	status, h, body, err := c.postForm(ctx, op, md.RevocationEndpoint, md, reg, form)
 	if err != nil {
 		return err
 	}

@@ -386,6 +386,18 @@ var migrations = []migration{
 			`CREATE INDEX idx_token_read_batches_applied ON token_read_batches (applied_ms)`,
 		},
 	},
+	{
+		// Credential kinds without a person (client credentials, JWT
+		// bearer) and static API keys: the kind, its non-secret settings
+		// (JSON) and its secret material (one ciphertext: private key,
+		// static Authorization value).
+		id: "0011_credential_kinds",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN credential_kind varchar(32) NOT NULL DEFAULT ''`,
+			`ALTER TABLE providers ADD COLUMN credential_config text NOT NULL DEFAULT ''`,
+			`ALTER TABLE providers ADD COLUMN credential_secrets {{BYTES}}`,
+		},
+	},
 }
 
 // maxNamedCollisions bounds the providers a refused migration names.

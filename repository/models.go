@@ -43,6 +43,15 @@ type Provider struct {
 	Scopes string `gorm:"column:scopes"`
 	// Compat is the JSON text of the provider's compatibility profile.
 	Compat string `gorm:"column:compat"`
+	// CredentialKind is how the provider's token is obtained
+	// (domain.CredentialKind); "" is the authorization code flow.
+	CredentialKind string `gorm:"column:credential_kind"`
+	// CredentialConfig is the JSON of the non-secret credential settings
+	// (domain.CredentialConfig).
+	CredentialConfig string `gorm:"column:credential_config"`
+	// CredentialSecrets is the ciphertext of the secret credential
+	// material (private key, static Authorization value), or nil.
+	CredentialSecrets []byte `gorm:"column:credential_secrets"`
 	// KeyID is the id of the key every ciphertext in this row uses.
 	KeyID uint32 `gorm:"column:key_id"`
 	// GrantStatus, GrantReason and GrantGeneration are the provider's grant

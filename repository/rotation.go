@@ -77,8 +77,8 @@ func (s *Store) ClientRegistrationsNotUnderKey(ctx context.Context, keyID uint32
 	return out, dbErr(err, "list client registrations for rotation")
 }
 
-// RewriteProviderCiphertexts stores p's re-encrypted ServerURL, Headers and
-// ClientSecret, its new URLHash and KeyID, only if the stored row still has
+// RewriteProviderCiphertexts stores p's re-encrypted ServerURL, Headers,
+// ClientSecret and CredentialSecrets, its new URLHash and KeyID, only if the stored row still has
 // key id oldKeyID and version p.Version. It reports whether the row was
 // rewritten; false (with a nil error) means another writer got there first.
 // The version is not bumped: the provider's content is unchanged.
@@ -90,11 +90,12 @@ func (s *Store) RewriteProviderCiphertexts(ctx context.Context, p *Provider, old
 	res := q.Model(&Provider{}).
 		Where("id = ? AND key_id = ? AND version = ?", p.ID, oldKeyID, p.Version).
 		UpdateColumns(map[string]any{
-			"server_url":    nullBytes(p.ServerURL),
-			"headers":       nullBytes(p.Headers),
-			"client_secret": nullBytes(p.ClientSecret),
-			"url_hash":      p.URLHash,
-			"key_id":        p.KeyID,
+			"server_url":         nullBytes(p.ServerURL),
+			"headers":            nullBytes(p.Headers),
+			"client_secret":      nullBytes(p.ClientSecret),
+			"credential_secrets": nullBytes(p.CredentialSecrets),
+			"url_hash":           p.URLHash,
+			"key_id":             p.KeyID,
 		})
 	if res.Error != nil {
 		return false, providerWriteErr(res.Error, "rewrite provider ciphertexts")

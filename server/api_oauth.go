@@ -137,6 +137,11 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		ClientRegistrationMethod:          registrationMethods[d.RegistrationMethod],
 		Scopes:                            d.Scopes,
 		Status:                            authStatuses[d.Status],
+		GrantTypesSupported:               d.GrantTypesSupported,
+		TokenEndpointAuthMethodsSupported: d.TokenEndpointAuthMethods,
+		GrantType:                         d.GrantType,
+		TokenEndpointAuthMethod:           d.TokenEndpointAuthMethod,
+		CredentialKind:                    credentialKindProto(d.CredentialKind),
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

@@ -112,6 +112,7 @@ func (a *providerAPI) UpdateProvider(ctx context.Context, req *mcpauthv1.UpdateP
 	}
 	var paths []string
 	for _, path := range req.GetUpdateMask().GetPaths() {
+		path = credentialPath(path)
 		// name and etag identify and guard the update, they change nothing;
 		// the REST gateway infers a PATCH's mask from every field of the
 		// body, etag included.
@@ -174,6 +175,9 @@ func providerFields(p *mcpauthv1.Provider) (*providers.Fields, error) {
 			AllowMissingPKCE: c.GetAllowMissingPkceMetadata(), ExtraParams: c.GetExtraAuthorizationParams(),
 			TokenEndpointAuth: c.GetTokenEndpointAuthMethod()}
 	}
+	if err := credentialFields(p, f); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -234,5 +238,6 @@ func providerProto(v *providers.View) *mcpauthv1.Provider {
 			TokenEndpointAuthMethod:  c.TokenEndpointAuth,
 		}
 	}
+	credentialProto(v, p)
 	return p
 }

@@ -116,6 +116,8 @@ type HTTPDeps struct {
 	OpenAPI     []byte
 	CORSOrigins []string
 	TLS         bool
+	// JWKS serves providers' public client keys; nil serves none.
+	JWKS JWKSSource
 }
 
 // NewHTTPHandler assembles the HTTP port: the browser routes of the OAuth
@@ -125,6 +127,9 @@ func NewHTTPHandler(d HTTPDeps) http.Handler {
 	mux := http.NewServeMux()
 	if d.Browser != nil {
 		d.Browser.Register(mux)
+	}
+	if d.JWKS != nil {
+		mux.Handle("GET "+JWKSPathPrefix+"{tenant}/{provider}", jwksHandler(d.JWKS))
 	}
 	healthz, _ := json.Marshal(map[string]string{"status": "ok", "version": d.Version})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -355,7 +355,7 @@ func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauth
 func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
 	if d.Row.ClientID != "" {
 		reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
-			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL}
+			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL, ClientKey: d.ClientKey}
 		method, err := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
 		if err != nil {
 			return nil, apperr.FailedPrecondition(domain.ReasonNoUsableAuthMethod,
@@ -520,6 +520,11 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	d, err := s.loadProvider(ctx, in.Tenant, in.Provider)
 	if err != nil {
 		return nil, err
+	}
+	if d.Kind != domain.KindAuthorizationCode {
+		// Tokens of other kinds are obtained without a person (GetAccessToken).
+		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
 	ctx = audit.WithScope(ctx, tenant, id)
@@ -882,7 +887,7 @@ func (s *Service) flowRegistration(ctx context.Context, row *repository.Provider
 		if row.ClientID != rec.ClientID {
 			return nil, errors.New("pre-registered client changed")
 		}
-		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI}, nil
+		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI, ClientKey: d.ClientKey}, nil
 	case domain.RegCIMD:
 		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: rec.ClientID, AuthMethod: oauthclient.AuthNone, RedirectURI: rec.RedirectURI}, nil
 	case domain.RegDynamic:
@@ -947,6 +952,13 @@ type Diagnosis struct {
 	IssuerParameterSupported          bool
 	Scopes                            []string
 	RegistrationMethod                domain.RegistrationMethod
+	// What the server advertises for the credential kinds, and what the
+	// provider will use (diagnose_kinds.go).
+	GrantTypesSupported      []string
+	TokenEndpointAuthMethods []string
+	CredentialKind           domain.CredentialKind
+	GrantType                string
+	TokenEndpointAuthMethod  string
 }
 
 // Diagnose runs discovery and registration selection without starting a
@@ -992,6 +1004,9 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	out.IssuerParameterSupported = md.IssParameterSupported
 	out.Scopes = disc.scopes
 	out.Status, _ = d.Row.AuthStatus()
+	if diagnoseKind(out, d, md) {
+		return out, nil
+	}
 	if ch := disc.challenge; ch != nil && ch.Error == "insufficient_scope" && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
 		out.BlockingProblem = fmt.Sprintf("the MCP server still refuses with insufficient_scope after %d authorizations for more scopes", ch.StepUpAttempts)
 		return out, nil
@@ -1011,6 +1026,7 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 			out.BlockingProblem = apperr.PublicMessage(err)
 		} else {
 			out.RegistrationMethod = reg.Method
+			out.TokenEndpointAuthMethod = reg.AuthMethod
 			out.Ready = true
 		}
 	case !md.SupportsS256() && !(d.Compat.AllowMissingPKCE && len(md.CodeChallengeMethods) == 0):

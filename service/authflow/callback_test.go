@@ -722,6 +722,7 @@ func TestDiagnoseHidesTheServerURLPath(t *testing.T) {
 		ResourceMetadataURL: "https://mcp.example.com/.well-known/oauth-protected-resource/******",
 		Issuer:              testIssuer, PKCES256Supported: true, DynamicRegistrationSupported: true, IssuerParameterSupported: true,
 		Scopes: []string{"files:read", "files:write", oauthclient.OfflineAccess}, RegistrationMethod: domain.RegDynamic,
+		GrantType: "authorization_code",
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Diagnose =\n%+v\nwant\n%+v", d, want)

@@ -129,6 +129,7 @@ type Service struct {
 	sf      singleflight.Group
 	loads   singleflight.Group // cache misses of one grant share one read
 	cache   *tokenCache
+	machine MachineDeps
 
 	mu sync.Mutex
 	// inflight records when a refresh of a grant started in this process.
@@ -167,6 +168,8 @@ type Deps struct {
 	Now     Clock
 	Config  Config
 	Metrics *metrics.Metrics
+	// Machine obtains tokens for kinds without a person (machine.go).
+	Machine MachineDeps
 }
 
 // New returns the token lifecycle service.
@@ -199,7 +202,7 @@ func New(d Deps) (*Service, error) {
 		d.Config.BackoffMax = 30 * time.Second
 	}
 	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
-		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL),
+		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
 
@@ -389,7 +392,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	epoch := s.cache.now()
 	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), tenant, id)
 	if err != nil {
-		return nil, err
+		return s.obtainIfMachine(ctx, tenant, id, cred, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now, epoch)
@@ -677,8 +680,9 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
 	cred, h, err := s.load(ctx, tenant, id)
-	if err != nil {
-		return nil, err
+	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
+		// Kinds without a person ask again instead of refreshing (machine.go).
+		return s.obtainLocked(ctx, tenant, id, cred, err)
 	}
 	if s.usable(h, stale) {
 		return token(h.Tokens, cred, h.Grant), nil
@@ -818,7 +822,7 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 		if err != nil {
 			return nil, err
 		}
-		reg.ClientSecret = d.ClientSecret
+		reg.ClientSecret, reg.ClientKey = d.ClientSecret, d.ClientKey
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, cred.TenantID, cred.ProviderID, g.Issuer)
 		if apperr.KindOf(err) == apperr.KindNotFound {

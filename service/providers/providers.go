@@ -91,6 +91,11 @@ type Service struct {
 	now     Clock
 	revoker Revoker
 	prober  Prober
+	// workload checks workload identity token paths; nil disables them.
+	workload WorkloadPolicy
+	// jwksURL is where a provider's public key is served; nil or "" when
+	// the service has no public URL.
+	jwksURL func(tenant, id string) string
 }
 
 // Deps are what New needs. Revoker and Prober are optional; Now defaults to
@@ -103,6 +108,10 @@ type Deps struct {
 	Now     Clock
 	Revoker Revoker
 	Prober  Prober
+	// Workload allows workload identity token files; nil allows none.
+	Workload WorkloadPolicy
+	// JWKSURL returns the URL of a provider's public JWKS document.
+	JWKSURL func(tenant, id string) string
 }
 
 // New returns the provider registry.
@@ -113,7 +122,8 @@ func New(d Deps) (*Service, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober}, nil
+	return &Service{store: d.Store, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober,
+		workload: d.Workload, jwksURL: d.JWKSURL}, nil
 }
 
 // OAuthClient is a pre-registered OAuth client.
@@ -121,6 +131,8 @@ type OAuthClient struct {
 	ClientID     string
 	ClientSecret string
 	Scopes       []string
+	// Key, when set, is a private_key_jwt key to store.
+	Key *ClientKeyInput
 }
 
 // Fields are a provider's settable fields, in clear. A nil timeout means
@@ -135,6 +147,12 @@ type Fields struct {
 	SSEReadTimeout   *time.Duration
 	OAuthClient      OAuthClient
 	Compat           domain.Compat
+	// CredentialKind is how the token is obtained.
+	CredentialKind domain.CredentialKind
+	// StaticAuthorization is a static API-key Authorization value.
+	StaticAuthorization string
+	// AssertionFile is where a JWT bearer provider reads its workload token.
+	AssertionFile string
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -156,7 +174,8 @@ const (
 
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
-	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility}
+	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -170,6 +189,8 @@ type OAuthClientView struct {
 	ClientID        string
 	ClientSecretSet bool
 	Scopes          []string
+	// Key describes the private_key_jwt key, if any.
+	Key *ClientKeyView
 }
 
 // View is the masked view of a provider: no secret, no full URL.
@@ -187,9 +208,13 @@ type View struct {
 	Headers          []HeaderInfo
 	OAuthClient      *OAuthClientView
 	Compat           domain.Compat
-	CreateTime       time.Time
-	UpdateTime       time.Time
-	Etag             string
+	CredentialKind   domain.CredentialKind
+	// StaticAuthorization describes a stored static Authorization value.
+	StaticAuthorization *HeaderInfo
+	AssertionFile       string
+	CreateTime          time.Time
+	UpdateTime          time.Time
+	Etag                string
 }
 
 func invalid(field, rule string) error { return apperr.Invalid(field, "%s", rule) }
@@ -484,6 +509,10 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
+	ci, err := s.validateCredentials(&in.Fields, func(string) bool { return true })
+	if err != nil {
+		return nil, err
+	}
 	if err := s.checkURLUnique(ctx, in.Tenant, "", v.serverURL); err != nil {
 		return nil, err
 	}
@@ -518,8 +547,16 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.applyClientSecret(row, v.clientSecret); err != nil {
 		return nil, err
 	}
+	st := &credState{}
+	st.apply(ci, nil, false, false)
+	if err := st.check(row); err != nil {
+		return nil, err
+	}
+	if err := s.storeCred(row, st); err != nil {
+		return nil, err
+	}
 	created := audit.Rows(ctx, s.now(), audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: v.compat.AuditDetails()})
+		Outcome: domain.OutcomeSuccess, Details: credAudit(st, row, v.compat.AuditDetails())})
 	if err := s.store.CreateProvider(ctx, row, created...); err != nil {
 		return nil, storeErr(err)
 	}
@@ -605,6 +642,10 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
+	ci, err := s.validateCredentials(&in.Fields, func(p string) bool { return slices.Contains(paths, p) })
+	if err != nil {
+		return nil, err
+	}
 	tenant, id := in.Tenant, in.ID
 	row, err := s.store.GetProvider(ctx, tenant, id)
 	if err != nil {
@@ -621,6 +662,11 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	expected := row.Version
 	oldClientID := row.ClientID
+	oldRow := *row
+	before, err := s.openCred(row)
+	if err != nil {
+		return nil, err
+	}
 	urlChanged := false
 	for _, path := range paths {
 		switch path {
@@ -671,6 +717,15 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if row.ClientID == "" && len(row.ClientSecret) > 0 {
 		return nil, invalid("provider.oauth_client.client_id", "is required when a client secret is stored")
 	}
+	after := *before
+	dropped = append(dropped, after.apply(ci, paths, urlChanged, row.ClientID != oldClientID)...)
+	if err := after.check(row); err != nil {
+		return nil, err
+	}
+	if err := s.storeCred(row, &after); err != nil {
+		return nil, err
+	}
+	credReset := !urlChanged && credentialsChanged(before, &after, &oldRow, row)
 	row.KeyID = s.cipher.PrimaryID()
 	if err := s.reencryptUntouched(row, paths); err != nil {
 		return nil, err
@@ -679,6 +734,9 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	details := map[string]string{"fields": strings.Join(paths, ",")}
 	if len(dropped) > 0 {
 		details["dropped"] = strings.Join(dropped, ",")
+	}
+	if slices.ContainsFunc(paths, func(p string) bool { return slices.Contains(credentialPaths, p) }) {
+		details = credAudit(&after, row, details)
 	}
 	events := []audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}
@@ -693,8 +751,13 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		events = append(events, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
 			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
 	}
+	if credReset {
+		// Tokens obtained with the old credential material go with it.
+		events = append(events, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
+			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonCredentialKindChanged})
+	}
 	rows := audit.Rows(ctx, s.now(), events...)
-	if urlChanged {
+	if urlChanged || credReset {
 		// The old server's tokens are forgotten with the update, then
 		// revoked there, as on delete. A copy cached on another replica is
 		// never sent by tool calls: they check the grant read with the
@@ -708,7 +771,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		return nil, storeErr(err)
 	}
 	row.Version = expected + 1
-	if urlChanged {
+	if urlChanged || credReset {
 		row.GrantStatus, row.GrantReason, row.GrantGeneration = domain.StatusUnknown, "", 0
 	}
 	return s.view(row)
@@ -752,7 +815,7 @@ func (s *Service) reencryptUntouched(row *repository.Provider, paths []string) e
 		path string
 	}
 	for _, f := range []field{{vault.FieldServerURL, &row.ServerURL, PathServerURL}, {vault.FieldHeaders, &row.Headers, PathHeaders},
-		{vault.FieldClientSecret, &row.ClientSecret, PathOAuthClientSecret}} {
+		{vault.FieldClientSecret, &row.ClientSecret, PathOAuthClientSecret}, {vault.FieldCredentialSecrets, &row.CredentialSecrets, ""}} {
 		if len(*f.ct) == 0 || slices.Contains(paths, f.path) || (f.path == PathOAuthClientSecret && slices.Contains(paths, PathOAuthClient)) {
 			continue
 		}
@@ -857,5 +920,6 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 	if row.ClientID != "" || len(row.ClientSecret) > 0 || row.Scopes != "" && row.Scopes != "[]" {
 		v.OAuthClient = &OAuthClientView{ClientID: row.ClientID, ClientSecretSet: len(row.ClientSecret) > 0, Scopes: d.Scopes}
 	}
+	s.viewCredentials(v, d)
 	return v, nil
 }

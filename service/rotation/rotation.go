@@ -88,6 +88,9 @@ func (r *Rotator) Run(ctx context.Context) (*Report, error) {
 			if p.ClientSecret, err = r.reseal(sc(vault.FieldClientSecret), p.ClientSecret); err != nil {
 				return rep, err
 			}
+			if p.CredentialSecrets, err = r.reseal(sc(vault.FieldCredentialSecrets), p.CredentialSecrets); err != nil {
+				return rep, err
+			}
 			u, err := vault.OpenURL(r.keys, p)
 			if err != nil {
 				return rep, err

@@ -153,7 +153,7 @@ func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*sessio
 	}
 	ss := &session{d: d, user: user, target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
 		SSEReadTimeout: time.Duration(row.SSEReadTimeoutMS) * time.Millisecond, MaxResultBytes: s.maxResult},
-		cred: mcpclient.Credentials{Headers: d.Headers}}
+		cred: mcpclient.Credentials{Headers: withStaticAuthorization(d)}}
 	if err := s.attachToken(ctx, ss); err != nil {
 		return nil, err
 	}
@@ -169,7 +169,7 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	ss.cred.AccessToken, ss.gen = secret.Secret{}, 0
 	defer func() { ss.key = fmt.Sprintf("%s/%s/%d/%d", row.TenantID, row.ID, row.Version, ss.gen) }()
 	status, _ := row.AuthStatus()
-	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired {
+	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() {
 		// No OAuth grant: headers only (NOT_REQUIRED or custom-header auth).
 		return nil
 	}

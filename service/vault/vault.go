@@ -61,6 +61,14 @@ type Provider struct {
 	ClientSecret secret.Secret
 	Scopes       []string
 	Compat       domain.Compat
+	// Kind is how the provider's token is obtained.
+	Kind domain.CredentialKind
+	// CredConfig is the non-secret credential settings.
+	CredConfig domain.CredentialConfig
+	// ClientKey signs private_key_jwt client assertions, when set.
+	ClientKey *oauthclient.ClientKey
+	// StaticAuthorization is a static API-key provider's Authorization value.
+	StaticAuthorization secret.Secret
 }
 
 // OpenProvider decrypts a provider row.
@@ -85,6 +93,9 @@ func OpenProvider(c Cipher, row *repository.Provider) (*Provider, error) {
 			return nil, apperr.Internal(err, "opening client secret")
 		}
 		d.ClientSecret = secret.New(string(raw))
+	}
+	if err := openCredentials(c, d); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -135,6 +146,9 @@ type Grant struct {
 	// Server is the provider's normalised server URL when the tokens were
 	// granted (sealed with them): tokens are only ever sent to that server.
 	Server string `json:"sv,omitempty"`
+	// Kind is the credential kind the tokens were obtained with; a kind
+	// without a person is renewed by asking again, never by a refresh.
+	Kind domain.CredentialKind `json:"k,omitempty"`
 }
 
 // GrantedFor reports whether the grant was issued for d's current server.

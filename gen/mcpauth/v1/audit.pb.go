@@ -165,6 +165,15 @@ const (
 	// deleted or had its secret rotated (SUCCESS; details.endpoint and
 	// details.change: created, updated, deleted or secret_rotated).
 	AuditEventType_AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED AuditEventType = 60
+	// "oauth.token.obtained": a token was obtained without a person
+	// (client credentials or JWT bearer grant) (SUCCESS; details.kind,
+	// details.grant_type, details.auth_method).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED AuditEventType = 80
+	// "oauth.token.obtain_failed": obtaining a token without a person failed
+	// (FAILURE, reason INVALID_GRANT, INVALID_CLIENT, INVALID_SCOPE,
+	// UNAUTHORIZED_CLIENT, GRANT_REFUSED, ASSERTION_UNAVAILABLE or
+	// UNAVAILABLE; details.kind, details.oauth_error).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED AuditEventType = 81
 )
 
 // Enum value maps for AuditEventType.
@@ -195,6 +204,8 @@ var (
 		40: "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED",
 		41: "AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED",
 		60: "AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED",
+		80: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED",
+		81: "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED",
 	}
 	AuditEventType_value = map[string]int32{
 		"AUDIT_EVENT_TYPE_UNSPECIFIED":                        0,
@@ -222,6 +233,8 @@ var (
 		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED": 40,
 		"AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED":             41,
 		"AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED":           60,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED":               80,
+		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED":          81,
 	}
 )
 
@@ -682,7 +695,7 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xe2\b\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xbd\t\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
@@ -709,7 +722,9 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	" AUDIT_EVENT_TYPE_MCP_TOOL_CALLED\x10\x15\x127\n" +
 	"3AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_SERVER_CHANGED\x10(\x12+\n" +
 	"'AUDIT_EVENT_TYPE_MCP_CHALLENGE_RECORDED\x10)\x12-\n" +
-	")AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED\x10<2\xe9\x01\n" +
+	")AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED\x10<\x12)\n" +
+	"%AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED\x10P\x12.\n" +
+	"*AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED\x10Q2\xe9\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
 	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEvents\x12P\n" +
 	"\vWatchEvents\x12\x1e.mcpauth.v1.WatchEventsRequest\x1a\x1f.mcpauth.v1.WatchEventsResponse0\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"

@@ -330,6 +330,32 @@ const (
 	// FAILED_PRECONDITION; metadata rpc_code).
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_UPSTREAM_RPC_ERROR ErrorReason = 59
+	// The provider's credential kind or credential material changed, so the
+	// tokens obtained with the old settings were revoked where possible and
+	// deleted (audit reason of provider.credentials.reset).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_CREDENTIAL_KIND_CHANGED ErrorReason = 80
+	// The authorization server answered invalid_scope to a grant made
+	// without a person (client credentials, JWT bearer) (gRPC
+	// FAILED_PRECONDITION): not retried; fix the provider's scopes, then call
+	// RevokeAuthorization (or change the provider) to try again.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_INVALID_SCOPE ErrorReason = 81
+	// The authorization server answered unauthorized_client to a grant made
+	// without a person (gRPC FAILED_PRECONDITION): the client may not use
+	// this grant type; not retried.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_UNAUTHORIZED_CLIENT ErrorReason = 82
+	// The authorization server refused a grant made without a person with
+	// another OAuth error (metadata oauth_error names it) (gRPC
+	// FAILED_PRECONDITION); not retried.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_GRANT_REFUSED ErrorReason = 83
+	// The workload identity token could not be read from the provider's
+	// assertion file (missing, empty, too large, or outside the directories
+	// the operator allows) (gRPC FAILED_PRECONDITION).
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ASSERTION_UNAVAILABLE ErrorReason = 84
 )
 
 // Enum value maps for ErrorReason.
@@ -395,6 +421,11 @@ var (
 		57: "UPSTREAM_INVALID_PARAMS",
 		58: "UPSTREAM_METHOD_NOT_FOUND",
 		59: "UPSTREAM_RPC_ERROR",
+		80: "CREDENTIAL_KIND_CHANGED",
+		81: "INVALID_SCOPE",
+		82: "UNAUTHORIZED_CLIENT",
+		83: "GRANT_REFUSED",
+		84: "ASSERTION_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -457,6 +488,11 @@ var (
 		"UPSTREAM_INVALID_PARAMS":      57,
 		"UPSTREAM_METHOD_NOT_FOUND":    58,
 		"UPSTREAM_RPC_ERROR":           59,
+		"CREDENTIAL_KIND_CHANGED":      80,
+		"INVALID_SCOPE":                81,
+		"UNAUTHORIZED_CLIENT":          82,
+		"GRANT_REFUSED":                83,
+		"ASSERTION_UNAVAILABLE":        84,
 	}
 )
 
@@ -492,8 +528,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xd3\n" +
-	"\n" +
+	"mcpauth.v1*\xca\v\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -555,7 +590,12 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_SERVER_CHANGED\x108\x12\x1b\n" +
 	"\x17UPSTREAM_INVALID_PARAMS\x109\x12\x1d\n" +
 	"\x19UPSTREAM_METHOD_NOT_FOUND\x10:\x12\x16\n" +
-	"\x12UPSTREAM_RPC_ERROR\x10;B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x12UPSTREAM_RPC_ERROR\x10;\x12\x1b\n" +
+	"\x17CREDENTIAL_KIND_CHANGED\x10P\x12\x11\n" +
+	"\rINVALID_SCOPE\x10Q\x12\x17\n" +
+	"\x13UNAUTHORIZED_CLIENT\x10R\x12\x11\n" +
+	"\rGRANT_REFUSED\x10S\x12\x19\n" +
+	"\x15ASSERTION_UNAVAILABLE\x10TB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

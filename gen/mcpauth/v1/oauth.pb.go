@@ -796,8 +796,23 @@ type DiagnoseProviderResponse struct {
 	// registration_method. UNSPECIFIED when none would (not ready, or
 	// NOT_REQUIRED).
 	ClientRegistrationMethod RegistrationMethod `protobuf:"varint,13,opt,name=client_registration_method,json=clientRegistrationMethod,proto3,enum=mcpauth.v1.RegistrationMethod" json:"client_registration_method,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// The authorization server's grant_types_supported, as advertised
+	// (empty: not advertised).
+	GrantTypesSupported []string `protobuf:"bytes,80,rep,name=grant_types_supported,json=grantTypesSupported,proto3" json:"grant_types_supported,omitempty"`
+	// The authorization server's token_endpoint_auth_methods_supported, as
+	// advertised (empty: not advertised, which RFC 8414 reads as
+	// client_secret_basic).
+	TokenEndpointAuthMethodsSupported []string `protobuf:"bytes,81,rep,name=token_endpoint_auth_methods_supported,json=tokenEndpointAuthMethodsSupported,proto3" json:"token_endpoint_auth_methods_supported,omitempty"`
+	// The provider's credential kind.
+	CredentialKind CredentialKind `protobuf:"varint,83,opt,name=credential_kind,json=credentialKind,proto3,enum=mcpauth.v1.CredentialKind" json:"credential_kind,omitempty"`
+	// The grant type the provider will use at the token endpoint.
+	GrantType string `protobuf:"bytes,84,opt,name=grant_type,json=grantType,proto3" json:"grant_type,omitempty"`
+	// The token endpoint client authentication the provider will use
+	// (client_secret_basic, client_secret_post, private_key_jwt or none);
+	// empty when it uses none (a JWT bearer grant without a client).
+	TokenEndpointAuthMethod string `protobuf:"bytes,85,opt,name=token_endpoint_auth_method,json=tokenEndpointAuthMethod,proto3" json:"token_endpoint_auth_method,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *DiagnoseProviderResponse) Reset() {
@@ -921,6 +936,41 @@ func (x *DiagnoseProviderResponse) GetClientRegistrationMethod() RegistrationMet
 	return RegistrationMethod_REGISTRATION_METHOD_UNSPECIFIED
 }
 
+func (x *DiagnoseProviderResponse) GetGrantTypesSupported() []string {
+	if x != nil {
+		return x.GrantTypesSupported
+	}
+	return nil
+}
+
+func (x *DiagnoseProviderResponse) GetTokenEndpointAuthMethodsSupported() []string {
+	if x != nil {
+		return x.TokenEndpointAuthMethodsSupported
+	}
+	return nil
+}
+
+func (x *DiagnoseProviderResponse) GetCredentialKind() CredentialKind {
+	if x != nil {
+		return x.CredentialKind
+	}
+	return CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+}
+
+func (x *DiagnoseProviderResponse) GetGrantType() string {
+	if x != nil {
+		return x.GrantType
+	}
+	return ""
+}
+
+func (x *DiagnoseProviderResponse) GetTokenEndpointAuthMethod() string {
+	if x != nil {
+		return x.TokenEndpointAuthMethod
+	}
+	return ""
+}
+
 var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
@@ -975,7 +1025,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xbf\x05\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xe6\a\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -990,7 +1040,13 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	" \x01(\tR\x12registrationMethod\x12\x16\n" +
 	"\x06scopes\x18\v \x03(\tR\x06scopes\x127\n" +
 	"\x06status\x18\f \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\\\n" +
-	"\x1aclient_registration_method\x18\r \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod*\xc4\x01\n" +
+	"\x1aclient_registration_method\x18\r \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod\x122\n" +
+	"\x15grant_types_supported\x18P \x03(\tR\x13grantTypesSupported\x12P\n" +
+	"%token_endpoint_auth_methods_supported\x18Q \x03(\tR!tokenEndpointAuthMethodsSupported\x12C\n" +
+	"\x0fcredential_kind\x18S \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12\x1d\n" +
+	"\n" +
+	"grant_type\x18T \x01(\tR\tgrantType\x12;\n" +
+	"\x1atoken_endpoint_auth_method\x18U \x01(\tR\x17tokenEndpointAuthMethod*\xc4\x01\n" +
 	"\x12RegistrationMethod\x12#\n" +
 	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +
@@ -1032,6 +1088,7 @@ var file_mcpauth_v1_oauth_proto_goTypes = []any{
 	(*DiagnoseProviderResponse)(nil),       // 11: mcpauth.v1.DiagnoseProviderResponse
 	(*timestamppb.Timestamp)(nil),          // 12: google.protobuf.Timestamp
 	(AuthorizationStatus)(0),               // 13: mcpauth.v1.AuthorizationStatus
+	(CredentialKind)(0),                    // 14: mcpauth.v1.CredentialKind
 }
 var file_mcpauth_v1_oauth_proto_depIdxs = []int32{
 	12, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
@@ -1043,21 +1100,22 @@ var file_mcpauth_v1_oauth_proto_depIdxs = []int32{
 	10, // 6: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
 	13, // 7: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
 	0,  // 8: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
-	1,  // 9: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
-	3,  // 10: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
-	5,  // 11: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
-	7,  // 12: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
-	9,  // 13: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
-	2,  // 14: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
-	4,  // 15: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
-	6,  // 16: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
-	8,  // 17: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
-	11, // 18: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 9: mcpauth.v1.DiagnoseProviderResponse.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	1,  // 10: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
+	3,  // 11: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
+	5,  // 12: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
+	7,  // 13: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
+	9,  // 14: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
+	2,  // 15: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
+	4,  // 16: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
+	6,  // 17: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
+	8,  // 18: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
+	11, // 19: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_oauth_proto_init() }

@@ -94,6 +94,76 @@ func (AuthorizationStatus) EnumDescriptor() ([]byte, []int) {
 	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{0}
 }
 
+// CredentialKind is how mcpauth obtains a provider's access token.
+type CredentialKind int32
+
+const (
+	// The authorization code flow in a person's browser (the default).
+	CredentialKind_CREDENTIAL_KIND_UNSPECIFIED CredentialKind = 0
+	// The authorization code flow in a person's browser.
+	CredentialKind_CREDENTIAL_KIND_AUTHORIZATION_CODE CredentialKind = 1
+	// OAuth 2.1 client_credentials, no browser: oauth_client.client_id with
+	// its client_secret (client_secret_basic or client_secret_post, as
+	// compatibility.token_endpoint_auth_method or the server says) or its
+	// private_key_jwt key. Tokens are obtained on demand and obtained again
+	// before they expire, one request at a time across replicas.
+	CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS CredentialKind = 2
+	// The RFC 7523 JWT bearer grant for workload identity: the assertion is
+	// read fresh from workload_identity.assertion_file each time. The
+	// client (oauth_client) authenticates when set. An error answer
+	// (invalid_grant, invalid_scope, unauthorized_client) is reported as it
+	// is and never retried or answered with another grant type.
+	CredentialKind_CREDENTIAL_KIND_JWT_BEARER CredentialKind = 3
+	// A fixed Authorization header (static_authorization) for servers that
+	// use plain API keys; never combined with an OAuth client.
+	CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION CredentialKind = 4
+)
+
+// Enum value maps for CredentialKind.
+var (
+	CredentialKind_name = map[int32]string{
+		0: "CREDENTIAL_KIND_UNSPECIFIED",
+		1: "CREDENTIAL_KIND_AUTHORIZATION_CODE",
+		2: "CREDENTIAL_KIND_CLIENT_CREDENTIALS",
+		3: "CREDENTIAL_KIND_JWT_BEARER",
+		4: "CREDENTIAL_KIND_STATIC_AUTHORIZATION",
+	}
+	CredentialKind_value = map[string]int32{
+		"CREDENTIAL_KIND_UNSPECIFIED":          0,
+		"CREDENTIAL_KIND_AUTHORIZATION_CODE":   1,
+		"CREDENTIAL_KIND_CLIENT_CREDENTIALS":   2,
+		"CREDENTIAL_KIND_JWT_BEARER":           3,
+		"CREDENTIAL_KIND_STATIC_AUTHORIZATION": 4,
+	}
+)
+
+func (x CredentialKind) Enum() *CredentialKind {
+	p := new(CredentialKind)
+	*p = x
+	return p
+}
+
+func (x CredentialKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CredentialKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+}
+
+func (CredentialKind) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+}
+
+func (x CredentialKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CredentialKind.Descriptor instead.
+func (CredentialKind) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
 // ResourceParameterMode says what to send as the RFC 8707 resource parameter.
 type ResourceParameterMode int32
 
@@ -135,11 +205,11 @@ func (x ResourceParameterMode) String() string {
 }
 
 func (ResourceParameterMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
 }
 
 func (ResourceParameterMode) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+	return &file_mcpauth_v1_provider_proto_enumTypes[2]
 }
 
 func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
@@ -148,7 +218,7 @@ func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResourceParameterMode.Descriptor instead.
 func (ResourceParameterMode) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 // Provider is a remote MCP server registered for a tenant.
@@ -200,9 +270,23 @@ type Provider struct {
 	// When the provider was last changed.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes with every update; send it back on update for optimistic locking.
-	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	// How mcpauth obtains the provider's access token. Changing it, or the
+	// credential material a kind without a person uses (oauth_client,
+	// workload_identity), revokes and deletes the tokens obtained before
+	// (audited as provider.credentials.reset, reason CREDENTIAL_KIND_CHANGED).
+	CredentialKind CredentialKind `protobuf:"varint,80,opt,name=credential_kind,json=credentialKind,proto3,enum=mcpauth.v1.CredentialKind" json:"credential_kind,omitempty"`
+	// The whole Authorization header value (for example "Bearer sk-...") for
+	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
+	// stored encrypted, never returned.
+	StaticAuthorization string `protobuf:"bytes,81,opt,name=static_authorization,json=staticAuthorization,proto3" json:"static_authorization,omitempty"`
+	// Whether a static Authorization value is stored, with a short
+	// fingerprint of it (name "Authorization").
+	StaticAuthorizationInfo *HeaderInfo `protobuf:"bytes,82,opt,name=static_authorization_info,json=staticAuthorizationInfo,proto3" json:"static_authorization_info,omitempty"`
+	// Where CREDENTIAL_KIND_JWT_BEARER reads the workload's identity token.
+	WorkloadIdentity *WorkloadIdentity `protobuf:"bytes,83,opt,name=workload_identity,json=workloadIdentity,proto3" json:"workload_identity,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -347,6 +431,182 @@ func (x *Provider) GetEtag() string {
 	return ""
 }
 
+func (x *Provider) GetCredentialKind() CredentialKind {
+	if x != nil {
+		return x.CredentialKind
+	}
+	return CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+}
+
+func (x *Provider) GetStaticAuthorization() string {
+	if x != nil {
+		return x.StaticAuthorization
+	}
+	return ""
+}
+
+func (x *Provider) GetStaticAuthorizationInfo() *HeaderInfo {
+	if x != nil {
+		return x.StaticAuthorizationInfo
+	}
+	return nil
+}
+
+func (x *Provider) GetWorkloadIdentity() *WorkloadIdentity {
+	if x != nil {
+		return x.WorkloadIdentity
+	}
+	return nil
+}
+
+// WorkloadIdentity names where a workload's identity token is read.
+type WorkloadIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path of a file holding the token (for example a projected
+	// Kubernetes service account token). It must lie inside one of the
+	// directories the operator allows (MCPAUTH_WORKLOAD_TOKEN_DIRS), also
+	// after symbolic links are followed; without that setting the kind is
+	// refused.
+	AssertionFile string `protobuf:"bytes,1,opt,name=assertion_file,json=assertionFile,proto3" json:"assertion_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadIdentity) Reset() {
+	*x = WorkloadIdentity{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadIdentity) ProtoMessage() {}
+
+func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadIdentity.ProtoReflect.Descriptor instead.
+func (*WorkloadIdentity) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WorkloadIdentity) GetAssertionFile() string {
+	if x != nil {
+		return x.AssertionFile
+	}
+	return ""
+}
+
+// ClientKey is a private key the client authenticates with at the token
+// endpoint (private_key_jwt, RFC 7523 section 2.2): assertions carry
+// iss = sub = client_id, aud = the authorization server's issuer, a
+// one-minute exp, iat and a unique jti.
+type ClientKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A PKCS#8 PEM private key (EC P-256 for ES256, RSA of at least 2048
+	// bits for RS256). Input only: stored encrypted, never returned.
+	PrivateKeyPem string `protobuf:"bytes,1,opt,name=private_key_pem,json=privateKeyPem,proto3" json:"private_key_pem,omitempty"`
+	// Generate a key pair instead; the private key never leaves mcpauth and
+	// the public key is served at jwks_uri.
+	Generate bool `protobuf:"varint,2,opt,name=generate,proto3" json:"generate,omitempty"`
+	// ES256 or RS256. For a generated key, empty means ES256; for a supplied
+	// key, empty means the key's own algorithm.
+	Algorithm string `protobuf:"bytes,3,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// The key's RFC 7638 thumbprint, the "kid" of its assertions.
+	KeyId string `protobuf:"bytes,4,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Where mcpauth serves the public key as a JWKS document (empty when
+	// the service has no public URL configured).
+	JwksUri string `protobuf:"bytes,5,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// Whether mcpauth generated the key.
+	Generated     bool `protobuf:"varint,6,opt,name=generated,proto3" json:"generated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientKey) Reset() {
+	*x = ClientKey{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientKey) ProtoMessage() {}
+
+func (x *ClientKey) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientKey.ProtoReflect.Descriptor instead.
+func (*ClientKey) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ClientKey) GetPrivateKeyPem() string {
+	if x != nil {
+		return x.PrivateKeyPem
+	}
+	return ""
+}
+
+func (x *ClientKey) GetGenerate() bool {
+	if x != nil {
+		return x.Generate
+	}
+	return false
+}
+
+func (x *ClientKey) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *ClientKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ClientKey) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *ClientKey) GetGenerated() bool {
+	if x != nil {
+		return x.Generated
+	}
+	return false
+}
+
 // HeaderInfo describes one custom header without revealing its value.
 type HeaderInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -362,7 +622,7 @@ type HeaderInfo struct {
 
 func (x *HeaderInfo) Reset() {
 	*x = HeaderInfo{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +634,7 @@ func (x *HeaderInfo) String() string {
 func (*HeaderInfo) ProtoMessage() {}
 
 func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +647,7 @@ func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderInfo.ProtoReflect.Descriptor instead.
 func (*HeaderInfo) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HeaderInfo) GetName() string {
@@ -424,14 +684,18 @@ type OAuthClient struct {
 	// Whether a client secret is stored.
 	ClientSecretSet bool `protobuf:"varint,3,opt,name=client_secret_set,json=clientSecretSet,proto3" json:"client_secret_set,omitempty"`
 	// Scopes to request instead of the discovered ones.
-	Scopes        []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	Scopes []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// A private key to authenticate with private_key_jwt instead of a
+	// client_secret (both cannot be set), for every credential kind that
+	// uses this client.
+	PrivateKeyJwt *ClientKey `protobuf:"bytes,80,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OAuthClient) Reset() {
 	*x = OAuthClient{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +707,7 @@ func (x *OAuthClient) String() string {
 func (*OAuthClient) ProtoMessage() {}
 
 func (x *OAuthClient) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +720,7 @@ func (x *OAuthClient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
 func (*OAuthClient) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OAuthClient) GetClientId() string {
@@ -483,6 +747,13 @@ func (x *OAuthClient) GetClientSecretSet() bool {
 func (x *OAuthClient) GetScopes() []string {
 	if x != nil {
 		return x.Scopes
+	}
+	return nil
+}
+
+func (x *OAuthClient) GetPrivateKeyJwt() *ClientKey {
+	if x != nil {
+		return x.PrivateKeyJwt
 	}
 	return nil
 }
@@ -516,7 +787,7 @@ type CompatibilityProfile struct {
 
 func (x *CompatibilityProfile) Reset() {
 	*x = CompatibilityProfile{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +799,7 @@ func (x *CompatibilityProfile) String() string {
 func (*CompatibilityProfile) ProtoMessage() {}
 
 func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +812,7 @@ func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompatibilityProfile.ProtoReflect.Descriptor instead.
 func (*CompatibilityProfile) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CompatibilityProfile) GetResourceMode() ResourceParameterMode {
@@ -601,7 +872,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +884,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +897,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateProviderRequest) GetParent() string {
@@ -668,7 +939,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +951,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +964,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -714,7 +985,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +997,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1010,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -760,7 +1031,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +1043,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +1056,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -810,7 +1081,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1093,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1106,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListProvidersRequest) GetParent() string {
@@ -872,7 +1143,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1155,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1168,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -928,7 +1199,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1211,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1224,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateProviderRequest) GetProvider() *Provider {
@@ -981,7 +1252,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1264,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1277,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -1029,7 +1300,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1312,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1325,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1082,7 +1353,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1094,7 +1365,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1107,7 +1378,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteProviderResponse) GetRevokedAtServer() bool {
@@ -1122,7 +1393,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\a\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\t\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1144,20 +1415,34 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\x10 \x01(\tR\x04etag\x1a:\n" +
+	"\x04etag\x18\x10 \x01(\tR\x04etag\x12C\n" +
+	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x126\n" +
+	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
+	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
+	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"_\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"9\n" +
+	"\x10WorkloadIdentity\x12%\n" +
+	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
+	"\tClientKey\x12+\n" +
+	"\x0fprivate_key_pem\x18\x01 \x01(\tB\x03\xe0A\x04R\rprivateKeyPem\x12\x1f\n" +
+	"\bgenerate\x18\x02 \x01(\bB\x03\xe0A\x04R\bgenerate\x12\x1c\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\x12\x1a\n" +
+	"\x06key_id\x18\x04 \x01(\tB\x03\xe0A\x03R\x05keyId\x12\x1e\n" +
+	"\bjwks_uri\x18\x05 \x01(\tB\x03\xe0A\x03R\ajwksUri\x12!\n" +
+	"\tgenerated\x18\x06 \x01(\bB\x03\xe0A\x03R\tgenerated\"_\n" +
 	"\n" +
 	"HeaderInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvalue_set\x18\x02 \x01(\bR\bvalueSet\x12 \n" +
-	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\x9d\x01\n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\xdc\x01\n" +
 	"\vOAuthClient\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x02 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
 	"\x11client_secret_set\x18\x03 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12\x16\n" +
-	"\x06scopes\x18\x04 \x03(\tR\x06scopes\"\xd2\x03\n" +
+	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12=\n" +
+	"\x0fprivate_key_jwt\x18P \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"\xd2\x03\n" +
 	"\x14CompatibilityProfile\x12F\n" +
 	"\rresource_mode\x18\x01 \x01(\x0e2!.mcpauth.v1.ResourceParameterModeR\fresourceMode\x12+\n" +
 	"\x11resource_override\x18\x02 \x01(\tR\x10resourceOverride\x12=\n" +
@@ -1205,7 +1490,13 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_STATUS_PENDING\x10\x03\x12#\n" +
 	"\x1fAUTHORIZATION_STATUS_AUTHORIZED\x10\x04\x12 \n" +
 	"\x1cAUTHORIZATION_STATUS_EXPIRED\x10\x05\x12(\n" +
-	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xaf\x01\n" +
+	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xcb\x01\n" +
+	"\x0eCredentialKind\x12\x1f\n" +
+	"\x1bCREDENTIAL_KIND_UNSPECIFIED\x10\x00\x12&\n" +
+	"\"CREDENTIAL_KIND_AUTHORIZATION_CODE\x10\x01\x12&\n" +
+	"\"CREDENTIAL_KIND_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
+	"\x1aCREDENTIAL_KIND_JWT_BEARER\x10\x03\x12(\n" +
+	"$CREDENTIAL_KIND_STATIC_AUTHORIZATION\x10\x04*\xaf\x01\n" +
 	"\x15ResourceParameterMode\x12'\n" +
 	"#RESOURCE_PARAMETER_MODE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!RESOURCE_PARAMETER_MODE_CANONICAL\x10\x01\x12 \n" +
@@ -1230,65 +1521,72 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_provider_proto_rawDescData
 }
 
-var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
 	(AuthorizationStatus)(0),       // 0: mcpauth.v1.AuthorizationStatus
-	(ResourceParameterMode)(0),     // 1: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),               // 2: mcpauth.v1.Provider
-	(*HeaderInfo)(nil),             // 3: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),            // 4: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),   // 5: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),  // 6: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil), // 7: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),     // 8: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),    // 9: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),   // 10: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 11: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),  // 12: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil), // 13: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),  // 14: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil), // 15: mcpauth.v1.DeleteProviderResponse
-	nil,                            // 16: mcpauth.v1.Provider.HeadersEntry
-	nil,                            // 17: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),  // 20: google.protobuf.FieldMask
+	(CredentialKind)(0),            // 1: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),     // 2: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),               // 3: mcpauth.v1.Provider
+	(*WorkloadIdentity)(nil),       // 4: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),              // 5: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),             // 6: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),            // 7: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),   // 8: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),  // 9: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil), // 10: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),     // 11: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),    // 12: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),   // 13: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 14: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),  // 15: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil), // 16: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),  // 17: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil), // 18: mcpauth.v1.DeleteProviderResponse
+	nil,                            // 19: mcpauth.v1.Provider.HeadersEntry
+	nil,                            // 20: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),  // 23: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	16, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	3,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	18, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	18, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	4,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	5,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	19, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	6,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	21, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	21, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	7,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	8,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	19, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	19, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	17, // 10: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	2,  // 11: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	2,  // 12: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	2,  // 13: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	2,  // 14: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	2,  // 15: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	20, // 16: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	2,  // 17: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	6,  // 18: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	8,  // 19: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	10, // 20: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	12, // 21: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	14, // 22: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	7,  // 23: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	9,  // 24: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	11, // 25: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	13, // 26: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	15, // 27: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	22, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	22, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	6,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	4,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	5,  // 12: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	2,  // 13: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	20, // 14: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	3,  // 15: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	3,  // 16: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	3,  // 17: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	3,  // 18: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	3,  // 19: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	23, // 20: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	3,  // 21: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	9,  // 22: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	11, // 23: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	13, // 24: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	15, // 25: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	17, // 26: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	10, // 27: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	12, // 28: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	14, // 29: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	16, // 30: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	18, // 31: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	27, // [27:32] is the sub-list for method output_type
+	22, // [22:27] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1301,8 +1599,8 @@ func file_mcpauth_v1_provider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   16,
+			NumEnums:      3,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,60 @@
+package domain
+
+// CredentialKind is how mcpauth obtains a provider's access token. The
+// values are stored (providers.credential_kind); never change them.
+type CredentialKind string
+
+// The credential kinds.
+const (
+	// KindAuthorizationCode (or the empty value) is the authorization code
+	// flow in a person's browser.
+	KindAuthorizationCode CredentialKind = ""
+	// KindClientCredentials is OAuth 2.1's client_credentials grant with
+	// the provider's client secret or private key; no browser.
+	KindClientCredentials CredentialKind = "client_credentials"
+	// KindJWTBearer is the RFC 7523 JWT bearer grant with a workload's
+	// identity token read from a file each time.
+	KindJWTBearer CredentialKind = "jwt_bearer"
+	// KindStaticAuthorization is a fixed Authorization header value (an API
+	// key); no OAuth at all.
+	KindStaticAuthorization CredentialKind = "static_authorization"
+)
+
+// Machine reports whether tokens of this kind are obtained by asking the
+// authorization server again, without a person.
+func (k CredentialKind) Machine() bool {
+	return k == KindClientCredentials || k == KindJWTBearer
+}
+
+// GrantType is the OAuth grant type the kind uses at the token endpoint,
+// "" for a kind without one.
+func (k CredentialKind) GrantType() string {
+	switch k {
+	case KindAuthorizationCode:
+		return "authorization_code"
+	case KindClientCredentials:
+		return "client_credentials"
+	case KindJWTBearer:
+		return "urn:ietf:params:oauth:grant-type:jwt-bearer"
+	}
+	return ""
+}
+
+// CredentialConfig is the non-secret part of a provider's credential
+// settings, stored as JSON (providers.credential_config). The secret part
+// (private key, static authorization value) is sealed separately.
+type CredentialConfig struct {
+	// KeyAlg is the client assertion algorithm (ES256 or RS256) when the
+	// provider's client authenticates with private_key_jwt; "" otherwise.
+	KeyAlg string `json:"ka,omitempty"`
+	// KeyID is the key's RFC 7638 thumbprint.
+	KeyID string `json:"kid,omitempty"`
+	// KeyGenerated is true when mcpauth generated the key.
+	KeyGenerated bool `json:"kg,omitempty"`
+	// PublicJWK is the public key as a JWK, served in the provider's JWKS.
+	PublicJWK string `json:"jwk,omitempty"`
+	// StaticSet is true when a static Authorization value is stored.
+	StaticSet bool `json:"ss,omitempty"`
+	// AssertionFile is where the workload identity token is read from.
+	AssertionFile string `json:"af,omitempty"`
+}

@@ -1,0 +1,73 @@
+package server
+
+import (
+	"strings"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+	"github.com/mcpauth/mcpauth/service/providers"
+)
+
+// credentialKinds maps the API's credential kinds to the domain's.
+var credentialKinds = map[mcpauthv1.CredentialKind]domain.CredentialKind{
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED:          domain.KindAuthorizationCode,
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_AUTHORIZATION_CODE:   domain.KindAuthorizationCode,
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS:   domain.KindClientCredentials,
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_JWT_BEARER:           domain.KindJWTBearer,
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION: domain.KindStaticAuthorization,
+}
+
+// credentialKindProto is the API's value of a domain credential kind
+// (UNSPECIFIED stays for the authorization code default).
+func credentialKindProto(k domain.CredentialKind) mcpauthv1.CredentialKind {
+	if k == domain.KindAuthorizationCode {
+		return mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+	}
+	for api, d := range credentialKinds {
+		if d == k && api != mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED {
+			return api
+		}
+	}
+	return mcpauthv1.CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+}
+
+// credentialFields converts the credential settings of an API provider.
+func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
+	kind, known := credentialKinds[p.GetCredentialKind()]
+	if !known {
+		return apperr.Invalid("provider.credential_kind", "is not a known credential kind")
+	}
+	f.CredentialKind, f.StaticAuthorization = kind, p.GetStaticAuthorization()
+	f.AssertionFile = p.GetWorkloadIdentity().GetAssertionFile()
+	if k := p.GetOauthClient().GetPrivateKeyJwt(); k != nil {
+		f.OAuthClient.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
+	}
+	return nil
+}
+
+// credentialProto adds the credential settings of a view to p.
+func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
+	p.CredentialKind = credentialKindProto(v.CredentialKind)
+	if h := v.StaticAuthorization; h != nil {
+		p.StaticAuthorizationInfo = &mcpauthv1.HeaderInfo{Name: h.Name, ValueSet: h.ValueSet, Fingerprint: h.Fingerprint}
+	}
+	if v.AssertionFile != "" {
+		p.WorkloadIdentity = &mcpauthv1.WorkloadIdentity{AssertionFile: v.AssertionFile}
+	}
+	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
+		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
+	}
+}
+
+// credentialPath folds the nested paths a REST PATCH body yields for the
+// credential messages into the paths Update knows: a key and a workload
+// identity are replaced as a whole.
+func credentialPath(path string) string {
+	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity} {
+		if strings.HasPrefix(path, whole+".") {
+			return whole
+		}
+	}
+	return path
+}

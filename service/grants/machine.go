@@ -1,0 +1,303 @@
+package grants
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/retry"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
+)
+
+// Discoverer finds the authorization server of a provider's MCP server.
+// *oauthclient.Client implements it.
+type Discoverer interface {
+	Probe(ctx context.Context, serverURL string, headers map[string]string, tr *oauthclient.Trace) (*oauthclient.ProbeResult, error)
+	Discover(ctx context.Context, serverURL, canonicalResource string, probe *oauthclient.ProbeResult, tr *oauthclient.Trace) (*oauthclient.Metadata, error)
+}
+
+// MachineProtocol asks for tokens without a person. *oauthclient.Client
+// implements it.
+type MachineProtocol interface {
+	ClientCredentials(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, scopes []string, resource string) (*oauthclient.Tokens, error)
+	JWTBearer(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, assertion secret.Secret, scopes []string, resource string) (*oauthclient.Tokens, error)
+}
+
+// AssertionSource reads a workload's identity token. *workload.Files
+// implements it.
+type AssertionSource interface {
+	Read(path string) (secret.Secret, error)
+}
+
+// MachineDeps are what obtaining tokens without a person needs. Without
+// them, providers of such kinds answer FAILED_PRECONDITION.
+type MachineDeps struct {
+	Discover   Discoverer
+	Proto      MachineProtocol
+	Assertions AssertionSource
+}
+
+var (
+	_ Discoverer      = (*oauthclient.Client)(nil)
+	_ MachineProtocol = (*oauthclient.Client)(nil)
+)
+
+// obtainIfMachine is Get's answer when the provider holds no usable grant:
+// a provider of a kind without a person gets its first token now, under
+// the same one-at-a-time guard as refreshes; any other keeps loadErr.
+// A grant such a kind marked dead answers with the server's error as its
+// reason again, without asking the server.
+func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *repository.Credential, loadErr error) (*Token, error) {
+	e, ok := apperr.As(loadErr)
+	if !ok || e.Reason != domain.ReasonNotAuthorized && e.Reason != domain.ReasonReauthRequired {
+		return nil, loadErr
+	}
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil || !domain.CredentialKind(row.CredentialKind).Machine() {
+		return nil, loadErr
+	}
+	if e.Reason == domain.ReasonReauthRequired {
+		if cred == nil || cred.Reason == "" {
+			return nil, loadErr
+		}
+		return nil, apperr.FailedPrecondition(cred.Reason, "the authorization server refused the last %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
+			domain.CredentialKind(row.CredentialKind).GrantType(), cred.Reason)
+	}
+	return s.refreshShared(ctx, tenant, id, "")
+}
+
+// obtainLocked runs under the grant's lock, after the re-read: it asks
+// the authorization server for a new token when the provider's kind needs
+// no person and the held token (if any) is not usable. loadErr is the
+// re-read's error: a grant marked dead stays dead (nothing is retried
+// blindly) until the provider's credentials change or it is revoked.
+func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *repository.Credential, loadErr error) (*Token, error) {
+	if loadErr != nil {
+		if e, ok := apperr.As(loadErr); !ok || e.Reason != domain.ReasonNotAuthorized {
+			return nil, loadErr
+		}
+		prev = nil
+	}
+	ctx = audit.WithScope(ctx, tenant, id)
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	d, err := vault.OpenProvider(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	if !d.Kind.Machine() {
+		if loadErr != nil {
+			return nil, loadErr
+		}
+		return nil, ReauthRequired("the provider's credential kind changed")
+	}
+	m := s.machine
+	if m.Discover == nil || m.Proto == nil {
+		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized, "obtaining tokens without a person is not available on this server")
+	}
+	failed := func(reason, code string) {
+		det := map[string]string{"kind": string(d.Kind)}
+		if code != "" {
+			det["oauth_error"] = code
+		}
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenObtainFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason, Details: det})
+	}
+	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
+	if err != nil {
+		failed(domain.ReasonUnavailable, "")
+		return nil, apperr.Unavailable(err, "the MCP server could not be probed")
+	}
+	md, err := m.Discover.Discover(ctx, d.URL.String(), d.Resource, probe, nil)
+	if err != nil {
+		failed(domain.ReasonUnavailable, "")
+		return nil, apperr.Unavailable(err, "the authorization server could not be discovered")
+	}
+	var reg *oauthclient.Registration
+	if row.ClientID != "" {
+		reg = &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
+			AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
+	}
+	scopes := d.Scopes
+	if len(scopes) == 0 && probe != nil {
+		scopes = probe.Scopes
+	}
+	if len(scopes) == 0 {
+		scopes = md.ScopesSupported
+	}
+	resource := d.ResourceParam()
+	var fresh *oauthclient.Tokens
+	p := retry.Policy{Attempts: s.cfg.MaxAttempts, Base: 300 * time.Millisecond, Max: s.cfg.MaxRetryAfter, Jitter: 2.0 / 3, Reserve: persistBudget}
+	err = retry.Do(ctx, p, func(ctx context.Context, _ int) error {
+		var t *oauthclient.Tokens
+		var err error
+		switch d.Kind {
+		case domain.KindClientCredentials:
+			t, err = m.Proto.ClientCredentials(ctx, md, reg, scopes, resource)
+		case domain.KindJWTBearer:
+			// Read fresh every time: projected tokens are rotated on disk.
+			if m.Assertions == nil {
+				return retry.Permanent(errNoAssertionSource)
+			}
+			a, rerr := m.Assertions.Read(d.CredConfig.AssertionFile)
+			if rerr != nil {
+				return retry.Permanent(&assertionError{err: rerr})
+			}
+			t, err = m.Proto.JWTBearer(ctx, md, reg, a, scopes, resource)
+		}
+		var temp *oauthclient.TemporaryError
+		switch {
+		case err == nil:
+			fresh = t
+			return nil
+		case errors.As(err, &temp) && temp.RetryAfter > 0:
+			return retry.After(err, temp.RetryAfter)
+		case errors.As(err, &temp):
+			return err
+		}
+		// An OAuth error is the server's answer: never asked again blindly.
+		return retry.Permanent(err)
+	})
+	if err != nil {
+		return s.obtainFailed(ctx, prev, row, d, err, failed)
+	}
+	if fresh.TokenType == "" {
+		fresh.TokenType = "Bearer"
+	}
+	method, _ := oauthclient.ChooseAuthMethod(orEmpty(reg), md.TokenEndpointAuthMethods)
+	if reg == nil {
+		method = ""
+	}
+	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
+		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
+		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+	defer cancel()
+	stored, err := s.storeObtained(pctx, tenant, id, prev, g, fresh)
+	if apperr.KindOf(err) == apperr.KindAborted {
+		// Another writer stored a grant meanwhile: theirs wins.
+		latest, lh, lerr := s.load(pctx, tenant, id)
+		if lerr != nil {
+			return nil, lerr
+		}
+		return token(lh.Tokens, latest, lh.Grant), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType()}
+	if method != "" {
+		det["auth_method"] = method
+	}
+	s.audit.Record(pctx, audit.Event{Tenant: tenant, Type: domain.EventTokenObtained, Provider: id, Outcome: domain.OutcomeSuccess, Details: det})
+	return token(fresh, stored, g), nil
+}
+
+func orEmpty(r *oauthclient.Registration) *oauthclient.Registration {
+	if r == nil {
+		return &oauthclient.Registration{}
+	}
+	return r
+}
+
+var errNoAssertionSource = errors.New("workload identity tokens are not enabled on this server")
+
+// assertionError is a workload token that could not be read.
+type assertionError struct{ err error }
+
+func (e *assertionError) Error() string { return "workload identity token: " + e.err.Error() }
+func (e *assertionError) Unwrap() error { return e.err }
+
+// obtainFailed turns a failed grant request into the caller's error. An
+// OAuth error answer marks the grant dead with the code as its reason (so
+// the next read answers the same, without asking the server again); a
+// temporary failure serves the previous token while it is still valid.
+func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential, row *repository.Provider, d *vault.Provider, err error, failed func(reason, code string)) (*Token, error) {
+	var (
+		oe   *oauthclient.OAuthError
+		ae   *assertionError
+		temp *oauthclient.TemporaryError
+	)
+	switch {
+	case errors.As(err, &ae), errors.Is(err, errNoAssertionSource):
+		failed(domain.ReasonAssertionUnavailable, "")
+		return nil, apperr.FailedPrecondition(domain.ReasonAssertionUnavailable, "%s", err.Error())
+	case errors.As(err, &oe):
+		reason := domain.ReasonGrantRefused
+		switch oe.Code {
+		case "invalid_grant":
+			reason = domain.ReasonInvalidGrant
+		case "invalid_client":
+			reason = domain.ReasonInvalidClient
+		case "invalid_scope":
+			reason = domain.ReasonInvalidScope
+		case "unauthorized_client":
+			reason = domain.ReasonUnauthorizedClient
+		}
+		failed(reason, oe.Code)
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		s.markDead(mctx, prev, row, reason)
+		return nil, apperr.FailedPrecondition(reason, "the authorization server refused the %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
+			d.Kind.GrantType(), oe.Code).WithMeta("oauth_error", oe.Code)
+	case errors.As(err, &temp):
+		failed(domain.ReasonUnavailable, "")
+		if prev != nil {
+			if h, herr := vault.OpenTokens(s.cipher, prev); herr == nil && s.valid(h) {
+				// The old token still works: serve it while the server is down.
+				return token(h.Tokens, prev, h.Grant), nil
+			}
+		}
+		return nil, apperr.Unavailable(err, "the authorization server could not issue a token")
+	}
+	failed(domain.ReasonGrantRefused, "")
+	return nil, apperr.FailedPrecondition(domain.ReasonGrantRefused, "the authorization server did not issue a token")
+}
+
+// markDead stores the grant as REAUTH_REQUIRED with reason, without
+// tokens, unless another writer changed it meanwhile.
+func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row *repository.Provider, reason string) {
+	now := s.now().UTC()
+	c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: []byte{}, Status: domain.StatusReauthRequired,
+		Reason: reason, KeyID: s.cipher.PrimaryID(), UpdatedAt: now, Scopes: "[]"}
+	var expected int64
+	if prev != nil {
+		expected = prev.Generation
+	}
+	s.cache.drop(row.TenantID + "/" + row.ID)
+	_, _ = s.store.PutCredential(ctx, c, expected)
+	s.cache.drop(row.TenantID + "/" + row.ID)
+}
+
+// storeObtained stores a token obtained without a person, replacing prev
+// (compare-and-swap on its generation; nil means none is stored).
+func (s *Service) storeObtained(ctx context.Context, tenant, id string, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens) (*repository.Credential, error) {
+	now := s.now().UTC()
+	ct, err := vault.SealTokens(s.cipher, tenant, id, t, g, now)
+	if err != nil {
+		return nil, err
+	}
+	var expected int64
+	if prev != nil {
+		expected = prev.Generation
+	}
+	c := &repository.Credential{TenantID: tenant, ProviderID: id, Tokens: ct, Issuer: g.Issuer,
+		Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
+		Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
+	s.cache.drop(tenant + "/" + id)
+	gen, err := s.store.PutCredential(ctx, c, expected)
+	s.cache.drop(tenant + "/" + id)
+	if err != nil {
+		return nil, err
+	}
+	c.Generation = gen
+	return c, nil
+}

@@ -1,0 +1,317 @@
+package providers
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/vault"
+)
+
+// The update paths of the credential settings (issue 12).
+const (
+	PathCredentialKind      = "credential_kind"
+	PathStaticAuthorization = "static_authorization"
+	PathWorkloadIdentity    = "workload_identity"
+	PathOAuthClientKey      = "oauth_client.private_key_jwt"
+)
+
+// credentialPaths are the update paths that change credential material.
+var credentialPaths = []string{PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClient,
+	PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientKey, PathOAuthClientScopes}
+
+// maxStaticAuthorizationLen bounds a static Authorization value.
+const maxStaticAuthorizationLen = 4096
+
+// WorkloadPolicy decides which files may hold workload identity tokens.
+// *workload.Files implements it.
+type WorkloadPolicy interface {
+	Check(path string) error
+}
+
+// ClientKeyInput is a private_key_jwt key to store: a supplied PKCS#8 PEM
+// key, or a request to generate one.
+type ClientKeyInput struct {
+	PEM       string
+	Generate  bool
+	Algorithm string
+}
+
+// ClientKeyView describes a stored key without its private part.
+type ClientKeyView struct {
+	Algorithm string
+	KeyID     string
+	Generated bool
+	JWKSURI   string
+}
+
+// credInput is the validated credential part of a request.
+type credInput struct {
+	kind   domain.CredentialKind
+	static string
+	file   string
+	// key is the parsed key and pem its PKCS#8 form; nil when the request
+	// sets no key (which, for a path that names the key, removes it).
+	key *oauthclient.ClientKey
+	pem string
+	gen bool
+}
+
+// validateCredentials checks the credential fields named in paths.
+func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credInput, error) {
+	in := &credInput{}
+	if has(PathCredentialKind) {
+		switch f.CredentialKind {
+		case domain.KindAuthorizationCode, domain.KindClientCredentials, domain.KindJWTBearer, domain.KindStaticAuthorization:
+			in.kind = f.CredentialKind
+		default:
+			return nil, invalid("provider.credential_kind", "is not a known credential kind")
+		}
+	}
+	if has(PathStaticAuthorization) {
+		v := f.StaticAuthorization
+		if len(v) > maxStaticAuthorizationLen {
+			return nil, invalid("provider.static_authorization", fmt.Sprintf("must be at most %d bytes", maxStaticAuthorizationLen))
+		}
+		if strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			return nil, invalid("provider.static_authorization", "must not contain control characters")
+		}
+		in.static = strings.TrimSpace(v)
+	}
+	if has(PathWorkloadIdentity) && f.AssertionFile != "" {
+		if s.workload == nil {
+			return nil, invalid("provider.workload_identity.assertion_file", "workload identity tokens are not enabled on this server")
+		}
+		if err := s.workload.Check(f.AssertionFile); err != nil {
+			return nil, invalid("provider.workload_identity.assertion_file", err.Error())
+		}
+		in.file = f.AssertionFile
+	}
+	if (has(PathOAuthClientKey) || has(PathOAuthClient)) && f.OAuthClient.Key != nil {
+		k := f.OAuthClient.Key
+		const field = "provider.oauth_client.private_key_jwt"
+		switch k.Algorithm {
+		case "", oauthclient.AlgES256, oauthclient.AlgRS256:
+		default:
+			return nil, invalid(field+".algorithm", "must be ES256 or RS256")
+		}
+		switch {
+		case k.Generate && k.PEM != "":
+			return nil, invalid(field, "set either private_key_pem or generate, not both")
+		case k.Generate:
+			key, pem, err := oauthclient.GenerateClientKey(k.Algorithm)
+			if err != nil {
+				return nil, apperr.Internal(err, "generating a client key")
+			}
+			in.key, in.pem, in.gen = key, pem, true
+		case k.PEM != "":
+			if len(k.PEM) > 16<<10 {
+				return nil, invalid(field+".private_key_pem", "must be at most 16 KiB")
+			}
+			key, err := oauthclient.ParseClientKey(k.PEM, k.Algorithm)
+			if err != nil {
+				// The error names what is wrong with the key, never its content.
+				return nil, invalid(field+".private_key_pem", err.Error())
+			}
+			in.key, in.pem = key, k.PEM
+		default:
+			return nil, invalid(field, "set private_key_pem or generate")
+		}
+	}
+	return in, nil
+}
+
+// credState is a provider's credential settings while they are changed.
+type credState struct {
+	kind domain.CredentialKind
+	cfg  domain.CredentialConfig
+	sec  vault.CredentialSecrets
+}
+
+func (s *Service) openCred(row *repository.Provider) (*credState, error) {
+	sec, err := vault.OpenCredentialSecrets(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	return &credState{kind: domain.CredentialKind(row.CredentialKind), cfg: vault.ParseCredentialConfig(row.CredentialConfig), sec: sec}, nil
+}
+
+// setKey stores key (nil removes the key).
+func (st *credState) setKey(in *credInput) {
+	st.cfg.KeyAlg, st.cfg.KeyID, st.cfg.KeyGenerated, st.cfg.PublicJWK = "", "", false, ""
+	st.sec.PrivateKeyPEM = secret.Secret{}
+	if in.key == nil {
+		return
+	}
+	jwk, _ := in.key.PublicJWK()
+	st.cfg.KeyAlg, st.cfg.KeyID, st.cfg.KeyGenerated, st.cfg.PublicJWK = in.key.Algorithm(), in.key.KeyID(), in.gen, string(jwk)
+	st.sec.PrivateKeyPEM = secret.New(in.pem)
+}
+
+// applyCred applies the credential paths of an update (all of them on
+// create, paths nil) to st, then drops what must not be carried over: a
+// new server URL drops the static Authorization value, and a new or
+// cleared client id drops the key, unless the same request sets them (they
+// are secrets meant for the old host or client). It returns the dropped
+// paths.
+func (st *credState) apply(in *credInput, paths []string, urlChanged, clientChanged bool) []string {
+	named := func(p string) bool { return paths == nil || slices.Contains(paths, p) }
+	if named(PathCredentialKind) {
+		st.kind = in.kind
+	}
+	if named(PathStaticAuthorization) {
+		st.sec.StaticAuthorization = secret.New(in.static)
+		st.cfg.StaticSet = in.static != ""
+	}
+	if named(PathWorkloadIdentity) {
+		st.cfg.AssertionFile = in.file
+	}
+	setsKey := named(PathOAuthClient) || named(PathOAuthClientKey)
+	if setsKey {
+		st.setKey(in)
+	}
+	var dropped []string
+	if urlChanged && !named(PathStaticAuthorization) && st.cfg.StaticSet {
+		st.sec.StaticAuthorization, st.cfg.StaticSet = secret.Secret{}, false
+		dropped = append(dropped, PathStaticAuthorization)
+	}
+	if clientChanged && !setsKey && st.cfg.KeyAlg != "" {
+		st.setKey(&credInput{})
+		dropped = append(dropped, PathOAuthClientKey)
+	}
+	return dropped
+}
+
+// check refuses combinations that make no sense, on the provider as it
+// would be stored.
+func (st *credState) check(row *repository.Provider) error {
+	hasSecret, hasKey, hasClient := len(row.ClientSecret) > 0, st.cfg.KeyAlg != "", row.ClientID != ""
+	if hasKey && hasSecret {
+		return invalid("provider.oauth_client.private_key_jwt", "set either a client_secret or a private key, not both")
+	}
+	if hasKey && !hasClient {
+		return invalid("provider.oauth_client.client_id", "is required with a private key")
+	}
+	if st.cfg.StaticSet && st.kind != domain.KindStaticAuthorization {
+		return invalid("provider.static_authorization", "is only allowed with credential_kind STATIC_AUTHORIZATION")
+	}
+	if st.cfg.AssertionFile != "" && st.kind != domain.KindJWTBearer {
+		return invalid("provider.workload_identity.assertion_file", "is only allowed with credential_kind JWT_BEARER")
+	}
+	switch st.kind {
+	case domain.KindStaticAuthorization:
+		if !st.cfg.StaticSet {
+			return invalid("provider.static_authorization", "is required with credential_kind STATIC_AUTHORIZATION")
+		}
+		if hasClient || hasSecret || hasKey || row.Scopes != "" && row.Scopes != "[]" {
+			return invalid("provider.oauth_client", "a static Authorization value is never combined with an OAuth client: clear oauth_client")
+		}
+	case domain.KindClientCredentials:
+		if !hasClient {
+			return invalid("provider.oauth_client.client_id", "is required with credential_kind CLIENT_CREDENTIALS")
+		}
+		if !hasSecret && !hasKey {
+			return invalid("provider.oauth_client", "credential_kind CLIENT_CREDENTIALS needs a client_secret or a private_key_jwt key")
+		}
+	case domain.KindJWTBearer:
+		if st.cfg.AssertionFile == "" {
+			return invalid("provider.workload_identity.assertion_file", "is required with credential_kind JWT_BEARER")
+		}
+	}
+	return nil
+}
+
+// store seals st into row.
+func (s *Service) storeCred(row *repository.Provider, st *credState) error {
+	ct, err := vault.SealCredentialSecrets(s.cipher, row, st.sec)
+	if err != nil {
+		return err
+	}
+	row.CredentialKind, row.CredentialConfig, row.CredentialSecrets = string(st.kind), vault.JSONCredentialConfig(st.cfg), ct
+	return nil
+}
+
+// credentialsChanged reports whether an update changed credential
+// material that tokens obtained without a person were obtained with, so
+// those tokens must go: a new kind, or, for a kind without a person, a new
+// client, secret, key, scope or token file.
+func credentialsChanged(before, after *credState, oldRow, newRow *repository.Provider) bool {
+	if before.kind != after.kind {
+		return true
+	}
+	if !after.kind.Machine() {
+		return false
+	}
+	return oldRow.ClientID != newRow.ClientID || string(oldRow.ClientSecret) != string(newRow.ClientSecret) ||
+		oldRow.Scopes != newRow.Scopes || before.cfg != after.cfg ||
+		before.sec.PrivateKeyPEM.Reveal() != after.sec.PrivateKeyPEM.Reveal()
+}
+
+// credAudit is the audit detail of a provider's credential settings:
+// the kind and how the client authenticates, never a secret.
+func credAudit(st *credState, row *repository.Provider, d map[string]string) map[string]string {
+	if st.kind == domain.KindAuthorizationCode && st.cfg.KeyAlg == "" {
+		return d
+	}
+	if d == nil {
+		d = map[string]string{}
+	}
+	if st.kind != "" {
+		d["credential_kind"] = string(st.kind)
+	}
+	if st.cfg.KeyAlg != "" {
+		d["client_auth"] = oauthclient.AuthPrivateKeyJWT
+		d["key_alg"] = st.cfg.KeyAlg
+		d["key_id"] = st.cfg.KeyID
+		if st.cfg.KeyGenerated {
+			d["key_generated"] = "true"
+		}
+	} else if len(row.ClientSecret) > 0 {
+		d["client_auth"] = "client_secret"
+	}
+	return d
+}
+
+// JWKS returns the public JWKS document (RFC 7517 section 5) of the
+// provider's private_key_jwt key, for authorization servers to verify its
+// client assertions. It holds only the public key; a provider without a
+// key and one that does not exist are the same NOT_FOUND.
+func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
+		return nil, err
+	}
+	if err != nil {
+		return nil, apperr.NotFound("jwks")
+	}
+	cfg := vault.ParseCredentialConfig(row.CredentialConfig)
+	if cfg.PublicJWK == "" {
+		return nil, apperr.NotFound("jwks")
+	}
+	return []byte(`{"keys":[` + cfg.PublicJWK + `]}`), nil
+}
+
+// viewCredentials adds the credential settings to a view: the kind, the
+// static value's fingerprint (never the value), the token file, and the
+// key's public facts.
+func (s *Service) viewCredentials(v *View, d *vault.Provider) {
+	v.CredentialKind, v.AssertionFile = d.Kind, d.CredConfig.AssertionFile
+	if d.CredConfig.StaticSet {
+		v.StaticAuthorization = &HeaderInfo{Name: "Authorization", ValueSet: true,
+			Fingerprint: s.cipher.ShortFingerprint(d.Row.TenantID, vault.PurposeHeader, []byte(d.StaticAuthorization.Reveal()))}
+	}
+	if d.CredConfig.KeyAlg == "" || v.OAuthClient == nil {
+		return
+	}
+	k := &ClientKeyView{Algorithm: d.CredConfig.KeyAlg, KeyID: d.CredConfig.KeyID, Generated: d.CredConfig.KeyGenerated}
+	if s.jwksURL != nil {
+		k.JWKSURI = s.jwksURL(d.Row.TenantID, d.Row.ID)
+	}
+	v.OAuthClient.Key = k
+}

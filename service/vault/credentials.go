@@ -1,0 +1,107 @@
+package vault
+
+import (
+	"encoding/json"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
+)
+
+// FieldCredentialSecrets is the encryption scope field of a provider's
+// secret credential material. Changing it makes every stored ciphertext of
+// the field unreadable.
+const FieldCredentialSecrets = "provider.credential_secrets"
+
+// CredentialSecrets is a provider's secret credential material, in clear.
+type CredentialSecrets struct {
+	// PrivateKeyPEM is the PKCS#8 PEM key of private_key_jwt, if any.
+	PrivateKeyPEM secret.Secret
+	// StaticAuthorization is the Authorization header value of a static
+	// API-key provider, if any.
+	StaticAuthorization secret.Secret
+}
+
+// IsZero reports whether no secret is held.
+func (c CredentialSecrets) IsZero() bool {
+	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero()
+}
+
+type credentialBlob struct {
+	Key    string `json:"k,omitempty"`
+	Static string `json:"s,omitempty"`
+}
+
+// SealCredentialSecrets encrypts a provider's secret credential material
+// bound to its tenant, provider and field; nil when there is none.
+func SealCredentialSecrets(c Cipher, row *repository.Provider, s CredentialSecrets) ([]byte, error) {
+	if s.IsZero() {
+		return nil, nil
+	}
+	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal()})
+	if err != nil {
+		return nil, apperr.Internal(err, "encoding credential secrets")
+	}
+	ct, err := c.Seal(scope(row, FieldCredentialSecrets), raw)
+	if err != nil {
+		return nil, apperr.Internal(err, "sealing credential secrets")
+	}
+	return ct, nil
+}
+
+// OpenCredentialSecrets decrypts a provider's secret credential material.
+func OpenCredentialSecrets(c Cipher, row *repository.Provider) (CredentialSecrets, error) {
+	var out CredentialSecrets
+	if len(row.CredentialSecrets) == 0 {
+		return out, nil
+	}
+	raw, err := c.Open(scope(row, FieldCredentialSecrets), row.CredentialSecrets)
+	if err != nil {
+		return out, apperr.Internal(err, "opening credential secrets")
+	}
+	var b credentialBlob
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return out, apperr.Internal(err, "decoding credential secrets")
+	}
+	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static)}, nil
+}
+
+// ParseCredentialConfig reads a stored credential configuration.
+func ParseCredentialConfig(s string) domain.CredentialConfig {
+	var c domain.CredentialConfig
+	if s != "" {
+		_ = json.Unmarshal([]byte(s), &c)
+	}
+	return c
+}
+
+// JSONCredentialConfig is the stored form of a credential configuration.
+func JSONCredentialConfig(c domain.CredentialConfig) string {
+	if c == (domain.CredentialConfig{}) {
+		return ""
+	}
+	b, _ := json.Marshal(c)
+	return string(b)
+}
+
+// openCredentials fills d's credential fields from its row.
+func openCredentials(c Cipher, d *Provider) error {
+	row := d.Row
+	d.Kind = domain.CredentialKind(row.CredentialKind)
+	d.CredConfig = ParseCredentialConfig(row.CredentialConfig)
+	s, err := OpenCredentialSecrets(c, row)
+	if err != nil {
+		return err
+	}
+	d.StaticAuthorization = s.StaticAuthorization
+	if !s.PrivateKeyPEM.IsZero() {
+		k, err := oauthclient.ParseClientKey(s.PrivateKeyPEM.Reveal(), d.CredConfig.KeyAlg)
+		if err != nil {
+			return apperr.Internal(err, "reading the stored client key")
+		}
+		d.ClientKey = k
+	}
+	return nil
+}
