@@ -85,5 +85,6 @@ func providersEqual(a, b *Provider) bool {
 		a.Icon == b.Icon && a.TimeoutMS == b.TimeoutMS && a.SSEReadTimeoutMS == b.SSEReadTimeoutMS && a.ClientID == b.ClientID &&
 		string(a.ClientSecret) == string(b.ClientSecret) && a.Scopes == b.Scopes && a.Compat == b.Compat && a.KeyID == b.KeyID &&
 		a.Version == b.Version && a.CredGeneration == b.CredGeneration && a.GrantStatus == b.GrantStatus &&
-		a.GrantReason == b.GrantReason && a.GrantGeneration == b.GrantGeneration && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
+		a.GrantReason == b.GrantReason && a.GrantGeneration == b.GrantGeneration && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
+		a.CredentialKind == b.CredentialKind && a.CredentialConfig == b.CredentialConfig && string(a.CredentialSecrets) == string(b.CredentialSecrets)
 }
