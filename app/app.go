@@ -43,6 +43,7 @@ import (
 	"github.com/mcpauth/mcpauth/service/authflow"
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/providers"
+	"github.com/mcpauth/mcpauth/service/readlog"
 	"github.com/mcpauth/mcpauth/service/tools"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/service/webhooks"
@@ -71,6 +72,7 @@ type App struct {
 	refresher  *grants.Refresher
 	tokens     *grants.Service
 	auditor    *audit.Auditor
+	reads      *readlog.Aggregator
 	dispatcher *webhooks.Dispatcher
 	retention  *audit.Retention
 	tlsConfig  *tls.Config
@@ -378,12 +380,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	if a.reads, err = readlog.New(a.store, log, nil, readlog.Config{FlushInterval: cfg.TokenReadFlushInterval}); err != nil {
+		return nil, err
+	}
 	workloadFiles, err := workload.NewFiles(cfg.WorkloadTokenDirs)
 	if err != nil {
 		return nil, err
 	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
-		Audit: auditor, Log: log, Metrics: a.metrics,
+		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
 		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles},
 		Config:  grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
 	if err != nil {
@@ -410,6 +415,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	auditLog, err := audit.NewLog(a.store)
+	if err != nil {
+		return nil, err
+	}
+	readLog, err := readlog.NewLog(a.store)
 	if err != nil {
 		return nil, err
 	}
@@ -443,7 +452,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 			PendingTTL: cfg.FlowTTL + time.Minute})
 	}
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
-		Audit: server.NewAuditAPI(auditLog, feed), Tools: server.NewToolAPI(toolUC), Webhooks: server.NewWebhookAPI(webhookUC)}
+		Audit: server.NewAuditAPI(auditLog, feed), Tools: server.NewToolAPI(toolUC), Webhooks: server.NewWebhookAPI(webhookUC),
+		TokenReads: server.NewTokenReadAPI(readLog)}
 
 	var grpcOpts []grpc.ServerOption
 	if cfg.TLS() {
@@ -639,6 +649,12 @@ func (a *App) Close() {
 	}
 	if a.mcp != nil {
 		_ = a.mcp.Close()
+	}
+	if a.reads != nil {
+		// Serve has drained the calls: store every counted token read.
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+		_ = a.reads.Close(ctx)
+		cancel()
 	}
 	if a.auditor != nil {
 		a.auditor.Close()

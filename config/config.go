@@ -110,6 +110,9 @@ type Config struct {
 	// of token reads cost one database read; another replica's revocation
 	// is seen within this time. 0 disables the cache.
 	TokenCacheTTL time.Duration `env:"MCPAUTH_TOKEN_CACHE_TTL, default=1s"`
+	// TokenReadFlushInterval is how often token-read counts are stored: the
+	// most a crash (not a graceful stop) can lose of them.
+	TokenReadFlushInterval time.Duration `env:"MCPAUTH_TOKEN_READ_FLUSH_INTERVAL, default=5s"`
 	// BackgroundRefreshInterval is how often idle authorizations are
 	// checked; 0 disables the background refresher.
 	BackgroundRefreshInterval time.Duration `env:"MCPAUTH_BACKGROUND_REFRESH_INTERVAL, default=1m"`
@@ -269,6 +272,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := c.TrustedProxyPrefixes(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.TokenReadFlushInterval < 10*time.Millisecond || c.TokenReadFlushInterval > time.Minute {
+		errs = append(errs, errors.New("MCPAUTH_TOKEN_READ_FLUSH_INTERVAL must be between 10ms and 1m"))
 	}
 	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))

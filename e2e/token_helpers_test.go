@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,10 @@ type tokCluster struct {
 	// they use, so tests can inspect and plant their locks.
 	Redis  redis.UniversalClient
 	Prefix string
+	// Env is the replicas' shared MCPAUTH_* configuration (master keys,
+	// database, Redis, callers file), for starting more of them, for
+	// example as the real binary.
+	Env map[string]string
 }
 
 // tokStart starts the authorization server, an MCP server protected by it,
@@ -142,6 +147,13 @@ func tokStart(tb testing.TB, o tokOptions) *tokCluster {
 	for range o.Replicas {
 		s := Start(tb, Options{DSN: dsn, RedisURL: redisURL.String(), Env: env,
 			Callers: &caller.File{Callers: []caller.FileCaller{fc}}})
+		if c.Env == nil {
+			c.Env = map[string]string{"MCPAUTH_DATABASE_URL": dsn, "MCPAUTH_REDIS_URL": redisURL.String(),
+				"MCPAUTH_CALLERS_FILE": filepath.Join(s.DataDir, "callers.json")}
+			for k, v := range env {
+				c.Env[k] = v
+			}
+		}
 		// Each replica's pool defaults to 20 connections: three replicas and
 		// the parallel tests of this and other packages would exceed
 		// PostgreSQL's default max_connections (100), and callers would get

@@ -364,6 +364,29 @@ var migrations = []migration{
 		},
 	},
 	{
+		// Token reads are counted per (tenant, minute, provider, caller)
+		// instead of one audit row each; token_read_batches makes a retried
+		// flush of the same batch a no-op (see AddTokenReads).
+		id: "0010_token_reads",
+		sql: []string{
+			`CREATE TABLE token_reads (
+				tenant_id varchar(63) NOT NULL,
+				minute_start bigint NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				actor varchar(255) NOT NULL,
+				reads bigint NOT NULL,
+				first_read_ms bigint NOT NULL,
+				last_read_ms bigint NOT NULL,
+				CONSTRAINT token_reads_pkey PRIMARY KEY (tenant_id, minute_start, provider_id, actor)
+			)`,
+			`CREATE TABLE token_read_batches (
+				id varchar(32) NOT NULL PRIMARY KEY,
+				applied_ms bigint NOT NULL
+			)`,
+			`CREATE INDEX idx_token_read_batches_applied ON token_read_batches (applied_ms)`,
+		},
+	},
+	{
 		// Credential kinds without a person (client credentials, JWT
 		// bearer) and static API keys: the kind, its non-secret settings
 		// (JSON) and its secret material (one ciphertext: private key,

@@ -98,16 +98,9 @@ func providerWriteErr(err error, what string) error {
 // GetProvider returns the tenant's provider id with its grant status, or
 // apperr.NotFound.
 func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, error) {
-	q, err := scopedTable(ctx, s.db, "providers", tenant)
-	if err != nil {
-		return nil, err
-	}
 	var p Provider
-	if err := withGrant(q).Where("providers.id = ?", id).Take(&p).Error; err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return nil, apperr.NotFound("provider")
-		}
-		return nil, dbErr(err, "get provider")
+	if err := s.getRow(ctx, getProviderSQL, "providers", "provider", tenant, []any{id}, providerDest(&p)...); err != nil {
+		return nil, err
 	}
 	return &p, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 
 	"gorm.io/gorm"
 
@@ -22,17 +21,10 @@ func IssuerHash(issuer string) string {
 // GetClientRegistration returns the provider's registration at issuer, or
 // apperr.NotFound("client registration not found").
 func (s *Store) GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*ClientRegistration, error) {
-	q, err := scoped(ctx, s.db, tenant)
-	if err != nil {
-		return nil, err
-	}
 	var r ClientRegistration
-	err = q.Where("provider_id = ? AND issuer_hash = ?", providerID, IssuerHash(issuer)).Take(&r).Error
-	if err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return nil, apperr.NotFound("client registration")
-		}
-		return nil, dbErr(err, "get client registration")
+	if err := s.getRow(ctx, getRegistrationSQL, "client_registrations", "client registration", tenant,
+		[]any{providerID, IssuerHash(issuer)}, registrationDest(&r)...); err != nil {
+		return nil, err
 	}
 	return &r, nil
 }

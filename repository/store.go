@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"errors"
+	"go.opentelemetry.io/otel/trace"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -40,6 +41,9 @@ type Options struct {
 type Store struct {
 	db        *gorm.DB
 	eventHook atomic.Pointer[func()]
+	// tracer, set by Trace, traces the hand-written hot reads (hot.go) as
+	// the GORM callbacks trace every other statement.
+	tracer trace.Tracer
 }
 
 // Open connects to the database named by dsn. A dsn starting with

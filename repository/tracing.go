@@ -20,6 +20,7 @@ const spanKey = "mcpauth:otel-span"
 // and ClickHouse drivers into the binary.
 func (s *Store) Trace(tp trace.TracerProvider) error {
 	tracer := tp.Tracer("github.com/mcpauth/mcpauth/repository")
+	s.tracer = tracer
 	system := "sqlite"
 	if s.db.Name() == "postgres" {
 		system = "postgresql"

@@ -12,9 +12,9 @@ type ctxKey struct{}
 
 // New returns a fresh random request id.
 func New() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Valid reports whether an id received from a client may be reused: 1-64

@@ -37,6 +37,7 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.WebhookService_RotateWebhookEndpointSecret_FullMethodName: caller.ProvidersWrite,
 	mcpauthv1.WebhookService_ListWebhookDeliveries_FullMethodName:       caller.ProvidersRead,
 	mcpauthv1.WebhookService_RedeliverWebhookEvent_FullMethodName:       caller.ProvidersWrite,
+	mcpauthv1.TokenReadService_ListTokenReads_FullMethodName:            caller.AuditRead,
 
 	mcpauthv1.MCPToolService_RefreshTools_FullMethodName: caller.ToolsCall,
 	mcpauthv1.MCPToolService_ListTools_FullMethodName:    caller.ProvidersRead,

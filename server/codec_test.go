@@ -47,11 +47,12 @@ func TestUndecodableRequestIsInvalidArgument(t *testing.T) {
 	t.Parallel()
 	log, _ := newJSONLog()
 	conn := serveBufconn(t, log, Services{
-		Providers: mcpauthv1.UnimplementedMCPProviderServiceServer{},
-		OAuth:     mcpauthv1.UnimplementedOAuthServiceServer{},
-		Audit:     mcpauthv1.UnimplementedAuditServiceServer{},
-		Tools:     mcpauthv1.UnimplementedMCPToolServiceServer{},
-		Webhooks:  mcpauthv1.UnimplementedWebhookServiceServer{},
+		Providers:  mcpauthv1.UnimplementedMCPProviderServiceServer{},
+		OAuth:      mcpauthv1.UnimplementedOAuthServiceServer{},
+		Audit:      mcpauthv1.UnimplementedAuditServiceServer{},
+		Tools:      mcpauthv1.UnimplementedMCPToolServiceServer{},
+		Webhooks:   mcpauthv1.UnimplementedWebhookServiceServer{},
+		TokenReads: mcpauthv1.UnimplementedTokenReadServiceServer{},
 	}, keyAuth{"k": caller.NewIdentity("ops", []string{"acme"}, []caller.Permission{caller.ProvidersRead})})
 	want := func(t *testing.T, what string, err error) {
 		t.Helper()

@@ -136,11 +136,12 @@ func TestInternalDatabaseErrorCauseIsLoggedNotSent(t *testing.T) {
 
 		log, logs := newJSONLog()
 		conn := serveBufconn(t, log, Services{
-			Providers: &credentialReader{store: store},
-			OAuth:     mcpauthv1.UnimplementedOAuthServiceServer{},
-			Audit:     mcpauthv1.UnimplementedAuditServiceServer{},
-			Tools:     mcpauthv1.UnimplementedMCPToolServiceServer{},
-			Webhooks:  mcpauthv1.UnimplementedWebhookServiceServer{},
+			Providers:  &credentialReader{store: store},
+			OAuth:      mcpauthv1.UnimplementedOAuthServiceServer{},
+			Audit:      mcpauthv1.UnimplementedAuditServiceServer{},
+			Tools:      mcpauthv1.UnimplementedMCPToolServiceServer{},
+			Webhooks:   mcpauthv1.UnimplementedWebhookServiceServer{},
+			TokenReads: mcpauthv1.UnimplementedTokenReadServiceServer{},
 		}, keyAuth{"k": caller.NewIdentity("ops", []string{"acme"}, []caller.Permission{caller.ProvidersRead})})
 
 		const requestID = "req-internal-db-error"

@@ -51,11 +51,12 @@ type DenialRecorder interface {
 
 // Services are the API implementations registered on the gRPC server.
 type Services struct {
-	Providers mcpauthv1.MCPProviderServiceServer
-	OAuth     mcpauthv1.OAuthServiceServer
-	Audit     mcpauthv1.AuditServiceServer
-	Tools     mcpauthv1.MCPToolServiceServer
-	Webhooks  mcpauthv1.WebhookServiceServer
+	Providers  mcpauthv1.MCPProviderServiceServer
+	OAuth      mcpauthv1.OAuthServiceServer
+	Audit      mcpauthv1.AuditServiceServer
+	Tools      mcpauthv1.MCPToolServiceServer
+	Webhooks   mcpauthv1.WebhookServiceServer
+	TokenReads mcpauthv1.TokenReadServiceServer
 }
 
 // GRPCDeps are what NewGRPCServer needs.
@@ -93,6 +94,7 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	mcpauthv1.RegisterOAuthServiceServer(s, d.Services.OAuth)
 	mcpauthv1.RegisterAuditServiceServer(s, d.Services.Audit)
 	mcpauthv1.RegisterMCPToolServiceServer(s, d.Services.Tools)
+	mcpauthv1.RegisterTokenReadServiceServer(s, d.Services.TokenReads)
 	if d.Services.Webhooks != nil {
 		mcpauthv1.RegisterWebhookServiceServer(s, d.Services.Webhooks)
 	}
@@ -300,6 +302,9 @@ func (i *interceptor) logCall(ctx context.Context, method string, start time.Tim
 	level := slog.LevelInfo
 	if code == codes.Internal || code == codes.Unknown {
 		level = slog.LevelError
+	}
+	if !i.log.Enabled(ctx, level) {
+		return // no attributes built for a line nobody writes
 	}
 	i.log.Log(ctx, level, "grpc call",
 		"method", method,

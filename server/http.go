@@ -57,6 +57,7 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 			mcpauthv1.RegisterAuditServiceHandler,
 			mcpauthv1.RegisterWebhookServiceHandler,
 			mcpauthv1.RegisterMCPToolServiceHandler,
+			mcpauthv1.RegisterTokenReadServiceHandler,
 		} {
 			if err := reg(ctx, mux, conn); err != nil {
 				return err

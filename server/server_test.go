@@ -126,6 +126,7 @@ func TestEveryRPCHasAPermission(t *testing.T) {
 		{mcpauthv1.OAuthService_ServiceDesc.ServiceName, methodNames(mcpauthv1.OAuthService_ServiceDesc.Methods)},
 		{mcpauthv1.AuditService_ServiceDesc.ServiceName, methodNames(mcpauthv1.AuditService_ServiceDesc.Methods)},
 		{mcpauthv1.MCPToolService_ServiceDesc.ServiceName, methodNames(mcpauthv1.MCPToolService_ServiceDesc.Methods)},
+		{mcpauthv1.TokenReadService_ServiceDesc.ServiceName, methodNames(mcpauthv1.TokenReadService_ServiceDesc.Methods)},
 	} {
 		for _, m := range sd.methods {
 			full := "/" + sd.name + "/" + m

@@ -501,7 +501,7 @@ func newEnv(tb testing.TB, opts ...envOption) *env {
 	auditor := audit.NewAuditor(store, log, clock.Now)
 	tb.Cleanup(auditor.Close)
 	as := newFakeAS(clock.Now)
-	g, err := grants.New(grants.Deps{Store: store, Cipher: keys, Proto: as, Locks: flows.Memory, Audit: auditor, Log: log,
+	g, err := grants.New(grants.Deps{Store: store, Cipher: keys, Proto: as, Locks: flows.Memory, Audit: auditor, Reads: &servicetest.Reads{}, Log: log,
 		Now: clock.Now, Metrics: metrics.New()})
 	if err != nil {
 		tb.Fatal(err)

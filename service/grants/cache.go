@@ -1,7 +1,9 @@
 package grants
 
 import (
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/repository"
@@ -15,10 +17,16 @@ import (
 // replica's change is seen within ttl at most; an entry is never served
 // past its token's refresh margin, so the cache cannot hand out an expired
 // or due token.
+//
+// epoch counts drops: a credential read that began before a drop is neither
+// cached nor shared with callers that arrive after it (see Service.Get), so
+// a change made by this process is never hidden by a read that began
+// before it.
 type tokenCache struct {
-	ttl time.Duration
-	mu  sync.RWMutex
-	m   map[string]cachedCred
+	ttl   time.Duration
+	mu    sync.RWMutex
+	m     map[string]cachedCred
+	epoch atomic.Uint64
 }
 
 type cachedCred struct {
@@ -48,11 +56,25 @@ func (c *tokenCache) get(key string, now time.Time) (cachedCred, bool) {
 	return e, true
 }
 
-func (c *tokenCache) put(key string, cred *repository.Credential, h *vault.Held, now time.Time) {
+// now returns the current epoch, to pass to put after a read.
+func (c *tokenCache) now() uint64 {
+	if c == nil {
+		return 0
+	}
+	return c.epoch.Load()
+}
+
+// put caches a credential read that began at epoch; it is dropped instead
+// if anything was dropped since.
+func (c *tokenCache) put(key string, cred *repository.Credential, h *vault.Held, now time.Time, epoch uint64) {
 	if c == nil || c.ttl <= 0 {
 		return
 	}
 	c.mu.Lock()
+	if c.epoch.Load() != epoch {
+		c.mu.Unlock()
+		return
+	}
 	if len(c.m) >= maxCachedCreds {
 		c.m = map[string]cachedCred{}
 	}
@@ -60,11 +82,18 @@ func (c *tokenCache) put(key string, cred *repository.Credential, h *vault.Held,
 	c.mu.Unlock()
 }
 
+// shareKey is the key under which concurrent reads of key share one read:
+// callers that arrive after a drop start a new one.
+func (c *tokenCache) shareKey(key string, epoch uint64) string {
+	return key + "#" + strconv.FormatUint(epoch, 10)
+}
+
 func (c *tokenCache) drop(key string) {
 	if c == nil {
 		return
 	}
 	c.mu.Lock()
+	c.epoch.Add(1)
 	delete(c.m, key)
 	c.mu.Unlock()
 }

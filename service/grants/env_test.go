@@ -56,6 +56,7 @@ type env struct {
 	locks   *statestore.Memory
 	as      *fakeAS
 	auditor *audit.Auditor
+	reads   *servicetest.Reads
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	svc     *Service
@@ -78,7 +79,7 @@ func newEnv(tb testing.TB, cfg Config) *env {
 	tb.Cleanup(func() { _ = locks.Close() })
 	auditor := audit.NewAuditor(store, log, clock.Now)
 	tb.Cleanup(auditor.Close)
-	e := &env{tb: tb, ctx: context.Background(), clock: clock, store: store, keys: keys, locks: locks,
+	e := &env{tb: tb, ctx: context.Background(), clock: clock, store: store, keys: keys, locks: locks, reads: &servicetest.Reads{},
 		as: newFakeAS(clock.Now), auditor: auditor, log: log}
 	e.svc = e.service(cfg, store, locks)
 	e.metrics = e.svc.metrics
@@ -117,7 +118,7 @@ func (e *env) getDue(reg domain.RegistrationMethod, change func(e *env, s *seede
 
 func (e *env) service(cfg Config, store Store, locks Locker) *Service {
 	e.tb.Helper()
-	s, err := New(Deps{Store: store, Cipher: e.keys, Proto: e.as, Locks: locks, Audit: e.auditor, Log: e.log,
+	s, err := New(Deps{Store: store, Cipher: e.keys, Proto: e.as, Locks: locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
 		Now: e.clock.Now, Config: cfg, Metrics: metrics.New()})
 	if err != nil {
 		e.tb.Fatal(err)

@@ -249,6 +249,15 @@ type hookStore struct {
 	onDelete func()
 	// afterList runs after CredentialsIdleSince lists its rows.
 	afterList func()
+	// onGet runs before each GetCredential.
+	onGet func()
+}
+
+func (h *hookStore) GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error) {
+	if h.onGet != nil {
+		h.onGet()
+	}
+	return h.Store.GetCredential(ctx, tenant, providerID)
 }
 
 func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential, expected int64, events ...*repository.AuditEvent) (int64, error) {

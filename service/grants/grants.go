@@ -69,6 +69,14 @@ type Locker interface {
 	WaitUnlocked(ctx context.Context, key string) error
 }
 
+// ReadCounter counts token reads handed to callers: the token-read audit,
+// aggregated per caller, provider and minute and stored asynchronously
+// (see package readlog for the loss bound). *readlog.Aggregator implements
+// it.
+type ReadCounter interface {
+	Record(ctx context.Context, tenant, provider string)
+}
+
 // Clock tells the time; tests pass a stepping clock.
 type Clock func() time.Time
 
@@ -113,11 +121,13 @@ type Service struct {
 	proto   Protocol
 	locks   Locker
 	audit   audit.Recorder
+	reads   ReadCounter
 	log     *slog.Logger
 	now     Clock
 	cfg     Config
 	metrics *metrics.Metrics
 	sf      singleflight.Group
+	loads   singleflight.Group // cache misses of one grant share one read
 	cache   *tokenCache
 	machine MachineDeps
 
@@ -153,6 +163,7 @@ type Deps struct {
 	Proto   Protocol
 	Locks   Locker
 	Audit   audit.Recorder
+	Reads   ReadCounter
 	Log     *slog.Logger
 	Now     Clock
 	Config  Config
@@ -163,8 +174,8 @@ type Deps struct {
 
 // New returns the token lifecycle service.
 func New(d Deps) (*Service, error) {
-	if d.Store == nil || d.Cipher == nil || d.Proto == nil || d.Locks == nil || d.Audit == nil || d.Log == nil || d.Metrics == nil {
-		return nil, errors.New("grants: store, cipher, proto, locks, audit, log and metrics are required")
+	if d.Store == nil || d.Cipher == nil || d.Proto == nil || d.Locks == nil || d.Audit == nil || d.Reads == nil || d.Log == nil || d.Metrics == nil {
+		return nil, errors.New("grants: store, cipher, proto, locks, audit, reads, log and metrics are required")
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -190,7 +201,7 @@ func New(d Deps) (*Service, error) {
 	if d.Config.BackoffMax <= 0 {
 		d.Config.BackoffMax = 30 * time.Second
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, log: d.Log,
+	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
@@ -331,19 +342,20 @@ func token(t *oauthclient.Tokens, cred *repository.Credential, g vault.Grant) *T
 }
 
 // AccessToken returns a valid access token for the provider to a caller
-// that asked for it, refreshing first when it is due, and audits the read.
-// Freshness is checked again after the audit write, right before the
-// token is returned: a slow write must not hand out a token that expired
-// meanwhile.
+// that asked for it, refreshing first when it is due, and counts the read
+// (per caller, provider and minute; not a synchronous audit row: see
+// ReadCounter). A failed read is not a read; the refresh and reauth events
+// it may cause are audited synchronously as before. Freshness is checked
+// again right before the token is returned.
 func (s *Service) AccessToken(ctx context.Context, tenant, id string) (*Token, error) {
 	t, err := s.Get(ctx, tenant, id)
 	if err != nil {
 		return nil, err
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRead, Provider: id, Outcome: domain.OutcomeSuccess})
+	s.reads.Record(ctx, tenant, id)
 	if s.expired(t) {
-		// It expired during the audit write: an expired token never
-		// reaches the caller; the read is audited once.
+		// It expired meanwhile: an expired token never reaches the
+		// caller; the read is counted once.
 		if t, err = s.Get(ctx, tenant, id); err != nil {
 			return nil, err
 		}
@@ -377,12 +389,13 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		s.metrics.TokensServed.Inc()
 		return token(e.held.Tokens, e.cred, e.held.Grant), nil
 	}
-	cred, h, err := s.load(ctx, tenant, id)
+	epoch := s.cache.now()
+	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), tenant, id)
 	if err != nil {
 		return s.obtainIfMachine(ctx, tenant, id, cred, err)
 	}
 	if s.fresh(h) {
-		s.cache.put(key, cred, h, now)
+		s.cache.put(key, cred, h, now, epoch)
 		s.metrics.TokensServed.Inc()
 		return token(h.Tokens, cred, h.Grant), nil
 	}
@@ -430,6 +443,31 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		return stale()
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// loadShared is load for a cache miss: concurrent misses of one grant in
+// this process (every caller of a busy grant, each time its cache entry
+// ends) share one read and one decryption instead of one each. The read
+// does not end with the first caller's context, which the others did not
+// choose.
+func (s *Service) loadShared(ctx context.Context, key, tenant, id string) (*repository.Credential, *vault.Held, error) {
+	type loaded struct {
+		cred *repository.Credential
+		held *vault.Held
+	}
+	ch := s.loads.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		cred, h, err := s.load(lctx, tenant, id)
+		return loaded{cred, h}, err
+	})
+	select {
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	case r := <-ch:
+		l, _ := r.Val.(loaded)
+		return l.cred, l.held, r.Err
 	}
 }
 

@@ -20,7 +20,6 @@ import (
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
-	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/servicetest"
 )
 
@@ -38,7 +37,7 @@ func TestNew(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testConfig)
 	full := func() Deps {
-		return Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Log: e.log, Metrics: e.metrics}
+		return Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log, Metrics: e.metrics}
 	}
 	missing := []struct {
 		name string
@@ -49,6 +48,7 @@ func TestNew(t *testing.T) {
 		{"proto", func(d *Deps) { d.Proto = nil }},
 		{"locks", func(d *Deps) { d.Locks = nil }},
 		{"audit", func(d *Deps) { d.Audit = nil }},
+		{"reads", func(d *Deps) { d.Reads = nil }},
 		{"log", func(d *Deps) { d.Log = nil }},
 		{"metrics", func(d *Deps) { d.Metrics = nil }},
 	}
@@ -828,31 +828,31 @@ func TestClientGoneMarksGrantDead(t *testing.T) {
 	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonNoClient)
 }
 
-// slowAudit is a recorder whose token-read writes take long: the clock
-// moves past the token's expiry while the event is written.
-type slowAudit struct {
-	audit.Recorder
+// slowReads is a read counter whose first count takes long: the clock
+// moves past the token's expiry while the read is counted.
+type slowReads struct {
+	servicetest.Reads
 	clock *servicetest.Clock
 	by    time.Duration
-	reads atomic.Int32
+	n     atomic.Int32
 }
 
-func (a *slowAudit) Record(ctx context.Context, e audit.Event) {
-	if e.Type == domain.EventTokenRead && a.reads.Add(1) == 1 {
-		a.clock.Advance(a.by)
+func (r *slowReads) Record(ctx context.Context, tenant, provider string) {
+	if r.n.Add(1) == 1 {
+		r.clock.Advance(r.by)
 	}
-	a.Recorder.Record(ctx, e)
+	r.Reads.Record(ctx, tenant, provider)
 }
 
-// TestAccessTokenCheckedAfterTheAuditWrite (issue 15, case 7): a token
-// that expires while its read is audited never reaches the caller; the
-// caller gets a valid one, and the read is audited once.
-func TestAccessTokenCheckedAfterTheAuditWrite(t *testing.T) {
+// TestAccessTokenCheckedAfterTheReadIsCounted (issue 15, case 7): a token
+// that expires while its read is recorded never reaches the caller; the
+// caller gets a valid one, and the read is counted once.
+func TestAccessTokenCheckedAfterTheReadIsCounted(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testConfig)
 	s := e.authorize(grantSpec{})
-	rec := &slowAudit{Recorder: e.auditor, clock: e.clock, by: 2 * time.Hour}
-	svc, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: rec, Log: e.log,
+	rec := &slowReads{clock: e.clock, by: 2 * time.Hour}
+	svc, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: rec, Log: e.log,
 		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New()})
 	if err != nil {
 		t.Fatal(err)
@@ -862,9 +862,9 @@ func TestAccessTokenCheckedAfterTheAuditWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	if tok.AccessToken == s.tokens.AccessToken || !e.clock.Now().Before(tok.ExpiresAt) {
-		t.Fatal("a token that expired during the audit write reached the caller")
+		t.Fatal("a token that expired while its read was counted reached the caller")
 	}
-	if n := rec.reads.Load(); n != 1 {
-		t.Errorf("token reads audited %d times, want 1", n)
+	if n := rec.Total(); n != 1 {
+		t.Errorf("token reads counted %d times, want 1", n)
 	}
 }

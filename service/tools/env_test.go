@@ -94,7 +94,7 @@ func (e *env) replica(tb testing.TB, cacheTTL time.Duration) *grants.Service {
 	tb.Helper()
 	locks := statestore.NewMemory()
 	tb.Cleanup(func() { _ = locks.Close() })
-	g, err := grants.New(grants.Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: locks, Audit: e.auditor, Log: e.log,
+	g, err := grants.New(grants.Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: locks, Audit: e.auditor, Reads: &servicetest.Reads{}, Log: e.log,
 		Now: e.clock.Now, Metrics: e.metrics, Config: grants.Config{CacheTTL: cacheTTL}})
 	if err != nil {
 		tb.Fatal(err)

@@ -1,0 +1,120 @@
+package repository
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/mcpauth/mcpauth/apperr"
+)
+
+// The hottest reads (GetProvider and GetClientRegistration, on every
+// GetProvider, StartAuthorization and CallTool) are plain SQL on GORM's
+// connection pool, scanned into the model without GORM's callbacks and
+// reflection. They keep the tenant rule of scoped: checkTenant first, and
+// tenant_id is the first condition of every such query. A test checks that
+// their column lists cover every field of the models.
+
+// hotSQL is one hand-written query, written with ? placeholders and
+// rendered for the store's dialect once.
+type hotSQL struct {
+	text     string
+	postgres string
+}
+
+func newHotSQL(text string) hotSQL {
+	var b strings.Builder
+	n := 0
+	for _, r := range text {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return hotSQL{text: text, postgres: b.String()}
+}
+
+// getRow runs q with the tenant and args on the pool and scans its one row
+// into dest (no row: NotFound(what)), after checking the tenant (the first
+// argument of every hot query). With a tracer it is a client span like the
+// ones of GORM's statements (statement text with placeholders, no values).
+func (s *Store) getRow(ctx context.Context, q hotSQL, table, what, tenant string, args []any, dest ...any) error {
+	if err := checkTenant(tenant); err != nil {
+		return err
+	}
+	db, err := s.db.DB()
+	if err != nil {
+		return dbErr(err, "get "+what)
+	}
+	text := q.text
+	if s.db.Dialector.Name() == "postgres" {
+		text = q.postgres
+	}
+	var span trace.Span
+	if s.tracer != nil {
+		system := "sqlite"
+		if s.db.Dialector.Name() == "postgres" {
+			system = "postgresql"
+		}
+		ctx, span = s.tracer.Start(ctx, "SELECT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+			attribute.String("db.system.name", system), attribute.String("db.operation.name", "SELECT"),
+			attribute.String("db.collection.name", table), attribute.String("db.query.text", text)))
+		defer span.End()
+	}
+	err = db.QueryRowContext(ctx, text, append([]any{tenant}, args...)...).Scan(dest...)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return apperr.NotFound(what)
+	case err != nil:
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		return dbErr(err, "get "+what)
+	}
+	if span != nil {
+		span.SetAttributes(attribute.Int64("db.response.returned_rows", 1))
+	}
+	return nil
+}
+
+// providerColumns are the columns GetProvider reads, in the order of
+// providerDest.
+var providerColumns = []string{"tenant_id", "id", "display_name", "server_identifier", "url_hash", "server_url", "headers", "icon",
+	"timeout_ms", "sse_read_timeout_ms", "client_id", "client_secret", "scopes", "compat", "key_id", "version", "cred_generation",
+	"created_at", "updated_at", "credential_kind", "credential_config", "credential_secrets", "grant_status", "grant_reason",
+	"grant_generation"}
+
+func providerDest(p *Provider) []any {
+	return []any{&p.TenantID, &p.ID, &p.DisplayName, &p.ServerIdentifier, &p.URLHash, &p.ServerURL, &p.Headers, &p.Icon,
+		&p.TimeoutMS, &p.SSEReadTimeoutMS, &p.ClientID, &p.ClientSecret, &p.Scopes, &p.Compat, &p.KeyID, &p.Version, &p.CredGeneration,
+		&p.CreatedAt, &p.UpdatedAt, &p.CredentialKind, &p.CredentialConfig, &p.CredentialSecrets, &p.GrantStatus, &p.GrantReason,
+		&p.GrantGeneration}
+}
+
+var getProviderSQL = newHotSQL(`SELECT p.tenant_id, p.id, p.display_name, p.server_identifier, p.url_hash, p.server_url, p.headers, p.icon,
+	p.timeout_ms, p.sse_read_timeout_ms, p.client_id, p.client_secret, p.scopes, p.compat, p.key_id, p.version, p.cred_generation,
+	p.created_at, p.updated_at, p.credential_kind, p.credential_config, p.credential_secrets, COALESCE(c.status, 0), COALESCE(c.reason, ''), COALESCE(c.generation, 0)
+	FROM providers p LEFT JOIN credentials c ON c.tenant_id = p.tenant_id AND c.provider_id = p.id
+	WHERE p.tenant_id = ? AND p.id = ?`)
+
+// registrationColumns are the columns GetClientRegistration reads, in the
+// order of registrationDest.
+var registrationColumns = []string{"tenant_id", "provider_id", "issuer_hash", "issuer", "method", "client_id", "secret", "redirect_uri",
+	"key_id", "version", "created_at", "updated_at"}
+
+func registrationDest(r *ClientRegistration) []any {
+	return []any{&r.TenantID, &r.ProviderID, &r.IssuerHash, &r.Issuer, &r.Method, &r.ClientID, &r.Secret, &r.RedirectURI,
+		&r.KeyID, &r.Version, &r.CreatedAt, &r.UpdatedAt}
+}
+
+var getRegistrationSQL = newHotSQL(`SELECT tenant_id, provider_id, issuer_hash, issuer, method, client_id, secret, redirect_uri,
+	key_id, version, created_at, updated_at
+	FROM client_registrations WHERE tenant_id = ? AND provider_id = ? AND issuer_hash = ?`)
