@@ -847,6 +847,23 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 // 5xx, 429 and network errors, honouring Retry-After. It stops early while
 // the old refresh token is still ours: an attempt that could succeed too
 // late to be stored under the lease is not made.
+// tokenEndpointRetry tells retry.Do what to do with a token endpoint's
+// answer: a temporary failure is tried again (no sooner than the server's
+// Retry-After when it sent one); an OAuth error is the server's answer and is
+// never asked again blindly.
+func tokenEndpointRetry(err error) error {
+	var temp *oauthclient.TemporaryError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &temp) && temp.RetryAfter > 0:
+		return retry.After(err, temp.RetryAfter)
+	case errors.As(err, &temp):
+		return err
+	}
+	return retry.Permanent(err)
+}
+
 func (s *Service) callRefresh(ctx context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, h *vault.Held) (*oauthclient.Tokens, error) {
 	var fresh *oauthclient.Tokens
 	// Waits in [100ms, 300ms], then [200ms, 600ms]...
@@ -855,17 +872,10 @@ func (s *Service) callRefresh(ctx context.Context, md *oauthclient.Metadata, reg
 		start := time.Now()
 		t, err := s.proto.Refresh(ctx, md, reg, h.Tokens.RefreshToken, h.Grant.Resource)
 		s.metrics.RefreshLatency.Observe(time.Since(start).Seconds())
-		var temp *oauthclient.TemporaryError
-		switch {
-		case err == nil:
+		if err == nil {
 			fresh = t
-			return nil
-		case errors.As(err, &temp) && temp.RetryAfter > 0:
-			return retry.After(err, temp.RetryAfter)
-		case errors.As(err, &temp):
-			return err
 		}
-		return retry.Permanent(err)
+		return tokenEndpointRetry(err)
 	})
 	return fresh, err
 }

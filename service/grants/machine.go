@@ -153,18 +153,10 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 			}
 			t, err = m.Proto.JWTBearer(ctx, md, reg, a, scopes, resource)
 		}
-		var temp *oauthclient.TemporaryError
-		switch {
-		case err == nil:
+		if err == nil {
 			fresh = t
-			return nil
-		case errors.As(err, &temp) && temp.RetryAfter > 0:
-			return retry.After(err, temp.RetryAfter)
-		case errors.As(err, &temp):
-			return err
 		}
-		// An OAuth error is the server's answer: never asked again blindly.
-		return retry.Permanent(err)
+		return tokenEndpointRetry(err)
 	})
 	if err != nil {
 		return s.obtainFailed(ctx, prev, row, d, err, failed)
