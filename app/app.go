@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -75,6 +76,7 @@ type App struct {
 	reads      *readlog.Aggregator
 	dispatcher *webhooks.Dispatcher
 	retention  *audit.Retention
+	broadcast  *statestore.Broadcast
 	tlsConfig  *tls.Config
 	metricsSrv *http.Server
 	callers    *caller.Reloader
@@ -387,6 +389,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	// The event pipeline's wake-up and the cached reads of the hot paths:
+	// commits that store events wake this replica's watchers and
+	// dispatcher, and changes to providers drop its cached reads; with
+	// Redis, every other replica is told too (polling and the cache TTL
+	// bound what a lost message delays).
+	wake := audit.NewWakeup()
+	cached := a.store.NewCachedReads(cfg.ProviderCacheTTL)
+	if err := a.setupBroadcast(wake, cached); err != nil {
+		return nil, err
+	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
 		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles},
@@ -395,7 +407,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	a.tokens = tokens
-	flow, err := authflow.New(authflow.Deps{Store: a.store, Cipher: a.keys, Flows: a.flows, Proto: proto,
+	flow, err := authflow.New(authflow.Deps{Store: a.store, Reads: cached, Cipher: a.keys, Flows: a.flows, Proto: proto,
 		Audit: auditor, Log: log, Grants: tokens, Config: authflow.Config{
 			CallbackURL: cfg.PublicURL + server.CallbackPath, AuthorizeURLPrefix: cfg.PublicURL + server.AuthorizePath, ClientName: cfg.ClientName,
 			ClientMetadataURL: clientMetadataURL(cfg), ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
@@ -409,7 +421,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
-	providerUC, err := providers.New(providers.Deps{Store: a.store, Cipher: a.keys, Audit: auditor, Log: log,
+	providerUC, err := providers.New(providers.Deps{Store: a.store, Reads: cached, Cipher: a.keys, Audit: auditor, Log: log,
 		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL)})
 	if err != nil {
 		return nil, err
@@ -422,10 +434,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
-	// The event pipeline: commits that store events wake this replica's
-	// watchers and dispatcher; other replicas' events are polled for.
-	wake := audit.NewWakeup()
-	a.store.OnEvents(wake.Notify)
 	feed, err := audit.NewFeed(a.store, wake, cfg.EventsPoll)
 	if err != nil {
 		return nil, err
@@ -514,9 +522,44 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metricsHandler)
+		if cfg.Pprof {
+			mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+			mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		}
 		a.metricsSrv = server.NewHTTPServer(cfg.MetricsAddr, mux, nil, log)
 	}
 	return a, nil
+}
+
+// Broadcast topics (statestore.Broadcast).
+const (
+	topicEvents  = "events"
+	topicChanged = "providers-changed"
+)
+
+// setupBroadcast connects the store's hooks to the event wake-up and the
+// cached reads, in this process and, with Redis, in every replica.
+func (a *App) setupBroadcast(wake *audit.Wakeup, cached *repository.CachedReads) error {
+	r, ok := a.flows.(*statestore.Redis)
+	if !ok {
+		a.store.OnEvents(wake.Notify)
+		return nil
+	}
+	b := r.NewBroadcast(a.log)
+	a.broadcast = b
+	a.store.OnEvents(func() {
+		wake.Notify()
+		b.Notify(topicEvents)
+	})
+	a.store.OnChange(func() { b.Notify(topicChanged) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := b.Listen(ctx, map[string]func(){topicEvents: wake.Notify, topicChanged: cached.Invalidate}); err != nil {
+		// Not fatal: events are polled for and cached reads expire.
+		a.log.Warn("subscribing to the redis broadcast failed; other replicas' changes are seen by polling and the cache TTL", "error", err.Error())
+	}
+	return nil
 }
 
 // Serve serves gRPC on grpcLis and HTTP on httpLis until ctx ends, then
@@ -658,6 +701,9 @@ func (a *App) Close() {
 	}
 	if a.auditor != nil {
 		a.auditor.Close()
+	}
+	if a.broadcast != nil {
+		a.broadcast.Close()
 	}
 	if a.flows != nil {
 		_ = a.flows.Close()

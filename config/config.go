@@ -83,6 +83,9 @@ type Config struct {
 	// MetricsAddr, when set, serves /metrics on its own listener (an admin
 	// port) instead of the public HTTP port.
 	MetricsAddr string `env:"MCPAUTH_METRICS_ADDR"`
+	// Pprof serves Go's profiles (/debug/pprof/) on the admin port of
+	// MetricsAddr, never on the public one: for profiling under load.
+	Pprof bool `env:"MCPAUTH_PPROF, default=false"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"MCPAUTH_LOG_LEVEL, default=info"`
 	// TrustedProxies lists CIDRs of reverse proxies whose X-Forwarded-For
@@ -110,6 +113,11 @@ type Config struct {
 	// of token reads cost one database read; another replica's revocation
 	// is seen within this time. 0 disables the cache.
 	TokenCacheTTL time.Duration `env:"MCPAUTH_TOKEN_CACHE_TTL, default=1s"`
+	// ProviderCacheTTL keeps the provider reads of StartAuthorization and
+	// GetProvider in memory this long; this replica's changes drop them at
+	// once, other replicas' through the Redis broadcast, and within this
+	// TTL at most if that message is lost.
+	ProviderCacheTTL time.Duration `env:"MCPAUTH_PROVIDER_CACHE_TTL, default=1s"`
 	// TokenReadFlushInterval is how often token-read counts are stored: the
 	// most a crash (not a graceful stop) can lose of them.
 	TokenReadFlushInterval time.Duration `env:"MCPAUTH_TOKEN_READ_FLUSH_INTERVAL, default=5s"`
@@ -275,6 +283,9 @@ func (c *Config) validate() error {
 	}
 	if c.TokenReadFlushInterval < 10*time.Millisecond || c.TokenReadFlushInterval > time.Minute {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_READ_FLUSH_INTERVAL must be between 10ms and 1m"))
+	}
+	if c.ProviderCacheTTL < 0 || c.ProviderCacheTTL > 10*time.Second {
+		errs = append(errs, errors.New("MCPAUTH_PROVIDER_CACHE_TTL must be between 0 and 10s"))
 	}
 	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))

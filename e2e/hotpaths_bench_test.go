@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -33,7 +36,12 @@ import (
 // (An empty path is this tree's binary.) With MCPAUTH_BENCH_GHZ naming a
 // ghz binary (go install github.com/bojand/ghz/cmd/ghz@latest), ghz
 // generates the load instead of this test's own loop (over one connection,
-// like the loop).
+// like the loop). MCPAUTH_BENCH_METHODS picks some of the methods
+// (comma-separated). With MCPAUTH_BENCH_PPROF_DIR set, each binary serves
+// its profiles on an admin port (MCPAUTH_PPROF) and a CPU profile of every
+// method's load is written there as <label>-<method>-<round>.pprof:
+//
+//	go tool pprof -top <dir>/this-StartAuthorization-1.pprof
 func BenchmarkHotPathsBinaries(b *testing.B) {
 	type bin struct{ label, path string }
 	var bins []bin
@@ -69,8 +77,18 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 	results := map[key][]loadResult{}
 	health := map[key][]loadResult{}
 	methods := []string{"GetAccessToken", "StartAuthorization", "GetProvider"}
+	if m := os.Getenv("MCPAUTH_BENCH_METHODS"); m != "" {
+		methods = strings.Split(m, ",")
+	}
+	pprofDir := os.Getenv("MCPAUTH_BENCH_PPROF_DIR")
+	if pprofDir != "" {
+		env["MCPAUTH_PPROF"] = "true"
+	}
 	for round := range rounds {
 		for _, bn := range bins {
+			if pprofDir != "" {
+				env["MCPAUTH_METRICS_ADDR"] = freeAddr(b)
+			}
 			p := startBinary(b, bn.path, env)
 			hc := healthpb.NewHealthClient(p.Conn)
 			oc := mcpauthv1.NewOAuthServiceClient(p.Conn)
@@ -107,6 +125,15 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 			}
 			for _, m := range methods {
 				var h, r loadResult
+				var profiled chan error
+				if pprofDir != "" {
+					profiled = make(chan error, 1)
+					go func() {
+						time.Sleep(d) // the Health/Check run comes first
+						profiled <- saveCPUProfile(env["MCPAUTH_METRICS_ADDR"], d-d/4,
+							filepath.Join(pprofDir, fmt.Sprintf("%s-%s-%d.pprof", bn.label, m, round+1)))
+					}()
+				}
 				if ghz != "" {
 					h = ghzLoad(b, ghz, p.GRPCAddr, "grpc.health.v1.Health/Check", "{}", "", 64, d)
 					r = ghzLoad(b, ghz, p.GRPCAddr, ghzCall[m], ghzReq[m], c.Key, 64, d)
@@ -116,6 +143,11 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 						return err
 					})
 					r = runLoad(ctx, 64, d, calls[m])
+				}
+				if profiled != nil {
+					if err := <-profiled; err != nil {
+						b.Errorf("cpu profile of %s on %s: %v", m, bn.label, err)
+					}
 				}
 				health[key{bn.label, m}] = append(health[key{bn.label, m}], h)
 				results[key{bn.label, m}] = append(results[key{bn.label, m}], r)
@@ -154,6 +186,25 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 			b.ReportMetric(p99, m+"_"+bn.label+"_p99_ms")
 		}
 	}
+}
+
+// saveCPUProfile fetches a CPU profile of d from the admin port at addr
+// into path.
+func saveCPUProfile(addr string, d time.Duration, path string) error {
+	secs := max(1, int(d.Seconds()))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("pprof answered %s", resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, body, 0o644)
 }
 
 // median is the middle value of xs (the mean of the two middle ones for an

@@ -54,7 +54,7 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 	}
 	now := s.db.NowFunc()
 	newGen := expectedGeneration + 1
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		pq, err := scoped(ctx, tx, c.TenantID)
 		if err != nil {
 			return err
@@ -140,7 +140,7 @@ func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string,
 	if err := checkTenant(tenant); err != nil {
 		return err
 	}
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		q, err := scoped(ctx, tx, tenant)
 		if err != nil {
 			return err
@@ -246,7 +246,7 @@ func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, f
 		return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", providerID, gen).
 			UpdateColumn("cred_generation", gen).Error
 	}
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if err := set(tx); err != nil || !changed {
 			return err
 		}

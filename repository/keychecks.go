@@ -26,7 +26,7 @@ func (KeyCheck) TableName() string { return "key_checks" }
 // processes starting at once with different keys under a new id one records
 // its value and the other sees a mismatch.
 func (s *Store) CheckKeys(ctx context.Context, checks map[uint32]string) (mismatched []uint32, err error) {
-	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err = s.transaction(ctx, func(tx *gorm.DB) error {
 		mismatched = nil
 		now := time.Now().UTC()
 		for id, v := range checks {

@@ -65,7 +65,7 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, tenant, providerID stri
 		return out, err
 	}
 	now := s.db.NowFunc()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		q, err := scoped(ctx, tx, tenant)
 		if err != nil {
 			return err

@@ -29,7 +29,7 @@ func (s *Store) CreateProvider(ctx context.Context, p *Provider, events ...*Audi
 	row := *p
 	row.Version = 1
 	row.CreatedAt, row.UpdatedAt = now, now
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if err := providerConflict(ctx, tx, &row, true); err != nil {
 			return err
 		}
@@ -173,7 +173,7 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 		return err
 	}
 	now := s.db.NowFunc()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if err := providerConflict(ctx, tx, p, false); err != nil {
 			return err
 		}
@@ -260,7 +260,7 @@ func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedV
 	if err := checkTenant(tenant); err != nil {
 		return err
 	}
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		// Dependents first; the foreign keys also cascade, this keeps the
 		// delete explicit and independent of PRAGMA foreign_keys.
 		for _, model := range []any{&Credential{}, &ClientRegistration{}, &ToolList{}} {

@@ -97,7 +97,7 @@ func (s *Store) PruneAudit(ctx context.Context, cutoff time.Time, maxRows int64)
 				continue
 			}
 			name := "audit_events_p" + from.Format("200601")
-			err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+			err := s.transaction(ctx, func(tx *gorm.DB) error {
 				if err := tx.Exec(`SET LOCAL lock_timeout = '5s'`).Error; err != nil {
 					return err
 				}

@@ -41,6 +41,7 @@ type Options struct {
 type Store struct {
 	db        *gorm.DB
 	eventHook atomic.Pointer[func()]
+	readEpochState
 	// tracer, set by Trace, traces the hand-written hot reads (hot.go) as
 	// the GORM callbacks trace every other statement.
 	tracer trace.Tracer
@@ -101,6 +102,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		sqlDB.SetConnMaxLifetime(0)
 	}
 	s := &Store{db: db}
+	if err := s.watchWrites(); err != nil {
+		return nil, dbErr(err, "register callbacks")
+	}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.Close()
 		return nil, err

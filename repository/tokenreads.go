@@ -60,7 +60,7 @@ func (s *Store) AddTokenReads(ctx context.Context, batch string, rows []TokenRea
 		merge, mergeLast = "min(t.first_read_ms, excluded.first_read_ms)", "max(t.last_read_ms, excluded.last_read_ms)"
 	}
 	now := time.Now()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		res := tx.Exec(`INSERT INTO token_read_batches (id, applied_ms) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, batch, now.UnixMilli())
 		if res.Error != nil {
 			return res.Error

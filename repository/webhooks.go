@@ -109,7 +109,7 @@ func (s *Store) CreateWebhookEndpoint(ctx context.Context, e *WebhookEndpoint, e
 	}
 	now := s.db.NowFunc()
 	e.Version, e.CreatedAt, e.UpdatedAt = 1, now, now
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if err := tx.Create(e).Error; err != nil {
 			return err
 		}
@@ -164,7 +164,7 @@ func (s *Store) UpdateWebhookEndpoint(ctx context.Context, e *WebhookEndpoint, e
 		return err
 	}
 	now := s.db.NowFunc()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		q, err := scoped(ctx, tx, e.TenantID)
 		if err != nil {
 			return err
@@ -203,7 +203,7 @@ func (s *Store) DeleteWebhookEndpoint(ctx context.Context, tenant, id string, ev
 	if err := checkTenant(tenant); err != nil {
 		return err
 	}
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		q, err := scoped(ctx, tx, tenant)
 		if err != nil {
 			return err
@@ -258,7 +258,7 @@ type Route func(ev *AuditEvent, endpoints []WebhookEndpoint) []WebhookDelivery
 // would start from the first event (never skip one).
 func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, error) {
 	n := 0
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).
 			Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
 			return err
@@ -327,7 +327,7 @@ const claimLockKey = 0x6d6370776864 // "mcpwhd"
 // claim (in LeaseOwner of the rows returned).
 func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]WebhookDelivery, error) {
 	var out []WebhookDelivery
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if s.db.Dialector.Name() == "postgres" {
 			if err := tx.Exec("SELECT pg_advisory_xact_lock(?)", claimLockKey).Error; err != nil {
 				return err

@@ -49,6 +49,20 @@ type Store interface {
 
 var _ Store = (*repository.Store)(nil)
 
+// Reads are the reads of a provider's state StartAuthorization makes on
+// every call. They may be served from a short-lived cache
+// (*repository.CachedReads: changes made by this replica are seen at once,
+// other replicas' within its TTL); Diagnose and the callback read the
+// database.
+type Reads interface {
+	vault.ProviderGetter
+	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
+	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
+}
+
+var _ Reads = (*repository.CachedReads)(nil)
+
 // Protocol is the OAuth client protocol mcpauth speaks to MCP and
 // authorization servers. *oauthclient.Client implements it.
 type Protocol interface {
@@ -94,6 +108,7 @@ type Config struct {
 // Service runs authorization flows.
 type Service struct {
 	store  Store
+	reads  Reads
 	cipher vault.Cipher
 	flows  flowCodec
 	proto  Protocol
@@ -105,9 +120,11 @@ type Service struct {
 	probes *probeCache
 }
 
-// Deps are what New needs. Now defaults to time.Now.
+// Deps are what New needs. Now defaults to time.Now; Reads defaults to
+// Store.
 type Deps struct {
 	Store  Store
+	Reads  Reads
 	Cipher vault.Cipher
 	Flows  FlowStore
 	Proto  Protocol
@@ -135,7 +152,10 @@ func New(d Deps) (*Service, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, flows: flowCodec{cipher: d.Cipher, store: d.Flows},
+	if d.Reads == nil {
+		d.Reads = d.Store
+	}
+	return &Service{store: d.Store, reads: d.Reads, cipher: d.Cipher, flows: flowCodec{cipher: d.Cipher, store: d.Flows},
 		proto: d.Proto, grants: d.Grants, audit: d.Audit, log: d.Log, now: d.Now, cfg: d.Config,
 		probes: newProbeCache(d.Config.ProbeTTL)}, nil
 }
@@ -157,12 +177,12 @@ func (s *Service) ClientMetadataDocument() map[string]any {
 	}
 }
 
-func (s *Service) loadProvider(ctx context.Context, tenant, id string) (*vault.Provider, error) {
-	row, err := s.store.GetProvider(ctx, tenant, id)
+func loadProvider(ctx context.Context, r Reads, c vault.Cipher, tenant, id string) (*vault.Provider, error) {
+	row, err := r.GetProvider(ctx, tenant, id)
 	if err != nil {
 		return nil, err
 	}
-	return vault.OpenProvider(s.cipher, row)
+	return vault.OpenProvider(c, row)
 }
 
 // discovery is the outcome of probing and discovering one provider.
@@ -184,10 +204,10 @@ type discovery struct {
 // initialize probes (cached per provider version for the metadata TTL). The
 // probe is only a first guess and is not recorded: its 401 is answered by
 // the flow this discovery starts.
-func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []string, tr *oauthclient.Trace) (*discovery, error) {
+func (s *Service) discover(ctx context.Context, r Reads, d *vault.Provider, extra []string, tr *oauthclient.Trace) (*discovery, error) {
 	tenant, id := d.Row.TenantID, d.Row.ID
 	var probe *oauthclient.ProbeResult
-	ch, err := s.store.GetChallenge(ctx, tenant, id)
+	ch, err := r.GetChallenge(ctx, tenant, id)
 	switch {
 	case err == nil:
 		probe = d.ChallengeProbe(ch)
@@ -224,7 +244,7 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	}
 	// The held grant, if any: its scopes for a step-up, its issuer to
 	// notice an authorization server that moved.
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+	cred, err := r.GetCredential(ctx, tenant, id)
 	switch {
 	case err == nil:
 	case apperr.KindOf(err) == apperr.KindNotFound:
@@ -352,7 +372,7 @@ func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauth
 // registration picks the client registration in the spec's order:
 // pre-registered, Client ID Metadata Document, dynamic registration. With
 // dryRun it never registers (Diagnose).
-func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
+func (s *Service) registration(ctx context.Context, r Reads, d *vault.Provider, md *oauthclient.Metadata, scopes []string, dryRun bool) (*oauthclient.Registration, error) {
 	if d.Row.ClientID != "" {
 		reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.Row.ClientID, ClientSecret: d.ClientSecret,
 			AuthMethod: d.Compat.TokenEndpointAuth, RedirectURI: s.cfg.CallbackURL, ClientKey: d.ClientKey}
@@ -383,7 +403,7 @@ func (s *Service) registration(ctx context.Context, d *vault.Provider, md *oauth
 			advertisedMethods(md))
 	}
 	var replaces int64 // the version of an unusable stored registration
-	stored, err := s.store.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
+	stored, err := r.GetClientRegistration(ctx, d.Row.TenantID, d.Row.ID, md.Issuer)
 	switch {
 	case err == nil:
 		if reg, ok := s.usableRegistration(stored); ok {
@@ -517,7 +537,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	if err := validate.Scopes("additional_scopes", in.AdditionalScopes); err != nil {
 		return nil, err
 	}
-	d, err := s.loadProvider(ctx, in.Tenant, in.Provider)
+	d, err := loadProvider(ctx, s.reads, s.cipher, in.Tenant, in.Provider)
 	if err != nil {
 		return nil, err
 	}
@@ -531,7 +551,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	failed := func(reason string) {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})
 	}
-	disc, err := s.discover(ctx, d, in.AdditionalScopes, nil)
+	disc, err := s.discover(ctx, s.reads, d, in.AdditionalScopes, nil)
 	if err != nil {
 		failed(reasonOf(err))
 		return nil, err
@@ -564,7 +584,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
 			Reason: domain.ReasonPKCEMetadataMissing, Details: map[string]string{"issuer": md.Issuer}})
 	}
-	reg, err := s.registration(ctx, d, md, disc.scopes, false)
+	reg, err := s.registration(ctx, s.reads, d, md, disc.scopes, false)
 	if err != nil {
 		failed(reasonOf(err))
 		if apperr.KindOf(err) != apperr.KindFailedPrecondition {
@@ -964,7 +984,7 @@ type Diagnosis struct {
 // Diagnose runs discovery and registration selection without starting a
 // flow and reports every step in plain words.
 func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, error) {
-	d, err := s.loadProvider(ctx, tenant, id)
+	d, err := loadProvider(ctx, s.store, s.cipher, tenant, id)
 	if err != nil {
 		return nil, err
 	}
@@ -975,7 +995,7 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	// replaces what StartAuthorization had cached.
 	s.proto.Forget(d.URL.String())
 	s.probes.drop(d.Row)
-	disc, derr := s.discover(ctx, d, nil, tr)
+	disc, derr := s.discover(ctx, s.store, d, nil, tr)
 	// The provider's URL path can hold a secret (some servers put an API
 	// key there), and masked views never show it: nor does the trace.
 	hide := func(u string) string { return u }
@@ -1021,7 +1041,7 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 		out.PKCES256Supported = true
 		fallthrough
 	default:
-		reg, err := s.registration(ctx, d, md, disc.scopes, true)
+		reg, err := s.registration(ctx, s.store, d, md, disc.scopes, true)
 		if err != nil {
 			out.BlockingProblem = apperr.PublicMessage(err)
 		} else {

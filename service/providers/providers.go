@@ -85,6 +85,7 @@ type Clock func() time.Time
 // Service is the provider registry.
 type Service struct {
 	store   Store
+	reads   vault.ProviderGetter
 	cipher  vault.Cipher
 	audit   audit.Recorder
 	log     *slog.Logger
@@ -101,7 +102,11 @@ type Service struct {
 // Deps are what New needs. Revoker and Prober are optional; Now defaults to
 // time.Now.
 type Deps struct {
-	Store   Store
+	Store Store
+	// Reads serves Get, possibly from a short-lived cache
+	// (*repository.CachedReads: this replica's changes are seen at once,
+	// other replicas' within its TTL); nil reads Store.
+	Reads   vault.ProviderGetter
 	Cipher  vault.Cipher
 	Audit   audit.Recorder
 	Log     *slog.Logger
@@ -122,7 +127,10 @@ func New(d Deps) (*Service, error) {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober,
+	if d.Reads == nil {
+		d.Reads = d.Store
+	}
+	return &Service{store: d.Store, reads: d.Reads, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober,
 		workload: d.Workload, jwksURL: d.JWKSURL}, nil
 }
 
@@ -582,7 +590,7 @@ func (s *Service) markNotRequired(ctx context.Context, row *repository.Provider)
 
 // Get returns the masked view of a provider.
 func (s *Service) Get(ctx context.Context, tenant, id string) (*View, error) {
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	row, err := s.reads.GetProvider(ctx, tenant, id)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,110 @@
+package repository
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/internal/testenv"
+)
+
+// TestCachedReadsSeeLocalChangesAtOnce: every write this process makes to
+// a provider, its grant or its challenge is visible to the next cached
+// read, whichever Store method made it; writes to other tables (audit) do
+// not empty the cache.
+func TestCachedReadsSeeLocalChangesAtOnce(t *testing.T) {
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		var changes atomic.Int64
+		s.OnChange(func() { changes.Add(1) })
+		c := s.NewCachedReads(time.Hour)
+		mustCreate(t, s, newProvider("t1", "p"))
+
+		got, err := c.GetProvider(ctx, "t1", "p")
+		wantNoErr(t, err, "GetProvider")
+		got2, err := c.GetProvider(ctx, "t1", "p")
+		wantNoErr(t, err, "GetProvider again")
+		if got != got2 {
+			t.Fatal("second read within the TTL was not served from the cache")
+		}
+		if _, err := c.GetChallenge(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("GetChallenge before any: %v, want NotFound", err)
+		}
+
+		// An audit write is no change to the cached tables.
+		before := changes.Load()
+		wantNoErr(t, s.AppendAudit(ctx, &AuditEvent{TenantID: "t1", EventType: "provider.created", Outcome: 1, Details: "{}"}), "AppendAudit")
+		if changes.Load() != before {
+			t.Fatal("an audit write emptied the provider cache")
+		}
+		if again, _ := c.GetProvider(ctx, "t1", "p"); again != got {
+			t.Fatal("the cache was emptied by an audit write")
+		}
+
+		// A transaction (UpdateProvider) and single statements
+		// (SetGrantStatus, RecordChallenge) are each seen at once.
+		upd := *got
+		upd.DisplayName = "renamed"
+		wantNoErr(t, s.UpdateProvider(ctx, &upd, got.Version), "UpdateProvider")
+		if p, _ := c.GetProvider(ctx, "t1", "p"); p.DisplayName != "renamed" {
+			t.Fatalf("after UpdateProvider the cached read says %q", p.DisplayName)
+		}
+		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := c.GetProvider(ctx, "t1", "p"); p.GrantStatus != domain.StatusPending {
+			t.Fatalf("after SetGrantStatus the cached read says %v", p.GrantStatus)
+		}
+		if _, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1); err != nil {
+			t.Fatal(err)
+		}
+		if ch, err := c.GetChallenge(ctx, "t1", "p"); err != nil || ch.HTTPStatus != 401 {
+			t.Fatalf("after RecordChallenge the cached read says %+v, %v", ch, err)
+		}
+		if changes.Load() == before {
+			t.Fatal("OnChange was never called for the changes")
+		}
+		wantNoErr(t, s.DeleteProvider(ctx, "t1", "p", 0), "DeleteProvider")
+		if _, err := c.GetProvider(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("after DeleteProvider the cached read says %v", err)
+		}
+	})
+}
+
+// TestCachedReadsOtherReplica: another process's change is served stale
+// until Invalidate (the broadcast) or the TTL, never longer.
+func TestCachedReadsOtherReplica(t *testing.T) {
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		local, other := openStore(t, dsn), openStore(t, dsn)
+		mustCreate(t, other, newProvider("t1", "p"))
+		now := time.Now()
+		c := local.NewCachedReads(time.Second)
+		c.now = func() time.Time { return now }
+
+		p, err := c.GetProvider(ctx, "t1", "p")
+		wantNoErr(t, err, "GetProvider")
+		upd := *p
+		upd.DisplayName = "elsewhere"
+		wantNoErr(t, other.UpdateProvider(ctx, &upd, p.Version), "UpdateProvider on the other store")
+		if got, _ := c.GetProvider(ctx, "t1", "p"); got.DisplayName == "elsewhere" {
+			t.Fatal("want the cached row within the TTL (this test checks the bound, not a race)")
+		}
+		c.Invalidate()
+		if got, _ := c.GetProvider(ctx, "t1", "p"); got.DisplayName != "elsewhere" {
+			t.Fatalf("after Invalidate the cached read says %q", got.DisplayName)
+		}
+
+		upd2 := upd
+		upd2.DisplayName = "again"
+		cur, _ := other.GetProvider(ctx, "t1", "p")
+		wantNoErr(t, other.UpdateProvider(ctx, &upd2, cur.Version), "second UpdateProvider")
+		now = now.Add(time.Second)
+		if got, _ := c.GetProvider(ctx, "t1", "p"); got.DisplayName != "again" {
+			t.Fatalf("after the TTL the cached read says %q", got.DisplayName)
+		}
+	})
+}

@@ -1,0 +1,122 @@
+package statestore
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Broadcast tells every replica sharing the Redis that something happened
+// (events were committed, a cached row changed), over Redis pub/sub. A
+// message carries no data, only its topic: what changed is read from the
+// database, so nothing secret or tenant-specific ever goes through Redis,
+// and a lost message (pub/sub is at most once, and a replica that is
+// reconnecting misses what was published meanwhile) only delays the
+// receiver until its own polling or TTL catches up.
+//
+// Notify never blocks its caller: notifications of one topic that arrive
+// while one is being published are coalesced into one more message.
+type Broadcast struct {
+	client redis.UniversalClient
+	prefix string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	pending map[string]bool // topics with a publish queued
+	kick    chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// NewBroadcast returns the broadcast of the Redis store r; Close stops it.
+func (r *Redis) NewBroadcast(log *slog.Logger) *Broadcast {
+	b := &Broadcast{client: r.client, prefix: r.prefix + "bcast:", log: log, pending: map[string]bool{},
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	b.wg.Add(1)
+	go b.publisher()
+	return b
+}
+
+// Notify publishes topic to every replica (this one included), soon.
+func (b *Broadcast) Notify(topic string) {
+	b.mu.Lock()
+	b.pending[topic] = true
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Broadcast) publisher() {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-b.kick:
+		}
+		b.mu.Lock()
+		topics := make([]string, 0, len(b.pending))
+		for t := range b.pending {
+			topics = append(topics, t)
+		}
+		clear(b.pending)
+		b.mu.Unlock()
+		for _, t := range topics {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := b.client.Publish(ctx, b.prefix+t, "1").Err(); err != nil {
+				b.log.Warn("redis broadcast failed; other replicas catch up by polling", "topic", t, "error", redactURLError(err).Error())
+			}
+			cancel()
+		}
+	}
+}
+
+// Listen calls on[topic] for every message of its topic (from any
+// replica) until Close, resubscribing after a lost connection (go-redis
+// does that itself). It returns once subscribed, or with ctx's error.
+func (b *Broadcast) Listen(ctx context.Context, on map[string]func()) error {
+	channels := make([]string, 0, len(on))
+	for t := range on {
+		channels = append(channels, b.prefix+t)
+	}
+	sub := b.client.Subscribe(ctx, channels...)
+	if _, err := sub.Receive(ctx); err != nil {
+		_ = sub.Close()
+		return redactURLError(err)
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		defer sub.Close()
+		ch := sub.Channel()
+		for {
+			select {
+			case <-b.done:
+				return
+			case m, ok := <-ch:
+				if !ok {
+					return
+				}
+				if f := on[m.Channel[len(b.prefix):]]; f != nil {
+					f()
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// Close stops publishing and listening.
+func (b *Broadcast) Close() {
+	select {
+	case <-b.done:
+	default:
+		close(b.done)
+	}
+	b.wg.Wait()
+}
