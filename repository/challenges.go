@@ -45,7 +45,7 @@ func (Challenge) TableName() string { return "mcp_challenges" }
 // UNAUTHORIZED (or missing) to UNAUTHORIZED with reason
 // AUTHORIZATION_REQUIRED. A held grant keeps its status: refreshing and
 // step-up decide about it. It reports whether the status changed.
-func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32) (bool, error) {
+func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32, events ...*AuditEvent) (bool, error) {
 	if err := checkTenant(c.TenantID); err != nil {
 		return false, err
 	}
@@ -65,7 +65,7 @@ func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32)
 	}
 	return s.SetGrantStatus(ctx, c.TenantID, c.ProviderID,
 		[]domain.AuthStatus{domain.StatusNotRequired, domain.StatusUnauthorized},
-		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID)
+		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID, events...)
 }
 
 // GetChallenge returns the provider's last challenge, or

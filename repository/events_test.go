@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
@@ -119,4 +120,59 @@ func readFeed(tb testing.TB, s *Store, tenant string, want int) []string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestChangeEventsCommitWithTheirChange: a client registration and a
+// recorded challenge store their events in the change's transaction: a
+// registration that lost its race stores none, and a challenge that did
+// not change the grant status stores none.
+func TestChangeEventsCommitWithTheirChange(t *testing.T) {
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		mustCreate(t, s, newProvider("t1", "p"))
+		ev := func(typ string) *AuditEvent {
+			return &AuditEvent{TenantID: "t1", EventType: typ, ProviderID: "p", Outcome: 1, Details: "{}"}
+		}
+		count := func(typ string) int {
+			rows, err := s.ListAudit(ctx, "t1", AuditFilter{}, "", 100)
+			wantNoErr(t, err, "ListAudit")
+			n := 0
+			for _, r := range rows {
+				if r.EventType == typ {
+					n++
+				}
+			}
+			return n
+		}
+		reg := func() *ClientRegistration {
+			return &ClientRegistration{TenantID: "t1", ProviderID: "p", Issuer: "https://as.example", Method: "dynamic", ClientID: "c"}
+		}
+		wantNoErr(t, s.PutClientRegistration(ctx, reg(), ev("oauth.client.registered")), "PutClientRegistration")
+		if n := count("oauth.client.registered"); n != 1 {
+			t.Fatalf("%d registration events after one registration, want 1", n)
+		}
+		// A concurrent second first registration loses: no event.
+		wantKind(t, s.PutClientRegistration(ctx, reg(), ev("oauth.client.registered")), apperr.KindAborted, "")
+		if n := count("oauth.client.registered"); n != 1 {
+			t.Fatalf("%d registration events after a lost race, want 1", n)
+		}
+
+		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
+			t.Fatal(err)
+		}
+		// Pending: the challenge does not move the status, and stores no event.
+		changed, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1, ev("mcp.challenge.recorded"))
+		wantNoErr(t, err, "RecordChallenge")
+		if changed || count("mcp.challenge.recorded") != 0 {
+			t.Fatalf("changed=%v, %d events for a challenge that changed nothing", changed, count("mcp.challenge.recorded"))
+		}
+		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusPending}, domain.StatusNotRequired, "", 1); err != nil {
+			t.Fatal(err)
+		}
+		changed, err = s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1, ev("mcp.challenge.recorded"))
+		wantNoErr(t, err, "RecordChallenge")
+		if !changed || count("mcp.challenge.recorded") != 1 {
+			t.Fatalf("changed=%v, %d events for a challenge that changed the status, want 1", changed, count("mcp.challenge.recorded"))
+		}
+	})
 }

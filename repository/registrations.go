@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"time"
 
 	"gorm.io/gorm"
 
@@ -37,7 +39,7 @@ func (s *Store) GetClientRegistration(ctx context.Context, tenant, providerID, i
 // pending flow's client is never overwritten. It sets r.IssuerHash,
 // r.Version and the timestamps. A missing provider is
 // apperr.NotFound("provider not found").
-func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration) error {
+func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration, events ...*AuditEvent) error {
 	if err := checkTenant(r.TenantID); err != nil {
 		return err
 	}
@@ -48,21 +50,52 @@ func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration
 	row := *r
 	row.IssuerHash = IssuerHash(r.Issuer)
 	row.UpdatedAt = now
+	for _, e := range events {
+		if err := checkTenant(e.TenantID); err != nil {
+			return err
+		}
+	}
 	changed := apperr.Aborted("client registration was changed concurrently; re-read it")
+	err := s.transaction(ctx, func(tx *gorm.DB) error {
+		if err := putRegistration(ctx, tx, &row, r.Version, now, changed); err != nil {
+			return err
+		}
+		return insertEvents(ctx, tx, events)
+	})
+	if errors.Is(err, changed) {
+		return changed
+	}
+	if err != nil {
+		if _, ok := apperr.As(err); ok {
+			return err
+		}
+		if foreignKeyViolation(err) {
+			return apperr.NotFound("provider")
+		}
+		return dbErr(err, "put client registration")
+	}
+	*r = row
+	s.eventsStored(events)
+	return nil
+}
+
+// putRegistration inserts row (version 0) or updates it with
+// compare-and-swap on version, in tx; changed when it lost.
+func putRegistration(ctx context.Context, tx *gorm.DB, row *ClientRegistration, version int64, now time.Time, changed error) error {
 	var err error
-	if r.Version == 0 {
+	if version == 0 {
 		row.Version, row.CreatedAt = 1, now
-		err = s.db.WithContext(ctx).Create(&row).Error
+		err = tx.Create(row).Error
 		if _, dup := uniqueViolation(err); dup {
 			return changed
 		}
 	} else {
 		var q *gorm.DB
-		if q, err = scoped(ctx, s.db, row.TenantID); err != nil {
+		if q, err = scoped(ctx, tx, row.TenantID); err != nil {
 			return err
 		}
 		res := q.Model(&ClientRegistration{}).
-			Where("provider_id = ? AND issuer_hash = ? AND version = ?", row.ProviderID, row.IssuerHash, r.Version).
+			Where("provider_id = ? AND issuer_hash = ? AND version = ?", row.ProviderID, row.IssuerHash, version).
 			Updates(map[string]any{
 				"issuer":       row.Issuer,
 				"method":       row.Method,
@@ -70,22 +103,15 @@ func (s *Store) PutClientRegistration(ctx context.Context, r *ClientRegistration
 				"secret":       nullBytes(row.Secret),
 				"redirect_uri": row.RedirectURI,
 				"key_id":       row.KeyID,
-				"version":      r.Version + 1,
+				"version":      version + 1,
 				"updated_at":   now,
 			})
 		if err = res.Error; err == nil && res.RowsAffected == 0 {
 			return changed
 		}
-		row.Version = r.Version + 1
+		row.Version = version + 1
 	}
-	if err != nil {
-		if foreignKeyViolation(err) {
-			return apperr.NotFound("provider")
-		}
-		return dbErr(err, "put client registration")
-	}
-	*r = row
-	return nil
+	return err
 }
 
 // DeleteClientRegistration deletes the provider's registration at issuer.

@@ -38,11 +38,12 @@ type Store interface {
 	vault.ProviderGetter
 	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
-	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
+	// PutClientRegistration stores events in the registration's transaction.
+	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration, events ...*repository.AuditEvent) error
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
 	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
 	// Challenges the MCP server answered (any replica, any request).
-	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
+	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
 	CountStepUp(ctx context.Context, tenant, providerID string) error
 }
@@ -431,9 +432,12 @@ func (s *Service) registration(ctx context.Context, r Reads, d *vault.Provider, 
 		return nil, err
 	}
 	now := s.now().UTC()
+	// The event commits with the registration (a lost race stores neither).
+	events := audit.Rows(ctx, s.now(), audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,
+		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": md.Issuer, "method": string(domain.RegDynamic)}})
 	err = s.store.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: d.Row.TenantID, ProviderID: d.Row.ID,
 		Issuer: md.Issuer, Method: domain.RegDynamic, ClientID: reg.ClientID, Secret: ct, RedirectURI: reg.RedirectURI,
-		KeyID: s.cipher.PrimaryID(), Version: replaces, CreatedAt: now, UpdatedAt: now})
+		KeyID: s.cipher.PrimaryID(), Version: replaces, CreatedAt: now, UpdatedAt: now}, events...)
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Another start registered concurrently and stored its client
 		// first: use that one, so neither pending flow's client is
@@ -450,8 +454,6 @@ func (s *Service) registration(ctx context.Context, r Reads, d *vault.Provider, 
 	if err != nil {
 		return nil, err
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: d.Row.TenantID, Type: domain.EventClientRegistered, Provider: d.Row.ID,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": md.Issuer, "method": string(domain.RegDynamic)}})
 	return withAuthOverride(reg, d.Compat), nil
 }
 

@@ -523,7 +523,7 @@ type barrierStore struct {
 	once    sync.Once
 }
 
-func (b *barrierStore) PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error {
+func (b *barrierStore) PutClientRegistration(ctx context.Context, r *repository.ClientRegistration, events ...*repository.AuditEvent) error {
 	b.arrived <- struct{}{}
 	b.once.Do(func() {
 		go func() {
@@ -536,7 +536,7 @@ func (b *barrierStore) PutClientRegistration(ctx context.Context, r *repository.
 	case <-b.release:
 	case <-time.After(2 * time.Second):
 	}
-	return b.Store.PutClientRegistration(ctx, r)
+	return b.Store.PutClientRegistration(ctx, r, events...)
 }
 
 func TestConcurrentFirstStartsShareOneClient(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 
 // RecordChallenge stores the provider's last challenge and moves its grant
 // status as the repository does.
-func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error) {
+func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32, events ...*repository.AuditEvent) (bool, error) {
 	s.mu.Lock()
 	if err := s.enter("RecordChallenge", c.TenantID); err != nil {
 		s.mu.Unlock()
@@ -29,7 +29,7 @@ func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, ke
 	s.chals[k] = row
 	s.mu.Unlock()
 	return s.SetGrantStatus(ctx, c.TenantID, c.ProviderID, []domain.AuthStatus{domain.StatusNotRequired, domain.StatusUnauthorized},
-		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID)
+		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID, events...)
 }
 
 // GetChallenge returns the provider's last challenge.

@@ -441,7 +441,7 @@ func (s *Store) GetClientRegistration(_ context.Context, tenant, providerID, iss
 
 // PutClientRegistration stores a registration with compare-and-swap on its
 // version (0: insert only), as the repository does.
-func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientRegistration) error {
+func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientRegistration, events ...*repository.AuditEvent) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("PutClientRegistration", r.TenantID); err != nil {
@@ -458,6 +458,7 @@ func (s *Store) PutClientRegistration(_ context.Context, r *repository.ClientReg
 	row.Version = r.Version + 1
 	s.regs[k] = row
 	r.Version = row.Version
+	s.appendEvents(events)
 	return nil
 }
 

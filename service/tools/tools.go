@@ -53,7 +53,9 @@ type Store interface {
 	GetTools(ctx context.Context, tenant, providerID string) (*repository.ToolList, error)
 	// Challenges: what the MCP server answered 401/403 with, for every
 	// replica and for StartAuthorization.
-	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
+	// RecordChallenge stores events in the transaction of the grant status
+	// change, only when the status changed.
+	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
 	ClearChallenge(ctx context.Context, tenant, providerID string) error
 	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
@@ -261,18 +263,15 @@ func (s *Service) recordChallenge(ctx context.Context, ss *session, ae *mcpclien
 		return
 	}
 	row := ss.d.Row
-	changed, err := s.store.RecordChallenge(ctx, ss.d.ChallengeRow(ae.Status, ch), s.cipher.PrimaryID())
-	if err != nil {
-		s.log.WarnContext(ctx, "recording the MCP server's challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
-		return
+	reason := domain.ReasonAuthorizationRequired
+	if ae.InsufficientScope {
+		reason = domain.ReasonInsufficientScope
 	}
-	if changed {
-		reason := domain.ReasonAuthorizationRequired
-		if ae.InsufficientScope {
-			reason = domain.ReasonInsufficientScope
-		}
-		s.audit.Record(ctx, audit.Event{Tenant: row.TenantID, Type: domain.EventChallengeRecorded, Provider: row.ID, Outcome: domain.OutcomeFailure,
-			Reason: reason, Details: map[string]string{"status": strconv.Itoa(ae.Status), "error": ch.Error}})
+	// Stored with the grant status change, and only when it changed.
+	events := audit.Rows(ctx, s.now(), audit.Event{Tenant: row.TenantID, Type: domain.EventChallengeRecorded, Provider: row.ID,
+		Outcome: domain.OutcomeFailure, Reason: reason, Details: map[string]string{"status": strconv.Itoa(ae.Status), "error": ch.Error}})
+	if _, err := s.store.RecordChallenge(ctx, ss.d.ChallengeRow(ae.Status, ch), s.cipher.PrimaryID(), events...); err != nil {
+		s.log.WarnContext(ctx, "recording the MCP server's challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
 	}
 }
 
