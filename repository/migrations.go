@@ -398,6 +398,14 @@ var migrations = []migration{
 			`ALTER TABLE providers ADD COLUMN credential_secrets {{BYTES}}`,
 		},
 	},
+	{
+		// Token-read counts follow the audit retention: old minutes are
+		// deleted across tenants, which needs an index on the minute.
+		id: "0016_token_reads_minute",
+		sql: []string{
+			`CREATE INDEX idx_token_reads_minute ON token_reads (minute_start)`,
+		},
+	},
 }
 
 // maxNamedCollisions bounds the providers a refused migration names.

@@ -77,6 +77,8 @@ type PruneResult struct {
 	DroppedPartitions []time.Time
 	// DeletedRows counts rows deleted one by one.
 	DeletedRows int64
+	// DeletedTokenReads counts token-read counts (minutes) deleted.
+	DeletedTokenReads int64
 }
 
 // PruneAudit removes audit events created before cutoff: on PostgreSQL by
@@ -134,6 +136,38 @@ func (s *Store) PruneAudit(ctx context.Context, cutoff time.Time, maxRows int64)
 			res.DeletedRows += d.RowsAffected
 		}
 	}
+	if !cutoff.IsZero() {
+		n, err := s.pruneTokenReads(ctx, cutoff)
+		res.DeletedTokenReads = n
+		if err != nil {
+			return res, err
+		}
+	}
 	err := s.db.WithContext(ctx).Where("state <> ? AND updated_at < ?", DeliveryPending, cutoff).Delete(&WebhookDelivery{}).Error
 	return res, dbErr(err, "prune webhook deliveries")
+}
+
+// tokenReadsPruneStep is the span of minutes one DELETE of pruneTokenReads
+// covers, so no statement holds its locks for a whole backlog.
+const tokenReadsPruneStep = time.Hour
+
+// pruneTokenReads deletes the token-read counts of minutes before cutoff,
+// one hour of minutes per statement.
+func (s *Store) pruneTokenReads(ctx context.Context, cutoff time.Time) (int64, error) {
+	var total int64
+	for {
+		var oldest *int64
+		if err := s.db.WithContext(ctx).Raw(`SELECT MIN(minute_start) FROM token_reads`).Scan(&oldest).Error; err != nil {
+			return total, dbErr(err, "find the oldest token reads")
+		}
+		if oldest == nil || *oldest >= cutoff.Unix() {
+			return total, nil
+		}
+		upTo := min(*oldest+int64(tokenReadsPruneStep/time.Second), cutoff.Unix())
+		d := s.db.WithContext(ctx).Exec(`DELETE FROM token_reads WHERE minute_start < ?`, upTo)
+		if d.Error != nil {
+			return total, dbErr(d.Error, "prune token reads")
+		}
+		total += d.RowsAffected
+	}
 }

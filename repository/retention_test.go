@@ -127,3 +127,44 @@ func TestPruneBoundsRows(t *testing.T) {
 		}
 	})
 }
+
+// TestPruneTokenReads: token-read counts of minutes before the cutoff go
+// (across tenants, over several hour-long steps), later ones stay.
+func TestPruneTokenReads(t *testing.T) {
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC().Truncate(time.Minute)
+		var rows []TokenReads
+		for _, ago := range []time.Duration{5 * time.Hour, 3*time.Hour + time.Minute, 91 * time.Minute, 89 * time.Minute, time.Minute} {
+			m := now.Add(-ago)
+			for _, tenant := range []string{"t1", "t2"} {
+				rows = append(rows, TokenReads{TenantID: tenant, ProviderID: "p", Actor: "a", Minute: m.Unix(), Reads: 1,
+					FirstMs: m.UnixMilli(), LastMs: m.UnixMilli()})
+			}
+		}
+		if err := s.AddTokenReads(ctx, "b1", rows); err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.PruneAudit(ctx, now.Add(-90*time.Minute), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.DeletedTokenReads != 6 {
+			t.Fatalf("deleted %d token-read minutes, want 6", res.DeletedTokenReads)
+		}
+		for _, tenant := range []string{"t1", "t2"} {
+			left, err := s.ListTokenReads(ctx, tenant, TokenReadsFilter{}, TokenReadsCursor{}, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(left) != 2 {
+				t.Fatalf("%s keeps %d minutes, want the 2 after the cutoff", tenant, len(left))
+			}
+			for _, r := range left {
+				if r.Minute < now.Add(-90*time.Minute).Unix() {
+					t.Fatalf("%s kept a minute before the cutoff: %d", tenant, r.Minute)
+				}
+			}
+		}
+	})
+}

@@ -61,12 +61,13 @@ func (r *Retention) RunOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(res.DroppedPartitions) > 0 || res.DeletedRows > 0 {
+	if len(res.DroppedPartitions) > 0 || res.DeletedRows > 0 || res.DeletedTokenReads > 0 {
 		months := make([]string, len(res.DroppedPartitions))
 		for i, m := range res.DroppedPartitions {
 			months[i] = m.Format("2006-01")
 		}
-		r.log.Info("audit retention", "dropped_partitions", months, "deleted_rows", res.DeletedRows)
+		r.log.Info("audit retention", "dropped_partitions", months, "deleted_rows", res.DeletedRows,
+			"deleted_token_read_minutes", res.DeletedTokenReads)
 	}
 	return nil
 }
