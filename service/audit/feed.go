@@ -46,6 +46,33 @@ func (w *Wakeup) C() <-chan struct{} {
 	return w.ch
 }
 
+// Recheck schedules reads after a wake-up: the commit that woke the reader
+// may still be hidden behind an older transaction (the feed reads below
+// the oldest running one), so it is read again after 10 ms, 20 ms, 40 ms...
+// until the poll interval takes over. Without it, such a commit would wait
+// for the next poll, however immediate the wake-up.
+type Recheck struct {
+	poll time.Duration
+	next time.Duration
+}
+
+// NewRecheck returns a Recheck handing over to polling at poll.
+func NewRecheck(poll time.Duration) *Recheck { return &Recheck{poll: poll} }
+
+// Woken restarts the schedule.
+func (r *Recheck) Woken() { r.next = 10 * time.Millisecond }
+
+// C returns the channel of the next scheduled read (nil when polling has
+// taken over) and advances the schedule.
+func (r *Recheck) C() <-chan time.Time {
+	if r.next == 0 || r.next >= r.poll {
+		return nil
+	}
+	c := time.After(r.next)
+	r.next *= 2
+	return c
+}
+
 // Feed streams a tenant's events as they are stored (WatchEvents).
 //
 // Guarantee: a watcher sees every event of its tenant stored after it
@@ -96,6 +123,7 @@ func (f *Feed) Watch(ctx context.Context, tenant, afterUID string, send func(Ent
 	}
 	t := time.NewTicker(f.poll)
 	defer t.Stop()
+	recheck := NewRecheck(f.poll)
 	for {
 		woken := f.wake.C()
 		rows, err := f.store.EventsAfter(ctx, tenant, cur, feedBatch)
@@ -115,8 +143,10 @@ func (f *Feed) Watch(ctx context.Context, tenant, afterUID string, send func(Ent
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-woken:
-			// A commit of this replica: its transaction may still be
-			// below the horizon of an older one; the ticker catches that.
+			// A commit (of any replica, with Redis): its transaction may
+			// still be below the horizon of an older one.
+			recheck.Woken()
+		case <-recheck.C():
 		case <-t.C:
 		}
 	}

@@ -124,6 +124,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 func (d *Dispatcher) loop(ctx context.Context, extra <-chan struct{}, step func() bool) {
 	t := time.NewTicker(d.cfg.Poll)
 	defer t.Stop()
+	recheck := audit.NewRecheck(d.cfg.Poll)
 	for {
 		woken := d.wake.C()
 		busy := step()
@@ -137,6 +138,8 @@ func (d *Dispatcher) loop(ctx context.Context, extra <-chan struct{}, step func(
 		case <-ctx.Done():
 			return
 		case <-woken:
+			recheck.Woken()
+		case <-recheck.C():
 		case <-extra:
 		case <-t.C:
 		}
