@@ -3,12 +3,15 @@ package oauthclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/oauthex"
 
 	"github.com/mcpauth/mcpauth/secret"
 )
@@ -45,11 +48,25 @@ type IDJAG struct {
 // AuthServerMetadataURLs gives) and checks that it names issuer. The
 // document is cached like the authorization servers' ones.
 func (c *Client) IdentityProviderMetadata(ctx context.Context, issuer string, tr *Trace) (*Metadata, error) {
-	asm, _, err := c.findAuthServerMeta(ctx, issuer, tr)
+	asm, _, err := c.findMeta(ctx, issuer, tr, validateIdPMeta)
 	if err != nil {
 		return nil, fmt.Errorf("identity provider: %w", err)
 	}
 	return metadataFrom(asm), nil
+}
+
+// validateIdPMeta checks an identity provider's metadata: the issuer
+// (RFC 8414 section 3.3) and the token endpoint. An authorization endpoint
+// is not needed for a token exchange (RFC 8414 section 2 lets a server
+// without browser grants omit it).
+func validateIdPMeta(asm *oauthex.AuthServerMeta, issuer string) error {
+	if !SameIssuer(asm.Issuer, issuer) {
+		return ErrIssuerMismatch
+	}
+	if asm.TokenEndpoint == "" {
+		return errors.New("missing token endpoint")
+	}
+	return checkEndpoint("token_endpoint", asm.TokenEndpoint)
 }
 
 // exchangeResponse is RFC 8693 section 2.2.1's answer.
