@@ -109,15 +109,21 @@ func NewIdentityProvider(tb TB) *IdentityProvider {
 		writeJSON(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: p.kid, Algorithm: "ES256", Use: "sig"}}})
 	})
 	mux.HandleFunc("POST /token", p.token)
+	serveRecorded(tb, l, &p.rec, mux)
+	return p
+}
+
+// serveRecorded serves h on l, recording every request in rec, until tb
+// ends.
+func serveRecorded(tb TB, l net.Listener, rec *recorder, h http.Handler) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.rec.record(r)
-		mux.ServeHTTP(w, r)
+		rec.record(r)
+		h.ServeHTTP(w, r)
 	}))
 	srv.Listener.Close()
 	srv.Listener = l
 	srv.Start()
 	tb.Cleanup(srv.Close)
-	return p
 }
 
 // JWKSURL is where the provider's public keys are served.
