@@ -39,11 +39,11 @@ type xaaEnv struct {
 // xaaStart starts the servers. asClient is the client id the identity
 // provider names in its ID-JAGs (the client mcpauth is at the
 // authorization server, unless a test wants them to disagree).
-func xaaStart(t *testing.T, lifetime time.Duration, asClient string) *xaaEnv {
+func xaaStart(t *testing.T, opt testauthz.MachineOptions, asClient string) *xaaEnv {
 	t.Helper()
 	e := &xaaEnv{IdP: testauthz.NewIdentityProvider(t)}
-	e.AS = testauthz.NewMachineAuthServer(t, testauthz.MachineOptions{IDJAG: true, AccessTokenLifetime: lifetime,
-		AuthMethods: []string{"client_secret_basic"}})
+	opt.IDJAG, opt.AuthMethods = true, []string{"client_secret_basic"}
+	e.AS = testauthz.NewMachineAuthServer(t, opt)
 	e.MCP = testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: e.AS})
 	e.AS.TrustIdentityProvider(e.IdP.URL, e.IdP.JWKSURL(), e.MCP.URL())
 	e.AS.RegisterMachineClient(testauthz.MachineClient{ID: xaaASClient, Secret: xaaASSecret})
@@ -96,7 +96,7 @@ func basicUser(t *testing.T, h string) string {
 // and the ID-JAG appear in no response, log or audit row.
 func TestEnterpriseManagedAuthorization(t *testing.T) {
 	t.Parallel()
-	e := xaaStart(t, time.Hour, xaaASClient)
+	e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient)
 	ctx := Ctx(t, e.S.AdminKey)
 
 	// Before any ID token: the platform is told what to supply.
@@ -238,7 +238,7 @@ func TestEnterpriseManagedAuthorization(t *testing.T) {
 // a fresh ID token is needed, and nothing is asked of either server.
 func TestEnterpriseManagedExpiry(t *testing.T) {
 	t.Parallel()
-	e := xaaStart(t, 2*time.Second, xaaASClient)
+	e := xaaStart(t, testauthz.MachineOptions{AccessTokenLifetime: 2 * time.Second}, xaaASClient)
 	ctx := Ctx(t, e.S.AdminKey)
 	resp, err := e.exchange(t, "alice", e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute))
 	if err != nil {
@@ -274,7 +274,7 @@ func TestEnterpriseManagedErrors(t *testing.T) {
 	t.Parallel()
 	t.Run("identity provider", func(t *testing.T) {
 		t.Parallel()
-		e := xaaStart(t, time.Hour, xaaASClient)
+		e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient)
 		expired := e.IdP.IDToken(t, "alice", xaaIdPClient, -time.Minute)
 		_, err := e.exchange(t, "alice", expired)
 		ei := tlErrorInfo(t, err, codes.FailedPrecondition)
@@ -291,7 +291,7 @@ func TestEnterpriseManagedErrors(t *testing.T) {
 		t.Parallel()
 		// The identity provider names another client in its ID-JAGs than
 		// the one that presents them: the authorization server refuses.
-		e := xaaStart(t, time.Hour, "another-client")
+		e := xaaStart(t, testauthz.MachineOptions{}, "another-client")
 		idToken := e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute)
 		_, err := e.exchange(t, "alice", idToken)
 		ei := tlErrorInfo(t, err, codes.FailedPrecondition)
@@ -318,7 +318,7 @@ func TestEnterpriseManagedErrors(t *testing.T) {
 	})
 	t.Run("bad input", func(t *testing.T) {
 		t.Parallel()
-		e := xaaStart(t, time.Hour, xaaASClient)
+		e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient)
 		for _, tok := range []string{"", "not-a-jwt", "a.b", "a.b.c d", strings.Repeat("a", 17<<10) + ".b.c"} {
 			_, err := e.exchange(t, "alice", tok)
 			provWantField(t, err, codes.InvalidArgument, "id_token")
@@ -340,4 +340,31 @@ func xaaWantFailureAudited(t *testing.T, e *xaaEnv, reason, step string) {
 		}
 	}
 	t.Errorf("no oauth.token.obtain_failed event with reason %s at %s", reason, step)
+}
+
+// TestEnterpriseManagedRefresh: when the authorization server issues a
+// refresh token with the ID-JAG grant, an expired token is refreshed as
+// usual, without a new ID token.
+func TestEnterpriseManagedRefresh(t *testing.T) {
+	t.Parallel()
+	e := xaaStart(t, testauthz.MachineOptions{AccessTokenLifetime: 2 * time.Second, IDJAGRefresh: true}, xaaASClient)
+	resp, err := e.exchange(t, "alice", e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute))
+	if err != nil || !resp.GetHasRefreshToken() {
+		t.Fatalf("ExchangeIdentityAssertion = %v, %v; want a refresh token", resp, err)
+	}
+	time.Sleep(time.Until(resp.GetExpireTime().AsTime()) + 500*time.Millisecond)
+	tok, err := e.S.OAuth().GetAccessToken(Ctx(t, e.S.AdminKey), &mcpauthv1.GetAccessTokenRequest{Name: xaaProviderRes})
+	if err != nil {
+		t.Fatalf("GetAccessToken after expiry: %v\n%s", err, e.S.Logs.String())
+	}
+	if info, err := e.AS.ValidateToken(t.Context(), tok.GetAccessToken()); err != nil || info.Subject != "alice" {
+		t.Fatalf("refreshed token subject %q (%v)", info.Subject, err)
+	}
+	as := e.AS.RequestsTo("/token")
+	if len(as) != 2 || as[1].Form.Get("grant_type") != "refresh_token" || basicUser(t, as[1].Header.Get("Authorization")) != xaaASClient {
+		t.Fatalf("authorization server token requests: %d (want the grant, then one refresh)", len(as))
+	}
+	if n := len(e.IdP.RequestsTo("/token")); n != 1 {
+		t.Fatalf("identity provider token requests = %d, want 1", n)
+	}
 }

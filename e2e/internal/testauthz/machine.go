@@ -39,6 +39,8 @@ type MachineOptions struct {
 	// TrustIdentityProvider (xaa.go), instead of fosite's RFC 7523 handler
 	// with per-subject keys.
 	IDJAG bool
+	// IDJAGRefresh makes the ID-JAG grant issue refresh tokens too.
+	IDJAGRefresh bool
 }
 
 // NewMachineAuthServer starts a fosite authorization server that issues
@@ -89,7 +91,9 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 	jwtBearer := compose.Factory(compose.RFC7523AssertionGrantFactory)
 	if opt.IDJAG {
 		a.idjag = &idJAGTrust{used: map[string]time.Time{}}
-		jwtBearer = a.idJAGFactory
+		jwtBearer = a.idJAGFactory(opt.IDJAGRefresh)
+		// Refresh tokens without an offline scope.
+		a.config.RefreshTokenScopes = []string{}
 	}
 	a.provider = compose.Compose(a.config, a.store, compose.NewOAuth2HMACStrategy(a.config),
 		compose.OAuth2ClientCredentialsGrantFactory,

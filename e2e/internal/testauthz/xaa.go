@@ -49,9 +49,12 @@ func (a *AuthServer) IDJAGGrants() int {
 // assertion is an ID-JAG, from an authenticated client.
 type idJAGHandler struct {
 	*oauth2.HandleHelper
-	issuer string
-	trust  *idJAGTrust
-	http   *http.Client
+	// refresh, when set, issues refresh tokens too.
+	refresh        oauth2.RefreshTokenStrategy
+	refreshStorage oauth2.RefreshTokenStorage
+	issuer         string
+	trust          *idJAGTrust
+	http           *http.Client
 }
 
 var _ fosite.TokenEndpointHandler = (*idJAGHandler)(nil)
@@ -85,24 +88,40 @@ func (h *idJAGHandler) HandleTokenEndpointRequest(ctx context.Context, r fosite.
 	for _, s := range granted {
 		r.GrantScope(s)
 	}
-	r.GrantAudience(c.Resource)
 	s, _ := r.GetSession().(*fosite.DefaultSession)
 	if s == nil {
 		return fosite.ErrServerError
 	}
 	s.Subject = c.Subject
+	// The extension, section 5.1: the access token is audience-restricted
+	// to the ID-JAG's resource (the MCP server checks it).
+	if c.Resource != "" {
+		s.Extra = map[string]any{"resource": c.Resource}
+	}
 	s.SetExpiresAt(fosite.AccessToken, time.Now().UTC().Add(h.Config.GetAccessTokenLifespan(ctx)).Round(time.Second))
 	return nil
 }
 
-// PopulateTokenEndpointResponse issues the access token (no refresh token:
-// a new ID-JAG is the way to a new token).
+// PopulateTokenEndpointResponse issues the access token, and a refresh
+// token only on a server started with MachineOptions.IDJAGRefresh (the
+// usual answer is none: a new ID-JAG is the way to a new token).
 func (h *idJAGHandler) PopulateTokenEndpointResponse(ctx context.Context, r fosite.AccessRequester, resp fosite.AccessResponder) error {
 	if !h.CanHandleTokenEndpointRequest(ctx, r) {
 		return fosite.ErrUnknownRequest
 	}
-	_, err := h.IssueAccessToken(ctx, h.Config.GetAccessTokenLifespan(ctx), r, resp)
-	return err
+	accessSig, err := h.IssueAccessToken(ctx, h.Config.GetAccessTokenLifespan(ctx), r, resp)
+	if err != nil || h.refresh == nil {
+		return err
+	}
+	token, sig, err := h.refresh.GenerateRefreshToken(ctx, r)
+	if err != nil {
+		return err
+	}
+	if err := h.refreshStorage.CreateRefreshTokenSession(ctx, sig, accessSig, r.Sanitize(nil)); err != nil {
+		return err
+	}
+	resp.SetExtra("refresh_token", token)
+	return nil
 }
 
 // idJAGError is why an ID-JAG was refused (a hint for the test log).
@@ -191,7 +210,17 @@ func (h *idJAGHandler) key(ctx context.Context, jwksURL, kid string) (*jose.JSON
 }
 
 // idJAGFactory builds the handler for compose.Compose.
-func (a *AuthServer) idJAGFactory(config fosite.Configurator, storage any, strategy any) any {
+func (a *AuthServer) idJAGFactory(refresh bool) func(config fosite.Configurator, storage any, strategy any) any {
+	return func(config fosite.Configurator, storage any, strategy any) any {
+		h := a.newIDJAGHandler(config, storage, strategy)
+		if refresh {
+			h.refresh, h.refreshStorage = strategy.(oauth2.RefreshTokenStrategy), storage.(oauth2.RefreshTokenStorage)
+		}
+		return h
+	}
+}
+
+func (a *AuthServer) newIDJAGHandler(config fosite.Configurator, storage any, strategy any) *idJAGHandler {
 	return &idJAGHandler{
 		HandleHelper: &oauth2.HandleHelper{AccessTokenStrategy: strategy.(oauth2.AccessTokenStrategy),
 			AccessTokenStorage: storage.(oauth2.AccessTokenStorage), Config: config},
