@@ -42,7 +42,7 @@ func TestEventsCommitWithTheirChange(t *testing.T) {
 		if _, err := s.PutCredential(ctx, newCredential("t", "p", "tok"), 0, ev("stored")); err != nil {
 			t.Fatalf("PutCredential: %v", err)
 		}
-		if err := s.DeleteCredential(ctx, "t", "p", 99, ev("refused")); apperr.KindOf(err) != apperr.KindAborted {
+		if err := s.DeleteCredential(ctx, domain.TenantGrant("t", "p"), 99, ev("refused")); apperr.KindOf(err) != apperr.KindAborted {
 			t.Fatalf("DeleteCredential at a wrong generation: %v", err)
 		}
 		err = s.DeleteProvider(ctx, "t", "p", 42, ev("refused"))
@@ -157,7 +157,7 @@ func TestChangeEventsCommitWithTheirChange(t *testing.T) {
 			t.Fatalf("%d registration events after a lost race, want 1", n)
 		}
 
-		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
+		if _, err := s.SetGrantStatus(ctx, domain.TenantGrant("t1", "p"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
 			t.Fatal(err)
 		}
 		// Pending: the challenge does not move the status, and stores no event.
@@ -166,7 +166,7 @@ func TestChangeEventsCommitWithTheirChange(t *testing.T) {
 		if changed || count("mcp.challenge.recorded") != 0 {
 			t.Fatalf("changed=%v, %d events for a challenge that changed nothing", changed, count("mcp.challenge.recorded"))
 		}
-		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusPending}, domain.StatusNotRequired, "", 1); err != nil {
+		if _, err := s.SetGrantStatus(ctx, domain.TenantGrant("t1", "p"), []domain.AuthStatus{domain.StatusPending}, domain.StatusNotRequired, "", 1); err != nil {
 			t.Fatal(err)
 		}
 		changed, err = s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1, ev("mcp.challenge.recorded"))

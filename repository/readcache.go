@@ -10,6 +10,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // CachedReads serves the four reads of StartAuthorization and GetProvider
@@ -42,9 +43,12 @@ type CachedReads struct {
 	m  map[cacheKey]cachedRead
 }
 
+// cacheKey names one cached read: its kind, the tenant, the provider, the
+// grant's user (challenges and credentials; empty for the tenant-wide
+// grant) and the issuer (client registrations).
 type cacheKey struct {
-	kind               byte
-	tenant, id, issuer string
+	kind                     byte
+	tenant, id, user, issuer string
 }
 
 type cachedRead struct {
@@ -59,7 +63,7 @@ const maxCachedReads = 50_000
 
 // cachedTables are the tables the cached reads come from: a write to any of
 // them empties the cache.
-var cachedTables = []string{"providers", "credentials", "challenges", "client_registrations"}
+var cachedTables = []string{"providers", "credentials", "mcp_challenges", "client_registrations"}
 
 // NewCachedReads returns the cached reads of s with entries kept for ttl
 // (0 or less: every read goes to the database).
@@ -70,22 +74,29 @@ func (s *Store) NewCachedReads(ttl time.Duration) *CachedReads {
 // GetProvider is Store.GetProvider, cached. The caller must not modify the
 // returned row.
 func (c *CachedReads) GetProvider(ctx context.Context, tenant, id string) (*Provider, error) {
-	return cachedGet(c, cacheKey{'p', tenant, id, ""}, func() (*Provider, error) { return c.store.GetProvider(ctx, tenant, id) })
+	return cachedGet(c, cacheKey{kind: 'p', tenant: tenant, id: id}, func() (*Provider, error) { return c.store.GetProvider(ctx, tenant, id) })
 }
 
-// GetChallenge is Store.GetChallenge, cached.
-func (c *CachedReads) GetChallenge(ctx context.Context, tenant, providerID string) (*Challenge, error) {
-	return cachedGet(c, cacheKey{'c', tenant, providerID, ""}, func() (*Challenge, error) { return c.store.GetChallenge(ctx, tenant, providerID) })
+// GetChallenge is Store.GetChallenge, cached per grant (a user's grant
+// apart from the tenant-wide one).
+func (c *CachedReads) GetChallenge(ctx context.Context, g domain.GrantRef) (*Challenge, error) {
+	return cachedGet(c, grantKey('c', g), func() (*Challenge, error) { return c.store.GetChallenge(ctx, g) })
 }
 
-// GetCredential is Store.GetCredential, cached.
-func (c *CachedReads) GetCredential(ctx context.Context, tenant, providerID string) (*Credential, error) {
-	return cachedGet(c, cacheKey{'g', tenant, providerID, ""}, func() (*Credential, error) { return c.store.GetCredential(ctx, tenant, providerID) })
+// GetCredential is Store.GetCredential, cached per grant (a user's grant
+// apart from the tenant-wide one).
+func (c *CachedReads) GetCredential(ctx context.Context, g domain.GrantRef) (*Credential, error) {
+	return cachedGet(c, grantKey('g', g), func() (*Credential, error) { return c.store.GetCredential(ctx, g) })
+}
+
+// grantKey is the cache key of a read of kind about grant g.
+func grantKey(kind byte, g domain.GrantRef) cacheKey {
+	return cacheKey{kind: kind, tenant: g.Tenant, id: g.Provider, user: g.User}
 }
 
 // GetClientRegistration is Store.GetClientRegistration, cached.
 func (c *CachedReads) GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*ClientRegistration, error) {
-	return cachedGet(c, cacheKey{'r', tenant, providerID, issuer}, func() (*ClientRegistration, error) {
+	return cachedGet(c, cacheKey{kind: 'r', tenant: tenant, id: providerID, issuer: issuer}, func() (*ClientRegistration, error) {
 		return c.store.GetClientRegistration(ctx, tenant, providerID, issuer)
 	})
 }

@@ -30,7 +30,7 @@ func TestCachedReadsSeeLocalChangesAtOnce(t *testing.T) {
 		if got != got2 {
 			t.Fatal("second read within the TTL was not served from the cache")
 		}
-		if _, err := c.GetChallenge(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		if _, err := c.GetChallenge(ctx, domain.TenantGrant("t1", "p")); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("GetChallenge before any: %v, want NotFound", err)
 		}
 
@@ -52,7 +52,7 @@ func TestCachedReadsSeeLocalChangesAtOnce(t *testing.T) {
 		if p, _ := c.GetProvider(ctx, "t1", "p"); p.DisplayName != "renamed" {
 			t.Fatalf("after UpdateProvider the cached read says %q", p.DisplayName)
 		}
-		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
+		if _, err := s.SetGrantStatus(ctx, domain.TenantGrant("t1", "p"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1); err != nil {
 			t.Fatal(err)
 		}
 		if p, _ := c.GetProvider(ctx, "t1", "p"); p.GrantStatus != domain.StatusPending {
@@ -61,11 +61,16 @@ func TestCachedReadsSeeLocalChangesAtOnce(t *testing.T) {
 		if _, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1); err != nil {
 			t.Fatal(err)
 		}
-		if ch, err := c.GetChallenge(ctx, "t1", "p"); err != nil || ch.HTTPStatus != 401 {
+		if ch, err := c.GetChallenge(ctx, domain.TenantGrant("t1", "p")); err != nil || ch.HTTPStatus != 401 {
 			t.Fatalf("after RecordChallenge the cached read says %+v, %v", ch, err)
 		}
 		if changes.Load() == before {
 			t.Fatal("OnChange was never called for the changes")
+		}
+		// Statements on the challenge table alone (no grant status change).
+		wantNoErr(t, s.ClearChallenge(ctx, domain.TenantGrant("t1", "p")), "ClearChallenge")
+		if _, err := c.GetChallenge(ctx, domain.TenantGrant("t1", "p")); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("after ClearChallenge the cached read says %v, want NotFound", err)
 		}
 		wantNoErr(t, s.DeleteProvider(ctx, "t1", "p", 0), "DeleteProvider")
 		if _, err := c.GetProvider(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
