@@ -43,7 +43,33 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	if k := p.GetOauthClient().GetPrivateKeyJwt(); k != nil {
 		f.OAuthClient.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
 	}
+	if d := p.GetDpop(); d != nil {
+		mode, known := dpopModes[d.GetMode()]
+		if !known {
+			return apperr.Invalid("provider.dpop.mode", "is not a known DPoP mode")
+		}
+		f.DPoP = providers.DPoPInput{Mode: mode, Algorithm: d.GetAlgorithm(), RotateKey: d.GetRotateKey()}
+	}
 	return nil
+}
+
+// dpopModes maps the API's DPoP modes to the domain's.
+var dpopModes = map[mcpauthv1.DpopMode]domain.DPoPMode{
+	mcpauthv1.DpopMode_DPOP_MODE_UNSPECIFIED: domain.DPoPDisabled,
+	mcpauthv1.DpopMode_DPOP_MODE_DISABLED:    domain.DPoPDisabled,
+	mcpauthv1.DpopMode_DPOP_MODE_AUTO:        domain.DPoPAuto,
+	mcpauthv1.DpopMode_DPOP_MODE_REQUIRED:    domain.DPoPRequired,
+}
+
+// dpopModeProto is the API's name of a DPoP mode.
+func dpopModeProto(m domain.DPoPMode) mcpauthv1.DpopMode {
+	switch m {
+	case domain.DPoPAuto:
+		return mcpauthv1.DpopMode_DPOP_MODE_AUTO
+	case domain.DPoPRequired:
+		return mcpauthv1.DpopMode_DPOP_MODE_REQUIRED
+	}
+	return mcpauthv1.DpopMode_DPOP_MODE_DISABLED
 }
 
 // credentialProto adds the credential settings of a view to p.
@@ -55,6 +81,9 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	if v.AssertionFile != "" {
 		p.WorkloadIdentity = &mcpauthv1.WorkloadIdentity{AssertionFile: v.AssertionFile}
 	}
+	if d := v.DPoP; d != nil {
+		p.Dpop = &mcpauthv1.DpopSettings{Mode: dpopModeProto(d.Mode), Algorithm: d.Algorithm, KeyThumbprint: d.Thumbprint}
+	}
 	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
 		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
 	}
@@ -64,7 +93,7 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 // credential messages into the paths Update knows: a key and a workload
 // identity are replaced as a whole.
 func credentialPath(path string) string {
-	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity} {
+	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity, providers.PathDPoP} {
 		if strings.HasPrefix(path, whole+".") {
 			return whole
 		}

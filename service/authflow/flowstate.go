@@ -57,6 +57,10 @@ type flowRecord struct {
 	ExpiresAt     int64                     `json:"x"`
 	Extra         map[string]string         `json:"e,omitempty"`
 	PKCEException bool                      `json:"px,omitempty"`
+	// DPoPJKT is the thumbprint of the DPoP key the code exchange must use
+	// (chosen at start from the provider's mode and the metadata); "" for
+	// Bearer tokens.
+	DPoPJKT string `json:"dj,omitempty"`
 }
 
 // flowKey derives the store key from a flow handle or state: a hash, so the

@@ -126,6 +126,14 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 		reg = &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 			AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
 	}
+	key := d.DPoPFor(md.DPoPSigningAlgs)
+	if key != nil && reg == nil {
+		// A JWT bearer grant without client authentication, with DPoP.
+		reg = &oauthclient.Registration{}
+	}
+	if key != nil {
+		reg.DPoP = key
+	}
 	scopes := d.Scopes
 	if len(scopes) == 0 && probe != nil {
 		scopes = probe.Scopes
@@ -165,12 +173,15 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 		fresh.TokenType = "Bearer"
 	}
 	method, _ := oauthclient.ChooseAuthMethod(orEmpty(reg), md.TokenEndpointAuthMethods)
-	if reg == nil {
+	if reg == nil || reg.ClientID == "" {
 		method = ""
 	}
 	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
 		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	if key != nil {
+		g.DPoPJKT = key.Thumbprint()
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
 	stored, err := s.storeObtained(pctx, tenant, id, prev, g, fresh)
@@ -188,6 +199,9 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType()}
 	if method != "" {
 		det["auth_method"] = method
+	}
+	if g.DPoPJKT != "" {
+		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
 	}
 	s.audit.Record(pctx, audit.Event{Tenant: tenant, Type: domain.EventTokenObtained, Provider: id, Outcome: domain.OutcomeSuccess, Details: det})
 	return token(fresh, stored, g), nil

@@ -94,6 +94,65 @@ func (AuthorizationStatus) EnumDescriptor() ([]byte, []int) {
 	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{0}
 }
 
+// DpopMode says when a provider's tokens are bound to its DPoP key.
+type DpopMode int32
+
+const (
+	// DPoP is not used (the default).
+	DpopMode_DPOP_MODE_UNSPECIFIED DpopMode = 0
+	// DPoP is not used; a stored key is deleted.
+	DpopMode_DPOP_MODE_DISABLED DpopMode = 1
+	// DPoP is used when the authorization server's metadata lists the key's
+	// algorithm in dpop_signing_alg_values_supported.
+	DpopMode_DPOP_MODE_AUTO DpopMode = 2
+	// DPoP is always used, and only a DPoP token_type is accepted from the
+	// token endpoint (never a Bearer fallback).
+	DpopMode_DPOP_MODE_REQUIRED DpopMode = 3
+)
+
+// Enum value maps for DpopMode.
+var (
+	DpopMode_name = map[int32]string{
+		0: "DPOP_MODE_UNSPECIFIED",
+		1: "DPOP_MODE_DISABLED",
+		2: "DPOP_MODE_AUTO",
+		3: "DPOP_MODE_REQUIRED",
+	}
+	DpopMode_value = map[string]int32{
+		"DPOP_MODE_UNSPECIFIED": 0,
+		"DPOP_MODE_DISABLED":    1,
+		"DPOP_MODE_AUTO":        2,
+		"DPOP_MODE_REQUIRED":    3,
+	}
+)
+
+func (x DpopMode) Enum() *DpopMode {
+	p := new(DpopMode)
+	*p = x
+	return p
+}
+
+func (x DpopMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DpopMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+}
+
+func (DpopMode) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+}
+
+func (x DpopMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DpopMode.Descriptor instead.
+func (DpopMode) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
 // CredentialKind is how mcpauth obtains a provider's access token.
 type CredentialKind int32
 
@@ -148,11 +207,11 @@ func (x CredentialKind) String() string {
 }
 
 func (CredentialKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
 }
 
 func (CredentialKind) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+	return &file_mcpauth_v1_provider_proto_enumTypes[2]
 }
 
 func (x CredentialKind) Number() protoreflect.EnumNumber {
@@ -161,7 +220,7 @@ func (x CredentialKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CredentialKind.Descriptor instead.
 func (CredentialKind) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 // ResourceParameterMode says what to send as the RFC 8707 resource parameter.
@@ -205,11 +264,11 @@ func (x ResourceParameterMode) String() string {
 }
 
 func (ResourceParameterMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[3].Descriptor()
 }
 
 func (ResourceParameterMode) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[2]
+	return &file_mcpauth_v1_provider_proto_enumTypes[3]
 }
 
 func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
@@ -218,7 +277,7 @@ func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResourceParameterMode.Descriptor instead.
 func (ResourceParameterMode) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 // Provider is a remote MCP server registered for a tenant.
@@ -285,8 +344,14 @@ type Provider struct {
 	StaticAuthorizationInfo *HeaderInfo `protobuf:"bytes,82,opt,name=static_authorization_info,json=staticAuthorizationInfo,proto3" json:"static_authorization_info,omitempty"`
 	// Where CREDENTIAL_KIND_JWT_BEARER reads the workload's identity token.
 	WorkloadIdentity *WorkloadIdentity `protobuf:"bytes,83,opt,name=workload_identity,json=workloadIdentity,proto3" json:"workload_identity,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Sender-constrained tokens (DPoP, RFC 9449) for any credential kind
+	// (update path "dpop"). A new or rotated key makes the tokens bound to
+	// the old one useless: they are revoked and deleted (audited as
+	// provider.credentials.reset), and the key change itself is audited as
+	// provider.dpop_key.changed.
+	Dpop          *DpopSettings `protobuf:"bytes,120,opt,name=dpop,proto3" json:"dpop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -459,6 +524,94 @@ func (x *Provider) GetWorkloadIdentity() *WorkloadIdentity {
 	return nil
 }
 
+func (x *Provider) GetDpop() *DpopSettings {
+	if x != nil {
+		return x.Dpop
+	}
+	return nil
+}
+
+// DpopSettings is a provider's DPoP (RFC 9449) configuration. mcpauth
+// generates the key pair and keeps the private key encrypted; it is never
+// returned. With DPoP in use, every token request (code exchange, refresh,
+// client credentials, JWT bearer) carries a proof, refresh keeps the same
+// key, and every MCP request carries "Authorization: DPoP <token>" with a
+// fresh proof (htm, htu, iat, jti, ath). Server nonces (use_dpop_nonce)
+// are answered once at the authorization server and at the MCP server.
+type DpopSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When DPoP is used. AUTO and REQUIRED generate a key when the provider
+	// has none.
+	Mode DpopMode `protobuf:"varint,1,opt,name=mode,proto3,enum=mcpauth.v1.DpopMode" json:"mode,omitempty"`
+	// ES256 (the default) or RS256: the algorithm of a key generated now.
+	// Changing it generates a new key.
+	Algorithm string `protobuf:"bytes,2,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// Generate a new key now (the old one is deleted).
+	RotateKey bool `protobuf:"varint,3,opt,name=rotate_key,json=rotateKey,proto3" json:"rotate_key,omitempty"`
+	// The key's RFC 7638 SHA-256 thumbprint: the jkt tokens are bound to.
+	KeyThumbprint string `protobuf:"bytes,4,opt,name=key_thumbprint,json=keyThumbprint,proto3" json:"key_thumbprint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DpopSettings) Reset() {
+	*x = DpopSettings{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DpopSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DpopSettings) ProtoMessage() {}
+
+func (x *DpopSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DpopSettings.ProtoReflect.Descriptor instead.
+func (*DpopSettings) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DpopSettings) GetMode() DpopMode {
+	if x != nil {
+		return x.Mode
+	}
+	return DpopMode_DPOP_MODE_UNSPECIFIED
+}
+
+func (x *DpopSettings) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *DpopSettings) GetRotateKey() bool {
+	if x != nil {
+		return x.RotateKey
+	}
+	return false
+}
+
+func (x *DpopSettings) GetKeyThumbprint() string {
+	if x != nil {
+		return x.KeyThumbprint
+	}
+	return ""
+}
+
 // WorkloadIdentity names where a workload's identity token is read.
 type WorkloadIdentity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -474,7 +627,7 @@ type WorkloadIdentity struct {
 
 func (x *WorkloadIdentity) Reset() {
 	*x = WorkloadIdentity{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +639,7 @@ func (x *WorkloadIdentity) String() string {
 func (*WorkloadIdentity) ProtoMessage() {}
 
 func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +652,7 @@ func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadIdentity.ProtoReflect.Descriptor instead.
 func (*WorkloadIdentity) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WorkloadIdentity) GetAssertionFile() string {
@@ -537,7 +690,7 @@ type ClientKey struct {
 
 func (x *ClientKey) Reset() {
 	*x = ClientKey{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +702,7 @@ func (x *ClientKey) String() string {
 func (*ClientKey) ProtoMessage() {}
 
 func (x *ClientKey) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +715,7 @@ func (x *ClientKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKey.ProtoReflect.Descriptor instead.
 func (*ClientKey) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClientKey) GetPrivateKeyPem() string {
@@ -622,7 +775,7 @@ type HeaderInfo struct {
 
 func (x *HeaderInfo) Reset() {
 	*x = HeaderInfo{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +787,7 @@ func (x *HeaderInfo) String() string {
 func (*HeaderInfo) ProtoMessage() {}
 
 func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +800,7 @@ func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderInfo.ProtoReflect.Descriptor instead.
 func (*HeaderInfo) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HeaderInfo) GetName() string {
@@ -695,7 +848,7 @@ type OAuthClient struct {
 
 func (x *OAuthClient) Reset() {
 	*x = OAuthClient{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +860,7 @@ func (x *OAuthClient) String() string {
 func (*OAuthClient) ProtoMessage() {}
 
 func (x *OAuthClient) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +873,7 @@ func (x *OAuthClient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
 func (*OAuthClient) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OAuthClient) GetClientId() string {
@@ -787,7 +940,7 @@ type CompatibilityProfile struct {
 
 func (x *CompatibilityProfile) Reset() {
 	*x = CompatibilityProfile{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +952,7 @@ func (x *CompatibilityProfile) String() string {
 func (*CompatibilityProfile) ProtoMessage() {}
 
 func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +965,7 @@ func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompatibilityProfile.ProtoReflect.Descriptor instead.
 func (*CompatibilityProfile) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompatibilityProfile) GetResourceMode() ResourceParameterMode {
@@ -872,7 +1025,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1037,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1050,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateProviderRequest) GetParent() string {
@@ -939,7 +1092,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1104,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1117,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -985,7 +1138,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1150,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1163,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -1031,7 +1184,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1196,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1209,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -1081,7 +1234,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1246,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1259,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListProvidersRequest) GetParent() string {
@@ -1143,7 +1296,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1308,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1321,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1199,7 +1352,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1364,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1377,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateProviderRequest) GetProvider() *Provider {
@@ -1252,7 +1405,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1417,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1430,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -1300,7 +1453,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1465,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1478,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1353,7 +1506,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1518,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1531,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteProviderResponse) GetRevokedAtServer() bool {
@@ -1393,7 +1546,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\t\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\t\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1419,10 +1572,17 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
-	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x1a:\n" +
+	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12,\n" +
+	"\x04dpop\x18x \x01(\v2\x18.mcpauth.v1.DpopSettingsR\x04dpop\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"9\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x01\n" +
+	"\fDpopSettings\x12(\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x14.mcpauth.v1.DpopModeR\x04mode\x12\x1c\n" +
+	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
+	"\n" +
+	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
@@ -1490,7 +1650,12 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_STATUS_PENDING\x10\x03\x12#\n" +
 	"\x1fAUTHORIZATION_STATUS_AUTHORIZED\x10\x04\x12 \n" +
 	"\x1cAUTHORIZATION_STATUS_EXPIRED\x10\x05\x12(\n" +
-	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xcb\x01\n" +
+	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*i\n" +
+	"\bDpopMode\x12\x19\n" +
+	"\x15DPOP_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12DPOP_MODE_DISABLED\x10\x01\x12\x12\n" +
+	"\x0eDPOP_MODE_AUTO\x10\x02\x12\x16\n" +
+	"\x12DPOP_MODE_REQUIRED\x10\x03*\xcb\x01\n" +
 	"\x0eCredentialKind\x12\x1f\n" +
 	"\x1bCREDENTIAL_KIND_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"CREDENTIAL_KIND_AUTHORIZATION_CODE\x10\x01\x12&\n" +
@@ -1521,72 +1686,76 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_provider_proto_rawDescData
 }
 
-var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
 	(AuthorizationStatus)(0),       // 0: mcpauth.v1.AuthorizationStatus
-	(CredentialKind)(0),            // 1: mcpauth.v1.CredentialKind
-	(ResourceParameterMode)(0),     // 2: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),               // 3: mcpauth.v1.Provider
-	(*WorkloadIdentity)(nil),       // 4: mcpauth.v1.WorkloadIdentity
-	(*ClientKey)(nil),              // 5: mcpauth.v1.ClientKey
-	(*HeaderInfo)(nil),             // 6: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),            // 7: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),   // 8: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),  // 9: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil), // 10: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),     // 11: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),    // 12: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),   // 13: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 14: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),  // 15: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil), // 16: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),  // 17: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil), // 18: mcpauth.v1.DeleteProviderResponse
-	nil,                            // 19: mcpauth.v1.Provider.HeadersEntry
-	nil,                            // 20: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),  // 23: google.protobuf.FieldMask
+	(DpopMode)(0),                  // 1: mcpauth.v1.DpopMode
+	(CredentialKind)(0),            // 2: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),     // 3: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),               // 4: mcpauth.v1.Provider
+	(*DpopSettings)(nil),           // 5: mcpauth.v1.DpopSettings
+	(*WorkloadIdentity)(nil),       // 6: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),              // 7: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),             // 8: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),            // 9: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),   // 10: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),  // 11: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil), // 12: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),     // 13: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),    // 14: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),   // 15: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),  // 16: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),  // 17: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil), // 18: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),  // 19: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil), // 20: mcpauth.v1.DeleteProviderResponse
+	nil,                            // 21: mcpauth.v1.Provider.HeadersEntry
+	nil,                            // 22: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),  // 25: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	19, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	6,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	21, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	21, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	7,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	8,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	21, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	8,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	23, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	23, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	9,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	10, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	22, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	22, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	6,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
-	4,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
-	5,  // 12: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	2,  // 13: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	20, // 14: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	3,  // 15: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	3,  // 16: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 17: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 18: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	3,  // 19: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	23, // 20: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 21: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	9,  // 22: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	11, // 23: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	13, // 24: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	15, // 25: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	17, // 26: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	10, // 27: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	12, // 28: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	14, // 29: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	16, // 30: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	18, // 31: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	27, // [27:32] is the sub-list for method output_type
-	22, // [22:27] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	24, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	2,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	8,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	6,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	5,  // 12: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
+	1,  // 13: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
+	7,  // 14: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	3,  // 15: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	22, // 16: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	4,  // 17: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	4,  // 18: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 19: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 20: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	4,  // 21: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	25, // 22: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 23: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	11, // 24: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	13, // 25: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	15, // 26: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	17, // 27: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	19, // 28: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	12, // 29: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	14, // 30: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	16, // 31: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	18, // 32: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	20, // 33: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	29, // [29:34] is the sub-list for method output_type
+	24, // [24:29] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1599,8 +1768,8 @@ func file_mcpauth_v1_provider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   18,
+			NumEnums:      4,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
