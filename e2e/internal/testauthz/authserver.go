@@ -103,6 +103,9 @@ type AuthServerOptions struct {
 	// headless client can POST consent=approve to the authorization URL.
 	Consent bool
 
+	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
+	DPoP *DPoPOptions
+
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
 	Addr string
 }
@@ -121,6 +124,7 @@ type AuthServer struct {
 	store    *store
 	mux      *http.ServeMux
 	rec      recorder
+	dpop     *dpopServer // nil without DPoP
 
 	mu              sync.Mutex
 	tokenDelay      time.Duration
@@ -195,6 +199,9 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 		store:  newStore(!opt.NoRefreshRotation),
 		deny:   opt.Deny,
 	}
+	if opt.DPoP != nil {
+		a.dpop = newDPoPServer(*opt.DPoP)
+	}
 	refreshScopes := []string{}
 	if opt.RequireOfflineAccess {
 		refreshScopes = []string{"offline_access"}
@@ -231,7 +238,7 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	if opt.Consent {
 		a.mux.HandleFunc("POST "+p+"/authorize", a.authorize)
 	}
-	a.mux.HandleFunc("POST "+p+"/token", a.token)
+	a.mux.HandleFunc("POST "+p+"/token", a.tokenHandler())
 	a.mux.HandleFunc("POST "+p+"/revoke", a.revoke)
 	a.mux.HandleFunc("POST "+p+"/introspect", a.introspect)
 	a.mux.HandleFunc("GET "+p+"/jwks", func(w http.ResponseWriter, _ *http.Request) {
@@ -318,6 +325,7 @@ func (a *AuthServer) metadata(w http.ResponseWriter, _ *http.Request) {
 	if a.opt.DCR {
 		doc["registration_endpoint"] = a.URL + "/register"
 	}
+	a.dpopMetadata(doc)
 	writeJSON(w, http.StatusOK, doc)
 }
 
@@ -393,6 +401,14 @@ func (w *issWriter) WriteHeader(code int) {
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// tokenHandler is the token endpoint, behind RFC 9449 when configured.
+func (a *AuthServer) tokenHandler() http.HandlerFunc {
+	if a.dpop != nil {
+		return a.dpopToken(a.token)
+	}
+	return a.token
 }
 
 func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {

@@ -34,6 +34,8 @@ type MachineOptions struct {
 	// AuthMethods is token_endpoint_auth_methods_supported; default
 	// client_secret_basic, client_secret_post and private_key_jwt.
 	AuthMethods []string
+	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
+	DPoP *DPoPOptions
 }
 
 // NewMachineAuthServer starts a fosite authorization server that issues
@@ -67,6 +69,9 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 		opt:    AuthServerOptions{AccessTokenLifetime: opt.AccessTokenLifetime, RefreshTokenLifetime: 24 * time.Hour, Scopes: opt.Scopes},
 		store:  newStore(true),
 	}
+	if opt.DPoP != nil {
+		a.dpop = newDPoPServer(*opt.DPoP)
+	}
 	a.config = &fosite.Config{
 		AccessTokenLifespan:      opt.AccessTokenLifetime,
 		RefreshTokenLifespan:     24 * time.Hour,
@@ -89,7 +94,7 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 		compose.OAuth2TokenIntrospectionFactory,
 	)
 	a.mux = http.NewServeMux()
-	a.mux.HandleFunc("POST /token", a.token)
+	a.mux.HandleFunc("POST /token", a.tokenHandler())
 	a.mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_response_type"})
 	})
@@ -97,7 +102,7 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 	a.mux.HandleFunc("POST /introspect", a.introspect)
 	meta := func(w http.ResponseWriter, _ *http.Request) {
 		// RFC 8414 section 2.
-		writeJSON(w, http.StatusOK, map[string]any{
+		doc := map[string]any{
 			"issuer": a.URL,
 			// RFC 8414 section 2 lets a server without browser grants omit
 			// it; mcpauth's discovery (oauthclient) still requires it, so it
@@ -110,7 +115,9 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 			"token_endpoint_auth_methods_supported":            opt.AuthMethods,
 			"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "RS256"},
 			"scopes_supported":                                 opt.Scopes,
-		})
+		}
+		a.dpopMetadata(doc)
+		writeJSON(w, http.StatusOK, doc)
 	}
 	a.mux.HandleFunc("GET /.well-known/oauth-authorization-server", meta)
 	a.mux.HandleFunc("GET /.well-known/openid-configuration", meta)
