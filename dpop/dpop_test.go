@@ -137,7 +137,7 @@ func TestSupportedAndHTU(t *testing.T) {
 	}
 	for in, want := range map[string]string{
 		"https://u:p@h.example/a/b?x=1#y": "https://h.example/a/b",
-		"http://127.0.0.1:8080/mcp":        "http://127.0.0.1:8080/mcp",
+		"http://127.0.0.1:8080/mcp":       "http://127.0.0.1:8080/mcp",
 	} {
 		if got, err := HTU(in); err != nil || got != want {
 			t.Errorf("HTU(%q) = %q, %v", in, got, err)

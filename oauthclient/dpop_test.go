@@ -57,8 +57,10 @@ func TestDPoPTokenRequests(t *testing.T) {
 	ctx := context.Background()
 	calls := map[string]func() (*Tokens, error){
 		"client_credentials": func() (*Tokens, error) { return c.ClientCredentials(ctx, md, reg, nil, "") },
-		"jwt_bearer":         func() (*Tokens, error) { return c.JWTBearer(ctx, md, &Registration{DPoP: key}, secret.New("assertion"), nil, "") },
-		"refresh":            func() (*Tokens, error) { return c.Refresh(ctx, md, reg, secret.New("rt0"), "") },
+		"jwt_bearer": func() (*Tokens, error) {
+			return c.JWTBearer(ctx, md, &Registration{DPoP: key}, secret.New("assertion"), nil, "")
+		},
+		"refresh": func() (*Tokens, error) { return c.Refresh(ctx, md, reg, secret.New("rt0"), "") },
 		"exchange": func() (*Tokens, error) {
 			return c.Exchange(ctx, md, reg, secret.New("code"), secret.New("verifier"), "https://cb.example/cb", "", nil)
 		},
