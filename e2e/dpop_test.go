@@ -166,6 +166,11 @@ func TestDPoPAuthorizationCode(t *testing.T) {
 	if code, body, _ := NewBrowser(t).Open(t, start.GetAuthorizationUrl()); code != 200 || !strings.Contains(body, "Authorization complete") {
 		t.Fatalf("final page: %d %s", code, body)
 	}
+	// RFC 9449 section 10: the code is bound to the key (the server
+	// redeems it only with a proof by that key).
+	if az := as.RequestsTo("/authorize"); len(az) != 1 || az[0].Query.Get("dpop_jkt") != jkt {
+		t.Errorf("authorization requests %d, dpop_jkt %q, want %s", len(az), az[0].Query.Get("dpop_jkt"), jkt)
+	}
 	// The exchange: one use_dpop_nonce answer, then the proof with the
 	// nonce was accepted. Every token request carried a proof.
 	for _, r := range as.RequestsTo("/token") {

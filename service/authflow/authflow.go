@@ -689,6 +689,7 @@ func (s *Service) BeginBrowser(ctx context.Context, handle string) (*BrowserStar
 		Scopes:        rec.Scopes,
 		Resource:      rec.Resource,
 		Extra:         rec.Extra,
+		DPoPJKT:       rec.DPoPJKT,
 	})
 	if err != nil {
 		return nil, apperr.Internal(err, "building authorization url")

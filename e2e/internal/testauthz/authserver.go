@@ -373,6 +373,10 @@ func (a *AuthServer) authorize(w http.ResponseWriter, r *http.Request) {
 		a.provider.WriteAuthorizeError(ctx, w, ar, err)
 		return
 	}
+	if jkt := ar.GetRequestForm().Get("dpop_jkt"); a.dpop != nil && jkt != "" {
+		// RFC 9449 section 10: the code is bound to this key.
+		a.dpop.bindCode(resp.GetCode(), jkt)
+	}
 	a.provider.WriteAuthorizeResponse(ctx, w, ar, resp)
 }
 

@@ -78,6 +78,7 @@ type dpopServer struct {
 	proofs     []DPoPProof
 	challenges int               // use_dpop_nonce answers
 	bound      map[string]string // token -> jkt (section 6: cnf.jkt), at the token endpoint
+	codes      map[string]string // authorization code -> dpop_jkt (section 10)
 	refused    []string          // reasons of refused proofs
 	// lookup is the cnf.jkt of an access token: this server's own binding
 	// at an authorization server, the authorization server's at an MCP
@@ -89,7 +90,7 @@ func newDPoPServer(opt DPoPOptions) *dpopServer {
 	if opt.Algs == nil {
 		opt.Algs = []string{"ES256", "RS256"}
 	}
-	s := &dpopServer{opt: opt, nonce: rand.Text(), seen: map[string]time.Time{}, bound: map[string]string{}}
+	s := &dpopServer{opt: opt, nonce: rand.Text(), seen: map[string]time.Time{}, bound: map[string]string{}, codes: map[string]string{}}
 	s.lookup = s.boundTo
 	return s
 }
@@ -211,6 +212,18 @@ func (s *dpopServer) setNonce(h http.Header) {
 	h.Set("DPoP-Nonce", s.nonce)
 }
 
+func (s *dpopServer) bindCode(code, jkt string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.codes[code] = jkt
+}
+
+func (s *dpopServer) codeJKT(code string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.codes[code]
+}
+
 func (s *dpopServer) bind(token, jkt string) {
 	if token == "" {
 		return
@@ -268,6 +281,14 @@ func (a *AuthServer) dpopToken(inner http.HandlerFunc) http.HandlerFunc {
 		if err := r.ParseForm(); err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request"})
 			return
+		}
+		if code := r.PostForm.Get("code"); r.PostForm.Get("grant_type") == "authorization_code" {
+			// Section 10.1: a code bound with dpop_jkt is redeemed only
+			// with a proof by that key.
+			if want := s.codeJKT(code); want != "" && want != p.JKT {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_dpop_proof", "error_description": "the code is bound to another key"})
+				return
+			}
 		}
 		if rt := r.PostForm.Get("refresh_token"); r.PostForm.Get("grant_type") == "refresh_token" {
 			// Section 5: a refresh proves possession of the key the refresh
