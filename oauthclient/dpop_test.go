@@ -2,6 +2,7 @@ package oauthclient
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 type dpopTokenServer struct {
 	mu        sync.Mutex
 	tokenType string
+	access    string // "at" when empty
 	proofs    map[string][]string
 }
 
@@ -29,13 +31,16 @@ func (s *dpopTokenServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	s.mu.Lock()
 	s.proofs[r.URL.Path] = append(s.proofs[r.URL.Path], r.Header.Get("DPoP"))
-	typ := s.tokenType
+	typ, access := s.tokenType, s.access
 	s.mu.Unlock()
+	if access == "" {
+		access = "at"
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if r.URL.Path == "/revoke" {
 		return
 	}
-	_, _ = io.WriteString(w, `{"access_token":"at","refresh_token":"rt","token_type":"`+typ+`","expires_in":60}`)
+	_, _ = io.WriteString(w, `{"access_token":"`+access+`","refresh_token":"rt","token_type":"`+typ+`","expires_in":60}`)
 }
 
 // TestDPoPTokenRequests: with a DPoP key, every grant's token request
@@ -93,6 +98,23 @@ func TestDPoPTokenRequests(t *testing.T) {
 	for name, call := range calls {
 		if _, err := call(); !errors.Is(err, ErrUnsupportedTokenType) {
 			t.Errorf("%s: a Bearer answer to a DPoP request: %v, want ErrUnsupportedTokenType", name, err)
+		}
+	}
+	// A JWT access token whose cnf.jkt names another key is refused; one
+	// naming this key is taken (RFC 9449 section 6.1).
+	jwtWith := func(jkt string) string {
+		enc := base64.RawURLEncoding.EncodeToString
+		return enc([]byte(`{"alg":"none"}`)) + "." + enc([]byte(`{"sub":"s","cnf":{"jkt":"`+jkt+`"}}`)) + ".sig"
+	}
+	other, _ := dpop.Generate("")
+	for jkt, want := range map[string]error{other.Thumbprint(): ErrWrongBinding, key.Thumbprint(): nil} {
+		srv.mu.Lock()
+		srv.tokenType, srv.access = "DPoP", jwtWith(jkt)
+		srv.mu.Unlock()
+		for name, call := range calls {
+			if _, err := call(); !errors.Is(err, want) {
+				t.Errorf("%s with cnf.jkt %s: %v, want %v", name, jkt, err, want)
+			}
 		}
 	}
 	if err := c.Revoke(ctx, md, reg, secret.New("rt"), "refresh_token"); err != nil {

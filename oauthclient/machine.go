@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -93,7 +94,11 @@ func (c *Client) grant(ctx context.Context, op string, md *Metadata, reg *Regist
 	if err != nil {
 		return nil, err
 	}
-	t, err := c.readTokens(op, status, h, body, reg != nil && reg.DPoP != nil, c.grantFailure)
+	var proof *dpop.Key
+	if reg != nil {
+		proof = reg.DPoP
+	}
+	t, err := c.readTokens(op, status, h, body, proof, c.grantFailure)
 	if err != nil {
 		return nil, err
 	}

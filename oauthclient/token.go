@@ -2,6 +2,7 @@ package oauthclient
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,6 +86,9 @@ func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, 
 		Scopes:       splitScope(stringExtra(tok, "scope")),
 	}
 	if out.TokenType, err = tokenType(tok.TokenType, reg.DPoP != nil); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkBinding(tok.AccessToken, reg.DPoP); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	n := tok.ExpiresIn
@@ -201,6 +205,40 @@ func tokenType(t string, sentProof bool) (string, error) {
 		return "Bearer", nil
 	}
 	return "", ErrUnsupportedTokenType
+}
+
+// ErrWrongBinding reports a JWT access token whose cnf.jkt (RFC 9449
+// section 6.1) names another key than the one the request was proven
+// with.
+var ErrWrongBinding = errors.New("access token is bound to another key")
+
+// checkBinding compares the cnf.jkt of a JWT access token with the key
+// the token request was proven with. Opaque tokens, and JWTs without the
+// claim, pass: the client cannot see their binding (RFC 9449 section 6.2
+// leaves it to introspection). The token's signature is the resource
+// server's to check; this only catches a server binding the token to a
+// key mcpauth does not hold.
+func checkBinding(access string, key *dpop.Key) error {
+	if key == nil {
+		return nil
+	}
+	parts := strings.Split(access, ".")
+	if len(parts) != 3 {
+		return nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil
+	}
+	var claims struct {
+		Cnf struct {
+			JKT string `json:"jkt"`
+		} `json:"cnf"`
+	}
+	if json.Unmarshal(raw, &claims) != nil || claims.Cnf.JKT == "" || claims.Cnf.JKT == key.Thumbprint() {
+		return nil
+	}
+	return ErrWrongBinding
 }
 
 // tokenResponse is the JSON of RFC 6749 section 5.1 and 5.2.
@@ -352,7 +390,7 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 	if err != nil {
 		return nil, err
 	}
-	out, err := c.readTokens(op, status, h, body, reg.DPoP != nil, c.classify)
+	out, err := c.readTokens(op, status, h, body, reg.DPoP, c.classify)
 	if err != nil {
 		return nil, err
 	}
@@ -364,8 +402,8 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 
 // readTokens reads a token endpoint answer (RFC 6749 section 5.1), mapping
 // error answers (also those sent with 200, as some servers do) with fail.
-// sentProof says the request carried a DPoP proof.
-func (c *Client) readTokens(op string, status int, h http.Header, body []byte, sentProof bool, fail func(op string, status int, h http.Header, code string) error) (*Tokens, error) {
+// proof is the DPoP key the request was proven with, if any.
+func (c *Client) readTokens(op string, status int, h http.Header, body []byte, proof *dpop.Key, fail func(op string, status int, h http.Header, code string) error) (*Tokens, error) {
 	if status < 200 || status > 299 {
 		tr, _ := parseTokenResponse(h.Get("Content-Type"), body)
 		return nil, fail(op, status, h, tr.Error)
@@ -380,8 +418,11 @@ func (c *Client) readTokens(op string, status int, h http.Header, body []byte, s
 	if tr.AccessToken == "" {
 		return nil, fmt.Errorf("%s: response has no access_token", op)
 	}
-	typ, err := tokenType(tr.TokenType, sentProof)
+	typ, err := tokenType(tr.TokenType, proof != nil)
 	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkBinding(tr.AccessToken, proof); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	out := &Tokens{
