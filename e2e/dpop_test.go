@@ -387,3 +387,38 @@ func TestDPoPClientCredentials(t *testing.T) {
 	dpNoPrivateKey(t, e.S, p.GetName())
 	e.noSecretAnywhere(t, p.GetName(), secret, tok.GetAccessToken(), tok2.GetAccessToken())
 }
+
+// TestDPoPRequiredNoFallback: a provider that requires DPoP, against an
+// authorization server that ignores the proof and issues a Bearer token:
+// the token is refused (DPOP_REFUSED), the server is asked once, and no
+// Bearer token is ever sent to the MCP server.
+func TestDPoPRequiredNoFallback(t *testing.T) {
+	t.Parallel()
+	as := testauthz.NewMachineAuthServer(t, testauthz.MachineOptions{})
+	mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as})
+	e := &mcEnv{AS: as, MCP: mcp, S: tlStart(t, nil)}
+	as.RegisterMachineClient(testauthz.MachineClient{ID: "svc", Secret: "s3cret-nofallback-123456"})
+	p := e.create(t, "nofallback", &mcpauthv1.Provider{CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS,
+		OauthClient: &mcpauthv1.OAuthClient{ClientId: "svc", ClientSecret: "s3cret-nofallback-123456"},
+		Dpop:        &mcpauthv1.DpopSettings{Mode: mcpauthv1.DpopMode_DPOP_MODE_REQUIRED}})
+	diag, err := e.S.OAuth().DiagnoseProvider(Ctx(t, e.S.AdminKey), &mcpauthv1.DiagnoseProviderRequest{Name: p.GetName()})
+	if err != nil || len(diag.GetDpopSigningAlgValuesSupported()) != 0 || !diag.GetDpopWillBeUsed() {
+		t.Fatalf("diagnose: %v, algs %v, will be used %v", err, diag.GetDpopSigningAlgValuesSupported(), diag.GetDpopWillBeUsed())
+	}
+	_, err = e.token(t, p.GetName())
+	oaWantErr(t, err, codes.FailedPrecondition, "DPOP_REFUSED")
+	_, err = e.S.Tools().RefreshTools(Ctx(t, e.S.AdminKey), &mcpauthv1.RefreshToolsRequest{Name: p.GetName()})
+	oaWantErr(t, err, codes.FailedPrecondition, "DPOP_REFUSED")
+	reqs := e.tokenRequests()
+	if len(reqs) != 1 || len(reqs[0].Header.Values("DPoP")) != 1 {
+		t.Fatalf("%d token requests (want 1, with a proof)", len(reqs))
+	}
+	for _, r := range mcp.Received() {
+		if strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			t.Errorf("a Bearer token reached the MCP server")
+		}
+	}
+	if ev := oaWantEvent(t, e.S, "acme", "oauth.token.obtain_failed", "DPOP_REFUSED"); ev == nil {
+		t.Fatal("no obtain_failed event")
+	}
+}

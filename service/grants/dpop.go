@@ -2,10 +2,12 @@ package grants
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"strings"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/oauthclient"
 )
 
 // Bounds of a proof request's fields.
@@ -72,4 +74,22 @@ func (s *Service) Proof(ctx context.Context, tenant, id string, t *Token, r Proo
 		return "", apperr.Internal(err, "signing a DPoP proof")
 	}
 	return p, nil
+}
+
+// dpopRefused reports a token endpoint answer that does not honour a DPoP
+// request: the proof refused (invalid_dpop_proof; RFC 9449 section 5), a
+// Bearer token, or a token bound to another key.
+func dpopRefused(err error) bool {
+	var oe *oauthclient.OAuthError
+	return errors.Is(err, oauthclient.ErrUnsupportedTokenType) || errors.Is(err, oauthclient.ErrWrongBinding) ||
+		errors.As(err, &oe) && oe.Code == "invalid_dpop_proof"
+}
+
+// oauthCode is the OAuth error code of err, "" when it has none.
+func oauthCode(err error) string {
+	var oe *oauthclient.OAuthError
+	if errors.As(err, &oe) {
+		return oe.Code
+	}
+	return ""
 }

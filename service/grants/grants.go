@@ -273,6 +273,8 @@ func reauthWhy(reason string) string {
 		return "refreshed tokens could not be stored"
 	case domain.ReasonNoClient:
 		return "the client the tokens were issued to is gone or was replaced"
+	case domain.ReasonDPoPRefused:
+		return "the authorization server no longer honours DPoP for these tokens"
 	}
 	return "the authorization is no longer valid"
 }
@@ -946,6 +948,13 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
 		return nil, false, s.markReauth(mctx, cred, reason)
+	case dpopRefused(rerr):
+		// The server no longer honours DPoP for these tokens: a refresh
+		// will not help, and a Bearer token is never taken instead.
+		s.metrics.Refreshes.WithLabelValues("reauth_required").Inc()
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		return nil, false, s.markReauth(mctx, cred, domain.ReasonDPoPRefused)
 	default:
 		var temp *oauthclient.TemporaryError
 		retryAfter := time.Duration(0)

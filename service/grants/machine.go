@@ -233,6 +233,14 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 		temp *oauthclient.TemporaryError
 	)
 	switch {
+	case dpopRefused(err):
+		// Never retried, never answered by asking for a Bearer token.
+		failed(domain.ReasonDPoPRefused, oauthCode(err))
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		s.markDead(mctx, prev, row, domain.ReasonDPoPRefused)
+		return nil, apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the %s grant: disable DPoP for the provider, or call RevokeAuthorization to try again",
+			d.Kind.GrantType())
 	case errors.As(err, &ae), errors.Is(err, errNoAssertionSource):
 		failed(domain.ReasonAssertionUnavailable, "")
 		return nil, apperr.FailedPrecondition(domain.ReasonAssertionUnavailable, "%s", err.Error())

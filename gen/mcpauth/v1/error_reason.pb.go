@@ -356,76 +356,85 @@ const (
 	// the operator allows) (gRPC FAILED_PRECONDITION).
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_ASSERTION_UNAVAILABLE ErrorReason = 84
+	// The provider uses DPoP (RFC 9449) and the authorization server did not
+	// honour it: it refused the proof (invalid_dpop_proof), answered with a
+	// Bearer token, or bound the token to another key; or the provider's
+	// DPoP key changed since its tokens were issued (gRPC
+	// FAILED_PRECONDITION). mcpauth never falls back to Bearer: disable DPoP
+	// for the provider or authorize again.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DPOP_REFUSED ErrorReason = 100
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0:  "ERROR_REASON_UNSPECIFIED",
-		1:  "INVALID_ARGUMENT",
-		2:  "NOT_FOUND",
-		3:  "ALREADY_EXISTS",
-		4:  "PERMISSION_DENIED",
-		5:  "UNAUTHENTICATED",
-		6:  "ABORTED",
-		7:  "UNAVAILABLE",
-		8:  "INTERNAL",
-		9:  "DEADLINE_EXCEEDED",
-		10: "CANCELLED",
-		11: "NOT_AUTHORIZED",
-		12: "REAUTH_REQUIRED",
-		13: "TOKEN_EXPIRED",
-		14: "INSUFFICIENT_SCOPE",
-		15: "INSUFFICIENT_SCOPE_LOOP",
-		16: "PKCE_NOT_SUPPORTED",
-		17: "ISSUER_MISMATCH",
-		18: "RESOURCE_MISMATCH",
-		19: "NO_CLIENT_REGISTRATION",
-		20: "EGRESS_BLOCKED",
-		21: "SERVER_UNREACHABLE",
-		22: "RESULT_TOO_LARGE",
-		23: "PROBE_UNAVAILABLE",
-		24: "FLOW_EXPIRED_OR_USED",
-		25: "MISSING_STATE",
-		26: "STATE_INVALID",
-		27: "BROWSER_MISMATCH",
-		28: "AUTHORIZATION_DENIED",
-		29: "MISSING_CODE",
-		30: "PROVIDER_GONE",
-		31: "PROVIDER_CHANGED",
-		32: "CLIENT_CHANGED",
-		33: "TOKEN_EXCHANGE_FAILED",
-		34: "STORE_FAILED",
-		35: "RATE_LIMITED",
-		36: "INVALID_GRANT",
-		37: "INVALID_CLIENT",
-		38: "MCP_SERVER_REJECTED_TOKEN",
-		39: "REFRESH_EXHAUSTED",
-		40: "PERSIST_FAILED",
-		41: "STEP_UP_LOOP",
-		42: "PKCE_METADATA_MISSING",
-		43: "DB_WRITE_FAILED",
-		44: "NO_CLIENT",
-		45: "REVOKE_REFRESH_FAILED",
-		46: "REVOKE_ACCESS_FAILED",
-		47: "SERVER_URL_CHANGED",
-		48: "DUPLICATE_PARAMETER",
-		49: "NOT_REQUIRED",
-		50: "METADATA_NOT_FOUND",
-		51: "SERVER_NOT_FOUND",
-		52: "SERVER_REQUEST_REJECTED",
-		53: "AUTHORIZATION_REQUIRED",
-		54: "STEP_UP_EXHAUSTED",
-		55: "NO_USABLE_AUTH_METHOD",
-		56: "AUTHORIZATION_SERVER_CHANGED",
-		57: "UPSTREAM_INVALID_PARAMS",
-		58: "UPSTREAM_METHOD_NOT_FOUND",
-		59: "UPSTREAM_RPC_ERROR",
-		80: "CREDENTIAL_KIND_CHANGED",
-		81: "INVALID_SCOPE",
-		82: "UNAUTHORIZED_CLIENT",
-		83: "GRANT_REFUSED",
-		84: "ASSERTION_UNAVAILABLE",
+		0:   "ERROR_REASON_UNSPECIFIED",
+		1:   "INVALID_ARGUMENT",
+		2:   "NOT_FOUND",
+		3:   "ALREADY_EXISTS",
+		4:   "PERMISSION_DENIED",
+		5:   "UNAUTHENTICATED",
+		6:   "ABORTED",
+		7:   "UNAVAILABLE",
+		8:   "INTERNAL",
+		9:   "DEADLINE_EXCEEDED",
+		10:  "CANCELLED",
+		11:  "NOT_AUTHORIZED",
+		12:  "REAUTH_REQUIRED",
+		13:  "TOKEN_EXPIRED",
+		14:  "INSUFFICIENT_SCOPE",
+		15:  "INSUFFICIENT_SCOPE_LOOP",
+		16:  "PKCE_NOT_SUPPORTED",
+		17:  "ISSUER_MISMATCH",
+		18:  "RESOURCE_MISMATCH",
+		19:  "NO_CLIENT_REGISTRATION",
+		20:  "EGRESS_BLOCKED",
+		21:  "SERVER_UNREACHABLE",
+		22:  "RESULT_TOO_LARGE",
+		23:  "PROBE_UNAVAILABLE",
+		24:  "FLOW_EXPIRED_OR_USED",
+		25:  "MISSING_STATE",
+		26:  "STATE_INVALID",
+		27:  "BROWSER_MISMATCH",
+		28:  "AUTHORIZATION_DENIED",
+		29:  "MISSING_CODE",
+		30:  "PROVIDER_GONE",
+		31:  "PROVIDER_CHANGED",
+		32:  "CLIENT_CHANGED",
+		33:  "TOKEN_EXCHANGE_FAILED",
+		34:  "STORE_FAILED",
+		35:  "RATE_LIMITED",
+		36:  "INVALID_GRANT",
+		37:  "INVALID_CLIENT",
+		38:  "MCP_SERVER_REJECTED_TOKEN",
+		39:  "REFRESH_EXHAUSTED",
+		40:  "PERSIST_FAILED",
+		41:  "STEP_UP_LOOP",
+		42:  "PKCE_METADATA_MISSING",
+		43:  "DB_WRITE_FAILED",
+		44:  "NO_CLIENT",
+		45:  "REVOKE_REFRESH_FAILED",
+		46:  "REVOKE_ACCESS_FAILED",
+		47:  "SERVER_URL_CHANGED",
+		48:  "DUPLICATE_PARAMETER",
+		49:  "NOT_REQUIRED",
+		50:  "METADATA_NOT_FOUND",
+		51:  "SERVER_NOT_FOUND",
+		52:  "SERVER_REQUEST_REJECTED",
+		53:  "AUTHORIZATION_REQUIRED",
+		54:  "STEP_UP_EXHAUSTED",
+		55:  "NO_USABLE_AUTH_METHOD",
+		56:  "AUTHORIZATION_SERVER_CHANGED",
+		57:  "UPSTREAM_INVALID_PARAMS",
+		58:  "UPSTREAM_METHOD_NOT_FOUND",
+		59:  "UPSTREAM_RPC_ERROR",
+		80:  "CREDENTIAL_KIND_CHANGED",
+		81:  "INVALID_SCOPE",
+		82:  "UNAUTHORIZED_CLIENT",
+		83:  "GRANT_REFUSED",
+		84:  "ASSERTION_UNAVAILABLE",
+		100: "DPOP_REFUSED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -493,6 +502,7 @@ var (
 		"UNAUTHORIZED_CLIENT":          82,
 		"GRANT_REFUSED":                83,
 		"ASSERTION_UNAVAILABLE":        84,
+		"DPOP_REFUSED":                 100,
 	}
 )
 
@@ -528,7 +538,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xca\v\n" +
+	"mcpauth.v1*\xdc\v\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -595,7 +605,8 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\rINVALID_SCOPE\x10Q\x12\x17\n" +
 	"\x13UNAUTHORIZED_CLIENT\x10R\x12\x11\n" +
 	"\rGRANT_REFUSED\x10S\x12\x19\n" +
-	"\x15ASSERTION_UNAVAILABLE\x10TB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x10\n" +
+	"\fDPOP_REFUSED\x10dB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once
