@@ -10,17 +10,11 @@
 package dpop
 
 import (
-	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -31,6 +25,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/mcpauth/mcpauth/keypair"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -63,9 +58,6 @@ const (
 // proof (RFC 9449 sections 8 and 9).
 const ErrUseNonce = "use_dpop_nonce"
 
-// minRSABits is the smallest RSA modulus accepted (RFC 7518 section 3.3).
-const minRSABits = 2048
-
 // ErrBadKey reports a stored key that cannot sign proofs. The message
 // never quotes the key.
 var ErrBadKey = errors.New("unusable DPoP key")
@@ -84,50 +76,20 @@ func (k *Key) String() string { return "dpop.Key(" + string(k.alg) + ", jkt " + 
 
 // Generate makes a new key for alg (ES256 when empty).
 func Generate(alg string) (*Key, error) {
-	var priv crypto.Signer
-	var err error
-	switch alg {
-	case "", AlgES256:
-		alg = AlgES256
-		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case AlgRS256:
-		priv, err = rsa.GenerateKey(rand.Reader, minRSABits)
-	default:
-		return nil, fmt.Errorf("%w: algorithm must be ES256 or RS256", ErrBadKey)
-	}
+	priv, alg, pemText, err := keypair.Generate(alg)
 	if err != nil {
-		return nil, fmt.Errorf("generating a DPoP key: %w", err)
+		return nil, fmt.Errorf("%w: %v", ErrBadKey, err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("encoding a DPoP key: %w", err)
-	}
-	return newKey(priv, alg, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})))
+	return newKey(priv, alg, pemText)
 }
 
 // Parse reads a key stored by PEM.
 func Parse(pemText secret.Secret) (*Key, error) {
-	block, rest := pem.Decode([]byte(pemText.Reveal()))
-	if block == nil || block.Type != "PRIVATE KEY" || len(bytes.TrimSpace(rest)) > 0 {
-		return nil, fmt.Errorf("%w: expected one PKCS#8 PEM block", ErrBadKey)
-	}
-	raw, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	priv, alg, err := keypair.Parse(pemText.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("%w: not a PKCS#8 private key", ErrBadKey)
+		return nil, fmt.Errorf("%w: %v", ErrBadKey, err)
 	}
-	switch p := raw.(type) {
-	case *ecdsa.PrivateKey:
-		if p.Curve != elliptic.P256() {
-			return nil, fmt.Errorf("%w: EC keys must use P-256", ErrBadKey)
-		}
-		return newKey(p, AlgES256, pemText.Reveal())
-	case *rsa.PrivateKey:
-		if p.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("%w: RSA keys must have at least %d bits", ErrBadKey, minRSABits)
-		}
-		return newKey(p, AlgRS256, pemText.Reveal())
-	}
-	return nil, fmt.Errorf("%w: only EC P-256 and RSA keys are supported", ErrBadKey)
+	return newKey(priv, alg, pemText.Reveal())
 }
 
 func newKey(priv crypto.Signer, alg, pemText string) (*Key, error) {
