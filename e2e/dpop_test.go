@@ -202,6 +202,18 @@ func TestDPoPAuthorizationCode(t *testing.T) {
 	if n < 4 {
 		t.Errorf("%d MCP requests proven, want at least 4 (initialize, list, 2 calls)", n)
 	}
+	// One MCP session serves every call (the key read again for each call
+	// is the same key): its initialize request is sent twice, the first
+	// time refused for the nonce.
+	var inits int
+	for _, r := range mcp.Received() {
+		if strings.Contains(string(r.Body), `"method":"initialize"`) {
+			inits++
+		}
+	}
+	if inits != 2 {
+		t.Errorf("%d initialize requests, want 2 (one session, one nonce retry)", inits)
+	}
 	if c := mcp.DPoPNonceChallenges(); c != 1 {
 		t.Errorf("%d use_dpop_nonce answers at the MCP server, want 1 (refused: %v)", c, mcp.DPoPRefused())
 	}

@@ -625,7 +625,16 @@ func (e *entry) matches(t Target, cr Credentials) bool {
 	return e.url == t.URL && e.maxBytes == t.MaxResultBytes &&
 		maps.Equal(e.cred.Headers, cr.Headers) &&
 		subtle.ConstantTimeCompare([]byte(e.cred.AccessToken.Reveal()), []byte(cr.AccessToken.Reveal())) == 1 &&
-		e.cred.DPoP == cr.DPoP
+		thumbprint(e.cred.DPoP) == thumbprint(cr.DPoP)
+}
+
+// thumbprint names a DPoP key ("" for none): the same key read twice is
+// the same key.
+func thumbprint(k *dpop.Key) string {
+	if k == nil {
+		return ""
+	}
+	return k.Thumbprint()
 }
 
 // release returns a session taken by acquire; evict takes it out of the
