@@ -55,6 +55,10 @@ const (
 	// the DPoP key changed since the tokens were issued.
 	ReasonDPoPRefused = "DPOP_REFUSED"
 
+	// Reasons of enterprise-managed authorization (issue 12 item 3).
+	ReasonIDTokenRequired         = "ID_TOKEN_REQUIRED"
+	ReasonIdentityProviderRefused = "IDENTITY_PROVIDER_REFUSED"
+
 	// Reasons of a failed browser callback.
 	ReasonMissingState        = "MISSING_STATE"
 	ReasonStateInvalid        = "STATE_INVALID"

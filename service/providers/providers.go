@@ -155,6 +155,8 @@ type Fields struct {
 	AssertionFile string
 	// DPoP is the provider's DPoP setting (update path "dpop").
 	DPoP DPoPInput
+	// EnterpriseIdP is an enterprise-managed provider's identity provider.
+	EnterpriseIdP *EnterpriseIdPInput
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -177,7 +179,7 @@ const (
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
-	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathDPoP}
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -214,6 +216,9 @@ type View struct {
 	// StaticAuthorization describes a stored static Authorization value.
 	StaticAuthorization *HeaderInfo
 	AssertionFile       string
+	// EnterpriseIdP describes an enterprise-managed provider's identity
+	// provider.
+	EnterpriseIdP *EnterpriseIdPView
 	// DPoP is the DPoP setting, nil when DPoP was never configured.
 	DPoP       *DPoPView
 	CreateTime time.Time

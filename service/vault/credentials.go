@@ -26,17 +26,21 @@ type CredentialSecrets struct {
 	// DPoPKeyPEM is the PKCS#8 PEM private key of the provider's DPoP key
 	// pair (RFC 9449), if any.
 	DPoPKeyPEM secret.Secret
+	// IdPClientSecret is mcpauth's client secret at the enterprise identity
+	// provider of an enterprise-managed provider, if any.
+	IdPClientSecret secret.Secret
 }
 
 // IsZero reports whether no secret is held.
 func (c CredentialSecrets) IsZero() bool {
-	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.DPoPKeyPEM.IsZero()
+	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.DPoPKeyPEM.IsZero() && c.IdPClientSecret.IsZero()
 }
 
 type credentialBlob struct {
 	Key    string `json:"k,omitempty"`
 	Static string `json:"s,omitempty"`
 	DPoP   string `json:"d,omitempty"`
+	IdP    string `json:"i,omitempty"`
 }
 
 // SealCredentialSecrets encrypts a provider's secret credential material
@@ -45,7 +49,8 @@ func SealCredentialSecrets(c Cipher, row *repository.Provider, s CredentialSecre
 	if s.IsZero() {
 		return nil, nil
 	}
-	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), DPoP: s.DPoPKeyPEM.Reveal()})
+	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), DPoP: s.DPoPKeyPEM.Reveal(),
+		IdP: s.IdPClientSecret.Reveal()})
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding credential secrets")
 	}
@@ -70,7 +75,8 @@ func OpenCredentialSecrets(c Cipher, row *repository.Provider) (CredentialSecret
 	if err := json.Unmarshal(raw, &b); err != nil {
 		return out, apperr.Internal(err, "decoding credential secrets")
 	}
-	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), DPoPKeyPEM: secret.New(b.DPoP)}, nil
+	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), DPoPKeyPEM: secret.New(b.DPoP),
+		IdPClientSecret: secret.New(b.IdP)}, nil
 }
 
 // ParseCredentialConfig reads a stored credential configuration.
@@ -100,7 +106,7 @@ func openCredentials(c Cipher, d *Provider) error {
 	if err != nil {
 		return err
 	}
-	d.StaticAuthorization = s.StaticAuthorization
+	d.StaticAuthorization, d.IdPClientSecret = s.StaticAuthorization, s.IdPClientSecret
 	if !s.PrivateKeyPEM.IsZero() {
 		k, err := oauthclient.ParseClientKey(s.PrivateKeyPEM.Reveal(), d.CredConfig.KeyAlg)
 		if err != nil {

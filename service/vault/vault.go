@@ -70,6 +70,9 @@ type Provider struct {
 	ClientKey *oauthclient.ClientKey
 	// StaticAuthorization is a static API-key provider's Authorization value.
 	StaticAuthorization secret.Secret
+	// IdPClientSecret is mcpauth's client secret at an enterprise-managed
+	// provider's identity provider.
+	IdPClientSecret secret.Secret
 	// DPoP is the provider's DPoP key pair (RFC 9449), when it has one.
 	DPoP *dpop.Key
 }

@@ -125,6 +125,8 @@ type AuthServer struct {
 	mux      *http.ServeMux
 	rec      recorder
 	dpop     *dpopServer // nil without DPoP
+	// idjag is set on a machine server that accepts ID-JAGs (xaa.go).
+	idjag *idJAGTrust
 
 	mu              sync.Mutex
 	tokenDelay      time.Duration

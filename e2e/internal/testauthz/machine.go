@@ -36,6 +36,13 @@ type MachineOptions struct {
 	AuthMethods []string
 	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
 	DPoP *DPoPOptions
+	// IDJAG makes the JWT bearer grant accept identity assertion JWT
+	// authorization grants (ID-JAG) from the identity provider named with
+	// TrustIdentityProvider (xaa.go), instead of fosite's RFC 7523 handler
+	// with per-subject keys.
+	IDJAG bool
+	// IDJAGRefresh makes the ID-JAG grant issue refresh tokens too.
+	IDJAGRefresh bool
 }
 
 // NewMachineAuthServer starts a fosite authorization server that issues
@@ -86,9 +93,16 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 	}
 	a.config.ClientSecretsHasher = &fosite.BCrypt{Config: a.config}
 	a.config.JWKSFetcherStrategy = fosite.NewDefaultJWKSFetcherStrategy()
+	jwtBearer := compose.Factory(compose.RFC7523AssertionGrantFactory)
+	if opt.IDJAG {
+		a.idjag = &idJAGTrust{used: map[string]time.Time{}}
+		jwtBearer = a.idJAGFactory(opt.IDJAGRefresh)
+		// Refresh tokens without an offline scope.
+		a.config.RefreshTokenScopes = []string{}
+	}
 	a.provider = compose.Compose(a.config, a.store, compose.NewOAuth2HMACStrategy(a.config),
 		compose.OAuth2ClientCredentialsGrantFactory,
-		compose.RFC7523AssertionGrantFactory,
+		jwtBearer,
 		compose.OAuth2RefreshTokenGrantFactory,
 		compose.OAuth2TokenRevocationFactory,
 		compose.OAuth2TokenIntrospectionFactory,
@@ -117,6 +131,10 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 			"scopes_supported":                                 opt.Scopes,
 		}
 		a.dpopMetadata(doc)
+		if opt.IDJAG {
+			// The ID-JAG draft, section 7.2 (the MCP extension, section 6).
+			doc["authorization_grant_profiles_supported"] = []string{"urn:ietf:params:oauth:grant-profile:id-jag"}
+		}
 		writeJSON(w, http.StatusOK, doc)
 	}
 	a.mux.HandleFunc("GET /.well-known/oauth-authorization-server", meta)

@@ -364,6 +364,19 @@ const (
 	// for the provider or authorize again.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_DPOP_REFUSED ErrorReason = 100
+	// A provider of credential kind ENTERPRISE_MANAGED holds no usable token
+	// (none was obtained yet, or the access token expired and no refresh
+	// token was issued) (gRPC FAILED_PRECONDITION): call
+	// OAuthService.ExchangeIdentityAssertion with a fresh ID token of the user
+	// from the enterprise identity provider.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_REQUIRED ErrorReason = 105
+	// The enterprise identity provider refused the token exchange (gRPC
+	// FAILED_PRECONDITION; metadata oauth_error names its answer exactly, for
+	// example invalid_grant for an expired or foreign ID token,
+	// invalid_client, invalid_target or access_denied). Not retried.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_IDENTITY_PROVIDER_REFUSED ErrorReason = 106
 )
 
 // Enum value maps for ErrorReason.
@@ -435,6 +448,8 @@ var (
 		83:  "GRANT_REFUSED",
 		84:  "ASSERTION_UNAVAILABLE",
 		100: "DPOP_REFUSED",
+		105: "ID_TOKEN_REQUIRED",
+		106: "IDENTITY_PROVIDER_REFUSED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -503,6 +518,8 @@ var (
 		"GRANT_REFUSED":                83,
 		"ASSERTION_UNAVAILABLE":        84,
 		"DPOP_REFUSED":                 100,
+		"ID_TOKEN_REQUIRED":            105,
+		"IDENTITY_PROVIDER_REFUSED":    106,
 	}
 )
 
@@ -538,7 +555,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xdc\v\n" +
+	"mcpauth.v1*\x92\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -606,7 +623,9 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x13UNAUTHORIZED_CLIENT\x10R\x12\x11\n" +
 	"\rGRANT_REFUSED\x10S\x12\x19\n" +
 	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x10\n" +
-	"\fDPOP_REFUSED\x10dB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\fDPOP_REFUSED\x10d\x12\x15\n" +
+	"\x11ID_TOKEN_REQUIRED\x10i\x12\x1d\n" +
+	"\x19IDENTITY_PROVIDER_REFUSED\x10jB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

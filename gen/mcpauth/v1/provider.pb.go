@@ -176,6 +176,18 @@ const (
 	// A fixed Authorization header (static_authorization) for servers that
 	// use plain API keys; never combined with an OAuth client.
 	CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION CredentialKind = 4
+	// The MCP enterprise-managed authorization extension (cross-app access):
+	// the calling platform supplies the end user's ID token from the
+	// enterprise identity provider (OAuthService.ExchangeIdentityAssertion);
+	// mcpauth exchanges it at enterprise_identity_provider for an identity
+	// assertion JWT authorization grant (RFC 8693 token exchange,
+	// requested_token_type urn:ietf:params:oauth:token-type:id-jag, audience
+	// the MCP server's authorization server, resource the MCP server) and
+	// presents that to the authorization server with the RFC 7523 JWT bearer
+	// grant, authenticating as oauth_client. The ID token and the grant are
+	// never stored. When the tokens run out and no refresh token was issued,
+	// reads answer FAILED_PRECONDITION with reason ID_TOKEN_REQUIRED.
+	CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED CredentialKind = 5
 )
 
 // Enum value maps for CredentialKind.
@@ -186,6 +198,7 @@ var (
 		2: "CREDENTIAL_KIND_CLIENT_CREDENTIALS",
 		3: "CREDENTIAL_KIND_JWT_BEARER",
 		4: "CREDENTIAL_KIND_STATIC_AUTHORIZATION",
+		5: "CREDENTIAL_KIND_ENTERPRISE_MANAGED",
 	}
 	CredentialKind_value = map[string]int32{
 		"CREDENTIAL_KIND_UNSPECIFIED":          0,
@@ -193,6 +206,7 @@ var (
 		"CREDENTIAL_KIND_CLIENT_CREDENTIALS":   2,
 		"CREDENTIAL_KIND_JWT_BEARER":           3,
 		"CREDENTIAL_KIND_STATIC_AUTHORIZATION": 4,
+		"CREDENTIAL_KIND_ENTERPRISE_MANAGED":   5,
 	}
 )
 
@@ -344,6 +358,9 @@ type Provider struct {
 	StaticAuthorizationInfo *HeaderInfo `protobuf:"bytes,82,opt,name=static_authorization_info,json=staticAuthorizationInfo,proto3" json:"static_authorization_info,omitempty"`
 	// Where CREDENTIAL_KIND_JWT_BEARER reads the workload's identity token.
 	WorkloadIdentity *WorkloadIdentity `protobuf:"bytes,83,opt,name=workload_identity,json=workloadIdentity,proto3" json:"workload_identity,omitempty"`
+	// The enterprise identity provider of CREDENTIAL_KIND_ENTERPRISE_MANAGED,
+	// and only of it.
+	EnterpriseIdentityProvider *EnterpriseIdentityProvider `protobuf:"bytes,140,opt,name=enterprise_identity_provider,json=enterpriseIdentityProvider,proto3" json:"enterprise_identity_provider,omitempty"`
 	// Sender-constrained tokens (DPoP, RFC 9449) for any credential kind
 	// (update path "dpop"). A new or rotated key makes the tokens bound to
 	// the old one useless: they are revoked and deleted (audited as
@@ -524,6 +541,13 @@ func (x *Provider) GetWorkloadIdentity() *WorkloadIdentity {
 	return nil
 }
 
+func (x *Provider) GetEnterpriseIdentityProvider() *EnterpriseIdentityProvider {
+	if x != nil {
+		return x.EnterpriseIdentityProvider
+	}
+	return nil
+}
+
 func (x *Provider) GetDpop() *DpopSettings {
 	if x != nil {
 		return x.Dpop
@@ -612,6 +636,94 @@ func (x *DpopSettings) GetKeyThumbprint() string {
 	return ""
 }
 
+// EnterpriseIdentityProvider is the enterprise identity provider (IdP)
+// mcpauth exchanges end users' ID tokens at.
+type EnterpriseIdentityProvider struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The IdP's issuer identifier (https; http only for hosts the egress
+	// policy allows). Its RFC 8414 metadata names the token endpoint unless
+	// token_endpoint is set. One of issuer and token_endpoint is required.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The IdP's token endpoint, used instead of the one its metadata names.
+	TokenEndpoint string `protobuf:"bytes,2,opt,name=token_endpoint,json=tokenEndpoint,proto3" json:"token_endpoint,omitempty"`
+	// mcpauth's client id at the IdP. Required.
+	ClientId string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// mcpauth's client secret at the IdP (sent with client_secret_basic, or
+	// client_secret_post when the IdP advertises only that). Input only:
+	// stored encrypted, never returned. Required; on update, empty keeps the
+	// stored secret unless client_id changes.
+	ClientSecret string `protobuf:"bytes,4,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// Whether a client secret for the IdP is stored.
+	ClientSecretSet bool `protobuf:"varint,5,opt,name=client_secret_set,json=clientSecretSet,proto3" json:"client_secret_set,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EnterpriseIdentityProvider) Reset() {
+	*x = EnterpriseIdentityProvider{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnterpriseIdentityProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnterpriseIdentityProvider) ProtoMessage() {}
+
+func (x *EnterpriseIdentityProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnterpriseIdentityProvider.ProtoReflect.Descriptor instead.
+func (*EnterpriseIdentityProvider) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EnterpriseIdentityProvider) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetTokenEndpoint() string {
+	if x != nil {
+		return x.TokenEndpoint
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientSecret() string {
+	if x != nil {
+		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientSecretSet() bool {
+	if x != nil {
+		return x.ClientSecretSet
+	}
+	return false
+}
+
 // WorkloadIdentity names where a workload's identity token is read.
 type WorkloadIdentity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -627,7 +739,7 @@ type WorkloadIdentity struct {
 
 func (x *WorkloadIdentity) Reset() {
 	*x = WorkloadIdentity{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +751,7 @@ func (x *WorkloadIdentity) String() string {
 func (*WorkloadIdentity) ProtoMessage() {}
 
 func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +764,7 @@ func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadIdentity.ProtoReflect.Descriptor instead.
 func (*WorkloadIdentity) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WorkloadIdentity) GetAssertionFile() string {
@@ -690,7 +802,7 @@ type ClientKey struct {
 
 func (x *ClientKey) Reset() {
 	*x = ClientKey{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +814,7 @@ func (x *ClientKey) String() string {
 func (*ClientKey) ProtoMessage() {}
 
 func (x *ClientKey) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +827,7 @@ func (x *ClientKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKey.ProtoReflect.Descriptor instead.
 func (*ClientKey) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClientKey) GetPrivateKeyPem() string {
@@ -775,7 +887,7 @@ type HeaderInfo struct {
 
 func (x *HeaderInfo) Reset() {
 	*x = HeaderInfo{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +899,7 @@ func (x *HeaderInfo) String() string {
 func (*HeaderInfo) ProtoMessage() {}
 
 func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +912,7 @@ func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderInfo.ProtoReflect.Descriptor instead.
 func (*HeaderInfo) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HeaderInfo) GetName() string {
@@ -848,7 +960,7 @@ type OAuthClient struct {
 
 func (x *OAuthClient) Reset() {
 	*x = OAuthClient{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +972,7 @@ func (x *OAuthClient) String() string {
 func (*OAuthClient) ProtoMessage() {}
 
 func (x *OAuthClient) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +985,7 @@ func (x *OAuthClient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
 func (*OAuthClient) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OAuthClient) GetClientId() string {
@@ -940,7 +1052,7 @@ type CompatibilityProfile struct {
 
 func (x *CompatibilityProfile) Reset() {
 	*x = CompatibilityProfile{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1064,7 @@ func (x *CompatibilityProfile) String() string {
 func (*CompatibilityProfile) ProtoMessage() {}
 
 func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1077,7 @@ func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompatibilityProfile.ProtoReflect.Descriptor instead.
 func (*CompatibilityProfile) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompatibilityProfile) GetResourceMode() ResourceParameterMode {
@@ -1025,7 +1137,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1149,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1162,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateProviderRequest) GetParent() string {
@@ -1092,7 +1204,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1216,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1229,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -1138,7 +1250,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1262,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1275,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -1184,7 +1296,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1308,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1321,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -1234,7 +1346,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1358,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1371,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListProvidersRequest) GetParent() string {
@@ -1296,7 +1408,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1420,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1433,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1352,7 +1464,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1476,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1489,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateProviderRequest) GetProvider() *Provider {
@@ -1405,7 +1517,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1529,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1542,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -1453,7 +1565,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1577,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1590,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1506,7 +1618,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1630,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1643,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteProviderResponse) GetRevokedAtServer() bool {
@@ -1546,7 +1658,8 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\t\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\n" +
+	"\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1572,7 +1685,8 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
-	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12,\n" +
+	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
+	"\x1centerprise_identity_provider\x18\x8c\x01 \x01(\v2&.mcpauth.v1.EnterpriseIdentityProviderR\x1aenterpriseIdentityProvider\x12,\n" +
 	"\x04dpop\x18x \x01(\v2\x18.mcpauth.v1.DpopSettingsR\x04dpop\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -1582,7 +1696,13 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
 	"\n" +
 	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
-	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"9\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\xd3\x01\n" +
+	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
+	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
+	"\rclient_secret\x18\x04 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
+	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
@@ -1655,13 +1775,14 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x15DPOP_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12DPOP_MODE_DISABLED\x10\x01\x12\x12\n" +
 	"\x0eDPOP_MODE_AUTO\x10\x02\x12\x16\n" +
-	"\x12DPOP_MODE_REQUIRED\x10\x03*\xcb\x01\n" +
+	"\x12DPOP_MODE_REQUIRED\x10\x03*\xf3\x01\n" +
 	"\x0eCredentialKind\x12\x1f\n" +
 	"\x1bCREDENTIAL_KIND_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"CREDENTIAL_KIND_AUTHORIZATION_CODE\x10\x01\x12&\n" +
 	"\"CREDENTIAL_KIND_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
 	"\x1aCREDENTIAL_KIND_JWT_BEARER\x10\x03\x12(\n" +
-	"$CREDENTIAL_KIND_STATIC_AUTHORIZATION\x10\x04*\xaf\x01\n" +
+	"$CREDENTIAL_KIND_STATIC_AUTHORIZATION\x10\x04\x12&\n" +
+	"\"CREDENTIAL_KIND_ENTERPRISE_MANAGED\x10\x05*\xaf\x01\n" +
 	"\x15ResourceParameterMode\x12'\n" +
 	"#RESOURCE_PARAMETER_MODE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!RESOURCE_PARAMETER_MODE_CANONICAL\x10\x01\x12 \n" +
@@ -1687,75 +1808,77 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 }
 
 var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
-	(AuthorizationStatus)(0),       // 0: mcpauth.v1.AuthorizationStatus
-	(DpopMode)(0),                  // 1: mcpauth.v1.DpopMode
-	(CredentialKind)(0),            // 2: mcpauth.v1.CredentialKind
-	(ResourceParameterMode)(0),     // 3: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),               // 4: mcpauth.v1.Provider
-	(*DpopSettings)(nil),           // 5: mcpauth.v1.DpopSettings
-	(*WorkloadIdentity)(nil),       // 6: mcpauth.v1.WorkloadIdentity
-	(*ClientKey)(nil),              // 7: mcpauth.v1.ClientKey
-	(*HeaderInfo)(nil),             // 8: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),            // 9: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),   // 10: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),  // 11: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil), // 12: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),     // 13: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),    // 14: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),   // 15: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 16: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),  // 17: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil), // 18: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),  // 19: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil), // 20: mcpauth.v1.DeleteProviderResponse
-	nil,                            // 21: mcpauth.v1.Provider.HeadersEntry
-	nil,                            // 22: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),  // 25: google.protobuf.FieldMask
+	(AuthorizationStatus)(0),           // 0: mcpauth.v1.AuthorizationStatus
+	(DpopMode)(0),                      // 1: mcpauth.v1.DpopMode
+	(CredentialKind)(0),                // 2: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),         // 3: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),                   // 4: mcpauth.v1.Provider
+	(*DpopSettings)(nil),               // 5: mcpauth.v1.DpopSettings
+	(*EnterpriseIdentityProvider)(nil), // 6: mcpauth.v1.EnterpriseIdentityProvider
+	(*WorkloadIdentity)(nil),           // 7: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),                  // 8: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),                 // 9: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),                // 10: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),       // 11: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),      // 12: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),     // 13: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),         // 14: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),        // 15: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),       // 16: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 17: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),      // 18: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),     // 19: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),      // 20: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),     // 21: mcpauth.v1.DeleteProviderResponse
+	nil,                                // 22: mcpauth.v1.Provider.HeadersEntry
+	nil,                                // 23: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 26: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	21, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	8,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	23, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	23, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	9,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	10, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	22, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	9,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	24, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	24, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	10, // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	11, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	24, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	24, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	25, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	25, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	8,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
-	6,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
-	5,  // 12: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
-	1,  // 13: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
-	7,  // 14: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	3,  // 15: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	22, // 16: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	4,  // 17: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	4,  // 18: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	4,  // 19: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	4,  // 20: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	4,  // 21: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	25, // 22: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 23: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	11, // 24: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	13, // 25: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	15, // 26: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	17, // 27: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	19, // 28: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	12, // 29: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	14, // 30: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	16, // 31: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	18, // 32: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	20, // 33: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	29, // [29:34] is the sub-list for method output_type
-	24, // [24:29] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	9,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	7,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	6,  // 12: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
+	5,  // 13: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
+	1,  // 14: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
+	8,  // 15: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	3,  // 16: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	23, // 17: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	4,  // 18: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	4,  // 19: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 20: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 21: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	4,  // 22: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	26, // 23: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 24: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	12, // 25: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	14, // 26: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	16, // 27: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	18, // 28: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	20, // 29: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	13, // 30: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	15, // 31: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	17, // 32: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	19, // 33: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	21, // 34: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	30, // [30:35] is the sub-list for method output_type
+	25, // [25:30] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1769,7 +1892,7 @@ func file_mcpauth_v1_provider_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
