@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 )
 
@@ -64,8 +65,8 @@ func isTokenChar(c rune) bool {
 // Proof signs a DPoP proof (RFC 9449 section 4.2) for the caller's
 // request r with t's key, bound to t (ath). t must be DPoP-bound; a key
 // rotated since t was issued is REAUTH_REQUIRED.
-func (s *Service) Proof(ctx context.Context, tenant, id string, t *Token, r ProofRequest) (string, error) {
-	key, err := s.boundKey(ctx, tenant, id, t.Grant)
+func (s *Service) Proof(ctx context.Context, ref domain.GrantRef, t *Token, r ProofRequest) (string, error) {
+	key, err := s.boundKey(ctx, ref.Tenant, ref.Provider, t.Grant)
 	if err != nil {
 		return "", err
 	}
