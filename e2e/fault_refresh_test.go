@@ -22,10 +22,16 @@ const faultTokenLife = 6 * time.Second
 // fault proxy.
 func faultCluster(tb testing.TB, n int, dsn string) (*tokCluster, *faultRedis, *faultProxy) {
 	tb.Helper()
+	return faultClusterEnv(tb, n, dsn, nil)
+}
+
+// faultClusterEnv is faultCluster with more MCPAUTH_* settings.
+func faultClusterEnv(tb testing.TB, n int, dsn string, env map[string]string) (*tokCluster, *faultRedis, *faultProxy) {
+	tb.Helper()
 	rd := startFaultRedis(tb)
 	newAS, asProxy := faultAS(tb)
 	c := tokStart(tb, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: faultTokenLife}, Replicas: n,
-		NewAS: newAS, RedisURL: rd.URL(), DSN: dsn})
+		NewAS: newAS, RedisURL: rd.URL(), DSN: dsn, Env: env})
 	return c, rd, asProxy()
 }
 
