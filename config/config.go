@@ -149,7 +149,8 @@ type Config struct {
 	// AuditRetentionInterval is how often retention runs.
 	AuditRetentionInterval time.Duration `env:"MCPAUTH_AUDIT_RETENTION_INTERVAL, default=1h"`
 	// AuditBuffer bounds the audit events held in memory while the database
-	// is unreachable (about 1 KiB each); more are dropped, counted and logged.
+	// is unreachable (a typical event about 420 bytes); more are dropped,
+	// counted and logged.
 	AuditBuffer int `env:"MCPAUTH_AUDIT_BUFFER, default=50000"`
 	// AuditWait bounds how long an operation waits for its audit event's
 	// first write attempt before it answers (the event is stored later).

@@ -67,10 +67,10 @@ var _ Recorder = (*Auditor)(nil)
 //   - No time window: while the database is unreachable, events are held in
 //     memory and retried (backoff up to 5 s) until they are stored, however
 //     long the outage, as long as the process lives. Memory is bounded by
-//     MaxPending events (default 50,000, about 1 KiB each): an event recorded
-//     while that many wait is dropped, counted in
-//     mcpauth_audit_events_lost_total{reason="buffer_full"} and logged as
-//     "AUDIT EVENT LOST".
+//     MaxPending events (default 50,000; a typical event holds about 420
+//     bytes, so about 20 MB): an event recorded while that many wait is
+//     dropped, counted in mcpauth_audit_events_lost_total{reason=
+//     "buffer_full"} and logged as "AUDIT EVENT LOST".
 //   - Callers are not held by an outage: Record waits for its event's first
 //     write attempt, at most MaxWait (default 2 s) and never past the
 //     caller's context; while a write is known to be failing it does not
