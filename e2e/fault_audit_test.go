@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,10 +12,12 @@ import (
 )
 
 // TestFaultAuditThroughDatabaseOutage (issue 15, case 10): tool calls go on
-// while the database is unreachable for longer than the audit writer's old
-// 30 s retry window. Every call is answered by its own deadline (the audit
-// write does not hold it), and once the database is back each answered
-// call has exactly one mcp.tool.called event: none dropped, none doubled.
+// while the database is unreachable. Every call is answered by its own
+// deadline (the audit write does not hold it), and once the database is
+// back each answered call has exactly one mcp.tool.called event: none
+// dropped, none doubled. (That the held events have no time limit at all
+// is TestRecordHeldThroughLongOutage in service/audit; OUTAGE=35s here
+// outlasts the old 30 s window, at the cost of suite time.)
 func TestFaultAuditThroughDatabaseOutage(t *testing.T) {
 	t.Parallel()
 	dsn, pg := faultPostgres(t)
@@ -30,9 +33,13 @@ func TestFaultAuditThroughDatabaseOutage(t *testing.T) {
 	if err := call(); err != nil {
 		t.Fatalf("tool call before the outage: %v", err)
 	}
+	outage := 12 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("OUTAGE")); err == nil {
+		outage = d
+	}
 	answered, ok := 1, 1
 	pg.Down()
-	for end := time.Now().Add(35 * time.Second); time.Now().Before(end); {
+	for end := time.Now().Add(outage); time.Now().Before(end); {
 		err := call()
 		switch status.Code(err) {
 		case codes.OK:
@@ -45,7 +52,7 @@ func TestFaultAuditThroughDatabaseOutage(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	pg.Up()
-	t.Logf("%d tool calls answered during a 35 s database outage (%d OK)", answered-1, ok-1)
+	t.Logf("%d tool calls answered during a %v database outage (%d OK)", answered-1, outage, ok-1)
 	tokWait(t, "one audit event per answered call", 60*time.Second, func() bool {
 		return len(c.tokAudit(t, "mcp.tool.called")) >= answered
 	})
