@@ -16,7 +16,7 @@ import (
 // deadline (the audit write does not hold it), and once the database is
 // back each answered call has exactly one mcp.tool.called event: none
 // dropped, none doubled. (That the held events have no time limit at all
-// is TestRecordHeldThroughLongOutage in service/audit; OUTAGE=35s here
+// is TestRecordHeldThroughLongOutage in service/audit; MCPAUTH_FAULT_OUTAGE=35s here
 // outlasts the old 30 s window, at the cost of suite time.)
 func TestFaultAuditThroughDatabaseOutage(t *testing.T) {
 	t.Parallel()
@@ -34,7 +34,7 @@ func TestFaultAuditThroughDatabaseOutage(t *testing.T) {
 		t.Fatalf("tool call before the outage: %v", err)
 	}
 	outage := 12 * time.Second
-	if d, err := time.ParseDuration(os.Getenv("OUTAGE")); err == nil {
+	if d, err := time.ParseDuration(os.Getenv("MCPAUTH_FAULT_OUTAGE")); err == nil {
 		outage = d
 	}
 	answered, ok := 1, 1
