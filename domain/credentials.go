@@ -18,6 +18,15 @@ const (
 	// KindStaticAuthorization is a fixed Authorization header value (an API
 	// key); no OAuth at all.
 	KindStaticAuthorization CredentialKind = "static_authorization"
+	// KindEnterpriseManaged is the MCP enterprise-managed authorization
+	// extension (cross-app access): the end user's ID token from the
+	// enterprise identity provider, supplied by the calling platform, is
+	// exchanged there for an identity assertion JWT authorization grant
+	// (ID-JAG, RFC 8693 token exchange), which the MCP server's
+	// authorization server turns into tokens with the RFC 7523 JWT bearer
+	// grant. mcpauth cannot start it alone: it needs a fresh ID token each
+	// time the tokens run out.
+	KindEnterpriseManaged CredentialKind = "enterprise_managed"
 )
 
 // Machine reports whether tokens of this kind are obtained by asking the
@@ -34,7 +43,7 @@ func (k CredentialKind) GrantType() string {
 		return "authorization_code"
 	case KindClientCredentials:
 		return "client_credentials"
-	case KindJWTBearer:
+	case KindJWTBearer, KindEnterpriseManaged:
 		return "urn:ietf:params:oauth:grant-type:jwt-bearer"
 	}
 	return ""
@@ -57,4 +66,25 @@ type CredentialConfig struct {
 	StaticSet bool `json:"ss,omitempty"`
 	// AssertionFile is where the workload identity token is read from.
 	AssertionFile string `json:"af,omitempty"`
+	// IdP is the enterprise identity provider of KindEnterpriseManaged.
+	IdP EnterpriseIdP `json:"idp,omitzero"`
 }
+
+// EnterpriseIdP is the non-secret configuration of the enterprise identity
+// provider mcpauth exchanges ID tokens at (its client secret is sealed
+// with the other credential secrets).
+type EnterpriseIdP struct {
+	// Issuer is the IdP's issuer identifier; its RFC 8414 metadata names
+	// the token endpoint. Empty when TokenEndpoint is configured alone.
+	Issuer string `json:"iss,omitempty"`
+	// TokenEndpoint is the IdP's token endpoint; when empty it is
+	// discovered from Issuer.
+	TokenEndpoint string `json:"te,omitempty"`
+	// ClientID is mcpauth's client at the IdP.
+	ClientID string `json:"cid,omitempty"`
+	// SecretSet is true when a client secret for the IdP is stored.
+	SecretSet bool `json:"ss,omitempty"`
+}
+
+// IsZero reports whether nothing is configured.
+func (e EnterpriseIdP) IsZero() bool { return e == EnterpriseIdP{} }

@@ -52,6 +52,10 @@ const (
 	ReasonGrantRefused          = "GRANT_REFUSED"
 	ReasonAssertionUnavailable  = "ASSERTION_UNAVAILABLE"
 
+	// Reasons of enterprise-managed authorization (issue 12 item 3).
+	ReasonIDTokenRequired         = "ID_TOKEN_REQUIRED"
+	ReasonIdentityProviderRefused = "IDENTITY_PROVIDER_REFUSED"
+
 	// Reasons of a failed browser callback.
 	ReasonMissingState        = "MISSING_STATE"
 	ReasonStateInvalid        = "STATE_INVALID"

@@ -331,6 +331,11 @@ func AuthServerMetadataURLs(issuer string) ([]string, error) {
 // ErrNoAuthServerMetadata, with nothing set when no location had a
 // document at all (as opposed to documents that were rejected).
 func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trace) (asm *oauthex.AuthServerMeta, nothing bool, err error) {
+	return c.findMeta(ctx, issuer, tr, validateAuthServerMeta)
+}
+
+// findMeta is findAuthServerMeta with the document check as a parameter.
+func (c *Client) findMeta(ctx context.Context, issuer string, tr *Trace, validate func(*oauthex.AuthServerMeta, string) error) (asm *oauthex.AuthServerMeta, nothing bool, err error) {
 	urls, err := AuthServerMetadataURLs(issuer)
 	if err != nil {
 		return nil, false, fmt.Errorf("discover: authorization server: %w", err)
@@ -359,7 +364,7 @@ func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trac
 		found = true
 		doc, err := decodeAuthServerMeta(res.body)
 		if err == nil {
-			err = validateAuthServerMeta(doc, issuer)
+			err = validate(doc, issuer)
 		}
 		if err != nil {
 			if errors.Is(err, ErrIssuerMismatch) {

@@ -16,6 +16,7 @@ var credentialKinds = map[mcpauthv1.CredentialKind]domain.CredentialKind{
 	mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS:   domain.KindClientCredentials,
 	mcpauthv1.CredentialKind_CREDENTIAL_KIND_JWT_BEARER:           domain.KindJWTBearer,
 	mcpauthv1.CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION: domain.KindStaticAuthorization,
+	mcpauthv1.CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED:   domain.KindEnterpriseManaged,
 }
 
 // credentialKindProto is the API's value of a domain credential kind
@@ -40,6 +41,10 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	}
 	f.CredentialKind, f.StaticAuthorization = kind, p.GetStaticAuthorization()
 	f.AssertionFile = p.GetWorkloadIdentity().GetAssertionFile()
+	if e := p.GetEnterpriseIdentityProvider(); e != nil {
+		f.EnterpriseIdP = &providers.EnterpriseIdPInput{Issuer: e.GetIssuer(), TokenEndpoint: e.GetTokenEndpoint(),
+			ClientID: e.GetClientId(), ClientSecret: e.GetClientSecret()}
+	}
 	if k := p.GetOauthClient().GetPrivateKeyJwt(); k != nil {
 		f.OAuthClient.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
 	}
@@ -55,6 +60,10 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	if v.AssertionFile != "" {
 		p.WorkloadIdentity = &mcpauthv1.WorkloadIdentity{AssertionFile: v.AssertionFile}
 	}
+	if e := v.EnterpriseIdP; e != nil {
+		p.EnterpriseIdentityProvider = &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.Issuer, TokenEndpoint: e.TokenEndpoint,
+			ClientId: e.ClientID, ClientSecretSet: e.SecretSet}
+	}
 	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
 		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
 	}
@@ -62,8 +71,15 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 
 // credentialPath folds the nested paths a REST PATCH body yields for the
 // credential messages into the paths Update knows: a key and a workload
-// identity are replaced as a whole.
+// identity are replaced as a whole, and so is the enterprise identity
+// provider except for its client secret alone.
 func credentialPath(path string) string {
+	if path == providers.PathEnterpriseIdPSecret {
+		return path
+	}
+	if strings.HasPrefix(path, providers.PathEnterpriseIdP+".") {
+		return providers.PathEnterpriseIdP
+	}
 	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity} {
 		if strings.HasPrefix(path, whole+".") {
 			return whole

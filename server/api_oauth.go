@@ -28,6 +28,9 @@ type GrantUseCases interface {
 	Status(ctx context.Context, tenant, id string) (*grants.Status, error)
 	AccessToken(ctx context.Context, tenant, id string) (*grants.Token, error)
 	Revoke(ctx context.Context, tenant, id string) (bool, error)
+	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
+	// tokens from a user's ID token.
+	ExchangeIdentityAssertion(ctx context.Context, in grants.IdentityAssertion) (*grants.Exchanged, error)
 }
 
 var _ GrantUseCases = (*grants.Service)(nil)
@@ -125,23 +128,27 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		return nil, err
 	}
 	resp := &mcpauthv1.DiagnoseProviderResponse{
-		Ready:                             d.Ready,
-		BlockingProblem:                   d.BlockingProblem,
-		ResourceMetadataUrl:               d.ResourceMetadataURL,
-		Issuer:                            d.Issuer,
-		PkceS256Supported:                 d.PKCES256Supported,
-		ClientIdMetadataDocumentSupported: d.ClientIDMetadataDocumentSupported,
-		DynamicRegistrationSupported:      d.DynamicRegistrationSupported,
-		IssuerParameterSupported:          d.IssuerParameterSupported,
-		RegistrationMethod:                string(d.RegistrationMethod),
-		ClientRegistrationMethod:          registrationMethods[d.RegistrationMethod],
-		Scopes:                            d.Scopes,
-		Status:                            authStatuses[d.Status],
-		GrantTypesSupported:               d.GrantTypesSupported,
-		TokenEndpointAuthMethodsSupported: d.TokenEndpointAuthMethods,
-		GrantType:                         d.GrantType,
-		TokenEndpointAuthMethod:           d.TokenEndpointAuthMethod,
-		CredentialKind:                    credentialKindProto(d.CredentialKind),
+		Ready:                               d.Ready,
+		BlockingProblem:                     d.BlockingProblem,
+		ResourceMetadataUrl:                 d.ResourceMetadataURL,
+		Issuer:                              d.Issuer,
+		PkceS256Supported:                   d.PKCES256Supported,
+		ClientIdMetadataDocumentSupported:   d.ClientIDMetadataDocumentSupported,
+		DynamicRegistrationSupported:        d.DynamicRegistrationSupported,
+		IssuerParameterSupported:            d.IssuerParameterSupported,
+		RegistrationMethod:                  string(d.RegistrationMethod),
+		ClientRegistrationMethod:            registrationMethods[d.RegistrationMethod],
+		Scopes:                              d.Scopes,
+		Status:                              authStatuses[d.Status],
+		GrantTypesSupported:                 d.GrantTypesSupported,
+		TokenEndpointAuthMethodsSupported:   d.TokenEndpointAuthMethods,
+		GrantType:                           d.GrantType,
+		TokenEndpointAuthMethod:             d.TokenEndpointAuthMethod,
+		CredentialKind:                      credentialKindProto(d.CredentialKind),
+		IdentityProviderIssuer:              d.IdPIssuer,
+		IdentityProviderGrantTypesSupported: d.IdPGrantTypes,
+		IdentityProviderTokenEndpointAuthMethodsSupported: d.IdPAuthMethods,
+		IdentityProviderTokenEndpointAuthMethod:           d.IdPAuthMethod,
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

@@ -20,11 +20,12 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.MCPProviderService_UpdateProvider_FullMethodName: caller.ProvidersWrite,
 	mcpauthv1.MCPProviderService_DeleteProvider_FullMethodName: caller.ProvidersWrite,
 
-	mcpauthv1.OAuthService_StartAuthorization_FullMethodName:     caller.Authorize,
-	mcpauthv1.OAuthService_GetAuthorizationStatus_FullMethodName: caller.ProvidersRead,
-	mcpauthv1.OAuthService_GetAccessToken_FullMethodName:         caller.TokensRead,
-	mcpauthv1.OAuthService_RevokeAuthorization_FullMethodName:    caller.Authorize,
-	mcpauthv1.OAuthService_DiagnoseProvider_FullMethodName:       caller.Authorize,
+	mcpauthv1.OAuthService_StartAuthorization_FullMethodName:        caller.Authorize,
+	mcpauthv1.OAuthService_GetAuthorizationStatus_FullMethodName:    caller.ProvidersRead,
+	mcpauthv1.OAuthService_GetAccessToken_FullMethodName:            caller.TokensRead,
+	mcpauthv1.OAuthService_RevokeAuthorization_FullMethodName:       caller.Authorize,
+	mcpauthv1.OAuthService_DiagnoseProvider_FullMethodName:          caller.Authorize,
+	mcpauthv1.OAuthService_ExchangeIdentityAssertion_FullMethodName: caller.Authorize,
 
 	mcpauthv1.AuditService_ListAuditEvents_FullMethodName: caller.AuditRead,
 	mcpauthv1.AuditService_WatchEvents_FullMethodName:     caller.AuditRead,

@@ -59,6 +59,9 @@ type Protocol interface {
 	// Forget drops cached discovery for a server whose metadata led to a
 	// failed request.
 	Forget(serverURL string)
+	// IdentityProviderMetadata reads an enterprise identity provider's
+	// metadata (DiagnoseProvider of an enterprise-managed provider).
+	IdentityProviderMetadata(ctx context.Context, issuer string, tr *oauthclient.Trace) (*oauthclient.Metadata, error)
 }
 
 // GrantStore stores the tokens of a completed authorization.
@@ -959,6 +962,13 @@ type Diagnosis struct {
 	CredentialKind           domain.CredentialKind
 	GrantType                string
 	TokenEndpointAuthMethod  string
+	// For an enterprise-managed provider: its identity provider's issuer,
+	// what that advertises, and the client authentication mcpauth will use
+	// there.
+	IdPIssuer      string
+	IdPGrantTypes  []string
+	IdPAuthMethods []string
+	IdPAuthMethod  string
 }
 
 // Diagnose runs discovery and registration selection without starting a
@@ -1005,6 +1015,9 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	out.Scopes = disc.scopes
 	out.Status, _ = d.Row.AuthStatus()
 	if diagnoseKind(out, d, md) {
+		if d.Kind == domain.KindEnterpriseManaged {
+			s.diagnoseIdP(ctx, out, d)
+		}
 		return out, nil
 	}
 	if ch := disc.challenge; ch != nil && ch.Error == "insufficient_scope" && ch.StepUpAttempts >= domain.MaxStepUpAttempts {

@@ -1,6 +1,7 @@
 package authflow
 
 import (
+	"context"
 	"slices"
 
 	"github.com/mcpauth/mcpauth/domain"
@@ -17,7 +18,7 @@ func diagnoseKind(out *Diagnosis, d *vault.Provider, md *oauthclient.Metadata) b
 	out.TokenEndpointAuthMethods = md.TokenEndpointAuthMethods
 	out.CredentialKind = d.Kind
 	out.GrantType = d.Kind.GrantType()
-	if !d.Kind.Machine() {
+	if !d.Kind.Machine() && d.Kind != domain.KindEnterpriseManaged {
 		return false
 	}
 	switch {
@@ -44,4 +45,44 @@ func diagnoseKind(out *Diagnosis, d *vault.Provider, md *oauthclient.Metadata) b
 	out.RegistrationMethod = domain.RegPreRegistered
 	out.Ready = true
 	return true
+}
+
+// diagnoseIdP adds, for an enterprise-managed provider, what its identity
+// provider advertises (RFC 8414 metadata, when an issuer is configured)
+// and the client authentication mcpauth will use there. A problem there
+// blocks only a diagnosis the authorization server's side found ready.
+func (s *Service) diagnoseIdP(ctx context.Context, out *Diagnosis, d *vault.Provider) {
+	idp := d.CredConfig.IdP
+	out.IdPIssuer = idp.Issuer
+	block := func(why string) {
+		if out.Ready {
+			out.Ready, out.BlockingProblem = false, why
+		}
+	}
+	var advertised []string
+	if idp.Issuer != "" {
+		tr := &oauthclient.Trace{}
+		md, err := s.proto.IdentityProviderMetadata(ctx, idp.Issuer, tr)
+		for _, st := range tr.Steps {
+			st.Action = "identity provider metadata"
+			out.Steps = append(out.Steps, st)
+		}
+		switch {
+		case err != nil && idp.TokenEndpoint == "":
+			block("the identity provider's metadata could not be read, and no token endpoint is configured")
+			return
+		case err == nil:
+			out.IdPGrantTypes, out.IdPAuthMethods, advertised = md.GrantTypes, md.TokenEndpointAuthMethods, md.TokenEndpointAuthMethods
+			if len(md.GrantTypes) > 0 && !slices.Contains(md.GrantTypes, oauthclient.GrantTokenExchange) {
+				block("the identity provider does not advertise the token exchange grant type")
+			}
+		}
+	}
+	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: idp.ClientID, ClientSecret: d.IdPClientSecret}
+	method, err := oauthclient.ChooseAuthMethod(reg, advertised)
+	if err != nil {
+		block("the identity provider advertises no token endpoint authentication mcpauth can use with its client secret")
+		return
+	}
+	out.IdPAuthMethod = method
 }

@@ -239,6 +239,12 @@ func (a *fakeAS) Forget(serverURL string) {
 
 // RegisterDynamic is RFC 7591 registration: a confidential client using
 // client_secret_basic when the server supports it.
+// IdentityProviderMetadata: the fake knows no enterprise identity
+// provider (enterprise-managed providers are tested end to end).
+func (a *fakeAS) IdentityProviderMetadata(context.Context, string, *oauthclient.Trace) (*oauthclient.Metadata, error) {
+	return nil, oauthclient.ErrNoAuthServerMetadata
+}
+
 func (a *fakeAS) RegisterDynamic(_ context.Context, md *oauthclient.Metadata, clientName, redirectURI string, scopes []string) (*oauthclient.Registration, error) {
 	a.mu.Lock()
 	a.registered = append(a.registered, registerCall{clientName: clientName, redirectURI: redirectURI, scopes: slices.Clone(scopes)})

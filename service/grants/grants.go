@@ -691,6 +691,9 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 		if s.valid(h) && stale == "" {
 			return token(h.Tokens, cred, h.Grant), nil
 		}
+		if h.Grant.Kind == domain.KindEnterpriseManaged {
+			return nil, IDTokenRequired("the access token expired and the authorization server issued no refresh token")
+		}
 		return nil, apperr.FailedPrecondition(domain.ReasonTokenExpired, "the access token expired and the server issued no refresh token: authorize the provider again")
 	}
 	return s.refreshLeased(ctx, cred, h, stale)

@@ -42,6 +42,9 @@ type MachineDeps struct {
 	Discover   Discoverer
 	Proto      MachineProtocol
 	Assertions AssertionSource
+	// Identity exchanges ID tokens at enterprise identity providers
+	// (enterprise.go).
+	Identity IdentityExchanger
 }
 
 var (
@@ -60,6 +63,9 @@ func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *
 		return nil, loadErr
 	}
 	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err == nil && domain.CredentialKind(row.CredentialKind) == domain.KindEnterpriseManaged {
+		return nil, enterpriseLoadError(cred, loadErr)
+	}
 	if err != nil || !domain.CredentialKind(row.CredentialKind).Machine() {
 		return nil, loadErr
 	}

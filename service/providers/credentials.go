@@ -12,6 +12,7 @@ import (
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // The update paths of the credential settings (issue 12).
@@ -20,11 +21,42 @@ const (
 	PathStaticAuthorization = "static_authorization"
 	PathWorkloadIdentity    = "workload_identity"
 	PathOAuthClientKey      = "oauth_client.private_key_jwt"
+	// PathEnterpriseIdP replaces the enterprise identity provider as a
+	// whole; its client secret too when one is given or the client id
+	// changes (else the stored secret is kept).
+	PathEnterpriseIdP = "enterprise_identity_provider"
+	// PathEnterpriseIdPSecret sets only the identity provider's client
+	// secret.
+	PathEnterpriseIdPSecret = "enterprise_identity_provider.client_secret"
 )
 
 // credentialPaths are the update paths that change credential material.
 var credentialPaths = []string{PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClient,
-	PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientKey, PathOAuthClientScopes}
+	PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientKey, PathOAuthClientScopes, PathEnterpriseIdP, PathEnterpriseIdPSecret}
+
+// Bounds of the enterprise identity provider's settings.
+const (
+	maxIdPClientIDLen     = 255
+	maxIdPClientSecretLen = 4096
+)
+
+// EnterpriseIdPInput is the enterprise identity provider of an
+// enterprise-managed provider, in clear.
+type EnterpriseIdPInput struct {
+	Issuer        string
+	TokenEndpoint string
+	ClientID      string
+	ClientSecret  string
+}
+
+// EnterpriseIdPView describes the enterprise identity provider without its
+// client secret.
+type EnterpriseIdPView struct {
+	Issuer        string
+	TokenEndpoint string
+	ClientID      string
+	SecretSet     bool
+}
 
 // maxStaticAuthorizationLen bounds a static Authorization value.
 const maxStaticAuthorizationLen = 4096
@@ -61,6 +93,9 @@ type credInput struct {
 	key *oauthclient.ClientKey
 	pem string
 	gen bool
+	// idp is the validated identity provider and idpSecret its secret.
+	idp       domain.EnterpriseIdP
+	idpSecret string
 }
 
 // validateCredentials checks the credential fields named in paths.
@@ -68,7 +103,8 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 	in := &credInput{}
 	if has(PathCredentialKind) {
 		switch f.CredentialKind {
-		case domain.KindAuthorizationCode, domain.KindClientCredentials, domain.KindJWTBearer, domain.KindStaticAuthorization:
+		case domain.KindAuthorizationCode, domain.KindClientCredentials, domain.KindJWTBearer, domain.KindStaticAuthorization,
+			domain.KindEnterpriseManaged:
 			in.kind = f.CredentialKind
 		default:
 			return nil, invalid("provider.credential_kind", "is not a known credential kind")
@@ -92,6 +128,9 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 			return nil, invalid("provider.workload_identity.assertion_file", err.Error())
 		}
 		in.file = f.AssertionFile
+	}
+	if err := validateIdP(f.EnterpriseIdP, has, in); err != nil {
+		return nil, err
 	}
 	if (has(PathOAuthClientKey) || has(PathOAuthClient)) && f.OAuthClient.Key != nil {
 		k := f.OAuthClient.Key
@@ -125,6 +164,51 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 		}
 	}
 	return in, nil
+}
+
+// validateIdP checks the enterprise identity provider fields named by has
+// into in. A nil input clears them.
+func validateIdP(e *EnterpriseIdPInput, has func(string) bool, in *credInput) error {
+	const field = "provider.enterprise_identity_provider"
+	whole, onlySecret := has(PathEnterpriseIdP), has(PathEnterpriseIdPSecret)
+	if e == nil || !whole && !onlySecret {
+		return nil
+	}
+	if len(e.ClientSecret) > maxIdPClientSecretLen {
+		return invalid(field+".client_secret", fmt.Sprintf("must be at most %d bytes", maxIdPClientSecretLen))
+	}
+	if strings.IndexFunc(e.ClientSecret, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return invalid(field+".client_secret", "must not contain control characters")
+	}
+	in.idpSecret = e.ClientSecret
+	if !whole {
+		return nil
+	}
+	if e.Issuer != "" {
+		u, err := validate.ServerURL(field+".issuer", e.Issuer)
+		if err != nil {
+			return err
+		}
+		if u.RawQuery != "" || u.ForceQuery {
+			// RFC 8414 section 2: an issuer has no query.
+			return invalid(field+".issuer", "must not contain a query")
+		}
+		in.idp.Issuer = strings.TrimSpace(e.Issuer)
+	}
+	if e.TokenEndpoint != "" {
+		if _, err := validate.ServerURL(field+".token_endpoint", e.TokenEndpoint); err != nil {
+			return err
+		}
+		in.idp.TokenEndpoint = strings.TrimSpace(e.TokenEndpoint)
+	}
+	if len(e.ClientID) > maxIdPClientIDLen {
+		return invalid(field+".client_id", fmt.Sprintf("must be at most %d bytes", maxIdPClientIDLen))
+	}
+	if strings.IndexFunc(e.ClientID, func(r rune) bool { return r <= 0x20 || r == 0x7f }) >= 0 {
+		return invalid(field+".client_id", "must not contain spaces or control characters")
+	}
+	in.idp.ClientID = e.ClientID
+	return nil
 }
 
 // credState is a provider's credential settings while they are changed.
@@ -172,6 +256,7 @@ func (st *credState) apply(in *credInput, paths []string, urlChanged, clientChan
 	if named(PathWorkloadIdentity) {
 		st.cfg.AssertionFile = in.file
 	}
+	st.applyIdP(in, named)
 	setsKey := named(PathOAuthClient) || named(PathOAuthClientKey)
 	if setsKey {
 		st.setKey(in)
@@ -186,6 +271,23 @@ func (st *credState) apply(in *credInput, paths []string, urlChanged, clientChan
 		dropped = append(dropped, PathOAuthClientKey)
 	}
 	return dropped
+}
+
+// applyIdP applies the identity provider paths: the whole configuration
+// replaces the old one and keeps the stored secret only when no secret is
+// given and the client id stays the same (a secret is never carried over
+// to another client).
+func (st *credState) applyIdP(in *credInput, named func(string) bool) {
+	if named(PathEnterpriseIdP) {
+		keep := in.idpSecret == "" && in.idp.ClientID == st.cfg.IdP.ClientID && in.idp.ClientID != ""
+		st.cfg.IdP = in.idp
+		if !keep {
+			st.sec.IdPClientSecret = secret.New(in.idpSecret)
+		}
+	} else if named(PathEnterpriseIdPSecret) {
+		st.sec.IdPClientSecret = secret.New(in.idpSecret)
+	}
+	st.cfg.IdP.SecretSet = !st.sec.IdPClientSecret.IsZero()
 }
 
 // check refuses combinations that make no sense, on the provider as it
@@ -204,7 +306,12 @@ func (st *credState) check(row *repository.Provider) error {
 	if st.cfg.AssertionFile != "" && st.kind != domain.KindJWTBearer {
 		return invalid("provider.workload_identity.assertion_file", "is only allowed with credential_kind JWT_BEARER")
 	}
+	if !st.cfg.IdP.IsZero() && st.kind != domain.KindEnterpriseManaged {
+		return invalid("provider.enterprise_identity_provider", "is only allowed with credential_kind ENTERPRISE_MANAGED")
+	}
 	switch st.kind {
+	case domain.KindEnterpriseManaged:
+		return st.checkEnterprise(hasClient, hasSecret, hasKey)
 	case domain.KindStaticAuthorization:
 		if !st.cfg.StaticSet {
 			return invalid("provider.static_authorization", "is required with credential_kind STATIC_AUTHORIZATION")
@@ -227,6 +334,29 @@ func (st *credState) check(row *repository.Provider) error {
 	return nil
 }
 
+// checkEnterprise checks an enterprise-managed provider: an identity
+// provider with a client id and secret (the ID-JAG draft and the MCP
+// extension require client authentication at the token exchange), and a
+// client of the MCP server's authorization server to present the grant
+// with.
+func (st *credState) checkEnterprise(hasClient, hasSecret, hasKey bool) error {
+	const field = "provider.enterprise_identity_provider"
+	idp := st.cfg.IdP
+	switch {
+	case idp.Issuer == "" && idp.TokenEndpoint == "":
+		return invalid(field+".issuer", "an issuer or a token_endpoint is required with credential_kind ENTERPRISE_MANAGED")
+	case idp.ClientID == "":
+		return invalid(field+".client_id", "is required with credential_kind ENTERPRISE_MANAGED")
+	case !idp.SecretSet:
+		return invalid(field+".client_secret", "is required with credential_kind ENTERPRISE_MANAGED")
+	case !hasClient:
+		return invalid("provider.oauth_client.client_id", "is required with credential_kind ENTERPRISE_MANAGED (the client of the MCP server's authorization server)")
+	case !hasSecret && !hasKey:
+		return invalid("provider.oauth_client", "credential_kind ENTERPRISE_MANAGED needs a client_secret or a private_key_jwt key for the MCP server's authorization server")
+	}
+	return nil
+}
+
 // store seals st into row.
 func (s *Service) storeCred(row *repository.Provider, st *credState) error {
 	ct, err := vault.SealCredentialSecrets(s.cipher, row, st.sec)
@@ -245,12 +375,13 @@ func credentialsChanged(before, after *credState, oldRow, newRow *repository.Pro
 	if before.kind != after.kind {
 		return true
 	}
-	if !after.kind.Machine() {
+	if !after.kind.Machine() && after.kind != domain.KindEnterpriseManaged {
 		return false
 	}
 	return oldRow.ClientID != newRow.ClientID || string(oldRow.ClientSecret) != string(newRow.ClientSecret) ||
 		oldRow.Scopes != newRow.Scopes || before.cfg != after.cfg ||
-		before.sec.PrivateKeyPEM.Reveal() != after.sec.PrivateKeyPEM.Reveal()
+		before.sec.PrivateKeyPEM.Reveal() != after.sec.PrivateKeyPEM.Reveal() ||
+		before.sec.IdPClientSecret.Reveal() != after.sec.IdPClientSecret.Reveal()
 }
 
 // credAudit is the audit detail of a provider's credential settings:
@@ -302,6 +433,9 @@ func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
 // key's public facts.
 func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 	v.CredentialKind, v.AssertionFile = d.Kind, d.CredConfig.AssertionFile
+	if idp := d.CredConfig.IdP; !idp.IsZero() {
+		v.EnterpriseIdP = &EnterpriseIdPView{Issuer: idp.Issuer, TokenEndpoint: idp.TokenEndpoint, ClientID: idp.ClientID, SecretSet: idp.SecretSet}
+	}
 	if d.CredConfig.StaticSet {
 		v.StaticAuthorization = &HeaderInfo{Name: "Authorization", ValueSet: true,
 			Fingerprint: s.cipher.ShortFingerprint(d.Row.TenantID, vault.PurposeHeader, []byte(d.StaticAuthorization.Reveal()))}

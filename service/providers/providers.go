@@ -153,6 +153,8 @@ type Fields struct {
 	StaticAuthorization string
 	// AssertionFile is where a JWT bearer provider reads its workload token.
 	AssertionFile string
+	// EnterpriseIdP is an enterprise-managed provider's identity provider.
+	EnterpriseIdP *EnterpriseIdPInput
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -175,7 +177,7 @@ const (
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
-	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey}
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -212,9 +214,12 @@ type View struct {
 	// StaticAuthorization describes a stored static Authorization value.
 	StaticAuthorization *HeaderInfo
 	AssertionFile       string
-	CreateTime          time.Time
-	UpdateTime          time.Time
-	Etag                string
+	// EnterpriseIdP describes an enterprise-managed provider's identity
+	// provider.
+	EnterpriseIdP *EnterpriseIdPView
+	CreateTime    time.Time
+	UpdateTime    time.Time
+	Etag          string
 }
 
 func invalid(field, rule string) error { return apperr.Invalid(field, "%s", rule) }

@@ -169,7 +169,8 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	ss.cred.AccessToken, ss.gen = secret.Secret{}, 0
 	defer func() { ss.key = fmt.Sprintf("%s/%s/%d/%d", row.TenantID, row.ID, row.Version, ss.gen) }()
 	status, _ := row.AuthStatus()
-	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() {
+	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() &&
+		ss.d.Kind != domain.KindEnterpriseManaged {
 		// No OAuth grant: headers only (NOT_REQUIRED or custom-header auth).
 		return nil
 	}

@@ -22,16 +22,20 @@ type CredentialSecrets struct {
 	// StaticAuthorization is the Authorization header value of a static
 	// API-key provider, if any.
 	StaticAuthorization secret.Secret
+	// IdPClientSecret is mcpauth's client secret at the enterprise identity
+	// provider of an enterprise-managed provider, if any.
+	IdPClientSecret secret.Secret
 }
 
 // IsZero reports whether no secret is held.
 func (c CredentialSecrets) IsZero() bool {
-	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero()
+	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.IdPClientSecret.IsZero()
 }
 
 type credentialBlob struct {
 	Key    string `json:"k,omitempty"`
 	Static string `json:"s,omitempty"`
+	IdP    string `json:"i,omitempty"`
 }
 
 // SealCredentialSecrets encrypts a provider's secret credential material
@@ -40,7 +44,7 @@ func SealCredentialSecrets(c Cipher, row *repository.Provider, s CredentialSecre
 	if s.IsZero() {
 		return nil, nil
 	}
-	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal()})
+	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), IdP: s.IdPClientSecret.Reveal()})
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding credential secrets")
 	}
@@ -65,7 +69,7 @@ func OpenCredentialSecrets(c Cipher, row *repository.Provider) (CredentialSecret
 	if err := json.Unmarshal(raw, &b); err != nil {
 		return out, apperr.Internal(err, "decoding credential secrets")
 	}
-	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static)}, nil
+	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), IdPClientSecret: secret.New(b.IdP)}, nil
 }
 
 // ParseCredentialConfig reads a stored credential configuration.
@@ -95,7 +99,7 @@ func openCredentials(c Cipher, d *Provider) error {
 	if err != nil {
 		return err
 	}
-	d.StaticAuthorization = s.StaticAuthorization
+	d.StaticAuthorization, d.IdPClientSecret = s.StaticAuthorization, s.IdPClientSecret
 	if !s.PrivateKeyPEM.IsZero() {
 		k, err := oauthclient.ParseClientKey(s.PrivateKeyPEM.Reveal(), d.CredConfig.KeyAlg)
 		if err != nil {

@@ -69,6 +69,9 @@ type Provider struct {
 	ClientKey *oauthclient.ClientKey
 	// StaticAuthorization is a static API-key provider's Authorization value.
 	StaticAuthorization secret.Secret
+	// IdPClientSecret is mcpauth's client secret at an enterprise-managed
+	// provider's identity provider.
+	IdPClientSecret secret.Secret
 }
 
 // OpenProvider decrypts a provider row.

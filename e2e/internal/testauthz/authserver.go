@@ -121,6 +121,8 @@ type AuthServer struct {
 	store    *store
 	mux      *http.ServeMux
 	rec      recorder
+	// idjag is set on a machine server that accepts ID-JAGs (xaa.go).
+	idjag *idJAGTrust
 
 	mu              sync.Mutex
 	tokenDelay      time.Duration

@@ -34,6 +34,13 @@ type MachineOptions struct {
 	// AuthMethods is token_endpoint_auth_methods_supported; default
 	// client_secret_basic, client_secret_post and private_key_jwt.
 	AuthMethods []string
+	// IDJAG makes the JWT bearer grant accept identity assertion JWT
+	// authorization grants (ID-JAG) from the identity provider named with
+	// TrustIdentityProvider (xaa.go), instead of fosite's RFC 7523 handler
+	// with per-subject keys.
+	IDJAG bool
+	// IDJAGRefresh makes the ID-JAG grant issue refresh tokens too.
+	IDJAGRefresh bool
 }
 
 // NewMachineAuthServer starts a fosite authorization server that issues
@@ -81,9 +88,16 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 	}
 	a.config.ClientSecretsHasher = &fosite.BCrypt{Config: a.config}
 	a.config.JWKSFetcherStrategy = fosite.NewDefaultJWKSFetcherStrategy()
+	jwtBearer := compose.Factory(compose.RFC7523AssertionGrantFactory)
+	if opt.IDJAG {
+		a.idjag = &idJAGTrust{used: map[string]time.Time{}}
+		jwtBearer = a.idJAGFactory(opt.IDJAGRefresh)
+		// Refresh tokens without an offline scope.
+		a.config.RefreshTokenScopes = []string{}
+	}
 	a.provider = compose.Compose(a.config, a.store, compose.NewOAuth2HMACStrategy(a.config),
 		compose.OAuth2ClientCredentialsGrantFactory,
-		compose.RFC7523AssertionGrantFactory,
+		jwtBearer,
 		compose.OAuth2RefreshTokenGrantFactory,
 		compose.OAuth2TokenRevocationFactory,
 		compose.OAuth2TokenIntrospectionFactory,
@@ -97,7 +111,7 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 	a.mux.HandleFunc("POST /introspect", a.introspect)
 	meta := func(w http.ResponseWriter, _ *http.Request) {
 		// RFC 8414 section 2.
-		writeJSON(w, http.StatusOK, map[string]any{
+		doc := map[string]any{
 			"issuer": a.URL,
 			// RFC 8414 section 2 lets a server without browser grants omit
 			// it; mcpauth's discovery (oauthclient) still requires it, so it
@@ -110,7 +124,12 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 			"token_endpoint_auth_methods_supported":            opt.AuthMethods,
 			"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "RS256"},
 			"scopes_supported":                                 opt.Scopes,
-		})
+		}
+		if opt.IDJAG {
+			// The ID-JAG draft, section 7.2 (the MCP extension, section 6).
+			doc["authorization_grant_profiles_supported"] = []string{"urn:ietf:params:oauth:grant-profile:id-jag"}
+		}
+		writeJSON(w, http.StatusOK, doc)
 	}
 	a.mux.HandleFunc("GET /.well-known/oauth-authorization-server", meta)
 	a.mux.HandleFunc("GET /.well-known/openid-configuration", meta)

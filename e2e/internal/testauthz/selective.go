@@ -147,14 +147,7 @@ func NewSelectiveServer(tb testing.TB, opt SelectiveOptions) *SelectiveServer {
 		auth.ProtectedResourceMetadataHandler(prm).ServeHTTP(w, r)
 	})
 
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.rec.record(r)
-		mux.ServeHTTP(w, r)
-	}))
-	srv.Listener.Close()
-	srv.Listener = l
-	srv.Start()
-	tb.Cleanup(srv.Close)
+	serveRecorded(tb, l, &s.rec, mux)
 	return s
 }
 

@@ -356,76 +356,91 @@ const (
 	// the operator allows) (gRPC FAILED_PRECONDITION).
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_ASSERTION_UNAVAILABLE ErrorReason = 84
+	// A provider of credential kind ENTERPRISE_MANAGED holds no usable token
+	// (none was obtained yet, or the access token expired and no refresh
+	// token was issued) (gRPC FAILED_PRECONDITION): call
+	// OAuthService.ExchangeIdentityAssertion with a fresh ID token of the user
+	// from the enterprise identity provider.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_REQUIRED ErrorReason = 105
+	// The enterprise identity provider refused the token exchange (gRPC
+	// FAILED_PRECONDITION; metadata oauth_error names its answer exactly, for
+	// example invalid_grant for an expired or foreign ID token,
+	// invalid_client, invalid_target or access_denied). Not retried.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_IDENTITY_PROVIDER_REFUSED ErrorReason = 106
 )
 
 // Enum value maps for ErrorReason.
 var (
 	ErrorReason_name = map[int32]string{
-		0:  "ERROR_REASON_UNSPECIFIED",
-		1:  "INVALID_ARGUMENT",
-		2:  "NOT_FOUND",
-		3:  "ALREADY_EXISTS",
-		4:  "PERMISSION_DENIED",
-		5:  "UNAUTHENTICATED",
-		6:  "ABORTED",
-		7:  "UNAVAILABLE",
-		8:  "INTERNAL",
-		9:  "DEADLINE_EXCEEDED",
-		10: "CANCELLED",
-		11: "NOT_AUTHORIZED",
-		12: "REAUTH_REQUIRED",
-		13: "TOKEN_EXPIRED",
-		14: "INSUFFICIENT_SCOPE",
-		15: "INSUFFICIENT_SCOPE_LOOP",
-		16: "PKCE_NOT_SUPPORTED",
-		17: "ISSUER_MISMATCH",
-		18: "RESOURCE_MISMATCH",
-		19: "NO_CLIENT_REGISTRATION",
-		20: "EGRESS_BLOCKED",
-		21: "SERVER_UNREACHABLE",
-		22: "RESULT_TOO_LARGE",
-		23: "PROBE_UNAVAILABLE",
-		24: "FLOW_EXPIRED_OR_USED",
-		25: "MISSING_STATE",
-		26: "STATE_INVALID",
-		27: "BROWSER_MISMATCH",
-		28: "AUTHORIZATION_DENIED",
-		29: "MISSING_CODE",
-		30: "PROVIDER_GONE",
-		31: "PROVIDER_CHANGED",
-		32: "CLIENT_CHANGED",
-		33: "TOKEN_EXCHANGE_FAILED",
-		34: "STORE_FAILED",
-		35: "RATE_LIMITED",
-		36: "INVALID_GRANT",
-		37: "INVALID_CLIENT",
-		38: "MCP_SERVER_REJECTED_TOKEN",
-		39: "REFRESH_EXHAUSTED",
-		40: "PERSIST_FAILED",
-		41: "STEP_UP_LOOP",
-		42: "PKCE_METADATA_MISSING",
-		43: "DB_WRITE_FAILED",
-		44: "NO_CLIENT",
-		45: "REVOKE_REFRESH_FAILED",
-		46: "REVOKE_ACCESS_FAILED",
-		47: "SERVER_URL_CHANGED",
-		48: "DUPLICATE_PARAMETER",
-		49: "NOT_REQUIRED",
-		50: "METADATA_NOT_FOUND",
-		51: "SERVER_NOT_FOUND",
-		52: "SERVER_REQUEST_REJECTED",
-		53: "AUTHORIZATION_REQUIRED",
-		54: "STEP_UP_EXHAUSTED",
-		55: "NO_USABLE_AUTH_METHOD",
-		56: "AUTHORIZATION_SERVER_CHANGED",
-		57: "UPSTREAM_INVALID_PARAMS",
-		58: "UPSTREAM_METHOD_NOT_FOUND",
-		59: "UPSTREAM_RPC_ERROR",
-		80: "CREDENTIAL_KIND_CHANGED",
-		81: "INVALID_SCOPE",
-		82: "UNAUTHORIZED_CLIENT",
-		83: "GRANT_REFUSED",
-		84: "ASSERTION_UNAVAILABLE",
+		0:   "ERROR_REASON_UNSPECIFIED",
+		1:   "INVALID_ARGUMENT",
+		2:   "NOT_FOUND",
+		3:   "ALREADY_EXISTS",
+		4:   "PERMISSION_DENIED",
+		5:   "UNAUTHENTICATED",
+		6:   "ABORTED",
+		7:   "UNAVAILABLE",
+		8:   "INTERNAL",
+		9:   "DEADLINE_EXCEEDED",
+		10:  "CANCELLED",
+		11:  "NOT_AUTHORIZED",
+		12:  "REAUTH_REQUIRED",
+		13:  "TOKEN_EXPIRED",
+		14:  "INSUFFICIENT_SCOPE",
+		15:  "INSUFFICIENT_SCOPE_LOOP",
+		16:  "PKCE_NOT_SUPPORTED",
+		17:  "ISSUER_MISMATCH",
+		18:  "RESOURCE_MISMATCH",
+		19:  "NO_CLIENT_REGISTRATION",
+		20:  "EGRESS_BLOCKED",
+		21:  "SERVER_UNREACHABLE",
+		22:  "RESULT_TOO_LARGE",
+		23:  "PROBE_UNAVAILABLE",
+		24:  "FLOW_EXPIRED_OR_USED",
+		25:  "MISSING_STATE",
+		26:  "STATE_INVALID",
+		27:  "BROWSER_MISMATCH",
+		28:  "AUTHORIZATION_DENIED",
+		29:  "MISSING_CODE",
+		30:  "PROVIDER_GONE",
+		31:  "PROVIDER_CHANGED",
+		32:  "CLIENT_CHANGED",
+		33:  "TOKEN_EXCHANGE_FAILED",
+		34:  "STORE_FAILED",
+		35:  "RATE_LIMITED",
+		36:  "INVALID_GRANT",
+		37:  "INVALID_CLIENT",
+		38:  "MCP_SERVER_REJECTED_TOKEN",
+		39:  "REFRESH_EXHAUSTED",
+		40:  "PERSIST_FAILED",
+		41:  "STEP_UP_LOOP",
+		42:  "PKCE_METADATA_MISSING",
+		43:  "DB_WRITE_FAILED",
+		44:  "NO_CLIENT",
+		45:  "REVOKE_REFRESH_FAILED",
+		46:  "REVOKE_ACCESS_FAILED",
+		47:  "SERVER_URL_CHANGED",
+		48:  "DUPLICATE_PARAMETER",
+		49:  "NOT_REQUIRED",
+		50:  "METADATA_NOT_FOUND",
+		51:  "SERVER_NOT_FOUND",
+		52:  "SERVER_REQUEST_REJECTED",
+		53:  "AUTHORIZATION_REQUIRED",
+		54:  "STEP_UP_EXHAUSTED",
+		55:  "NO_USABLE_AUTH_METHOD",
+		56:  "AUTHORIZATION_SERVER_CHANGED",
+		57:  "UPSTREAM_INVALID_PARAMS",
+		58:  "UPSTREAM_METHOD_NOT_FOUND",
+		59:  "UPSTREAM_RPC_ERROR",
+		80:  "CREDENTIAL_KIND_CHANGED",
+		81:  "INVALID_SCOPE",
+		82:  "UNAUTHORIZED_CLIENT",
+		83:  "GRANT_REFUSED",
+		84:  "ASSERTION_UNAVAILABLE",
+		105: "ID_TOKEN_REQUIRED",
+		106: "IDENTITY_PROVIDER_REFUSED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -493,6 +508,8 @@ var (
 		"UNAUTHORIZED_CLIENT":          82,
 		"GRANT_REFUSED":                83,
 		"ASSERTION_UNAVAILABLE":        84,
+		"ID_TOKEN_REQUIRED":            105,
+		"IDENTITY_PROVIDER_REFUSED":    106,
 	}
 )
 
@@ -528,7 +545,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xca\v\n" +
+	"mcpauth.v1*\x80\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -595,7 +612,9 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\rINVALID_SCOPE\x10Q\x12\x17\n" +
 	"\x13UNAUTHORIZED_CLIENT\x10R\x12\x11\n" +
 	"\rGRANT_REFUSED\x10S\x12\x19\n" +
-	"\x15ASSERTION_UNAVAILABLE\x10TB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x15\n" +
+	"\x11ID_TOKEN_REQUIRED\x10i\x12\x1d\n" +
+	"\x19IDENTITY_PROVIDER_REFUSED\x10jB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

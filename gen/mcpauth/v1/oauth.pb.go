@@ -626,6 +626,158 @@ func (x *RevokeAuthorizationResponse) GetRevokedAtServer() bool {
 	return false
 }
 
+// ExchangeIdentityAssertionRequest is the request of
+// ExchangeIdentityAssertion.
+type ExchangeIdentityAssertionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/providers/{provider}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The end user, as the calling platform knows them: the grant is stored
+	// for this user when the provider's grants are per user.
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// The user's ID token from the enterprise identity provider (a JWT, at
+	// most 16 KiB). Input only: used for one token exchange and dropped.
+	IdToken       string `protobuf:"bytes,3,opt,name=id_token,json=idToken,proto3" json:"id_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExchangeIdentityAssertionRequest) Reset() {
+	*x = ExchangeIdentityAssertionRequest{}
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExchangeIdentityAssertionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExchangeIdentityAssertionRequest) ProtoMessage() {}
+
+func (x *ExchangeIdentityAssertionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExchangeIdentityAssertionRequest.ProtoReflect.Descriptor instead.
+func (*ExchangeIdentityAssertionRequest) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ExchangeIdentityAssertionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExchangeIdentityAssertionRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ExchangeIdentityAssertionRequest) GetIdToken() string {
+	if x != nil {
+		return x.IdToken
+	}
+	return ""
+}
+
+// ExchangeIdentityAssertionResponse is the response of
+// ExchangeIdentityAssertion. It carries no token: read it with
+// GetAccessToken, or call tools.
+type ExchangeIdentityAssertionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// AUTHORIZED.
+	Status AuthorizationStatus `protobuf:"varint,1,opt,name=status,proto3,enum=mcpauth.v1.AuthorizationStatus" json:"status,omitempty"`
+	// The authorization server that issued the tokens.
+	Issuer string `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The granted scopes.
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// When the access token expires; unset when the server gave no lifetime.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Whether a refresh token was issued (then the tokens are refreshed as
+	// usual; otherwise a new ID token is needed when they expire).
+	HasRefreshToken bool `protobuf:"varint,5,opt,name=has_refresh_token,json=hasRefreshToken,proto3" json:"has_refresh_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ExchangeIdentityAssertionResponse) Reset() {
+	*x = ExchangeIdentityAssertionResponse{}
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExchangeIdentityAssertionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExchangeIdentityAssertionResponse) ProtoMessage() {}
+
+func (x *ExchangeIdentityAssertionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExchangeIdentityAssertionResponse.ProtoReflect.Descriptor instead.
+func (*ExchangeIdentityAssertionResponse) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExchangeIdentityAssertionResponse) GetStatus() AuthorizationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AuthorizationStatus_AUTHORIZATION_STATUS_UNSPECIFIED
+}
+
+func (x *ExchangeIdentityAssertionResponse) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ExchangeIdentityAssertionResponse) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *ExchangeIdentityAssertionResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ExchangeIdentityAssertionResponse) GetHasRefreshToken() bool {
+	if x != nil {
+		return x.HasRefreshToken
+	}
+	return false
+}
+
 // DiagnoseProviderRequest is the request of DiagnoseProvider.
 type DiagnoseProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -637,7 +789,7 @@ type DiagnoseProviderRequest struct {
 
 func (x *DiagnoseProviderRequest) Reset() {
 	*x = DiagnoseProviderRequest{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +801,7 @@ func (x *DiagnoseProviderRequest) String() string {
 func (*DiagnoseProviderRequest) ProtoMessage() {}
 
 func (x *DiagnoseProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +814,7 @@ func (x *DiagnoseProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnoseProviderRequest.ProtoReflect.Descriptor instead.
 func (*DiagnoseProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DiagnoseProviderRequest) GetName() string {
@@ -693,7 +845,7 @@ type DiagnosticStep struct {
 
 func (x *DiagnosticStep) Reset() {
 	*x = DiagnosticStep{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +857,7 @@ func (x *DiagnosticStep) String() string {
 func (*DiagnosticStep) ProtoMessage() {}
 
 func (x *DiagnosticStep) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +870,7 @@ func (x *DiagnosticStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnosticStep.ProtoReflect.Descriptor instead.
 func (*DiagnosticStep) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DiagnosticStep) GetAction() string {
@@ -811,13 +963,26 @@ type DiagnoseProviderResponse struct {
 	// (client_secret_basic, client_secret_post, private_key_jwt or none);
 	// empty when it uses none (a JWT bearer grant without a client).
 	TokenEndpointAuthMethod string `protobuf:"bytes,85,opt,name=token_endpoint_auth_method,json=tokenEndpointAuthMethod,proto3" json:"token_endpoint_auth_method,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// For CREDENTIAL_KIND_ENTERPRISE_MANAGED: the enterprise identity
+	// provider's issuer (as configured).
+	IdentityProviderIssuer string `protobuf:"bytes,140,opt,name=identity_provider_issuer,json=identityProviderIssuer,proto3" json:"identity_provider_issuer,omitempty"`
+	// The identity provider's grant_types_supported, as its metadata
+	// advertises them (empty: not advertised or no metadata; the token
+	// exchange grant is urn:ietf:params:oauth:grant-type:token-exchange).
+	IdentityProviderGrantTypesSupported []string `protobuf:"bytes,141,rep,name=identity_provider_grant_types_supported,json=identityProviderGrantTypesSupported,proto3" json:"identity_provider_grant_types_supported,omitempty"`
+	// The identity provider's token_endpoint_auth_methods_supported, as
+	// advertised.
+	IdentityProviderTokenEndpointAuthMethodsSupported []string `protobuf:"bytes,142,rep,name=identity_provider_token_endpoint_auth_methods_supported,json=identityProviderTokenEndpointAuthMethodsSupported,proto3" json:"identity_provider_token_endpoint_auth_methods_supported,omitempty"`
+	// The client authentication mcpauth will use at the identity provider's
+	// token endpoint.
+	IdentityProviderTokenEndpointAuthMethod string `protobuf:"bytes,143,opt,name=identity_provider_token_endpoint_auth_method,json=identityProviderTokenEndpointAuthMethod,proto3" json:"identity_provider_token_endpoint_auth_method,omitempty"`
+	unknownFields                           protoimpl.UnknownFields
+	sizeCache                               protoimpl.SizeCache
 }
 
 func (x *DiagnoseProviderResponse) Reset() {
 	*x = DiagnoseProviderResponse{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +994,7 @@ func (x *DiagnoseProviderResponse) String() string {
 func (*DiagnoseProviderResponse) ProtoMessage() {}
 
 func (x *DiagnoseProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +1007,7 @@ func (x *DiagnoseProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnoseProviderResponse.ProtoReflect.Descriptor instead.
 func (*DiagnoseProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DiagnoseProviderResponse) GetSteps() []*DiagnosticStep {
@@ -971,6 +1136,34 @@ func (x *DiagnoseProviderResponse) GetTokenEndpointAuthMethod() string {
 	return ""
 }
 
+func (x *DiagnoseProviderResponse) GetIdentityProviderIssuer() string {
+	if x != nil {
+		return x.IdentityProviderIssuer
+	}
+	return ""
+}
+
+func (x *DiagnoseProviderResponse) GetIdentityProviderGrantTypesSupported() []string {
+	if x != nil {
+		return x.IdentityProviderGrantTypesSupported
+	}
+	return nil
+}
+
+func (x *DiagnoseProviderResponse) GetIdentityProviderTokenEndpointAuthMethodsSupported() []string {
+	if x != nil {
+		return x.IdentityProviderTokenEndpointAuthMethodsSupported
+	}
+	return nil
+}
+
+func (x *DiagnoseProviderResponse) GetIdentityProviderTokenEndpointAuthMethod() string {
+	if x != nil {
+		return x.IdentityProviderTokenEndpointAuthMethod
+	}
+	return ""
+}
+
 var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
@@ -1015,7 +1208,18 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x1aRevokeAuthorizationRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"I\n" +
 	"\x1bRevokeAuthorizationResponse\x12*\n" +
-	"\x11revoked_at_server\x18\x01 \x01(\bR\x0frevokedAtServer\"2\n" +
+	"\x11revoked_at_server\x18\x01 \x01(\bR\x0frevokedAtServer\"r\n" +
+	" ExchangeIdentityAssertionRequest\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12!\n" +
+	"\bid_token\x18\x03 \x01(\tB\x06\xe0A\x02\xe0A\x04R\aidToken\"\xf5\x01\n" +
+	"!ExchangeIdentityAssertionResponse\x127\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12;\n" +
+	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12*\n" +
+	"\x11has_refresh_token\x18\x05 \x01(\bR\x0fhasRefreshToken\"2\n" +
 	"\x17DiagnoseProviderRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"\xa6\x01\n" +
 	"\x0eDiagnosticStep\x12\x16\n" +
@@ -1025,7 +1229,8 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xe6\a\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xcd\n" +
+	"\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -1046,17 +1251,22 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18S \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12\x1d\n" +
 	"\n" +
 	"grant_type\x18T \x01(\tR\tgrantType\x12;\n" +
-	"\x1atoken_endpoint_auth_method\x18U \x01(\tR\x17tokenEndpointAuthMethod*\xc4\x01\n" +
+	"\x1atoken_endpoint_auth_method\x18U \x01(\tR\x17tokenEndpointAuthMethod\x129\n" +
+	"\x18identity_provider_issuer\x18\x8c\x01 \x01(\tR\x16identityProviderIssuer\x12U\n" +
+	"'identity_provider_grant_types_supported\x18\x8d\x01 \x03(\tR#identityProviderGrantTypesSupported\x12s\n" +
+	"7identity_provider_token_endpoint_auth_methods_supported\x18\x8e\x01 \x03(\tR1identityProviderTokenEndpointAuthMethodsSupported\x12^\n" +
+	",identity_provider_token_endpoint_auth_method\x18\x8f\x01 \x01(\tR'identityProviderTokenEndpointAuthMethod*\xc4\x01\n" +
 	"\x12RegistrationMethod\x12#\n" +
 	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +
 	"/REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT\x10\x02\x12,\n" +
-	"(REGISTRATION_METHOD_DYNAMIC_REGISTRATION\x10\x032\xb7\x06\n" +
+	"(REGISTRATION_METHOD_DYNAMIC_REGISTRATION\x10\x032\xf9\a\n" +
 	"\fOAuthService\x12\xa3\x01\n" +
 	"\x12StartAuthorization\x12%.mcpauth.v1.StartAuthorizationRequest\x1a&.mcpauth.v1.StartAuthorizationResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=tenants/*/providers/*}:startAuthorization\x12\xad\x01\n" +
 	"\x16GetAuthorizationStatus\x12).mcpauth.v1.GetAuthorizationStatusRequest\x1a*.mcpauth.v1.GetAuthorizationStatusResponse\"<\x82\xd3\xe4\x93\x026\x124/v1/{name=tenants/*/providers/*}:authorizationStatus\x12\x90\x01\n" +
 	"\x0eGetAccessToken\x12!.mcpauth.v1.GetAccessTokenRequest\x1a\".mcpauth.v1.GetAccessTokenResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/{name=tenants/*/providers/*}:accessToken\x12\xa7\x01\n" +
-	"\x13RevokeAuthorization\x12&.mcpauth.v1.RevokeAuthorizationRequest\x1a'.mcpauth.v1.RevokeAuthorizationResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{name=tenants/*/providers/*}:revokeAuthorization\x12\x93\x01\n" +
+	"\x13RevokeAuthorization\x12&.mcpauth.v1.RevokeAuthorizationRequest\x1a'.mcpauth.v1.RevokeAuthorizationResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{name=tenants/*/providers/*}:revokeAuthorization\x12\xbf\x01\n" +
+	"\x19ExchangeIdentityAssertion\x12,.mcpauth.v1.ExchangeIdentityAssertionRequest\x1a-.mcpauth.v1.ExchangeIdentityAssertionResponse\"E\x82\xd3\xe4\x93\x02?:\x01*\":/v1/{name=tenants/*/providers/*}:exchangeIdentityAssertion\x12\x93\x01\n" +
 	"\x10DiagnoseProvider\x12#.mcpauth.v1.DiagnoseProviderRequest\x1a$.mcpauth.v1.DiagnoseProviderResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=tenants/*/providers/*}:diagnoseB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
@@ -1072,50 +1282,56 @@ func file_mcpauth_v1_oauth_proto_rawDescGZIP() []byte {
 }
 
 var file_mcpauth_v1_oauth_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mcpauth_v1_oauth_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_mcpauth_v1_oauth_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_mcpauth_v1_oauth_proto_goTypes = []any{
-	(RegistrationMethod)(0),                // 0: mcpauth.v1.RegistrationMethod
-	(*StartAuthorizationRequest)(nil),      // 1: mcpauth.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),     // 2: mcpauth.v1.StartAuthorizationResponse
-	(*GetAuthorizationStatusRequest)(nil),  // 3: mcpauth.v1.GetAuthorizationStatusRequest
-	(*GetAuthorizationStatusResponse)(nil), // 4: mcpauth.v1.GetAuthorizationStatusResponse
-	(*GetAccessTokenRequest)(nil),          // 5: mcpauth.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),         // 6: mcpauth.v1.GetAccessTokenResponse
-	(*RevokeAuthorizationRequest)(nil),     // 7: mcpauth.v1.RevokeAuthorizationRequest
-	(*RevokeAuthorizationResponse)(nil),    // 8: mcpauth.v1.RevokeAuthorizationResponse
-	(*DiagnoseProviderRequest)(nil),        // 9: mcpauth.v1.DiagnoseProviderRequest
-	(*DiagnosticStep)(nil),                 // 10: mcpauth.v1.DiagnosticStep
-	(*DiagnoseProviderResponse)(nil),       // 11: mcpauth.v1.DiagnoseProviderResponse
-	(*timestamppb.Timestamp)(nil),          // 12: google.protobuf.Timestamp
-	(AuthorizationStatus)(0),               // 13: mcpauth.v1.AuthorizationStatus
-	(CredentialKind)(0),                    // 14: mcpauth.v1.CredentialKind
+	(RegistrationMethod)(0),                   // 0: mcpauth.v1.RegistrationMethod
+	(*StartAuthorizationRequest)(nil),         // 1: mcpauth.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),        // 2: mcpauth.v1.StartAuthorizationResponse
+	(*GetAuthorizationStatusRequest)(nil),     // 3: mcpauth.v1.GetAuthorizationStatusRequest
+	(*GetAuthorizationStatusResponse)(nil),    // 4: mcpauth.v1.GetAuthorizationStatusResponse
+	(*GetAccessTokenRequest)(nil),             // 5: mcpauth.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),            // 6: mcpauth.v1.GetAccessTokenResponse
+	(*RevokeAuthorizationRequest)(nil),        // 7: mcpauth.v1.RevokeAuthorizationRequest
+	(*RevokeAuthorizationResponse)(nil),       // 8: mcpauth.v1.RevokeAuthorizationResponse
+	(*ExchangeIdentityAssertionRequest)(nil),  // 9: mcpauth.v1.ExchangeIdentityAssertionRequest
+	(*ExchangeIdentityAssertionResponse)(nil), // 10: mcpauth.v1.ExchangeIdentityAssertionResponse
+	(*DiagnoseProviderRequest)(nil),           // 11: mcpauth.v1.DiagnoseProviderRequest
+	(*DiagnosticStep)(nil),                    // 12: mcpauth.v1.DiagnosticStep
+	(*DiagnoseProviderResponse)(nil),          // 13: mcpauth.v1.DiagnoseProviderResponse
+	(*timestamppb.Timestamp)(nil),             // 14: google.protobuf.Timestamp
+	(AuthorizationStatus)(0),                  // 15: mcpauth.v1.AuthorizationStatus
+	(CredentialKind)(0),                       // 16: mcpauth.v1.CredentialKind
 }
 var file_mcpauth_v1_oauth_proto_depIdxs = []int32{
-	12, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	13, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	14, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	15, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
 	0,  // 2: mcpauth.v1.StartAuthorizationResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
-	13, // 3: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	12, // 4: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 5: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 6: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
-	13, // 7: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	0,  // 8: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
-	14, // 9: mcpauth.v1.DiagnoseProviderResponse.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	1,  // 10: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
-	3,  // 11: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
-	5,  // 12: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
-	7,  // 13: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
-	9,  // 14: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
-	2,  // 15: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
-	4,  // 16: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
-	6,  // 17: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
-	8,  // 18: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
-	11, // 19: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	15, // 3: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	14, // 4: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 5: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	15, // 6: mcpauth.v1.ExchangeIdentityAssertionResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	14, // 7: mcpauth.v1.ExchangeIdentityAssertionResponse.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 8: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
+	15, // 9: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	0,  // 10: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
+	16, // 11: mcpauth.v1.DiagnoseProviderResponse.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	1,  // 12: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
+	3,  // 13: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
+	5,  // 14: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
+	7,  // 15: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
+	9,  // 16: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:input_type -> mcpauth.v1.ExchangeIdentityAssertionRequest
+	11, // 17: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
+	2,  // 18: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
+	4,  // 19: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
+	6,  // 20: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
+	8,  // 21: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
+	10, // 22: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:output_type -> mcpauth.v1.ExchangeIdentityAssertionResponse
+	13, // 23: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_oauth_proto_init() }
@@ -1130,7 +1346,7 @@ func file_mcpauth_v1_oauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_oauth_proto_rawDesc), len(file_mcpauth_v1_oauth_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

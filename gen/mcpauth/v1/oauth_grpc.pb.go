@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	OAuthService_StartAuthorization_FullMethodName     = "/mcpauth.v1.OAuthService/StartAuthorization"
-	OAuthService_GetAuthorizationStatus_FullMethodName = "/mcpauth.v1.OAuthService/GetAuthorizationStatus"
-	OAuthService_GetAccessToken_FullMethodName         = "/mcpauth.v1.OAuthService/GetAccessToken"
-	OAuthService_RevokeAuthorization_FullMethodName    = "/mcpauth.v1.OAuthService/RevokeAuthorization"
-	OAuthService_DiagnoseProvider_FullMethodName       = "/mcpauth.v1.OAuthService/DiagnoseProvider"
+	OAuthService_StartAuthorization_FullMethodName        = "/mcpauth.v1.OAuthService/StartAuthorization"
+	OAuthService_GetAuthorizationStatus_FullMethodName    = "/mcpauth.v1.OAuthService/GetAuthorizationStatus"
+	OAuthService_GetAccessToken_FullMethodName            = "/mcpauth.v1.OAuthService/GetAccessToken"
+	OAuthService_RevokeAuthorization_FullMethodName       = "/mcpauth.v1.OAuthService/RevokeAuthorization"
+	OAuthService_ExchangeIdentityAssertion_FullMethodName = "/mcpauth.v1.OAuthService/ExchangeIdentityAssertion"
+	OAuthService_DiagnoseProvider_FullMethodName          = "/mcpauth.v1.OAuthService/DiagnoseProvider"
 )
 
 // OAuthServiceClient is the client API for OAuthService service.
@@ -45,6 +46,19 @@ type OAuthServiceClient interface {
 	// RevokeAuthorization revokes the provider's tokens at the authorization
 	// server when it can and deletes them.
 	RevokeAuthorization(ctx context.Context, in *RevokeAuthorizationRequest, opts ...grpc.CallOption) (*RevokeAuthorizationResponse, error)
+	// ExchangeIdentityAssertion obtains tokens for a provider of credential
+	// kind ENTERPRISE_MANAGED from the end user's ID token: an RFC 8693 token
+	// exchange at the enterprise identity provider for an identity assertion
+	// JWT authorization grant (ID-JAG), then the RFC 7523 JWT bearer grant at
+	// the MCP server's authorization server. The tokens are stored like any
+	// others (per user when the provider's grants are per user). The ID token
+	// and the ID-JAG are never stored, logged, audited or returned. An OAuth
+	// error at either step is reported as it is (reason
+	// IDENTITY_PROVIDER_REFUSED for the identity provider; INVALID_GRANT,
+	// INVALID_CLIENT, INVALID_SCOPE, UNAUTHORIZED_CLIENT or GRANT_REFUSED for
+	// the authorization server; metadata oauth_error and step) and never
+	// retried.
+	ExchangeIdentityAssertion(ctx context.Context, in *ExchangeIdentityAssertionRequest, opts ...grpc.CallOption) (*ExchangeIdentityAssertionResponse, error)
 	// DiagnoseProvider runs discovery and registration selection without
 	// starting a flow and reports every step.
 	DiagnoseProvider(ctx context.Context, in *DiagnoseProviderRequest, opts ...grpc.CallOption) (*DiagnoseProviderResponse, error)
@@ -98,6 +112,16 @@ func (c *oAuthServiceClient) RevokeAuthorization(ctx context.Context, in *Revoke
 	return out, nil
 }
 
+func (c *oAuthServiceClient) ExchangeIdentityAssertion(ctx context.Context, in *ExchangeIdentityAssertionRequest, opts ...grpc.CallOption) (*ExchangeIdentityAssertionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExchangeIdentityAssertionResponse)
+	err := c.cc.Invoke(ctx, OAuthService_ExchangeIdentityAssertion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *oAuthServiceClient) DiagnoseProvider(ctx context.Context, in *DiagnoseProviderRequest, opts ...grpc.CallOption) (*DiagnoseProviderResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DiagnoseProviderResponse)
@@ -127,6 +151,19 @@ type OAuthServiceServer interface {
 	// RevokeAuthorization revokes the provider's tokens at the authorization
 	// server when it can and deletes them.
 	RevokeAuthorization(context.Context, *RevokeAuthorizationRequest) (*RevokeAuthorizationResponse, error)
+	// ExchangeIdentityAssertion obtains tokens for a provider of credential
+	// kind ENTERPRISE_MANAGED from the end user's ID token: an RFC 8693 token
+	// exchange at the enterprise identity provider for an identity assertion
+	// JWT authorization grant (ID-JAG), then the RFC 7523 JWT bearer grant at
+	// the MCP server's authorization server. The tokens are stored like any
+	// others (per user when the provider's grants are per user). The ID token
+	// and the ID-JAG are never stored, logged, audited or returned. An OAuth
+	// error at either step is reported as it is (reason
+	// IDENTITY_PROVIDER_REFUSED for the identity provider; INVALID_GRANT,
+	// INVALID_CLIENT, INVALID_SCOPE, UNAUTHORIZED_CLIENT or GRANT_REFUSED for
+	// the authorization server; metadata oauth_error and step) and never
+	// retried.
+	ExchangeIdentityAssertion(context.Context, *ExchangeIdentityAssertionRequest) (*ExchangeIdentityAssertionResponse, error)
 	// DiagnoseProvider runs discovery and registration selection without
 	// starting a flow and reports every step.
 	DiagnoseProvider(context.Context, *DiagnoseProviderRequest) (*DiagnoseProviderResponse, error)
@@ -151,6 +188,9 @@ func (UnimplementedOAuthServiceServer) GetAccessToken(context.Context, *GetAcces
 }
 func (UnimplementedOAuthServiceServer) RevokeAuthorization(context.Context, *RevokeAuthorizationRequest) (*RevokeAuthorizationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeAuthorization not implemented")
+}
+func (UnimplementedOAuthServiceServer) ExchangeIdentityAssertion(context.Context, *ExchangeIdentityAssertionRequest) (*ExchangeIdentityAssertionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExchangeIdentityAssertion not implemented")
 }
 func (UnimplementedOAuthServiceServer) DiagnoseProvider(context.Context, *DiagnoseProviderRequest) (*DiagnoseProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DiagnoseProvider not implemented")
@@ -248,6 +288,24 @@ func _OAuthService_RevokeAuthorization_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OAuthService_ExchangeIdentityAssertion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExchangeIdentityAssertionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).ExchangeIdentityAssertion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_ExchangeIdentityAssertion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).ExchangeIdentityAssertion(ctx, req.(*ExchangeIdentityAssertionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OAuthService_DiagnoseProvider_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DiagnoseProviderRequest)
 	if err := dec(in); err != nil {
@@ -288,6 +346,10 @@ var OAuthService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeAuthorization",
 			Handler:    _OAuthService_RevokeAuthorization_Handler,
+		},
+		{
+			MethodName: "ExchangeIdentityAssertion",
+			Handler:    _OAuthService_ExchangeIdentityAssertion_Handler,
 		},
 		{
 			MethodName: "DiagnoseProvider",

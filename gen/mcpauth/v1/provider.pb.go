@@ -117,6 +117,18 @@ const (
 	// A fixed Authorization header (static_authorization) for servers that
 	// use plain API keys; never combined with an OAuth client.
 	CredentialKind_CREDENTIAL_KIND_STATIC_AUTHORIZATION CredentialKind = 4
+	// The MCP enterprise-managed authorization extension (cross-app access):
+	// the calling platform supplies the end user's ID token from the
+	// enterprise identity provider (OAuthService.ExchangeIdentityAssertion);
+	// mcpauth exchanges it at enterprise_identity_provider for an identity
+	// assertion JWT authorization grant (RFC 8693 token exchange,
+	// requested_token_type urn:ietf:params:oauth:token-type:id-jag, audience
+	// the MCP server's authorization server, resource the MCP server) and
+	// presents that to the authorization server with the RFC 7523 JWT bearer
+	// grant, authenticating as oauth_client. The ID token and the grant are
+	// never stored. When the tokens run out and no refresh token was issued,
+	// reads answer FAILED_PRECONDITION with reason ID_TOKEN_REQUIRED.
+	CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED CredentialKind = 5
 )
 
 // Enum value maps for CredentialKind.
@@ -127,6 +139,7 @@ var (
 		2: "CREDENTIAL_KIND_CLIENT_CREDENTIALS",
 		3: "CREDENTIAL_KIND_JWT_BEARER",
 		4: "CREDENTIAL_KIND_STATIC_AUTHORIZATION",
+		5: "CREDENTIAL_KIND_ENTERPRISE_MANAGED",
 	}
 	CredentialKind_value = map[string]int32{
 		"CREDENTIAL_KIND_UNSPECIFIED":          0,
@@ -134,6 +147,7 @@ var (
 		"CREDENTIAL_KIND_CLIENT_CREDENTIALS":   2,
 		"CREDENTIAL_KIND_JWT_BEARER":           3,
 		"CREDENTIAL_KIND_STATIC_AUTHORIZATION": 4,
+		"CREDENTIAL_KIND_ENTERPRISE_MANAGED":   5,
 	}
 )
 
@@ -285,8 +299,11 @@ type Provider struct {
 	StaticAuthorizationInfo *HeaderInfo `protobuf:"bytes,82,opt,name=static_authorization_info,json=staticAuthorizationInfo,proto3" json:"static_authorization_info,omitempty"`
 	// Where CREDENTIAL_KIND_JWT_BEARER reads the workload's identity token.
 	WorkloadIdentity *WorkloadIdentity `protobuf:"bytes,83,opt,name=workload_identity,json=workloadIdentity,proto3" json:"workload_identity,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The enterprise identity provider of CREDENTIAL_KIND_ENTERPRISE_MANAGED,
+	// and only of it.
+	EnterpriseIdentityProvider *EnterpriseIdentityProvider `protobuf:"bytes,140,opt,name=enterprise_identity_provider,json=enterpriseIdentityProvider,proto3" json:"enterprise_identity_provider,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -459,6 +476,101 @@ func (x *Provider) GetWorkloadIdentity() *WorkloadIdentity {
 	return nil
 }
 
+func (x *Provider) GetEnterpriseIdentityProvider() *EnterpriseIdentityProvider {
+	if x != nil {
+		return x.EnterpriseIdentityProvider
+	}
+	return nil
+}
+
+// EnterpriseIdentityProvider is the enterprise identity provider (IdP)
+// mcpauth exchanges end users' ID tokens at.
+type EnterpriseIdentityProvider struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The IdP's issuer identifier (https; http only for hosts the egress
+	// policy allows). Its RFC 8414 metadata names the token endpoint unless
+	// token_endpoint is set. One of issuer and token_endpoint is required.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The IdP's token endpoint, used instead of the one its metadata names.
+	TokenEndpoint string `protobuf:"bytes,2,opt,name=token_endpoint,json=tokenEndpoint,proto3" json:"token_endpoint,omitempty"`
+	// mcpauth's client id at the IdP. Required.
+	ClientId string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// mcpauth's client secret at the IdP (sent with client_secret_basic, or
+	// client_secret_post when the IdP advertises only that). Input only:
+	// stored encrypted, never returned. Required; on update, empty keeps the
+	// stored secret unless client_id changes.
+	ClientSecret string `protobuf:"bytes,4,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// Whether a client secret for the IdP is stored.
+	ClientSecretSet bool `protobuf:"varint,5,opt,name=client_secret_set,json=clientSecretSet,proto3" json:"client_secret_set,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EnterpriseIdentityProvider) Reset() {
+	*x = EnterpriseIdentityProvider{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnterpriseIdentityProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnterpriseIdentityProvider) ProtoMessage() {}
+
+func (x *EnterpriseIdentityProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnterpriseIdentityProvider.ProtoReflect.Descriptor instead.
+func (*EnterpriseIdentityProvider) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EnterpriseIdentityProvider) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetTokenEndpoint() string {
+	if x != nil {
+		return x.TokenEndpoint
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientSecret() string {
+	if x != nil {
+		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *EnterpriseIdentityProvider) GetClientSecretSet() bool {
+	if x != nil {
+		return x.ClientSecretSet
+	}
+	return false
+}
+
 // WorkloadIdentity names where a workload's identity token is read.
 type WorkloadIdentity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -474,7 +586,7 @@ type WorkloadIdentity struct {
 
 func (x *WorkloadIdentity) Reset() {
 	*x = WorkloadIdentity{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +598,7 @@ func (x *WorkloadIdentity) String() string {
 func (*WorkloadIdentity) ProtoMessage() {}
 
 func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +611,7 @@ func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadIdentity.ProtoReflect.Descriptor instead.
 func (*WorkloadIdentity) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WorkloadIdentity) GetAssertionFile() string {
@@ -537,7 +649,7 @@ type ClientKey struct {
 
 func (x *ClientKey) Reset() {
 	*x = ClientKey{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +661,7 @@ func (x *ClientKey) String() string {
 func (*ClientKey) ProtoMessage() {}
 
 func (x *ClientKey) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +674,7 @@ func (x *ClientKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKey.ProtoReflect.Descriptor instead.
 func (*ClientKey) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClientKey) GetPrivateKeyPem() string {
@@ -622,7 +734,7 @@ type HeaderInfo struct {
 
 func (x *HeaderInfo) Reset() {
 	*x = HeaderInfo{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +746,7 @@ func (x *HeaderInfo) String() string {
 func (*HeaderInfo) ProtoMessage() {}
 
 func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +759,7 @@ func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderInfo.ProtoReflect.Descriptor instead.
 func (*HeaderInfo) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HeaderInfo) GetName() string {
@@ -695,7 +807,7 @@ type OAuthClient struct {
 
 func (x *OAuthClient) Reset() {
 	*x = OAuthClient{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +819,7 @@ func (x *OAuthClient) String() string {
 func (*OAuthClient) ProtoMessage() {}
 
 func (x *OAuthClient) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +832,7 @@ func (x *OAuthClient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
 func (*OAuthClient) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OAuthClient) GetClientId() string {
@@ -787,7 +899,7 @@ type CompatibilityProfile struct {
 
 func (x *CompatibilityProfile) Reset() {
 	*x = CompatibilityProfile{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +911,7 @@ func (x *CompatibilityProfile) String() string {
 func (*CompatibilityProfile) ProtoMessage() {}
 
 func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +924,7 @@ func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompatibilityProfile.ProtoReflect.Descriptor instead.
 func (*CompatibilityProfile) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CompatibilityProfile) GetResourceMode() ResourceParameterMode {
@@ -872,7 +984,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +996,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1009,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateProviderRequest) GetParent() string {
@@ -939,7 +1051,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1063,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1076,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -985,7 +1097,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1109,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1122,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -1031,7 +1143,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1155,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1168,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -1081,7 +1193,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1205,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1218,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListProvidersRequest) GetParent() string {
@@ -1143,7 +1255,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1267,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1280,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1199,7 +1311,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1211,7 +1323,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1224,7 +1336,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateProviderRequest) GetProvider() *Provider {
@@ -1252,7 +1364,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1376,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1389,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -1300,7 +1412,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1424,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1437,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1353,7 +1465,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1477,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1490,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteProviderResponse) GetRevokedAtServer() bool {
@@ -1393,7 +1505,8 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\t\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\n" +
+	"\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1419,10 +1532,17 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
-	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x1a:\n" +
+	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
+	"\x1centerprise_identity_provider\x18\x8c\x01 \x01(\v2&.mcpauth.v1.EnterpriseIdentityProviderR\x1aenterpriseIdentityProvider\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"9\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x01\n" +
+	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
+	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
+	"\rclient_secret\x18\x04 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
+	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
@@ -1490,13 +1610,14 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_STATUS_PENDING\x10\x03\x12#\n" +
 	"\x1fAUTHORIZATION_STATUS_AUTHORIZED\x10\x04\x12 \n" +
 	"\x1cAUTHORIZATION_STATUS_EXPIRED\x10\x05\x12(\n" +
-	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xcb\x01\n" +
+	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xf3\x01\n" +
 	"\x0eCredentialKind\x12\x1f\n" +
 	"\x1bCREDENTIAL_KIND_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"CREDENTIAL_KIND_AUTHORIZATION_CODE\x10\x01\x12&\n" +
 	"\"CREDENTIAL_KIND_CLIENT_CREDENTIALS\x10\x02\x12\x1e\n" +
 	"\x1aCREDENTIAL_KIND_JWT_BEARER\x10\x03\x12(\n" +
-	"$CREDENTIAL_KIND_STATIC_AUTHORIZATION\x10\x04*\xaf\x01\n" +
+	"$CREDENTIAL_KIND_STATIC_AUTHORIZATION\x10\x04\x12&\n" +
+	"\"CREDENTIAL_KIND_ENTERPRISE_MANAGED\x10\x05*\xaf\x01\n" +
 	"\x15ResourceParameterMode\x12'\n" +
 	"#RESOURCE_PARAMETER_MODE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!RESOURCE_PARAMETER_MODE_CANONICAL\x10\x01\x12 \n" +
@@ -1522,71 +1643,73 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 }
 
 var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
-	(AuthorizationStatus)(0),       // 0: mcpauth.v1.AuthorizationStatus
-	(CredentialKind)(0),            // 1: mcpauth.v1.CredentialKind
-	(ResourceParameterMode)(0),     // 2: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),               // 3: mcpauth.v1.Provider
-	(*WorkloadIdentity)(nil),       // 4: mcpauth.v1.WorkloadIdentity
-	(*ClientKey)(nil),              // 5: mcpauth.v1.ClientKey
-	(*HeaderInfo)(nil),             // 6: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),            // 7: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),   // 8: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),  // 9: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil), // 10: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),     // 11: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),    // 12: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),   // 13: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 14: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),  // 15: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil), // 16: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),  // 17: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil), // 18: mcpauth.v1.DeleteProviderResponse
-	nil,                            // 19: mcpauth.v1.Provider.HeadersEntry
-	nil,                            // 20: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),  // 23: google.protobuf.FieldMask
+	(AuthorizationStatus)(0),           // 0: mcpauth.v1.AuthorizationStatus
+	(CredentialKind)(0),                // 1: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),         // 2: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),                   // 3: mcpauth.v1.Provider
+	(*EnterpriseIdentityProvider)(nil), // 4: mcpauth.v1.EnterpriseIdentityProvider
+	(*WorkloadIdentity)(nil),           // 5: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),                  // 6: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),                 // 7: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),                // 8: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),       // 9: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),      // 10: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),     // 11: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),         // 12: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),        // 13: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),       // 14: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 15: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),      // 16: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),     // 17: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),      // 18: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),     // 19: mcpauth.v1.DeleteProviderResponse
+	nil,                                // 20: mcpauth.v1.Provider.HeadersEntry
+	nil,                                // 21: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),        // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 24: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	19, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	6,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	21, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	21, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	7,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	8,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	20, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	7,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	22, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	22, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	8,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	9,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	22, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	22, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	23, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	23, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	6,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
-	4,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
-	5,  // 12: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	2,  // 13: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	20, // 14: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	3,  // 15: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	3,  // 16: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 17: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 18: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	3,  // 19: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	23, // 20: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 21: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	9,  // 22: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	11, // 23: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	13, // 24: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	15, // 25: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	17, // 26: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	10, // 27: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	12, // 28: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	14, // 29: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	16, // 30: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	18, // 31: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	27, // [27:32] is the sub-list for method output_type
-	22, // [22:27] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	7,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	5,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	4,  // 12: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
+	6,  // 13: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	2,  // 14: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	21, // 15: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	3,  // 16: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	3,  // 17: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	3,  // 18: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	3,  // 19: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	3,  // 20: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	24, // 21: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	3,  // 22: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	10, // 23: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	12, // 24: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	14, // 25: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	16, // 26: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	18, // 27: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	11, // 28: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	13, // 29: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	15, // 30: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	17, // 31: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	19, // 32: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	28, // [28:33] is the sub-list for method output_type
+	23, // [23:28] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1600,7 +1723,7 @@ func file_mcpauth_v1_provider_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

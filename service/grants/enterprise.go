@@ -1,0 +1,308 @@
+package grants
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
+)
+
+// IdentityExchanger exchanges a user's ID token for an identity assertion
+// JWT authorization grant at an enterprise identity provider.
+// *oauthclient.Client implements it.
+type IdentityExchanger interface {
+	IdentityProviderMetadata(ctx context.Context, issuer string, tr *oauthclient.Trace) (*oauthclient.Metadata, error)
+	ExchangeIDToken(ctx context.Context, idp *oauthclient.Metadata, reg *oauthclient.Registration, idToken secret.Secret, audience, resource string, scopes []string) (*oauthclient.IDJAG, error)
+}
+
+var _ IdentityExchanger = (*oauthclient.Client)(nil)
+
+// maxIDTokenLen bounds an ID token a caller may supply.
+const maxIDTokenLen = 16 << 10
+
+// The steps of enterprise-managed authorization, named in errors
+// (metadata "step") and audit details.
+const (
+	stepDiscovery     = "discovery"
+	stepTokenExchange = "token_exchange"
+	stepJWTBearer     = "jwt_bearer"
+)
+
+// IdentityAssertion asks for an enterprise-managed provider's tokens from
+// a user's ID token.
+type IdentityAssertion struct {
+	Tenant, Provider string
+	// User is the end user as the calling platform knows them.
+	User string
+	// IDToken is the user's ID token from the enterprise identity provider.
+	IDToken secret.Secret
+}
+
+// Exchanged describes the tokens ExchangeIdentityAssertion stored,
+// without them.
+type Exchanged struct {
+	Issuer string
+	Scopes []string
+	// ExpiresAt is zero when the server gave no lifetime.
+	ExpiresAt  time.Time
+	HasRefresh bool
+}
+
+// IDTokenRequired is the error of an enterprise-managed provider that holds
+// no usable token: only the calling platform can supply what gets a new one.
+func IDTokenRequired(why string) error {
+	return apperr.FailedPrecondition(domain.ReasonIDTokenRequired,
+		"%s: call ExchangeIdentityAssertion with a fresh ID token of the user from the enterprise identity provider", why)
+}
+
+// checkIdentityAssertion checks a request before anything is read or sent.
+func checkIdentityAssertion(in IdentityAssertion) error {
+	tok := in.IDToken.Reveal()
+	switch {
+	case tok == "":
+		return apperr.Invalid("id_token", "is required")
+	case len(tok) > maxIDTokenLen:
+		return apperr.Invalid("id_token", "must be at most 16 KiB")
+	case strings.Count(tok, ".") != 2 || strings.IndexFunc(tok, notJWTRune) >= 0:
+		// A JWS in compact serialisation (RFC 7515 section 7.1); the
+		// identity provider checks the rest.
+		return apperr.Invalid("id_token", "must be a JWT: three base64url parts separated by dots")
+	case len(in.User) > 255 || strings.IndexFunc(in.User, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0:
+		return apperr.Invalid("user", "must be at most 255 bytes without control characters")
+	}
+	return nil
+}
+
+func notJWTRune(r rune) bool {
+	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+}
+
+// ExchangeIdentityAssertion obtains an enterprise-managed provider's tokens
+// (the MCP enterprise-managed authorization extension): an RFC 8693 token
+// exchange of the user's ID token at the identity provider for an ID-JAG
+// whose audience is the MCP server's authorization server and whose
+// resource is the MCP server, then the RFC 7523 JWT bearer grant with that
+// ID-JAG at the authorization server, as the provider's client. The tokens
+// replace the provider's grant. Neither the ID token nor the ID-JAG is kept,
+// logged or audited. Nothing is retried: an OAuth error at either step is
+// reported as it is.
+func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAssertion) (*Exchanged, error) {
+	if err := checkIdentityAssertion(in); err != nil {
+		return nil, err
+	}
+	row, err := s.store.GetProvider(ctx, in.Tenant, in.Provider)
+	if err != nil {
+		return nil, err
+	}
+	d, err := vault.OpenProvider(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	if d.Kind != domain.KindEnterpriseManaged {
+		return nil, apperr.Invalid("name", "names a provider whose credential_kind is not ENTERPRISE_MANAGED")
+	}
+	m := s.machine
+	if m.Discover == nil || m.Proto == nil || m.Identity == nil {
+		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized, "enterprise-managed authorization is not available on this server")
+	}
+	ctx = audit.WithScope(ctx, in.Tenant, in.Provider)
+	failed := func(step, reason, code string) {
+		det := map[string]string{"kind": string(d.Kind), "step": step}
+		if code != "" {
+			det["oauth_error"] = code
+		}
+		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtainFailed, Provider: in.Provider,
+			Outcome: domain.OutcomeFailure, Reason: reason, Details: withUser(det, in.User)})
+	}
+	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
+	if err != nil {
+		failed(stepDiscovery, domain.ReasonUnavailable, "")
+		return nil, apperr.Unavailable(err, "the MCP server could not be probed")
+	}
+	md, err := m.Discover.Discover(ctx, d.URL.String(), d.Resource, probe, nil)
+	if err != nil {
+		failed(stepDiscovery, domain.ReasonUnavailable, "")
+		return nil, apperr.Unavailable(err, "the authorization server could not be discovered")
+	}
+	idp, err := s.identityProvider(ctx, d)
+	if err != nil {
+		failed(stepDiscovery, domain.ReasonUnavailable, "")
+		return nil, err
+	}
+	scopes, resource := grantScopes(d, probe, md), d.ResourceParam()
+	idpReg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.CredConfig.IdP.ClientID, ClientSecret: d.IdPClientSecret}
+	jag, err := m.Identity.ExchangeIDToken(ctx, idp, idpReg, in.IDToken, md.Issuer, resource, scopes)
+	if err != nil {
+		return nil, exchangeFailed(stepTokenExchange, err, failed)
+	}
+	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
+		AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
+	fresh, err := m.Proto.JWTBearer(ctx, md, reg, jag.Assertion, scopes, resource)
+	if err != nil {
+		return nil, exchangeFailed(stepJWTBearer, err, failed)
+	}
+	if fresh.TokenType == "" {
+		fresh.TokenType = "Bearer"
+	}
+	method, _ := oauthclient.ChooseAuthMethod(reg, md.TokenEndpointAuthMethods)
+	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
+		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
+		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+	defer cancel()
+	if err := s.storeExchanged(pctx, in.Tenant, in.Provider, g, fresh); err != nil {
+		return nil, err
+	}
+	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, Outcome: domain.OutcomeSuccess,
+		Details: withUser(map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
+			"idp_grant_type": oauthclient.GrantTokenExchange}, in.User)})
+	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
+}
+
+// withUser adds the end user to audit details when one is named.
+func withUser(det map[string]string, user string) map[string]string {
+	if user != "" {
+		det["user"] = user
+	}
+	return det
+}
+
+// identityProvider is where the provider's ID tokens are exchanged: the
+// configured token endpoint, else the one the issuer's metadata names;
+// the metadata's authentication methods when there is metadata.
+func (s *Service) identityProvider(ctx context.Context, d *vault.Provider) (*oauthclient.Metadata, error) {
+	cfg := d.CredConfig.IdP
+	md := &oauthclient.Metadata{Issuer: cfg.Issuer, TokenEndpoint: cfg.TokenEndpoint}
+	if cfg.Issuer == "" {
+		return md, nil
+	}
+	found, err := s.machine.Identity.IdentityProviderMetadata(ctx, cfg.Issuer, nil)
+	if err != nil {
+		if cfg.TokenEndpoint != "" {
+			// The configured endpoint is enough; the metadata only helps
+			// choose the authentication.
+			return md, nil
+		}
+		return nil, apperr.Unavailable(err, "the identity provider's metadata could not be read")
+	}
+	if cfg.TokenEndpoint != "" {
+		found.TokenEndpoint = cfg.TokenEndpoint
+	}
+	return found, nil
+}
+
+// grantScopes are the scopes a grant without a browser asks for: the
+// provider's, else the MCP server's challenge's, else its metadata's.
+func grantScopes(d *vault.Provider, probe *oauthclient.ProbeResult, md *oauthclient.Metadata) []string {
+	scopes := d.Scopes
+	if len(scopes) == 0 && probe != nil {
+		scopes = probe.Scopes
+	}
+	if len(scopes) == 0 {
+		scopes = md.ScopesSupported
+	}
+	return scopes
+}
+
+// exchangeFailed turns a failed step into the caller's error, as the
+// server answered: the identity provider's OAuth error as
+// IDENTITY_PROVIDER_REFUSED, the authorization server's with the reasons
+// of the other grants without a browser; both with the code in metadata.
+// The held grant is left alone: tokens an earlier exchange got still work.
+func exchangeFailed(step string, err error, failed func(step, reason, code string)) error {
+	var (
+		oe   *oauthclient.OAuthError
+		temp *oauthclient.TemporaryError
+	)
+	party := "the authorization server"
+	if step == stepTokenExchange {
+		party = "the identity provider"
+	}
+	switch {
+	case errors.As(err, &oe):
+		reason := domain.ReasonIdentityProviderRefused
+		if step == stepJWTBearer {
+			reason = oauthReason(oe.Code)
+		}
+		failed(step, reason, oe.Code)
+		return apperr.FailedPrecondition(reason, "%s refused the %s (%s)", party, stepName(step), oe.Code).
+			WithMeta("oauth_error", oe.Code).WithMeta("step", step)
+	case errors.As(err, &temp):
+		failed(step, domain.ReasonUnavailable, "")
+		return apperr.Unavailable(err, "%s could not be reached for the %s", party, stepName(step))
+	}
+	reason := domain.ReasonGrantRefused
+	if step == stepTokenExchange {
+		reason = domain.ReasonIdentityProviderRefused
+	}
+	failed(step, reason, "")
+	// oauthclient's errors name what was wrong with the answer, never a
+	// token.
+	return apperr.FailedPrecondition(reason, "%s did not complete the %s: %s", party, stepName(step), err.Error()).WithMeta("step", step)
+}
+
+func stepName(step string) string {
+	if step == stepTokenExchange {
+		return "token exchange"
+	}
+	return "identity assertion grant"
+}
+
+// oauthReason maps a token endpoint's OAuth error code to a reason.
+func oauthReason(code string) string {
+	switch code {
+	case "invalid_grant":
+		return domain.ReasonInvalidGrant
+	case "invalid_client":
+		return domain.ReasonInvalidClient
+	case "invalid_scope":
+		return domain.ReasonInvalidScope
+	case "unauthorized_client":
+		return domain.ReasonUnauthorizedClient
+	}
+	return domain.ReasonGrantRefused
+}
+
+// storeExchanged stores tokens obtained from an ID token over whatever the
+// grant holds: they are what the user just asked for. A concurrent writer
+// (a refresh of the old tokens) loses the compare-and-swap and is read
+// again once.
+func (s *Service) storeExchanged(ctx context.Context, tenant, id string, g vault.Grant, t *oauthclient.Tokens) error {
+	for attempt := 0; ; attempt++ {
+		prev, err := s.store.GetCredential(ctx, tenant, id)
+		if apperr.KindOf(err) == apperr.KindNotFound {
+			prev, err = nil, nil
+		}
+		if err != nil {
+			return err
+		}
+		_, err = s.storeObtained(ctx, tenant, id, prev, g, t)
+		if apperr.KindOf(err) != apperr.KindAborted || attempt == 1 {
+			return err
+		}
+	}
+}
+
+// enterpriseLoadError is Get's answer for an enterprise-managed provider
+// without a usable grant: only a new ID token helps.
+func enterpriseLoadError(cred *repository.Credential, loadErr error) error {
+	e, ok := apperr.As(loadErr)
+	switch {
+	case !ok:
+		return loadErr
+	case e.Reason == domain.ReasonNotAuthorized:
+		return IDTokenRequired("the provider holds no tokens")
+	case e.Reason == domain.ReasonReauthRequired && cred != nil:
+		return IDTokenRequired(reauthWhy(cred.Reason))
+	}
+	return loadErr
+}
