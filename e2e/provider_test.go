@@ -108,7 +108,7 @@ func TestProviderCRUD(t *testing.T) {
 		if del.GetRevokedAtServer() {
 			t.Error("revoked_at_server = true for a provider that holds no tokens")
 		}
-		if _, err := s.Store().GetTools(bg, "acme", "notion"); apperr.KindOf(err) != apperr.KindNotFound {
+		if _, err := s.Store().GetTools(bg, domain.TenantGrant("acme", "notion")); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("tool list after delete: %v, want not found", err)
 		}
 		_, err = pc.GetProvider(Ctx(t, key), &mcpauthv1.GetProviderRequest{Name: "tenants/acme/providers/notion"})
@@ -551,8 +551,8 @@ func TestProviderURLChange(t *testing.T) {
 					t.Errorf("oauth_client = %v, want %v", got.GetOauthClient(), tt.wantClient)
 				}
 				row := provRow(t, s, "acme", id)
-				_, credErr := st.GetCredential(ctx, "acme", id)
-				_, toolErr := st.GetTools(ctx, "acme", id)
+				_, credErr := st.GetCredential(ctx, domain.TenantGrant("acme", id))
+				_, toolErr := st.GetTools(ctx, domain.TenantGrant("acme", id))
 				_, regErr := st.GetClientRegistration(ctx, "acme", id, "https://as.example")
 				wantStatus := mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED
 				if tt.wantReset {

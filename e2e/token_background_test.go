@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	"github.com/mcpauth/mcpauth/service/grants"
 )
@@ -44,7 +45,7 @@ func TestTokenBackgroundRefresh(t *testing.T) {
 	c := tokStart(t, tokOptions{Env: map[string]string{"MCPAUTH_BACKGROUND_REFRESH_INTERVAL": "1s"}})
 	s := c.Replicas[0]
 	ctx := context.Background()
-	before, err := s.Store().GetCredential(ctx, c.Tenant, c.ID)
+	before, err := s.Store().GetCredential(ctx, domain.TenantGrant(c.Tenant, c.ID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +53,11 @@ func TestTokenBackgroundRefresh(t *testing.T) {
 	tokMakeIdle(t, s, c.Tenant, c.ID, time.Now().Add(-13*time.Hour))
 
 	tokWait(t, "the background refresh to be stored", 15*time.Second, func() bool {
-		cred, err := s.Store().GetCredential(ctx, c.Tenant, c.ID)
+		cred, err := s.Store().GetCredential(ctx, domain.TenantGrant(c.Tenant, c.ID))
 		return err == nil && cred.Generation > before.Generation
 	})
 	check.want(t, 1)
-	after, err := s.Store().GetCredential(ctx, c.Tenant, c.ID)
+	after, err := s.Store().GetCredential(ctx, domain.TenantGrant(c.Tenant, c.ID))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
 	"github.com/mcpauth/mcpauth/keyring"
 )
@@ -218,7 +219,7 @@ func TestToolsRevokedToken(t *testing.T) {
 // service's keyring and returns the refresh token.
 func tlStoredRefreshToken(tb testing.TB, s *Service, tenant, id string) string {
 	tb.Helper()
-	cred, err := s.Store().GetCredential(context.Background(), tenant, id)
+	cred, err := s.Store().GetCredential(context.Background(), domain.TenantGrant(tenant, id))
 	if err != nil {
 		tb.Fatalf("reading credential: %v", err)
 	}

@@ -81,10 +81,16 @@ const (
 )
 
 // Scope is the associated data that binds a ciphertext to where it belongs:
-// the tenant, the provider (may be empty for tenant-level values) and the
-// field name.
+// the tenant, the provider (may be empty for tenant-level values), the
+// field name and, for a per-user grant, the end user.
 type Scope struct {
 	Tenant, Provider, Field string
+	// User is the end user of a per-user grant, or empty. An empty User
+	// leaves the associated data exactly as before users existed, so
+	// tenant-wide ciphertexts stay readable; a non-empty one is appended as
+	// a fourth length-prefixed part, so a ciphertext opens only for the user
+	// it was sealed for.
+	User string
 }
 
 // Keyring holds the master keys. It is immutable after construction and safe
@@ -297,15 +303,20 @@ func KeyID(ciphertext []byte) (uint32, error) {
 }
 
 // fieldAADFor builds header | "mcpauth/v1/field" | len-prefixed tenant,
-// provider, field. The header is included so the version and key id are
-// authenticated too.
+// provider, field [, user]. The header is included so the version and key
+// id are authenticated too. The user part is present only for a non-empty
+// user: every part is length-prefixed, so the three- and four-part forms
+// never collide.
 func fieldAADFor(header []byte, s Scope) []byte {
-	aad := make([]byte, 0, len(header)+len(fieldAAD)+12+len(s.Tenant)+len(s.Provider)+len(s.Field))
+	aad := make([]byte, 0, len(header)+len(fieldAAD)+16+len(s.Tenant)+len(s.Provider)+len(s.Field)+len(s.User))
 	aad = append(aad, header...)
 	aad = append(aad, fieldAAD...)
 	aad = appendLenPrefixed(aad, s.Tenant)
 	aad = appendLenPrefixed(aad, s.Provider)
 	aad = appendLenPrefixed(aad, s.Field)
+	if s.User != "" {
+		aad = appendLenPrefixed(aad, s.User)
+	}
 	return aad
 }
 

@@ -120,6 +120,38 @@ func TestWrongScopeFails(t *testing.T) {
 	}
 }
 
+// TestUserScope: a ciphertext of one end user's grant opens only for that
+// user, never for another user or for the tenant-wide grant, and the reverse.
+func TestUserScope(t *testing.T) {
+	t.Parallel()
+	k := mustParse(t, specA)
+	alice := Scope{Tenant: "t1", Provider: "p1", Field: "access_token", User: "alice"}
+	tests := []struct {
+		name       string
+		seal, open Scope
+	}{
+		{"alice to bob", alice, Scope{Tenant: "t1", Provider: "p1", Field: "access_token", User: "bob"}},
+		{"alice to the tenant grant", alice, scope},
+		{"tenant grant to alice", scope, alice},
+		{"user case differs", alice, Scope{Tenant: "t1", Provider: "p1", Field: "access_token", User: "Alice"}},
+		// The user is a fourth length-prefixed part: moving bytes between
+		// the field and the user changes the associated data.
+		{"shifted boundary field/user", alice, Scope{Tenant: "t1", Provider: "p1", Field: "access_tokena", User: "lice"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ct := mustSeal(t, k, tt.seal, []byte("secret-token"))
+			if got, err := k.Open(tt.open, ct); !errors.Is(err, ErrDecrypt) {
+				t.Fatalf("Open = %q, %v; want ErrDecrypt", got, err)
+			}
+			if got, err := k.Open(tt.seal, ct); err != nil || string(got) != "secret-token" {
+				t.Fatalf("Open under its own scope = %q, %v", got, err)
+			}
+		})
+	}
+}
+
 func TestInvalidScope(t *testing.T) {
 	t.Parallel()
 	k := mustParse(t, specA)

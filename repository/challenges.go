@@ -40,6 +40,11 @@ type Challenge struct {
 // TableName is the table of Challenge.
 func (Challenge) TableName() string { return "mcp_challenges" }
 
+// Ref names the grant the challenge was answered to.
+func (c *Challenge) Ref() domain.GrantRef {
+	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID}
+}
+
 // RecordChallenge stores c as the provider's last challenge (keeping its
 // step-up attempt count) and moves a grant that is NOT_REQUIRED or
 // UNAUTHORIZED (or missing) to UNAUTHORIZED with reason
@@ -47,6 +52,9 @@ func (Challenge) TableName() string { return "mcp_challenges" }
 // step-up decide about it. It reports whether the status changed.
 func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32) (bool, error) {
 	if err := checkTenant(c.TenantID); err != nil {
+		return false, err
+	}
+	if err := checkGrantUser(c.Ref()); err != nil {
 		return false, err
 	}
 	row := *c
@@ -63,20 +71,20 @@ func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32)
 		}
 		return false, dbErr(err, "record challenge")
 	}
-	return s.SetGrantStatus(ctx, c.TenantID, c.ProviderID,
+	return s.SetGrantStatus(ctx, c.Ref(),
 		[]domain.AuthStatus{domain.StatusNotRequired, domain.StatusUnauthorized},
 		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID)
 }
 
-// GetChallenge returns the provider's last challenge, or
+// GetChallenge returns the grant's last challenge, or
 // apperr.NotFound("challenge") when none is outstanding.
-func (s *Store) GetChallenge(ctx context.Context, tenant, providerID string) (*Challenge, error) {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) GetChallenge(ctx context.Context, g domain.GrantRef) (*Challenge, error) {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return nil, err
 	}
 	var c Challenge
-	if err := q.Where("provider_id = ?", providerID).Take(&c).Error; err != nil {
+	if err := q.Take(&c).Error; err != nil {
 		if errors.Is(err, gorm.ErrRecordNotFound) {
 			return nil, apperr.NotFound("challenge")
 		}
@@ -89,33 +97,33 @@ func (s *Store) GetChallenge(ctx context.Context, tenant, providerID string) (*C
 // is called after every successful MCP request, so it reads first and
 // writes only when there is a challenge to forget (a write, even one that
 // deletes nothing, takes SQLite's write lock).
-func (s *Store) ClearChallenge(ctx context.Context, tenant, providerID string) error {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) ClearChallenge(ctx context.Context, g domain.GrantRef) error {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
 	var n int64
-	if err := q.Model(&Challenge{}).Where("provider_id = ?", providerID).Limit(1).Count(&n).Error; err != nil {
+	if err := q.Model(&Challenge{}).Limit(1).Count(&n).Error; err != nil {
 		return dbErr(err, "read challenge")
 	}
 	if n == 0 {
 		return nil
 	}
-	q, err = scoped(ctx, s.db, tenant)
+	q, err = grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
-	return dbErr(q.Where("provider_id = ?", providerID).Delete(&Challenge{}).Error, "clear challenge")
+	return dbErr(q.Delete(&Challenge{}).Error, "clear challenge")
 }
 
 // CountStepUp adds one to the step-up attempts of the provider's
 // outstanding insufficient_scope challenge, if it has one.
-func (s *Store) CountStepUp(ctx context.Context, tenant, providerID string) error {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) CountStepUp(ctx context.Context, g domain.GrantRef) error {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
-	err = q.Model(&Challenge{}).Where("provider_id = ? AND error = ?", providerID, "insufficient_scope").
+	err = q.Model(&Challenge{}).Where("error = ?", "insufficient_scope").
 		UpdateColumn("step_up_attempts", gorm.Expr("step_up_attempts + 1")).Error
 	return dbErr(err, "count step-up")
 }

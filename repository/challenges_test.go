@@ -16,13 +16,13 @@ func TestChallenges(t *testing.T) {
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		mustCreate(t, s, newProvider("t1", "p"))
-		if _, err := s.GetChallenge(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		if _, err := s.GetChallenge(ctx, domain.TenantGrant("t1", "p")); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("GetChallenge before any: %v", err)
 		}
-		if err := s.ClearChallenge(ctx, "t1", "p"); err != nil {
+		if err := s.ClearChallenge(ctx, domain.TenantGrant("t1", "p")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.SetGrantStatus(ctx, "t1", "p", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusNotRequired, "", 1); err != nil {
+		if _, err := s.SetGrantStatus(ctx, domain.TenantGrant("t1", "p"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusNotRequired, "", 1); err != nil {
 			t.Fatal(err)
 		}
 		changed, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 403, Error: "insufficient_scope",
@@ -30,32 +30,32 @@ func TestChallenges(t *testing.T) {
 		if err != nil || !changed {
 			t.Fatalf("RecordChallenge = %v, %v", changed, err)
 		}
-		c, err := s.GetCredential(ctx, "t1", "p")
+		c, err := s.GetCredential(ctx, domain.TenantGrant("t1", "p"))
 		if err != nil || c.Status != domain.StatusUnauthorized || c.Reason != domain.ReasonAuthorizationRequired {
 			t.Fatalf("grant after the challenge: %+v, %v", c, err)
 		}
 		for range 2 {
-			if err := s.CountStepUp(ctx, "t1", "p"); err != nil {
+			if err := s.CountStepUp(ctx, domain.TenantGrant("t1", "p")); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if _, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 403, Error: "insufficient_scope", Scope: "c"}, 1); err != nil {
 			t.Fatal(err)
 		}
-		ch, err := s.GetChallenge(ctx, "t1", "p")
+		ch, err := s.GetChallenge(ctx, domain.TenantGrant("t1", "p"))
 		if err != nil || ch.Scope != "c" || ch.StepUpAttempts != 2 || ch.SeenAt.IsZero() || ch.ResourceMetadata != "" {
 			t.Fatalf("challenge %+v, %v", ch, err)
 		}
-		if _, err := s.GetChallenge(ctx, "t2", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		if _, err := s.GetChallenge(ctx, domain.TenantGrant("t2", "p")); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("another tenant reads the challenge: %v", err)
 		}
 		if _, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "nope", HTTPStatus: 401}, 1); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("challenge for a missing provider: %v", err)
 		}
-		if err := s.ClearChallenge(ctx, "t1", "p"); err != nil {
+		if err := s.ClearChallenge(ctx, domain.TenantGrant("t1", "p")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.GetChallenge(ctx, "t1", "p"); apperr.KindOf(err) != apperr.KindNotFound {
+		if _, err := s.GetChallenge(ctx, domain.TenantGrant("t1", "p")); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("challenge after clearing: %v", err)
 		}
 		if _, err := s.RecordChallenge(ctx, &Challenge{TenantID: "t1", ProviderID: "p", HTTPStatus: 401}, 1); err != nil {

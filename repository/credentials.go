@@ -17,15 +17,15 @@ func credentialChanged() *apperr.Error {
 	return apperr.Aborted("credential was changed concurrently; re-read and retry")
 }
 
-// GetCredential returns the provider's credential, or apperr.NotFound
+// GetCredential returns the grant's credential, or apperr.NotFound
 // ("credential not found") when it has none.
-func (s *Store) GetCredential(ctx context.Context, tenant, providerID string) (*Credential, error) {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credential, error) {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return nil, err
 	}
 	var c Credential
-	if err := q.Where("provider_id = ?", providerID).Take(&c).Error; err != nil {
+	if err := q.Take(&c).Error; err != nil {
 		if errors.Is(err, gorm.ErrRecordNotFound) {
 			return nil, apperr.NotFound("credential")
 		}
@@ -51,6 +51,9 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 	}
 	if c.ProviderID == "" {
 		return 0, apperr.Internal(errEmptyID, "provider id missing")
+	}
+	if err := checkGrantUser(c.Ref()); err != nil {
+		return 0, err
 	}
 	now := s.db.NowFunc()
 	newGen := expectedGeneration + 1
@@ -84,11 +87,11 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 				return err
 			}
 		} else {
-			q, err := scoped(ctx, tx, c.TenantID)
+			q, err := grantScoped(ctx, tx, c.Ref())
 			if err != nil {
 				return err
 			}
-			res := q.Model(&Credential{}).Where("provider_id = ? AND generation = ?", c.ProviderID, expectedGeneration).
+			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).
 				Updates(map[string]any{
 					"tokens":           c.Tokens,
 					"issuer":           c.Issuer,
@@ -132,20 +135,19 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 	return newGen, nil
 }
 
-// DeleteCredential deletes the provider's credential. expectedGeneration 0
+// DeleteCredential deletes the grant's credential. expectedGeneration 0
 // deletes any generation; otherwise a mismatch is apperr.Aborted. A missing
 // credential is apperr.NotFound("credential not found"). events are inserted
 // in the same transaction.
-func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64, events ...*AuditEvent) error {
-	if err := checkTenant(tenant); err != nil {
+func (s *Store) DeleteCredential(ctx context.Context, g domain.GrantRef, expectedGeneration int64, events ...*AuditEvent) error {
+	if err := checkTenant(g.Tenant); err != nil {
 		return err
 	}
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		q, err := scoped(ctx, tx, tenant)
+		q, err := grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
 		}
-		q = q.Where("provider_id = ?", providerID)
 		if expectedGeneration != 0 {
 			q = q.Where("generation = ?", expectedGeneration)
 		}
@@ -159,7 +161,7 @@ func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string,
 		return insertEvents(ctx, tx, events)
 	})
 	if errors.Is(err, errNothingDeleted) {
-		if _, err := s.GetCredential(ctx, tenant, providerID); err != nil {
+		if _, err := s.GetCredential(ctx, g); err != nil {
 			return err
 		}
 		return credentialChanged()
@@ -174,7 +176,7 @@ func (s *Store) DeleteCredential(ctx context.Context, tenant, providerID string,
 // errNothingDeleted rolls back a delete that matched no row.
 var errNothingDeleted = errors.New("repository: nothing deleted")
 
-// SetGrantStatus moves the provider's grant to status to (with reason) when
+// SetGrantStatus moves the grant g to status to (with reason) when
 // its current status is one of from, without touching its tokens or its
 // generation. A provider without a grant row counts as UNAUTHORIZED: when
 // from names it, a row without tokens is created (keyID is the key id it
@@ -183,18 +185,19 @@ var errNothingDeleted = errors.New("repository: nothing deleted")
 //
 // events are inserted in the same transaction, and only when the status
 // changed.
-func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*AuditEvent) (bool, error) {
-	if err := checkTenant(tenant); err != nil {
+func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*AuditEvent) (bool, error) {
+	if err := checkTenant(g.Tenant); err != nil {
 		return false, err
 	}
+	tenant, providerID := g.Tenant, g.Provider
 	changed := false
 	now := s.db.NowFunc()
 	set := func(tx *gorm.DB) error {
-		q, err := scoped(ctx, tx, tenant)
+		q, err := grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
 		}
-		res := q.Model(&Credential{}).Where("provider_id = ? AND status IN ?", providerID, from).
+		res := q.Model(&Credential{}).Where("status IN ?", from).
 			Updates(map[string]any{"status": to, "reason": reason, "updated_at": now})
 		if res.Error != nil {
 			return res.Error
@@ -203,12 +206,12 @@ func (s *Store) SetGrantStatus(ctx context.Context, tenant, providerID string, f
 			changed = res.RowsAffected > 0
 			return nil
 		}
-		q, err = scoped(ctx, tx, tenant)
+		q, err = grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
 		}
 		var n int64
-		if err := q.Model(&Credential{}).Where("provider_id = ?", providerID).Count(&n).Error; err != nil {
+		if err := q.Model(&Credential{}).Count(&n).Error; err != nil {
 			return err
 		}
 		if n > 0 {

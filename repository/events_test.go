@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 )
 
@@ -41,7 +42,7 @@ func TestEventsCommitWithTheirChange(t *testing.T) {
 		if _, err := s.PutCredential(ctx, newCredential("t", "p", "tok"), 0, ev("stored")); err != nil {
 			t.Fatalf("PutCredential: %v", err)
 		}
-		if err := s.DeleteCredential(ctx, "t", "p", 99, ev("refused")); apperr.KindOf(err) != apperr.KindAborted {
+		if err := s.DeleteCredential(ctx, domain.TenantGrant("t", "p"), 99, ev("refused")); apperr.KindOf(err) != apperr.KindAborted {
 			t.Fatalf("DeleteCredential at a wrong generation: %v", err)
 		}
 		err = s.DeleteProvider(ctx, "t", "p", 42, ev("refused"))

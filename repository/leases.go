@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // RefreshLease is one grant's refresh lease row: who may call the token
@@ -59,19 +60,20 @@ type LeaseAcquired struct {
 // ErrLeaseHeld otherwise. Times are the database's clock as the Store sees
 // it. One conditional upsert decides, so of concurrent acquirers on any
 // number of replicas exactly one wins.
-func (s *Store) AcquireRefreshLease(ctx context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (LeaseAcquired, error) {
+func (s *Store) AcquireRefreshLease(ctx context.Context, g domain.GrantRef, generation int64, holder string, ttl time.Duration) (LeaseAcquired, error) {
 	var out LeaseAcquired
-	if err := checkTenant(tenant); err != nil {
+	if err := checkTenant(g.Tenant); err != nil {
 		return out, err
 	}
+	tenant, providerID := g.Tenant, g.Provider
 	now := s.db.NowFunc()
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		q, err := scoped(ctx, tx, tenant)
+		q, err := grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
 		}
 		var prev RefreshLease
-		perr := q.Where("provider_id = ?", providerID).Take(&prev).Error
+		perr := q.Take(&prev).Error
 		if perr != nil && !errors.Is(perr, gorm.ErrRecordNotFound) {
 			return perr
 		}
@@ -105,12 +107,12 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, tenant, providerID stri
 
 // ExtendRefreshLease moves the lease's expiry to ttl from now if holder
 // still holds it, and fails with ErrLeaseGone otherwise.
-func (s *Store) ExtendRefreshLease(ctx context.Context, tenant, providerID, holder string, ttl time.Duration) error {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) ExtendRefreshLease(ctx context.Context, g domain.GrantRef, holder string, ttl time.Duration) error {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
-	res := q.Model(&RefreshLease{}).Where("provider_id = ? AND holder = ?", providerID, holder).
+	res := q.Model(&RefreshLease{}).Where("holder = ?", holder).
 		UpdateColumn("expires_at", s.db.NowFunc().Add(ttl))
 	if res.Error != nil {
 		return dbErr(res.Error, "extend refresh lease")
@@ -123,12 +125,12 @@ func (s *Store) ExtendRefreshLease(ctx context.Context, tenant, providerID, hold
 
 // ReleaseRefreshLease ends holder's lease; it does nothing when holder no
 // longer holds it.
-func (s *Store) ReleaseRefreshLease(ctx context.Context, tenant, providerID, holder string) error {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) ReleaseRefreshLease(ctx context.Context, g domain.GrantRef, holder string) error {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
-	return dbErr(q.Where("provider_id = ? AND holder = ?", providerID, holder).Delete(&RefreshLease{}).Error, "release refresh lease")
+	return dbErr(q.Where("holder = ?", holder).Delete(&RefreshLease{}).Error, "release refresh lease")
 }
 
 // BackoffRefreshLease turns holder's lease into a backoff that lasts for d:
@@ -136,12 +138,12 @@ func (s *Store) ReleaseRefreshLease(ctx context.Context, tenant, providerID, hol
 // with ErrRefreshBackoff), so a failing authorization server is asked again
 // once per backoff, not once per replica and caller. It does nothing when
 // holder no longer holds the lease.
-func (s *Store) BackoffRefreshLease(ctx context.Context, tenant, providerID, holder string, d time.Duration) error {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) BackoffRefreshLease(ctx context.Context, g domain.GrantRef, holder string, d time.Duration) error {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return err
 	}
-	res := q.Model(&RefreshLease{}).Where("provider_id = ? AND holder = ?", providerID, holder).
+	res := q.Model(&RefreshLease{}).Where("holder = ?", holder).
 		Updates(map[string]any{"holder": backoffHolder, "expires_at": s.db.NowFunc().Add(d)})
 	return dbErr(res.Error, "back off refresh lease")
 }

@@ -30,7 +30,7 @@ func TestRefreshLeaseOneHolder(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, errs[i] = s.AcquireRefreshLease(ctx, "a", "p1", 1, fmt.Sprintf("h%d", i), time.Minute)
+				_, errs[i] = s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, fmt.Sprintf("h%d", i), time.Minute)
 			}()
 		}
 		wg.Wait()
@@ -50,24 +50,24 @@ func TestRefreshLeaseOneHolder(t *testing.T) {
 		}
 		me := fmt.Sprintf("h%d", winner)
 		// A retried acquire (its first answer lost) finds its own lease.
-		if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, me, time.Minute); err != nil {
+		if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, me, time.Minute); err != nil {
 			t.Fatalf("retried acquire by the holder: %v", err)
 		}
 		// Another tenant's provider of the same id has its own lease.
-		if _, err := s.AcquireRefreshLease(ctx, "b", "p1", 1, "other", time.Minute); err != nil {
+		if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("b", "p1"), 1, "other", time.Minute); err != nil {
 			t.Fatalf("other tenant: %v", err)
 		}
-		wantNoErr(t, s.ExtendRefreshLease(ctx, "a", "p1", me, time.Minute), "extend")
-		if err := s.ExtendRefreshLease(ctx, "a", "p1", "stranger", time.Minute); !errors.Is(err, ErrLeaseGone) {
+		wantNoErr(t, s.ExtendRefreshLease(ctx, domain.TenantGrant("a", "p1"), me, time.Minute), "extend")
+		if err := s.ExtendRefreshLease(ctx, domain.TenantGrant("a", "p1"), "stranger", time.Minute); !errors.Is(err, ErrLeaseGone) {
 			t.Fatalf("extend by a stranger: %v, want ErrLeaseGone", err)
 		}
 		// A stranger's release leaves the lease in place.
-		wantNoErr(t, s.ReleaseRefreshLease(ctx, "a", "p1", "stranger"), "stranger release")
-		if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "stranger", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		wantNoErr(t, s.ReleaseRefreshLease(ctx, domain.TenantGrant("a", "p1"), "stranger"), "stranger release")
+		if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "stranger", time.Minute); !errors.Is(err, ErrLeaseHeld) {
 			t.Fatalf("acquire after a stranger's release: %v, want ErrLeaseHeld", err)
 		}
-		wantNoErr(t, s.ReleaseRefreshLease(ctx, "a", "p1", me), "release")
-		got, err := s.AcquireRefreshLease(ctx, "a", "p1", 2, "next", time.Minute)
+		wantNoErr(t, s.ReleaseRefreshLease(ctx, domain.TenantGrant("a", "p1"), me), "release")
+		got, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 2, "next", time.Minute)
 		wantNoErr(t, err, "acquire after release")
 		if got.TookOver {
 			t.Fatal("a released lease reported as taken over")
@@ -80,19 +80,19 @@ func TestRefreshLeaseExpiredTakeover(t *testing.T) {
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		mustCreate(t, s, newProvider("a", "p1"))
-		_, err := s.AcquireRefreshLease(ctx, "a", "p1", 3, "crashed", time.Millisecond)
+		_, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 3, "crashed", time.Millisecond)
 		wantNoErr(t, err, "first acquire")
 		time.Sleep(20 * time.Millisecond)
-		got, err := s.AcquireRefreshLease(ctx, "a", "p1", 3, "next", time.Minute)
+		got, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 3, "next", time.Minute)
 		wantNoErr(t, err, "takeover")
 		if !got.TookOver {
 			t.Fatal("taking over an expired lease of the same generation not reported")
 		}
-		if err := s.ExtendRefreshLease(ctx, "a", "p1", "crashed", time.Minute); !errors.Is(err, ErrLeaseGone) {
+		if err := s.ExtendRefreshLease(ctx, domain.TenantGrant("a", "p1"), "crashed", time.Minute); !errors.Is(err, ErrLeaseGone) {
 			t.Fatalf("the old holder extends: %v, want ErrLeaseGone", err)
 		}
 		// A lease of a provider that does not exist is NOT_FOUND.
-		_, err = s.AcquireRefreshLease(ctx, "a", "nope", 1, "h", time.Minute)
+		_, err = s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "nope"), 1, "h", time.Minute)
 		wantKind(t, err, apperr.KindNotFound, "")
 	})
 }
@@ -136,7 +136,7 @@ func TestExpirePendingGrants(t *testing.T) {
 		mustCreate(t, s, newProvider("a", "p1"))
 		mustCreate(t, s, newProvider("b", "p2"))
 		for _, p := range [][2]string{{"a", "p1"}, {"b", "p2"}} {
-			_, err := s.SetGrantStatus(ctx, p[0], p[1], []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+			_, err := s.SetGrantStatus(ctx, domain.TenantGrant(p[0], p[1]), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
 			wantNoErr(t, err, "pending")
 		}
 		n, err := s.ExpirePendingGrants(ctx, time.Now().Add(-time.Hour), "FLOW_EXPIRED_OR_USED")
@@ -149,7 +149,7 @@ func TestExpirePendingGrants(t *testing.T) {
 		if n != 2 {
 			t.Fatalf("expired %d grants, want 2 (across tenants)", n)
 		}
-		c, err := s.GetCredential(ctx, "a", "p1")
+		c, err := s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
 		wantNoErr(t, err, "get")
 		if c.Status != domain.StatusUnauthorized || c.Reason != "FLOW_EXPIRED_OR_USED" {
 			t.Fatalf("grant %v/%q, want UNAUTHORIZED/FLOW_EXPIRED_OR_USED", c.Status, c.Reason)
@@ -162,23 +162,23 @@ func TestRefreshLeaseBackoff(t *testing.T) {
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		mustCreate(t, s, newProvider("a", "p1"))
-		_, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h1", time.Minute)
+		_, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "h1", time.Minute)
 		wantNoErr(t, err, "acquire")
 		// A stranger cannot turn the lease into a backoff.
-		wantNoErr(t, s.BackoffRefreshLease(ctx, "a", "p1", "stranger", time.Minute), "stranger backoff")
-		if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h2", time.Minute); !errors.Is(err, ErrLeaseHeld) {
+		wantNoErr(t, s.BackoffRefreshLease(ctx, domain.TenantGrant("a", "p1"), "stranger", time.Minute), "stranger backoff")
+		if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "h2", time.Minute); !errors.Is(err, ErrLeaseHeld) {
 			t.Fatalf("acquire while held: %v, want ErrLeaseHeld", err)
 		}
 		// Long enough that both acquires below fall inside it on a loaded
 		// machine (50 ms did not).
-		wantNoErr(t, s.BackoffRefreshLease(ctx, "a", "p1", "h1", 2*time.Second), "backoff")
+		wantNoErr(t, s.BackoffRefreshLease(ctx, domain.TenantGrant("a", "p1"), "h1", 2*time.Second), "backoff")
 		for _, h := range []string{"h1", "h2"} {
-			if _, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, h, time.Minute); !errors.Is(err, ErrRefreshBackoff) {
+			if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, h, time.Minute); !errors.Is(err, ErrRefreshBackoff) {
 				t.Fatalf("acquire by %s during the backoff: %v, want ErrRefreshBackoff", h, err)
 			}
 		}
 		time.Sleep(2100 * time.Millisecond)
-		got, err := s.AcquireRefreshLease(ctx, "a", "p1", 1, "h2", time.Minute)
+		got, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "h2", time.Minute)
 		wantNoErr(t, err, "acquire after the backoff")
 		if got.TookOver {
 			t.Fatal("a backoff that ended reported as a takeover (nobody spent the token)")

@@ -28,12 +28,12 @@ func (s *Store) CredentialsIdleSince(ctx context.Context, before time.Time, limi
 // RecordRefreshFailure counts a failed background refresh of the tenant's
 // credential, if it is still at generation, and returns the new count (0
 // when the credential changed meanwhile: a newer refresh succeeded).
-func (s *Store) RecordRefreshFailure(ctx context.Context, tenant, providerID string, generation int64) (int, error) {
-	q, err := scoped(ctx, s.db, tenant)
+func (s *Store) RecordRefreshFailure(ctx context.Context, g domain.GrantRef, generation int64) (int, error) {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return 0, err
 	}
-	res := q.Model(&Credential{}).Where("provider_id = ? AND generation = ?", providerID, generation).
+	res := q.Model(&Credential{}).Where("generation = ?", generation).
 		UpdateColumn("refresh_failures", gorm.Expr("refresh_failures + 1"))
 	if res.Error != nil {
 		return 0, dbErr(res.Error, "record refresh failure")
@@ -41,12 +41,12 @@ func (s *Store) RecordRefreshFailure(ctx context.Context, tenant, providerID str
 	if res.RowsAffected == 0 {
 		return 0, nil
 	}
-	q, err = scoped(ctx, s.db, tenant)
+	q, err = grantScoped(ctx, s.db, g)
 	if err != nil {
 		return 0, err
 	}
 	var c Credential
-	if err := q.Where("provider_id = ?", providerID).Take(&c).Error; err != nil {
+	if err := q.Take(&c).Error; err != nil {
 		return 0, dbErr(err, "read refresh failures")
 	}
 	return c.RefreshFailures, nil

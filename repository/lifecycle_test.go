@@ -23,7 +23,7 @@ func TestCredentialGenerationNeverRepeats(t *testing.T) {
 		wantNoErr(t, err, "first put")
 		g2, err := s.PutCredential(ctx, c, g1)
 		wantNoErr(t, err, "second put")
-		wantNoErr(t, s.DeleteCredential(ctx, "a", p.ID, 0), "delete")
+		wantNoErr(t, s.DeleteCredential(ctx, domain.TenantGrant("a", p.ID), 0), "delete")
 		g3, err := s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, Tokens: []byte("t2")}, 0)
 		wantNoErr(t, err, "re-create")
 		if g3 <= g2 {
@@ -34,7 +34,7 @@ func TestCredentialGenerationNeverRepeats(t *testing.T) {
 			_, err := s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, Tokens: []byte("stale")}, stale)
 			wantKind(t, err, apperr.KindAborted, "")
 		}
-		got, err := s.GetCredential(ctx, "a", p.ID)
+		got, err := s.GetCredential(ctx, domain.TenantGrant("a", p.ID))
 		wantNoErr(t, err, "get")
 		if string(got.Tokens) != "t2" || got.Generation != g3 {
 			t.Fatalf("credential %q gen %d, want t2 gen %d", got.Tokens, got.Generation, g3)
@@ -67,14 +67,14 @@ func TestIdleCredentials(t *testing.T) {
 		if len(rows) != 2 {
 			t.Fatalf("%d idle credentials, want 2: %+v", len(rows), rows)
 		}
-		c, err := s.GetCredential(ctx, "a", "idle")
+		c, err := s.GetCredential(ctx, domain.TenantGrant("a", "idle"))
 		wantNoErr(t, err, "get")
-		n, err := s.RecordRefreshFailure(ctx, "a", "idle", c.Generation)
+		n, err := s.RecordRefreshFailure(ctx, domain.TenantGrant("a", "idle"), c.Generation)
 		wantNoErr(t, err, "failure")
 		if n != 1 {
 			t.Fatalf("failures %d", n)
 		}
-		if n, _ := s.RecordRefreshFailure(ctx, "a", "idle", c.Generation+100); n != 0 {
+		if n, _ := s.RecordRefreshFailure(ctx, domain.TenantGrant("a", "idle"), c.Generation+100); n != 0 {
 			t.Fatalf("a failure at another generation counted: %d", n)
 		}
 	})

@@ -86,7 +86,7 @@ func TestMigrationStatusToGrant(t *testing.T) {
 			if got, _ := p.AuthStatus(); got != r.want {
 				t.Errorf("%s: status %v, want %v", r.id, got, r.want)
 			}
-			c, err := s.GetCredential(ctx, "t", r.id)
+			c, err := s.GetCredential(ctx, domain.TenantGrant("t", r.id))
 			if r.want == domain.StatusUnauthorized {
 				if err == nil {
 					t.Errorf("%s: a grant row was created: %+v", r.id, c)

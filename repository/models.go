@@ -120,6 +120,11 @@ type Credential struct {
 // TableName returns the table that stores credentials.
 func (Credential) TableName() string { return "credentials" }
 
+// Ref names the grant the row holds.
+func (c *Credential) Ref() domain.GrantRef {
+	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID}
+}
+
 // ClientRegistration is the result of dynamic client registration or a client
 // ID metadata document for one provider at one authorization server. Rows are
 // keyed by IssuerHash (hex SHA-256 of Issuer, computed by the repository) so

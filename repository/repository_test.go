@@ -97,20 +97,20 @@ func TestProviderRoundTrip(t *testing.T) {
 		if st, _ := again.AuthStatus(); st != domain.StatusUnauthorized {
 			t.Fatalf("status without a grant = %v, want UNAUTHORIZED", st)
 		}
-		changed, err := s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+		changed, err := s.SetGrantStatus(ctx, domain.TenantGrant("a", "p1"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
 		wantNoErr(t, err, "SetGrantStatus")
 		again, _ = s.GetProvider(ctx, "a", "p1")
 		if st, _ := again.AuthStatus(); !changed || st != domain.StatusPending || again.Version != 2 {
 			t.Fatalf("changed %v status %v version %d, want PENDING and unchanged version 2", changed, st, again.Version)
 		}
 		// Only from the statuses named: PENDING is not UNAUTHORIZED.
-		changed, err = s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusNotRequired, "", 1)
+		changed, err = s.SetGrantStatus(ctx, domain.TenantGrant("a", "p1"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusNotRequired, "", 1)
 		wantNoErr(t, err, "SetGrantStatus")
 		again, _ = s.GetProvider(ctx, "a", "p1")
 		if st, _ := again.AuthStatus(); changed || st != domain.StatusPending {
 			t.Fatalf("changed %v status %v, want unchanged PENDING", changed, st)
 		}
-		changed, err = s.SetGrantStatus(ctx, "a", "p1", []domain.AuthStatus{domain.StatusPending}, domain.StatusUnauthorized, "X", 1)
+		changed, err = s.SetGrantStatus(ctx, domain.TenantGrant("a", "p1"), []domain.AuthStatus{domain.StatusPending}, domain.StatusUnauthorized, "X", 1)
 		wantNoErr(t, err, "SetGrantStatus")
 		again, _ = s.GetProvider(ctx, "a", "p1")
 		if st, why := again.AuthStatus(); !changed || st != domain.StatusUnauthorized || why != "X" {
@@ -174,27 +174,27 @@ func TestTenantIsolation(t *testing.T) {
 				wantKind(t, s.UpdateProvider(ctx, hijack, 1), apperr.KindNotFound, "")
 				allStatuses := []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending, domain.StatusAuthorized,
 					domain.StatusNotRequired, domain.StatusReauthRequired}
-				_, err = s.SetGrantStatus(ctx, other, id, allStatuses, domain.StatusReauthRequired, "evil", 1)
+				_, err = s.SetGrantStatus(ctx, domain.TenantGrant(other, id), allStatuses, domain.StatusReauthRequired, "evil", 1)
 				wantKind(t, err, apperr.KindNotFound, "")
-				if c, err := s.GetCredential(ctx, owner, id); err != nil || c.Reason == "evil" {
+				if c, err := s.GetCredential(ctx, domain.TenantGrant(owner, id)); err != nil || c.Reason == "evil" {
 					t.Fatalf("owner's grant after another tenant's SetGrantStatus: %+v, %v", c, err)
 				}
 				wantKind(t, s.DeleteProvider(ctx, other, id, 0), apperr.KindNotFound, "")
 
-				_, err = s.GetCredential(ctx, other, id)
+				_, err = s.GetCredential(ctx, domain.TenantGrant(other, id))
 				wantKind(t, err, apperr.KindNotFound, "")
 				_, err = s.PutCredential(ctx, newCredential(other, id, "evil"), 0)
 				wantKind(t, err, apperr.KindNotFound, "")
 				_, err = s.PutCredential(ctx, newCredential(other, id, "evil"), 1)
 				wantKind(t, err, apperr.KindAborted, "")
-				wantKind(t, s.DeleteCredential(ctx, other, id, 0), apperr.KindNotFound, "")
+				wantKind(t, s.DeleteCredential(ctx, domain.TenantGrant(other, id), 0), apperr.KindNotFound, "")
 
 				_, err = s.GetClientRegistration(ctx, other, id, "https://as.example")
 				wantKind(t, err, apperr.KindNotFound, "")
 				wantKind(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: other, ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "evil", KeyID: 1}), apperr.KindNotFound, "")
 				wantNoErr(t, s.DeleteClientRegistration(ctx, other, id, "https://as.example"), "DeleteClientRegistration as other")
 
-				_, err = s.GetTools(ctx, other, id)
+				_, err = s.GetTools(ctx, domain.TenantGrant(other, id))
 				wantKind(t, err, apperr.KindNotFound, "")
 				wantKind(t, s.PutTools(ctx, &ToolList{TenantID: other, ProviderID: id, Tools: "[]"}), apperr.KindNotFound, "")
 
@@ -232,7 +232,7 @@ func TestTenantIsolation(t *testing.T) {
 				if gp.DisplayName != p.DisplayName || gp.GrantReason == "evil" || gp.Version != 1 || gp.KeyID != 1 {
 					t.Fatalf("owner's provider changed: %+v", gp)
 				}
-				gc, err := s.GetCredential(ctx, owner, id)
+				gc, err := s.GetCredential(ctx, domain.TenantGrant(owner, id))
 				wantNoErr(t, err, "GetCredential as owner")
 				if string(gc.Tokens) != "tok-"+owner || gc.Generation != 1 || gc.KeyID != 1 {
 					t.Fatalf("owner's credential changed: %+v", gc)
@@ -242,7 +242,7 @@ func TestTenantIsolation(t *testing.T) {
 				if gr.ClientID != "cid-"+owner || gr.KeyID != 1 {
 					t.Fatalf("owner's registration changed: %+v", gr)
 				}
-				gt, err := s.GetTools(ctx, owner, id)
+				gt, err := s.GetTools(ctx, domain.TenantGrant(owner, id))
 				wantNoErr(t, err, "GetTools as owner")
 				if gt.Tools != `["t-`+owner+`"]` {
 					t.Fatalf("owner's tools changed: %+v", gt)
@@ -281,20 +281,20 @@ func TestEmptyTenantRefused(t *testing.T) {
 			{"UpdateProvider", func() error { return s.UpdateProvider(ctx, newProvider("", "p1"), 1) }},
 			{"DeleteProvider", func() error { return s.DeleteProvider(ctx, "", "p1", 0) }},
 			{"SetGrantStatus", func() error {
-				_, err := s.SetGrantStatus(ctx, "", "p1", []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+				_, err := s.SetGrantStatus(ctx, domain.TenantGrant("", "p1"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
 				return err
 			}},
-			{"GetCredential", func() error { _, err := s.GetCredential(ctx, "", "p1"); return err }},
+			{"GetCredential", func() error { _, err := s.GetCredential(ctx, domain.TenantGrant("", "p1")); return err }},
 			{"PutCredential/insert", func() error { _, err := s.PutCredential(ctx, newCredential("", "p1", "t"), 0); return err }},
 			{"PutCredential/update", func() error { _, err := s.PutCredential(ctx, newCredential("", "p1", "t"), 1); return err }},
-			{"DeleteCredential", func() error { return s.DeleteCredential(ctx, "", "p1", 0) }},
+			{"DeleteCredential", func() error { return s.DeleteCredential(ctx, domain.TenantGrant("", "p1"), 0) }},
 			{"GetClientRegistration", func() error { _, err := s.GetClientRegistration(ctx, "", "p1", "i"); return err }},
 			{"PutClientRegistration", func() error {
 				return s.PutClientRegistration(ctx, &ClientRegistration{ProviderID: "p1", Issuer: "i", Method: domain.RegDynamic, ClientID: "c"})
 			}},
 			{"DeleteClientRegistration", func() error { return s.DeleteClientRegistration(ctx, "", "p1", "i") }},
 			{"PutTools", func() error { return s.PutTools(ctx, &ToolList{ProviderID: "p1", Tools: "[]"}) }},
-			{"GetTools", func() error { _, err := s.GetTools(ctx, "", "p1"); return err }},
+			{"GetTools", func() error { _, err := s.GetTools(ctx, domain.TenantGrant("", "p1")); return err }},
 			{"AppendAudit", func() error { return s.AppendAudit(ctx, &AuditEvent{EventType: "x"}) }},
 			{"ListAudit", func() error { _, err := s.ListAudit(ctx, "", AuditFilter{}, "", 10); return err }},
 			{"RewriteProviderCiphertexts", func() error { _, err := s.RewriteProviderCiphertexts(ctx, newProvider("", "p1"), 1); return err }},
@@ -490,17 +490,17 @@ func TestDeleteProviderCascades(t *testing.T) {
 
 		// A stale version deletes nothing, dependents included.
 		wantKind(t, s.DeleteProvider(ctx, "a", "p1", 7), apperr.KindAborted, "")
-		_, err := s.GetCredential(ctx, "a", "p1")
+		_, err := s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
 		wantNoErr(t, err, "credential survives refused delete")
 
 		wantNoErr(t, s.DeleteProvider(ctx, "a", "p1", 1), "DeleteProvider")
 		_, err = s.GetProvider(ctx, "a", "p1")
 		wantKind(t, err, apperr.KindNotFound, "")
-		_, err = s.GetCredential(ctx, "a", "p1")
+		_, err = s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
 		wantKind(t, err, apperr.KindNotFound, "")
 		_, err = s.GetClientRegistration(ctx, "a", "p1", "https://as.example")
 		wantKind(t, err, apperr.KindNotFound, "")
-		_, err = s.GetTools(ctx, "a", "p1")
+		_, err = s.GetTools(ctx, domain.TenantGrant("a", "p1"))
 		wantKind(t, err, apperr.KindNotFound, "")
 		wantKind(t, s.DeleteProvider(ctx, "a", "p1", 0), apperr.KindNotFound, "")
 
@@ -510,9 +510,9 @@ func TestDeleteProviderCascades(t *testing.T) {
 			t.Fatalf("audit events after delete = %d, want 1 (append-only)", len(ev))
 		}
 		// The other provider's rows are untouched.
-		_, err = s.GetCredential(ctx, "a", "keep")
+		_, err = s.GetCredential(ctx, domain.TenantGrant("a", "keep"))
 		wantNoErr(t, err, "other credential")
-		_, err = s.GetTools(ctx, "a", "keep")
+		_, err = s.GetTools(ctx, domain.TenantGrant("a", "keep"))
 		wantNoErr(t, err, "other tools")
 		_, err = s.GetClientRegistration(ctx, "a", "keep", "https://as.example")
 		wantNoErr(t, err, "other registration")
@@ -544,9 +544,9 @@ func TestPutCredentialCAS(t *testing.T) {
 
 		_, err = s.PutCredential(ctx, newCredential("a", "p1", "stale"), 1)
 		wantKind(t, err, apperr.KindAborted, "")
-		wantKind(t, s.DeleteCredential(ctx, "a", "p1", 1), apperr.KindAborted, "")
+		wantKind(t, s.DeleteCredential(ctx, domain.TenantGrant("a", "p1"), 1), apperr.KindAborted, "")
 
-		got, err := s.GetCredential(ctx, "a", "p1")
+		got, err := s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
 		wantNoErr(t, err, "GetCredential")
 		if string(got.Tokens) != "gen2" || got.Generation != 2 || got.HasRefresh || got.ExpiresAt != nil {
 			t.Fatalf("stored credential after stale writes: %+v", got)
@@ -555,10 +555,10 @@ func TestPutCredentialCAS(t *testing.T) {
 		_, err = s.PutCredential(ctx, newCredential("a", "missing", "x"), 0)
 		wantKind(t, err, apperr.KindNotFound, "")
 
-		wantNoErr(t, s.DeleteCredential(ctx, "a", "p1", 2), "DeleteCredential")
-		_, err = s.GetCredential(ctx, "a", "p1")
+		wantNoErr(t, s.DeleteCredential(ctx, domain.TenantGrant("a", "p1"), 2), "DeleteCredential")
+		_, err = s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
 		wantKind(t, err, apperr.KindNotFound, "")
-		wantKind(t, s.DeleteCredential(ctx, "a", "p1", 0), apperr.KindNotFound, "")
+		wantKind(t, s.DeleteCredential(ctx, domain.TenantGrant("a", "p1"), 0), apperr.KindNotFound, "")
 	})
 }
 
@@ -636,7 +636,7 @@ func TestToolsUpsert(t *testing.T) {
 		mustCreate(t, s, newProvider("a", "p1"))
 		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["one"]`}), "put")
 		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["two"]`}), "replace")
-		got, err := s.GetTools(ctx, "a", "p1")
+		got, err := s.GetTools(ctx, domain.TenantGrant("a", "p1"))
 		wantNoErr(t, err, "get")
 		if got.Tools != `["two"]` || got.FetchedAt.IsZero() {
 			t.Fatalf("tools = %+v", got)
@@ -827,7 +827,7 @@ func TestRotation(t *testing.T) {
 		if usage[1] != 0 || usage[2] != 18 {
 			t.Fatalf("usage after = %v, want {2:18}", usage)
 		}
-		c, err := s.GetCredential(ctx, "b", "p2")
+		c, err := s.GetCredential(ctx, domain.TenantGrant("b", "p2"))
 		wantNoErr(t, err, "GetCredential")
 		if string(c.Tokens) != "k2" || c.Generation != 1 {
 			t.Fatalf("rewritten credential: %+v", c)
@@ -871,7 +871,7 @@ func TestSetGrantStatusConcurrentFirstWrite(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, err := s.SetGrantStatus(ctx, "a", id, []domain.AuthStatus{domain.StatusUnauthorized}, to, "", 1)
+					_, err := s.SetGrantStatus(ctx, domain.TenantGrant("a", id), []domain.AuthStatus{domain.StatusUnauthorized}, to, "", 1)
 					errs <- err
 				}()
 			}
@@ -882,7 +882,7 @@ func TestSetGrantStatusConcurrentFirstWrite(t *testing.T) {
 					t.Fatalf("%s: %v", id, err)
 				}
 			}
-			c, err := s.GetCredential(ctx, "a", id)
+			c, err := s.GetCredential(ctx, domain.TenantGrant("a", id))
 			if err != nil || (c.Status != domain.StatusPending && c.Status != domain.StatusNotRequired) {
 				t.Fatalf("%s: grant %+v, %v", id, c, err)
 			}

@@ -17,6 +17,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // ErrNoTenant is the cause of the error every tenant-scoped method returns
@@ -174,6 +175,31 @@ func scoped(ctx context.Context, db *gorm.DB, tenant string) (*gorm.DB, error) {
 		return nil, err
 	}
 	return db.WithContext(ctx).Where("tenant_id = ?", tenant), nil
+}
+
+// grantScoped is scoped narrowed to one grant's rows of a per-grant table
+// (credentials, refresh_leases, mcp_challenges, tool_lists).
+func grantScoped(ctx context.Context, db *gorm.DB, g domain.GrantRef) (*gorm.DB, error) {
+	q, err := scoped(ctx, db, g.Tenant)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkGrantUser(g); err != nil {
+		return nil, err
+	}
+	return q.Where("provider_id = ?", g.Provider), nil
+}
+
+// errUserGrant refuses a per-user grant until the schema stores them.
+var errUserGrant = errors.New("repository: per-user grants are not stored yet")
+
+// checkGrantUser refuses a grant of an end user: the per-grant tables are
+// keyed by tenant and provider only.
+func checkGrantUser(g domain.GrantRef) error {
+	if g.User != "" {
+		return apperr.Internal(errUserGrant, "per-user grant")
+	}
+	return nil
 }
 
 // scopedTable is scoped with the tenant column qualified by table, for

@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // PutTools stores the provider's tool list, replacing any previous one.
@@ -36,15 +37,16 @@ func (s *Store) PutTools(ctx context.Context, t *ToolList) error {
 	return nil
 }
 
-// GetTools returns the provider's cached tool list, or apperr.NotFound("tool
-// list not found").
-func (s *Store) GetTools(ctx context.Context, tenant, providerID string) (*ToolList, error) {
-	q, err := scoped(ctx, s.db, tenant)
+// GetTools returns the cached tool list of the grant g (the provider's
+// shared list when g has no user), or apperr.NotFound("tool list not
+// found").
+func (s *Store) GetTools(ctx context.Context, g domain.GrantRef) (*ToolList, error) {
+	q, err := grantScoped(ctx, s.db, g)
 	if err != nil {
 		return nil, err
 	}
 	var t ToolList
-	if err := q.Where("provider_id = ?", providerID).Take(&t).Error; err != nil {
+	if err := q.Take(&t).Error; err != nil {
 		if errors.Is(err, gorm.ErrRecordNotFound) {
 			return nil, apperr.NotFound("tool list")
 		}

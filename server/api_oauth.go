@@ -25,9 +25,9 @@ var _ FlowUseCases = (*authflow.Service)(nil)
 // GrantUseCases reads, serves and revokes grants. *grants.Service
 // implements it.
 type GrantUseCases interface {
-	Status(ctx context.Context, tenant, id string) (*grants.Status, error)
-	AccessToken(ctx context.Context, tenant, id string) (*grants.Token, error)
-	Revoke(ctx context.Context, tenant, id string) (bool, error)
+	Status(ctx context.Context, ref domain.GrantRef) (*grants.Status, error)
+	AccessToken(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
+	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
 	// tokens from a user's ID token.
 	ExchangeIdentityAssertion(ctx context.Context, in grants.IdentityAssertion) (*grants.Exchanged, error)
@@ -78,7 +78,7 @@ func (a *oauthAPI) GetAuthorizationStatus(ctx context.Context, req *mcpauthv1.Ge
 	if err != nil {
 		return nil, err
 	}
-	st, err := a.grants.Status(ctx, tenant, id)
+	st, err := a.grants.Status(ctx, domain.TenantGrant(tenant, id))
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if err != nil {
 		return nil, err
 	}
-	tok, err := a.grants.AccessToken(ctx, tenant, id)
+	tok, err := a.grants.AccessToken(ctx, domain.TenantGrant(tenant, id))
 	if err != nil {
 		return nil, withProvider(err, tenant, id)
 	}
@@ -111,7 +111,7 @@ func (a *oauthAPI) RevokeAuthorization(ctx context.Context, req *mcpauthv1.Revok
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := a.grants.Revoke(ctx, tenant, id)
+	revoked, err := a.grants.Revoke(ctx, domain.TenantGrant(tenant, id))
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/caller"
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/internal/testenv"
 	"github.com/mcpauth/mcpauth/repository"
 )
@@ -90,7 +91,7 @@ type credentialReader struct {
 }
 
 func (c *credentialReader) GetProvider(ctx context.Context, req *mcpauthv1.GetProviderRequest) (*mcpauthv1.GetProviderResponse, error) {
-	if _, err := c.store.GetCredential(ctx, "acme", "p1"); err != nil {
+	if _, err := c.store.GetCredential(ctx, domain.TenantGrant("acme", "p1")); err != nil {
 		return nil, err
 	}
 	return &mcpauthv1.GetProviderResponse{Provider: &mcpauthv1.Provider{Name: req.GetName()}}, nil

@@ -36,15 +36,15 @@ import (
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
+	SetGrantStatus(ctx context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	PutClientRegistration(ctx context.Context, r *repository.ClientRegistration) error
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
-	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 	// Challenges the MCP server answered (any replica, any request).
 	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
-	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
-	CountStepUp(ctx context.Context, tenant, providerID string) error
+	GetChallenge(ctx context.Context, g domain.GrantRef) (*repository.Challenge, error)
+	CountStepUp(ctx context.Context, g domain.GrantRef) error
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -68,7 +68,7 @@ type Protocol interface {
 // *grants.Service implements it.
 type GrantStore interface {
 	// StoreNew stores events in the same transaction as the tokens.
-	StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error
+	StoreNew(ctx context.Context, row *repository.Provider, user string, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error
 }
 
 // Clock tells the time.
@@ -187,10 +187,9 @@ type discovery struct {
 // initialize probes (cached per provider version for the metadata TTL). The
 // probe is only a first guess and is not recorded: its 401 is answered by
 // the flow this discovery starts.
-func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []string, tr *oauthclient.Trace) (*discovery, error) {
-	tenant, id := d.Row.TenantID, d.Row.ID
+func (s *Service) discover(ctx context.Context, d *vault.Provider, ref domain.GrantRef, extra []string, tr *oauthclient.Trace) (*discovery, error) {
 	var probe *oauthclient.ProbeResult
-	ch, err := s.store.GetChallenge(ctx, tenant, id)
+	ch, err := s.store.GetChallenge(ctx, ref)
 	switch {
 	case err == nil:
 		probe = d.ChallengeProbe(ch)
@@ -227,7 +226,7 @@ func (s *Service) discover(ctx context.Context, d *vault.Provider, extra []strin
 	}
 	// The held grant, if any: its scopes for a step-up, its issuer to
 	// notice an authorization server that moved.
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+	cred, err := s.store.GetCredential(ctx, ref)
 	switch {
 	case err == nil:
 	case apperr.KindOf(err) == apperr.KindNotFound:
@@ -280,7 +279,7 @@ func (s *Service) checkAuthServer(ctx context.Context, d *vault.Provider, cred *
 		events = audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventAuthServerChanged, Provider: id, Outcome: domain.OutcomeFailure,
 			Reason: domain.ReasonAuthServerChanged, Details: map[string]string{"old_issuer": cred.Issuer, "new_issuer": md.Issuer}})
 	}
-	_, err := s.store.SetGrantStatus(ctx, tenant, id,
+	_, err := s.store.SetGrantStatus(ctx, cred.Ref(),
 		[]domain.AuthStatus{domain.StatusAuthorized, domain.StatusExpired, domain.StatusReauthRequired},
 		domain.StatusReauthRequired, domain.ReasonAuthServerChanged, s.cipher.PrimaryID(), events...)
 	return err
@@ -530,11 +529,13 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
+	// The grant this flow completes.
+	ref := domain.TenantGrant(tenant, id)
 	ctx = audit.WithScope(ctx, tenant, id)
 	failed := func(reason string) {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})
 	}
-	disc, err := s.discover(ctx, d, in.AdditionalScopes, nil)
+	disc, err := s.discover(ctx, d, ref, in.AdditionalScopes, nil)
 	if err != nil {
 		failed(reasonOf(err))
 		return nil, err
@@ -542,7 +543,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	if disc.probe.NotRequired {
 		// A grant held already stays: tokens the server no longer asks
 		// for do no harm, and it may ask again.
-		if _, err := s.store.SetGrantStatus(ctx, tenant, id, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending},
+		if _, err := s.store.SetGrantStatus(ctx, ref, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending},
 			domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
 			return nil, err
 		}
@@ -608,7 +609,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	// until the new flow completes. A pending one is not written again:
 	// concurrent starts would queue on the row's lock for nothing.
 	if cur, _ := d.Row.AuthStatus(); cur == domain.StatusUnauthorized || cur == domain.StatusNotRequired {
-		if _, err := s.store.SetGrantStatus(ctx, tenant, id, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusNotRequired},
+		if _, err := s.store.SetGrantStatus(ctx, ref, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusNotRequired},
 			domain.StatusPending, "", s.cipher.PrimaryID()); err != nil {
 			return nil, err
 		}
@@ -767,7 +768,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		failed(reason)
 		// A pending grant goes back to unauthorized; a held one keeps its
 		// tokens and status.
-		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
+		_, _ = s.store.SetGrantStatus(ctx, rec.grant(), []domain.AuthStatus{domain.StatusPending},
 			domain.StatusUnauthorized, reason, s.cipher.PrimaryID())
 		return &CallbackResult{Reason: reason, Detail: detail, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 	}
@@ -808,7 +809,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		details := tokenErrorDetails(err)
 		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: domain.ReasonTokenExchangeFailed, Details: details})
-		_, _ = s.store.SetGrantStatus(ctx, rec.Tenant, rec.Provider, []domain.AuthStatus{domain.StatusPending},
+		_, _ = s.store.SetGrantStatus(ctx, rec.grant(), []domain.AuthStatus{domain.StatusPending},
 			domain.StatusUnauthorized, domain.ReasonTokenExchangeFailed, s.cipher.PrimaryID())
 		return &CallbackResult{Reason: domain.ReasonTokenExchangeFailed, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 	}
@@ -819,13 +820,13 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	}
 	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
-	if err := s.grants.StoreNew(ctx, row, grant, tokens, succeeded...); err != nil {
+	if err := s.grants.StoreNew(ctx, row, rec.grant().User, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")
 	}
 	// An authorization completed while an insufficient_scope refusal was
 	// outstanding counts towards the step-up bound.
-	if err := s.store.CountStepUp(ctx, rec.Tenant, rec.Provider); err != nil {
+	if err := s.store.CountStepUp(ctx, rec.grant()); err != nil {
 		s.log.WarnContext(ctx, "counting a step-up failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 	}
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
@@ -985,7 +986,7 @@ func (s *Service) Diagnose(ctx context.Context, tenant, id string) (*Diagnosis, 
 	// replaces what StartAuthorization had cached.
 	s.proto.Forget(d.URL.String())
 	s.probes.drop(d.Row)
-	disc, derr := s.discover(ctx, d, nil, tr)
+	disc, derr := s.discover(ctx, d, domain.TenantGrant(tenant, id), nil, tr)
 	// The provider's URL path can hold a secret (some servers put an API
 	// key there), and masked views never show it: nor does the trace.
 	hide := func(u string) string { return u }

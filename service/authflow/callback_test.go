@@ -172,7 +172,7 @@ func TestCallbackStoresTokens(t *testing.T) {
 		t.Fatalf("callback details %v", d)
 	}
 	// The grant serves its token.
-	tok, err := e.grants.Get(context.Background(), testTenant, testProvider)
+	tok, err := e.grants.Get(context.Background(), domain.TenantGrant(testTenant, testProvider))
 	if err != nil || tok.AccessToken.Reveal() != h.Tokens.AccessToken.Reveal() {
 		t.Fatalf("grants.Get = %+v, %v", tok, err)
 	}
@@ -576,7 +576,7 @@ func TestFailedFlowKeepsAHeldGrant(t *testing.T) {
 			e := newProviderEnv(t, providerSpec{})
 			e.complete(t, e.authorize(t, startIn()))
 			if tc.dead {
-				err := e.grants.MarkReauth(context.Background(), testTenant, testProvider, domain.ReasonInvalidGrant,
+				err := e.grants.MarkReauth(context.Background(), domain.TenantGrant(testTenant, testProvider), domain.ReasonInvalidGrant,
 					e.store.Credential(testTenant, testProvider).Generation)
 				wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 			}

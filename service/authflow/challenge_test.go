@@ -73,7 +73,7 @@ func TestStepUpUnionAndBound(t *testing.T) {
 		}
 		e.complete(t, f)
 	}
-	ch, err := e.store.GetChallenge(context.Background(), testTenant, testProvider)
+	ch, err := e.store.GetChallenge(context.Background(), domain.TenantGrant(testTenant, testProvider))
 	if err != nil || ch.StepUpAttempts != domain.MaxStepUpAttempts {
 		t.Fatalf("challenge %+v, %v", ch, err)
 	}

@@ -59,6 +59,12 @@ type flowRecord struct {
 	PKCEException bool                      `json:"px,omitempty"`
 }
 
+// grant names the grant the flow completes: the provider's tenant-wide
+// grant.
+func (r *flowRecord) grant() domain.GrantRef {
+	return domain.TenantGrant(r.Tenant, r.Provider)
+}
+
 // flowKey derives the store key from a flow handle or state: a hash, so the
 // raw value never appears in Redis and a key dump cannot be replayed.
 func flowKey(kind, handle string) string {

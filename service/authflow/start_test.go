@@ -195,7 +195,7 @@ func TestStartNotRequired(t *testing.T) {
 			want: domain.StatusAuthorized},
 		{name: "dead grant keeps its reason", before: func(t *testing.T, e *env) {
 			e.complete(t, e.authorize(t, startIn()))
-			if _, err := e.store.SetGrantStatus(context.Background(), testTenant, testProvider, []domain.AuthStatus{domain.StatusAuthorized},
+			if _, err := e.store.SetGrantStatus(context.Background(), domain.TenantGrant(testTenant, testProvider), []domain.AuthStatus{domain.StatusAuthorized},
 				domain.StatusReauthRequired, domain.ReasonInvalidGrant, 1); err != nil {
 				t.Fatal(err)
 			}

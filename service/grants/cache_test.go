@@ -76,7 +76,7 @@ func TestCacheNotRefilledDuringWrite(t *testing.T) {
 		{name: "Revoke",
 			arm: func(hs *hookStore, get func()) { hs.onDelete = get },
 			write: func(e *env, svc *Service) error {
-				_, err := svc.Revoke(e.ctx, tnt, pid)
+				_, err := svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid))
 				return err
 			},
 			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonNotAuthorized},
@@ -85,7 +85,7 @@ func TestCacheNotRefilledDuringWrite(t *testing.T) {
 				hs.onPut = func(*repository.Credential, int64) error { get(); return nil }
 			},
 			write: func(e *env, svc *Service) error {
-				err := svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, e.cred(tnt, pid).Generation)
+				err := svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, e.cred(tnt, pid).Generation)
 				if apperr.KindOf(err) == apperr.KindFailedPrecondition {
 					return nil
 				}
@@ -100,11 +100,11 @@ func TestCacheNotRefilledDuringWrite(t *testing.T) {
 			e.authorize(grantSpec{})
 			hs := &hookStore{Store: e.store}
 			svc := e.service(e.svc.cfg, hs, e.locks)
-			tt.arm(hs, func() { _, _ = svc.Get(e.ctx, tnt, pid) })
+			tt.arm(hs, func() { _, _ = svc.Get(e.ctx, domain.TenantGrant(tnt, pid)) })
 			if err := tt.write(e, svc); err != nil {
 				t.Fatal(err)
 			}
-			tok, err := svc.Get(e.ctx, tnt, pid)
+			tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			if err == nil {
 				t.Fatalf("Get after %s served %q from the cache", tt.name, tok.AccessToken.Reveal())
 			}
@@ -133,7 +133,7 @@ func TestConcurrentMissesShareOneRead(t *testing.T) {
 	const callers = 8
 	errs := make(chan error, callers)
 	get := func() {
-		tok, err := svc.Get(e.ctx, tnt, pid)
+		tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		if err == nil && tok.AccessToken != s.tokens.AccessToken {
 			err = errors.New("another token served")
 		}

@@ -61,9 +61,9 @@ func TestConcurrentCallsShareOneRefresh(t *testing.T) {
 		name string
 		call func(e *env, s *seeded) (*Token, error)
 	}{
-		{"Get of a due token", func(e *env, _ *seeded) (*Token, error) { return e.svc.Get(e.ctx, tnt, pid) }},
+		{"Get of a due token", func(e *env, _ *seeded) (*Token, error) { return e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid)) }},
 		{"ForceRefresh of the same rejected token", func(e *env, s *seeded) (*Token, error) {
-			return e.svc.ForceRefresh(e.ctx, tnt, pid, s.tokens.AccessToken)
+			return e.svc.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), s.tokens.AccessToken)
 		}},
 	}
 	for _, tt := range tests {
@@ -110,9 +110,9 @@ func TestReplicaWaitsForTheLockHolder(t *testing.T) {
 			release := e.as.block()
 			defer release()
 
-			waitA := launch(1, func() (*Token, error) { return a.Get(e.ctx, tnt, pid) })
+			waitA := launch(1, func() (*Token, error) { return a.Get(e.ctx, domain.TenantGrant(tnt, pid)) })
 			<-e.as.entered // replica a holds the lock and is at the server
-			waitB := launch(1, func() (*Token, error) { return b.Get(e.ctx, tnt, pid) })
+			waitB := launch(1, func() (*Token, error) { return b.Get(e.ctx, domain.TenantGrant(tnt, pid)) })
 			if key := <-locks.waiting; key != lockKey(tnt, pid) {
 				t.Fatalf("replica b waits for %q", key)
 			}
@@ -143,7 +143,7 @@ func TestLockHolderReleasesWithoutResult(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wait := launch(1, func() (*Token, error) { return svc.Get(e.ctx, tnt, pid) })
+	wait := launch(1, func() (*Token, error) { return svc.Get(e.ctx, domain.TenantGrant(tnt, pid)) })
 	<-locks.waiting
 	e.wantRefreshes(0)
 	if err := lease.Release(e.ctx); err != nil {
@@ -167,7 +167,7 @@ func TestLockStoreUnavailable(t *testing.T) {
 			t.Error("fresh token not served")
 		}
 		e.clock.Advance(dueButValid)
-		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +187,7 @@ func TestLockStoreUnavailable(t *testing.T) {
 		if _, err := e.locks.Lock(e.ctx, lockKey(tnt, pid), time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		wait := launch(1, func() (*Token, error) { return svc.Get(e.ctx, tnt, pid) })
+		wait := launch(1, func() (*Token, error) { return svc.Get(e.ctx, domain.TenantGrant(tnt, pid)) })
 		<-locks.waiting
 		_ = e.locks.Close()
 		if err := wait()[0].err; err != nil {
@@ -201,18 +201,18 @@ func TestLockStoreUnavailable(t *testing.T) {
 		s := e.authorize(grantSpec{})
 		_ = e.locks.Close() // as after a Redis restart: the queue is gone
 		cred := e.cred(tnt, pid)
-		if _, err := e.store.AcquireRefreshLease(e.ctx, tnt, pid, cred.Generation, "other-replica", time.Hour); err != nil {
+		if _, err := e.store.AcquireRefreshLease(e.ctx, domain.TenantGrant(tnt, pid), cred.Generation, "other-replica", time.Hour); err != nil {
 			t.Fatal(err)
 		}
 		e.clock.Advance(dueButValid)
-		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		if err != nil || tok.AccessToken != s.tokens.AccessToken {
 			t.Fatalf("valid token not served while another replica holds the lease: %v", err)
 		}
 		e.clock.Advance(time.Minute) // expired
 		ctx, cancel := context.WithTimeout(e.ctx, 300*time.Millisecond)
 		defer cancel()
-		if _, err := e.svc.Get(ctx, tnt, pid); err == nil {
+		if _, err := e.svc.Get(ctx, domain.TenantGrant(tnt, pid)); err == nil {
 			t.Fatal("an expired token was served or refreshed without the lease")
 		}
 		e.wantRefreshes(0)
@@ -223,7 +223,7 @@ func TestLockStoreUnavailable(t *testing.T) {
 		s := e.authorize(grantSpec{})
 		e.clock.Advance(dueButValid)
 		e.store.FailOn("AcquireRefreshLease", apperr.Unavailable(errInjected, "database down"))
-		tok, err := e.svc.Get(e.ctx, tnt, pid)
+		tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		if err != nil || tok.AccessToken != s.tokens.AccessToken {
 			t.Fatalf("valid token not served: %v", err)
 		}
@@ -239,7 +239,7 @@ func TestCallerGivingUpDoesNotAbandonTheRefresh(t *testing.T) {
 	defer release()
 
 	ctx, cancel := context.WithCancel(e.ctx)
-	wait := launch(1, func() (*Token, error) { return e.svc.Get(ctx, tnt, pid) })
+	wait := launch(1, func() (*Token, error) { return e.svc.Get(ctx, domain.TenantGrant(tnt, pid)) })
 	<-e.as.entered
 	cancel()
 	if err := wait()[0].err; !errors.Is(err, context.Canceled) {
@@ -274,20 +274,20 @@ func TestFailedRefreshBacksOffEveryReplica(t *testing.T) {
 	e.as.failAlways(temporary(2 * time.Minute)) // a backoff of 1.5 to 2 minutes
 	e.clock.Advance(dueButValid)
 	for i, svc := range []*Service{e.svc, other, e.svc, other} {
-		tok, err := svc.Get(e.ctx, tnt, pid)
+		tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		if err != nil || tok.AccessToken != s.tokens.AccessToken {
 			t.Fatalf("read %d: %v; want the valid token", i, err)
 		}
 	}
 	e.wantRefreshes(1)
 	e.clock.Advance(time.Minute) // expired, backoff still running on the lease
-	if _, err := other.Get(e.ctx, tnt, pid); apperr.KindOf(err) != apperr.KindUnavailable {
+	if _, err := other.Get(e.ctx, domain.TenantGrant(tnt, pid)); apperr.KindOf(err) != apperr.KindUnavailable {
 		t.Fatalf("expired token during the backoff: %v, want UNAVAILABLE", err)
 	}
 	e.wantRefreshes(1)
 	e.clock.Advance(e.svc.cfg.BackoffMax)
 	e.as.failAlways(nil)
-	tok, err := other.Get(e.ctx, tnt, pid)
+	tok, err := other.Get(e.ctx, domain.TenantGrant(tnt, pid))
 	if err != nil || tok.AccessToken == s.tokens.AccessToken {
 		t.Fatalf("after the backoff: %v; want a refreshed token", err)
 	}

@@ -277,15 +277,16 @@ func oauthReason(code string) string {
 // (a refresh of the old tokens) loses the compare-and-swap and is read
 // again once.
 func (s *Service) storeExchanged(ctx context.Context, tenant, id string, g vault.Grant, t *oauthclient.Tokens) error {
+	ref := domain.TenantGrant(tenant, id)
 	for attempt := 0; ; attempt++ {
-		prev, err := s.store.GetCredential(ctx, tenant, id)
+		prev, err := s.store.GetCredential(ctx, ref)
 		if apperr.KindOf(err) == apperr.KindNotFound {
 			prev, err = nil, nil
 		}
 		if err != nil {
 			return err
 		}
-		_, err = s.storeObtained(ctx, tenant, id, prev, g, t)
+		_, err = s.storeObtained(ctx, ref, prev, g, t)
 		if apperr.KindOf(err) != apperr.KindAborted || attempt == 1 {
 			return err
 		}

@@ -112,7 +112,7 @@ func (e *env) getDue(reg domain.RegistrationMethod, change func(e *env, s *seede
 	e.tb.Helper()
 	s := e.dueGrant(grantSpec{reg: reg})
 	change(e, s)
-	_, err := e.svc.Get(e.ctx, tnt, pid)
+	_, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 	return s, err
 }
 
@@ -223,7 +223,7 @@ func (e *env) authorize(s grantSpec) *seeded {
 	}
 	t := e.as.authorize(s.tenant+"/"+s.id, g.ClientID, !s.noRefresh)
 	t.Scopes, t.TokenType = s.scopes, s.tokenType
-	if err := e.svc.StoreNew(e.ctx, row, g, t); err != nil {
+	if err := e.svc.StoreNew(e.ctx, row, "", g, t); err != nil {
 		e.tb.Fatal(err)
 	}
 	return &seeded{row: row, grant: g, tokens: t}
@@ -326,7 +326,7 @@ func wantErr(tb testing.TB, err error, kind apperr.Kind, reason string) {
 // get is Get that must succeed.
 func (e *env) get(svc *Service, tenant, id string) *Token {
 	e.tb.Helper()
-	tok, err := svc.Get(e.ctx, tenant, id)
+	tok, err := svc.Get(e.ctx, domain.TenantGrant(tenant, id))
 	if err != nil {
 		e.tb.Fatalf("Get(%s/%s): %v", tenant, id, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
@@ -253,11 +254,11 @@ type hookStore struct {
 	onGet func()
 }
 
-func (h *hookStore) GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error) {
+func (h *hookStore) GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error) {
 	if h.onGet != nil {
 		h.onGet()
 	}
-	return h.Store.GetCredential(ctx, tenant, providerID)
+	return h.Store.GetCredential(ctx, g)
 }
 
 func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential, expected int64, events ...*repository.AuditEvent) (int64, error) {
@@ -269,11 +270,11 @@ func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential,
 	return h.Store.PutCredential(ctx, c, expected, events...)
 }
 
-func (h *hookStore) DeleteCredential(ctx context.Context, tenant, providerID string, expected int64, events ...*repository.AuditEvent) error {
+func (h *hookStore) DeleteCredential(ctx context.Context, g domain.GrantRef, expected int64, events ...*repository.AuditEvent) error {
 	if h.onDelete != nil {
 		h.onDelete()
 	}
-	return h.Store.DeleteCredential(ctx, tenant, providerID, expected, events...)
+	return h.Store.DeleteCredential(ctx, g, expected, events...)
 }
 
 func (h *hookStore) CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]repository.Credential, error) {

@@ -36,19 +36,19 @@ import (
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
-	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 	// The write methods take the audit events of the change and store them
 	// in its transaction.
 	PutCredential(ctx context.Context, c *repository.Credential, expectedGeneration int64, events ...*repository.AuditEvent) (int64, error)
-	DeleteCredential(ctx context.Context, tenant, providerID string, expectedGeneration int64, events ...*repository.AuditEvent) error
+	DeleteCredential(ctx context.Context, g domain.GrantRef, expectedGeneration int64, events ...*repository.AuditEvent) error
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
 	// The refresh lease (see refreshLeased): the database, not Redis, says
 	// who may spend a grant's refresh token.
-	AcquireRefreshLease(ctx context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error)
-	ExtendRefreshLease(ctx context.Context, tenant, providerID, holder string, ttl time.Duration) error
-	ReleaseRefreshLease(ctx context.Context, tenant, providerID, holder string) error
-	BackoffRefreshLease(ctx context.Context, tenant, providerID, holder string, d time.Duration) error
+	AcquireRefreshLease(ctx context.Context, g domain.GrantRef, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error)
+	ExtendRefreshLease(ctx context.Context, g domain.GrantRef, holder string, ttl time.Duration) error
+	ReleaseRefreshLease(ctx context.Context, g domain.GrantRef, holder string) error
+	BackoffRefreshLease(ctx context.Context, g domain.GrantRef, holder string, d time.Duration) error
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -278,10 +278,10 @@ func reauthWhy(reason string) string {
 
 // load reads and opens the provider's grant, mapping a grant without
 // tokens to a precise precondition error.
-func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Credential, *vault.Held, error) {
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Credential, *vault.Held, error) {
+	cred, err := s.store.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
-		return nil, nil, s.noGrant(ctx, tenant, id)
+		return nil, nil, s.noGrant(ctx, ref)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -290,7 +290,7 @@ func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Cred
 	case cred.Status == domain.StatusReauthRequired:
 		return cred, nil, ReauthRequired(reauthWhy(cred.Reason))
 	case cred.Status != domain.StatusAuthorized:
-		return cred, nil, s.noGrant(ctx, tenant, id)
+		return cred, nil, s.noGrant(ctx, ref)
 	case len(cred.Tokens) == 0:
 		return cred, nil, ReauthRequired("the provider holds no tokens")
 	}
@@ -306,8 +306,8 @@ func (s *Service) load(ctx context.Context, tenant, id string) (*repository.Cred
 // never told to start an authorization that cannot start; a server that
 // asks for no authorization needs no token; otherwise the provider is not
 // authorized yet.
-func (s *Service) noGrant(ctx context.Context, tenant, id string) error {
-	row, err := s.store.GetProvider(ctx, tenant, id)
+func (s *Service) noGrant(ctx context.Context, ref domain.GrantRef) error {
+	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 	if err != nil {
 		return err
 	}
@@ -347,16 +347,16 @@ func token(t *oauthclient.Tokens, cred *repository.Credential, g vault.Grant) *T
 // ReadCounter). A failed read is not a read; the refresh and reauth events
 // it may cause are audited synchronously as before. Freshness is checked
 // again right before the token is returned.
-func (s *Service) AccessToken(ctx context.Context, tenant, id string) (*Token, error) {
-	t, err := s.Get(ctx, tenant, id)
+func (s *Service) AccessToken(ctx context.Context, ref domain.GrantRef) (*Token, error) {
+	t, err := s.Get(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	s.reads.Record(ctx, tenant, id)
+	s.reads.Record(ctx, ref.Tenant, ref.Provider)
 	if s.expired(t) {
 		// It expired meanwhile: an expired token never reaches the
 		// caller; the read is counted once.
-		if t, err = s.Get(ctx, tenant, id); err != nil {
+		if t, err = s.Get(ctx, ref); err != nil {
 			return nil, err
 		}
 		if s.expired(t) {
@@ -379,8 +379,8 @@ func (s *Service) expired(t *Token) bool {
 // (stale while refresh): the caller waits at most StaleWait (and never
 // past its own deadline) for the new token, then gets the valid one. Only
 // a caller whose token has expired waits for the refresh itself.
-func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
-	key := tenant + "/" + id
+func (s *Service) Get(ctx context.Context, ref domain.GrantRef) (*Token, error) {
+	key := ref.Key()
 	if t, ok, err := s.fromUnstored(key, ""); ok {
 		return t, err
 	}
@@ -390,9 +390,9 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 		return token(e.held.Tokens, e.cred, e.held.Grant), nil
 	}
 	epoch := s.cache.now()
-	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), tenant, id)
+	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), ref)
 	if err != nil {
-		return s.obtainIfMachine(ctx, tenant, id, cred, err)
+		return s.obtainIfMachine(ctx, ref, cred, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now, epoch)
@@ -401,7 +401,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	}
 	s.cache.drop(key)
 	if !s.servable(h) {
-		return s.refreshShared(ctx, tenant, id, "")
+		return s.refreshShared(ctx, ref, "")
 	}
 	// Due but valid: serve it unless the refresh answers quickly.
 	stale := func() (*Token, error) {
@@ -419,7 +419,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)*9/10)
 	}
-	ch := s.refreshChan(ctx, tenant, id, "")
+	ch := s.refreshChan(ctx, ref, "")
 	if wait <= 0 {
 		return stale()
 	}
@@ -451,7 +451,7 @@ func (s *Service) Get(ctx context.Context, tenant, id string) (*Token, error) {
 // ends) share one read and one decryption instead of one each. The read
 // does not end with the first caller's context, which the others did not
 // choose.
-func (s *Service) loadShared(ctx context.Context, key, tenant, id string) (*repository.Credential, *vault.Held, error) {
+func (s *Service) loadShared(ctx context.Context, key string, ref domain.GrantRef) (*repository.Credential, *vault.Held, error) {
 	type loaded struct {
 		cred *repository.Credential
 		held *vault.Held
@@ -459,7 +459,7 @@ func (s *Service) loadShared(ctx context.Context, key, tenant, id string) (*repo
 	ch := s.loads.DoChan(key, func() (any, error) {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		cred, h, err := s.load(lctx, tenant, id)
+		cred, h, err := s.load(lctx, ref)
 		return loaded{cred, h}, err
 	})
 	select {
@@ -474,21 +474,21 @@ func (s *Service) loadShared(ctx context.Context, key, tenant, id string) (*repo
 // ForceRefresh refreshes after the MCP server rejected staleAccess (401),
 // unless the stored token already differs from it (someone else refreshed).
 // Callers must use the token it returns, never a cached copy.
-func (s *Service) ForceRefresh(ctx context.Context, tenant, id string, staleAccess secret.Secret) (*Token, error) {
-	s.cache.drop(tenant + "/" + id)
-	return s.refreshShared(ctx, tenant, id, staleAccess.Reveal())
+func (s *Service) ForceRefresh(ctx context.Context, ref domain.GrantRef, staleAccess secret.Secret) (*Token, error) {
+	s.cache.drop(ref.Key())
+	return s.refreshShared(ctx, ref, staleAccess.Reveal())
 }
 
 // Forget drops the provider's cached credential on this replica.
-func (s *Service) Forget(tenant, id string) { s.cache.drop(tenant + "/" + id) }
+func (s *Service) Forget(ref domain.GrantRef) { s.cache.drop(ref.Key()) }
 
 // refreshShared waits for the grant's refresh, started or joined, until
 // ctx ends.
-func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (*Token, error) {
-	if t, ok, err := s.fromUnstored(tenant+"/"+id, stale); ok {
+func (s *Service) refreshShared(ctx context.Context, ref domain.GrantRef, stale string) (*Token, error) {
+	if t, ok, err := s.fromUnstored(ref.Key(), stale); ok {
 		return t, err
 	}
-	if until, failing := s.failing(tenant + "/" + id); failing {
+	if until, failing := s.failing(ref.Key()); failing {
 		if err := s.waitBackoff(ctx, until); err != nil {
 			return nil, err
 		}
@@ -496,7 +496,7 @@ func (s *Service) refreshShared(ctx context.Context, tenant, id, stale string) (
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case r := <-s.refreshChan(ctx, tenant, id, stale):
+	case r := <-s.refreshChan(ctx, ref, stale):
 		if r.Err != nil {
 			return nil, r.Err
 		}
@@ -539,10 +539,10 @@ func (s *Service) waitBackoff(ctx context.Context, until time.Time) error {
 // refreshChan starts the grant's refresh, or joins the one running in this
 // process: concurrent refreshes of one grant collapse into one; the
 // cross-replica lease is taken inside.
-func (s *Service) refreshChan(ctx context.Context, tenant, id, stale string) <-chan singleflight.Result {
+func (s *Service) refreshChan(ctx context.Context, ref domain.GrantRef, stale string) <-chan singleflight.Result {
 	// Callers reacting to different rejected tokens must not share a result:
 	// one of them could be handed the very token its server just refused.
-	key := tenant + "/" + id
+	key := ref.Key()
 	if stale != "" {
 		h := sha256.Sum256([]byte(stale))
 		key += "/" + hex.EncodeToString(h[:8])
@@ -563,7 +563,7 @@ func (s *Service) refreshChan(ctx context.Context, tenant, id, stale string) <-c
 		// under the lock gets its own budget in refreshLocked.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.LockTTL)
 		defer cancel()
-		return s.refreshLocked(rctx, tenant, id, stale)
+		return s.refreshLocked(rctx, ref, stale)
 	})
 }
 
@@ -632,8 +632,8 @@ func (s *Service) fromUnstored(key, stale string) (*Token, bool, error) {
 // refreshLocked queues on the grant's Redis lock (when Redis answers),
 // re-reads the credential (another replica may have refreshed already),
 // and refreshes under the database lease only if it is still due.
-func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (*Token, error) {
-	lockKey := "refresh:" + tenant + "/" + id
+func (s *Service) refreshLocked(ctx context.Context, ref domain.GrantRef, stale string) (*Token, error) {
+	lockKey := "refresh:" + ref.Key()
 	waitStart := time.Now()
 	var lease statestore.Lease
 	for {
@@ -647,7 +647,7 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 			// alone keeps one refresher per grant.
 			s.metrics.Refreshes.WithLabelValues("lock_store_unavailable").Inc()
 			s.log.WarnContext(ctx, "refresh lock store unavailable: refreshing under the database lease alone",
-				"tenant", tenant, "provider", id, "err", err.Error())
+				"tenant", ref.Tenant, "provider", ref.Provider, "err", err.Error())
 			break
 		}
 		if err := s.locks.WaitUnlocked(ctx, lockKey); err != nil {
@@ -657,7 +657,7 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 			break
 		}
 		// The holder released: its result is probably stored already.
-		cred, h, err := s.load(ctx, tenant, id)
+		cred, h, err := s.load(ctx, ref)
 		if err != nil {
 			return nil, err
 		}
@@ -679,10 +679,10 @@ func (s *Service) refreshLocked(ctx context.Context, tenant, id, stale string) (
 	ctx, cancelWork := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LockTTL)
 	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
-	cred, h, err := s.load(ctx, tenant, id)
+	cred, h, err := s.load(ctx, ref)
 	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
 		// Kinds without a person ask again instead of refreshing (machine.go).
-		return s.obtainLocked(ctx, tenant, id, cred, err)
+		return s.obtainLocked(ctx, ref, cred, err)
 	}
 	if s.usable(h, stale) {
 		return token(h.Tokens, cred, h.Grant), nil
@@ -710,12 +710,12 @@ func (s *Service) leaseTTL() time.Duration { return s.cfg.LockTTL + persistBudge
 // replica's result; while the database cannot be reached nobody refreshes,
 // and a still-valid token is served.
 func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential, h *vault.Held, stale string) (*Token, error) {
-	tenant, id := cred.TenantID, cred.ProviderID
+	ref := cred.Ref()
 	holder := rand.Text()
 	var acq repository.LeaseAcquired
 	for {
 		var err error
-		acq, err = s.store.AcquireRefreshLease(ctx, tenant, id, cred.Generation, holder, s.leaseTTL())
+		acq, err = s.store.AcquireRefreshLease(ctx, ref, cred.Generation, holder, s.leaseTTL())
 		if err == nil {
 			break
 		}
@@ -748,7 +748,7 @@ func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential
 			}
 			return nil, apperr.Unavailable(err, "waiting for another replica's refresh of this provider")
 		}
-		if cred, h, err = s.load(ctx, tenant, id); err != nil {
+		if cred, h, err = s.load(ctx, ref); err != nil {
 			return nil, err
 		}
 		if s.usable(h, stale) {
@@ -762,7 +762,7 @@ func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential
 		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
-		_ = s.store.ReleaseRefreshLease(rctx, tenant, id, holder)
+		_ = s.store.ReleaseRefreshLease(rctx, ref, holder)
 	}()
 	if acq.TookOver {
 		// The previous holder's lease for this generation expired without
@@ -772,7 +772,7 @@ func (s *Service) refreshLeased(ctx context.Context, cred *repository.Credential
 		if err := sleepCtx(ctx, s.cfg.TakeoverSettle); err != nil {
 			return nil, apperr.Unavailable(err, "taking over a refresh")
 		}
-		latest, lh, err := s.load(ctx, tenant, id)
+		latest, lh, err := s.load(ctx, ref)
 		if err != nil {
 			return nil, err
 		}
@@ -888,8 +888,8 @@ func (s *Service) callRefresh(ctx context.Context, md *oauthclient.Metadata, reg
 // the answered refresh could not be stored and is kept in memory (served,
 // and stored once the database is back, which then releases the lease).
 func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h *vault.Held, stale, holder string) (_ *Token, kept bool, _ error) {
-	tenant, id := cred.TenantID, cred.ProviderID
-	ctx = audit.WithScope(ctx, tenant, id)
+	ref := cred.Ref()
+	ctx = audit.WithScope(ctx, ref.Tenant, ref.Provider)
 	reg, err := s.registrationFor(ctx, cred, h.Grant)
 	if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonReauthRequired {
 		// The client the tokens were issued to is gone or was replaced:
@@ -904,7 +904,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	}
 	md := &oauthclient.Metadata{Issuer: h.Grant.Issuer, TokenEndpoint: h.Grant.TokenEndpoint, RevocationEndpoint: h.Grant.RevocationEndpoint}
 	fresh, rerr := s.callRefresh(ctx, md, reg, h)
-	key := tenant + "/" + id
+	key := ref.Key()
 	switch {
 	case rerr == nil:
 		s.noteSuccess(key)
@@ -916,7 +916,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 			if h.Grant.RegMethod == domain.RegDynamic {
 				// The server forgot our client: register again at the next
 				// authorization instead of failing forever.
-				_ = s.store.DeleteClientRegistration(ctx, tenant, id, h.Grant.Issuer)
+				_ = s.store.DeleteClientRegistration(ctx, ref.Tenant, ref.Provider, h.Grant.Issuer)
 			}
 		}
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
@@ -933,10 +933,10 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// the backoff ends.
 		d := s.noteFailure(key, retryAfter)
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = s.store.BackoffRefreshLease(bctx, tenant, id, holder, d)
+		_ = s.store.BackoffRefreshLease(bctx, ref, holder, d)
 		cancel()
 		s.metrics.Refreshes.WithLabelValues("unavailable").Inc()
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
+		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshFailed, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
 		if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
 			// The old token still works: serve it while the server is down.
 			return token(h.Tokens, cred, h.Grant), false, nil
@@ -957,9 +957,9 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	// under. Keep the lease for the write, and give the write its own budget.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	_ = s.store.ExtendRefreshLease(pctx, tenant, id, holder, s.leaseTTL())
+	_ = s.store.ExtendRefreshLease(pctx, ref, holder, s.leaseTTL())
 	var stored *repository.Credential
-	refreshed := audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
+	refreshed := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(pctx, retry.Policy{Attempts: 3, Base: 100 * time.Millisecond, Max: 300 * time.Millisecond},
 		func(ctx context.Context, _ int) error {
 			var perr error
@@ -972,7 +972,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	ctx = pctx
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Someone stored newer tokens meanwhile: theirs win, ours are dropped.
-		latest, lh, lerr := s.load(ctx, tenant, id)
+		latest, lh, lerr := s.load(ctx, ref)
 		if lerr != nil {
 			return nil, false, lerr
 		}
@@ -987,7 +987,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// and store it as soon as the database is back.
 		// The audit store is likely down too: the caller does not wait for
 		// this event to be written.
-		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: tenant, Type: domain.EventTokenPersistFailure, Provider: id,
+		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenPersistFailure, Provider: ref.Provider,
 			Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
 		s.keepUnstored(cred, h.Grant, fresh, holder, err)
 		t, _, uerr := s.fromUnstored(key, "")
@@ -1001,7 +1001,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 // in the background until the database takes it (or newer tokens are
 // stored, which win).
 func (s *Service) keepUnstored(base *repository.Credential, g vault.Grant, t *oauthclient.Tokens, holder string, cause error) {
-	key := base.TenantID + "/" + base.ProviderID
+	key := base.Ref().Key()
 	u := &unstoredRefresh{base: base, grant: g, tokens: t, holder: holder}
 	s.mu.Lock()
 	s.unstored[key] = u
@@ -1017,11 +1017,11 @@ func (s *Service) keepUnstored(base *repository.Credential, g vault.Grant, t *oa
 // superseded, then forgets it and releases its refresh lease.
 func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	ctx := context.Background()
-	tenant, id := u.base.TenantID, u.base.ProviderID
+	ref := u.base.Ref()
 	p := retry.Policy{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.5}
 	// The event commits with the tokens, once, whichever attempt stores them.
-	refreshed := audit.Rows(audit.WithScope(ctx, tenant, id), s.now(),
-		audit.Event{Tenant: tenant, Type: domain.EventTokenRefreshed, Provider: id, Outcome: domain.OutcomeSuccess})
+	refreshed := audit.Rows(audit.WithScope(ctx, ref.Tenant, ref.Provider), s.now(),
+		audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
 	err := retry.Do(ctx, p, func(ctx context.Context, _ int) error {
 		actx, cancel := context.WithTimeout(ctx, persistBudget)
 		defer cancel()
@@ -1038,15 +1038,15 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	}
 	s.mu.Unlock()
 	s.cache.drop(key)
-	actx, cancel := context.WithTimeout(audit.WithScope(ctx, tenant, id), persistBudget)
+	actx, cancel := context.WithTimeout(audit.WithScope(ctx, ref.Tenant, ref.Provider), persistBudget)
 	defer cancel()
 	if err != nil {
-		s.log.Warn("kept refreshed tokens dropped: the grant changed meanwhile", "tenant", tenant, "provider", id, "err", err.Error())
+		s.log.Warn("kept refreshed tokens dropped: the grant changed meanwhile", "tenant", ref.Tenant, "provider", ref.Provider, "err", err.Error())
 		return
 	}
-	_ = s.store.ReleaseRefreshLease(actx, tenant, id, u.holder)
+	_ = s.store.ReleaseRefreshLease(actx, ref, u.holder)
 	s.metrics.Refreshes.WithLabelValues("stored_late").Inc()
-	s.log.Info("kept refreshed tokens stored", "tenant", tenant, "provider", id)
+	s.log.Info("kept refreshed tokens stored", "tenant", ref.Tenant, "provider", ref.Provider)
 }
 
 // persist stores refreshed tokens if the credential is still the one the
@@ -1054,7 +1054,7 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 // same transaction.
 func (s *Service) persist(ctx context.Context, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) (*repository.Credential, error) {
 	now := s.now().UTC()
-	ct, err := vault.SealTokens(s.cipher, prev.TenantID, prev.ProviderID, t, g, now)
+	ct, err := vault.SealTokens(s.cipher, prev.Ref(), t, g, now)
 	if err != nil {
 		return nil, err
 	}
@@ -1064,11 +1064,11 @@ func (s *Service) persist(ctx context.Context, prev *repository.Credential, g va
 	next.Status = domain.StatusAuthorized
 	next.Reason, next.RefreshFailures, next.LastRefreshAt = "", 0, &now
 	next.KeyID, next.UpdatedAt = s.cipher.PrimaryID(), now
-	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
+	s.cache.drop(prev.Ref().Key())
 	gen, err := s.store.PutCredential(ctx, &next, prev.Generation, events...)
 	// Dropped again after the write: a concurrent Get may have cached the
 	// old credential between the first drop and the write.
-	s.cache.drop(prev.TenantID + "/" + prev.ProviderID)
+	s.cache.drop(prev.Ref().Key())
 	if err != nil {
 		return nil, err
 	}
@@ -1080,19 +1080,19 @@ func (s *Service) persist(ctx context.Context, prev *repository.Credential, g va
 // REAUTH_REQUIRED with its reason in the same write, unless newer tokens
 // were stored meanwhile.
 func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, reason string) error {
-	tenant, id := cred.TenantID, cred.ProviderID
+	ref := cred.Ref()
 	next := *cred
 	// Empty, not nil: the column is NOT NULL, and empty means "no tokens".
 	next.Tokens, next.HasRefresh, next.ExpiresAt = []byte{}, false, nil
 	next.Status = domain.StatusReauthRequired
 	next.Reason = reason
 	next.UpdatedAt = s.now().UTC()
-	s.cache.drop(tenant + "/" + id)
+	s.cache.drop(ref.Key())
 	_, err := s.store.PutCredential(ctx, &next, cred.Generation,
-		audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventReauthRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason})...)
+		audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventReauthRequired, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: reason})...)
 	// Dropped again after the write: a concurrent Get may have cached the
 	// old credential in between.
-	s.cache.drop(tenant + "/" + id)
+	s.cache.drop(ref.Key())
 	if err != nil {
 		if apperr.KindOf(err) == apperr.KindAborted {
 			// Newer tokens exist: a stale failure must not wipe them.
@@ -1109,8 +1109,8 @@ func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, r
 // still at generation (the one that was rejected). If newer tokens were
 // stored meanwhile, nothing is wiped and the caller gets ABORTED (retry).
 // On success it returns the REAUTH_REQUIRED error to give the caller.
-func (s *Service) MarkReauth(ctx context.Context, tenant, id, reason string, generation int64) error {
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+func (s *Service) MarkReauth(ctx context.Context, ref domain.GrantRef, reason string, generation int64) error {
+	cred, err := s.store.GetCredential(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -1120,17 +1120,19 @@ func (s *Service) MarkReauth(ctx context.Context, tenant, id, reason string, gen
 	return s.markReauth(ctx, cred, reason)
 }
 
-// StoreNew stores the tokens of a completed authorization of row's server,
+// StoreNew stores the tokens of a completed authorization of row's server
+// as the grant of user (empty for the provider's tenant-wide grant),
 // replacing any held before; the grant becomes AUTHORIZED in the same write.
 // events are stored in the same transaction as the tokens.
-func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error {
+func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, user string, g vault.Grant, t *oauthclient.Tokens, events ...*repository.AuditEvent) error {
+	ref := domain.GrantRef{Tenant: row.TenantID, Provider: row.ID, User: user}
 	d, err := vault.OpenProvider(s.cipher, row)
 	if err != nil {
 		return err
 	}
 	g.Server = validate.NormalizeURL(d.URL)
 	now := s.now().UTC()
-	ct, err := vault.SealTokens(s.cipher, row.TenantID, row.ID, t, g, now)
+	ct, err := vault.SealTokens(s.cipher, ref, t, g, now)
 	if err != nil {
 		return err
 	}
@@ -1139,19 +1141,19 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vaul
 	var gen int64
 	err = retry.Do(ctx, retry.Policy{Attempts: 3}, func(ctx context.Context, _ int) error {
 		var expected int64
-		prev, err := s.store.GetCredential(ctx, row.TenantID, row.ID)
+		prev, err := s.store.GetCredential(ctx, ref)
 		switch {
 		case err == nil:
 			expected = prev.Generation
 		case apperr.KindOf(err) != apperr.KindNotFound:
 			return retry.Permanent(err)
 		}
-		s.cache.drop(row.TenantID + "/" + row.ID)
-		c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: ct, Issuer: g.Issuer,
+		s.cache.drop(ref.Key())
+		c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, Tokens: ct, Issuer: g.Issuer,
 			Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 			Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
 		gen, err = s.store.PutCredential(ctx, c, expected, events...)
-		s.cache.drop(row.TenantID + "/" + row.ID)
+		s.cache.drop(ref.Key())
 		if err != nil && apperr.KindOf(err) != apperr.KindAborted {
 			return retry.Permanent(err)
 		}
@@ -1171,7 +1173,7 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, g vaul
 		return err
 	}
 	if validate.NormalizeURL(cu) != g.Server {
-		_ = s.store.DeleteCredential(ctx, row.TenantID, row.ID, gen)
+		_ = s.store.DeleteCredential(ctx, ref, gen)
 		return apperr.Aborted("the provider's server changed during the authorization")
 	}
 	return nil
@@ -1238,11 +1240,11 @@ func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) boo
 // Revoke revokes the provider's grant at the server when it can and
 // deletes it locally (the provider becomes UNAUTHORIZED), keeping the
 // client registration. It reports whether the server confirmed.
-func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+func (s *Service) Revoke(ctx context.Context, ref domain.GrantRef) (bool, error) {
+	cred, err := s.store.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		// No grant: the provider is UNAUTHORIZED already, if it exists.
-		_, err := s.store.GetProvider(ctx, tenant, id)
+		_, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 		return false, err
 	}
 	if err != nil {
@@ -1255,17 +1257,17 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 	// The event commits with the deletion. Whether the server then
 	// confirmed the revocation is in the response; a failure is audited on
 	// its own (oauth.revocation.failed).
-	revokedEv := audit.Rows(ctx, s.now(), audit.Event{Tenant: tenant, Type: domain.EventAuthRevoked, Provider: id, Outcome: domain.OutcomeSuccess})
+	revokedEv := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventAuthRevoked, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(ctx, retry.Policy{Attempts: 3}, func(ctx context.Context, attempt int) error {
 		if attempt > 1 {
-			if cred, err = s.store.GetCredential(ctx, tenant, id); err != nil {
+			if cred, err = s.store.GetCredential(ctx, ref); err != nil {
 				return retry.Permanent(err)
 			}
 		}
 		rv = s.prepareRevocation(ctx, cred)
-		s.cache.drop(tenant + "/" + id)
-		err := s.store.DeleteCredential(ctx, tenant, id, cred.Generation, revokedEv...)
-		s.cache.drop(tenant + "/" + id)
+		s.cache.drop(ref.Key())
+		err := s.store.DeleteCredential(ctx, ref, cred.Generation, revokedEv...)
+		s.cache.drop(ref.Key())
 		if apperr.KindOf(err) == apperr.KindAborted {
 			return err
 		}
@@ -1282,13 +1284,13 @@ func (s *Service) Revoke(ctx context.Context, tenant, id string) (bool, error) {
 // (a delete, a new server URL) has committed. The revocation reports
 // whether the server confirmed; failures are audited and never block the
 // caller.
-func (s *Service) PrepareRevoke(ctx context.Context, tenant, id string) func(context.Context) bool {
+func (s *Service) PrepareRevoke(ctx context.Context, ref domain.GrantRef) func(context.Context) bool {
 	var rv *pendingRevocation
-	if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
+	if cred, err := s.store.GetCredential(ctx, ref); err == nil {
 		rv = s.prepareRevocation(ctx, cred)
 	}
 	return func(ctx context.Context) bool {
-		s.cache.drop(tenant + "/" + id)
+		s.cache.drop(ref.Key())
 		return s.revokeAtServer(ctx, rv)
 	}
 }
@@ -1306,8 +1308,8 @@ type Status struct {
 // Status reports the provider's grant: its status and reason as stored with
 // the tokens, EXPIRED when the access token expired and cannot be
 // refreshed.
-func (s *Service) Status(ctx context.Context, tenant, id string) (*Status, error) {
-	row, err := s.store.GetProvider(ctx, tenant, id)
+func (s *Service) Status(ctx context.Context, ref domain.GrantRef) (*Status, error) {
+	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 	if err != nil {
 		return nil, err
 	}
@@ -1316,7 +1318,7 @@ func (s *Service) Status(ctx context.Context, tenant, id string) (*Status, error
 	if row.GrantStatus == domain.StatusUnknown {
 		return out, nil
 	}
-	cred, err := s.store.GetCredential(ctx, tenant, id)
+	cred, err := s.store.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return &Status{Status: domain.StatusUnauthorized}, nil
 	}
@@ -1337,8 +1339,8 @@ func (s *Service) Status(ctx context.Context, tenant, id string) (*Status, error
 // refreshIdle refreshes a grant in the background even though its access
 // token may still be fresh, so refresh tokens that expire when unused stay
 // alive. It takes the same lock as on-demand refreshes.
-func (s *Service) refreshIdle(ctx context.Context, tenant, id string) error {
-	_, h, err := s.load(ctx, tenant, id)
+func (s *Service) refreshIdle(ctx context.Context, ref domain.GrantRef) error {
+	_, h, err := s.load(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -1347,7 +1349,7 @@ func (s *Service) refreshIdle(ctx context.Context, tenant, id string) error {
 	}
 	// Passing the current access token as "stale" makes refreshLocked skip
 	// the refresh only if another replica already rotated it.
-	_, err = s.refreshShared(ctx, tenant, id, h.Tokens.AccessToken.Reveal())
+	_, err = s.refreshShared(ctx, ref, h.Tokens.AccessToken.Reveal())
 	return err
 }
 

@@ -165,14 +165,14 @@ func TestForgetDropsCachedCredential(t *testing.T) {
 	s := e.authorize(grantSpec{})
 	other := e.service(testConfig, e.store, e.locks) // another replica
 	old := e.get(e.svc, tnt, pid)
-	rotated, err := other.ForceRefresh(e.ctx, tnt, pid, s.tokens.AccessToken)
+	rotated, err := other.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), s.tokens.AccessToken)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := e.get(e.svc, tnt, pid); got.AccessToken != old.AccessToken {
 		t.Fatal("the cache did not serve its copy within its ttl")
 	}
-	e.svc.Forget(tnt, pid)
+	e.svc.Forget(domain.TenantGrant(tnt, pid))
 	if got := e.get(e.svc, tnt, pid); got.AccessToken != rotated.AccessToken || got.Generation != rotated.Generation {
 		t.Errorf("after Forget: token %q generation %d, want the other replica's %q generation %d",
 			got.AccessToken.Reveal(), got.Generation, rotated.AccessToken.Reveal(), rotated.Generation)
@@ -336,12 +336,12 @@ func TestDeadGrant(t *testing.T) {
 					t.Errorf("pre-registered client changed: %v", perr)
 				}
 			}
-			st, err := e.svc.Status(e.ctx, tnt, pid)
+			st, err := e.svc.Status(e.ctx, domain.TenantGrant(tnt, pid))
 			if err != nil || st.Status != domain.StatusReauthRequired || st.Reason != tt.wantReason {
 				t.Errorf("Status = %+v, %v; want REAUTH_REQUIRED/%s", st, err, tt.wantReason)
 			}
 			// Dead for good: the server is not asked again.
-			_, err = e.svc.Get(e.ctx, tnt, pid)
+			_, err = e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 			e.wantRefreshes(1)
 		})
@@ -389,7 +389,7 @@ func TestRefreshTemporaryFailures(t *testing.T) {
 			e.as.failAlways(tt.always)
 			e.clock.Advance(tt.advance)
 
-			tok, err := e.svc.Get(e.ctx, tnt, pid)
+			tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			e.wantRefreshes(tt.wantCalls)
 			switch tt.want {
 			case "new":
@@ -424,7 +424,7 @@ func TestConcurrentWriteWins(t *testing.T) {
 	// completed callback does.
 	reauthorize := func(e *env, s *seeded) *oauthclient.Tokens {
 		t := e.as.authorize(s.subject(), s.grant.ClientID, true)
-		if err := e.svc.StoreNew(e.ctx, s.row, s.grant, t); err != nil {
+		if err := e.svc.StoreNew(e.ctx, s.row, "", s.grant, t); err != nil {
 			e.tb.Errorf("StoreNew during the refresh: %v", err)
 		}
 		return t
@@ -443,7 +443,7 @@ func TestConcurrentWriteWins(t *testing.T) {
 		{name: "newer authorization stored meanwhile is returned", during: reauthorize, wantStatus: domain.StatusAuthorized},
 		{name: "grant marked dead meanwhile stays dead",
 			during: func(e *env, s *seeded) *oauthclient.Tokens {
-				_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, e.store.Credential(tnt, pid).Generation)
+				_ = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, e.store.Credential(tnt, pid).Generation)
 				return nil
 			},
 			wantKind: apperr.KindFailedPrecondition, wantReason: domain.ReasonReauthRequired,
@@ -464,7 +464,7 @@ func TestConcurrentWriteWins(t *testing.T) {
 			}
 			e.clock.Advance(dueButValid)
 
-			tok, err := e.svc.Get(e.ctx, tnt, pid)
+			tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			e.wantRefreshes(1)
 			e.wantGrant(tnt, pid, tt.wantStatus, tt.wantWhy)
 			e.wantEvents(domain.EventTokenRefreshed, pid, domain.OutcomeSuccess) // the losing result is not stored
@@ -509,7 +509,7 @@ func TestRefreshPersistFailure(t *testing.T) {
 	}
 	e.clock.Advance(time.Hour) // expired: the caller waits for the refresh
 
-	tok, err := svc.Get(e.ctx, tnt, pid)
+	tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 	if err != nil {
 		t.Fatalf("refreshed token not served while the database is down: %v", err)
 	}
@@ -519,7 +519,7 @@ func TestRefreshPersistFailure(t *testing.T) {
 	if e.as.isLive(s.tokens.RefreshToken.Reveal()) {
 		t.Fatal("the server did not rotate the refresh token: the test proves nothing")
 	}
-	again, err := svc.Get(e.ctx, tnt, pid)
+	again, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 	if err != nil || again.AccessToken != tok.AccessToken {
 		t.Fatalf("second read = %v; want the kept token", err)
 	}
@@ -548,7 +548,7 @@ func TestRefreshPersistFailure(t *testing.T) {
 	}
 	// The refresh lease was released: a refresh can run again.
 	e.clock.Advance(2 * time.Hour)
-	if _, err := svc.Get(e.ctx, tnt, pid); err != nil {
+	if _, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid)); err != nil {
 		t.Fatalf("refresh after the kept tokens were stored: %v", err)
 	}
 	e.wantRefreshes(2)
@@ -571,7 +571,7 @@ func TestForceRefresh(t *testing.T) {
 		{name: "another replica already rotated: stored token returned without a call", wantCalls: 1,
 			prepare: func(e *env, s *seeded) secret.Secret {
 				other := e.service(testConfig, e.store, e.locks)
-				if _, err := other.ForceRefresh(e.ctx, tnt, pid, s.tokens.AccessToken); err != nil {
+				if _, err := other.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), s.tokens.AccessToken); err != nil {
 					e.tb.Fatal(err)
 				}
 				return s.tokens.AccessToken
@@ -595,7 +595,7 @@ func TestForceRefresh(t *testing.T) {
 			stale := tt.prepare(e, s)
 			stored := e.held(tnt, pid).Tokens.AccessToken
 
-			tok, err := e.svc.ForceRefresh(e.ctx, tnt, pid, stale)
+			tok, err := e.svc.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), stale)
 			e.wantRefreshes(tt.wantCalls)
 			if tt.wantWhy != "" {
 				wantErr(t, err, tt.wantKind, tt.wantWhy)
@@ -637,7 +637,7 @@ func TestGetWithoutRefreshToken(t *testing.T) {
 			e := newEnv(t, testConfig)
 			s := e.authorize(grantSpec{noRefresh: true})
 			e.clock.Advance(tt.advance)
-			tok, err := e.svc.Get(e.ctx, tnt, pid)
+			tok, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			e.wantRefreshes(0)
 			if tt.expired {
 				wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonTokenExpired)
@@ -653,7 +653,7 @@ func TestGetWithoutRefreshToken(t *testing.T) {
 func TestGetWithoutUsableGrant(t *testing.T) {
 	t.Parallel()
 	setStatus := func(e *env, from, to domain.AuthStatus) {
-		ok, err := e.store.SetGrantStatus(e.ctx, tnt, pid, []domain.AuthStatus{from}, to, "", e.keys.PrimaryID())
+		ok, err := e.store.SetGrantStatus(e.ctx, domain.TenantGrant(tnt, pid), []domain.AuthStatus{from}, to, "", e.keys.PrimaryID())
 		if err != nil || !ok {
 			e.tb.Fatalf("SetGrantStatus %v -> %v = %v, %v", from, to, ok, err)
 		}
@@ -691,7 +691,7 @@ func TestGetWithoutUsableGrant(t *testing.T) {
 		}, apperr.KindUnavailable, domain.ReasonUnavailable},
 		{"dead grant", func(e *env) {
 			e.authorize(grantSpec{})
-			_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
+			_ = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
 		}, apperr.KindFailedPrecondition, domain.ReasonReauthRequired},
 		{"authorized without tokens", func(e *env) {
 			e.provider(tnt, pid, domain.RegPreRegistered)
@@ -715,14 +715,14 @@ func TestGetWithoutUsableGrant(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, testConfig)
 			tt.prepare(e)
-			_, err := e.svc.Get(e.ctx, tnt, pid)
+			_, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			wantErr(t, err, tt.wantKind, tt.wantReason)
 			if msg := apperr.PublicMessage(err); tt.wantReason != domain.ReasonNotAuthorized && strings.Contains(msg, "StartAuthorization") {
 				t.Errorf("message %q sends the caller to StartAuthorization", msg)
 			}
-			_, err = e.svc.AccessToken(e.ctx, tnt, pid)
+			_, err = e.svc.AccessToken(e.ctx, domain.TenantGrant(tnt, pid))
 			wantErr(t, err, tt.wantKind, tt.wantReason)
-			_, err = e.svc.ForceRefresh(e.ctx, tnt, pid, secret.New("at-rejected"))
+			_, err = e.svc.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), secret.New("at-rejected"))
 			wantErr(t, err, tt.wantKind, tt.wantReason)
 			e.wantRefreshes(0)
 		})
@@ -736,11 +736,11 @@ func TestMarkReauth(t *testing.T) {
 		e := newCachedEnv(t)
 		e.authorize(grantSpec{})
 		tok := e.get(e.svc, tnt, pid) // cached
-		err := e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, tok.Generation)
+		err := e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, tok.Generation)
 		wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 		e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonMCPServerRejectedToken)
 		e.wantEvents(domain.EventReauthRequired, pid, domain.OutcomeFailure, domain.ReasonMCPServerRejectedToken)
-		_, err = e.svc.Get(e.ctx, tnt, pid)
+		_, err = e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 	})
 	t.Run("stale generation: newer tokens kept", func(t *testing.T) {
@@ -748,11 +748,11 @@ func TestMarkReauth(t *testing.T) {
 		e := newEnv(t, testConfig)
 		s := e.authorize(grantSpec{})
 		rejected := e.cred(tnt, pid).Generation
-		fresh, err := e.svc.ForceRefresh(e.ctx, tnt, pid, s.tokens.AccessToken) // another request refreshed meanwhile
+		fresh, err := e.svc.ForceRefresh(e.ctx, domain.TenantGrant(tnt, pid), s.tokens.AccessToken) // another request refreshed meanwhile
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, rejected)
+		err = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, rejected)
 		wantErr(t, err, apperr.KindAborted, domain.ReasonAborted)
 		e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
 		if h := e.held(tnt, pid); h.Tokens.AccessToken != fresh.AccessToken {
@@ -823,7 +823,7 @@ func TestClientGoneMarksGrantDead(t *testing.T) {
 	if err := e.store.DeleteClientRegistration(e.ctx, tnt, pid, issuer); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.svc.Get(e.ctx, tnt, pid)
+	_, err := e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonReauthRequired)
 	e.wantGrant(tnt, pid, domain.StatusReauthRequired, domain.ReasonNoClient)
 }
@@ -857,7 +857,7 @@ func TestAccessTokenCheckedAfterTheReadIsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := svc.AccessToken(e.ctx, tnt, pid)
+	tok, err := svc.AccessToken(e.ctx, domain.TenantGrant(tnt, pid))
 	if err != nil {
 		t.Fatal(err)
 	}

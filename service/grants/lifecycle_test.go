@@ -35,10 +35,10 @@ func TestStoreNew(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, testConfig)
 		s := e.authorize(grantSpec{})
-		_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
+		_ = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
 		dead := e.cred(tnt, pid).Generation
 		again := e.as.authorize(s.subject(), s.grant.ClientID, true)
-		if err := e.svc.StoreNew(e.ctx, s.row, s.grant, again); err != nil {
+		if err := e.svc.StoreNew(e.ctx, s.row, "", s.grant, again); err != nil {
 			t.Fatal(err)
 		}
 		e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
@@ -112,7 +112,7 @@ func TestStoreNew(t *testing.T) {
 			g := vault.Grant{Issuer: issuer, TokenEndpoint: tokenEndpoint, RegMethod: domain.RegPreRegistered, ClientID: row.ClientID}
 			tokens := e.as.authorize(tnt+"/"+pid, row.ClientID, true)
 
-			err := svc.StoreNew(e.ctx, given, g, tokens)
+			err := svc.StoreNew(e.ctx, given, "", g, tokens)
 			if puts != tt.wantPuts {
 				t.Errorf("credential writes = %d, want %d", puts, tt.wantPuts)
 			}
@@ -163,7 +163,7 @@ func TestRevoke(t *testing.T) {
 			prepare: func(e *env, _ *seeded) { _ = e.store.DeleteClientRegistration(e.ctx, tnt, pid, issuer) }},
 		{name: "dead grant holds nothing to revoke",
 			prepare: func(e *env, _ *seeded) {
-				_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
+				_ = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonInvalidGrant, e.cred(tnt, pid).Generation)
 			}},
 	}
 	for _, tt := range tests {
@@ -177,7 +177,7 @@ func TestRevoke(t *testing.T) {
 				e.get(e.svc, tnt, pid) // cached: Revoke must drop it
 			}
 
-			revoked, err := e.svc.Revoke(e.ctx, tnt, pid)
+			revoked, err := e.svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid))
 			if err != nil || revoked != tt.wantRevoked {
 				t.Fatalf("Revoke = %v, %v; want %v", revoked, err, tt.wantRevoked)
 			}
@@ -199,7 +199,7 @@ func TestRevoke(t *testing.T) {
 			if st, _ := row.AuthStatus(); err != nil || st != domain.StatusUnauthorized {
 				t.Errorf("provider status = %v, %v; want UNAUTHORIZED", st, err)
 			}
-			_, err = e.svc.Get(e.ctx, tnt, pid)
+			_, err = e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 			wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonNotAuthorized)
 			if tt.spec.reg == domain.RegDynamic && tt.wantFailed == nil {
 				if _, err := e.store.GetClientRegistration(e.ctx, tnt, pid, issuer); err != nil {
@@ -221,7 +221,7 @@ func TestRevokeWithoutDeletion(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, testConfig)
 		e.provider(tnt, pid, domain.RegPreRegistered)
-		if revoked, err := e.svc.Revoke(e.ctx, tnt, pid); err != nil || revoked {
+		if revoked, err := e.svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid)); err != nil || revoked {
 			t.Fatalf("Revoke = %v, %v; want false, nil", revoked, err)
 		}
 		if len(e.as.revocations()) != 0 || len(e.events(domain.EventAuthRevoked)) != 0 {
@@ -233,7 +233,7 @@ func TestRevokeWithoutDeletion(t *testing.T) {
 		e := newEnv(t, testConfig)
 		e.authorize(grantSpec{})
 		e.store.FailOn("DeleteCredential", errInjected)
-		revoked, err := e.svc.Revoke(e.ctx, tnt, pid)
+		revoked, err := e.svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid))
 		wantErr(t, err, apperr.KindUnavailable, domain.ReasonUnavailable)
 		if revoked || len(e.as.revocations()) != 0 {
 			t.Errorf("revoked %v, %d revocations at the server for a grant that stays stored", revoked, len(e.as.revocations()))
@@ -263,7 +263,7 @@ func TestRevokeBeforeDelete(t *testing.T) {
 			} else {
 				e.provider(tnt, pid, domain.RegPreRegistered)
 			}
-			revoked := e.svc.PrepareRevoke(e.ctx, tnt, pid)(e.ctx)
+			revoked := e.svc.PrepareRevoke(e.ctx, domain.TenantGrant(tnt, pid))(e.ctx)
 			if revoked != tt.seed {
 				t.Errorf("RevokeBeforeDelete = %v, want %v", revoked, tt.seed)
 			}
@@ -303,11 +303,11 @@ func TestStatus(t *testing.T) {
 			e.authorize(grantSpec{})
 			e.as.forgetGrant(tnt + "/" + pid)
 			e.clock.Advance(dueButValid)
-			_, _ = e.svc.Get(e.ctx, tnt, pid)
+			_, _ = e.svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 		}, want: Status{Status: domain.StatusReauthRequired, Reason: domain.ReasonInvalidGrant, Issuer: issuer}},
 		{name: "pending", prepare: func(e *env) {
 			e.provider(tnt, pid, domain.RegPreRegistered)
-			_, _ = e.store.SetGrantStatus(e.ctx, tnt, pid, []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+			_, _ = e.store.SetGrantStatus(e.ctx, domain.TenantGrant(tnt, pid), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
 		}, want: Status{Status: domain.StatusPending}},
 	}
 	for _, tt := range tests {
@@ -316,7 +316,7 @@ func TestStatus(t *testing.T) {
 			e := newEnv(t, testConfig)
 			tt.prepare(e)
 			e.clock.Advance(tt.advance)
-			got, err := e.svc.Status(e.ctx, tnt, pid)
+			got, err := e.svc.Status(e.ctx, domain.TenantGrant(tnt, pid))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -334,11 +334,11 @@ func TestAccessTokenCountsRead(t *testing.T) {
 	s := e.authorize(grantSpec{})
 	e.provider(tnt, "unauthorized", domain.RegPreRegistered)
 
-	tok, err := e.svc.AccessToken(e.ctx, tnt, pid)
+	tok, err := e.svc.AccessToken(e.ctx, domain.TenantGrant(tnt, pid))
 	if err != nil || tok.AccessToken != s.tokens.AccessToken {
 		t.Fatalf("AccessToken = %v, want the stored token", err)
 	}
-	_, err = e.svc.AccessToken(e.ctx, tnt, "unauthorized")
+	_, err = e.svc.AccessToken(e.ctx, domain.TenantGrant(tnt, "unauthorized"))
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonNotAuthorized)
 
 	// Reads are counted per caller (here none: "anonymous"), not written as
@@ -357,10 +357,10 @@ func TestAccessTokenCountsRead(t *testing.T) {
 func TestStoreErrors(t *testing.T) {
 	t.Parallel()
 	calls := map[string]func(e *env) error{
-		"Revoke": func(e *env) error { _, err := e.svc.Revoke(e.ctx, tnt, pid); return err },
-		"Status": func(e *env) error { _, err := e.svc.Status(e.ctx, tnt, pid); return err },
+		"Revoke": func(e *env) error { _, err := e.svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid)); return err },
+		"Status": func(e *env) error { _, err := e.svc.Status(e.ctx, domain.TenantGrant(tnt, pid)); return err },
 		"MarkReauth": func(e *env) error {
-			return e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, 1)
+			return e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, 1)
 		},
 	}
 	cases := []struct {
@@ -396,7 +396,7 @@ func TestStoreErrors(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, testConfig)
 		e.provider(tnt, pid, domain.RegPreRegistered)
-		err := e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, 1)
+		err := e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, 1)
 		wantErr(t, err, apperr.KindNotFound, domain.ReasonNotFound)
 		if e.store.Credential(tnt, pid) != nil {
 			t.Error("a grant was created")

@@ -57,12 +57,12 @@ var (
 // the same one-at-a-time guard as refreshes; any other keeps loadErr.
 // A grant such a kind marked dead answers with the server's error as its
 // reason again, without asking the server.
-func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *repository.Credential, loadErr error) (*Token, error) {
+func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred *repository.Credential, loadErr error) (*Token, error) {
 	e, ok := apperr.As(loadErr)
 	if !ok || e.Reason != domain.ReasonNotAuthorized && e.Reason != domain.ReasonReauthRequired {
 		return nil, loadErr
 	}
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 	if err == nil && domain.CredentialKind(row.CredentialKind) == domain.KindEnterpriseManaged {
 		return nil, enterpriseLoadError(cred, loadErr)
 	}
@@ -76,7 +76,7 @@ func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *
 		return nil, apperr.FailedPrecondition(cred.Reason, "the authorization server refused the last %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
 			domain.CredentialKind(row.CredentialKind).GrantType(), cred.Reason)
 	}
-	return s.refreshShared(ctx, tenant, id, "")
+	return s.refreshShared(ctx, ref, "")
 }
 
 // obtainLocked runs under the grant's lock, after the re-read: it asks
@@ -84,15 +84,15 @@ func (s *Service) obtainIfMachine(ctx context.Context, tenant, id string, cred *
 // no person and the held token (if any) is not usable. loadErr is the
 // re-read's error: a grant marked dead stays dead (nothing is retried
 // blindly) until the provider's credentials change or it is revoked.
-func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *repository.Credential, loadErr error) (*Token, error) {
+func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, loadErr error) (*Token, error) {
 	if loadErr != nil {
 		if e, ok := apperr.As(loadErr); !ok || e.Reason != domain.ReasonNotAuthorized {
 			return nil, loadErr
 		}
 		prev = nil
 	}
-	ctx = audit.WithScope(ctx, tenant, id)
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	ctx = audit.WithScope(ctx, ref.Tenant, ref.Provider)
+	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 		if code != "" {
 			det["oauth_error"] = code
 		}
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventTokenObtainFailed, Provider: id, Outcome: domain.OutcomeFailure, Reason: reason, Details: det})
+		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: reason, Details: det})
 	}
 	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
 	if err != nil {
@@ -179,10 +179,10 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	stored, err := s.storeObtained(pctx, tenant, id, prev, g, fresh)
+	stored, err := s.storeObtained(pctx, ref, prev, g, fresh)
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Another writer stored a grant meanwhile: theirs wins.
-		latest, lh, lerr := s.load(pctx, tenant, id)
+		latest, lh, lerr := s.load(pctx, ref)
 		if lerr != nil {
 			return nil, lerr
 		}
@@ -195,7 +195,7 @@ func (s *Service) obtainLocked(ctx context.Context, tenant, id string, prev *rep
 	if method != "" {
 		det["auth_method"] = method
 	}
-	s.audit.Record(pctx, audit.Event{Tenant: tenant, Type: domain.EventTokenObtained, Provider: id, Outcome: domain.OutcomeSuccess, Details: det})
+	s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtained, Provider: ref.Provider, Outcome: domain.OutcomeSuccess, Details: det})
 	return token(fresh, stored, g), nil
 }
 
@@ -270,16 +270,16 @@ func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row
 	if prev != nil {
 		expected = prev.Generation
 	}
-	s.cache.drop(row.TenantID + "/" + row.ID)
+	s.cache.drop(c.Ref().Key())
 	_, _ = s.store.PutCredential(ctx, c, expected)
-	s.cache.drop(row.TenantID + "/" + row.ID)
+	s.cache.drop(c.Ref().Key())
 }
 
 // storeObtained stores a token obtained without a person, replacing prev
 // (compare-and-swap on its generation; nil means none is stored).
-func (s *Service) storeObtained(ctx context.Context, tenant, id string, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens) (*repository.Credential, error) {
+func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens) (*repository.Credential, error) {
 	now := s.now().UTC()
-	ct, err := vault.SealTokens(s.cipher, tenant, id, t, g, now)
+	ct, err := vault.SealTokens(s.cipher, ref, t, g, now)
 	if err != nil {
 		return nil, err
 	}
@@ -287,12 +287,12 @@ func (s *Service) storeObtained(ctx context.Context, tenant, id string, prev *re
 	if prev != nil {
 		expected = prev.Generation
 	}
-	c := &repository.Credential{TenantID: tenant, ProviderID: id, Tokens: ct, Issuer: g.Issuer,
+	c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, Tokens: ct, Issuer: g.Issuer,
 		Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 		Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
-	s.cache.drop(tenant + "/" + id)
+	s.cache.drop(ref.Key())
 	gen, err := s.store.PutCredential(ctx, c, expected)
-	s.cache.drop(tenant + "/" + id)
+	s.cache.drop(ref.Key())
 	if err != nil {
 		return nil, err
 	}

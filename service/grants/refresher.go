@@ -17,7 +17,7 @@ import (
 // *repository.Store implements it.
 type IdleStore interface {
 	CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]repository.Credential, error)
-	RecordRefreshFailure(ctx context.Context, tenant, providerID string, generation int64) (int, error)
+	RecordRefreshFailure(ctx context.Context, g domain.GrantRef, generation int64) (int, error)
 	ExpirePendingGrants(ctx context.Context, before time.Time, reason string) (int64, error)
 }
 
@@ -151,7 +151,7 @@ func (r *Refresher) Pass(ctx context.Context) int {
 }
 
 func (r *Refresher) refreshOne(ctx context.Context, c repository.Credential) bool {
-	err := r.tokens.refreshIdle(ctx, c.TenantID, c.ProviderID)
+	err := r.tokens.refreshIdle(ctx, c.Ref())
 	if err == nil {
 		return true
 	}
@@ -168,9 +168,9 @@ func (r *Refresher) refreshOne(ctx context.Context, c repository.Credential) boo
 	if !errors.As(err, &temp) {
 		return false
 	}
-	n, ferr := r.store.RecordRefreshFailure(ctx, c.TenantID, c.ProviderID, c.Generation)
+	n, ferr := r.store.RecordRefreshFailure(ctx, c.Ref(), c.Generation)
 	if ferr == nil && n >= r.cfg.MaxFailures {
-		_ = r.tokens.MarkReauth(ctx, c.TenantID, c.ProviderID, domain.ReasonRefreshExhausted, c.Generation)
+		_ = r.tokens.MarkReauth(ctx, c.Ref(), domain.ReasonRefreshExhausted, c.Generation)
 	}
 	return false
 }

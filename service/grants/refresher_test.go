@@ -201,19 +201,19 @@ func TestRefresherSkipsGrantsChangedAfterListing(t *testing.T) {
 		wantStatus domain.AuthStatus
 	}{
 		{"authorization restarted", func(e *env) {
-			_, _ = e.store.SetGrantStatus(e.ctx, tnt, pid, []domain.AuthStatus{domain.StatusAuthorized}, domain.StatusPending, "", 1)
+			_, _ = e.store.SetGrantStatus(e.ctx, domain.TenantGrant(tnt, pid), []domain.AuthStatus{domain.StatusAuthorized}, domain.StatusPending, "", 1)
 		}, domain.StatusPending},
 		{"marked dead", func(e *env) {
-			_ = e.svc.MarkReauth(e.ctx, tnt, pid, domain.ReasonMCPServerRejectedToken, e.cred(tnt, pid).Generation)
+			_ = e.svc.MarkReauth(e.ctx, domain.TenantGrant(tnt, pid), domain.ReasonMCPServerRejectedToken, e.cred(tnt, pid).Generation)
 		}, domain.StatusReauthRequired},
 		{"re-authorized without a refresh token", func(e *env) {
 			row, _ := e.store.GetProvider(e.ctx, tnt, pid)
 			h := e.held(tnt, pid)
-			if err := e.svc.StoreNew(e.ctx, row, h.Grant, e.as.authorize(tnt+"/"+pid, h.Grant.ClientID, false)); err != nil {
+			if err := e.svc.StoreNew(e.ctx, row, "", h.Grant, e.as.authorize(tnt+"/"+pid, h.Grant.ClientID, false)); err != nil {
 				e.tb.Fatal(err)
 			}
 		}, domain.StatusAuthorized},
-		{"revoked", func(e *env) { _, _ = e.svc.Revoke(e.ctx, tnt, pid) }, domain.StatusUnknown},
+		{"revoked", func(e *env) { _, _ = e.svc.Revoke(e.ctx, domain.TenantGrant(tnt, pid)) }, domain.StatusUnknown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -308,7 +308,7 @@ func TestRefresherExpiresAbandonedFlows(t *testing.T) {
 	e.provider(tnt, "recent", domain.RegPreRegistered)
 	e.authorize(grantSpec{})
 	pending := func(id string) {
-		if _, err := e.store.SetGrantStatus(e.ctx, tnt, id, []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", e.keys.PrimaryID()); err != nil {
+		if _, err := e.store.SetGrantStatus(e.ctx, domain.TenantGrant(tnt, id), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", e.keys.PrimaryID()); err != nil {
 			t.Fatal(err)
 		}
 	}

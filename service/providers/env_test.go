@@ -39,7 +39,8 @@ type revocation struct {
 
 // PrepareRevoke notes whether a grant is held now; the revocation it
 // returns records itself when run.
-func (r *revoker) PrepareRevoke(_ context.Context, tenant, providerID string) func(context.Context) bool {
+func (r *revoker) PrepareRevoke(_ context.Context, g domain.GrantRef) func(context.Context) bool {
+	tenant, providerID := g.Tenant, g.Provider
 	held := r.store.Credential(tenant, providerID) != nil
 	return func(context.Context) bool {
 		r.mu.Lock()
@@ -217,7 +218,7 @@ func (e *env) authorize(tb testing.TB, tenant, id string) {
 func (e *env) held(tenant, id string) (grant, registration, tools bool) {
 	ctx := context.Background()
 	_, regErr := e.store.GetClientRegistration(ctx, tenant, id, "https://as.example.com")
-	_, toolErr := e.store.GetTools(ctx, tenant, id)
+	_, toolErr := e.store.GetTools(ctx, domain.TenantGrant(tenant, id))
 	return e.store.Credential(tenant, id) != nil, regErr == nil, toolErr == nil
 }
 

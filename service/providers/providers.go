@@ -55,7 +55,7 @@ type Store interface {
 	// transaction as the update.
 	UpdateProviderResettingCredentials(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error
 	DeleteProvider(ctx context.Context, tenant, id string, expectedVersion int64, events ...*repository.AuditEvent) error
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
+	SetGrantStatus(ctx context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
@@ -67,7 +67,7 @@ var _ Store = (*repository.Store)(nil)
 // stored); the revocation reports whether the server confirmed, and its
 // failures are audited by the implementation and never block the caller.
 type Revoker interface {
-	PrepareRevoke(ctx context.Context, tenant, providerID string) func(context.Context) bool
+	PrepareRevoke(ctx context.Context, ref domain.GrantRef) func(context.Context) bool
 }
 
 // Prober checks that an MCP server answers (any 2xx, or 401/403 asking for
@@ -577,7 +577,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 // meet ALREADY_EXISTS): the provider stays UNAUTHORIZED until its first
 // authorization attempt finds out again.
 func (s *Service) markNotRequired(ctx context.Context, row *repository.Provider) {
-	if _, err := s.store.SetGrantStatus(ctx, row.TenantID, row.ID, []domain.AuthStatus{domain.StatusUnauthorized},
+	if _, err := s.store.SetGrantStatus(ctx, domain.TenantGrant(row.TenantID, row.ID), []domain.AuthStatus{domain.StatusUnauthorized},
 		domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
 		s.log.WarnContext(ctx, "recording a provider's authorization as not required", "tenant", row.TenantID, "provider", row.ID, "error", err)
 		return
@@ -883,7 +883,7 @@ func (s *Service) prepareRevoke(ctx context.Context, tenant, id string) func(con
 	if s.revoker == nil {
 		return func(context.Context) bool { return false }
 	}
-	return s.revoker.PrepareRevoke(ctx, tenant, id)
+	return s.revoker.PrepareRevoke(ctx, domain.TenantGrant(tenant, id))
 }
 
 func etag(row *repository.Provider) string { return `"v` + strconv.FormatInt(row.Version, 10) + `"` }

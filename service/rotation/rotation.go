@@ -117,7 +117,7 @@ func (r *Rotator) Run(ctx context.Context) (*Report, error) {
 			c := &rows[i]
 			afterT, afterID = c.TenantID, c.ProviderID
 			old := c.KeyID
-			if c.Tokens, err = r.reseal(keyring.Scope{Tenant: c.TenantID, Provider: c.ProviderID, Field: vault.FieldTokens}, c.Tokens); err != nil {
+			if c.Tokens, err = r.reseal(vault.TokenScope(c.Ref()), c.Tokens); err != nil {
 				return rep, err
 			}
 			c.KeyID = primary

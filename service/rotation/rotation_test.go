@@ -214,7 +214,7 @@ func seed(t *testing.T, s *memStore, k *keyring.Keyring, tenants, ids []string) 
 				p.Headers = sealField(tenant, id, vault.FieldHeaders, `{"X-Key":"h-`+id+`"}`)
 				p.ClientSecret = sealField(tenant, id, vault.FieldClientSecret, "cs-"+id)
 				var err error
-				c.Tokens, err = vault.SealTokens(k, tenant, id, &oauthclient.Tokens{AccessToken: secret.New("at-" + id)},
+				c.Tokens, err = vault.SealTokens(k, domain.TenantGrant(tenant, id), &oauthclient.Tokens{AccessToken: secret.New("at-" + id)},
 					vault.Grant{Issuer: issuer}, time.Unix(1e9, 0))
 				if err != nil {
 					t.Fatal(err)

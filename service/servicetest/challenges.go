@@ -28,12 +28,13 @@ func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, ke
 	row.StepUpAttempts = s.chals[k].StepUpAttempts
 	s.chals[k] = row
 	s.mu.Unlock()
-	return s.SetGrantStatus(ctx, c.TenantID, c.ProviderID, []domain.AuthStatus{domain.StatusNotRequired, domain.StatusUnauthorized},
+	return s.SetGrantStatus(ctx, c.Ref(), []domain.AuthStatus{domain.StatusNotRequired, domain.StatusUnauthorized},
 		domain.StatusUnauthorized, domain.ReasonAuthorizationRequired, keyID)
 }
 
 // GetChallenge returns the provider's last challenge.
-func (s *Store) GetChallenge(_ context.Context, tenant, providerID string) (*repository.Challenge, error) {
+func (s *Store) GetChallenge(_ context.Context, g domain.GrantRef) (*repository.Challenge, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetChallenge", tenant); err != nil {
@@ -47,7 +48,8 @@ func (s *Store) GetChallenge(_ context.Context, tenant, providerID string) (*rep
 }
 
 // ClearChallenge forgets the provider's challenge.
-func (s *Store) ClearChallenge(_ context.Context, tenant, providerID string) error {
+func (s *Store) ClearChallenge(_ context.Context, g domain.GrantRef) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ClearChallenge", tenant); err != nil {
@@ -59,7 +61,8 @@ func (s *Store) ClearChallenge(_ context.Context, tenant, providerID string) err
 
 // CountStepUp counts a step-up authorization of an outstanding
 // insufficient_scope challenge.
-func (s *Store) CountStepUp(_ context.Context, tenant, providerID string) error {
+func (s *Store) CountStepUp(_ context.Context, g domain.GrantRef) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("CountStepUp", tenant); err != nil {

@@ -275,7 +275,8 @@ func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVer
 }
 
 // GetCredential returns the provider's grant row.
-func (s *Store) GetCredential(_ context.Context, tenant, providerID string) (*repository.Credential, error) {
+func (s *Store) GetCredential(_ context.Context, g domain.GrantRef) (*repository.Credential, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetCredential", tenant); err != nil {
@@ -326,7 +327,8 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 }
 
 // DeleteCredential deletes the grant (any generation when 0).
-func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, expectedGeneration int64, events ...*repository.AuditEvent) error {
+func (s *Store) DeleteCredential(_ context.Context, g domain.GrantRef, expectedGeneration int64, events ...*repository.AuditEvent) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("DeleteCredential", tenant); err != nil {
@@ -345,7 +347,8 @@ func (s *Store) DeleteCredential(_ context.Context, tenant, providerID string, e
 }
 
 // SetGrantStatus moves the grant's status as the repository does.
-func (s *Store) SetGrantStatus(_ context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error) {
+func (s *Store) SetGrantStatus(_ context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("SetGrantStatus", tenant); err != nil {
@@ -410,7 +413,8 @@ func (s *Store) CredentialsIdleSince(_ context.Context, before time.Time, limit 
 }
 
 // RecordRefreshFailure counts a failed background refresh at generation.
-func (s *Store) RecordRefreshFailure(_ context.Context, tenant, providerID string, generation int64) (int, error) {
+func (s *Store) RecordRefreshFailure(_ context.Context, g domain.GrantRef, generation int64) (int, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("RecordRefreshFailure", tenant); err != nil {
@@ -487,7 +491,8 @@ func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
 }
 
 // GetTools returns a stored tool list.
-func (s *Store) GetTools(_ context.Context, tenant, providerID string) (*repository.ToolList, error) {
+func (s *Store) GetTools(_ context.Context, g domain.GrantRef) (*repository.ToolList, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetTools", tenant); err != nil {
@@ -601,7 +606,8 @@ func (s *Store) Credential(tenant, providerID string) *repository.Credential {
 }
 
 // AcquireRefreshLease implements the repository's refresh lease in memory.
-func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error) {
+func (s *Store) AcquireRefreshLease(_ context.Context, g domain.GrantRef, generation int64, holder string, ttl time.Duration) (repository.LeaseAcquired, error) {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out repository.LeaseAcquired
@@ -627,7 +633,8 @@ func (s *Store) AcquireRefreshLease(_ context.Context, tenant, providerID string
 }
 
 // ExtendRefreshLease implements the repository's refresh lease in memory.
-func (s *Store) ExtendRefreshLease(_ context.Context, tenant, providerID, holder string, ttl time.Duration) error {
+func (s *Store) ExtendRefreshLease(_ context.Context, g domain.GrantRef, holder string, ttl time.Duration) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ExtendRefreshLease", tenant); err != nil {
@@ -643,7 +650,8 @@ func (s *Store) ExtendRefreshLease(_ context.Context, tenant, providerID, holder
 }
 
 // ReleaseRefreshLease implements the repository's refresh lease in memory.
-func (s *Store) ReleaseRefreshLease(_ context.Context, tenant, providerID, holder string) error {
+func (s *Store) ReleaseRefreshLease(_ context.Context, g domain.GrantRef, holder string) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ReleaseRefreshLease", tenant); err != nil {
@@ -675,7 +683,8 @@ func (s *Store) ExpirePendingGrants(_ context.Context, before time.Time, reason 
 }
 
 // BackoffRefreshLease implements the repository's refresh backoff in memory.
-func (s *Store) BackoffRefreshLease(_ context.Context, tenant, providerID, holder string, d time.Duration) error {
+func (s *Store) BackoffRefreshLease(_ context.Context, g domain.GrantRef, holder string, d time.Duration) error {
+	tenant, providerID := g.Tenant, g.Provider
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("BackoffRefreshLease", tenant); err != nil {

@@ -175,7 +175,7 @@ func (e *env) authorize(tb testing.TB, g *grants.Service, id string, scopes ...s
 	tb.Helper()
 	toks := e.as.Issue(scopes)
 	grant := vault.Grant{RegMethod: domain.RegPreRegistered, ClientID: clientID, Issuer: issuer, TokenEndpoint: tokenEndpoint}
-	if err := g.StoreNew(context.Background(), e.row(tb, id), grant, toks); err != nil {
+	if err := g.StoreNew(context.Background(), e.row(tb, id), "", grant, toks); err != nil {
 		tb.Fatal(err)
 	}
 	return toks

@@ -48,25 +48,25 @@ var _ Connector = (*mcpclient.Client)(nil)
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
-	GetCredential(ctx context.Context, tenant, providerID string) (*repository.Credential, error)
+	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 	PutTools(ctx context.Context, t *repository.ToolList) error
-	GetTools(ctx context.Context, tenant, providerID string) (*repository.ToolList, error)
+	GetTools(ctx context.Context, g domain.GrantRef) (*repository.ToolList, error)
 	// Challenges: what the MCP server answered 401/403 with, for every
 	// replica and for StartAuthorization.
 	RecordChallenge(ctx context.Context, c *repository.Challenge, keyID uint32) (bool, error)
-	GetChallenge(ctx context.Context, tenant, providerID string) (*repository.Challenge, error)
-	ClearChallenge(ctx context.Context, tenant, providerID string) error
-	SetGrantStatus(ctx context.Context, tenant, providerID string, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
+	GetChallenge(ctx context.Context, g domain.GrantRef) (*repository.Challenge, error)
+	ClearChallenge(ctx context.Context, g domain.GrantRef) error
+	SetGrantStatus(ctx context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 }
 
 var _ Store = (*repository.Store)(nil)
 
 // Grants serves and refreshes access tokens. *grants.Service implements it.
 type Grants interface {
-	Get(ctx context.Context, tenant, id string) (*grants.Token, error)
-	ForceRefresh(ctx context.Context, tenant, id string, staleAccess secret.Secret) (*grants.Token, error)
-	MarkReauth(ctx context.Context, tenant, id, reason string, generation int64) error
-	Forget(tenant, id string)
+	Get(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
+	ForceRefresh(ctx context.Context, ref domain.GrantRef, staleAccess secret.Secret) (*grants.Token, error)
+	MarkReauth(ctx context.Context, ref domain.GrantRef, reason string, generation int64) error
+	Forget(ref domain.GrantRef)
 }
 
 var _ Grants = (*grants.Service)(nil)
@@ -137,6 +137,8 @@ type session struct {
 	gen    int64
 	// user is the person the call is made for, if the caller said so.
 	user string
+	// grant is the grant whose token the exchange carries.
+	grant domain.GrantRef
 }
 
 // prepare loads the provider and its current credentials. A provider that
@@ -151,7 +153,7 @@ func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*sessio
 	if err != nil {
 		return nil, err
 	}
-	ss := &session{d: d, user: user, target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
+	ss := &session{d: d, user: user, grant: domain.TenantGrant(row.TenantID, row.ID), target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
 		SSEReadTimeout: time.Duration(row.SSEReadTimeoutMS) * time.Millisecond, MaxResultBytes: s.maxResult},
 		cred: mcpclient.Credentials{Headers: withStaticAuthorization(d)}}
 	if err := s.attachToken(ctx, ss); err != nil {
@@ -167,18 +169,18 @@ func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*sessio
 func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	row := ss.d.Row
 	ss.cred.AccessToken, ss.gen = secret.Secret{}, 0
-	defer func() { ss.key = fmt.Sprintf("%s/%s/%d/%d", row.TenantID, row.ID, row.Version, ss.gen) }()
+	defer func() { ss.key = fmt.Sprintf("%s/%d/%d", ss.grant.Key(), row.Version, ss.gen) }()
 	status, _ := row.AuthStatus()
 	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() &&
 		ss.d.Kind != domain.KindEnterpriseManaged {
 		// No OAuth grant: headers only (NOT_REQUIRED or custom-header auth).
 		return nil
 	}
-	tok, err := s.grants.Get(ctx, row.TenantID, row.ID)
+	tok, err := s.grants.Get(ctx, ss.grant)
 	if err == nil && tok.Generation < row.GrantGeneration {
 		// Cached before a newer grant was stored: read it again.
-		s.grants.Forget(row.TenantID, row.ID)
-		tok, err = s.grants.Get(ctx, row.TenantID, row.ID)
+		s.grants.Forget(ss.grant)
+		tok, err = s.grants.Get(ctx, ss.grant)
 	}
 	switch {
 	case err != nil && reasonOf(err) == domain.ReasonNotAuthorized:
@@ -229,7 +231,7 @@ func (s *Service) withAuthRetry(ctx context.Context, ss *session, fn func(ss *se
 func (s *Service) succeeded(ctx context.Context, ss *session) {
 	row := ss.d.Row
 	if !ss.cred.AccessToken.IsZero() {
-		if err := s.store.ClearChallenge(ctx, row.TenantID, row.ID); err != nil {
+		if err := s.store.ClearChallenge(ctx, ss.grant); err != nil {
 			s.log.WarnContext(ctx, "clearing the recorded challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
 		}
 		return
@@ -237,11 +239,11 @@ func (s *Service) succeeded(ctx context.Context, ss *session) {
 	if st, _ := row.AuthStatus(); st != domain.StatusUnauthorized {
 		return
 	}
-	if err := s.store.ClearChallenge(ctx, row.TenantID, row.ID); err != nil {
+	if err := s.store.ClearChallenge(ctx, ss.grant); err != nil {
 		s.log.WarnContext(ctx, "clearing the recorded challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
 		return
 	}
-	if _, err := s.store.SetGrantStatus(ctx, row.TenantID, row.ID, []domain.AuthStatus{domain.StatusUnauthorized},
+	if _, err := s.store.SetGrantStatus(ctx, ss.grant, []domain.AuthStatus{domain.StatusUnauthorized},
 		domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
 		s.log.WarnContext(ctx, "recording NOT_REQUIRED failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
 	}
@@ -279,7 +281,6 @@ func (s *Service) recordChallenge(ctx context.Context, ss *session, ae *mcpclien
 
 // withAuthRetryOnce is withAuthRetry without the success bookkeeping.
 func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss *session) error) error {
-	tenant, id := ss.d.Row.TenantID, ss.d.Row.ID
 	err := fn(ss)
 	var ae *mcpclient.AuthError
 	if errors.As(err, &ae) {
@@ -296,7 +297,7 @@ func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss
 		}
 		// Retry with exactly the token the refresh produced (never a cached
 		// copy, which could be the rejected token again).
-		tok, rerr := s.grants.ForceRefresh(ctx, tenant, id, ss.cred.AccessToken)
+		tok, rerr := s.grants.ForceRefresh(ctx, ss.grant, ss.cred.AccessToken)
 		if rerr != nil {
 			return rerr
 		}
@@ -304,7 +305,7 @@ func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss
 			return grants.ReauthRequired("the stored grant belongs to another server")
 		}
 		ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
-		ss.key = fmt.Sprintf("%s/%s/%d/%d", tenant, id, ss.d.Row.Version, ss.gen)
+		ss.key = fmt.Sprintf("%s/%d/%d", ss.grant.Key(), ss.d.Row.Version, ss.gen)
 		err = fn(ss)
 		if errors.As(err, &ae) {
 			s.recordChallenge(ctx, ss, ae)
@@ -319,7 +320,7 @@ func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss
 			}
 			// Wipe only the generation that was just rejected: newer tokens
 			// stored meanwhile by another replica survive.
-			return s.grants.MarkReauth(ctx, tenant, id, domain.ReasonMCPServerRejectedToken, ss.gen)
+			return s.grants.MarkReauth(ctx, ss.grant, domain.ReasonMCPServerRejectedToken, ss.gen)
 		}
 	}
 	if errors.As(err, &ae) && ae.Status == 403 {
@@ -337,14 +338,14 @@ func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthErr
 	if !ae.InsufficientScope {
 		return apperr.PermissionDenied("the MCP server refused the request (403)")
 	}
-	if ch, err := s.store.GetChallenge(ctx, tenant, id); err == nil && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
+	if ch, err := s.store.GetChallenge(ctx, ss.grant); err == nil && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpExhausted})
 		return apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
 			"the MCP server still refuses with insufficient_scope after %d authorizations for more scopes; authorizing again will not help", ch.StepUpAttempts).
 			WithMeta("required_scopes", strings.Join(ae.Scopes, " "))
 	}
 	var granted []string
-	if cred, err := s.store.GetCredential(ctx, tenant, id); err == nil {
+	if cred, err := s.store.GetCredential(ctx, ss.grant); err == nil {
 		granted = vault.ParseList(cred.Scopes)
 	}
 	union := slices.Clone(granted)
@@ -533,7 +534,7 @@ func (s *Service) Stored(ctx context.Context, tenant, id string) (*List, error) 
 	if _, err := s.store.GetProvider(ctx, tenant, id); err != nil {
 		return nil, err
 	}
-	tl, err := s.store.GetTools(ctx, tenant, id)
+	tl, err := s.store.GetTools(ctx, domain.TenantGrant(tenant, id))
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return &List{}, nil
 	}

@@ -113,7 +113,7 @@ func TestRefreshListsAndStoresTools(t *testing.T) {
 		t.Errorf("echo = %+v, want absent schema and annotations as nil", echo)
 	}
 
-	row, err := e.store.GetTools(context.Background(), tenant, "p")
+	row, err := e.store.GetTools(context.Background(), domain.TenantGrant(tenant, "p"))
 	if err != nil || !row.FetchedAt.Equal(want) {
 		t.Fatalf("stored tool list = %+v, %v; want one fetched at %v", row, err, want)
 	}
@@ -173,7 +173,7 @@ func TestRefreshFailures(t *testing.T) {
 			tc.setup(t, e)
 			_, err := e.svc.Refresh(context.Background(), tenant, "p", "")
 			wantErr(t, err, tc.kind, tc.reason)
-			if _, gerr := e.store.GetTools(context.Background(), tenant, "p"); apperr.KindOf(gerr) != apperr.KindNotFound {
+			if _, gerr := e.store.GetTools(context.Background(), domain.TenantGrant(tenant, "p")); apperr.KindOf(gerr) != apperr.KindNotFound {
 				t.Errorf("a tool list was stored: %v", gerr)
 			}
 			evs := e.events(domain.EventToolsRefreshed)
@@ -354,7 +354,7 @@ func TestCallWithoutGrantSendsHeadersOnly(t *testing.T) {
 	t.Parallel()
 	setStatus := func(to domain.AuthStatus) func(t *testing.T, e *env) {
 		return func(t *testing.T, e *env) {
-			if ok, err := e.store.SetGrantStatus(context.Background(), tenant, "p", []domain.AuthStatus{domain.StatusUnauthorized}, to, "", 1); !ok || err != nil {
+			if ok, err := e.store.SetGrantStatus(context.Background(), domain.TenantGrant(tenant, "p"), []domain.AuthStatus{domain.StatusUnauthorized}, to, "", 1); !ok || err != nil {
 				t.Fatalf("SetGrantStatus = %v, %v", ok, err)
 			}
 		}
@@ -733,7 +733,7 @@ func TestTokenCachedBeforeANewerGrantIsNotSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.authorize(t, e.replica(t, 0), "p", "read") // on another replica: this one's cache still holds at-1
-	if tok, err := e.grants.Get(context.Background(), tenant, "p"); err != nil || tok.AccessToken.Reveal() != "at-1" {
+	if tok, err := e.grants.Get(context.Background(), domain.TenantGrant(tenant, "p")); err != nil || tok.AccessToken.Reveal() != "at-1" {
 		t.Fatalf("precondition: cached token = %v, %v; want at-1", tok, err)
 	}
 
@@ -756,12 +756,12 @@ func TestBrokenGrantFailsWithoutContactingTheServer(t *testing.T) {
 	}{
 		{"reauth required", func(t *testing.T, e *env) {
 			_, _, gen := e.credStatus(t, "p")
-			if err := e.grants.MarkReauth(context.Background(), tenant, "p", domain.ReasonInvalidGrant, gen); apperr.KindOf(err) != apperr.KindFailedPrecondition {
+			if err := e.grants.MarkReauth(context.Background(), domain.TenantGrant(tenant, "p"), domain.ReasonInvalidGrant, gen); apperr.KindOf(err) != apperr.KindFailedPrecondition {
 				t.Fatalf("MarkReauth = %v", err)
 			}
 		}, apperr.KindFailedPrecondition, domain.ReasonReauthRequired},
 		{"credential unreadable", func(t *testing.T, e *env) {
-			e.grants.Forget(tenant, "p")
+			e.grants.Forget(domain.TenantGrant(tenant, "p"))
 			e.store.FailOn("GetCredential", apperr.Unavailable(servicetest.ErrInjected, "database down"))
 		}, apperr.KindUnavailable, domain.ReasonUnavailable},
 		{"provider unreadable", func(t *testing.T, e *env) {
@@ -1046,12 +1046,12 @@ func TestStepUpIsBounded(t *testing.T) {
 	may := agent(caller.ToolsCall, caller.Authorize)
 	_, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "write_doc", User: "u"})
 	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonInsufficientScope)
-	ch, err := e.store.GetChallenge(context.Background(), tenant, "p")
+	ch, err := e.store.GetChallenge(context.Background(), domain.TenantGrant(tenant, "p"))
 	if err != nil || ch.HTTPStatus != 403 || ch.Error != "insufficient_scope" || ch.Scope != "read write" {
 		t.Fatalf("recorded challenge %+v, %v", ch, err)
 	}
 	for range domain.MaxStepUpAttempts {
-		if err := e.store.CountStepUp(context.Background(), tenant, "p"); err != nil {
+		if err := e.store.CountStepUp(context.Background(), domain.TenantGrant(tenant, "p")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1068,7 +1068,7 @@ func TestStepUpIsBounded(t *testing.T) {
 	if _, err := e.svc.Call(may, tools.CallInput{Tenant: tenant, Provider: "p", Tool: "read_doc", User: "u"}); err != nil {
 		t.Fatalf("read_doc: %v", err)
 	}
-	if _, err := e.store.GetChallenge(context.Background(), tenant, "p"); apperr.KindOf(err) != apperr.KindNotFound {
+	if _, err := e.store.GetChallenge(context.Background(), domain.TenantGrant(tenant, "p")); apperr.KindOf(err) != apperr.KindNotFound {
 		t.Fatalf("challenge after a success: %v", err)
 	}
 }

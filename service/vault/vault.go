@@ -168,13 +168,20 @@ type tokenBlob struct {
 	Grant    Grant     `json:"g"`
 }
 
-// SealTokens encrypts a token set with its grant for one provider.
-func SealTokens(c Cipher, tenant, providerID string, t *oauthclient.Tokens, g Grant, issuedAt time.Time) ([]byte, error) {
+// TokenScope is the encryption scope of a grant's token set: its tenant,
+// provider and user (for a per-user grant), so a token ciphertext copied to
+// another grant's row never opens.
+func TokenScope(ref domain.GrantRef) keyring.Scope {
+	return keyring.Scope{Tenant: ref.Tenant, Provider: ref.Provider, Field: FieldTokens, User: ref.User}
+}
+
+// SealTokens encrypts a token set with its grant for the grant ref names.
+func SealTokens(c Cipher, ref domain.GrantRef, t *oauthclient.Tokens, g Grant, issuedAt time.Time) ([]byte, error) {
 	raw, err := json.Marshal(tokenBlob{Access: t.AccessToken.Reveal(), Refresh: t.RefreshToken.Reveal(), Type: t.TokenType, IssuedAt: issuedAt, Grant: g})
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding tokens")
 	}
-	ct, err := c.Seal(keyring.Scope{Tenant: tenant, Provider: providerID, Field: FieldTokens}, raw)
+	ct, err := c.Seal(TokenScope(ref), raw)
 	if err != nil {
 		return nil, apperr.Internal(err, "sealing tokens")
 	}
@@ -194,7 +201,7 @@ func OpenTokens(c Cipher, cred *repository.Credential) (*Held, error) {
 	if len(cred.Tokens) == 0 {
 		return nil, apperr.FailedPrecondition(domain.ReasonReauthRequired, "the provider holds no tokens: authorize it again")
 	}
-	raw, err := c.Open(keyring.Scope{Tenant: cred.TenantID, Provider: cred.ProviderID, Field: FieldTokens}, cred.Tokens)
+	raw, err := c.Open(TokenScope(cred.Ref()), cred.Tokens)
 	if err != nil {
 		return nil, apperr.Internal(err, "opening tokens")
 	}

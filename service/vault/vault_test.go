@@ -196,7 +196,7 @@ func TestTokensRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ct, err := SealTokens(k, "t1", "p1", tt.tokens, testGrant(), issued)
+			ct, err := SealTokens(k, domain.TenantGrant("t1", "p1"), tt.tokens, testGrant(), issued)
 			if err != nil {
 				t.Fatalf("SealTokens: %v", err)
 			}
@@ -234,7 +234,7 @@ func TestTokensRoundTrip(t *testing.T) {
 func TestTokensBoundToScope(t *testing.T) {
 	t.Parallel()
 	k := testKeys(t)
-	ct, err := SealTokens(k, "t1", "p1", &oauthclient.Tokens{AccessToken: secret.New("at")}, testGrant(), time.Now())
+	ct, err := SealTokens(k, domain.TenantGrant("t1", "p1"), &oauthclient.Tokens{AccessToken: secret.New("at")}, testGrant(), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestRegistrationRoundTrip(t *testing.T) {
 func TestSealWithoutTenant(t *testing.T) {
 	t.Parallel()
 	k := testKeys(t)
-	_, err := SealTokens(k, "", "p1", &oauthclient.Tokens{AccessToken: secret.New("at")}, Grant{}, time.Now())
+	_, err := SealTokens(k, domain.TenantGrant("", "p1"), &oauthclient.Tokens{AccessToken: secret.New("at")}, Grant{}, time.Now())
 	wantKind(t, err, apperr.KindInternal)
 	_, err = SealRegistration(k, "", "p1", "https://as", &oauthclient.Registration{})
 	wantKind(t, err, apperr.KindInternal)
