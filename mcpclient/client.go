@@ -592,6 +592,7 @@ func (c *Client) connect(cs *callState, t Target, u *url.URL, cr Credentials, ss
 		// messages, and no long-lived GET per pooled session.
 		DisableStandaloneSSE: true,
 		MaxEventSize:         eventCap,
+		OAuthHandler:         refusalReporter{},
 	}, nil)
 	if err == nil || !legacyStatus(cs) || cs.ctx.Err() != nil {
 		return sess, err

@@ -12,7 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"golang.org/x/oauth2"
 
 	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/egress"
@@ -488,4 +490,29 @@ func (t *legacyTransport) Connect(ctx context.Context) (mcp.Connection, error) {
 		}
 		return nil, ctx.Err()
 	}
+}
+
+// refusalReporter is the SDK's OAuth hook, used only for what the SDK does
+// when a handler is set: it reports a 401/403 to the one call that got it
+// (wrapped in jsonrpc2.ErrRejected) instead of failing the whole session,
+// whose other calls are in flight with a token that was valid when they
+// were sent (issue 15, case 6). It adds no token (the round tripper does)
+// and authorizes nothing: the refusal is returned, and the service
+// refreshes and retries that call on a session with the new token, while
+// the old session serves its in-flight calls and is closed after them.
+type refusalReporter struct{}
+
+var _ auth.OAuthHandler = refusalReporter{}
+
+// errRefused is what the SDK reports for a refused request; classify
+// reports the 401/403 the round tripper recorded instead.
+var errRefused = errors.New("mcpclient: the server refused the request's authorization")
+
+// TokenSource returns none: the round tripper sets Authorization.
+func (refusalReporter) TokenSource(context.Context) (oauth2.TokenSource, error) { return nil, nil }
+
+// Authorize closes the refused response and reports the refusal.
+func (refusalReporter) Authorize(_ context.Context, _ *http.Request, resp *http.Response) error {
+	_ = resp.Body.Close()
+	return errRefused
 }

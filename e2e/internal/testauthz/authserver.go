@@ -721,6 +721,11 @@ func (a *AuthServer) SetRedirectIss(iss string) {
 // Access tokens keep working until they expire.
 func (a *AuthServer) ExpireRefreshTokens() { a.store.killRefresh() }
 
+// RevokeAccessTokens makes every access token issued so far unusable (the
+// resource server answers 401 to them) while the refresh tokens stay valid:
+// a refresh gets a working token again.
+func (a *AuthServer) RevokeAccessTokens() { a.store.killAccess() }
+
 // RevokeAllTokens makes every access and refresh token issued so far invalid.
 func (a *AuthServer) RevokeAllTokens() { a.store.killAll() }
 
