@@ -362,7 +362,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	a.callers = callers
-	auditor := audit.NewAuditor(a.store, log, nil)
+	auditor := audit.NewAuditor(a.store, log, nil, audit.WithMaxPending(cfg.AuditBuffer), audit.WithMaxWait(cfg.AuditWait),
+		audit.WithMetrics(a.metrics))
 	a.auditor = auditor
 	allow, err := egress.ParseAllow(cfg.EgressAllow)
 	if err != nil {
@@ -700,7 +701,11 @@ func (a *App) Close() {
 		cancel()
 	}
 	if a.auditor != nil {
-		a.auditor.Close()
+		// Serve has drained the calls: store every held audit event, for
+		// at most the drain grace (what is left is logged as lost).
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+		_ = a.auditor.Shutdown(ctx)
+		cancel()
 	}
 	if a.broadcast != nil {
 		a.broadcast.Close()

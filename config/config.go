@@ -156,6 +156,13 @@ type Config struct {
 	AuditMaxRows int64 `env:"MCPAUTH_AUDIT_MAX_ROWS, default=-1"`
 	// AuditRetentionInterval is how often retention runs.
 	AuditRetentionInterval time.Duration `env:"MCPAUTH_AUDIT_RETENTION_INTERVAL, default=1h"`
+	// AuditBuffer bounds the audit events held in memory while the database
+	// is unreachable (a typical event about 420 bytes); more are dropped,
+	// counted and logged.
+	AuditBuffer int `env:"MCPAUTH_AUDIT_BUFFER, default=50000"`
+	// AuditWait bounds how long an operation waits for its audit event's
+	// first write attempt before it answers (the event is stored later).
+	AuditWait time.Duration `env:"MCPAUTH_AUDIT_WAIT, default=2s"`
 }
 
 // AuditRowBound is the audit row bound to apply: AuditMaxRows when set,
@@ -286,6 +293,12 @@ func (c *Config) validate() error {
 	}
 	if c.ProviderCacheTTL < 0 || c.ProviderCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_PROVIDER_CACHE_TTL must be between 0 and 10s"))
+	}
+	if c.AuditBuffer < 1000 || c.AuditBuffer > 10_000_000 {
+		errs = append(errs, errors.New("MCPAUTH_AUDIT_BUFFER must be between 1000 and 10000000"))
+	}
+	if c.AuditWait < 10*time.Millisecond || c.AuditWait > 30*time.Second {
+		errs = append(errs, errors.New("MCPAUTH_AUDIT_WAIT must be between 10ms and 30s"))
 	}
 	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))

@@ -68,6 +68,46 @@ type CredentialConfig struct {
 	AssertionFile string `json:"af,omitempty"`
 	// IdP is the enterprise identity provider of KindEnterpriseManaged.
 	IdP EnterpriseIdP `json:"idp,omitzero"`
+	// DPoPMode is when tokens are sender-constrained with DPoP.
+	DPoPMode DPoPMode `json:"dm,omitempty"`
+	// DPoPAlg is the algorithm of the provider's DPoP key (ES256 or
+	// RS256); "" when it holds none.
+	DPoPAlg string `json:"da,omitempty"`
+	// DPoPJKT is the RFC 7638 thumbprint of the DPoP key: the jkt its
+	// tokens are bound to.
+	DPoPJKT string `json:"dj,omitempty"`
+}
+
+// DPoPMode says when a provider's tokens are sender-constrained with DPoP
+// (RFC 9449). The values are stored; never change them.
+type DPoPMode string
+
+// The DPoP modes.
+const (
+	// DPoPDisabled (the empty value) never uses DPoP: Bearer tokens.
+	DPoPDisabled DPoPMode = ""
+	// DPoPAuto uses DPoP when the authorization server's metadata lists
+	// the key's algorithm in dpop_signing_alg_values_supported.
+	DPoPAuto DPoPMode = "auto"
+	// DPoPRequired always uses DPoP, whatever the metadata says, and never
+	// accepts a Bearer token.
+	DPoPRequired DPoPMode = "required"
+)
+
+// Use reports whether a token request to a server that advertises
+// serverAlgs carries a DPoP proof signed with keyAlg.
+func (m DPoPMode) Use(keyAlg string, serverAlgs []string) bool {
+	switch m {
+	case DPoPRequired:
+		return keyAlg != ""
+	case DPoPAuto:
+		for _, a := range serverAlgs {
+			if keyAlg != "" && a == keyAlg {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // EnterpriseIdP is the non-secret configuration of the enterprise identity

@@ -106,6 +106,9 @@ const (
 	// EventWebhookChanged: a webhook endpoint was created, updated,
 	// deleted or had its secret rotated (details.endpoint, details.change).
 	EventWebhookChanged EventType = "webhook.endpoint.changed"
+	// EventDPoPKeyChanged: a provider's DPoP key was created, rotated or
+	// deleted (details.change, details.algorithm, details.jkt).
+	EventDPoPKeyChanged EventType = "provider.dpop_key.changed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -115,7 +118,7 @@ var EventTypes = []EventType{
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
 	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged, EventTokenObtained,
-	EventTokenObtainFailed,
+	EventTokenObtainFailed, EventDPoPKeyChanged,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

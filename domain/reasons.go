@@ -51,6 +51,9 @@ const (
 	ReasonUnauthorizedClient    = "UNAUTHORIZED_CLIENT"
 	ReasonGrantRefused          = "GRANT_REFUSED"
 	ReasonAssertionUnavailable  = "ASSERTION_UNAVAILABLE"
+	// ReasonDPoPRefused: the authorization server did not honour DPoP, or
+	// the DPoP key changed since the tokens were issued.
+	ReasonDPoPRefused = "DPOP_REFUSED"
 
 	// Reasons of enterprise-managed authorization (issue 12 item 3).
 	ReasonIDTokenRequired         = "ID_TOKEN_REQUIRED"

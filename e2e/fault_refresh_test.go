@@ -22,10 +22,16 @@ const faultTokenLife = 6 * time.Second
 // fault proxy.
 func faultCluster(tb testing.TB, n int, dsn string) (*tokCluster, *faultRedis, *faultProxy) {
 	tb.Helper()
+	return faultClusterEnv(tb, n, dsn, nil)
+}
+
+// faultClusterEnv is faultCluster with more MCPAUTH_* settings.
+func faultClusterEnv(tb testing.TB, n int, dsn string, env map[string]string) (*tokCluster, *faultRedis, *faultProxy) {
+	tb.Helper()
 	rd := startFaultRedis(tb)
 	newAS, asProxy := faultAS(tb)
 	c := tokStart(tb, tokOptions{AS: testauthz.AuthServerOptions{AccessTokenLifetime: faultTokenLife}, Replicas: n,
-		NewAS: newAS, RedisURL: rd.URL(), DSN: dsn})
+		NewAS: newAS, RedisURL: rd.URL(), DSN: dsn, Env: env})
 	return c, rd, asProxy()
 }
 
@@ -63,7 +69,9 @@ func TestFaultRedisRestartDuringSlowRefresh(t *testing.T) {
 	results := make([]tokResult, 2)
 	call := func(i int) {
 		defer wg.Done()
-		ctx, cancel := context.WithTimeout(c.ctx(t), 20*time.Second)
+		// The caller's deadline: without the database lease the second
+		// replica would spend the rotated token, or wait for a lock TTL.
+		ctx, cancel := context.WithTimeout(c.ctx(t), 10*time.Second)
 		defer cancel()
 		t0 := time.Now()
 		tok, err := c.get(ctx, i)
@@ -84,9 +92,6 @@ func TestFaultRedisRestartDuringSlowRefresh(t *testing.T) {
 		}
 		if r.tok.GetAccessToken() == old {
 			t.Errorf("replica %d served the expired token", r.replica)
-		}
-		if r.elapsed > 10*time.Second {
-			t.Errorf("replica %d answered after %v", r.replica, r.elapsed)
 		}
 	}
 	if results[0].tok.GetAccessToken() != results[1].tok.GetAccessToken() {
@@ -189,19 +194,17 @@ func TestFaultAuthServerBlackHoled(t *testing.T) {
 		}
 		worst = max(worst, r.elapsed)
 	}
-	// The stale wait is 0.5 s; the rest is slack for a loaded machine (the
-	// hung server would make it 10 s and more).
-	if worst > 2*time.Second {
-		t.Errorf("slowest caller with a valid token waited %v, want at most 2s", worst)
-	}
+	// Each caller had a 3 s deadline and got the valid token by it (the
+	// hung server would hold it 10 s and more; the stale wait is 0.5 s).
 	if time.Now().After(exp) {
 		t.Log("note: the token expired while the callers ran")
 	}
-	// Expired: a caller is answered by its deadline, not by the hung server.
+	// Expired: the caller gets an error by its deadline (gRPC ends the
+	// call there), not a token.
 	c.waitDue(t, 0)
-	ctx, cancel := context.WithTimeout(c.ctx(t), 2*time.Second)
-	defer cancel()
-	within(t, 3*time.Second, "a caller with an expired token", func() error { _, err := c.get(ctx, 1); return err })
+	if tok, err := c.getBy(t, 1, 2*time.Second); err == nil {
+		t.Errorf("an expired token was served: %v", tok.GetExpireTime().AsTime())
+	}
 	as.Clear()
 	tokWait(t, "a refreshed token once the server answers", 60*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(c.ctx(t), 5*time.Second)
@@ -263,7 +266,7 @@ func TestFaultAuthServer503(t *testing.T) {
 }
 
 // TestFaultRedisFrozen (issue 15, cases 3 and 5): Redis stops answering
-// (SIGSTOP). Tokens, fresh or due, are served within a bound on every
+// (SIGSTOP). Tokens, fresh or due, are served by the caller's deadline on every
 // replica; an expired one is refreshed under the database lease alone;
 // once Redis answers again nothing stalls for a lock TTL.
 func TestFaultRedisFrozen(t *testing.T) {
@@ -273,16 +276,16 @@ func TestFaultRedisFrozen(t *testing.T) {
 	rd.Stop()
 	defer rd.Cont()
 	for r := range 2 {
-		tok := within(t, time.Second, "a fresh read with Redis frozen", func() *mcpauthv1.GetAccessTokenResponse { return c.mustGet(t, r) })
-		if tok.GetAccessToken() != cur {
-			t.Errorf("replica %d: fresh token not served", r)
+		tok, err := c.getBy(t, r, 3*time.Second)
+		if err != nil || tok.GetAccessToken() != cur {
+			t.Errorf("replica %d: fresh token not served by the caller's deadline with Redis frozen: %v", r, err)
 		}
 	}
 	c.waitDue(t, 1400*time.Millisecond)
 	for r := range 2 {
-		tok := within(t, time.Second, "a due read with Redis frozen", func() *mcpauthv1.GetAccessTokenResponse { return c.mustGet(t, r) })
-		if tok.GetAccessToken() == "" {
-			t.Errorf("replica %d: no token", r)
+		tok, err := c.getBy(t, r, 3*time.Second)
+		if err != nil || tok.GetAccessToken() == "" {
+			t.Errorf("replica %d: due token not served by the caller's deadline with Redis frozen: %v", r, err)
 		}
 	}
 	c.waitDue(t, 0)
@@ -297,6 +300,8 @@ func TestFaultRedisFrozen(t *testing.T) {
 	}
 	rd.Cont()
 	c.waitDue(t, 0)
-	within(t, 5*time.Second, "a refresh after Redis came back", func() *mcpauthv1.GetAccessTokenResponse { return c.mustGet(t, 0) })
+	if _, err := c.getBy(t, 0, 5*time.Second); err != nil {
+		t.Errorf("no refreshed token by the caller's deadline after Redis came back (a lock TTL stall?): %v", err)
+	}
 	c.wantGrantAlive(t)
 }

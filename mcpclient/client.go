@@ -51,6 +51,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -83,6 +84,11 @@ type Credentials struct {
 	// AccessToken is sent as "Authorization: Bearer <token>"; the zero
 	// Secret sends none. It wins over a custom header named Authorization.
 	AccessToken secret.Secret
+	// DPoP, when set, makes AccessToken a DPoP-bound token (RFC 9449
+	// section 7.1): it is sent as "Authorization: DPoP <token>" with a
+	// fresh proof signed by this key on every request, and a server's
+	// nonce challenge (section 9) is answered once.
+	DPoP *dpop.Key
 }
 
 // Target is the MCP server to talk to and the limits of one call.
@@ -122,6 +128,7 @@ type Options struct {
 // Client connects to MCP servers and pools their sessions. It is safe for
 // concurrent use. Create one per process and Close it on shutdown.
 type Client struct {
+	nonces        *dpop.Nonces
 	base          http.RoundTripper
 	checkRedirect func(*http.Request, []*http.Request) error
 	mcp           *mcp.Client
@@ -181,6 +188,7 @@ func New(httpClient *http.Client, opts Options) *Client {
 		base = http.DefaultTransport
 	}
 	c := &Client{
+		nonces:        dpop.NewNonces(),
 		base:          base,
 		checkRedirect: httpClient.CheckRedirect,
 		mcp: mcp.NewClient(
@@ -504,7 +512,7 @@ func (c *Client) acquire(cs *callState, key string, t Target, u *url.URL, cr Cre
 		}
 		e = &entry{
 			key: key, url: t.URL, maxBytes: t.MaxResultBytes,
-			cred:  Credentials{Headers: maps.Clone(cr.Headers), AccessToken: cr.AccessToken},
+			cred:  Credentials{Headers: maps.Clone(cr.Headers), AccessToken: cr.AccessToken, DPoP: cr.DPoP},
 			ready: make(chan struct{}),
 			st:    newSessionState(t.MaxResultBytes),
 			refs:  1,
@@ -570,7 +578,7 @@ func (c *Client) await(cs *callState, e *entry, t Target) (_ *entry, retry bool,
 // legacy HTTP+SSE transport when the server's answer says it is one.
 func (c *Client) connect(cs *callState, t Target, u *url.URL, cr Credentials, ss *sessionState) (*mcp.ClientSession, error) {
 	hc := &http.Client{
-		Transport:     newRoundTripper(c.base, u, cr, ss),
+		Transport:     newRoundTripper(c.base, u, cr, ss, c.nonces),
 		CheckRedirect: c.checkRedirect,
 	}
 	// The SDK's own per-event limit stays above ours, so that ours (which
@@ -584,6 +592,7 @@ func (c *Client) connect(cs *callState, t Target, u *url.URL, cr Credentials, ss
 		// messages, and no long-lived GET per pooled session.
 		DisableStandaloneSSE: true,
 		MaxEventSize:         eventCap,
+		OAuthHandler:         refusalReporter{},
 	}, nil)
 	if err == nil || !legacyStatus(cs) || cs.ctx.Err() != nil {
 		return sess, err
@@ -616,7 +625,17 @@ func legacyStatus(cs *callState) bool {
 func (e *entry) matches(t Target, cr Credentials) bool {
 	return e.url == t.URL && e.maxBytes == t.MaxResultBytes &&
 		maps.Equal(e.cred.Headers, cr.Headers) &&
-		subtle.ConstantTimeCompare([]byte(e.cred.AccessToken.Reveal()), []byte(cr.AccessToken.Reveal())) == 1
+		subtle.ConstantTimeCompare([]byte(e.cred.AccessToken.Reveal()), []byte(cr.AccessToken.Reveal())) == 1 &&
+		thumbprint(e.cred.DPoP) == thumbprint(cr.DPoP)
+}
+
+// thumbprint names a DPoP key ("" for none): the same key read twice is
+// the same key.
+func thumbprint(k *dpop.Key) string {
+	if k == nil {
+		return ""
+	}
+	return k.Thumbprint()
 }
 
 // release returns a session taken by acquire; evict takes it out of the

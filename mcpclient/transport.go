@@ -12,9 +12,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"golang.org/x/oauth2"
 
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/egress"
+	"github.com/mcpauth/mcpauth/secret"
 )
 
 // callState is the per-call holder the round tripper reports into. It
@@ -177,16 +181,26 @@ type roundTripper struct {
 	base    http.RoundTripper
 	origin  string      // scheme://host[:port] of the target, lower case
 	headers [][2]string // custom headers, canonical names
-	auth    string      // "Bearer <token>", or "" for none
+	auth    string      // "Bearer <token>" or "DPoP <token>", or "" for none
 	ss      *sessionState
+	// token and key are set for a DPoP-bound token: each request gets a
+	// fresh proof signed by key (RFC 9449 section 7.1), with the nonce
+	// the server last gave (section 9) from nonces.
+	token  secret.Secret
+	key    *dpop.Key
+	nonces *dpop.Nonces
 }
 
 // newRoundTripper prepares the credentials once per session. The OAuth
 // token wins over a custom header named Authorization; every other custom
 // header is sent.
-func newRoundTripper(base http.RoundTripper, target *url.URL, cr Credentials, ss *sessionState) *roundTripper {
+func newRoundTripper(base http.RoundTripper, target *url.URL, cr Credentials, ss *sessionState, nonces *dpop.Nonces) *roundTripper {
 	rt := &roundTripper{base: base, origin: originOf(target), ss: ss}
-	if !cr.AccessToken.IsZero() {
+	switch {
+	case !cr.AccessToken.IsZero() && cr.DPoP != nil:
+		rt.auth = dpop.Scheme + " " + cr.AccessToken.Reveal()
+		rt.token, rt.key, rt.nonces = cr.AccessToken, cr.DPoP, nonces
+	case !cr.AccessToken.IsZero():
 		rt.auth = "Bearer " + cr.AccessToken.Reveal()
 	}
 	for k, v := range cr.Headers {
@@ -209,22 +223,13 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	cs, _ := ctx.Value(callKey{}).(*callState)
 	stream := ctx.Value(streamKey{}) != nil
 
-	// Credentials go only to the target's own origin. http.Client strips
-	// Authorization from a redirect to another host, and this transport
-	// must not add it back (the egress guard refuses redirects of POST, but
-	// a GET stream may be redirected).
-	if originOf(req.URL) == rt.origin && (len(rt.headers) > 0 || rt.auth != "") {
-		req = req.Clone(ctx)
-		for _, h := range rt.headers {
-			// Custom headers never replace the protocol headers the SDK set
-			// (Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version).
-			if _, set := req.Header[h[0]]; !set {
-				req.Header.Set(h[0], h[1])
-			}
+	orig := req
+	req, err := rt.withCredentials(orig, orig.Body, "")
+	if err != nil {
+		if orig.Body != nil {
+			_ = orig.Body.Close()
 		}
-		if rt.auth != "" {
-			req.Header.Set("Authorization", rt.auth)
-		}
+		return nil, err
 	}
 	if cs != nil {
 		if be := cs.blocked.Load(); be != nil {
@@ -239,6 +244,9 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 
 	resp, err := rt.base.RoundTrip(req)
+	if err == nil && rt.key != nil {
+		resp, err = rt.answerNonce(orig, resp)
+	}
 	if err != nil {
 		var be *egress.BlockedError
 		if cs != nil && errors.As(err, &be) {
@@ -297,6 +305,78 @@ func (rt *roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, nil
+}
+
+// withCredentials is req with the credentials on it, when it goes to the
+// target's own origin (http.Client strips Authorization from a redirect to
+// another host, and this transport must not add it back; the egress guard
+// refuses redirects of POST, but a GET stream may be redirected). body is
+// the body to send; nonce, for a DPoP-bound token, the server's nonce to
+// use instead of the remembered one.
+func (rt *roundTripper) withCredentials(req *http.Request, body io.ReadCloser, nonce string) (*http.Request, error) {
+	if originOf(req.URL) != rt.origin || (len(rt.headers) == 0 && rt.auth == "") {
+		return req, nil
+	}
+	r := req.Clone(req.Context())
+	r.Body = body
+	for _, h := range rt.headers {
+		// Custom headers never replace the protocol headers the SDK set
+		// (Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version).
+		if _, set := r.Header[h[0]]; !set {
+			r.Header.Set(h[0], h[1])
+		}
+	}
+	if rt.auth != "" {
+		r.Header.Set("Authorization", rt.auth)
+	}
+	if rt.key != nil {
+		if nonce == "" {
+			nonce = rt.nonces.Get(rt.origin)
+		}
+		// RFC 9449 section 7.1: a new proof for every request, bound to
+		// its method, URI and the access token (ath).
+		proof, err := rt.key.Proof(r.Method, r.URL.String(), rt.token, nonce, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		r.Header.Set(dpop.HeaderProof, proof)
+	}
+	return r, nil
+}
+
+// answerNonce remembers the DPoP nonce of a response and, when the
+// response is the server's demand for one (RFC 9449 section 9: 401 with
+// WWW-Authenticate DPoP error="use_dpop_nonce"), sends the request once
+// more with the nonce. That 401 refused the proof, not the token: it is
+// never reported as a token rejection. A request whose body cannot be
+// replayed gets the 401 as it is.
+func (rt *roundTripper) answerNonce(orig *http.Request, resp *http.Response) (*http.Response, error) {
+	if originOf(orig.URL) != rt.origin {
+		return resp, nil
+	}
+	nonce := rt.nonces.Note(rt.origin, resp.Header)
+	if nonce == "" || !dpop.ResourceNonceChallenge(resp.StatusCode, resp.Header) || orig.Body != nil && orig.GetBody == nil {
+		return resp, nil
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	var body io.ReadCloser
+	if orig.Body != nil {
+		b, err := orig.GetBody()
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	}
+	again, err := rt.withCredentials(orig, body, nonce)
+	if err != nil {
+		return nil, err
+	}
+	resp, err = rt.base.RoundTrip(again)
+	if err == nil {
+		rt.nonces.Note(rt.origin, resp.Header)
+	}
+	return resp, err
 }
 
 func isEventStream(contentType string) bool {
@@ -410,4 +490,29 @@ func (t *legacyTransport) Connect(ctx context.Context) (mcp.Connection, error) {
 		}
 		return nil, ctx.Err()
 	}
+}
+
+// refusalReporter is the SDK's OAuth hook, used only for what the SDK does
+// when a handler is set: it reports a 401/403 to the one call that got it
+// (wrapped in jsonrpc2.ErrRejected) instead of failing the whole session,
+// whose other calls are in flight with a token that was valid when they
+// were sent (issue 15, case 6). It adds no token (the round tripper does)
+// and authorizes nothing: the refusal is returned, and the service
+// refreshes and retries that call on a session with the new token, while
+// the old session serves its in-flight calls and is closed after them.
+type refusalReporter struct{}
+
+var _ auth.OAuthHandler = refusalReporter{}
+
+// errRefused is what the SDK reports for a refused request; classify
+// reports the 401/403 the round tripper recorded instead.
+var errRefused = errors.New("mcpclient: the server refused the request's authorization")
+
+// TokenSource returns none: the round tripper sets Authorization.
+func (refusalReporter) TokenSource(context.Context) (oauth2.TokenSource, error) { return nil, nil }
+
+// Authorize closes the refused response and reports the refusal.
+func (refusalReporter) Authorize(_ context.Context, _ *http.Request, resp *http.Response) error {
+	_ = resp.Body.Close()
+	return errRefused
 }

@@ -34,7 +34,7 @@ func TestRoundTripperCredentials(t *testing.T) {
 			"Accept":        "text/plain", // must not replace the SDK's Accept
 		},
 		AccessToken: secretOf("tok"),
-	}, newSessionState(1<<20))
+	}, newSessionState(1<<20), nil)
 
 	send := func(rawURL string) http.Header {
 		t.Helper()

@@ -22,6 +22,14 @@ type Metrics struct {
 	EgressBlocked   *prometheus.CounterVec
 	CallbackResults *prometheus.CounterVec
 	ToolCalls       *prometheus.CounterVec
+	// AuditPending is the audit events held in memory, recorded but not
+	// yet stored (they pile up while the database is unreachable).
+	AuditPending prometheus.Gauge
+	// AuditLost counts audit events that will never be stored, by reason:
+	// buffer_full (the bound of held events was reached), refused (the
+	// database rejected the event itself), shutdown (unstored when the
+	// drain ended).
+	AuditLost *prometheus.CounterVec
 	// RPC is the per-RPC RED metrics of the gRPC server (grpc_server_started_total,
 	// grpc_server_handled_total by code, grpc_server_handling_seconds), labelled
 	// by service, method and code only.
@@ -60,11 +68,17 @@ func New() *Metrics {
 		ToolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mcpauth_tool_calls_total", Help: "MCP tool calls, by outcome.",
 		}, []string{"outcome"}),
+		AuditPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mcpauth_audit_events_pending", Help: "Audit events held in memory, not yet stored.",
+		}),
+		AuditLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_audit_events_lost_total", Help: "Audit events that will never be stored, by reason.",
+		}, []string{"reason"}),
 		RPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.001, 2, 15)))),
 	}
 	r.MustRegister(m.RPC, m.Refreshes, m.RefreshLatency, m.LockWaits, m.TokensServed, m.ReauthRequired, m.EgressBlocked,
-		m.CallbackResults, m.ToolCalls, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.CallbackResults, m.ToolCalls, m.AuditPending, m.AuditLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -34,6 +34,9 @@ type AuthRequest struct {
 	// advertise S256. Set it only for a provider that carries an explicit,
 	// audited compatibility exception; the request still uses S256.
 	PKCEException bool
+	// DPoPJKT, when set, is sent as dpop_jkt (RFC 9449 section 10): the
+	// code is bound to the DPoP key the exchange will be proven with.
+	DPoPJKT string
 }
 
 // reservedParams are the parameters Extra may not set (compared ignoring
@@ -121,6 +124,9 @@ func AuthorizationURL(r AuthRequest) (string, error) {
 	}
 	if scopes := splitScopeList(r.Scopes); len(scopes) > 0 {
 		q.Set("scope", strings.Join(scopes, " "))
+	}
+	if r.DPoPJKT != "" {
+		q.Set("dpop_jkt", r.DPoPJKT)
 	}
 	u.RawQuery = q.Encode()
 	return u.String(), nil

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mcpauth/mcpauth/dpop"
 )
 
 // ProtocolVersion is the MCP protocol revision the probe announces.
@@ -76,8 +78,9 @@ var (
 	// would override a protocol parameter.
 	ErrReservedParameter = errors.New("extra parameter overrides a protocol parameter")
 	// ErrUnsupportedTokenType reports a token response whose token_type is
-	// not Bearer.
-	ErrUnsupportedTokenType = errors.New("token type is not bearer")
+	// not the one asked for: Bearer, or DPoP when a DPoP proof was sent
+	// (never a Bearer fallback, RFC 9449 section 5).
+	ErrUnsupportedTokenType = errors.New("unexpected token type")
 	// ErrResponseTooLarge reports a response body over its size cap.
 	ErrResponseTooLarge = errors.New("response body too large")
 )
@@ -146,6 +149,7 @@ func (e *OAuthError) Error() string {
 // use; create one per process and share it.
 type Client struct {
 	http    *http.Client
+	nonces  *dpop.Nonces
 	now     func() time.Time
 	ttl     time.Duration
 	cache   *metadataCache
@@ -247,8 +251,26 @@ func New(httpClient *http.Client, opts ...Option) (*Client, error) {
 		return nil
 	}
 	c.http = &hc
+	c.nonces = dpop.NewNonces()
 	c.cache = newMetadataCache(c.cacheEntries, c.cacheBytes)
 	return c, nil
+}
+
+// tokenHTTP is the client for a token request made with reg: the shared
+// one, or, when reg holds a DPoP key, a copy whose transport adds a proof
+// to each request and answers the server's nonce demand (RFC 9449
+// sections 5 and 8).
+func (c *Client) tokenHTTP(reg *Registration) *http.Client {
+	if reg == nil || reg.DPoP == nil {
+		return c.http
+	}
+	hc := *c.http
+	base := hc.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	hc.Transport = &dpop.Transport{Base: base, Key: reg.DPoP, Nonces: c.nonces, Now: c.now}
+	return &hc
 }
 
 // Step is one request made during probing or discovery, for diagnostics.

@@ -1,22 +1,18 @@
 package oauthclient
 
 import (
-	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mcpauth/mcpauth/keypair"
 )
 
 // Client authentication with a key (RFC 7523 section 2.2) and the grant
@@ -45,9 +41,6 @@ const (
 // section 3 asks for an expiry; a minute is what most servers accept).
 const assertionLifetime = 60 * time.Second
 
-// minRSABits is the smallest RSA modulus accepted (RFC 7518 section 3.3).
-const minRSABits = 2048
-
 // ErrBadClientKey reports a private key that cannot sign client
 // assertions: not PKCS#8 PEM, another key type or curve, too small, or an
 // algorithm that does not fit it. The message never quotes the key.
@@ -69,29 +62,9 @@ func (k *ClientKey) String() string { return "ClientKey(" + string(k.alg) + ", k
 // ES256, RSA of at least 2048 bits with RS256. alg, when not empty, must
 // name the key's algorithm.
 func ParseClientKey(pemText, alg string) (*ClientKey, error) {
-	block, rest := pem.Decode([]byte(pemText))
-	if block == nil || block.Type != "PRIVATE KEY" || len(bytes.TrimSpace(rest)) > 0 {
-		return nil, fmt.Errorf("%w: expected one PKCS#8 PEM block (BEGIN PRIVATE KEY)", ErrBadClientKey)
-	}
-	raw, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	key, want, err := keypair.Parse(pemText)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not a PKCS#8 private key", ErrBadClientKey)
-	}
-	var key crypto.Signer
-	var want string
-	switch p := raw.(type) {
-	case *ecdsa.PrivateKey:
-		if p.Curve != elliptic.P256() {
-			return nil, fmt.Errorf("%w: EC keys must use P-256 (ES256)", ErrBadClientKey)
-		}
-		key, want = p, AlgES256
-	case *rsa.PrivateKey:
-		if p.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("%w: RSA keys must have at least %d bits", ErrBadClientKey, minRSABits)
-		}
-		key, want = p, AlgRS256
-	default:
-		return nil, fmt.Errorf("%w: only EC P-256 and RSA keys are supported", ErrBadClientKey)
+		return nil, fmt.Errorf("%w: %v", ErrBadClientKey, err)
 	}
 	if alg != "" && alg != want {
 		return nil, fmt.Errorf("%w: the key signs with %s, not %s", ErrBadClientKey, want, alg)
@@ -102,29 +75,15 @@ func ParseClientKey(pemText, alg string) (*ClientKey, error) {
 // GenerateClientKey makes a new key for alg (ES256 when empty) and returns
 // it with its PKCS#8 PEM form, for storing encrypted.
 func GenerateClientKey(alg string) (*ClientKey, string, error) {
-	var key crypto.Signer
-	var err error
-	switch alg {
-	case "", AlgES256:
-		alg = AlgES256
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case AlgRS256:
-		key, err = rsa.GenerateKey(rand.Reader, minRSABits)
-	default:
-		return nil, "", fmt.Errorf("%w: algorithm must be ES256 or RS256", ErrBadClientKey)
-	}
+	key, alg, pemText, err := keypair.Generate(alg)
 	if err != nil {
-		return nil, "", fmt.Errorf("generating key: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, "", fmt.Errorf("encoding key: %w", err)
+		return nil, "", fmt.Errorf("%w: %v", ErrBadClientKey, err)
 	}
 	k, err := newClientKey(key, alg)
 	if err != nil {
 		return nil, "", err
 	}
-	return k, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), nil
+	return k, pemText, nil
 }
 
 func newClientKey(key crypto.Signer, alg string) (*ClientKey, error) {

@@ -54,6 +54,9 @@ type Metadata struct {
 	ClientIDMetadataDocumentSupported bool
 	// GrantTypes is grant_types_supported.
 	GrantTypes []string
+	// DPoPSigningAlgs is dpop_signing_alg_values_supported (RFC 9449
+	// section 5.1): the server accepts DPoP proofs signed with these.
+	DPoPSigningAlgs []string
 	// Legacy is true when the server published no protected-resource
 	// metadata and discovery followed the 2025-03-26 rules (authorization
 	// server metadata at the MCP server's origin, or default endpoints).
@@ -260,7 +263,7 @@ func (c *Client) discoverLegacy(ctx context.Context, origin, canonicalResource s
 	return md, nil
 }
 
-func metadataFrom(asm *oauthex.AuthServerMeta) *Metadata {
+func metadataFrom(asm *authServerMeta) *Metadata {
 	return &Metadata{
 		Issuer:                            asm.Issuer,
 		AuthorizationEndpoint:             asm.AuthorizationEndpoint,
@@ -273,6 +276,7 @@ func metadataFrom(asm *oauthex.AuthServerMeta) *Metadata {
 		IssParameterSupported:             asm.AuthorizationResponseIssParameterSupported,
 		ClientIDMetadataDocumentSupported: asm.ClientIDMetadataDocumentSupported,
 		GrantTypes:                        asm.GrantTypesSupported,
+		DPoPSigningAlgs:                   asm.DPoPSigningAlgs,
 	}
 }
 
@@ -330,12 +334,12 @@ func AuthServerMetadataURLs(issuer string) ([]string, error) {
 // ErrIssuerMismatch when documents existed but named another issuer, else
 // ErrNoAuthServerMetadata, with nothing set when no location had a
 // document at all (as opposed to documents that were rejected).
-func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trace) (asm *oauthex.AuthServerMeta, nothing bool, err error) {
+func (c *Client) findAuthServerMeta(ctx context.Context, issuer string, tr *Trace) (asm *authServerMeta, nothing bool, err error) {
 	return c.findMeta(ctx, issuer, tr, validateAuthServerMeta)
 }
 
 // findMeta is findAuthServerMeta with the document check as a parameter.
-func (c *Client) findMeta(ctx context.Context, issuer string, tr *Trace, validate func(*oauthex.AuthServerMeta, string) error) (asm *oauthex.AuthServerMeta, nothing bool, err error) {
+func (c *Client) findMeta(ctx context.Context, issuer string, tr *Trace, validate func(*authServerMeta, string) error) (asm *authServerMeta, nothing bool, err error) {
 	urls, err := AuthServerMetadataURLs(issuer)
 	if err != nil {
 		return nil, false, fmt.Errorf("discover: authorization server: %w", err)
@@ -535,12 +539,19 @@ func validatePRM(prm *oauthex.ProtectedResourceMetadata) error {
 	return nil
 }
 
+// authServerMeta is RFC 8414 metadata with the RFC 9449 section 5.1
+// member the SDK's type does not carry.
+type authServerMeta struct {
+	oauthex.AuthServerMeta
+	DPoPSigningAlgs []string `json:"dpop_signing_alg_values_supported,omitempty"`
+}
+
 // decodeAuthServerMeta parses an authorization-server metadata document.
-func decodeAuthServerMeta(body []byte) (*oauthex.AuthServerMeta, error) {
+func decodeAuthServerMeta(body []byte) (*authServerMeta, error) {
 	if body == nil {
 		return nil, errors.New("not json")
 	}
-	var asm oauthex.AuthServerMeta
+	var asm authServerMeta
 	if err := decodeJSONObject(body, &asm); err != nil {
 		return nil, err
 	}
@@ -549,7 +560,7 @@ func decodeAuthServerMeta(body []byte) (*oauthex.AuthServerMeta, error) {
 
 // validateAuthServerMeta checks the issuer (RFC 8414 section 3.3) and the
 // endpoints the client will call or send a browser to.
-func validateAuthServerMeta(asm *oauthex.AuthServerMeta, issuer string) error {
+func validateAuthServerMeta(asm *authServerMeta, issuer string) error {
 	if !SameIssuer(asm.Issuer, issuer) {
 		return ErrIssuerMismatch
 	}

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelcontextprotocol/go-sdk/oauthex"
-
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -59,7 +57,7 @@ func (c *Client) IdentityProviderMetadata(ctx context.Context, issuer string, tr
 // (RFC 8414 section 3.3) and the token endpoint. An authorization endpoint
 // is not needed for a token exchange (RFC 8414 section 2 lets a server
 // without browser grants omit it).
-func validateIdPMeta(asm *oauthex.AuthServerMeta, issuer string) error {
+func validateIdPMeta(asm *authServerMeta, issuer string) error {
 	if !SameIssuer(asm.Issuer, issuer) {
 		return ErrIssuerMismatch
 	}

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -83,15 +84,21 @@ func (c *Client) grant(ctx context.Context, op string, md *Metadata, reg *Regist
 		body   []byte
 		err    error
 	)
-	if reg == nil {
-		status, h, body, err = c.send(ctx, op, md.TokenEndpoint, form, "", "", nil)
+	if reg == nil || reg.ClientID == "" {
+		// No client authentication (RFC 7523 section 3.1 allows it); a
+		// DPoP key still applies.
+		status, h, body, err = c.send(ctx, op, md.TokenEndpoint, form, "", "", c.tokenHTTP(reg))
 	} else {
 		status, h, body, err = c.postForm(ctx, op, md.TokenEndpoint, md, reg, form)
 	}
 	if err != nil {
 		return nil, err
 	}
-	t, err := c.readTokens(op, status, h, body, c.grantFailure)
+	var proof *dpop.Key
+	if reg != nil {
+		proof = reg.DPoP
+	}
+	t, err := c.readTokens(op, status, h, body, proof, c.grantFailure)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,7 @@ type Challenge struct {
 }
 
 // ParseChallenge finds the first Bearer challenge in the given
-// WWW-Authenticate header values. It returns ErrNoBearerChallenge when
+// WWW-Authenticate header values, else the first DPoP challenge. It returns ErrNoBearerChallenge when
 // there is none, and an error for malformed or oversized headers. It is
 // used on the probe's 401 and on a 403 insufficient_scope (step-up).
 func ParseChallenge(headers []string) (Challenge, error) {
@@ -66,15 +66,19 @@ func ParseChallenge(headers []string) (Challenge, error) {
 	if err != nil {
 		return Challenge{}, errors.New("malformed WWW-Authenticate header")
 	}
-	for _, ch := range chs {
-		if ch.Scheme != "bearer" {
-			continue
+	// A Bearer challenge wins; a DPoP one (RFC 9449 section 7.1) carries
+	// the same parameters for a server that takes only DPoP-bound tokens.
+	for _, scheme := range []string{"bearer", "dpop"} {
+		for _, ch := range chs {
+			if ch.Scheme != scheme {
+				continue
+			}
+			return Challenge{
+				Error:            sanitizeCode(ch.Params["error"]),
+				Scope:            splitScope(ch.Params["scope"]),
+				ResourceMetadata: ch.Params["resource_metadata"],
+			}, nil
 		}
-		return Challenge{
-			Error:            sanitizeCode(ch.Params["error"]),
-			Scope:            splitScope(ch.Params["scope"]),
-			ResourceMetadata: ch.Params["resource_metadata"],
-		}, nil
 	}
 	return Challenge{}, ErrNoBearerChallenge
 }

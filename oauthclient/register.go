@@ -13,6 +13,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
 
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -45,6 +46,10 @@ type Registration struct {
 	// ClientKey, when set, authenticates the client with private_key_jwt
 	// (RFC 7523 section 2.2) instead of a secret.
 	ClientKey *ClientKey
+	// DPoP, when set, sender-constrains the tokens (RFC 9449): every token
+	// request carries a proof signed with it, and only a DPoP token_type
+	// is accepted in the answer.
+	DPoP *dpop.Key
 }
 
 // RegisterDynamic registers a client with RFC 7591 dynamic client

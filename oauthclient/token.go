@@ -2,6 +2,7 @@ package oauthclient
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/secret"
 )
 
@@ -73,7 +75,7 @@ func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, 
 			}
 		}
 	}
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.http)
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.tokenHTTP(reg))
 	tok, err := cfg.Exchange(ctx, code.Reveal(), opts...)
 	if err != nil {
 		return nil, c.mapOAuth2Error(op, err)
@@ -83,7 +85,10 @@ func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, 
 		RefreshToken: secret.New(tok.RefreshToken),
 		Scopes:       splitScope(stringExtra(tok, "scope")),
 	}
-	if out.TokenType, err = bearerType(tok.TokenType); err != nil {
+	if out.TokenType, err = tokenType(tok.TokenType, reg.DPoP != nil); err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkBinding(tok.AccessToken, reg.DPoP); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	n := tok.ExpiresIn
@@ -184,11 +189,56 @@ func (c *Client) classify(op string, status int, h http.Header, code string) err
 	return &StatusError{Op: op, Status: status}
 }
 
-func bearerType(t string) (string, error) {
+// tokenType checks a token response's token_type: Bearer (or none) for a
+// plain request; DPoP, and nothing else, when a DPoP proof was sent (RFC
+// 9449 section 5: a Bearer answer means the server did not bind the token,
+// and mcpauth never falls back to a Bearer token the provider did not ask
+// for).
+func tokenType(t string, sentProof bool) (string, error) {
+	if sentProof {
+		if strings.EqualFold(t, dpop.Scheme) {
+			return dpop.Scheme, nil
+		}
+		return "", ErrUnsupportedTokenType
+	}
 	if t == "" || strings.EqualFold(t, "bearer") {
 		return "Bearer", nil
 	}
 	return "", ErrUnsupportedTokenType
+}
+
+// ErrWrongBinding reports a JWT access token whose cnf.jkt (RFC 9449
+// section 6.1) names another key than the one the request was proven
+// with.
+var ErrWrongBinding = errors.New("access token is bound to another key")
+
+// checkBinding compares the cnf.jkt of a JWT access token with the key
+// the token request was proven with. Opaque tokens, and JWTs without the
+// claim, pass: the client cannot see their binding (RFC 9449 section 6.2
+// leaves it to introspection). The token's signature is the resource
+// server's to check; this only catches a server binding the token to a
+// key mcpauth does not hold.
+func checkBinding(access string, key *dpop.Key) error {
+	if key == nil {
+		return nil
+	}
+	parts := strings.Split(access, ".")
+	if len(parts) != 3 {
+		return nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil
+	}
+	var claims struct {
+		Cnf struct {
+			JKT string `json:"jkt"`
+		} `json:"cnf"`
+	}
+	if json.Unmarshal(raw, &claims) != nil || claims.Cnf.JKT == "" || claims.Cnf.JKT == key.Thumbprint() {
+		return nil
+	}
+	return ErrWrongBinding
 }
 
 // tokenResponse is the JSON of RFC 6749 section 5.1 and 5.2.
@@ -279,26 +329,23 @@ func (c *Client) postForm(ctx context.Context, op, endpoint string, md *Metadata
 		// RFC 6749 section 2.3.1: form-encode both parts first.
 		user, pass = url.QueryEscape(reg.ClientID), url.QueryEscape(reg.ClientSecret.Reveal())
 	}
-	return c.send(ctx, op, endpoint, form, user, pass, nil)
+	return c.send(ctx, op, endpoint, form, user, pass, c.tokenHTTP(reg))
 }
 
-// send POSTs form to endpoint, with HTTP Basic when user is not empty and
-// the extra headers, and returns the status, headers and capped body.
-// Network failures are *TemporaryError.
-func (c *Client) send(ctx context.Context, op, endpoint string, form url.Values, user, pass string, extra http.Header) (int, http.Header, []byte, error) {
+// send POSTs form to endpoint with hc, with HTTP Basic when user is not
+// empty, and returns the status, headers and capped body. Network
+// failures are *TemporaryError.
+func (c *Client) send(ctx context.Context, op, endpoint string, form url.Values, user, pass string, hc *http.Client) (int, http.Header, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("%s: cannot build request", op)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	for k, v := range extra {
-		req.Header[k] = v
-	}
 	if user != "" {
 		req.SetBasicAuth(user, pass)
 	}
-	res, err := c.http.Do(req)
+	res, err := hc.Do(req)
 	if err != nil {
 		return 0, nil, nil, netError(op, err)
 	}
@@ -343,7 +390,7 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 	if err != nil {
 		return nil, err
 	}
-	out, err := c.readTokens(op, status, h, body, c.classify)
+	out, err := c.readTokens(op, status, h, body, reg.DPoP, c.classify)
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +402,8 @@ func (c *Client) Refresh(ctx context.Context, md *Metadata, reg *Registration, r
 
 // readTokens reads a token endpoint answer (RFC 6749 section 5.1), mapping
 // error answers (also those sent with 200, as some servers do) with fail.
-func (c *Client) readTokens(op string, status int, h http.Header, body []byte, fail func(op string, status int, h http.Header, code string) error) (*Tokens, error) {
+// proof is the DPoP key the request was proven with, if any.
+func (c *Client) readTokens(op string, status int, h http.Header, body []byte, proof *dpop.Key, fail func(op string, status int, h http.Header, code string) error) (*Tokens, error) {
 	if status < 200 || status > 299 {
 		tr, _ := parseTokenResponse(h.Get("Content-Type"), body)
 		return nil, fail(op, status, h, tr.Error)
@@ -370,8 +418,11 @@ func (c *Client) readTokens(op string, status int, h http.Header, body []byte, f
 	if tr.AccessToken == "" {
 		return nil, fmt.Errorf("%s: response has no access_token", op)
 	}
-	typ, err := bearerType(tr.TokenType)
+	typ, err := tokenType(tr.TokenType, proof != nil)
 	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkBinding(tr.AccessToken, proof); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	out := &Tokens{
@@ -400,6 +451,13 @@ func (c *Client) Revoke(ctx context.Context, md *Metadata, reg *Registration, to
 	}
 	if err := checkEndpoint("revocation endpoint", md.RevocationEndpoint); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
+	}
+	if reg != nil && reg.DPoP != nil {
+		// Revocation (RFC 7009) takes no DPoP proof: the client
+		// authenticates as usual.
+		plain := *reg
+		plain.DPoP = nil
+		reg = &plain
 	}
 	form := url.Values{"token": {token.Reveal()}}
 	if hint != "" {

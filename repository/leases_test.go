@@ -169,13 +169,15 @@ func TestRefreshLeaseBackoff(t *testing.T) {
 		if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "h2", time.Minute); !errors.Is(err, ErrLeaseHeld) {
 			t.Fatalf("acquire while held: %v, want ErrLeaseHeld", err)
 		}
-		wantNoErr(t, s.BackoffRefreshLease(ctx, domain.TenantGrant("a", "p1"), "h1", 50*time.Millisecond), "backoff")
+		// Long enough that both acquires below fall inside it on a loaded
+		// machine (50 ms did not).
+		wantNoErr(t, s.BackoffRefreshLease(ctx, domain.TenantGrant("a", "p1"), "h1", 2*time.Second), "backoff")
 		for _, h := range []string{"h1", "h2"} {
 			if _, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, h, time.Minute); !errors.Is(err, ErrRefreshBackoff) {
 				t.Fatalf("acquire by %s during the backoff: %v, want ErrRefreshBackoff", h, err)
 			}
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(2100 * time.Millisecond)
 		got, err := s.AcquireRefreshLease(ctx, domain.TenantGrant("a", "p1"), 1, "h2", time.Minute)
 		wantNoErr(t, err, "acquire after the backoff")
 		if got.TookOver {

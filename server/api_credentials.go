@@ -48,7 +48,33 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	if k := p.GetOauthClient().GetPrivateKeyJwt(); k != nil {
 		f.OAuthClient.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
 	}
+	if d := p.GetDpop(); d != nil {
+		mode, known := dpopModes[d.GetMode()]
+		if !known {
+			return apperr.Invalid("provider.dpop.mode", "is not a known DPoP mode")
+		}
+		f.DPoP = providers.DPoPInput{Mode: mode, Algorithm: d.GetAlgorithm(), RotateKey: d.GetRotateKey()}
+	}
 	return nil
+}
+
+// dpopModes maps the API's DPoP modes to the domain's.
+var dpopModes = map[mcpauthv1.DpopMode]domain.DPoPMode{
+	mcpauthv1.DpopMode_DPOP_MODE_UNSPECIFIED: domain.DPoPDisabled,
+	mcpauthv1.DpopMode_DPOP_MODE_DISABLED:    domain.DPoPDisabled,
+	mcpauthv1.DpopMode_DPOP_MODE_AUTO:        domain.DPoPAuto,
+	mcpauthv1.DpopMode_DPOP_MODE_REQUIRED:    domain.DPoPRequired,
+}
+
+// dpopModeProto is the API's name of a DPoP mode.
+func dpopModeProto(m domain.DPoPMode) mcpauthv1.DpopMode {
+	switch m {
+	case domain.DPoPAuto:
+		return mcpauthv1.DpopMode_DPOP_MODE_AUTO
+	case domain.DPoPRequired:
+		return mcpauthv1.DpopMode_DPOP_MODE_REQUIRED
+	}
+	return mcpauthv1.DpopMode_DPOP_MODE_DISABLED
 }
 
 // credentialProto adds the credential settings of a view to p.
@@ -63,6 +89,9 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	if e := v.EnterpriseIdP; e != nil {
 		p.EnterpriseIdentityProvider = &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.Issuer, TokenEndpoint: e.TokenEndpoint,
 			ClientId: e.ClientID, ClientSecretSet: e.SecretSet}
+	}
+	if d := v.DPoP; d != nil {
+		p.Dpop = &mcpauthv1.DpopSettings{Mode: dpopModeProto(d.Mode), Algorithm: d.Algorithm, KeyThumbprint: d.Thumbprint}
 	}
 	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
 		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
@@ -80,7 +109,7 @@ func credentialPath(path string) string {
 	if strings.HasPrefix(path, providers.PathEnterpriseIdP+".") {
 		return providers.PathEnterpriseIdP
 	}
-	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity} {
+	for _, whole := range []string{providers.PathOAuthClientKey, providers.PathWorkloadIdentity, providers.PathDPoP} {
 		if strings.HasPrefix(path, whole+".") {
 			return whole
 		}

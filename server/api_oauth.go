@@ -27,6 +27,7 @@ var _ FlowUseCases = (*authflow.Service)(nil)
 type GrantUseCases interface {
 	Status(ctx context.Context, ref domain.GrantRef) (*grants.Status, error)
 	AccessToken(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
+	Proof(ctx context.Context, ref domain.GrantRef, t *grants.Token, r grants.ProofRequest) (string, error)
 	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
 	// tokens from a user's ID token.
@@ -95,6 +96,10 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if err != nil {
 		return nil, err
 	}
+	pr := grants.ProofRequest{Method: req.GetDpopMethod(), URL: req.GetDpopUrl(), Nonce: req.GetDpopNonce()}
+	if err := grants.ValidateProofRequest(pr); err != nil {
+		return nil, err
+	}
 	tok, err := a.grants.AccessToken(ctx, domain.TenantGrant(tenant, id))
 	if err != nil {
 		return nil, withProvider(err, tenant, id)
@@ -102,6 +107,14 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	resp := &mcpauthv1.GetAccessTokenResponse{AccessToken: tok.AccessToken.Reveal(), TokenType: tok.TokenType, Scopes: tok.Scopes, Issuer: tok.Issuer}
 	if !tok.ExpiresAt.IsZero() {
 		resp.ExpireTime = timestamppb.New(tok.ExpiresAt)
+	}
+	if tok.Grant.DPoPJKT != "" {
+		resp.DpopKeyThumbprint = tok.Grant.DPoPJKT
+		if !pr.IsZero() {
+			if resp.DpopProof, err = a.grants.Proof(ctx, domain.TenantGrant(tenant, id), tok, pr); err != nil {
+				return nil, withProvider(err, tenant, id)
+			}
+		}
 	}
 	return resp, nil
 }
@@ -149,6 +162,8 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		IdentityProviderGrantTypesSupported: d.IdPGrantTypes,
 		IdentityProviderTokenEndpointAuthMethodsSupported: d.IdPAuthMethods,
 		IdentityProviderTokenEndpointAuthMethod:           d.IdPAuthMethod,
+		DpopSigningAlgValuesSupported:                     d.DPoPSigningAlgs,
+		DpopWillBeUsed:                                    d.DPoPWillBeUsed,
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

@@ -7,14 +7,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/reqid"
 	"github.com/mcpauth/mcpauth/retry"
@@ -52,28 +54,64 @@ type Recorder interface {
 
 var _ Recorder = (*Auditor)(nil)
 
-// Auditor writes audit events with group commit: Record returns only once
-// its event is stored, but events recorded concurrently share one INSERT
-// (one transaction, one fsync), so a burst of token reads costs one write
-// instead of one each. Nothing is buffered past the caller's return, so a
-// crash loses no event a caller saw succeed. A failure to write is logged
-// loudly but does not fail the audited operation, which has already
-// happened.
+// Auditor writes audit events with group commit: events recorded
+// concurrently share one INSERT (one transaction, one fsync), so a burst of
+// events costs one write instead of one each.
+//
+// # Guarantee
+//
+//   - Written exactly once: every event carries its idempotency key (uid and
+//     time) from the moment it is recorded; a batch retried after its
+//     commit's acknowledgement was lost (io.ErrUnexpectedEOF from a dying
+//     PostgreSQL, a reset) is skipped by the database, not doubled.
+//   - No time window: while the database is unreachable, events are held in
+//     memory and retried (backoff up to 5 s) until they are stored, however
+//     long the outage, as long as the process lives. Memory is bounded by
+//     MaxPending events (default 50,000; a typical event holds about 420
+//     bytes, so about 20 MB): an event recorded while that many wait is
+//     dropped, counted in mcpauth_audit_events_lost_total{reason=
+//     "buffer_full"} and logged as "AUDIT EVENT LOST".
+//   - Callers are not held by an outage: Record waits for its event's first
+//     write attempt, at most MaxWait (default 2 s) and never past the
+//     caller's context; while a write is known to be failing it does not
+//     wait at all. Normally, then, an operation answers after its event is
+//     stored; during an outage it answers at once and the event follows.
+//   - SIGTERM: Shutdown keeps writing until its context ends (the drain
+//     grace); what is still unstored then is logged as lost, one line each.
+//     kill -9 (or OOM, power loss) loses the events not yet stored: normally
+//     those of the last group commit in flight (milliseconds); during a
+//     database outage, every event recorded since it began.
+//
+// Changes to providers and grants do not come here: their events commit in
+// the transaction of the change (repository write methods take them).
 type Auditor struct {
-	store   Store
-	log     *slog.Logger
-	now     Clock
-	retry   retry.Policy
-	queue   chan pending
-	mu      sync.RWMutex // held for reading while sending on queue; Close takes it to close queue
-	closed  bool
+	store      Store
+	log        *slog.Logger
+	now        Clock
+	retry      retry.Policy
+	maxPending int
+	maxWait    time.Duration
+	metrics    *metrics.Metrics
+
+	mu      sync.Mutex
+	ready   *sync.Cond // signalled when queue grows or stopping is set
+	queue   []*pending // recorded, not yet taken by a writer
+	held    int        // events queued or in a writer's hands
+	drained *sync.Cond // signalled when held shrinks
+	closing bool       // Shutdown began: writers exit once the queue is empty
+	closed  bool       // the writers are gone: Record writes directly
+
+	failing atomic.Bool // the last write attempt failed as unavailable
+	stop    context.Context
+	cancel  context.CancelFunc
 	done    chan struct{}
 	writers sync.WaitGroup
 }
 
 type pending struct {
-	row  *repository.AuditEvent
-	done chan struct{}
+	row *repository.AuditEvent
+	// tried is closed after the first attempt to write the event.
+	tried chan struct{}
 }
 
 // maxBatch bounds one group commit.
@@ -82,18 +120,54 @@ const maxBatch = 256
 // writers is how many group commits may be in flight at once.
 const writers = 4
 
-// retryFor bounds how long a batch is retried while the database is
-// unavailable. The callers wait meanwhile: an operation whose audit event is
-// not stored is not acknowledged as audited.
-const retryFor = 30 * time.Second
+// Defaults of the Auditor's options.
+const (
+	DefaultMaxPending = 50_000
+	DefaultMaxWait    = 2 * time.Second
+	// closeGrace bounds Close's flush (Shutdown takes the caller's bound).
+	closeGrace = 15 * time.Second
+)
 
-// NewAuditor returns an Auditor writing to store. Close stops its writers.
-func NewAuditor(store Store, log *slog.Logger, now Clock) *Auditor {
+// Option tunes an Auditor.
+type Option func(*Auditor)
+
+// WithMaxPending bounds the events held in memory (queued or being
+// written); n <= 0 selects DefaultMaxPending.
+func WithMaxPending(n int) Option {
+	return func(a *Auditor) {
+		if n > 0 {
+			a.maxPending = n
+		}
+	}
+}
+
+// WithMaxWait bounds how long Record waits for its event's first write
+// attempt; d <= 0 selects DefaultMaxWait.
+func WithMaxWait(d time.Duration) Option {
+	return func(a *Auditor) {
+		if d > 0 {
+			a.maxWait = d
+		}
+	}
+}
+
+// WithMetrics exports the held events and the lost ones.
+func WithMetrics(m *metrics.Metrics) Option { return func(a *Auditor) { a.metrics = m } }
+
+// NewAuditor returns an Auditor writing to store. Shutdown (or Close) stores
+// what is held and stops its writers.
+func NewAuditor(store Store, log *slog.Logger, now Clock, opts ...Option) *Auditor {
 	if now == nil {
 		now = time.Now
 	}
-	a := &Auditor{store: store, log: log, now: now, queue: make(chan pending, 4*maxBatch), done: make(chan struct{}),
-		retry: retry.Policy{Base: 50 * time.Millisecond, Max: time.Second, Budget: retryFor}}
+	a := &Auditor{store: store, log: log, now: now, done: make(chan struct{}),
+		maxPending: DefaultMaxPending, maxWait: DefaultMaxWait,
+		retry: retry.Policy{Base: 50 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}}
+	for _, o := range opts {
+		o(a)
+	}
+	a.ready, a.drained = sync.NewCond(&a.mu), sync.NewCond(&a.mu)
+	a.stop, a.cancel = context.WithCancel(context.Background())
 	// A few writers: while one batch commits, the next one forms and
 	// commits in parallel, so a slow commit does not cap throughput.
 	a.writers.Add(writers)
@@ -104,114 +178,234 @@ func NewAuditor(store Store, log *slog.Logger, now Clock) *Auditor {
 	return a
 }
 
+// next takes up to maxBatch queued events, waiting for the first; false
+// once Shutdown began and nothing is queued.
+func (a *Auditor) next() ([]*pending, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(a.queue) == 0 && !a.closing {
+		a.ready.Wait()
+	}
+	if len(a.queue) == 0 {
+		return nil, false
+	}
+	n := min(len(a.queue), maxBatch)
+	batch := a.queue[:n:n]
+	a.queue = a.queue[n:]
+	return batch, true
+}
+
+// finish releases n events from the held count.
+func (a *Auditor) finish(n int) {
+	a.mu.Lock()
+	a.held -= n
+	a.setPending()
+	a.drained.Broadcast()
+	a.mu.Unlock()
+}
+
+// setPending exports the held count; a.mu is held.
+func (a *Auditor) setPending() {
+	if a.metrics != nil {
+		a.metrics.AuditPending.Set(float64(a.held))
+	}
+}
+
 // writer stores whatever is queued, in batches: the first waiting event
 // starts a batch, and every event queued meanwhile joins it.
 func (a *Auditor) writer() {
 	defer a.writers.Done()
-	batch := make([]pending, 0, maxBatch)
-	for first := range a.queue {
-		batch = append(batch[:0], first)
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case p, ok := <-a.queue:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, p)
-			default:
-				break fill
-			}
+	for {
+		batch, ok := a.next()
+		if !ok {
+			return
 		}
 		rows := make([]*repository.AuditEvent, len(batch))
 		for i, p := range batch {
 			rows[i] = p.row
 		}
-		a.writeBatch(rows)
-		for _, p := range batch {
-			close(p.done)
-		}
+		a.writeBatch(rows, sync.OnceFunc(func() {
+			for _, p := range batch {
+				close(p.tried)
+			}
+		}))
+		a.finish(len(batch))
 	}
 }
 
 // writeBatch writes one batch, retrying with backoff while the database is
-// unavailable (a restart or failover right after the audited operation
-// committed must not lose its event). A batch refused for another reason is
-// written event by event, so one bad event does not cost the others.
-func (a *Auditor) writeBatch(rows []*repository.AuditEvent) {
+// unavailable, without a time limit (a restart or failover right after the
+// audited operation must not lose its event). tried is called after the
+// first attempt. A batch refused for another reason is written event by
+// event, so one bad event does not cost the others.
+func (a *Auditor) writeBatch(rows []*repository.AuditEvent, tried func()) {
+	defer tried()
 	p := a.retry
-	p.OnRetry = func(_ int, err error, _ time.Duration) {
-		a.log.Warn("audit write waiting for the database", "events", len(rows), "err", err.Error())
+	p.OnRetry = func(attempt int, err error, wait time.Duration) {
+		if attempt == 1 {
+			a.failing.Store(true)
+			tried()
+			a.log.Warn("audit events held in memory until the database answers", "events", len(rows), "err", err.Error())
+		}
 	}
-	err := retry.Do(context.Background(), p, func(ctx context.Context, _ int) error {
+	waited := false
+	err := retry.Do(a.stop, p, func(ctx context.Context, attempt int) error {
+		waited = attempt > 1
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		err := a.store.AppendAuditBatch(wctx, rows)
-		if retryable(err) {
+		switch {
+		case err == nil:
+			a.failing.Store(false)
+			return nil
+		case retryable(err):
 			return err
 		}
 		return retry.Permanent(err)
 	})
-	if err == nil {
-		return
-	}
-	if len(rows) == 1 || apperr.KindOf(err) == apperr.KindUnavailable {
-		for _, r := range rows {
-			a.log.Error("AUDIT EVENT LOST", "event", r.EventType, "tenant", r.TenantID, "request_id", r.RequestID, "err", err.Error())
+	switch {
+	case err == nil:
+		if waited {
+			a.log.Info("held audit events stored", "events", len(rows))
 		}
-		return
+	case a.stop.Err() != nil:
+		a.lost(rows, "shutdown", err)
+	case len(rows) == 1 || retryable(err):
+		a.lost(rows, "refused", err)
+	default:
+		for _, r := range rows {
+			a.writeBatch([]*repository.AuditEvent{r}, func() {})
+		}
 	}
+}
+
+// lost reports events that will never be stored, one log line each.
+func (a *Auditor) lost(rows []*repository.AuditEvent, reason string, err error) {
 	for _, r := range rows {
-		a.writeBatch([]*repository.AuditEvent{r})
+		a.log.Error("AUDIT EVENT LOST", "reason", reason, "event", r.EventType, "tenant", r.TenantID, "request_id", r.RequestID,
+			"uid", r.UID, "err", errText(err))
 	}
+	if a.metrics != nil {
+		a.metrics.AuditLost.WithLabelValues(reason).Add(float64(len(rows)))
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // retryable reports whether a failed batch may have failed for the
-// connection's sake: the database unreachable, or the connection lost
-// mid-statement (io.ErrUnexpectedEOF from a dying server, which the
-// repository does not yet classify as unavailable; the issue-15 classifier
-// replaces this check once merged). Retrying is safe even when the first
-// attempt committed: every event carries its idempotency key, and the
-// repository skips events already stored.
+// connection's sake (repository.IsRetryable, surfaced by the repository as
+// UNAVAILABLE): the database unreachable, or the connection lost
+// mid-statement. Retrying is safe even when the first attempt committed:
+// every event carries its idempotency key, and the repository skips events
+// already stored.
 func retryable(err error) bool {
-	return apperr.KindOf(err) == apperr.KindUnavailable || errors.Is(err, io.ErrUnexpectedEOF) ||
-		apperr.KindOf(err) == apperr.KindDeadlineExceeded
+	return apperr.KindOf(err) == apperr.KindUnavailable || apperr.KindOf(err) == apperr.KindDeadlineExceeded ||
+		repository.IsRetryable(err)
 }
 
-// Close stores what is queued and stops the writers. Events recorded after
-// Close are written one by one.
-func (a *Auditor) Close() {
+// Shutdown stores what is held, retrying until ctx ends, and stops the
+// writers; events still unstored then are logged as lost. Events recorded
+// afterwards are written one by one. It returns ctx's error if it gave up.
+func (a *Auditor) Shutdown(ctx context.Context) error {
 	a.mu.Lock()
-	if !a.closed {
-		a.closed = true
-		close(a.queue)
+	a.closing = true
+	a.ready.Broadcast()
+	a.mu.Unlock()
+	stopped := context.AfterFunc(ctx, func() {
+		a.cancel() // writers give up their retries and report what they lose
+		a.mu.Lock()
+		a.drained.Broadcast()
+		a.mu.Unlock()
+	})
+	defer stopped()
+	a.mu.Lock()
+	for a.held > 0 && ctx.Err() == nil {
+		a.drained.Wait()
 	}
 	a.mu.Unlock()
+	a.cancel()
 	<-a.done
+	// The writers are gone. What is still queued was recorded after they
+	// left, or they were stopped before taking it.
+	a.mu.Lock()
+	a.closed = true
+	rest := a.queue
+	a.queue = nil
+	a.held -= len(rest)
+	a.setPending()
+	a.mu.Unlock()
+	if len(rest) == 0 {
+		return ctx.Err()
+	}
+	rows := make([]*repository.AuditEvent, len(rest))
+	for i, p := range rest {
+		rows[i] = p.row
+		close(p.tried)
+	}
+	err := ctx.Err()
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = a.store.AppendAuditBatch(wctx, rows)
+		cancel()
+	}
+	if err != nil {
+		a.lost(rows, "shutdown", err)
+	}
+	return ctx.Err()
 }
 
-// Record stores e, filling in the actor and request id from ctx, and
-// returns once it is written (or the write failed and was logged).
+// Close is Shutdown with a 15 s bound.
+func (a *Auditor) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
+	defer cancel()
+	_ = a.Shutdown(ctx)
+}
+
+// Record queues e, filling in the actor and request id from ctx, and
+// returns once it is written, its first write attempt failed, MaxWait
+// passed or ctx ended, whichever comes first (at once while the database
+// is failing). The event is stored even if Record returned first.
 func (a *Auditor) Record(ctx context.Context, e Event) {
 	if a == nil {
 		return
 	}
-	p := pending{done: make(chan struct{}), row: a.row(ctx, e)}
-	a.mu.RLock()
-	if a.closed {
-		a.mu.RUnlock()
-		// Shutting down: write this one directly.
+	p := &pending{tried: make(chan struct{}), row: a.row(ctx, e)}
+	a.mu.Lock()
+	switch {
+	case a.closed:
+		a.mu.Unlock()
+		// Shut down: write this one directly.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := a.store.AppendAudit(wctx, p.row); err != nil {
 			a.log.ErrorContext(ctx, "audit write failed", "event", string(e.Type), "tenant", e.Tenant, "err", err.Error())
 		}
 		return
+	case a.held >= a.maxPending:
+		a.mu.Unlock()
+		a.lost([]*repository.AuditEvent{p.row}, "buffer_full", fmt.Errorf("%d audit events already held in memory", a.maxPending))
+		return
 	}
-	a.queue <- p
-	a.mu.RUnlock()
-	// The event must be stored even if the caller's context ends now.
-	<-p.done
+	a.queue = append(a.queue, p)
+	a.held++
+	a.setPending()
+	a.ready.Signal()
+	a.mu.Unlock()
+	if a.failing.Load() {
+		return
+	}
+	t := time.NewTimer(a.maxWait)
+	defer t.Stop()
+	select {
+	case <-p.tried:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 func (a *Auditor) row(ctx context.Context, e Event) *repository.AuditEvent {

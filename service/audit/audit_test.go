@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/reqid"
 	"github.com/mcpauth/mcpauth/retry"
@@ -227,7 +230,9 @@ func fillWhileHeld(t *testing.T, a *Auditor, g *gate, n int, tenant string) *syn
 	wg := recordMany(a, n, tenant)
 	waitFor(t, "every writer held and the rest queued", func() bool {
 		held := g.collect()
-		return len(g.sizes) == writers && held+len(a.queue) == n
+		// Every writer is held, or the ones that are carry everything.
+		q := a.queued()
+		return (len(g.sizes) == writers || q == 0) && held+q == n
 	})
 	return wg
 }
@@ -242,10 +247,10 @@ func TestGroupCommit(t *testing.T) {
 
 	closed := make(chan struct{})
 	go func() { a.Close(); close(closed) }()
-	waitFor(t, "Close to close the queue", func() bool {
-		a.mu.RLock()
-		defer a.mu.RUnlock()
-		return a.closed
+	waitFor(t, "Close to begin", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.closing
 	})
 	close(g.release)
 	<-closed
@@ -282,7 +287,8 @@ func unavailableFirst(n int32, attempts *atomic.Int32) func([]*repository.AuditE
 }
 
 // TestRecordRetriesWhileUnavailable checks that a batch refused as
-// unavailable is retried (after 50ms, then 100ms) until it is stored.
+// unavailable is retried (after 50ms, then 100ms) until it is stored; the
+// caller is released by the first failed attempt.
 func TestRecordRetriesWhileUnavailable(t *testing.T) {
 	t.Parallel()
 	for _, failures := range []int32{1, 2} {
@@ -292,14 +298,13 @@ func TestRecordRetriesWhileUnavailable(t *testing.T) {
 			var attempts atomic.Int32
 			a, logs := newAuditor(t, &hookedStore{Store: st, before: unavailableFirst(failures, &attempts)})
 			a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventTokenRead})
-			if got := len(st.Events()); got != 1 {
-				t.Fatalf("stored %d events, want 1", got)
-			}
+			waitFor(t, "the event to be stored", func() bool { return len(st.Events()) == 1 })
+			a.Close()
 			if got := attempts.Load(); got != failures+1 {
 				t.Errorf("%d attempts, want %d", got, failures+1)
 			}
-			if got := strings.Count(logs.String(), "audit write waiting for the database"); got != int(failures) {
-				t.Errorf("logged %d waits, want %d:\n%s", got, failures, logs)
+			if got := strings.Count(logs.String(), "audit events held in memory until the database answers"); got != 1 {
+				t.Errorf("logged %d holds, want 1:\n%s", got, logs)
 			}
 			if strings.Contains(logs.String(), "AUDIT EVENT LOST") {
 				t.Errorf("an event was reported lost:\n%s", logs)
@@ -308,25 +313,161 @@ func TestRecordRetriesWhileUnavailable(t *testing.T) {
 	}
 }
 
-// TestRecordLostWhenUnavailableTooLong shortens the retry policy: when the
-// database stays unavailable the event is logged as lost and Record still
-// returns.
-func TestRecordLostWhenUnavailableTooLong(t *testing.T) {
+// queued is how many events wait for a writer.
+func (a *Auditor) queued() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.queue)
+}
+
+// outage is a store that refuses every write as unavailable until up is
+// set, counting the attempts.
+type outage struct {
+	up       atomic.Bool
+	attempts atomic.Int32
+}
+
+func (o *outage) before([]*repository.AuditEvent) error {
+	o.attempts.Add(1)
+	if o.up.Load() {
+		return nil
+	}
+	return apperr.Unavailable(errors.New("connection refused"), "database unreachable")
+}
+
+// fastRetries makes the held events' retries quick (set before the first
+// Record hands a writer anything).
+func fastRetries(a *Auditor) {
+	a.retry = retry.Policy{Base: time.Millisecond, Max: 5 * time.Millisecond}
+}
+
+// TestRecordHeldThroughLongOutage (issue 15, case 10): while the database
+// refuses every write, Record does not hold its caller, the events are kept
+// and retried for as long as it takes (no time window: hundreds of
+// attempts here), and each is stored once when the database is back.
+func TestRecordHeldThroughLongOutage(t *testing.T) {
 	t.Parallel()
-	st := servicetest.NewStore(nil)
-	var attempts atomic.Int32
-	a, logs := newAuditor(t, &hookedStore{Store: st, before: unavailableFirst(1<<30, &attempts)})
-	a.retry = retry.Policy{Attempts: 3} // set before the first Record hands a writer anything
-	a.Record(reqid.With(context.Background(), "req-7"), Event{Tenant: "t1", Type: domain.EventTokenRead})
+	st, o := servicetest.NewStore(nil), &outage{}
+	a, logs := newAuditor(t, &hookedStore{Store: st, before: o.before})
+	fastRetries(a)
+	a.maxWait = time.Hour // only the failed attempt may release the caller
+	a.Record(reqid.With(context.Background(), "req-7"), Event{Tenant: "t1", Type: domain.EventToolCalled})
 	if got := len(st.Events()); got != 0 {
-		t.Fatalf("stored %d events, want 0", got)
+		t.Fatalf("stored %d events during the outage", got)
 	}
-	if got := attempts.Load(); got != 3 {
-		t.Errorf("%d attempts, want 3", got)
+	// Known failing: the next caller is not held even for one attempt.
+	a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventPermissionDenied})
+	waitFor(t, "many retries", func() bool { return o.attempts.Load() > 200 })
+	o.up.Store(true)
+	waitFor(t, "the held events to be stored", func() bool { return len(st.Events()) == 2 })
+	if out := logs.String(); strings.Contains(out, "AUDIT EVENT LOST") || !strings.Contains(out, "held audit events stored") {
+		t.Errorf("log:\n%s", out)
 	}
-	if out := logs.String(); !strings.Contains(out, "AUDIT EVENT LOST") || !strings.Contains(out, "request_id=req-7") {
-		t.Errorf("log does not report the lost event with its request id:\n%s", out)
+	a.Close()
+	if got := len(st.Events()); got != 2 {
+		t.Errorf("stored %d events, want 2", got)
 	}
+}
+
+// TestRecordDoesNotWaitForAHungWrite: a write that hangs (a black-holed
+// database) holds the caller at most MaxWait; the event is stored when the
+// write completes.
+func TestRecordDoesNotWaitForAHungWrite(t *testing.T) {
+	t.Parallel()
+	st, release := servicetest.NewStore(nil), make(chan struct{})
+	a, _ := newAuditor(t, &hookedStore{Store: st, before: func([]*repository.AuditEvent) error { <-release; return nil }})
+	a.maxWait = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.Record(ctx, Event{Tenant: "t1", Type: domain.EventToolCalled}) // returns although the write hangs
+	close(release)
+	waitFor(t, "the event to be stored", func() bool { return len(st.Events()) == 1 })
+}
+
+// TestRecordBufferFull: with the bound of held events reached, a further
+// event is dropped, counted and logged; the held ones are stored later.
+func TestRecordBufferFull(t *testing.T) {
+	t.Parallel()
+	st, o, m := servicetest.NewStore(nil), &outage{}, metrics.New()
+	buf := &logBuffer{}
+	a := NewAuditor(&hookedStore{Store: st, before: o.before}, slog.New(slog.NewTextHandler(buf, nil)), nil,
+		WithMaxPending(2), WithMetrics(m))
+	t.Cleanup(a.Close)
+	fastRetries(a)
+	for i := range 3 {
+		a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventToolCalled, Provider: fmt.Sprint("p", i)})
+	}
+	if got := testutil.ToFloat64(m.AuditLost.WithLabelValues("buffer_full")); got != 1 {
+		t.Errorf("lost{buffer_full} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.AuditPending); got != 2 {
+		t.Errorf("pending = %v, want 2", got)
+	}
+	if out := buf.String(); strings.Count(out, "AUDIT EVENT LOST") != 1 || !strings.Contains(out, "reason=buffer_full") {
+		t.Errorf("log:\n%s", out)
+	}
+	o.up.Store(true)
+	waitFor(t, "the held events to be stored", func() bool { return len(st.Events()) == 2 })
+	waitFor(t, "pending back to 0", func() bool { return testutil.ToFloat64(m.AuditPending) == 0 })
+	for _, e := range st.Events() {
+		if e.ProviderID == "p2" {
+			t.Error("the dropped event was stored")
+		}
+	}
+}
+
+// TestShutdown: SIGTERM's drain keeps retrying held events until its
+// deadline; stored if the database comes back in time, else each is
+// logged and counted as lost.
+func TestShutdown(t *testing.T) {
+	t.Parallel()
+	t.Run("database back in time", func(t *testing.T) {
+		t.Parallel()
+		st, o := servicetest.NewStore(nil), &outage{}
+		a, logs := newAuditor(t, &hookedStore{Store: st, before: o.before})
+		fastRetries(a)
+		a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventToolCalled})
+		a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventToolCalled})
+		done := make(chan error, 1)
+		go func() { done <- a.Shutdown(context.Background()) }()
+		waitFor(t, "retries during the drain", func() bool { return o.attempts.Load() > 20 })
+		o.up.Store(true)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if got := len(st.Events()); got != 2 {
+			t.Errorf("stored %d events, want 2", got)
+		}
+		if strings.Contains(logs.String(), "AUDIT EVENT LOST") {
+			t.Errorf("log:\n%s", logs)
+		}
+	})
+	t.Run("deadline", func(t *testing.T) {
+		t.Parallel()
+		st, o, m := servicetest.NewStore(nil), &outage{}, metrics.New()
+		buf := &logBuffer{}
+		a := NewAuditor(&hookedStore{Store: st, before: o.before}, slog.New(slog.NewTextHandler(buf, nil)), nil, WithMetrics(m))
+		fastRetries(a)
+		a.Record(reqid.With(context.Background(), "req-7"), Event{Tenant: "t1", Type: domain.EventToolCalled})
+		ctx, cancel := context.WithCancel(context.Background())
+		waitFor(t, "retries", func() bool { return o.attempts.Load() > 5 })
+		cancel()
+		if err := a.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Shutdown = %v, want the context's error", err)
+		}
+		if got := testutil.ToFloat64(m.AuditLost.WithLabelValues("shutdown")); got != 1 {
+			t.Errorf("lost{shutdown} = %v, want 1", got)
+		}
+		if out := buf.String(); strings.Count(out, "AUDIT EVENT LOST") != 1 || !strings.Contains(out, "request_id=req-7") {
+			t.Errorf("log:\n%s", out)
+		}
+		// Afterwards events are written directly.
+		o.up.Store(true)
+		a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventToolCalled})
+		if got := len(st.Events()); got != 1 {
+			t.Errorf("stored %d events after the drain, want 1", got)
+		}
+	})
 }
 
 // TestBadEventDoesNotCostOthers checks that a batch refused for a reason
@@ -342,7 +483,7 @@ func TestBadEventDoesNotCostOthers(t *testing.T) {
 			{TenantID: "", EventType: "bad", Details: "{}"},
 			{TenantID: "t1", EventType: "b", Details: "{}"},
 		}
-		a.writeBatch(rows)
+		a.writeBatch(rows, func() {})
 		events := st.Events()
 		if len(events) != 2 || events[0].EventType != "a" || events[1].EventType != "b" {
 			t.Errorf("stored %+v, want events a and b", events)
@@ -361,7 +502,7 @@ func TestBadEventDoesNotCostOthers(t *testing.T) {
 		a, st, g, logs := gatedAuditor(t)
 		good := fillWhileHeld(t, a, g, n, "t1")
 		bad := recordMany(a, 1, "")
-		waitFor(t, "the bad event to be queued", func() bool { return len(a.queue) == n-g.collect()+1 })
+		waitFor(t, "the bad event to be held or queued", func() bool { return g.collect()+a.queued() == n+1 })
 		close(g.release)
 		good.Wait()
 		bad.Wait()
@@ -531,6 +672,7 @@ func TestRecordRetriedAfterLostAckStoredOnce(t *testing.T) {
 		return nil
 	}})
 	a.Record(context.Background(), Event{Tenant: "t1", Type: domain.EventPermissionDenied})
+	a.Close() // stores what is held
 	if got := len(st.Events()); got != 1 {
 		t.Fatalf("stored %d events, want 1 (the retry must not double it)", got)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
@@ -624,6 +625,9 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 		// revision requires PKCE: S256 is always sent to them.
 		PKCEException: !md.SupportsS256() && !md.DefaultEndpoints,
 	}
+	if key := d.DPoPFor(md.DPoPSigningAlgs); key != nil {
+		rec.DPoPJKT = key.Thumbprint()
+	}
 	if err := s.flows.put(ctx, flowKey("flow", handle), rec, s.cfg.FlowTTL); err != nil {
 		return nil, err
 	}
@@ -711,6 +715,7 @@ func (s *Service) BeginBrowser(ctx context.Context, handle string) (*BrowserStar
 		Scopes:        rec.Scopes,
 		Resource:      rec.Resource,
 		Extra:         rec.Extra,
+		DPoPJKT:       rec.DPoPJKT,
 	})
 	if err != nil {
 		return nil, apperr.Internal(err, "building authorization url")
@@ -815,6 +820,11 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if err != nil {
 		return fail(domain.ReasonClientChanged, "")
 	}
+	if rec.DPoPJKT != "" {
+		if reg.DPoP, err = s.flowDPoPKey(row, rec); err != nil {
+			return fail(domain.ReasonClientChanged, "")
+		}
+	}
 	md := &oauthclient.Metadata{Issuer: rec.Issuer, TokenEndpoint: rec.TokenEndpoint, AuthorizationEndpoint: rec.AuthEndpoint}
 	tokens, err := s.proto.Exchange(ctx, md, reg, secret.New(in.Code), secret.New(rec.Verifier), rec.RedirectURI, rec.Resource, rec.Scopes)
 	if err != nil {
@@ -836,12 +846,12 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		return &CallbackResult{Reason: domain.ReasonTokenExchangeFailed, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 	}
 	grant := vault.Grant{Issuer: rec.Issuer, TokenEndpoint: rec.TokenEndpoint, RevocationEndpoint: rec.RevocationURL,
-		RegMethod: reg.Method, ClientID: reg.ClientID, AuthMethod: reg.AuthMethod, Resource: rec.Resource}
+		RegMethod: reg.Method, ClientID: reg.ClientID, AuthMethod: reg.AuthMethod, Resource: rec.Resource, DPoPJKT: rec.DPoPJKT}
 	if len(tokens.Scopes) == 0 {
 		tokens.Scopes = rec.Scopes
 	}
 	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(tokens.Scopes, " ")}})
+		Outcome: domain.OutcomeSuccess, Details: callbackDetails(rec, tokens)})
 	if err := s.grants.StoreNew(ctx, row, rec.grant().User, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")
@@ -852,6 +862,16 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		s.log.WarnContext(ctx, "counting a step-up failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 	}
 	return &CallbackResult{OK: true, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
+}
+
+// callbackDetails describes a completed authorization for the audit log:
+// the issuer, the scopes and, for DPoP-bound tokens, the key's thumbprint.
+func callbackDetails(rec *flowRecord, t *oauthclient.Tokens) map[string]string {
+	d := map[string]string{"issuer": rec.Issuer, "scopes": strings.Join(t.Scopes, " ")}
+	if rec.DPoPJKT != "" {
+		d["token_type"], d["dpop_jkt"] = t.TokenType, rec.DPoPJKT
+	}
+	return d
 }
 
 // tokenErrorDetails describes a failed token request for the audit log by
@@ -899,6 +919,19 @@ func browserMatches(rec *flowRecord, secretOf func(binding string) string) bool 
 	}
 	bh := sha256.Sum256([]byte(held))
 	return subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(bh[:])), []byte(rec.Browser)) == 1
+}
+
+// flowDPoPKey is the provider's DPoP key when it is still the one the
+// flow was started with.
+func (s *Service) flowDPoPKey(row *repository.Provider, rec *flowRecord) (*dpop.Key, error) {
+	d, err := vault.OpenProvider(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	if d.DPoP == nil || d.DPoP.Thumbprint() != rec.DPoPJKT {
+		return nil, errors.New("the DPoP key changed during the flow")
+	}
+	return d.DPoP, nil
 }
 
 // flowRegistration re-reads the client the flow was started with; secrets
@@ -985,6 +1018,10 @@ type Diagnosis struct {
 	CredentialKind           domain.CredentialKind
 	GrantType                string
 	TokenEndpointAuthMethod  string
+	// DPoPSigningAlgs is the server's dpop_signing_alg_values_supported
+	// and DPoPWillBeUsed whether token requests will carry DPoP proofs.
+	DPoPSigningAlgs []string
+	DPoPWillBeUsed  bool
 	// For an enterprise-managed provider: its identity provider's issuer,
 	// what that advertises, and the client authentication mcpauth will use
 	// there.

@@ -18,6 +18,8 @@ func diagnoseKind(out *Diagnosis, d *vault.Provider, md *oauthclient.Metadata) b
 	out.TokenEndpointAuthMethods = md.TokenEndpointAuthMethods
 	out.CredentialKind = d.Kind
 	out.GrantType = d.Kind.GrantType()
+	out.DPoPSigningAlgs = md.DPoPSigningAlgs
+	out.DPoPWillBeUsed = d.DPoPFor(md.DPoPSigningAlgs) != nil
 	if !d.Kind.Machine() && d.Kind != domain.KindEnterpriseManaged {
 		return false
 	}

@@ -57,6 +57,10 @@ type flowRecord struct {
 	ExpiresAt     int64                     `json:"x"`
 	Extra         map[string]string         `json:"e,omitempty"`
 	PKCEException bool                      `json:"px,omitempty"`
+	// DPoPJKT is the thumbprint of the DPoP key the code exchange must use
+	// (chosen at start from the provider's mode and the metadata); "" for
+	// Bearer tokens.
+	DPoPJKT string `json:"dj,omitempty"`
 }
 
 // grant names the grant the flow completes: the provider's tenant-wide

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
@@ -272,6 +273,8 @@ func reauthWhy(reason string) string {
 		return "refreshed tokens could not be stored"
 	case domain.ReasonNoClient:
 		return "the client the tokens were issued to is gone or was replaced"
+	case domain.ReasonDPoPRefused:
+		return "the authorization server no longer honours DPoP for these tokens"
 	}
 	return "the authorization is no longer valid"
 }
@@ -843,7 +846,33 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 		}
 		reg.ClientSecret = r.ClientSecret
 	}
+	if g.DPoPJKT != "" {
+		key, err := s.boundKey(ctx, cred.TenantID, cred.ProviderID, g)
+		if err != nil {
+			return nil, err
+		}
+		// RFC 9449 section 5: the refresh is made with the key the tokens
+		// are bound to, and keeps the binding.
+		reg.DPoP = key
+	}
 	return reg, nil
+}
+
+// boundKey is the provider's DPoP key when it is the one g's tokens are
+// bound to; REAUTH_REQUIRED when the key was rotated or deleted since.
+func (s *Service) boundKey(ctx context.Context, tenant, id string, g vault.Grant) (*dpop.Key, error) {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
+		return nil, err
+	}
+	d, err := vault.OpenProvider(s.cipher, row)
+	if err != nil {
+		return nil, err
+	}
+	if d.DPoP == nil || d.DPoP.Thumbprint() != g.DPoPJKT {
+		return nil, ReauthRequired("the provider's DPoP key changed since the tokens were issued")
+	}
+	return d.DPoP, nil
 }
 
 // callRefresh calls the token endpoint with bounded, jittered retries on
@@ -922,6 +951,13 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
 		return nil, false, s.markReauth(mctx, cred, reason)
+	case dpopRefused(rerr):
+		// The server no longer honours DPoP for these tokens: a refresh
+		// will not help, and a Bearer token is never taken instead.
+		s.metrics.Refreshes.WithLabelValues("reauth_required").Inc()
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		return nil, false, s.markReauth(mctx, cred, domain.ReasonDPoPRefused)
 	default:
 		var temp *oauthclient.TemporaryError
 		retryAfter := time.Duration(0)

@@ -132,6 +132,14 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 		reg = &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 			AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
 	}
+	key := d.DPoPFor(md.DPoPSigningAlgs)
+	if key != nil && reg == nil {
+		// A JWT bearer grant without client authentication, with DPoP.
+		reg = &oauthclient.Registration{}
+	}
+	if key != nil {
+		reg.DPoP = key
+	}
 	scopes := d.Scopes
 	if len(scopes) == 0 && probe != nil {
 		scopes = probe.Scopes
@@ -171,12 +179,15 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 		fresh.TokenType = "Bearer"
 	}
 	method, _ := oauthclient.ChooseAuthMethod(orEmpty(reg), md.TokenEndpointAuthMethods)
-	if reg == nil {
+	if reg == nil || reg.ClientID == "" {
 		method = ""
 	}
 	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
 		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	if key != nil {
+		g.DPoPJKT = key.Thumbprint()
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
 	stored, err := s.storeObtained(pctx, ref, prev, g, fresh)
@@ -194,6 +205,9 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType()}
 	if method != "" {
 		det["auth_method"] = method
+	}
+	if g.DPoPJKT != "" {
+		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
 	}
 	s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtained, Provider: ref.Provider, Outcome: domain.OutcomeSuccess, Details: det})
 	return token(fresh, stored, g), nil
@@ -225,6 +239,14 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 		temp *oauthclient.TemporaryError
 	)
 	switch {
+	case dpopRefused(err):
+		// Never retried, never answered by asking for a Bearer token.
+		failed(domain.ReasonDPoPRefused, oauthCode(err))
+		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
+		defer cancel()
+		s.markDead(mctx, prev, row, domain.ReasonDPoPRefused)
+		return nil, apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the %s grant: disable DPoP for the provider, or call RevokeAuthorization to try again",
+			d.Kind.GrantType())
 	case errors.As(err, &ae), errors.Is(err, errNoAssertionSource):
 		failed(domain.ReasonAssertionUnavailable, "")
 		return nil, apperr.FailedPrecondition(domain.ReasonAssertionUnavailable, "%s", err.Error())

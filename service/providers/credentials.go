@@ -8,9 +8,11 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/validate"
 )
@@ -21,6 +23,7 @@ const (
 	PathStaticAuthorization = "static_authorization"
 	PathWorkloadIdentity    = "workload_identity"
 	PathOAuthClientKey      = "oauth_client.private_key_jwt"
+	PathDPoP                = "dpop"
 	// PathEnterpriseIdP replaces the enterprise identity provider as a
 	// whole; its client secret too when one is given or the client id
 	// changes (else the stored secret is kept).
@@ -32,7 +35,7 @@ const (
 
 // credentialPaths are the update paths that change credential material.
 var credentialPaths = []string{PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClient,
-	PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientKey, PathOAuthClientScopes, PathEnterpriseIdP, PathEnterpriseIdPSecret}
+	PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientKey, PathOAuthClientScopes, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP}
 
 // Bounds of the enterprise identity provider's settings.
 const (
@@ -75,6 +78,21 @@ type ClientKeyInput struct {
 	Algorithm string
 }
 
+// DPoPInput is a provider's DPoP setting as a request gives it.
+type DPoPInput struct {
+	Mode      domain.DPoPMode
+	Algorithm string
+	RotateKey bool
+}
+
+// DPoPView describes a provider's DPoP setting and the public facts of
+// its key; never the private part.
+type DPoPView struct {
+	Mode       domain.DPoPMode
+	Algorithm  string
+	Thumbprint string
+}
+
 // ClientKeyView describes a stored key without its private part.
 type ClientKeyView struct {
 	Algorithm string
@@ -93,6 +111,10 @@ type credInput struct {
 	key *oauthclient.ClientKey
 	pem string
 	gen bool
+	// dpop is the DPoP setting and dpopKey a key made for it, used when
+	// the provider has none, asks for a new one or another algorithm.
+	dpop    DPoPInput
+	dpopKey *dpop.Key
 	// idp is the validated identity provider and idpSecret its secret.
 	idp       domain.EnterpriseIdP
 	idpSecret string
@@ -129,6 +151,11 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 		}
 		in.file = f.AssertionFile
 	}
+	if has(PathDPoP) {
+		if err := validateDPoP(f.DPoP, in); err != nil {
+			return nil, err
+		}
+	}
 	if err := validateIdP(f.EnterpriseIdP, has, in); err != nil {
 		return nil, err
 	}
@@ -164,6 +191,58 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 		}
 	}
 	return in, nil
+}
+
+// validateDPoP checks a DPoP setting and, when it uses DPoP, makes a key
+// it may need.
+func validateDPoP(in DPoPInput, out *credInput) error {
+	switch in.Mode {
+	case domain.DPoPDisabled, domain.DPoPAuto, domain.DPoPRequired:
+	default:
+		return invalid("provider.dpop.mode", "is not a known DPoP mode")
+	}
+	switch in.Algorithm {
+	case "", dpop.AlgES256, dpop.AlgRS256:
+	default:
+		return invalid("provider.dpop.algorithm", "must be ES256 or RS256")
+	}
+	if in.Mode == domain.DPoPDisabled && (in.RotateKey || in.Algorithm != "") {
+		return invalid("provider.dpop", "algorithm and rotate_key need mode AUTO or REQUIRED")
+	}
+	out.dpop = in
+	if in.Mode == domain.DPoPDisabled {
+		return nil
+	}
+	k, err := dpop.Generate(in.Algorithm)
+	if err != nil {
+		return apperr.Internal(err, "generating a DPoP key")
+	}
+	out.dpopKey = k
+	return nil
+}
+
+// applyDPoP applies a DPoP setting to st and returns how the key changed:
+// "created", "rotated", "deleted" or "".
+func (st *credState) applyDPoP(in *credInput) string {
+	had := st.cfg.DPoPJKT != ""
+	st.cfg.DPoPMode = in.dpop.Mode
+	if in.dpop.Mode == domain.DPoPDisabled {
+		st.cfg.DPoPAlg, st.cfg.DPoPJKT, st.sec.DPoPKeyPEM = "", "", secret.Secret{}
+		if had {
+			return "deleted"
+		}
+		return ""
+	}
+	newAlg := in.dpop.Algorithm != "" && in.dpop.Algorithm != st.cfg.DPoPAlg
+	if had && !in.dpop.RotateKey && !newAlg {
+		return ""
+	}
+	k := in.dpopKey
+	st.cfg.DPoPAlg, st.cfg.DPoPJKT, st.sec.DPoPKeyPEM = k.Algorithm(), k.Thumbprint(), k.PEM()
+	if had {
+		return "rotated"
+	}
+	return "created"
 }
 
 // validateIdP checks the enterprise identity provider fields named by has
@@ -216,6 +295,8 @@ type credState struct {
 	kind domain.CredentialKind
 	cfg  domain.CredentialConfig
 	sec  vault.CredentialSecrets
+	// dpopChange is how apply changed the DPoP key ("" when it did not).
+	dpopChange string
 }
 
 func (s *Service) openCred(row *repository.Provider) (*credState, error) {
@@ -255,6 +336,9 @@ func (st *credState) apply(in *credInput, paths []string, urlChanged, clientChan
 	}
 	if named(PathWorkloadIdentity) {
 		st.cfg.AssertionFile = in.file
+	}
+	if named(PathDPoP) {
+		st.dpopChange = st.applyDPoP(in)
 	}
 	st.applyIdP(in, named)
 	setsKey := named(PathOAuthClient) || named(PathOAuthClientKey)
@@ -375,6 +459,11 @@ func credentialsChanged(before, after *credState, oldRow, newRow *repository.Pro
 	if before.kind != after.kind {
 		return true
 	}
+	if before.cfg.DPoPJKT != "" && before.cfg.DPoPJKT != after.cfg.DPoPJKT {
+		// Tokens bound to the old DPoP key cannot be used with the new
+		// one (RFC 9449 section 6), whatever the kind.
+		return true
+	}
 	if !after.kind.Machine() && after.kind != domain.KindEnterpriseManaged {
 		return false
 	}
@@ -428,11 +517,28 @@ func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
 	return []byte(`{"keys":[` + cfg.PublicJWK + `]}`), nil
 }
 
+// dpopAudit is the audit event of a DPoP key change, nil when the key did
+// not change: the change, the algorithm and the public thumbprint, never
+// the private key.
+func dpopAudit(tenant, id string, st *credState) []audit.Event {
+	if st.dpopChange == "" {
+		return nil
+	}
+	d := map[string]string{"change": st.dpopChange, "mode": string(st.cfg.DPoPMode)}
+	if st.cfg.DPoPJKT != "" {
+		d["algorithm"], d["jkt"] = st.cfg.DPoPAlg, st.cfg.DPoPJKT
+	}
+	return []audit.Event{{Tenant: tenant, Type: domain.EventDPoPKeyChanged, Provider: id, Outcome: domain.OutcomeSuccess, Details: d}}
+}
+
 // viewCredentials adds the credential settings to a view: the kind, the
 // static value's fingerprint (never the value), the token file, and the
 // key's public facts.
 func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 	v.CredentialKind, v.AssertionFile = d.Kind, d.CredConfig.AssertionFile
+	if d.CredConfig.DPoPMode != domain.DPoPDisabled || d.CredConfig.DPoPJKT != "" {
+		v.DPoP = &DPoPView{Mode: d.CredConfig.DPoPMode, Algorithm: d.CredConfig.DPoPAlg, Thumbprint: d.CredConfig.DPoPJKT}
+	}
 	if idp := d.CredConfig.IdP; !idp.IsZero() {
 		v.EnterpriseIdP = &EnterpriseIdPView{Issuer: idp.Issuer, TokenEndpoint: idp.TokenEndpoint, ClientID: idp.ClientID, SecretSet: idp.SecretSet}
 	}

@@ -161,6 +161,8 @@ type Fields struct {
 	StaticAuthorization string
 	// AssertionFile is where a JWT bearer provider reads its workload token.
 	AssertionFile string
+	// DPoP is the provider's DPoP setting (update path "dpop").
+	DPoP DPoPInput
 	// EnterpriseIdP is an enterprise-managed provider's identity provider.
 	EnterpriseIdP *EnterpriseIdPInput
 }
@@ -185,7 +187,7 @@ const (
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
-	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret}
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -225,9 +227,11 @@ type View struct {
 	// EnterpriseIdP describes an enterprise-managed provider's identity
 	// provider.
 	EnterpriseIdP *EnterpriseIdPView
-	CreateTime    time.Time
-	UpdateTime    time.Time
-	Etag          string
+	// DPoP is the DPoP setting, nil when DPoP was never configured.
+	DPoP       *DPoPView
+	CreateTime time.Time
+	UpdateTime time.Time
+	Etag       string
 }
 
 func invalid(field, rule string) error { return apperr.Invalid(field, "%s", rule) }
@@ -568,8 +572,8 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.storeCred(row, st); err != nil {
 		return nil, err
 	}
-	created := audit.Rows(ctx, s.now(), audit.Event{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: credAudit(st, row, v.compat.AuditDetails())})
+	created := audit.Rows(ctx, s.now(), append([]audit.Event{{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
+		Outcome: domain.OutcomeSuccess, Details: credAudit(st, row, v.compat.AuditDetails())}}, dpopAudit(in.Tenant, id, st)...)...)
 	if err := s.store.CreateProvider(ctx, row, created...); err != nil {
 		return nil, storeErr(err)
 	}
@@ -751,8 +755,8 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if slices.ContainsFunc(paths, func(p string) bool { return slices.Contains(credentialPaths, p) }) {
 		details = credAudit(&after, row, details)
 	}
-	events := []audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: details}}
+	events := append([]audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
+		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(tenant, id, &after)...)
 	if urlChanged {
 		// The event commits with the reset; whether the old server then
 		// confirmed the revocation is in the response, and a failed

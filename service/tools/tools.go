@@ -170,7 +170,7 @@ func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*sessio
 // (possibly on another replica) is never sent.
 func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	row := ss.d.Row
-	ss.cred.AccessToken, ss.gen = secret.Secret{}, 0
+	ss.cred.AccessToken, ss.cred.DPoP, ss.gen = secret.Secret{}, nil, 0
 	defer func() { ss.key = fmt.Sprintf("%s/%d/%d", ss.grant.Key(), row.Version, ss.gen) }()
 	status, _ := row.AuthStatus()
 	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() &&
@@ -194,7 +194,26 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 		// the grant just read: never send them.
 		return nil
 	}
+	if err := bindDPoP(ss, tok); err != nil {
+		return err
+	}
 	ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
+	return nil
+}
+
+// bindDPoP sets the DPoP key a token is presented with: the provider's
+// key when the token is bound to it (RFC 9449 section 7.1), none for a
+// Bearer token. A token bound to a key the provider no longer holds is
+// never sent, and never as a Bearer token.
+func bindDPoP(ss *session, tok *grants.Token) error {
+	ss.cred.DPoP = nil
+	if tok.Grant.DPoPJKT == "" {
+		return nil
+	}
+	if ss.d.DPoP == nil || ss.d.DPoP.Thumbprint() != tok.Grant.DPoPJKT {
+		return grants.ReauthRequired("the provider's DPoP key changed since the tokens were issued")
+	}
+	ss.cred.DPoP = ss.d.DPoP
 	return nil
 }
 
@@ -302,6 +321,9 @@ func (s *Service) withAuthRetryOnce(ctx context.Context, ss *session, fn func(ss
 		}
 		if !tok.Grant.GrantedFor(ss.d) {
 			return grants.ReauthRequired("the stored grant belongs to another server")
+		}
+		if err := bindDPoP(ss, tok); err != nil {
+			return err
 		}
 		ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
 		ss.key = fmt.Sprintf("%s/%d/%d", ss.grant.Key(), ss.d.Row.Version, ss.gen)

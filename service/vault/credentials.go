@@ -5,6 +5,7 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
@@ -22,6 +23,9 @@ type CredentialSecrets struct {
 	// StaticAuthorization is the Authorization header value of a static
 	// API-key provider, if any.
 	StaticAuthorization secret.Secret
+	// DPoPKeyPEM is the PKCS#8 PEM private key of the provider's DPoP key
+	// pair (RFC 9449), if any.
+	DPoPKeyPEM secret.Secret
 	// IdPClientSecret is mcpauth's client secret at the enterprise identity
 	// provider of an enterprise-managed provider, if any.
 	IdPClientSecret secret.Secret
@@ -29,12 +33,13 @@ type CredentialSecrets struct {
 
 // IsZero reports whether no secret is held.
 func (c CredentialSecrets) IsZero() bool {
-	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.IdPClientSecret.IsZero()
+	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.DPoPKeyPEM.IsZero() && c.IdPClientSecret.IsZero()
 }
 
 type credentialBlob struct {
 	Key    string `json:"k,omitempty"`
 	Static string `json:"s,omitempty"`
+	DPoP   string `json:"d,omitempty"`
 	IdP    string `json:"i,omitempty"`
 }
 
@@ -44,7 +49,8 @@ func SealCredentialSecrets(c Cipher, row *repository.Provider, s CredentialSecre
 	if s.IsZero() {
 		return nil, nil
 	}
-	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), IdP: s.IdPClientSecret.Reveal()})
+	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), DPoP: s.DPoPKeyPEM.Reveal(),
+		IdP: s.IdPClientSecret.Reveal()})
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding credential secrets")
 	}
@@ -69,7 +75,8 @@ func OpenCredentialSecrets(c Cipher, row *repository.Provider) (CredentialSecret
 	if err := json.Unmarshal(raw, &b); err != nil {
 		return out, apperr.Internal(err, "decoding credential secrets")
 	}
-	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), IdPClientSecret: secret.New(b.IdP)}, nil
+	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), DPoPKeyPEM: secret.New(b.DPoP),
+		IdPClientSecret: secret.New(b.IdP)}, nil
 }
 
 // ParseCredentialConfig reads a stored credential configuration.
@@ -106,6 +113,13 @@ func openCredentials(c Cipher, d *Provider) error {
 			return apperr.Internal(err, "reading the stored client key")
 		}
 		d.ClientKey = k
+	}
+	if !s.DPoPKeyPEM.IsZero() {
+		k, err := dpop.Parse(s.DPoPKeyPEM)
+		if err != nil {
+			return apperr.Internal(err, "reading the stored DPoP key")
+		}
+		d.DPoP = k
 	}
 	return nil
 }

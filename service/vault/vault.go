@@ -14,6 +14,7 @@ import (
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/keyring"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
@@ -72,6 +73,18 @@ type Provider struct {
 	// IdPClientSecret is mcpauth's client secret at an enterprise-managed
 	// provider's identity provider.
 	IdPClientSecret secret.Secret
+	// DPoP is the provider's DPoP key pair (RFC 9449), when it has one.
+	DPoP *dpop.Key
+}
+
+// DPoPFor returns the key a token request to a server advertising
+// serverAlgs signs its proofs with: the provider's DPoP key when its mode
+// says to use it there, else nil.
+func (d *Provider) DPoPFor(serverAlgs []string) *dpop.Key {
+	if d.DPoP == nil || !d.CredConfig.DPoPMode.Use(d.DPoP.Algorithm(), serverAlgs) {
+		return nil
+	}
+	return d.DPoP
 }
 
 // OpenProvider decrypts a provider row.
@@ -152,6 +165,10 @@ type Grant struct {
 	// Kind is the credential kind the tokens were obtained with; a kind
 	// without a person is renewed by asking again, never by a refresh.
 	Kind domain.CredentialKind `json:"k,omitempty"`
+	// DPoPJKT is the thumbprint of the DPoP key the tokens are bound to
+	// (RFC 9449 section 6), "" for Bearer tokens. Refreshes and MCP
+	// requests use that key and no other.
+	DPoPJKT string `json:"dj,omitempty"`
 }
 
 // GrantedFor reports whether the grant was issued for d's current server.

@@ -103,6 +103,9 @@ type AuthServerOptions struct {
 	// headless client can POST consent=approve to the authorization URL.
 	Consent bool
 
+	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
+	DPoP *DPoPOptions
+
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
 	Addr string
 }
@@ -121,6 +124,7 @@ type AuthServer struct {
 	store    *store
 	mux      *http.ServeMux
 	rec      recorder
+	dpop     *dpopServer // nil without DPoP
 	// idjag is set on a machine server that accepts ID-JAGs (xaa.go).
 	idjag *idJAGTrust
 
@@ -197,6 +201,9 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 		store:  newStore(!opt.NoRefreshRotation),
 		deny:   opt.Deny,
 	}
+	if opt.DPoP != nil {
+		a.dpop = newDPoPServer(*opt.DPoP)
+	}
 	refreshScopes := []string{}
 	if opt.RequireOfflineAccess {
 		refreshScopes = []string{"offline_access"}
@@ -233,7 +240,7 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	if opt.Consent {
 		a.mux.HandleFunc("POST "+p+"/authorize", a.authorize)
 	}
-	a.mux.HandleFunc("POST "+p+"/token", a.token)
+	a.mux.HandleFunc("POST "+p+"/token", a.tokenHandler())
 	a.mux.HandleFunc("POST "+p+"/revoke", a.revoke)
 	a.mux.HandleFunc("POST "+p+"/introspect", a.introspect)
 	a.mux.HandleFunc("GET "+p+"/jwks", func(w http.ResponseWriter, _ *http.Request) {
@@ -320,6 +327,7 @@ func (a *AuthServer) metadata(w http.ResponseWriter, _ *http.Request) {
 	if a.opt.DCR {
 		doc["registration_endpoint"] = a.URL + "/register"
 	}
+	a.dpopMetadata(doc)
 	writeJSON(w, http.StatusOK, doc)
 }
 
@@ -367,6 +375,10 @@ func (a *AuthServer) authorize(w http.ResponseWriter, r *http.Request) {
 		a.provider.WriteAuthorizeError(ctx, w, ar, err)
 		return
 	}
+	if jkt := ar.GetRequestForm().Get("dpop_jkt"); a.dpop != nil && jkt != "" {
+		// RFC 9449 section 10: the code is bound to this key.
+		a.dpop.bindCode(resp.GetCode(), jkt)
+	}
 	a.provider.WriteAuthorizeResponse(ctx, w, ar, resp)
 }
 
@@ -395,6 +407,14 @@ func (w *issWriter) WriteHeader(code int) {
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// tokenHandler is the token endpoint, behind RFC 9449 when configured.
+func (a *AuthServer) tokenHandler() http.HandlerFunc {
+	if a.dpop != nil {
+		return a.dpopToken(a.token)
+	}
+	return a.token
 }
 
 func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
@@ -700,6 +720,11 @@ func (a *AuthServer) SetRedirectIss(iss string) {
 // invalid_grant, as after its expiry or an administrator's revocation.
 // Access tokens keep working until they expire.
 func (a *AuthServer) ExpireRefreshTokens() { a.store.killRefresh() }
+
+// RevokeAccessTokens makes every access token issued so far unusable (the
+// resource server answers 401 to them) while the refresh tokens stay valid:
+// a refresh gets a working token again.
+func (a *AuthServer) RevokeAccessTokens() { a.store.killAccess() }
 
 // RevokeAllTokens makes every access and refresh token issued so far invalid.
 func (a *AuthServer) RevokeAllTokens() { a.store.killAll() }

@@ -34,6 +34,8 @@ type MachineOptions struct {
 	// AuthMethods is token_endpoint_auth_methods_supported; default
 	// client_secret_basic, client_secret_post and private_key_jwt.
 	AuthMethods []string
+	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
+	DPoP *DPoPOptions
 	// IDJAG makes the JWT bearer grant accept identity assertion JWT
 	// authorization grants (ID-JAG) from the identity provider named with
 	// TrustIdentityProvider (xaa.go), instead of fosite's RFC 7523 handler
@@ -74,6 +76,9 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 		opt:    AuthServerOptions{AccessTokenLifetime: opt.AccessTokenLifetime, RefreshTokenLifetime: 24 * time.Hour, Scopes: opt.Scopes},
 		store:  newStore(true),
 	}
+	if opt.DPoP != nil {
+		a.dpop = newDPoPServer(*opt.DPoP)
+	}
 	a.config = &fosite.Config{
 		AccessTokenLifespan:      opt.AccessTokenLifetime,
 		RefreshTokenLifespan:     24 * time.Hour,
@@ -103,7 +108,7 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 		compose.OAuth2TokenIntrospectionFactory,
 	)
 	a.mux = http.NewServeMux()
-	a.mux.HandleFunc("POST /token", a.token)
+	a.mux.HandleFunc("POST /token", a.tokenHandler())
 	a.mux.HandleFunc("GET /authorize", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_response_type"})
 	})
@@ -125,6 +130,7 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 			"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "RS256"},
 			"scopes_supported":                                 opt.Scopes,
 		}
+		a.dpopMetadata(doc)
 		if opt.IDJAG {
 			// The ID-JAG draft, section 7.2 (the MCP extension, section 6).
 			doc["authorization_grant_profiles_supported"] = []string{"urn:ietf:params:oauth:grant-profile:id-jag"}

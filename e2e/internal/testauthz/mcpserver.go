@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
@@ -92,6 +93,9 @@ type MCPServerOptions struct {
 	HugeTool bool
 	// Stateless runs the Streamable HTTP transport without sessions.
 	Stateless bool
+	// DPoP makes the endpoint accept only DPoP-bound tokens of Auth with a
+	// valid proof per request (RFC 9449 section 7; dpop.go).
+	DPoP *DPoPOptions
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
 	Addr string
 }
@@ -107,6 +111,10 @@ type MCPServer struct {
 	auth   *AuthServer
 	rec    recorder
 	mux    *http.ServeMux
+
+	dpop           *dpopServer // nil without DPoP
+	dpopMu         sync.Mutex
+	bearerAttempts int
 }
 
 // NewMCPServer starts an MCP server on 127.0.0.1 and stops it when tb ends.
@@ -140,7 +148,16 @@ func NewMCPServer(tb TB, opt MCPServerOptions) *MCPServer {
 			h = m.requireToolScope(h)
 		}
 		h = auth.RequireBearerToken(m.verify, &auth.RequireBearerTokenOptions{ResourceMetadataURL: m.challengeMetadataURL()})(h)
-		h = m.challenge(h)
+		if opt.DPoP != nil {
+			if m.auth.dpop == nil {
+				tb.Fatal("testauthz: a DPoP MCP server needs an authorization server with DPoP")
+			}
+			m.dpop = newDPoPServer(*opt.DPoP)
+			m.dpop.lookup = m.auth.TokenJKT
+			h = m.requireDPoP(h)
+		} else {
+			h = m.challenge(h)
+		}
 	}
 	if opt.RequiredHeader[0] != "" {
 		h = m.requireHeader(h)
@@ -246,6 +263,9 @@ func (m *MCPServer) challenge(next http.Handler) http.Handler {
 type challengeWriter struct {
 	http.ResponseWriter
 	scope string
+	// scheme, when set, replaces the Bearer scheme of the challenge (a
+	// DPoP-only resource server challenges with DPoP, RFC 9449 section 7.1).
+	scheme string
 }
 
 func (w *challengeWriter) WriteHeader(code int) {
@@ -253,6 +273,9 @@ func (w *challengeWriter) WriteHeader(code int) {
 		c := w.Header().Get("WWW-Authenticate")
 		if c == "" {
 			c = "Bearer"
+		}
+		if w.scheme != "" {
+			c = w.scheme + strings.TrimPrefix(c, "Bearer")
 		}
 		if w.scope != "" {
 			if c == "Bearer" {

@@ -128,6 +128,16 @@ func (s *store) killRefresh() {
 	}
 }
 
+// killAccess makes every access token issued so far unusable, keeping the
+// refresh tokens (an access token revoked early, RFC 7009 section 2.1).
+func (s *store) killAccess() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sig := range s.accessSig {
+		s.dead[sig] = true
+	}
+}
+
 // killAll makes every access and refresh token issued so far unusable.
 func (s *store) killAll() {
 	s.mu.Lock()

@@ -356,6 +356,14 @@ const (
 	// the operator allows) (gRPC FAILED_PRECONDITION).
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_ASSERTION_UNAVAILABLE ErrorReason = 84
+	// The provider uses DPoP (RFC 9449) and the authorization server did not
+	// honour it: it refused the proof (invalid_dpop_proof), answered with a
+	// Bearer token, or bound the token to another key; or the provider's
+	// DPoP key changed since its tokens were issued (gRPC
+	// FAILED_PRECONDITION). mcpauth never falls back to Bearer: disable DPoP
+	// for the provider or authorize again.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_DPOP_REFUSED ErrorReason = 100
 	// A provider of credential kind ENTERPRISE_MANAGED holds no usable token
 	// (none was obtained yet, or the access token expired and no refresh
 	// token was issued) (gRPC FAILED_PRECONDITION): call
@@ -439,6 +447,7 @@ var (
 		82:  "UNAUTHORIZED_CLIENT",
 		83:  "GRANT_REFUSED",
 		84:  "ASSERTION_UNAVAILABLE",
+		100: "DPOP_REFUSED",
 		105: "ID_TOKEN_REQUIRED",
 		106: "IDENTITY_PROVIDER_REFUSED",
 	}
@@ -508,6 +517,7 @@ var (
 		"UNAUTHORIZED_CLIENT":          82,
 		"GRANT_REFUSED":                83,
 		"ASSERTION_UNAVAILABLE":        84,
+		"DPOP_REFUSED":                 100,
 		"ID_TOKEN_REQUIRED":            105,
 		"IDENTITY_PROVIDER_REFUSED":    106,
 	}
@@ -545,7 +555,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x80\f\n" +
+	"mcpauth.v1*\x92\f\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -612,7 +622,8 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\rINVALID_SCOPE\x10Q\x12\x17\n" +
 	"\x13UNAUTHORIZED_CLIENT\x10R\x12\x11\n" +
 	"\rGRANT_REFUSED\x10S\x12\x19\n" +
-	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x15\n" +
+	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x10\n" +
+	"\fDPOP_REFUSED\x10d\x12\x15\n" +
 	"\x11ID_TOKEN_REQUIRED\x10i\x12\x1d\n" +
 	"\x19IDENTITY_PROVIDER_REFUSED\x10jB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 

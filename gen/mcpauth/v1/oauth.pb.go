@@ -410,7 +410,16 @@ func (x *GetAuthorizationStatusResponse) GetReason() string {
 type GetAccessTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// For a DPoP-bound token: the HTTP method of the request the caller will
+	// make with it (for example POST). With dpop_url, the response carries a
+	// proof for that request.
+	DpopMethod string `protobuf:"bytes,120,opt,name=dpop_method,json=dpopMethod,proto3" json:"dpop_method,omitempty"`
+	// For a DPoP-bound token: the absolute http(s) URL of that request
+	// (query and fragment are left out of the proof's htu).
+	DpopUrl string `protobuf:"bytes,121,opt,name=dpop_url,json=dpopUrl,proto3" json:"dpop_url,omitempty"`
+	// The DPoP-Nonce the caller's server gave, if any, for the proof.
+	DpopNonce     string `protobuf:"bytes,122,opt,name=dpop_nonce,json=dpopNonce,proto3" json:"dpop_nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -452,6 +461,27 @@ func (x *GetAccessTokenRequest) GetName() string {
 	return ""
 }
 
+func (x *GetAccessTokenRequest) GetDpopMethod() string {
+	if x != nil {
+		return x.DpopMethod
+	}
+	return ""
+}
+
+func (x *GetAccessTokenRequest) GetDpopUrl() string {
+	if x != nil {
+		return x.DpopUrl
+	}
+	return ""
+}
+
+func (x *GetAccessTokenRequest) GetDpopNonce() string {
+	if x != nil {
+		return x.DpopNonce
+	}
+	return ""
+}
+
 // GetAccessTokenResponse is the response of GetAccessToken.
 type GetAccessTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -464,9 +494,18 @@ type GetAccessTokenResponse struct {
 	// The granted scopes.
 	Scopes []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	// The issuer that granted the token.
-	Issuer        string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Issuer string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// A DPoP proof (RFC 9449 section 4) for dpop_method and dpop_url,
+	// signed with the provider's key and bound to this token (ath), when the
+	// token_type is DPoP and the request named them. Send it as the DPoP
+	// header with "Authorization: DPoP <access_token>"; make a new one (call
+	// again) for each request.
+	DpopProof string `protobuf:"bytes,120,opt,name=dpop_proof,json=dpopProof,proto3" json:"dpop_proof,omitempty"`
+	// The thumbprint (jkt) of the key the token is bound to, when the
+	// token_type is DPoP.
+	DpopKeyThumbprint string `protobuf:"bytes,121,opt,name=dpop_key_thumbprint,json=dpopKeyThumbprint,proto3" json:"dpop_key_thumbprint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetAccessTokenResponse) Reset() {
@@ -530,6 +569,20 @@ func (x *GetAccessTokenResponse) GetScopes() []string {
 func (x *GetAccessTokenResponse) GetIssuer() string {
 	if x != nil {
 		return x.Issuer
+	}
+	return ""
+}
+
+func (x *GetAccessTokenResponse) GetDpopProof() string {
+	if x != nil {
+		return x.DpopProof
+	}
+	return ""
+}
+
+func (x *GetAccessTokenResponse) GetDpopKeyThumbprint() string {
+	if x != nil {
+		return x.DpopKeyThumbprint
 	}
 	return ""
 }
@@ -963,6 +1016,12 @@ type DiagnoseProviderResponse struct {
 	// (client_secret_basic, client_secret_post, private_key_jwt or none);
 	// empty when it uses none (a JWT bearer grant without a client).
 	TokenEndpointAuthMethod string `protobuf:"bytes,85,opt,name=token_endpoint_auth_method,json=tokenEndpointAuthMethod,proto3" json:"token_endpoint_auth_method,omitempty"`
+	// The authorization server's dpop_signing_alg_values_supported (RFC 9449
+	// section 5.1), as advertised (empty: not advertised).
+	DpopSigningAlgValuesSupported []string `protobuf:"bytes,120,rep,name=dpop_signing_alg_values_supported,json=dpopSigningAlgValuesSupported,proto3" json:"dpop_signing_alg_values_supported,omitempty"`
+	// Whether the provider's token requests will carry DPoP proofs, from its
+	// DPoP mode, its key and the metadata.
+	DpopWillBeUsed bool `protobuf:"varint,121,opt,name=dpop_will_be_used,json=dpopWillBeUsed,proto3" json:"dpop_will_be_used,omitempty"`
 	// For CREDENTIAL_KIND_ENTERPRISE_MANAGED: the enterprise identity
 	// provider's issuer (as configured).
 	IdentityProviderIssuer string `protobuf:"bytes,140,opt,name=identity_provider_issuer,json=identityProviderIssuer,proto3" json:"identity_provider_issuer,omitempty"`
@@ -1136,6 +1195,20 @@ func (x *DiagnoseProviderResponse) GetTokenEndpointAuthMethod() string {
 	return ""
 }
 
+func (x *DiagnoseProviderResponse) GetDpopSigningAlgValuesSupported() []string {
+	if x != nil {
+		return x.DpopSigningAlgValuesSupported
+	}
+	return nil
+}
+
+func (x *DiagnoseProviderResponse) GetDpopWillBeUsed() bool {
+	if x != nil {
+		return x.DpopWillBeUsed
+	}
+	return false
+}
+
 func (x *DiagnoseProviderResponse) GetIdentityProviderIssuer() string {
 	if x != nil {
 		return x.IdentityProviderIssuer
@@ -1194,9 +1267,14 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12*\n" +
 	"\x11has_refresh_token\x18\x05 \x01(\bR\x0fhasRefreshToken\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"0\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x8b\x01\n" +
 	"\x15GetAccessTokenRequest\x12\x17\n" +
-	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"\xc7\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
+	"\vdpop_method\x18x \x01(\tR\n" +
+	"dpopMethod\x12\x19\n" +
+	"\bdpop_url\x18y \x01(\tR\adpopUrl\x12\x1d\n" +
+	"\n" +
+	"dpop_nonce\x18z \x01(\tR\tdpopNonce\"\x96\x02\n" +
 	"\x16GetAccessTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -1204,7 +1282,10 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12\x16\n" +
 	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12\x16\n" +
-	"\x06issuer\x18\x05 \x01(\tR\x06issuer\"5\n" +
+	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12\x1d\n" +
+	"\n" +
+	"dpop_proof\x18x \x01(\tR\tdpopProof\x12.\n" +
+	"\x13dpop_key_thumbprint\x18y \x01(\tR\x11dpopKeyThumbprint\"5\n" +
 	"\x1aRevokeAuthorizationRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"I\n" +
 	"\x1bRevokeAuthorizationResponse\x12*\n" +
@@ -1229,8 +1310,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xcd\n" +
-	"\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xc2\v\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -1251,7 +1331,9 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18S \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12\x1d\n" +
 	"\n" +
 	"grant_type\x18T \x01(\tR\tgrantType\x12;\n" +
-	"\x1atoken_endpoint_auth_method\x18U \x01(\tR\x17tokenEndpointAuthMethod\x129\n" +
+	"\x1atoken_endpoint_auth_method\x18U \x01(\tR\x17tokenEndpointAuthMethod\x12H\n" +
+	"!dpop_signing_alg_values_supported\x18x \x03(\tR\x1ddpopSigningAlgValuesSupported\x12)\n" +
+	"\x11dpop_will_be_used\x18y \x01(\bR\x0edpopWillBeUsed\x129\n" +
 	"\x18identity_provider_issuer\x18\x8c\x01 \x01(\tR\x16identityProviderIssuer\x12U\n" +
 	"'identity_provider_grant_types_supported\x18\x8d\x01 \x03(\tR#identityProviderGrantTypesSupported\x12s\n" +
 	"7identity_provider_token_endpoint_auth_methods_supported\x18\x8e\x01 \x03(\tR1identityProviderTokenEndpointAuthMethodsSupported\x12^\n" +

@@ -94,6 +94,65 @@ func (AuthorizationStatus) EnumDescriptor() ([]byte, []int) {
 	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{0}
 }
 
+// DpopMode says when a provider's tokens are bound to its DPoP key.
+type DpopMode int32
+
+const (
+	// DPoP is not used (the default).
+	DpopMode_DPOP_MODE_UNSPECIFIED DpopMode = 0
+	// DPoP is not used; a stored key is deleted.
+	DpopMode_DPOP_MODE_DISABLED DpopMode = 1
+	// DPoP is used when the authorization server's metadata lists the key's
+	// algorithm in dpop_signing_alg_values_supported.
+	DpopMode_DPOP_MODE_AUTO DpopMode = 2
+	// DPoP is always used, and only a DPoP token_type is accepted from the
+	// token endpoint (never a Bearer fallback).
+	DpopMode_DPOP_MODE_REQUIRED DpopMode = 3
+)
+
+// Enum value maps for DpopMode.
+var (
+	DpopMode_name = map[int32]string{
+		0: "DPOP_MODE_UNSPECIFIED",
+		1: "DPOP_MODE_DISABLED",
+		2: "DPOP_MODE_AUTO",
+		3: "DPOP_MODE_REQUIRED",
+	}
+	DpopMode_value = map[string]int32{
+		"DPOP_MODE_UNSPECIFIED": 0,
+		"DPOP_MODE_DISABLED":    1,
+		"DPOP_MODE_AUTO":        2,
+		"DPOP_MODE_REQUIRED":    3,
+	}
+)
+
+func (x DpopMode) Enum() *DpopMode {
+	p := new(DpopMode)
+	*p = x
+	return p
+}
+
+func (x DpopMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DpopMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+}
+
+func (DpopMode) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+}
+
+func (x DpopMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DpopMode.Descriptor instead.
+func (DpopMode) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
 // CredentialKind is how mcpauth obtains a provider's access token.
 type CredentialKind int32
 
@@ -162,11 +221,11 @@ func (x CredentialKind) String() string {
 }
 
 func (CredentialKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
 }
 
 func (CredentialKind) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+	return &file_mcpauth_v1_provider_proto_enumTypes[2]
 }
 
 func (x CredentialKind) Number() protoreflect.EnumNumber {
@@ -175,7 +234,7 @@ func (x CredentialKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CredentialKind.Descriptor instead.
 func (CredentialKind) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 // ResourceParameterMode says what to send as the RFC 8707 resource parameter.
@@ -219,11 +278,11 @@ func (x ResourceParameterMode) String() string {
 }
 
 func (ResourceParameterMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[3].Descriptor()
 }
 
 func (ResourceParameterMode) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[2]
+	return &file_mcpauth_v1_provider_proto_enumTypes[3]
 }
 
 func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
@@ -232,7 +291,7 @@ func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResourceParameterMode.Descriptor instead.
 func (ResourceParameterMode) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 // Provider is a remote MCP server registered for a tenant.
@@ -302,8 +361,14 @@ type Provider struct {
 	// The enterprise identity provider of CREDENTIAL_KIND_ENTERPRISE_MANAGED,
 	// and only of it.
 	EnterpriseIdentityProvider *EnterpriseIdentityProvider `protobuf:"bytes,140,opt,name=enterprise_identity_provider,json=enterpriseIdentityProvider,proto3" json:"enterprise_identity_provider,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// Sender-constrained tokens (DPoP, RFC 9449) for any credential kind
+	// (update path "dpop"). A new or rotated key makes the tokens bound to
+	// the old one useless: they are revoked and deleted (audited as
+	// provider.credentials.reset), and the key change itself is audited as
+	// provider.dpop_key.changed.
+	Dpop          *DpopSettings `protobuf:"bytes,120,opt,name=dpop,proto3" json:"dpop,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -483,6 +548,94 @@ func (x *Provider) GetEnterpriseIdentityProvider() *EnterpriseIdentityProvider {
 	return nil
 }
 
+func (x *Provider) GetDpop() *DpopSettings {
+	if x != nil {
+		return x.Dpop
+	}
+	return nil
+}
+
+// DpopSettings is a provider's DPoP (RFC 9449) configuration. mcpauth
+// generates the key pair and keeps the private key encrypted; it is never
+// returned. With DPoP in use, every token request (code exchange, refresh,
+// client credentials, JWT bearer) carries a proof, refresh keeps the same
+// key, and every MCP request carries "Authorization: DPoP <token>" with a
+// fresh proof (htm, htu, iat, jti, ath). Server nonces (use_dpop_nonce)
+// are answered once at the authorization server and at the MCP server.
+type DpopSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When DPoP is used. AUTO and REQUIRED generate a key when the provider
+	// has none.
+	Mode DpopMode `protobuf:"varint,1,opt,name=mode,proto3,enum=mcpauth.v1.DpopMode" json:"mode,omitempty"`
+	// ES256 (the default) or RS256: the algorithm of a key generated now.
+	// Changing it generates a new key.
+	Algorithm string `protobuf:"bytes,2,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// Generate a new key now (the old one is deleted).
+	RotateKey bool `protobuf:"varint,3,opt,name=rotate_key,json=rotateKey,proto3" json:"rotate_key,omitempty"`
+	// The key's RFC 7638 SHA-256 thumbprint: the jkt tokens are bound to.
+	KeyThumbprint string `protobuf:"bytes,4,opt,name=key_thumbprint,json=keyThumbprint,proto3" json:"key_thumbprint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DpopSettings) Reset() {
+	*x = DpopSettings{}
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DpopSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DpopSettings) ProtoMessage() {}
+
+func (x *DpopSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DpopSettings.ProtoReflect.Descriptor instead.
+func (*DpopSettings) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DpopSettings) GetMode() DpopMode {
+	if x != nil {
+		return x.Mode
+	}
+	return DpopMode_DPOP_MODE_UNSPECIFIED
+}
+
+func (x *DpopSettings) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *DpopSettings) GetRotateKey() bool {
+	if x != nil {
+		return x.RotateKey
+	}
+	return false
+}
+
+func (x *DpopSettings) GetKeyThumbprint() string {
+	if x != nil {
+		return x.KeyThumbprint
+	}
+	return ""
+}
+
 // EnterpriseIdentityProvider is the enterprise identity provider (IdP)
 // mcpauth exchanges end users' ID tokens at.
 type EnterpriseIdentityProvider struct {
@@ -508,7 +661,7 @@ type EnterpriseIdentityProvider struct {
 
 func (x *EnterpriseIdentityProvider) Reset() {
 	*x = EnterpriseIdentityProvider{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +673,7 @@ func (x *EnterpriseIdentityProvider) String() string {
 func (*EnterpriseIdentityProvider) ProtoMessage() {}
 
 func (x *EnterpriseIdentityProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +686,7 @@ func (x *EnterpriseIdentityProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnterpriseIdentityProvider.ProtoReflect.Descriptor instead.
 func (*EnterpriseIdentityProvider) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EnterpriseIdentityProvider) GetIssuer() string {
@@ -586,7 +739,7 @@ type WorkloadIdentity struct {
 
 func (x *WorkloadIdentity) Reset() {
 	*x = WorkloadIdentity{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +751,7 @@ func (x *WorkloadIdentity) String() string {
 func (*WorkloadIdentity) ProtoMessage() {}
 
 func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +764,7 @@ func (x *WorkloadIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadIdentity.ProtoReflect.Descriptor instead.
 func (*WorkloadIdentity) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WorkloadIdentity) GetAssertionFile() string {
@@ -649,7 +802,7 @@ type ClientKey struct {
 
 func (x *ClientKey) Reset() {
 	*x = ClientKey{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +814,7 @@ func (x *ClientKey) String() string {
 func (*ClientKey) ProtoMessage() {}
 
 func (x *ClientKey) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +827,7 @@ func (x *ClientKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientKey.ProtoReflect.Descriptor instead.
 func (*ClientKey) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClientKey) GetPrivateKeyPem() string {
@@ -734,7 +887,7 @@ type HeaderInfo struct {
 
 func (x *HeaderInfo) Reset() {
 	*x = HeaderInfo{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +899,7 @@ func (x *HeaderInfo) String() string {
 func (*HeaderInfo) ProtoMessage() {}
 
 func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +912,7 @@ func (x *HeaderInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderInfo.ProtoReflect.Descriptor instead.
 func (*HeaderInfo) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HeaderInfo) GetName() string {
@@ -807,7 +960,7 @@ type OAuthClient struct {
 
 func (x *OAuthClient) Reset() {
 	*x = OAuthClient{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +972,7 @@ func (x *OAuthClient) String() string {
 func (*OAuthClient) ProtoMessage() {}
 
 func (x *OAuthClient) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +985,7 @@ func (x *OAuthClient) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
 func (*OAuthClient) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OAuthClient) GetClientId() string {
@@ -899,7 +1052,7 @@ type CompatibilityProfile struct {
 
 func (x *CompatibilityProfile) Reset() {
 	*x = CompatibilityProfile{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1064,7 @@ func (x *CompatibilityProfile) String() string {
 func (*CompatibilityProfile) ProtoMessage() {}
 
 func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1077,7 @@ func (x *CompatibilityProfile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompatibilityProfile.ProtoReflect.Descriptor instead.
 func (*CompatibilityProfile) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompatibilityProfile) GetResourceMode() ResourceParameterMode {
@@ -984,7 +1137,7 @@ type CreateProviderRequest struct {
 
 func (x *CreateProviderRequest) Reset() {
 	*x = CreateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1149,7 @@ func (x *CreateProviderRequest) String() string {
 func (*CreateProviderRequest) ProtoMessage() {}
 
 func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[7]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1162,7 @@ func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
 func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{7}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateProviderRequest) GetParent() string {
@@ -1051,7 +1204,7 @@ type CreateProviderResponse struct {
 
 func (x *CreateProviderResponse) Reset() {
 	*x = CreateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1216,7 @@ func (x *CreateProviderResponse) String() string {
 func (*CreateProviderResponse) ProtoMessage() {}
 
 func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[8]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1229,7 @@ func (x *CreateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProviderResponse.ProtoReflect.Descriptor instead.
 func (*CreateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{8}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateProviderResponse) GetProvider() *Provider {
@@ -1097,7 +1250,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1262,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[9]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1275,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{9}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -1143,7 +1296,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1308,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1321,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -1193,7 +1346,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1358,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1371,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListProvidersRequest) GetParent() string {
@@ -1255,7 +1408,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1420,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1433,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1311,7 +1464,7 @@ type UpdateProviderRequest struct {
 
 func (x *UpdateProviderRequest) Reset() {
 	*x = UpdateProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1476,7 @@ func (x *UpdateProviderRequest) String() string {
 func (*UpdateProviderRequest) ProtoMessage() {}
 
 func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[13]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1489,7 @@ func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{13}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateProviderRequest) GetProvider() *Provider {
@@ -1364,7 +1517,7 @@ type UpdateProviderResponse struct {
 
 func (x *UpdateProviderResponse) Reset() {
 	*x = UpdateProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1529,7 @@ func (x *UpdateProviderResponse) String() string {
 func (*UpdateProviderResponse) ProtoMessage() {}
 
 func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[14]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1542,7 @@ func (x *UpdateProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProviderResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{14}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateProviderResponse) GetProvider() *Provider {
@@ -1412,7 +1565,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1577,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[15]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1590,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{15}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1465,7 +1618,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1630,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_provider_proto_msgTypes[16]
+	mi := &file_mcpauth_v1_provider_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1643,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{16}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteProviderResponse) GetRevokedAtServer() bool {
@@ -1505,7 +1658,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\n" +
 	"\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
@@ -1533,10 +1686,17 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
 	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
-	"\x1centerprise_identity_provider\x18\x8c\x01 \x01(\v2&.mcpauth.v1.EnterpriseIdentityProviderR\x1aenterpriseIdentityProvider\x1a:\n" +
+	"\x1centerprise_identity_provider\x18\x8c\x01 \x01(\v2&.mcpauth.v1.EnterpriseIdentityProviderR\x1aenterpriseIdentityProvider\x12,\n" +
+	"\x04dpop\x18x \x01(\v2\x18.mcpauth.v1.DpopSettingsR\x04dpop\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x01\n" +
+	"\fDpopSettings\x12(\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x14.mcpauth.v1.DpopModeR\x04mode\x12\x1c\n" +
+	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
+	"\n" +
+	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\xd3\x01\n" +
 	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
 	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
@@ -1610,7 +1770,12 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_STATUS_PENDING\x10\x03\x12#\n" +
 	"\x1fAUTHORIZATION_STATUS_AUTHORIZED\x10\x04\x12 \n" +
 	"\x1cAUTHORIZATION_STATUS_EXPIRED\x10\x05\x12(\n" +
-	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*\xf3\x01\n" +
+	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*i\n" +
+	"\bDpopMode\x12\x19\n" +
+	"\x15DPOP_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12DPOP_MODE_DISABLED\x10\x01\x12\x12\n" +
+	"\x0eDPOP_MODE_AUTO\x10\x02\x12\x16\n" +
+	"\x12DPOP_MODE_REQUIRED\x10\x03*\xf3\x01\n" +
 	"\x0eCredentialKind\x12\x1f\n" +
 	"\x1bCREDENTIAL_KIND_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"CREDENTIAL_KIND_AUTHORIZATION_CODE\x10\x01\x12&\n" +
@@ -1642,74 +1807,78 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_provider_proto_rawDescData
 }
 
-var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
 	(AuthorizationStatus)(0),           // 0: mcpauth.v1.AuthorizationStatus
-	(CredentialKind)(0),                // 1: mcpauth.v1.CredentialKind
-	(ResourceParameterMode)(0),         // 2: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),                   // 3: mcpauth.v1.Provider
-	(*EnterpriseIdentityProvider)(nil), // 4: mcpauth.v1.EnterpriseIdentityProvider
-	(*WorkloadIdentity)(nil),           // 5: mcpauth.v1.WorkloadIdentity
-	(*ClientKey)(nil),                  // 6: mcpauth.v1.ClientKey
-	(*HeaderInfo)(nil),                 // 7: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),                // 8: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),       // 9: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),      // 10: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil),     // 11: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),         // 12: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),        // 13: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),       // 14: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),      // 15: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),      // 16: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil),     // 17: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),      // 18: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),     // 19: mcpauth.v1.DeleteProviderResponse
-	nil,                                // 20: mcpauth.v1.Provider.HeadersEntry
-	nil,                                // 21: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),        // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 24: google.protobuf.FieldMask
+	(DpopMode)(0),                      // 1: mcpauth.v1.DpopMode
+	(CredentialKind)(0),                // 2: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),         // 3: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),                   // 4: mcpauth.v1.Provider
+	(*DpopSettings)(nil),               // 5: mcpauth.v1.DpopSettings
+	(*EnterpriseIdentityProvider)(nil), // 6: mcpauth.v1.EnterpriseIdentityProvider
+	(*WorkloadIdentity)(nil),           // 7: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),                  // 8: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),                 // 9: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),                // 10: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),       // 11: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),      // 12: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),     // 13: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),         // 14: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),        // 15: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),       // 16: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 17: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),      // 18: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),     // 19: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),      // 20: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),     // 21: mcpauth.v1.DeleteProviderResponse
+	nil,                                // 22: mcpauth.v1.Provider.HeadersEntry
+	nil,                                // 23: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 26: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	20, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	7,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	22, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	22, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	8,  // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	9,  // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	22, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	9,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	24, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	24, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	10, // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	11, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	23, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	23, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	7,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
-	5,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
-	4,  // 12: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
-	6,  // 13: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	2,  // 14: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	21, // 15: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	3,  // 16: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	3,  // 17: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 18: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	3,  // 19: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	3,  // 20: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	24, // 21: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 22: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	10, // 23: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	12, // 24: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	14, // 25: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	16, // 26: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	18, // 27: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	11, // 28: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	13, // 29: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	15, // 30: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	17, // 31: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	19, // 32: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	28, // [28:33] is the sub-list for method output_type
-	23, // [23:28] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	25, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	25, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	2,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	9,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	7,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	6,  // 12: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
+	5,  // 13: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
+	1,  // 14: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
+	8,  // 15: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	3,  // 16: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	23, // 17: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	4,  // 18: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	4,  // 19: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 20: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	4,  // 21: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	4,  // 22: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	26, // 23: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 24: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	12, // 25: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	14, // 26: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	16, // 27: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	18, // 28: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	20, // 29: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	13, // 30: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	15, // 31: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	17, // 32: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	19, // 33: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	21, // 34: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	30, // [30:35] is the sub-list for method output_type
+	25, // [25:30] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1722,8 +1891,8 @@ func file_mcpauth_v1_provider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   19,
+			NumEnums:      4,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
