@@ -113,3 +113,32 @@ func TestCachedReadsOtherReplica(t *testing.T) {
 		}
 	})
 }
+
+// TestCachedReadsKeyByGrant: a credential is cached under its full grant,
+// so a user's read is never answered with the tenant-wide grant's entry,
+// and a credential write empties the cache.
+func TestCachedReadsKeyByGrant(t *testing.T) {
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		c := s.NewCachedReads(time.Hour)
+		mustCreate(t, s, newProvider("t1", "p"))
+		tenantWide := domain.TenantGrant("t1", "p")
+		if _, err := c.GetCredential(ctx, tenantWide); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("GetCredential before any: %v, want NotFound", err)
+		}
+		gen, err := s.PutCredential(ctx, newCredential("t1", "p", "tok"), 0)
+		wantNoErr(t, err, "PutCredential")
+		got, err := c.GetCredential(ctx, tenantWide)
+		if err != nil || string(got.Tokens) != "tok" {
+			t.Fatalf("after PutCredential the cached read says %+v, %v", got, err)
+		}
+		user := domain.GrantRef{Tenant: "t1", Provider: "p", User: "alice"}
+		if u, err := c.GetCredential(ctx, user); err == nil {
+			t.Fatalf("a user's read was answered with %q, the tenant-wide grant's credential", u.Tokens)
+		}
+		wantNoErr(t, s.DeleteCredential(ctx, tenantWide, gen), "DeleteCredential")
+		if _, err := c.GetCredential(ctx, tenantWide); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("after DeleteCredential the cached read says %v, want NotFound", err)
+		}
+	})
+}
