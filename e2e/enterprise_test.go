@@ -368,3 +368,28 @@ func TestEnterpriseManagedRefresh(t *testing.T) {
 		t.Fatalf("identity provider token requests = %d, want 1", n)
 	}
 }
+
+// TestEnterpriseManagedREST: the REST mapping of ExchangeIdentityAssertion
+// on the gateway; its answer carries no token and not the ID token.
+func TestEnterpriseManagedREST(t *testing.T) {
+	t.Parallel()
+	e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient)
+	idToken := e.IdP.IDToken(t, "bob", xaaIdPClient, 10*time.Minute)
+	code, _, body := provHTTP(t, e.S, "POST", "/v1/"+xaaProviderRes+":exchangeIdentityAssertion", e.S.AdminKey,
+		`{"user":"bob","idToken":"`+idToken+`"}`, nil)
+	if code != 200 || !strings.Contains(string(body), "AUTHORIZATION_STATUS_AUTHORIZED") {
+		t.Fatalf("POST :exchangeIdentityAssertion = %d %s", code, body)
+	}
+	if strings.Contains(string(body), idToken) || strings.Contains(string(body), e.IdP.Issued()[0].Raw) || strings.Contains(string(body), "accessToken") {
+		t.Fatalf("the answer carries a token: %s", body)
+	}
+	who := tlMustCall(t, e.S, xaaProviderRes, "whoami", nil)
+	if got := who.GetStructuredContent().AsMap()["subject"]; got != "bob" {
+		t.Fatalf("whoami subject %v, want bob", got)
+	}
+	// Bad input on the gateway too: 400 naming the field, nothing sent.
+	code, _, body = provHTTP(t, e.S, "POST", "/v1/"+xaaProviderRes+":exchangeIdentityAssertion", e.S.AdminKey, `{"user":"bob","idToken":"x"}`, nil)
+	if code != 400 || !strings.Contains(string(body), "id_token") || len(e.IdP.RequestsTo("/token")) != 1 {
+		t.Fatalf("bad id_token = %d %s", code, body)
+	}
+}
