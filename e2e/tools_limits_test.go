@@ -24,7 +24,10 @@ import (
 // too; a result larger than the cap is refused with a precise reason.
 func TestToolsDeadlinesAndSize(t *testing.T) {
 	t.Parallel()
-	srv := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{SlowTool: 10 * time.Second, HugeTool: true})
+	const slowTool = 10 * time.Second
+	// slowCut separates "cut at the 1s limit" from "waited for the tool".
+	const slowCut = slowTool * 7 / 10
+	srv := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{SlowTool: slowTool, HugeTool: true})
 	s := tlStart(t, nil)
 
 	t.Run("grpc deadline", func(t *testing.T) {
@@ -39,8 +42,11 @@ func TestToolsDeadlinesAndSize(t *testing.T) {
 		if c != codes.DeadlineExceeded && !(c == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "did not answer in time")) {
 			t.Fatalf("slow tool under a 1s deadline: %v", err)
 		}
-		if took > 2*time.Second {
-			t.Errorf("the call took %s, want about 1s", took)
+		// Cut by the deadline, not by the tool finishing (10s): the bound
+		// is the tool's own duration, not a latency figure, so a loaded
+		// machine cannot make it fail while the behaviour holds.
+		if took >= slowCut {
+			t.Errorf("the call took %s: it waited for the slow tool instead of the 1s deadline", took)
 		}
 		// The service itself gave up at the deadline, not when the tool
 		// finished: its audit event says so.
@@ -48,7 +54,7 @@ func TestToolsDeadlinesAndSize(t *testing.T) {
 		if ev.GetOutcome() != mcpauthv1.AuditOutcome_AUDIT_OUTCOME_FAILURE {
 			t.Errorf("audit outcome %v", ev.GetOutcome())
 		}
-		if d, err := time.ParseDuration(ev.GetDetails()["duration_ms"] + "ms"); err != nil || d > 3*time.Second {
+		if d, err := time.ParseDuration(ev.GetDetails()["duration_ms"] + "ms"); err != nil || d >= slowCut {
 			t.Errorf("the service worked on the call for %q ms", ev.GetDetails()["duration_ms"])
 		}
 	})
@@ -65,8 +71,8 @@ func TestToolsDeadlinesAndSize(t *testing.T) {
 		if c != codes.DeadlineExceeded && !(c == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "did not answer in time")) {
 			t.Fatalf("slow tool with a 1s provider timeout: %v", err)
 		}
-		if took > 2*time.Second {
-			t.Errorf("the call took %s, want about 1s", took)
+		if took >= slowCut {
+			t.Errorf("the call took %s: it waited for the slow tool instead of the 1s provider timeout", took)
 		}
 		// The provider stays usable.
 		tlMustCall(t, s, name, "echo", map[string]any{"text": "after the timeout"})
