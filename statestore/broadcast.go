@@ -21,6 +21,9 @@ import (
 // while one is being published are coalesced into one more message.
 type Broadcast struct {
 	client redis.UniversalClient
+	// own is client when the broadcast dialled its own pool (closed by
+	// Close), nil when it shares the store's.
+	own    redis.UniversalClient
 	prefix string
 	log    *slog.Logger
 
@@ -32,8 +35,16 @@ type Broadcast struct {
 }
 
 // NewBroadcast returns the broadcast of the Redis store r; Close stops it.
+// It publishes and subscribes through a pool of its own: during a Redis
+// outage its publishes and go-redis's resubscribe attempts fail to dial,
+// and through the shared pool they would keep go-redis's dial circuit
+// breaker open and fail the flow-state calls after Redis is back.
 func (r *Redis) NewBroadcast(log *slog.Logger) *Broadcast {
-	b := &Broadcast{client: r.client, prefix: r.prefix + "bcast:", log: log, pending: map[string]bool{},
+	client, own := r.client, broadcastClient(r.client)
+	if own != nil {
+		client = own
+	}
+	b := &Broadcast{client: client, own: own, prefix: r.prefix + "bcast:", log: log, pending: map[string]bool{},
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 	b.wg.Add(1)
 	go b.publisher()
@@ -115,8 +126,29 @@ func (b *Broadcast) Listen(ctx context.Context, on map[string]func()) error {
 func (b *Broadcast) Close() {
 	select {
 	case <-b.done:
+		return
 	default:
 		close(b.done)
 	}
 	b.wg.Wait()
+	if b.own != nil {
+		_ = b.own.Close()
+	}
+}
+
+// broadcastClient returns a client with client's settings and a small pool
+// of its own (publishes are sequential; the subscription has its own
+// connection), or nil for a client type it does not know.
+func broadcastClient(client redis.UniversalClient) redis.UniversalClient {
+	switch c := client.(type) {
+	case *redis.Client:
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 2, 0, 2
+		return redis.NewClient(&o)
+	case *redis.ClusterClient:
+		o := *c.Options()
+		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 2, 0, 2
+		return redis.NewClusterClient(&o)
+	}
+	return nil
 }
