@@ -401,7 +401,11 @@ func FuzzHeaders(f *testing.F) {
 					t.Fatalf("error %v is not invalid-argument", err)
 				}
 				for _, v := range []string{v1, v2} {
-					if len(v) >= 8 && strings.Contains(e.Error(), v) {
+					// The error names the header; a value that is part of a
+					// name (FuzzHeaders/fb359fb241cac5d4: name and value both
+					// "00000000") is then in it legitimately.
+					if len(v) >= 8 && strings.Contains(e.Error(), v) &&
+						!strings.Contains(n1, v) && !strings.Contains(n2, v) {
 						t.Fatalf("error %q repeats a header value", e.Error())
 					}
 				}
