@@ -1243,8 +1243,8 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, user s
 // grant and its client registration are still stored.
 type pendingRevocation struct {
 	tenant, id, user string
-	held       *vault.Held
-	reg        *oauthclient.Registration
+	held             *vault.Held
+	reg              *oauthclient.Registration
 	// noClient: the client the tokens were issued to could not be rebuilt.
 	noClient bool
 }
