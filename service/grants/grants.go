@@ -329,18 +329,29 @@ func (s *Service) noGrant(ctx context.Context, ref domain.GrantRef) error {
 			"the provider's MCP server asks for no authorization: no access token is needed")
 	}
 	if ref.User != "" {
-		return s.userNotAuthorized(ctx, ref)
+		return userNotAuthorized(ref)
 	}
 	return notAuthorized()
 }
 
-// userNotAuthorized is NOT_AUTHORIZED for an end user without a connection:
-// with a fresh authorization URL for that user when the caller may also
-// start authorizations on the tenant (and this server can start them),
-// so the calling platform can send the person straight to it.
-func (s *Service) userNotAuthorized(ctx context.Context, ref domain.GrantRef) error {
-	e := apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+// userNotAuthorized is NOT_AUTHORIZED for an end user without a connection.
+func userNotAuthorized(ref domain.GrantRef) *apperr.Error {
+	return apperr.FailedPrecondition(domain.ReasonNotAuthorized,
 		"the user has not connected this provider: call StartAuthorization with this user").WithMeta("user", ref.User)
+}
+
+// withAuthorizationURL gives a NOT_AUTHORIZED answer about a user's
+// connection a fresh authorization URL for that user, when the caller may
+// also start authorizations on the tenant (and this server can start
+// them), so the calling platform can send the person straight to it. It
+// runs with the caller's own context and deadline (not the shared read's)
+// and builds a new error: the one it replaces may be shared by other
+// callers of the same read.
+func (s *Service) withAuthorizationURL(ctx context.Context, ref domain.GrantRef, err error) error {
+	if e, ok := apperr.As(err); !ok || ref.User == "" || e.Reason != domain.ReasonNotAuthorized {
+		return err
+	}
+	e := userNotAuthorized(ref)
 	AttachAuthorizationURL(ctx, s.startFor(), ref, nil, e)
 	return e
 }
@@ -419,7 +430,8 @@ func (s *Service) Get(ctx context.Context, ref domain.GrantRef) (*Token, error) 
 	epoch := s.cache.now()
 	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), ref)
 	if err != nil {
-		return s.obtainIfMachine(ctx, ref, cred, err)
+		t, err := s.obtainIfMachine(ctx, ref, cred, err)
+		return t, s.withAuthorizationURL(ctx, ref, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now, epoch)
