@@ -42,6 +42,7 @@ import (
 	"github.com/mcpauth/mcpauth/server"
 	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/authflow"
+	"github.com/mcpauth/mcpauth/service/connections"
 	"github.com/mcpauth/mcpauth/service/grants"
 	"github.com/mcpauth/mcpauth/service/providers"
 	"github.com/mcpauth/mcpauth/service/readlog"
@@ -466,6 +467,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
 		Audit: server.NewAuditAPI(auditLog, feed), Tools: server.NewToolAPI(toolUC), Webhooks: server.NewWebhookAPI(webhookUC),
 		TokenReads: server.NewTokenReadAPI(readLog)}
+	connUC, err := connections.New(a.store, tokens, nil)
+	if err != nil {
+		return nil, err
+	}
+	services.Connections = server.NewConnectionAPI(connUC)
 
 	var grpcOpts []grpc.ServerOption
 	if cfg.TLS() {

@@ -162,3 +162,133 @@ func TestConnectionsUserProvider(t *testing.T) {
 		return err
 	}(), codes.FailedPrecondition, "NOT_AUTHORIZED")
 }
+
+// cnAuthorize completes an authorization of the provider for user in a
+// fresh browser.
+func cnAuthorize(tb testing.TB, s *Service, key, name, user string) {
+	tb.Helper()
+	start, err := s.OAuth().StartAuthorization(Ctx(tb, key), &mcpauthv1.StartAuthorizationRequest{Name: name, User: user})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if code, body, _ := NewBrowser(tb).Open(tb, start.GetAuthorizationUrl()); code != 200 || !strings.Contains(body, "Authorization complete") {
+		tb.Fatalf("%s's authorization: %d %s", user, code, body)
+	}
+}
+
+// TestConnectionsAsResources: the connections of USER providers are
+// resources: listed per provider and, with providers/- and a user, across
+// the tenant's providers (paged, the token bound to the user), read by
+// name (the id derived from the user), deleted one at a time (revoked at
+// the authorization server, the other users' left alone), and revoked and
+// deleted with their provider.
+func TestConnectionsAsResources(t *testing.T) {
+	t.Parallel()
+	as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true})
+	srv := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as})
+	full, fullKey := NewCaller(t, "console", []string{"cr"}, caller.All...)
+	s := Start(t, Options{Callers: &caller.File{Callers: []caller.FileCaller{full}},
+		Env: map[string]string{"MCPAUTH_EGRESS_ALLOW": "127.0.0.1"}})
+	ctx := Ctx(t, fullKey)
+	conns := mcpauthv1.NewConnectionServiceClient(s.Conn)
+	perUser := func(p *mcpauthv1.Provider) { p.GrantScope = mcpauthv1.GrantScope_GRANT_SCOPE_USER }
+	notes := createProvider(t, s, fullKey, "cr", "notes", srv.URL(), perUser)
+	cal := createProvider(t, s, fullKey, "cr", "calendar", srv.URL()+"?calendar", perUser)
+	cnAuthorize(t, s, fullKey, notes, "alice")
+	cnAuthorize(t, s, fullKey, notes, "Bob Smith")
+	cnAuthorize(t, s, fullKey, cal, "alice")
+
+	list, err := conns.ListConnections(ctx, &mcpauthv1.ListConnectionsRequest{Parent: notes})
+	if err != nil || len(list.GetConnections()) != 2 {
+		t.Fatalf("notes' connections: %v %v", list, err)
+	}
+	users := map[string]*mcpauthv1.Connection{}
+	for _, c := range list.GetConnections() {
+		id := c.GetName()[strings.LastIndex(c.GetName(), "/")+1:]
+		if !strings.HasPrefix(c.GetName(), notes+"/connections/c") || len(id) != 27 ||
+			c.GetStatus() != mcpauthv1.AuthorizationStatus_AUTHORIZATION_STATUS_AUTHORIZED || c.GetCreator() != "console" ||
+			c.GetCreateTime() == nil || c.GetLastRefreshTime() == nil || c.GetIssuer() == "" || !c.GetHasRefreshToken() {
+			t.Fatalf("connection %v", c)
+		}
+		users[c.GetUser()] = c
+	}
+	alice, bob := users["alice"], users["Bob Smith"]
+	if alice == nil || bob == nil {
+		t.Fatalf("connections of %v", users)
+	}
+	got, err := conns.GetConnection(ctx, &mcpauthv1.GetConnectionRequest{Name: alice.GetName()})
+	if err != nil || got.GetConnection().GetUser() != "alice" {
+		t.Fatalf("GetConnection: %v %v", got, err)
+	}
+	if _, err := conns.GetConnection(ctx, &mcpauthv1.GetConnectionRequest{Name: notes + "/connections/c" + strings.Repeat("0", 26)}); status.Code(err) != codes.NotFound {
+		t.Fatalf("an unknown connection: %v", err)
+	}
+
+	// What has alice connected? Across providers, one page at a time.
+	var seen []string
+	token := ""
+	for {
+		page, err := conns.ListConnections(ctx, &mcpauthv1.ListConnectionsRequest{Parent: "tenants/cr/providers/-", User: "alice", PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range page.GetConnections() {
+			if c.GetUser() != "alice" {
+				t.Fatalf("user filter returned %v", c)
+			}
+			seen = append(seen, c.GetName())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+		// The token belongs to alice's listing only.
+		_, err = conns.ListConnections(ctx, &mcpauthv1.ListConnectionsRequest{Parent: "tenants/cr/providers/-", User: "Bob Smith", PageSize: 1, PageToken: token})
+		cnWantField(t, err, "page_token")
+	}
+	if len(seen) != 2 || !strings.HasPrefix(seen[0], cal+"/") || !strings.HasPrefix(seen[1], notes+"/") {
+		t.Fatalf("alice's connections: %v", seen)
+	}
+
+	// Deleting alice's connection to notes revokes it there, and only it.
+	before := as.RevocationCount()
+	del, err := conns.DeleteConnection(ctx, &mcpauthv1.DeleteConnectionRequest{Name: alice.GetName()})
+	if err != nil || !del.GetRevokedAtServer() || as.RevocationCount() <= before {
+		t.Fatalf("DeleteConnection: %v %v (revocations %d -> %d)", del, err, before, as.RevocationCount())
+	}
+	if _, err := conns.GetConnection(ctx, &mcpauthv1.GetConnectionRequest{Name: alice.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("alice's deleted connection: %v", err)
+	}
+	tlWantReason(t, func() error {
+		_, err := s.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: notes, User: "alice"})
+		return err
+	}(), codes.FailedPrecondition, "NOT_AUTHORIZED")
+	for _, c := range []struct{ name, user string }{{notes, "Bob Smith"}, {cal, "alice"}} {
+		if _, err := s.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: c.name, User: c.user}); err != nil {
+			t.Fatalf("%s's token for %s after alice's deletion: %v", c.user, c.name, err)
+		}
+	}
+
+	// Deleting the provider revokes and deletes bob's connection with it.
+	before = as.RevocationCount()
+	if _, err := s.Providers().DeleteProvider(ctx, &mcpauthv1.DeleteProviderRequest{Name: notes}); err != nil {
+		t.Fatal(err)
+	}
+	if as.RevocationCount() <= before {
+		t.Fatal("deleting the provider revoked no connection")
+	}
+	left, err := conns.ListConnections(ctx, &mcpauthv1.ListConnectionsRequest{Parent: "tenants/cr/providers/-"})
+	if err != nil || len(left.GetConnections()) != 1 || !strings.HasPrefix(left.GetConnections()[0].GetName(), cal+"/") {
+		t.Fatalf("connections after deleting notes: %v %v", left, err)
+	}
+
+	// REST: the same listing on the gateway.
+	code, _, body := provHTTP(t, s, "GET", "/v1/tenants/cr/providers/-/connections?user=alice", fullKey, "", nil)
+	var rest mcpauthv1.ListConnectionsResponse
+	if code != 200 {
+		t.Fatalf("REST listing: %d %s", code, body)
+	}
+	provDecode(t, body, &rest)
+	if len(rest.GetConnections()) != 1 || rest.GetConnections()[0].GetUser() != "alice" {
+		t.Fatalf("REST listing: %s", body)
+	}
+}

@@ -87,3 +87,57 @@ func TestUserGrantsAreSeparate(t *testing.T) {
 		}
 	})
 }
+
+// TestListConnections: connections are found by their derived id and
+// listed by provider then connection id, narrowed by provider and user,
+// paged by key; the tenant-wide grant is never a connection.
+func TestListConnections(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		for _, p := range []string{"a", "b"} {
+			mustCreate(t, s, newProvider("t", p))
+			for _, u := range []string{"", "alice", "bob"} {
+				c := newCredential("t", p, "x")
+				c.UserID = u
+				_, err := s.PutCredential(ctx, c, 0)
+				wantNoErr(t, err, "put %s/%q", p, u)
+			}
+		}
+		got, err := s.GetConnection(ctx, "t", "a", domain.ConnectionID("bob"))
+		wantNoErr(t, err, "get bob's connection")
+		if got.UserID != "bob" || got.ConnectionID != domain.ConnectionID("bob") {
+			t.Fatalf("bob's connection: %+v", got)
+		}
+		if _, err := s.GetConnection(ctx, "u", "a", domain.ConnectionID("bob")); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("another tenant reads bob's connection: %v", err)
+		}
+		if _, err := s.GetConnection(ctx, "t", "a", ""); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("the tenant-wide grant reads as a connection: %v", err)
+		}
+		all, err := s.ListConnections(ctx, "t", ConnectionFilter{}, ConnectionKey{}, 10)
+		wantNoErr(t, err, "list all")
+		if len(all) != 4 {
+			t.Fatalf("listed %d connections, want 4", len(all))
+		}
+		var paged []Credential
+		after := ConnectionKey{}
+		for {
+			page, err := s.ListConnections(ctx, "t", ConnectionFilter{User: "alice"}, after, 1)
+			wantNoErr(t, err, "page")
+			if len(page) == 0 {
+				break
+			}
+			paged = append(paged, page...)
+			after = ConnectionKey{Provider: page[0].ProviderID, ConnectionID: page[0].ConnectionID}
+		}
+		if len(paged) != 2 || paged[0].ProviderID != "a" || paged[1].ProviderID != "b" || paged[0].UserID != "alice" {
+			t.Fatalf("alice's connections paged: %+v", paged)
+		}
+		onlyB, err := s.ListConnections(ctx, "t", ConnectionFilter{Provider: "b"}, ConnectionKey{}, 10)
+		wantNoErr(t, err, "list b")
+		if len(onlyB) != 2 || onlyB[0].ProviderID != "b" {
+			t.Fatalf("b's connections: %+v", onlyB)
+		}
+	})
+}

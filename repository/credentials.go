@@ -78,6 +78,7 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 			if row.CreatedAt.IsZero() {
 				row.CreatedAt = now
 			}
+			row.ConnectionID = connectionID(row.UserID)
 			if err := tx.Create(&row).Error; err != nil {
 				if _, dup := uniqueViolation(err); dup {
 					return credentialChanged()
@@ -174,6 +175,15 @@ func (s *Store) DeleteCredential(ctx context.Context, g domain.GrantRef, expecte
 	return nil
 }
 
+// connectionID is the connection id of user's grant row, empty for the
+// tenant-wide grant.
+func connectionID(user string) string {
+	if user == "" {
+		return ""
+	}
+	return domain.ConnectionID(user)
+}
+
 // errNothingDeleted rolls back a delete that matched no row.
 var errNothingDeleted = errors.New("repository: nothing deleted")
 
@@ -231,7 +241,8 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 		}
 		gen := p.CredGeneration + 1
 		row := Credential{TenantID: tenant, ProviderID: providerID, UserID: g.User, Tokens: []byte{}, Generation: gen, Status: to,
-			Reason: reason, KeyID: keyID, CreatedBy: caller.ActorName(ctx), CreatedAt: now, UpdatedAt: now}
+			Reason: reason, KeyID: keyID, CreatedBy: caller.ActorName(ctx), CreatedAt: now, UpdatedAt: now,
+			ConnectionID: connectionID(g.User)}
 		// A concurrent writer may create the grant first: it wins. ON
 		// CONFLICT DO NOTHING keeps the transaction alive on PostgreSQL,
 		// where a failed statement would abort it.

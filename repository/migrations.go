@@ -8,6 +8,8 @@ import (
 
 	"github.com/go-gormigrate/gormigrate/v2"
 	"gorm.io/gorm"
+
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // migration is one versioned schema change.
@@ -18,6 +20,9 @@ type migration struct {
 	// message that tells the operator what to do.
 	check func(tx *gorm.DB) error
 	sql   []string
+	// fill, when set, runs after the statements (both dialects): data
+	// changes SQL cannot express.
+	fill func(tx *gorm.DB) error
 	// postgres and sqlite, when set, run after sql on that dialect only
 	// (for changes the two databases express differently).
 	postgres []string
@@ -534,6 +539,33 @@ var migrations = []migration{
 			`CREATE INDEX idx_webhook_delivery_backoff ON webhook_deliveries (tenant_id, endpoint_id, provider_id, next_attempt_at) WHERE state = 0 AND lease_owner = ''`,
 		},
 	},
+	{
+		// A connection is named by an id derived from its user
+		// (domain.ConnectionID), stored so that a name is found with one
+		// index lookup; '' for tenant-wide grants. Connections stored
+		// before get theirs computed here, then the index is built.
+		id: "0012b_connection_ids",
+		sql: []string{
+			`ALTER TABLE credentials ADD COLUMN connection_id varchar(27) NOT NULL DEFAULT ''`,
+		},
+		fill: fillConnectionIDs,
+	},
+}
+
+// fillConnectionIDs sets the connection id of every connection stored
+// without one, then indexes the ids (unique per provider).
+func fillConnectionIDs(tx *gorm.DB) error {
+	var rows []struct{ TenantID, ProviderID, UserID string }
+	if err := tx.Raw(`SELECT tenant_id, provider_id, user_id FROM credentials WHERE user_id <> '' AND connection_id = ''`).Scan(&rows).Error; err != nil {
+		return fmt.Errorf("read connections: %w", err)
+	}
+	for _, r := range rows {
+		if err := tx.Exec(`UPDATE credentials SET connection_id = ? WHERE tenant_id = ? AND provider_id = ? AND user_id = ?`,
+			domain.ConnectionID(r.UserID), r.TenantID, r.ProviderID, r.UserID).Error; err != nil {
+			return fmt.Errorf("set connection id: %w", err)
+		}
+	}
+	return tx.Exec(`CREATE UNIQUE INDEX uniq_credential_connection ON credentials (tenant_id, provider_id, connection_id)`).Error
 }
 
 // maxNamedCollisions bounds the providers a refused migration names.
@@ -632,6 +664,11 @@ func (s *Store) migrate(ctx context.Context, list []migration) error {
 					}
 					for _, stmt := range stmts {
 						if err := tx.Exec(renderDDL(dialect, stmt)).Error; err != nil {
+							return fmt.Errorf("migration %s: %w", m.id, err)
+						}
+					}
+					if m.fill != nil {
+						if err := m.fill(tx); err != nil {
 							return fmt.Errorf("migration %s: %w", m.id, err)
 						}
 					}

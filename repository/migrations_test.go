@@ -247,3 +247,23 @@ func TestMigrationUserConnections(t *testing.T) {
 		}
 	})
 }
+
+// TestMigrationConnectionIDs: connections stored before 0012b get their
+// derived id, so they are found by name afterwards.
+func TestMigrationConnectionIDs(t *testing.T) {
+	t.Parallel()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := openMigratedBefore(t, dsn, "0012b_connection_ids")
+		wantNoErr(t, s.DB().Exec(`INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash, server_url, key_id, version, grant_scope, created_at, updated_at)
+			VALUES ('t', 'p', 'P', 'p', 'h-p', ?, 1, 1, 'USER', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)`, []byte("ct")).Error, "seed provider")
+		wantNoErr(t, s.DB().Exec(`INSERT INTO credentials (tenant_id, provider_id, user_id, tokens, generation, status, key_id, created_at, updated_at)
+			VALUES ('t', 'p', 'Alice', ?, 1, 4, 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)`, []byte("tok")).Error, "seed connection")
+		wantNoErr(t, s.Migrate(ctx), "migrate to the latest")
+		c, err := s.GetConnection(ctx, "t", "p", domain.ConnectionID("Alice"))
+		wantNoErr(t, err, "get the migrated connection")
+		if c.UserID != "Alice" || string(c.Tokens) != "tok" {
+			t.Fatalf("migrated connection: %+v", c)
+		}
+	})
+}

@@ -97,6 +97,9 @@ type Credential struct {
 	// UserID is the end user of a per-user grant, empty for the
 	// tenant-wide one.
 	UserID string `gorm:"column:user_id;primaryKey;size:255"`
+	// ConnectionID is domain.ConnectionID(UserID) for a connection, empty
+	// for the tenant-wide grant; set by the repository on insert.
+	ConnectionID string `gorm:"column:connection_id"`
 	// Tokens is the ciphertext of JSON {access, refresh, token_type}.
 	Tokens []byte `gorm:"column:tokens"`
 	// Issuer is the authorization server that issued the tokens.

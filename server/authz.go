@@ -44,6 +44,10 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.MCPToolService_RefreshTools_FullMethodName: caller.ToolsCall,
 	mcpauthv1.MCPToolService_ListTools_FullMethodName:    caller.ProvidersRead,
 	mcpauthv1.MCPToolService_CallTool_FullMethodName:     caller.ToolsCall,
+
+	mcpauthv1.ConnectionService_GetConnection_FullMethodName:    caller.ProvidersRead,
+	mcpauthv1.ConnectionService_ListConnections_FullMethodName:  caller.ProvidersRead,
+	mcpauthv1.ConnectionService_DeleteConnection_FullMethodName: caller.Authorize,
 }
 
 // tenantOf extracts the tenant a request addresses from its resource name.
@@ -51,6 +55,12 @@ var methodPermissions = map[string]caller.Permission{
 // requests whose tenant the caller has already been checked against.
 func tenantOf(req any) (string, error) {
 	switch r := req.(type) {
+	case *mcpauthv1.ListConnectionsRequest:
+		t, _, err := resname.ParseProviderOrAll("parent", r.GetParent())
+		return t, err
+	case *mcpauthv1.GetConnectionRequest, *mcpauthv1.DeleteConnectionRequest:
+		t, _, _, err := resname.ParseConnection("name", r.(interface{ GetName() string }).GetName())
+		return t, err
 	case *mcpauthv1.ListWebhookDeliveriesRequest:
 		t, _, err := resname.ParseWebhookEndpoint("parent", r.GetParent())
 		return t, err

@@ -60,6 +60,9 @@ type Services struct {
 	Tools      mcpauthv1.MCPToolServiceServer
 	Webhooks   mcpauthv1.WebhookServiceServer
 	TokenReads mcpauthv1.TokenReadServiceServer
+	// Connections is optional: nil answers UNIMPLEMENTED (tests that do
+	// not exercise it).
+	Connections mcpauthv1.ConnectionServiceServer
 }
 
 // GRPCDeps are what NewGRPCServer needs.
@@ -101,6 +104,11 @@ func NewGRPCServer(d GRPCDeps) *grpc.Server {
 	if d.Services.Webhooks != nil {
 		mcpauthv1.RegisterWebhookServiceServer(s, d.Services.Webhooks)
 	}
+	conns := d.Services.Connections
+	if conns == nil {
+		conns = mcpauthv1.UnimplementedConnectionServiceServer{}
+	}
+	mcpauthv1.RegisterConnectionServiceServer(s, conns)
 	healthpb.RegisterHealthServer(s, d.Health)
 	reflection.Register(s)
 	if d.RPCMetrics != nil {

@@ -28,7 +28,7 @@ func apiMethods() []apiMethod {
 	for _, fd := range []protoreflect.FileDescriptor{
 		mcpauthv1.File_mcpauth_v1_provider_proto, mcpauthv1.File_mcpauth_v1_oauth_proto,
 		mcpauthv1.File_mcpauth_v1_audit_proto, mcpauthv1.File_mcpauth_v1_tool_proto, mcpauthv1.File_mcpauth_v1_webhook_proto,
-		mcpauthv1.File_mcpauth_v1_token_read_proto,
+		mcpauthv1.File_mcpauth_v1_token_read_proto, mcpauthv1.File_mcpauth_v1_connection_proto,
 	} {
 		for i := range fd.Services().Len() {
 			svc := fd.Services().Get(i)

@@ -58,6 +58,7 @@ func NewGateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error
 			mcpauthv1.RegisterWebhookServiceHandler,
 			mcpauthv1.RegisterMCPToolServiceHandler,
 			mcpauthv1.RegisterTokenReadServiceHandler,
+			mcpauthv1.RegisterConnectionServiceHandler,
 		} {
 			if err := reg(ctx, mux, conn); err != nil {
 				return err

@@ -42,6 +42,9 @@ type Store interface {
 	// in its transaction.
 	PutCredential(ctx context.Context, c *repository.Credential, expectedGeneration int64, events ...*repository.AuditEvent) (int64, error)
 	DeleteCredential(ctx context.Context, g domain.GrantRef, expectedGeneration int64, events ...*repository.AuditEvent) error
+	// ProviderGrants lists every grant of a provider that holds tokens
+	// (its tenant-wide grant or its connections), for revoking them all.
+	ProviderGrants(ctx context.Context, tenant, provider string) ([]repository.Credential, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	DeleteClientRegistration(ctx context.Context, tenant, providerID, issuer string) error
 	// The refresh lease (see refreshLeased): the database, not Redis, says

@@ -39,8 +39,7 @@ type revocation struct {
 
 // PrepareRevoke notes whether a grant is held now; the revocation it
 // returns records itself when run.
-func (r *revoker) PrepareRevoke(_ context.Context, g domain.GrantRef) func(context.Context) bool {
-	tenant, providerID := g.Tenant, g.Provider
+func (r *revoker) PrepareRevokeProvider(_ context.Context, tenant, providerID string) func(context.Context) bool {
 	held := r.store.Credential(tenant, providerID) != nil
 	return func(context.Context) bool {
 		r.mu.Lock()

@@ -67,7 +67,7 @@ var _ Store = (*repository.Store)(nil)
 // stored); the revocation reports whether the server confirmed, and its
 // failures are audited by the implementation and never block the caller.
 type Revoker interface {
-	PrepareRevoke(ctx context.Context, ref domain.GrantRef) func(context.Context) bool
+	PrepareRevokeProvider(ctx context.Context, tenant, id string) func(context.Context) bool
 }
 
 // Prober checks that an MCP server answers (any 2xx, or 401/403 asking for
@@ -942,13 +942,14 @@ func (s *Service) Delete(ctx context.Context, tenant, id, wantEtag string) (bool
 	return revoke(ctx), nil
 }
 
-// prepareRevoke is the revocation of the provider's grant as held now; a
-// no-op without a revoker.
+// prepareRevoke is the revocation of the provider's grants as held now (its
+// tenant-wide grant, or every connection of a USER provider); a no-op
+// without a revoker.
 func (s *Service) prepareRevoke(ctx context.Context, tenant, id string) func(context.Context) bool {
 	if s.revoker == nil {
 		return func(context.Context) bool { return false }
 	}
-	return s.revoker.PrepareRevoke(ctx, domain.TenantGrant(tenant, id))
+	return s.revoker.PrepareRevokeProvider(ctx, tenant, id)
 }
 
 func etag(row *repository.Provider) string { return `"v` + strconv.FormatInt(row.Version, 10) + `"` }

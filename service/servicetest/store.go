@@ -394,6 +394,24 @@ func (s *Store) SetGrantStatus(_ context.Context, g domain.GrantRef, from []doma
 	return true, nil
 }
 
+// ProviderGrants lists the provider's authorized grants, by user.
+func (s *Store) ProviderGrants(_ context.Context, tenant, provider string) ([]repository.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("ProviderGrants", tenant); err != nil {
+		return nil, err
+	}
+	var out []repository.Credential
+	pk := key(tenant, provider)
+	for k, c := range s.creds {
+		if ofProvider(k, pk) && c.Status == domain.StatusAuthorized {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UserID < out[j].UserID })
+	return out, nil
+}
+
 // CredentialsIdleSince lists authorized grants with a refresh token not
 // refreshed since before, never-refreshed first.
 func (s *Store) CredentialsIdleSince(_ context.Context, before time.Time, limit int) ([]repository.Credential, error) {
