@@ -39,24 +39,34 @@ type xaaEnv struct {
 // xaaStart starts the servers. asClient is the client id the identity
 // provider names in its ID-JAGs (the client mcpauth is at the
 // authorization server, unless a test wants them to disagree).
-func xaaStart(t *testing.T, opt testauthz.MachineOptions, asClient string) *xaaEnv {
+// With opt.DPoP, the MCP server too accepts only DPoP-bound tokens and
+// demands its nonce; mut changes the provider before it is created.
+func xaaStart(t *testing.T, opt testauthz.MachineOptions, asClient string, mut ...func(*mcpauthv1.Provider)) *xaaEnv {
 	t.Helper()
 	e := &xaaEnv{IdP: testauthz.NewIdentityProvider(t)}
 	opt.IDJAG, opt.AuthMethods = true, []string{"client_secret_basic"}
 	e.AS = testauthz.NewMachineAuthServer(t, opt)
-	e.MCP = testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: e.AS})
+	mcpOpt := testauthz.MCPServerOptions{Auth: e.AS}
+	if opt.DPoP != nil {
+		mcpOpt.DPoP = &testauthz.DPoPOptions{RequireNonce: true}
+	}
+	e.MCP = testauthz.NewMCPServer(t, mcpOpt)
 	e.AS.TrustIdentityProvider(e.IdP.URL, e.IdP.JWKSURL(), e.MCP.URL())
 	e.AS.RegisterMachineClient(testauthz.MachineClient{ID: xaaASClient, Secret: xaaASSecret})
 	e.IdP.RegisterClient(xaaIdPClient, xaaIdPSecret)
 	e.IdP.Allow(e.AS.URL, e.MCP.URL(), asClient, []string{"mcp.read", "mcp.write"})
 	e.S = tlStart(t, nil)
 	ctx := Ctx(t, e.S.AdminKey)
+	p := &mcpauthv1.Provider{DisplayName: "xaa", ServerIdentifier: "xaa", ServerUrl: e.MCP.URL(),
+		CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED,
+		OauthClient:    &mcpauthv1.OAuthClient{ClientId: xaaASClient, ClientSecret: xaaASSecret},
+		EnterpriseIdentityProvider: &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.IdP.URL, ClientId: xaaIdPClient,
+			ClientSecret: xaaIdPSecret}}
+	for _, m := range mut {
+		m(p)
+	}
 	_, err := e.S.Providers().CreateProvider(ctx, &mcpauthv1.CreateProviderRequest{Parent: "tenants/" + xaaTenant, ProviderId: xaaProviderID,
-		Provider: &mcpauthv1.Provider{DisplayName: "xaa", ServerIdentifier: "xaa", ServerUrl: e.MCP.URL(),
-			CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED,
-			OauthClient:    &mcpauthv1.OAuthClient{ClientId: xaaASClient, ClientSecret: xaaASSecret},
-			EnterpriseIdentityProvider: &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.IdP.URL, ClientId: xaaIdPClient,
-				ClientSecret: xaaIdPSecret}}})
+		Provider: p})
 	if err != nil {
 		t.Fatalf("CreateProvider: %v", err)
 	}

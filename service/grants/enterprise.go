@@ -146,6 +146,10 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	}
 	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 		AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
+	// DPoP as for every other grant (RFC 9449 section 5): the JWT bearer
+	// request is proven with the provider's key when its mode says so, and
+	// only a token bound to that key is taken.
+	reg.DPoP = d.DPoPFor(md.DPoPSigningAlgs)
 	fresh, err := m.Proto.JWTBearer(ctx, md, reg, jag.Assertion, scopes, resource)
 	if err != nil {
 		return nil, exchangeFailed(stepJWTBearer, err, failed)
@@ -157,14 +161,21 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
 		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	if reg.DPoP != nil {
+		g.DPoPJKT = reg.DPoP.Thumbprint()
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
 	if err := s.storeExchanged(pctx, in.Tenant, in.Provider, g, fresh); err != nil {
 		return nil, err
 	}
+	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
+		"idp_grant_type": oauthclient.GrantTokenExchange}
+	if g.DPoPJKT != "" {
+		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
+	}
 	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, Outcome: domain.OutcomeSuccess,
-		Details: withUser(map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
-			"idp_grant_type": oauthclient.GrantTokenExchange}, in.User)})
+		Details: withUser(det, in.User)})
 	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
 }
 
@@ -228,6 +239,11 @@ func exchangeFailed(step string, err error, failed func(step, reason, code strin
 		party = "the identity provider"
 	}
 	switch {
+	case step == stepJWTBearer && dpopRefused(err):
+		// Never retried, never answered by taking a Bearer token.
+		failed(step, domain.ReasonDPoPRefused, oauthCode(err))
+		return apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the identity assertion grant: disable DPoP for the provider, or fix the server").
+			WithMeta("step", step)
 	case errors.As(err, &oe):
 		reason := domain.ReasonIdentityProviderRefused
 		if step == stepJWTBearer {
