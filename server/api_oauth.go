@@ -28,6 +28,9 @@ type GrantUseCases interface {
 	Status(ctx context.Context, ref domain.GrantRef) (*grants.Status, error)
 	AccessToken(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
 	Proof(ctx context.Context, ref domain.GrantRef, t *grants.Token, r grants.ProofRequest) (string, error)
+	// CheckProofTarget refuses a proof request for anything but the
+	// provider's MCP server.
+	CheckProofTarget(ctx context.Context, ref domain.GrantRef, r grants.ProofRequest) error
 	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
 	// tokens from a user's ID token.
@@ -98,6 +101,9 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	}
 	pr := grants.ProofRequest{Method: req.GetDpopMethod(), URL: req.GetDpopUrl(), Nonce: req.GetDpopNonce()}
 	if err := grants.ValidateProofRequest(pr); err != nil {
+		return nil, err
+	}
+	if err := a.grants.CheckProofTarget(ctx, domain.TenantGrant(tenant, id), pr); err != nil {
 		return nil, err
 	}
 	tok, err := a.grants.AccessToken(ctx, domain.TenantGrant(tenant, id))
