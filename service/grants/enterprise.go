@@ -152,6 +152,8 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	reg.DPoP = d.DPoPFor(md.DPoPSigningAlgs)
 	fresh, err := m.Proto.JWTBearer(ctx, md, reg, jag.Assertion, scopes, resource)
 	if err != nil {
+		// An unbound token is never used: revoke it at once.
+		s.revokeUnbound(ctx, in.Tenant, in.Provider, md, reg, err)
 		return nil, exchangeFailed(stepJWTBearer, err, failed)
 	}
 	if fresh.TokenType == "" {
