@@ -209,6 +209,7 @@ func TestEnterpriseManagedAuthorization(t *testing.T) {
 		d.GetGrantType() != testauthz.GrantJWTBearer || d.GetTokenEndpointAuthMethod() != "client_secret_basic" ||
 		d.GetIdentityProviderIssuer() != e.IdP.URL ||
 		strings.Join(d.GetIdentityProviderGrantTypesSupported(), " ") != testauthz.GrantTokenExchange ||
+		strings.Join(d.GetAuthorizationGrantProfilesSupported(), " ") != testauthz.GrantProfileIDJAG ||
 		strings.Join(d.GetIdentityProviderTokenEndpointAuthMethodsSupported(), " ") != "client_secret_basic client_secret_post" ||
 		d.GetIdentityProviderTokenEndpointAuthMethod() != "client_secret_basic" {
 		t.Errorf("DiagnoseProvider = %v", d)
@@ -325,6 +326,31 @@ func TestEnterpriseManagedErrors(t *testing.T) {
 		}
 		xaaWantFailureAudited(t, e, "INVALID_GRANT", "jwt_bearer")
 		(&mcEnv{S: e.S}).noSecretAnywhere(t, xaaProviderRes, idToken, e.IdP.Issued()[0].Raw)
+	})
+	t.Run("no ID-JAG profile", func(t *testing.T) {
+		t.Parallel()
+		// The server lists its grant profiles without the ID-JAG one (the
+		// ID-JAG draft, section 7.2): refused before the ID token goes
+		// anywhere; DiagnoseProvider shows the profiles and says why.
+		e := xaaStart(t, testauthz.MachineOptions{GrantProfiles: []string{"urn:example:grant-profile:other"}}, xaaASClient)
+		idToken := e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute)
+		_, err := e.exchange(t, "alice", idToken)
+		ei := tlErrorInfo(t, err, codes.FailedPrecondition)
+		if ei.GetReason() != "ID_JAG_NOT_SUPPORTED" || ei.GetMetadata()["step"] != "discovery" {
+			t.Fatalf("error info %v", ei)
+		}
+		if a, b := len(e.IdP.RequestsTo("/token")), len(e.AS.RequestsTo("/token")); a != 0 || b != 0 {
+			t.Fatalf("token requests: identity provider %d, authorization server %d; want none", a, b)
+		}
+		if ev := oaWantEvent(t, e.S, xaaTenant, "oauth.token.obtain_failed", "ID_JAG_NOT_SUPPORTED"); ev.GetDetails()["step"] != "discovery" {
+			t.Errorf("obtain_failed details %v", ev.GetDetails())
+		}
+		d, err := e.S.OAuth().DiagnoseProvider(Ctx(t, e.S.AdminKey), &mcpauthv1.DiagnoseProviderRequest{Name: xaaProviderRes})
+		if err != nil || d.GetReady() || !strings.Contains(d.GetBlockingProblem(), testauthz.GrantProfileIDJAG) ||
+			strings.Join(d.GetAuthorizationGrantProfilesSupported(), " ") != "urn:example:grant-profile:other" {
+			t.Fatalf("DiagnoseProvider = %v, %v", d, err)
+		}
+		(&mcEnv{S: e.S}).noSecretAnywhere(t, xaaProviderRes, idToken)
 	})
 	t.Run("bad input", func(t *testing.T) {
 		t.Parallel()

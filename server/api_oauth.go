@@ -170,6 +170,7 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		IdentityProviderTokenEndpointAuthMethod:           d.IdPAuthMethod,
 		DpopSigningAlgValuesSupported:                     d.DPoPSigningAlgs,
 		DpopWillBeUsed:                                    d.DPoPWillBeUsed,
+		AuthorizationGrantProfilesSupported:               d.GrantProfiles,
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

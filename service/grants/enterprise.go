@@ -133,6 +133,14 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
 		return nil, apperr.Unavailable(err, "the authorization server could not be discovered")
 	}
+	if md.RefusesIDJAG() {
+		// The server says it takes no ID-JAG: the user's ID token is not
+		// sent anywhere for a grant that cannot be presented.
+		failed(stepDiscovery, domain.ReasonIDJAGNotSupported, "")
+		return nil, apperr.FailedPrecondition(domain.ReasonIDJAGNotSupported,
+			"the authorization server's authorization_grant_profiles_supported does not list %s: it does not accept identity assertion grants", oauthclient.GrantProfileIDJAG).
+			WithMeta("step", stepDiscovery)
+	}
 	idp, err := s.identityProvider(ctx, d)
 	if err != nil {
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
