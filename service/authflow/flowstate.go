@@ -61,6 +61,12 @@ type flowRecord struct {
 	// (chosen at start from the provider's mode and the metadata); "" for
 	// Bearer tokens.
 	DPoPJKT string `json:"dj,omitempty"`
+	// RequireCompletion parks the grant for CompleteAuthorization instead
+	// of storing it (completion.go).
+	RequireCompletion bool `json:"rc,omitempty"`
+	// ExpectedSubject, when set, must be the sub of the ID token the code
+	// exchange returns (completion.go).
+	ExpectedSubject string `json:"es,omitempty"`
 }
 
 // grant names the grant the flow completes: the provider's tenant-wide
