@@ -417,6 +417,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	// NOT_AUTHORIZED answers about a user's connection carry a fresh
+	// authorization URL for that user.
+	tokens.SetStarter(flow)
 	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: version.String()})
 	toolUC, err := tools.New(tools.Deps{Store: a.store, Cipher: a.keys, Grants: tokens, MCP: a.mcp,
 		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: flow})

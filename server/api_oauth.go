@@ -11,6 +11,7 @@ import (
 	"github.com/mcpauth/mcpauth/resname"
 	"github.com/mcpauth/mcpauth/service/authflow"
 	"github.com/mcpauth/mcpauth/service/grants"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // FlowUseCases starts and diagnoses authorizations. *authflow.Service
@@ -84,7 +85,11 @@ func (a *oauthAPI) GetAuthorizationStatus(ctx context.Context, req *mcpauthv1.Ge
 	if err != nil {
 		return nil, err
 	}
-	st, err := a.grants.Status(ctx, domain.TenantGrant(tenant, id))
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.grants.Status(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -105,10 +110,14 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if err := grants.ValidateProofRequest(pr); err != nil {
 		return nil, err
 	}
-	if err := a.grants.CheckProofTarget(ctx, domain.TenantGrant(tenant, id), pr); err != nil {
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
 		return nil, err
 	}
-	tok, err := a.grants.AccessToken(ctx, domain.TenantGrant(tenant, id))
+	if err := a.grants.CheckProofTarget(ctx, ref, pr); err != nil {
+		return nil, err
+	}
+	tok, err := a.grants.AccessToken(ctx, ref)
 	if err != nil {
 		return nil, withProvider(err, tenant, id)
 	}
@@ -119,7 +128,7 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if tok.Grant.DPoPJKT != "" {
 		resp.DpopKeyThumbprint = tok.Grant.DPoPJKT
 		if !pr.IsZero() {
-			if resp.DpopProof, err = a.grants.Proof(ctx, domain.TenantGrant(tenant, id), tok, pr); err != nil {
+			if resp.DpopProof, err = a.grants.Proof(ctx, ref, tok, pr); err != nil {
 				return nil, withProvider(err, tenant, id)
 			}
 		}
@@ -132,11 +141,27 @@ func (a *oauthAPI) RevokeAuthorization(ctx context.Context, req *mcpauthv1.Revok
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := a.grants.Revoke(ctx, domain.TenantGrant(tenant, id))
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
+		return nil, err
+	}
+	revoked, err := a.grants.Revoke(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	return &mcpauthv1.RevokeAuthorizationResponse{RevokedAtServer: revoked}, nil
+}
+
+// grantRef names the grant a request is about: the provider's tenant-wide
+// grant, or user's connection. Whether the provider's grant scope expects
+// a user is the use case's check (it reads the provider).
+func grantRef(tenant, id, user string) (domain.GrantRef, error) {
+	if user != "" {
+		if err := validate.UserID("user", user); err != nil {
+			return domain.GrantRef{}, err
+		}
+	}
+	return domain.GrantRef{Tenant: tenant, Provider: id, User: user}, nil
 }
 
 func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.DiagnoseProviderRequest) (*mcpauthv1.DiagnoseProviderResponse, error) {

@@ -110,6 +110,13 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	if d.Kind != domain.KindEnterpriseManaged {
 		return nil, apperr.Invalid("name", "names a provider whose credential_kind is not ENTERPRISE_MANAGED")
 	}
+	// A TENANT provider keeps taking the user for the audit trail only.
+	ref := domain.TenantGrant(in.Tenant, in.Provider)
+	if row.GrantScope.PerUser() {
+		if ref, err = vault.GrantFor(row, in.User); err != nil {
+			return nil, err
+		}
+	}
 	m := s.machine
 	if m.Discover == nil || m.Proto == nil || m.Identity == nil {
 		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized, "enterprise-managed authorization is not available on this server")
@@ -176,7 +183,7 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	if err := s.storeExchanged(pctx, in.Tenant, in.Provider, g, fresh); err != nil {
+	if err := s.storeExchanged(pctx, ref, g, fresh); err != nil {
 		return nil, err
 	}
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
@@ -302,8 +309,7 @@ func oauthReason(code string) string {
 // grant holds: they are what the user just asked for. A concurrent writer
 // (a refresh of the old tokens) loses the compare-and-swap and is read
 // again once.
-func (s *Service) storeExchanged(ctx context.Context, tenant, id string, g vault.Grant, t *oauthclient.Tokens) error {
-	ref := domain.TenantGrant(tenant, id)
+func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens) error {
 	for attempt := 0; ; attempt++ {
 		prev, err := s.store.GetCredential(ctx, ref)
 		if apperr.KindOf(err) == apperr.KindNotFound {
