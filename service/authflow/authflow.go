@@ -1074,6 +1074,9 @@ type Diagnosis struct {
 	IdPGrantTypes  []string
 	IdPAuthMethods []string
 	IdPAuthMethod  string
+	// GrantProfiles is the authorization server's
+	// authorization_grant_profiles_supported.
+	GrantProfiles []string
 }
 
 // Diagnose runs discovery and registration selection without starting a
