@@ -77,6 +77,10 @@ func (s *Store) ProviderGrants(ctx context.Context, tenant, provider string) ([]
 		return nil, err
 	}
 	var out []Credential
-	err = q.Where("provider_id = ? AND status = ?", provider, domain.StatusAuthorized).Order("user_id").Find(&out).Error
+	// REAUTH_REQUIRED grants may still hold tokens (a DPoP-suspended
+	// grant keeps its refresh token); rows without tokens are skipped by
+	// the caller.
+	err = q.Where("provider_id = ? AND status IN ?", provider,
+		[]domain.AuthStatus{domain.StatusAuthorized, domain.StatusReauthRequired}).Order("user_id").Find(&out).Error
 	return out, dbErr(err, "list provider grants")
 }

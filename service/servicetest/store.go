@@ -404,7 +404,7 @@ func (s *Store) ProviderGrants(_ context.Context, tenant, provider string) ([]re
 	var out []repository.Credential
 	pk := key(tenant, provider)
 	for k, c := range s.creds {
-		if ofProvider(k, pk) && c.Status == domain.StatusAuthorized {
+		if ofProvider(k, pk) && (c.Status == domain.StatusAuthorized || c.Status == domain.StatusReauthRequired) {
 			out = append(out, c)
 		}
 	}
