@@ -18,8 +18,8 @@ const janitorInterval = time.Second
 type Memory struct {
 	now func() time.Time
 
-	mu     sync.Mutex
-	closed bool
+	mu       sync.Mutex
+	closed   bool
 	values   map[string]memValue
 	locks    map[string]memLock
 	receipts map[string]memReceipt
@@ -52,12 +52,12 @@ var _ Store = (*Memory)(nil)
 // that removes expired entries; Close stops it.
 func NewMemory() *Memory {
 	m := &Memory{
-		now:    time.Now,
-		values: make(map[string]memValue),
+		now:      time.Now,
+		values:   make(map[string]memValue),
 		locks:    make(map[string]memLock),
 		receipts: make(map[string]memReceipt),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go m.janitor()
 	return m
