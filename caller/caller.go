@@ -46,6 +46,9 @@ type Identity struct {
 	allTenants  bool
 	tenants     map[string]bool
 	permissions map[Permission]bool
+	// users, when not nil, are the only end users the caller may act for
+	// (users.go); nil means any user (a platform backend).
+	users *userPatterns
 }
 
 // NewIdentity builds an identity; tenants may contain "*" for all tenants.
@@ -152,6 +155,10 @@ type FileCaller struct {
 	CertSubject string   `json:"cert_subject,omitempty"`
 	Tenants     []string `json:"tenants"`
 	Permissions []string `json:"permissions"`
+	// Users, when present, limits the caller to acting for these end users
+	// (exact ids, or a prefix followed by "*"): a per-user service. Absent,
+	// the caller acts for any user of its tenants (a platform backend).
+	Users []string `json:"users,omitempty"`
 }
 
 // LoadFile reads a callers file.
@@ -206,6 +213,13 @@ func FromFile(f File) (*Authenticator, error) {
 			perms = append(perms, Permission(p))
 		}
 		id := NewIdentity(c.Name, c.Tenants, perms)
+		if c.Users != nil {
+			users, err := newUserPatterns(c.Users)
+			if err != nil {
+				return nil, fmt.Errorf("callers[%d] %q: %w", i, c.Name, err)
+			}
+			id.users = users
+		}
 		switch {
 		case c.CertURI != "":
 			if u, err := url.Parse(c.CertURI); err != nil || u.Scheme == "" {

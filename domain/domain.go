@@ -109,6 +109,9 @@ const (
 	// EventDPoPKeyChanged: a provider's DPoP key was created, rotated or
 	// deleted (details.change, details.algorithm, details.jkt).
 	EventDPoPKeyChanged EventType = "provider.dpop_key.changed"
+	// EventAuthCompleted: CompleteAuthorization stored a parked grant, or
+	// refused it (details.user).
+	EventAuthCompleted EventType = "oauth.authorization.completed"
 )
 
 // EventTypes lists every event type, in the order above.
@@ -118,7 +121,7 @@ var EventTypes = []EventType{
 	EventTokenRead, EventTokenPersistFailure, EventAuthRevoked, EventRevocationFailed, EventCompatRelaxation,
 	EventClientRegistered, EventReauthRequired, EventStepUpRequired, EventEgressBlocked, EventToolCalled,
 	EventToolsRefreshed, EventAuthServerChanged, EventChallengeRecorded, EventWebhookChanged, EventTokenObtained,
-	EventTokenObtainFailed, EventDPoPKeyChanged,
+	EventTokenObtainFailed, EventDPoPKeyChanged, EventAuthCompleted,
 }
 
 // RegistrationMethod is how mcpauth's OAuth client is known to an

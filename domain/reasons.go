@@ -101,3 +101,23 @@ const (
 // insufficient_scope refusals (MCP authorization, Step-Up Authorization
 // Flow: "no more than a few times"); past it the refusal is permanent.
 const MaxStepUpAttempts = 3
+
+// Reasons of per-user grants' completion binding and of callers limited to
+// users (issue 11).
+const (
+	// ReasonUserNotAllowed: the caller may act only for the end users its
+	// callers-file entry names, and the request named another.
+	ReasonUserNotAllowed = "USER_NOT_ALLOWED"
+	// ReasonCompletionInvalid: a completion code is unknown, expired,
+	// already used, or was issued for another provider.
+	ReasonCompletionInvalid = "COMPLETION_INVALID"
+	// ReasonCompletionUserMismatch: CompleteAuthorization named another user
+	// than the one the flow was started for; the parked grant is revoked.
+	ReasonCompletionUserMismatch = "COMPLETION_USER_MISMATCH"
+	// ReasonIDTokenSubjectMismatch: the authorization server's ID token
+	// names another subject than the one the platform expected.
+	ReasonIDTokenSubjectMismatch = "ID_TOKEN_SUBJECT_MISMATCH"
+	// ReasonIDTokenInvalid: a subject was expected but the token response
+	// carried no ID token, or one whose issuer, audience or expiry is wrong.
+	ReasonIDTokenInvalid = "ID_TOKEN_INVALID"
+)

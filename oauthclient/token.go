@@ -39,6 +39,10 @@ type Tokens struct {
 	// has none, Exchange reports the requested scopes (RFC 6749 section
 	// 5.1) and Refresh reports nil, meaning the grant's scope is unchanged.
 	Scopes []string
+	// IDToken is the OpenID Connect ID token of a code exchange whose grant
+	// included openid (OpenID Connect Core 1.0 section 3.1.3.3); zero when
+	// the server sent none. It is checked (CheckIDToken), never stored.
+	IDToken secret.Secret
 }
 
 // Exchange redeems an authorization code at the token endpoint with
@@ -84,6 +88,7 @@ func (c *Client) Exchange(ctx context.Context, md *Metadata, reg *Registration, 
 		AccessToken:  secret.New(tok.AccessToken),
 		RefreshToken: secret.New(tok.RefreshToken),
 		Scopes:       splitScope(stringExtra(tok, "scope")),
+		IDToken:      secret.New(stringExtra(tok, "id_token")),
 	}
 	if out.TokenType, err = tokenType(tok.TokenType, reg.DPoP != nil); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)

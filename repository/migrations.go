@@ -406,6 +406,18 @@ var migrations = []migration{
 			`CREATE INDEX idx_token_reads_minute ON token_reads (minute_start)`,
 		},
 	},
+	{
+		// Webhook claims look only at the deliveries they could take and,
+		// per candidate, at its group's busy ones (partial indexes), not at
+		// every pending delivery: most pending deliveries are the ones in
+		// flight, leased at fan-out.
+		id: "0015_webhook_delivery_claims",
+		sql: []string{
+			`CREATE INDEX idx_webhook_delivery_free ON webhook_deliveries (event_txid, event_id) WHERE state = 0 AND lease_owner = ''`,
+			`CREATE INDEX idx_webhook_delivery_leased ON webhook_deliveries (tenant_id, endpoint_id, provider_id, lease_until) WHERE state = 0 AND lease_owner <> ''`,
+			`CREATE INDEX idx_webhook_delivery_backoff ON webhook_deliveries (tenant_id, endpoint_id, provider_id, next_attempt_at) WHERE state = 0 AND lease_owner = ''`,
+		},
+	},
 }
 
 // maxNamedCollisions bounds the providers a refused migration names.

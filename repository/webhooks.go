@@ -3,6 +3,9 @@ package repository
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"gorm.io/gorm"
@@ -248,17 +251,44 @@ const webhookCursor = "webhooks"
 // endpoint of the event's tenant, whose endpoints are given).
 type Route func(ev *AuditEvent, endpoints []WebhookEndpoint) []WebhookDelivery
 
+// FanOut is the outcome of one FanOutEvents call.
+type FanOut struct {
+	// Events is how many events were routed.
+	Events int
+	// Leased are the deliveries created already leased to the caller, to
+	// be sent at once in the order given: those of groups (endpoint and
+	// provider) with no pending delivery before them. The other deliveries
+	// were created pending, behind their group's, for ClaimDeliveries.
+	Leased []WebhookDelivery
+	// Queued is how many deliveries were created pending instead.
+	Queued int
+}
+
+// FanOutLease is the lease FanOutEvents gives the deliveries it hands out.
+type FanOutLease struct {
+	Owner string
+	Now   time.Time
+	For   time.Duration
+}
+
 // FanOutEvents reads up to limit events after the fan-out cursor and, in
 // one transaction, creates their deliveries (as route says) and advances
 // the cursor past them. The cursor row is locked for the transaction, so
 // replicas fan out one at a time and every event is routed exactly once; a
 // delivery that exists already is kept (insert-ignore on endpoint and event
-// uid). It returns how many events were routed. Migration 0009 creates the
-// cursor after the events that existed then; were it missing, the fan-out
-// would start from the first event (never skip one).
-func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, error) {
-	n := 0
+// uid). Migration 0009 creates the cursor after the events that existed
+// then; were it missing, the fan-out would start from the first event
+// (never skip one).
+//
+// A delivery whose group has no pending delivery is created leased to
+// lease.Owner and returned, so the common case (an endpoint that answers)
+// costs one insert and one update per delivery and no claim query; the
+// others queue behind their group's pending deliveries, which keeps the
+// order of a group across replicas.
+func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route, lease FanOutLease) (FanOut, error) {
+	var res FanOut
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
+		res = FanOut{}
 		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).
 			Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
 			return err
@@ -298,17 +328,129 @@ func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route) (int, 
 		for i := range events {
 			out = append(out, route(&events[i], byTenant[events[i].TenantID])...)
 		}
-		if len(out) > 0 {
-			if err := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(out, 500).Error; err != nil {
-				return err
-			}
+		leased, queued, err := s.leaseFree(tx, out, lease)
+		if err != nil {
+			return err
 		}
 		last := events[len(events)-1]
-		n = len(events)
+		res = FanOut{Events: len(events), Leased: leased, Queued: queued}
 		return tx.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).
 			Updates(map[string]any{"txid": last.TxID, "event_id": last.ID}).Error
 	})
-	return n, dbErr(err, "fan out events")
+	if err != nil {
+		return FanOut{}, dbErr(err, "fan out events")
+	}
+	return res, nil
+}
+
+// deliveryGroup is an (endpoint, provider) group of deliveries, sent in
+// feed order.
+type deliveryGroup struct{ tenant, endpoint, provider string }
+
+// groupTuples bounds the groups looked up in one statement.
+const groupTuples = 1000
+
+// leaseFree inserts the deliveries out, those of groups with no pending
+// delivery leased to lease.Owner, and returns the leased ones with their
+// ids, and how many it queued unleased.
+func (s *Store) leaseFree(tx *gorm.DB, out []WebhookDelivery, lease FanOutLease) ([]WebhookDelivery, int, error) {
+	if len(out) == 0 {
+		return nil, 0, nil
+	}
+	var groups [][]any
+	seen := map[deliveryGroup]bool{}
+	for _, d := range out {
+		g := deliveryGroup{d.TenantID, d.EndpointID, d.ProviderID}
+		if d.ProviderID != "" && !seen[g] {
+			seen[g] = true
+			groups = append(groups, []any{g.tenant, g.endpoint, g.provider})
+		}
+	}
+	held := map[deliveryGroup]bool{}
+	for chunk := range slices.Chunk(groups, groupTuples) {
+		var rows []struct{ TenantID, EndpointID, ProviderID string }
+		if err := tx.Model(&WebhookDelivery{}).Distinct("tenant_id", "endpoint_id", "provider_id").
+			Where("state = ? AND (tenant_id, endpoint_id, provider_id) IN "+valuesList(len(chunk), 3), append([]any{DeliveryPending}, flatten(chunk)...)...).
+			Find(&rows).Error; err != nil {
+			return nil, 0, err
+		}
+		for _, r := range rows {
+			held[deliveryGroup{r.TenantID, r.EndpointID, r.ProviderID}] = true
+		}
+	}
+	token := lease.Owner + "/" + newAuditUID()[:8]
+	until := lease.Now.Add(lease.For)
+	free := 0
+	for i := range out {
+		if !held[deliveryGroup{out[i].TenantID, out[i].EndpointID, out[i].ProviderID}] {
+			out[i].LeaseOwner, out[i].LeaseUntil = token, &until
+			free++
+		}
+	}
+	ins := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(out, 500)
+	if ins.Error != nil {
+		return nil, 0, ins.Error
+	}
+	leased := make([]WebhookDelivery, 0, free)
+	for _, d := range out {
+		if d.LeaseOwner == token {
+			leased = append(leased, d)
+		}
+	}
+	queued := len(out) - free
+	if ins.RowsAffected == int64(len(out)) {
+		return leased, queued, nil
+	}
+	// Some deliveries existed already (a redelivery that came first): the
+	// ids the insert gave back may not line up with the rows, so the
+	// leased rows are read back by their unique key and token.
+	leased, err := s.readLeased(tx, leased, token)
+	return leased, queued, err
+}
+
+// valuesList is "(VALUES (?, ?), (?, ?))" for rows of width placeholders:
+// the right side of a row-value IN that both PostgreSQL and SQLite take
+// (SQLite wants a subquery there, not a list of rows).
+func valuesList(rows, width int) string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
+	return "(VALUES " + strings.TrimSuffix(strings.Repeat(row+", ", rows), ", ") + ")"
+}
+
+// flatten concatenates rows of arguments.
+func flatten(rows [][]any) []any {
+	var out []any
+	for _, r := range rows {
+		out = append(out, r...)
+	}
+	return out
+}
+
+// readLeased reads back the deliveries of want that are leased with token,
+// in the order of want.
+func (s *Store) readLeased(tx *gorm.DB, want []WebhookDelivery, token string) ([]WebhookDelivery, error) {
+	type key struct{ tenant, endpoint, uid string }
+	found := map[key]WebhookDelivery{}
+	for chunk := range slices.Chunk(want, groupTuples) {
+		keys := make([][]any, len(chunk))
+		for i, d := range chunk {
+			keys[i] = []any{d.TenantID, d.EndpointID, d.EventUID}
+		}
+		var rows []WebhookDelivery
+		if err := tx.Where("lease_owner = ? AND (tenant_id, endpoint_id, event_uid) IN "+valuesList(len(keys), 3), append([]any{token}, flatten(keys)...)...).
+			Find(&rows).Error; err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			found[key{r.TenantID, r.EndpointID, r.EventUID}] = r
+		}
+	}
+	var out []WebhookDelivery
+	for _, d := range want {
+		if r, ok := found[key{d.TenantID, d.EndpointID, d.EventUID}]; ok {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // claimLockKey serialises ClaimDeliveries across replicas (PostgreSQL
@@ -333,15 +475,24 @@ func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time
 				return err
 			}
 		}
+		// Candidates are the free deliveries (unleased, or whose lease
+		// expired) in feed order; a group is held back while one of its
+		// pending deliveries is leased or waiting for a retry, which is
+		// then its earliest (a failure releases the later ones untried).
+		// Each part reads a partial index of migration 0015, so a claim
+		// costs the candidates it looks at, not the deliveries in flight.
 		var cands []WebhookDelivery
-		err := tx.Table("webhook_deliveries AS d").
-			Where("d.state = ? AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)", DeliveryPending, now, now).
-			Where(`(d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.tenant_id = d.tenant_id
-				AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id AND e.state = ?
-				AND (e.event_txid, e.event_id) < (d.event_txid, d.event_id)
-				AND (e.lease_until >= ? OR e.next_attempt_at > ?)))`, DeliveryPending, now, now).
-			Where(`NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)`).
-			Order("d.event_txid, d.event_id").Limit(clampLimit(limit)).Find(&cands).Error
+		// The state is written into the SQL, not bound, so that a generic
+		// plan can still prove the partial indexes' predicates.
+		pending := strconv.Itoa(DeliveryPending)
+		err := tx.Raw(`SELECT d.* FROM webhook_deliveries d
+			WHERE d.state = `+pending+` AND d.next_attempt_at <= ? AND (d.lease_owner = '' OR d.lease_until < ?)
+				AND (d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+					WHERE e.tenant_id = d.tenant_id AND e.endpoint_id = d.endpoint_id AND e.provider_id = d.provider_id
+						AND e.state = `+pending+` AND ((e.lease_owner <> '' AND e.lease_until >= ?) OR (e.lease_owner = '' AND e.next_attempt_at > ?))))
+				AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.tenant_id = d.tenant_id AND w.id = d.endpoint_id AND w.disabled)
+			ORDER BY d.event_txid, d.event_id LIMIT ?`,
+			now, now, now, now, clampLimit(limit)).Scan(&cands).Error
 		if err != nil || len(cands) == 0 {
 			return err
 		}

@@ -18,6 +18,8 @@ import (
 type FlowUseCases interface {
 	Start(ctx context.Context, in authflow.StartInput) (*authflow.Started, error)
 	Diagnose(ctx context.Context, tenant, id string) (*authflow.Diagnosis, error)
+	// Complete stores a grant parked for the platform's confirmation.
+	Complete(ctx context.Context, in authflow.CompleteInput) (*authflow.Completed, error)
 }
 
 var _ FlowUseCases = (*authflow.Service)(nil)
@@ -61,7 +63,7 @@ func (a *oauthAPI) StartAuthorization(ctx context.Context, req *mcpauthv1.StartA
 		return nil, err
 	}
 	st, err := a.flow.Start(ctx, authflow.StartInput{Tenant: tenant, Provider: id, User: req.GetUser(), ReturnURL: req.GetReturnUrl(),
-		AdditionalScopes: req.GetAdditionalScopes()})
+		AdditionalScopes: req.GetAdditionalScopes(), RequireCompletion: req.GetRequireCompletion(), ExpectedSubject: req.GetExpectedSubject()})
 	if err != nil {
 		return nil, withProvider(err, tenant, id)
 	}

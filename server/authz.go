@@ -26,6 +26,7 @@ var methodPermissions = map[string]caller.Permission{
 	mcpauthv1.OAuthService_RevokeAuthorization_FullMethodName:       caller.Authorize,
 	mcpauthv1.OAuthService_DiagnoseProvider_FullMethodName:          caller.Authorize,
 	mcpauthv1.OAuthService_ExchangeIdentityAssertion_FullMethodName: caller.Authorize,
+	mcpauthv1.OAuthService_CompleteAuthorization_FullMethodName:     caller.Authorize,
 
 	mcpauthv1.AuditService_ListAuditEvents_FullMethodName: caller.AuditRead,
 	mcpauthv1.AuditService_WatchEvents_FullMethodName:     caller.AuditRead,
@@ -86,6 +87,9 @@ func authorize(_ context.Context, id *caller.Identity, method string, req any) (
 	}
 	if !id.Allows(tenant, perm) {
 		return tenant, perm, apperr.PermissionDenied("caller %q lacks permission %q on tenant %q", id.Name, perm, tenant)
+	}
+	if err := authorizeUser(id, req); err != nil {
+		return tenant, perm, err
 	}
 	return tenant, perm, nil
 }

@@ -429,7 +429,11 @@ func returnRedirect(res *authflow.CallbackResult, provider string) string {
 	}
 	q := u.Query()
 	q.Set("mcpauth_provider", provider)
-	if res.OK {
+	if res.CompletionCode != "" {
+		// The platform's backend confirms with CompleteAuthorization.
+		q.Set("mcpauth_status", "completion_required")
+		q.Set("mcpauth_completion", res.CompletionCode)
+	} else if res.OK {
 		q.Set("mcpauth_status", "success")
 	} else {
 		q.Set("mcpauth_status", "error")

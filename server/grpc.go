@@ -47,6 +47,9 @@ type CertAuthenticator interface {
 // DenialRecorder records refused calls in the audit log.
 type DenialRecorder interface {
 	RecordDenied(ctx context.Context, tenant, method, reason string)
+	// RecordUserDenied records a caller limited to named users that asked
+	// to act for another user.
+	RecordUserDenied(ctx context.Context, tenant, provider, method, user string)
 }
 
 // Services are the API implementations registered on the gRPC server.
@@ -232,7 +235,7 @@ func (i *interceptor) check(ctx context.Context, method string, req any) (contex
 	tenant, _, err := authorize(ctx, id, method, req)
 	if err != nil {
 		if apperr.KindOf(err) == apperr.KindPermissionDenied && i.denials != nil && tenant != "" {
-			i.denials.RecordDenied(ctx, tenant, method, "PERMISSION_DENIED")
+			i.recordDenial(ctx, tenant, method, req, err)
 		}
 		return ctx, err
 	}

@@ -450,6 +450,13 @@ func (a *Auditor) RecordDenied(ctx context.Context, tenant, method, reason strin
 		Reason: reason, Details: map[string]string{"method": method}})
 }
 
+// RecordUserDenied records a call refused because the caller may act only
+// for the users its callers-file entry names and the call named another.
+func (a *Auditor) RecordUserDenied(ctx context.Context, tenant, provider, method, user string) {
+	a.Record(ctx, Event{Tenant: tenant, Provider: provider, Type: domain.EventPermissionDenied, Outcome: domain.OutcomeDenied,
+		Reason: domain.ReasonUserNotAllowed, Details: map[string]string{"method": method, "user": user}})
+}
+
 // Entry is one stored audit event.
 type Entry struct {
 	// UID is the event's public id: random, unique within the tenant. (The

@@ -513,6 +513,10 @@ type StartInput struct {
 	// ReturnURL, when set, is where the browser goes after the callback.
 	ReturnURL        string
 	AdditionalScopes []string
+	// RequireCompletion and ExpectedSubject bind the completion to the
+	// platform's signed-in user (completion.go).
+	RequireCompletion bool
+	ExpectedSubject   string
 }
 
 // Started is a started flow, or NOT_REQUIRED when the server asks for no
@@ -548,6 +552,10 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	if err := validate.Scopes("additional_scopes", in.AdditionalScopes); err != nil {
 		return nil, "", err
 	}
+	if err := checkCompletionInput(in); err != nil {
+		return nil, "", err
+	}
+	in.AdditionalScopes = completionScopes(in)
 	d, err := loadProvider(ctx, s.reads, s.cipher, in.Tenant, in.Provider)
 	if err != nil {
 		return nil, "", err
@@ -629,8 +637,9 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 		URLHash: d.Row.URLHash, ExpiresAt: expires.Unix(), Extra: d.Compat.ExtraParams,
 		// 2025-03-26 default endpoints advertise nothing, and that
 		// revision requires PKCE: S256 is always sent to them.
-		PKCEException: !md.SupportsS256() && !md.DefaultEndpoints,
-		RestartUntil:  expires.Add(s.restartWindow()).Unix(), AddScopes: in.AdditionalScopes,
+		PKCEException:     !md.SupportsS256() && !md.DefaultEndpoints,
+		RequireCompletion: in.RequireCompletion, ExpectedSubject: in.ExpectedSubject,
+		RestartUntil: expires.Add(s.restartWindow()).Unix(), AddScopes: in.AdditionalScopes,
 	}
 	if again.until != 0 {
 		rec.RestartUntil = again.until
@@ -777,6 +786,9 @@ type CallbackResult struct {
 	Tenant, Provider string
 	// ReturnURL is where the flow's starter asked the browser to go back.
 	ReturnURL string
+	// CompletionCode, when set, is the one-time code of a parked grant
+	// (require_completion): the browser takes it to ReturnURL.
+	CompletionCode string
 	// Restart, set when the flow was lost or expired and this browser may
 	// start it again, is the binding to pass to Restart; the flow cookie
 	// must then be kept.
@@ -861,6 +873,9 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		RegMethod: reg.Method, ClientID: reg.ClientID, AuthMethod: reg.AuthMethod, Resource: rec.Resource, DPoPJKT: rec.DPoPJKT}
 	if len(tokens.Scopes) == 0 {
 		tokens.Scopes = rec.Scopes
+	}
+	if res := s.bindCompletion(ctx, rec, row, reg, grant, tokens, fail); res != nil {
+		return res
 	}
 	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: callbackDetails(rec, tokens)})

@@ -72,6 +72,12 @@ type flowRecord struct {
 	RestartUntil int64 `json:"xr,omitempty"`
 	// AddScopes are the caller's additional scopes, for a restart.
 	AddScopes []string `json:"as,omitempty"`
+	// RequireCompletion parks the grant for CompleteAuthorization instead
+	// of storing it (completion.go).
+	RequireCompletion bool `json:"rc,omitempty"`
+	// ExpectedSubject, when set, must be the sub of the ID token the code
+	// exchange returns (completion.go).
+	ExpectedSubject string `json:"es,omitempty"`
 }
 
 // grant names the grant the flow completes: the provider's tenant-wide

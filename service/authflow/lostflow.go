@@ -26,8 +26,8 @@ import (
 //     code goes anywhere, so a code is never exchanged twice.
 //   - A store that restarts empty (or evicts) between the start and the
 //     callback. The browser's flow cookie carries, beside its secret, a
-//     sealed restart hint (tenant, provider, user, return URL, scopes, a
-//     deadline, the hash of the secret; AEAD under the keyring, bound to the
+//     sealed restart hint (tenant, provider, user, return URL, scopes, the
+//     completion binding, a deadline, the hash of the secret; AEAD under the keyring, bound to the
 //     cookie's name). The lost flow's page then offers to start again: a new
 //     flow for the same provider and user, bound to the same browser, which
 //     only the browser holding that cookie can ask for, and only until the
@@ -126,6 +126,10 @@ type restartHint struct {
 	User      string   `json:"u"`
 	ReturnURL string   `json:"ru,omitempty"`
 	Scopes    []string `json:"as,omitempty"`
+	// RequireCompletion and ExpectedSubject carry the first flow's
+	// completion binding into the restarted one.
+	RequireCompletion bool   `json:"rc,omitempty"`
+	ExpectedSubject   string `json:"es,omitempty"`
 	// Until (Unix seconds) ends the restarts.
 	Until int64 `json:"x"`
 	// Browser is the hash of the secret the cookie holds beside the hint.
@@ -141,6 +145,7 @@ func hintScope(binding string) keyring.Scope {
 // and the sealed restart hint.
 func (s *Service) flowCookie(rec *flowRecord, secret string) (string, error) {
 	h := restartHint{Tenant: rec.Tenant, Provider: rec.Provider, User: rec.User, ReturnURL: rec.ReturnURL, Scopes: rec.AddScopes,
+		RequireCompletion: rec.RequireCompletion, ExpectedSubject: rec.ExpectedSubject,
 		Until: max(rec.RestartUntil, rec.ExpiresAt), Browser: rec.Browser}
 	raw, err := json.Marshal(h)
 	if err != nil {
@@ -185,7 +190,8 @@ func (s *Service) Restart(ctx context.Context, binding, cookie string) (*Browser
 		return nil, err
 	}
 	st, handle, err := s.start(ctx, StartInput{Tenant: h.Tenant, Provider: h.Provider, User: h.User, ReturnURL: h.ReturnURL,
-		AdditionalScopes: h.Scopes}, restartOf{until: h.Until, actor: "user:" + h.User})
+		AdditionalScopes: h.Scopes, RequireCompletion: h.RequireCompletion, ExpectedSubject: h.ExpectedSubject},
+		restartOf{until: h.Until, actor: "user:" + h.User})
 	if err != nil {
 		return nil, err
 	}

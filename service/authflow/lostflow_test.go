@@ -157,3 +157,24 @@ func TestCallbackRetryAfterStalledClaim(t *testing.T) {
 		t.Fatalf("%d code exchanges, want 1", n)
 	}
 }
+
+// TestRestartKeepsCompletionBinding: a flow started with
+// require_completion, lost and started again, still parks its grant for
+// CompleteAuthorization instead of storing it: a restart never drops the
+// binding the caller asked for.
+func TestRestartKeepsCompletionBinding(t *testing.T) {
+	t.Parallel()
+	e := newProviderEnv(t, providerSpec{})
+	in := startIn()
+	in.ReturnURL, in.RequireCompletion = returnOrigin+"/done", true
+	f := e.authorize(t, in)
+	e.loseFlows(t)
+	if res := e.svc.Callback(context.Background(), f.callback()); res.Restart == "" {
+		t.Fatalf("callback of the lost flow = %+v", res)
+	}
+	again := e.restartFlow(t, f)
+	res := e.svc.Callback(context.Background(), again.callback())
+	if !res.OK || len(res.CompletionCode) != 43 || res.ReturnURL != in.ReturnURL || e.storedTokens() {
+		t.Fatalf("callback of the restarted flow = %+v (stored tokens: %v), want a parked grant", res, e.storedTokens())
+	}
+}

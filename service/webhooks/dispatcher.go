@@ -96,17 +96,20 @@ const (
 	claimBatch  = 1000
 )
 
-// Run fans out and delivers until ctx ends: two loops, so that routing
-// new events and sending routed ones overlap.
+// Run fans out and delivers until ctx ends: two loops, one that routes
+// new events and sends at once the deliveries it was handed leased (the
+// common case), one that claims and sends the rest (retries, and the
+// deliveries queued behind a group's pending ones), woken when the first
+// routed some.
 func (d *Dispatcher) Run(ctx context.Context) {
 	routed := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.loop(ctx, nil, func() bool {
-			n := d.fanOut(ctx)
-			if n > 0 {
+		d.loop(ctx, d.wake, nil, func() bool {
+			n, queued := d.fanOut(ctx)
+			if queued {
 				select {
 				case routed <- struct{}{}:
 				default:
@@ -115,18 +118,23 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			return n == fanOutBatch
 		})
 	}()
-	d.loop(ctx, routed, func() bool { return d.deliverDue(ctx) > 0 })
+	// New events do not wake the claims: they are the fan-out's.
+	d.loop(ctx, nil, routed, func() bool { return d.deliverDue(ctx) > 0 })
 	wg.Wait()
 }
 
 // loop runs step until ctx ends; while step reports more work it runs again
-// at once, otherwise it waits for a wake-up, extra, or the poll interval.
-func (d *Dispatcher) loop(ctx context.Context, extra <-chan struct{}, step func() bool) {
+// at once, otherwise it waits for a wake-up (when wake is not nil), extra,
+// or the poll interval.
+func (d *Dispatcher) loop(ctx context.Context, wake *audit.Wakeup, extra <-chan struct{}, step func() bool) {
 	t := time.NewTicker(d.cfg.Poll)
 	defer t.Stop()
 	recheck := audit.NewRecheck(d.cfg.Poll)
 	for {
-		woken := d.wake.C()
+		var woken <-chan struct{}
+		if wake != nil {
+			woken = wake.C()
+		}
 		busy := step()
 		if ctx.Err() != nil {
 			return
@@ -149,16 +157,23 @@ func (d *Dispatcher) loop(ctx context.Context, extra <-chan struct{}, step func(
 // Step routes new events and attempts the deliveries due now; it reports
 // whether there may be more to do at once.
 func (d *Dispatcher) Step(ctx context.Context) bool {
-	n := d.fanOut(ctx)
+	n, _ := d.fanOut(ctx)
 	return d.deliverDue(ctx) > 0 || n == fanOutBatch
 }
 
-func (d *Dispatcher) fanOut(ctx context.Context) int {
-	n, err := d.store.FanOutEvents(ctx, fanOutBatch, d.route)
+// fanOut routes the next events and sends the deliveries it is handed
+// leased; it returns how many events it routed and whether some
+// deliveries were left for deliverDue.
+func (d *Dispatcher) fanOut(ctx context.Context) (int, bool) {
+	res, err := d.store.FanOutEvents(ctx, fanOutBatch, d.route,
+		repository.FanOutLease{Owner: d.owner, Now: d.now().UTC(), For: d.cfg.Lease})
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
 	}
-	return n
+	if len(res.Leased) > 0 {
+		d.deliverAll(ctx, res.Leased)
+	}
+	return res.Events, res.Queued > 0
 }
 
 func (d *Dispatcher) deliverDue(ctx context.Context) int {

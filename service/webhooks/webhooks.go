@@ -33,7 +33,7 @@ type Store interface {
 	ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]repository.WebhookDelivery, error)
 	DeliveryCounts(ctx context.Context, tenant, endpointID string) (map[int]int64, error)
 	RedeliverWebhookEvent(ctx context.Context, tenant, endpointID, eventUID string) error
-	FanOutEvents(ctx context.Context, limit int, route repository.Route) (int, error)
+	FanOutEvents(ctx context.Context, limit int, route repository.Route, lease repository.FanOutLease) (repository.FanOut, error)
 	ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]repository.WebhookDelivery, error)
 	FinishAttempt(ctx context.Context, d *repository.WebhookDelivery) (bool, error)
 	FinishDelivered(ctx context.Context, done []repository.WebhookDelivery) error

@@ -92,8 +92,8 @@ type AuthServerOptions struct {
 	// present, on authorization and token requests (as Entra ID does).
 	RejectResource bool
 
-	// User is the user the authorization endpoint approves as, without any
-	// page; default "alice".
+	// User is the user the authorization endpoint approves as when the
+	// browser has not signed in at {issuer}/login (login.go); default "alice".
 	User string
 	// Deny makes the authorization endpoint answer error=access_denied.
 	Deny bool
@@ -102,6 +102,11 @@ type AuthServerOptions struct {
 	// POSTs the request back with consent=approve or consent=deny. A
 	// headless client can POST consent=approve to the authorization URL.
 	Consent bool
+
+	// IDTokens makes the token endpoint add an OpenID Connect ID token
+	// naming the signed-in user to an authorization code exchange whose
+	// grant includes the openid scope (idtoken.go; list "openid" in Scopes).
+	IDTokens bool
 
 	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
 	DPoP *DPoPOptions
@@ -127,6 +132,10 @@ type AuthServer struct {
 	dpop     *dpopServer // nil without DPoP
 	// idjag is set on a machine server that accepts ID-JAGs (xaa.go).
 	idjag *idJAGTrust
+	// idTokens signs ID tokens; nil unless IDTokens.
+	idTokens *idTokenSigner
+	// logins are the browsers signed in at {issuer}/login (login.go).
+	logins loginSessions
 
 	mu              sync.Mutex
 	tokenDelay      time.Duration
@@ -204,6 +213,13 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	if opt.DPoP != nil {
 		a.dpop = newDPoPServer(*opt.DPoP)
 	}
+	if opt.IDTokens {
+		signer, err := newIDTokenSigner()
+		if err != nil {
+			tb.Fatalf("testauthz: id token key: %v", err)
+		}
+		a.idTokens = signer
+	}
 	refreshScopes := []string{}
 	if opt.RequireOfflineAccess {
 		refreshScopes = []string{"offline_access"}
@@ -240,10 +256,16 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	if opt.Consent {
 		a.mux.HandleFunc("POST "+p+"/authorize", a.authorize)
 	}
+	a.mux.HandleFunc("GET "+p+"/login", a.login)
+	a.mux.HandleFunc("POST "+p+"/login", a.login)
 	a.mux.HandleFunc("POST "+p+"/token", a.tokenHandler())
 	a.mux.HandleFunc("POST "+p+"/revoke", a.revoke)
 	a.mux.HandleFunc("POST "+p+"/introspect", a.introspect)
 	a.mux.HandleFunc("GET "+p+"/jwks", func(w http.ResponseWriter, _ *http.Request) {
+		if a.idTokens != nil {
+			writeJSON(w, http.StatusOK, a.idTokens.jwks())
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]any{"keys": []any{}})
 	})
 	if opt.DCR {
@@ -318,6 +340,9 @@ func (a *AuthServer) metadata(w http.ResponseWriter, _ *http.Request) {
 		"subject_types_supported":                       []string{"public"},
 		"id_token_signing_alg_values_supported":         []string{"RS256"},
 	}
+	if a.idTokens != nil {
+		doc["id_token_signing_alg_values_supported"] = []string{"ES256"}
+	}
 	if !a.opt.OmitPKCEMetadata {
 		doc["code_challenge_methods_supported"] = a.opt.PKCEMethods
 	}
@@ -354,8 +379,9 @@ func (a *AuthServer) authorize(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	deny := a.deny
 	a.mu.Unlock()
+	user := a.signedInUser(r)
 	if a.opt.Consent && r.Method == http.MethodGet {
-		writeConsentPage(w, ar, a.opt.User)
+		writeConsentPage(w, ar, user)
 		return
 	}
 	if deny || (a.opt.Consent && ar.GetRequestForm().Get("consent") != "approve") {
@@ -366,8 +392,8 @@ func (a *AuthServer) authorize(w http.ResponseWriter, r *http.Request) {
 		ar.GrantScope(s)
 	}
 	session := &fosite.DefaultSession{
-		Subject:  a.opt.User,
-		Username: a.opt.User,
+		Subject:  user,
+		Username: user,
 		Extra:    map[string]any{"resource": resource},
 	}
 	resp, err := a.provider.NewAuthorizeResponse(ctx, ar, session)
@@ -466,6 +492,10 @@ func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
 	resp, err := a.provider.NewAccessResponse(ctx, ar)
 	if err != nil {
 		a.provider.WriteAccessError(ctx, w, ar, err)
+		return
+	}
+	if err := a.addIDToken(ar, resp); err != nil {
+		a.provider.WriteAccessError(ctx, w, ar, fosite.ErrServerError.WithWrap(err))
 		return
 	}
 	if refresh && a.opt.NoRefreshRotation {

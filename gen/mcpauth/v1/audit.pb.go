@@ -178,6 +178,11 @@ const (
 	// rotated or deleted (SUCCESS; details.change: created, rotated or
 	// deleted, details.algorithm, details.jkt; never the private key).
 	AuditEventType_AUDIT_EVENT_TYPE_PROVIDER_DPOP_KEY_CHANGED AuditEventType = 100
+	// "oauth.authorization.completed": CompleteAuthorization stored the grant
+	// a callback parked (SUCCESS; details.user, details.issuer,
+	// details.scopes), or refused it (FAILURE, reason COMPLETION_INVALID or
+	// COMPLETION_USER_MISMATCH; details.user, the user the call named).
+	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_COMPLETED AuditEventType = 120
 )
 
 // Enum value maps for AuditEventType.
@@ -211,6 +216,7 @@ var (
 		80:  "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED",
 		81:  "AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED",
 		100: "AUDIT_EVENT_TYPE_PROVIDER_DPOP_KEY_CHANGED",
+		120: "AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_COMPLETED",
 	}
 	AuditEventType_value = map[string]int32{
 		"AUDIT_EVENT_TYPE_UNSPECIFIED":                        0,
@@ -241,6 +247,7 @@ var (
 		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED":               80,
 		"AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED":          81,
 		"AUDIT_EVENT_TYPE_PROVIDER_DPOP_KEY_CHANGED":          100,
+		"AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_COMPLETED":      120,
 	}
 )
 
@@ -701,7 +708,8 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\x19AUDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_SUCCESS\x10\x01\x12\x19\n" +
 	"\x15AUDIT_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xed\t\n" +
+	"\x14AUDIT_OUTCOME_DENIED\x10\x03*\xa1\n" +
+	"\n" +
 	"\x0eAuditEventType\x12 \n" +
 	"\x1cAUDIT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12%\n" +
 	"!AUDIT_EVENT_TYPE_PROVIDER_CREATED\x10\x01\x12%\n" +
@@ -731,7 +739,8 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	")AUDIT_EVENT_TYPE_WEBHOOK_ENDPOINT_CHANGED\x10<\x12)\n" +
 	"%AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAINED\x10P\x12.\n" +
 	"*AUDIT_EVENT_TYPE_OAUTH_TOKEN_OBTAIN_FAILED\x10Q\x12.\n" +
-	"*AUDIT_EVENT_TYPE_PROVIDER_DPOP_KEY_CHANGED\x10d2\xe9\x01\n" +
+	"*AUDIT_EVENT_TYPE_PROVIDER_DPOP_KEY_CHANGED\x10d\x122\n" +
+	".AUDIT_EVENT_TYPE_OAUTH_AUTHORIZATION_COMPLETED\x10x2\xe9\x01\n" +
 	"\fAuditService\x12\x86\x01\n" +
 	"\x0fListAuditEvents\x12\".mcpauth.v1.ListAuditEventsRequest\x1a#.mcpauth.v1.ListAuditEventsResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/{parent=tenants/*}/auditEvents\x12P\n" +
 	"\vWatchEvents\x12\x1e.mcpauth.v1.WatchEventsRequest\x1a\x1f.mcpauth.v1.WatchEventsResponse0\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"

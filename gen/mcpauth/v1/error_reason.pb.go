@@ -377,6 +377,31 @@ const (
 	// invalid_client, invalid_target or access_denied). Not retried.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_IDENTITY_PROVIDER_REFUSED ErrorReason = 106
+	// The caller may act only for the end users its callers-file entry names
+	// ("users"), and the request named another (gRPC PERMISSION_DENIED).
+	// Audited as permission.denied with the user.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_USER_NOT_ALLOWED ErrorReason = 120
+	// The completion code given to CompleteAuthorization is unknown, expired,
+	// already used, or was issued for another provider (gRPC
+	// FAILED_PRECONDITION): start the authorization again.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_COMPLETION_INVALID ErrorReason = 121
+	// CompleteAuthorization named another user than the one the flow was
+	// started for (gRPC PERMISSION_DENIED): the authorize URL was probably
+	// opened by someone else. Nothing is stored; the tokens are revoked.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_COMPLETION_USER_MISMATCH ErrorReason = 122
+	// The authorization server's ID token names another subject than the
+	// expected_subject the flow was started with: someone else signed in at
+	// the authorization server. Nothing is stored; the tokens are revoked.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_SUBJECT_MISMATCH ErrorReason = 123
+	// An expected_subject was given but the token response carried no ID
+	// token, or one with the wrong issuer, audience or expiry. Nothing is
+	// stored; the tokens are revoked.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_INVALID ErrorReason = 124
 )
 
 // Enum value maps for ErrorReason.
@@ -450,6 +475,11 @@ var (
 		100: "DPOP_REFUSED",
 		105: "ID_TOKEN_REQUIRED",
 		106: "IDENTITY_PROVIDER_REFUSED",
+		120: "USER_NOT_ALLOWED",
+		121: "COMPLETION_INVALID",
+		122: "COMPLETION_USER_MISMATCH",
+		123: "ID_TOKEN_SUBJECT_MISMATCH",
+		124: "ID_TOKEN_INVALID",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -520,6 +550,11 @@ var (
 		"DPOP_REFUSED":                 100,
 		"ID_TOKEN_REQUIRED":            105,
 		"IDENTITY_PROVIDER_REFUSED":    106,
+		"USER_NOT_ALLOWED":             120,
+		"COMPLETION_INVALID":           121,
+		"COMPLETION_USER_MISMATCH":     122,
+		"ID_TOKEN_SUBJECT_MISMATCH":    123,
+		"ID_TOKEN_INVALID":             124,
 	}
 )
 
@@ -555,7 +590,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x92\f\n" +
+	"mcpauth.v1*\x93\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -625,7 +660,12 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x10\n" +
 	"\fDPOP_REFUSED\x10d\x12\x15\n" +
 	"\x11ID_TOKEN_REQUIRED\x10i\x12\x1d\n" +
-	"\x19IDENTITY_PROVIDER_REFUSED\x10jB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x19IDENTITY_PROVIDER_REFUSED\x10j\x12\x14\n" +
+	"\x10USER_NOT_ALLOWED\x10x\x12\x16\n" +
+	"\x12COMPLETION_INVALID\x10y\x12\x1c\n" +
+	"\x18COMPLETION_USER_MISMATCH\x10z\x12\x1d\n" +
+	"\x19ID_TOKEN_SUBJECT_MISMATCH\x10{\x12\x14\n" +
+	"\x10ID_TOKEN_INVALID\x10|B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

@@ -100,8 +100,20 @@ type StartAuthorizationRequest struct {
 	ReturnUrl string `protobuf:"bytes,3,opt,name=return_url,json=returnUrl,proto3" json:"return_url,omitempty"`
 	// Scopes to add to the discovered ones (step-up after insufficient_scope).
 	AdditionalScopes []string `protobuf:"bytes,4,rep,name=additional_scopes,json=additionalScopes,proto3" json:"additional_scopes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When true, the callback does not store the grant: it keeps the tokens
+	// sealed for the flow's lifetime and sends the browser to return_url
+	// (required) with mcpauth_status=completion_required and a one-time
+	// mcpauth_completion code, which the platform's backend passes to
+	// CompleteAuthorization with the user signed in to that browser.
+	RequireCompletion bool `protobuf:"varint,108,opt,name=require_completion,json=requireCompletion,proto3" json:"require_completion,omitempty"`
+	// When set, the authorization server must return an OpenID Connect ID
+	// token (request the openid scope) whose sub is this value: the account
+	// the person signed in with at the authorization server. Otherwise the
+	// callback stores nothing (ID_TOKEN_SUBJECT_MISMATCH or ID_TOKEN_INVALID)
+	// and revokes the tokens. At most 255 bytes.
+	ExpectedSubject string `protobuf:"bytes,109,opt,name=expected_subject,json=expectedSubject,proto3" json:"expected_subject,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StartAuthorizationRequest) Reset() {
@@ -160,6 +172,20 @@ func (x *StartAuthorizationRequest) GetAdditionalScopes() []string {
 		return x.AdditionalScopes
 	}
 	return nil
+}
+
+func (x *StartAuthorizationRequest) GetRequireCompletion() bool {
+	if x != nil {
+		return x.RequireCompletion
+	}
+	return false
+}
+
+func (x *StartAuthorizationRequest) GetExpectedSubject() string {
+	if x != nil {
+		return x.ExpectedSubject
+	}
+	return ""
 }
 
 // StartAuthorizationResponse is the response of StartAuthorization.
@@ -831,6 +857,156 @@ func (x *ExchangeIdentityAssertionResponse) GetHasRefreshToken() bool {
 	return false
 }
 
+// CompleteAuthorizationRequest is the request of CompleteAuthorization.
+type CompleteAuthorizationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/providers/{provider}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The user signed in to the calling platform in the browser that came
+	// back with the completion code (not the user the platform remembers
+	// starting the flow for): it must be the flow's user.
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// The mcpauth_completion parameter of the return URL. Input only,
+	// single use.
+	CompletionCode string `protobuf:"bytes,3,opt,name=completion_code,json=completionCode,proto3" json:"completion_code,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CompleteAuthorizationRequest) Reset() {
+	*x = CompleteAuthorizationRequest{}
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteAuthorizationRequest) ProtoMessage() {}
+
+func (x *CompleteAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*CompleteAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CompleteAuthorizationRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CompleteAuthorizationRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *CompleteAuthorizationRequest) GetCompletionCode() string {
+	if x != nil {
+		return x.CompletionCode
+	}
+	return ""
+}
+
+// CompleteAuthorizationResponse is the response of CompleteAuthorization.
+// It carries no token.
+type CompleteAuthorizationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// AUTHORIZED.
+	Status AuthorizationStatus `protobuf:"varint,1,opt,name=status,proto3,enum=mcpauth.v1.AuthorizationStatus" json:"status,omitempty"`
+	// The authorization server that issued the tokens.
+	Issuer string `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The granted scopes.
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// When the access token expires; unset when the server gave no lifetime.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Whether a refresh token was issued.
+	HasRefreshToken bool `protobuf:"varint,5,opt,name=has_refresh_token,json=hasRefreshToken,proto3" json:"has_refresh_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CompleteAuthorizationResponse) Reset() {
+	*x = CompleteAuthorizationResponse{}
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteAuthorizationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteAuthorizationResponse) ProtoMessage() {}
+
+func (x *CompleteAuthorizationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteAuthorizationResponse.ProtoReflect.Descriptor instead.
+func (*CompleteAuthorizationResponse) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CompleteAuthorizationResponse) GetStatus() AuthorizationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return AuthorizationStatus_AUTHORIZATION_STATUS_UNSPECIFIED
+}
+
+func (x *CompleteAuthorizationResponse) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *CompleteAuthorizationResponse) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *CompleteAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *CompleteAuthorizationResponse) GetHasRefreshToken() bool {
+	if x != nil {
+		return x.HasRefreshToken
+	}
+	return false
+}
+
 // DiagnoseProviderRequest is the request of DiagnoseProvider.
 type DiagnoseProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -842,7 +1018,7 @@ type DiagnoseProviderRequest struct {
 
 func (x *DiagnoseProviderRequest) Reset() {
 	*x = DiagnoseProviderRequest{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1030,7 @@ func (x *DiagnoseProviderRequest) String() string {
 func (*DiagnoseProviderRequest) ProtoMessage() {}
 
 func (x *DiagnoseProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[10]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1043,7 @@ func (x *DiagnoseProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnoseProviderRequest.ProtoReflect.Descriptor instead.
 func (*DiagnoseProviderRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{10}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DiagnoseProviderRequest) GetName() string {
@@ -898,7 +1074,7 @@ type DiagnosticStep struct {
 
 func (x *DiagnosticStep) Reset() {
 	*x = DiagnosticStep{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1086,7 @@ func (x *DiagnosticStep) String() string {
 func (*DiagnosticStep) ProtoMessage() {}
 
 func (x *DiagnosticStep) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[11]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1099,7 @@ func (x *DiagnosticStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnosticStep.ProtoReflect.Descriptor instead.
 func (*DiagnosticStep) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{11}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DiagnosticStep) GetAction() string {
@@ -1041,7 +1217,7 @@ type DiagnoseProviderResponse struct {
 
 func (x *DiagnoseProviderResponse) Reset() {
 	*x = DiagnoseProviderResponse{}
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1229,7 @@ func (x *DiagnoseProviderResponse) String() string {
 func (*DiagnoseProviderResponse) ProtoMessage() {}
 
 func (x *DiagnoseProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_oauth_proto_msgTypes[12]
+	mi := &file_mcpauth_v1_oauth_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1242,7 @@ func (x *DiagnoseProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiagnoseProviderResponse.ProtoReflect.Descriptor instead.
 func (*DiagnoseProviderResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{12}
+	return file_mcpauth_v1_oauth_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DiagnoseProviderResponse) GetSteps() []*DiagnosticStep {
@@ -1242,13 +1418,15 @@ var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\n" +
 	"\x16mcpauth/v1/oauth.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mcpauth/v1/provider.proto\"\x99\x01\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mcpauth/v1/provider.proto\"\xf3\x01\n" +
 	"\x19StartAuthorizationRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
 	"\x04user\x18\x02 \x01(\tB\x03\xe0A\x02R\x04user\x12\x1d\n" +
 	"\n" +
 	"return_url\x18\x03 \x01(\tR\treturnUrl\x12+\n" +
-	"\x11additional_scopes\x18\x04 \x03(\tR\x10additionalScopes\"\xfe\x02\n" +
+	"\x11additional_scopes\x18\x04 \x03(\tR\x10additionalScopes\x12-\n" +
+	"\x12require_completion\x18l \x01(\bR\x11requireCompletion\x12)\n" +
+	"\x10expected_subject\x18m \x01(\tR\x0fexpectedSubject\"\xfe\x02\n" +
 	"\x1aStartAuthorizationResponse\x12+\n" +
 	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
@@ -1300,6 +1478,17 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12;\n" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12*\n" +
+	"\x11has_refresh_token\x18\x05 \x01(\bR\x0fhasRefreshToken\"\x81\x01\n" +
+	"\x1cCompleteAuthorizationRequest\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x17\n" +
+	"\x04user\x18\x02 \x01(\tB\x03\xe0A\x02R\x04user\x12/\n" +
+	"\x0fcompletion_code\x18\x03 \x01(\tB\x06\xe0A\x02\xe0A\x04R\x0ecompletionCode\"\xf1\x01\n" +
+	"\x1dCompleteAuthorizationResponse\x127\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\x16\n" +
+	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12;\n" +
+	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12*\n" +
 	"\x11has_refresh_token\x18\x05 \x01(\bR\x0fhasRefreshToken\"2\n" +
 	"\x17DiagnoseProviderRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"\xa6\x01\n" +
@@ -1342,13 +1531,14 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +
 	"/REGISTRATION_METHOD_CLIENT_ID_METADATA_DOCUMENT\x10\x02\x12,\n" +
-	"(REGISTRATION_METHOD_DYNAMIC_REGISTRATION\x10\x032\xf9\a\n" +
+	"(REGISTRATION_METHOD_DYNAMIC_REGISTRATION\x10\x032\xab\t\n" +
 	"\fOAuthService\x12\xa3\x01\n" +
 	"\x12StartAuthorization\x12%.mcpauth.v1.StartAuthorizationRequest\x1a&.mcpauth.v1.StartAuthorizationResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=tenants/*/providers/*}:startAuthorization\x12\xad\x01\n" +
 	"\x16GetAuthorizationStatus\x12).mcpauth.v1.GetAuthorizationStatusRequest\x1a*.mcpauth.v1.GetAuthorizationStatusResponse\"<\x82\xd3\xe4\x93\x026\x124/v1/{name=tenants/*/providers/*}:authorizationStatus\x12\x90\x01\n" +
 	"\x0eGetAccessToken\x12!.mcpauth.v1.GetAccessTokenRequest\x1a\".mcpauth.v1.GetAccessTokenResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/{name=tenants/*/providers/*}:accessToken\x12\xa7\x01\n" +
 	"\x13RevokeAuthorization\x12&.mcpauth.v1.RevokeAuthorizationRequest\x1a'.mcpauth.v1.RevokeAuthorizationResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{name=tenants/*/providers/*}:revokeAuthorization\x12\xbf\x01\n" +
-	"\x19ExchangeIdentityAssertion\x12,.mcpauth.v1.ExchangeIdentityAssertionRequest\x1a-.mcpauth.v1.ExchangeIdentityAssertionResponse\"E\x82\xd3\xe4\x93\x02?:\x01*\":/v1/{name=tenants/*/providers/*}:exchangeIdentityAssertion\x12\x93\x01\n" +
+	"\x19ExchangeIdentityAssertion\x12,.mcpauth.v1.ExchangeIdentityAssertionRequest\x1a-.mcpauth.v1.ExchangeIdentityAssertionResponse\"E\x82\xd3\xe4\x93\x02?:\x01*\":/v1/{name=tenants/*/providers/*}:exchangeIdentityAssertion\x12\xaf\x01\n" +
+	"\x15CompleteAuthorization\x12(.mcpauth.v1.CompleteAuthorizationRequest\x1a).mcpauth.v1.CompleteAuthorizationResponse\"A\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=tenants/*/providers/*}:completeAuthorization\x12\x93\x01\n" +
 	"\x10DiagnoseProvider\x12#.mcpauth.v1.DiagnoseProviderRequest\x1a$.mcpauth.v1.DiagnoseProviderResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=tenants/*/providers/*}:diagnoseB5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
@@ -1364,7 +1554,7 @@ func file_mcpauth_v1_oauth_proto_rawDescGZIP() []byte {
 }
 
 var file_mcpauth_v1_oauth_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mcpauth_v1_oauth_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_mcpauth_v1_oauth_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_mcpauth_v1_oauth_proto_goTypes = []any{
 	(RegistrationMethod)(0),                   // 0: mcpauth.v1.RegistrationMethod
 	(*StartAuthorizationRequest)(nil),         // 1: mcpauth.v1.StartAuthorizationRequest
@@ -1377,43 +1567,49 @@ var file_mcpauth_v1_oauth_proto_goTypes = []any{
 	(*RevokeAuthorizationResponse)(nil),       // 8: mcpauth.v1.RevokeAuthorizationResponse
 	(*ExchangeIdentityAssertionRequest)(nil),  // 9: mcpauth.v1.ExchangeIdentityAssertionRequest
 	(*ExchangeIdentityAssertionResponse)(nil), // 10: mcpauth.v1.ExchangeIdentityAssertionResponse
-	(*DiagnoseProviderRequest)(nil),           // 11: mcpauth.v1.DiagnoseProviderRequest
-	(*DiagnosticStep)(nil),                    // 12: mcpauth.v1.DiagnosticStep
-	(*DiagnoseProviderResponse)(nil),          // 13: mcpauth.v1.DiagnoseProviderResponse
-	(*timestamppb.Timestamp)(nil),             // 14: google.protobuf.Timestamp
-	(AuthorizationStatus)(0),                  // 15: mcpauth.v1.AuthorizationStatus
-	(CredentialKind)(0),                       // 16: mcpauth.v1.CredentialKind
+	(*CompleteAuthorizationRequest)(nil),      // 11: mcpauth.v1.CompleteAuthorizationRequest
+	(*CompleteAuthorizationResponse)(nil),     // 12: mcpauth.v1.CompleteAuthorizationResponse
+	(*DiagnoseProviderRequest)(nil),           // 13: mcpauth.v1.DiagnoseProviderRequest
+	(*DiagnosticStep)(nil),                    // 14: mcpauth.v1.DiagnosticStep
+	(*DiagnoseProviderResponse)(nil),          // 15: mcpauth.v1.DiagnoseProviderResponse
+	(*timestamppb.Timestamp)(nil),             // 16: google.protobuf.Timestamp
+	(AuthorizationStatus)(0),                  // 17: mcpauth.v1.AuthorizationStatus
+	(CredentialKind)(0),                       // 18: mcpauth.v1.CredentialKind
 }
 var file_mcpauth_v1_oauth_proto_depIdxs = []int32{
-	14, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	15, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	16, // 0: mcpauth.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 1: mcpauth.v1.StartAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
 	0,  // 2: mcpauth.v1.StartAuthorizationResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
-	15, // 3: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	14, // 4: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 5: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	15, // 6: mcpauth.v1.ExchangeIdentityAssertionResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	14, // 7: mcpauth.v1.ExchangeIdentityAssertionResponse.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 8: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
-	15, // 9: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
-	0,  // 10: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
-	16, // 11: mcpauth.v1.DiagnoseProviderResponse.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	1,  // 12: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
-	3,  // 13: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
-	5,  // 14: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
-	7,  // 15: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
-	9,  // 16: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:input_type -> mcpauth.v1.ExchangeIdentityAssertionRequest
-	11, // 17: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
-	2,  // 18: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
-	4,  // 19: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
-	6,  // 20: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
-	8,  // 21: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
-	10, // 22: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:output_type -> mcpauth.v1.ExchangeIdentityAssertionResponse
-	13, // 23: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	17, // 3: mcpauth.v1.GetAuthorizationStatusResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	16, // 4: mcpauth.v1.GetAuthorizationStatusResponse.expire_time:type_name -> google.protobuf.Timestamp
+	16, // 5: mcpauth.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 6: mcpauth.v1.ExchangeIdentityAssertionResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	16, // 7: mcpauth.v1.ExchangeIdentityAssertionResponse.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 8: mcpauth.v1.CompleteAuthorizationResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	16, // 9: mcpauth.v1.CompleteAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 10: mcpauth.v1.DiagnoseProviderResponse.steps:type_name -> mcpauth.v1.DiagnosticStep
+	17, // 11: mcpauth.v1.DiagnoseProviderResponse.status:type_name -> mcpauth.v1.AuthorizationStatus
+	0,  // 12: mcpauth.v1.DiagnoseProviderResponse.client_registration_method:type_name -> mcpauth.v1.RegistrationMethod
+	18, // 13: mcpauth.v1.DiagnoseProviderResponse.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	1,  // 14: mcpauth.v1.OAuthService.StartAuthorization:input_type -> mcpauth.v1.StartAuthorizationRequest
+	3,  // 15: mcpauth.v1.OAuthService.GetAuthorizationStatus:input_type -> mcpauth.v1.GetAuthorizationStatusRequest
+	5,  // 16: mcpauth.v1.OAuthService.GetAccessToken:input_type -> mcpauth.v1.GetAccessTokenRequest
+	7,  // 17: mcpauth.v1.OAuthService.RevokeAuthorization:input_type -> mcpauth.v1.RevokeAuthorizationRequest
+	9,  // 18: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:input_type -> mcpauth.v1.ExchangeIdentityAssertionRequest
+	11, // 19: mcpauth.v1.OAuthService.CompleteAuthorization:input_type -> mcpauth.v1.CompleteAuthorizationRequest
+	13, // 20: mcpauth.v1.OAuthService.DiagnoseProvider:input_type -> mcpauth.v1.DiagnoseProviderRequest
+	2,  // 21: mcpauth.v1.OAuthService.StartAuthorization:output_type -> mcpauth.v1.StartAuthorizationResponse
+	4,  // 22: mcpauth.v1.OAuthService.GetAuthorizationStatus:output_type -> mcpauth.v1.GetAuthorizationStatusResponse
+	6,  // 23: mcpauth.v1.OAuthService.GetAccessToken:output_type -> mcpauth.v1.GetAccessTokenResponse
+	8,  // 24: mcpauth.v1.OAuthService.RevokeAuthorization:output_type -> mcpauth.v1.RevokeAuthorizationResponse
+	10, // 25: mcpauth.v1.OAuthService.ExchangeIdentityAssertion:output_type -> mcpauth.v1.ExchangeIdentityAssertionResponse
+	12, // 26: mcpauth.v1.OAuthService.CompleteAuthorization:output_type -> mcpauth.v1.CompleteAuthorizationResponse
+	15, // 27: mcpauth.v1.OAuthService.DiagnoseProvider:output_type -> mcpauth.v1.DiagnoseProviderResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_oauth_proto_init() }
@@ -1428,7 +1624,7 @@ func file_mcpauth_v1_oauth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_oauth_proto_rawDesc), len(file_mcpauth_v1_oauth_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	OAuthService_GetAccessToken_FullMethodName            = "/mcpauth.v1.OAuthService/GetAccessToken"
 	OAuthService_RevokeAuthorization_FullMethodName       = "/mcpauth.v1.OAuthService/RevokeAuthorization"
 	OAuthService_ExchangeIdentityAssertion_FullMethodName = "/mcpauth.v1.OAuthService/ExchangeIdentityAssertion"
+	OAuthService_CompleteAuthorization_FullMethodName     = "/mcpauth.v1.OAuthService/CompleteAuthorization"
 	OAuthService_DiagnoseProvider_FullMethodName          = "/mcpauth.v1.OAuthService/DiagnoseProvider"
 )
 
@@ -59,6 +60,16 @@ type OAuthServiceClient interface {
 	// the authorization server; metadata oauth_error and step) and never
 	// retried.
 	ExchangeIdentityAssertion(ctx context.Context, in *ExchangeIdentityAssertionRequest, opts ...grpc.CallOption) (*ExchangeIdentityAssertionResponse, error)
+	// CompleteAuthorization stores the grant of a flow started with
+	// require_completion, whose callback parked the tokens and sent the
+	// browser to the return URL with a one-time completion code
+	// (mcpauth_completion). The calling platform's backend calls it with the
+	// user signed in to its own session in that browser: the grant is stored
+	// only when that user is the one the flow was started for, so an
+	// authorize URL opened by someone else never connects their account to
+	// another user's connection. Single use; audited as
+	// oauth.authorization.completed.
+	CompleteAuthorization(ctx context.Context, in *CompleteAuthorizationRequest, opts ...grpc.CallOption) (*CompleteAuthorizationResponse, error)
 	// DiagnoseProvider runs discovery and registration selection without
 	// starting a flow and reports every step.
 	DiagnoseProvider(ctx context.Context, in *DiagnoseProviderRequest, opts ...grpc.CallOption) (*DiagnoseProviderResponse, error)
@@ -122,6 +133,16 @@ func (c *oAuthServiceClient) ExchangeIdentityAssertion(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *oAuthServiceClient) CompleteAuthorization(ctx context.Context, in *CompleteAuthorizationRequest, opts ...grpc.CallOption) (*CompleteAuthorizationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompleteAuthorizationResponse)
+	err := c.cc.Invoke(ctx, OAuthService_CompleteAuthorization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *oAuthServiceClient) DiagnoseProvider(ctx context.Context, in *DiagnoseProviderRequest, opts ...grpc.CallOption) (*DiagnoseProviderResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DiagnoseProviderResponse)
@@ -164,6 +185,16 @@ type OAuthServiceServer interface {
 	// the authorization server; metadata oauth_error and step) and never
 	// retried.
 	ExchangeIdentityAssertion(context.Context, *ExchangeIdentityAssertionRequest) (*ExchangeIdentityAssertionResponse, error)
+	// CompleteAuthorization stores the grant of a flow started with
+	// require_completion, whose callback parked the tokens and sent the
+	// browser to the return URL with a one-time completion code
+	// (mcpauth_completion). The calling platform's backend calls it with the
+	// user signed in to its own session in that browser: the grant is stored
+	// only when that user is the one the flow was started for, so an
+	// authorize URL opened by someone else never connects their account to
+	// another user's connection. Single use; audited as
+	// oauth.authorization.completed.
+	CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error)
 	// DiagnoseProvider runs discovery and registration selection without
 	// starting a flow and reports every step.
 	DiagnoseProvider(context.Context, *DiagnoseProviderRequest) (*DiagnoseProviderResponse, error)
@@ -191,6 +222,9 @@ func (UnimplementedOAuthServiceServer) RevokeAuthorization(context.Context, *Rev
 }
 func (UnimplementedOAuthServiceServer) ExchangeIdentityAssertion(context.Context, *ExchangeIdentityAssertionRequest) (*ExchangeIdentityAssertionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExchangeIdentityAssertion not implemented")
+}
+func (UnimplementedOAuthServiceServer) CompleteAuthorization(context.Context, *CompleteAuthorizationRequest) (*CompleteAuthorizationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteAuthorization not implemented")
 }
 func (UnimplementedOAuthServiceServer) DiagnoseProvider(context.Context, *DiagnoseProviderRequest) (*DiagnoseProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DiagnoseProvider not implemented")
@@ -306,6 +340,24 @@ func _OAuthService_ExchangeIdentityAssertion_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OAuthService_CompleteAuthorization_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteAuthorizationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).CompleteAuthorization(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_CompleteAuthorization_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).CompleteAuthorization(ctx, req.(*CompleteAuthorizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _OAuthService_DiagnoseProvider_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DiagnoseProviderRequest)
 	if err := dec(in); err != nil {
@@ -350,6 +402,10 @@ var OAuthService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExchangeIdentityAssertion",
 			Handler:    _OAuthService_ExchangeIdentityAssertion_Handler,
+		},
+		{
+			MethodName: "CompleteAuthorization",
+			Handler:    _OAuthService_CompleteAuthorization_Handler,
 		},
 		{
 			MethodName: "DiagnoseProvider",

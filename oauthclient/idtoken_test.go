@@ -1,0 +1,76 @@
+package oauthclient
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mcpauth/mcpauth/secret"
+)
+
+// TestCheckIDToken: an ID token is accepted only with the flow's issuer,
+// the client in its audience (azp when there are several), an expiry in
+// the future and the expected subject; an error never quotes the token.
+func TestCheckIDToken(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sign := func(mut func(c map[string]any)) secret.Secret {
+		c := map[string]any{"iss": "https://as.example", "aud": "client-1", "sub": "alice-at-as",
+			"exp": now.Add(5 * time.Minute).Unix(), "iat": now.Unix()}
+		if mut != nil {
+			mut(c)
+		}
+		s, err := jwt.Signed(signer).Claims(c).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret.New(s)
+	}
+	for _, tt := range []struct {
+		name    string
+		tok     secret.Secret
+		ok      bool
+		subject bool // the error is ErrIDTokenSubject
+	}{
+		{name: "valid", tok: sign(nil), ok: true},
+		{name: "several audiences with azp", tok: sign(func(c map[string]any) { c["aud"] = []string{"client-1", "other"}; c["azp"] = "client-1" }), ok: true},
+		{name: "other subject", tok: sign(func(c map[string]any) { c["sub"] = "mallory" }), subject: true},
+		{name: "no subject", tok: sign(func(c map[string]any) { delete(c, "sub") }), subject: true},
+		{name: "other issuer", tok: sign(func(c map[string]any) { c["iss"] = "https://evil.example" })},
+		{name: "other audience", tok: sign(func(c map[string]any) { c["aud"] = "client-2" })},
+		{name: "several audiences without azp", tok: sign(func(c map[string]any) { c["aud"] = []string{"client-1", "other"} })},
+		{name: "expired", tok: sign(func(c map[string]any) { c["exp"] = now.Add(-2 * time.Minute).Unix() })},
+		{name: "no exp", tok: sign(func(c map[string]any) { delete(c, "exp") })},
+		{name: "none", tok: secret.Secret{}},
+		{name: "not a JWT", tok: secret.New("opaque-token-value")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := CheckIDToken(tt.tok, "https://as.example", "client-1", "alice-at-as", now)
+			if tt.ok != (err == nil) {
+				t.Fatalf("CheckIDToken = %v, want ok=%v", err, tt.ok)
+			}
+			if tt.subject != errors.Is(err, ErrIDTokenSubject) {
+				t.Fatalf("CheckIDToken = %v, want subject mismatch=%v", err, tt.subject)
+			}
+			if err != nil && !tt.tok.IsZero() && strings.Contains(err.Error(), tt.tok.Reveal()[:min(20, len(tt.tok.Reveal()))]) {
+				t.Fatal("the error quotes the token")
+			}
+		})
+	}
+}
