@@ -403,7 +403,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
 		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
-		Config:  grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL}})
+		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL,
+			DPoPRetryAfter: cfg.DPoPRetryInterval}})
 	if err != nil {
 		return nil, err
 	}
@@ -416,6 +417,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return nil, err
 	}
+	// NOT_AUTHORIZED answers about a user's connection carry a fresh
+	// authorization URL for that user.
+	tokens.SetStarter(flow)
 	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: version.String()})
 	toolUC, err := tools.New(tools.Deps{Store: a.store, Cipher: a.keys, Grants: tokens, MCP: a.mcp,
 		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: flow})

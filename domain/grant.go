@@ -48,3 +48,22 @@ func (g GrantRef) Key() string {
 func lenPrefix(s string) string {
 	return strconv.Itoa(len(s)) + ":" + s
 }
+
+// GrantScope says whose grants a provider holds. The values are stored
+// (providers.grant_scope); never change them.
+type GrantScope string
+
+// The grant scopes.
+const (
+	// ScopeTenant: one grant per provider, shared by every caller of the
+	// tenant (a service account). The default; rows written before grant
+	// scopes existed read as it.
+	ScopeTenant GrantScope = "TENANT"
+	// ScopeUser: one grant per end user of the calling platform (a
+	// connection); every grant-using call names its user.
+	ScopeUser GrantScope = "USER"
+)
+
+// PerUser reports whether the provider's grants belong to end users. An
+// empty scope (a row read without the column) is tenant-wide.
+func (s GrantScope) PerUser() bool { return s == ScopeUser }

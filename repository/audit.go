@@ -77,6 +77,9 @@ func (s *Store) ListAudit(ctx context.Context, tenant string, f AuditFilter, aft
 	if f.ProviderID != "" {
 		q = q.Where("provider_id = ?", f.ProviderID)
 	}
+	if f.UserID != "" {
+		q = q.Where("user_id = ?", f.UserID)
+	}
 	if f.EventType != "" {
 		q = q.Where("event_type = ?", f.EventType)
 	}

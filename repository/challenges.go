@@ -22,6 +22,9 @@ type Challenge struct {
 	TenantID string `gorm:"column:tenant_id;primaryKey;size:63"`
 	// ProviderID is the challenged provider.
 	ProviderID string `gorm:"column:provider_id;primaryKey;size:63"`
+	// UserID is the connection's user when the request carried a user's
+	// token, empty for the tenant-wide grant.
+	UserID string `gorm:"column:user_id;primaryKey;size:255"`
 	// HTTPStatus is 401 or 403.
 	HTTPStatus int `gorm:"column:http_status"`
 	// Error is the challenge's error code (for example insufficient_scope).
@@ -42,7 +45,7 @@ func (Challenge) TableName() string { return "mcp_challenges" }
 
 // Ref names the grant the challenge was answered to.
 func (c *Challenge) Ref() domain.GrantRef {
-	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID}
+	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID, User: c.UserID}
 }
 
 // RecordChallenge stores c as the provider's last challenge (keeping its
@@ -54,15 +57,12 @@ func (s *Store) RecordChallenge(ctx context.Context, c *Challenge, keyID uint32,
 	if err := checkTenant(c.TenantID); err != nil {
 		return false, err
 	}
-	if err := checkGrantUser(c.Ref()); err != nil {
-		return false, err
-	}
 	row := *c
 	if row.SeenAt.IsZero() {
 		row.SeenAt = s.db.NowFunc()
 	}
 	err := s.db.WithContext(ctx).Clauses(clause.OnConflict{
-		Columns:   []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}},
+		Columns:   []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}, {Name: "user_id"}},
 		DoUpdates: clause.AssignmentColumns([]string{"http_status", "error", "scope", "resource_metadata", "seen_at"}),
 	}).Create(&row).Error
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
 
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 
 	"github.com/mcpauth/mcpauth/apperr"
@@ -52,9 +53,6 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 	if c.ProviderID == "" {
 		return 0, apperr.Internal(errEmptyID, "provider id missing")
 	}
-	if err := checkGrantUser(c.Ref()); err != nil {
-		return 0, err
-	}
 	now := s.db.NowFunc()
 	newGen := expectedGeneration + 1
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
@@ -77,6 +75,9 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 			row := *c
 			row.Generation = newGen
 			row.UpdatedAt = now
+			if row.CreatedAt.IsZero() {
+				row.CreatedAt = now
+			}
 			if err := tx.Create(&row).Error; err != nil {
 				if _, dup := uniqueViolation(err); dup {
 					return credentialChanged()
@@ -180,7 +181,7 @@ var errNothingDeleted = errors.New("repository: nothing deleted")
 // its current status is one of from, without touching its tokens or its
 // generation. A provider without a grant row counts as UNAUTHORIZED: when
 // from names it, a row without tokens is created (keyID is the key id it
-// records, though it holds no ciphertext). It reports whether anything
+// records, though it holds no ciphertext; its creator is the caller in ctx). It reports whether anything
 // changed. A missing provider is apperr.NotFound.
 //
 // events are inserted in the same transaction, and only when the status
@@ -229,8 +230,8 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 			return err
 		}
 		gen := p.CredGeneration + 1
-		row := Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: gen, Status: to,
-			Reason: reason, KeyID: keyID, UpdatedAt: now}
+		row := Credential{TenantID: tenant, ProviderID: providerID, UserID: g.User, Tokens: []byte{}, Generation: gen, Status: to,
+			Reason: reason, KeyID: keyID, CreatedBy: caller.ActorName(ctx), CreatedAt: now, UpdatedAt: now}
 		// A concurrent writer may create the grant first: it wins. ON
 		// CONFLICT DO NOTHING keeps the transaction alive on PostgreSQL,
 		// where a failed statement would abort it.

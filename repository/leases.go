@@ -16,6 +16,7 @@ import (
 type RefreshLease struct {
 	TenantID   string    `gorm:"primaryKey;size:63"`
 	ProviderID string    `gorm:"primaryKey;size:63"`
+	UserID     string    `gorm:"primaryKey;size:255"`
 	Generation int64     `gorm:"not null"`
 	Holder     string    `gorm:"not null;size:64"`
 	ExpiresAt  time.Time `gorm:"not null"`
@@ -65,7 +66,6 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, g domain.GrantRef, gene
 	if err := checkTenant(g.Tenant); err != nil {
 		return out, err
 	}
-	tenant, providerID := g.Tenant, g.Provider
 	now := s.db.NowFunc()
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		q, err := grantScoped(ctx, tx, g)
@@ -77,12 +77,12 @@ func (s *Store) AcquireRefreshLease(ctx context.Context, g domain.GrantRef, gene
 		if perr != nil && !errors.Is(perr, gorm.ErrRecordNotFound) {
 			return perr
 		}
-		res := tx.Exec(`INSERT INTO refresh_leases (tenant_id, provider_id, generation, holder, expires_at)
-			VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (tenant_id, provider_id) DO UPDATE
+		res := tx.Exec(`INSERT INTO refresh_leases (tenant_id, provider_id, user_id, generation, holder, expires_at)
+			VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (tenant_id, provider_id, user_id) DO UPDATE
 			SET generation = excluded.generation, holder = excluded.holder, expires_at = excluded.expires_at
 			WHERE refresh_leases.holder = excluded.holder OR refresh_leases.expires_at < ?`,
-			tenant, providerID, generation, holder, now.Add(ttl), now)
+			g.Tenant, g.Provider, g.User, generation, holder, now.Add(ttl), now)
 		if res.Error != nil {
 			if foreignKeyViolation(res.Error) {
 				return apperr.NotFound("provider")

@@ -407,6 +407,122 @@ var migrations = []migration{
 		},
 	},
 	{
+		// Connections (issue 11): a provider's grants are tenant-wide
+		// (grant_scope TENANT, every existing provider) or one per end user
+		// (USER). Every per-grant table gains user_id ('' for the
+		// tenant-wide grant, so every existing row keeps its meaning) in its
+		// primary key; credentials also record who created the grant and
+		// when. Client registrations stay per provider: one OAuth client
+		// serves all of a provider's users. Audit events name the user.
+		// PostgreSQL changes the keys in place; SQLite cannot alter a
+		// primary key and rebuilds the four tables.
+		id: "0012_user_connections",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN grant_scope varchar(16) NOT NULL DEFAULT 'TENANT'`,
+			`ALTER TABLE audit_events ADD COLUMN user_id text NOT NULL DEFAULT ''`,
+		},
+		postgres: []string{
+			`ALTER TABLE credentials ADD COLUMN user_id varchar(255) NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN created_by text NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN created_at timestamptz`,
+			`UPDATE credentials SET created_at = updated_at`,
+			`ALTER TABLE credentials ALTER COLUMN created_at SET NOT NULL`,
+			`ALTER TABLE credentials DROP CONSTRAINT credentials_pkey`,
+			`ALTER TABLE credentials ADD CONSTRAINT credentials_pkey PRIMARY KEY (tenant_id, provider_id, user_id)`,
+			`ALTER TABLE refresh_leases ADD COLUMN user_id varchar(255) NOT NULL DEFAULT ''`,
+			`ALTER TABLE refresh_leases DROP CONSTRAINT refresh_leases_pkey`,
+			`ALTER TABLE refresh_leases ADD CONSTRAINT refresh_leases_pkey PRIMARY KEY (tenant_id, provider_id, user_id)`,
+			`ALTER TABLE mcp_challenges ADD COLUMN user_id varchar(255) NOT NULL DEFAULT ''`,
+			`ALTER TABLE mcp_challenges DROP CONSTRAINT mcp_challenges_pkey`,
+			`ALTER TABLE mcp_challenges ADD CONSTRAINT mcp_challenges_pkey PRIMARY KEY (tenant_id, provider_id, user_id)`,
+			`ALTER TABLE tool_lists ADD COLUMN user_id varchar(255) NOT NULL DEFAULT ''`,
+			`ALTER TABLE tool_lists DROP CONSTRAINT tool_lists_pkey`,
+			`ALTER TABLE tool_lists ADD CONSTRAINT tool_lists_pkey PRIMARY KEY (tenant_id, provider_id, user_id)`,
+			// "What has alice connected?": a user's connections across the
+			// tenant's providers.
+			`CREATE INDEX idx_credential_user ON credentials (tenant_id, user_id, provider_id)`,
+		},
+		sqlite: []string{
+			`CREATE TABLE credentials_0012 (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				user_id varchar(255) NOT NULL DEFAULT '',
+				tokens blob NOT NULL,
+				issuer text NOT NULL DEFAULT '',
+				scopes text NOT NULL DEFAULT '',
+				expires_at datetime,
+				has_refresh boolean NOT NULL DEFAULT false,
+				generation bigint NOT NULL,
+				status integer NOT NULL DEFAULT 0,
+				reason text NOT NULL DEFAULT '',
+				refresh_failures bigint NOT NULL DEFAULT 0,
+				last_refresh_at datetime,
+				key_id bigint NOT NULL,
+				created_by text NOT NULL DEFAULT '',
+				created_at datetime NOT NULL,
+				updated_at datetime NOT NULL,
+				CONSTRAINT credentials_pkey PRIMARY KEY (tenant_id, provider_id, user_id),
+				CONSTRAINT fk_credentials_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+			`INSERT INTO credentials_0012 (tenant_id, provider_id, user_id, tokens, issuer, scopes, expires_at, has_refresh, generation,
+				status, reason, refresh_failures, last_refresh_at, key_id, created_by, created_at, updated_at)
+				SELECT tenant_id, provider_id, '', tokens, issuer, scopes, expires_at, has_refresh, generation,
+				status, reason, refresh_failures, last_refresh_at, key_id, '', updated_at, updated_at FROM credentials`,
+			`DROP TABLE credentials`,
+			`ALTER TABLE credentials_0012 RENAME TO credentials`,
+			`CREATE INDEX idx_credential_key_id ON credentials (key_id)`,
+			`CREATE INDEX idx_credential_user ON credentials (tenant_id, user_id, provider_id)`,
+			`CREATE TABLE refresh_leases_0012 (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				user_id varchar(255) NOT NULL DEFAULT '',
+				generation bigint NOT NULL,
+				holder varchar(64) NOT NULL,
+				expires_at datetime NOT NULL,
+				CONSTRAINT refresh_leases_pkey PRIMARY KEY (tenant_id, provider_id, user_id),
+				CONSTRAINT fk_refresh_leases_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+			`INSERT INTO refresh_leases_0012 (tenant_id, provider_id, user_id, generation, holder, expires_at)
+				SELECT tenant_id, provider_id, '', generation, holder, expires_at FROM refresh_leases`,
+			`DROP TABLE refresh_leases`,
+			`ALTER TABLE refresh_leases_0012 RENAME TO refresh_leases`,
+			`CREATE TABLE mcp_challenges_0012 (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				user_id varchar(255) NOT NULL DEFAULT '',
+				http_status integer NOT NULL,
+				error text NOT NULL DEFAULT '',
+				scope text NOT NULL DEFAULT '',
+				resource_metadata text NOT NULL DEFAULT '',
+				step_up_attempts integer NOT NULL DEFAULT 0,
+				seen_at datetime NOT NULL,
+				CONSTRAINT mcp_challenges_pkey PRIMARY KEY (tenant_id, provider_id, user_id),
+				CONSTRAINT fk_mcp_challenges_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+			`INSERT INTO mcp_challenges_0012 (tenant_id, provider_id, user_id, http_status, error, scope, resource_metadata, step_up_attempts, seen_at)
+				SELECT tenant_id, provider_id, '', http_status, error, scope, resource_metadata, step_up_attempts, seen_at FROM mcp_challenges`,
+			`DROP TABLE mcp_challenges`,
+			`ALTER TABLE mcp_challenges_0012 RENAME TO mcp_challenges`,
+			`CREATE TABLE tool_lists_0012 (
+				tenant_id varchar(63) NOT NULL,
+				provider_id varchar(63) NOT NULL,
+				user_id varchar(255) NOT NULL DEFAULT '',
+				tools text NOT NULL,
+				fetched_at datetime NOT NULL,
+				CONSTRAINT tool_lists_pkey PRIMARY KEY (tenant_id, provider_id, user_id),
+				CONSTRAINT fk_tool_lists_provider FOREIGN KEY (tenant_id, provider_id)
+					REFERENCES providers (tenant_id, id) ON DELETE CASCADE
+			)`,
+			`INSERT INTO tool_lists_0012 (tenant_id, provider_id, user_id, tools, fetched_at)
+				SELECT tenant_id, provider_id, '', tools, fetched_at FROM tool_lists`,
+			`DROP TABLE tool_lists`,
+			`ALTER TABLE tool_lists_0012 RENAME TO tool_lists`,
+		},
+	},
+	{
 		// Webhook claims look only at the deliveries they could take and,
 		// per candidate, at its group's busy ones (partial indexes), not at
 		// every pending delivery: most pending deliveries are the ones in

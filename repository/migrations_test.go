@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
@@ -165,6 +166,84 @@ func TestMigrationNamesIgnoreCase(t *testing.T) {
 			dup := &Provider{TenantID: "t", ID: "dup", DisplayName: p.name, ServerIdentifier: p.sid, URLHash: "h-dup",
 				ServerURL: []byte("ct"), KeyID: 1, Version: 1}
 			wantKind(t, providerWriteErr(s.DB().Create(dup).Error, "insert"), apperr.KindAlreadyExists, p.field)
+		}
+	})
+}
+
+// TestMigrationUserConnections upgrades a database from before migration
+// 0012 that holds a provider with every per-grant row (credential, refresh
+// lease, challenge, tool list) and an audit event: afterwards each row reads
+// back unchanged as the tenant-wide grant's, the provider is TENANT, and a
+// user's connection can be stored next to it without touching it.
+func TestMigrationUserConnections(t *testing.T) {
+	t.Parallel()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		s := openMigratedBefore(t, dsn, "0012_user_connections")
+		exec := func(sql string, args ...any) {
+			t.Helper()
+			wantNoErr(t, s.DB().Exec(sql, args...).Error, "seed")
+		}
+		exec(`INSERT INTO providers (tenant_id, id, display_name, server_identifier, url_hash, server_url, key_id, version, cred_generation, created_at, updated_at)
+			VALUES ('t', 'p', 'P', 'p', 'h-p', ?, 1, 1, 7, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)`, []byte("ct-url"))
+		exec(`INSERT INTO credentials (tenant_id, provider_id, tokens, issuer, scopes, has_refresh, generation, status, reason, key_id, updated_at)
+			VALUES ('t', 'p', ?, 'https://as', '["a"]', true, 7, 4, '', 1, CURRENT_TIMESTAMP)`, []byte("ct-tokens"))
+		exec(`INSERT INTO refresh_leases (tenant_id, provider_id, generation, holder, expires_at) VALUES ('t', 'p', 7, 'h1', CURRENT_TIMESTAMP)`)
+		exec(`INSERT INTO mcp_challenges (tenant_id, provider_id, http_status, error, scope, step_up_attempts, seen_at)
+			VALUES ('t', 'p', 403, 'insufficient_scope', 'b', 2, CURRENT_TIMESTAMP)`)
+		exec(`INSERT INTO tool_lists (tenant_id, provider_id, tools, fetched_at) VALUES ('t', 'p', '[{"name":"x"}]', CURRENT_TIMESTAMP)`)
+		exec(`INSERT INTO audit_events (uid, tenant_id, created_at, event_type, provider_id) VALUES ('00000000000000000000000000000001', 't', CURRENT_TIMESTAMP, 'provider.created', 'p')`)
+		wantNoErr(t, s.Migrate(ctx), "migrate to the latest")
+
+		tenantGrant := domain.TenantGrant("t", "p")
+		p, err := s.GetProvider(ctx, "t", "p")
+		wantNoErr(t, err, "get provider")
+		if st, _ := p.AuthStatus(); p.GrantScope != domain.ScopeTenant || st != domain.StatusAuthorized || p.GrantGeneration != 7 {
+			t.Fatalf("provider after 0012: scope %q status %v generation %d", p.GrantScope, st, p.GrantGeneration)
+		}
+		c, err := s.GetCredential(ctx, tenantGrant)
+		wantNoErr(t, err, "get credential")
+		if string(c.Tokens) != "ct-tokens" || c.Generation != 7 || c.UserID != "" || c.Issuer != "https://as" || !c.HasRefresh || c.CreatedAt.IsZero() {
+			t.Fatalf("credential after 0012: %+v", c)
+		}
+		ch, err := s.GetChallenge(ctx, tenantGrant)
+		wantNoErr(t, err, "get challenge")
+		if ch.StepUpAttempts != 2 || ch.Scope != "b" {
+			t.Fatalf("challenge after 0012: %+v", ch)
+		}
+		tl, err := s.GetTools(ctx, tenantGrant)
+		wantNoErr(t, err, "get tools")
+		if tl.Tools != `[{"name":"x"}]` {
+			t.Fatalf("tool list after 0012: %+v", tl)
+		}
+		// The old lease still holds the tenant-wide grant (it expired, so
+		// another holder takes it over).
+		acq, err := s.AcquireRefreshLease(ctx, tenantGrant, 7, "h2", time.Minute)
+		wantNoErr(t, err, "acquire the migrated lease")
+		if !acq.TookOver {
+			t.Fatal("the migrated lease was not taken over: it was lost")
+		}
+		events, err := s.ListAudit(ctx, "t", AuditFilter{}, "", 10)
+		wantNoErr(t, err, "list audit")
+		if len(events) != 1 || events[0].ProviderID != "p" || events[0].UserID != "" {
+			t.Fatalf("audit after 0012: %+v", events)
+		}
+
+		// A user's connection lives next to the tenant-wide grant.
+		alice := domain.GrantRef{Tenant: "t", Provider: "p", User: "alice"}
+		uc := newCredential("t", "p", "alice-tokens")
+		uc.UserID = "alice"
+		_, err = s.PutCredential(ctx, uc, 0)
+		wantNoErr(t, err, "put alice's credential")
+		got, err := s.GetCredential(ctx, alice)
+		wantNoErr(t, err, "get alice's credential")
+		if string(got.Tokens) != "alice-tokens" || got.Generation <= 7 {
+			t.Fatalf("alice's credential: %+v", got)
+		}
+		c, err = s.GetCredential(ctx, tenantGrant)
+		wantNoErr(t, err, "get credential again")
+		if string(c.Tokens) != "ct-tokens" || c.Generation != 7 {
+			t.Fatalf("storing alice's connection changed the tenant grant: %+v", c)
 		}
 	})
 }

@@ -54,6 +54,9 @@ type Provider struct {
 	CredentialSecrets []byte `gorm:"column:credential_secrets"`
 	// KeyID is the id of the key every ciphertext in this row uses.
 	KeyID uint32 `gorm:"column:key_id"`
+	// GrantScope says whose grants the provider holds (domain.ScopeTenant
+	// or domain.ScopeUser); set on create, never changed.
+	GrantScope domain.GrantScope `gorm:"column:grant_scope"`
 	// GrantStatus, GrantReason and GrantGeneration are the provider's grant
 	// (its credentials row) as GetProvider and ListProviders read it in the
 	// same query; zero when it has none. They are not columns of providers:
@@ -84,12 +87,16 @@ func (p *Provider) AuthStatus() (domain.AuthStatus, string) {
 	return p.GrantStatus, p.GrantReason
 }
 
-// Credential holds one provider's OAuth tokens (one row per provider).
+// Credential holds one grant's OAuth tokens: a provider's tenant-wide grant
+// (UserID empty) or one end user's connection.
 type Credential struct {
 	// TenantID is the owning tenant.
 	TenantID string `gorm:"column:tenant_id;primaryKey;size:63"`
 	// ProviderID is the provider the tokens belong to.
 	ProviderID string `gorm:"column:provider_id;primaryKey;size:63"`
+	// UserID is the end user of a per-user grant, empty for the
+	// tenant-wide one.
+	UserID string `gorm:"column:user_id;primaryKey;size:255"`
 	// Tokens is the ciphertext of JSON {access, refresh, token_type}.
 	Tokens []byte `gorm:"column:tokens"`
 	// Issuer is the authorization server that issued the tokens.
@@ -113,6 +120,10 @@ type Credential struct {
 	LastRefreshAt *time.Time `gorm:"column:last_refresh_at"`
 	// KeyID is the id of the key Tokens is encrypted under.
 	KeyID uint32 `gorm:"column:key_id"`
+	// CreatedBy is the caller whose request created the grant row.
+	CreatedBy string `gorm:"column:created_by"`
+	// CreatedAt is set when the row is inserted and kept afterwards.
+	CreatedAt time.Time `gorm:"column:created_at"`
 	// UpdatedAt is set on every write.
 	UpdatedAt time.Time `gorm:"column:updated_at"`
 }
@@ -122,7 +133,7 @@ func (Credential) TableName() string { return "credentials" }
 
 // Ref names the grant the row holds.
 func (c *Credential) Ref() domain.GrantRef {
-	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID}
+	return domain.GrantRef{Tenant: c.TenantID, Provider: c.ProviderID, User: c.UserID}
 }
 
 // ClientRegistration is the result of dynamic client registration or a client
@@ -161,12 +172,16 @@ type ClientRegistration struct {
 // TableName returns the table that stores client registrations.
 func (ClientRegistration) TableName() string { return "client_registrations" }
 
-// ToolList caches the tool list last fetched from a provider's MCP server.
+// ToolList caches the tool list last fetched from a provider's MCP server:
+// the provider's shared list (UserID empty) or one connection's.
 type ToolList struct {
 	// TenantID is the owning tenant.
 	TenantID string `gorm:"column:tenant_id;primaryKey;size:63"`
 	// ProviderID is the provider the tools belong to.
 	ProviderID string `gorm:"column:provider_id;primaryKey;size:63"`
+	// UserID is the connection's user when the list was fetched with that
+	// user's token, empty for the provider's shared list.
+	UserID string `gorm:"column:user_id;primaryKey;size:255"`
 	// Tools is the JSON text of the tool list.
 	Tools string `gorm:"column:tools"`
 	// FetchedAt is when the list was fetched.
@@ -195,6 +210,9 @@ type AuditEvent struct {
 	Actor string `gorm:"column:actor"`
 	// ProviderID is the provider concerned, or empty.
 	ProviderID string `gorm:"column:provider_id"`
+	// UserID is the end user whose connection the event concerns, or
+	// empty.
+	UserID string `gorm:"column:user_id"`
 	// Outcome is the event outcome (proto enum value).
 	Outcome int32 `gorm:"column:outcome"`
 	// Reason is a stable code explaining the outcome.
@@ -217,4 +235,6 @@ type AuditFilter struct {
 	ProviderID string
 	// EventType keeps only events of this type.
 	EventType string
+	// UserID keeps only events about this end user's connections.
+	UserID string
 }

@@ -110,7 +110,7 @@ func (s *Store) GetProvider(ctx context.Context, tenant, id string) (*Provider, 
 func withGrant(q *gorm.DB) *gorm.DB {
 	return q.Table("providers").
 		Select("providers.*, credentials.status AS grant_status, credentials.reason AS grant_reason, credentials.generation AS grant_generation").
-		Joins("LEFT JOIN credentials ON credentials.tenant_id = providers.tenant_id AND credentials.provider_id = providers.id")
+		Joins("LEFT JOIN credentials ON credentials.tenant_id = providers.tenant_id AND credentials.provider_id = providers.id AND credentials.user_id = ''")
 }
 
 // ListProviders returns up to limit providers of tenant with id greater than

@@ -113,7 +113,7 @@ func (s *Store) RewriteCredentialCiphertexts(ctx context.Context, c *Credential,
 		return false, err
 	}
 	res := q.Model(&Credential{}).
-		Where("provider_id = ? AND key_id = ? AND generation = ?", c.ProviderID, oldKeyID, c.Generation).
+		Where("provider_id = ? AND user_id = ? AND key_id = ? AND generation = ?", c.ProviderID, c.UserID, oldKeyID, c.Generation).
 		UpdateColumns(map[string]any{"tokens": c.Tokens, "key_id": c.KeyID})
 	if res.Error != nil {
 		return false, dbErr(res.Error, "rewrite credential ciphertexts")

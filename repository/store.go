@@ -188,22 +188,7 @@ func grantScoped(ctx context.Context, db *gorm.DB, g domain.GrantRef) (*gorm.DB,
 	if err != nil {
 		return nil, err
 	}
-	if err := checkGrantUser(g); err != nil {
-		return nil, err
-	}
-	return q.Where("provider_id = ?", g.Provider), nil
-}
-
-// errUserGrant refuses a per-user grant until the schema stores them.
-var errUserGrant = errors.New("repository: per-user grants are not stored yet")
-
-// checkGrantUser refuses a grant of an end user: the per-grant tables are
-// keyed by tenant and provider only.
-func checkGrantUser(g domain.GrantRef) error {
-	if g.User != "" {
-		return apperr.Internal(errUserGrant, "per-user grant")
-	}
-	return nil
+	return q.Where("provider_id = ? AND user_id = ?", g.Provider, g.User), nil
 }
 
 // scopedTable is scoped with the tenant column qualified by table, for

@@ -25,7 +25,7 @@ func (s *Store) PutTools(ctx context.Context, t *ToolList) error {
 		t.FetchedAt = s.db.NowFunc()
 	}
 	err := s.db.WithContext(ctx).Clauses(clause.OnConflict{
-		Columns:   []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}},
+		Columns:   []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}, {Name: "user_id"}},
 		DoUpdates: clause.AssignmentColumns([]string{"tools", "fetched_at"}),
 	}).Create(t).Error
 	if err != nil {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -75,6 +76,7 @@ func auditEventProto(tenant string, e audit.Entry) *mcpauthv1.AuditEvent {
 		RequestId:  e.RequestID,
 		CreateTime: timestamppb.New(e.Time),
 		Details:    e.Details,
+		User:       e.User,
 	}
 	if e.Provider != "" {
 		ev.Provider = resname.ProviderName(tenant, e.Provider)
@@ -134,11 +136,18 @@ func (a *auditAPI) ListAuditEvents(ctx context.Context, req *mcpauthv1.ListAudit
 		typ = named
 	}
 	bound := req.GetParent() + "|" + req.GetProvider() + "|" + string(typ)
+	if u := req.GetUser(); u != "" {
+		if err := validate.UserID("user", u); err != nil {
+			return nil, err
+		}
+		// Length-prefixed: a user id may hold "|".
+		bound += "|u" + strconv.Itoa(len(u)) + ":" + u
+	}
 	tok, err := resname.DecodePageToken("page_token", bound, req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
-	f := audit.Filter{Type: typ}
+	f := audit.Filter{Type: typ, User: req.GetUser()}
 	if req.GetProvider() != "" {
 		t, p, err := resname.ParseProvider("provider", req.GetProvider())
 		if err != nil {

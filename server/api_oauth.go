@@ -11,6 +11,7 @@ import (
 	"github.com/mcpauth/mcpauth/resname"
 	"github.com/mcpauth/mcpauth/service/authflow"
 	"github.com/mcpauth/mcpauth/service/grants"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // FlowUseCases starts and diagnoses authorizations. *authflow.Service
@@ -30,6 +31,9 @@ type GrantUseCases interface {
 	Status(ctx context.Context, ref domain.GrantRef) (*grants.Status, error)
 	AccessToken(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
 	Proof(ctx context.Context, ref domain.GrantRef, t *grants.Token, r grants.ProofRequest) (string, error)
+	// CheckProofTarget refuses a proof request for anything but the
+	// provider's MCP server.
+	CheckProofTarget(ctx context.Context, ref domain.GrantRef, r grants.ProofRequest) error
 	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
 	// tokens from a user's ID token.
@@ -81,7 +85,11 @@ func (a *oauthAPI) GetAuthorizationStatus(ctx context.Context, req *mcpauthv1.Ge
 	if err != nil {
 		return nil, err
 	}
-	st, err := a.grants.Status(ctx, domain.TenantGrant(tenant, id))
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.grants.Status(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +110,14 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if err := grants.ValidateProofRequest(pr); err != nil {
 		return nil, err
 	}
-	tok, err := a.grants.AccessToken(ctx, domain.TenantGrant(tenant, id))
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
+		return nil, err
+	}
+	if err := a.grants.CheckProofTarget(ctx, ref, pr); err != nil {
+		return nil, err
+	}
+	tok, err := a.grants.AccessToken(ctx, ref)
 	if err != nil {
 		return nil, withProvider(err, tenant, id)
 	}
@@ -113,7 +128,7 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	if tok.Grant.DPoPJKT != "" {
 		resp.DpopKeyThumbprint = tok.Grant.DPoPJKT
 		if !pr.IsZero() {
-			if resp.DpopProof, err = a.grants.Proof(ctx, domain.TenantGrant(tenant, id), tok, pr); err != nil {
+			if resp.DpopProof, err = a.grants.Proof(ctx, ref, tok, pr); err != nil {
 				return nil, withProvider(err, tenant, id)
 			}
 		}
@@ -126,11 +141,27 @@ func (a *oauthAPI) RevokeAuthorization(ctx context.Context, req *mcpauthv1.Revok
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := a.grants.Revoke(ctx, domain.TenantGrant(tenant, id))
+	ref, err := grantRef(tenant, id, req.GetUser())
+	if err != nil {
+		return nil, err
+	}
+	revoked, err := a.grants.Revoke(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	return &mcpauthv1.RevokeAuthorizationResponse{RevokedAtServer: revoked}, nil
+}
+
+// grantRef names the grant a request is about: the provider's tenant-wide
+// grant, or user's connection. Whether the provider's grant scope expects
+// a user is the use case's check (it reads the provider).
+func grantRef(tenant, id, user string) (domain.GrantRef, error) {
+	if user != "" {
+		if err := validate.UserID("user", user); err != nil {
+			return domain.GrantRef{}, err
+		}
+	}
+	return domain.GrantRef{Tenant: tenant, Provider: id, User: user}, nil
 }
 
 func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.DiagnoseProviderRequest) (*mcpauthv1.DiagnoseProviderResponse, error) {
@@ -166,6 +197,7 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		IdentityProviderTokenEndpointAuthMethod:           d.IdPAuthMethod,
 		DpopSigningAlgValuesSupported:                     d.DPoPSigningAlgs,
 		DpopWillBeUsed:                                    d.DPoPWillBeUsed,
+		AuthorizationGrantProfilesSupported:               d.GrantProfiles,
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

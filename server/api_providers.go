@@ -178,7 +178,31 @@ func providerFields(p *mcpauthv1.Provider) (*providers.Fields, error) {
 	if err := credentialFields(p, f); err != nil {
 		return nil, err
 	}
+	scope, known := grantScopes[p.GetGrantScope()]
+	if !known {
+		return nil, apperr.Invalid("provider.grant_scope", "is not a known grant scope")
+	}
+	f.GrantScope = scope
 	return f, nil
+}
+
+// grantScopes maps the API's grant scopes to the domain's; UNSPECIFIED is
+// TENANT.
+var grantScopes = map[mcpauthv1.GrantScope]domain.GrantScope{
+	mcpauthv1.GrantScope_GRANT_SCOPE_UNSPECIFIED: domain.ScopeTenant,
+	mcpauthv1.GrantScope_GRANT_SCOPE_TENANT:      domain.ScopeTenant,
+	mcpauthv1.GrantScope_GRANT_SCOPE_USER:        domain.ScopeUser,
+}
+
+// grantScopeProto is the API's value of a provider's grant scope: USER, or
+// UNSPECIFIED for TENANT (the default), so that tenant-wide providers look
+// exactly as they did before grant scopes existed, as credential_kind
+// shows UNSPECIFIED for the default kind.
+func grantScopeProto(s domain.GrantScope) mcpauthv1.GrantScope {
+	if s.PerUser() {
+		return mcpauthv1.GrantScope_GRANT_SCOPE_USER
+	}
+	return mcpauthv1.GrantScope_GRANT_SCOPE_UNSPECIFIED
 }
 
 func durationOf(field string, d *durationpb.Duration) (*time.Duration, error) {
@@ -239,5 +263,6 @@ func providerProto(v *providers.View) *mcpauthv1.Provider {
 		}
 	}
 	credentialProto(v, p)
+	p.GrantScope = grantScopeProto(v.GrantScope)
 	return p
 }

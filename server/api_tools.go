@@ -15,7 +15,7 @@ import (
 // ToolUseCases lists and calls tools. *tools.Service implements it.
 type ToolUseCases interface {
 	Refresh(ctx context.Context, tenant, id, user string) (*tools.List, error)
-	Stored(ctx context.Context, tenant, id string) (*tools.List, error)
+	Stored(ctx context.Context, tenant, id, user string) (*tools.List, error)
 	Call(ctx context.Context, in tools.CallInput) (*tools.Result, error)
 }
 
@@ -47,7 +47,7 @@ func (a *toolAPI) ListTools(ctx context.Context, req *mcpauthv1.ListToolsRequest
 	if err != nil {
 		return nil, err
 	}
-	l, err := a.uc.Stored(ctx, tenant, id)
+	l, err := a.uc.Stored(ctx, tenant, id, req.GetUser())
 	if err != nil {
 		return nil, err
 	}

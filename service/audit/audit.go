@@ -39,8 +39,11 @@ type Event struct {
 	Tenant   string
 	Type     domain.EventType
 	Provider string
-	Outcome  domain.Outcome
-	Reason   string
+	// User is the end user whose connection (per-user grant) the event
+	// concerns; empty for tenant-wide grants and provider events.
+	User    string
+	Outcome domain.Outcome
+	Reason  string
 	// Actor defaults to the caller in the context.
 	Actor   string
 	Details map[string]string
@@ -434,6 +437,7 @@ func Rows(ctx context.Context, now time.Time, events ...Event) []*repository.Aud
 			EventType:  string(e.Type),
 			Actor:      actor,
 			ProviderID: e.Provider,
+			UserID:     e.User,
 			Outcome:    int32(e.Outcome),
 			Reason:     e.Reason,
 			RequestID:  reqid.From(ctx),
@@ -461,11 +465,13 @@ func (a *Auditor) RecordUserDenied(ctx context.Context, tenant, provider, method
 type Entry struct {
 	// UID is the event's public id: random, unique within the tenant. (The
 	// database's sequence is not exposed; it spans all tenants.)
-	UID       string
-	Time      time.Time
-	Type      domain.EventType
-	Actor     string
-	Provider  string
+	UID      string
+	Time     time.Time
+	Type     domain.EventType
+	Actor    string
+	Provider string
+	// User is the end user the event concerns, if any.
+	User      string
 	Outcome   domain.Outcome
 	Reason    string
 	RequestID string
@@ -476,6 +482,8 @@ type Entry struct {
 type Filter struct {
 	Provider string
 	Type     domain.EventType
+	// User keeps only events about this end user's connections.
+	User string
 }
 
 // Log lists a tenant's audit events.
@@ -500,7 +508,7 @@ func (l *Log) List(ctx context.Context, tenant string, f Filter, afterUID string
 	if len(f.Type) > maxTypeLen {
 		return nil, apperr.Invalid("event_type", "must be at most %d characters", maxTypeLen)
 	}
-	rows, err := l.store.ListAudit(ctx, tenant, repository.AuditFilter{ProviderID: f.Provider, EventType: string(f.Type)}, afterUID, limit)
+	rows, err := l.store.ListAudit(ctx, tenant, repository.AuditFilter{ProviderID: f.Provider, EventType: string(f.Type), UserID: f.User}, afterUID, limit)
 	if err != nil {
 		return nil, err
 	}

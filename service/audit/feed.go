@@ -154,7 +154,7 @@ func (f *Feed) Watch(ctx context.Context, tenant, afterUID string, send func(Ent
 
 // entryOf turns a stored row into an Entry.
 func entryOf(r *repository.AuditEvent) Entry {
-	e := Entry{UID: r.UID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID,
+	e := Entry{UID: r.UID, Time: r.CreatedAt, Type: domain.EventType(r.EventType), Actor: r.Actor, Provider: r.ProviderID, User: r.UserID,
 		Outcome: domain.Outcome(r.Outcome), Reason: r.Reason, RequestID: r.RequestID}
 	if r.Details != "" && r.Details != "{}" {
 		_ = json.Unmarshal([]byte(r.Details), &e.Details)

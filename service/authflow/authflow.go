@@ -531,6 +531,32 @@ type Started struct {
 	RegistrationMethod domain.RegistrationMethod
 }
 
+// grantStatus is the status of the grant ref of row: the provider row
+// carries its tenant-wide grant's; a connection's is read (cached like the
+// provider). A grant that cannot be read counts as UNAUTHORIZED.
+func (s *Service) grantStatus(ctx context.Context, row *repository.Provider, ref domain.GrantRef) domain.AuthStatus {
+	if ref.User == "" {
+		st, _ := row.AuthStatus()
+		return st
+	}
+	cred, err := s.reads.GetCredential(ctx, ref)
+	if err != nil {
+		return domain.StatusUnauthorized
+	}
+	return cred.Status
+}
+
+// StartFor starts an authorization of ref's grant for its user, asking for
+// scopes besides the discovered ones (grants.Starter: NOT_AUTHORIZED and
+// step-up answers carry its URL).
+func (s *Service) StartFor(ctx context.Context, ref domain.GrantRef, scopes []string) (string, time.Time, error) {
+	st, err := s.Start(ctx, StartInput{Tenant: ref.Tenant, Provider: ref.Provider, User: ref.User, AdditionalScopes: scopes})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return st.AuthorizationURL, st.ExpiresAt, nil
+}
+
 // Start discovers the provider's authorization server, picks the client
 // registration, stores a single-use flow and returns the URL of mcpauth's
 // authorize route for the person's browser.
@@ -566,11 +592,16 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
-	// The grant this flow completes.
+	// The grant this flow completes: the provider's tenant-wide grant, or
+	// for a USER provider the connection of the user the flow is for.
 	ref := domain.TenantGrant(tenant, id)
+	if d.Row.GrantScope.PerUser() {
+		ref.User = in.User
+	}
 	ctx = audit.WithScope(ctx, tenant, id)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Actor: again.actor, Outcome: domain.OutcomeFailure, Reason: reason})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
+			Outcome: domain.OutcomeFailure, Reason: reason})
 	}
 	disc, err := s.discover(ctx, s.reads, d, ref, in.AdditionalScopes, nil)
 	if err != nil {
@@ -630,7 +661,7 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	}
 	expires := s.now().Add(s.cfg.FlowTTL)
 	rec := &flowRecord{
-		Tenant: tenant, Provider: id, User: in.User, Issuer: md.Issuer, IssSupported: md.IssParameterSupported,
+		Tenant: tenant, Provider: id, User: in.User, GrantUser: ref.User, Issuer: md.Issuer, IssSupported: md.IssParameterSupported,
 		AuthEndpoint: md.AuthorizationEndpoint, TokenEndpoint: md.TokenEndpoint, RevocationURL: md.RevocationEndpoint, ClientID: reg.ClientID,
 		RegMethod: reg.Method, AuthMethod: reg.AuthMethod, RedirectURI: s.cfg.CallbackURL, Resource: resourceParam(d, md),
 		Scopes: disc.scopes, Verifier: verifier.Reveal(), State: state, ReturnURL: in.ReturnURL,
@@ -653,7 +684,7 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	// A held grant (authorized, or dead with its reason) keeps its status
 	// until the new flow completes. A pending one is not written again:
 	// concurrent starts would queue on the row's lock for nothing.
-	if cur, _ := d.Row.AuthStatus(); cur == domain.StatusUnauthorized || cur == domain.StatusNotRequired {
+	if cur := s.grantStatus(ctx, d.Row, ref); cur == domain.StatusUnauthorized || cur == domain.StatusNotRequired {
 		if _, err := s.store.SetGrantStatus(ctx, ref, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusNotRequired},
 			domain.StatusPending, "", s.cipher.PrimaryID()); err != nil {
 			return nil, "", err
@@ -666,7 +697,8 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	if again.until != 0 {
 		details["restarted"] = "true"
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, Actor: again.actor, Outcome: domain.OutcomeSuccess, Details: details})
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
+		Outcome: domain.OutcomeSuccess, Details: details})
 	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || len(d.Compat.ExtraParams) > 0 {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
 			Details: d.Compat.AuditDetails()})
@@ -812,7 +844,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	}
 	ctx = audit.WithScope(ctx, rec.Tenant, rec.Provider)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
+		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: reason})
 	}
 	fail := func(reason, detail string) *CallbackResult {
@@ -863,7 +895,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		// The token endpoint's error code (never its body or description)
 		// goes to the audit event; the status carries the reason.
 		details := tokenErrorDetails(err)
-		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, Actor: "user:" + rec.User,
+		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: domain.ReasonTokenExchangeFailed, Details: details})
 		_, _ = s.store.SetGrantStatus(ctx, rec.grant(), []domain.AuthStatus{domain.StatusPending},
 			domain.StatusUnauthorized, domain.ReasonTokenExchangeFailed, s.cipher.PrimaryID())
@@ -877,7 +909,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if res := s.bindCompletion(ctx, rec, row, reg, grant, tokens, fail); res != nil {
 		return res
 	}
-	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
+	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
 		Outcome: domain.OutcomeSuccess, Details: callbackDetails(rec, tokens)})
 	if err := s.grants.StoreNew(ctx, row, rec.grant().User, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
@@ -1048,6 +1080,9 @@ type Diagnosis struct {
 	IdPGrantTypes  []string
 	IdPAuthMethods []string
 	IdPAuthMethod  string
+	// GrantProfiles is the authorization server's
+	// authorization_grant_profiles_supported.
+	GrantProfiles []string
 }
 
 // Diagnose runs discovery and registration selection without starting a

@@ -40,9 +40,13 @@ const flowTenant = "_flows"
 // secret or token: those stay in the database. Short JSON names keep a
 // record well under 1 KiB in Redis.
 type flowRecord struct {
-	Tenant        string                    `json:"t"`
-	Provider      string                    `json:"p"`
-	User          string                    `json:"u"`
+	Tenant   string `json:"t"`
+	Provider string `json:"p"`
+	// User is the person the flow was started for.
+	User string `json:"u"`
+	// GrantUser is the user whose connection the flow completes (User,
+	// for a USER provider), empty for the provider's tenant-wide grant.
+	GrantUser     string                    `json:"gu,omitempty"`
 	Issuer        string                    `json:"i"`
 	IssSupported  bool                      `json:"is,omitempty"`
 	AuthEndpoint  string                    `json:"ae"`
@@ -81,9 +85,9 @@ type flowRecord struct {
 }
 
 // grant names the grant the flow completes: the provider's tenant-wide
-// grant.
+// grant, or the connection of GrantUser.
 func (r *flowRecord) grant() domain.GrantRef {
-	return domain.TenantGrant(r.Tenant, r.Provider)
+	return domain.GrantRef{Tenant: r.Tenant, Provider: r.Provider, User: r.GrantUser}
 }
 
 // flowKey derives the store key from a flow handle or state: a hash, so the

@@ -110,6 +110,13 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	if d.Kind != domain.KindEnterpriseManaged {
 		return nil, apperr.Invalid("name", "names a provider whose credential_kind is not ENTERPRISE_MANAGED")
 	}
+	// A TENANT provider keeps taking the user for the audit trail only.
+	ref := domain.TenantGrant(in.Tenant, in.Provider)
+	if row.GrantScope.PerUser() {
+		if ref, err = vault.GrantFor(row, in.User); err != nil {
+			return nil, err
+		}
+	}
 	m := s.machine
 	if m.Discover == nil || m.Proto == nil || m.Identity == nil {
 		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized, "enterprise-managed authorization is not available on this server")
@@ -133,6 +140,14 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
 		return nil, apperr.Unavailable(err, "the authorization server could not be discovered")
 	}
+	if md.RefusesIDJAG() {
+		// The server says it takes no ID-JAG: the user's ID token is not
+		// sent anywhere for a grant that cannot be presented.
+		failed(stepDiscovery, domain.ReasonIDJAGNotSupported, "")
+		return nil, apperr.FailedPrecondition(domain.ReasonIDJAGNotSupported,
+			"the authorization server's authorization_grant_profiles_supported does not list %s: it does not accept identity assertion grants", oauthclient.GrantProfileIDJAG).
+			WithMeta("step", stepDiscovery)
+	}
 	idp, err := s.identityProvider(ctx, d)
 	if err != nil {
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
@@ -146,8 +161,14 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	}
 	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 		AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
+	// DPoP as for every other grant (RFC 9449 section 5): the JWT bearer
+	// request is proven with the provider's key when its mode says so, and
+	// only a token bound to that key is taken.
+	reg.DPoP = d.DPoPFor(md.DPoPSigningAlgs)
 	fresh, err := m.Proto.JWTBearer(ctx, md, reg, jag.Assertion, scopes, resource)
 	if err != nil {
+		// An unbound token is never used: revoke it at once.
+		s.revokeUnbound(ctx, in.Tenant, in.Provider, md, reg, err)
 		return nil, exchangeFailed(stepJWTBearer, err, failed)
 	}
 	if fresh.TokenType == "" {
@@ -157,14 +178,21 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
 		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	if reg.DPoP != nil {
+		g.DPoPJKT = reg.DPoP.Thumbprint()
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	if err := s.storeExchanged(pctx, in.Tenant, in.Provider, g, fresh); err != nil {
+	if err := s.storeExchanged(pctx, ref, g, fresh); err != nil {
 		return nil, err
 	}
+	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
+		"idp_grant_type": oauthclient.GrantTokenExchange}
+	if g.DPoPJKT != "" {
+		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
+	}
 	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, Outcome: domain.OutcomeSuccess,
-		Details: withUser(map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
-			"idp_grant_type": oauthclient.GrantTokenExchange}, in.User)})
+		Details: withUser(det, in.User)})
 	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
 }
 
@@ -228,6 +256,11 @@ func exchangeFailed(step string, err error, failed func(step, reason, code strin
 		party = "the identity provider"
 	}
 	switch {
+	case step == stepJWTBearer && dpopRefused(err):
+		// Never retried, never answered by taking a Bearer token.
+		failed(step, domain.ReasonDPoPRefused, oauthCode(err))
+		return apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the identity assertion grant: disable DPoP for the provider, or fix the server").
+			WithMeta("step", step)
 	case errors.As(err, &oe):
 		reason := domain.ReasonIdentityProviderRefused
 		if step == stepJWTBearer {
@@ -276,8 +309,7 @@ func oauthReason(code string) string {
 // grant holds: they are what the user just asked for. A concurrent writer
 // (a refresh of the old tokens) loses the compare-and-swap and is read
 // again once.
-func (s *Service) storeExchanged(ctx context.Context, tenant, id string, g vault.Grant, t *oauthclient.Tokens) error {
-	ref := domain.TenantGrant(tenant, id)
+func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens) error {
 	for attempt := 0; ; attempt++ {
 		prev, err := s.store.GetCredential(ctx, ref)
 		if apperr.KindOf(err) == apperr.KindNotFound {

@@ -110,6 +110,10 @@ type Config struct {
 	// are served and callers needing a new one are answered UNAVAILABLE
 	// at once instead of hammering a failing authorization server.
 	BackoffMax time.Duration
+	// DPoPRetryAfter is how long a grant suspended after a refresh that
+	// did not honour DPoP waits before its kept refresh token is tried
+	// again (unbound.go).
+	DPoPRetryAfter time.Duration
 }
 
 // Service keeps tokens valid: proactive refresh, one refresh per grant at a
@@ -131,6 +135,9 @@ type Service struct {
 	loads   singleflight.Group // cache misses of one grant share one read
 	cache   *tokenCache
 	machine MachineDeps
+	// starter, when set, starts flows for NOT_AUTHORIZED answers about a
+	// user's connection (SetStarter).
+	starter starterBox
 
 	mu sync.Mutex
 	// inflight records when a refresh of a grant started in this process.
@@ -201,6 +208,9 @@ func New(d Deps) (*Service, error) {
 	}
 	if d.Config.BackoffMax <= 0 {
 		d.Config.BackoffMax = 30 * time.Second
+	}
+	if d.Config.DPoPRetryAfter <= 0 {
+		d.Config.DPoPRetryAfter = 5 * time.Minute
 	}
 	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
@@ -290,6 +300,8 @@ func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Cr
 		return nil, nil, err
 	}
 	switch {
+	case dpopSuspended(cred):
+		return cred, nil, s.dpopRefusedError(cred)
 	case cred.Status == domain.StatusReauthRequired:
 		return cred, nil, ReauthRequired(reauthWhy(cred.Reason))
 	case cred.Status != domain.StatusAuthorized:
@@ -309,16 +321,48 @@ func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Cr
 // never told to start an authorization that cannot start; a server that
 // asks for no authorization needs no token; otherwise the provider is not
 // authorized yet.
+//
+// It is also where a call that names a user the provider's grant scope
+// does not expect is refused (see vault.GrantFor): such a call finds no
+// grant, as no grant of that shape is ever stored.
 func (s *Service) noGrant(ctx context.Context, ref domain.GrantRef) error {
 	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
 	if err != nil {
 		return err
 	}
-	if st, _ := row.AuthStatus(); st == domain.StatusNotRequired {
+	if _, err := vault.GrantFor(row, ref.User); err != nil {
+		return err
+	}
+	if st, _ := row.AuthStatus(); ref.User == "" && st == domain.StatusNotRequired {
 		return apperr.FailedPrecondition(domain.ReasonNotRequired,
 			"the provider's MCP server asks for no authorization: no access token is needed")
 	}
+	if ref.User != "" {
+		return userNotAuthorized(ref)
+	}
 	return notAuthorized()
+}
+
+// userNotAuthorized is NOT_AUTHORIZED for an end user without a connection.
+func userNotAuthorized(ref domain.GrantRef) *apperr.Error {
+	return apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+		"the user has not connected this provider: call StartAuthorization with this user").WithMeta("user", ref.User)
+}
+
+// withAuthorizationURL gives a NOT_AUTHORIZED answer about a user's
+// connection a fresh authorization URL for that user, when the caller may
+// also start authorizations on the tenant (and this server can start
+// them), so the calling platform can send the person straight to it. It
+// runs with the caller's own context and deadline (not the shared read's)
+// and builds a new error: the one it replaces may be shared by other
+// callers of the same read.
+func (s *Service) withAuthorizationURL(ctx context.Context, ref domain.GrantRef, err error) error {
+	if e, ok := apperr.As(err); !ok || ref.User == "" || e.Reason != domain.ReasonNotAuthorized {
+		return err
+	}
+	e := userNotAuthorized(ref)
+	AttachAuthorizationURL(ctx, s.startFor(), ref, nil, e)
+	return e
 }
 
 // Token is a valid access token and what it was issued with.
@@ -395,7 +439,8 @@ func (s *Service) Get(ctx context.Context, ref domain.GrantRef) (*Token, error) 
 	epoch := s.cache.now()
 	cred, h, err := s.loadShared(ctx, s.cache.shareKey(key, epoch), ref)
 	if err != nil {
-		return s.obtainIfMachine(ctx, ref, cred, err)
+		t, err := s.obtainIfMachine(ctx, ref, cred, err)
+		return t, s.withAuthorizationURL(ctx, ref, err)
 	}
 	if s.fresh(h) {
 		s.cache.put(key, cred, h, now, epoch)
@@ -683,6 +728,16 @@ func (s *Service) refreshLocked(ctx context.Context, ref domain.GrantRef, stale 
 	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
 	cred, h, err := s.load(ctx, ref)
+	if err != nil && dpopSuspended(cred) {
+		// Re-read under the lock: retry only if nobody did meanwhile.
+		if s.now().Before(s.dpopRetryAt(cred)) {
+			return nil, err
+		}
+		if h, err = vault.OpenTokens(s.cipher, cred); err != nil {
+			return nil, err
+		}
+		return s.refreshLeased(ctx, cred, h, stale)
+	}
 	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
 		// Kinds without a person ask again instead of refreshing (machine.go).
 		return s.obtainLocked(ctx, ref, cred, err)
@@ -952,12 +1007,18 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		defer cancel()
 		return nil, false, s.markReauth(mctx, cred, reason)
 	case dpopRefused(rerr):
-		// The server no longer honours DPoP for these tokens: a refresh
-		// will not help, and a Bearer token is never taken instead.
-		s.metrics.Refreshes.WithLabelValues("reauth_required").Inc()
+		// The server did not honour DPoP: its access token is never taken
+		// (nor any Bearer token instead); the refresh token is kept and the
+		// grant suspended (unbound.go).
+		s.metrics.Refreshes.WithLabelValues("dpop_refused").Inc()
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		return nil, false, s.markReauth(mctx, cred, domain.ReasonDPoPRefused)
+		var ub *oauthclient.UnboundTokensError
+		rt := unboundRefreshToken(rerr)
+		if rt.IsZero() {
+			rt = h.Tokens.RefreshToken
+		}
+		return nil, false, s.suspendDPoP(mctx, cred, h, rt, errors.As(rerr, &ub))
 	default:
 		var temp *oauthclient.TemporaryError
 		retryAfter := time.Duration(0)
@@ -972,7 +1033,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		_ = s.store.BackoffRefreshLease(bctx, ref, holder, d)
 		cancel()
 		s.metrics.Refreshes.WithLabelValues("unavailable").Inc()
-		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshFailed, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
+		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshFailed, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeFailure, Reason: domain.ReasonUnavailable})
 		if s.valid(h) && h.Tokens.AccessToken.Reveal() != stale {
 			// The old token still works: serve it while the server is down.
 			return token(h.Tokens, cred, h.Grant), false, nil
@@ -995,7 +1056,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 	defer cancel()
 	_ = s.store.ExtendRefreshLease(pctx, ref, holder, s.leaseTTL())
 	var stored *repository.Credential
-	refreshed := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
+	refreshed := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(pctx, retry.Policy{Attempts: 3, Base: 100 * time.Millisecond, Max: 300 * time.Millisecond},
 		func(ctx context.Context, _ int) error {
 			var perr error
@@ -1023,7 +1084,7 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		// and store it as soon as the database is back.
 		// The audit store is likely down too: the caller does not wait for
 		// this event to be written.
-		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenPersistFailure, Provider: ref.Provider,
+		go s.audit.Record(context.WithoutCancel(ctx), audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenPersistFailure, Provider: ref.Provider, User: ref.User,
 			Outcome: domain.OutcomeFailure, Reason: domain.ReasonDBWriteFailed})
 		s.keepUnstored(cred, h.Grant, fresh, holder, err)
 		t, _, uerr := s.fromUnstored(key, "")
@@ -1057,7 +1118,7 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	p := retry.Policy{Base: 100 * time.Millisecond, Max: time.Second, Jitter: 0.5}
 	// The event commits with the tokens, once, whichever attempt stores them.
 	refreshed := audit.Rows(audit.WithScope(ctx, ref.Tenant, ref.Provider), s.now(),
-		audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
+		audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenRefreshed, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeSuccess})
 	err := retry.Do(ctx, p, func(ctx context.Context, _ int) error {
 		actx, cancel := context.WithTimeout(ctx, persistBudget)
 		defer cancel()
@@ -1125,7 +1186,7 @@ func (s *Service) markReauth(ctx context.Context, cred *repository.Credential, r
 	next.UpdatedAt = s.now().UTC()
 	s.cache.drop(ref.Key())
 	_, err := s.store.PutCredential(ctx, &next, cred.Generation,
-		audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventReauthRequired, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: reason})...)
+		audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventReauthRequired, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeFailure, Reason: reason})...)
 	// Dropped again after the write: a concurrent Get may have cached the
 	// old credential in between.
 	s.cache.drop(ref.Key())
@@ -1185,7 +1246,7 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, user s
 			return retry.Permanent(err)
 		}
 		s.cache.drop(ref.Key())
-		c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, Tokens: ct, Issuer: g.Issuer,
+		c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, UserID: ref.User, Tokens: ct, Issuer: g.Issuer,
 			Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 			Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
 		gen, err = s.store.PutCredential(ctx, c, expected, events...)
@@ -1218,9 +1279,9 @@ func (s *Service) StoreNew(ctx context.Context, row *repository.Provider, user s
 // pendingRevocation is what revoking a grant at its server needs, read while the
 // grant and its client registration are still stored.
 type pendingRevocation struct {
-	tenant, id string
-	held       *vault.Held
-	reg        *oauthclient.Registration
+	tenant, id, user string
+	held             *vault.Held
+	reg              *oauthclient.Registration
 	// noClient: the client the tokens were issued to could not be rebuilt.
 	noClient bool
 }
@@ -1235,7 +1296,7 @@ func (s *Service) prepareRevocation(ctx context.Context, cred *repository.Creden
 	if err != nil || h.Grant.RevocationEndpoint == "" {
 		return nil
 	}
-	rv := &pendingRevocation{tenant: cred.TenantID, id: cred.ProviderID, held: h}
+	rv := &pendingRevocation{tenant: cred.TenantID, id: cred.ProviderID, user: cred.UserID, held: h}
 	if rv.reg, err = s.registrationFor(ctx, cred, h.Grant); err != nil {
 		rv.noClient = true
 	}
@@ -1251,7 +1312,7 @@ func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) boo
 	}
 	ctx = audit.WithScope(ctx, rv.tenant, rv.id)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: rv.tenant, Type: domain.EventRevocationFailed, Provider: rv.id, Outcome: domain.OutcomeFailure, Reason: reason})
+		s.audit.Record(ctx, audit.Event{Tenant: rv.tenant, Type: domain.EventRevocationFailed, Provider: rv.id, User: rv.user, Outcome: domain.OutcomeFailure, Reason: reason})
 	}
 	if rv.noClient {
 		failed(domain.ReasonNoClient)
@@ -1266,6 +1327,10 @@ func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) boo
 			failed(domain.ReasonRevokeRefreshFailed)
 		}
 	}
+	if t.AccessToken.IsZero() {
+		// A suspended grant (unbound.go) holds only its refresh token.
+		return ok
+	}
 	if err := s.proto.Revoke(ctx, md, rv.reg, t.AccessToken, "access_token"); err != nil {
 		ok = false
 		failed(domain.ReasonRevokeAccessFailed)
@@ -1279,8 +1344,14 @@ func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) boo
 func (s *Service) Revoke(ctx context.Context, ref domain.GrantRef) (bool, error) {
 	cred, err := s.store.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
-		// No grant: the provider is UNAUTHORIZED already, if it exists.
-		_, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
+		// No grant: the provider (or the user's connection) is
+		// UNAUTHORIZED already, if the provider exists and the call names
+		// a grant it can hold.
+		row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
+		if err != nil {
+			return false, err
+		}
+		_, err = vault.GrantFor(row, ref.User)
 		return false, err
 	}
 	if err != nil {
@@ -1293,7 +1364,7 @@ func (s *Service) Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// The event commits with the deletion. Whether the server then
 	// confirmed the revocation is in the response; a failure is audited on
 	// its own (oauth.revocation.failed).
-	revokedEv := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventAuthRevoked, Provider: ref.Provider, Outcome: domain.OutcomeSuccess})
+	revokedEv := audit.Rows(ctx, s.now(), audit.Event{Tenant: ref.Tenant, Type: domain.EventAuthRevoked, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeSuccess})
 	err = retry.Do(ctx, retry.Policy{Attempts: 3}, func(ctx context.Context, attempt int) error {
 		if attempt > 1 {
 			if cred, err = s.store.GetCredential(ctx, ref); err != nil {
@@ -1349,9 +1420,13 @@ func (s *Service) Status(ctx context.Context, ref domain.GrantRef) (*Status, err
 	if err != nil {
 		return nil, err
 	}
+	if _, err := vault.GrantFor(row, ref.User); err != nil {
+		return nil, err
+	}
+	// The provider row carries the tenant-wide grant's status only.
 	st, reason := row.AuthStatus()
 	out := &Status{Status: st, Reason: reason}
-	if row.GrantStatus == domain.StatusUnknown {
+	if ref.User == "" && row.GrantStatus == domain.StatusUnknown {
 		return out, nil
 	}
 	cred, err := s.store.GetCredential(ctx, ref)

@@ -58,6 +58,9 @@ var (
 // A grant such a kind marked dead answers with the server's error as its
 // reason again, without asking the server.
 func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred *repository.Credential, loadErr error) (*Token, error) {
+	if dpopSuspended(cred) {
+		return s.retrySuspended(ctx, ref, cred)
+	}
 	e, ok := apperr.As(loadErr)
 	if !ok || e.Reason != domain.ReasonNotAuthorized && e.Reason != domain.ReasonReauthRequired {
 		return nil, loadErr
@@ -115,7 +118,7 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 		if code != "" {
 			det["oauth_error"] = code
 		}
-		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, Outcome: domain.OutcomeFailure, Reason: reason, Details: det})
+		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeFailure, Reason: reason, Details: det})
 	}
 	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
 	if err != nil {
@@ -173,6 +176,8 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 		return tokenEndpointRetry(err)
 	})
 	if err != nil {
+		// An unbound token is never used: revoke it at once.
+		s.revokeUnbound(ctx, ref.Tenant, ref.Provider, md, reg, err)
 		return s.obtainFailed(ctx, prev, row, d, err, failed)
 	}
 	if fresh.TokenType == "" {
@@ -209,7 +214,7 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 	if g.DPoPJKT != "" {
 		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
 	}
-	s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtained, Provider: ref.Provider, Outcome: domain.OutcomeSuccess, Details: det})
+	s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtained, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeSuccess, Details: det})
 	return token(fresh, stored, g), nil
 }
 
@@ -309,7 +314,7 @@ func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *
 	if prev != nil {
 		expected = prev.Generation
 	}
-	c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, Tokens: ct, Issuer: g.Issuer,
+	c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, UserID: ref.User, Tokens: ct, Issuer: g.Issuer,
 		Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 		Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
 	s.cache.drop(ref.Key())

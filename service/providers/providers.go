@@ -165,6 +165,10 @@ type Fields struct {
 	DPoP DPoPInput
 	// EnterpriseIdP is an enterprise-managed provider's identity provider.
 	EnterpriseIdP *EnterpriseIdPInput
+	// GrantScope says whose grants the provider holds ("": TENANT). Set on
+	// create; an update may name it (path "grant_scope") only with the
+	// value it has.
+	GrantScope domain.GrantScope
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -182,6 +186,9 @@ const (
 	PathOAuthClientSecret = "oauth_client.client_secret"
 	PathOAuthClientScopes = "oauth_client.scopes"
 	PathCompatibility     = "compatibility"
+	// PathGrantScope is accepted by Update only with the provider's
+	// current value: the grant scope is immutable.
+	PathGrantScope = "grant_scope"
 )
 
 // UpdatablePaths lists every path Update accepts.
@@ -207,6 +214,9 @@ type OAuthClientView struct {
 
 // View is the masked view of a provider: no secret, no full URL.
 type View struct {
+	// GrantScope is domain.ScopeUser for a provider whose grants belong
+	// to end users, empty for a tenant-wide one.
+	GrantScope       domain.GrantScope
 	Tenant           string
 	ID               string
 	DisplayName      string
@@ -547,9 +557,13 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 			return nil, err
 		}
 	}
+	scope := scopeOf(in.Fields.GrantScope)
+	if err := checkScopeKind(scope, in.Fields.CredentialKind); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	row := &repository.Provider{
-		TenantID: in.Tenant, ID: id,
+		TenantID: in.Tenant, ID: id, GrantScope: scope,
 		DisplayName: v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
 		TimeoutMS: v.timeout.Milliseconds(), SSEReadTimeoutMS: v.sseReadTimeout.Milliseconds(),
 		ClientID: v.clientID, Scopes: vault.JSONList(v.scopes), Compat: vault.JSONCompat(v.compat),
@@ -581,6 +595,24 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 		s.markNotRequired(ctx, row)
 	}
 	return s.view(row)
+}
+
+// scopeOf is a grant scope with "" read as TENANT.
+func scopeOf(s domain.GrantScope) domain.GrantScope {
+	if s == "" {
+		return domain.ScopeTenant
+	}
+	return s
+}
+
+// checkScopeKind refuses per-user grants of a credential kind without a
+// person: a client's own token or a workload's identity is the same for
+// every user, and a static key is no grant at all.
+func checkScopeKind(scope domain.GrantScope, kind domain.CredentialKind) error {
+	if scope.PerUser() && kind != domain.KindAuthorizationCode && kind != domain.KindEnterpriseManaged {
+		return invalid("provider.grant_scope", "USER needs credential_kind AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person)")
+	}
+	return nil
 }
 
 // markNotRequired records that the server of a provider just created
@@ -649,6 +681,20 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if len(in.Paths) == 0 {
 		return nil, invalid("update_mask", "must name the fields to change")
 	}
+	checkScope := slices.Contains(in.Paths, PathGrantScope)
+	in.Paths = slices.DeleteFunc(slices.Clone(in.Paths), func(p string) bool { return p == PathGrantScope })
+	if len(in.Paths) == 0 {
+		// Only the grant scope was named: nothing changes if it is the
+		// provider's.
+		row, err := s.store.GetProvider(ctx, in.Tenant, in.ID)
+		if err != nil {
+			return nil, err
+		}
+		if scopeOf(in.Fields.GrantScope) != scopeOf(row.GrantScope) {
+			return nil, invalid("provider.grant_scope", "is immutable: create a new provider for grants of another scope")
+		}
+		return s.view(row)
+	}
 	for _, p := range in.Paths {
 		if !slices.Contains(UpdatablePaths, p) {
 			return nil, invalid("update_mask", fmt.Sprintf("path %q is not updatable (allowed: %s)", p, strings.Join(UpdatablePaths, ", ")))
@@ -671,6 +717,10 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if in.Etag != "" && in.Etag != etag(row) {
 		return nil, apperr.Aborted("etag does not match: the provider was changed since it was read")
 	}
+	if checkScope && scopeOf(in.Fields.GrantScope) != scopeOf(row.GrantScope) {
+		return nil, invalid("provider.grant_scope", "is immutable: create a new provider for grants of another scope")
+	}
+
 	// Every stored ciphertext must open before anything is written over
 	// the row: one that does not (moved from another row, or corrupt)
 	// stops the update instead of being carried along.
@@ -743,6 +793,9 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 		return nil, err
 	}
 	credReset := !urlChanged && credentialsChanged(before, &after, &oldRow, row)
+	if err := checkScopeKind(row.GrantScope, after.kind); err != nil {
+		return nil, err
+	}
 	row.KeyID = s.cipher.PrimaryID()
 	if err := s.reencryptUntouched(row, paths); err != nil {
 		return nil, err
@@ -924,6 +977,9 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 		UpdateTime:       row.UpdatedAt.Truncate(time.Microsecond),
 		Etag:             etag(row),
 		Compat:           d.Compat,
+	}
+	if row.GrantScope.PerUser() {
+		v.GrantScope = domain.ScopeUser
 	}
 	names := make([]string, 0, len(d.Headers))
 	for k := range d.Headers {

@@ -16,8 +16,8 @@ func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, ke
 		s.mu.Unlock()
 		return false, err
 	}
-	k := key(c.TenantID, c.ProviderID)
-	if _, ok := s.providers[k]; !ok {
+	k := gkey(c.Ref())
+	if _, ok := s.providers[key(c.TenantID, c.ProviderID)]; !ok {
 		s.mu.Unlock()
 		return false, apperr.NotFound("provider")
 	}
@@ -34,13 +34,13 @@ func (s *Store) RecordChallenge(ctx context.Context, c *repository.Challenge, ke
 
 // GetChallenge returns the provider's last challenge.
 func (s *Store) GetChallenge(_ context.Context, g domain.GrantRef) (*repository.Challenge, error) {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetChallenge", tenant); err != nil {
 		return nil, err
 	}
-	c, ok := s.chals[key(tenant, providerID)]
+	c, ok := s.chals[gkey(g)]
 	if !ok {
 		return nil, apperr.NotFound("challenge")
 	}
@@ -49,26 +49,26 @@ func (s *Store) GetChallenge(_ context.Context, g domain.GrantRef) (*repository.
 
 // ClearChallenge forgets the provider's challenge.
 func (s *Store) ClearChallenge(_ context.Context, g domain.GrantRef) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ClearChallenge", tenant); err != nil {
 		return err
 	}
-	delete(s.chals, key(tenant, providerID))
+	delete(s.chals, gkey(g))
 	return nil
 }
 
 // CountStepUp counts a step-up authorization of an outstanding
 // insufficient_scope challenge.
 func (s *Store) CountStepUp(_ context.Context, g domain.GrantRef) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("CountStepUp", tenant); err != nil {
 		return err
 	}
-	k := key(tenant, providerID)
+	k := gkey(g)
 	if c, ok := s.chals[k]; ok && c.Error == "insufficient_scope" {
 		c.StepUpAttempts++
 		s.chals[k] = c

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -84,6 +85,19 @@ func (s *Store) enter(method, tenant string) error {
 }
 
 func key(parts ...string) string { return strings.Join(parts, "\x00") }
+
+// gkey is the map key of a per-grant row: the provider's key for the
+// tenant-wide grant, with the user appended for a connection.
+func gkey(g domain.GrantRef) string {
+	if g.User == "" {
+		return key(g.Tenant, g.Provider)
+	}
+	return key(g.Tenant, g.Provider, g.User)
+}
+
+// ofProvider reports whether k is the key of a per-grant row of the
+// provider with key pk.
+func ofProvider(k, pk string) bool { return k == pk || strings.HasPrefix(k, pk+"\x00") }
 
 // CreateProvider inserts p with the repository's uniqueness rules.
 func (s *Store) CreateProvider(_ context.Context, p *repository.Provider, events ...*repository.AuditEvent) error {
@@ -243,10 +257,11 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 }
 
 func (s *Store) dropDependents(tenant, id string) {
-	delete(s.creds, key(tenant, id))
-	delete(s.tools, key(tenant, id))
-	delete(s.leases, key(tenant, id))
-	delete(s.chals, key(tenant, id))
+	pk := key(tenant, id)
+	maps.DeleteFunc(s.creds, func(k string, _ repository.Credential) bool { return ofProvider(k, pk) })
+	maps.DeleteFunc(s.tools, func(k string, _ repository.ToolList) bool { return ofProvider(k, pk) })
+	maps.DeleteFunc(s.leases, func(k string, _ repository.RefreshLease) bool { return ofProvider(k, pk) })
+	maps.DeleteFunc(s.chals, func(k string, _ repository.Challenge) bool { return ofProvider(k, pk) })
 	for k, r := range s.regs {
 		if r.TenantID == tenant && r.ProviderID == id {
 			delete(s.regs, k)
@@ -276,13 +291,13 @@ func (s *Store) DeleteProvider(_ context.Context, tenant, id string, expectedVer
 
 // GetCredential returns the provider's grant row.
 func (s *Store) GetCredential(_ context.Context, g domain.GrantRef) (*repository.Credential, error) {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetCredential", tenant); err != nil {
 		return nil, err
 	}
-	c, ok := s.creds[key(tenant, providerID)]
+	c, ok := s.creds[gkey(g)]
 	if !ok {
 		return nil, apperr.NotFound("credential")
 	}
@@ -297,8 +312,8 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 	if err := s.enter("PutCredential", c.TenantID); err != nil {
 		return 0, err
 	}
-	k := key(c.TenantID, c.ProviderID)
-	p, ok := s.providers[k]
+	pk, k := key(c.TenantID, c.ProviderID), gkey(c.Ref())
+	p, ok := s.providers[pk]
 	cur, exists := s.creds[k]
 	var gen int64
 	switch {
@@ -319,7 +334,7 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 	s.creds[k] = row
 	if p.CredGeneration < gen {
 		p.CredGeneration = gen
-		s.providers[k] = p
+		s.providers[pk] = p
 	}
 	c.Generation, c.UpdatedAt = gen, row.UpdatedAt
 	s.appendEvents(events)
@@ -328,20 +343,20 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 
 // DeleteCredential deletes the grant (any generation when 0).
 func (s *Store) DeleteCredential(_ context.Context, g domain.GrantRef, expectedGeneration int64, events ...*repository.AuditEvent) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("DeleteCredential", tenant); err != nil {
 		return err
 	}
-	cur, ok := s.creds[key(tenant, providerID)]
+	cur, ok := s.creds[gkey(g)]
 	if !ok {
 		return apperr.NotFound("credential")
 	}
 	if expectedGeneration != 0 && cur.Generation != expectedGeneration {
 		return apperr.Aborted("credential was changed concurrently; re-read and retry")
 	}
-	delete(s.creds, key(tenant, providerID))
+	delete(s.creds, gkey(g))
 	s.appendEvents(events)
 	return nil
 }
@@ -354,7 +369,7 @@ func (s *Store) SetGrantStatus(_ context.Context, g domain.GrantRef, from []doma
 	if err := s.enter("SetGrantStatus", tenant); err != nil {
 		return false, err
 	}
-	k := key(tenant, providerID)
+	k, pk := gkey(g), key(tenant, providerID)
 	if c, ok := s.creds[k]; ok {
 		if !slices.Contains(from, c.Status) {
 			return false, nil
@@ -367,13 +382,13 @@ func (s *Store) SetGrantStatus(_ context.Context, g domain.GrantRef, from []doma
 	if !slices.Contains(from, domain.StatusUnauthorized) {
 		return false, nil
 	}
-	p, ok := s.providers[k]
+	p, ok := s.providers[pk]
 	if !ok {
 		return false, apperr.NotFound("provider")
 	}
 	p.CredGeneration++
-	s.providers[k] = p
-	s.creds[k] = repository.Credential{TenantID: tenant, ProviderID: providerID, Tokens: []byte{}, Generation: p.CredGeneration,
+	s.providers[pk] = p
+	s.creds[k] = repository.Credential{TenantID: tenant, ProviderID: providerID, UserID: g.User, Tokens: []byte{}, Generation: p.CredGeneration,
 		Status: to, Reason: reason, KeyID: keyID, UpdatedAt: s.now()}
 	s.appendEvents(events)
 	return true, nil
@@ -414,18 +429,18 @@ func (s *Store) CredentialsIdleSince(_ context.Context, before time.Time, limit 
 
 // RecordRefreshFailure counts a failed background refresh at generation.
 func (s *Store) RecordRefreshFailure(_ context.Context, g domain.GrantRef, generation int64) (int, error) {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("RecordRefreshFailure", tenant); err != nil {
 		return 0, err
 	}
-	c, ok := s.creds[key(tenant, providerID)]
+	c, ok := s.creds[gkey(g)]
 	if !ok || c.Generation != generation {
 		return 0, nil
 	}
 	c.RefreshFailures++
-	s.creds[key(tenant, providerID)] = c
+	s.creds[gkey(g)] = c
 	return c.RefreshFailures, nil
 }
 
@@ -487,19 +502,19 @@ func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
 	if _, ok := s.providers[key(t.TenantID, t.ProviderID)]; !ok {
 		return apperr.NotFound("provider")
 	}
-	s.tools[key(t.TenantID, t.ProviderID)] = *t
+	s.tools[gkey(domain.GrantRef{Tenant: t.TenantID, Provider: t.ProviderID, User: t.UserID})] = *t
 	return nil
 }
 
 // GetTools returns a stored tool list.
 func (s *Store) GetTools(_ context.Context, g domain.GrantRef) (*repository.ToolList, error) {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("GetTools", tenant); err != nil {
 		return nil, err
 	}
-	t, ok := s.tools[key(tenant, providerID)]
+	t, ok := s.tools[gkey(g)]
 	if !ok {
 		return nil, apperr.NotFound("tool list")
 	}
@@ -619,7 +634,7 @@ func (s *Store) AcquireRefreshLease(_ context.Context, g domain.GrantRef, genera
 		return out, apperr.NotFound("provider")
 	}
 	now := s.now()
-	prev, ok := s.leases[key(tenant, providerID)]
+	prev, ok := s.leases[gkey(g)]
 	if ok && prev.Holder != holder && !prev.ExpiresAt.Before(now) {
 		if prev.Holder == "backoff" {
 			out.BackoffUntil = prev.ExpiresAt
@@ -628,38 +643,38 @@ func (s *Store) AcquireRefreshLease(_ context.Context, g domain.GrantRef, genera
 		return out, repository.ErrLeaseHeld
 	}
 	out.TookOver = ok && prev.Holder != holder && prev.Holder != "backoff" && prev.Generation == generation
-	s.leases[key(tenant, providerID)] = repository.RefreshLease{TenantID: tenant, ProviderID: providerID, Generation: generation,
+	s.leases[gkey(g)] = repository.RefreshLease{TenantID: tenant, ProviderID: providerID, UserID: g.User, Generation: generation,
 		Holder: holder, ExpiresAt: now.Add(ttl)}
 	return out, nil
 }
 
 // ExtendRefreshLease implements the repository's refresh lease in memory.
 func (s *Store) ExtendRefreshLease(_ context.Context, g domain.GrantRef, holder string, ttl time.Duration) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ExtendRefreshLease", tenant); err != nil {
 		return err
 	}
-	l, ok := s.leases[key(tenant, providerID)]
+	l, ok := s.leases[gkey(g)]
 	if !ok || l.Holder != holder {
 		return repository.ErrLeaseGone
 	}
 	l.ExpiresAt = s.now().Add(ttl)
-	s.leases[key(tenant, providerID)] = l
+	s.leases[gkey(g)] = l
 	return nil
 }
 
 // ReleaseRefreshLease implements the repository's refresh lease in memory.
 func (s *Store) ReleaseRefreshLease(_ context.Context, g domain.GrantRef, holder string) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("ReleaseRefreshLease", tenant); err != nil {
 		return err
 	}
-	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
-		delete(s.leases, key(tenant, providerID))
+	if l, ok := s.leases[gkey(g)]; ok && l.Holder == holder {
+		delete(s.leases, gkey(g))
 	}
 	return nil
 }
@@ -685,15 +700,15 @@ func (s *Store) ExpirePendingGrants(_ context.Context, before time.Time, reason 
 
 // BackoffRefreshLease implements the repository's refresh backoff in memory.
 func (s *Store) BackoffRefreshLease(_ context.Context, g domain.GrantRef, holder string, d time.Duration) error {
-	tenant, providerID := g.Tenant, g.Provider
+	tenant := g.Tenant
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("BackoffRefreshLease", tenant); err != nil {
 		return err
 	}
-	if l, ok := s.leases[key(tenant, providerID)]; ok && l.Holder == holder {
+	if l, ok := s.leases[gkey(g)]; ok && l.Holder == holder {
 		l.Holder, l.ExpiresAt = "backoff", s.now().Add(d)
-		s.leases[key(tenant, providerID)] = l
+		s.leases[gkey(g)] = l
 	}
 	return nil
 }

@@ -155,7 +155,14 @@ func (s *Service) prepare(ctx context.Context, tenant, id, user string) (*sessio
 	if err != nil {
 		return nil, err
 	}
-	ss := &session{d: d, user: user, grant: domain.TenantGrant(row.TenantID, row.ID), target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
+	grant := domain.TenantGrant(row.TenantID, row.ID)
+	if row.GrantScope.PerUser() {
+		// The user's own connection, never the tenant's or another user's.
+		if grant, err = vault.GrantFor(row, user); err != nil {
+			return nil, err
+		}
+	}
+	ss := &session{d: d, user: user, grant: grant, target: mcpclient.Target{URL: d.URL.String(), Timeout: time.Duration(row.TimeoutMS) * time.Millisecond,
 		SSEReadTimeout: time.Duration(row.SSEReadTimeoutMS) * time.Millisecond, MaxResultBytes: s.maxResult},
 		cred: mcpclient.Credentials{Headers: withStaticAuthorization(d)}}
 	if err := s.attachToken(ctx, ss); err != nil {
@@ -172,6 +179,9 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 	row := ss.d.Row
 	ss.cred.AccessToken, ss.cred.DPoP, ss.gen = secret.Secret{}, nil, 0
 	defer func() { ss.key = fmt.Sprintf("%s/%d/%d", ss.grant.Key(), row.Version, ss.gen) }()
+	if ss.grant.User != "" {
+		return s.attachUserToken(ctx, ss)
+	}
 	status, _ := row.AuthStatus()
 	if status != domain.StatusAuthorized && status != domain.StatusReauthRequired && !ss.d.Kind.Machine() &&
 		ss.d.Kind != domain.KindEnterpriseManaged {
@@ -193,6 +203,26 @@ func (s *Service) attachToken(ctx context.Context, ss *session) error {
 		// The tokens were granted for another server URL, or are older than
 		// the grant just read: never send them.
 		return nil
+	}
+	if err := bindDPoP(ss, tok); err != nil {
+		return err
+	}
+	ss.cred.AccessToken, ss.gen = tok.AccessToken, tok.Generation
+	return nil
+}
+
+// attachUserToken adds the token of the user's connection. Unlike the
+// tenant-wide grant, a connection that is missing or broken is never
+// replaced by a request with headers only: the answer says the user must
+// connect (NOT_AUTHORIZED, with a fresh authorization URL for them when the
+// caller may authorize) or authorize again.
+func (s *Service) attachUserToken(ctx context.Context, ss *session) error {
+	tok, err := s.grants.Get(ctx, ss.grant)
+	if err != nil {
+		return err
+	}
+	if !tok.Grant.GrantedFor(ss.d) {
+		return grants.ReauthRequired("the connection's tokens were granted for another server URL")
 	}
 	if err := bindDPoP(ss, tok); err != nil {
 		return err
@@ -290,9 +320,11 @@ func (s *Service) recordChallenge(ctx context.Context, ss *session, ae *mcpclien
 		reason = domain.ReasonInsufficientScope
 	}
 	// Stored with the grant status change, and only when it changed.
-	events := audit.Rows(ctx, s.now(), audit.Event{Tenant: row.TenantID, Type: domain.EventChallengeRecorded, Provider: row.ID,
+	events := audit.Rows(ctx, s.now(), audit.Event{Tenant: row.TenantID, Type: domain.EventChallengeRecorded, Provider: row.ID, User: ss.grant.User,
 		Outcome: domain.OutcomeFailure, Reason: reason, Details: map[string]string{"status": strconv.Itoa(ae.Status), "error": ch.Error}})
-	if _, err := s.store.RecordChallenge(ctx, ss.d.ChallengeRow(ae.Status, ch), s.cipher.PrimaryID(), events...); err != nil {
+	chRow := ss.d.ChallengeRow(ae.Status, ch)
+	chRow.UserID = ss.grant.User
+	if _, err := s.store.RecordChallenge(ctx, chRow, s.cipher.PrimaryID(), events...); err != nil {
 		s.log.WarnContext(ctx, "recording the MCP server's challenge failed", "tenant", row.TenantID, "provider", row.ID, "err", err.Error())
 	}
 }
@@ -360,7 +392,7 @@ func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthErr
 		return apperr.PermissionDenied("the MCP server refused the request (403)")
 	}
 	if ch, err := s.store.GetChallenge(ctx, ss.grant); err == nil && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpExhausted})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpExhausted})
 		return apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
 			"the MCP server still refuses with insufficient_scope after %d authorizations for more scopes; authorizing again will not help", ch.StepUpAttempts).
 			WithMeta("required_scopes", strings.Join(ae.Scopes, " "))
@@ -378,12 +410,12 @@ func (s *Service) stepUp(ctx context.Context, ss *session, ae *mcpclient.AuthErr
 		}
 	}
 	if len(missing) == 0 {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpLoop})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeFailure, Reason: domain.ReasonStepUpLoop})
 		return apperr.FailedPrecondition(domain.ReasonInsufficientScopeLoop,
 			"the MCP server refuses the call although every scope it asks for is already granted; re-authorizing would not help").
 			WithMeta("required_scopes", strings.Join(ae.Scopes, " "))
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, Outcome: domain.OutcomeFailure,
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventStepUpRequired, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeFailure,
 		Reason: domain.ReasonInsufficientScope, Details: map[string]string{"missing_scopes": strings.Join(missing, " ")}})
 	e := apperr.FailedPrecondition(domain.ReasonInsufficientScope, "the MCP server needs more scopes: authorize again with additional_scopes").
 		WithMeta("missing_scopes", strings.Join(missing, " ")).
@@ -527,7 +559,7 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 		return lerr
 	})
 	if err != nil {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err)})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeFailure, Reason: reasonOf(err)})
 		return nil, err
 	}
 	raw, err := json.Marshal(tools)
@@ -537,10 +569,10 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 	// Microseconds: what PostgreSQL keeps, so List later reports the same
 	// fetch time as this answer.
 	now := s.now().UTC().Truncate(time.Microsecond)
-	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, Tools: string(raw), FetchedAt: now}); err != nil {
+	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: ss.grant.User, Tools: string(raw), FetchedAt: now}); err != nil {
 		return nil, err
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, Outcome: domain.OutcomeSuccess,
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeSuccess,
 		Details: map[string]string{"count": strconv.Itoa(len(tools))}})
 	out, err := decodeTools(string(raw))
 	if err != nil {
@@ -550,12 +582,18 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 }
 
 // Stored returns the stored tool list without connecting (empty when the
-// tools were never fetched).
-func (s *Service) Stored(ctx context.Context, tenant, id string) (*List, error) {
-	if _, err := s.store.GetProvider(ctx, tenant, id); err != nil {
+// tools were never fetched): the provider's, or for a USER provider the
+// list last fetched with user's connection.
+func (s *Service) Stored(ctx context.Context, tenant, id, user string) (*List, error) {
+	row, err := s.store.GetProvider(ctx, tenant, id)
+	if err != nil {
 		return nil, err
 	}
-	tl, err := s.store.GetTools(ctx, domain.TenantGrant(tenant, id))
+	ref, err := vault.GrantFor(row, user)
+	if err != nil {
+		return nil, err
+	}
+	tl, err := s.store.GetTools(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return &List{}, nil
 	}
@@ -608,7 +646,7 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 		// Refused before reaching the server (no grant, REAUTH_REQUIRED, a
 		// store outage): an attempted call is audited all the same.
 		s.metrics.ToolCalls.WithLabelValues("error").Inc()
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err),
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, User: in.User, Outcome: domain.OutcomeFailure, Reason: reasonOf(err),
 			Details: map[string]string{"tool": tool, "refused": "before_server", "duration_ms": strconv.FormatInt(time.Since(start).Milliseconds(), 10)}})
 		return nil, err
 	}
@@ -621,7 +659,7 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 	details := map[string]string{"tool": tool, "duration_ms": strconv.FormatInt(time.Since(start).Milliseconds(), 10)}
 	if err != nil {
 		s.metrics.ToolCalls.WithLabelValues("error").Inc()
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeFailure, Reason: reasonOf(err), Details: details})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeFailure, Reason: reasonOf(err), Details: details})
 		return nil, err
 	}
 	out, err := decodeResult(res)
@@ -634,7 +672,7 @@ func (s *Service) Call(ctx context.Context, in CallInput) (*Result, error) {
 		details["is_error"] = "true"
 	}
 	s.metrics.ToolCalls.WithLabelValues(outcome).Inc()
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, Outcome: domain.OutcomeSuccess, Details: details})
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolCalled, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeSuccess, Details: details})
 	return out, nil
 }
 

@@ -117,7 +117,7 @@ func TestRefreshListsAndStoresTools(t *testing.T) {
 	if err != nil || !row.FetchedAt.Equal(want) {
 		t.Fatalf("stored tool list = %+v, %v; want one fetched at %v", row, err, want)
 	}
-	stored, err := e.svc.Stored(context.Background(), tenant, "p")
+	stored, err := e.svc.Stored(context.Background(), tenant, "p", "")
 	if err != nil || !reflect.DeepEqual(stored, list) {
 		t.Errorf("Stored() = %+v, %v; want what Refresh returned", stored, err)
 	}
@@ -137,7 +137,7 @@ func TestRefreshListsAndStoresTools(t *testing.T) {
 	if list, err = e.svc.Refresh(context.Background(), tenant, "p", ""); err != nil {
 		t.Fatal(err)
 	}
-	stored, _ = e.svc.Stored(context.Background(), tenant, "p")
+	stored, _ = e.svc.Stored(context.Background(), tenant, "p", "")
 	if len(stored.Tools) != 1 || !stored.FetchedAt.Equal(want.Add(90*time.Second)) || !stored.FetchedAt.Equal(list.FetchedAt) {
 		t.Errorf("after a second refresh Stored() = %+v", stored)
 	}
@@ -222,7 +222,7 @@ func TestStored(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
 			tc.setup(t, e)
-			l, err := e.svc.Stored(context.Background(), tenant, "p")
+			l, err := e.svc.Stored(context.Background(), tenant, "p", "")
 			if tc.check != nil {
 				tc.check(t, l, err)
 				return

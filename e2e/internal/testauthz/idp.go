@@ -28,6 +28,9 @@ const (
 	TokenTypeIDJAG     = "urn:ietf:params:oauth:token-type:id-jag"
 	// TypIDJAG is the ID-JAG's JOSE "typ" header (the draft, section 3.1).
 	TypIDJAG = "oauth-id-jag+jwt"
+	// GrantProfileIDJAG is the draft's authorization grant profile (section
+	// 7.2), listed in authorization_grant_profiles_supported.
+	GrantProfileIDJAG = "urn:ietf:params:oauth:grant-profile:id-jag"
 )
 
 // IDJAGClaims are the claims of an identity assertion JWT authorization

@@ -305,7 +305,11 @@ type AuditEvent struct {
 	Details map[string]string `protobuf:"bytes,9,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The event type as an enum: the same as event_type. UNSPECIFIED when
 	// event_type names a type this enum does not list.
-	Type          AuditEventType `protobuf:"varint,10,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
+	Type AuditEventType `protobuf:"varint,10,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
+	// The end user the event concerns: the user of the connection (per-user
+	// grant) it is about, or the user a refused call named; empty for
+	// tenant-wide grants and events about no grant.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -410,6 +414,13 @@ func (x *AuditEvent) GetType() AuditEventType {
 	return AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED
 }
 
+func (x *AuditEvent) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
 // ListAuditEventsRequest is the request of ListAuditEvents.
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -426,7 +437,9 @@ type ListAuditEventsRequest struct {
 	// Only events of this type, if not UNSPECIFIED: the enum form of
 	// event_type. If both are set they must name the same type, otherwise the
 	// call fails with INVALID_ARGUMENT.
-	Type          AuditEventType `protobuf:"varint,6,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
+	Type AuditEventType `protobuf:"varint,6,opt,name=type,proto3,enum=mcpauth.v1.AuditEventType" json:"type,omitempty"`
+	// Only events about this end user's connections, if set.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +514,13 @@ func (x *ListAuditEventsRequest) GetType() AuditEventType {
 		return x.Type
 	}
 	return AuditEventType_AUDIT_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *ListAuditEventsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 // ListAuditEventsResponse is the response of ListAuditEvents.
@@ -666,7 +686,7 @@ var File_mcpauth_v1_audit_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"\x16mcpauth/v1/audit.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x03\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x03\n" +
 	"\n" +
 	"AuditEvent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
@@ -682,10 +702,11 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"createTime\x12=\n" +
 	"\adetails\x18\t \x03(\v2#.mcpauth.v1.AuditEvent.DetailsEntryR\adetails\x12.\n" +
 	"\x04type\x18\n" +
-	" \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\x1a:\n" +
+	" \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x01\n" +
 	"\x16ListAuditEventsRequest\x12\x1b\n" +
 	"\x06parent\x18\x01 \x01(\tB\x03\xe0A\x02R\x06parent\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -694,7 +715,8 @@ const file_mcpauth_v1_audit_proto_rawDesc = "" +
 	"\bprovider\x18\x04 \x01(\tR\bprovider\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x05 \x01(\tR\teventType\x12.\n" +
-	"\x04type\x18\x06 \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\"|\n" +
+	"\x04type\x18\x06 \x01(\x0e2\x1a.mcpauth.v1.AuditEventTypeR\x04type\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\"|\n" +
 	"\x17ListAuditEventsResponse\x129\n" +
 	"\faudit_events\x18\x01 \x03(\v2\x16.mcpauth.v1.AuditEventR\vauditEvents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"T\n" +

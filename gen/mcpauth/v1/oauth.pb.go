@@ -93,7 +93,9 @@ type StartAuthorizationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The person who will authorize, as the calling platform knows them.
+	// The person who will authorize, as the calling platform knows them. For
+	// a provider whose grant_scope is USER the completed authorization is
+	// stored as this user's connection, and only theirs.
 	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
 	// Where to send the browser when the flow ends. Its origin must be
 	// allow-listed; empty means mcpauth's own result page.
@@ -296,7 +298,11 @@ func (x *StartAuthorizationResponse) GetClientRegistrationMethod() RegistrationM
 type GetAuthorizationStatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// For a provider whose grant_scope is USER: the end user whose connection
+	// this is about (required; at most 255 bytes of printable UTF-8, compared
+	// exactly). Must be empty for TENANT providers.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -334,6 +340,13 @@ func (*GetAuthorizationStatusRequest) Descriptor() ([]byte, []int) {
 func (x *GetAuthorizationStatusRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *GetAuthorizationStatusRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -445,7 +458,11 @@ type GetAccessTokenRequest struct {
 	// (query and fragment are left out of the proof's htu).
 	DpopUrl string `protobuf:"bytes,121,opt,name=dpop_url,json=dpopUrl,proto3" json:"dpop_url,omitempty"`
 	// The DPoP-Nonce the caller's server gave, if any, for the proof.
-	DpopNonce     string `protobuf:"bytes,122,opt,name=dpop_nonce,json=dpopNonce,proto3" json:"dpop_nonce,omitempty"`
+	DpopNonce string `protobuf:"bytes,122,opt,name=dpop_nonce,json=dpopNonce,proto3" json:"dpop_nonce,omitempty"`
+	// For a provider whose grant_scope is USER: the end user whose connection
+	// this is about (required; at most 255 bytes of printable UTF-8, compared
+	// exactly). Must be empty for TENANT providers.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +521,13 @@ func (x *GetAccessTokenRequest) GetDpopUrl() string {
 func (x *GetAccessTokenRequest) GetDpopNonce() string {
 	if x != nil {
 		return x.DpopNonce
+	}
+	return ""
+}
+
+func (x *GetAccessTokenRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -617,7 +641,11 @@ func (x *GetAccessTokenResponse) GetDpopKeyThumbprint() string {
 type RevokeAuthorizationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// For a provider whose grant_scope is USER: the end user whose connection
+	// this is about (required; at most 255 bytes of printable UTF-8, compared
+	// exactly). Must be empty for TENANT providers.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -655,6 +683,13 @@ func (*RevokeAuthorizationRequest) Descriptor() ([]byte, []int) {
 func (x *RevokeAuthorizationRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeAuthorizationRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -1211,8 +1246,13 @@ type DiagnoseProviderResponse struct {
 	// The client authentication mcpauth will use at the identity provider's
 	// token endpoint.
 	IdentityProviderTokenEndpointAuthMethod string `protobuf:"bytes,143,opt,name=identity_provider_token_endpoint_auth_method,json=identityProviderTokenEndpointAuthMethod,proto3" json:"identity_provider_token_endpoint_auth_method,omitempty"`
-	unknownFields                           protoimpl.UnknownFields
-	sizeCache                               protoimpl.SizeCache
+	// The authorization server's authorization_grant_profiles_supported (the
+	// ID-JAG draft, section 7.2), as advertised (empty: not advertised). An
+	// enterprise-managed provider is blocked when it is advertised without
+	// urn:ietf:params:oauth:grant-profile:id-jag.
+	AuthorizationGrantProfilesSupported []string `protobuf:"bytes,150,rep,name=authorization_grant_profiles_supported,json=authorizationGrantProfilesSupported,proto3" json:"authorization_grant_profiles_supported,omitempty"`
+	unknownFields                       protoimpl.UnknownFields
+	sizeCache                           protoimpl.SizeCache
 }
 
 func (x *DiagnoseProviderResponse) Reset() {
@@ -1413,6 +1453,13 @@ func (x *DiagnoseProviderResponse) GetIdentityProviderTokenEndpointAuthMethod() 
 	return ""
 }
 
+func (x *DiagnoseProviderResponse) GetAuthorizationGrantProfilesSupported() []string {
+	if x != nil {
+		return x.AuthorizationGrantProfilesSupported
+	}
+	return nil
+}
+
 var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
@@ -1435,9 +1482,10 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x06status\x18\x04 \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\x16\n" +
 	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12/\n" +
 	"\x13registration_method\x18\x06 \x01(\tR\x12registrationMethod\x12\\\n" +
-	"\x1aclient_registration_method\x18\a \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod\"8\n" +
+	"\x1aclient_registration_method\x18\a \x01(\x0e2\x1e.mcpauth.v1.RegistrationMethodR\x18clientRegistrationMethod\"L\n" +
 	"\x1dGetAuthorizationStatusRequest\x12\x17\n" +
-	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"\x8a\x02\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\"\x8a\x02\n" +
 	"\x1eGetAuthorizationStatusResponse\x127\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x1f.mcpauth.v1.AuthorizationStatusR\x06status\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\tR\x06issuer\x12\x16\n" +
@@ -1445,14 +1493,15 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12*\n" +
 	"\x11has_refresh_token\x18\x05 \x01(\bR\x0fhasRefreshToken\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x8b\x01\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x9f\x01\n" +
 	"\x15GetAccessTokenRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
 	"\vdpop_method\x18x \x01(\tR\n" +
 	"dpopMethod\x12\x19\n" +
 	"\bdpop_url\x18y \x01(\tR\adpopUrl\x12\x1d\n" +
 	"\n" +
-	"dpop_nonce\x18z \x01(\tR\tdpopNonce\"\x96\x02\n" +
+	"dpop_nonce\x18z \x01(\tR\tdpopNonce\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\"\x96\x02\n" +
 	"\x16GetAccessTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -1463,9 +1512,10 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12\x1d\n" +
 	"\n" +
 	"dpop_proof\x18x \x01(\tR\tdpopProof\x12.\n" +
-	"\x13dpop_key_thumbprint\x18y \x01(\tR\x11dpopKeyThumbprint\"5\n" +
+	"\x13dpop_key_thumbprint\x18y \x01(\tR\x11dpopKeyThumbprint\"I\n" +
 	"\x1aRevokeAuthorizationRequest\x12\x17\n" +
-	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"I\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\"I\n" +
 	"\x1bRevokeAuthorizationResponse\x12*\n" +
 	"\x11revoked_at_server\x18\x01 \x01(\bR\x0frevokedAtServer\"r\n" +
 	" ExchangeIdentityAssertionRequest\x12\x17\n" +
@@ -1499,7 +1549,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xc2\v\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x98\f\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -1526,7 +1576,8 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x18identity_provider_issuer\x18\x8c\x01 \x01(\tR\x16identityProviderIssuer\x12U\n" +
 	"'identity_provider_grant_types_supported\x18\x8d\x01 \x03(\tR#identityProviderGrantTypesSupported\x12s\n" +
 	"7identity_provider_token_endpoint_auth_methods_supported\x18\x8e\x01 \x03(\tR1identityProviderTokenEndpointAuthMethodsSupported\x12^\n" +
-	",identity_provider_token_endpoint_auth_method\x18\x8f\x01 \x01(\tR'identityProviderTokenEndpointAuthMethod*\xc4\x01\n" +
+	",identity_provider_token_endpoint_auth_method\x18\x8f\x01 \x01(\tR'identityProviderTokenEndpointAuthMethod\x12T\n" +
+	"&authorization_grant_profiles_supported\x18\x96\x01 \x03(\tR#authorizationGrantProfilesSupported*\xc4\x01\n" +
 	"\x12RegistrationMethod\x12#\n" +
 	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +

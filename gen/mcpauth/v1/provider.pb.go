@@ -94,6 +94,64 @@ func (AuthorizationStatus) EnumDescriptor() ([]byte, []int) {
 	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{0}
 }
 
+// GrantScope says whose grants a provider holds.
+type GrantScope int32
+
+const (
+	// Not set: TENANT. A provider created without a scope is TENANT, and
+	// TENANT providers show this value.
+	GrantScope_GRANT_SCOPE_UNSPECIFIED GrantScope = 0
+	// One grant for the whole tenant (a shared account): whoever completes
+	// the authorization authorizes the provider for every caller.
+	GrantScope_GRANT_SCOPE_TENANT GrantScope = 1
+	// One grant per end user ("connection"): each person connects their own
+	// account, and every call that uses a grant (GetAccessToken,
+	// GetAuthorizationStatus, RevokeAuthorization, RefreshTools, ListTools,
+	// CallTool) names the user it acts for.
+	GrantScope_GRANT_SCOPE_USER GrantScope = 2
+)
+
+// Enum value maps for GrantScope.
+var (
+	GrantScope_name = map[int32]string{
+		0: "GRANT_SCOPE_UNSPECIFIED",
+		1: "GRANT_SCOPE_TENANT",
+		2: "GRANT_SCOPE_USER",
+	}
+	GrantScope_value = map[string]int32{
+		"GRANT_SCOPE_UNSPECIFIED": 0,
+		"GRANT_SCOPE_TENANT":      1,
+		"GRANT_SCOPE_USER":        2,
+	}
+)
+
+func (x GrantScope) Enum() *GrantScope {
+	p := new(GrantScope)
+	*p = x
+	return p
+}
+
+func (x GrantScope) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantScope) Descriptor() protoreflect.EnumDescriptor {
+	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+}
+
+func (GrantScope) Type() protoreflect.EnumType {
+	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+}
+
+func (x GrantScope) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantScope.Descriptor instead.
+func (GrantScope) EnumDescriptor() ([]byte, []int) {
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+}
+
 // DpopMode says when a provider's tokens are bound to its DPoP key.
 type DpopMode int32
 
@@ -137,11 +195,11 @@ func (x DpopMode) String() string {
 }
 
 func (DpopMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[1].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
 }
 
 func (DpopMode) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[1]
+	return &file_mcpauth_v1_provider_proto_enumTypes[2]
 }
 
 func (x DpopMode) Number() protoreflect.EnumNumber {
@@ -150,7 +208,7 @@ func (x DpopMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DpopMode.Descriptor instead.
 func (DpopMode) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
 }
 
 // CredentialKind is how mcpauth obtains a provider's access token.
@@ -221,11 +279,11 @@ func (x CredentialKind) String() string {
 }
 
 func (CredentialKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[2].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[3].Descriptor()
 }
 
 func (CredentialKind) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[2]
+	return &file_mcpauth_v1_provider_proto_enumTypes[3]
 }
 
 func (x CredentialKind) Number() protoreflect.EnumNumber {
@@ -234,7 +292,7 @@ func (x CredentialKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CredentialKind.Descriptor instead.
 func (CredentialKind) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
 }
 
 // ResourceParameterMode says what to send as the RFC 8707 resource parameter.
@@ -278,11 +336,11 @@ func (x ResourceParameterMode) String() string {
 }
 
 func (ResourceParameterMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_mcpauth_v1_provider_proto_enumTypes[3].Descriptor()
+	return file_mcpauth_v1_provider_proto_enumTypes[4].Descriptor()
 }
 
 func (ResourceParameterMode) Type() protoreflect.EnumType {
-	return &file_mcpauth_v1_provider_proto_enumTypes[3]
+	return &file_mcpauth_v1_provider_proto_enumTypes[4]
 }
 
 func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
@@ -291,7 +349,7 @@ func (x ResourceParameterMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResourceParameterMode.Descriptor instead.
 func (ResourceParameterMode) EnumDescriptor() ([]byte, []int) {
-	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_provider_proto_rawDescGZIP(), []int{4}
 }
 
 // Provider is a remote MCP server registered for a tenant.
@@ -349,6 +407,12 @@ type Provider struct {
 	// workload_identity), revokes and deletes the tokens obtained before
 	// (audited as provider.credentials.reset, reason CREDENTIAL_KIND_CHANGED).
 	CredentialKind CredentialKind `protobuf:"varint,80,opt,name=credential_kind,json=credentialKind,proto3,enum=mcpauth.v1.CredentialKind" json:"credential_kind,omitempty"`
+	// Whose grants the provider holds: the tenant's (the default) or each end
+	// user's. Set on create and immutable (an update naming it in its
+	// update_mask with another value fails with INVALID_ARGUMENT): the grants
+	// held are of one kind or the other. USER needs credential_kind
+	// AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person).
+	GrantScope GrantScope `protobuf:"varint,100,opt,name=grant_scope,json=grantScope,proto3,enum=mcpauth.v1.GrantScope" json:"grant_scope,omitempty"`
 	// The whole Authorization header value (for example "Bearer sk-...") for
 	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
 	// stored encrypted, never returned.
@@ -518,6 +582,13 @@ func (x *Provider) GetCredentialKind() CredentialKind {
 		return x.CredentialKind
 	}
 	return CredentialKind_CREDENTIAL_KIND_UNSPECIFIED
+}
+
+func (x *Provider) GetGrantScope() GrantScope {
+	if x != nil {
+		return x.GrantScope
+	}
+	return GrantScope_GRANT_SCOPE_UNSPECIFIED
 }
 
 func (x *Provider) GetStaticAuthorization() string {
@@ -1658,8 +1729,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\n" +
-	"\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\v\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1682,7 +1752,9 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x12\n" +
 	"\x04etag\x18\x10 \x01(\tR\x04etag\x12C\n" +
-	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x126\n" +
+	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12<\n" +
+	"\vgrant_scope\x18d \x01(\x0e2\x16.mcpauth.v1.GrantScopeB\x03\xe0A\x05R\n" +
+	"grantScope\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
 	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
@@ -1770,7 +1842,12 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x1cAUTHORIZATION_STATUS_PENDING\x10\x03\x12#\n" +
 	"\x1fAUTHORIZATION_STATUS_AUTHORIZED\x10\x04\x12 \n" +
 	"\x1cAUTHORIZATION_STATUS_EXPIRED\x10\x05\x12(\n" +
-	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*i\n" +
+	"$AUTHORIZATION_STATUS_REAUTH_REQUIRED\x10\x06*W\n" +
+	"\n" +
+	"GrantScope\x12\x1b\n" +
+	"\x17GRANT_SCOPE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12GRANT_SCOPE_TENANT\x10\x01\x12\x14\n" +
+	"\x10GRANT_SCOPE_USER\x10\x02*i\n" +
 	"\bDpopMode\x12\x19\n" +
 	"\x15DPOP_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12DPOP_MODE_DISABLED\x10\x01\x12\x12\n" +
@@ -1807,78 +1884,80 @@ func file_mcpauth_v1_provider_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_provider_proto_rawDescData
 }
 
-var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mcpauth_v1_provider_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_mcpauth_v1_provider_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_mcpauth_v1_provider_proto_goTypes = []any{
 	(AuthorizationStatus)(0),           // 0: mcpauth.v1.AuthorizationStatus
-	(DpopMode)(0),                      // 1: mcpauth.v1.DpopMode
-	(CredentialKind)(0),                // 2: mcpauth.v1.CredentialKind
-	(ResourceParameterMode)(0),         // 3: mcpauth.v1.ResourceParameterMode
-	(*Provider)(nil),                   // 4: mcpauth.v1.Provider
-	(*DpopSettings)(nil),               // 5: mcpauth.v1.DpopSettings
-	(*EnterpriseIdentityProvider)(nil), // 6: mcpauth.v1.EnterpriseIdentityProvider
-	(*WorkloadIdentity)(nil),           // 7: mcpauth.v1.WorkloadIdentity
-	(*ClientKey)(nil),                  // 8: mcpauth.v1.ClientKey
-	(*HeaderInfo)(nil),                 // 9: mcpauth.v1.HeaderInfo
-	(*OAuthClient)(nil),                // 10: mcpauth.v1.OAuthClient
-	(*CompatibilityProfile)(nil),       // 11: mcpauth.v1.CompatibilityProfile
-	(*CreateProviderRequest)(nil),      // 12: mcpauth.v1.CreateProviderRequest
-	(*CreateProviderResponse)(nil),     // 13: mcpauth.v1.CreateProviderResponse
-	(*GetProviderRequest)(nil),         // 14: mcpauth.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),        // 15: mcpauth.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),       // 16: mcpauth.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),      // 17: mcpauth.v1.ListProvidersResponse
-	(*UpdateProviderRequest)(nil),      // 18: mcpauth.v1.UpdateProviderRequest
-	(*UpdateProviderResponse)(nil),     // 19: mcpauth.v1.UpdateProviderResponse
-	(*DeleteProviderRequest)(nil),      // 20: mcpauth.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),     // 21: mcpauth.v1.DeleteProviderResponse
-	nil,                                // 22: mcpauth.v1.Provider.HeadersEntry
-	nil,                                // 23: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	(*durationpb.Duration)(nil),        // 24: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 26: google.protobuf.FieldMask
+	(GrantScope)(0),                    // 1: mcpauth.v1.GrantScope
+	(DpopMode)(0),                      // 2: mcpauth.v1.DpopMode
+	(CredentialKind)(0),                // 3: mcpauth.v1.CredentialKind
+	(ResourceParameterMode)(0),         // 4: mcpauth.v1.ResourceParameterMode
+	(*Provider)(nil),                   // 5: mcpauth.v1.Provider
+	(*DpopSettings)(nil),               // 6: mcpauth.v1.DpopSettings
+	(*EnterpriseIdentityProvider)(nil), // 7: mcpauth.v1.EnterpriseIdentityProvider
+	(*WorkloadIdentity)(nil),           // 8: mcpauth.v1.WorkloadIdentity
+	(*ClientKey)(nil),                  // 9: mcpauth.v1.ClientKey
+	(*HeaderInfo)(nil),                 // 10: mcpauth.v1.HeaderInfo
+	(*OAuthClient)(nil),                // 11: mcpauth.v1.OAuthClient
+	(*CompatibilityProfile)(nil),       // 12: mcpauth.v1.CompatibilityProfile
+	(*CreateProviderRequest)(nil),      // 13: mcpauth.v1.CreateProviderRequest
+	(*CreateProviderResponse)(nil),     // 14: mcpauth.v1.CreateProviderResponse
+	(*GetProviderRequest)(nil),         // 15: mcpauth.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),        // 16: mcpauth.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),       // 17: mcpauth.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 18: mcpauth.v1.ListProvidersResponse
+	(*UpdateProviderRequest)(nil),      // 19: mcpauth.v1.UpdateProviderRequest
+	(*UpdateProviderResponse)(nil),     // 20: mcpauth.v1.UpdateProviderResponse
+	(*DeleteProviderRequest)(nil),      // 21: mcpauth.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),     // 22: mcpauth.v1.DeleteProviderResponse
+	nil,                                // 23: mcpauth.v1.Provider.HeadersEntry
+	nil,                                // 24: mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	(*durationpb.Duration)(nil),        // 25: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 26: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 27: google.protobuf.FieldMask
 }
 var file_mcpauth_v1_provider_proto_depIdxs = []int32{
-	22, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
-	9,  // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
-	24, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
-	24, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
-	10, // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
-	11, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
+	23, // 0: mcpauth.v1.Provider.headers:type_name -> mcpauth.v1.Provider.HeadersEntry
+	10, // 1: mcpauth.v1.Provider.header_info:type_name -> mcpauth.v1.HeaderInfo
+	25, // 2: mcpauth.v1.Provider.timeout:type_name -> google.protobuf.Duration
+	25, // 3: mcpauth.v1.Provider.sse_read_timeout:type_name -> google.protobuf.Duration
+	11, // 4: mcpauth.v1.Provider.oauth_client:type_name -> mcpauth.v1.OAuthClient
+	12, // 5: mcpauth.v1.Provider.compatibility:type_name -> mcpauth.v1.CompatibilityProfile
 	0,  // 6: mcpauth.v1.Provider.authorization_status:type_name -> mcpauth.v1.AuthorizationStatus
-	25, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	25, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	2,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
-	9,  // 10: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
-	7,  // 11: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
-	6,  // 12: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
-	5,  // 13: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
-	1,  // 14: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
-	8,  // 15: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	3,  // 16: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	23, // 17: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	4,  // 18: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	4,  // 19: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	4,  // 20: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	4,  // 21: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	4,  // 22: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	26, // 23: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 24: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	12, // 25: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	14, // 26: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	16, // 27: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	18, // 28: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	20, // 29: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	13, // 30: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	15, // 31: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	17, // 32: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	19, // 33: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	21, // 34: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	30, // [30:35] is the sub-list for method output_type
-	25, // [25:30] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	26, // 7: mcpauth.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	26, // 8: mcpauth.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 9: mcpauth.v1.Provider.credential_kind:type_name -> mcpauth.v1.CredentialKind
+	1,  // 10: mcpauth.v1.Provider.grant_scope:type_name -> mcpauth.v1.GrantScope
+	10, // 11: mcpauth.v1.Provider.static_authorization_info:type_name -> mcpauth.v1.HeaderInfo
+	8,  // 12: mcpauth.v1.Provider.workload_identity:type_name -> mcpauth.v1.WorkloadIdentity
+	7,  // 13: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
+	6,  // 14: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
+	2,  // 15: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
+	9,  // 16: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	4,  // 17: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	24, // 18: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	5,  // 19: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	5,  // 20: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	5,  // 21: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	5,  // 22: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	5,  // 23: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	27, // 24: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 25: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	13, // 26: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	15, // 27: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	17, // 28: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	19, // 29: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	21, // 30: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	14, // 31: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	16, // 32: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	18, // 33: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	20, // 34: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	22, // 35: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	31, // [31:36] is the sub-list for method output_type
+	26, // [26:31] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
@@ -1891,7 +1970,7 @@ func file_mcpauth_v1_provider_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_provider_proto_rawDesc), len(file_mcpauth_v1_provider_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,

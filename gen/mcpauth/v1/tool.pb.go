@@ -122,7 +122,9 @@ type RefreshToolsRequest struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The person on whose behalf the call is made, if known. When the server
 	// asks for more scopes and the caller may also authorize, the step-up
-	// answer then carries a fresh authorization URL for this person.
+	// answer then carries a fresh authorization URL for this person. For a
+	// provider whose grant_scope is USER it is required: the call carries
+	// this user's token, and the list is stored for this user's connection.
 	User          string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -231,7 +233,11 @@ func (x *RefreshToolsResponse) GetFetchTime() *timestamppb.Timestamp {
 type ListToolsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tenants/{tenant}/providers/{provider}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// For a provider whose grant_scope is USER: the end user whose
+	// connection's tool list to read (required). Must be empty for TENANT
+	// providers.
+	User          string `protobuf:"bytes,100,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -269,6 +275,13 @@ func (*ListToolsRequest) Descriptor() ([]byte, []int) {
 func (x *ListToolsRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *ListToolsRequest) GetUser() string {
+	if x != nil {
+		return x.User
 	}
 	return ""
 }
@@ -338,7 +351,8 @@ type CallToolRequest struct {
 	// The tool's arguments.
 	Arguments *structpb.Struct `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
 	// The person on whose behalf the call is made, if known (see
-	// RefreshToolsRequest.user).
+	// RefreshToolsRequest.user). Required for a provider whose grant_scope is
+	// USER: the call carries this user's token, never another's.
 	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -485,9 +499,10 @@ const file_mcpauth_v1_tool_proto_rawDesc = "" +
 	"\x14RefreshToolsResponse\x12&\n" +
 	"\x05tools\x18\x01 \x03(\v2\x10.mcpauth.v1.ToolR\x05tools\x129\n" +
 	"\n" +
-	"fetch_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\"+\n" +
+	"fetch_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\"?\n" +
 	"\x10ListToolsRequest\x12\x17\n" +
-	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"v\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x12\n" +
+	"\x04user\x18d \x01(\tR\x04user\"v\n" +
 	"\x11ListToolsResponse\x12&\n" +
 	"\x05tools\x18\x01 \x03(\v2\x10.mcpauth.v1.ToolR\x05tools\x129\n" +
 	"\n" +
