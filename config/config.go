@@ -109,6 +109,10 @@ type Config struct {
 	RefreshMarginMax time.Duration `env:"MCPAUTH_REFRESH_MARGIN_MAX, default=60s"`
 	// RefreshLockTTL bounds how long a crashed refresher holds the lock.
 	RefreshLockTTL time.Duration `env:"MCPAUTH_REFRESH_LOCK_TTL, default=15s"`
+	// DPoPRetryInterval is how long a grant whose refresh was answered with
+	// a token not bound to its DPoP key waits before the kept refresh token
+	// is tried again (see grants.Config.DPoPRetryAfter).
+	DPoPRetryInterval time.Duration `env:"MCPAUTH_DPOP_RETRY_INTERVAL, default=5m"`
 	// TokenCacheTTL keeps opened credentials in memory this long, so bursts
 	// of token reads cost one database read; another replica's revocation
 	// is seen within this time. 0 disables the cache.
@@ -299,6 +303,9 @@ func (c *Config) validate() error {
 	}
 	if c.AuditWait < 10*time.Millisecond || c.AuditWait > 30*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_AUDIT_WAIT must be between 10ms and 30s"))
+	}
+	if c.DPoPRetryInterval < time.Second || c.DPoPRetryInterval > 24*time.Hour {
+		errs = append(errs, errors.New("MCPAUTH_DPOP_RETRY_INTERVAL must be between 1s and 24h"))
 	}
 	if c.TokenCacheTTL < 0 || c.TokenCacheTTL > 10*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_TOKEN_CACHE_TTL must be between 0 and 10s"))

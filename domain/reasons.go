@@ -58,6 +58,9 @@ const (
 	// Reasons of enterprise-managed authorization (issue 12 item 3).
 	ReasonIDTokenRequired         = "ID_TOKEN_REQUIRED"
 	ReasonIdentityProviderRefused = "IDENTITY_PROVIDER_REFUSED"
+	// ReasonIDJAGNotSupported: the authorization server's metadata lists
+	// grant profiles without the ID-JAG one.
+	ReasonIDJAGNotSupported = "ID_JAG_NOT_SUPPORTED"
 
 	// Reasons of a failed browser callback.
 	ReasonMissingState        = "MISSING_STATE"

@@ -316,6 +316,25 @@ func TestDPoPAuthorizationCode(t *testing.T) {
 		_, err := s.OAuth().GetAccessToken(ctx, bad)
 		oaWantErr(t, err, codes.InvalidArgument, "")
 	}
+	// Proofs only for the provider's own MCP server (origin, and a path at
+	// or below its path): never for the authorization server's token
+	// endpoint or any other URL, so mcpauth is no proof oracle.
+	reads := len(provAuditEvents(t, s, s.AdminKey, "acme"))
+	for _, u := range []string{as.URL + "/token", mcp.Origin() + "/admin", mcp.URL() + "x", mcp.URL() + "/../admin",
+		mcp.URL() + "/%2e%2e/admin", strings.Replace(mcp.URL(), "http://", "https://", 1), "http://localhost" + strings.TrimPrefix(mcp.Origin(), "http://127.0.0.1")} {
+		_, err := s.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: name, DpopMethod: "POST", DpopUrl: u})
+		st := provWantField(t, err, codes.InvalidArgument, "dpop_url")
+		if strings.Contains(st.Message(), mcp.URL()) {
+			t.Errorf("the error repeats the server URL: %q", st.Message())
+		}
+	}
+	_, err = s.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: name, DpopMethod: "GET", DpopUrl: mcp.URL() + "/sub?x=1"})
+	if err != nil {
+		t.Errorf("a proof for a path below the MCP endpoint: %v", err)
+	}
+	if got := len(provAuditEvents(t, s, s.AdminKey, "acme")); got != reads {
+		t.Errorf("refused proof requests wrote %d audit events", got-reads)
+	}
 	if got := len(as.RequestsTo("/token")); got != tokenCalls {
 		t.Errorf("bad proof requests reached the token endpoint")
 	}

@@ -39,24 +39,34 @@ type xaaEnv struct {
 // xaaStart starts the servers. asClient is the client id the identity
 // provider names in its ID-JAGs (the client mcpauth is at the
 // authorization server, unless a test wants them to disagree).
-func xaaStart(t *testing.T, opt testauthz.MachineOptions, asClient string) *xaaEnv {
+// With opt.DPoP, the MCP server too accepts only DPoP-bound tokens and
+// demands its nonce; mut changes the provider before it is created.
+func xaaStart(t *testing.T, opt testauthz.MachineOptions, asClient string, mut ...func(*mcpauthv1.Provider)) *xaaEnv {
 	t.Helper()
 	e := &xaaEnv{IdP: testauthz.NewIdentityProvider(t)}
 	opt.IDJAG, opt.AuthMethods = true, []string{"client_secret_basic"}
 	e.AS = testauthz.NewMachineAuthServer(t, opt)
-	e.MCP = testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: e.AS})
+	mcpOpt := testauthz.MCPServerOptions{Auth: e.AS}
+	if opt.DPoP != nil {
+		mcpOpt.DPoP = &testauthz.DPoPOptions{RequireNonce: true}
+	}
+	e.MCP = testauthz.NewMCPServer(t, mcpOpt)
 	e.AS.TrustIdentityProvider(e.IdP.URL, e.IdP.JWKSURL(), e.MCP.URL())
 	e.AS.RegisterMachineClient(testauthz.MachineClient{ID: xaaASClient, Secret: xaaASSecret})
 	e.IdP.RegisterClient(xaaIdPClient, xaaIdPSecret)
 	e.IdP.Allow(e.AS.URL, e.MCP.URL(), asClient, []string{"mcp.read", "mcp.write"})
 	e.S = tlStart(t, nil)
 	ctx := Ctx(t, e.S.AdminKey)
+	p := &mcpauthv1.Provider{DisplayName: "xaa", ServerIdentifier: "xaa", ServerUrl: e.MCP.URL(),
+		CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED,
+		OauthClient:    &mcpauthv1.OAuthClient{ClientId: xaaASClient, ClientSecret: xaaASSecret},
+		EnterpriseIdentityProvider: &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.IdP.URL, ClientId: xaaIdPClient,
+			ClientSecret: xaaIdPSecret}}
+	for _, m := range mut {
+		m(p)
+	}
 	_, err := e.S.Providers().CreateProvider(ctx, &mcpauthv1.CreateProviderRequest{Parent: "tenants/" + xaaTenant, ProviderId: xaaProviderID,
-		Provider: &mcpauthv1.Provider{DisplayName: "xaa", ServerIdentifier: "xaa", ServerUrl: e.MCP.URL(),
-			CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_ENTERPRISE_MANAGED,
-			OauthClient:    &mcpauthv1.OAuthClient{ClientId: xaaASClient, ClientSecret: xaaASSecret},
-			EnterpriseIdentityProvider: &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.IdP.URL, ClientId: xaaIdPClient,
-				ClientSecret: xaaIdPSecret}}})
+		Provider: p})
 	if err != nil {
 		t.Fatalf("CreateProvider: %v", err)
 	}
@@ -199,7 +209,8 @@ func TestEnterpriseManagedAuthorization(t *testing.T) {
 		d.GetGrantType() != testauthz.GrantJWTBearer || d.GetTokenEndpointAuthMethod() != "client_secret_basic" ||
 		d.GetIdentityProviderIssuer() != e.IdP.URL ||
 		strings.Join(d.GetIdentityProviderGrantTypesSupported(), " ") != testauthz.GrantTokenExchange ||
-		strings.Join(d.GetIdentityProviderTokenEndpointAuthMethodsSupported(), " ") != "client_secret_basic client_secret_post" ||
+		strings.Join(d.GetAuthorizationGrantProfilesSupported(), " ") != testauthz.GrantProfileIDJAG ||
+		strings.Join(d.GetIdentityProviderTokenEndpointAuthMethodsSupported(), " ") != "client_secret_basic client_secret_post private_key_jwt" ||
 		d.GetIdentityProviderTokenEndpointAuthMethod() != "client_secret_basic" {
 		t.Errorf("DiagnoseProvider = %v", d)
 	}
@@ -315,6 +326,31 @@ func TestEnterpriseManagedErrors(t *testing.T) {
 		}
 		xaaWantFailureAudited(t, e, "INVALID_GRANT", "jwt_bearer")
 		(&mcEnv{S: e.S}).noSecretAnywhere(t, xaaProviderRes, idToken, e.IdP.Issued()[0].Raw)
+	})
+	t.Run("no ID-JAG profile", func(t *testing.T) {
+		t.Parallel()
+		// The server lists its grant profiles without the ID-JAG one (the
+		// ID-JAG draft, section 7.2): refused before the ID token goes
+		// anywhere; DiagnoseProvider shows the profiles and says why.
+		e := xaaStart(t, testauthz.MachineOptions{GrantProfiles: []string{"urn:example:grant-profile:other"}}, xaaASClient)
+		idToken := e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute)
+		_, err := e.exchange(t, "alice", idToken)
+		ei := tlErrorInfo(t, err, codes.FailedPrecondition)
+		if ei.GetReason() != "ID_JAG_NOT_SUPPORTED" || ei.GetMetadata()["step"] != "discovery" {
+			t.Fatalf("error info %v", ei)
+		}
+		if a, b := len(e.IdP.RequestsTo("/token")), len(e.AS.RequestsTo("/token")); a != 0 || b != 0 {
+			t.Fatalf("token requests: identity provider %d, authorization server %d; want none", a, b)
+		}
+		if ev := oaWantEvent(t, e.S, xaaTenant, "oauth.token.obtain_failed", "ID_JAG_NOT_SUPPORTED"); ev.GetDetails()["step"] != "discovery" {
+			t.Errorf("obtain_failed details %v", ev.GetDetails())
+		}
+		d, err := e.S.OAuth().DiagnoseProvider(Ctx(t, e.S.AdminKey), &mcpauthv1.DiagnoseProviderRequest{Name: xaaProviderRes})
+		if err != nil || d.GetReady() || !strings.Contains(d.GetBlockingProblem(), testauthz.GrantProfileIDJAG) ||
+			strings.Join(d.GetAuthorizationGrantProfilesSupported(), " ") != "urn:example:grant-profile:other" {
+			t.Fatalf("DiagnoseProvider = %v, %v", d, err)
+		}
+		(&mcEnv{S: e.S}).noSecretAnywhere(t, xaaProviderRes, idToken)
 	})
 	t.Run("bad input", func(t *testing.T) {
 		t.Parallel()

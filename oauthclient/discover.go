@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -57,6 +58,10 @@ type Metadata struct {
 	// DPoPSigningAlgs is dpop_signing_alg_values_supported (RFC 9449
 	// section 5.1): the server accepts DPoP proofs signed with these.
 	DPoPSigningAlgs []string
+	// GrantProfiles is authorization_grant_profiles_supported, and
+	// GrantProfilesAdvertised whether the document has the member at all.
+	GrantProfiles           []string
+	GrantProfilesAdvertised bool
 	// Legacy is true when the server published no protected-resource
 	// metadata and discovery followed the 2025-03-26 rules (authorization
 	// server metadata at the MCP server's origin, or default endpoints).
@@ -277,7 +282,22 @@ func metadataFrom(asm *authServerMeta) *Metadata {
 		ClientIDMetadataDocumentSupported: asm.ClientIDMetadataDocumentSupported,
 		GrantTypes:                        asm.GrantTypesSupported,
 		DPoPSigningAlgs:                   asm.DPoPSigningAlgs,
+		GrantProfiles:                     splitScopeList(asm.GrantProfiles),
+		GrantProfilesAdvertised:           asm.GrantProfiles != nil,
 	}
+}
+
+// GrantProfileIDJAG is the authorization grant profile of the identity
+// assertion JWT authorization grant (the ID-JAG draft, section 7.2; the MCP
+// enterprise-managed authorization extension, section 6).
+const GrantProfileIDJAG = "urn:ietf:params:oauth:grant-profile:id-jag"
+
+// RefusesIDJAG reports whether the metadata says the server does not
+// accept ID-JAGs: it lists its grant profiles, and the ID-JAG one is not
+// among them. Metadata without the member says nothing (most servers do
+// not publish it) and the grant is tried.
+func (m *Metadata) RefusesIDJAG() bool {
+	return m.GrantProfilesAdvertised && !slices.Contains(m.GrantProfiles, GrantProfileIDJAG)
 }
 
 // splitScopeList keeps the valid scope tokens of a metadata scope list.
@@ -544,6 +564,9 @@ func validatePRM(prm *oauthex.ProtectedResourceMetadata) error {
 type authServerMeta struct {
 	oauthex.AuthServerMeta
 	DPoPSigningAlgs []string `json:"dpop_signing_alg_values_supported,omitempty"`
+	// GrantProfiles is authorization_grant_profiles_supported (the ID-JAG
+	// draft, section 7.2): nil when absent, empty when advertised empty.
+	GrantProfiles []string `json:"authorization_grant_profiles_supported"`
 }
 
 // decodeAuthServerMeta parses an authorization-server metadata document.

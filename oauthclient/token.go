@@ -212,6 +212,22 @@ func tokenType(t string, sentProof bool) (string, error) {
 	return "", ErrUnsupportedTokenType
 }
 
+// UnboundTokensError is a token endpoint's success answer to a DPoP-proven
+// request whose tokens are not bound to the proof's key: token_type Bearer
+// (RFC 9449 section 5: the server ignored the proof) or a cnf.jkt naming
+// another key. Err is ErrUnsupportedTokenType or ErrWrongBinding. The
+// tokens it carries were issued all the same: the access token must never
+// be used with another scheme, and the refresh token (zero when none came)
+// may be the only one the server still honours. Its message shows neither.
+type UnboundTokensError struct {
+	Op                        string
+	Err                       error
+	AccessToken, RefreshToken secret.Secret
+}
+
+func (e *UnboundTokensError) Error() string { return e.Op + ": " + e.Err.Error() }
+func (e *UnboundTokensError) Unwrap() error { return e.Err }
+
 // ErrWrongBinding reports a JWT access token whose cnf.jkt (RFC 9449
 // section 6.1) names another key than the one the request was proven
 // with.
@@ -424,11 +440,16 @@ func (c *Client) readTokens(op string, status int, h http.Header, body []byte, p
 		return nil, fmt.Errorf("%s: response has no access_token", op)
 	}
 	typ, err := tokenType(tr.TokenType, proof != nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+	if err == nil {
+		err = checkBinding(tr.AccessToken, proof)
 	}
-	if err := checkBinding(tr.AccessToken, proof); err != nil {
-		return nil, fmt.Errorf("%s: %w", op, err)
+	if err != nil {
+		if proof == nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		// Issued, but not bound to the key: the caller must neither use nor
+		// lose these (a rotating server has spent the refresh token sent).
+		return nil, &UnboundTokensError{Op: op, Err: err, AccessToken: secret.New(tr.AccessToken), RefreshToken: secret.New(tr.RefreshToken)}
 	}
 	out := &Tokens{
 		AccessToken:  secret.New(tr.AccessToken),

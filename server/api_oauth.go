@@ -31,6 +31,9 @@ type GrantUseCases interface {
 	Status(ctx context.Context, ref domain.GrantRef) (*grants.Status, error)
 	AccessToken(ctx context.Context, ref domain.GrantRef) (*grants.Token, error)
 	Proof(ctx context.Context, ref domain.GrantRef, t *grants.Token, r grants.ProofRequest) (string, error)
+	// CheckProofTarget refuses a proof request for anything but the
+	// provider's MCP server.
+	CheckProofTarget(ctx context.Context, ref domain.GrantRef, r grants.ProofRequest) error
 	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 	// ExchangeIdentityAssertion obtains an enterprise-managed provider's
 	// tokens from a user's ID token.
@@ -109,6 +112,9 @@ func (a *oauthAPI) GetAccessToken(ctx context.Context, req *mcpauthv1.GetAccessT
 	}
 	ref, err := grantRef(tenant, id, req.GetUser())
 	if err != nil {
+		return nil, err
+	}
+	if err := a.grants.CheckProofTarget(ctx, ref, pr); err != nil {
 		return nil, err
 	}
 	tok, err := a.grants.AccessToken(ctx, ref)
@@ -191,6 +197,7 @@ func (a *oauthAPI) DiagnoseProvider(ctx context.Context, req *mcpauthv1.Diagnose
 		IdentityProviderTokenEndpointAuthMethod:           d.IdPAuthMethod,
 		DpopSigningAlgValuesSupported:                     d.DPoPSigningAlgs,
 		DpopWillBeUsed:                                    d.DPoPWillBeUsed,
+		AuthorizationGrantProfilesSupported:               d.GrantProfiles,
 	}
 	for _, st := range d.Steps {
 		resp.Steps = append(resp.Steps, &mcpauthv1.DiagnosticStep{Action: st.Action, Url: st.URL, HttpStatus: int32(st.HTTPStatus),

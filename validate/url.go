@@ -280,3 +280,26 @@ func ReturnURL(field, raw string, allowedOrigins []string) error {
 	}
 	return apperr.Invalid(field, "origin is not allowed")
 }
+
+// WithinServer reports whether target lies on server: the same origin
+// (scheme, host and port, compared as NormalizeURL compares them) and a
+// path that is server's path or below it ("/mcp" covers "/mcp" and
+// "/mcp/x", not "/mcpx" or "/admin"). A target path with a dot segment
+// (".", "..", also percent-encoded) is never within: a server may resolve
+// it to a path outside. Query and fragment are not compared.
+func WithinServer(server, target *url.URL) bool {
+	if server == nil || target == nil || target.User != nil || origin(server) != origin(target) {
+		return false
+	}
+	tp := target.EscapedPath()
+	for _, seg := range strings.Split(tp, "/") {
+		if s, err := url.PathUnescape(seg); err != nil || s == "." || s == ".." {
+			return false
+		}
+	}
+	base := strings.TrimRight(server.EscapedPath(), "/")
+	if base == "" {
+		return true
+	}
+	return tp == base || strings.HasPrefix(tp, base+"/")
+}

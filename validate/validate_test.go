@@ -422,3 +422,35 @@ func FuzzHeaders(f *testing.F) {
 		}
 	})
 }
+
+func TestWithinServer(t *testing.T) {
+	t.Parallel()
+	must := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	for _, c := range []struct {
+		server, target string
+		want           bool
+	}{
+		{"https://mcp.example.com/mcp", "https://mcp.example.com/mcp", true},
+		{"https://mcp.example.com/mcp", "https://MCP.example.com:443/mcp?x=1", true},
+		{"https://mcp.example.com/mcp/", "https://mcp.example.com/mcp/sub", true},
+		{"https://mcp.example.com", "https://mcp.example.com/anything", true},
+		{"https://mcp.example.com/mcp", "https://mcp.example.com/mcpx", false},
+		{"https://mcp.example.com/mcp", "https://mcp.example.com/admin", false},
+		{"https://mcp.example.com/mcp", "https://mcp.example.com/mcp/../admin", false},
+		{"https://mcp.example.com/mcp", "https://mcp.example.com/mcp/%2E%2E/admin", false},
+		{"https://mcp.example.com/mcp", "http://mcp.example.com/mcp", false},
+		{"https://mcp.example.com/mcp", "https://mcp.example.com:8443/mcp", false},
+		{"https://mcp.example.com/mcp", "https://as.example.com/mcp", false},
+		{"https://mcp.example.com/mcp", "https://user@mcp.example.com/mcp", false},
+	} {
+		if got := WithinServer(must(c.server), must(c.target)); got != c.want {
+			t.Errorf("WithinServer(%q, %q) = %v, want %v", c.server, c.target, got, c.want)
+		}
+	}
+}

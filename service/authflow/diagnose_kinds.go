@@ -20,12 +20,17 @@ func diagnoseKind(out *Diagnosis, d *vault.Provider, md *oauthclient.Metadata) b
 	out.GrantType = d.Kind.GrantType()
 	out.DPoPSigningAlgs = md.DPoPSigningAlgs
 	out.DPoPWillBeUsed = d.DPoPFor(md.DPoPSigningAlgs) != nil
+	out.GrantProfiles = md.GrantProfiles
 	if !d.Kind.Machine() && d.Kind != domain.KindEnterpriseManaged {
 		return false
 	}
 	switch {
 	case len(md.GrantTypes) > 0 && !slices.Contains(md.GrantTypes, out.GrantType):
 		out.BlockingProblem = "the authorization server does not advertise the " + out.GrantType + " grant type"
+		return true
+	case d.Kind == domain.KindEnterpriseManaged && md.RefusesIDJAG():
+		out.BlockingProblem = "the authorization server's authorization_grant_profiles_supported does not list " + oauthclient.GrantProfileIDJAG +
+			": it does not accept identity assertion grants"
 		return true
 	case d.Row.ClientID == "":
 		// A JWT bearer grant without client authentication.
@@ -80,10 +85,11 @@ func (s *Service) diagnoseIdP(ctx context.Context, out *Diagnosis, d *vault.Prov
 			}
 		}
 	}
-	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: idp.ClientID, ClientSecret: d.IdPClientSecret}
+	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: idp.ClientID, ClientSecret: d.IdPClientSecret,
+		ClientKey: d.IdPClientKey}
 	method, err := oauthclient.ChooseAuthMethod(reg, advertised)
 	if err != nil {
-		block("the identity provider advertises no token endpoint authentication mcpauth can use with its client secret")
+		block("the identity provider advertises no token endpoint authentication mcpauth can use with its client secret or key")
 		return
 	}
 	out.IdPAuthMethod = method

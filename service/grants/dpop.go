@@ -9,6 +9,8 @@ import (
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
+	"github.com/mcpauth/mcpauth/service/vault"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // Bounds of a proof request's fields.
@@ -60,6 +62,32 @@ func isTokenChar(c rune) bool {
 		return true
 	}
 	return strings.ContainsRune("!#$%&'*+-.^_`|~", c)
+}
+
+// CheckProofTarget checks, before any token is read, that a proof request
+// names the provider's own MCP server: the origin of its server URL and a
+// path at or below that URL's path (validate.WithinServer). mcpauth signs
+// proofs for nothing else, so its key cannot be used as a proof oracle for
+// arbitrary URLs (RFC 9449 section 11.1: a proof is only as narrow as its
+// htu). The message does not repeat the server URL, which is stored
+// sealed.
+func (s *Service) CheckProofTarget(ctx context.Context, ref domain.GrantRef, r ProofRequest) error {
+	if r.IsZero() {
+		return nil
+	}
+	row, err := s.store.GetProvider(ctx, ref.Tenant, ref.Provider)
+	if err != nil {
+		return err
+	}
+	server, err := vault.OpenURL(s.cipher, row)
+	if err != nil {
+		return err
+	}
+	target, err := url.Parse(r.URL)
+	if err != nil || !validate.WithinServer(server, target) {
+		return apperr.Invalid("dpop_url", "must name the provider's MCP server: the origin (scheme, host, port) of its server_url and a path at or below its path, without dot segments")
+	}
+	return nil
 }
 
 // Proof signs a DPoP proof (RFC 9449 section 4.2) for the caller's

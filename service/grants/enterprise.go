@@ -140,21 +140,36 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
 		return nil, apperr.Unavailable(err, "the authorization server could not be discovered")
 	}
+	if md.RefusesIDJAG() {
+		// The server says it takes no ID-JAG: the user's ID token is not
+		// sent anywhere for a grant that cannot be presented.
+		failed(stepDiscovery, domain.ReasonIDJAGNotSupported, "")
+		return nil, apperr.FailedPrecondition(domain.ReasonIDJAGNotSupported,
+			"the authorization server's authorization_grant_profiles_supported does not list %s: it does not accept identity assertion grants", oauthclient.GrantProfileIDJAG).
+			WithMeta("step", stepDiscovery)
+	}
 	idp, err := s.identityProvider(ctx, d)
 	if err != nil {
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
 		return nil, err
 	}
 	scopes, resource := grantScopes(d, probe, md), d.ResourceParam()
-	idpReg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.CredConfig.IdP.ClientID, ClientSecret: d.IdPClientSecret}
+	idpReg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.CredConfig.IdP.ClientID, ClientSecret: d.IdPClientSecret,
+		ClientKey: d.IdPClientKey}
 	jag, err := m.Identity.ExchangeIDToken(ctx, idp, idpReg, in.IDToken, md.Issuer, resource, scopes)
 	if err != nil {
 		return nil, exchangeFailed(stepTokenExchange, err, failed)
 	}
 	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 		AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
+	// DPoP as for every other grant (RFC 9449 section 5): the JWT bearer
+	// request is proven with the provider's key when its mode says so, and
+	// only a token bound to that key is taken.
+	reg.DPoP = d.DPoPFor(md.DPoPSigningAlgs)
 	fresh, err := m.Proto.JWTBearer(ctx, md, reg, jag.Assertion, scopes, resource)
 	if err != nil {
+		// An unbound token is never used: revoke it at once.
+		s.revokeUnbound(ctx, in.Tenant, in.Provider, md, reg, err)
 		return nil, exchangeFailed(stepJWTBearer, err, failed)
 	}
 	if fresh.TokenType == "" {
@@ -164,14 +179,21 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	g := vault.Grant{Issuer: md.Issuer, TokenEndpoint: md.TokenEndpoint, RevocationEndpoint: md.RevocationEndpoint,
 		RegMethod: domain.RegPreRegistered, ClientID: row.ClientID, AuthMethod: method, Resource: resource,
 		Server: validate.NormalizeURL(d.URL), Kind: d.Kind}
+	if reg.DPoP != nil {
+		g.DPoPJKT = reg.DPoP.Thumbprint()
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
 	if err := s.storeExchanged(pctx, ref, g, fresh); err != nil {
 		return nil, err
 	}
+	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
+		"idp_grant_type": oauthclient.GrantTokenExchange}
+	if g.DPoPJKT != "" {
+		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
+	}
 	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, Outcome: domain.OutcomeSuccess,
-		Details: withUser(map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
-			"idp_grant_type": oauthclient.GrantTokenExchange}, in.User)})
+		Details: withUser(det, in.User)})
 	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
 }
 
@@ -235,6 +257,11 @@ func exchangeFailed(step string, err error, failed func(step, reason, code strin
 		party = "the identity provider"
 	}
 	switch {
+	case step == stepJWTBearer && dpopRefused(err):
+		// Never retried, never answered by taking a Bearer token.
+		failed(step, domain.ReasonDPoPRefused, oauthCode(err))
+		return apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the identity assertion grant: disable DPoP for the provider, or fix the server").
+			WithMeta("step", step)
 	case errors.As(err, &oe):
 		reason := domain.ReasonIdentityProviderRefused
 		if step == stepJWTBearer {

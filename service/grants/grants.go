@@ -110,6 +110,10 @@ type Config struct {
 	// are served and callers needing a new one are answered UNAVAILABLE
 	// at once instead of hammering a failing authorization server.
 	BackoffMax time.Duration
+	// DPoPRetryAfter is how long a grant suspended after a refresh that
+	// did not honour DPoP waits before its kept refresh token is tried
+	// again (unbound.go).
+	DPoPRetryAfter time.Duration
 }
 
 // Service keeps tokens valid: proactive refresh, one refresh per grant at a
@@ -205,6 +209,9 @@ func New(d Deps) (*Service, error) {
 	if d.Config.BackoffMax <= 0 {
 		d.Config.BackoffMax = 30 * time.Second
 	}
+	if d.Config.DPoPRetryAfter <= 0 {
+		d.Config.DPoPRetryAfter = 5 * time.Minute
+	}
 	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
@@ -293,6 +300,8 @@ func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Cr
 		return nil, nil, err
 	}
 	switch {
+	case dpopSuspended(cred):
+		return cred, nil, s.dpopRefusedError(cred)
 	case cred.Status == domain.StatusReauthRequired:
 		return cred, nil, ReauthRequired(reauthWhy(cred.Reason))
 	case cred.Status != domain.StatusAuthorized:
@@ -719,6 +728,16 @@ func (s *Service) refreshLocked(ctx context.Context, ref domain.GrantRef, stale 
 	defer cancelWork()
 	s.metrics.LockWaits.Observe(time.Since(waitStart).Seconds())
 	cred, h, err := s.load(ctx, ref)
+	if err != nil && dpopSuspended(cred) {
+		// Re-read under the lock: retry only if nobody did meanwhile.
+		if s.now().Before(s.dpopRetryAt(cred)) {
+			return nil, err
+		}
+		if h, err = vault.OpenTokens(s.cipher, cred); err != nil {
+			return nil, err
+		}
+		return s.refreshLeased(ctx, cred, h, stale)
+	}
 	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
 		// Kinds without a person ask again instead of refreshing (machine.go).
 		return s.obtainLocked(ctx, ref, cred, err)
@@ -988,12 +1007,18 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		defer cancel()
 		return nil, false, s.markReauth(mctx, cred, reason)
 	case dpopRefused(rerr):
-		// The server no longer honours DPoP for these tokens: a refresh
-		// will not help, and a Bearer token is never taken instead.
-		s.metrics.Refreshes.WithLabelValues("reauth_required").Inc()
+		// The server did not honour DPoP: its access token is never taken
+		// (nor any Bearer token instead); the refresh token is kept and the
+		// grant suspended (unbound.go).
+		s.metrics.Refreshes.WithLabelValues("dpop_refused").Inc()
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		return nil, false, s.markReauth(mctx, cred, domain.ReasonDPoPRefused)
+		var ub *oauthclient.UnboundTokensError
+		rt := unboundRefreshToken(rerr)
+		if rt.IsZero() {
+			rt = h.Tokens.RefreshToken
+		}
+		return nil, false, s.suspendDPoP(mctx, cred, h, rt, errors.As(rerr, &ub))
 	default:
 		var temp *oauthclient.TemporaryError
 		retryAfter := time.Duration(0)
@@ -1301,6 +1326,10 @@ func (s *Service) revokeAtServer(ctx context.Context, rv *pendingRevocation) boo
 			ok = false
 			failed(domain.ReasonRevokeRefreshFailed)
 		}
+	}
+	if t.AccessToken.IsZero() {
+		// A suspended grant (unbound.go) holds only its refresh token.
+		return ok
 	}
 	if err := s.proto.Revoke(ctx, md, rv.reg, t.AccessToken, "access_token"); err != nil {
 		ok = false

@@ -69,7 +69,7 @@ func TestNew(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := Config{MarginMax: time.Minute, LockTTL: 15 * time.Second, MaxAttempts: 3, MaxRetryAfter: 5 * time.Second,
-			StaleWait: 500 * time.Millisecond, TakeoverSettle: 2 * time.Second, BackoffMax: 30 * time.Second}
+			StaleWait: 500 * time.Millisecond, TakeoverSettle: 2 * time.Second, BackoffMax: 30 * time.Second, DPoPRetryAfter: 5 * time.Minute}
 		if s.cfg != want {
 			t.Errorf("config = %+v, want %+v", s.cfg, want)
 		}
@@ -81,7 +81,7 @@ func TestNew(t *testing.T) {
 		t.Parallel()
 		d := full()
 		d.Config = Config{MarginMax: 2 * time.Minute, LockTTL: time.Second, MaxAttempts: 7, MaxRetryAfter: time.Millisecond, CacheTTL: time.Second,
-			StaleWait: time.Second, TakeoverSettle: time.Millisecond, BackoffMax: time.Minute}
+			StaleWait: time.Second, TakeoverSettle: time.Millisecond, BackoffMax: time.Minute, DPoPRetryAfter: time.Hour}
 		s, err := New(d)
 		if err != nil {
 			t.Fatal(err)

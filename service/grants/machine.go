@@ -58,6 +58,9 @@ var (
 // A grant such a kind marked dead answers with the server's error as its
 // reason again, without asking the server.
 func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred *repository.Credential, loadErr error) (*Token, error) {
+	if dpopSuspended(cred) {
+		return s.retrySuspended(ctx, ref, cred)
+	}
 	e, ok := apperr.As(loadErr)
 	if !ok || e.Reason != domain.ReasonNotAuthorized && e.Reason != domain.ReasonReauthRequired {
 		return nil, loadErr
@@ -173,6 +176,8 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 		return tokenEndpointRetry(err)
 	})
 	if err != nil {
+		// An unbound token is never used: revoke it at once.
+		s.revokeUnbound(ctx, ref.Tenant, ref.Provider, md, reg, err)
 		return s.obtainFailed(ctx, prev, row, d, err, failed)
 	}
 	if fresh.TokenType == "" {

@@ -80,6 +80,7 @@ type dpopServer struct {
 	bound      map[string]string // token -> jkt (section 6: cnf.jkt), at the token endpoint
 	codes      map[string]string // authorization code -> dpop_jkt (section 10)
 	refused    []string          // reasons of refused proofs
+	ignoring   bool              // IgnoreDPoP: behave as a server without DPoP
 	// lookup is the cnf.jkt of an access token: this server's own binding
 	// at an authorization server, the authorization server's at an MCP
 	// server (as introspection would return it, section 6.2).
@@ -239,6 +240,22 @@ func (s *dpopServer) boundTo(token string) string {
 	return s.bound[token]
 }
 
+func (s *dpopServer) isIgnoring() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ignoring
+}
+
+// IgnoreDPoP makes the token endpoint behave as a server without DPoP
+// support (on true): proofs are ignored, nothing is bound, token_type is
+// Bearer; false restores RFC 9449. Metadata is unchanged, as for a server
+// reconfigured while clients hold its tokens.
+func (a *AuthServer) IgnoreDPoP(on bool) {
+	a.dpop.mu.Lock()
+	defer a.dpop.mu.Unlock()
+	a.dpop.ignoring = on
+}
+
 // RotateNonce makes the server's current nonce a new one: proofs with the
 // old one are answered use_dpop_nonce (section 8.2).
 func (s *dpopServer) RotateNonce() {
@@ -262,6 +279,13 @@ func (s *dpopServer) snapshot() ([]DPoPProof, int, []string) {
 func (a *AuthServer) dpopToken(inner http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s := a.dpop
+		if s.isIgnoring() {
+			// A server that does not (or no longer) support DPoP ignores
+			// the proof and issues Bearer tokens (section 5: the client
+			// learns it from token_type).
+			inner(w, r)
+			return
+		}
 		s.setNonce(w.Header())
 		if r.Header.Get("DPoP") == "" {
 			if s.opt.RequireProof {

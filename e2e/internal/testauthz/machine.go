@@ -43,6 +43,11 @@ type MachineOptions struct {
 	IDJAG bool
 	// IDJAGRefresh makes the ID-JAG grant issue refresh tokens too.
 	IDJAGRefresh bool
+	// GrantProfiles, when not nil, is authorization_grant_profiles_supported
+	// as advertised instead of the ID-JAG profile (the ID-JAG draft,
+	// section 7.2): a server that lists other profiles only says it does
+	// not accept ID-JAGs.
+	GrantProfiles []string
 }
 
 // NewMachineAuthServer starts a fosite authorization server that issues
@@ -133,7 +138,10 @@ func NewMachineAuthServer(tb testing.TB, opt MachineOptions) *AuthServer {
 		a.dpopMetadata(doc)
 		if opt.IDJAG {
 			// The ID-JAG draft, section 7.2 (the MCP extension, section 6).
-			doc["authorization_grant_profiles_supported"] = []string{"urn:ietf:params:oauth:grant-profile:id-jag"}
+			doc["authorization_grant_profiles_supported"] = []string{GrantProfileIDJAG}
+		}
+		if opt.GrantProfiles != nil {
+			doc["authorization_grant_profiles_supported"] = opt.GrantProfiles
 		}
 		writeJSON(w, http.StatusOK, doc)
 	}

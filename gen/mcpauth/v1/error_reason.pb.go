@@ -377,6 +377,15 @@ const (
 	// invalid_client, invalid_target or access_denied). Not retried.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_IDENTITY_PROVIDER_REFUSED ErrorReason = 106
+	// The MCP server's authorization server advertises
+	// authorization_grant_profiles_supported without the identity assertion
+	// JWT authorization grant profile (urn:ietf:params:oauth:grant-profile:id-jag;
+	// the ID-JAG draft, section 7.2; the MCP enterprise-managed authorization
+	// extension, section 6) (gRPC FAILED_PRECONDITION): nothing is sent to the
+	// identity provider. Use another credential kind, or have the server
+	// enable the profile.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_JAG_NOT_SUPPORTED ErrorReason = 107
 	// The caller may act only for the end users its callers-file entry names
 	// ("users"), and the request named another (gRPC PERMISSION_DENIED).
 	// Audited as permission.denied with the user.
@@ -475,6 +484,7 @@ var (
 		100: "DPOP_REFUSED",
 		105: "ID_TOKEN_REQUIRED",
 		106: "IDENTITY_PROVIDER_REFUSED",
+		107: "ID_JAG_NOT_SUPPORTED",
 		120: "USER_NOT_ALLOWED",
 		121: "COMPLETION_INVALID",
 		122: "COMPLETION_USER_MISMATCH",
@@ -550,6 +560,7 @@ var (
 		"DPOP_REFUSED":                 100,
 		"ID_TOKEN_REQUIRED":            105,
 		"IDENTITY_PROVIDER_REFUSED":    106,
+		"ID_JAG_NOT_SUPPORTED":         107,
 		"USER_NOT_ALLOWED":             120,
 		"COMPLETION_INVALID":           121,
 		"COMPLETION_USER_MISMATCH":     122,
@@ -590,7 +601,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\x93\r\n" +
+	"mcpauth.v1*\xad\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -660,7 +671,8 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x15ASSERTION_UNAVAILABLE\x10T\x12\x10\n" +
 	"\fDPOP_REFUSED\x10d\x12\x15\n" +
 	"\x11ID_TOKEN_REQUIRED\x10i\x12\x1d\n" +
-	"\x19IDENTITY_PROVIDER_REFUSED\x10j\x12\x14\n" +
+	"\x19IDENTITY_PROVIDER_REFUSED\x10j\x12\x18\n" +
+	"\x14ID_JAG_NOT_SUPPORTED\x10k\x12\x14\n" +
 	"\x10USER_NOT_ALLOWED\x10x\x12\x16\n" +
 	"\x12COMPLETION_INVALID\x10y\x12\x1c\n" +
 	"\x18COMPLETION_USER_MISMATCH\x10z\x12\x1d\n" +

@@ -1246,8 +1246,13 @@ type DiagnoseProviderResponse struct {
 	// The client authentication mcpauth will use at the identity provider's
 	// token endpoint.
 	IdentityProviderTokenEndpointAuthMethod string `protobuf:"bytes,143,opt,name=identity_provider_token_endpoint_auth_method,json=identityProviderTokenEndpointAuthMethod,proto3" json:"identity_provider_token_endpoint_auth_method,omitempty"`
-	unknownFields                           protoimpl.UnknownFields
-	sizeCache                               protoimpl.SizeCache
+	// The authorization server's authorization_grant_profiles_supported (the
+	// ID-JAG draft, section 7.2), as advertised (empty: not advertised). An
+	// enterprise-managed provider is blocked when it is advertised without
+	// urn:ietf:params:oauth:grant-profile:id-jag.
+	AuthorizationGrantProfilesSupported []string `protobuf:"bytes,150,rep,name=authorization_grant_profiles_supported,json=authorizationGrantProfilesSupported,proto3" json:"authorization_grant_profiles_supported,omitempty"`
+	unknownFields                       protoimpl.UnknownFields
+	sizeCache                           protoimpl.SizeCache
 }
 
 func (x *DiagnoseProviderResponse) Reset() {
@@ -1448,6 +1453,13 @@ func (x *DiagnoseProviderResponse) GetIdentityProviderTokenEndpointAuthMethod() 
 	return ""
 }
 
+func (x *DiagnoseProviderResponse) GetAuthorizationGrantProfilesSupported() []string {
+	if x != nil {
+		return x.AuthorizationGrantProfilesSupported
+	}
+	return nil
+}
+
 var File_mcpauth_v1_oauth_proto protoreflect.FileDescriptor
 
 const file_mcpauth_v1_oauth_proto_rawDesc = "" +
@@ -1537,7 +1549,7 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"httpStatus\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x0e\n" +
 	"\x02ok\x18\x05 \x01(\bR\x02ok\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xc2\v\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x98\f\n" +
 	"\x18DiagnoseProviderResponse\x120\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1a.mcpauth.v1.DiagnosticStepR\x05steps\x12\x14\n" +
 	"\x05ready\x18\x02 \x01(\bR\x05ready\x12)\n" +
@@ -1564,7 +1576,8 @@ const file_mcpauth_v1_oauth_proto_rawDesc = "" +
 	"\x18identity_provider_issuer\x18\x8c\x01 \x01(\tR\x16identityProviderIssuer\x12U\n" +
 	"'identity_provider_grant_types_supported\x18\x8d\x01 \x03(\tR#identityProviderGrantTypesSupported\x12s\n" +
 	"7identity_provider_token_endpoint_auth_methods_supported\x18\x8e\x01 \x03(\tR1identityProviderTokenEndpointAuthMethodsSupported\x12^\n" +
-	",identity_provider_token_endpoint_auth_method\x18\x8f\x01 \x01(\tR'identityProviderTokenEndpointAuthMethod*\xc4\x01\n" +
+	",identity_provider_token_endpoint_auth_method\x18\x8f\x01 \x01(\tR'identityProviderTokenEndpointAuthMethod\x12T\n" +
+	"&authorization_grant_profiles_supported\x18\x96\x01 \x03(\tR#authorizationGrantProfilesSupported*\xc4\x01\n" +
 	"\x12RegistrationMethod\x12#\n" +
 	"\x1fREGISTRATION_METHOD_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"REGISTRATION_METHOD_PRE_REGISTERED\x10\x01\x123\n" +
