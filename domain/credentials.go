@@ -124,6 +124,13 @@ type EnterpriseIdP struct {
 	ClientID string `json:"cid,omitempty"`
 	// SecretSet is true when a client secret for the IdP is stored.
 	SecretSet bool `json:"ss,omitempty"`
+	// KeyAlg, KeyID, KeyGenerated and PublicJWK describe the private_key_jwt
+	// key mcpauth authenticates with at the IdP instead of a secret (its
+	// private part is sealed with the other credential secrets).
+	KeyAlg       string `json:"ka,omitempty"`
+	KeyID        string `json:"kid,omitempty"`
+	KeyGenerated bool   `json:"kg,omitempty"`
+	PublicJWK    string `json:"jwk,omitempty"`
 }
 
 // IsZero reports whether nothing is configured.

@@ -58,7 +58,7 @@ func TestCallerLimitedToUsers(t *testing.T) {
 	tlWantReason(t, err, codes.PermissionDenied, "USER_NOT_ALLOWED")
 
 	evs := tlWaitEvents(t, s, "acme", "", "permission.denied", 3, func(ev *mcpauthv1.AuditEvent) bool {
-		return ev.GetReason() == "USER_NOT_ALLOWED" && ev.GetDetails()["user"] == "bob" && ev.GetActor() == "alice-agent" && ev.GetProvider() == name
+		return ev.GetReason() == "USER_NOT_ALLOWED" && ev.GetUser() == "bob" && ev.GetDetails()["user"] == "bob" && ev.GetActor() == "alice-agent" && ev.GetProvider() == name
 	})
 	methods := map[string]bool{}
 	for _, ev := range evs {

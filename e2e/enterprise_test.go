@@ -210,7 +210,7 @@ func TestEnterpriseManagedAuthorization(t *testing.T) {
 		d.GetIdentityProviderIssuer() != e.IdP.URL ||
 		strings.Join(d.GetIdentityProviderGrantTypesSupported(), " ") != testauthz.GrantTokenExchange ||
 		strings.Join(d.GetAuthorizationGrantProfilesSupported(), " ") != testauthz.GrantProfileIDJAG ||
-		strings.Join(d.GetIdentityProviderTokenEndpointAuthMethodsSupported(), " ") != "client_secret_basic client_secret_post" ||
+		strings.Join(d.GetIdentityProviderTokenEndpointAuthMethodsSupported(), " ") != "client_secret_basic client_secret_post private_key_jwt" ||
 		d.GetIdentityProviderTokenEndpointAuthMethod() != "client_secret_basic" {
 		t.Errorf("DiagnoseProvider = %v", d)
 	}

@@ -44,6 +44,9 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	if e := p.GetEnterpriseIdentityProvider(); e != nil {
 		f.EnterpriseIdP = &providers.EnterpriseIdPInput{Issuer: e.GetIssuer(), TokenEndpoint: e.GetTokenEndpoint(),
 			ClientID: e.GetClientId(), ClientSecret: e.GetClientSecret()}
+		if k := e.GetPrivateKeyJwt(); k != nil {
+			f.EnterpriseIdP.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
+		}
 	}
 	if k := p.GetOauthClient().GetPrivateKeyJwt(); k != nil {
 		f.OAuthClient.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
@@ -89,6 +92,9 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	if e := v.EnterpriseIdP; e != nil {
 		p.EnterpriseIdentityProvider = &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.Issuer, TokenEndpoint: e.TokenEndpoint,
 			ClientId: e.ClientID, ClientSecretSet: e.SecretSet}
+		if k := e.Key; k != nil {
+			p.EnterpriseIdentityProvider.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: k.Algorithm, KeyId: k.KeyID, JwksUri: k.JWKSURI, Generated: k.Generated}
+		}
 	}
 	if d := v.DPoP; d != nil {
 		p.Dpop = &mcpauthv1.DpopSettings{Mode: dpopModeProto(d.Mode), Algorithm: d.Algorithm, KeyThumbprint: d.Thumbprint}

@@ -32,6 +32,9 @@ const (
 	AuthorizePath = "/v1/oauth/authorize/"
 	// CallbackPath is the OAuth redirect URI's path.
 	CallbackPath = "/v1/oauth/callback"
+	// RestartPath, followed by a flow's binding, starts a lost or expired
+	// flow again for the browser holding its cookie.
+	RestartPath = "/v1/oauth/restart/"
 	// DifyCallbackPath is the Dify-compatible alias of CallbackPath.
 	DifyCallbackPath = "/console/api/mcp/oauth/callback"
 	// ClientMetadataPath is where mcpauth serves its own Client ID Metadata
@@ -44,6 +47,7 @@ const (
 type BrowserFlow interface {
 	BeginBrowser(ctx context.Context, handle string) (*authflow.BrowserStart, error)
 	Callback(ctx context.Context, in authflow.CallbackInput) *authflow.CallbackResult
+	Restart(ctx context.Context, binding, cookie string) (*authflow.BrowserStart, error)
 	ClientMetadataDocument() map[string]any
 }
 
@@ -63,6 +67,11 @@ func cookieName(secure bool, binding string) string {
 // restart or eviction). Nothing was changed; the way out is to start again.
 const lostFlowMessage = "mcpauth has no authorization in progress for this link: it expired, was already completed, or was lost " +
 	"when mcpauth's state store restarted. Nothing was changed. Go back to the application and start the authorization again."
+
+// restartMessage is shown instead when this browser may start the lost
+// flow again from the page.
+const restartMessage = "mcpauth has no authorization in progress for this link: it expired, or was lost when mcpauth's state store " +
+	"restarted. Nothing was changed. You can start the authorization again from here."
 
 // callbackMessages are the result page's words for each outcome.
 var callbackMessages = map[string]string{
@@ -118,9 +127,10 @@ func NewBrowser(d BrowserDeps) *Browser {
 // to the REST gateway under /v1/.
 func (b *Browser) Register(mux *http.ServeMux) {
 	for path, h := range map[string]http.HandlerFunc{
-		AuthorizePath + "{flow}": b.authorize,
-		CallbackPath:             b.callback,
-		DifyCallbackPath:         b.callback,
+		AuthorizePath + "{flow}":  b.authorize,
+		RestartPath + "{binding}": b.restart,
+		CallbackPath:              b.callback,
+		DifyCallbackPath:          b.callback,
 	} {
 		mux.Handle("GET "+path, b.guard(h))
 		mux.Handle(path, b.guard(http.HandlerFunc(methodNotAllowed)))
@@ -151,12 +161,15 @@ var pageTemplate = template.Must(template.New("result").Parse(`<!doctype html>
 {{if .Detail}}<p>The authorization server said: <code id="detail">{{.Detail}}</code></p>{{end}}
 {{if .Reason}}<p>Reason code: <code id="reason">{{.Reason}}</code></p>{{end}}
 {{if .Provider}}<p>Provider: <code id="provider">{{.Provider}}</code></p>{{end}}
+{{if .Restart}}<p><a id="restart" href="{{.Restart}}">Start the authorization again</a></p>{{end}}
 </body></html>
 `))
 
 type pageData struct {
 	OK                                       bool
 	Title, Message, Detail, Reason, Provider string
+	// Restart is the link that starts a lost flow again.
+	Restart string
 }
 
 // guard applies the browser routes' hardening: strict caching, referrer and
@@ -234,17 +247,68 @@ func (b *Browser) page(w http.ResponseWriter, code int, d pageData) {
 func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 	start, err := b.d.Flow.BeginBrowser(r.Context(), r.PathValue("flow"))
 	if err != nil {
-		code, msg, reason := http.StatusBadRequest, lostFlowMessage, "FLOW_EXPIRED_OR_USED"
-		if apperr.KindOf(err) == apperr.KindUnavailable {
-			w.Header().Set("Retry-After", "2")
-			code, msg, reason = http.StatusServiceUnavailable, "mcpauth cannot reach its state store right now. Nothing was lost: reload this page in a moment.", "UNAVAILABLE"
-		} else if apperr.KindOf(err) == apperr.KindInternal {
-			b.d.Log.ErrorContext(r.Context(), "authorize route failed", "err", err.Error(), "request_id", reqid.From(r.Context()))
-			code, msg, reason = http.StatusInternalServerError, "Something went wrong on mcpauth's side.", "INTERNAL"
-		}
-		b.page(w, code, pageData{Title: "Authorization cannot start", Message: msg, Reason: reason})
+		b.startFailed(w, r, err, lostFlowMessage)
 		return
 	}
+	b.bind(w, r, start)
+}
+
+// restart starts a lost or expired flow again for the browser holding its
+// cookie (see authflow.Service.Restart): the old flow's cookie is replaced
+// by the new flow's, and the browser goes to the authorization server.
+func (b *Browser) restart(w http.ResponseWriter, r *http.Request) {
+	binding, cookie := r.PathValue("binding"), ""
+	if c, err := r.Cookie(cookieName(b.d.Secure, binding)); err == nil && validBinding(binding) {
+		cookie = c.Value
+	}
+	start, err := b.d.Flow.Restart(r.Context(), binding, cookie)
+	if err != nil {
+		msg := "This authorization can no longer be started again from here. Go back to the application and start it again."
+		if e, ok := apperr.As(err); ok && e.Reason != domain.ReasonFlowExpiredOrUsed {
+			msg = apperr.PublicMessage(err)
+		}
+		b.startFailed(w, r, err, msg)
+		return
+	}
+	b.clearCookie(w, binding)
+	b.bind(w, r, start)
+}
+
+// validBinding reports whether s can be a flow's binding (see
+// authflow.Binding): 8 base64url characters.
+func validBinding(s string) bool {
+	if len(s) != 8 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// startFailed shows why a flow could not start: msg for a refusal, a
+// reload for a state store that cannot answer now.
+func (b *Browser) startFailed(w http.ResponseWriter, r *http.Request, err error, msg string) {
+	code, reason := http.StatusBadRequest, domain.ReasonFlowExpiredOrUsed
+	if e, ok := apperr.As(err); ok && e.Reason != "" {
+		reason = e.Reason
+	}
+	switch apperr.KindOf(err) {
+	case apperr.KindUnavailable:
+		w.Header().Set("Retry-After", "2")
+		code, msg, reason = http.StatusServiceUnavailable, "mcpauth cannot reach its state store right now. Nothing was lost: reload this page in a moment.", "UNAVAILABLE"
+	case apperr.KindInternal:
+		b.d.Log.ErrorContext(r.Context(), "authorize route failed", "err", err.Error(), "request_id", reqid.From(r.Context()))
+		code, msg, reason = http.StatusInternalServerError, "Something went wrong on mcpauth's side.", "INTERNAL"
+	}
+	b.page(w, code, pageData{Title: "Authorization cannot start", Message: msg, Reason: reason})
+}
+
+// bind sets the flow's cookie in this browser and redirects it to the
+// authorization server.
+func (b *Browser) bind(w http.ResponseWriter, r *http.Request, start *authflow.BrowserStart) {
 	http.SetCookie(w, &http.Cookie{
 		Name:     cookieName(b.d.Secure, start.Binding),
 		Value:    start.BrowserSecret,
@@ -255,6 +319,12 @@ func (b *Browser) authorize(w http.ResponseWriter, r *http.Request) {
 		SameSite: http.SameSiteLaxMode,
 	})
 	http.Redirect(w, r, start.RedirectURL, http.StatusFound)
+}
+
+// clearCookie removes a flow's cookie.
+func (b *Browser) clearCookie(w http.ResponseWriter, binding string) {
+	http.SetCookie(w, &http.Cookie{Name: cookieName(b.d.Secure, binding), Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: b.d.Secure, SameSite: http.SameSiteLaxMode})
 }
 
 // callback completes the flow and shows the result (or redirects to the
@@ -283,11 +353,11 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	res := b.d.Flow.Callback(r.Context(), in)
-	// When the state store was unreachable the flow was not consumed and the
-	// page asks to try again: keep the cookie that retry needs.
-	if in.State != "" && len(in.State) <= 512 && res.Reason != domain.ReasonUnavailable {
-		http.SetCookie(w, &http.Cookie{Name: cookieName(b.d.Secure, authflow.Binding(in.State)), Value: "", Path: "/", MaxAge: -1,
-			HttpOnly: true, Secure: b.d.Secure, SameSite: http.SameSiteLaxMode})
+	// When the state store was unreachable the page asks to try again, and
+	// when the flow was lost it offers to start again: keep the cookie that
+	// the retry or the restart needs.
+	if in.State != "" && len(in.State) <= 512 && res.Reason != domain.ReasonUnavailable && res.Restart == "" {
+		b.clearCookie(w, authflow.Binding(in.State))
 	}
 	result := "success"
 	if !res.OK {
@@ -318,7 +388,11 @@ func (b *Browser) callback(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		msg = "The authorization could not be completed. Start it again."
 	}
-	b.page(w, code, pageData{Title: "Authorization failed", Message: msg, Detail: res.Detail, Reason: res.Reason, Provider: provider})
+	restart := ""
+	if res.Restart != "" {
+		msg, restart = restartMessage, RestartPath+res.Restart
+	}
+	b.page(w, code, pageData{Title: "Authorization failed", Message: msg, Detail: res.Detail, Reason: res.Reason, Provider: provider, Restart: restart})
 }
 
 // callbackParams are the authorization response parameters the callback

@@ -32,6 +32,10 @@ func (f *fuzzFlow) BeginBrowser(context.Context, string) (*authflow.BrowserStart
 	return nil, errors.New("not used")
 }
 
+func (f *fuzzFlow) Restart(context.Context, string, string) (*authflow.BrowserStart, error) {
+	return nil, errors.New("not used")
+}
+
 func (f *fuzzFlow) ClientMetadataDocument() map[string]any { return nil }
 
 func (f *fuzzFlow) Callback(_ context.Context, in authflow.CallbackInput) *authflow.CallbackResult {

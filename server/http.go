@@ -224,11 +224,15 @@ func NewHTTPServer(addr string, h http.Handler, tlsConfig *tls.Config, log *slog
 }
 
 // TracedPath is the request path a span may show: the authorize route's
-// flow handle (a capability until a browser binds it) becomes "{flow}".
+// flow handle (a capability until a browser binds it) becomes "{flow}",
+// the restart route's binding "{binding}".
 // Queries are never shown (the callback's carries the code and state).
 func TracedPath(path string) string {
 	if len(path) > len(AuthorizePath) && strings.HasPrefix(path, AuthorizePath) {
 		return AuthorizePath + "{flow}"
+	}
+	if len(path) > len(RestartPath) && strings.HasPrefix(path, RestartPath) {
+		return RestartPath + "{binding}"
 	}
 	return path
 }

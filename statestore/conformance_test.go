@@ -163,6 +163,111 @@ func runConformance(t *testing.T, open func(t *testing.T) factory) {
 		}
 	})
 
+	t.Run("ClaimAgainUntilSettled", func(t *testing.T) {
+		t.Parallel()
+		f := open(t)
+		a, b := f(t), f(t)
+		ctx := t.Context()
+		if err := a.Put(ctx, "k", []byte("v"), time.Minute); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		if got, err := a.Claim(ctx, "k", "browser-a", time.Minute); err != nil || string(got) != "v" {
+			t.Fatalf("Claim = %q, %v", got, err)
+		}
+		// The same holder (a reload after a lost answer, on any replica)
+		// gets the value again; nobody else does, by any means.
+		if got, err := b.Claim(ctx, "k", "browser-a", time.Minute); err != nil || string(got) != "v" {
+			t.Fatalf("Claim again with the same token = %q, %v", got, err)
+		}
+		if _, err := b.Claim(ctx, "k", "browser-b", time.Minute); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Claim with another token: %v, want ErrNotFound", err)
+		}
+		if _, err := a.Take(ctx, "k"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Take of a claimed value: %v, want ErrNotFound", err)
+		}
+		if _, err := a.Get(ctx, "k"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Get of a claimed value: %v, want ErrNotFound", err)
+		}
+		if err := a.Settle(ctx, "k", "browser-b"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Settle with another token: %v, want ErrNotFound", err)
+		}
+		if err := b.Settle(ctx, "k", "browser-a"); err != nil {
+			t.Fatalf("Settle: %v", err)
+		}
+		if err := a.Settle(ctx, "k", "browser-a"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("second Settle: %v, want ErrNotFound (exclusive)", err)
+		}
+		if _, err := a.Claim(ctx, "k", "browser-a", time.Minute); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Claim after Settle: %v, want ErrNotFound (single use)", err)
+		}
+		if err := a.Settle(ctx, "never-claimed", "browser-a"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Settle of nothing: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("ClaimReceiptExpires", func(t *testing.T) {
+		t.Parallel()
+		s := open(t)(t)
+		ctx := t.Context()
+		if err := s.Put(ctx, "k", []byte("v"), time.Minute); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		if _, err := s.Claim(ctx, "k", "tok", 150*time.Millisecond); err != nil {
+			t.Fatalf("Claim: %v", err)
+		}
+		eventually(t, 5*time.Second, func() bool {
+			_, err := s.Claim(ctx, "k", "tok", time.Minute)
+			if err != nil && !errors.Is(err, statestore.ErrNotFound) {
+				t.Fatalf("Claim: %v", err)
+			}
+			return err != nil
+		})
+		if err := s.Settle(ctx, "k", "tok"); !errors.Is(err, statestore.ErrNotFound) {
+			t.Fatalf("Settle of an expired receipt: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("ConcurrentClaimAndSettleExactlyOnce", func(t *testing.T) {
+		t.Parallel()
+		f := open(t)
+		replicas := []statestore.Store{f(t), f(t), f(t)}
+		ctx := t.Context()
+		if err := replicas[0].Put(ctx, "k", []byte("v"), time.Minute); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		const n = 30
+		var got, settled atomic.Int32
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				s := replicas[i%len(replicas)]
+				// Two holders race; each holder's requests race too.
+				tok := fmt.Sprintf("holder-%d", i%2)
+				if _, err := s.Claim(ctx, "k", tok, time.Minute); err == nil {
+					got.Add(1)
+				} else if !errors.Is(err, statestore.ErrNotFound) {
+					t.Errorf("Claim: %v", err)
+					return
+				}
+				switch err := s.Settle(ctx, "k", tok); {
+				case err == nil:
+					settled.Add(1)
+				case !errors.Is(err, statestore.ErrNotFound):
+					t.Errorf("Settle: %v", err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		// One holder won the value; its requests may all have received it
+		// (they hold the same token), but exactly one settled it.
+		if got.Load() < 1 || got.Load() > n/2 || settled.Load() != 1 {
+			t.Fatalf("claimed %d times, settled %d times; want 1..%d and exactly 1", got.Load(), settled.Load(), n/2)
+		}
+	})
+
 	t.Run("LockExclusive", func(t *testing.T) {
 		t.Parallel()
 		f := open(t)
@@ -325,6 +430,11 @@ func runConformance(t *testing.T, open func(t *testing.T) factory) {
 				_, err := s.Take(ctx, "")
 				return err
 			}(),
+			"Claim empty token": func() error {
+				_, err := s.Claim(ctx, "k", "", time.Minute)
+				return err
+			}(),
+			"Settle empty key": s.Settle(ctx, "", "tok"),
 			"Get empty key": func() error {
 				_, err := s.Get(ctx, "")
 				return err

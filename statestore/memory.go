@@ -18,10 +18,11 @@ const janitorInterval = time.Second
 type Memory struct {
 	now func() time.Time
 
-	mu     sync.Mutex
-	closed bool
-	values map[string]memValue
-	locks  map[string]memLock
+	mu       sync.Mutex
+	closed   bool
+	values   map[string]memValue
+	locks    map[string]memLock
+	receipts map[string]memReceipt
 
 	stop chan struct{}
 	done chan struct{}
@@ -29,6 +30,14 @@ type Memory struct {
 
 type memValue struct {
 	data    []byte
+	expires time.Time
+}
+
+// memReceipt is a Claim's receipt: the value for its token until settled.
+type memReceipt struct {
+	token   string
+	data    []byte
+	settled bool
 	expires time.Time
 }
 
@@ -43,11 +52,12 @@ var _ Store = (*Memory)(nil)
 // that removes expired entries; Close stops it.
 func NewMemory() *Memory {
 	m := &Memory{
-		now:    time.Now,
-		values: make(map[string]memValue),
-		locks:  make(map[string]memLock),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		now:      time.Now,
+		values:   make(map[string]memValue),
+		locks:    make(map[string]memLock),
+		receipts: make(map[string]memReceipt),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go m.janitor()
 	return m
@@ -80,6 +90,11 @@ func (m *Memory) sweep() {
 	for k, l := range m.locks {
 		if !now.Before(l.expires) {
 			delete(m.locks, k)
+		}
+	}
+	for k, r := range m.receipts {
+		if !now.Before(r.expires) {
+			delete(m.receipts, k)
 		}
 	}
 }
@@ -117,6 +132,48 @@ func (m *Memory) Put(ctx context.Context, key string, value []byte, ttl time.Dur
 // Take implements Store.
 func (m *Memory) Take(ctx context.Context, key string) ([]byte, error) {
 	return m.read(ctx, key, true)
+}
+
+// Claim implements Store.
+func (m *Memory) Claim(ctx context.Context, key, token string, ttl time.Duration) ([]byte, error) {
+	if err := validateClaim(key, token); err != nil {
+		return nil, err
+	}
+	if err := validate(key, ttl, true); err != nil {
+		return nil, err
+	}
+	if err := m.begin(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	now := m.now()
+	if v, ok := m.values[key]; ok && now.Before(v.expires) {
+		delete(m.values, key)
+		m.receipts[key] = memReceipt{token: token, data: v.data, expires: now.Add(ttl)}
+		return clone(v.data), nil
+	}
+	if r, ok := m.receipts[key]; ok && r.token == token && !r.settled && now.Before(r.expires) {
+		return clone(r.data), nil
+	}
+	return nil, ErrNotFound
+}
+
+// Settle implements Store.
+func (m *Memory) Settle(ctx context.Context, key, token string) error {
+	if err := validateClaim(key, token); err != nil {
+		return err
+	}
+	if err := m.begin(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	r, ok := m.receipts[key]
+	if !ok || r.token != token || r.settled || !m.now().Before(r.expires) {
+		return ErrNotFound
+	}
+	r.settled, r.data = true, nil
+	m.receipts[key] = r
+	return nil
 }
 
 // Get implements Store.
@@ -197,7 +254,7 @@ func (m *Memory) Close() error {
 		return nil
 	}
 	m.closed = true
-	m.values, m.locks = nil, nil
+	m.values, m.locks, m.receipts = nil, nil, nil
 	m.mu.Unlock()
 	close(m.stop)
 	<-m.done

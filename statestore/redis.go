@@ -3,7 +3,9 @@ package statestore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -26,8 +28,9 @@ import (
 //
 //	<prefix>kv:<key>                values written by Put
 //	<prefix>lock:{<key>}            lock holder's random token, with the lease TTL
-//	<prefix>taken:{<prefix>kv:<key>} a Take's receipt (nonce and value), so a
-//	                                retried Take gets what the lost answer held
+//	<prefix>taken:{<prefix>kv:<key>} a Take's or Claim's receipt (token hash and
+//	                                value), so a retried take gets what the lost
+//	                                answer held; "settled:<nonce>" once settled
 //
 // Every key carries a TTL, so nothing outlives the provider or flow it was
 // written for. (Leases used to draw a fencing token from a counter kept
@@ -88,9 +91,10 @@ return 0
 `)
 
 // takeScript is GETDEL that a retry cannot lose: the taker leaves a receipt
-// (its nonce ARGV[1], fixed length, followed by the value) for ARGV[2] ms,
-// and a retried take with the same nonce, whose first answer was lost,
-// gets the value from the receipt. Any other taker finds nothing.
+// (its token ARGV[1], 64 hex digits, followed by the value) for ARGV[2] ms,
+// and a later take with the same token, whose first answer was lost, gets
+// the value from the receipt. Any other taker finds nothing, and so does
+// every taker once the receipt is settled (settleScript).
 var takeScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -99,10 +103,29 @@ if v then
   return v
 end
 local r = redis.call('GET', KEYS[2])
-if r and string.sub(r, 1, #ARGV[1]) == ARGV[1] then
-  return string.sub(r, #ARGV[1] + 1)
+if r and string.sub(r, 1, 64) == ARGV[1] then
+  return string.sub(r, 65)
 end
 return false
+`)
+
+// settleScript ends a claim: the receipt of token ARGV[1] becomes
+// "settled:" followed by this call's nonce ARGV[2] (its TTL kept), so a
+// retry of this settle, whose answer was lost, still succeeds, while any
+// other settle and every later take find nothing.
+var settleScript = redis.NewScript(`
+local r = redis.call('GET', KEYS[1])
+if not r then
+  return 0
+end
+if string.sub(r, 1, 64) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'settled:' .. ARGV[2], 'KEEPTTL')
+  return 1
+end
+if r == 'settled:' .. ARGV[2] then
+  return 1
+end
+return 0
 `)
 
 // extendScript resets the lock's TTL only if it still carries the caller's token.
@@ -309,23 +332,22 @@ func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Dura
 // Take implements Store atomically: of concurrent takers on any number of
 // replicas, exactly one receives the value. It is safe to retry: a take
 // whose answer was lost (Redis stalled past the read timeout, the
-// connection broke) is retried with the same nonce and receives the value
+// connection broke) is retried with the same token and receives the value
 // from its receipt, so a stall never destroys a value nobody received.
 func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
-	if err := validate(key, 0, false); err != nil {
+	return r.Claim(ctx, key, rand.Text(), receiptTTL)
+}
+
+// Claim implements Store: Take with the caller's token, whose receipt
+// lasts ttl. The token is hashed, so a receipt never holds it.
+func (r *Redis) Claim(ctx context.Context, key, token string, ttl time.Duration) ([]byte, error) {
+	if err := validateClaim(key, token); err != nil {
 		return nil, err
 	}
-	nonce := rand.Text() // fixed length (26 characters)
-	keys := []string{r.kvKey(key), r.receiptKey(key)}
-	var v string
-	err := retry.Do(ctx, takeRetry, func(ctx context.Context, _ int) error {
-		var err error
-		v, err = takeScript.Run(ctx, r.client, keys, nonce, receiptTTL.Milliseconds()).Text()
-		if err != nil && (errors.Is(err, redis.Nil) || !mayHaveRun(err)) {
-			return retry.Permanent(err)
-		}
-		return err
-	})
+	if err := validate(key, ttl, true); err != nil {
+		return nil, err
+	}
+	v, err := r.runRetrySafe(ctx, takeScript, []string{r.kvKey(key), r.receiptKey(key)}, tokenHash(token), roundTTL(ttl).Milliseconds()).Text()
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrNotFound
 	}
@@ -333,6 +355,44 @@ func (r *Redis) Take(ctx context.Context, key string) ([]byte, error) {
 		return nil, wrap("take", err)
 	}
 	return []byte(v), nil
+}
+
+// Settle implements Store with a fresh nonce per call, which its retries
+// share.
+func (r *Redis) Settle(ctx context.Context, key, token string) error {
+	if err := validateClaim(key, token); err != nil {
+		return err
+	}
+	n, err := r.runRetrySafe(ctx, settleScript, []string{r.receiptKey(key)}, tokenHash(token), rand.Text()).Int64()
+	if err != nil {
+		return wrap("settle", err)
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// runRetrySafe runs a script whose arguments make a second run answer as
+// the first did (a token or nonce), retrying it while its answer may have
+// been lost and the caller's context allows.
+func (r *Redis) runRetrySafe(ctx context.Context, s *redis.Script, keys []string, args ...any) *redis.Cmd {
+	var cmd *redis.Cmd
+	_ = retry.Do(ctx, takeRetry, func(ctx context.Context, _ int) error {
+		cmd = s.Run(ctx, r.client, keys, args...)
+		err := cmd.Err()
+		if err != nil && (errors.Is(err, redis.Nil) || !mayHaveRun(err)) {
+			return retry.Permanent(err)
+		}
+		return err
+	})
+	return cmd
+}
+
+// tokenHash is the fixed-length form of a claim token kept in a receipt.
+func tokenHash(token string) string {
+	h := sha256.Sum256([]byte("mcpauth/statestore/claim\x00" + token))
+	return hex.EncodeToString(h[:])
 }
 
 // mayHaveRun reports whether a failed command may have run on Redis with
@@ -356,8 +416,8 @@ func mayHaveRun(err error) bool {
 // receive the value.
 const receiptTTL = time.Minute
 
-// takeRetry retries a take that failed for want of Redis (with the same
-// nonce) while the caller's context allows.
+// takeRetry retries a take or settle that failed for want of Redis (with
+// the same token and nonce) while the caller's context allows.
 var takeRetry = retry.Policy{Attempts: 4, Base: 50 * time.Millisecond, Max: 500 * time.Millisecond, Jitter: 0.5}
 
 // Get implements Store with GET; the value and its TTL stay as they are.

@@ -149,3 +149,44 @@ func TestRedisLockRetrySafe(t *testing.T) {
 		t.Fatalf("Lock after the failed acquire was released: %v", err)
 	}
 }
+
+// TestRedisClaimSurvivesLostAnswerAcrossRequests: a claim executes (the
+// value is consumed) and every answer of it is lost, so the request gives
+// up; the holder's next request (the browser reloading) claims with the
+// same token and receives the value. A settle executed twice (its first
+// answer lost, go-redis retried) succeeds once, and the claim is then over.
+func TestRedisClaimSurvivesLostAnswerAcrossRequests(t *testing.T) {
+	t.Parallel()
+	h := &lostAnswer{}
+	s, _, _ := hookedRedis(t, h)
+	ctx := t.Context()
+	if err := s.Put(ctx, "flow", []byte("sealed-value"), time.Minute); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	h.armed.Store(100) // every attempt of this claim loses its answer
+	if _, err := s.Claim(ctx, "flow", "browser", time.Minute); !statestore.IsUnavailable(err) {
+		t.Fatalf("Claim with every answer lost: %v, want unavailable", err)
+	}
+	h.armed.Store(0)
+	if _, err := s.Claim(ctx, "flow", "intruder", time.Minute); err != statestore.ErrNotFound {
+		t.Fatalf("Claim by another token: %v, want ErrNotFound", err)
+	}
+	v, err := s.Claim(ctx, "flow", "browser", time.Minute)
+	if err != nil || string(v) != "sealed-value" {
+		t.Fatalf("the holder's next Claim = %q, %v (the flow would be lost)", v, err)
+	}
+	h.twice = true
+	h.armed.Store(1)
+	if err := s.Settle(ctx, "flow", "browser"); err != nil {
+		t.Fatalf("Settle run twice: %v", err)
+	}
+	if h.armed.Load() >= 1 {
+		t.Fatal("the hook did not run the settle twice: the test proves nothing")
+	}
+	if err := s.Settle(ctx, "flow", "browser"); err != statestore.ErrNotFound {
+		t.Fatalf("another Settle: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Claim(ctx, "flow", "browser", time.Minute); err != statestore.ErrNotFound {
+		t.Fatalf("Claim after Settle: %v, want ErrNotFound", err)
+	}
+}

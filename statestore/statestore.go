@@ -39,6 +39,22 @@ type Store interface {
 	// ErrNotFound when the key is absent or expired.
 	Take(ctx context.Context, key string) ([]byte, error)
 
+	// Claim takes the value under key as Take does, for the holder of
+	// token (a secret the caller can present again, such as one derived
+	// from a browser's cookie), and keeps it in a receipt for ttl: until
+	// Settle, a later Claim with the same token receives the value again,
+	// so a caller whose answer was lost (Redis stalled past its timeout
+	// after taking the value) gets it on its next try, even from another
+	// request. Any other token gets ErrNotFound.
+	Claim(ctx context.Context, key, token string, ttl time.Duration) ([]byte, error)
+
+	// Settle ends the claim made on key with token, exclusively: of any
+	// number of callers settling it, exactly one gets nil and the others
+	// ErrNotFound (as does a claim never made, expired or settled). After
+	// Settle no Claim receives the value. A settle retried after a lost
+	// answer still succeeds.
+	Settle(ctx context.Context, key, token string) error
+
 	// Get returns the value under key without consuming it, failing with
 	// ErrNotFound when the key is absent or expired. It lets a caller check
 	// a request against the value before it takes it, so that a request
@@ -182,6 +198,14 @@ func validate(key string, ttl time.Duration, needTTL bool) error {
 		return fmt.Errorf("statestore: ttl %v must be positive", ttl)
 	}
 	return nil
+}
+
+// validateClaim rejects a claim without key or token.
+func validateClaim(key, token string) error {
+	if token == "" {
+		return errors.New("statestore: empty claim token")
+	}
+	return validate(key, 0, false)
 }
 
 // pollPolicy is WaitUnlocked's polling: a jittered interval in

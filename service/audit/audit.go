@@ -457,7 +457,7 @@ func (a *Auditor) RecordDenied(ctx context.Context, tenant, method, reason strin
 // RecordUserDenied records a call refused because the caller may act only
 // for the users its callers-file entry names and the call named another.
 func (a *Auditor) RecordUserDenied(ctx context.Context, tenant, provider, method, user string) {
-	a.Record(ctx, Event{Tenant: tenant, Provider: provider, Type: domain.EventPermissionDenied, Outcome: domain.OutcomeDenied,
+	a.Record(ctx, Event{Tenant: tenant, Provider: provider, User: user, Type: domain.EventPermissionDenied, Outcome: domain.OutcomeDenied,
 		Reason: domain.ReasonUserNotAllowed, Details: map[string]string{"method": method, "user": user}})
 }
 

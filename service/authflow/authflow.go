@@ -561,28 +561,34 @@ func (s *Service) StartFor(ctx context.Context, ref domain.GrantRef, scopes []st
 // registration, stores a single-use flow and returns the URL of mcpauth's
 // authorize route for the person's browser.
 func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
+	st, _, err := s.start(ctx, in, restartOf{})
+	return st, err
+}
+
+// start is Start, also for Restart; it returns the flow handle too.
+func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*Started, string, error) {
 	if err := validate.UserID("user", in.User); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if in.ReturnURL != "" {
 		if err := validate.ReturnURL("return_url", in.ReturnURL, s.cfg.ReturnOrigins); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	if err := validate.Scopes("additional_scopes", in.AdditionalScopes); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := checkCompletionInput(in); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	in.AdditionalScopes = completionScopes(in)
 	d, err := loadProvider(ctx, s.reads, s.cipher, in.Tenant, in.Provider)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if d.Kind != domain.KindAuthorizationCode {
 		// Tokens of other kinds are obtained without a person (GetAccessToken).
-		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized,
+		return nil, "", apperr.FailedPrecondition(domain.ReasonNotAuthorized,
 			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
@@ -594,36 +600,37 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	}
 	ctx = audit.WithScope(ctx, tenant, id)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Outcome: domain.OutcomeFailure, Reason: reason})
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
+			Outcome: domain.OutcomeFailure, Reason: reason})
 	}
 	disc, err := s.discover(ctx, s.reads, d, ref, in.AdditionalScopes, nil)
 	if err != nil {
 		failed(reasonOf(err))
-		return nil, err
+		return nil, "", err
 	}
 	if disc.probe.NotRequired {
 		// A grant held already stays: tokens the server no longer asks
 		// for do no harm, and it may ask again.
 		if _, err := s.store.SetGrantStatus(ctx, ref, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusPending},
 			domain.StatusNotRequired, "", s.cipher.PrimaryID()); err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		return &Started{Status: domain.StatusNotRequired}, nil
+		return &Started{Status: domain.StatusNotRequired}, "", nil
 	}
 	if ch := disc.challenge; ch != nil && ch.Error == "insufficient_scope" && ch.StepUpAttempts >= domain.MaxStepUpAttempts {
 		failed(domain.ReasonStepUpExhausted)
-		return nil, apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
+		return nil, "", apperr.FailedPrecondition(domain.ReasonStepUpExhausted,
 			"the MCP server still refuses with insufficient_scope after %d authorizations for more scopes; authorizing again will not help", ch.StepUpAttempts)
 	}
 	md := disc.md
 	if err := flowSupported(md); err != nil {
 		failed(reasonOf(err))
-		return nil, err
+		return nil, "", err
 	}
 	if !md.SupportsS256() && !md.DefaultEndpoints {
 		if !d.Compat.AllowMissingPKCE || len(md.CodeChallengeMethods) > 0 {
 			failed(domain.ReasonPKCENotSupported)
-			return nil, apperr.FailedPrecondition(domain.ReasonPKCENotSupported,
+			return nil, "", apperr.FailedPrecondition(domain.ReasonPKCENotSupported,
 				"the authorization server does not advertise S256 PKCE (code_challenge_methods_supported); refusing to authorize without it")
 		}
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
@@ -638,19 +645,19 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 			s.proto.Forget(d.URL.String())
 			s.probes.drop(d.Row)
 		}
-		return nil, err
+		return nil, "", err
 	}
 	verifier, _, err := oauthclient.NewPKCE()
 	if err != nil {
-		return nil, apperr.Internal(err, "pkce")
+		return nil, "", apperr.Internal(err, "pkce")
 	}
 	state, err := oauthclient.NewState()
 	if err != nil {
-		return nil, apperr.Internal(err, "state")
+		return nil, "", apperr.Internal(err, "state")
 	}
 	handle, err := randomToken(32)
 	if err != nil {
-		return nil, apperr.Internal(err, "flow handle")
+		return nil, "", apperr.Internal(err, "flow handle")
 	}
 	expires := s.now().Add(s.cfg.FlowTTL)
 	rec := &flowRecord{
@@ -663,12 +670,16 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 		// revision requires PKCE: S256 is always sent to them.
 		PKCEException:     !md.SupportsS256() && !md.DefaultEndpoints,
 		RequireCompletion: in.RequireCompletion, ExpectedSubject: in.ExpectedSubject,
+		RestartUntil: expires.Add(s.restartWindow()).Unix(), AddScopes: in.AdditionalScopes,
+	}
+	if again.until != 0 {
+		rec.RestartUntil = again.until
 	}
 	if key := d.DPoPFor(md.DPoPSigningAlgs); key != nil {
 		rec.DPoPJKT = key.Thumbprint()
 	}
 	if err := s.flows.put(ctx, flowKey("flow", handle), rec, s.cfg.FlowTTL); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// A held grant (authorized, or dead with its reason) keeps its status
 	// until the new flow completes. A pending one is not written again:
@@ -676,14 +687,18 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 	if cur := s.grantStatus(ctx, d.Row, ref); cur == domain.StatusUnauthorized || cur == domain.StatusNotRequired {
 		if _, err := s.store.SetGrantStatus(ctx, ref, []domain.AuthStatus{domain.StatusUnauthorized, domain.StatusNotRequired},
 			domain.StatusPending, "", s.cipher.PrimaryID()); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	details := map[string]string{"issuer": md.Issuer, "registration": string(reg.Method), "user": in.User}
 	if rec.Resource == "" {
 		details["resource"] = "omitted"
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Outcome: domain.OutcomeSuccess, Details: details})
+	if again.until != 0 {
+		details["restarted"] = "true"
+	}
+	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
+		Outcome: domain.OutcomeSuccess, Details: details})
 	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || len(d.Compat.ExtraParams) > 0 {
 		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
 			Details: d.Compat.AuditDetails()})
@@ -695,7 +710,7 @@ func (s *Service) Start(ctx context.Context, in StartInput) (*Started, error) {
 		Scopes:             disc.scopes,
 		Issuer:             md.Issuer,
 		RegistrationMethod: reg.Method,
-	}, nil
+	}, handle, nil
 }
 
 // BrowserStart is what the authorize route needs to redirect the browser:
@@ -705,7 +720,8 @@ type BrowserStart struct {
 	RedirectURL string
 	// Binding names the flow's browser secret (derived from the state by a
 	// hash, so it does not reveal it); the transport stores BrowserSecret
-	// under it (a cookie) and hands it back on the callback.
+	// under it (a cookie, for MaxAge) and hands it back on the callback.
+	// It is the secret, a dot, and the sealed restart hint (lostflow.go).
 	Binding       string
 	BrowserSecret string
 	MaxAge        time.Duration
@@ -733,8 +749,7 @@ func (s *Service) BeginBrowser(ctx context.Context, handle string) (*BrowserStar
 	if err != nil {
 		return nil, apperr.Internal(err, "browser binding")
 	}
-	bh := sha256.Sum256([]byte(browser))
-	rec.Browser = base64.RawURLEncoding.EncodeToString(bh[:])
+	rec.Browser = browserHash(browser)
 	ttl := time.Unix(rec.ExpiresAt, 0).Sub(now)
 	if ttl <= 0 {
 		return nil, errFlowGone
@@ -759,10 +774,16 @@ func (s *Service) BeginBrowser(ctx context.Context, handle string) (*BrowserStar
 	if err != nil {
 		return nil, apperr.Internal(err, "building authorization url")
 	}
+	cookie, err := s.flowCookie(rec, browser)
+	if err != nil {
+		return nil, apperr.Internal(err, "sealing the restart hint")
+	}
 	if err := s.flows.put(ctx, flowKey("state", rec.State), rec, ttl); err != nil {
 		return nil, err
 	}
-	return &BrowserStart{RedirectURL: authURL, Binding: Binding(rec.State), BrowserSecret: browser, MaxAge: ttl}, nil
+	// The cookie outlives the flow until its restart deadline.
+	keep := max(time.Unix(max(rec.RestartUntil, rec.ExpiresAt), 0).Sub(now), ttl)
+	return &BrowserStart{RedirectURL: authURL, Binding: Binding(rec.State), BrowserSecret: cookie, MaxAge: keep}, nil
 }
 
 // challengeOf computes the S256 challenge of a verifier.
@@ -800,10 +821,15 @@ type CallbackResult struct {
 	// CompletionCode, when set, is the one-time code of a parked grant
 	// (require_completion): the browser takes it to ReturnURL.
 	CompletionCode string
+	// Restart, set when the flow was lost or expired and this browser may
+	// start it again, is the binding to pass to Restart; the flow cookie
+	// must then be kept.
+	Restart string
 }
 
 // Callback completes a flow: it checks the browser binding on a read of the
-// state's record, then consumes the record atomically and checks the issuer
+// state's record, then consumes the record atomically (retry-safe for this
+// browser, see consumeFlow) and checks the issuer
 // (RFC 9207) before the code goes anywhere, exchanges the code once, and
 // stores the tokens encrypted. A request from another browser consumes
 // nothing: whoever learns a state cannot cancel someone else's
@@ -812,26 +838,14 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if in.State == "" || len(in.State) > 512 {
 		return &CallbackResult{Reason: domain.ReasonMissingState}
 	}
-	key := flowKey("state", in.State)
-	rec, sealed, err := s.flows.peek(ctx, key, s.now())
-	if err != nil {
-		return s.stateFailure(ctx, err)
+	rec, res := s.consumeFlow(ctx, in)
+	if res != nil {
+		return res
 	}
 	ctx = audit.WithScope(ctx, rec.Tenant, rec.Provider)
 	failed := func(reason string) {
 		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
 			Outcome: domain.OutcomeFailure, Reason: reason})
-	}
-	if !browserMatches(rec, in.BrowserSecret) {
-		// Not the browser that started the flow: the flow stays pending for
-		// the one that did, and the grant's status does not change.
-		failed(domain.ReasonBrowserMismatch)
-		return &CallbackResult{Reason: domain.ReasonBrowserMismatch, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
-	}
-	// The flow's own browser: consume the record read above (single use).
-	// Of concurrent callbacks with the same state, exactly one gets here.
-	if err := s.flows.consume(ctx, key, sealed); err != nil {
-		return s.stateFailure(ctx, err)
 	}
 	fail := func(reason, detail string) *CallbackResult {
 		failed(reason)
@@ -943,27 +957,19 @@ func tokenErrorDetails(err error) map[string]string {
 	return nil
 }
 
-// stateFailure answers a callback whose state names no usable flow.
-func (s *Service) stateFailure(ctx context.Context, err error) *CallbackResult {
-	if apperr.KindOf(err) == apperr.KindUnavailable {
-		return &CallbackResult{Reason: domain.ReasonUnavailable}
-	}
-	s.log.WarnContext(ctx, "oauth callback with unknown, expired or replayed state")
-	return &CallbackResult{Reason: domain.ReasonStateInvalid}
-}
-
 // browserMatches reports whether the browser holds the secret the flow was
 // bound to when it began (compared as hashes, in constant time).
-func browserMatches(rec *flowRecord, secretOf func(binding string) string) bool {
-	held := ""
-	if secretOf != nil {
-		held = secretOf(Binding(rec.State))
-	}
+func browserMatches(rec *flowRecord, held string) bool {
 	if held == "" || rec.Browser == "" {
 		return false
 	}
-	bh := sha256.Sum256([]byte(held))
-	return subtle.ConstantTimeCompare([]byte(base64.RawURLEncoding.EncodeToString(bh[:])), []byte(rec.Browser)) == 1
+	return subtle.ConstantTimeCompare([]byte(browserHash(held)), []byte(rec.Browser)) == 1
+}
+
+// browserHash is what a flow keeps of its browser's secret.
+func browserHash(secret string) string {
+	bh := sha256.Sum256([]byte(secret))
+	return base64.RawURLEncoding.EncodeToString(bh[:])
 }
 
 // flowDPoPKey is the provider's DPoP key when it is still the one the

@@ -52,7 +52,11 @@ func TestBeginBrowserRedirectsToTheAuthorizationServer(t *testing.T) {
 	if len(state) != 43 || len(q.Get("code_challenge")) != 43 {
 		t.Fatalf("state %q or challenge %q is not 256 bits", state, q.Get("code_challenge"))
 	}
-	if b.Binding != Binding(state) || len(b.BrowserSecret) != 43 || b.MaxAge != 4*time.Minute {
+	// The cookie holds the 256-bit browser secret and the sealed restart
+	// hint, and lives until the flow's restart deadline (its expiry, in 4
+	// minutes, plus the flow TTL).
+	if secret, hint := splitCookie(b.BrowserSecret); b.Binding != Binding(state) || len(secret) != 43 || hint == "" ||
+		strings.Contains(hint, testUser) || b.MaxAge != 9*time.Minute {
 		t.Fatalf("browser start %+v", b)
 	}
 	if _, err := e.as.Authorize(b.RedirectURL); err != nil {
@@ -198,9 +202,16 @@ func TestCallbackRejectsReplay(t *testing.T) {
 	f := e.authorize(t, startIn())
 	e.complete(t, f)
 	gen := e.store.Credential(testTenant, testProvider).Generation
+	// The browser that opened the flow (its cookie kept) may start again;
+	// anyone else replaying the response learns nothing.
 	res := e.svc.Callback(context.Background(), f.callback())
-	if !reflect.DeepEqual(*res, CallbackResult{Reason: domain.ReasonStateInvalid}) {
+	if !reflect.DeepEqual(*res, CallbackResult{Reason: domain.ReasonStateInvalid, Restart: f.browser.Binding, Tenant: testTenant, Provider: testProvider}) {
 		t.Fatalf("replayed callback = %+v", *res)
+	}
+	in := f.callback()
+	in.BrowserSecret = nil
+	if res := e.svc.Callback(context.Background(), in); !reflect.DeepEqual(*res, CallbackResult{Reason: domain.ReasonStateInvalid}) {
+		t.Fatalf("replayed callback without the cookie = %+v", *res)
 	}
 	if e.as.counts().exchanges != 1 || e.store.Credential(testTenant, testProvider).Generation != gen {
 		t.Fatal("a replayed callback reached the token endpoint or the grant")
@@ -287,12 +298,16 @@ func TestCallbackFailures(t *testing.T) {
 			wantReason: domain.ReasonMissingState},
 		{name: "unknown state", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) { in.State = strings.Repeat("s", 43) },
 			wantReason: domain.ReasonStateInvalid},
-		{name: "flow store unavailable", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Take", errStoreDown) },
+		{name: "flow store unavailable", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Claim", errStoreDown) },
+			wantReason: domain.ReasonUnavailable},
+		// The claim ran but its settle failed (the answer lost): the
+		// browser's next try gets the flow back from the claim and completes.
+		{name: "flow store unavailable on settle", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Settle", errStoreDown) },
 			wantReason: domain.ReasonUnavailable},
 		{name: "flow store unavailable on read", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) { e.flows.failOn("Get", errStoreDown) },
 			wantReason: domain.ReasonUnavailable},
 		{name: "flow store broken", prepare: func(_ *testing.T, e *env, _ *flow, _ *CallbackInput) {
-			e.flows.failOn("Take", errors.New("WRONGTYPE"))
+			e.flows.failOn("Claim", errors.New("WRONGTYPE"))
 		}, wantReason: domain.ReasonStateInvalid},
 		{name: "no browser binding", prepare: func(_ *testing.T, _ *env, _ *flow, in *CallbackInput) { in.BrowserSecret = nil },
 			wantReason: domain.ReasonBrowserMismatch, flowKnown: true, kept: true},
@@ -367,8 +382,9 @@ func TestCallbackFailures(t *testing.T) {
 					t.Fatalf("%d callback.failed events", n)
 				}
 				e.wantStatus(t, testProvider, domain.StatusPending, "")
-				e.flows.failOn("Get", nil)
-				e.flows.failOn("Take", nil)
+				for _, m := range []string{"Get", "Claim", "Settle"} {
+					e.flows.failOn(m, nil)
+				}
 				e.complete(t, f)
 				return
 			}

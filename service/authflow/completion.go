@@ -131,8 +131,8 @@ func (s *Service) bindCompletion(ctx context.Context, rec *flowRecord, row *repo
 	details := callbackDetails(rec, t)
 	details["completion"] = "required"
 	details["user"] = rec.User
-	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, Actor: "user:" + rec.User,
-		Outcome: domain.OutcomeSuccess, Details: details})
+	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, User: rec.GrantUser,
+		Actor: "user:" + rec.User, Outcome: domain.OutcomeSuccess, Details: details})
 	return &CallbackResult{OK: true, CompletionCode: code, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 }
 
@@ -222,7 +222,7 @@ func (s *Service) Complete(ctx context.Context, in CompleteInput) (*Completed, e
 	}
 	ctx = audit.WithScope(ctx, in.Tenant, in.Provider)
 	refused := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventAuthCompleted, Provider: in.Provider,
+		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventAuthCompleted, Provider: in.Provider, User: in.User,
 			Outcome: domain.OutcomeFailure, Reason: reason, Details: map[string]string{"user": in.User}})
 	}
 	key := flowKey("completion", in.Code)
@@ -255,7 +255,7 @@ func (s *Service) Complete(ctx context.Context, in CompleteInput) (*Completed, e
 	}
 	t := p.tokens()
 	done := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventAuthCompleted, Provider: rec.Provider,
-		Outcome: domain.OutcomeSuccess, Details: map[string]string{"user": rec.User, "issuer": rec.Issuer, "scopes": strings.Join(t.Scopes, " ")}})
+		User: rec.GrantUser, Outcome: domain.OutcomeSuccess, Details: map[string]string{"user": rec.User, "issuer": rec.Issuer, "scopes": strings.Join(t.Scopes, " ")}})
 	if err := s.grants.StoreNew(ctx, row, rec.grant().User, p.Grant, t, done...); err != nil {
 		return nil, err
 	}

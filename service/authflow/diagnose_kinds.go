@@ -85,10 +85,11 @@ func (s *Service) diagnoseIdP(ctx context.Context, out *Diagnosis, d *vault.Prov
 			}
 		}
 	}
-	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: idp.ClientID, ClientSecret: d.IdPClientSecret}
+	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: idp.ClientID, ClientSecret: d.IdPClientSecret,
+		ClientKey: d.IdPClientKey}
 	method, err := oauthclient.ChooseAuthMethod(reg, advertised)
 	if err != nil {
-		block("the identity provider advertises no token endpoint authentication mcpauth can use with its client secret")
+		block("the identity provider advertises no token endpoint authentication mcpauth can use with its client secret or key")
 		return
 	}
 	out.IdPAuthMethod = method

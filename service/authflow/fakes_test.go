@@ -421,7 +421,7 @@ func (a *fakeAS) Revoke(_ context.Context, _ *oauthclient.Metadata, _ *oauthclie
 var errStoreDown = fmt.Errorf("dial tcp 10.0.0.7:6379: connection refused: %w", statestore.ErrUnavailable)
 
 // flakyFlows is the in-memory flow store with failures switched on per
-// method ("Put", "Take"), as a Redis outage looks to its callers.
+// method ("Put", "Take", "Claim", "Settle", "Get"), as a Redis outage looks to its callers.
 type flakyFlows struct {
 	*statestore.Memory
 	mu   sync.Mutex
@@ -452,6 +452,20 @@ func (f *flakyFlows) Take(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	return f.Memory.Take(ctx, key)
+}
+
+func (f *flakyFlows) Claim(ctx context.Context, key, token string, ttl time.Duration) ([]byte, error) {
+	if err := f.failure("Claim"); err != nil {
+		return nil, err
+	}
+	return f.Memory.Claim(ctx, key, token, ttl)
+}
+
+func (f *flakyFlows) Settle(ctx context.Context, key, token string) error {
+	if err := f.failure("Settle"); err != nil {
+		return err
+	}
+	return f.Memory.Settle(ctx, key, token)
 }
 
 func (f *flakyFlows) Get(ctx context.Context, key string) ([]byte, error) {

@@ -1,7 +1,6 @@
 package authflow
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -25,6 +24,12 @@ type FlowStore interface {
 	// on a read, so that a request from another browser cannot burn the
 	// flow of the browser that started it.
 	Get(ctx context.Context, key string) ([]byte, error)
+	// Claim and Settle consume a flow retry-safely: the callback claims
+	// with a token only its browser can present again, so a reload after
+	// a stalled store gets the flow back, and settles the claim (once,
+	// exclusively) before the code goes anywhere.
+	Claim(ctx context.Context, key, token string, ttl time.Duration) ([]byte, error)
+	Settle(ctx context.Context, key, token string) error
 }
 
 // flowTenant is the encryption scope tenant of flow records. It is not a
@@ -65,6 +70,12 @@ type flowRecord struct {
 	// (chosen at start from the provider's mode and the metadata); "" for
 	// Bearer tokens.
 	DPoPJKT string `json:"dj,omitempty"`
+	// RestartUntil (Unix seconds) is how long the browser that opened the
+	// flow may start it again from the page of a lost flow (restart.go);
+	// a restarted flow keeps its first flow's.
+	RestartUntil int64 `json:"xr,omitempty"`
+	// AddScopes are the caller's additional scopes, for a restart.
+	AddScopes []string `json:"as,omitempty"`
 	// RequireCompletion parks the grant for CompleteAuthorization instead
 	// of storing it (completion.go).
 	RequireCompletion bool `json:"rc,omitempty"`
@@ -127,15 +138,22 @@ func (c flowCodec) peek(ctx context.Context, key string, now time.Time) (*flowRe
 	return r, ct, err
 }
 
-// consume takes the record peek read, atomically: errFlowGone when it is
-// gone (another request consumed it meanwhile) or is not the one read.
-func (c flowCodec) consume(ctx context.Context, key string, sealed []byte) error {
-	ct, err := c.store.Take(ctx, key)
+// claim consumes the record for the holder of token, who gets it again
+// from a later request until settle (see FlowStore.Claim), and returns
+// it with its sealed form.
+func (c flowCodec) claim(ctx context.Context, key, token string, ttl time.Duration, now time.Time) (*flowRecord, []byte, error) {
+	ct, err := c.store.Claim(ctx, key, token, ttl)
 	if err != nil {
-		return flowStoreErr(err)
+		return nil, nil, flowStoreErr(err)
 	}
-	if !bytes.Equal(ct, sealed) {
-		return errFlowGone
+	r, err := c.open(key, ct, now)
+	return r, ct, err
+}
+
+// settle ends token's claim: errFlowGone when another request settled it.
+func (c flowCodec) settle(ctx context.Context, key, token string) error {
+	if err := c.store.Settle(ctx, key, token); err != nil {
+		return flowStoreErr(err)
 	}
 	return nil
 }

@@ -154,7 +154,8 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		return nil, err
 	}
 	scopes, resource := grantScopes(d, probe, md), d.ResourceParam()
-	idpReg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.CredConfig.IdP.ClientID, ClientSecret: d.IdPClientSecret}
+	idpReg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: d.CredConfig.IdP.ClientID, ClientSecret: d.IdPClientSecret,
+		ClientKey: d.IdPClientKey}
 	jag, err := m.Identity.ExchangeIDToken(ctx, idp, idpReg, in.IDToken, md.Issuer, resource, scopes)
 	if err != nil {
 		return nil, exchangeFailed(stepTokenExchange, err, failed)

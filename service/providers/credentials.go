@@ -50,15 +50,19 @@ type EnterpriseIdPInput struct {
 	TokenEndpoint string
 	ClientID      string
 	ClientSecret  string
+	// Key, when set, is the private_key_jwt key mcpauth authenticates
+	// with at the IdP instead of a secret.
+	Key *ClientKeyInput
 }
 
 // EnterpriseIdPView describes the enterprise identity provider without its
-// client secret.
+// client secret or private key.
 type EnterpriseIdPView struct {
 	Issuer        string
 	TokenEndpoint string
 	ClientID      string
 	SecretSet     bool
+	Key           *ClientKeyView
 }
 
 // maxStaticAuthorizationLen bounds a static Authorization value.
@@ -115,9 +119,48 @@ type credInput struct {
 	// the provider has none, asks for a new one or another algorithm.
 	dpop    DPoPInput
 	dpopKey *dpop.Key
-	// idp is the validated identity provider and idpSecret its secret.
+	// idp is the validated identity provider, idpSecret its secret and
+	// idpKey its key (nil: none given).
 	idp       domain.EnterpriseIdP
 	idpSecret string
+	idpKey    *parsedKey
+}
+
+// parsedKey is a validated private_key_jwt key and its PKCS#8 form.
+type parsedKey struct {
+	key *oauthclient.ClientKey
+	pem string
+	gen bool
+}
+
+// parseKey validates a key input: generate one, or read a supplied PKCS#8
+// PEM key; field names the input in errors (which never quote the key).
+func parseKey(field string, k *ClientKeyInput) (*parsedKey, error) {
+	switch k.Algorithm {
+	case "", oauthclient.AlgES256, oauthclient.AlgRS256:
+	default:
+		return nil, invalid(field+".algorithm", "must be ES256 or RS256")
+	}
+	switch {
+	case k.Generate && k.PEM != "":
+		return nil, invalid(field, "set either private_key_pem or generate, not both")
+	case k.Generate:
+		key, pem, err := oauthclient.GenerateClientKey(k.Algorithm)
+		if err != nil {
+			return nil, apperr.Internal(err, "generating a client key")
+		}
+		return &parsedKey{key: key, pem: pem, gen: true}, nil
+	case k.PEM != "":
+		if len(k.PEM) > 16<<10 {
+			return nil, invalid(field+".private_key_pem", "must be at most 16 KiB")
+		}
+		key, err := oauthclient.ParseClientKey(k.PEM, k.Algorithm)
+		if err != nil {
+			return nil, invalid(field+".private_key_pem", err.Error())
+		}
+		return &parsedKey{key: key, pem: k.PEM}, nil
+	}
+	return nil, invalid(field, "set private_key_pem or generate")
 }
 
 // validateCredentials checks the credential fields named in paths.
@@ -160,35 +203,11 @@ func (s *Service) validateCredentials(f *Fields, has func(string) bool) (*credIn
 		return nil, err
 	}
 	if (has(PathOAuthClientKey) || has(PathOAuthClient)) && f.OAuthClient.Key != nil {
-		k := f.OAuthClient.Key
-		const field = "provider.oauth_client.private_key_jwt"
-		switch k.Algorithm {
-		case "", oauthclient.AlgES256, oauthclient.AlgRS256:
-		default:
-			return nil, invalid(field+".algorithm", "must be ES256 or RS256")
+		k, err := parseKey("provider.oauth_client.private_key_jwt", f.OAuthClient.Key)
+		if err != nil {
+			return nil, err
 		}
-		switch {
-		case k.Generate && k.PEM != "":
-			return nil, invalid(field, "set either private_key_pem or generate, not both")
-		case k.Generate:
-			key, pem, err := oauthclient.GenerateClientKey(k.Algorithm)
-			if err != nil {
-				return nil, apperr.Internal(err, "generating a client key")
-			}
-			in.key, in.pem, in.gen = key, pem, true
-		case k.PEM != "":
-			if len(k.PEM) > 16<<10 {
-				return nil, invalid(field+".private_key_pem", "must be at most 16 KiB")
-			}
-			key, err := oauthclient.ParseClientKey(k.PEM, k.Algorithm)
-			if err != nil {
-				// The error names what is wrong with the key, never its content.
-				return nil, invalid(field+".private_key_pem", err.Error())
-			}
-			in.key, in.pem = key, k.PEM
-		default:
-			return nil, invalid(field, "set private_key_pem or generate")
-		}
+		in.key, in.pem, in.gen = k.key, k.pem, k.gen
 	}
 	return in, nil
 }
@@ -287,6 +306,13 @@ func validateIdP(e *EnterpriseIdPInput, has func(string) bool, in *credInput) er
 		return invalid(field+".client_id", "must not contain spaces or control characters")
 	}
 	in.idp.ClientID = e.ClientID
+	if e.Key != nil {
+		k, err := parseKey(field+".private_key_jwt", e.Key)
+		if err != nil {
+			return err
+		}
+		in.idpKey = k
+	}
 	return nil
 }
 
@@ -363,10 +389,21 @@ func (st *credState) apply(in *credInput, paths []string, urlChanged, clientChan
 // to another client).
 func (st *credState) applyIdP(in *credInput, named func(string) bool) {
 	if named(PathEnterpriseIdP) {
-		keep := in.idpSecret == "" && in.idp.ClientID == st.cfg.IdP.ClientID && in.idp.ClientID != ""
+		keep := in.idpSecret == "" && in.idpKey == nil && in.idp.ClientID == st.cfg.IdP.ClientID && in.idp.ClientID != ""
+		old := st.cfg.IdP
 		st.cfg.IdP = in.idp
-		if !keep {
+		switch {
+		case keep:
+			// The stored secret or key stays with the same client.
+			st.cfg.IdP.KeyAlg, st.cfg.IdP.KeyID, st.cfg.IdP.KeyGenerated, st.cfg.IdP.PublicJWK = old.KeyAlg, old.KeyID, old.KeyGenerated, old.PublicJWK
+		default:
 			st.sec.IdPClientSecret = secret.New(in.idpSecret)
+			st.sec.IdPPrivateKeyPEM = secret.Secret{}
+			if k := in.idpKey; k != nil {
+				jwk, _ := k.key.PublicJWK()
+				st.cfg.IdP.KeyAlg, st.cfg.IdP.KeyID, st.cfg.IdP.KeyGenerated, st.cfg.IdP.PublicJWK = k.key.Algorithm(), k.key.KeyID(), k.gen, string(jwk)
+				st.sec.IdPPrivateKeyPEM = secret.New(k.pem)
+			}
 		}
 	} else if named(PathEnterpriseIdPSecret) {
 		st.sec.IdPClientSecret = secret.New(in.idpSecret)
@@ -431,8 +468,13 @@ func (st *credState) checkEnterprise(hasClient, hasSecret, hasKey bool) error {
 		return invalid(field+".issuer", "an issuer or a token_endpoint is required with credential_kind ENTERPRISE_MANAGED")
 	case idp.ClientID == "":
 		return invalid(field+".client_id", "is required with credential_kind ENTERPRISE_MANAGED")
-	case !idp.SecretSet:
-		return invalid(field+".client_secret", "is required with credential_kind ENTERPRISE_MANAGED")
+	case idp.SecretSet && idp.KeyAlg != "":
+		return invalid(field+".private_key_jwt", "set either a client_secret or a private key, not both")
+	case !idp.SecretSet && idp.KeyAlg == "":
+		return invalid(field+".client_secret", "a client_secret or a private_key_jwt key is required with credential_kind ENTERPRISE_MANAGED")
+	case idp.KeyAlg != "" && idp.Issuer == "":
+		// RFC 7523 section 3: the assertion's audience is the IdP's issuer.
+		return invalid(field+".issuer", "is required with a private_key_jwt key (the audience of its client assertions)")
 	case !hasClient:
 		return invalid("provider.oauth_client.client_id", "is required with credential_kind ENTERPRISE_MANAGED (the client of the MCP server's authorization server)")
 	case !hasSecret && !hasKey:
@@ -470,7 +512,8 @@ func credentialsChanged(before, after *credState, oldRow, newRow *repository.Pro
 	return oldRow.ClientID != newRow.ClientID || string(oldRow.ClientSecret) != string(newRow.ClientSecret) ||
 		oldRow.Scopes != newRow.Scopes || before.cfg != after.cfg ||
 		before.sec.PrivateKeyPEM.Reveal() != after.sec.PrivateKeyPEM.Reveal() ||
-		before.sec.IdPClientSecret.Reveal() != after.sec.IdPClientSecret.Reveal()
+		before.sec.IdPClientSecret.Reveal() != after.sec.IdPClientSecret.Reveal() ||
+		before.sec.IdPPrivateKeyPEM.Reveal() != after.sec.IdPPrivateKeyPEM.Reveal()
 }
 
 // credAudit is the audit detail of a provider's credential settings:
@@ -495,13 +538,21 @@ func credAudit(st *credState, row *repository.Provider, d map[string]string) map
 	} else if len(row.ClientSecret) > 0 {
 		d["client_auth"] = "client_secret"
 	}
+	switch {
+	case st.cfg.IdP.KeyAlg != "":
+		d["idp_client_auth"], d["idp_key_alg"], d["idp_key_id"] = oauthclient.AuthPrivateKeyJWT, st.cfg.IdP.KeyAlg, st.cfg.IdP.KeyID
+	case st.cfg.IdP.SecretSet:
+		d["idp_client_auth"] = "client_secret"
+	}
 	return d
 }
 
 // JWKS returns the public JWKS document (RFC 7517 section 5) of the
-// provider's private_key_jwt key, for authorization servers to verify its
-// client assertions. It holds only the public key; a provider without a
-// key and one that does not exist are the same NOT_FOUND.
+// provider's private_key_jwt keys (its client's at the authorization
+// server, and its client's at an enterprise identity provider; each with
+// its own kid), for those servers to verify its client assertions. It
+// holds only public keys; a provider without a key and one that does not
+// exist are the same NOT_FOUND.
 func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
 	row, err := s.store.GetProvider(ctx, tenant, id)
 	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
@@ -511,10 +562,16 @@ func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
 		return nil, apperr.NotFound("jwks")
 	}
 	cfg := vault.ParseCredentialConfig(row.CredentialConfig)
-	if cfg.PublicJWK == "" {
+	var keys []string
+	for _, k := range []string{cfg.PublicJWK, cfg.IdP.PublicJWK} {
+		if k != "" {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
 		return nil, apperr.NotFound("jwks")
 	}
-	return []byte(`{"keys":[` + cfg.PublicJWK + `]}`), nil
+	return []byte(`{"keys":[` + strings.Join(keys, ",") + `]}`), nil
 }
 
 // dpopAudit is the audit event of a DPoP key change, nil when the key did
@@ -541,6 +598,13 @@ func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 	}
 	if idp := d.CredConfig.IdP; !idp.IsZero() {
 		v.EnterpriseIdP = &EnterpriseIdPView{Issuer: idp.Issuer, TokenEndpoint: idp.TokenEndpoint, ClientID: idp.ClientID, SecretSet: idp.SecretSet}
+		if idp.KeyAlg != "" {
+			k := &ClientKeyView{Algorithm: idp.KeyAlg, KeyID: idp.KeyID, Generated: idp.KeyGenerated}
+			if s.jwksURL != nil {
+				k.JWKSURI = s.jwksURL(d.Row.TenantID, d.Row.ID)
+			}
+			v.EnterpriseIdP.Key = k
+		}
 	}
 	if d.CredConfig.StaticSet {
 		v.StaticAuthorization = &HeaderInfo{Name: "Authorization", ValueSet: true,

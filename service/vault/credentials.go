@@ -29,11 +29,15 @@ type CredentialSecrets struct {
 	// IdPClientSecret is mcpauth's client secret at the enterprise identity
 	// provider of an enterprise-managed provider, if any.
 	IdPClientSecret secret.Secret
+	// IdPPrivateKeyPEM is the PKCS#8 PEM key mcpauth authenticates with at
+	// the enterprise identity provider (private_key_jwt), if any.
+	IdPPrivateKeyPEM secret.Secret
 }
 
 // IsZero reports whether no secret is held.
 func (c CredentialSecrets) IsZero() bool {
-	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.DPoPKeyPEM.IsZero() && c.IdPClientSecret.IsZero()
+	return c.PrivateKeyPEM.IsZero() && c.StaticAuthorization.IsZero() && c.DPoPKeyPEM.IsZero() && c.IdPClientSecret.IsZero() &&
+		c.IdPPrivateKeyPEM.IsZero()
 }
 
 type credentialBlob struct {
@@ -41,6 +45,7 @@ type credentialBlob struct {
 	Static string `json:"s,omitempty"`
 	DPoP   string `json:"d,omitempty"`
 	IdP    string `json:"i,omitempty"`
+	IdPKey string `json:"ik,omitempty"`
 }
 
 // SealCredentialSecrets encrypts a provider's secret credential material
@@ -50,7 +55,7 @@ func SealCredentialSecrets(c Cipher, row *repository.Provider, s CredentialSecre
 		return nil, nil
 	}
 	raw, err := json.Marshal(credentialBlob{Key: s.PrivateKeyPEM.Reveal(), Static: s.StaticAuthorization.Reveal(), DPoP: s.DPoPKeyPEM.Reveal(),
-		IdP: s.IdPClientSecret.Reveal()})
+		IdP: s.IdPClientSecret.Reveal(), IdPKey: s.IdPPrivateKeyPEM.Reveal()})
 	if err != nil {
 		return nil, apperr.Internal(err, "encoding credential secrets")
 	}
@@ -76,7 +81,7 @@ func OpenCredentialSecrets(c Cipher, row *repository.Provider) (CredentialSecret
 		return out, apperr.Internal(err, "decoding credential secrets")
 	}
 	return CredentialSecrets{PrivateKeyPEM: secret.New(b.Key), StaticAuthorization: secret.New(b.Static), DPoPKeyPEM: secret.New(b.DPoP),
-		IdPClientSecret: secret.New(b.IdP)}, nil
+		IdPClientSecret: secret.New(b.IdP), IdPPrivateKeyPEM: secret.New(b.IdPKey)}, nil
 }
 
 // ParseCredentialConfig reads a stored credential configuration.
@@ -113,6 +118,13 @@ func openCredentials(c Cipher, d *Provider) error {
 			return apperr.Internal(err, "reading the stored client key")
 		}
 		d.ClientKey = k
+	}
+	if !s.IdPPrivateKeyPEM.IsZero() {
+		k, err := oauthclient.ParseClientKey(s.IdPPrivateKeyPEM.Reveal(), d.CredConfig.IdP.KeyAlg)
+		if err != nil {
+			return apperr.Internal(err, "reading the stored identity provider client key")
+		}
+		d.IdPClientKey = k
 	}
 	if !s.DPoPKeyPEM.IsZero() {
 		k, err := dpop.Parse(s.DPoPKeyPEM)

@@ -73,6 +73,9 @@ type Provider struct {
 	// IdPClientSecret is mcpauth's client secret at an enterprise-managed
 	// provider's identity provider.
 	IdPClientSecret secret.Secret
+	// IdPClientKey is the private_key_jwt key mcpauth authenticates with at
+	// that identity provider instead of a secret, if any.
+	IdPClientKey *oauthclient.ClientKey
 	// DPoP is the provider's DPoP key pair (RFC 9449), when it has one.
 	DPoP *dpop.Key
 }

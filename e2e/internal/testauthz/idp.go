@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -67,8 +68,13 @@ type IdentityProvider struct {
 	rec    recorder
 	mu     sync.Mutex
 	client map[string]string // client id -> secret
-	policy map[[2]string]idpGrant
-	issued []IDJAGClaims
+	// keyClient maps a private_key_jwt client to its jwks_uri; usedJTI
+	// holds the client assertions' jti seen (RFC 7523 section 3 point 7).
+	keyClient map[string]string
+	usedJTI   map[string]bool
+	keyAuths  int
+	policy    map[[2]string]idpGrant
+	issued    []IDJAGClaims
 }
 
 // idpGrant is what the policy allows for one (audience, resource) pair.
@@ -93,7 +99,7 @@ func NewIdentityProvider(tb TB) *IdentityProvider {
 		tb.Fatalf("testauthz: idp key: %v", err)
 	}
 	p := &IdentityProvider{URL: "http://" + l.Addr().String(), key: key, kid: rand.Text()[:12],
-		client: map[string]string{}, policy: map[[2]string]idpGrant{}}
+		client: map[string]string{}, keyClient: map[string]string{}, usedJTI: map[string]bool{}, policy: map[[2]string]idpGrant{}}
 	mux := http.NewServeMux()
 	meta := func(w http.ResponseWriter, _ *http.Request) {
 		// RFC 8414 section 2 (and OpenID Connect Discovery 1.0 section 3).
@@ -102,8 +108,10 @@ func NewIdentityProvider(tb TB) *IdentityProvider {
 			"token_endpoint":                        p.URL + "/token",
 			"jwks_uri":                              p.URL + "/jwks",
 			"grant_types_supported":                 []string{GrantTokenExchange},
-			"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post"},
-			"id_token_signing_alg_values_supported": []string{"ES256"},
+			"token_endpoint_auth_methods_supported": []string{"client_secret_basic", "client_secret_post", "private_key_jwt"},
+			// RFC 8414 section 2, for private_key_jwt.
+			"token_endpoint_auth_signing_alg_values_supported": []string{"ES256", "RS256"},
+			"id_token_signing_alg_values_supported":            []string{"ES256"},
 		})
 	}
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", meta)
@@ -138,6 +146,22 @@ func (p *IdentityProvider) RegisterClient(id, secret string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.client[id] = secret
+}
+
+// RegisterKeyClient adds a client that authenticates with private_key_jwt
+// (RFC 7523 section 2.2), its public keys fetched from jwksURL.
+func (p *IdentityProvider) RegisterKeyClient(id, jwksURL string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.keyClient[id] = jwksURL
+}
+
+// KeyAuthentications counts the client assertions the token endpoint
+// accepted.
+func (p *IdentityProvider) KeyAuthentications() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.keyAuths
 }
 
 // Allow is the administrator's policy (the MCP extension, sections 4.1 and
@@ -278,8 +302,16 @@ func (p *IdentityProvider) issue(w http.ResponseWriter, subject, audience, resou
 }
 
 // authenticate checks client_secret_basic (RFC 6749 section 2.3.1: both
-// parts form-url-encoded before Basic encoding) or client_secret_post.
+// parts form-url-encoded before Basic encoding), client_secret_post, or
+// private_key_jwt (RFC 7523 section 2.2). One method only (RFC 6749
+// section 2.3).
 func (p *IdentityProvider) authenticate(r *http.Request) (string, bool) {
+	if r.PostForm.Has("client_assertion_type") || r.PostForm.Has("client_assertion") {
+		if r.Header.Get("Authorization") != "" || r.PostForm.Has("client_secret") {
+			return "", false
+		}
+		return p.authenticateKey(r)
+	}
 	id, secret, basic := r.BasicAuth()
 	if basic {
 		var err1, err2 error
@@ -316,4 +348,56 @@ func (p *IdentityProvider) verifyIDToken(raw, client string) (string, bool) {
 		return "", false
 	}
 	return c.Subject, true
+}
+
+// authenticateKey checks a private_key_jwt client assertion as RFC 7523
+// sections 2.2 and 3 ask: the assertion type, a JWT signed (ES256 or RS256)
+// by a key of the client's JWKS, iss and sub the client id (and client_id,
+// when sent, the same: RFC 7521 section 4.2), aud this IdP's issuer or
+// token endpoint, exp in the future, and a jti not seen before.
+func (p *IdentityProvider) authenticateKey(r *http.Request) (string, bool) {
+	f := r.PostForm
+	if f.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || len(f["client_assertion"]) != 1 {
+		return "", false
+	}
+	tok, err := jwt.ParseSigned(f.Get("client_assertion"), []jose.SignatureAlgorithm{jose.ES256, jose.RS256})
+	if err != nil {
+		return "", false
+	}
+	var unverified jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
+		return "", false
+	}
+	id := unverified.Issuer
+	p.mu.Lock()
+	jwksURL, known := p.keyClient[id]
+	p.mu.Unlock()
+	if !known || (f.Has("client_id") && f.Get("client_id") != id) {
+		return "", false
+	}
+	res, err := http.Get(jwksURL)
+	if err != nil {
+		return "", false
+	}
+	defer res.Body.Close()
+	var set jose.JSONWebKeySet
+	if res.StatusCode != http.StatusOK || json.NewDecoder(res.Body).Decode(&set) != nil {
+		return "", false
+	}
+	var c jwt.Claims
+	if err := tok.Claims(&set, &c); err != nil {
+		return "", false
+	}
+	aud := c.Audience.Contains(p.URL) || c.Audience.Contains(p.URL+"/token")
+	if c.Subject != id || !aud || c.Expiry == nil || !time.Now().Before(c.Expiry.Time()) || c.ID == "" {
+		return "", false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.usedJTI[c.ID] {
+		return "", false
+	}
+	p.usedJTI[c.ID] = true
+	p.keyAuths++
+	return id, true
 }

@@ -721,13 +721,19 @@ type EnterpriseIdentityProvider struct {
 	ClientId string `protobuf:"bytes,3,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// mcpauth's client secret at the IdP (sent with client_secret_basic, or
 	// client_secret_post when the IdP advertises only that). Input only:
-	// stored encrypted, never returned. Required; on update, empty keeps the
-	// stored secret unless client_id changes.
+	// stored encrypted, never returned. Required unless private_key_jwt is
+	// set; on update, empty keeps the stored secret or key unless client_id
+	// changes.
 	ClientSecret string `protobuf:"bytes,4,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
 	// Whether a client secret for the IdP is stored.
 	ClientSecretSet bool `protobuf:"varint,5,opt,name=client_secret_set,json=clientSecretSet,proto3" json:"client_secret_set,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// A key mcpauth authenticates with at the IdP's token endpoint instead
+	// of a secret (private_key_jwt, RFC 7523 section 2.2: iss = sub =
+	// client_id, aud = the IdP's issuer, which is then required). Its public
+	// key is served at jwks_uri, with the provider's other key if it has one.
+	PrivateKeyJwt *ClientKey `protobuf:"bytes,150,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnterpriseIdentityProvider) Reset() {
@@ -793,6 +799,13 @@ func (x *EnterpriseIdentityProvider) GetClientSecretSet() bool {
 		return x.ClientSecretSet
 	}
 	return false
+}
+
+func (x *EnterpriseIdentityProvider) GetPrivateKeyJwt() *ClientKey {
+	if x != nil {
+		return x.PrivateKeyJwt
+	}
+	return nil
 }
 
 // WorkloadIdentity names where a workload's identity token is read.
@@ -1768,13 +1781,14 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
 	"\n" +
 	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
-	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\xd3\x01\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\x93\x02\n" +
 	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
 	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
 	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x04 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
-	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\"9\n" +
+	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12>\n" +
+	"\x0fprivate_key_jwt\x18\x96\x01 \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
@@ -1933,31 +1947,32 @@ var file_mcpauth_v1_provider_proto_depIdxs = []int32{
 	7,  // 13: mcpauth.v1.Provider.enterprise_identity_provider:type_name -> mcpauth.v1.EnterpriseIdentityProvider
 	6,  // 14: mcpauth.v1.Provider.dpop:type_name -> mcpauth.v1.DpopSettings
 	2,  // 15: mcpauth.v1.DpopSettings.mode:type_name -> mcpauth.v1.DpopMode
-	9,  // 16: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
-	4,  // 17: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
-	24, // 18: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
-	5,  // 19: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	5,  // 20: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	5,  // 21: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	5,  // 22: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
-	5,  // 23: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
-	27, // 24: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 25: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
-	13, // 26: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
-	15, // 27: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
-	17, // 28: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
-	19, // 29: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
-	21, // 30: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
-	14, // 31: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
-	16, // 32: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
-	18, // 33: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
-	20, // 34: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
-	22, // 35: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
-	31, // [31:36] is the sub-list for method output_type
-	26, // [26:31] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	9,  // 16: mcpauth.v1.EnterpriseIdentityProvider.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	9,  // 17: mcpauth.v1.OAuthClient.private_key_jwt:type_name -> mcpauth.v1.ClientKey
+	4,  // 18: mcpauth.v1.CompatibilityProfile.resource_mode:type_name -> mcpauth.v1.ResourceParameterMode
+	24, // 19: mcpauth.v1.CompatibilityProfile.extra_authorization_params:type_name -> mcpauth.v1.CompatibilityProfile.ExtraAuthorizationParamsEntry
+	5,  // 20: mcpauth.v1.CreateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	5,  // 21: mcpauth.v1.CreateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	5,  // 22: mcpauth.v1.GetProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	5,  // 23: mcpauth.v1.ListProvidersResponse.providers:type_name -> mcpauth.v1.Provider
+	5,  // 24: mcpauth.v1.UpdateProviderRequest.provider:type_name -> mcpauth.v1.Provider
+	27, // 25: mcpauth.v1.UpdateProviderRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 26: mcpauth.v1.UpdateProviderResponse.provider:type_name -> mcpauth.v1.Provider
+	13, // 27: mcpauth.v1.MCPProviderService.CreateProvider:input_type -> mcpauth.v1.CreateProviderRequest
+	15, // 28: mcpauth.v1.MCPProviderService.GetProvider:input_type -> mcpauth.v1.GetProviderRequest
+	17, // 29: mcpauth.v1.MCPProviderService.ListProviders:input_type -> mcpauth.v1.ListProvidersRequest
+	19, // 30: mcpauth.v1.MCPProviderService.UpdateProvider:input_type -> mcpauth.v1.UpdateProviderRequest
+	21, // 31: mcpauth.v1.MCPProviderService.DeleteProvider:input_type -> mcpauth.v1.DeleteProviderRequest
+	14, // 32: mcpauth.v1.MCPProviderService.CreateProvider:output_type -> mcpauth.v1.CreateProviderResponse
+	16, // 33: mcpauth.v1.MCPProviderService.GetProvider:output_type -> mcpauth.v1.GetProviderResponse
+	18, // 34: mcpauth.v1.MCPProviderService.ListProviders:output_type -> mcpauth.v1.ListProvidersResponse
+	20, // 35: mcpauth.v1.MCPProviderService.UpdateProvider:output_type -> mcpauth.v1.UpdateProviderResponse
+	22, // 36: mcpauth.v1.MCPProviderService.DeleteProvider:output_type -> mcpauth.v1.DeleteProviderResponse
+	32, // [32:37] is the sub-list for method output_type
+	27, // [27:32] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_provider_proto_init() }
