@@ -15,14 +15,27 @@ import (
 // refresher's query and the only cross-tenant read of credentials outside
 // key rotation; callers act on each row within its own tenant.
 func (s *Store) CredentialsIdleSince(ctx context.Context, before time.Time, limit int) ([]Credential, error) {
+	limit = clampLimit(limit)
+	due := func() *gorm.DB {
+		return s.db.WithContext(ctx).Where("status = ? AND has_refresh = ?", domain.StatusAuthorized, true)
+	}
+	// Two reads of the index of migration 0017 (status, has_refresh,
+	// last_refresh_at), each stopping at limit, instead of one sort of every
+	// due row: never-refreshed rows first, then the least recently
+	// refreshed.
 	var out []Credential
-	err := s.db.WithContext(ctx).
-		Where("status = ? AND has_refresh = ?", domain.StatusAuthorized, true).
-		Where("(last_refresh_at IS NULL OR last_refresh_at < ?)", before.UTC()).
-		// Never-refreshed rows first, on PostgreSQL and SQLite alike.
-		Order("CASE WHEN last_refresh_at IS NULL THEN 0 ELSE 1 END, last_refresh_at").
-		Limit(clampLimit(limit)).Find(&out).Error
-	return out, dbErr(err, "list idle credentials")
+	if err := due().Where("last_refresh_at IS NULL").Limit(limit).Find(&out).Error; err != nil {
+		return nil, dbErr(err, "list idle credentials")
+	}
+	if len(out) == limit {
+		return out, nil
+	}
+	var older []Credential
+	if err := due().Where("last_refresh_at < ?", before.UTC()).Order("last_refresh_at").
+		Limit(limit - len(out)).Find(&older).Error; err != nil {
+		return nil, dbErr(err, "list idle credentials")
+	}
+	return append(out, older...), nil
 }
 
 // RecordRefreshFailure counts a failed background refresh of the tenant's

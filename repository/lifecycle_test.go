@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -79,3 +80,33 @@ func TestIdleCredentials(t *testing.T) {
 		}
 	})
 }
+
+// TestCredentialsIdleSinceOrder: never-refreshed grants come first, then the
+// least recently refreshed, and the limit holds across both.
+func TestCredentialsIdleSinceOrder(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		for _, tc := range []struct {
+			id string
+			at *time.Time
+		}{{"h3", ptrTime(now.Add(-3 * time.Hour))}, {"never", nil}, {"h5", ptrTime(now.Add(-5 * time.Hour))}, {"h4", ptrTime(now.Add(-4 * time.Hour))}} {
+			mustCreate(t, s, newProvider("a", tc.id))
+			_, err := s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: tc.id, Tokens: []byte("x"),
+				Status: domain.StatusAuthorized, HasRefresh: true, LastRefreshAt: tc.at}, 0)
+			wantNoErr(t, err, "put %s", tc.id)
+		}
+		rows, err := s.CredentialsIdleSince(ctx, now.Add(-time.Hour), 3)
+		wantNoErr(t, err, "idle")
+		var got []string
+		for _, r := range rows {
+			got = append(got, r.ProviderID)
+		}
+		if want := []string{"never", "h5", "h4"}; !slices.Equal(got, want) {
+			t.Fatalf("idle order %v, want %v", got, want)
+		}
+	})
+}
+
+func ptrTime(t time.Time) *time.Time { return &t }

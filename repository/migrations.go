@@ -550,6 +550,14 @@ var migrations = []migration{
 		},
 		fill: fillConnectionIDs,
 	},
+	{
+		// The background refresher's read of idle grants walks this index
+		// and stops at its limit, however many connections there are.
+		id: "0017_credentials_refresh_due",
+		sql: []string{
+			`CREATE INDEX idx_credential_refresh_due ON credentials (status, has_refresh, last_refresh_at)`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored
