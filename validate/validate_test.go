@@ -2,6 +2,7 @@ package validate
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -400,12 +401,16 @@ func FuzzHeaders(f *testing.F) {
 				if !ok || e.Kind != apperr.KindInvalidArgument {
 					t.Fatalf("error %v is not invalid-argument", err)
 				}
+				// The error names the header (quoted); what a value shares
+				// with a quoted name is there legitimately
+				// (FuzzHeaders/fb359fb241cac5d4, e22d357f00100f7d), so the
+				// names are taken out before looking for the values.
+				msg := e.Error()
+				for _, n := range []string{n1, n2} {
+					msg = strings.ReplaceAll(msg, strconv.Quote(n), `""`)
+				}
 				for _, v := range []string{v1, v2} {
-					// The error names the header; a value that is part of a
-					// name (FuzzHeaders/fb359fb241cac5d4: name and value both
-					// "00000000") is then in it legitimately.
-					if len(v) >= 8 && strings.Contains(e.Error(), v) &&
-						!strings.Contains(n1, v) && !strings.Contains(n2, v) {
+					if len(v) >= 8 && strings.Contains(msg, v) {
 						t.Fatalf("error %q repeats a header value", e.Error())
 					}
 				}
