@@ -558,6 +558,17 @@ var migrations = []migration{
 			`CREATE INDEX idx_credential_refresh_due ON credentials (status, has_refresh, last_refresh_at)`,
 		},
 	},
+	{
+		// The webhook fan-out sends before it records (see LeaseFanOut):
+		// its position in the feed is leased to one replica at a time for
+		// the length of a batch, instead of a row lock held by a
+		// transaction (which would hold the feed's horizon back meanwhile).
+		id: "0022_fanout_lease",
+		sql: []string{
+			`ALTER TABLE event_cursors ADD COLUMN lease_owner text NOT NULL DEFAULT ''`,
+			`ALTER TABLE event_cursors ADD COLUMN lease_until {{TS}}`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored
