@@ -567,6 +567,17 @@ var migrations = []migration{
 		sql: []string{
 			`ALTER TABLE event_cursors ADD COLUMN lease_owner text NOT NULL DEFAULT ''`,
 			`ALTER TABLE event_cursors ADD COLUMN lease_until {{TS}}`,
+			// A delivered delivery is written once and never looked up by
+			// state again: the indexes that serve claims and the fan-out's
+			// held groups cover pending deliveries only, so the common row
+			// costs two index entries instead of three; the listing of an
+			// endpoint's deliveries walks (endpoint, id) instead of sorting
+			// every delivery of the endpoint.
+			`DROP INDEX idx_webhook_delivery_due`,
+			`DROP INDEX idx_webhook_delivery_order`,
+			`CREATE INDEX idx_webhook_delivery_pending ON webhook_deliveries (event_txid, event_id) WHERE state = 0`,
+			`CREATE INDEX idx_webhook_delivery_pending_group ON webhook_deliveries (tenant_id, endpoint_id, provider_id, event_txid, event_id) WHERE state = 0`,
+			`CREATE INDEX idx_webhook_delivery_endpoint ON webhook_deliveries (tenant_id, endpoint_id, id)`,
 		},
 	},
 }

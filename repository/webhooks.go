@@ -388,6 +388,17 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 // bound values each: within both databases' limits).
 const recordBatch = 1000
 
+// RenewFanOut extends owner's fan-out lease until until; false when owner
+// no longer holds it.
+func (s *Store) RenewFanOut(ctx context.Context, owner string, until time.Time) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&EventCursorRow{}).Where("name = ? AND lease_owner = ?", webhookCursor, owner).
+		Update("lease_until", until)
+	if res.Error != nil {
+		return false, dbErr(res.Error, "renew fan-out lease")
+	}
+	return res.RowsAffected == 1, nil
+}
+
 // ReleaseFanOut gives the fan-out lease up if owner holds it (at shutdown,
 // so another replica takes over at once instead of when it expires).
 func (s *Store) ReleaseFanOut(ctx context.Context, owner string) error {
@@ -424,7 +435,7 @@ func (s *Store) HeldGroups(ctx context.Context, ds []WebhookDelivery) (map[Deliv
 	for chunk := range slices.Chunk(groups, groupTuples) {
 		var rows []struct{ TenantID, EndpointID, ProviderID string }
 		if err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Distinct("tenant_id", "endpoint_id", "provider_id").
-			Where("state = ? AND (tenant_id, endpoint_id, provider_id) IN "+valuesList(len(chunk), 3), append([]any{DeliveryPending}, flatten(chunk)...)...).
+			Where("state = "+strconv.Itoa(DeliveryPending)+" AND (tenant_id, endpoint_id, provider_id) IN "+valuesList(len(chunk), 3), flatten(chunk)...).
 			Find(&rows).Error; err != nil {
 			return nil, dbErr(err, "read held delivery groups")
 		}

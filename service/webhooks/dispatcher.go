@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/domain"
@@ -37,6 +38,10 @@ type DispatchConfig struct {
 	Lease time.Duration
 	// Workers deliver in parallel (default 32).
 	Workers int
+	// FanOutLease keeps other replicas off the feed while one fans out
+	// (default 5 s), renewed every third of it while sending: after a
+	// crash, another replica (or the restarted one) takes over within it.
+	FanOutLease time.Duration
 	// MirrorToLog writes every event to the log as it is fanned out (at
 	// least once), for a log pipeline.
 	MirrorToLog bool
@@ -98,6 +103,9 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 32
+	}
+	if cfg.FanOutLease <= 0 {
+		cfg.FanOutLease = 5 * time.Second
 	}
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
@@ -195,7 +203,7 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		after = prev.batch
 	}
 	now := d.now().UTC()
-	b, err := d.store.LeaseFanOut(ctx, d.owner, now, d.cfg.Lease, fanOutBatch, after)
+	b, err := d.store.LeaseFanOut(ctx, d.owner, now, d.cfg.FanOutLease, fanOutBatch, after)
 	if err != nil || b == nil {
 		d.settle()
 		if err != nil && ctx.Err() == nil {
@@ -233,9 +241,11 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		ep := endpoints[endpointKey{ds[i].TenantID, ds[i].EndpointID}]
 		skip[i] = ep == nil || ep.Disabled || held[repository.GroupOf(&ds[i])]
 	}
-	// New attempts start only in the first half of the lease, so that the
-	// last one ends (within the sender's timeout) while it is still held.
-	result := d.attemptAll(ctx, ds, endpoints, skip, now.Add(d.cfg.Lease/2))
+	// The lease is renewed while sending; new attempts start only while
+	// it was renewed less than half of it ago.
+	hold := d.holdFanOut(ctx, now)
+	result := d.attemptAll(ctx, ds, endpoints, skip, hold.ok)
+	hold.stop()
 	if ctx.Err() != nil {
 		d.settle()
 		return 0 // shutting down: the next fan-out makes these attempts again
@@ -282,7 +292,7 @@ func (d *Dispatcher) record(b *repository.FanOutBatch, ds []repository.WebhookDe
 	defer cancel()
 	var err error
 	for try := 0; ; try++ {
-		err = d.store.RecordFanOut(ctx, b, ds, d.now().UTC(), d.cfg.Lease)
+		err = d.store.RecordFanOut(ctx, b, ds, d.now().UTC(), d.cfg.FanOutLease)
 		if err == nil || errors.Is(err, repository.ErrFanOutLeaseLost) || try == 2 || ctx.Err() != nil {
 			break
 		}
@@ -292,6 +302,54 @@ func (d *Dispatcher) record(b *repository.FanOutBatch, ds []repository.WebhookDe
 		d.log.Warn("recording a webhook fan-out failed; its deliveries will be made again", "err", err.Error())
 	}
 	return err
+}
+
+// fanOutHold renews the fan-out lease while a batch is sent.
+type fanOutHold struct {
+	// until is when attempts stop starting (Unix nanoseconds): half a
+	// lease after the last renewal.
+	until  atomic.Int64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// holdFanOut starts renewing the fan-out lease (taken at now) every third
+// of it until stop.
+func (d *Dispatcher) holdFanOut(ctx context.Context, now time.Time) *fanOutHold {
+	h := &fanOutHold{done: make(chan struct{})}
+	h.until.Store(now.Add(d.cfg.FanOutLease / 2).UnixNano())
+	hctx, cancel := context.WithCancel(ctx)
+	h.cancel = cancel
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(d.cfg.FanOutLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-hctx.Done():
+				return
+			case <-t.C:
+			}
+			at := d.now().UTC()
+			ok, err := d.store.RenewFanOut(hctx, d.owner, at.Add(d.cfg.FanOutLease))
+			if err != nil || !ok {
+				if !ok && err == nil {
+					h.until.Store(0) // taken over: stop at once
+				}
+				continue
+			}
+			h.until.Store(at.Add(d.cfg.FanOutLease / 2).UnixNano())
+		}
+	}()
+	return h
+}
+
+// ok reports whether an attempt may start now.
+func (h *fanOutHold) ok(now time.Time) bool { return now.UnixNano() < h.until.Load() }
+
+func (h *fanOutHold) stop() {
+	h.cancel()
+	<-h.done
 }
 
 // settle waits for the record under way, if any.
@@ -401,11 +459,11 @@ const (
 // at once; the deliveries of one group (endpoint and provider) go one after
 // the other in the order given, and a failure stops its group (the rest
 // stay untried, to follow the failed one after its retry), as does a
-// skipped delivery. No attempt starts after until. Each endpoint's secrets
+// skipped delivery. No attempt starts unless mayStart says so. Each endpoint's secrets
 // are opened once. It returns each delivery's outcome; a failed one has
 // its next attempt (or the dead state) set.
 func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDelivery, endpoints map[endpointKey]*repository.WebhookEndpoint,
-	skip []bool, until time.Time) []int {
+	skip []bool, mayStart func(time.Time) bool) []int {
 	var order []string
 	groups := map[string][]int{}
 	for i, dl := range ds {
@@ -434,7 +492,7 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			for _, i := range idx {
-				if skip != nil && skip[i] || ctx.Err() != nil || d.now().After(until) {
+				if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) {
 					return
 				}
 				dl := &ds[i]
@@ -466,7 +524,10 @@ func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.We
 			endpoints[k] = ep
 		}
 	}
-	result := d.attemptAll(ctx, claimed, endpoints, nil, d.now().Add(d.cfg.Lease/2))
+	// New attempts start only in the first half of the lease, so that the
+	// last one ends (within the sender's timeout) while it is still held.
+	until := d.now().Add(d.cfg.Lease / 2)
+	result := d.attemptAll(ctx, claimed, endpoints, nil, until.After)
 	if ctx.Err() != nil {
 		return // shutting down: the leases expire and the attempts are made again
 	}

@@ -36,6 +36,7 @@ type Store interface {
 	LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *repository.FanOutBatch) (*repository.FanOutBatch, error)
 	HeldGroups(ctx context.Context, ds []repository.WebhookDelivery) (map[repository.DeliveryGroup]bool, error)
 	RecordFanOut(ctx context.Context, b *repository.FanOutBatch, ds []repository.WebhookDelivery, now time.Time, lease time.Duration) error
+	RenewFanOut(ctx context.Context, owner string, until time.Time) (bool, error)
 	ReleaseFanOut(ctx context.Context, owner string) error
 	ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]repository.WebhookDelivery, error)
 	FinishAttempt(ctx context.Context, d *repository.WebhookDelivery) (bool, error)
