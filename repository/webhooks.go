@@ -323,11 +323,16 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	if len(events) == 0 {
 		return nil, nil
 	}
-	if after == nil && (cur.LeaseOwner != owner || cur.LeaseUntil == nil || cur.LeaseUntil.Before(now.Add(lease/2))) {
-		res := db.Model(&EventCursorRow{}).
-			Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)",
-				webhookCursor, from.TxID, from.ID, owner, now).
-			Updates(map[string]any{"lease_owner": owner, "lease_until": now.Add(lease)})
+	if cur.LeaseOwner != owner || cur.LeaseUntil == nil || cur.LeaseUntil.Before(now.Add(lease/2)) {
+		q := db.Model(&EventCursorRow{})
+		if after != nil {
+			// Renewed only: the cursor is where after's record leaves it.
+			q = q.Where("name = ? AND lease_owner = ?", webhookCursor, owner)
+		} else {
+			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)",
+				webhookCursor, from.TxID, from.ID, owner, now)
+		}
+		res := q.Updates(map[string]any{"lease_owner": owner, "lease_until": now.Add(lease)})
 		if res.Error != nil {
 			return nil, res.Error
 		}

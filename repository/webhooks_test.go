@@ -187,3 +187,47 @@ func createEndpoint(tb testing.TB, s *Store, now time.Time) {
 	wantNoErr(tb, s.CreateWebhookEndpoint(context.Background(), &WebhookEndpoint{TenantID: "t", ID: "e", URL: "https://h.example/",
 		Secret: []byte("ct"), KeyID: 1, Version: 1, CreatedAt: now.Add(-time.Hour), UpdatedAt: now}), "CreateWebhookEndpoint")
 }
+
+// TestFanOutReadsAheadOfItsRecord: the fan-out reads the batch after one
+// whose record is still under way; the later batch records only after the
+// earlier one, and nothing is read twice.
+func TestFanOutReadsAheadOfItsRecord(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now)
+		first := appendEvents(t, s, "p", "q")
+		b1, ds1 := leaseAll(t, s, "me", 2, now)
+		second := appendEvents(t, s, "p")
+		var b2 *FanOutBatch
+		deadline := time.Now().Add(10 * time.Second)
+		for b2 == nil || len(b2.Events) == 0 {
+			var err error
+			b2, err = s.LeaseFanOut(ctx, "me", now, time.Minute, 500, b1)
+			wantNoErr(t, err, "LeaseFanOut after an unrecorded batch")
+			if time.Now().After(deadline) {
+				t.Fatal("the batch after an unrecorded one was never read")
+			}
+		}
+		var ds2 []WebhookDelivery
+		for i := range b2.Events {
+			ds2 = append(ds2, routeAll(&b2.Events[i], b2.Endpoints[b2.Events[i].TenantID])...)
+		}
+		if !slices.Equal(uidsOf(ds1), first) || !slices.Equal(uidsOf(ds2), second) {
+			t.Fatalf("batches %v and %v, want %v and %v", uidsOf(ds1), uidsOf(ds2), first, second)
+		}
+		if err := s.RecordFanOut(ctx, b2, ds2, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+			t.Fatalf("recording the later batch first: %v, want ErrFanOutLeaseLost", err)
+		}
+		wantNoErr(t, s.RecordFanOut(ctx, b1, ds1, now, time.Minute), "RecordFanOut first batch")
+		wantNoErr(t, s.RecordFanOut(ctx, b2, ds2, now, time.Minute), "RecordFanOut second batch")
+		if b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, 500, nil); err != nil || b != nil {
+			t.Fatalf("LeaseFanOut after both records: %v, %v; want nothing new", b, err)
+		}
+		// Another owner cannot read ahead of a batch that is not its own.
+		if b, err := s.LeaseFanOut(ctx, "other", now, time.Minute, 500, b2); err != nil || b != nil {
+			t.Fatalf("another owner read ahead: %v, %v", b, err)
+		}
+	})
+}
