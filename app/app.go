@@ -403,7 +403,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
-		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Machine:     grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Credentials: a.store.NewCredentialBatcher(),
 		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL,
 			DPoPRetryAfter: cfg.DPoPRetryInterval}})
 	if err != nil {

@@ -49,7 +49,7 @@ func cbSeed(tb testing.TB, s *Service, tenant, provider string, held *vault.Held
 			tb.Fatal(err)
 		}
 		exp := held.Tokens.ExpiresAt
-		batch = append(batch, repository.Credential{TenantID: tenant, ProviderID: provider, UserID: ref.User, Tokens: ct,
+		batch = append(batch, repository.Credential{TenantID: tenant, ProviderID: provider, UserID: ref.User, ConnectionID: domain.ConnectionID(ref.User), Tokens: ct,
 			Issuer: held.Grant.Issuer, Scopes: vault.JSONList(held.Tokens.Scopes), ExpiresAt: &exp, HasRefresh: true,
 			Generation: 1, Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: keys.PrimaryID(),
 			CreatedBy: "benchmark", CreatedAt: now, UpdatedAt: now})
