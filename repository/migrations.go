@@ -558,6 +558,15 @@ var migrations = []migration{
 			`CREATE INDEX idx_credential_refresh_due ON credentials (status, has_refresh, last_refresh_at)`,
 		},
 	},
+	{
+		// A USER provider whose operator declares that its server lists
+		// the same tools to every user keeps one tool list for all of
+		// them (tool_lists row with user_id ''), not one per connection.
+		id: "0018_shared_tool_list",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN shared_tool_list {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored
