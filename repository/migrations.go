@@ -558,6 +558,15 @@ var migrations = []migration{
 			`CREATE INDEX idx_credential_refresh_due ON credentials (status, has_refresh, last_refresh_at)`,
 		},
 	},
+	{
+		// An enterprise-managed connection is bound to the identity (iss,
+		// sub) of the ID token of its first exchange (issue 12).
+		id: "0020_credentials_identity_binding",
+		sql: []string{
+			`ALTER TABLE credentials ADD COLUMN identity_issuer text NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN identity_subject text NOT NULL DEFAULT ''`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored
