@@ -559,6 +559,15 @@ var migrations = []migration{
 		},
 	},
 	{
+		// An enterprise-managed connection is bound to the identity (iss,
+		// sub) of the ID token of its first exchange (issue 12).
+		id: "0020_credentials_identity_binding",
+		sql: []string{
+			`ALTER TABLE credentials ADD COLUMN identity_issuer text NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN identity_subject text NOT NULL DEFAULT ''`,
+		},
+	},
+	{
 		// A USER provider whose operator declares that its server lists
 		// the same tools to every user keeps one tool list for all of
 		// them (tool_lists row with user_id ''), not one per connection.

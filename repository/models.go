@@ -127,6 +127,14 @@ type Credential struct {
 	LastRefreshAt *time.Time `gorm:"column:last_refresh_at"`
 	// KeyID is the id of the key Tokens is encrypted under.
 	KeyID uint32 `gorm:"column:key_id"`
+	// IdentityIssuer and IdentitySubject are the identity (the iss and sub
+	// of an enterprise identity provider's ID token) an enterprise-managed
+	// connection is bound to; empty until its first exchange. They are
+	// identifiers, not secrets, stored in clear like UserID. PutCredential
+	// writes them only when IdentitySubject is set: a token write never
+	// clears a binding; deleting the row does.
+	IdentityIssuer  string `gorm:"column:identity_issuer"`
+	IdentitySubject string `gorm:"column:identity_subject"`
 	// CreatedBy is the caller whose request created the grant row.
 	CreatedBy string `gorm:"column:created_by"`
 	// CreatedAt is set when the row is inserted and kept afterwards.

@@ -751,6 +751,16 @@ type EnterpriseIdentityProvider struct {
 	// client_id, aud = the IdP's issuer, which is then required). Its public
 	// key is served at jwks_uri, with the provider's other key if it has one.
 	PrivateKeyJwt *ClientKey `protobuf:"bytes,150,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
+	// The name of an ID token claim (for example "sub", "email" or
+	// "preferred_username"; 1 to 64 letters, digits, '_', '-', '.' or ':')
+	// whose value must equal ExchangeIdentityAssertion's user exactly (a
+	// string, compared byte for byte, no case folding): an ID token naming
+	// someone else is refused with ID_TOKEN_USER_MISMATCH before it is sent
+	// anywhere. Only with grant_scope USER. Empty: no such check (the
+	// connection is still bound to the identity of its first ID token).
+	// Changing it, like any change of the identity provider, revokes the
+	// provider's tokens.
+	UserClaim     string `protobuf:"bytes,170,opt,name=user_claim,json=userClaim,proto3" json:"user_claim,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -825,6 +835,13 @@ func (x *EnterpriseIdentityProvider) GetPrivateKeyJwt() *ClientKey {
 		return x.PrivateKeyJwt
 	}
 	return nil
+}
+
+func (x *EnterpriseIdentityProvider) GetUserClaim() string {
+	if x != nil {
+		return x.UserClaim
+	}
+	return ""
 }
 
 // WorkloadIdentity names where a workload's identity token is read.
@@ -1801,14 +1818,16 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
 	"\n" +
 	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
-	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\x93\x02\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\xb3\x02\n" +
 	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
 	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
 	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x04 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
 	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12>\n" +
-	"\x0fprivate_key_jwt\x18\x96\x01 \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"9\n" +
+	"\x0fprivate_key_jwt\x18\x96\x01 \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\x12\x1e\n" +
+	"\n" +
+	"user_claim\x18\xaa\x01 \x01(\tR\tuserClaim\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
