@@ -576,6 +576,15 @@ var migrations = []migration{
 			`ALTER TABLE providers ADD COLUMN shared_tool_list {{BOOL}} NOT NULL DEFAULT false`,
 		},
 	},
+	{
+		// A provider may require every authorization flow to be
+		// completed by the platform's backend (CompleteAuthorization)
+		// before its grant is stored.
+		id: "0019_provider_require_completion",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN require_completion {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored
