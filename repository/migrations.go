@@ -567,6 +567,15 @@ var migrations = []migration{
 			`ALTER TABLE credentials ADD COLUMN identity_subject text NOT NULL DEFAULT ''`,
 		},
 	},
+	{
+		// A USER provider whose operator declares that its server lists
+		// the same tools to every user keeps one tool list for all of
+		// them (tool_lists row with user_id ''), not one per connection.
+		id: "0018_shared_tool_list",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN shared_tool_list {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored

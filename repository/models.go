@@ -57,6 +57,10 @@ type Provider struct {
 	// GrantScope says whose grants the provider holds (domain.ScopeTenant
 	// or domain.ScopeUser); set on create, never changed.
 	GrantScope domain.GrantScope `gorm:"column:grant_scope"`
+	// SharedToolList, for a USER provider, is the operator's word that
+	// its server lists the same tools to every user: one tool list (user
+	// id empty) serves every connected user instead of one per connection.
+	SharedToolList bool `gorm:"column:shared_tool_list"`
 	// GrantStatus, GrantReason and GrantGeneration are the provider's grant
 	// (its credentials row) as GetProvider and ListProviders read it in the
 	// same query; zero when it has none. They are not columns of providers:

@@ -368,6 +368,19 @@ func (s *Service) withAuthorizationURL(ctx context.Context, ref domain.GrantRef,
 	return e
 }
 
+// Holds reports whether the grant ref is held and usable, as stored now:
+// nil when it is authorized and its tokens open (an expired access token
+// with a refresh token counts: a token read would refresh it), otherwise
+// the error a token read would answer (NOT_AUTHORIZED with a fresh
+// authorization URL for the user when the caller may authorize,
+// REAUTH_REQUIRED, ...). It never refreshes and reaches no server, and it
+// reads the database rather than this replica's cache, so a connection
+// revoked on another replica is not held here either.
+func (s *Service) Holds(ctx context.Context, ref domain.GrantRef) error {
+	_, _, err := s.load(ctx, ref)
+	return s.withAuthorizationURL(ctx, ref, err)
+}
+
 // Token is a valid access token and what it was issued with.
 type Token struct {
 	AccessToken secret.Secret

@@ -177,6 +177,9 @@ type Fields struct {
 	// create; an update may name it (path "grant_scope") only with the
 	// value it has.
 	GrantScope domain.GrantScope
+	// SharedToolList declares, for a USER provider, that its server lists
+	// the same tools to every user (path "shared_tool_list").
+	SharedToolList bool
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -197,12 +200,15 @@ const (
 	// PathGrantScope is accepted by Update only with the provider's
 	// current value: the grant scope is immutable.
 	PathGrantScope = "grant_scope"
+	// PathSharedToolList is the USER provider's shared tool list setting.
+	PathSharedToolList = "shared_tool_list"
 )
 
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
-	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP}
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP,
+	PathSharedToolList}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -228,7 +234,10 @@ type OAuthClientView struct {
 type View struct {
 	// GrantScope is domain.ScopeUser for a provider whose grants belong
 	// to end users, empty for a tenant-wide one.
-	GrantScope       domain.GrantScope
+	GrantScope domain.GrantScope
+	// SharedToolList is set when the USER provider's tool list is one for
+	// every connected user.
+	SharedToolList   bool
 	Tenant           string
 	ID               string
 	DisplayName      string
@@ -573,9 +582,12 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := checkScopeKind(scope, in.Fields.CredentialKind); err != nil {
 		return nil, err
 	}
+	if err := checkSharedToolList(scope, in.Fields.SharedToolList); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	row := &repository.Provider{
-		TenantID: in.Tenant, ID: id, GrantScope: scope,
+		TenantID: in.Tenant, ID: id, GrantScope: scope, SharedToolList: in.Fields.SharedToolList,
 		DisplayName: v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
 		TimeoutMS: v.timeout.Milliseconds(), SSEReadTimeoutMS: v.sseReadTimeout.Milliseconds(),
 		ClientID: v.clientID, Scopes: vault.JSONList(v.scopes), Compat: vault.JSONCompat(v.compat),
@@ -598,8 +610,12 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := s.storeCred(row, st); err != nil {
 		return nil, err
 	}
+	details := credAudit(st, row, v.compat.AuditDetails())
+	if row.SharedToolList {
+		details = withDetail(details, PathSharedToolList, "true")
+	}
 	created := audit.Rows(ctx, s.now(), append([]audit.Event{{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: credAudit(st, row, v.compat.AuditDetails())}}, dpopAudit(in.Tenant, id, st)...)...)
+		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(in.Tenant, id, st)...)...)
 	if err := s.store.CreateProvider(ctx, row, created...); err != nil {
 		return nil, storeErr(err)
 	}
@@ -625,6 +641,25 @@ func checkScopeKind(scope domain.GrantScope, kind domain.CredentialKind) error {
 		return invalid("provider.grant_scope", "USER needs credential_kind AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person)")
 	}
 	return nil
+}
+
+// checkSharedToolList refuses a shared tool list on a tenant-wide
+// provider: its one grant already serves one list to everyone, and the
+// setting would promise something it does not do.
+func checkSharedToolList(scope domain.GrantScope, shared bool) error {
+	if shared && !scope.PerUser() {
+		return invalid("provider.shared_tool_list", "only for grant_scope USER (a TENANT provider's one grant already shares its tool list)")
+	}
+	return nil
+}
+
+// withDetail returns details (a new map when nil) with key set to value.
+func withDetail(details map[string]string, key, value string) map[string]string {
+	if details == nil {
+		details = map[string]string{}
+	}
+	details[key] = value
+	return details
 }
 
 // markNotRequired records that the server of a provider just created
@@ -790,7 +825,12 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			row.Scopes = vault.JSONList(v.scopes)
 		case PathCompatibility:
 			row.Compat = vault.JSONCompat(v.compat)
+		case PathSharedToolList:
+			row.SharedToolList = in.Fields.SharedToolList
 		}
+	}
+	if err := checkSharedToolList(row.GrantScope, row.SharedToolList); err != nil {
+		return nil, err
 	}
 	dropped := dropUnsafe(row, paths, urlChanged, oldClientID)
 	if row.ClientID == "" && len(row.ClientSecret) > 0 {
@@ -819,6 +859,11 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	if slices.ContainsFunc(paths, func(p string) bool { return slices.Contains(credentialPaths, p) }) {
 		details = credAudit(&after, row, details)
+	}
+	if slices.Contains(paths, PathSharedToolList) {
+		// The new value, so the log says who declared the list shared
+		// and when.
+		details[PathSharedToolList] = strconv.FormatBool(row.SharedToolList)
 	}
 	events := append([]audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(tenant, id, &after)...)
@@ -992,7 +1037,7 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 		Compat:           d.Compat,
 	}
 	if row.GrantScope.PerUser() {
-		v.GrantScope = domain.ScopeUser
+		v.GrantScope, v.SharedToolList = domain.ScopeUser, row.SharedToolList
 	}
 	names := make([]string, 0, len(d.Headers))
 	for k := range d.Headers {

@@ -413,6 +413,18 @@ type Provider struct {
 	// held are of one kind or the other. USER needs credential_kind
 	// AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person).
 	GrantScope GrantScope `protobuf:"varint,100,opt,name=grant_scope,json=grantScope,proto3,enum=mcpauth.v1.GrantScope" json:"grant_scope,omitempty"`
+	// For grant_scope USER only: the operator declares that the MCP server
+	// lists the same tools whatever user asks (update path
+	// "shared_tool_list"). mcpauth cannot tell by itself, so by default (false)
+	// each connection keeps the tool list fetched with its own token. When
+	// true, RefreshTools by any connected user fills one list for the
+	// provider, and ListTools serves it to every user who holds a connection;
+	// a user without one still gets FAILED_PRECONDITION NOT_AUTHORIZED, and
+	// CallTool always carries the calling user's own token. Setting it on a
+	// TENANT provider (whose one grant already shares its list) is
+	// INVALID_ARGUMENT. Changes are audited (provider.updated); turning it off
+	// deletes the shared list.
+	SharedToolList bool `protobuf:"varint,160,opt,name=shared_tool_list,json=sharedToolList,proto3" json:"shared_tool_list,omitempty"`
 	// The whole Authorization header value (for example "Bearer sk-...") for
 	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
 	// stored encrypted, never returned.
@@ -589,6 +601,13 @@ func (x *Provider) GetGrantScope() GrantScope {
 		return x.GrantScope
 	}
 	return GrantScope_GRANT_SCOPE_UNSPECIFIED
+}
+
+func (x *Provider) GetSharedToolList() bool {
+	if x != nil {
+		return x.SharedToolList
+	}
+	return false
 }
 
 func (x *Provider) GetStaticAuthorization() string {
@@ -1779,7 +1798,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\v\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\v\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1804,7 +1823,8 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x04etag\x18\x10 \x01(\tR\x04etag\x12C\n" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12<\n" +
 	"\vgrant_scope\x18d \x01(\x0e2\x16.mcpauth.v1.GrantScopeB\x03\xe0A\x05R\n" +
-	"grantScope\x126\n" +
+	"grantScope\x12)\n" +
+	"\x10shared_tool_list\x18\xa0\x01 \x01(\bR\x0esharedToolList\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
 	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
