@@ -101,6 +101,7 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	}
 	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
 		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
+		p.OauthClient.ClientIdMetadataDocumentUri = c.MetadataDocumentURL
 	}
 }
 

@@ -900,6 +900,23 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 			return nil, err
 		}
 		reg.ClientSecret, reg.ClientKey = d.ClientSecret, d.ClientKey
+	case domain.RegCIMD:
+		if g.AuthMethod != oauthclient.AuthPrivateKeyJWT {
+			break // mcpauth's service-wide document: a public client.
+		}
+		// The provider's own document: the client is the provider's key.
+		row, err := s.store.GetProvider(ctx, cred.TenantID, cred.ProviderID)
+		if err != nil {
+			return nil, err
+		}
+		d, err := vault.OpenProvider(s.cipher, row)
+		if err != nil {
+			return nil, err
+		}
+		if row.ClientID != "" || d.ClientKey == nil {
+			return nil, ReauthRequired("the provider's client metadata document client changed")
+		}
+		reg.ClientKey = d.ClientKey
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, cred.TenantID, cred.ProviderID, g.Issuer)
 		if apperr.KindOf(err) == apperr.KindNotFound {

@@ -421,13 +421,16 @@ func (st *credState) applyIdP(in *credInput, named func(string) bool) {
 
 // check refuses combinations that make no sense, on the provider as it
 // would be stored.
-func (st *credState) check(row *repository.Provider) error {
+func (st *credState) check(row *repository.Provider, cimd bool) error {
 	hasSecret, hasKey, hasClient := len(row.ClientSecret) > 0, st.cfg.KeyAlg != "", row.ClientID != ""
 	if hasKey && hasSecret {
 		return invalid("provider.oauth_client.private_key_jwt", "set either a client_secret or a private key, not both")
 	}
-	if hasKey && !hasClient {
-		return invalid("provider.oauth_client.client_id", "is required with a private key")
+	if hasKey && !hasClient && !(st.kind == domain.KindAuthorizationCode && cimd) {
+		// An authorization-code provider's key without a client id is
+		// identified by its own Client ID Metadata Document (authflow's
+		// cimd.go), which needs an https public URL.
+		return invalid("provider.oauth_client.client_id", "is required with a private key (an authorization-code provider may omit it when mcpauth's public URL is https: its client is then its own Client ID Metadata Document)")
 	}
 	if st.cfg.StaticSet && st.kind != domain.KindStaticAuthorization {
 		return invalid("provider.static_authorization", "is only allowed with credential_kind STATIC_AUTHORIZATION")
@@ -641,4 +644,7 @@ func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 		k.JWKSURI = s.jwksURL(d.Row.TenantID, d.Row.ID)
 	}
 	v.OAuthClient.Key = k
+	if d.Row.ClientID == "" && d.Kind == domain.KindAuthorizationCode && s.cimdURL != nil {
+		v.OAuthClient.MetadataDocumentURL = s.cimdURL(d.Row.TenantID, d.Row.ID)
+	}
 }

@@ -97,6 +97,9 @@ type Service struct {
 	// jwksURL is where a provider's public key is served; nil or "" when
 	// the service has no public URL.
 	jwksURL func(tenant, id string) string
+	// cimdURL is where a provider's own Client ID Metadata Document is
+	// served; nil when none is.
+	cimdURL func(tenant, id string) string
 }
 
 // Deps are what New needs. Revoker and Prober are optional; Now defaults to
@@ -117,6 +120,11 @@ type Deps struct {
 	Workload WorkloadPolicy
 	// JWKSURL returns the URL of a provider's public JWKS document.
 	JWKSURL func(tenant, id string) string
+	// ClientMetadataURL returns the URL of a provider's own Client ID
+	// Metadata Document; nil when mcpauth serves none (its public URL is
+	// not https). With it, an authorization-code provider may have a
+	// private_key_jwt key without a client_id.
+	ClientMetadataURL func(tenant, id string) string
 }
 
 // New returns the provider registry.
@@ -131,7 +139,7 @@ func New(d Deps) (*Service, error) {
 		d.Reads = d.Store
 	}
 	return &Service{store: d.Store, reads: d.Reads, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober,
-		workload: d.Workload, jwksURL: d.JWKSURL}, nil
+		workload: d.Workload, jwksURL: d.JWKSURL, cimdURL: d.ClientMetadataURL}, nil
 }
 
 // OAuthClient is a pre-registered OAuth client.
@@ -221,6 +229,10 @@ type OAuthClientView struct {
 	Scopes          []string
 	// Key describes the private_key_jwt key, if any.
 	Key *ClientKeyView
+	// MetadataDocumentURL is the provider's own Client ID Metadata
+	// Document, its client_id at servers that support such documents,
+	// when it has a key and no ClientID.
+	MetadataDocumentURL string
 }
 
 // View is the masked view of a provider: no secret, no full URL.
@@ -600,7 +612,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	}
 	st := &credState{}
 	st.apply(ci, nil, false, false)
-	if err := st.check(row); err != nil {
+	if err := st.check(row, s.cimdURL != nil); err != nil {
 		return nil, err
 	}
 	if err := s.storeCred(row, st); err != nil {
@@ -839,7 +851,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	after := *before
 	dropped = append(dropped, after.apply(ci, paths, urlChanged, row.ClientID != oldClientID)...)
-	if err := after.check(row); err != nil {
+	if err := after.check(row, s.cimdURL != nil); err != nil {
 		return nil, err
 	}
 	if err := s.storeCred(row, &after); err != nil {
@@ -1053,7 +1065,7 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 		v.Headers = append(v.Headers, HeaderInfo{Name: k, ValueSet: d.Headers[k] != "",
 			Fingerprint: s.cipher.ShortFingerprint(row.TenantID, vault.PurposeHeader, []byte(d.Headers[k]))})
 	}
-	if row.ClientID != "" || len(row.ClientSecret) > 0 || row.Scopes != "" && row.Scopes != "[]" {
+	if row.ClientID != "" || len(row.ClientSecret) > 0 || row.Scopes != "" && row.Scopes != "[]" || d.CredConfig.KeyAlg != "" {
 		v.OAuthClient = &OAuthClientView{ClientID: row.ClientID, ClientSecretSet: len(row.ClientSecret) > 0, Scopes: d.Scopes}
 	}
 	s.viewCredentials(v, d)

@@ -1090,10 +1090,23 @@ type OAuthClient struct {
 	Scopes []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	// A private key to authenticate with private_key_jwt instead of a
 	// client_secret (both cannot be set), for every credential kind that
-	// uses this client.
+	// uses this client. An authorization-code provider may set it without a
+	// client_id when mcpauth's public URL is https: its client is then its
+	// own Client ID Metadata Document (client_id_metadata_document_uri).
 	PrivateKeyJwt *ClientKey `protobuf:"bytes,80,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// For an authorization-code provider with private_key_jwt and no
+	// client_id: the URL of the provider's own Client ID Metadata Document
+	// (draft-ietf-oauth-client-id-metadata-document), served by mcpauth and
+	// used as client_id at authorization servers that advertise
+	// client_id_metadata_document_supported and private_key_jwt. The
+	// document declares token_endpoint_auth_method private_key_jwt and
+	// jwks_uri (private_key_jwt.jwks_uri); the servers verify the client
+	// assertions (iss = sub = this URL, aud = their issuer) with that key.
+	// Without such a server the authorization fails with
+	// NO_CLIENT_REGISTRATION: no other registration is tried.
+	ClientIdMetadataDocumentUri string `protobuf:"bytes,172,opt,name=client_id_metadata_document_uri,json=clientIdMetadataDocumentUri,proto3" json:"client_id_metadata_document_uri,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *OAuthClient) Reset() {
@@ -1159,6 +1172,13 @@ func (x *OAuthClient) GetPrivateKeyJwt() *ClientKey {
 		return x.PrivateKeyJwt
 	}
 	return nil
+}
+
+func (x *OAuthClient) GetClientIdMetadataDocumentUri() string {
+	if x != nil {
+		return x.ClientIdMetadataDocumentUri
+	}
+	return ""
 }
 
 // CompatibilityProfile lists explicit, audited relaxations of the
@@ -1860,13 +1880,14 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"HeaderInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvalue_set\x18\x02 \x01(\bR\bvalueSet\x12 \n" +
-	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\xdc\x01\n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\xa8\x02\n" +
 	"\vOAuthClient\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x02 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
 	"\x11client_secret_set\x18\x03 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12\x16\n" +
 	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12=\n" +
-	"\x0fprivate_key_jwt\x18P \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"\xd2\x03\n" +
+	"\x0fprivate_key_jwt\x18P \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\x12J\n" +
+	"\x1fclient_id_metadata_document_uri\x18\xac\x01 \x01(\tB\x03\xe0A\x03R\x1bclientIdMetadataDocumentUri\"\xd2\x03\n" +
 	"\x14CompatibilityProfile\x12F\n" +
 	"\rresource_mode\x18\x01 \x01(\x0e2!.mcpauth.v1.ResourceParameterModeR\fresourceMode\x12+\n" +
 	"\x11resource_override\x18\x02 \x01(\tR\x10resourceOverride\x12=\n" +
