@@ -415,6 +415,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		Audit: auditor, Log: log, Grants: tokens, Config: authflow.Config{
 			CallbackURL: cfg.PublicURL + server.CallbackPath, AuthorizeURLPrefix: cfg.PublicURL + server.AuthorizePath, ClientName: cfg.ClientName,
 			ClientMetadataURL: clientMetadataURL(cfg), ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
+			ProviderMetadataURL: server.ProviderClientMetadataURL(cfg.PublicURL), JWKSURL: server.JWKSURL(cfg.PublicURL),
 			ProbeTTL: cfg.MetadataTTL}})
 	if err != nil {
 		return nil, err
@@ -429,7 +430,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	providerUC, err := providers.New(providers.Deps{Store: a.store, Reads: cached, Cipher: a.keys, Audit: auditor, Log: log,
-		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL)})
+		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL),
+		ClientMetadataURL: server.ProviderClientMetadataURL(cfg.PublicURL)})
 	if err != nil {
 		return nil, err
 	}

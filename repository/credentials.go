@@ -29,6 +29,7 @@ func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credenti
 }
 
 // PutCredential writes c with compare-and-swap on the generation counter.
+// An update keeps the stored identity binding unless c sets one.
 // expectedGeneration 0 inserts and requires that no credential exists;
 // otherwise the stored row is replaced only if its generation is
 // expectedGeneration. The new generation is expectedGeneration+1; it is
@@ -86,21 +87,27 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 			if err != nil {
 				return err
 			}
-			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).
-				Updates(map[string]any{
-					"tokens":           c.Tokens,
-					"issuer":           c.Issuer,
-					"scopes":           c.Scopes,
-					"expires_at":       c.ExpiresAt,
-					"has_refresh":      c.HasRefresh,
-					"generation":       newGen,
-					"status":           c.Status,
-					"reason":           c.Reason,
-					"refresh_failures": c.RefreshFailures,
-					"last_refresh_at":  c.LastRefreshAt,
-					"key_id":           c.KeyID,
-					"updated_at":       now,
-				})
+			set := map[string]any{
+				"tokens":           c.Tokens,
+				"issuer":           c.Issuer,
+				"scopes":           c.Scopes,
+				"expires_at":       c.ExpiresAt,
+				"has_refresh":      c.HasRefresh,
+				"generation":       newGen,
+				"status":           c.Status,
+				"reason":           c.Reason,
+				"refresh_failures": c.RefreshFailures,
+				"last_refresh_at":  c.LastRefreshAt,
+				"key_id":           c.KeyID,
+				"updated_at":       now,
+			}
+			if c.IdentitySubject != "" {
+				// The binding is written by the writer that checked it
+				// against the row of expectedGeneration; the others leave
+				// it alone.
+				set["identity_issuer"], set["identity_subject"] = c.IdentityIssuer, c.IdentitySubject
+			}
+			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).Updates(set)
 			if res.Error != nil {
 				return res.Error
 			}

@@ -116,18 +116,19 @@ func (t hotTrace) end(err error, rows int) {
 var providerColumns = []string{"tenant_id", "id", "display_name", "server_identifier", "url_hash", "server_url", "headers", "icon",
 	"timeout_ms", "sse_read_timeout_ms", "client_id", "client_secret", "scopes", "compat", "key_id", "version", "cred_generation",
 	"created_at", "updated_at", "credential_kind", "credential_config", "credential_secrets", "grant_scope", "grant_status", "grant_reason",
-	"grant_generation"}
+	"grant_generation", "shared_tool_list", "require_completion"}
 
 func providerDest(p *Provider) []any {
 	return []any{&p.TenantID, &p.ID, &p.DisplayName, &p.ServerIdentifier, &p.URLHash, &p.ServerURL, &p.Headers, &p.Icon,
 		&p.TimeoutMS, &p.SSEReadTimeoutMS, &p.ClientID, &p.ClientSecret, &p.Scopes, &p.Compat, &p.KeyID, &p.Version, &p.CredGeneration,
 		&p.CreatedAt, &p.UpdatedAt, &p.CredentialKind, &p.CredentialConfig, &p.CredentialSecrets, &p.GrantScope, &p.GrantStatus, &p.GrantReason,
-		&p.GrantGeneration}
+		&p.GrantGeneration, &p.SharedToolList, &p.RequireCompletion}
 }
 
 var getProviderSQL = newHotSQL(`SELECT p.tenant_id, p.id, p.display_name, p.server_identifier, p.url_hash, p.server_url, p.headers, p.icon,
 	p.timeout_ms, p.sse_read_timeout_ms, p.client_id, p.client_secret, p.scopes, p.compat, p.key_id, p.version, p.cred_generation,
-	p.created_at, p.updated_at, p.credential_kind, p.credential_config, p.credential_secrets, p.grant_scope, COALESCE(c.status, 0), COALESCE(c.reason, ''), COALESCE(c.generation, 0)
+	p.created_at, p.updated_at, p.credential_kind, p.credential_config, p.credential_secrets, p.grant_scope, COALESCE(c.status, 0), COALESCE(c.reason, ''), COALESCE(c.generation, 0),
+	p.shared_tool_list, p.require_completion
 	FROM providers p LEFT JOIN credentials c ON c.tenant_id = p.tenant_id AND c.provider_id = p.id AND c.user_id = ''
 	WHERE p.tenant_id = ? AND p.id = ?`)
 

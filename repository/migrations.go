@@ -558,6 +558,33 @@ var migrations = []migration{
 			`CREATE INDEX idx_credential_refresh_due ON credentials (status, has_refresh, last_refresh_at)`,
 		},
 	},
+	{
+		// An enterprise-managed connection is bound to the identity (iss,
+		// sub) of the ID token of its first exchange (issue 12).
+		id: "0020_credentials_identity_binding",
+		sql: []string{
+			`ALTER TABLE credentials ADD COLUMN identity_issuer text NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN identity_subject text NOT NULL DEFAULT ''`,
+		},
+	},
+	{
+		// A USER provider whose operator declares that its server lists
+		// the same tools to every user keeps one tool list for all of
+		// them (tool_lists row with user_id ''), not one per connection.
+		id: "0018_shared_tool_list",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN shared_tool_list {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
+	{
+		// A provider may require every authorization flow to be
+		// completed by the platform's backend (CompleteAuthorization)
+		// before its grant is stored.
+		id: "0019_provider_require_completion",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN require_completion {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
 }
 
 // fillConnectionIDs sets the connection id of every connection stored

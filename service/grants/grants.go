@@ -381,6 +381,19 @@ func (s *Service) withAuthorizationURL(ctx context.Context, ref domain.GrantRef,
 	return e
 }
 
+// Holds reports whether the grant ref is held and usable, as stored now:
+// nil when it is authorized and its tokens open (an expired access token
+// with a refresh token counts: a token read would refresh it), otherwise
+// the error a token read would answer (NOT_AUTHORIZED with a fresh
+// authorization URL for the user when the caller may authorize,
+// REAUTH_REQUIRED, ...). It never refreshes and reaches no server, and it
+// reads the database rather than this replica's cache, so a connection
+// revoked on another replica is not held here either.
+func (s *Service) Holds(ctx context.Context, ref domain.GrantRef) error {
+	_, _, err := s.load(ctx, ref)
+	return s.withAuthorizationURL(ctx, ref, err)
+}
+
 // Token is a valid access token and what it was issued with.
 type Token struct {
 	AccessToken secret.Secret
@@ -900,6 +913,23 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 			return nil, err
 		}
 		reg.ClientSecret, reg.ClientKey = d.ClientSecret, d.ClientKey
+	case domain.RegCIMD:
+		if g.AuthMethod != oauthclient.AuthPrivateKeyJWT {
+			break // mcpauth's service-wide document: a public client.
+		}
+		// The provider's own document: the client is the provider's key.
+		row, err := s.store.GetProvider(ctx, cred.TenantID, cred.ProviderID)
+		if err != nil {
+			return nil, err
+		}
+		d, err := vault.OpenProvider(s.cipher, row)
+		if err != nil {
+			return nil, err
+		}
+		if row.ClientID != "" || d.ClientKey == nil {
+			return nil, ReauthRequired("the provider's client metadata document client changed")
+		}
+		reg.ClientKey = d.ClientKey
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, cred.TenantID, cred.ProviderID, g.Issuer)
 		if apperr.KindOf(err) == apperr.KindNotFound {
