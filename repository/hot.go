@@ -149,16 +149,18 @@ var getRegistrationSQL = newHotSQL(`SELECT tenant_id, provider_id, issuer_hash, 
 // credentialColumns are the columns GetCredential reads, in the order of
 // credentialDest.
 var credentialColumns = []string{"tenant_id", "provider_id", "user_id", "connection_id", "tokens", "issuer", "scopes", "expires_at",
-	"has_refresh", "generation", "status", "reason", "refresh_failures", "last_refresh_at", "key_id", "created_by", "created_at", "updated_at"}
+	"has_refresh", "generation", "status", "reason", "refresh_failures", "last_refresh_at", "key_id", "created_by", "created_at", "updated_at", "identity_issuer", "identity_subject"}
 
 func credentialDest(c *Credential) []any {
 	return []any{&c.TenantID, &c.ProviderID, &c.UserID, &c.ConnectionID, &c.Tokens, &c.Issuer, &c.Scopes, &c.ExpiresAt,
-		&c.HasRefresh, &c.Generation, &c.Status, &c.Reason, &c.RefreshFailures, &c.LastRefreshAt, &c.KeyID, &c.CreatedBy, &c.CreatedAt, &c.UpdatedAt}
+		&c.HasRefresh, &c.Generation, &c.Status, &c.Reason, &c.RefreshFailures, &c.LastRefreshAt, &c.KeyID, &c.CreatedBy, &c.CreatedAt, &c.UpdatedAt,
+		&c.IdentityIssuer, &c.IdentitySubject}
 }
 
 // getCredentialSQL reads one grant by its primary key: the read of every
 // GetAccessToken that misses the token cache (each call, for random users
 // among many connections).
 var getCredentialSQL = newHotSQL(`SELECT tenant_id, provider_id, user_id, connection_id, tokens, issuer, scopes, expires_at,
-	has_refresh, generation, status, reason, refresh_failures, last_refresh_at, key_id, created_by, created_at, updated_at
+	has_refresh, generation, status, reason, refresh_failures, last_refresh_at, key_id, created_by, created_at, updated_at,
+	identity_issuer, identity_subject
 	FROM credentials WHERE tenant_id = ? AND provider_id = ? AND user_id = ?`)

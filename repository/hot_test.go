@@ -129,5 +129,6 @@ func credentialsEqual(a, b *Credential) bool {
 		string(a.Tokens) == string(b.Tokens) && a.Issuer == b.Issuer && a.Scopes == b.Scopes && timeEq(a.ExpiresAt, b.ExpiresAt) &&
 		a.HasRefresh == b.HasRefresh && a.Generation == b.Generation && a.Status == b.Status && a.Reason == b.Reason &&
 		a.RefreshFailures == b.RefreshFailures && timeEq(a.LastRefreshAt, b.LastRefreshAt) && a.KeyID == b.KeyID &&
-		a.CreatedBy == b.CreatedBy && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt)
+		a.CreatedBy == b.CreatedBy && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
+		a.IdentityIssuer == b.IdentityIssuer && a.IdentitySubject == b.IdentitySubject
 }
