@@ -403,7 +403,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
-		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Machine:     grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Credentials: a.store.NewCredentialBatcher(),
 		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL,
 			DPoPRetryAfter: cfg.DPoPRetryInterval}})
 	if err != nil {
@@ -414,6 +415,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		Audit: auditor, Log: log, Grants: tokens, Config: authflow.Config{
 			CallbackURL: cfg.PublicURL + server.CallbackPath, AuthorizeURLPrefix: cfg.PublicURL + server.AuthorizePath, ClientName: cfg.ClientName,
 			ClientMetadataURL: clientMetadataURL(cfg), ReturnOrigins: cfg.ReturnOrigins, FlowTTL: cfg.FlowTTL,
+			ProviderMetadataURL: server.ProviderClientMetadataURL(cfg.PublicURL), JWKSURL: server.JWKSURL(cfg.PublicURL),
 			ProbeTTL: cfg.MetadataTTL}})
 	if err != nil {
 		return nil, err
@@ -428,7 +430,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	providerUC, err := providers.New(providers.Deps{Store: a.store, Reads: cached, Cipher: a.keys, Audit: auditor, Log: log,
-		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL)})
+		Revoker: tokens, Prober: toolUC, Workload: workloadFiles, JWKSURL: server.JWKSURL(cfg.PublicURL),
+		ClientMetadataURL: server.ProviderClientMetadataURL(cfg.PublicURL)})
 	if err != nil {
 		return nil, err
 	}

@@ -131,6 +131,9 @@ type EnterpriseIdP struct {
 	KeyID        string `json:"kid,omitempty"`
 	KeyGenerated bool   `json:"kg,omitempty"`
 	PublicJWK    string `json:"jwk,omitempty"`
+	// UserClaim names the ID token claim whose value must equal the user
+	// an exchange is made for; "" for no such check.
+	UserClaim string `json:"uc,omitempty"`
 }
 
 // IsZero reports whether nothing is configured.

@@ -124,3 +124,15 @@ const (
 	// carried no ID token, or one whose issuer, audience or expiry is wrong.
 	ReasonIDTokenInvalid = "ID_TOKEN_INVALID"
 )
+
+// Reasons of the identity binding of enterprise-managed connections
+// (issue 12).
+const (
+	// ReasonIdentityBindingMismatch: an ID token for a user's
+	// enterprise-managed connection names another identity (iss, sub) than
+	// the one the connection is bound to.
+	ReasonIdentityBindingMismatch = "IDENTITY_BINDING_MISMATCH"
+	// ReasonIDTokenUserMismatch: the ID token's claim named by the
+	// provider's user_claim is not the request's user.
+	ReasonIDTokenUserMismatch = "ID_TOKEN_USER_MISMATCH"
+)

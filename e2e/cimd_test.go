@@ -69,15 +69,7 @@ func TestClientIDMetadataDocument(t *testing.T) {
 	}
 
 	name := createProvider(t, s, s.AdminKey, "cimd", "docs", srv.URL+"/mcp", nil)
-	ctx := Ctx(t, s.AdminKey)
-	d, err := s.OAuth().DiagnoseProvider(ctx, &mcpauthv1.DiagnoseProviderRequest{Name: name})
-	if err != nil || !d.GetReady() || d.GetRegistrationMethod() != "client_id_metadata_document" {
-		t.Fatalf("diagnose: %v ready=%v method=%q problem=%q", err, d.GetReady(), d.GetRegistrationMethod(), d.GetBlockingProblem())
-	}
-	start, err := s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: name, User: "alice"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	start := cimdStart(t, s, name)
 	if start.GetRegistrationMethod() != "client_id_metadata_document" {
 		t.Fatalf("registration method %q", start.GetRegistrationMethod())
 	}
@@ -93,4 +85,21 @@ func TestClientIDMetadataDocument(t *testing.T) {
 	if authorizeQuery.Get("client_id") != docURL || authorizeQuery.Get("redirect_uri") != public+"/v1/oauth/callback" {
 		t.Fatalf("authorization request %v", authorizeQuery)
 	}
+}
+
+// cimdStart checks that DiagnoseProvider sees a provider ready with a
+// Client ID Metadata Document client and starts its authorization for
+// alice.
+func cimdStart(t *testing.T, s *Service, name string) *mcpauthv1.StartAuthorizationResponse {
+	t.Helper()
+	ctx := Ctx(t, s.AdminKey)
+	d, err := s.OAuth().DiagnoseProvider(ctx, &mcpauthv1.DiagnoseProviderRequest{Name: name})
+	if err != nil || !d.GetReady() || d.GetRegistrationMethod() != "client_id_metadata_document" {
+		t.Fatalf("diagnose: %v ready=%v method=%q problem=%q", err, d.GetReady(), d.GetRegistrationMethod(), d.GetBlockingProblem())
+	}
+	start, err := s.OAuth().StartAuthorization(ctx, &mcpauthv1.StartAuthorizationRequest{Name: name, User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return start
 }

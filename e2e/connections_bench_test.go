@@ -30,6 +30,16 @@ const cbConnections = 100_000
 // associated data (as the service seals them), in batches.
 func cbSeed(tb testing.TB, s *Service, tenant, provider string, held *vault.Held, n int, user func(i int) string) {
 	tb.Helper()
+	cbSeedRefs(tb, s, held, n, func(i int) domain.GrantRef {
+		return domain.GrantRef{Tenant: tenant, Provider: provider, User: user(i)}
+	})
+}
+
+// cbSeedRefs writes the n connections ref(i) (each naming a user), sealed
+// as cbSeed seals them, with the connection id the service derives from
+// the user.
+func cbSeedRefs(tb testing.TB, s *Service, held *vault.Held, n int, ref func(i int) domain.GrantRef) {
+	tb.Helper()
 	keys := s.App.Keys()
 	now := time.Now().UTC()
 	batch := make([]repository.Credential, 0, 1000)
@@ -43,13 +53,14 @@ func cbSeed(tb testing.TB, s *Service, tenant, provider string, held *vault.Held
 		batch = batch[:0]
 	}
 	for i := range n {
-		ref := domain.GrantRef{Tenant: tenant, Provider: provider, User: user(i)}
-		ct, err := vault.SealTokens(keys, ref, held.Tokens, held.Grant, now)
+		g := ref(i)
+		ct, err := vault.SealTokens(keys, g, held.Tokens, held.Grant, now)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		exp := held.Tokens.ExpiresAt
-		batch = append(batch, repository.Credential{TenantID: tenant, ProviderID: provider, UserID: ref.User, Tokens: ct,
+		batch = append(batch, repository.Credential{TenantID: g.Tenant, ProviderID: g.Provider, UserID: g.User,
+			ConnectionID: domain.ConnectionID(g.User), Tokens: ct,
 			Issuer: held.Grant.Issuer, Scopes: vault.JSONList(held.Tokens.Scopes), ExpiresAt: &exp, HasRefresh: true,
 			Generation: 1, Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: keys.PrimaryID(),
 			CreatedBy: "benchmark", CreatedAt: now, UpdatedAt: now})

@@ -61,3 +61,51 @@ func CheckIDToken(idToken secret.Secret, issuer, clientID, subject string, now t
 	}
 	return nil
 }
+
+// IDTokenClaims are the claims of an ID token read without checking its
+// signature: what it says, not yet what anyone vouched for.
+type IDTokenClaims struct {
+	// Issuer and Subject are iss and sub (OpenID Connect Core 1.0 section
+	// 2): together, the end user's identity.
+	Issuer, Subject string
+	// All holds every claim as JSON decodes it.
+	All map[string]any
+}
+
+// ReadIDTokenUnverified reads the claims of an ID token (a JWS in compact
+// serialisation with one of the algorithms ID tokens are signed with)
+// without checking its signature. It is for a token about to be sent to
+// its issuer, which validates it: what the claims say may decide to send
+// nothing, never to trust the token. iss and sub are required (OpenID
+// Connect Core 1.0 section 2), sub at most 255 ASCII characters; an error
+// never quotes the token or its claims.
+func ReadIDTokenUnverified(idToken secret.Secret) (*IDTokenClaims, error) {
+	parsed, err := jwt.ParseSigned(idToken.Reveal(), idTokenAlgs)
+	if err != nil {
+		return nil, errors.New("not a signed JWT with an ID token algorithm")
+	}
+	all := map[string]any{}
+	if err := parsed.UnsafeClaimsWithoutVerification(&all); err != nil {
+		return nil, errors.New("claims do not parse")
+	}
+	iss, _ := all["iss"].(string)
+	sub, _ := all["sub"].(string)
+	switch {
+	case iss == "" || sub == "":
+		return nil, errors.New("iss and sub claims are required")
+	case len(sub) > 255 || !printableASCII(sub):
+		return nil, errors.New("sub must be at most 255 printable ASCII characters")
+	case len(iss) > 2048 || !printableASCII(iss):
+		return nil, errors.New("iss must be at most 2048 printable ASCII characters")
+	}
+	return &IDTokenClaims{Issuer: iss, Subject: sub, All: all}, nil
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}

@@ -20,14 +20,7 @@ import (
 // the future and the expected subject; an error never quotes the token.
 func TestCheckIDToken(t *testing.T) {
 	t.Parallel()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer := idTokenSigner(t)
 	now := time.Now()
 	sign := func(mut func(c map[string]any)) secret.Secret {
 		c := map[string]any{"iss": "https://as.example", "aud": "client-1", "sub": "alice-at-as",
@@ -73,4 +66,56 @@ func TestCheckIDToken(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReadIDTokenUnverified: iss and sub are read from any signed ID
+// token (the signature is the issuer's to check); a token without them,
+// with an oversized or non-printable sub, or unsigned, is refused, and an
+// error never quotes the token.
+func TestReadIDTokenUnverified(t *testing.T) {
+	t.Parallel()
+	signer := idTokenSigner(t)
+	sign := func(c map[string]any) secret.Secret {
+		s, err := jwt.Signed(signer).Claims(c).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return secret.New(s)
+	}
+	got, err := ReadIDTokenUnverified(sign(map[string]any{"iss": "https://idp.example", "sub": "00u1", "email": "a@example.com"}))
+	if err != nil || got.Issuer != "https://idp.example" || got.Subject != "00u1" || got.All["email"] != "a@example.com" {
+		t.Fatalf("ReadIDTokenUnverified = %+v, %v", got, err)
+	}
+	unsigned := "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiMDB1MSJ9."
+	for name, tok := range map[string]secret.Secret{
+		"no sub":          sign(map[string]any{"iss": "https://idp.example"}),
+		"no iss":          sign(map[string]any{"sub": "00u1"}),
+		"sub not string":  sign(map[string]any{"iss": "https://idp.example", "sub": 7}),
+		"sub too long":    sign(map[string]any{"iss": "https://idp.example", "sub": strings.Repeat("a", 256)}),
+		"sub with a NUL":  sign(map[string]any{"iss": "https://idp.example", "sub": "a\x00b"}),
+		"alg none":        secret.New(unsigned),
+		"not a JWT":       secret.New("opaque"),
+		"iss with a line": sign(map[string]any{"iss": "https://idp.example\n", "sub": "00u1"}),
+	} {
+		_, err := ReadIDTokenUnverified(tok)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if tok.Reveal() != "" && strings.Contains(err.Error(), tok.Reveal()) {
+			t.Errorf("%s: error quotes the token", name)
+		}
+	}
+}
+
+// idTokenSigner signs test ID tokens with a fresh ES256 key.
+func idTokenSigner(t *testing.T) jose.Signer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer
 }

@@ -47,7 +47,11 @@ func (s *Store) GetConnection(ctx context.Context, tenant, provider, connectionI
 // f that come after the key after (zero: from the start), ordered by
 // provider id and connection id: a keyset query on the index
 // (tenant_id, provider_id, connection_id), or with a user on
-// (tenant_id, user_id, provider_id).
+// (tenant_id, user_id, provider_id). The position is a row comparison,
+// which PostgreSQL turns into the start of the index range (with a user,
+// provider_id >= the position's provider): each page reads its own rows,
+// not every row before it (an OR of the two columns was a filter, and a
+// walk of alice's 1,000 connections read 10,000 index entries).
 func (s *Store) ListConnections(ctx context.Context, tenant string, f ConnectionFilter, after ConnectionKey, limit int) ([]Credential, error) {
 	q, err := scoped(ctx, s.db, tenant)
 	if err != nil {
@@ -61,7 +65,7 @@ func (s *Store) ListConnections(ctx context.Context, tenant string, f Connection
 		q = q.Where("user_id = ?", f.User)
 	}
 	if after != (ConnectionKey{}) {
-		q = q.Where("(provider_id > ? OR (provider_id = ? AND connection_id > ?))", after.Provider, after.Provider, after.ConnectionID)
+		q = q.Where("(provider_id, connection_id) > (?, ?)", after.Provider, after.ConnectionID)
 	}
 	var out []Credential
 	err = q.Order("provider_id, connection_id").Limit(clampLimit(limit)).Find(&out).Error

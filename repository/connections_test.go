@@ -141,3 +141,41 @@ func TestListConnections(t *testing.T) {
 		}
 	})
 }
+
+// TestSharedToolListSetting: the shared tool list setting is stored and
+// read back (the hot read included), and an update leaving a USER
+// provider without it deletes the provider-wide list, never a
+// connection's own.
+func TestSharedToolListSetting(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		p := newProvider("t", "p")
+		p.GrantScope, p.SharedToolList = domain.ScopeUser, true
+		mustCreate(t, s, p)
+		got, err := s.GetProvider(ctx, "t", "p")
+		wantNoErr(t, err, "get")
+		if !got.SharedToolList {
+			t.Fatal("shared_tool_list was not stored")
+		}
+		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "t", ProviderID: "p", Tools: `["shared"]`}), "shared list")
+		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "t", ProviderID: "p", UserID: "alice", Tools: `["alice"]`}), "alice's list")
+		// An update that keeps it shared keeps the list.
+		got.DisplayName = "renamed"
+		wantNoErr(t, s.UpdateProvider(ctx, got, got.Version), "rename")
+		if _, err := s.GetTools(ctx, domain.TenantGrant("t", "p")); err != nil {
+			t.Fatalf("the shared list after a rename: %v", err)
+		}
+		got.SharedToolList = false
+		wantNoErr(t, s.UpdateProvider(ctx, got, got.Version), "unshare")
+		if _, err := s.GetTools(ctx, domain.TenantGrant("t", "p")); apperr.KindOf(err) != apperr.KindNotFound {
+			t.Fatalf("the shared list outlived the setting: %v", err)
+		}
+		if _, err := s.GetTools(ctx, domain.GrantRef{Tenant: "t", Provider: "p", User: "alice"}); err != nil {
+			t.Fatalf("alice's own list after unsharing: %v", err)
+		}
+		if got, err = s.GetProvider(ctx, "t", "p"); err != nil || got.SharedToolList {
+			t.Fatalf("after unsharing: %+v %v", got, err)
+		}
+	})
+}

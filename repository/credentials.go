@@ -21,21 +21,15 @@ func credentialChanged() *apperr.Error {
 // GetCredential returns the grant's credential, or apperr.NotFound
 // ("credential not found") when it has none.
 func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credential, error) {
-	q, err := grantScoped(ctx, s.db, g)
-	if err != nil {
-		return nil, err
-	}
 	var c Credential
-	if err := q.Take(&c).Error; err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return nil, apperr.NotFound("credential")
-		}
-		return nil, dbErr(err, "get credential")
+	if err := s.getRow(ctx, getCredentialSQL, "credentials", "credential", g.Tenant, []any{g.Provider, g.User}, credentialDest(&c)...); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }
 
 // PutCredential writes c with compare-and-swap on the generation counter.
+// An update keeps the stored identity binding unless c sets one.
 // expectedGeneration 0 inserts and requires that no credential exists;
 // otherwise the stored row is replaced only if its generation is
 // expectedGeneration. The new generation is expectedGeneration+1; it is
@@ -93,21 +87,27 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 			if err != nil {
 				return err
 			}
-			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).
-				Updates(map[string]any{
-					"tokens":           c.Tokens,
-					"issuer":           c.Issuer,
-					"scopes":           c.Scopes,
-					"expires_at":       c.ExpiresAt,
-					"has_refresh":      c.HasRefresh,
-					"generation":       newGen,
-					"status":           c.Status,
-					"reason":           c.Reason,
-					"refresh_failures": c.RefreshFailures,
-					"last_refresh_at":  c.LastRefreshAt,
-					"key_id":           c.KeyID,
-					"updated_at":       now,
-				})
+			set := map[string]any{
+				"tokens":           c.Tokens,
+				"issuer":           c.Issuer,
+				"scopes":           c.Scopes,
+				"expires_at":       c.ExpiresAt,
+				"has_refresh":      c.HasRefresh,
+				"generation":       newGen,
+				"status":           c.Status,
+				"reason":           c.Reason,
+				"refresh_failures": c.RefreshFailures,
+				"last_refresh_at":  c.LastRefreshAt,
+				"key_id":           c.KeyID,
+				"updated_at":       now,
+			}
+			if c.IdentitySubject != "" {
+				// The binding is written by the writer that checked it
+				// against the row of expectedGeneration; the others leave
+				// it alone.
+				set["identity_issuer"], set["identity_subject"] = c.IdentityIssuer, c.IdentitySubject
+			}
+			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).Updates(set)
 			if res.Error != nil {
 				return res.Error
 			}

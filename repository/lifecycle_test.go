@@ -110,3 +110,34 @@ func TestCredentialsIdleSinceOrder(t *testing.T) {
 }
 
 func ptrTime(t time.Time) *time.Time { return &t }
+
+// TestCredentialIdentityBinding: a connection's identity binding is written
+// with the tokens of the write that sets it, kept by every later write that
+// does not (a refresh), and goes with the row when it is deleted.
+func TestCredentialIdentityBinding(t *testing.T) {
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		p := mustCreate(t, s, newProvider("a", "p1"))
+		ref := domain.GrantRef{Tenant: "a", Provider: p.ID, User: "alice"}
+		bound := func(want string) {
+			t.Helper()
+			got, err := s.GetCredential(ctx, ref)
+			wantNoErr(t, err, "get")
+			if got.IdentitySubject != want || (want != "" && got.IdentityIssuer != "https://idp.example") {
+				t.Fatalf("binding (%q, %q), want subject %q", got.IdentityIssuer, got.IdentitySubject, want)
+			}
+		}
+		c := &Credential{TenantID: "a", ProviderID: p.ID, UserID: "alice", Tokens: []byte("t1"),
+			IdentityIssuer: "https://idp.example", IdentitySubject: "00u-alice"}
+		g, err := s.PutCredential(ctx, c, 0)
+		wantNoErr(t, err, "insert")
+		bound("00u-alice")
+		g, err = s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, UserID: "alice", Tokens: []byte("t2")}, g)
+		wantNoErr(t, err, "refresh")
+		bound("00u-alice")
+		wantNoErr(t, s.DeleteCredential(ctx, ref, g), "delete")
+		_, err = s.PutCredential(ctx, &Credential{TenantID: "a", ProviderID: p.ID, UserID: "alice", Tokens: []byte("t3")}, 0)
+		wantNoErr(t, err, "re-create")
+		bound("")
+	})
+}

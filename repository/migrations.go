@@ -559,6 +559,33 @@ var migrations = []migration{
 		},
 	},
 	{
+		// An enterprise-managed connection is bound to the identity (iss,
+		// sub) of the ID token of its first exchange (issue 12).
+		id: "0020_credentials_identity_binding",
+		sql: []string{
+			`ALTER TABLE credentials ADD COLUMN identity_issuer text NOT NULL DEFAULT ''`,
+			`ALTER TABLE credentials ADD COLUMN identity_subject text NOT NULL DEFAULT ''`,
+		},
+	},
+	{
+		// A USER provider whose operator declares that its server lists
+		// the same tools to every user keeps one tool list for all of
+		// them (tool_lists row with user_id ''), not one per connection.
+		id: "0018_shared_tool_list",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN shared_tool_list {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
+	{
+		// A provider may require every authorization flow to be
+		// completed by the platform's backend (CompleteAuthorization)
+		// before its grant is stored.
+		id: "0019_provider_require_completion",
+		sql: []string{
+			`ALTER TABLE providers ADD COLUMN require_completion {{BOOL}} NOT NULL DEFAULT false`,
+		},
+	},
+	{
 		// The webhook fan-out sends before it records (see LeaseFanOut):
 		// its position in the feed is leased to one replica at a time for
 		// the length of a batch, instead of a row lock held by a

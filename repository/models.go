@@ -57,6 +57,13 @@ type Provider struct {
 	// GrantScope says whose grants the provider holds (domain.ScopeTenant
 	// or domain.ScopeUser); set on create, never changed.
 	GrantScope domain.GrantScope `gorm:"column:grant_scope"`
+	// SharedToolList, for a USER provider, is the operator's word that
+	// its server lists the same tools to every user: one tool list (user
+	// id empty) serves every connected user instead of one per connection.
+	SharedToolList bool `gorm:"column:shared_tool_list"`
+	// RequireCompletion makes every authorization flow of the provider
+	// wait for CompleteAuthorization before its grant is stored.
+	RequireCompletion bool `gorm:"column:require_completion"`
 	// GrantStatus, GrantReason and GrantGeneration are the provider's grant
 	// (its credentials row) as GetProvider and ListProviders read it in the
 	// same query; zero when it has none. They are not columns of providers:
@@ -123,6 +130,14 @@ type Credential struct {
 	LastRefreshAt *time.Time `gorm:"column:last_refresh_at"`
 	// KeyID is the id of the key Tokens is encrypted under.
 	KeyID uint32 `gorm:"column:key_id"`
+	// IdentityIssuer and IdentitySubject are the identity (the iss and sub
+	// of an enterprise identity provider's ID token) an enterprise-managed
+	// connection is bound to; empty until its first exchange. They are
+	// identifiers, not secrets, stored in clear like UserID. PutCredential
+	// writes them only when IdentitySubject is set: a token write never
+	// clears a binding; deleting the row does.
+	IdentityIssuer  string `gorm:"column:identity_issuer"`
+	IdentitySubject string `gorm:"column:identity_subject"`
 	// CreatedBy is the caller whose request created the grant row.
 	CreatedBy string `gorm:"column:created_by"`
 	// CreatedAt is set when the row is inserted and kept afterwards.

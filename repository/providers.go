@@ -7,6 +7,7 @@ import (
 	"gorm.io/gorm"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 var errEmptyID = errors.New("repository: empty provider id")
@@ -198,6 +199,8 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				"credential_kind":     p.CredentialKind,
 				"credential_config":   p.CredentialConfig,
 				"credential_secrets":  nullBytes(p.CredentialSecrets),
+				"shared_tool_list":    p.SharedToolList,
+				"require_completion":  p.RequireCompletion,
 				"key_id":              p.KeyID,
 				"version":             expectedVersion + 1,
 				"updated_at":          now,
@@ -208,6 +211,18 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 		if res.RowsAffected == 0 {
 			return missingOrChanged(ctx, tx, p.TenantID, p.ID,
 				apperr.Aborted("provider was changed concurrently; re-read and retry"))
+		}
+		if p.GrantScope.PerUser() && !p.SharedToolList {
+			// A USER provider holds a list for all its users only while
+			// its tool list is declared shared: one fetched before it was
+			// turned off is never served again.
+			q, err := grantScoped(ctx, tx, domain.TenantGrant(p.TenantID, p.ID))
+			if err != nil {
+				return err
+			}
+			if err := q.Delete(&ToolList{}).Error; err != nil {
+				return err
+			}
 		}
 		if !reset {
 			return insertEvents(ctx, tx, events)

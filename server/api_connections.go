@@ -121,5 +121,8 @@ func connectionProto(c *connections.Connection) *mcpauthv1.Connection {
 	if !c.LastRefresh.IsZero() {
 		p.LastRefreshTime = timestamppb.New(c.LastRefresh)
 	}
+	if c.IdentitySubject != "" {
+		p.Identity = &mcpauthv1.ConnectionIdentity{Issuer: c.IdentityIssuer, Subject: c.IdentitySubject}
+	}
 	return p
 }

@@ -43,7 +43,7 @@ func credentialFields(p *mcpauthv1.Provider, f *providers.Fields) error {
 	f.AssertionFile = p.GetWorkloadIdentity().GetAssertionFile()
 	if e := p.GetEnterpriseIdentityProvider(); e != nil {
 		f.EnterpriseIdP = &providers.EnterpriseIdPInput{Issuer: e.GetIssuer(), TokenEndpoint: e.GetTokenEndpoint(),
-			ClientID: e.GetClientId(), ClientSecret: e.GetClientSecret()}
+			ClientID: e.GetClientId(), ClientSecret: e.GetClientSecret(), UserClaim: e.GetUserClaim()}
 		if k := e.GetPrivateKeyJwt(); k != nil {
 			f.EnterpriseIdP.Key = &providers.ClientKeyInput{PEM: k.GetPrivateKeyPem(), Generate: k.GetGenerate(), Algorithm: k.GetAlgorithm()}
 		}
@@ -91,7 +91,7 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	}
 	if e := v.EnterpriseIdP; e != nil {
 		p.EnterpriseIdentityProvider = &mcpauthv1.EnterpriseIdentityProvider{Issuer: e.Issuer, TokenEndpoint: e.TokenEndpoint,
-			ClientId: e.ClientID, ClientSecretSet: e.SecretSet}
+			ClientId: e.ClientID, ClientSecretSet: e.SecretSet, UserClaim: e.UserClaim}
 		if k := e.Key; k != nil {
 			p.EnterpriseIdentityProvider.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: k.Algorithm, KeyId: k.KeyID, JwksUri: k.JWKSURI, Generated: k.Generated}
 		}
@@ -101,6 +101,7 @@ func credentialProto(v *providers.View, p *mcpauthv1.Provider) {
 	}
 	if c := v.OAuthClient; c != nil && c.Key != nil && p.OauthClient != nil {
 		p.OauthClient.PrivateKeyJwt = &mcpauthv1.ClientKey{Algorithm: c.Key.Algorithm, KeyId: c.Key.KeyID, JwksUri: c.Key.JWKSURI, Generated: c.Key.Generated}
+		p.OauthClient.ClientIdMetadataDocumentUri = c.MetadataDocumentURL
 	}
 }
 

@@ -183,6 +183,8 @@ func providerFields(p *mcpauthv1.Provider) (*providers.Fields, error) {
 		return nil, apperr.Invalid("provider.grant_scope", "is not a known grant scope")
 	}
 	f.GrantScope = scope
+	f.SharedToolList = p.GetSharedToolList()
+	f.RequireCompletion = p.GetRequireCompletion()
 	return f, nil
 }
 
@@ -264,5 +266,7 @@ func providerProto(v *providers.View) *mcpauthv1.Provider {
 	}
 	credentialProto(v, p)
 	p.GrantScope = grantScopeProto(v.GrantScope)
+	p.SharedToolList = v.SharedToolList
+	p.RequireCompletion = v.RequireCompletion
 	return p
 }

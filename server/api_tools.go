@@ -49,7 +49,7 @@ func (a *toolAPI) ListTools(ctx context.Context, req *mcpauthv1.ListToolsRequest
 	}
 	l, err := a.uc.Stored(ctx, tenant, id, req.GetUser())
 	if err != nil {
-		return nil, err
+		return nil, withProvider(err, tenant, id)
 	}
 	if l.FetchedAt.IsZero() {
 		return &mcpauthv1.ListToolsResponse{}, nil

@@ -40,7 +40,23 @@ const (
 	// ClientMetadataPath is where mcpauth serves its own Client ID Metadata
 	// Document when its public URL is https.
 	ClientMetadataPath = "/v1/oauth/client-metadata.json"
+	// ProviderClientMetadataPathPrefix is where a provider identified by
+	// its own Client ID Metadata Document has it served:
+	// ProviderClientMetadataPathPrefix + "{tenant}/{provider}".
+	ProviderClientMetadataPathPrefix = "/v1/oauth/client-metadata/"
 )
+
+// ProviderClientMetadataURL returns the URL of a provider's own Client ID
+// Metadata Document under publicURL; nil unless publicURL is https (the
+// draft requires an https client identifier URL).
+func ProviderClientMetadataURL(publicURL string) func(tenant, id string) string {
+	if !strings.HasPrefix(publicURL, "https://") {
+		return nil
+	}
+	return func(tenant, id string) string {
+		return publicURL + ProviderClientMetadataPathPrefix + tenant + "/" + id
+	}
+}
 
 // BrowserFlow is the browser side of the OAuth flow. *authflow.Service
 // implements it.
@@ -49,6 +65,7 @@ type BrowserFlow interface {
 	Callback(ctx context.Context, in authflow.CallbackInput) *authflow.CallbackResult
 	Restart(ctx context.Context, binding, cookie string) (*authflow.BrowserStart, error)
 	ClientMetadataDocument() map[string]any
+	ProviderClientMetadataDocument(ctx context.Context, tenant, id string) (map[string]any, error)
 }
 
 var _ BrowserFlow = (*authflow.Service)(nil)
@@ -136,6 +153,7 @@ func (b *Browser) Register(mux *http.ServeMux) {
 		mux.Handle(path, b.guard(http.HandlerFunc(methodNotAllowed)))
 	}
 	mux.HandleFunc("GET "+ClientMetadataPath, b.clientMetadata)
+	mux.HandleFunc("GET "+ProviderClientMetadataPathPrefix+"{tenant}/{provider}", b.providerClientMetadata)
 }
 
 func methodNotAllowed(w http.ResponseWriter, _ *http.Request) {
@@ -450,6 +468,26 @@ func (b *Browser) clientMetadata(w http.ResponseWriter, _ *http.Request) {
 	if id, _ := doc["client_id"].(string); !strings.HasSuffix(id, ClientMetadataPath) {
 		// None, or one hosted elsewhere.
 		http.NotFound(w, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_ = json.NewEncoder(w).Encode(doc)
+}
+
+// providerClientMetadata serves a provider's own Client ID Metadata
+// Document (authflow's cimd.go). Authorization servers fetch it without
+// credentials; it holds public facts only, and anything that is not such a
+// provider is one and the same 404.
+func (b *Browser) providerClientMetadata(w http.ResponseWriter, r *http.Request) {
+	tenant, id := r.PathValue("tenant"), r.PathValue("provider")
+	if _, _, err := resname.ParseProvider("name", resname.ProviderName(tenant, id)); err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	doc, err := b.d.Flow.ProviderClientMetadataDocument(r.Context(), tenant, id)
+	if err != nil {
+		http.NotFound(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -38,6 +38,10 @@ func (f *fuzzFlow) Restart(context.Context, string, string) (*authflow.BrowserSt
 
 func (f *fuzzFlow) ClientMetadataDocument() map[string]any { return nil }
 
+func (f *fuzzFlow) ProviderClientMetadataDocument(context.Context, string, string) (map[string]any, error) {
+	return nil, errors.New("none")
+}
+
 func (f *fuzzFlow) Callback(_ context.Context, in authflow.CallbackInput) *authflow.CallbackResult {
 	f.calls++
 	f.in = in

@@ -102,6 +102,11 @@ type Config struct {
 	// ClientMetadataURL is the client_id used with servers that support
 	// Client ID Metadata Documents; empty when mcpauth serves none.
 	ClientMetadataURL string
+	// ProviderMetadataURL returns the URL of a provider's own Client ID
+	// Metadata Document (cimd.go), and JWKSURL the provider's JWKS; nil
+	// when mcpauth serves no per-provider documents (its public URL is not
+	// https).
+	ProviderMetadataURL, JWKSURL func(tenant, id string) string
 	// ReturnOrigins are the origins a flow may send the browser back to.
 	ReturnOrigins []string
 	// FlowTTL bounds a pending flow (default 5 minutes).
@@ -389,6 +394,9 @@ func (s *Service) registration(ctx context.Context, r Reads, d *vault.Provider, 
 		reg.AuthMethod = method
 		return reg, nil
 	}
+	if keyedCIMD(d) {
+		return s.keyedRegistration(d, md)
+	}
 	if cimd := s.cfg.ClientMetadataURL; cimd != "" && md.ClientIDMetadataDocumentSupported {
 		// mcpauth's metadata document declares "none": usable only where
 		// the server accepts public clients.
@@ -590,6 +598,15 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 		// Tokens of other kinds are obtained without a person (GetAccessToken).
 		return nil, "", apperr.FailedPrecondition(domain.ReasonNotAuthorized,
 			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
+	}
+	if d.Row.RequireCompletion && !in.RequireCompletion {
+		// The provider's policy, whatever the caller asked: also the
+		// URLs NOT_AUTHORIZED and step-up answers would carry, which have
+		// no return URL and so are not handed out.
+		if in.ReturnURL == "" {
+			return nil, "", apperr.Invalid("return_url", "is required: the provider requires completion (require_completion), and the completion code is delivered to it")
+		}
+		in.RequireCompletion = true
 	}
 	tenant, id := d.Row.TenantID, d.Row.ID
 	// The grant this flow completes: the provider's tenant-wide grant, or
@@ -999,6 +1016,18 @@ func (s *Service) flowRegistration(ctx context.Context, row *repository.Provider
 		}
 		return &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI, ClientKey: d.ClientKey}, nil
 	case domain.RegCIMD:
+		if rec.AuthMethod == oauthclient.AuthPrivateKeyJWT {
+			// The provider's own document: its key, read again.
+			d, err := vault.OpenProvider(s.cipher, row)
+			if err != nil {
+				return nil, err
+			}
+			if !keyedCIMD(d) || s.cfg.ProviderMetadataURL == nil || s.cfg.ProviderMetadataURL(row.TenantID, row.ID) != rec.ClientID {
+				return nil, errors.New("the provider's client metadata document client changed")
+			}
+			return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: rec.ClientID, AuthMethod: rec.AuthMethod, RedirectURI: rec.RedirectURI,
+				ClientKey: d.ClientKey}, nil
+		}
 		return &oauthclient.Registration{Method: domain.RegCIMD, ClientID: rec.ClientID, AuthMethod: oauthclient.AuthNone, RedirectURI: rec.RedirectURI}, nil
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, rec.Tenant, rec.Provider, rec.Issuer)

@@ -66,6 +66,9 @@ type Connection struct {
 	Creator     string
 	CreateTime  time.Time
 	UpdateTime  time.Time
+	// IdentityIssuer and IdentitySubject are the enterprise identity an
+	// enterprise-managed connection is bound to; empty when none.
+	IdentityIssuer, IdentitySubject string
 }
 
 // AllProviders is the provider id that lists the connections of every
@@ -142,7 +145,8 @@ func (s *Service) Delete(ctx context.Context, tenant, provider, id string) (bool
 func (s *Service) view(c *repository.Credential) *Connection {
 	v := &Connection{Tenant: c.TenantID, Provider: c.ProviderID, ID: domain.ConnectionID(c.UserID), User: c.UserID,
 		Status: c.Status, Reason: c.Reason, Issuer: c.Issuer, Scopes: vault.ParseList(c.Scopes), HasRefresh: c.HasRefresh,
-		Creator: c.CreatedBy, CreateTime: c.CreatedAt, UpdateTime: c.UpdatedAt}
+		Creator: c.CreatedBy, CreateTime: c.CreatedAt, UpdateTime: c.UpdatedAt, IdentityIssuer: c.IdentityIssuer,
+		IdentitySubject: c.IdentitySubject}
 	if c.ExpiresAt != nil {
 		v.ExpiresAt = *c.ExpiresAt
 		if v.Status == domain.StatusAuthorized && !c.HasRefresh && !c.ExpiresAt.After(s.now()) {

@@ -94,9 +94,15 @@ func notJWTRune(r rune) bool {
 // ID-JAG at the authorization server, as the provider's client. The tokens
 // replace the provider's grant. Neither the ID token nor the ID-JAG is kept,
 // logged or audited. Nothing is retried: an OAuth error at either step is
-// reported as it is.
+// reported as it is. A USER provider's connection is bound to the identity
+// (iss, sub) of the ID token of its first exchange, and the provider's
+// user_claim, when set, must name the user (binding.go).
 func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAssertion) (*Exchanged, error) {
 	if err := checkIdentityAssertion(in); err != nil {
+		return nil, err
+	}
+	id, err := readExchangeIdentity(in.IDToken)
+	if err != nil {
 		return nil, err
 	}
 	row, err := s.store.GetProvider(ctx, in.Tenant, in.Provider)
@@ -127,8 +133,23 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		if code != "" {
 			det["oauth_error"] = code
 		}
-		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtainFailed, Provider: in.Provider,
-			Outcome: domain.OutcomeFailure, Reason: reason, Details: withUser(det, in.User)})
+		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtainFailed, Provider: in.Provider, User: ref.User,
+			Outcome: domain.OutcomeFailure, Reason: reason, Details: withUser(identityDetails(det, id), in.User)})
+	}
+	perUser := row.GrantScope.PerUser()
+	// The identity checks come first: a refused ID token goes nowhere,
+	// not even the MCP server is asked anything (binding.go).
+	if perUser {
+		err := checkUserClaim(d.CredConfig.IdP.UserClaim, in.User, id)
+		if err == nil {
+			err = s.checkBinding(ctx, ref, id)
+		}
+		if err != nil {
+			if e, ok := apperr.As(err); ok && e.Kind == apperr.KindFailedPrecondition {
+				failed(stepBinding, e.Reason, "")
+			}
+			return nil, err
+		}
 	}
 	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
 	if err != nil {
@@ -160,6 +181,17 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	if err != nil {
 		return nil, exchangeFailed(stepTokenExchange, err, failed)
 	}
+	if perUser {
+		// The identity provider accepted the ID token: its identity is now
+		// the provider's word. A binding a concurrent exchange stored
+		// meanwhile refuses it before the authorization server is asked.
+		if err := s.checkBinding(ctx, ref, id); err != nil {
+			if apperr.KindOf(err) == apperr.KindFailedPrecondition {
+				failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
+			}
+			return nil, err
+		}
+	}
 	reg := &oauthclient.Registration{Method: domain.RegPreRegistered, ClientID: row.ClientID, ClientSecret: d.ClientSecret,
 		AuthMethod: d.Compat.TokenEndpointAuth, ClientKey: d.ClientKey}
 	// DPoP as for every other grant (RFC 9449 section 5): the JWT bearer
@@ -184,16 +216,27 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	if err := s.storeExchanged(pctx, ref, g, fresh); err != nil {
+	var bind *oauthclient.IDTokenClaims
+	if perUser {
+		bind = id.claims
+	}
+	if err := s.storeExchanged(pctx, ref, g, fresh, bind); err != nil {
+		if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
+			// Bound to another identity by an exchange that stored first:
+			// these tokens are nobody's to keep.
+			failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
+			s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+		}
 		return nil, err
 	}
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
 		"idp_grant_type": oauthclient.GrantTokenExchange}
+	identityDetails(det, id)
 	if g.DPoPJKT != "" {
 		det["token_type"], det["dpop_jkt"] = fresh.TokenType, g.DPoPJKT
 	}
-	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, Outcome: domain.OutcomeSuccess,
-		Details: withUser(det, in.User)})
+	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, User: ref.User,
+		Outcome: domain.OutcomeSuccess, Details: withUser(det, in.User)})
 	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
 }
 
@@ -309,8 +352,11 @@ func oauthReason(code string) string {
 // storeExchanged stores tokens obtained from an ID token over whatever the
 // grant holds: they are what the user just asked for. A concurrent writer
 // (a refresh of the old tokens) loses the compare-and-swap and is read
-// again once.
-func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens) error {
+// again once. With bind (a USER provider's connection), the row read must
+// not be bound to another identity (IDENTITY_BINDING_MISMATCH, nothing
+// stored), and the write binds it to bind's when it is not bound yet:
+// checked and written under the same compare-and-swap.
+func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims) error {
 	for attempt := 0; ; attempt++ {
 		prev, err := s.store.GetCredential(ctx, ref)
 		if apperr.KindOf(err) == apperr.KindNotFound {
@@ -319,7 +365,10 @@ func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vau
 		if err != nil {
 			return err
 		}
-		_, err = s.storeObtained(ctx, ref, prev, g, t)
+		if bind != nil && bindingMismatch(prev, &exchangeIdentity{claims: bind}) {
+			return errBindingMismatch()
+		}
+		_, err = s.storeObtained(ctx, ref, prev, g, t, bind)
 		if apperr.KindOf(err) != apperr.KindAborted || attempt == 1 {
 			return err
 		}

@@ -125,6 +125,7 @@ type Config struct {
 // result never overwrites newer tokens).
 type Service struct {
 	store   Store
+	creds   CredentialReader // the cache misses' reads
 	cipher  vault.Cipher
 	proto   Protocol
 	locks   Locker
@@ -181,6 +182,15 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	// Machine obtains tokens for kinds without a person (machine.go).
 	Machine MachineDeps
+	// Credentials, when set, serves the token cache's misses (a read
+	// that may share its statement with concurrent misses of other grants,
+	// repository.CredentialBatcher); Store's GetCredential otherwise.
+	Credentials CredentialReader
+}
+
+// CredentialReader reads one grant's row as Store.GetCredential does.
+type CredentialReader interface {
+	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 }
 
 // New returns the token lifecycle service.
@@ -215,7 +225,10 @@ func New(d Deps) (*Service, error) {
 	if d.Config.DPoPRetryAfter <= 0 {
 		d.Config.DPoPRetryAfter = 5 * time.Minute
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
+	if d.Credentials == nil {
+		d.Credentials = d.Store
+	}
+	return &Service{store: d.Store, creds: d.Credentials, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
@@ -295,7 +308,7 @@ func reauthWhy(reason string) string {
 // load reads and opens the provider's grant, mapping a grant without
 // tokens to a precise precondition error.
 func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Credential, *vault.Held, error) {
-	cred, err := s.store.GetCredential(ctx, ref)
+	cred, err := s.creds.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return nil, nil, s.noGrant(ctx, ref)
 	}
@@ -366,6 +379,19 @@ func (s *Service) withAuthorizationURL(ctx context.Context, ref domain.GrantRef,
 	e := userNotAuthorized(ref)
 	AttachAuthorizationURL(ctx, s.startFor(), ref, nil, e)
 	return e
+}
+
+// Holds reports whether the grant ref is held and usable, as stored now:
+// nil when it is authorized and its tokens open (an expired access token
+// with a refresh token counts: a token read would refresh it), otherwise
+// the error a token read would answer (NOT_AUTHORIZED with a fresh
+// authorization URL for the user when the caller may authorize,
+// REAUTH_REQUIRED, ...). It never refreshes and reaches no server, and it
+// reads the database rather than this replica's cache, so a connection
+// revoked on another replica is not held here either.
+func (s *Service) Holds(ctx context.Context, ref domain.GrantRef) error {
+	_, _, err := s.load(ctx, ref)
+	return s.withAuthorizationURL(ctx, ref, err)
 }
 
 // Token is a valid access token and what it was issued with.
@@ -887,6 +913,23 @@ func (s *Service) registrationFor(ctx context.Context, cred *repository.Credenti
 			return nil, err
 		}
 		reg.ClientSecret, reg.ClientKey = d.ClientSecret, d.ClientKey
+	case domain.RegCIMD:
+		if g.AuthMethod != oauthclient.AuthPrivateKeyJWT {
+			break // mcpauth's service-wide document: a public client.
+		}
+		// The provider's own document: the client is the provider's key.
+		row, err := s.store.GetProvider(ctx, cred.TenantID, cred.ProviderID)
+		if err != nil {
+			return nil, err
+		}
+		d, err := vault.OpenProvider(s.cipher, row)
+		if err != nil {
+			return nil, err
+		}
+		if row.ClientID != "" || d.ClientKey == nil {
+			return nil, ReauthRequired("the provider's client metadata document client changed")
+		}
+		reg.ClientKey = d.ClientKey
 	case domain.RegDynamic:
 		stored, err := s.store.GetClientRegistration(ctx, cred.TenantID, cred.ProviderID, g.Issuer)
 		if apperr.KindOf(err) == apperr.KindNotFound {

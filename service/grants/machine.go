@@ -195,7 +195,7 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	stored, err := s.storeObtained(pctx, ref, prev, g, fresh)
+	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil)
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Another writer stored a grant meanwhile: theirs wins.
 		latest, lh, lerr := s.load(pctx, ref)
@@ -304,7 +304,7 @@ func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row
 
 // storeObtained stores a token obtained without a person, replacing prev
 // (compare-and-swap on its generation; nil means none is stored).
-func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens) (*repository.Credential, error) {
+func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims) (*repository.Credential, error) {
 	now := s.now().UTC()
 	ct, err := vault.SealTokens(s.cipher, ref, t, g, now)
 	if err != nil {
@@ -317,6 +317,9 @@ func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *
 	c := &repository.Credential{TenantID: ref.Tenant, ProviderID: ref.Provider, UserID: ref.User, Tokens: ct, Issuer: g.Issuer,
 		Scopes: vault.JSONList(t.Scopes), ExpiresAt: vault.ExpiresPtr(t.ExpiresAt), HasRefresh: !t.RefreshToken.IsZero(),
 		Status: domain.StatusAuthorized, LastRefreshAt: &now, KeyID: s.cipher.PrimaryID(), UpdatedAt: now}
+	if bind != nil && (prev == nil || prev.IdentitySubject == "") {
+		c.IdentityIssuer, c.IdentitySubject = bind.Issuer, bind.Subject
+	}
 	s.cache.drop(ref.Key())
 	gen, err := s.store.PutCredential(ctx, c, expected)
 	s.cache.drop(ref.Key())

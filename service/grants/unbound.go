@@ -75,7 +75,16 @@ func unboundRefreshToken(err error) secret.Secret {
 // the access token. Failures are audited; nothing else depends on them.
 func (s *Service) revokeUnbound(ctx context.Context, tenant, provider string, md *oauthclient.Metadata, reg *oauthclient.Registration, err error) {
 	var ub *oauthclient.UnboundTokensError
-	if !errors.As(err, &ub) || md == nil || md.RevocationEndpoint == "" || reg == nil || reg.ClientID == "" {
+	if errors.As(err, &ub) {
+		s.revokeFresh(ctx, tenant, provider, md, reg, ub.AccessToken, ub.RefreshToken)
+	}
+}
+
+// revokeFresh revokes tokens just obtained and never stored, refresh
+// token first (RFC 7009 section 2.1), when the server has a revocation
+// endpoint. Failures are audited; nothing else depends on them.
+func (s *Service) revokeFresh(ctx context.Context, tenant, provider string, md *oauthclient.Metadata, reg *oauthclient.Registration, access, refresh secret.Secret) {
+	if md == nil || md.RevocationEndpoint == "" || reg == nil || reg.ClientID == "" {
 		return
 	}
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
@@ -83,13 +92,15 @@ func (s *Service) revokeUnbound(ctx context.Context, tenant, provider string, md
 	failed := func(reason string) {
 		s.audit.Record(rctx, audit.Event{Tenant: tenant, Type: domain.EventRevocationFailed, Provider: provider, Outcome: domain.OutcomeFailure, Reason: reason})
 	}
-	if !ub.RefreshToken.IsZero() {
-		if rerr := s.proto.Revoke(rctx, md, reg, ub.RefreshToken, "refresh_token"); rerr != nil {
+	if !refresh.IsZero() {
+		if rerr := s.proto.Revoke(rctx, md, reg, refresh, "refresh_token"); rerr != nil {
 			failed(domain.ReasonRevokeRefreshFailed)
 		}
 	}
-	if rerr := s.proto.Revoke(rctx, md, reg, ub.AccessToken, "access_token"); rerr != nil {
-		failed(domain.ReasonRevokeAccessFailed)
+	if !access.IsZero() {
+		if rerr := s.proto.Revoke(rctx, md, reg, access, "access_token"); rerr != nil {
+			failed(domain.ReasonRevokeAccessFailed)
+		}
 	}
 }
 

@@ -53,6 +53,9 @@ type EnterpriseIdPInput struct {
 	// Key, when set, is the private_key_jwt key mcpauth authenticates
 	// with at the IdP instead of a secret.
 	Key *ClientKeyInput
+	// UserClaim names the ID token claim that must equal the user of an
+	// exchange ("" for none).
+	UserClaim string
 }
 
 // EnterpriseIdPView describes the enterprise identity provider without its
@@ -63,6 +66,7 @@ type EnterpriseIdPView struct {
 	ClientID      string
 	SecretSet     bool
 	Key           *ClientKeyView
+	UserClaim     string
 }
 
 // maxStaticAuthorizationLen bounds a static Authorization value.
@@ -306,6 +310,10 @@ func validateIdP(e *EnterpriseIdPInput, has func(string) bool, in *credInput) er
 		return invalid(field+".client_id", "must not contain spaces or control characters")
 	}
 	in.idp.ClientID = e.ClientID
+	if e.UserClaim != "" && !validUserClaim(e.UserClaim) {
+		return invalid(field+".user_claim", "must be a claim name of 1 to 64 letters, digits, '_', '-', '.' or ':'")
+	}
+	in.idp.UserClaim = e.UserClaim
 	if e.Key != nil {
 		k, err := parseKey(field+".private_key_jwt", e.Key)
 		if err != nil {
@@ -413,13 +421,16 @@ func (st *credState) applyIdP(in *credInput, named func(string) bool) {
 
 // check refuses combinations that make no sense, on the provider as it
 // would be stored.
-func (st *credState) check(row *repository.Provider) error {
+func (st *credState) check(row *repository.Provider, cimd bool) error {
 	hasSecret, hasKey, hasClient := len(row.ClientSecret) > 0, st.cfg.KeyAlg != "", row.ClientID != ""
 	if hasKey && hasSecret {
 		return invalid("provider.oauth_client.private_key_jwt", "set either a client_secret or a private key, not both")
 	}
-	if hasKey && !hasClient {
-		return invalid("provider.oauth_client.client_id", "is required with a private key")
+	if hasKey && !hasClient && !(st.kind == domain.KindAuthorizationCode && cimd) {
+		// An authorization-code provider's key without a client id is
+		// identified by its own Client ID Metadata Document (authflow's
+		// cimd.go), which needs an https public URL.
+		return invalid("provider.oauth_client.client_id", "is required with a private key (an authorization-code provider may omit it when mcpauth's public URL is https: its client is then its own Client ID Metadata Document)")
 	}
 	if st.cfg.StaticSet && st.kind != domain.KindStaticAuthorization {
 		return invalid("provider.static_authorization", "is only allowed with credential_kind STATIC_AUTHORIZATION")
@@ -432,7 +443,7 @@ func (st *credState) check(row *repository.Provider) error {
 	}
 	switch st.kind {
 	case domain.KindEnterpriseManaged:
-		return st.checkEnterprise(hasClient, hasSecret, hasKey)
+		return st.checkEnterprise(hasClient, hasSecret, hasKey, row.GrantScope.PerUser())
 	case domain.KindStaticAuthorization:
 		if !st.cfg.StaticSet {
 			return invalid("provider.static_authorization", "is required with credential_kind STATIC_AUTHORIZATION")
@@ -460,7 +471,7 @@ func (st *credState) check(row *repository.Provider) error {
 // extension require client authentication at the token exchange), and a
 // client of the MCP server's authorization server to present the grant
 // with.
-func (st *credState) checkEnterprise(hasClient, hasSecret, hasKey bool) error {
+func (st *credState) checkEnterprise(hasClient, hasSecret, hasKey, perUser bool) error {
 	const field = "provider.enterprise_identity_provider"
 	idp := st.cfg.IdP
 	switch {
@@ -479,8 +490,22 @@ func (st *credState) checkEnterprise(hasClient, hasSecret, hasKey bool) error {
 		return invalid("provider.oauth_client.client_id", "is required with credential_kind ENTERPRISE_MANAGED (the client of the MCP server's authorization server)")
 	case !hasSecret && !hasKey:
 		return invalid("provider.oauth_client", "credential_kind ENTERPRISE_MANAGED needs a client_secret or a private_key_jwt key for the MCP server's authorization server")
+	case idp.UserClaim != "" && !perUser:
+		// A TENANT provider's user names nobody's grant: there is nothing
+		// for the claim to match.
+		return invalid(field+".user_claim", "is only allowed with grant_scope USER")
 	}
 	return nil
+}
+
+// validUserClaim reports whether name is a plausible JWT claim name.
+func validUserClaim(name string) bool {
+	if len(name) > 64 {
+		return false
+	}
+	return strings.IndexFunc(name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.' || r == ':')
+	}) < 0
 }
 
 // store seals st into row.
@@ -597,7 +622,8 @@ func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 		v.DPoP = &DPoPView{Mode: d.CredConfig.DPoPMode, Algorithm: d.CredConfig.DPoPAlg, Thumbprint: d.CredConfig.DPoPJKT}
 	}
 	if idp := d.CredConfig.IdP; !idp.IsZero() {
-		v.EnterpriseIdP = &EnterpriseIdPView{Issuer: idp.Issuer, TokenEndpoint: idp.TokenEndpoint, ClientID: idp.ClientID, SecretSet: idp.SecretSet}
+		v.EnterpriseIdP = &EnterpriseIdPView{Issuer: idp.Issuer, TokenEndpoint: idp.TokenEndpoint, ClientID: idp.ClientID, SecretSet: idp.SecretSet,
+			UserClaim: idp.UserClaim}
 		if idp.KeyAlg != "" {
 			k := &ClientKeyView{Algorithm: idp.KeyAlg, KeyID: idp.KeyID, Generated: idp.KeyGenerated}
 			if s.jwksURL != nil {
@@ -618,4 +644,7 @@ func (s *Service) viewCredentials(v *View, d *vault.Provider) {
 		k.JWKSURI = s.jwksURL(d.Row.TenantID, d.Row.ID)
 	}
 	v.OAuthClient.Key = k
+	if d.Row.ClientID == "" && d.Kind == domain.KindAuthorizationCode && s.cimdURL != nil {
+		v.OAuthClient.MetadataDocumentURL = s.cimdURL(d.Row.TenantID, d.Row.ID)
+	}
 }

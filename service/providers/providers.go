@@ -97,6 +97,9 @@ type Service struct {
 	// jwksURL is where a provider's public key is served; nil or "" when
 	// the service has no public URL.
 	jwksURL func(tenant, id string) string
+	// cimdURL is where a provider's own Client ID Metadata Document is
+	// served; nil when none is.
+	cimdURL func(tenant, id string) string
 }
 
 // Deps are what New needs. Revoker and Prober are optional; Now defaults to
@@ -117,6 +120,11 @@ type Deps struct {
 	Workload WorkloadPolicy
 	// JWKSURL returns the URL of a provider's public JWKS document.
 	JWKSURL func(tenant, id string) string
+	// ClientMetadataURL returns the URL of a provider's own Client ID
+	// Metadata Document; nil when mcpauth serves none (its public URL is
+	// not https). With it, an authorization-code provider may have a
+	// private_key_jwt key without a client_id.
+	ClientMetadataURL func(tenant, id string) string
 }
 
 // New returns the provider registry.
@@ -131,7 +139,7 @@ func New(d Deps) (*Service, error) {
 		d.Reads = d.Store
 	}
 	return &Service{store: d.Store, reads: d.Reads, cipher: d.Cipher, audit: d.Audit, log: d.Log, now: d.Now, revoker: d.Revoker, prober: d.Prober,
-		workload: d.Workload, jwksURL: d.JWKSURL}, nil
+		workload: d.Workload, jwksURL: d.JWKSURL, cimdURL: d.ClientMetadataURL}, nil
 }
 
 // OAuthClient is a pre-registered OAuth client.
@@ -169,6 +177,12 @@ type Fields struct {
 	// create; an update may name it (path "grant_scope") only with the
 	// value it has.
 	GrantScope domain.GrantScope
+	// SharedToolList declares, for a USER provider, that its server lists
+	// the same tools to every user (path "shared_tool_list").
+	SharedToolList bool
+	// RequireCompletion makes every authorization flow of the provider
+	// need CompleteAuthorization (path "require_completion").
+	RequireCompletion bool
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -189,12 +203,17 @@ const (
 	// PathGrantScope is accepted by Update only with the provider's
 	// current value: the grant scope is immutable.
 	PathGrantScope = "grant_scope"
+	// PathSharedToolList is the USER provider's shared tool list setting.
+	PathSharedToolList = "shared_tool_list"
+	// PathRequireCompletion is the provider's completion requirement.
+	PathRequireCompletion = "require_completion"
 )
 
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
-	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP}
+	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP,
+	PathSharedToolList, PathRequireCompletion}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -210,27 +229,36 @@ type OAuthClientView struct {
 	Scopes          []string
 	// Key describes the private_key_jwt key, if any.
 	Key *ClientKeyView
+	// MetadataDocumentURL is the provider's own Client ID Metadata
+	// Document, its client_id at servers that support such documents,
+	// when it has a key and no ClientID.
+	MetadataDocumentURL string
 }
 
 // View is the masked view of a provider: no secret, no full URL.
 type View struct {
 	// GrantScope is domain.ScopeUser for a provider whose grants belong
 	// to end users, empty for a tenant-wide one.
-	GrantScope       domain.GrantScope
-	Tenant           string
-	ID               string
-	DisplayName      string
-	ServerIdentifier string
-	MaskedServerURL  string
-	Icon             string
-	Timeout          time.Duration
-	SSEReadTimeout   time.Duration
-	Status           domain.AuthStatus
-	StatusReason     string
-	Headers          []HeaderInfo
-	OAuthClient      *OAuthClientView
-	Compat           domain.Compat
-	CredentialKind   domain.CredentialKind
+	GrantScope domain.GrantScope
+	// SharedToolList is set when the USER provider's tool list is one for
+	// every connected user.
+	SharedToolList bool
+	// RequireCompletion is set when every flow needs CompleteAuthorization.
+	RequireCompletion bool
+	Tenant            string
+	ID                string
+	DisplayName       string
+	ServerIdentifier  string
+	MaskedServerURL   string
+	Icon              string
+	Timeout           time.Duration
+	SSEReadTimeout    time.Duration
+	Status            domain.AuthStatus
+	StatusReason      string
+	Headers           []HeaderInfo
+	OAuthClient       *OAuthClientView
+	Compat            domain.Compat
+	CredentialKind    domain.CredentialKind
 	// StaticAuthorization describes a stored static Authorization value.
 	StaticAuthorization *HeaderInfo
 	AssertionFile       string
@@ -561,10 +589,14 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	if err := checkScopeKind(scope, in.Fields.CredentialKind); err != nil {
 		return nil, err
 	}
+	if err := checkSharedToolList(scope, in.Fields.SharedToolList); err != nil {
+		return nil, err
+	}
 	now := s.now().UTC()
 	row := &repository.Provider{
-		TenantID: in.Tenant, ID: id, GrantScope: scope,
-		DisplayName: v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
+		TenantID: in.Tenant, ID: id, GrantScope: scope, SharedToolList: in.Fields.SharedToolList,
+		RequireCompletion: in.Fields.RequireCompletion,
+		DisplayName:       v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
 		TimeoutMS: v.timeout.Milliseconds(), SSEReadTimeoutMS: v.sseReadTimeout.Milliseconds(),
 		ClientID: v.clientID, Scopes: vault.JSONList(v.scopes), Compat: vault.JSONCompat(v.compat),
 		KeyID: s.cipher.PrimaryID(), Version: 1, CreatedAt: now, UpdatedAt: now,
@@ -580,14 +612,21 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	}
 	st := &credState{}
 	st.apply(ci, nil, false, false)
-	if err := st.check(row); err != nil {
+	if err := st.check(row, s.cimdURL != nil); err != nil {
 		return nil, err
 	}
 	if err := s.storeCred(row, st); err != nil {
 		return nil, err
 	}
+	details := credAudit(st, row, v.compat.AuditDetails())
+	if row.SharedToolList {
+		details = withDetail(details, PathSharedToolList, "true")
+	}
+	if row.RequireCompletion {
+		details = withDetail(details, PathRequireCompletion, "true")
+	}
 	created := audit.Rows(ctx, s.now(), append([]audit.Event{{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
-		Outcome: domain.OutcomeSuccess, Details: credAudit(st, row, v.compat.AuditDetails())}}, dpopAudit(in.Tenant, id, st)...)...)
+		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(in.Tenant, id, st)...)...)
 	if err := s.store.CreateProvider(ctx, row, created...); err != nil {
 		return nil, storeErr(err)
 	}
@@ -613,6 +652,25 @@ func checkScopeKind(scope domain.GrantScope, kind domain.CredentialKind) error {
 		return invalid("provider.grant_scope", "USER needs credential_kind AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person)")
 	}
 	return nil
+}
+
+// checkSharedToolList refuses a shared tool list on a tenant-wide
+// provider: its one grant already serves one list to everyone, and the
+// setting would promise something it does not do.
+func checkSharedToolList(scope domain.GrantScope, shared bool) error {
+	if shared && !scope.PerUser() {
+		return invalid("provider.shared_tool_list", "only for grant_scope USER (a TENANT provider's one grant already shares its tool list)")
+	}
+	return nil
+}
+
+// withDetail returns details (a new map when nil) with key set to value.
+func withDetail(details map[string]string, key, value string) map[string]string {
+	if details == nil {
+		details = map[string]string{}
+	}
+	details[key] = value
+	return details
 }
 
 // markNotRequired records that the server of a provider just created
@@ -778,7 +836,14 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			row.Scopes = vault.JSONList(v.scopes)
 		case PathCompatibility:
 			row.Compat = vault.JSONCompat(v.compat)
+		case PathSharedToolList:
+			row.SharedToolList = in.Fields.SharedToolList
+		case PathRequireCompletion:
+			row.RequireCompletion = in.Fields.RequireCompletion
 		}
+	}
+	if err := checkSharedToolList(row.GrantScope, row.SharedToolList); err != nil {
+		return nil, err
 	}
 	dropped := dropUnsafe(row, paths, urlChanged, oldClientID)
 	if row.ClientID == "" && len(row.ClientSecret) > 0 {
@@ -786,7 +851,7 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	after := *before
 	dropped = append(dropped, after.apply(ci, paths, urlChanged, row.ClientID != oldClientID)...)
-	if err := after.check(row); err != nil {
+	if err := after.check(row, s.cimdURL != nil); err != nil {
 		return nil, err
 	}
 	if err := s.storeCred(row, &after); err != nil {
@@ -807,6 +872,14 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	if slices.ContainsFunc(paths, func(p string) bool { return slices.Contains(credentialPaths, p) }) {
 		details = credAudit(&after, row, details)
+	}
+	// The new values of the two policy settings, so the log says who
+	// declared a list shared, or stopped requiring completion, and when.
+	if slices.Contains(paths, PathSharedToolList) {
+		details[PathSharedToolList] = strconv.FormatBool(row.SharedToolList)
+	}
+	if slices.Contains(paths, PathRequireCompletion) {
+		details[PathRequireCompletion] = strconv.FormatBool(row.RequireCompletion)
 	}
 	events := append([]audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(tenant, id, &after)...)
@@ -964,23 +1037,24 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 	// Times are cut to microseconds, what the databases keep (PostgreSQL
 	// drops the rest), so a write's response shows what a later read does.
 	v := &View{
-		Tenant:           row.TenantID,
-		ID:               row.ID,
-		DisplayName:      row.DisplayName,
-		ServerIdentifier: row.ServerIdentifier,
-		MaskedServerURL:  validate.MaskURL(d.URL),
-		Icon:             row.Icon,
-		Timeout:          time.Duration(row.TimeoutMS) * time.Millisecond,
-		SSEReadTimeout:   time.Duration(row.SSEReadTimeoutMS) * time.Millisecond,
-		Status:           status,
-		StatusReason:     reason,
-		CreateTime:       row.CreatedAt.Truncate(time.Microsecond),
-		UpdateTime:       row.UpdatedAt.Truncate(time.Microsecond),
-		Etag:             etag(row),
-		Compat:           d.Compat,
+		Tenant:            row.TenantID,
+		ID:                row.ID,
+		DisplayName:       row.DisplayName,
+		ServerIdentifier:  row.ServerIdentifier,
+		MaskedServerURL:   validate.MaskURL(d.URL),
+		Icon:              row.Icon,
+		Timeout:           time.Duration(row.TimeoutMS) * time.Millisecond,
+		SSEReadTimeout:    time.Duration(row.SSEReadTimeoutMS) * time.Millisecond,
+		Status:            status,
+		StatusReason:      reason,
+		CreateTime:        row.CreatedAt.Truncate(time.Microsecond),
+		UpdateTime:        row.UpdatedAt.Truncate(time.Microsecond),
+		Etag:              etag(row),
+		Compat:            d.Compat,
+		RequireCompletion: row.RequireCompletion,
 	}
 	if row.GrantScope.PerUser() {
-		v.GrantScope = domain.ScopeUser
+		v.GrantScope, v.SharedToolList = domain.ScopeUser, row.SharedToolList
 	}
 	names := make([]string, 0, len(d.Headers))
 	for k := range d.Headers {
@@ -991,7 +1065,7 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 		v.Headers = append(v.Headers, HeaderInfo{Name: k, ValueSet: d.Headers[k] != "",
 			Fingerprint: s.cipher.ShortFingerprint(row.TenantID, vault.PurposeHeader, []byte(d.Headers[k]))})
 	}
-	if row.ClientID != "" || len(row.ClientSecret) > 0 || row.Scopes != "" && row.Scopes != "[]" {
+	if row.ClientID != "" || len(row.ClientSecret) > 0 || row.Scopes != "" && row.Scopes != "[]" || d.CredConfig.KeyAlg != "" {
 		v.OAuthClient = &OAuthClientView{ClientID: row.ClientID, ClientSecretSet: len(row.ClientSecret) > 0, Scopes: d.Scopes}
 	}
 	s.viewCredentials(v, d)

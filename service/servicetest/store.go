@@ -331,6 +331,10 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 	row := *c
 	row.Generation = gen
 	row.UpdatedAt = s.now()
+	if exists && row.IdentitySubject == "" {
+		// As the repository: a write without a binding keeps the stored one.
+		row.IdentityIssuer, row.IdentitySubject = cur.IdentityIssuer, cur.IdentitySubject
+	}
 	s.creds[k] = row
 	if p.CredGeneration < gen {
 		p.CredGeneration = gen

@@ -69,6 +69,7 @@ type Grants interface {
 	ForceRefresh(ctx context.Context, ref domain.GrantRef, staleAccess secret.Secret) (*grants.Token, error)
 	MarkReauth(ctx context.Context, ref domain.GrantRef, reason string, generation int64) error
 	Forget(ref domain.GrantRef)
+	Holds(ctx context.Context, ref domain.GrantRef) error
 }
 
 var _ Grants = (*grants.Service)(nil)
@@ -569,7 +570,8 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 	// Microseconds: what PostgreSQL keeps, so List later reports the same
 	// fetch time as this answer.
 	now := s.now().UTC().Truncate(time.Microsecond)
-	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: ss.grant.User, Tools: string(raw), FetchedAt: now}); err != nil {
+	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: toolListRef(ss.d.Row, ss.grant).User,
+		Tools: string(raw), FetchedAt: now}); err != nil {
 		return nil, err
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeSuccess,
@@ -581,9 +583,24 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 	return &List{Tools: out, FetchedAt: now}, nil
 }
 
+// toolListRef names the tool list a grant's fetches fill and its reads
+// serve: the grant's own, except on a USER provider whose operator
+// declared the list the same for everyone (shared_tool_list), where one
+// list (no user) serves every connection. Only the list is shared: each
+// fetch and each call still carries the user's own token.
+func toolListRef(row *repository.Provider, grant domain.GrantRef) domain.GrantRef {
+	if row.GrantScope.PerUser() && row.SharedToolList {
+		return domain.TenantGrant(grant.Tenant, grant.Provider)
+	}
+	return grant
+}
+
 // Stored returns the stored tool list without connecting (empty when the
 // tools were never fetched): the provider's, or for a USER provider the
-// list last fetched with user's connection.
+// list last fetched with user's connection, or with any user's when the
+// list is shared. On a USER provider the user must hold a connection: a
+// shared list never lets someone who has not connected see the tools, and
+// a connection revoked since its list was fetched shows nothing.
 func (s *Service) Stored(ctx context.Context, tenant, id, user string) (*List, error) {
 	row, err := s.store.GetProvider(ctx, tenant, id)
 	if err != nil {
@@ -593,7 +610,12 @@ func (s *Service) Stored(ctx context.Context, tenant, id, user string) (*List, e
 	if err != nil {
 		return nil, err
 	}
-	tl, err := s.store.GetTools(ctx, ref)
+	if row.GrantScope.PerUser() {
+		if err := s.grants.Holds(ctx, ref); err != nil {
+			return nil, err
+		}
+	}
+	tl, err := s.store.GetTools(ctx, toolListRef(row, ref))
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return &List{}, nil
 	}

@@ -111,6 +111,11 @@ type AuthServerOptions struct {
 	// DPoP turns on RFC 9449 at the token endpoint (dpop.go).
 	DPoP *DPoPOptions
 
+	// CIMD accepts clients identified by Client ID Metadata Documents
+	// (cimd.go) and advertises client_id_metadata_document_supported and
+	// private_key_jwt.
+	CIMD *CIMDOptions
+
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
 	Addr string
 }
@@ -134,6 +139,8 @@ type AuthServer struct {
 	idjag *idJAGTrust
 	// idTokens signs ID tokens; nil unless IDTokens.
 	idTokens *idTokenSigner
+	// cimd resolves Client Identifier URLs; nil unless CIMD.
+	cimd *cimdResolver
 	// logins are the browsers signed in at {issuer}/login (login.go).
 	logins loginSessions
 
@@ -242,6 +249,9 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	// Set what fosite's getters would otherwise set lazily, racily.
 	a.config.ClientSecretsHasher = &fosite.BCrypt{Config: a.config}
 	a.config.JWKSFetcherStrategy = fosite.NewDefaultJWKSFetcherStrategy()
+	if opt.CIMD != nil {
+		a.newCIMD(opt.CIMD)
+	}
 	a.provider = compose.Compose(a.config, a.store, compose.NewOAuth2HMACStrategy(a.config),
 		compose.OAuth2AuthorizeExplicitFactory,
 		compose.OAuth2PKCEFactory,
@@ -351,6 +361,12 @@ func (a *AuthServer) metadata(w http.ResponseWriter, _ *http.Request) {
 	}
 	if a.opt.DCR {
 		doc["registration_endpoint"] = a.URL + "/register"
+	}
+	if a.cimd != nil {
+		// The draft, section 5; RFC 8414 section 2 for private_key_jwt.
+		doc["client_id_metadata_document_supported"] = true
+		doc["token_endpoint_auth_methods_supported"] = append(slices.Clone(authMethods), "private_key_jwt")
+		doc["token_endpoint_auth_signing_alg_values_supported"] = []string{"ES256", "RS256"}
 	}
 	a.dpopMetadata(doc)
 	writeJSON(w, http.StatusOK, doc)

@@ -179,9 +179,24 @@ func (p *IdentityProvider) Allow(audience, resource, resourceClientID string, sc
 // expired).
 func (p *IdentityProvider) IDToken(tb TB, subject, clientID string, ttl time.Duration) string {
 	tb.Helper()
+	return p.IDTokenWith(tb, subject, clientID, ttl, nil)
+}
+
+// IDTokenWith is IDToken with extra claims (OpenID Connect Core 1.0
+// section 5.1's standard claims such as email or preferred_username);
+// they cannot replace iss, sub, aud, iat or exp.
+func (p *IdentityProvider) IDTokenWith(tb TB, subject, clientID string, ttl time.Duration, extra map[string]any) string {
+	tb.Helper()
 	now := time.Now()
-	s, err := p.sign("JWT", map[string]any{"iss": p.URL, "sub": subject, "aud": clientID, "iat": now.Unix(),
-		"exp": now.Add(ttl).Unix(), "auth_time": now.Unix()})
+	claims := map[string]any{}
+	for k, v := range extra {
+		claims[k] = v
+	}
+	for k, v := range map[string]any{"iss": p.URL, "sub": subject, "aud": clientID, "iat": now.Unix(),
+		"exp": now.Add(ttl).Unix(), "auth_time": now.Unix()} {
+		claims[k] = v
+	}
+	s, err := p.sign("JWT", claims)
 	if err != nil {
 		tb.Fatalf("testauthz: sign ID token: %v", err)
 	}

@@ -2,6 +2,7 @@ package testauthz
 
 import (
 	"context"
+	"strings"
 	"sync"
 
 	"github.com/ory/fosite"
@@ -20,6 +21,9 @@ type store struct {
 
 	mu      sync.RWMutex
 	clients map[string]fosite.Client
+	// resolve looks up clients the map does not hold (cimd.go); nil for
+	// none.
+	resolve func(ctx context.Context, id string) (fosite.Client, error)
 	// refreshFamilies records request IDs (token families) that already hold
 	// a refresh token, so that without rotation no second one is created.
 	refreshFamilies map[string]bool
@@ -54,15 +58,20 @@ func (s *store) deleteClient(id string) {
 	delete(s.clients, id)
 }
 
-// GetClient implements fosite.ClientManager from the harness's own map.
-func (s *store) GetClient(_ context.Context, id string) (fosite.Client, error) {
+// GetClient implements fosite.ClientManager from the harness's own map,
+// then (on a server with CIMDOptions) from Client ID Metadata Documents.
+func (s *store) GetClient(ctx context.Context, id string) (fosite.Client, error) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	c, ok := s.clients[id]
-	if !ok {
-		return nil, fosite.ErrNotFound
+	resolve := s.resolve
+	s.mu.RUnlock()
+	if ok {
+		return c, nil
 	}
-	return c, nil
+	if resolve != nil && strings.HasPrefix(id, "https://") {
+		return resolve(ctx, id)
+	}
+	return nil, fosite.ErrNotFound
 }
 
 // CreateAccessTokenSession records the signature so RevokeAllTokens can kill it.

@@ -55,7 +55,14 @@ type Connection struct {
 	// When the connection was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the connection last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// For a provider of credential kind ENTERPRISE_MANAGED: the identity the
+	// connection is bound to, taken from the ID token of its first
+	// ExchangeIdentityAssertion once the identity provider accepted it.
+	// Later exchanges for the user with an ID token of another identity are
+	// refused (IDENTITY_BINDING_MISMATCH). Unset for other kinds, and until
+	// the first exchange stores tokens. Deleting the connection clears it.
+	Identity      *ConnectionIdentity `protobuf:"bytes,171,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -174,6 +181,71 @@ func (x *Connection) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Connection) GetIdentity() *ConnectionIdentity {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+// ConnectionIdentity is an end user's identity at the enterprise identity
+// provider: the iss and sub claims of an OpenID Connect ID token (OpenID
+// Connect Core 1.0 section 2; together they identify the user, and never
+// another one).
+type ConnectionIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ID token's issuer (iss).
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The ID token's subject identifier (sub).
+	Subject       string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionIdentity) Reset() {
+	*x = ConnectionIdentity{}
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionIdentity) ProtoMessage() {}
+
+func (x *ConnectionIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionIdentity.ProtoReflect.Descriptor instead.
+func (*ConnectionIdentity) Descriptor() ([]byte, []int) {
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ConnectionIdentity) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ConnectionIdentity) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 // GetConnectionRequest is the request of GetConnection.
 type GetConnectionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -185,7 +257,7 @@ type GetConnectionRequest struct {
 
 func (x *GetConnectionRequest) Reset() {
 	*x = GetConnectionRequest{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +269,7 @@ func (x *GetConnectionRequest) String() string {
 func (*GetConnectionRequest) ProtoMessage() {}
 
 func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[1]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +282,7 @@ func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{1}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetConnectionRequest) GetName() string {
@@ -231,7 +303,7 @@ type GetConnectionResponse struct {
 
 func (x *GetConnectionResponse) Reset() {
 	*x = GetConnectionResponse{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +315,7 @@ func (x *GetConnectionResponse) String() string {
 func (*GetConnectionResponse) ProtoMessage() {}
 
 func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[2]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +328,7 @@ func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{2}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetConnectionResponse) GetConnection() *Connection {
@@ -285,7 +357,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +369,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[3]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +382,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{3}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListConnectionsRequest) GetParent() string {
@@ -354,7 +426,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +438,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[4]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +451,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{4}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -407,7 +479,7 @@ type DeleteConnectionRequest struct {
 
 func (x *DeleteConnectionRequest) Reset() {
 	*x = DeleteConnectionRequest{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +491,7 @@ func (x *DeleteConnectionRequest) String() string {
 func (*DeleteConnectionRequest) ProtoMessage() {}
 
 func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[5]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +504,7 @@ func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{5}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeleteConnectionRequest) GetName() string {
@@ -453,7 +525,7 @@ type DeleteConnectionResponse struct {
 
 func (x *DeleteConnectionResponse) Reset() {
 	*x = DeleteConnectionResponse{}
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +537,7 @@ func (x *DeleteConnectionResponse) String() string {
 func (*DeleteConnectionResponse) ProtoMessage() {}
 
 func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mcpauth_v1_connection_proto_msgTypes[6]
+	mi := &file_mcpauth_v1_connection_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +550,7 @@ func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{6}
+	return file_mcpauth_v1_connection_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteConnectionResponse) GetRevokedAtServer() bool {
@@ -493,7 +565,7 @@ var File_mcpauth_v1_connection_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_connection_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmcpauth/v1/connection.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mcpauth/v1/provider.proto\"\xb6\x04\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mcpauth/v1/provider.proto\"\xf8\x04\n" +
 	"\n" +
 	"Connection\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x17\n" +
@@ -511,7 +583,11 @@ const file_mcpauth_v1_connection_proto_rawDesc = "" +
 	"\vcreate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"updateTime\"/\n" +
+	"updateTime\x12@\n" +
+	"\bidentity\x18\xab\x01 \x01(\v2\x1e.mcpauth.v1.ConnectionIdentityB\x03\xe0A\x03R\bidentity\"F\n" +
+	"\x12ConnectionIdentity\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\"/\n" +
 	"\x14GetConnectionRequest\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\"O\n" +
 	"\x15GetConnectionResponse\x126\n" +
@@ -548,37 +624,39 @@ func file_mcpauth_v1_connection_proto_rawDescGZIP() []byte {
 	return file_mcpauth_v1_connection_proto_rawDescData
 }
 
-var file_mcpauth_v1_connection_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_mcpauth_v1_connection_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_mcpauth_v1_connection_proto_goTypes = []any{
 	(*Connection)(nil),               // 0: mcpauth.v1.Connection
-	(*GetConnectionRequest)(nil),     // 1: mcpauth.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),    // 2: mcpauth.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),   // 3: mcpauth.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),  // 4: mcpauth.v1.ListConnectionsResponse
-	(*DeleteConnectionRequest)(nil),  // 5: mcpauth.v1.DeleteConnectionRequest
-	(*DeleteConnectionResponse)(nil), // 6: mcpauth.v1.DeleteConnectionResponse
-	(AuthorizationStatus)(0),         // 7: mcpauth.v1.AuthorizationStatus
-	(*timestamppb.Timestamp)(nil),    // 8: google.protobuf.Timestamp
+	(*ConnectionIdentity)(nil),       // 1: mcpauth.v1.ConnectionIdentity
+	(*GetConnectionRequest)(nil),     // 2: mcpauth.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),    // 3: mcpauth.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),   // 4: mcpauth.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),  // 5: mcpauth.v1.ListConnectionsResponse
+	(*DeleteConnectionRequest)(nil),  // 6: mcpauth.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil), // 7: mcpauth.v1.DeleteConnectionResponse
+	(AuthorizationStatus)(0),         // 8: mcpauth.v1.AuthorizationStatus
+	(*timestamppb.Timestamp)(nil),    // 9: google.protobuf.Timestamp
 }
 var file_mcpauth_v1_connection_proto_depIdxs = []int32{
-	7,  // 0: mcpauth.v1.Connection.status:type_name -> mcpauth.v1.AuthorizationStatus
-	8,  // 1: mcpauth.v1.Connection.expire_time:type_name -> google.protobuf.Timestamp
-	8,  // 2: mcpauth.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	8,  // 3: mcpauth.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 4: mcpauth.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 5: mcpauth.v1.GetConnectionResponse.connection:type_name -> mcpauth.v1.Connection
-	0,  // 6: mcpauth.v1.ListConnectionsResponse.connections:type_name -> mcpauth.v1.Connection
-	1,  // 7: mcpauth.v1.ConnectionService.GetConnection:input_type -> mcpauth.v1.GetConnectionRequest
-	3,  // 8: mcpauth.v1.ConnectionService.ListConnections:input_type -> mcpauth.v1.ListConnectionsRequest
-	5,  // 9: mcpauth.v1.ConnectionService.DeleteConnection:input_type -> mcpauth.v1.DeleteConnectionRequest
-	2,  // 10: mcpauth.v1.ConnectionService.GetConnection:output_type -> mcpauth.v1.GetConnectionResponse
-	4,  // 11: mcpauth.v1.ConnectionService.ListConnections:output_type -> mcpauth.v1.ListConnectionsResponse
-	6,  // 12: mcpauth.v1.ConnectionService.DeleteConnection:output_type -> mcpauth.v1.DeleteConnectionResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	8,  // 0: mcpauth.v1.Connection.status:type_name -> mcpauth.v1.AuthorizationStatus
+	9,  // 1: mcpauth.v1.Connection.expire_time:type_name -> google.protobuf.Timestamp
+	9,  // 2: mcpauth.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	9,  // 3: mcpauth.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	9,  // 4: mcpauth.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 5: mcpauth.v1.Connection.identity:type_name -> mcpauth.v1.ConnectionIdentity
+	0,  // 6: mcpauth.v1.GetConnectionResponse.connection:type_name -> mcpauth.v1.Connection
+	0,  // 7: mcpauth.v1.ListConnectionsResponse.connections:type_name -> mcpauth.v1.Connection
+	2,  // 8: mcpauth.v1.ConnectionService.GetConnection:input_type -> mcpauth.v1.GetConnectionRequest
+	4,  // 9: mcpauth.v1.ConnectionService.ListConnections:input_type -> mcpauth.v1.ListConnectionsRequest
+	6,  // 10: mcpauth.v1.ConnectionService.DeleteConnection:input_type -> mcpauth.v1.DeleteConnectionRequest
+	3,  // 11: mcpauth.v1.ConnectionService.GetConnection:output_type -> mcpauth.v1.GetConnectionResponse
+	5,  // 12: mcpauth.v1.ConnectionService.ListConnections:output_type -> mcpauth.v1.ListConnectionsResponse
+	7,  // 13: mcpauth.v1.ConnectionService.DeleteConnection:output_type -> mcpauth.v1.DeleteConnectionResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mcpauth_v1_connection_proto_init() }
@@ -593,7 +671,7 @@ func file_mcpauth_v1_connection_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mcpauth_v1_connection_proto_rawDesc), len(file_mcpauth_v1_connection_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -411,6 +411,21 @@ const (
 	// stored; the tokens are revoked.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_ID_TOKEN_INVALID ErrorReason = 124
+	// ExchangeIdentityAssertion for a user of a USER provider of credential
+	// kind ENTERPRISE_MANAGED with an ID token whose identity (its iss and
+	// sub claims) is not the one the user's connection is bound to (the
+	// identity of the ID token of the connection's first exchange) (gRPC
+	// FAILED_PRECONDITION). Nothing is stored; the ID token is sent nowhere
+	// when the stored binding already refuses it. Delete the connection to
+	// bind it to another identity.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_IDENTITY_BINDING_MISMATCH ErrorReason = 130
+	// ExchangeIdentityAssertion with an ID token whose claim named by the
+	// provider's enterprise_identity_provider.user_claim does not equal the
+	// request's user exactly (or is missing, or is not a string) (gRPC
+	// FAILED_PRECONDITION). Nothing is sent anywhere and nothing is stored.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_USER_MISMATCH ErrorReason = 131
 )
 
 // Enum value maps for ErrorReason.
@@ -490,6 +505,8 @@ var (
 		122: "COMPLETION_USER_MISMATCH",
 		123: "ID_TOKEN_SUBJECT_MISMATCH",
 		124: "ID_TOKEN_INVALID",
+		130: "IDENTITY_BINDING_MISMATCH",
+		131: "ID_TOKEN_USER_MISMATCH",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -566,6 +583,8 @@ var (
 		"COMPLETION_USER_MISMATCH":     122,
 		"ID_TOKEN_SUBJECT_MISMATCH":    123,
 		"ID_TOKEN_INVALID":             124,
+		"IDENTITY_BINDING_MISMATCH":    130,
+		"ID_TOKEN_USER_MISMATCH":       131,
 	}
 )
 
@@ -601,7 +620,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xad\r\n" +
+	"mcpauth.v1*\xea\r\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -677,7 +696,9 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x12COMPLETION_INVALID\x10y\x12\x1c\n" +
 	"\x18COMPLETION_USER_MISMATCH\x10z\x12\x1d\n" +
 	"\x19ID_TOKEN_SUBJECT_MISMATCH\x10{\x12\x14\n" +
-	"\x10ID_TOKEN_INVALID\x10|B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x10ID_TOKEN_INVALID\x10|\x12\x1e\n" +
+	"\x19IDENTITY_BINDING_MISMATCH\x10\x82\x01\x12\x1b\n" +
+	"\x16ID_TOKEN_USER_MISMATCH\x10\x83\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once

@@ -749,8 +749,12 @@ type ExchangeIdentityAssertionRequest struct {
 	// The end user, as the calling platform knows them: the grant is stored
 	// for this user when the provider's grants are per user.
 	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
-	// The user's ID token from the enterprise identity provider (a JWT, at
-	// most 16 KiB). Input only: used for one token exchange and dropped.
+	// The user's ID token from the enterprise identity provider (a signed
+	// JWT with iss and sub claims, at most 16 KiB). Input only: used for one
+	// token exchange and dropped. For a USER provider its identity (iss,
+	// sub) must be the one the user's connection is bound to, if any
+	// (IDENTITY_BINDING_MISMATCH), and its user_claim, if the provider names
+	// one, must equal user (ID_TOKEN_USER_MISMATCH).
 	IdToken       string `protobuf:"bytes,3,opt,name=id_token,json=idToken,proto3" json:"id_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -413,6 +413,29 @@ type Provider struct {
 	// held are of one kind or the other. USER needs credential_kind
 	// AUTHORIZATION_CODE or ENTERPRISE_MANAGED (the kinds with a person).
 	GrantScope GrantScope `protobuf:"varint,100,opt,name=grant_scope,json=grantScope,proto3,enum=mcpauth.v1.GrantScope" json:"grant_scope,omitempty"`
+	// For grant_scope USER only: the operator declares that the MCP server
+	// lists the same tools whatever user asks (update path
+	// "shared_tool_list"). mcpauth cannot tell by itself, so by default (false)
+	// each connection keeps the tool list fetched with its own token. When
+	// true, RefreshTools by any connected user fills one list for the
+	// provider, and ListTools serves it to every user who holds a connection;
+	// a user without one still gets FAILED_PRECONDITION NOT_AUTHORIZED, and
+	// CallTool always carries the calling user's own token. Setting it on a
+	// TENANT provider (whose one grant already shares its list) is
+	// INVALID_ARGUMENT. Changes are audited (provider.updated); turning it off
+	// deletes the shared list.
+	SharedToolList bool `protobuf:"varint,160,opt,name=shared_tool_list,json=sharedToolList,proto3" json:"shared_tool_list,omitempty"`
+	// Every StartAuthorization of this provider behaves as if it asked for
+	// require_completion (update path "require_completion"): the callback
+	// stores no grant until the platform's backend confirms its signed-in
+	// user with CompleteAuthorization, so a forwarded or planted
+	// authorization link cannot connect the wrong account. Each
+	// StartAuthorization then needs return_url (INVALID_ARGUMENT naming
+	// return_url without one), and NOT_AUTHORIZED and INSUFFICIENT_SCOPE
+	// answers carry no authorization_url (those links have no return URL).
+	// It applies to flows started after it is set. Changes are audited
+	// (provider.updated).
+	RequireCompletion bool `protobuf:"varint,161,opt,name=require_completion,json=requireCompletion,proto3" json:"require_completion,omitempty"`
 	// The whole Authorization header value (for example "Bearer sk-...") for
 	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
 	// stored encrypted, never returned.
@@ -591,6 +614,20 @@ func (x *Provider) GetGrantScope() GrantScope {
 	return GrantScope_GRANT_SCOPE_UNSPECIFIED
 }
 
+func (x *Provider) GetSharedToolList() bool {
+	if x != nil {
+		return x.SharedToolList
+	}
+	return false
+}
+
+func (x *Provider) GetRequireCompletion() bool {
+	if x != nil {
+		return x.RequireCompletion
+	}
+	return false
+}
+
 func (x *Provider) GetStaticAuthorization() string {
 	if x != nil {
 		return x.StaticAuthorization
@@ -732,6 +769,16 @@ type EnterpriseIdentityProvider struct {
 	// client_id, aud = the IdP's issuer, which is then required). Its public
 	// key is served at jwks_uri, with the provider's other key if it has one.
 	PrivateKeyJwt *ClientKey `protobuf:"bytes,150,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
+	// The name of an ID token claim (for example "sub", "email" or
+	// "preferred_username"; 1 to 64 letters, digits, '_', '-', '.' or ':')
+	// whose value must equal ExchangeIdentityAssertion's user exactly (a
+	// string, compared byte for byte, no case folding): an ID token naming
+	// someone else is refused with ID_TOKEN_USER_MISMATCH before it is sent
+	// anywhere. Only with grant_scope USER. Empty: no such check (the
+	// connection is still bound to the identity of its first ID token).
+	// Changing it, like any change of the identity provider, revokes the
+	// provider's tokens.
+	UserClaim     string `protobuf:"bytes,170,opt,name=user_claim,json=userClaim,proto3" json:"user_claim,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -806,6 +853,13 @@ func (x *EnterpriseIdentityProvider) GetPrivateKeyJwt() *ClientKey {
 		return x.PrivateKeyJwt
 	}
 	return nil
+}
+
+func (x *EnterpriseIdentityProvider) GetUserClaim() string {
+	if x != nil {
+		return x.UserClaim
+	}
+	return ""
 }
 
 // WorkloadIdentity names where a workload's identity token is read.
@@ -1036,10 +1090,23 @@ type OAuthClient struct {
 	Scopes []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	// A private key to authenticate with private_key_jwt instead of a
 	// client_secret (both cannot be set), for every credential kind that
-	// uses this client.
+	// uses this client. An authorization-code provider may set it without a
+	// client_id when mcpauth's public URL is https: its client is then its
+	// own Client ID Metadata Document (client_id_metadata_document_uri).
 	PrivateKeyJwt *ClientKey `protobuf:"bytes,80,opt,name=private_key_jwt,json=privateKeyJwt,proto3" json:"private_key_jwt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// For an authorization-code provider with private_key_jwt and no
+	// client_id: the URL of the provider's own Client ID Metadata Document
+	// (draft-ietf-oauth-client-id-metadata-document), served by mcpauth and
+	// used as client_id at authorization servers that advertise
+	// client_id_metadata_document_supported and private_key_jwt. The
+	// document declares token_endpoint_auth_method private_key_jwt and
+	// jwks_uri (private_key_jwt.jwks_uri); the servers verify the client
+	// assertions (iss = sub = this URL, aud = their issuer) with that key.
+	// Without such a server the authorization fails with
+	// NO_CLIENT_REGISTRATION: no other registration is tried.
+	ClientIdMetadataDocumentUri string `protobuf:"bytes,172,opt,name=client_id_metadata_document_uri,json=clientIdMetadataDocumentUri,proto3" json:"client_id_metadata_document_uri,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *OAuthClient) Reset() {
@@ -1105,6 +1172,13 @@ func (x *OAuthClient) GetPrivateKeyJwt() *ClientKey {
 		return x.PrivateKeyJwt
 	}
 	return nil
+}
+
+func (x *OAuthClient) GetClientIdMetadataDocumentUri() string {
+	if x != nil {
+		return x.ClientIdMetadataDocumentUri
+	}
+	return ""
 }
 
 // CompatibilityProfile lists explicit, audited relaxations of the
@@ -1742,7 +1816,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\v\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\v\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1767,7 +1841,9 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x04etag\x18\x10 \x01(\tR\x04etag\x12C\n" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12<\n" +
 	"\vgrant_scope\x18d \x01(\x0e2\x16.mcpauth.v1.GrantScopeB\x03\xe0A\x05R\n" +
-	"grantScope\x126\n" +
+	"grantScope\x12)\n" +
+	"\x10shared_tool_list\x18\xa0\x01 \x01(\bR\x0esharedToolList\x12.\n" +
+	"\x12require_completion\x18\xa1\x01 \x01(\bR\x11requireCompletion\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
 	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
@@ -1781,14 +1857,16 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12\"\n" +
 	"\n" +
 	"rotate_key\x18\x03 \x01(\bB\x03\xe0A\x04R\trotateKey\x12*\n" +
-	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\x93\x02\n" +
+	"\x0ekey_thumbprint\x18\x04 \x01(\tB\x03\xe0A\x03R\rkeyThumbprint\"\xb3\x02\n" +
 	"\x1aEnterpriseIdentityProvider\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12%\n" +
 	"\x0etoken_endpoint\x18\x02 \x01(\tR\rtokenEndpoint\x12\x1b\n" +
 	"\tclient_id\x18\x03 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x04 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
 	"\x11client_secret_set\x18\x05 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12>\n" +
-	"\x0fprivate_key_jwt\x18\x96\x01 \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"9\n" +
+	"\x0fprivate_key_jwt\x18\x96\x01 \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\x12\x1e\n" +
+	"\n" +
+	"user_claim\x18\xaa\x01 \x01(\tR\tuserClaim\"9\n" +
 	"\x10WorkloadIdentity\x12%\n" +
 	"\x0eassertion_file\x18\x01 \x01(\tR\rassertionFile\"\xd6\x01\n" +
 	"\tClientKey\x12+\n" +
@@ -1802,13 +1880,14 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"HeaderInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tvalue_set\x18\x02 \x01(\bR\bvalueSet\x12 \n" +
-	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\xdc\x01\n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\"\xa8\x02\n" +
 	"\vOAuthClient\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12(\n" +
 	"\rclient_secret\x18\x02 \x01(\tB\x03\xe0A\x04R\fclientSecret\x12/\n" +
 	"\x11client_secret_set\x18\x03 \x01(\bB\x03\xe0A\x03R\x0fclientSecretSet\x12\x16\n" +
 	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12=\n" +
-	"\x0fprivate_key_jwt\x18P \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\"\xd2\x03\n" +
+	"\x0fprivate_key_jwt\x18P \x01(\v2\x15.mcpauth.v1.ClientKeyR\rprivateKeyJwt\x12J\n" +
+	"\x1fclient_id_metadata_document_uri\x18\xac\x01 \x01(\tB\x03\xe0A\x03R\x1bclientIdMetadataDocumentUri\"\xd2\x03\n" +
 	"\x14CompatibilityProfile\x12F\n" +
 	"\rresource_mode\x18\x01 \x01(\x0e2!.mcpauth.v1.ResourceParameterModeR\fresourceMode\x12+\n" +
 	"\x11resource_override\x18\x02 \x01(\tR\x10resourceOverride\x12=\n" +
