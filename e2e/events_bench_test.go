@@ -31,7 +31,8 @@ import (
 // MCPAUTH_BENCH_EVENTS_WRITERS how many goroutines write the batches the
 // rate hands out (default 8); MCPAUTH_BENCH_EVENTS_PROVIDERS how many
 // providers the events are about (default 100; 1 is the worst case, every
-// delivery to an endpoint in one ordered group).
+// delivery to an endpoint in one ordered group);
+// MCPAUTH_BENCH_WEBHOOK_WORKERS sets MCPAUTH_WEBHOOK_WORKERS.
 func BenchmarkEventPipeline(b *testing.B) {
 	const consumers = 10
 	rate := 1000
@@ -42,7 +43,11 @@ func BenchmarkEventPipeline(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("MCPAUTH_BENCH_EVENTS_PROVIDERS")); err == nil && v > 0 {
 		providers = v
 	}
-	s := Start(b, Options{Postgres: true, Env: evEnv(map[string]string{"MCPAUTH_EVENTS_POLL": "250ms"})})
+	env := map[string]string{"MCPAUTH_EVENTS_POLL": "250ms"}
+	if v := os.Getenv("MCPAUTH_BENCH_WEBHOOK_WORKERS"); v != "" {
+		env["MCPAUTH_WEBHOOK_WORKERS"] = v
+	}
+	s := Start(b, Options{Postgres: true, Env: evEnv(env)})
 	recv := make([]*evReceiver, consumers)
 	for i := range recv {
 		recv[i] = evNewReceiver(b)
@@ -84,7 +89,7 @@ func BenchmarkEventPipeline(b *testing.B) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	st := s.Store()
-	writes0 := evRowWrites(b, st)
+	writes0, scans0 := evRowStats(b, st)
 	cpu0 := evCPU()
 	b.ResetTimer()
 	start := time.Now()
@@ -151,7 +156,8 @@ func BenchmarkEventPipeline(b *testing.B) {
 	b.StopTimer()
 	cpu := evCPU() - cpu0
 	time.Sleep(2 * time.Second) // PostgreSQL flushes table statistics about once a second
-	writes := evRowWrites(b, st) - writes0
+	writes, scans := evRowStats(b, st)
+	writes, scans = writes-writes0, scans-scans0
 	var hookLat []time.Duration
 	delivered := 0
 	for _, r := range recv {
@@ -184,11 +190,13 @@ func BenchmarkEventPipeline(b *testing.B) {
 	b.ReportMetric(float64(b.N)/sendDur.Seconds(), "events-offered/s")
 	b.ReportMetric(float64(b.N)/total.Seconds(), "events-fully-delivered/s")
 	// The costs per event, steadier than rates on a shared machine: this
-	// process's CPU (service, receivers and subscribers alike) and the
-	// rows PostgreSQL wrote in the test's schema (tuples inserted,
-	// updated and deleted).
+	// process's CPU (service, receivers and subscribers alike), the rows
+	// PostgreSQL wrote in the test's schema (tuples inserted, updated and
+	// deleted) and the table and index scans it made there (about one per
+	// read statement and table or partition read).
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/event")
 	b.ReportMetric(float64(writes)/float64(b.N), "row-writes/event")
+	b.ReportMetric(float64(scans)/float64(b.N), "scans/event")
 	b.ReportMetric(float64(delivered+len(wl))/total.Seconds(), "deliveries/s")
 }
 
@@ -199,14 +207,16 @@ func evCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// evRowWrites returns the tuples inserted, updated and deleted so far in
-// the store's schema, as PostgreSQL's statistics count them.
-func evRowWrites(tb testing.TB, st *repository.Store) int64 {
+// evRowStats returns the tuples inserted, updated and deleted so far in
+// the store's schema, and the sequential and index scans of its tables, as
+// PostgreSQL's statistics count them.
+func evRowStats(tb testing.TB, st *repository.Store) (writes, scans int64) {
 	tb.Helper()
-	var n int64
-	if err := st.DB().Raw(`SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables
-		WHERE schemaname = current_schema()`).Scan(&n).Error; err != nil {
+	var r struct{ Writes, Scans int64 }
+	if err := st.DB().Raw(`SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS writes,
+		COALESCE(sum(seq_scan + COALESCE(idx_scan, 0)), 0)::bigint AS scans FROM pg_stat_user_tables
+		WHERE schemaname = current_schema()`).Scan(&r).Error; err != nil {
 		tb.Fatal(err)
 	}
-	return n
+	return r.Writes, r.Scans
 }
