@@ -156,6 +156,7 @@ func (d *Dispatcher) loop(ctx context.Context, wake *audit.Wakeup, extra <-chan 
 		if wake != nil {
 			woken = wake.C()
 		}
+		last := time.Now()
 		busy := step()
 		if ctx.Err() != nil {
 			return
@@ -171,6 +172,9 @@ func (d *Dispatcher) loop(ctx context.Context, wake *audit.Wakeup, extra <-chan 
 		case <-recheck.C():
 		case <-extra:
 		case <-t.C:
+		}
+		if wake != nil && !audit.Spaced(ctx, last, audit.MinReadGap) {
+			return
 		}
 	}
 }
