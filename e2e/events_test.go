@@ -332,3 +332,64 @@ func TestWatchEventsResumeExactlyOnce(t *testing.T) {
 		t.Errorf("resume_after of another tenant: %v, want INVALID_ARGUMENT", err)
 	}
 }
+
+// TestWebhookTwoReplicasDeliverOnceInOrder: two replicas on one database
+// both run the fan-out; changes made on either reach the endpoint once
+// each (one replica holds the feed at a time, so no event is sent by both)
+// and in feed order per provider.
+func TestWebhookTwoReplicasDeliverOnceInOrder(t *testing.T) {
+	t.Parallel()
+	a := Start(t, Options{Postgres: true, Env: evEnv(nil)})
+	b := Start(t, Options{DSN: a.DSN, DataDir: a.DataDir, Env: evEnv(nil)})
+	r := evNewReceiver(t)
+	evCreateEndpoint(t, a, "acme", "sink", r)
+	replicas := []*Service{a, b}
+	for i := range 4 {
+		id := fmt.Sprintf("p%d", i)
+		provCreate(t, replicas[i%2], a.AdminKey, "acme", id, provNewProvider(id))
+	}
+	for round := 1; round <= 3; round++ {
+		for i := range 4 {
+			s := replicas[(i+round)%2]
+			_, err := s.Providers().UpdateProvider(Ctx(t, a.AdminKey), &mcpauthv1.UpdateProviderRequest{
+				Provider:   &mcpauthv1.Provider{Name: fmt.Sprintf("tenants/acme/providers/p%d", i), DisplayName: fmt.Sprintf("Provider %d %d", i, round)},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"display_name"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	audited := evAuditNames(t, a, "acme")
+	if len(audited) != 16 {
+		t.Fatalf("%d audit events, want 16", len(audited))
+	}
+	r.waitFor(t, evNames(audited), 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // a repeat would arrive meanwhile
+	got := r.messages()
+	count := map[string]int{}
+	for _, m := range got {
+		count[m.Name]++
+	}
+	for _, e := range audited {
+		if count[e.GetName()] != 1 {
+			t.Errorf("%s accepted %d times, want once", e.GetName(), count[e.GetName()])
+		}
+	}
+	for i := range 4 {
+		prov := fmt.Sprintf("tenants/acme/providers/p%d", i)
+		var want, order []string
+		for _, e := range audited {
+			if e.GetProvider() == prov {
+				want = append(want, e.GetName())
+			}
+		}
+		for _, m := range got {
+			if m.Provider == prov {
+				order = append(order, m.Name)
+			}
+		}
+		if !slices.Equal(order, want) {
+			t.Errorf("%s delivered in order %v, want %v", prov, order, want)
+		}
+	}
+}

@@ -80,8 +80,8 @@ func (r *Recheck) C() <-chan time.Time {
 // (see repository.EventCursor): resuming after the last event received
 // neither repeats nor skips one, across disconnects, restarts and replicas.
 // Events arrive once every older transaction has ended; with no long
-// transactions that is within the poll interval, at once for events written
-// by this replica. A watcher that never received an event resumes from
+// transactions that is within the poll interval, within MinReadGap for
+// events written by this replica (or by another, with Redis). A watcher that never received an event resumes from
 // "now" (it has no position to resume from).
 type Feed struct {
 	store FeedStore
