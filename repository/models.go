@@ -61,6 +61,9 @@ type Provider struct {
 	// its server lists the same tools to every user: one tool list (user
 	// id empty) serves every connected user instead of one per connection.
 	SharedToolList bool `gorm:"column:shared_tool_list"`
+	// RequireCompletion makes every authorization flow of the provider
+	// wait for CompleteAuthorization before its grant is stored.
+	RequireCompletion bool `gorm:"column:require_completion"`
 	// GrantStatus, GrantReason and GrantGeneration are the provider's grant
 	// (its credentials row) as GetProvider and ListProviders read it in the
 	// same query; zero when it has none. They are not columns of providers:

@@ -200,6 +200,7 @@ func (s *Store) updateProvider(ctx context.Context, p *Provider, expectedVersion
 				"credential_config":   p.CredentialConfig,
 				"credential_secrets":  nullBytes(p.CredentialSecrets),
 				"shared_tool_list":    p.SharedToolList,
+				"require_completion":  p.RequireCompletion,
 				"key_id":              p.KeyID,
 				"version":             expectedVersion + 1,
 				"updated_at":          now,

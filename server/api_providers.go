@@ -184,6 +184,7 @@ func providerFields(p *mcpauthv1.Provider) (*providers.Fields, error) {
 	}
 	f.GrantScope = scope
 	f.SharedToolList = p.GetSharedToolList()
+	f.RequireCompletion = p.GetRequireCompletion()
 	return f, nil
 }
 
@@ -266,5 +267,6 @@ func providerProto(v *providers.View) *mcpauthv1.Provider {
 	credentialProto(v, p)
 	p.GrantScope = grantScopeProto(v.GrantScope)
 	p.SharedToolList = v.SharedToolList
+	p.RequireCompletion = v.RequireCompletion
 	return p
 }

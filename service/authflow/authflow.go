@@ -599,6 +599,15 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 		return nil, "", apperr.FailedPrecondition(domain.ReasonNotAuthorized,
 			"the provider's credential kind %q needs no browser authorization: call GetAccessToken", d.Kind)
 	}
+	if d.Row.RequireCompletion && !in.RequireCompletion {
+		// The provider's policy, whatever the caller asked: also the
+		// URLs NOT_AUTHORIZED and step-up answers would carry, which have
+		// no return URL and so are not handed out.
+		if in.ReturnURL == "" {
+			return nil, "", apperr.Invalid("return_url", "is required: the provider requires completion (require_completion), and the completion code is delivered to it")
+		}
+		in.RequireCompletion = true
+	}
 	tenant, id := d.Row.TenantID, d.Row.ID
 	// The grant this flow completes: the provider's tenant-wide grant, or
 	// for a USER provider the connection of the user the flow is for.

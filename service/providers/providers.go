@@ -180,6 +180,9 @@ type Fields struct {
 	// SharedToolList declares, for a USER provider, that its server lists
 	// the same tools to every user (path "shared_tool_list").
 	SharedToolList bool
+	// RequireCompletion makes every authorization flow of the provider
+	// need CompleteAuthorization (path "require_completion").
+	RequireCompletion bool
 }
 
 // The update paths: the fields Update can change. Names follow the API's
@@ -202,13 +205,15 @@ const (
 	PathGrantScope = "grant_scope"
 	// PathSharedToolList is the USER provider's shared tool list setting.
 	PathSharedToolList = "shared_tool_list"
+	// PathRequireCompletion is the provider's completion requirement.
+	PathRequireCompletion = "require_completion"
 )
 
 // UpdatablePaths lists every path Update accepts.
 var UpdatablePaths = []string{PathDisplayName, PathServerIdentifier, PathServerURL, PathHeaders, PathIcon, PathTimeout,
 	PathSSEReadTimeout, PathOAuthClient, PathOAuthClientID, PathOAuthClientSecret, PathOAuthClientScopes, PathCompatibility,
 	PathCredentialKind, PathStaticAuthorization, PathWorkloadIdentity, PathOAuthClientKey, PathEnterpriseIdP, PathEnterpriseIdPSecret, PathDPoP,
-	PathSharedToolList}
+	PathSharedToolList, PathRequireCompletion}
 
 // HeaderInfo describes one custom header without its value.
 type HeaderInfo struct {
@@ -237,21 +242,23 @@ type View struct {
 	GrantScope domain.GrantScope
 	// SharedToolList is set when the USER provider's tool list is one for
 	// every connected user.
-	SharedToolList   bool
-	Tenant           string
-	ID               string
-	DisplayName      string
-	ServerIdentifier string
-	MaskedServerURL  string
-	Icon             string
-	Timeout          time.Duration
-	SSEReadTimeout   time.Duration
-	Status           domain.AuthStatus
-	StatusReason     string
-	Headers          []HeaderInfo
-	OAuthClient      *OAuthClientView
-	Compat           domain.Compat
-	CredentialKind   domain.CredentialKind
+	SharedToolList bool
+	// RequireCompletion is set when every flow needs CompleteAuthorization.
+	RequireCompletion bool
+	Tenant            string
+	ID                string
+	DisplayName       string
+	ServerIdentifier  string
+	MaskedServerURL   string
+	Icon              string
+	Timeout           time.Duration
+	SSEReadTimeout    time.Duration
+	Status            domain.AuthStatus
+	StatusReason      string
+	Headers           []HeaderInfo
+	OAuthClient       *OAuthClientView
+	Compat            domain.Compat
+	CredentialKind    domain.CredentialKind
 	// StaticAuthorization describes a stored static Authorization value.
 	StaticAuthorization *HeaderInfo
 	AssertionFile       string
@@ -588,7 +595,8 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	now := s.now().UTC()
 	row := &repository.Provider{
 		TenantID: in.Tenant, ID: id, GrantScope: scope, SharedToolList: in.Fields.SharedToolList,
-		DisplayName: v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
+		RequireCompletion: in.Fields.RequireCompletion,
+		DisplayName:       v.displayName, ServerIdentifier: v.serverIdentifier, Icon: v.icon,
 		TimeoutMS: v.timeout.Milliseconds(), SSEReadTimeoutMS: v.sseReadTimeout.Milliseconds(),
 		ClientID: v.clientID, Scopes: vault.JSONList(v.scopes), Compat: vault.JSONCompat(v.compat),
 		KeyID: s.cipher.PrimaryID(), Version: 1, CreatedAt: now, UpdatedAt: now,
@@ -613,6 +621,9 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (*View, error) {
 	details := credAudit(st, row, v.compat.AuditDetails())
 	if row.SharedToolList {
 		details = withDetail(details, PathSharedToolList, "true")
+	}
+	if row.RequireCompletion {
+		details = withDetail(details, PathRequireCompletion, "true")
 	}
 	created := audit.Rows(ctx, s.now(), append([]audit.Event{{Tenant: in.Tenant, Type: domain.EventProviderCreated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(in.Tenant, id, st)...)...)
@@ -827,6 +838,8 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			row.Compat = vault.JSONCompat(v.compat)
 		case PathSharedToolList:
 			row.SharedToolList = in.Fields.SharedToolList
+		case PathRequireCompletion:
+			row.RequireCompletion = in.Fields.RequireCompletion
 		}
 	}
 	if err := checkSharedToolList(row.GrantScope, row.SharedToolList); err != nil {
@@ -860,10 +873,13 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if slices.ContainsFunc(paths, func(p string) bool { return slices.Contains(credentialPaths, p) }) {
 		details = credAudit(&after, row, details)
 	}
+	// The new values of the two policy settings, so the log says who
+	// declared a list shared, or stopped requiring completion, and when.
 	if slices.Contains(paths, PathSharedToolList) {
-		// The new value, so the log says who declared the list shared
-		// and when.
 		details[PathSharedToolList] = strconv.FormatBool(row.SharedToolList)
+	}
+	if slices.Contains(paths, PathRequireCompletion) {
+		details[PathRequireCompletion] = strconv.FormatBool(row.RequireCompletion)
 	}
 	events := append([]audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(tenant, id, &after)...)
@@ -1021,20 +1037,21 @@ func (s *Service) view(row *repository.Provider) (*View, error) {
 	// Times are cut to microseconds, what the databases keep (PostgreSQL
 	// drops the rest), so a write's response shows what a later read does.
 	v := &View{
-		Tenant:           row.TenantID,
-		ID:               row.ID,
-		DisplayName:      row.DisplayName,
-		ServerIdentifier: row.ServerIdentifier,
-		MaskedServerURL:  validate.MaskURL(d.URL),
-		Icon:             row.Icon,
-		Timeout:          time.Duration(row.TimeoutMS) * time.Millisecond,
-		SSEReadTimeout:   time.Duration(row.SSEReadTimeoutMS) * time.Millisecond,
-		Status:           status,
-		StatusReason:     reason,
-		CreateTime:       row.CreatedAt.Truncate(time.Microsecond),
-		UpdateTime:       row.UpdatedAt.Truncate(time.Microsecond),
-		Etag:             etag(row),
-		Compat:           d.Compat,
+		Tenant:            row.TenantID,
+		ID:                row.ID,
+		DisplayName:       row.DisplayName,
+		ServerIdentifier:  row.ServerIdentifier,
+		MaskedServerURL:   validate.MaskURL(d.URL),
+		Icon:              row.Icon,
+		Timeout:           time.Duration(row.TimeoutMS) * time.Millisecond,
+		SSEReadTimeout:    time.Duration(row.SSEReadTimeoutMS) * time.Millisecond,
+		Status:            status,
+		StatusReason:      reason,
+		CreateTime:        row.CreatedAt.Truncate(time.Microsecond),
+		UpdateTime:        row.UpdatedAt.Truncate(time.Microsecond),
+		Etag:              etag(row),
+		Compat:            d.Compat,
+		RequireCompletion: row.RequireCompletion,
 	}
 	if row.GrantScope.PerUser() {
 		v.GrantScope, v.SharedToolList = domain.ScopeUser, row.SharedToolList

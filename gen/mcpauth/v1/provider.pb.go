@@ -425,6 +425,17 @@ type Provider struct {
 	// INVALID_ARGUMENT. Changes are audited (provider.updated); turning it off
 	// deletes the shared list.
 	SharedToolList bool `protobuf:"varint,160,opt,name=shared_tool_list,json=sharedToolList,proto3" json:"shared_tool_list,omitempty"`
+	// Every StartAuthorization of this provider behaves as if it asked for
+	// require_completion (update path "require_completion"): the callback
+	// stores no grant until the platform's backend confirms its signed-in
+	// user with CompleteAuthorization, so a forwarded or planted
+	// authorization link cannot connect the wrong account. Each
+	// StartAuthorization then needs return_url (INVALID_ARGUMENT naming
+	// return_url without one), and NOT_AUTHORIZED and INSUFFICIENT_SCOPE
+	// answers carry no authorization_url (those links have no return URL).
+	// It applies to flows started after it is set. Changes are audited
+	// (provider.updated).
+	RequireCompletion bool `protobuf:"varint,161,opt,name=require_completion,json=requireCompletion,proto3" json:"require_completion,omitempty"`
 	// The whole Authorization header value (for example "Bearer sk-...") for
 	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
 	// stored encrypted, never returned.
@@ -606,6 +617,13 @@ func (x *Provider) GetGrantScope() GrantScope {
 func (x *Provider) GetSharedToolList() bool {
 	if x != nil {
 		return x.SharedToolList
+	}
+	return false
+}
+
+func (x *Provider) GetRequireCompletion() bool {
+	if x != nil {
+		return x.RequireCompletion
 	}
 	return false
 }
@@ -1798,7 +1816,7 @@ var File_mcpauth_v1_provider_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\n" +
 	"\x19mcpauth/v1/provider.proto\x12\n" +
-	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\v\n" +
+	"mcpauth.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\v\n" +
 	"\bProvider\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12&\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x03\xe0A\x02R\vdisplayName\x120\n" +
@@ -1824,7 +1842,8 @@ const file_mcpauth_v1_provider_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18P \x01(\x0e2\x1a.mcpauth.v1.CredentialKindR\x0ecredentialKind\x12<\n" +
 	"\vgrant_scope\x18d \x01(\x0e2\x16.mcpauth.v1.GrantScopeB\x03\xe0A\x05R\n" +
 	"grantScope\x12)\n" +
-	"\x10shared_tool_list\x18\xa0\x01 \x01(\bR\x0esharedToolList\x126\n" +
+	"\x10shared_tool_list\x18\xa0\x01 \x01(\bR\x0esharedToolList\x12.\n" +
+	"\x12require_completion\x18\xa1\x01 \x01(\bR\x11requireCompletion\x126\n" +
 	"\x14static_authorization\x18Q \x01(\tB\x03\xe0A\x04R\x13staticAuthorization\x12W\n" +
 	"\x19static_authorization_info\x18R \x01(\v2\x16.mcpauth.v1.HeaderInfoB\x03\xe0A\x03R\x17staticAuthorizationInfo\x12I\n" +
 	"\x11workload_identity\x18S \x01(\v2\x1c.mcpauth.v1.WorkloadIdentityR\x10workloadIdentity\x12i\n" +
