@@ -403,7 +403,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	tokens, err := grants.New(grants.Deps{Store: a.store, Cipher: a.keys, Proto: proto, Locks: a.flows,
 		Audit: auditor, Reads: a.reads, Log: log, Metrics: a.metrics,
-		Machine: grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Machine:     grants.MachineDeps{Discover: proto, Proto: proto, Assertions: workloadFiles, Identity: proto},
+		Credentials: a.store.NewCredentialBatcher(),
 		Config: grants.Config{MarginMax: cfg.RefreshMarginMax, LockTTL: cfg.RefreshLockTTL, CacheTTL: cfg.TokenCacheTTL,
 			DPoPRetryAfter: cfg.DPoPRetryInterval}})
 	if err != nil {
@@ -456,7 +457,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	if a.dispatcher, err = webhooks.NewDispatcher(a.store, a.keys, sender, log, nil, wake, webhooks.DispatchConfig{
 		Poll: cfg.EventsPoll, BackoffBase: cfg.WebhookBackoffBase, BackoffMax: cfg.WebhookBackoffMax,
-		MaxAttempts: cfg.WebhookMaxAttempts, Lease: 3 * cfg.WebhookTimeout, MirrorToLog: cfg.AuditLogMirror}); err != nil {
+		MaxAttempts: cfg.WebhookMaxAttempts, Lease: 3 * cfg.WebhookTimeout, Workers: cfg.WebhookWorkers,
+		MirrorToLog: cfg.AuditLogMirror}); err != nil {
 		return nil, err
 	}
 	if a.retention, err = audit.NewRetention(a.store, log, nil, cfg.AuditRetention,

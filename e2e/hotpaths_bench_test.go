@@ -76,6 +76,7 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 	type key struct{ bin, method string }
 	results := map[key][]loadResult{}
 	health := map[key][]loadResult{}
+	cpuPerCall := map[key][]float64{} // the server process's CPU time per call, in microseconds
 	methods := []string{"GetAccessToken", "StartAuthorization", "GetProvider"}
 	if m := os.Getenv("MCPAUTH_BENCH_METHODS"); m != "" {
 		methods = strings.Split(m, ",")
@@ -134,16 +135,30 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 							filepath.Join(pprofDir, fmt.Sprintf("%s-%s-%d.pprof", bn.label, m, round+1)))
 					}()
 				}
-				if ghz != "" {
-					h = ghzLoad(b, ghz, p.GRPCAddr, "grpc.health.v1.Health/Check", "{}", "", 64, d)
-					r = ghzLoad(b, ghz, p.GRPCAddr, ghzCall[m], ghzReq[m], c.Key, 64, d)
-				} else {
-					h = runLoad(ctx, 64, d, func(ctx context.Context) error {
-						_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-						return err
-					})
-					r = runLoad(ctx, 64, d, calls[m])
+				// The server's CPU per call of each run, besides throughput.
+				cpu := func(run func() loadResult) (loadResult, float64) {
+					t0, ok0 := p.CPUTime()
+					res := run()
+					t1, ok1 := p.CPUTime()
+					if !ok0 || !ok1 || res.N == 0 {
+						return res, 0
+					}
+					return res, float64((t1 - t0).Microseconds()) / float64(res.N)
 				}
+				var hCPU, rCPU float64
+				if ghz != "" {
+					h, hCPU = cpu(func() loadResult { return ghzLoad(b, ghz, p.GRPCAddr, "grpc.health.v1.Health/Check", "{}", "", 64, d) })
+					r, rCPU = cpu(func() loadResult { return ghzLoad(b, ghz, p.GRPCAddr, ghzCall[m], ghzReq[m], c.Key, 64, d) })
+				} else {
+					h, hCPU = cpu(func() loadResult {
+						return runLoad(ctx, 64, d, func(ctx context.Context) error {
+							_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+							return err
+						})
+					})
+					r, rCPU = cpu(func() loadResult { return runLoad(ctx, 64, d, calls[m]) })
+				}
+				cpuPerCall[key{bn.label, m}] = append(cpuPerCall[key{bn.label, m}], rCPU)
 				if profiled != nil {
 					if err := <-profiled; err != nil {
 						b.Errorf("cpu profile of %s on %s: %v", m, bn.label, err)
@@ -153,8 +168,8 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 				results[key{bn.label, m}] = append(results[key{bn.label, m}], r)
 				// On stdout: the testing package keeps only the first lines
 				// of a benchmark's log, and the summary below must be among them.
-				fmt.Printf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms | call %6.0f/s p50 %6.1fms p99 %6.1fms errors %d | ratio %.2f\n",
-					round+1, bn.label, m, h.RPS(), ms(h.P99), r.RPS(), ms(r.P50), ms(r.P99), r.Errors, r.RPS()/h.RPS())
+				fmt.Printf("round %d %-6s %-18s health %6.0f/s p99 %6.1fms cpu %4.0fus/call | call %6.0f/s p50 %6.1fms p99 %6.1fms cpu %4.0fus/call errors %d | ratio %.2f\n",
+					round+1, bn.label, m, h.RPS(), ms(h.P99), hCPU, r.RPS(), ms(r.P50), ms(r.P99), rCPU, r.Errors, r.RPS()/h.RPS())
 				if r.Errors > 0 || h.Errors > 0 {
 					b.Errorf("%s on %s: %d errors (health %d)", m, bn.label, r.Errors, h.Errors)
 				}
@@ -180,8 +195,9 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 				hp99s = append(hp99s, ms(health[k][i].P99))
 			}
 			ratio, p99 := median(ratios), median(p99s)
-			b.Logf("  %-18s %-6s ratio %.2f [%.2f-%.2f]  p99 %6.1f ms [%.1f-%.1f]  (Health/Check p99 %6.1f ms)", m, bn.label,
-				ratio, slices.Min(ratios), slices.Max(ratios), p99, slices.Min(p99s), slices.Max(p99s), median(hp99s))
+			b.Logf("  %-18s %-6s ratio %.2f [%.2f-%.2f]  p99 %6.1f ms [%.1f-%.1f]  (Health/Check p99 %6.1f ms)  server CPU %.0f us/call", m, bn.label,
+				ratio, slices.Min(ratios), slices.Max(ratios), p99, slices.Min(p99s), slices.Max(p99s), median(hp99s), median(cpuPerCall[k]))
+			b.ReportMetric(median(cpuPerCall[k]), m+"_"+bn.label+"_cpu_us")
 			b.ReportMetric(ratio, m+"_"+bn.label+"_ratio")
 			b.ReportMetric(p99, m+"_"+bn.label+"_p99_ms")
 		}

@@ -21,16 +21,9 @@ func credentialChanged() *apperr.Error {
 // GetCredential returns the grant's credential, or apperr.NotFound
 // ("credential not found") when it has none.
 func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credential, error) {
-	q, err := grantScoped(ctx, s.db, g)
-	if err != nil {
-		return nil, err
-	}
 	var c Credential
-	if err := q.Take(&c).Error; err != nil {
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return nil, apperr.NotFound("credential")
-		}
-		return nil, dbErr(err, "get credential")
+	if err := s.getRow(ctx, getCredentialSQL, "credentials", "credential", g.Tenant, []any{g.Provider, g.User}, credentialDest(&c)...); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }

@@ -44,8 +44,7 @@ func newHotSQL(text string) hotSQL {
 
 // getRow runs q with the tenant and args on the pool and scans its one row
 // into dest (no row: NotFound(what)), after checking the tenant (the first
-// argument of every hot query). With a tracer it is a client span like the
-// ones of GORM's statements (statement text with placeholders, no values).
+// argument of every hot query).
 func (s *Store) getRow(ctx context.Context, q hotSQL, table, what, tenant string, args []any, dest ...any) error {
 	if err := checkTenant(tenant); err != nil {
 		return err
@@ -54,35 +53,62 @@ func (s *Store) getRow(ctx context.Context, q hotSQL, table, what, tenant string
 	if err != nil {
 		return dbErr(err, "get "+what)
 	}
-	text := q.text
-	if s.db.Dialector.Name() == "postgres" {
-		text = q.postgres
-	}
-	var span trace.Span
-	if s.tracer != nil {
-		system := "sqlite"
-		if s.db.Dialector.Name() == "postgres" {
-			system = "postgresql"
-		}
-		ctx, span = s.tracer.Start(ctx, "SELECT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
-			attribute.String("db.system.name", system), attribute.String("db.operation.name", "SELECT"),
-			attribute.String("db.collection.name", table), attribute.String("db.query.text", text)))
-		defer span.End()
-	}
+	text := q.render(s)
+	ctx, span := s.hotSpan(ctx, table, text)
 	err = db.QueryRowContext(ctx, text, append([]any{tenant}, args...)...).Scan(dest...)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return apperr.NotFound(what)
+		err = apperr.NotFound(what)
 	case err != nil:
-		if span != nil {
-			span.SetStatus(codes.Error, err.Error())
-		}
-		return dbErr(err, "get "+what)
+		err = dbErr(err, "get "+what)
 	}
-	if span != nil {
-		span.SetAttributes(attribute.Int64("db.response.returned_rows", 1))
+	span.end(err, 1)
+	return err
+}
+
+// render returns q's text for the store's dialect.
+func (q hotSQL) render(s *Store) string {
+	if s.db.Dialector.Name() == "postgres" {
+		return q.postgres
 	}
-	return nil
+	return q.text
+}
+
+// hotTrace is the span of one hand-written query, or nothing without a
+// tracer.
+type hotTrace struct{ span trace.Span }
+
+// hotSpan starts a client span like the ones of GORM's statements
+// (statement text with placeholders, no values) when the store traces.
+func (s *Store) hotSpan(ctx context.Context, table, text string) (context.Context, hotTrace) {
+	if s.tracer == nil {
+		return ctx, hotTrace{}
+	}
+	system := "sqlite"
+	if s.db.Dialector.Name() == "postgres" {
+		system = "postgresql"
+	}
+	ctx, span := s.tracer.Start(ctx, "SELECT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+		attribute.String("db.system.name", system), attribute.String("db.operation.name", "SELECT"),
+		attribute.String("db.collection.name", table), attribute.String("db.query.text", text)))
+	return ctx, hotTrace{span}
+}
+
+// end ends the span with the query's outcome: a NotFound answer is a
+// successful query that returned no row.
+func (t hotTrace) end(err error, rows int) {
+	if t.span == nil {
+		return
+	}
+	switch {
+	case err == nil:
+		t.span.SetAttributes(attribute.Int64("db.response.returned_rows", int64(rows)))
+	case apperr.KindOf(err) == apperr.KindNotFound:
+		t.span.SetAttributes(attribute.Int64("db.response.returned_rows", 0))
+	default:
+		t.span.SetStatus(codes.Error, err.Error())
+	}
+	t.span.End()
 }
 
 // providerColumns are the columns GetProvider reads, in the order of
@@ -119,3 +145,22 @@ func registrationDest(r *ClientRegistration) []any {
 var getRegistrationSQL = newHotSQL(`SELECT tenant_id, provider_id, issuer_hash, issuer, method, client_id, secret, redirect_uri,
 	key_id, version, created_at, updated_at
 	FROM client_registrations WHERE tenant_id = ? AND provider_id = ? AND issuer_hash = ?`)
+
+// credentialColumns are the columns GetCredential reads, in the order of
+// credentialDest.
+var credentialColumns = []string{"tenant_id", "provider_id", "user_id", "connection_id", "tokens", "issuer", "scopes", "expires_at",
+	"has_refresh", "generation", "status", "reason", "refresh_failures", "last_refresh_at", "key_id", "created_by", "created_at", "updated_at", "identity_issuer", "identity_subject"}
+
+func credentialDest(c *Credential) []any {
+	return []any{&c.TenantID, &c.ProviderID, &c.UserID, &c.ConnectionID, &c.Tokens, &c.Issuer, &c.Scopes, &c.ExpiresAt,
+		&c.HasRefresh, &c.Generation, &c.Status, &c.Reason, &c.RefreshFailures, &c.LastRefreshAt, &c.KeyID, &c.CreatedBy, &c.CreatedAt, &c.UpdatedAt,
+		&c.IdentityIssuer, &c.IdentitySubject}
+}
+
+// getCredentialSQL reads one grant by its primary key: the read of every
+// GetAccessToken that misses the token cache (each call, for random users
+// among many connections).
+var getCredentialSQL = newHotSQL(`SELECT tenant_id, provider_id, user_id, connection_id, tokens, issuer, scopes, expires_at,
+	has_refresh, generation, status, reason, refresh_failures, last_refresh_at, key_id, created_by, created_at, updated_at,
+	identity_issuer, identity_subject
+	FROM credentials WHERE tenant_id = ? AND provider_id = ? AND user_id = ?`)

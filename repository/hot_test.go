@@ -5,10 +5,12 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"gorm.io/gorm/schema"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
 )
 
 // modelColumns lists the columns GORM maps model's fields to.
@@ -38,6 +40,7 @@ func TestHotQueriesCoverTheModels(t *testing.T) {
 	}{
 		{&Provider{}, providerColumns, len(providerDest(&Provider{}))},
 		{&ClientRegistration{}, registrationColumns, len(registrationDest(&ClientRegistration{}))},
+		{&Credential{}, credentialColumns, len(credentialDest(&Credential{}))},
 	} {
 		want := modelColumns(t, tc.model)
 		got := slices.Clone(tc.cols)
@@ -76,6 +79,37 @@ func TestHotReadsMatchGORM(t *testing.T) {
 		if _, err := s.GetClientRegistration(ctx, "t1", "p1", "https://as.example"); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Errorf("no registration: %v", err)
 		}
+		// A connection with every nullable column set, and the tenant-wide
+		// grant with them NULL.
+		for _, user := range []string{"alice", ""} {
+			c := newCredential("t1", "p1", "sealed-"+user)
+			c.UserID, c.Reason, c.CreatedBy, c.RefreshFailures, c.Status = user, "INVALID_GRANT", "caller-a", 2, 3
+			if user == "" {
+				c.ExpiresAt = nil
+			} else {
+				now := time.Now().UTC().Truncate(time.Second)
+				c.LastRefreshAt = &now
+			}
+			if _, err := s.PutCredential(ctx, c, 0); err != nil {
+				t.Fatal(err)
+			}
+			ref := domain.GrantRef{Tenant: "t1", Provider: "p1", User: user}
+			hot, err := s.GetCredential(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var viaGORM Credential
+			q, _ := grantScoped(ctx, s.db, ref)
+			if err := q.Take(&viaGORM).Error; err != nil {
+				t.Fatal(err)
+			}
+			if !credentialsEqual(hot, &viaGORM) {
+				t.Errorf("GetCredential(%q) = %+v\nGORM reads %+v", user, hot, viaGORM)
+			}
+			if _, err := s.GetCredential(ctx, domain.GrantRef{Tenant: "t2", Provider: "p1", User: user}); apperr.KindOf(err) != apperr.KindNotFound {
+				t.Errorf("another tenant's credential: %v", err)
+			}
+		}
 	})
 }
 
@@ -87,4 +121,14 @@ func providersEqual(a, b *Provider) bool {
 		a.Version == b.Version && a.CredGeneration == b.CredGeneration && a.GrantStatus == b.GrantStatus &&
 		a.GrantReason == b.GrantReason && a.GrantGeneration == b.GrantGeneration && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
 		a.CredentialKind == b.CredentialKind && a.CredentialConfig == b.CredentialConfig && string(a.CredentialSecrets) == string(b.CredentialSecrets)
+}
+
+func credentialsEqual(a, b *Credential) bool {
+	timeEq := func(x, y *time.Time) bool { return x == nil && y == nil || x != nil && y != nil && x.Equal(*y) }
+	return a.TenantID == b.TenantID && a.ProviderID == b.ProviderID && a.UserID == b.UserID && a.ConnectionID == b.ConnectionID &&
+		string(a.Tokens) == string(b.Tokens) && a.Issuer == b.Issuer && a.Scopes == b.Scopes && timeEq(a.ExpiresAt, b.ExpiresAt) &&
+		a.HasRefresh == b.HasRefresh && a.Generation == b.Generation && a.Status == b.Status && a.Reason == b.Reason &&
+		a.RefreshFailures == b.RefreshFailures && timeEq(a.LastRefreshAt, b.LastRefreshAt) && a.KeyID == b.KeyID &&
+		a.CreatedBy == b.CreatedBy && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
+		a.IdentityIssuer == b.IdentityIssuer && a.IdentitySubject == b.IdentitySubject
 }

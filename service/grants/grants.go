@@ -125,6 +125,7 @@ type Config struct {
 // result never overwrites newer tokens).
 type Service struct {
 	store   Store
+	creds   CredentialReader // the cache misses' reads
 	cipher  vault.Cipher
 	proto   Protocol
 	locks   Locker
@@ -181,6 +182,15 @@ type Deps struct {
 	Metrics *metrics.Metrics
 	// Machine obtains tokens for kinds without a person (machine.go).
 	Machine MachineDeps
+	// Credentials, when set, serves the token cache's misses (a read
+	// that may share its statement with concurrent misses of other grants,
+	// repository.CredentialBatcher); Store's GetCredential otherwise.
+	Credentials CredentialReader
+}
+
+// CredentialReader reads one grant's row as Store.GetCredential does.
+type CredentialReader interface {
+	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 }
 
 // New returns the token lifecycle service.
@@ -215,7 +225,10 @@ func New(d Deps) (*Service, error) {
 	if d.Config.DPoPRetryAfter <= 0 {
 		d.Config.DPoPRetryAfter = 5 * time.Minute
 	}
-	return &Service{store: d.Store, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
+	if d.Credentials == nil {
+		d.Credentials = d.Store
+	}
+	return &Service{store: d.Store, creds: d.Credentials, cipher: d.Cipher, proto: d.Proto, locks: d.Locks, audit: d.Audit, reads: d.Reads, log: d.Log,
 		now: d.Now, cfg: d.Config, metrics: d.Metrics, cache: newTokenCache(d.Config.CacheTTL), machine: d.Machine,
 		inflight: map[string]time.Time{}, backoff: map[string]failure{}, unstored: map[string]*unstoredRefresh{}}, nil
 }
@@ -295,7 +308,7 @@ func reauthWhy(reason string) string {
 // load reads and opens the provider's grant, mapping a grant without
 // tokens to a precise precondition error.
 func (s *Service) load(ctx context.Context, ref domain.GrantRef) (*repository.Credential, *vault.Held, error) {
-	cred, err := s.store.GetCredential(ctx, ref)
+	cred, err := s.creds.GetCredential(ctx, ref)
 	if apperr.KindOf(err) == apperr.KindNotFound {
 		return nil, nil, s.noGrant(ctx, ref)
 	}

@@ -1,0 +1,170 @@
+package repository
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+)
+
+// CredentialBatcher reads grants for concurrent callers in shared queries:
+// while a read is in flight, the grants asked for meanwhile queue, and the
+// next read fetches up to MaxBatch of them with one statement
+// (WHERE (tenant_id, provider_id, user_id) IN (...)). A lone caller is read
+// at once with the single-row query, so batching adds no wait when the
+// database keeps up; under load (GetAccessToken for random users among many
+// connections, where every call misses the token cache) one round trip and
+// one statement serve many callers instead of one each.
+//
+// A batched read is as fresh as a direct one: it starts after every request
+// it answers was queued. Each requested grant is matched on all three key
+// columns, the tenant first, so a batch spanning tenants answers each
+// caller with its own tenant's row only.
+type CredentialBatcher struct {
+	store    *Store
+	inFlight int // reads running at most at once
+	maxBatch int
+
+	mu      sync.Mutex
+	queue   []*credRequest
+	running int
+}
+
+type credRequest struct {
+	ctx  context.Context
+	ref  domain.GrantRef
+	done chan struct{}
+	cred *Credential
+	err  error
+}
+
+// Batch limits: a batch's statement has 3 parameters per grant, far below
+// SQLite's and PostgreSQL's parameter limits.
+const (
+	credBatchMax      = 64
+	credBatchInFlight = 4
+	// credBatchTimeout bounds one shared read; it does not end with any one
+	// caller's context, which the others did not choose.
+	credBatchTimeout = 10 * time.Second
+)
+
+// NewCredentialBatcher returns a batcher reading from s.
+func (s *Store) NewCredentialBatcher() *CredentialBatcher {
+	return &CredentialBatcher{store: s, inFlight: credBatchInFlight, maxBatch: credBatchMax}
+}
+
+// GetCredential is Store.GetCredential, read alone or in a batch.
+func (b *CredentialBatcher) GetCredential(ctx context.Context, ref domain.GrantRef) (*Credential, error) {
+	if err := checkTenant(ref.Tenant); err != nil {
+		return nil, err
+	}
+	r := &credRequest{ctx: ctx, ref: ref, done: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, r)
+	start := b.running < b.inFlight
+	if start {
+		b.running++
+	}
+	b.mu.Unlock()
+	if start {
+		go b.drain()
+	}
+	select {
+	case <-r.done:
+		return r.cred, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// drain runs reads until the queue is empty.
+func (b *CredentialBatcher) drain() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), b.maxBatch)
+		if n == 0 {
+			b.running--
+			b.mu.Unlock()
+			return
+		}
+		batch := b.queue[:n:n]
+		b.queue = b.queue[n:]
+		if len(b.queue) == 0 {
+			b.queue = nil
+		}
+		b.mu.Unlock()
+		b.read(batch)
+	}
+}
+
+// read answers batch with one statement.
+func (b *CredentialBatcher) read(batch []*credRequest) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), credBatchTimeout)
+	defer cancel()
+	if len(batch) == 1 {
+		r := batch[0]
+		r.cred, r.err = b.store.GetCredential(ctx, r.ref)
+		close(r.done)
+		return
+	}
+	rows, err := b.store.getCredentials(ctx, batch)
+	for _, r := range batch {
+		switch c, ok := rows[r.ref]; {
+		case err != nil:
+			r.err = err
+		case !ok:
+			r.err = apperr.NotFound("credential")
+		default:
+			// Each caller owns its row (callers may modify what they get).
+			cp := *c
+			cp.Tokens = append([]byte(nil), c.Tokens...)
+			r.cred = &cp
+		}
+		close(r.done)
+	}
+}
+
+// getCredentials reads the grants of batch with one statement.
+func (s *Store) getCredentials(ctx context.Context, batch []*credRequest) (map[domain.GrantRef]*Credential, error) {
+	var q strings.Builder
+	q.WriteString(`SELECT ` + strings.Join(credentialColumns, ", ") + ` FROM credentials WHERE (tenant_id, provider_id, user_id) IN (`)
+	args := make([]any, 0, 3*len(batch))
+	for i, r := range batch {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?)")
+		args = append(args, r.ref.Tenant, r.ref.Provider, r.ref.User)
+	}
+	q.WriteString(")")
+	text := newHotSQL(q.String()).render(s)
+	db, err := s.db.DB()
+	if err != nil {
+		return nil, dbErr(err, "get credentials")
+	}
+	ctx, span := s.hotSpan(ctx, "credentials", text)
+	out := make(map[domain.GrantRef]*Credential, len(batch))
+	err = func() error {
+		rows, err := db.QueryContext(ctx, text, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			c := new(Credential)
+			if err := rows.Scan(credentialDest(c)...); err != nil {
+				return err
+			}
+			out[c.Ref()] = c
+		}
+		return rows.Err()
+	}()
+	if err != nil {
+		err = dbErr(err, "get credentials")
+	}
+	span.end(err, len(out))
+	return out, err
+}
