@@ -149,6 +149,9 @@ type Config struct {
 	// WebhookMaxAttempts after which a delivery is dead (a dead letter,
 	// listed by ListWebhookDeliveries, until RedeliverWebhookEvent).
 	WebhookMaxAttempts int `env:"MCPAUTH_WEBHOOK_MAX_ATTEMPTS, default=30"`
+	// WebhookWorkers bounds the webhook requests in flight per replica
+	// (one per ordered group, endpoint and provider, at a time).
+	WebhookWorkers int `env:"MCPAUTH_WEBHOOK_WORKERS, default=32"`
 	// AuditLogMirror also writes every audit event to the log (one JSON
 	// line each, at least once) for a log pipeline.
 	AuditLogMirror bool `env:"MCPAUTH_AUDIT_LOG_MIRROR, default=false"`

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,12 +29,18 @@ import (
 //
 // MCPAUTH_BENCH_EVENTS_RATE sets another rate (events/s, a multiple of 100);
 // MCPAUTH_BENCH_EVENTS_WRITERS how many goroutines write the batches the
-// rate hands out (default 8).
+// rate hands out (default 8); MCPAUTH_BENCH_EVENTS_PROVIDERS how many
+// providers the events are about (default 100; 1 is the worst case, every
+// delivery to an endpoint in one ordered group).
 func BenchmarkEventPipeline(b *testing.B) {
 	const consumers = 10
 	rate := 1000
 	if v, err := strconv.Atoi(os.Getenv("MCPAUTH_BENCH_EVENTS_RATE")); err == nil && v >= 100 {
 		rate = v
+	}
+	providers := 100
+	if v, err := strconv.Atoi(os.Getenv("MCPAUTH_BENCH_EVENTS_PROVIDERS")); err == nil && v > 0 {
+		providers = v
 	}
 	s := Start(b, Options{Postgres: true, Env: evEnv(map[string]string{"MCPAUTH_EVENTS_POLL": "250ms"})})
 	recv := make([]*evReceiver, consumers)
@@ -77,6 +84,8 @@ func BenchmarkEventPipeline(b *testing.B) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	st := s.Store()
+	writes0 := evRowWrites(b, st)
+	cpu0 := evCPU()
 	b.ResetTimer()
 	start := time.Now()
 	// A ticker hands out batches of 10 every 10 ms (at 1,000/s); several
@@ -104,10 +113,10 @@ func BenchmarkEventPipeline(b *testing.B) {
 			for sent := range batches {
 				batch := make([]*repository.AuditEvent, min(10, b.N-sent))
 				for j := range batch {
-					// Events about 100 providers: deliveries are ordered per
-					// provider and endpoint.
+					// Events about several providers: deliveries are
+					// ordered per provider and endpoint.
 					batch[j] = &repository.AuditEvent{TenantID: "bench", EventType: "bench.event", CreatedAt: time.Now().UTC(), Details: "{}",
-						ProviderID: fmt.Sprintf("p%d", (sent+j)%100)}
+						ProviderID: fmt.Sprintf("p%d", (sent+j)%providers)}
 				}
 				if err := st.AppendAuditBatch(context.Background(), batch); err != nil {
 					b.Error(err)
@@ -122,13 +131,7 @@ func BenchmarkEventPipeline(b *testing.B) {
 	for {
 		done := true
 		for _, r := range recv {
-			n := 0
-			for _, m := range r.messages() {
-				if m.Type == "bench.event" {
-					n++
-				}
-			}
-			if n < b.N {
+			if r.count("bench.event") < b.N {
 				done = false
 			}
 		}
@@ -146,6 +149,9 @@ func BenchmarkEventPipeline(b *testing.B) {
 	}
 	total := time.Since(start)
 	b.StopTimer()
+	cpu := evCPU() - cpu0
+	time.Sleep(2 * time.Second) // PostgreSQL flushes table statistics about once a second
+	writes := evRowWrites(b, st) - writes0
 	var hookLat []time.Duration
 	delivered := 0
 	for _, r := range recv {
@@ -177,5 +183,30 @@ func BenchmarkEventPipeline(b *testing.B) {
 	b.ReportMetric(pct(wl, 0.99), "watch-p99-ms")
 	b.ReportMetric(float64(b.N)/sendDur.Seconds(), "events-offered/s")
 	b.ReportMetric(float64(b.N)/total.Seconds(), "events-fully-delivered/s")
+	// The costs per event, steadier than rates on a shared machine: this
+	// process's CPU (service, receivers and subscribers alike) and the
+	// rows PostgreSQL wrote in the test's schema (tuples inserted,
+	// updated and deleted).
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/event")
+	b.ReportMetric(float64(writes)/float64(b.N), "row-writes/event")
 	b.ReportMetric(float64(delivered+len(wl))/total.Seconds(), "deliveries/s")
+}
+
+// evCPU returns the CPU time (user and system) this process used so far.
+func evCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// evRowWrites returns the tuples inserted, updated and deleted so far in
+// the store's schema, as PostgreSQL's statistics count them.
+func evRowWrites(tb testing.TB, st *repository.Store) int64 {
+	tb.Helper()
+	var n int64
+	if err := st.DB().Raw(`SELECT COALESCE(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables
+		WHERE schemaname = current_schema()`).Scan(&n).Error; err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }

@@ -67,6 +67,9 @@ type evReceiver struct {
 	secret string
 	down   bool
 	got    []evMessage
+	// byType counts the messages accepted per type (the benchmark polls
+	// it instead of copying every message).
+	byType map[string]int
 	bad    []string
 	tries  int
 	notify chan struct{}
@@ -74,7 +77,7 @@ type evReceiver struct {
 
 func evNewReceiver(tb testing.TB) *evReceiver {
 	tb.Helper()
-	r := &evReceiver{notify: make(chan struct{}, 1)}
+	r := &evReceiver{notify: make(chan struct{}, 1), byType: map[string]int{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	tb.Cleanup(r.srv.Close)
 	return r
@@ -107,6 +110,7 @@ func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	_ = json.Unmarshal(body, &p)
 	r.got = append(r.got, evMessage{ID: id, Time: time.Unix(sec, 0), Received: time.Now(), Body: body, Type: p.Type,
 		Name: p.Data.Name, Provider: p.Data.Provider, Created: p.Timestamp})
+	r.byType[p.Type]++
 	select {
 	case r.notify <- struct{}{}:
 	default:
@@ -130,6 +134,13 @@ func (r *evReceiver) messages() []evMessage {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]evMessage(nil), r.got...)
+}
+
+// count returns how many messages of type typ the receiver accepted.
+func (r *evReceiver) count(typ string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byType[typ]
 }
 
 func (r *evReceiver) attempts() int {

@@ -247,165 +247,208 @@ func (EventCursorRow) TableName() string { return "event_cursors" }
 // webhookCursor names the fan-out's position in the feed.
 const webhookCursor = "webhooks"
 
-// Route decides, for one event, the deliveries to create (one per matching
-// endpoint of the event's tenant, whose endpoints are given).
-type Route func(ev *AuditEvent, endpoints []WebhookEndpoint) []WebhookDelivery
-
-// FanOut is the outcome of one FanOutEvents call.
-type FanOut struct {
-	// Events is how many events were routed.
-	Events int
-	// Leased are the deliveries created already leased to the caller, to
-	// be sent at once in the order given: those of groups (endpoint and
-	// provider) with no pending delivery before them. The other deliveries
-	// were created pending, behind their group's, for ClaimDeliveries.
-	Leased []WebhookDelivery
-	// Queued is how many deliveries were created pending instead.
-	Queued int
+// EventCursorRow's lease columns (migration 0022) are read with it.
+type fanOutCursor struct {
+	TxID       int64      `gorm:"column:txid"`
+	EventID    int64      `gorm:"column:event_id"`
+	LeaseOwner string     `gorm:"column:lease_owner"`
+	LeaseUntil *time.Time `gorm:"column:lease_until"`
 }
 
-// FanOutLease is the lease FanOutEvents gives the deliveries it hands out.
-type FanOutLease struct {
-	Owner string
-	Now   time.Time
-	For   time.Duration
+// FanOutBatch is a stretch of the event feed leased to one fan-out by
+// LeaseFanOut, to be routed, sent and then recorded with RecordFanOut.
+type FanOutBatch struct {
+	// Events are the events after the fan-out cursor, in feed order.
+	Events []AuditEvent
+	// Endpoints are the endpoints of each tenant of Events, by tenant.
+	Endpoints map[string][]WebhookEndpoint
+	owner     string
+	from, to  EventCursor
 }
 
-// FanOutEvents reads up to limit events after the fan-out cursor and, in
-// one transaction, creates their deliveries (as route says) and advances
-// the cursor past them. The cursor row is locked for the transaction, so
-// replicas fan out one at a time and every event is routed exactly once; a
-// delivery that exists already is kept (insert-ignore on endpoint and event
-// uid). Migration 0009 creates the cursor after the events that existed
-// then; were it missing, the fan-out would start from the first event
-// (never skip one).
+// ErrFanOutLeaseLost is the cause of RecordFanOut's error when the batch's
+// lease expired and another fan-out took the feed over (it makes the same
+// attempts again: at least once).
+var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
+
+// LeaseFanOut reads up to limit events after the fan-out cursor and leases
+// that stretch of the feed to owner until now+lease, so that no other
+// replica routes or sends them meanwhile. It returns nil (and no error)
+// when there is nothing new or another owner's lease is live. Reading
+// costs no write while the feed is idle, and none while owner's lease has
+// more than half its time left (RecordFanOut renews it). Migration 0009
+// creates the cursor after the events that existed then; were it missing,
+// the fan-out would start from the first event (never skip one).
 //
-// A delivery whose group has no pending delivery is created leased to
-// lease.Owner and returned, so the common case (an endpoint that answers)
-// costs one insert and one update per delivery and no claim query; the
-// others queue behind their group's pending deliveries, which keeps the
-// order of a group across replicas.
-func (s *Store) FanOutEvents(ctx context.Context, limit int, route Route, lease FanOutLease) (FanOut, error) {
-	var res FanOut
+// With after (owner's previous batch, whose record may still be under
+// way), it reads the events after that batch instead, provided owner's
+// lease is still live; the new batch is to be recorded once after's
+// record has committed.
+func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
+	b, err := s.leaseFanOut(ctx, owner, now, lease, limit, after)
+	if err != nil {
+		return nil, dbErr(err, "lease fan-out")
+	}
+	return b, nil
+}
+
+func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
+	db := s.db.WithContext(ctx)
+	var rows []fanOutCursor
+	if err := db.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).Find(&rows).Error; err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		if err := db.Clauses(clause.OnConflict{DoNothing: true}).Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
+			return nil, err
+		}
+		rows = []fanOutCursor{{}}
+	}
+	cur := rows[0]
+	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
+		return nil, nil // another replica's
+	}
+	from := EventCursor{TxID: cur.TxID, ID: cur.EventID}
+	if after != nil {
+		if cur.LeaseOwner != owner || cur.LeaseUntil == nil || !cur.LeaseUntil.After(now) {
+			return nil, nil // lost: after's record fails too
+		}
+		from = after.to
+	}
+	var events []AuditEvent
+	if err := db.Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), from.TxID, from.ID).
+		Order("txid, id").Limit(clampLimit(limit)).Find(&events).Error; err != nil {
+		return nil, err
+	}
+	if len(events) == 0 {
+		return nil, nil
+	}
+	if cur.LeaseOwner != owner || cur.LeaseUntil == nil || cur.LeaseUntil.Before(now.Add(lease/2)) {
+		q := db.Model(&EventCursorRow{})
+		if after != nil {
+			// Renewed only: the cursor is where after's record leaves it.
+			q = q.Where("name = ? AND lease_owner = ?", webhookCursor, owner)
+		} else {
+			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)",
+				webhookCursor, from.TxID, from.ID, owner, now)
+		}
+		res := q.Updates(map[string]any{"lease_owner": owner, "lease_until": now.Add(lease)})
+		if res.Error != nil {
+			return nil, res.Error
+		}
+		if res.RowsAffected == 0 {
+			return nil, nil // taken (or moved) since the read
+		}
+	}
+	b := &FanOutBatch{Events: events, Endpoints: map[string][]WebhookEndpoint{}, owner: owner, from: from,
+		to: events[len(events)-1].Cursor()}
+	for _, ev := range events {
+		if _, ok := b.Endpoints[ev.TenantID]; ok {
+			continue
+		}
+		eq, err := scoped(ctx, s.db, ev.TenantID)
+		if err != nil {
+			return nil, err
+		}
+		var eps []WebhookEndpoint
+		if err := eq.Find(&eps).Error; err != nil {
+			return nil, err
+		}
+		b.Endpoints[ev.TenantID] = eps
+	}
+	return b, nil
+}
+
+// RecordFanOut stores the outcome of a batch: its deliveries in whatever
+// state the caller's attempts left them (delivered, pending with a retry
+// due, dead, or pending untried behind their group), and the cursor past
+// the batch, in one transaction, renewing the lease until now+lease. When
+// the lease was lost it writes nothing and returns an error wrapping
+// ErrFanOutLeaseLost. A delivery that exists already is kept
+// (insert-ignore on endpoint and event uid).
+func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDelivery, now time.Time, lease time.Duration) error {
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
-		res = FanOut{}
-		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).
-			Create(&EventCursorRow{Name: webhookCursor}).Error; err != nil {
-			return err
+		// The cursor first: its row lock orders competing records.
+		res := tx.Model(&EventCursorRow{}).Where("name = ? AND txid = ? AND event_id = ? AND lease_owner = ?",
+			webhookCursor, b.from.TxID, b.from.ID, b.owner).
+			Updates(map[string]any{"txid": b.to.TxID, "event_id": b.to.ID, "lease_until": now.Add(lease)})
+		if res.Error != nil {
+			return res.Error
 		}
-		var cur EventCursorRow
-		q := tx.Where("name = ?", webhookCursor)
-		if s.db.Dialector.Name() == "postgres" {
-			q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+		if res.RowsAffected == 0 {
+			return ErrFanOutLeaseLost
 		}
-		if err := q.Take(&cur).Error; err != nil {
-			return err
-		}
-		var events []AuditEvent
-		if err := tx.Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), cur.TxID, cur.EventID).
-			Order("txid, id").Limit(clampLimit(limit)).Find(&events).Error; err != nil {
-			return err
-		}
-		if len(events) == 0 {
+		if len(ds) == 0 {
 			return nil
 		}
-		byTenant := map[string][]WebhookEndpoint{}
-		for _, ev := range events {
-			if _, ok := byTenant[ev.TenantID]; ok {
-				continue
-			}
-			var eps []WebhookEndpoint
-			eq, err := scoped(ctx, tx, ev.TenantID)
-			if err != nil {
-				return err
-			}
-			if err := eq.Find(&eps).Error; err != nil {
-				return err
-			}
-			byTenant[ev.TenantID] = eps
-		}
-		var out []WebhookDelivery
-		for i := range events {
-			out = append(out, route(&events[i], byTenant[events[i].TenantID])...)
-		}
-		leased, queued, err := s.leaseFree(tx, out, lease)
-		if err != nil {
-			return err
-		}
-		last := events[len(events)-1]
-		res = FanOut{Events: len(events), Leased: leased, Queued: queued}
-		return tx.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).
-			Updates(map[string]any{"txid": last.TxID, "event_id": last.ID}).Error
+		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(ds, recordBatch).Error
 	})
 	if err != nil {
-		return FanOut{}, dbErr(err, "fan out events")
+		return dbErr(err, "record fan-out")
 	}
-	return res, nil
+	return nil
 }
 
-// deliveryGroup is an (endpoint, provider) group of deliveries, sent in
-// feed order.
-type deliveryGroup struct{ tenant, endpoint, provider string }
+// recordBatch bounds the deliveries one insert statement carries (17
+// bound values each: within both databases' limits).
+const recordBatch = 1000
+
+// RenewFanOut extends owner's fan-out lease until until; false when owner
+// no longer holds it.
+func (s *Store) RenewFanOut(ctx context.Context, owner string, until time.Time) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&EventCursorRow{}).Where("name = ? AND lease_owner = ?", webhookCursor, owner).
+		Update("lease_until", until)
+	if res.Error != nil {
+		return false, dbErr(res.Error, "renew fan-out lease")
+	}
+	return res.RowsAffected == 1, nil
+}
+
+// ReleaseFanOut gives the fan-out lease up if owner holds it (at shutdown,
+// so another replica takes over at once instead of when it expires).
+func (s *Store) ReleaseFanOut(ctx context.Context, owner string) error {
+	err := s.db.WithContext(ctx).Model(&EventCursorRow{}).Where("name = ? AND lease_owner = ?", webhookCursor, owner).
+		Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
+	return dbErr(err, "release fan-out")
+}
+
+// DeliveryGroup is an (endpoint, provider) group of deliveries, delivered
+// in feed order.
+type DeliveryGroup struct{ Tenant, Endpoint, Provider string }
+
+// GroupOf returns d's group.
+func GroupOf(d *WebhookDelivery) DeliveryGroup {
+	return DeliveryGroup{Tenant: d.TenantID, Endpoint: d.EndpointID, Provider: d.ProviderID}
+}
 
 // groupTuples bounds the groups looked up in one statement.
 const groupTuples = 1000
 
-// leaseFree inserts the deliveries out, those of groups with no pending
-// delivery leased to lease.Owner, and returns the leased ones with their
-// ids, and how many it queued unleased.
-func (s *Store) leaseFree(tx *gorm.DB, out []WebhookDelivery, lease FanOutLease) ([]WebhookDelivery, int, error) {
-	if len(out) == 0 {
-		return nil, 0, nil
-	}
+// HeldGroups returns the groups of ds (events about a provider only) that
+// have a pending delivery: a new delivery of theirs must queue behind it.
+func (s *Store) HeldGroups(ctx context.Context, ds []WebhookDelivery) (map[DeliveryGroup]bool, error) {
 	var groups [][]any
-	seen := map[deliveryGroup]bool{}
-	for _, d := range out {
-		g := deliveryGroup{d.TenantID, d.EndpointID, d.ProviderID}
-		if d.ProviderID != "" && !seen[g] {
+	seen := map[DeliveryGroup]bool{}
+	for i := range ds {
+		g := GroupOf(&ds[i])
+		if g.Provider != "" && !seen[g] {
 			seen[g] = true
-			groups = append(groups, []any{g.tenant, g.endpoint, g.provider})
+			groups = append(groups, []any{g.Tenant, g.Endpoint, g.Provider})
 		}
 	}
-	held := map[deliveryGroup]bool{}
+	held := map[DeliveryGroup]bool{}
 	for chunk := range slices.Chunk(groups, groupTuples) {
 		var rows []struct{ TenantID, EndpointID, ProviderID string }
-		if err := tx.Model(&WebhookDelivery{}).Distinct("tenant_id", "endpoint_id", "provider_id").
-			Where("state = ? AND (tenant_id, endpoint_id, provider_id) IN "+valuesList(len(chunk), 3), append([]any{DeliveryPending}, flatten(chunk)...)...).
+		if err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Distinct("tenant_id", "endpoint_id", "provider_id").
+			Where("state = "+strconv.Itoa(DeliveryPending)+" AND (tenant_id, endpoint_id, provider_id) IN "+valuesList(len(chunk), 3), flatten(chunk)...).
 			Find(&rows).Error; err != nil {
-			return nil, 0, err
+			return nil, dbErr(err, "read held delivery groups")
 		}
 		for _, r := range rows {
-			held[deliveryGroup{r.TenantID, r.EndpointID, r.ProviderID}] = true
+			held[DeliveryGroup{r.TenantID, r.EndpointID, r.ProviderID}] = true
 		}
 	}
-	token := lease.Owner + "/" + newAuditUID()[:8]
-	until := lease.Now.Add(lease.For)
-	free := 0
-	for i := range out {
-		if !held[deliveryGroup{out[i].TenantID, out[i].EndpointID, out[i].ProviderID}] {
-			out[i].LeaseOwner, out[i].LeaseUntil = token, &until
-			free++
-		}
-	}
-	ins := tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(out, 500)
-	if ins.Error != nil {
-		return nil, 0, ins.Error
-	}
-	leased := make([]WebhookDelivery, 0, free)
-	for _, d := range out {
-		if d.LeaseOwner == token {
-			leased = append(leased, d)
-		}
-	}
-	queued := len(out) - free
-	if ins.RowsAffected == int64(len(out)) {
-		return leased, queued, nil
-	}
-	// Some deliveries existed already (a redelivery that came first): the
-	// ids the insert gave back may not line up with the rows, so the
-	// leased rows are read back by their unique key and token.
-	leased, err := s.readLeased(tx, leased, token)
-	return leased, queued, err
+	return held, nil
 }
 
 // valuesList is "(VALUES (?, ?), (?, ?))" for rows of width placeholders:
@@ -423,34 +466,6 @@ func flatten(rows [][]any) []any {
 		out = append(out, r...)
 	}
 	return out
-}
-
-// readLeased reads back the deliveries of want that are leased with token,
-// in the order of want.
-func (s *Store) readLeased(tx *gorm.DB, want []WebhookDelivery, token string) ([]WebhookDelivery, error) {
-	type key struct{ tenant, endpoint, uid string }
-	found := map[key]WebhookDelivery{}
-	for chunk := range slices.Chunk(want, groupTuples) {
-		keys := make([][]any, len(chunk))
-		for i, d := range chunk {
-			keys[i] = []any{d.TenantID, d.EndpointID, d.EventUID}
-		}
-		var rows []WebhookDelivery
-		if err := tx.Where("lease_owner = ? AND (tenant_id, endpoint_id, event_uid) IN "+valuesList(len(keys), 3), append([]any{token}, flatten(keys)...)...).
-			Find(&rows).Error; err != nil {
-			return nil, err
-		}
-		for _, r := range rows {
-			found[key{r.TenantID, r.EndpointID, r.EventUID}] = r
-		}
-	}
-	var out []WebhookDelivery
-	for _, d := range want {
-		if r, ok := found[key{d.TenantID, d.EndpointID, d.EventUID}]; ok {
-			out = append(out, r)
-		}
-	}
-	return out, nil
 }
 
 // claimLockKey serialises ClaimDeliveries across replicas (PostgreSQL

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -35,23 +36,27 @@ func appendEvents(tb testing.TB, s *Store, providers ...string) []string {
 	return uids
 }
 
-// fanOut routes the events stored so far (on PostgreSQL the feed may hold
-// back an event for a moment, until older transactions end).
-func fanOut(tb testing.TB, s *Store, want int, now time.Time) FanOut {
+// leaseAll leases the next want events stored so far for owner (on
+// PostgreSQL the feed may hold back an event for a moment, until older
+// transactions end) and routes them to every endpoint.
+func leaseAll(tb testing.TB, s *Store, owner string, want int, now time.Time) (*FanOutBatch, []WebhookDelivery) {
 	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	var total FanOut
-	for total.Events < want {
-		res, err := s.FanOutEvents(context.Background(), 500, routeAll, FanOutLease{Owner: "me", Now: now, For: time.Minute})
-		wantNoErr(tb, err, "FanOutEvents")
-		total.Events += res.Events
-		total.Leased = append(total.Leased, res.Leased...)
-		total.Queued += res.Queued
-		if time.Now().After(deadline) {
-			tb.Fatalf("%d of %d events routed", total.Events, want)
+	for {
+		b, err := s.LeaseFanOut(context.Background(), owner, now, time.Minute, 500, nil)
+		wantNoErr(tb, err, "LeaseFanOut")
+		if b != nil && len(b.Events) >= want {
+			var ds []WebhookDelivery
+			for i := range b.Events {
+				ds = append(ds, routeAll(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
+			}
+			return b, ds
 		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("fewer than %d events leased", want)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return total
 }
 
 func uidsOf(ds []WebhookDelivery) []string {
@@ -62,49 +67,59 @@ func uidsOf(ds []WebhookDelivery) []string {
 	return out
 }
 
-// TestFanOutLeasesFreeGroupsAndQueuesHeldOnes follows one group (endpoint
-// and provider) through the fan-out's fast path and a failure: deliveries
-// of a group with nothing pending are handed out leased, in feed order,
-// with the ids of their rows; after a failure the group's new deliveries
-// queue behind the failed one, and claims give them only once its retry is
-// due, in feed order.
-func TestFanOutLeasesFreeGroupsAndQueuesHeldOnes(t *testing.T) {
+// TestFanOutRecordsOutcomesAndQueuesHeldGroups follows one group
+// (endpoint and provider) through the fan-out and a failure: a batch's
+// deliveries are recorded in their outcomes' states with the cursor past
+// the batch; after a failure the group is held, so the fan-out queues its
+// new deliveries, and claims give them only once the failed one's retry is
+// due, in feed order. A delivery stored already is kept.
+func TestFanOutRecordsOutcomesAndQueuesHeldGroups(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		now := time.Now().UTC()
 		createEndpoint(t, s, now)
 
-		first := appendEvents(t, s, "p", "p", "q")
-		res := fanOut(t, s, 3, now)
-		if res.Queued != 0 || !slices.Equal(uidsOf(res.Leased), first) {
-			t.Fatalf("first fan-out leased %v (queued %d), want all of %v in order", uidsOf(res.Leased), res.Queued, first)
+		first := appendEvents(t, s, "p", "p", "q", "")
+		b, ds := leaseAll(t, s, "me", 4, now)
+		if !slices.Equal(uidsOf(ds), first) {
+			t.Fatalf("leased %v, want %v in feed order", uidsOf(ds), first)
 		}
-		for _, d := range res.Leased {
-			if d.LeaseOwner == "" {
-				t.Fatalf("delivery %s handed out without a lease", d.EventUID)
-			}
+		held, err := s.HeldGroups(ctx, ds)
+		wantNoErr(t, err, "HeldGroups")
+		if len(held) != 0 {
+			t.Fatalf("held groups %v before any delivery", held)
 		}
-		checkLeasedRows(t, s, res.Leased)
-
-		// The first delivery of group p fails; the second is released
-		// untried; q's is delivered.
-		failed := res.Leased[0]
-		failed.Attempts, failed.NextAttemptAt, failed.LastError = 1, now.Add(time.Minute), "boom"
-		ok, err := s.FinishAttempt(ctx, &failed)
-		wantNoErr(t, err, "FinishAttempt")
-		if !ok {
-			t.Fatal("FinishAttempt: lease not held")
+		// The event about no provider was delivered already (a batch sent
+		// again after a crash): its row is kept.
+		pre := ds[3]
+		pre.State, pre.Attempts, pre.LastStatus = DeliveryDelivered, 1, 204
+		wantNoErr(t, s.db.Create(&pre).Error, "insert existing delivery")
+		// p's first delivery fails, its second stays untried behind it,
+		// q's and the provider-less one are delivered.
+		ds[0].Attempts, ds[0].NextAttemptAt, ds[0].LastError = 1, now.Add(time.Minute), "boom"
+		ds[2].State, ds[2].Attempts, ds[2].LastStatus = DeliveryDelivered, 1, 200
+		ds[3].State, ds[3].Attempts, ds[3].LastStatus = DeliveryDelivered, 1, 200
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+		counts, err := s.DeliveryCounts(ctx, "t", "e")
+		wantNoErr(t, err, "DeliveryCounts")
+		if counts[DeliveryPending] != 2 || counts[DeliveryDelivered] != 2 {
+			t.Fatalf("counts %v after the first batch, want 2 pending and 2 delivered", counts)
 		}
-		wantNoErr(t, s.ReleaseDeliveries(ctx, res.Leased[1:2]), "ReleaseDeliveries")
-		wantNoErr(t, s.FinishDelivered(ctx, res.Leased[2:]), "FinishDelivered")
 
 		second := appendEvents(t, s, "p", "q")
-		res = fanOut(t, s, 2, now)
-		if res.Queued != 1 || !slices.Equal(uidsOf(res.Leased), second[1:]) {
-			t.Fatalf("second fan-out leased %v and queued %d, want only q's %s leased and p's queued", uidsOf(res.Leased), res.Queued, second[1])
+		b, ds = leaseAll(t, s, "me", 2, now)
+		if !slices.Equal(uidsOf(ds), second) {
+			t.Fatalf("second batch %v, want only the new events %v", uidsOf(ds), second)
 		}
-		wantNoErr(t, s.FinishDelivered(ctx, res.Leased), "FinishDelivered")
+		held, err = s.HeldGroups(ctx, ds)
+		wantNoErr(t, err, "HeldGroups")
+		if want := (DeliveryGroup{"t", "e", "p"}); len(held) != 1 || !held[want] {
+			t.Fatalf("held groups %v, want only %v", held, want)
+		}
+		ds[1].State, ds[1].Attempts = DeliveryDelivered, 1
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+
 		claimed, err := s.ClaimDeliveries(ctx, "other", now, time.Minute, 100)
 		wantNoErr(t, err, "ClaimDeliveries now")
 		if len(claimed) != 0 {
@@ -118,24 +133,51 @@ func TestFanOutLeasesFreeGroupsAndQueuesHeldOnes(t *testing.T) {
 	})
 }
 
-// TestFanOutReadsBackLeasesAfterConflict: when a delivery of a routed event
-// exists already, the insert skips it and the ids it returns cannot be
-// trusted; the leased deliveries handed out still carry their own rows' ids.
-func TestFanOutReadsBackLeasesAfterConflict(t *testing.T) {
+// TestFanOutLeaseIsExclusive: while one owner's lease is live no other
+// fan-out gets the feed; once it expires another takes the same events
+// over, and the first owner's record then writes nothing.
+func TestFanOutLeaseIsExclusive(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
 		now := time.Now().UTC()
 		createEndpoint(t, s, now)
-		uids := appendEvents(t, s, "", "", "")
-		// The first event's delivery exists already (delivered).
-		pre := WebhookDelivery{TenantID: "t", EndpointID: "e", EventUID: uids[0], EventType: "x", Payload: "{}",
-			State: DeliveryDelivered, NextAttemptAt: now, CreatedAt: now, UpdatedAt: now}
-		wantNoErr(t, s.db.Create(&pre).Error, "insert existing delivery")
-		res := fanOut(t, s, 3, now)
-		if !slices.Equal(uidsOf(res.Leased), uids[1:]) {
-			t.Fatalf("leased %v, want %v (the existing delivery is kept, not handed out)", uidsOf(res.Leased), uids[1:])
+		uids := appendEvents(t, s, "p", "q")
+		a, ads := leaseAll(t, s, "a", 2, now)
+		b, err := s.LeaseFanOut(ctx, "b", now.Add(30*time.Second), time.Minute, 500, nil)
+		wantNoErr(t, err, "LeaseFanOut while a holds the lease")
+		if b != nil {
+			t.Fatalf("b leased %d events while a's lease is live", len(b.Events))
 		}
-		checkLeasedRows(t, s, res.Leased)
+		later := now.Add(2 * time.Minute)
+		b, bds := leaseAll(t, s, "b", 2, later)
+		if !slices.Equal(uidsOf(bds), uids) {
+			t.Fatalf("b took over %v, want %v", uidsOf(bds), uids)
+		}
+		for i := range ads {
+			ads[i].State = DeliveryDelivered
+		}
+		if err := s.RecordFanOut(ctx, a, ads, later, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+			t.Fatalf("a's record after losing the lease: %v, want ErrFanOutLeaseLost", err)
+		}
+		counts, err := s.DeliveryCounts(ctx, "t", "e")
+		wantNoErr(t, err, "DeliveryCounts")
+		if len(counts) != 0 {
+			t.Fatalf("a's lost record wrote deliveries %v", counts)
+		}
+		wantNoErr(t, s.RecordFanOut(ctx, b, bds, later, time.Minute), "b's RecordFanOut")
+		wantNoErr(t, s.ReleaseFanOut(ctx, "b"), "ReleaseFanOut")
+		// Released: a leases again at once, and finds nothing new.
+		a, err = s.LeaseFanOut(ctx, "a", later, time.Minute, 500, nil)
+		wantNoErr(t, err, "LeaseFanOut after the release")
+		if a != nil {
+			t.Fatalf("a leased %v after b recorded them", a.Events)
+		}
+		next := appendEvents(t, s, "p")
+		_, ads = leaseAll(t, s, "a", 1, later)
+		if !slices.Equal(uidsOf(ads), next) {
+			t.Fatalf("a leased %v after the release, want %v", uidsOf(ads), next)
+		}
 	})
 }
 
@@ -146,16 +188,46 @@ func createEndpoint(tb testing.TB, s *Store, now time.Time) {
 		Secret: []byte("ct"), KeyID: 1, Version: 1, CreatedAt: now.Add(-time.Hour), UpdatedAt: now}), "CreateWebhookEndpoint")
 }
 
-// checkLeasedRows fails unless each delivery handed out carries the id of
-// its own row, leased as it says.
-func checkLeasedRows(tb testing.TB, s *Store, leased []WebhookDelivery) {
-	tb.Helper()
-	for _, d := range leased {
-		var row WebhookDelivery
-		wantNoErr(tb, s.db.Where("id = ?", d.ID).Take(&row).Error, "read delivery %d", d.ID)
-		if row.EventUID != d.EventUID || row.LeaseOwner != d.LeaseOwner {
-			tb.Fatalf("delivery id %d is the row of %s (lease %q), handed out as %s (lease %q)",
-				d.ID, row.EventUID, row.LeaseOwner, d.EventUID, d.LeaseOwner)
+// TestFanOutReadsAheadOfItsRecord: the fan-out reads the batch after one
+// whose record is still under way; the later batch records only after the
+// earlier one, and nothing is read twice.
+func TestFanOutReadsAheadOfItsRecord(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now)
+		first := appendEvents(t, s, "p", "q")
+		b1, ds1 := leaseAll(t, s, "me", 2, now)
+		second := appendEvents(t, s, "p")
+		var b2 *FanOutBatch
+		deadline := time.Now().Add(10 * time.Second)
+		for b2 == nil || len(b2.Events) == 0 {
+			var err error
+			b2, err = s.LeaseFanOut(ctx, "me", now, time.Minute, 500, b1)
+			wantNoErr(t, err, "LeaseFanOut after an unrecorded batch")
+			if time.Now().After(deadline) {
+				t.Fatal("the batch after an unrecorded one was never read")
+			}
 		}
-	}
+		var ds2 []WebhookDelivery
+		for i := range b2.Events {
+			ds2 = append(ds2, routeAll(&b2.Events[i], b2.Endpoints[b2.Events[i].TenantID])...)
+		}
+		if !slices.Equal(uidsOf(ds1), first) || !slices.Equal(uidsOf(ds2), second) {
+			t.Fatalf("batches %v and %v, want %v and %v", uidsOf(ds1), uidsOf(ds2), first, second)
+		}
+		if err := s.RecordFanOut(ctx, b2, ds2, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+			t.Fatalf("recording the later batch first: %v, want ErrFanOutLeaseLost", err)
+		}
+		wantNoErr(t, s.RecordFanOut(ctx, b1, ds1, now, time.Minute), "RecordFanOut first batch")
+		wantNoErr(t, s.RecordFanOut(ctx, b2, ds2, now, time.Minute), "RecordFanOut second batch")
+		if b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, 500, nil); err != nil || b != nil {
+			t.Fatalf("LeaseFanOut after both records: %v, %v; want nothing new", b, err)
+		}
+		// Another owner cannot read ahead of a batch that is not its own.
+		if b, err := s.LeaseFanOut(ctx, "other", now, time.Minute, 500, b2); err != nil || b != nil {
+			t.Fatalf("another owner read ahead: %v, %v", b, err)
+		}
+	})
 }

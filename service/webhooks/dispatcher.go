@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/domain"
@@ -37,6 +38,10 @@ type DispatchConfig struct {
 	Lease time.Duration
 	// Workers deliver in parallel (default 32).
 	Workers int
+	// FanOutLease keeps other replicas off the feed while one fans out
+	// (default 5 s), renewed every third of it while sending: after a
+	// crash, another replica (or the restarted one) takes over within it.
+	FanOutLease time.Duration
 	// MirrorToLog writes every event to the log as it is fanned out (at
 	// least once), for a log pipeline.
 	MirrorToLog bool
@@ -52,6 +57,22 @@ type Dispatcher struct {
 	wake   *audit.Wakeup
 	cfg    DispatchConfig
 	owner  string
+	// routed wakes the claims when a recorded fan-out left deliveries
+	// pending.
+	routed chan struct{}
+	// inflight is the fan-out batch whose record is under way (owned by
+	// the fan-out loop).
+	inflight *recording
+}
+
+// recording is a fan-out batch being recorded while the next one is sent.
+type recording struct {
+	batch *repository.FanOutBatch
+	// pending are the groups the batch left a pending delivery in: the
+	// next batch holds their deliveries back, whether or not the record
+	// has committed yet.
+	pending map[repository.DeliveryGroup]bool
+	done    chan error
 }
 
 // NewDispatcher returns a dispatcher; Run starts it.
@@ -83,10 +104,13 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	if cfg.Workers <= 0 {
 		cfg.Workers = 32
 	}
+	if cfg.FanOutLease <= 0 {
+		cfg.FanOutLease = 5 * time.Second
+	}
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
-		owner: hex.EncodeToString(b)}, nil
+		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1)}, nil
 }
 
 // fanOutBatch bounds the events routed in one transaction; claimBatch the
@@ -97,30 +121,27 @@ const (
 )
 
 // Run fans out and delivers until ctx ends: two loops, one that routes
-// new events and sends at once the deliveries it was handed leased (the
-// common case), one that claims and sends the rest (retries, and the
-// deliveries queued behind a group's pending ones), woken when the first
-// routed some.
+// new events and sends at once the deliveries free to go (the common
+// case), one that claims and sends the rest (retries, and the deliveries
+// queued behind a group's pending ones), woken when the first recorded
+// some.
 func (d *Dispatcher) Run(ctx context.Context) {
-	routed := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		d.loop(ctx, d.wake, nil, func() bool {
-			n, queued := d.fanOut(ctx)
-			if queued {
-				select {
-				case routed <- struct{}{}:
-				default:
-				}
-			}
-			return n == fanOutBatch
-		})
+		d.loop(ctx, d.wake, nil, func() bool { return d.fanOut(ctx) == fanOutBatch })
+		d.settle()
 	}()
 	// New events do not wake the claims: they are the fan-out's.
-	d.loop(ctx, nil, routed, func() bool { return d.deliverDue(ctx) > 0 })
+	d.loop(ctx, nil, d.routed, func() bool { return d.deliverDue(ctx) > 0 })
 	wg.Wait()
+	// Another replica takes the feed over at once, not when the lease ends.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := d.store.ReleaseFanOut(rctx, d.owner); err != nil {
+		d.log.Warn("releasing the webhook fan-out lease failed; it expires", "err", err.Error())
+	}
 }
 
 // loop runs step until ctx ends; while step reports more work it runs again
@@ -157,23 +178,186 @@ func (d *Dispatcher) loop(ctx context.Context, wake *audit.Wakeup, extra <-chan 
 // Step routes new events and attempts the deliveries due now; it reports
 // whether there may be more to do at once.
 func (d *Dispatcher) Step(ctx context.Context) bool {
-	n, _ := d.fanOut(ctx)
+	n := d.fanOut(ctx)
+	d.settle()
 	return d.deliverDue(ctx) > 0 || n == fanOutBatch
 }
 
-// fanOut routes the next events and sends the deliveries it is handed
-// leased; it returns how many events it routed and whether some
-// deliveries were left for deliverDue.
-func (d *Dispatcher) fanOut(ctx context.Context) (int, bool) {
-	res, err := d.store.FanOutEvents(ctx, fanOutBatch, d.route,
-		repository.FanOutLease{Owner: d.owner, Now: d.now().UTC(), For: d.cfg.Lease})
-	if err != nil && ctx.Err() == nil {
-		d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
+// fanOut routes the next events, sends at once the deliveries free to go
+// (those of groups with nothing pending, to enabled endpoints) and then
+// records every delivery of the batch in its outcome's state, with the
+// cursor past the batch, in one transaction: the common case (an endpoint
+// that answers) costs one row insert per delivery and no update. A crash
+// between a send and its record makes the next fan-out send it again (at
+// least once; webhook-id lets receivers drop the repeat).
+//
+// The record runs while the next batch is read and sent (its groups left
+// pending are held back in memory meanwhile); a batch is recorded only
+// after the one before it, and when a record fails the batches after it
+// are dropped unrecorded, to be sent again. It returns how many events it
+// routed.
+func (d *Dispatcher) fanOut(ctx context.Context) int {
+	prev := d.inflight
+	var after *repository.FanOutBatch
+	if prev != nil {
+		after = prev.batch
 	}
-	if len(res.Leased) > 0 {
-		d.deliverAll(ctx, res.Leased)
+	now := d.now().UTC()
+	b, err := d.store.LeaseFanOut(ctx, d.owner, now, d.cfg.FanOutLease, fanOutBatch, after)
+	if err != nil || b == nil {
+		d.settle()
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
+		}
+		return 0
 	}
-	return res.Events, res.Queued > 0
+	var ds []repository.WebhookDelivery
+	for i := range b.Events {
+		ds = append(ds, d.route(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
+	}
+	held, err := d.store.HeldGroups(ctx, ds)
+	if err != nil {
+		d.settle()
+		if ctx.Err() == nil {
+			d.log.Warn("webhook fan-out failed; retrying", "err", err.Error())
+		}
+		return 0
+	}
+	if prev != nil {
+		for g := range prev.pending {
+			held[g] = true
+		}
+	}
+	endpoints := map[endpointKey]*repository.WebhookEndpoint{}
+	for _, eps := range b.Endpoints {
+		for i := range eps {
+			endpoints[endpointKey{eps[i].TenantID, eps[i].ID}] = &eps[i]
+		}
+	}
+	// Deliveries to a disabled endpoint, or behind a pending one of their
+	// group, are not tried now: they are stored pending, for claims.
+	skip := make([]bool, len(ds))
+	for i := range ds {
+		ep := endpoints[endpointKey{ds[i].TenantID, ds[i].EndpointID}]
+		skip[i] = ep == nil || ep.Disabled || held[repository.GroupOf(&ds[i])]
+	}
+	// The lease is renewed while sending; new attempts start only while
+	// it was renewed less than half of it ago.
+	hold := d.holdFanOut(ctx, now)
+	result := d.attemptAll(ctx, ds, endpoints, skip, hold.ok)
+	hold.stop()
+	if ctx.Err() != nil {
+		d.settle()
+		return 0 // shutting down: the next fan-out makes these attempts again
+	}
+	rec := &recording{batch: b, pending: map[repository.DeliveryGroup]bool{}, done: make(chan error, 1)}
+	queued := false
+	for i := range ds {
+		dl := &ds[i]
+		if result[i] == delivered {
+			dl.State, dl.Attempts, dl.LastError = repository.DeliveryDelivered, 1, ""
+		}
+		if dl.State == repository.DeliveryPending {
+			queued = true
+			if dl.ProviderID != "" {
+				rec.pending[repository.GroupOf(dl)] = true
+			}
+		}
+		dl.UpdatedAt = d.now().UTC()
+	}
+	if prev != nil {
+		d.inflight = nil
+		if err := <-prev.done; err != nil {
+			return 0 // b is dropped: the next fan-out sends it again
+		}
+	}
+	d.inflight = rec
+	go func() {
+		err := d.record(b, ds)
+		if err == nil && queued {
+			select {
+			case d.routed <- struct{}{}:
+			default:
+			}
+		}
+		rec.done <- err
+	}()
+	return len(b.Events)
+}
+
+// record stores a fan-out batch's outcome, trying again after a failure:
+// failing for good means sending the batch again.
+func (d *Dispatcher) record(b *repository.FanOutBatch, ds []repository.WebhookDelivery) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var err error
+	for try := 0; ; try++ {
+		err = d.store.RecordFanOut(ctx, b, ds, d.now().UTC(), d.cfg.FanOutLease)
+		if err == nil || errors.Is(err, repository.ErrFanOutLeaseLost) || try == 2 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond << try)
+	}
+	if err != nil {
+		d.log.Warn("recording a webhook fan-out failed; its deliveries will be made again", "err", err.Error())
+	}
+	return err
+}
+
+// fanOutHold renews the fan-out lease while a batch is sent.
+type fanOutHold struct {
+	// until is when attempts stop starting (Unix nanoseconds): half a
+	// lease after the last renewal.
+	until  atomic.Int64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// holdFanOut starts renewing the fan-out lease (taken at now) every third
+// of it until stop.
+func (d *Dispatcher) holdFanOut(ctx context.Context, now time.Time) *fanOutHold {
+	h := &fanOutHold{done: make(chan struct{})}
+	h.until.Store(now.Add(d.cfg.FanOutLease / 2).UnixNano())
+	hctx, cancel := context.WithCancel(ctx)
+	h.cancel = cancel
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(d.cfg.FanOutLease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-hctx.Done():
+				return
+			case <-t.C:
+			}
+			at := d.now().UTC()
+			ok, err := d.store.RenewFanOut(hctx, d.owner, at.Add(d.cfg.FanOutLease))
+			if err != nil || !ok {
+				if !ok && err == nil {
+					h.until.Store(0) // taken over: stop at once
+				}
+				continue
+			}
+			h.until.Store(at.Add(d.cfg.FanOutLease / 2).UnixNano())
+		}
+	}()
+	return h
+}
+
+// ok reports whether an attempt may start now.
+func (h *fanOutHold) ok(now time.Time) bool { return now.UnixNano() < h.until.Load() }
+
+func (h *fanOutHold) stop() {
+	h.cancel()
+	<-h.done
+}
+
+// settle waits for the record under way, if any.
+func (d *Dispatcher) settle() {
+	if d.inflight != nil {
+		<-d.inflight.done
+		d.inflight = nil
+	}
 }
 
 func (d *Dispatcher) deliverDue(ctx context.Context) int {
@@ -182,7 +366,7 @@ func (d *Dispatcher) deliverDue(ctx context.Context) int {
 		d.log.Warn("claiming webhook deliveries failed; retrying", "err", err.Error())
 	}
 	if len(claimed) > 0 {
-		d.deliverAll(ctx, claimed)
+		d.deliverClaimed(ctx, claimed)
 	}
 	return len(claimed)
 }
@@ -261,57 +445,59 @@ func Payload(ev *repository.AuditEvent) string {
 	return string(b)
 }
 
-// deliverAll attempts the claimed deliveries, up to Workers groups at once;
-// the deliveries of one group (endpoint and provider) go one after the
-// other in feed order, and a failure stops its group (the rest are released
-// untried, to follow the failed one after its retry). Then it records the
-// outcomes: the delivered ones in one statement, the failed ones one by one
-// with their next attempt.
-func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.WebhookDelivery) {
-	type group struct{ idx []int }
+// endpointKey names an endpoint.
+type endpointKey struct{ tenant, id string }
+
+// Outcomes of attemptAll.
+const (
+	untried = iota
+	delivered
+	failed
+)
+
+// attemptAll attempts the deliveries ds not skipped, up to Workers groups
+// at once; the deliveries of one group (endpoint and provider) go one after
+// the other in the order given, and a failure stops its group (the rest
+// stay untried, to follow the failed one after its retry), as does a
+// skipped delivery. No attempt starts unless mayStart says so. Each endpoint's secrets
+// are opened once. It returns each delivery's outcome; a failed one has
+// its next attempt (or the dead state) set.
+func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDelivery, endpoints map[endpointKey]*repository.WebhookEndpoint,
+	skip []bool, mayStart func(time.Time) bool) []int {
 	var order []string
-	groups := map[string]*group{}
-	for i, dl := range claimed {
+	groups := map[string][]int{}
+	for i, dl := range ds {
 		k := dl.TenantID + "/" + dl.EndpointID + "/" + dl.ProviderID
 		if dl.ProviderID == "" {
 			k += "#" + dl.EventUID // events about no provider are not ordered
 		}
-		g, ok := groups[k]
-		if !ok {
-			g = &group{}
-			groups[k] = g
+		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 		}
-		g.idx = append(g.idx, i)
+		groups[k] = append(groups[k], i)
 	}
-	endpoints := map[string]*repository.WebhookEndpoint{}
-	for _, dl := range claimed {
-		k := dl.TenantID + "/" + dl.EndpointID
-		if _, ok := endpoints[k]; !ok {
-			ep, err := d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID)
-			if err != nil {
-				ep = nil
-			}
-			endpoints[k] = ep
+	secs := map[endpointKey][]secret.Secret{}
+	for k, ep := range endpoints {
+		if ep != nil {
+			secs[k] = d.secrets(ep)
 		}
 	}
-	const (
-		untried = iota
-		delivered
-		failed
-	)
-	result := make([]int, len(claimed))
+	result := make([]int, len(ds))
 	sem := make(chan struct{}, d.cfg.Workers)
 	var wg sync.WaitGroup
 	for _, k := range order {
-		g := groups[k]
+		idx := groups[k]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			for _, i := range g.idx {
-				dl := &claimed[i]
-				if !d.attempt(ctx, dl, endpoints[dl.TenantID+"/"+dl.EndpointID]) {
+			for _, i := range idx {
+				if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) {
+					return
+				}
+				dl := &ds[i]
+				key := endpointKey{dl.TenantID, dl.EndpointID}
+				if !d.attempt(ctx, dl, endpoints[key], secs[key]) {
 					result[i] = failed
 					return
 				}
@@ -320,6 +506,28 @@ func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.Webhoo
 		}()
 	}
 	wg.Wait()
+	return result
+}
+
+// deliverClaimed attempts the claimed deliveries (see attemptAll) and
+// records the outcomes: the delivered ones in one statement, the failed
+// ones one by one with their next attempt, the untried ones released.
+func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.WebhookDelivery) {
+	endpoints := map[endpointKey]*repository.WebhookEndpoint{}
+	for _, dl := range claimed {
+		k := endpointKey{dl.TenantID, dl.EndpointID}
+		if _, ok := endpoints[k]; !ok {
+			ep, err := d.store.GetWebhookEndpoint(ctx, dl.TenantID, dl.EndpointID)
+			if err != nil {
+				ep = nil
+			}
+			endpoints[k] = ep
+		}
+	}
+	// New attempts start only in the first half of the lease, so that the
+	// last one ends (within the sender's timeout) while it is still held.
+	until := d.now().Add(d.cfg.Lease / 2)
+	result := d.attemptAll(ctx, claimed, endpoints, nil, until.After)
 	if ctx.Err() != nil {
 		return // shutting down: the leases expire and the attempts are made again
 	}
@@ -350,14 +558,14 @@ func (d *Dispatcher) deliverAll(ctx context.Context, claimed []repository.Webhoo
 	}
 }
 
-// attempt sends one delivery and reports whether it was delivered; a
-// failure sets the delivery's next attempt, or makes it dead.
-func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint) bool {
+// attempt sends one delivery signed with secs and reports whether it was
+// delivered; a failure sets the delivery's next attempt, or makes it dead.
+func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint, secs []secret.Secret) bool {
 	var status int
 	var err error
 	if ep == nil {
 		err = errors.New("endpoint unavailable")
-	} else if secs := d.secrets(ep); secs == nil {
+	} else if secs == nil {
 		err = errNoSecret
 	} else {
 		status, err = d.send.Send(ctx, ep.URL, dl.EventUID, d.now(), []byte(dl.Payload), secs)
