@@ -472,7 +472,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	services := server.Services{Providers: server.NewProviderAPI(providerUC), OAuth: server.NewOAuthAPI(flow, tokens),
 		Audit: server.NewAuditAPI(auditLog, feed), Tools: server.NewToolAPI(toolUC), Webhooks: server.NewWebhookAPI(webhookUC),
 		TokenReads: server.NewTokenReadAPI(readLog)}
-	connUC, err := connections.New(a.store, tokens, nil)
+	connUC, err := connections.New(a.store, tokens, auditor, nil)
 	if err != nil {
 		return nil, err
 	}

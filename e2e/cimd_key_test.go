@@ -179,6 +179,17 @@ func TestClientIDMetadataDocumentPrivateKeyJWT(t *testing.T) {
 	if !slices.Contains(fetched, docURL) || !slices.Contains(fetched, jwksURL) {
 		t.Fatalf("the authorization server fetched %v", fetched)
 	}
+	// Revocation (RFC 7009 section 2.1: the client authenticates) uses the
+	// same client and key.
+	rev, err := s.OAuth().RevokeAuthorization(ctx, &mcpauthv1.RevokeAuthorizationRequest{Name: name})
+	if err != nil || !rev.GetRevokedAtServer() {
+		t.Fatalf("RevokeAuthorization = %v, %v", rev, err)
+	}
+	for _, req := range as.RequestsTo("/revoke") {
+		if req.Form.Get("client_assertion_type") == "" || req.Form.Has("client_secret") {
+			t.Fatalf("revocation request client authentication: %v", req.Form)
+		}
+	}
 
 	// A server that fetches no documents: refused before the browser.
 	plain := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{})

@@ -228,3 +228,61 @@ func TestEnterpriseManagedUserClaim(t *testing.T) {
 		provWantField(t, err, codes.InvalidArgument, "provider.enterprise_identity_provider.user_claim")
 	}
 }
+
+// TestEnterpriseManagedBindingRace: two exchanges for one new user with
+// ID tokens of two identities, at the same time. Neither connection is
+// bound when they are checked, and both reach the authorization server
+// (held there for two seconds); the first to store binds the connection,
+// the other finds the binding under the connection's compare-and-swap,
+// answers IDENTITY_BINDING_MISMATCH, and its fresh access token is revoked
+// at once. The connection's identity is the one its token acts as.
+func TestEnterpriseManagedBindingRace(t *testing.T) {
+	t.Parallel()
+	e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient, xaaPerUser)
+	e.AS.SetTokenDelay(2 * time.Second)
+	type result struct {
+		sub string
+		err error
+	}
+	results := make(chan result, 2)
+	ctx := Ctx(t, e.S.AdminKey)
+	for _, sub := range []string{"alice", "bob"} {
+		tok := e.IdP.IDToken(t, sub, xaaIdPClient, 10*time.Minute)
+		go func() {
+			_, err := e.S.OAuth().ExchangeIdentityAssertion(ctx, &mcpauthv1.ExchangeIdentityAssertionRequest{Name: xaaProviderRes,
+				User: "carol", IdToken: tok})
+			results <- result{sub, err}
+		}()
+	}
+	var won string
+	var lost []result
+	for range 2 {
+		r := <-results
+		if r.err == nil {
+			won = r.sub
+		} else {
+			lost = append(lost, r)
+		}
+	}
+	if won == "" || len(lost) != 1 {
+		t.Fatalf("winner %q, losers %v: want exactly one of each", won, lost)
+	}
+	tlWantReason(t, lost[0].err, codes.FailedPrecondition, "IDENTITY_BINDING_MISMATCH")
+	e.AS.SetTokenDelay(0)
+	if a, b := e.tokenRequests(); a != 2 || b != 2 {
+		t.Fatalf("token requests %d, %d: both exchanges should have reached both servers", a, b)
+	}
+	if c := e.connection(t, "carol"); c.GetIdentity().GetSubject() != won {
+		t.Fatalf("carol's connection is bound to %v, her token acts as %s", c.GetIdentity(), won)
+	}
+	if got := e.whoami(t, "carol"); got != won {
+		t.Fatalf("whoami for carol = %q, want %q", got, won)
+	}
+	revoked := e.AS.RequestsTo("/revoke")
+	if len(revoked) != 1 || revoked[0].Form.Get("token_type_hint") != "access_token" {
+		t.Fatalf("revocations: %d, want the loser's access token", len(revoked))
+	}
+	if info, err := e.AS.ValidateToken(t.Context(), revoked[0].Form.Get("token")); err == nil {
+		t.Fatalf("the loser's token is still valid (subject %q)", info.Subject)
+	}
+}

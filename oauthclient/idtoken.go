@@ -80,7 +80,10 @@ type IDTokenClaims struct {
 // Connect Core 1.0 section 2), sub at most 255 ASCII characters; an error
 // never quotes the token or its claims.
 func ReadIDTokenUnverified(idToken secret.Secret) (*IDTokenClaims, error) {
-	parsed, err := jwt.ParseSigned(idToken.Reveal(), idTokenAlgs)
+	// OpenID Connect Core 1.0 section 10.1 also lets a provider sign ID
+	// tokens with the client secret (HS256...): harmless here, where no
+	// signature is checked.
+	parsed, err := jwt.ParseSigned(idToken.Reveal(), append([]jose.SignatureAlgorithm{jose.HS256, jose.HS384, jose.HS512}, idTokenAlgs...))
 	if err != nil {
 		return nil, errors.New("not a signed JWT with an ID token algorithm")
 	}

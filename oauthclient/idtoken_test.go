@@ -86,6 +86,17 @@ func TestReadIDTokenUnverified(t *testing.T) {
 	if err != nil || got.Issuer != "https://idp.example" || got.Subject != "00u1" || got.All["email"] != "a@example.com" {
 		t.Fatalf("ReadIDTokenUnverified = %+v, %v", got, err)
 	}
+	hs, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte("client-secret-of-32-bytes-or-more!!")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hsTok, err := jwt.Signed(hs).Claims(map[string]any{"iss": "https://idp.example", "sub": "00u2"}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadIDTokenUnverified(secret.New(hsTok)); err != nil || got.Subject != "00u2" {
+		t.Fatalf("an HS256 ID token (OpenID Connect Core 1.0 section 10.1): %+v, %v", got, err)
+	}
 	unsigned := "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiMDB1MSJ9."
 	for name, tok := range map[string]secret.Secret{
 		"no sub":          sign(map[string]any{"iss": "https://idp.example"}),

@@ -45,7 +45,7 @@ type credRequest struct {
 // SQLite's and PostgreSQL's parameter limits.
 const (
 	credBatchMax      = 64
-	credBatchInFlight = 4
+	credBatchInFlight = 2
 	// credBatchTimeout bounds one shared read; it does not end with any one
 	// caller's context, which the others did not choose.
 	credBatchTimeout = 10 * time.Second

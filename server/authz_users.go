@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 
+	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
+
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
@@ -21,7 +23,17 @@ func userOf(req any) string {
 // authorizeUser refuses a caller limited to the users its callers-file
 // entry names (a per-user service) when the request acts for another user.
 // The answer does not depend on whether the user has a grant.
+//
+// A listing of connections without a user shows every user's connections
+// (their status and enterprise identity): such a caller must name a user
+// it may act for. Connections read or deleted by name carry no user field;
+// the connections use case checks the user of the row it reads.
 func authorizeUser(id *caller.Identity, req any) error {
+	if l, ok := req.(*mcpauthv1.ListConnectionsRequest); ok && l.GetUser() == "" && !id.ActsForAnyUser() {
+		e := apperr.PermissionDenied("caller %q may act only for some users: name one in user", id.Name)
+		e.Reason = domain.ReasonUserNotAllowed
+		return e
+	}
 	if id.AllowsUser(userOf(req)) {
 		return nil
 	}

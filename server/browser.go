@@ -101,7 +101,7 @@ var callbackMessages = map[string]string{
 	domain.ReasonAuthorizationDenied: "The authorization server did not grant access.",
 	domain.ReasonMissingCode:         "The authorization response carries no code.",
 	domain.ReasonProviderGone:        "The provider was deleted while it was being authorized.",
-	domain.ReasonProviderChanged:     "The provider's server changed while it was being authorized. Start again.",
+	domain.ReasonProviderChanged:     "The provider changed while it was being authorized (its server, or its rules). Start again.",
 	domain.ReasonClientChanged:       "The provider's client registration changed while it was being authorized. Start again.",
 	domain.ReasonTokenExchangeFailed: "The authorization server refused to exchange the authorization code.",
 	domain.ReasonStoreFailed:         "The tokens could not be stored. Start the authorization again.",

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -31,6 +32,7 @@ func newLogger(level string) *slog.Logger {
 
 // serve runs the service until SIGINT or SIGTERM, then drains.
 func serve(ctx context.Context, args []string, _ io.Writer) error {
+	serverGC()
 	cfg, err := config.Load(ctx, args, nil)
 	if err != nil {
 		return err
@@ -241,4 +243,20 @@ func printAdminKey(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(out, key)
 	return nil
+}
+
+// serverGCPercent is the garbage collector's target when GOGC is not set:
+// the heap may grow to three times its live size between collections
+// instead of twice. The service's live heap is small (caches bounded in
+// entries, idle RSS about 45 MB), and collections were 7-12% of its CPU on
+// the hot paths; at 200, server CPU per StartAuthorization fell from about
+// 197 to 142 us and GetAccessToken's p99 from 11.4 to 9.1 ms side by side
+// (BenchmarkHotPathsBinaries, ghz, 64 callers). GOGC and GOMEMLIMIT, when
+// set, decide as usual.
+const serverGCPercent = 200
+
+func serverGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(serverGCPercent)
+	}
 }

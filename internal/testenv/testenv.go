@@ -100,7 +100,17 @@ func PostgresDSN(tb testing.TB) string {
 		defer admin.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := admin.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+		// Parallel tests drop their schemas at the same time, and a drop
+		// can lose a deadlock (SQLSTATE 40P01) to another one touching the
+		// same catalog rows; the loser is simply run again.
+		var err error
+		for attempt := 0; attempt < 3; attempt++ {
+			if _, err = admin.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err == nil || !strings.Contains(err.Error(), "40P01") {
+				break
+			}
+			time.Sleep(time.Duration(100*(attempt+1)) * time.Millisecond)
+		}
+		if err != nil {
 			tb.Errorf("testenv: drop schema %s: %v", schema, err)
 		}
 	})

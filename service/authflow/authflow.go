@@ -889,6 +889,13 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if row.URLHash != rec.URLHash {
 		return fail(domain.ReasonProviderChanged, "")
 	}
+	if row.RequireCompletion && !rec.RequireCompletion {
+		// The provider came to require completion after this flow
+		// started: its URL was handed out without the platform's
+		// completion step (perhaps the very link forwarded to someone
+		// else the setting is meant to stop), so the code goes nowhere.
+		return fail(domain.ReasonProviderChanged, "")
+	}
 	reg, err := s.flowRegistration(ctx, row, rec)
 	if err != nil {
 		return fail(domain.ReasonClientChanged, "")

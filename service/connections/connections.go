@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/service/vault"
@@ -31,6 +32,12 @@ type Revoker interface {
 	Revoke(ctx context.Context, ref domain.GrantRef) (bool, error)
 }
 
+// DenialRecorder audits a call refused because its caller may act only for
+// some users and the connection is another's. *audit.Auditor implements it.
+type DenialRecorder interface {
+	RecordUserDenied(ctx context.Context, tenant, provider, method, user string)
+}
+
 // Clock tells the time.
 type Clock func() time.Time
 
@@ -38,18 +45,20 @@ type Clock func() time.Time
 type Service struct {
 	store   Store
 	revoker Revoker
+	denials DenialRecorder
 	now     Clock
 }
 
-// New returns the connections use case. now defaults to time.Now.
-func New(store Store, revoker Revoker, now Clock) (*Service, error) {
+// New returns the connections use case. denials may be nil (refusals are
+// then not audited); now defaults to time.Now.
+func New(store Store, revoker Revoker, denials DenialRecorder, now Clock) (*Service, error) {
 	if store == nil || revoker == nil {
 		return nil, errors.New("connections: store and revoker are required")
 	}
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{store: store, revoker: revoker, now: now}, nil
+	return &Service{store: store, revoker: revoker, denials: denials, now: now}, nil
 }
 
 // Connection is one end user's grant as callers see it (never a token).
@@ -76,8 +85,31 @@ type Connection struct {
 const AllProviders = "-"
 
 // Get returns the connection id of the provider. A provider that does not
-// exist and a connection that does not exist are both NOT_FOUND.
+// exist and a connection that does not exist are both NOT_FOUND, and so is
+// another user's connection for a caller limited to users (owned).
 func (s *Service) Get(ctx context.Context, tenant, provider, id string) (*Connection, error) {
+	c, err := s.owned(ctx, tenant, provider, id, methodGet)
+	if err != nil {
+		return nil, err
+	}
+	return s.view(c), nil
+}
+
+// The methods named in the audit events of refusals (the RPCs'
+// full names, as the transport's own refusals name them).
+const (
+	methodGet    = "/mcpauth.v1.ConnectionService/GetConnection"
+	methodDelete = "/mcpauth.v1.ConnectionService/DeleteConnection"
+)
+
+// owned reads the connection id for the caller. A name carries no user id
+// the transport could check (the id is derived from it, and anyone can
+// derive it), so the row's user is checked here: for a caller limited to
+// some users (a per-user service) another user's connection is NOT_FOUND,
+// as a connection that does not exist (no answer tells it apart), and the
+// attempt is audited as a denial naming that user. A request without a
+// caller (no transport in between) is refused the same way.
+func (s *Service) owned(ctx context.Context, tenant, provider, id, method string) (*repository.Credential, error) {
 	if !domain.IsConnectionID(id) {
 		return nil, apperr.NotFound("connection")
 	}
@@ -85,7 +117,13 @@ func (s *Service) Get(ctx context.Context, tenant, provider, id string) (*Connec
 	if err != nil {
 		return nil, err
 	}
-	return s.view(c), nil
+	if who, ok := caller.FromContext(ctx); !ok || !who.AllowsUser(c.UserID) {
+		if s.denials != nil {
+			s.denials.RecordUserDenied(ctx, tenant, provider, method, c.UserID)
+		}
+		return nil, apperr.NotFound("connection")
+	}
+	return c, nil
 }
 
 // Page is one page of a listing.
@@ -130,10 +168,7 @@ func (s *Service) List(ctx context.Context, tenant, provider, user string, after
 // it can and deletes it (audited with the user). It reports whether the
 // server confirmed the revocation.
 func (s *Service) Delete(ctx context.Context, tenant, provider, id string) (bool, error) {
-	if !domain.IsConnectionID(id) {
-		return false, apperr.NotFound("connection")
-	}
-	c, err := s.store.GetConnection(ctx, tenant, provider, id)
+	c, err := s.owned(ctx, tenant, provider, id, methodDelete)
 	if err != nil {
 		return false, err
 	}

@@ -334,19 +334,32 @@ func stepName(step string) string {
 	return "identity assertion grant"
 }
 
+// oauthReasons are the reasons of the token endpoint's OAuth error codes
+// (RFC 6749 section 5.2) that have one of their own.
+var oauthReasons = map[string]string{
+	"invalid_grant":       domain.ReasonInvalidGrant,
+	"invalid_client":      domain.ReasonInvalidClient,
+	"invalid_scope":       domain.ReasonInvalidScope,
+	"unauthorized_client": domain.ReasonUnauthorizedClient,
+}
+
 // oauthReason maps a token endpoint's OAuth error code to a reason.
 func oauthReason(code string) string {
-	switch code {
-	case "invalid_grant":
-		return domain.ReasonInvalidGrant
-	case "invalid_client":
-		return domain.ReasonInvalidClient
-	case "invalid_scope":
-		return domain.ReasonInvalidScope
-	case "unauthorized_client":
-		return domain.ReasonUnauthorizedClient
+	if r, ok := oauthReasons[code]; ok {
+		return r
 	}
 	return domain.ReasonGrantRefused
+}
+
+// oauthCodeOf is the OAuth error code a reason stands for, "" when it
+// stands for none in particular.
+func oauthCodeOf(reason string) string {
+	for code, r := range oauthReasons {
+		if r == reason {
+			return code
+		}
+	}
+	return ""
 }
 
 // storeExchanged stores tokens obtained from an ID token over whatever the

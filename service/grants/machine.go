@@ -76,8 +76,13 @@ func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred
 		if cred == nil || cred.Reason == "" {
 			return nil, loadErr
 		}
-		return nil, apperr.FailedPrecondition(cred.Reason, "the authorization server refused the last %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
+		err := apperr.FailedPrecondition(cred.Reason, "the authorization server refused the last %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
 			domain.CredentialKind(row.CredentialKind).GrantType(), cred.Reason)
+		if code := oauthCodeOf(cred.Reason); code != "" {
+			// The stored refusal answers as the server did, every time.
+			err = err.WithMeta("oauth_error", code)
+		}
+		return nil, err
 	}
 	return s.refreshShared(ctx, ref, "")
 }
@@ -256,17 +261,7 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 		failed(domain.ReasonAssertionUnavailable, "")
 		return nil, apperr.FailedPrecondition(domain.ReasonAssertionUnavailable, "%s", err.Error())
 	case errors.As(err, &oe):
-		reason := domain.ReasonGrantRefused
-		switch oe.Code {
-		case "invalid_grant":
-			reason = domain.ReasonInvalidGrant
-		case "invalid_client":
-			reason = domain.ReasonInvalidClient
-		case "invalid_scope":
-			reason = domain.ReasonInvalidScope
-		case "unauthorized_client":
-			reason = domain.ReasonUnauthorizedClient
-		}
+		reason := oauthReason(oe.Code)
 		failed(reason, oe.Code)
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()

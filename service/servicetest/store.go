@@ -248,6 +248,11 @@ func (s *Store) update(method string, p *repository.Provider, expectedVersion in
 	row.CreatedAt, row.UpdatedAt = cur.CreatedAt, s.now()
 	row.CredGeneration = cur.CredGeneration
 	s.providers[key(p.TenantID, p.ID)] = row
+	if p.GrantScope.PerUser() && !p.SharedToolList {
+		// As the repository: a USER provider keeps a list for all its
+		// users only while it is declared shared.
+		delete(s.tools, gkey(domain.TenantGrant(p.TenantID, p.ID)))
+	}
 	if reset {
 		s.dropDependents(p.TenantID, p.ID)
 	}

@@ -1072,3 +1072,67 @@ func TestStepUpIsBounded(t *testing.T) {
 		t.Fatalf("challenge after a success: %v", err)
 	}
 }
+
+// TestSharedToolList: on a USER provider whose list is declared shared,
+// one user's Refresh (with that user's token) fills the list every
+// connected user's Stored reads, with no request to the server; a user
+// without a connection is NOT_AUTHORIZED, shared or not; per connection
+// (the setting off), each user reads only what was fetched with their own
+// connection, and the shared list is gone.
+func TestSharedToolList(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addProvider(t, provider{id: "p"})
+	e.update(t, "p", func(row *repository.Provider) { row.GrantScope, row.SharedToolList = domain.ScopeUser, true })
+	srv := e.serve(serverURL, e.as, echoTool("echo"))
+	grant := vault.Grant{RegMethod: domain.RegPreRegistered, ClientID: clientID, Issuer: issuer, TokenEndpoint: tokenEndpoint}
+	tokens := map[string]string{}
+	for _, user := range []string{"alice", "bob"} {
+		toks := e.as.Issue(nil)
+		if err := e.grants.StoreNew(context.Background(), e.row(t, "p"), user, grant, toks); err != nil {
+			t.Fatal(err)
+		}
+		tokens[user] = toks.AccessToken.Reveal()
+	}
+	ctx := context.Background()
+	fetched, err := e.svc.Refresh(ctx, tenant, "p", "alice")
+	if err != nil || len(fetched.Tools) != 1 {
+		t.Fatalf("alice's Refresh: %+v %v", fetched, err)
+	}
+	if got := srv.Tokens(); len(got) != 1 || got[0] != tokens["alice"] {
+		t.Fatalf("the server saw %d requests; the fetch must carry alice's token", len(got))
+	}
+	bobs, err := e.svc.Stored(ctx, tenant, "p", "bob")
+	if err != nil || len(bobs.Tools) != 1 || !bobs.FetchedAt.Equal(fetched.FetchedAt) {
+		t.Fatalf("bob's Stored: %+v %v", bobs, err)
+	}
+	if n := len(srv.Requests()); n != 1 {
+		t.Fatalf("bob's read reached the server: %d requests", n)
+	}
+	if _, err := e.svc.Stored(ctx, tenant, "p", "carol"); !notAuthorized(err) {
+		t.Fatalf("carol's Stored of the shared list: %v", err)
+	}
+
+	e.update(t, "p", func(row *repository.Provider) { row.SharedToolList = false })
+	if l, err := e.svc.Stored(ctx, tenant, "p", "bob"); err != nil || len(l.Tools) != 0 {
+		t.Fatalf("bob's Stored once the list is per connection: %+v %v", l, err)
+	}
+	if _, err := e.svc.Refresh(ctx, tenant, "p", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Tokens(); len(got) != 2 || got[1] != tokens["bob"] {
+		t.Fatal("bob's own fetch must carry bob's token")
+	}
+	if l, err := e.svc.Stored(ctx, tenant, "p", "bob"); err != nil || len(l.Tools) != 1 {
+		t.Fatalf("bob's own list: %+v %v", l, err)
+	}
+	if _, err := e.svc.Stored(ctx, tenant, "p", "carol"); !notAuthorized(err) {
+		t.Fatalf("carol's Stored per connection: %v", err)
+	}
+}
+
+// notAuthorized reports whether err is FAILED_PRECONDITION NOT_AUTHORIZED.
+func notAuthorized(err error) bool {
+	e, ok := apperr.As(err)
+	return ok && e.Kind == apperr.KindFailedPrecondition && e.Reason == domain.ReasonNotAuthorized
+}

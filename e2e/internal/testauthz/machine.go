@@ -169,6 +169,10 @@ type MachineClient struct {
 	// AuthMethod of a secret client: client_secret_basic (default) or
 	// client_secret_post; fosite refuses the other one.
 	AuthMethod string
+	// GrantTypes the client may use; default client_credentials, the JWT
+	// bearer grant and refresh_token. A grant it lacks is answered
+	// unauthorized_client (RFC 6749 section 5.2).
+	GrantTypes []string
 }
 
 // RegisterMachineClient registers a confidential client allowed the
@@ -178,9 +182,13 @@ func (a *AuthServer) RegisterMachineClient(c MachineClient) {
 	if scopes == nil {
 		scopes = a.opt.Scopes
 	}
+	grants := c.GrantTypes
+	if grants == nil {
+		grants = []string{GrantClientCredentials, GrantJWTBearer, "refresh_token"}
+	}
 	dc := fosite.DefaultClient{
 		ID:         c.ID,
-		GrantTypes: []string{GrantClientCredentials, GrantJWTBearer, "refresh_token"},
+		GrantTypes: grants,
 		Scopes:     scopes,
 	}
 	oc := &fosite.DefaultOpenIDConnectClient{DefaultClient: &dc}

@@ -433,8 +433,9 @@ type Provider struct {
 	// StartAuthorization then needs return_url (INVALID_ARGUMENT naming
 	// return_url without one), and NOT_AUTHORIZED and INSUFFICIENT_SCOPE
 	// answers carry no authorization_url (those links have no return URL).
-	// It applies to flows started after it is set. Changes are audited
-	// (provider.updated).
+	// Once set, a flow started before without completion is refused at its
+	// callback (PROVIDER_CHANGED; the code goes nowhere). Changes are
+	// audited (provider.updated).
 	RequireCompletion bool `protobuf:"varint,161,opt,name=require_completion,json=requireCompletion,proto3" json:"require_completion,omitempty"`
 	// The whole Authorization header value (for example "Bearer sk-...") for
 	// CREDENTIAL_KIND_STATIC_AUTHORIZATION, and only for it. Input only:
