@@ -61,6 +61,7 @@ type App struct {
 	cfg        *config.Config
 	log        *slog.Logger
 	store      *repository.Store
+	cached     *repository.CachedReads
 	keys       *keyring.Keyring
 	flows      statestore.Store
 	guard      *egress.Guard
@@ -398,6 +399,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	// bound what a lost message delays).
 	wake := audit.NewWakeup()
 	cached := a.store.NewCachedReads(cfg.ProviderCacheTTL)
+	a.cached = cached
 	if err := a.setupBroadcast(wake, cached); err != nil {
 		return nil, err
 	}
@@ -516,7 +518,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		return nil, err
 	}
 	browser := server.NewBrowser(server.BrowserDeps{Log: log, Flow: flow, Secure: cfg.PublicHTTPS(), TLS: cfg.TLS(),
-		RatePerMinute: cfg.BrowserRatePerMinute, Metrics: a.metrics, TrustedProxies: proxies})
+		RatePerMinute: cfg.BrowserRatePerMinute, PublicRatePerMinute: cfg.PublicDocumentRatePerMinute, JWKS: providerUC,
+		Metrics: a.metrics, TrustedProxies: proxies})
 	// Metrics go on the public port only when no admin port is configured.
 	metricsHandler := promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{})
 	var publicMetrics http.Handler
@@ -529,7 +532,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	}
 	handler := server.NewHTTPHandler(server.HTTPDeps{Log: log, Gateway: gw, Browser: browser,
 		Metrics: publicMetrics, CORSOrigins: cfg.CORSOrigins, TLS: cfg.TLS(),
-		Ready: ready, Version: version.String(), OpenAPI: openapi.Document, JWKS: providerUC})
+		Ready: ready, Version: version.String(), OpenAPI: openapi.Document})
 	if a.tracer != nil {
 		handler = telemetry.Handler(handler, a.tracer, server.TracedPath)
 	}
@@ -669,6 +672,10 @@ func (a *App) Listen(ctx context.Context) error {
 
 // Store returns the repository (for operator commands and tests).
 func (a *App) Store() *repository.Store { return a.store }
+
+// CachedReads returns the provider reads the hot paths share (for tests
+// that check what fills them).
+func (a *App) CachedReads() *repository.CachedReads { return a.cached }
 
 // Tokens returns the token lifecycle service (for tests that drive a
 // background refresher with their own settings).

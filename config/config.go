@@ -100,6 +100,12 @@ type Config struct {
 	// BrowserRatePerMinute limits authorize and callback requests per client
 	// IP.
 	BrowserRatePerMinute int `env:"MCPAUTH_BROWSER_RATE_PER_MINUTE, default=60"`
+	// PublicDocumentRatePerMinute limits, per client IP, the documents
+	// authorization servers fetch without credentials: the per-provider
+	// Client ID Metadata Documents and JWKS. It is generous (several
+	// servers may sit behind one address) but bounds the database reads
+	// anyone can cause.
+	PublicDocumentRatePerMinute int `env:"MCPAUTH_PUBLIC_DOCUMENT_RATE_PER_MINUTE, default=600"`
 	// FlowTTL is how long an authorization flow stays valid.
 	FlowTTL time.Duration `env:"MCPAUTH_FLOW_TTL, default=5m"`
 	// MetadataTTL is how long discovered metadata is cached.
@@ -321,6 +327,9 @@ func (c *Config) validate() error {
 	}
 	if c.BrowserRatePerMinute < 1 {
 		errs = append(errs, errors.New("MCPAUTH_BROWSER_RATE_PER_MINUTE must be at least 1"))
+	}
+	if c.PublicDocumentRatePerMinute < 1 {
+		errs = append(errs, errors.New("MCPAUTH_PUBLIC_DOCUMENT_RATE_PER_MINUTE must be at least 1"))
 	}
 	for _, o := range append(append([]string{}, c.ReturnOrigins...), c.CORSOrigins...) {
 		if u, err := url.Parse(o); err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || (u.Scheme != "https" && u.Scheme != "http") {

@@ -117,3 +117,39 @@ func TestClientCertConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestPublicDocumentRate: the public documents' per-IP limit defaults to a
+// generous 600 a minute, is read from its variable, and must be at least 1.
+func TestPublicDocumentRate(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		env  string
+		want int
+		ok   bool
+	}{
+		{"", 600, true},
+		{"1", 1, true},
+		{"5000", 5000, true},
+		{"0", 0, false},
+		{"-3", 0, false},
+		{"many", 0, false},
+	} {
+		t.Run(tt.env, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{}
+			if tt.env != "" {
+				env["MCPAUTH_PUBLIC_DOCUMENT_RATE_PER_MINUTE"] = tt.env
+			}
+			c, err := Load(context.Background(), nil, envconfig.MapLookuper(env))
+			if !tt.ok {
+				if err == nil {
+					t.Fatalf("accepted %q", tt.env)
+				}
+				return
+			}
+			if err != nil || c.PublicDocumentRatePerMinute != tt.want {
+				t.Fatalf("Load: %v, rate %d, want %d", err, c.PublicDocumentRatePerMinute, tt.want)
+			}
+		})
+	}
+}

@@ -335,3 +335,31 @@ func emptyToNil(b []byte) []byte {
 	}
 	return b
 }
+
+// ProviderPublic is what a provider's public documents (its Client ID
+// Metadata Document and its JWKS, served without credentials) are made of:
+// plaintext columns only, none of the ciphertexts (server URL, headers,
+// client secret, credential secrets), so serving them decrypts nothing.
+type ProviderPublic struct {
+	// ClientID is the pre-registered OAuth client id, if any.
+	ClientID string
+	// CredentialKind is Provider.CredentialKind.
+	CredentialKind string
+	// CredentialConfig is the JSON of the non-secret credential settings,
+	// which hold the public keys (domain.CredentialConfig).
+	CredentialConfig string
+}
+
+var getProviderPublicSQL = newHotSQL(`SELECT client_id, credential_kind, credential_config FROM providers WHERE tenant_id = ? AND id = ?`)
+
+// GetProviderPublic reads a provider's public facts (ProviderPublic) from
+// the database, never from a cache: the unauthenticated routes that use it
+// must not fill the shared read cache (CachedReads) with the answers of
+// made-up names, which would empty it for everyone.
+func (s *Store) GetProviderPublic(ctx context.Context, tenant, id string) (*ProviderPublic, error) {
+	var p ProviderPublic
+	if err := s.getRow(ctx, getProviderPublicSQL, "providers", "provider", tenant, []any{id}, &p.ClientID, &p.CredentialKind, &p.CredentialConfig); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}

@@ -101,6 +101,14 @@ func (c *CachedReads) GetClientRegistration(ctx context.Context, tenant, provide
 	})
 }
 
+// Len is the number of entries held, stale ones included (for tests and
+// diagnostics).
+func (c *CachedReads) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
+}
+
 // Invalidate empties the cache (another replica changed something).
 func (c *CachedReads) Invalidate() {
 	c.store.readEpoch.Add(1)

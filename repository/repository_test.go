@@ -158,6 +158,8 @@ func TestTenantIsolation(t *testing.T) {
 
 				_, err = s.GetProvider(ctx, other, id)
 				wantKind(t, err, apperr.KindNotFound, "")
+				_, err = s.GetProviderPublic(ctx, other, id)
+				wantKind(t, err, apperr.KindNotFound, "")
 				list, err := s.ListProviders(ctx, other, "", 1000)
 				wantNoErr(t, err, "ListProviders")
 				for _, r := range list {
@@ -276,6 +278,7 @@ func TestEmptyTenantRefused(t *testing.T) {
 		}{
 			{"CreateProvider", func() error { return s.CreateProvider(ctx, newProvider("", "p2")) }},
 			{"GetProvider", func() error { _, err := s.GetProvider(ctx, "", "p1"); return err }},
+			{"GetProviderPublic", func() error { _, err := s.GetProviderPublic(ctx, "", "p1"); return err }},
 			{"ListProviders", func() error { _, err := s.ListProviders(ctx, "", "", 10); return err }},
 			{"FindProviderByURLHash", func() error { _, err := s.FindProviderByURLHash(ctx, "", []string{"x"}); return err }},
 			{"UpdateProvider", func() error { return s.UpdateProvider(ctx, newProvider("", "p1"), 1) }},

@@ -117,7 +117,13 @@ type BrowserDeps struct {
 	// TLS adds HSTS (this process terminates TLS).
 	TLS           bool
 	RatePerMinute int
-	Metrics       *metrics.Metrics
+	// PublicRatePerMinute limits, per client IP, the unauthenticated
+	// documents authorization servers fetch: the per-provider Client ID
+	// Metadata Documents and JWKS (default 600).
+	PublicRatePerMinute int
+	// JWKS serves providers' public client keys; nil serves none.
+	JWKS    JWKSSource
+	Metrics *metrics.Metrics
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed when
 	// rate limiting; empty means the connection's address is the client.
 	TrustedProxies []netip.Prefix
@@ -125,10 +131,13 @@ type BrowserDeps struct {
 
 // Browser serves the routes a person's browser visits: the authorize
 // redirect, the OAuth callback (and its Dify-compatible alias), and the
-// Client ID Metadata Document.
+// Client ID Metadata Documents and JWKS authorization servers fetch.
 type Browser struct {
 	d       BrowserDeps
 	limiter *ipLimiter
+	// public limits the public documents, apart from the browser routes:
+	// authorization servers fetch them far more often than people sign in.
+	public *ipLimiter
 }
 
 // NewBrowser returns the browser routes.
@@ -136,7 +145,10 @@ func NewBrowser(d BrowserDeps) *Browser {
 	if d.RatePerMinute <= 0 {
 		d.RatePerMinute = 60
 	}
-	return &Browser{d: d, limiter: newIPLimiter(d.RatePerMinute)}
+	if d.PublicRatePerMinute <= 0 {
+		d.PublicRatePerMinute = 600
+	}
+	return &Browser{d: d, limiter: newIPLimiter(d.RatePerMinute), public: newIPLimiter(d.PublicRatePerMinute)}
 }
 
 // Register adds the routes to mux. Only GET (and HEAD) is served; other
@@ -153,7 +165,26 @@ func (b *Browser) Register(mux *http.ServeMux) {
 		mux.Handle(path, b.guard(http.HandlerFunc(methodNotAllowed)))
 	}
 	mux.HandleFunc("GET "+ClientMetadataPath, b.clientMetadata)
-	mux.HandleFunc("GET "+ProviderClientMetadataPathPrefix+"{tenant}/{provider}", b.providerClientMetadata)
+	mux.Handle("GET "+ProviderClientMetadataPathPrefix+"{tenant}/{provider}", b.publicGuard(http.HandlerFunc(b.providerClientMetadata)))
+	if b.d.JWKS != nil {
+		mux.Handle("GET "+JWKSPathPrefix+"{tenant}/{provider}", b.publicGuard(jwksHandler(b.d.JWKS)))
+	}
+}
+
+// publicGuard applies the per-IP rate limit of the public documents (the
+// per-provider Client ID Metadata Documents and JWKS), which anyone may
+// fetch and each of which costs a database read. Past it, the answer is a
+// bare 429 with Retry-After.
+func (b *Browser) publicGuard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !b.public.allow(clientKey(r, b.d.TrustedProxies)) {
+			w.Header().Set("Retry-After", "60")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func methodNotAllowed(w http.ResponseWriter, _ *http.Request) {

@@ -117,8 +117,6 @@ type HTTPDeps struct {
 	OpenAPI     []byte
 	CORSOrigins []string
 	TLS         bool
-	// JWKS serves providers' public client keys; nil serves none.
-	JWKS JWKSSource
 }
 
 // NewHTTPHandler assembles the HTTP port: the browser routes of the OAuth
@@ -128,9 +126,6 @@ func NewHTTPHandler(d HTTPDeps) http.Handler {
 	mux := http.NewServeMux()
 	if d.Browser != nil {
 		d.Browser.Register(mux)
-	}
-	if d.JWKS != nil {
-		mux.Handle("GET "+JWKSPathPrefix+"{tenant}/{provider}", jwksHandler(d.JWKS))
 	}
 	healthz, _ := json.Marshal(map[string]string{"status": "ok", "version": d.Version})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -37,6 +37,9 @@ import (
 // *repository.Store implements it.
 type Store interface {
 	vault.ProviderGetter
+	// GetProviderPublic reads a provider's plaintext columns only, from
+	// the database (the per-provider Client ID Metadata Document).
+	GetProviderPublic(ctx context.Context, tenant, id string) (*repository.ProviderPublic, error)
 	SetGrantStatus(ctx context.Context, g domain.GrantRef, from []domain.AuthStatus, to domain.AuthStatus, reason string, keyID uint32, events ...*repository.AuditEvent) (bool, error)
 	GetClientRegistration(ctx context.Context, tenant, providerID, issuer string) (*repository.ClientRegistration, error)
 	// PutClientRegistration stores events in the registration's transaction.

@@ -36,12 +36,22 @@ func keyedCIMD(d *vault.Provider) bool {
 // mcpauth serves no per-provider documents (its public URL is not https).
 // It holds public facts only: the redirect URI, the grant types, the
 // authentication method and where the public key is.
+//
+// Anyone may ask for it, so it reads the provider's plaintext columns from
+// the database and decrypts nothing: not through the shared read cache,
+// which made-up names would fill and so empty for everyone, and not the
+// secrets, which the document does not need. The stored key's public facts
+// (CredentialConfig.KeyAlg, set and cleared with the key) stand for the key.
 func (s *Service) ProviderClientMetadataDocument(ctx context.Context, tenant, id string) (map[string]any, error) {
 	if s.cfg.ProviderMetadataURL == nil || s.cfg.JWKSURL == nil {
 		return nil, apperr.NotFound("client metadata document")
 	}
-	d, err := loadProvider(ctx, s.reads, s.cipher, tenant, id)
-	if err != nil || !keyedCIMD(d) {
+	p, err := s.store.GetProviderPublic(ctx, tenant, id)
+	if err != nil {
+		return nil, apperr.NotFound("client metadata document")
+	}
+	cfg := vault.ParseCredentialConfig(p.CredentialConfig)
+	if domain.CredentialKind(p.CredentialKind) != domain.KindAuthorizationCode || p.ClientID != "" || cfg.KeyAlg == "" {
 		return nil, apperr.NotFound("client metadata document")
 	}
 	return map[string]any{
@@ -51,7 +61,7 @@ func (s *Service) ProviderClientMetadataDocument(ctx context.Context, tenant, id
 		"grant_types":                     []string{"authorization_code", "refresh_token"},
 		"response_types":                  []string{"code"},
 		"token_endpoint_auth_method":      oauthclient.AuthPrivateKeyJWT,
-		"token_endpoint_auth_signing_alg": d.ClientKey.Algorithm(),
+		"token_endpoint_auth_signing_alg": cfg.KeyAlg,
 		"jwks_uri":                        s.cfg.JWKSURL(tenant, id),
 		"application_type":                "web",
 	}, nil

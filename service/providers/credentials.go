@@ -577,9 +577,12 @@ func credAudit(st *credState, row *repository.Provider, d map[string]string) map
 // server, and its client's at an enterprise identity provider; each with
 // its own kid), for those servers to verify its client assertions. It
 // holds only public keys; a provider without a key and one that does not
-// exist are the same NOT_FOUND.
+// exist are the same NOT_FOUND. Anyone may ask for it, so it reads the
+// provider's plaintext columns from the database (GetProviderPublic):
+// nothing is decrypted, and made-up names never reach the shared read
+// cache.
 func (s *Service) JWKS(ctx context.Context, tenant, id string) ([]byte, error) {
-	row, err := s.store.GetProvider(ctx, tenant, id)
+	row, err := s.store.GetProviderPublic(ctx, tenant, id)
 	if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
 		return nil, err
 	}

@@ -47,6 +47,9 @@ type Store interface {
 	// in its transaction.
 	CreateProvider(ctx context.Context, p *repository.Provider, events ...*repository.AuditEvent) error
 	GetProvider(ctx context.Context, tenant, id string) (*repository.Provider, error)
+	// GetProviderPublic reads a provider's plaintext columns only, from
+	// the database (the unauthenticated JWKS route).
+	GetProviderPublic(ctx context.Context, tenant, id string) (*repository.ProviderPublic, error)
 	ListProviders(ctx context.Context, tenant, afterID string, limit int) ([]repository.Provider, error)
 	FindProviderByURLHash(ctx context.Context, tenant string, hashes []string) (*repository.Provider, error)
 	UpdateProvider(ctx context.Context, p *repository.Provider, expectedVersion int64, events ...*repository.AuditEvent) error

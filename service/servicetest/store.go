@@ -181,6 +181,20 @@ func (s *Store) GetProvider(_ context.Context, tenant, id string) (*repository.P
 	return s.withGrant(p), nil
 }
 
+// GetProviderPublic returns a provider's plaintext columns.
+func (s *Store) GetProviderPublic(_ context.Context, tenant, id string) (*repository.ProviderPublic, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("GetProviderPublic", tenant); err != nil {
+		return nil, err
+	}
+	p, ok := s.providers[key(tenant, id)]
+	if !ok {
+		return nil, apperr.NotFound("provider")
+	}
+	return &repository.ProviderPublic{ClientID: p.ClientID, CredentialKind: p.CredentialKind, CredentialConfig: p.CredentialConfig}, nil
+}
+
 // ListProviders pages by id.
 func (s *Store) ListProviders(_ context.Context, tenant, afterID string, limit int) ([]repository.Provider, error) {
 	s.mu.Lock()
