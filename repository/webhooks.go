@@ -381,13 +381,19 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		if len(ds) == 0 {
 			return nil
 		}
-		return tx.Clauses(clause.OnConflict{DoNothing: true}).CreateInBatches(ds, recordBatch).Error
+		// The conflict target names the delivery's key, so that only that
+		// index is probed before each insert (without one, every unique
+		// index is, the primary key too).
+		return tx.Clauses(clause.OnConflict{Columns: deliveryKey, DoNothing: true}).CreateInBatches(ds, recordBatch).Error
 	})
 	if err != nil {
 		return dbErr(err, "record fan-out")
 	}
 	return nil
 }
+
+// deliveryKey is the unique key of a delivery (uniq_webhook_delivery).
+var deliveryKey = []clause.Column{{Name: "tenant_id"}, {Name: "endpoint_id"}, {Name: "event_uid"}}
 
 // recordBatch bounds the deliveries one insert statement carries (17
 // bound values each: within both databases' limits).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/domain"
@@ -87,6 +88,29 @@ type Feed struct {
 	store FeedStore
 	wake  *Wakeup
 	poll  time.Duration
+
+	// reads shares reads among the watchers of a tenant at one position
+	// (see read).
+	mu    sync.Mutex
+	reads map[readKey]*sharedRead
+	// joins counts the reads that joined one under way (for tests, which
+	// wait until the watchers are blocked on it).
+	joins atomic.Int64
+}
+
+// readKey is a read of a tenant's feed after a position.
+type readKey struct {
+	tenant string
+	after  repository.EventCursor
+}
+
+// sharedRead is a read of the feed, done or under way.
+type sharedRead struct {
+	done chan struct{}
+	// at is when the read started; rows and err are set once done.
+	at   time.Time
+	rows []repository.AuditEvent
+	err  error
 }
 
 // NewFeed returns a feed over store, polling every poll (default 250 ms) and
@@ -101,8 +125,65 @@ func NewFeed(store FeedStore, wake *Wakeup, poll time.Duration) (*Feed, error) {
 	if wake == nil {
 		wake = NewWakeup()
 	}
-	return &Feed{store: store, wake: wake, poll: poll}, nil
+	return &Feed{store: store, wake: wake, poll: poll, reads: map[readKey]*sharedRead{}}, nil
 }
+
+// read returns the tenant's events after cur (EventsAfter), sharing one
+// query among the watchers that read from the same position at about the
+// same time: a watcher joins a read under way, or takes one that started
+// less than MinReadGap ago. A shared answer may end earlier than a fresh
+// one would (events that became readable since), never differ from it
+// below its end: the feed's order never changes once read, so the
+// watcher's next read goes on from there without a gap. Ten watchers of
+// one tenant then cost one query per round instead of ten.
+func (f *Feed) read(ctx context.Context, tenant string, cur repository.EventCursor) ([]repository.AuditEvent, error) {
+	k := readKey{tenant, cur}
+	now := time.Now()
+	f.mu.Lock()
+	if r := f.reads[k]; r != nil {
+		select {
+		case <-r.done:
+			if r.err == nil && now.Sub(r.at) < MinReadGap {
+				f.mu.Unlock()
+				return r.rows, nil
+			}
+		default:
+			f.joins.Add(1)
+			f.mu.Unlock()
+			select {
+			case <-r.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if r.err == nil {
+				return r.rows, nil
+			}
+			return f.store.EventsAfter(ctx, tenant, cur, feedBatch)
+		}
+	}
+	r := &sharedRead{done: make(chan struct{}), at: now}
+	f.reads[k] = r
+	if len(f.reads) > maxSharedReads {
+		for key, old := range f.reads {
+			select {
+			case <-old.done:
+				if now.Sub(old.at) >= MinReadGap {
+					delete(f.reads, key)
+				}
+			default:
+			}
+		}
+	}
+	f.mu.Unlock()
+	r.rows, r.err = f.store.EventsAfter(ctx, tenant, cur, feedBatch)
+	close(r.done)
+	return r.rows, r.err
+}
+
+// maxSharedReads is how many reads the feed keeps before dropping the
+// stale ones (older than MinReadGap): it holds those of the last few
+// milliseconds only.
+const maxSharedReads = 32
 
 // feedBatch bounds one read of the feed.
 const feedBatch = 500
@@ -151,7 +232,7 @@ func (f *Feed) Watch(ctx context.Context, tenant, afterUID string, send func(Ent
 	for {
 		woken := f.wake.C()
 		last := time.Now()
-		rows, err := f.store.EventsAfter(ctx, tenant, cur, feedBatch)
+		rows, err := f.read(ctx, tenant, cur)
 		if err != nil {
 			return err
 		}
