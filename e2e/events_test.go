@@ -393,3 +393,48 @@ func TestWebhookTwoReplicasDeliverOnceInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestWebhookDisabledEndpointQueues: nothing is posted to a disabled
+// endpoint (its deliveries wait, pending); once enabled again it gets them.
+func TestWebhookDisabledEndpointQueues(t *testing.T) {
+	t.Parallel()
+	s := Start(t, Options{Postgres: true, Env: evEnv(nil)})
+	r := evNewReceiver(t)
+	evCreateEndpoint(t, s, "acme", "paused", r)
+	ctx := Ctx(t, s.AdminKey)
+	setDisabled := func(disabled bool) {
+		t.Helper()
+		if _, err := s.Webhooks().UpdateWebhookEndpoint(ctx, &mcpauthv1.UpdateWebhookEndpointRequest{
+			WebhookEndpoint: &mcpauthv1.WebhookEndpoint{Name: "tenants/acme/webhookEndpoints/paused", Disabled: disabled},
+			UpdateMask:      &fieldmaskpb.FieldMask{Paths: []string{"disabled"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setDisabled(true)
+	provCreate(t, s, s.AdminKey, "acme", "a", provNewProvider("a"))
+	var pending int64
+	deadline := time.Now().Add(10 * time.Second)
+	for pending == 0 && time.Now().Before(deadline) {
+		ep, err := s.Webhooks().GetWebhookEndpoint(ctx, &mcpauthv1.GetWebhookEndpointRequest{Name: "tenants/acme/webhookEndpoints/paused"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = ep.GetWebhookEndpoint().GetPendingDeliveries()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pending == 0 {
+		t.Fatal("the disabled endpoint's delivery was never queued")
+	}
+	time.Sleep(300 * time.Millisecond) // a wrongly sent message would arrive meanwhile
+	if n := r.attempts(); n != 0 {
+		t.Fatalf("%d requests to the disabled endpoint", n)
+	}
+	setDisabled(false)
+	var names []string
+	for _, e := range evAuditNames(t, s, "acme") {
+		if e.GetProvider() != "" {
+			names = append(names, e.GetName())
+		}
+	}
+	r.waitFor(t, names, 30*time.Second)
+}
