@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
@@ -276,6 +277,18 @@ func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedV
 		return err
 	}
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
+		// The provider row is locked first, as PutSharedTools locks it
+		// before writing a tool list: taking the dependents' rows first
+		// could deadlock with it on PostgreSQL.
+		q, err := scoped(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		var locked []string
+		if err := q.Model(&Provider{}).Clauses(clause.Locking{Strength: clause.LockingStrengthUpdate}).
+			Where("id = ?", id).Pluck("id", &locked).Error; err != nil {
+			return err
+		}
 		// Dependents first; the foreign keys also cascade, this keeps the
 		// delete explicit and independent of PRAGMA foreign_keys.
 		for _, model := range []any{&Credential{}, &ClientRegistration{}, &ToolList{}} {
@@ -287,7 +300,7 @@ func (s *Store) DeleteProvider(ctx context.Context, tenant, id string, expectedV
 				return err
 			}
 		}
-		q, err := scoped(ctx, tx, tenant)
+		q, err = scoped(ctx, tx, tenant)
 		if err != nil {
 			return err
 		}

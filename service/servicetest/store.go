@@ -547,6 +547,25 @@ func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
 	return nil
 }
 
+// PutSharedTools stores a USER provider's shared tool list only while the
+// provider is shared and at providerVersion, as the repository.
+func (s *Store) PutSharedTools(_ context.Context, t *repository.ToolList, providerVersion int64) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("PutSharedTools", t.TenantID); err != nil {
+		return false, err
+	}
+	p, ok := s.providers[key(t.TenantID, t.ProviderID)]
+	if !ok {
+		return false, apperr.NotFound("provider")
+	}
+	if t.UserID != "" || !p.GrantScope.PerUser() || !p.SharedToolList || p.Version != providerVersion {
+		return false, nil
+	}
+	s.tools[gkey(domain.TenantGrant(t.TenantID, t.ProviderID))] = *t
+	return true, nil
+}
+
 // GetTools returns a stored tool list.
 func (s *Store) GetTools(_ context.Context, g domain.GrantRef) (*repository.ToolList, error) {
 	tenant := g.Tenant

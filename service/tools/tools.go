@@ -50,6 +50,10 @@ type Store interface {
 	vault.ProviderGetter
 	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
 	PutTools(ctx context.Context, t *repository.ToolList) error
+	// PutSharedTools stores a USER provider's shared list only while the
+	// provider is still shared at providerVersion, checked in the write's
+	// transaction; it reports whether it stored the list.
+	PutSharedTools(ctx context.Context, t *repository.ToolList, providerVersion int64) (bool, error)
 	GetTools(ctx context.Context, g domain.GrantRef) (*repository.ToolList, error)
 	// Challenges: what the MCP server answered 401/403 with, for every
 	// replica and for StartAuthorization.
@@ -570,8 +574,22 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 	// Microseconds: what PostgreSQL keeps, so List later reports the same
 	// fetch time as this answer.
 	now := s.now().UTC().Truncate(time.Microsecond)
-	if err := s.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: toolListRef(ss.d.Row, ss.grant).User,
-		Tools: string(raw), FetchedAt: now}); err != nil {
+	tl := &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: toolListRef(ss.d.Row, ss.grant).User, Tools: string(raw), FetchedAt: now}
+	if sharedToolList(ss.d.Row) {
+		// The provider row this refresh started from (perhaps another
+		// replica's cached copy) said the list is shared; the store keeps
+		// it as the shared list only if that is still so, checked in the
+		// write's transaction. Otherwise sharing was turned off meanwhile,
+		// and storing it would serve, once sharing is on again, a list
+		// from the earlier period: the caller still gets its answer.
+		stored, err := s.store.PutSharedTools(ctx, tl, ss.d.Row.Version)
+		if err != nil {
+			return nil, err
+		}
+		if !stored {
+			s.log.InfoContext(ctx, "shared tool list not stored: the provider changed during the refresh", "tenant", tenant, "provider", id)
+		}
+	} else if err := s.store.PutTools(ctx, tl); err != nil {
 		return nil, err
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeSuccess,
@@ -589,10 +607,16 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 // list (no user) serves every connection. Only the list is shared: each
 // fetch and each call still carries the user's own token.
 func toolListRef(row *repository.Provider, grant domain.GrantRef) domain.GrantRef {
-	if row.GrantScope.PerUser() && row.SharedToolList {
+	if sharedToolList(row) {
 		return domain.TenantGrant(grant.Tenant, grant.Provider)
 	}
 	return grant
+}
+
+// sharedToolList reports whether row is a USER provider whose one tool list
+// serves every connection.
+func sharedToolList(row *repository.Provider) bool {
+	return row.GrantScope.PerUser() && row.SharedToolList
 }
 
 // Stored returns the stored tool list without connecting (empty when the

@@ -1136,3 +1136,51 @@ func notAuthorized(err error) bool {
 	e, ok := apperr.As(err)
 	return ok && e.Kind == apperr.KindFailedPrecondition && e.Reason == domain.ReasonNotAuthorized
 }
+
+// sharingTurnedOff is a Connector that turns the provider's shared tool
+// list off while the tools are being listed: the change a replica makes
+// while another's refresh is under way.
+type sharingTurnedOff struct {
+	tools.Connector
+	during func()
+}
+
+func (c sharingTurnedOff) ListTools(ctx context.Context, key string, t mcpclient.Target, cr mcpclient.Credentials) ([]*mcp.Tool, error) {
+	c.during()
+	return c.Connector.ListTools(ctx, key, t, cr)
+}
+
+// TestSharedToolListTurnedOffDuringRefresh: a refresh that started while
+// the list was shared and ends after sharing was turned off stores no
+// shared list (docs/design.md: turning sharing on again never serves a
+// list from an earlier period), though it still answers its caller.
+func TestSharedToolListTurnedOffDuringRefresh(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addProvider(t, provider{id: "p"})
+	e.update(t, "p", func(row *repository.Provider) { row.GrantScope, row.SharedToolList = domain.ScopeUser, true })
+	e.serve(serverURL, e.as, echoTool("echo"))
+	grant := vault.Grant{RegMethod: domain.RegPreRegistered, ClientID: clientID, Issuer: issuer, TokenEndpoint: tokenEndpoint}
+	for _, user := range []string{"alice", "bob"} {
+		if err := e.grants.StoreNew(context.Background(), e.row(t, "p"), user, grant, e.as.Issue(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := e.tools(t, func(d *tools.Deps) {
+		d.MCP = sharingTurnedOff{Connector: d.MCP, during: func() {
+			e.update(t, "p", func(row *repository.Provider) { row.SharedToolList = false })
+		}}
+	})
+	ctx := context.Background()
+	fetched, err := svc.Refresh(ctx, tenant, "p", "alice")
+	if err != nil || len(fetched.Tools) != 1 {
+		t.Fatalf("alice's Refresh: %+v %v", fetched, err)
+	}
+	if tl, err := e.store.GetTools(ctx, domain.TenantGrant(tenant, "p")); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Fatalf("a shared list was stored after sharing was turned off: %+v %v", tl, err)
+	}
+	e.update(t, "p", func(row *repository.Provider) { row.SharedToolList = true })
+	if l, err := e.svc.Stored(ctx, tenant, "p", "bob"); err != nil || len(l.Tools) != 0 {
+		t.Fatalf("bob's Stored once sharing is on again: %+v %v (a list from the earlier period)", l, err)
+	}
+}
