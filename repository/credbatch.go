@@ -3,11 +3,11 @@ package repository
 import (
 	"context"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/internal/batch"
 )
 
 // CredentialBatcher reads grants for concurrent callers in shared queries:
@@ -24,13 +24,8 @@ import (
 // columns, the tenant first, so a batch spanning tenants answers each
 // caller with its own tenant's row only.
 type CredentialBatcher struct {
-	store    *Store
-	inFlight int // reads running at most at once
-	maxBatch int
-
-	mu      sync.Mutex
-	queue   []*credRequest
-	running int
+	store  *Store
+	runner *batch.Runner[*credRequest]
 }
 
 type credRequest struct {
@@ -53,7 +48,9 @@ const (
 
 // NewCredentialBatcher returns a batcher reading from s.
 func (s *Store) NewCredentialBatcher() *CredentialBatcher {
-	return &CredentialBatcher{store: s, inFlight: credBatchInFlight, maxBatch: credBatchMax}
+	b := &CredentialBatcher{store: s}
+	b.runner = &batch.Runner[*credRequest]{Max: credBatchMax, InFlight: credBatchInFlight, Run: b.read}
+	return b
 }
 
 // GetCredential is Store.GetCredential, read alone or in a batch.
@@ -62,16 +59,7 @@ func (b *CredentialBatcher) GetCredential(ctx context.Context, ref domain.GrantR
 		return nil, err
 	}
 	r := &credRequest{ctx: ctx, ref: ref, done: make(chan struct{})}
-	b.mu.Lock()
-	b.queue = append(b.queue, r)
-	start := b.running < b.inFlight
-	if start {
-		b.running++
-	}
-	b.mu.Unlock()
-	if start {
-		go b.drain()
-	}
+	b.runner.Add(r)
 	select {
 	case <-r.done:
 		return r.cred, r.err
@@ -80,38 +68,18 @@ func (b *CredentialBatcher) GetCredential(ctx context.Context, ref domain.GrantR
 	}
 }
 
-// drain runs reads until the queue is empty.
-func (b *CredentialBatcher) drain() {
-	for {
-		b.mu.Lock()
-		n := min(len(b.queue), b.maxBatch)
-		if n == 0 {
-			b.running--
-			b.mu.Unlock()
-			return
-		}
-		batch := b.queue[:n:n]
-		b.queue = b.queue[n:]
-		if len(b.queue) == 0 {
-			b.queue = nil
-		}
-		b.mu.Unlock()
-		b.read(batch)
-	}
-}
-
-// read answers batch with one statement.
-func (b *CredentialBatcher) read(batch []*credRequest) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), credBatchTimeout)
+// read answers reqs with one statement.
+func (b *CredentialBatcher) read(reqs []*credRequest) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqs[0].ctx), credBatchTimeout)
 	defer cancel()
-	if len(batch) == 1 {
-		r := batch[0]
+	if len(reqs) == 1 {
+		r := reqs[0]
 		r.cred, r.err = b.store.GetCredential(ctx, r.ref)
 		close(r.done)
 		return
 	}
-	rows, err := b.store.getCredentials(ctx, batch)
-	for _, r := range batch {
+	rows, err := b.store.getCredentials(ctx, reqs)
+	for _, r := range reqs {
 		switch c, ok := rows[r.ref]; {
 		case err != nil:
 			r.err = err
@@ -127,12 +95,12 @@ func (b *CredentialBatcher) read(batch []*credRequest) {
 	}
 }
 
-// getCredentials reads the grants of batch with one statement.
-func (s *Store) getCredentials(ctx context.Context, batch []*credRequest) (map[domain.GrantRef]*Credential, error) {
+// getCredentials reads the grants of reqs with one statement.
+func (s *Store) getCredentials(ctx context.Context, reqs []*credRequest) (map[domain.GrantRef]*Credential, error) {
 	var q strings.Builder
 	q.WriteString(`SELECT ` + strings.Join(credentialColumns, ", ") + ` FROM credentials WHERE (tenant_id, provider_id, user_id) IN (`)
-	args := make([]any, 0, 3*len(batch))
-	for i, r := range batch {
+	args := make([]any, 0, 3*len(reqs))
+	for i, r := range reqs {
 		if i > 0 {
 			q.WriteString(", ")
 		}
@@ -146,7 +114,7 @@ func (s *Store) getCredentials(ctx context.Context, batch []*credRequest) (map[d
 		return nil, dbErr(err, "get credentials")
 	}
 	ctx, span := s.hotSpan(ctx, "credentials", text)
-	out := make(map[domain.GrantRef]*Credential, len(batch))
+	out := make(map[domain.GrantRef]*Credential, len(reqs))
 	err = func() error {
 		rows, err := db.QueryContext(ctx, text, args...)
 		if err != nil {

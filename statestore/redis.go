@@ -47,6 +47,8 @@ type Redis struct {
 	// open, fails every call until its once-a-second probe gets through:
 	// a health check must not delay the service's recovery.
 	probe redis.UniversalClient
+	// puts pipelines concurrent Puts (putpipe.go).
+	puts putPipeline
 }
 
 var _ Store = (*Redis)(nil)
@@ -319,14 +321,7 @@ func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Dura
 	if err := validate(key, ttl, true); err != nil {
 		return err
 	}
-	n, err := putScript.Run(ctx, r.client, []string{r.kvKey(key)}, value, roundTTL(ttl).Milliseconds()).Int64()
-	if err != nil {
-		return wrap("put", err)
-	}
-	if n == 0 {
-		return ErrExists
-	}
-	return nil
+	return r.puts.put(ctx, r.client, r.kvKey(key), value, roundTTL(ttl).Milliseconds())
 }
 
 // Take implements Store atomically: of concurrent takers on any number of

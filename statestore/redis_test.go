@@ -3,9 +3,11 @@ package statestore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -288,5 +290,57 @@ func TestNewRedisFromURLForms(t *testing.T) {
 				t.Fatalf("error %q leaks the password", err)
 			}
 		})
+	}
+}
+
+// TestRedisConcurrentPutsPipelined: many concurrent Puts (most of them
+// sharing pipelines) each store their own value or get ErrExists for a key
+// already taken, also right after the server forgot the put script
+// (SCRIPT FLUSH, as after a restart: NOSCRIPT inside a pipeline).
+func TestRedisConcurrentPutsPipelined(t *testing.T) {
+	c := redisClient(t)
+	s := statestore.NewRedis(c, redisPrefix(t))
+	ctx := context.Background()
+	for round, flush := range []bool{false, true} {
+		if flush {
+			if err := c.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const n = 300
+		errs := make(chan error, 2*n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(2)
+			key := fmt.Sprintf("flow:r%d-%d", round, i)
+			for j := range 2 {
+				go func() {
+					defer wg.Done()
+					errs <- s.Put(ctx, key, []byte(fmt.Sprintf("value-%d-%d", i, j)), time.Minute)
+				}()
+			}
+		}
+		wg.Wait()
+		close(errs)
+		stored, exists := 0, 0
+		for err := range errs {
+			switch {
+			case err == nil:
+				stored++
+			case errors.Is(err, statestore.ErrExists):
+				exists++
+			default:
+				t.Errorf("round %d: Put: %v", round, err)
+			}
+		}
+		if stored != n || exists != n {
+			t.Errorf("round %d: %d stored and %d ErrExists, want %d each (one winner per key)", round, stored, exists, n)
+		}
+		for i := range n {
+			v, err := s.Take(ctx, fmt.Sprintf("flow:r%d-%d", round, i))
+			if err != nil || !strings.HasPrefix(string(v), fmt.Sprintf("value-%d-", i)) {
+				t.Errorf("round %d: key %d holds %q, %v", round, i, v, err)
+			}
+		}
 	}
 }
