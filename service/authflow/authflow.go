@@ -131,6 +131,7 @@ type Service struct {
 	now    Clock
 	cfg    Config
 	probes *probeCache
+	opened *opened // decrypted rows of the cached reads (opened.go)
 }
 
 // Deps are what New needs. Now defaults to time.Now; Reads defaults to
@@ -170,7 +171,7 @@ func New(d Deps) (*Service, error) {
 	}
 	return &Service{store: d.Store, reads: d.Reads, cipher: d.Cipher, flows: flowCodec{cipher: d.Cipher, store: d.Flows},
 		proto: d.Proto, grants: d.Grants, audit: d.Audit, log: d.Log, now: d.Now, cfg: d.Config,
-		probes: newProbeCache(d.Config.ProbeTTL)}, nil
+		probes: newProbeCache(d.Config.ProbeTTL), opened: newOpened()}, nil
 }
 
 // ClientMetadataDocument is mcpauth's Client ID Metadata Document, or nil
@@ -374,7 +375,7 @@ func flowSupported(md *oauthclient.Metadata) error {
 // usableRegistration opens a stored dynamic registration when it is still
 // good for this deployment (same redirect URI, not expired).
 func (s *Service) usableRegistration(row *repository.ClientRegistration) (*oauthclient.Registration, bool) {
-	reg, err := vault.OpenRegistration(s.cipher, row)
+	reg, err := s.opened.registration(s.cipher, row)
 	if err != nil || reg.RedirectURI != s.cfg.CallbackURL || !(reg.ExpiresAt.IsZero() || reg.ExpiresAt.After(s.now())) {
 		return nil, false
 	}
@@ -593,7 +594,11 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 		return nil, "", err
 	}
 	in.AdditionalScopes = completionScopes(in)
-	d, err := loadProvider(ctx, s.reads, s.cipher, in.Tenant, in.Provider)
+	row, err := s.reads.GetProvider(ctx, in.Tenant, in.Provider)
+	if err != nil {
+		return nil, "", err
+	}
+	d, err := s.opened.provider(s.cipher, row)
 	if err != nil {
 		return nil, "", err
 	}
