@@ -120,8 +120,11 @@ type pending struct {
 // maxBatch bounds one group commit.
 const maxBatch = 256
 
-// writers is how many group commits may be in flight at once.
-const writers = 4
+// writers is how many group commits may be in flight at once. Two keep
+// one commit filling while the other waits for its fsync; more made
+// smaller batches (more statements for the same events): with 4, server CPU
+// per StartAuthorization was 109 us against 101 with 2, side by side.
+const writers = 2
 
 // Defaults of the Auditor's options.
 const (
