@@ -84,8 +84,21 @@ func (b *Broadcast) publisher() {
 			}
 			cancel()
 		}
+		// Coalesce: notifications that come in the next moments go out
+		// together (under load the audit writer commits hundreds of
+		// times a second, and each commit notified every replica).
+		select {
+		case <-b.done:
+			return
+		case <-time.After(broadcastMinGap):
+		}
 	}
 }
+
+// broadcastMinGap is the least time between two rounds of publishes: what
+// a notification may wait at most for the one before it. Event readers
+// read at most every 20 ms anyway (audit.MinReadGap).
+const broadcastMinGap = 10 * time.Millisecond
 
 // Listen calls on[topic] for every message of its topic (from any
 // replica) until Close, resubscribing after a lost connection (go-redis
