@@ -130,7 +130,11 @@ func dpKeyEvents(t *testing.T, s *Service) []*mcpauthv1.AuditEvent {
 // up nowhere.
 func TestDPoPAuthorizationCode(t *testing.T) {
 	t.Parallel()
-	as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true, IssParameter: true, AccessTokenLifetime: 6 * time.Second,
+	// The token lives 20 s (due for refresh after 15 s): long enough that
+	// the flow and the first calls below finish before it is due even on a
+	// loaded machine (with 6 s, a slow run refreshed before the check that
+	// the MCP server's nonce demand caused no refresh).
+	as := testauthz.NewAuthServer(t, testauthz.AuthServerOptions{DCR: true, IssParameter: true, AccessTokenLifetime: 20 * time.Second,
 		DPoP: &testauthz.DPoPOptions{RequireNonce: true, RequireProof: true}})
 	mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as, DPoP: &testauthz.DPoPOptions{RequireNonce: true}})
 	s := tlStart(t, nil)
@@ -231,7 +235,7 @@ func TestDPoPAuthorizationCode(t *testing.T) {
 		}
 	}
 
-	// Refresh (the token is due after three quarters of its 6 seconds):
+	// Refresh (the token is due after three quarters of its 20 seconds):
 	// proven with the same key, and the new token is bound to it too.
 	var fresh *mcpauthv1.GetAccessTokenResponse
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
