@@ -2,7 +2,6 @@ package statestore
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -10,23 +9,22 @@ import (
 	"github.com/mcpauth/mcpauth/internal/batch"
 )
 
-// putPipeline sends concurrent Puts to Redis pipelined: while a pipeline
-// is in flight, the Puts asked for meanwhile queue, and the next pipeline
-// carries up to putPipelineMax of them in one write and one read. A lone
-// Put goes out at once, so pipelining adds no wait when Redis keeps up;
-// under load (StartAuthorization stores a flow per call) one round trip
+// newPutPipeline sends concurrent Puts to Redis pipelined: while a
+// pipeline is in flight, the Puts asked for meanwhile queue, and the next
+// pipeline carries up to putPipelineMax of them in one write and one read.
+// A lone Put goes out at once, so pipelining adds no wait when Redis keeps
+// up; under load (StartAuthorization stores a flow per call) one round trip
 // and one pair of system calls serve many callers instead of one each, and
 // Redis reads them in one go.
 //
 // Each Put is still its own putScript call, atomic on its own and safe to
-// retry as before; only their transport is shared. The zero value is ready.
-type putPipeline struct {
-	once   sync.Once
-	runner *batch.Runner[*putRequest]
+// retry as before; only their transport is shared.
+func newPutPipeline(c redis.UniversalClient) *batch.Runner[*putRequest] {
+	return &batch.Runner[*putRequest]{Max: putPipelineMax, InFlight: putPipelineInFlight,
+		Run: func(reqs []*putRequest) { send(c, reqs) }}
 }
 
 type putRequest struct {
-	c     redis.UniversalClient
 	ctx   context.Context
 	key   string
 	value []byte
@@ -46,12 +44,9 @@ const (
 
 // put stores value under key (a prefixed key) unless it exists: nil,
 // ErrExists, or a wrapped Redis error.
-func (p *putPipeline) put(ctx context.Context, c redis.UniversalClient, key string, value []byte, ttlMS int64) error {
-	p.once.Do(func() {
-		p.runner = &batch.Runner[*putRequest]{Max: putPipelineMax, InFlight: putPipelineInFlight, Run: send}
-	})
-	req := &putRequest{c: c, ctx: ctx, key: key, value: value, ttlMS: ttlMS, done: make(chan struct{})}
-	p.runner.Add(req)
+func put(ctx context.Context, p *batch.Runner[*putRequest], key string, value []byte, ttlMS int64) error {
+	req := &putRequest{ctx: ctx, key: key, value: value, ttlMS: ttlMS, done: make(chan struct{})}
+	p.Add(req)
 	select {
 	case <-req.done:
 		return req.err
@@ -65,9 +60,7 @@ func (p *putPipeline) put(ctx context.Context, c redis.UniversalClient, key stri
 // send runs reqs: alone as a plain script call, or as one pipeline of
 // EVALSHA calls; one the server does not know the script for (NOSCRIPT,
 // after a restart or on a new node) is sent again alone, which loads it.
-// The requests of one Redis share their client.
-func send(reqs []*putRequest) {
-	c := reqs[0].c
+func send(c redis.UniversalClient, reqs []*putRequest) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqs[0].ctx), putPipelineTimeout)
 	defer cancel()
 	finish := func(r *putRequest, n int64, err error) {

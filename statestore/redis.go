@@ -17,6 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mcpauth/mcpauth/internal/batch"
+
 	"github.com/mcpauth/mcpauth/retry"
 )
 
@@ -48,7 +50,7 @@ type Redis struct {
 	// a health check must not delay the service's recovery.
 	probe redis.UniversalClient
 	// puts pipelines concurrent Puts (putpipe.go).
-	puts putPipeline
+	puts *batch.Runner[*putRequest]
 }
 
 var _ Store = (*Redis)(nil)
@@ -142,7 +144,7 @@ return 0
 // (for example "mcpauth:"). The caller keeps ownership of client: Close does
 // not close it.
 func NewRedis(client redis.UniversalClient, prefix string) *Redis {
-	return &Redis{client: client, prefix: prefix}
+	return &Redis{client: client, prefix: prefix, puts: newPutPipeline(client)}
 }
 
 // NewRedisFromURL returns a Store connected as rawURL says; Close closes its
@@ -321,7 +323,7 @@ func (r *Redis) Put(ctx context.Context, key string, value []byte, ttl time.Dura
 	if err := validate(key, ttl, true); err != nil {
 		return err
 	}
-	return r.puts.put(ctx, r.client, r.kvKey(key), value, roundTTL(ttl).Milliseconds())
+	return put(ctx, r.puts, r.kvKey(key), value, roundTTL(ttl).Milliseconds())
 }
 
 // Take implements Store atomically: of concurrent takers on any number of
