@@ -113,3 +113,19 @@ func isKind(err error, kind apperr.Kind) bool {
 	var e *apperr.Error
 	return errors.As(err, &e) && e.Kind == kind
 }
+
+// putTools stores t with PutTools at its provider's current version, and
+// fails unless it was stored or refused with an error.
+func putTools(tb testing.TB, s *Store, t *ToolList) error {
+	tb.Helper()
+	ctx := context.Background()
+	var version int64 = 1
+	if p, err := s.GetProvider(ctx, t.TenantID, t.ProviderID); err == nil {
+		version = p.Version
+	}
+	stored, err := s.PutTools(ctx, t, version)
+	if err == nil && !stored {
+		tb.Fatalf("PutTools(%s/%s) at the current version stored nothing", t.TenantID, t.ProviderID)
+	}
+	return err
+}

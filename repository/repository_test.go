@@ -153,7 +153,7 @@ func TestTenantIsolation(t *testing.T) {
 				wantNoErr(t, err, "PutCredential")
 				reg := &ClientRegistration{TenantID: owner, ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "cid-" + owner, Secret: []byte("sec"), KeyID: 1}
 				wantNoErr(t, s.PutClientRegistration(ctx, reg), "PutClientRegistration")
-				wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: owner, ProviderID: id, Tools: `["t-` + owner + `"]`}), "PutTools")
+				wantNoErr(t, putTools(t, s, &ToolList{TenantID: owner, ProviderID: id, Tools: `["t-` + owner + `"]`}), "PutTools")
 				wantNoErr(t, s.AppendAudit(ctx, &AuditEvent{TenantID: owner, EventType: "provider.created", ProviderID: id}), "AppendAudit")
 
 				_, err = s.GetProvider(ctx, other, id)
@@ -198,7 +198,7 @@ func TestTenantIsolation(t *testing.T) {
 
 				_, err = s.GetTools(ctx, domain.TenantGrant(other, id))
 				wantKind(t, err, apperr.KindNotFound, "")
-				wantKind(t, s.PutTools(ctx, &ToolList{TenantID: other, ProviderID: id, Tools: "[]"}), apperr.KindNotFound, "")
+				wantKind(t, putTools(t, s, &ToolList{TenantID: other, ProviderID: id, Tools: "[]"}), apperr.KindNotFound, "")
 
 				events, err := s.ListAudit(ctx, other, AuditFilter{}, "", 1000)
 				wantNoErr(t, err, "ListAudit")
@@ -296,7 +296,7 @@ func TestEmptyTenantRefused(t *testing.T) {
 				return s.PutClientRegistration(ctx, &ClientRegistration{ProviderID: "p1", Issuer: "i", Method: domain.RegDynamic, ClientID: "c"})
 			}},
 			{"DeleteClientRegistration", func() error { return s.DeleteClientRegistration(ctx, "", "p1", "i") }},
-			{"PutTools", func() error { return s.PutTools(ctx, &ToolList{ProviderID: "p1", Tools: "[]"}) }},
+			{"PutTools", func() error { _, err := s.PutTools(ctx, &ToolList{ProviderID: "p1", Tools: "[]"}, 1); return err }},
 			{"GetTools", func() error { _, err := s.GetTools(ctx, domain.TenantGrant("", "p1")); return err }},
 			{"AppendAudit", func() error { return s.AppendAudit(ctx, &AuditEvent{EventType: "x"}) }},
 			{"ListAudit", func() error { _, err := s.ListAudit(ctx, "", AuditFilter{}, "", 10); return err }},
@@ -487,7 +487,7 @@ func TestDeleteProviderCascades(t *testing.T) {
 			_, err := s.PutCredential(ctx, newCredential("a", id, "tok"), 0)
 			wantNoErr(t, err, "PutCredential")
 			wantNoErr(t, s.PutClientRegistration(ctx, &ClientRegistration{TenantID: "a", ProviderID: id, Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "c"}), "PutClientRegistration")
-			wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: id, Tools: "[]"}), "PutTools")
+			wantNoErr(t, putTools(t, s, &ToolList{TenantID: "a", ProviderID: id, Tools: "[]"}), "PutTools")
 		}
 		wantNoErr(t, s.AppendAudit(ctx, &AuditEvent{TenantID: "a", ProviderID: "p1", EventType: "provider.created"}), "AppendAudit")
 
@@ -637,8 +637,8 @@ func TestToolsUpsert(t *testing.T) {
 	eachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		mustCreate(t, s, newProvider("a", "p1"))
-		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["one"]`}), "put")
-		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["two"]`}), "replace")
+		wantNoErr(t, putTools(t, s, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["one"]`}), "put")
+		wantNoErr(t, putTools(t, s, &ToolList{TenantID: "a", ProviderID: "p1", Tools: `["two"]`}), "replace")
 		got, err := s.GetTools(ctx, domain.TenantGrant("a", "p1"))
 		wantNoErr(t, err, "get")
 		if got.Tools != `["two"]` || got.FetchedAt.IsZero() {

@@ -366,6 +366,13 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 // the lease was lost it writes nothing and returns an error wrapping
 // ErrFanOutLeaseLost. A delivery that exists already is kept
 // (insert-ignore on endpoint and event uid).
+//
+// A delivery to an endpoint deleted since the batch was leased (perhaps
+// while it was being sent) is dropped, not an error: failing would send
+// the whole batch again later, every other endpoint's deliveries with it.
+// The endpoints still there are locked (FOR SHARE) until the record
+// commits, so a deletion that has not committed yet waits for it, and then
+// deletes the recorded deliveries with its endpoint.
 func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDelivery, now time.Time, lease time.Duration) error {
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		// The cursor first: its row lock orders competing records.
@@ -378,8 +385,9 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		if res.RowsAffected == 0 {
 			return ErrFanOutLeaseLost
 		}
-		if len(ds) == 0 {
-			return nil
+		ds, err := toLiveEndpoints(tx, ds)
+		if err != nil || len(ds) == 0 {
+			return err
 		}
 		// The conflict target names the delivery's key, so that only that
 		// index is probed before each insert (without one, every unique
@@ -390,6 +398,45 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		return dbErr(err, "record fan-out")
 	}
 	return nil
+}
+
+// toLiveEndpoints returns the deliveries of ds whose endpoint still
+// exists, locking those endpoints' rows for the rest of tx (FOR SHARE on
+// PostgreSQL; SQLite's write transactions are exclusive). ds is returned
+// as is, without a copy, when every endpoint is there.
+func toLiveEndpoints(tx *gorm.DB, ds []WebhookDelivery) ([]WebhookDelivery, error) {
+	type endpoint struct{ TenantID, ID string }
+	var keys [][]any
+	seen := map[endpoint]bool{}
+	for i := range ds {
+		k := endpoint{ds[i].TenantID, ds[i].EndpointID}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, []any{k.TenantID, k.ID})
+		}
+	}
+	live := map[endpoint]bool{}
+	for chunk := range slices.Chunk(keys, groupTuples) {
+		var rows []endpoint
+		if err := tx.Model(&WebhookEndpoint{}).Clauses(clause.Locking{Strength: clause.LockingStrengthShare}).
+			Select("tenant_id", "id").Where("(tenant_id, id) IN "+valuesList(len(chunk), 2), flatten(chunk)...).
+			Find(&rows).Error; err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			live[r] = true
+		}
+	}
+	if len(live) == len(seen) {
+		return ds, nil
+	}
+	out := make([]WebhookDelivery, 0, len(ds))
+	for i := range ds {
+		if live[endpoint{ds[i].TenantID, ds[i].EndpointID}] {
+			out = append(out, ds[i])
+		}
+	}
+	return out, nil
 }
 
 // deliveryKey is the unique key of a delivery (uniq_webhook_delivery).

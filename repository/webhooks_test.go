@@ -231,3 +231,46 @@ func TestFanOutReadsAheadOfItsRecord(t *testing.T) {
 		}
 	})
 }
+
+// TestFanOutRecordSkipsDeletedEndpoint: an endpoint deleted while a batch
+// is being sent (after the lease read it) has its deliveries dropped from
+// the record; the other endpoint's are recorded and the cursor moves past
+// the batch, so nothing is sent again. Before, the record failed on the
+// deleted endpoint's foreign key and the whole batch was sent again later,
+// duplicates to every other endpoint.
+func TestFanOutRecordSkipsDeletedEndpoint(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now)
+		wantNoErr(t, s.CreateWebhookEndpoint(ctx, &WebhookEndpoint{TenantID: "t", ID: "gone", URL: "https://g.example/",
+			Secret: []byte("ct"), KeyID: 1, Version: 1, CreatedAt: now.Add(-time.Hour), UpdatedAt: now}), "CreateWebhookEndpoint gone")
+
+		uids := appendEvents(t, s, "p", "q")
+		b, ds := leaseAll(t, s, "me", 2, now)
+		if len(ds) != 4 {
+			t.Fatalf("routed %d deliveries, want 2 events to 2 endpoints", len(ds))
+		}
+		for i := range ds {
+			ds[i].State, ds[i].Attempts, ds[i].LastStatus = DeliveryDelivered, 1, 204
+		}
+		wantNoErr(t, s.DeleteWebhookEndpoint(ctx, "t", "gone"), "DeleteWebhookEndpoint mid-batch")
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut with a deleted endpoint")
+
+		kept, err := s.ListWebhookDeliveries(ctx, "t", "e", -1, "", 100)
+		wantNoErr(t, err, "ListWebhookDeliveries")
+		if got := uidsOf(kept); len(got) != 2 || !slices.Contains(got, uids[0]) || !slices.Contains(got, uids[1]) {
+			t.Fatalf("surviving endpoint's deliveries %v, want %v", got, uids)
+		}
+		var orphans int64
+		wantNoErr(t, s.db.Model(&WebhookDelivery{}).Where("endpoint_id = ?", "gone").Count(&orphans).Error, "count")
+		if orphans != 0 {
+			t.Fatalf("%d deliveries to the deleted endpoint recorded", orphans)
+		}
+		// The cursor moved past the batch: nothing is leased (sent) again.
+		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, 500, nil); err != nil || again != nil {
+			t.Fatalf("LeaseFanOut after the record = %+v, %v; want nothing new", again, err)
+		}
+	})
+}

@@ -533,18 +533,23 @@ func (s *Store) DeleteClientRegistration(_ context.Context, tenant, providerID, 
 	return nil
 }
 
-// PutTools stores a tool list.
-func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
+// PutTools stores a grant's tool list only while the provider is at
+// providerVersion, as the repository.
+func (s *Store) PutTools(_ context.Context, t *repository.ToolList, providerVersion int64) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("PutTools", t.TenantID); err != nil {
-		return err
+		return false, err
 	}
-	if _, ok := s.providers[key(t.TenantID, t.ProviderID)]; !ok {
-		return apperr.NotFound("provider")
+	p, ok := s.providers[key(t.TenantID, t.ProviderID)]
+	if !ok {
+		return false, apperr.NotFound("provider")
+	}
+	if p.Version != providerVersion {
+		return false, nil
 	}
 	s.tools[gkey(domain.GrantRef{Tenant: t.TenantID, Provider: t.ProviderID, User: t.UserID})] = *t
-	return nil
+	return true, nil
 }
 
 // PutSharedTools stores a USER provider's shared tool list only while the
