@@ -262,6 +262,22 @@ func (a *Auditor) lingers() bool {
 	return a.linger > 0 && a.waiting == 0 && a.hurry == 0 && !a.closing && len(a.queue) < lingerBatch
 }
 
+// lingerLocked waits, a.mu held, until the queued events may not linger
+// any more or Linger passed.
+func (a *Auditor) lingerLocked() {
+	over := false
+	t := time.AfterFunc(a.linger, func() {
+		a.mu.Lock()
+		over = true
+		a.ready.Broadcast()
+		a.mu.Unlock()
+	})
+	for !over && a.lingers() {
+		a.ready.Wait()
+	}
+	t.Stop()
+}
+
 // Flush ends any linger and returns once no event is held (every event
 // recorded before it is stored, or reported lost; under a steady stream of
 // new events that may not happen) or ctx ended, returning ctx's error then.
@@ -282,22 +298,6 @@ func (a *Auditor) Flush(ctx context.Context) error {
 	a.mu.Unlock()
 	stop()
 	return ctx.Err()
-}
-
-// lingerLocked waits, a.mu held, until the queued events may not linger
-// any more or Linger passed.
-func (a *Auditor) lingerLocked() {
-	over := false
-	t := time.AfterFunc(a.linger, func() {
-		a.mu.Lock()
-		over = true
-		a.ready.Broadcast()
-		a.mu.Unlock()
-	})
-	for !over && a.lingers() {
-		a.ready.Wait()
-	}
-	t.Stop()
 }
 
 // finish releases n events from the held count.
