@@ -35,6 +35,15 @@ func eachBackend(t *testing.T, fn func(t *testing.T, s *Store)) {
 	})
 }
 
+// eachBackendReplicas is eachBackend with two stores on the same database,
+// as two replicas have.
+func eachBackendReplicas(t *testing.T, fn func(t *testing.T, a, b *Store)) {
+	t.Helper()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		fn(t, openStore(t, dsn), openStore(t, dsn))
+	})
+}
+
 func newProvider(tenant, id string) *Provider {
 	return &Provider{
 		TenantID:         tenant,

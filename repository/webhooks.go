@@ -274,8 +274,10 @@ var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 // LeaseFanOut reads up to limit events after the fan-out cursor and leases
 // that stretch of the feed to owner until now+lease, so that no other
 // replica routes or sends them meanwhile. It returns nil (and no error)
-// when there is nothing new or another owner's lease is live. Reading
-// costs no write while the feed is idle, and none while owner's lease has
+// when there is nothing new or another owner's lease is live; on
+// PostgreSQL, when another replica leads (fanoutlead.go), while a live
+// lease of an owner whose process no longer leads is taken over at once.
+// Reading costs no write while the feed is idle, and none while owner's lease has
 // more than half its time left (RecordFanOut renews it). Migration 0009
 // creates the cursor after the events that existed then; were it missing,
 // the fan-out would start from the first event (never skip one).
@@ -293,6 +295,10 @@ func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, le
 }
 
 func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
+	lead, err := s.leadFanOut(ctx, now, fanOutLeadPing)
+	if err != nil {
+		return nil, err
+	}
 	db := s.db.WithContext(ctx)
 	var rows []fanOutCursor
 	if err := db.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).Find(&rows).Error; err != nil {
@@ -305,8 +311,18 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 		rows = []fanOutCursor{{}}
 	}
 	cur := rows[0]
+	// orphan is another owner's live lease that this Store takes over as
+	// the lead (fanoutlead.go): that owner's process died or lost its
+	// connection to the database.
+	orphan := ""
 	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
-		return nil, nil // another replica's
+		if !lead {
+			return nil, nil // another replica's
+		}
+		if lead, err = s.leadFanOut(ctx, now, 0); err != nil || !lead {
+			return nil, err // the lead was lost since its last check
+		}
+		orphan = cur.LeaseOwner
 	}
 	from := EventCursor{TxID: cur.TxID, ID: cur.EventID}
 	if after != nil {
@@ -329,8 +345,8 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 			// Renewed only: the cursor is where after's record leaves it.
 			q = q.Where("name = ? AND lease_owner = ?", webhookCursor, owner)
 		} else {
-			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)",
-				webhookCursor, from.TxID, from.ID, owner, now)
+			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner IN ('', ?, ?) OR lease_until IS NULL OR lease_until < ?)",
+				webhookCursor, from.TxID, from.ID, owner, orphan, now)
 		}
 		res := q.Updates(map[string]any{"lease_owner": owner, "lease_until": now.Add(lease)})
 		if res.Error != nil {
@@ -457,9 +473,11 @@ func (s *Store) RenewFanOut(ctx context.Context, owner string, until time.Time) 
 	return res.RowsAffected == 1, nil
 }
 
-// ReleaseFanOut gives the fan-out lease up if owner holds it (at shutdown,
-// so another replica takes over at once instead of when it expires).
+// ReleaseFanOut gives the fan-out lease up if owner holds it, and this
+// Store's lead (at shutdown, so another replica takes over at once instead
+// of when it expires).
 func (s *Store) ReleaseFanOut(ctx context.Context, owner string) error {
+	defer s.dropFanOutLead(ctx)
 	err := s.db.WithContext(ctx).Model(&EventCursorRow{}).Where("name = ? AND lease_owner = ?", webhookCursor, owner).
 		Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
 	return dbErr(err, "release fan-out")

@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"errors"
+	"github.com/mcpauth/mcpauth/internal/testenv"
 	"slices"
 	"strings"
 	"testing"
@@ -136,52 +137,94 @@ func TestFanOutRecordsOutcomesAndQueuesHeldGroups(t *testing.T) {
 	})
 }
 
-// TestFanOutLeaseIsExclusive: while one owner's lease is live no other
-// fan-out gets the feed; once it expires another takes the same events
-// over, and the first owner's record then writes nothing.
+// TestFanOutLeaseIsExclusive: while one replica's lease is live no other
+// replica's fan-out gets the feed; once it expires another takes the same
+// events over, and the first owner's record then writes nothing.
 func TestFanOutLeaseIsExclusive(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, s *Store) {
+	eachBackendReplicas(t, func(t *testing.T, sa, sb *Store) {
 		ctx := context.Background()
 		now := time.Now().UTC()
-		createEndpoint(t, s, now)
-		uids := appendEvents(t, s, "p", "q")
-		a, ads := leaseAll(t, s, "a", 2, now)
-		b, err := s.LeaseFanOut(ctx, "b", now.Add(30*time.Second), time.Minute, 500, nil)
+		createEndpoint(t, sa, now)
+		uids := appendEvents(t, sa, "p", "q")
+		a, ads := leaseAll(t, sa, "a", 2, now)
+		b, err := sb.LeaseFanOut(ctx, "b", now.Add(30*time.Second), time.Minute, 500, nil)
 		wantNoErr(t, err, "LeaseFanOut while a holds the lease")
 		if b != nil {
 			t.Fatalf("b leased %d events while a's lease is live", len(b.Events))
 		}
 		later := now.Add(2 * time.Minute)
-		b, bds := leaseAll(t, s, "b", 2, later)
+		b, bds := leaseAll(t, sb, "b", 2, later)
 		if !slices.Equal(uidsOf(bds), uids) {
 			t.Fatalf("b took over %v, want %v", uidsOf(bds), uids)
 		}
 		for i := range ads {
 			ads[i].State = DeliveryDelivered
 		}
-		if err := s.RecordFanOut(ctx, a, ads, later, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+		if err := sa.RecordFanOut(ctx, a, ads, later, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
 			t.Fatalf("a's record after losing the lease: %v, want ErrFanOutLeaseLost", err)
 		}
-		counts, err := s.DeliveryCounts(ctx, "t", "e")
+		counts, err := sa.DeliveryCounts(ctx, "t", "e")
 		wantNoErr(t, err, "DeliveryCounts")
 		if len(counts) != 0 {
 			t.Fatalf("a's lost record wrote deliveries %v", counts)
 		}
-		wantNoErr(t, s.RecordFanOut(ctx, b, bds, later, time.Minute), "b's RecordFanOut")
-		wantNoErr(t, s.ReleaseFanOut(ctx, "b"), "ReleaseFanOut")
+		wantNoErr(t, sb.RecordFanOut(ctx, b, bds, later, time.Minute), "b's RecordFanOut")
+		wantNoErr(t, sb.ReleaseFanOut(ctx, "b"), "ReleaseFanOut")
 		// Released: a leases again at once, and finds nothing new.
-		a, err = s.LeaseFanOut(ctx, "a", later, time.Minute, 500, nil)
+		a, err = sa.LeaseFanOut(ctx, "a", later, time.Minute, 500, nil)
 		wantNoErr(t, err, "LeaseFanOut after the release")
 		if a != nil {
 			t.Fatalf("a leased %v after b recorded them", a.Events)
 		}
-		next := appendEvents(t, s, "p")
-		_, ads = leaseAll(t, s, "a", 1, later)
+		next := appendEvents(t, sa, "p")
+		_, ads = leaseAll(t, sa, "a", 1, later)
 		if !slices.Equal(uidsOf(ads), next) {
 			t.Fatalf("a leased %v after the release, want %v", uidsOf(ads), next)
 		}
 	})
+}
+
+// TestFanOutLeadPassesWhenItsHolderDies: on PostgreSQL, when the process
+// holding the fan-out dies (its connections close), another replica takes
+// the feed over at its next step, without waiting for the dead one's lease
+// to end; the dead owner's record then writes nothing.
+func TestFanOutLeadPassesWhenItsHolderDies(t *testing.T) {
+	t.Parallel()
+	dsn := testenv.PostgresDSN(t)
+	sa, sb := openStore(t, dsn), openStore(t, dsn)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	createEndpoint(t, sa, now)
+	uids := appendEvents(t, sa, "p", "q")
+	a, ads := leaseAll(t, sa, "a", 2, now)
+	if b, err := sb.LeaseFanOut(ctx, "b", now, time.Minute, 500, nil); err != nil || b != nil {
+		t.Fatalf("b leased %v (%v) while a's process leads", b, err)
+	}
+	// a's process dies: the server ends its sessions, the lead's with them.
+	var killed int
+	err := sb.DB().WithContext(ctx).Raw(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, fanOutLockClass).Scan(&killed).Error
+	wantNoErr(t, err, "end the lead's session")
+	if killed != 1 {
+		t.Fatalf("ended %d sessions holding the lead, want 1", killed)
+	}
+	// a's lease has a minute left: b takes it over anyway.
+	b, bds := leaseAll(t, sb, "b", 2, now.Add(time.Second))
+	if !slices.Equal(uidsOf(bds), uids) {
+		t.Fatalf("b took over %v, want %v", uidsOf(bds), uids)
+	}
+	if err := sa.RecordFanOut(ctx, a, ads, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+		t.Fatalf("the dead owner's record: %v, want ErrFanOutLeaseLost", err)
+	}
+	wantNoErr(t, sb.RecordFanOut(ctx, b, bds, now, time.Minute), "b's RecordFanOut")
+	// a's Store, were its process alive after all, no longer leads (its
+	// lead's connection is gone): it gets nothing while b's lease lives.
+	appendEvents(t, sb, "p")
+	if again, err := sa.LeaseFanOut(ctx, "a", now, time.Minute, 500, nil); err != nil || again != nil {
+		t.Fatalf("a leased %v (%v) after b took over", again, err)
+	}
 }
 
 // createEndpoint creates tenant t's endpoint e, existing before now.
