@@ -40,6 +40,11 @@ type fakeAS struct {
 	gate      chan struct{} // when set, Refresh waits until it is closed
 	entered   chan struct{} // receives one value per Refresh call (never blocks)
 	during    func()        // runs inside Refresh before it answers
+	// onIssue runs inside ClientCredentials after the answer is decided
+	// (tokens minted or the client refused), before it is given.
+	onIssue func()
+
+	obtained []string // access tokens issued by ClientCredentials, in order
 
 	refreshes int      // Refresh calls, failed ones included
 	refreshed []string // subjects of successful refreshes, in order
@@ -185,6 +190,55 @@ func (f *fakeAS) Refresh(ctx context.Context, md *oauthclient.Metadata, reg *oau
 	return t, nil
 }
 
+// ClientCredentials is the token endpoint's client_credentials grant: the
+// client must be known with that secret (else invalid_client, an OAuth
+// error answer); the token's subject is the client. No refresh token.
+func (f *fakeAS) ClientCredentials(_ context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, _ []string, _ string) (*oauthclient.Tokens, error) {
+	f.mu.Lock()
+	var (
+		t   *oauthclient.Tokens
+		err error
+	)
+	switch sec, ok := f.clients[reg.ClientID]; {
+	case md.TokenEndpoint != tokenEndpoint:
+		err = fmt.Errorf("client credentials: unexpected token endpoint %q", md.TokenEndpoint)
+	case !ok || sec != reg.ClientSecret.Reveal():
+		err = &oauthclient.OAuthError{Op: "client credentials", Status: 401, Code: "invalid_client"}
+	default:
+		t = f.mint(reg.ClientID, reg.ClientID, false)
+		f.obtained = append(f.obtained, t.AccessToken.Reveal())
+	}
+	hook := f.onIssue
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return t, err
+}
+
+// JWTBearer is not served by this server.
+func (f *fakeAS) JWTBearer(context.Context, *oauthclient.Metadata, *oauthclient.Registration, secret.Secret, []string, string) (*oauthclient.Tokens, error) {
+	return nil, &oauthclient.OAuthError{Op: "jwt bearer", Status: 400, Code: "unsupported_grant_type"}
+}
+
+// issued lists the access tokens ClientCredentials issued, in order.
+func (f *fakeAS) issued() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.obtained...)
+}
+
+// fakeDiscovery finds the fake server for every MCP server.
+type fakeDiscovery struct{}
+
+func (fakeDiscovery) Probe(context.Context, string, map[string]string, *oauthclient.Trace) (*oauthclient.ProbeResult, error) {
+	return &oauthclient.ProbeResult{Status: 401}, nil
+}
+
+func (fakeDiscovery) Discover(_ context.Context, _, resource string, _ *oauthclient.ProbeResult, _ *oauthclient.Trace) (*oauthclient.Metadata, error) {
+	return &oauthclient.Metadata{Resource: resource, Issuer: issuer, TokenEndpoint: tokenEndpoint, RevocationEndpoint: revocationEndpoint}, nil
+}
+
 func (f *fakeAS) Revoke(_ context.Context, md *oauthclient.Metadata, reg *oauthclient.Registration, token secret.Secret, hint string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -237,7 +291,11 @@ func (f *fakeAS) isLive(refreshToken string) bool {
 	return ok
 }
 
-var _ Protocol = (*fakeAS)(nil)
+var (
+	_ Protocol        = (*fakeAS)(nil)
+	_ MachineProtocol = (*fakeAS)(nil)
+	_ Discoverer      = fakeDiscovery{}
+)
 
 // hookStore is the in-memory store with hooks into its credential writes,
 // to stage what another replica or request does at that very moment, or a

@@ -773,7 +773,7 @@ func (s *Service) refreshLocked(ctx context.Context, ref domain.GrantRef, stale 
 	}
 	if err != nil || h.Grant.Kind.Machine() && !s.usable(h, stale) {
 		// Kinds without a person ask again instead of refreshing (machine.go).
-		return s.obtainLocked(ctx, ref, cred, err)
+		return s.obtainLocked(ctx, ref, cred, err, stale)
 	}
 	if s.usable(h, stale) {
 		return token(h.Tokens, cred, h.Grant), nil

@@ -92,7 +92,44 @@ func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred
 // no person and the held token (if any) is not usable. loadErr is the
 // re-read's error: a grant marked dead stays dead (nothing is retried
 // blindly) until the provider's credentials change or it is revoked.
-func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, loadErr error) (*Token, error) {
+//
+// What the server answers is stored only while the provider is still at
+// the version of the row it was asked under (PutCredentialAtProvider). An
+// update that committed meanwhile (a rotated client secret or key, another
+// token endpoint, other scopes; one that changed the credential material
+// also reset the grant) would otherwise have the token made with the old
+// configuration stored after it and served until it expires, or a refusal
+// of the old secret stored as the verdict on the new one. Such a token is
+// revoked at the server (as the client it was obtained as) and audited as
+// oauth.token.obtain_failed, reason PROVIDER_CHANGED, step store; then the
+// request is made once more under the new row, so a caller asking while an
+// operator rotates the secret gets a token made with the new one (and the
+// refusal, if any, of the new configuration). Only a provider changed
+// again during that second request answers FAILED_PRECONDITION
+// PROVIDER_CHANGED: ask again.
+func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, loadErr error, stale string) (*Token, error) {
+	t, err := s.obtainUnder(ctx, ref, prev, loadErr)
+	if !providerChanged(err) {
+		return t, err
+	}
+	// Re-read: the update that changed the row may have reset the grant.
+	prev, h, loadErr := s.load(ctx, ref)
+	if loadErr == nil && s.usable(h, stale) {
+		return token(h.Tokens, prev, h.Grant), nil
+	}
+	return s.obtainUnder(ctx, ref, prev, loadErr)
+}
+
+// providerChanged reports whether err is PutCredentialAtProvider's
+// PROVIDER_CHANGED.
+func providerChanged(err error) bool {
+	e, ok := apperr.As(err)
+	return ok && e.Kind == apperr.KindFailedPrecondition && e.Reason == domain.ReasonProviderChanged
+}
+
+// obtainUnder is one token request of obtainLocked under the provider row
+// it reads, stored only while the provider is still at that row's version.
+func (s *Service) obtainUnder(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, loadErr error) (*Token, error) {
 	if loadErr != nil {
 		if e, ok := apperr.As(loadErr); !ok || e.Reason != domain.ReasonNotAuthorized {
 			return nil, loadErr
@@ -200,7 +237,15 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil, 0)
+	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil, row.Version)
+	if providerChanged(err) {
+		// Made with a configuration an update replaced meanwhile: nobody's
+		// to keep (obtainLocked asks again under the new row).
+		s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, User: ref.User,
+			Outcome: domain.OutcomeFailure, Reason: domain.ReasonProviderChanged, Details: map[string]string{"kind": string(d.Kind), "step": stepStore}})
+		s.revokeFresh(pctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+		return nil, err
+	}
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Another writer stored a grant meanwhile: theirs wins.
 		latest, lh, lerr := s.load(pctx, ref)
@@ -254,7 +299,9 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 		failed(domain.ReasonDPoPRefused, oauthCode(err))
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		s.markDead(mctx, prev, row, domain.ReasonDPoPRefused)
+		if err := s.markDead(mctx, prev, row, domain.ReasonDPoPRefused); providerChanged(err) {
+			return nil, err
+		}
 		return nil, apperr.FailedPrecondition(domain.ReasonDPoPRefused, "the authorization server did not honour DPoP for the %s grant: disable DPoP for the provider, or call RevokeAuthorization to try again",
 			d.Kind.GrantType())
 	case errors.As(err, &ae), errors.Is(err, errNoAssertionSource):
@@ -265,7 +312,9 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 		failed(reason, oe.Code)
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 		defer cancel()
-		s.markDead(mctx, prev, row, reason)
+		if err := s.markDead(mctx, prev, row, reason); providerChanged(err) {
+			return nil, err
+		}
 		return nil, apperr.FailedPrecondition(reason, "the authorization server refused the %s grant (%s): fix the provider's credentials, or call RevokeAuthorization to try again",
 			d.Kind.GrantType(), oe.Code).WithMeta("oauth_error", oe.Code)
 	case errors.As(err, &temp):
@@ -283,8 +332,11 @@ func (s *Service) obtainFailed(ctx context.Context, prev *repository.Credential,
 }
 
 // markDead stores the grant as REAUTH_REQUIRED with reason, without
-// tokens, unless another writer changed it meanwhile.
-func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row *repository.Provider, reason string) {
+// tokens, unless another writer changed it meanwhile or the provider is no
+// longer at row's version (PROVIDER_CHANGED, returned: the refusal was of
+// a configuration an update replaced, and must not stand as the verdict on
+// the new one). Other store errors are dropped: the next read asks again.
+func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row *repository.Provider, reason string) error {
 	now := s.now().UTC()
 	c := &repository.Credential{TenantID: row.TenantID, ProviderID: row.ID, Tokens: []byte{}, Status: domain.StatusReauthRequired,
 		Reason: reason, KeyID: s.cipher.PrimaryID(), UpdatedAt: now, Scopes: "[]"}
@@ -293,8 +345,12 @@ func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row
 		expected = prev.Generation
 	}
 	s.cache.drop(c.Ref().Key())
-	_, _ = s.store.PutCredential(ctx, c, expected)
+	_, err := s.store.PutCredentialAtProvider(ctx, c, expected, row.Version)
 	s.cache.drop(c.Ref().Key())
+	if providerChanged(err) {
+		return err
+	}
+	return nil
 }
 
 // storeObtained stores a token obtained without a person, replacing prev

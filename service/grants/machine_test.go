@@ -1,0 +1,177 @@
+package grants
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/metrics"
+	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/service/vault"
+)
+
+// machineService is the environment's service able to obtain tokens
+// without a person, at the fake server.
+func (e *env) machineService() *Service {
+	e.tb.Helper()
+	s, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
+		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New(),
+		Machine: MachineDeps{Discover: fakeDiscovery{}, Proto: e.as}})
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	return s
+}
+
+// clientCredentialsProvider creates a client_credentials provider whose
+// client is clientID with secret sec.
+func (e *env) clientCredentialsProvider(clientID, sec string) {
+	e.tb.Helper()
+	row := &repository.Provider{TenantID: tnt, ID: pid, DisplayName: pid, ServerIdentifier: pid, URLHash: "k1:" + pid,
+		ServerURL: e.seal(tnt, pid, vault.FieldServerURL, serverURL(pid)), Scopes: "[]", KeyID: e.keys.PrimaryID(),
+		CredentialKind: string(domain.KindClientCredentials), ClientID: clientID,
+		ClientSecret: e.seal(tnt, pid, vault.FieldClientSecret, sec)}
+	if err := e.store.CreateProvider(e.ctx, row); err != nil {
+		e.tb.Fatal(err)
+	}
+}
+
+// setClient is an operator's UpdateProvider that replaces the provider's
+// client credentials, in the store as providers.Service.Update writes it
+// (the new row, its version bumped, the grant reset).
+func (e *env) setClient(clientID, sec string) {
+	e.tb.Helper()
+	row, err := e.store.GetProvider(e.ctx, tnt, pid)
+	if err != nil {
+		e.tb.Error(err)
+		return
+	}
+	row.ClientID, row.ClientSecret = clientID, e.seal(tnt, pid, vault.FieldClientSecret, sec)
+	if err := e.store.UpdateProviderResettingCredentials(e.ctx, row, row.Version); err != nil {
+		e.tb.Error(err)
+	}
+}
+
+// wantStoreRefusals checks the oauth.token.obtain_failed events of tokens
+// obtained under a provider row that changed before they were stored.
+func (e *env) wantStoreRefusals(n int) {
+	e.tb.Helper()
+	var reasons []string
+	for range n {
+		reasons = append(reasons, domain.ReasonProviderChanged)
+	}
+	for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, reasons...) {
+		if d := details(e.tb, ev); d["step"] != stepStore || d["kind"] != string(domain.KindClientCredentials) {
+			e.tb.Errorf("obtain_failed details = %v, want step %q, kind %q", d, stepStore, domain.KindClientCredentials)
+		}
+	}
+}
+
+// A token the server issued with the provider's old client while an
+// UpdateProvider replaced that client commits is never stored: it is
+// revoked (as the client it was issued to) and audited, and the caller
+// gets a token obtained again with the new client.
+func TestMachineTokenOfAReplacedClientIsNotStored(t *testing.T) {
+	e := newEnv(t, testConfig)
+	svc := e.machineService()
+	e.as.addClient("cc-old", "old-secret")
+	e.as.addClient("cc-new", "new-secret")
+	e.clientCredentialsProvider("cc-old", "old-secret")
+	var once sync.Once
+	e.as.set(func(f *fakeAS) {
+		// The operator's update commits after the server issued the token,
+		// before mcpauth stores it.
+		f.onIssue = func() { once.Do(func() { e.setClient("cc-new", "new-secret") }) }
+	})
+
+	tok := e.get(svc, tnt, pid)
+
+	issued := e.as.issued()
+	if len(issued) != 2 || !strings.Contains(issued[0], "cc-old") || !strings.Contains(issued[1], "cc-new") {
+		t.Fatalf("issued = %q, want one token for cc-old, then one for cc-new", issued)
+	}
+	if got := tok.AccessToken.Reveal(); got != issued[1] {
+		t.Errorf("served %q, want the new client's %q", got, issued[1])
+	}
+	h := e.held(tnt, pid)
+	if h.Tokens.AccessToken.Reveal() != issued[1] || h.Grant.ClientID != "cc-new" {
+		t.Errorf("stored %q of client %q, want %q of cc-new", h.Tokens.AccessToken.Reveal(), h.Grant.ClientID, issued[1])
+	}
+	if got, want := e.as.revocations(), []revocation{{token: issued[0], hint: "access_token"}}; !slices.Equal(got, want) {
+		t.Errorf("revocations = %v, want %v", got, want)
+	}
+	e.wantStoreRefusals(1)
+	e.wantEvents(domain.EventTokenObtained, pid, domain.OutcomeSuccess, "")
+	e.wantEvents(domain.EventRevocationFailed, pid, domain.OutcomeFailure)
+	// Served from the store from now on.
+	if got := e.get(svc, tnt, pid).AccessToken.Reveal(); got != issued[1] {
+		t.Errorf("next read served %q, want %q", got, issued[1])
+	}
+	if n := len(e.as.issued()); n != 2 {
+		t.Errorf("server asked %d times, want 2", n)
+	}
+}
+
+// The server's refusal of the old secret, answered while an update that
+// fixes the secret commits, is not stored as the grant's verdict (which
+// every read would answer until RevokeAuthorization): the token is asked
+// for again with the new secret.
+func TestMachineRefusalOfAReplacedSecretIsNotStored(t *testing.T) {
+	e := newEnv(t, testConfig)
+	svc := e.machineService()
+	e.as.addClient("cc", "right-secret")
+	e.clientCredentialsProvider("cc", "wrong-secret")
+	var once sync.Once
+	e.as.set(func(f *fakeAS) {
+		f.onIssue = func() { once.Do(func() { e.setClient("cc", "right-secret") }) }
+	})
+
+	tok := e.get(svc, tnt, pid)
+
+	issued := e.as.issued()
+	if len(issued) != 1 || tok.AccessToken.Reveal() != issued[0] {
+		t.Fatalf("served %q, issued %q: want the one token issued for the new secret", tok.AccessToken.Reveal(), issued)
+	}
+	e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+	// The refusal itself is audited, as it was answered.
+	e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, domain.ReasonInvalidClient)
+	e.wantEvents(domain.EventTokenObtained, pid, domain.OutcomeSuccess, "")
+}
+
+// A provider changed again while the token is asked for the second time
+// answers PROVIDER_CHANGED: nothing is stored, both tokens are revoked.
+func TestMachineProviderChangedTwice(t *testing.T) {
+	e := newEnv(t, testConfig)
+	svc := e.machineService()
+	e.as.addClient("cc-a", "secret-a")
+	e.as.addClient("cc-b", "secret-b")
+	e.clientCredentialsProvider("cc-a", "secret-a")
+	n := 0
+	e.as.set(func(f *fakeAS) {
+		f.onIssue = func() {
+			n++
+			if n%2 == 1 {
+				e.setClient("cc-b", "secret-b")
+			} else {
+				e.setClient("cc-a", "secret-a")
+			}
+		}
+	})
+
+	_, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
+
+	wantErr(t, err, apperr.KindFailedPrecondition, domain.ReasonProviderChanged)
+	if c := e.store.Credential(tnt, pid); c != nil {
+		t.Errorf("stored %+v, want nothing", c)
+	}
+	issued := e.as.issued()
+	want := []revocation{{token: issued[0], hint: "access_token"}, {token: issued[1], hint: "access_token"}}
+	if got := e.as.revocations(); len(issued) != 2 || !slices.Equal(got, want) {
+		t.Errorf("issued %q, revocations %v: want both revoked", issued, got)
+	}
+	e.wantStoreRefusals(2)
+	e.wantEvents(domain.EventTokenObtained, pid, domain.OutcomeSuccess)
+}
