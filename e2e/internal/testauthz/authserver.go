@@ -146,6 +146,7 @@ type AuthServer struct {
 
 	mu              sync.Mutex
 	tokenDelay      time.Duration
+	beforeAnswer    func(grantType string)
 	tokenStatus     int
 	retryAfter      string
 	deny            bool
@@ -514,6 +515,12 @@ func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
 		a.provider.WriteAccessError(ctx, w, ar, fosite.ErrServerError.WithWrap(err))
 		return
 	}
+	a.mu.Lock()
+	hook := a.beforeAnswer
+	a.mu.Unlock()
+	if hook != nil {
+		hook(r.PostForm.Get("grant_type"))
+	}
 	if refresh && a.opt.NoRefreshRotation {
 		if ar, ok := resp.(*fosite.AccessResponse); ok {
 			delete(ar.Extra, "refresh_token")
@@ -734,6 +741,16 @@ func (a *AuthServer) SetTokenDelay(d time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.tokenDelay = d
+}
+
+// SetBeforeTokenAnswer makes the token endpoint call f with the request's
+// grant_type once it has issued the tokens of a successful request, before
+// it answers (the tokens are live by then); nil removes the hook. It stages
+// what happens elsewhere while a token request is under way.
+func (a *AuthServer) SetBeforeTokenAnswer(f func(grantType string)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.beforeAnswer = f
 }
 
 // SetTokenStatus makes the token endpoint answer every request with HTTP
