@@ -100,7 +100,8 @@ func (s *Service) obtainIfMachine(ctx context.Context, ref domain.GrantRef, cred
 // also reset the grant) would otherwise have the token made with the old
 // configuration stored after it and served until it expires, or a refusal
 // of the old secret stored as the verdict on the new one. Such a token is
-// revoked at the server (as the client it was obtained as) and audited as
+// revoked at the server (as the client it was obtained as, when there is a
+// revocation endpoint and a client id: revokeFresh) and audited as
 // oauth.token.obtain_failed, reason PROVIDER_CHANGED, step store; then the
 // request is made once more under the new row, so a caller asking while an
 // operator rotates the secret gets a token made with the new one (and the
