@@ -286,3 +286,108 @@ func TestEnterpriseManagedBindingRace(t *testing.T) {
 		t.Fatalf("the loser's token is still valid (subject %q)", info.Subject)
 	}
 }
+
+// TestEnterpriseManagedUserClaimSetLater: user_claim set on a provider
+// whose connections were bound without it. alice@example.com's connection
+// was bound to bob's identity (the platform bug user_claim exists to
+// stop); setting user_claim deletes every connection and revokes its
+// tokens in the update (audited with the new claim), so nothing bound
+// under the old rule is used again: bob's ID token is then refused for
+// alice (ID_TOKEN_USER_MISMATCH) and alice's own is accepted. An exchange
+// already under way when the claim is set, checked under the old rule, is
+// refused when it stores (PROVIDER_CHANGED), its fresh tokens revoked,
+// nothing kept: before, it stored a connection nobody checked against the
+// new claim.
+func TestEnterpriseManagedUserClaimSetLater(t *testing.T) {
+	t.Parallel()
+	e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient, xaaPerUser)
+	ctx := Ctx(t, e.S.AdminKey)
+	withEmail := func(sub, email string) string {
+		return e.IdP.IDTokenWith(t, sub, xaaIdPClient, 10*time.Minute, map[string]any{"email": email})
+	}
+	bobs := withEmail("00u-bob", "bob@example.com")
+	if _, err := e.exchange(t, "alice@example.com", bobs); err != nil {
+		t.Fatalf("exchange before user_claim: %v", err)
+	}
+	old, err := e.S.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: xaaProviderRes, User: "alice@example.com"})
+	if err != nil {
+		t.Fatalf("GetAccessToken: %v", err)
+	}
+
+	// An exchange for dave with mallory's ID token, under way (held at
+	// the authorization server) while user_claim is set.
+	e.AS.SetTokenDelay(3 * time.Second)
+	asBefore := len(e.AS.RequestsTo("/token"))
+	inFlight := make(chan error, 1)
+	go func() {
+		_, err := e.S.OAuth().ExchangeIdentityAssertion(ctx, &mcpauthv1.ExchangeIdentityAssertionRequest{Name: xaaProviderRes,
+			User: "dave@example.com", IdToken: withEmail("00u-mallory", "mallory@example.com")})
+		inFlight <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); len(e.AS.RequestsTo("/token")) == asBefore; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the exchange never reached the authorization server")
+		}
+	}
+	if _, err := e.S.Providers().UpdateProvider(ctx, &mcpauthv1.UpdateProviderRequest{
+		Provider: &mcpauthv1.Provider{Name: xaaProviderRes, EnterpriseIdentityProvider: &mcpauthv1.EnterpriseIdentityProvider{
+			Issuer: e.IdP.URL, ClientId: xaaIdPClient, UserClaim: "email"}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"enterprise_identity_provider"}}}); err != nil {
+		t.Fatalf("setting user_claim: %v", err)
+	}
+	revokedByUpdate := len(e.AS.RequestsTo("/revoke"))
+	tlWantReason(t, <-inFlight, codes.FailedPrecondition, "PROVIDER_CHANGED")
+	e.AS.SetTokenDelay(0)
+	// The refused exchange revoked the tokens it had just obtained.
+	fresh := e.AS.RequestsTo("/revoke")[revokedByUpdate:]
+	if len(fresh) == 0 {
+		t.Fatal("the exchange refused when it stored revoked nothing")
+	}
+	for _, r := range fresh {
+		if info, err := e.AS.ValidateToken(t.Context(), r.Form.Get("token")); err == nil {
+			t.Fatalf("a token the refused exchange revoked is still valid (subject %q)", info.Subject)
+		}
+	}
+
+	// Nothing bound under the old rule is left, nor usable.
+	list, err := mcpauthv1.NewConnectionServiceClient(e.S.Conn).ListConnections(ctx, &mcpauthv1.ListConnectionsRequest{Parent: xaaProviderRes})
+	if err != nil || len(list.GetConnections()) != 0 {
+		t.Fatalf("connections after user_claim was set: %v %v; want none", list, err)
+	}
+	for _, user := range []string{"alice@example.com", "dave@example.com"} {
+		_, err = e.S.OAuth().GetAccessToken(ctx, &mcpauthv1.GetAccessTokenRequest{Name: xaaProviderRes, User: user})
+		tlWantReason(t, err, codes.FailedPrecondition, "ID_TOKEN_REQUIRED")
+	}
+	if info, err := e.AS.ValidateToken(t.Context(), old.GetAccessToken()); err == nil {
+		t.Fatalf("alice's token from before user_claim is still valid (subject %q)", info.Subject)
+	}
+	refusedAudited := false
+	for _, ev := range tlEvents(t, e.S, xaaTenant, xaaProviderRes, "oauth.token.obtain_failed") {
+		if ev.GetReason() == "PROVIDER_CHANGED" && ev.GetUser() == "dave@example.com" && ev.GetDetails()["step"] == "store" {
+			refusedAudited = true
+		}
+	}
+	if !refusedAudited {
+		t.Error("no oauth.token.obtain_failed event for the exchange refused when it stored")
+	}
+	var resetAudited, updateAudited bool
+	for _, ev := range tlEvents(t, e.S, xaaTenant, xaaProviderRes, "provider.credentials.reset") {
+		resetAudited = resetAudited || ev.GetDetails()["user_claim"] == "email"
+	}
+	for _, ev := range tlEvents(t, e.S, xaaTenant, xaaProviderRes, "provider.updated") {
+		updateAudited = updateAudited || ev.GetDetails()["user_claim"] == "email"
+	}
+	if !resetAudited || !updateAudited {
+		t.Errorf("user_claim audited on the reset %v, on the update %v; want both", resetAudited, updateAudited)
+	}
+
+	// The new rule holds for every exchange from now on.
+	_, err = e.exchange(t, "alice@example.com", bobs)
+	tlWantReason(t, err, codes.FailedPrecondition, "ID_TOKEN_USER_MISMATCH")
+	if _, err := e.exchange(t, "alice@example.com", withEmail("00u-alice", "alice@example.com")); err != nil {
+		t.Fatalf("alice's own exchange under user_claim: %v", err)
+	}
+	if got := e.whoami(t, "alice@example.com"); got != "00u-alice" {
+		t.Fatalf("whoami for alice = %q", got)
+	}
+}

@@ -73,6 +73,9 @@ type evReceiver struct {
 	bad    []string
 	tries  int
 	notify chan struct{}
+	// beforeNext, when set, runs (once) before the next request is
+	// answered.
+	beforeNext func()
 }
 
 func evNewReceiver(tb testing.TB) *evReceiver {
@@ -85,6 +88,13 @@ func evNewReceiver(tb testing.TB) *evReceiver {
 
 func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	before := r.beforeNext
+	r.beforeNext = nil
+	r.mu.Unlock()
+	if before != nil {
+		before()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.tries++
@@ -121,6 +131,13 @@ func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 func (r *evReceiver) setDown(down bool) {
 	r.mu.Lock()
 	r.down = down
+	r.mu.Unlock()
+}
+
+// setBeforeNext makes fn run before the receiver answers its next request.
+func (r *evReceiver) setBeforeNext(fn func()) {
+	r.mu.Lock()
+	r.beforeNext = fn
 	r.mu.Unlock()
 }
 

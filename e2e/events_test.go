@@ -438,3 +438,72 @@ func TestWebhookDisabledEndpointQueues(t *testing.T) {
 	}
 	r.waitFor(t, names, 30*time.Second)
 }
+
+// TestWebhookEndpointDeletedMidBatch: an endpoint deleted while a batch is
+// being sent to it (its receiver deletes it through the API before
+// answering its first message) costs the other endpoint nothing: it gets
+// every event exactly once (counted by webhook-id), on PostgreSQL and on
+// SQLite. Before, recording the batch failed on the deleted endpoint and
+// the whole batch was sent again.
+func TestWebhookEndpointDeletedMidBatch(t *testing.T) {
+	t.Parallel()
+	for _, postgres := range []bool{true, false} {
+		t.Run(map[bool]string{true: "postgres", false: "sqlite"}[postgres], func(t *testing.T) {
+			t.Parallel()
+			s := Start(t, Options{Postgres: postgres, Env: evEnv(nil)})
+			ctx := Ctx(t, s.AdminKey)
+			survivor, victim := evNewReceiver(t), evNewReceiver(t)
+			evCreateEndpoint(t, s, "acme", "survivor", survivor)
+			evCreateEndpoint(t, s, "acme", "victim", victim)
+			deleted := make(chan error, 1)
+			victim.setBeforeNext(func() {
+				_, err := s.Webhooks().DeleteWebhookEndpoint(ctx, &mcpauthv1.DeleteWebhookEndpointRequest{Name: "tenants/acme/webhookEndpoints/victim"})
+				deleted <- err
+			})
+			for i := range 3 {
+				provCreate(t, s, s.AdminKey, "acme", fmt.Sprintf("p%d", i), provNewProvider(fmt.Sprint(i)))
+			}
+			var names []string
+			for _, e := range evAuditNames(t, s, "acme") {
+				names = append(names, e.GetName())
+			}
+			survivor.waitFor(t, names, 30*time.Second)
+			select {
+			case err := <-deleted:
+				if err != nil {
+					t.Fatalf("DeleteWebhookEndpoint from the receiver: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the victim endpoint never received a message")
+			}
+			// Wait until every message the survivor accepted is recorded
+			// delivered: a batch whose record failed is sent again before
+			// it is recorded, so its repeats have arrived by then.
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				ep, err := s.Webhooks().GetWebhookEndpoint(ctx, &mcpauthv1.GetWebhookEndpointRequest{Name: "tenants/acme/webhookEndpoints/survivor"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids := map[string]bool{}
+				for _, m := range survivor.messages() {
+					ids[m.ID] = true
+				}
+				if e := ep.GetWebhookEndpoint(); e.GetPendingDeliveries() == 0 && e.GetDeliveredDeliveries() >= int64(len(ids)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the survivor's deliveries were never all recorded: %v", ep.GetWebhookEndpoint())
+				}
+			}
+			seen := map[string]int{}
+			for _, m := range survivor.messages() {
+				seen[m.ID]++
+			}
+			for id, n := range seen {
+				if n != 1 {
+					t.Errorf("webhook-id %s accepted %d times by the surviving endpoint, want once", id, n)
+				}
+			}
+		})
+	}
+}

@@ -42,8 +42,16 @@ func TestOAuthCallbackReplay(t *testing.T) {
 	if after.GetAccessToken() != before.GetAccessToken() {
 		t.Error("a replay changed the stored tokens")
 	}
-	if n := len(oaEvents(t, f.S, "acme", "oauth.callback.succeeded")); n != 1 {
-		t.Errorf("%d callback.succeeded events", n)
+	succeeded := oaEvents(t, f.S, "acme", "oauth.callback.succeeded")
+	if n := len(succeeded); n != 1 {
+		t.Fatalf("%d callback.succeeded events", n)
+	}
+	// The callback's event names the caller and request that started the
+	// flow (the start's own event is written without waiting for it).
+	started := oaWantEvent(t, f.S, "acme", "oauth.authorization.started", "")
+	if d := succeeded[0].GetDetails(); started.GetActor() == "" || started.GetRequestId() == "" ||
+		d["started_by"] != started.GetActor() || d["start_request_id"] != started.GetRequestId() {
+		t.Errorf("callback details %v, started by %q in request %q", d, started.GetActor(), started.GetRequestId())
 	}
 }
 

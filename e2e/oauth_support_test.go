@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -254,13 +255,21 @@ func oaEvents(tb testing.TB, s *Service, tenant, typ string) []*mcpauthv1.AuditE
 }
 
 // oaWantEvent fails tb unless tenant has an event of typ with reason (any
-// reason when empty) and returns the newest one.
+// reason when empty) and returns the newest one. It waits a while for the
+// event: some (an authorization started) are stored just after the call
+// that records them answers (audit.Auditor.RecordAsync).
 func oaWantEvent(tb testing.TB, s *Service, tenant, typ, reason string) *mcpauthv1.AuditEvent {
 	tb.Helper()
-	evs := oaEvents(tb, s, tenant, typ)
-	for _, e := range evs {
-		if reason == "" || e.GetReason() == reason {
-			return e
+	var evs []*mcpauthv1.AuditEvent
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		evs = oaEvents(tb, s, tenant, typ)
+		for _, e := range evs {
+			if reason == "" || e.GetReason() == reason {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			break
 		}
 	}
 	var got []string

@@ -98,9 +98,7 @@ func TestProviderCRUD(t *testing.T) {
 
 		// Delete drops what the provider owns.
 		bg := context.Background()
-		if err := s.Store().PutTools(bg, &repository.ToolList{TenantID: "acme", ProviderID: "notion", Tools: "[]"}); err != nil {
-			t.Fatal(err)
-		}
+		putTools(t, s.Store(), &repository.ToolList{TenantID: "acme", ProviderID: "notion", Tools: "[]"})
 		del, err := pc.DeleteProvider(Ctx(t, key), &mcpauthv1.DeleteProviderRequest{Name: "tenants/acme/providers/notion"})
 		if err != nil {
 			t.Fatalf("DeleteProvider: %v", err)
@@ -515,9 +513,7 @@ func TestProviderURLChange(t *testing.T) {
 					KeyID: s.App.Keys().PrimaryID(), Scopes: "[]", Status: domain.StatusAuthorized}, 0); err != nil {
 					t.Fatalf("PutCredential: %v", err)
 				}
-				if err := st.PutTools(ctx, &repository.ToolList{TenantID: "acme", ProviderID: id, Tools: "[]"}); err != nil {
-					t.Fatalf("PutTools: %v", err)
-				}
+				putTools(t, st, &repository.ToolList{TenantID: "acme", ProviderID: id, Tools: "[]"})
 				if err := st.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: "acme", ProviderID: id,
 					Issuer: "https://as.example", Method: domain.RegDynamic, ClientID: "dcr-client",
 					KeyID: s.App.Keys().PrimaryID()}); err != nil {
@@ -591,4 +587,18 @@ func TestProviderURLChange(t *testing.T) {
 			})
 		}
 	})
+}
+
+// putTools stores t with PutTools at its provider's current version, as a
+// refresh fetched under the current row would.
+func putTools(tb testing.TB, st *repository.Store, t *repository.ToolList) {
+	tb.Helper()
+	ctx := context.Background()
+	p, err := st.GetProvider(ctx, t.TenantID, t.ProviderID)
+	if err != nil {
+		tb.Fatalf("GetProvider: %v", err)
+	}
+	if stored, err := st.PutTools(ctx, t, p.Version); err != nil || !stored {
+		tb.Fatalf("PutTools = %v, %v", stored, err)
+	}
 }

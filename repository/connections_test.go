@@ -58,7 +58,7 @@ func TestUserGrantsAreSeparate(t *testing.T) {
 		if _, err := s.GetChallenge(ctx, bob); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("bob sees alice's challenge: %v", err)
 		}
-		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "t", ProviderID: "p", UserID: "alice", Tools: `["a"]`}), "alice's tools")
+		wantNoErr(t, putTools(t, s, &ToolList{TenantID: "t", ProviderID: "p", UserID: "alice", Tools: `["a"]`}), "alice's tools")
 		if _, err := s.GetTools(ctx, bob); apperr.KindOf(err) != apperr.KindNotFound {
 			t.Fatalf("bob sees alice's tools: %v", err)
 		}
@@ -158,8 +158,8 @@ func TestSharedToolListSetting(t *testing.T) {
 		if !got.SharedToolList {
 			t.Fatal("shared_tool_list was not stored")
 		}
-		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "t", ProviderID: "p", Tools: `["shared"]`}), "shared list")
-		wantNoErr(t, s.PutTools(ctx, &ToolList{TenantID: "t", ProviderID: "p", UserID: "alice", Tools: `["alice"]`}), "alice's list")
+		wantNoErr(t, putTools(t, s, &ToolList{TenantID: "t", ProviderID: "p", Tools: `["shared"]`}), "shared list")
+		wantNoErr(t, putTools(t, s, &ToolList{TenantID: "t", ProviderID: "p", UserID: "alice", Tools: `["alice"]`}), "alice's list")
 		// An update that keeps it shared keeps the list.
 		got.DisplayName = "renamed"
 		wantNoErr(t, s.UpdateProvider(ctx, got, got.Version), "rename")

@@ -41,6 +41,43 @@ func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credenti
 // events are inserted in the same transaction (see insertEvents): they are
 // stored exactly when the credential is.
 func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGeneration int64, events ...*AuditEvent) (int64, error) {
+	return s.putCredential(ctx, c, expectedGeneration, 0, events)
+}
+
+// PutCredentialAtProvider is PutCredential that writes only while the
+// provider is still at providerVersion, the version of the row the tokens
+// were obtained under: otherwise it changes nothing and answers
+// apperr.FailedPrecondition with reason PROVIDER_CHANGED. The check and
+// the write are one transaction, the provider row locked first (FOR NO KEY
+// UPDATE on PostgreSQL, the lock the write's cred_generation update takes
+// anyway, so two writers queue there instead of deadlocking on the
+// credential's unique key; SQLite's write transactions are exclusive), as
+// UpdateProvider takes it before deleting the grants: tokens obtained
+// under rules an update replaced meanwhile (an enterprise provider's
+// user_claim, its identity provider, its client) can never be stored
+// after that update reset the grants, each grant read afresh or not.
+func (s *Store) PutCredentialAtProvider(ctx context.Context, c *Credential, expectedGeneration, providerVersion int64, events ...*AuditEvent) (int64, error) {
+	if providerVersion <= 0 {
+		return 0, apperr.Internal(errors.New("repository: no provider version"), "put credential")
+	}
+	return s.putCredential(ctx, c, expectedGeneration, providerVersion, events)
+}
+
+// lockingNoKeyUpdate is PostgreSQL's FOR NO KEY UPDATE: the row lock an
+// UPDATE that changes no key takes, which foreign key checks of other
+// transactions (FOR KEY SHARE) do not wait for.
+const lockingNoKeyUpdate = "NO KEY UPDATE"
+
+// errProviderChanged is PutCredentialAtProvider's answer for a provider
+// changed since the tokens were obtained.
+func errProviderChanged() error {
+	return apperr.FailedPrecondition(domain.ReasonProviderChanged,
+		"the provider was changed while its tokens were being obtained: obtain them again")
+}
+
+// putCredential is PutCredential, guarded by the provider's version when
+// providerVersion is not 0.
+func (s *Store) putCredential(ctx context.Context, c *Credential, expectedGeneration, providerVersion int64, events []*AuditEvent) (int64, error) {
 	if err := checkTenant(c.TenantID); err != nil {
 		return 0, err
 	}
@@ -53,6 +90,22 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 		pq, err := scoped(ctx, tx, c.TenantID)
 		if err != nil {
 			return err
+		}
+		if providerVersion != 0 {
+			var versions []int64
+			if err := pq.Model(&Provider{}).Clauses(clause.Locking{Strength: lockingNoKeyUpdate}).
+				Where("id = ?", c.ProviderID).Pluck("version", &versions).Error; err != nil {
+				return err
+			}
+			if len(versions) == 0 {
+				return apperr.NotFound("provider")
+			}
+			if versions[0] != providerVersion {
+				return errProviderChanged()
+			}
+			if pq, err = scoped(ctx, tx, c.TenantID); err != nil {
+				return err
+			}
 		}
 		if expectedGeneration == 0 {
 			// A new credential continues the provider's generation sequence

@@ -35,6 +35,15 @@ func eachBackend(t *testing.T, fn func(t *testing.T, s *Store)) {
 	})
 }
 
+// eachBackendReplicas is eachBackend with two stores on the same database,
+// as two replicas have.
+func eachBackendReplicas(t *testing.T, fn func(t *testing.T, a, b *Store)) {
+	t.Helper()
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		fn(t, openStore(t, dsn), openStore(t, dsn))
+	})
+}
+
 func newProvider(tenant, id string) *Provider {
 	return &Provider{
 		TenantID:         tenant,
@@ -112,4 +121,20 @@ func wantNoErr(tb testing.TB, err error, what string, args ...any) {
 func isKind(err error, kind apperr.Kind) bool {
 	var e *apperr.Error
 	return errors.As(err, &e) && e.Kind == kind
+}
+
+// putTools stores t with PutTools at its provider's current version, and
+// fails unless it was stored or refused with an error.
+func putTools(tb testing.TB, s *Store, t *ToolList) error {
+	tb.Helper()
+	ctx := context.Background()
+	var version int64 = 1
+	if p, err := s.GetProvider(ctx, t.TenantID, t.ProviderID); err == nil {
+		version = p.Version
+	}
+	stored, err := s.PutTools(ctx, t, version)
+	if err == nil && !stored {
+		tb.Fatalf("PutTools(%s/%s) at the current version stored nothing", t.TenantID, t.ProviderID)
+	}
+	return err
 }

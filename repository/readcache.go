@@ -34,13 +34,20 @@ import (
 //
 // Not-found answers are cached too (no challenge, no credential), as they
 // are the common answers of these reads.
+//
+// The cache holds at most maxCachedReads entries. When full, it drops what
+// can no longer be served (an earlier epoch, past the TTL) and what was not
+// read since the previous such pass, keeping the entries in use (CLOCK's
+// second chance), so a sweep over many providers does not take the busy
+// ones out with it.
 type CachedReads struct {
 	store *Store
 	ttl   time.Duration
 	now   func() time.Time
+	max   int
 
 	mu sync.RWMutex
-	m  map[cacheKey]cachedRead
+	m  map[cacheKey]*cachedRead
 }
 
 // cacheKey names one cached read: its kind, the tenant, the provider, the
@@ -56,9 +63,13 @@ type cachedRead struct {
 	err   error
 	at    time.Time
 	epoch uint64
+	// used says the entry was served since it was stored or since the
+	// last eviction pass. Hits set it only when clear, so a hot entry's
+	// cache line is written once per pass, not once per read.
+	used atomic.Bool
 }
 
-// maxCachedReads bounds the cache; past it, the cache is emptied.
+// maxCachedReads bounds the cache (see evict).
 const maxCachedReads = 50_000
 
 // cachedTables are the tables the cached reads come from: a write to any of
@@ -68,7 +79,7 @@ var cachedTables = []string{"providers", "credentials", "mcp_challenges", "clien
 // NewCachedReads returns the cached reads of s with entries kept for ttl
 // (0 or less: every read goes to the database).
 func (s *Store) NewCachedReads(ttl time.Duration) *CachedReads {
-	return &CachedReads{store: s, ttl: ttl, now: time.Now, m: map[cacheKey]cachedRead{}}
+	return &CachedReads{store: s, ttl: ttl, now: time.Now, max: maxCachedReads, m: map[cacheKey]*cachedRead{}}
 }
 
 // GetProvider is Store.GetProvider, cached. The caller must not modify the
@@ -124,6 +135,9 @@ func cachedGet[T any](c *CachedReads, k cacheKey, read func() (*T, error)) (*T, 
 	e, ok := c.m[k]
 	c.mu.RUnlock()
 	if ok && e.epoch == epoch && now.Sub(e.at) < c.ttl {
+		if !e.used.Load() {
+			e.used.Store(true)
+		}
 		if e.err != nil {
 			return nil, e.err
 		}
@@ -135,13 +149,39 @@ func cachedGet[T any](c *CachedReads, k cacheKey, read func() (*T, error)) (*T, 
 	}
 	c.mu.Lock()
 	if c.store.readEpoch.Load() == epoch {
-		if len(c.m) >= maxCachedReads {
-			c.m = map[cacheKey]cachedRead{}
+		if _, replaces := c.m[k]; !replaces && len(c.m) >= c.max {
+			c.evict(epoch, now)
 		}
-		c.m[k] = cachedRead{v: v, err: err, at: now, epoch: epoch}
+		c.m[k] = &cachedRead{v: v, err: err, at: now, epoch: epoch}
 	}
 	c.mu.Unlock()
 	return v, err
+}
+
+// evict makes room in the full cache (c.mu held for writing). It drops the
+// entries that can no longer be served (an epoch before epoch, or past the
+// TTL at now) and those not read since the previous pass, and clears the
+// read mark of the others: an entry survives a pass only if it was read
+// since the one before. When that frees less than a quarter of the cache
+// (nearly everything is hot), arbitrary entries go until a quarter is free
+// (Go's map order is randomised). Each pass visits every entry once and
+// frees at least a quarter, so its cost spread over the inserts it makes
+// room for is constant; a hit costs one more atomic load than before.
+func (c *CachedReads) evict(epoch uint64, now time.Time) {
+	for k, e := range c.m {
+		if e.epoch != epoch || now.Sub(e.at) >= c.ttl || !e.used.Load() {
+			delete(c.m, k)
+			continue
+		}
+		e.used.Store(false)
+	}
+	keep := c.max - max(c.max/4, 1)
+	for k := range c.m {
+		if len(c.m) <= keep {
+			break
+		}
+		delete(c.m, k)
+	}
 }
 
 // readEpochState is the Store's side of the cached reads: the epoch every

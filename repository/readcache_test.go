@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -141,4 +142,38 @@ func TestCachedReadsKeyByGrant(t *testing.T) {
 			t.Fatalf("after DeleteCredential the cached read says %v, want NotFound", err)
 		}
 	})
+}
+
+// TestCachedReadsKeepHotEntriesWhenFull: a stream of new keys twice the
+// cache's bound keeps it within the bound without taking out an entry read
+// all along (it is read from the database once); entries of an earlier
+// epoch are still never served. Before, the cache emptied itself at the
+// bound, the hot entry with it.
+func TestCachedReadsKeepHotEntriesWhenFull(t *testing.T) {
+	t.Parallel()
+	c := (&Store{}).NewCachedReads(time.Hour)
+	hot := cacheKey{kind: 'p', tenant: "t", id: "hot"}
+	hotRow, coldRow := &Provider{ID: "hot"}, &Provider{ID: "cold"}
+	hotReads := 0
+	readHot := func() (*Provider, error) { hotReads++; return hotRow, nil }
+	readCold := func() (*Provider, error) { return coldRow, nil }
+	for i := range 2 * maxCachedReads {
+		if i%100 == 0 {
+			if got, _ := cachedGet(c, hot, readHot); got != hotRow {
+				t.Fatalf("hot read = %+v", got)
+			}
+		}
+		_, _ = cachedGet(c, cacheKey{kind: 'p', tenant: "t", id: "cold-" + strconv.Itoa(i)}, readCold)
+		if n := c.Len(); n > maxCachedReads {
+			t.Fatalf("%d entries after %d new keys, over the bound %d", n, i+1, maxCachedReads)
+		}
+	}
+	if hotReads != 1 {
+		t.Fatalf("the hot entry was read from the database %d times, want once (kept while the cache was full)", hotReads)
+	}
+	c.Invalidate()
+	_, _ = cachedGet(c, hot, readHot)
+	if hotReads != 2 {
+		t.Fatal("an entry of an earlier epoch was served after Invalidate")
+	}
 }

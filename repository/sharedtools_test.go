@@ -166,3 +166,64 @@ func createShared(tb testing.TB, s *Store) *Provider {
 	p.GrantScope, p.SharedToolList = domain.ScopeUser, true
 	return mustCreate(tb, s, p)
 }
+
+// TestPutToolsDroppedAfterProviderMoved: a grant's own tool list (the
+// tenant-wide one of a TENANT provider, one user's of a USER provider)
+// fetched under version v of the provider is not stored once the provider
+// moved to another server (UpdateProviderResettingCredentials cleared its
+// lists and moved the version on); one fetched under the current row is.
+// Before the version guard, the old server's list was stored after the
+// reset and served as the new server's tools.
+func TestPutToolsDroppedAfterProviderMoved(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		user := newProvider("a", "per-user")
+		user.GrantScope = domain.ScopeUser
+		for _, tc := range []struct {
+			p    *Provider
+			list func(tools string) *ToolList
+		}{
+			{newProvider("a", "tenant-wide"), func(tools string) *ToolList {
+				return &ToolList{TenantID: "a", ProviderID: "tenant-wide", Tools: tools}
+			}},
+			{user, func(tools string) *ToolList {
+				return &ToolList{TenantID: "a", ProviderID: "per-user", UserID: "alice", Tools: tools}
+			}},
+		} {
+			p := mustCreate(t, s, tc.p)
+			ref := domain.GrantRef{Tenant: "a", Provider: p.ID, User: tc.list("").UserID}
+			v := p.Version
+			stored, err := s.PutTools(ctx, tc.list(`["old-server"]`), v)
+			if err != nil || !stored {
+				t.Fatalf("%s: PutTools at the current version = %v, %v", p.ID, stored, err)
+			}
+
+			// The provider moves while a second fetch from the old server
+			// is under way.
+			row, err := s.GetProvider(ctx, "a", p.ID)
+			wantNoErr(t, err, "GetProvider")
+			row.ServerURL = []byte("ct-url-moved")
+			row.URLHash = "k1:hash-moved-" + p.ID
+			wantNoErr(t, s.UpdateProviderResettingCredentials(ctx, row, row.Version), "UpdateProviderResettingCredentials")
+			stored, err = s.PutTools(ctx, tc.list(`["old-server-late"]`), v)
+			if err != nil || stored {
+				t.Fatalf("%s: PutTools from before the move = %v, %v; want dropped", p.ID, stored, err)
+			}
+			if tl, err := s.GetTools(ctx, ref); apperr.KindOf(err) != apperr.KindNotFound {
+				t.Fatalf("%s: tool list after the move = %+v, %v; want none (the old server's)", p.ID, tl, err)
+			}
+
+			stored, err = s.PutTools(ctx, tc.list(`["new-server"]`), row.Version)
+			if err != nil || !stored {
+				t.Fatalf("%s: PutTools under the moved row = %v, %v", p.ID, stored, err)
+			}
+			tl, err := s.GetTools(ctx, ref)
+			if err != nil || tl.Tools != `["new-server"]` {
+				t.Fatalf("%s: tool list = %+v, %v; want the new server's", p.ID, tl, err)
+			}
+		}
+		_, err := s.PutTools(ctx, &ToolList{TenantID: "b", ProviderID: "tenant-wide", Tools: "[]"}, 2)
+		wantKind(t, err, apperr.KindNotFound, "")
+	})
+}

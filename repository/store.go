@@ -46,6 +46,8 @@ type Store struct {
 	// tracer, set by Trace, traces the hand-written hot reads (hot.go) as
 	// the GORM callbacks trace every other statement.
 	tracer trace.Tracer
+	// fanOut is this Store's lead of the webhook fan-out (fanoutlead.go).
+	fanOut fanOutLead
 }
 
 // Open connects to the database named by dsn. A dsn starting with
@@ -145,8 +147,11 @@ func sqliteDSN(dsn string) string {
 	return path + "?" + q.Encode()
 }
 
-// Close closes the connection pool.
+// Close closes the connection pool, giving up the fan-out's lead first.
 func (s *Store) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	s.dropFanOutLead(ctx)
+	cancel()
 	sqlDB, err := s.db.DB()
 	if err != nil {
 		return err

@@ -11,30 +11,22 @@ import (
 	"github.com/mcpauth/mcpauth/domain"
 )
 
-// PutTools stores the provider's tool list, replacing any previous one.
-// FetchedAt defaults to now. A missing provider is apperr.NotFound("provider
-// not found").
-func (s *Store) PutTools(ctx context.Context, t *ToolList) error {
-	if err := checkTenant(t.TenantID); err != nil {
-		return err
-	}
-	if t.ProviderID == "" {
-		return apperr.Internal(errEmptyID, "provider id missing")
-	}
-	if t.FetchedAt.IsZero() {
-		t.FetchedAt = s.db.NowFunc()
-	}
-	err := s.db.WithContext(ctx).Clauses(clause.OnConflict{
-		Columns:   []clause.Column{{Name: "tenant_id"}, {Name: "provider_id"}, {Name: "user_id"}},
-		DoUpdates: clause.AssignmentColumns([]string{"tools", "fetched_at"}),
-	}).Create(t).Error
-	if err != nil {
-		if foreignKeyViolation(err) {
-			return apperr.NotFound("provider")
-		}
-		return dbErr(err, "put tools")
-	}
-	return nil
+// PutTools stores the tool list of one grant (t's tenant, provider and
+// user), replacing any previous one, only if the provider is still at
+// providerVersion: the version of the provider row the caller fetched the
+// list under. It reports whether the list was stored. FetchedAt defaults to
+// now. A missing provider is apperr.NotFound("provider").
+//
+// The check and the write are one transaction, the provider row locked as
+// in PutSharedTools. Every change of the provider moves its version, and
+// UpdateProviderResettingCredentials (the provider moved to another server)
+// deletes its tool lists in the same transaction: a list fetched from the
+// old server, whose write arrives after the move, is dropped (false, no
+// error) instead of being served as the new server's tools.
+func (s *Store) PutTools(ctx context.Context, t *ToolList, providerVersion int64) (bool, error) {
+	return s.putToolsIf(ctx, t, "put tools", func(p toolListProvider) bool {
+		return p.Version == providerVersion
+	})
 }
 
 // PutSharedTools stores t as the shared tool list of a USER provider (the
@@ -53,14 +45,31 @@ func (s *Store) PutTools(ctx context.Context, t *ToolList) error {
 // a list from an earlier period. A missing provider is
 // apperr.NotFound("provider").
 func (s *Store) PutSharedTools(ctx context.Context, t *ToolList, providerVersion int64) (bool, error) {
+	if t.UserID != "" {
+		return false, apperr.Internal(errors.New("a shared tool list has no user"), "put shared tools")
+	}
+	return s.putToolsIf(ctx, t, "put shared tools", func(p toolListProvider) bool {
+		return p.GrantScope.PerUser() && p.SharedToolList && p.Version == providerVersion
+	})
+}
+
+// toolListProvider is what decides whether a tool list may be stored: the
+// provider row's scope, sharing and version, read under its lock.
+type toolListProvider struct {
+	GrantScope     domain.GrantScope
+	SharedToolList bool
+	Version        int64
+}
+
+// putToolsIf upserts t in a transaction that first locks the provider row
+// (FOR SHARE; before any tool list row, the order every provider write
+// takes too) and stores t only when keep accepts the row.
+func (s *Store) putToolsIf(ctx context.Context, t *ToolList, op string, keep func(toolListProvider) bool) (bool, error) {
 	if err := checkTenant(t.TenantID); err != nil {
 		return false, err
 	}
 	if t.ProviderID == "" {
 		return false, apperr.Internal(errEmptyID, "provider id missing")
-	}
-	if t.UserID != "" {
-		return false, apperr.Internal(errors.New("a shared tool list has no user"), "put shared tools")
 	}
 	if t.FetchedAt.IsZero() {
 		t.FetchedAt = s.db.NowFunc()
@@ -71,11 +80,7 @@ func (s *Store) PutSharedTools(ctx context.Context, t *ToolList, providerVersion
 		if err != nil {
 			return err
 		}
-		var p struct {
-			GrantScope     domain.GrantScope
-			SharedToolList bool
-			Version        int64
-		}
+		var p toolListProvider
 		err = q.Model(&Provider{}).Clauses(clause.Locking{Strength: clause.LockingStrengthShare}).
 			Select("grant_scope", "shared_tool_list", "version").Where("id = ?", t.ProviderID).Take(&p).Error
 		if errors.Is(err, gorm.ErrRecordNotFound) {
@@ -84,7 +89,7 @@ func (s *Store) PutSharedTools(ctx context.Context, t *ToolList, providerVersion
 		if err != nil {
 			return err
 		}
-		if !p.GrantScope.PerUser() || !p.SharedToolList || p.Version != providerVersion {
+		if !keep(p) {
 			return nil
 		}
 		stored = true
@@ -97,7 +102,7 @@ func (s *Store) PutSharedTools(ctx context.Context, t *ToolList, providerVersion
 		if apperr.KindOf(err) == apperr.KindNotFound {
 			return false, err
 		}
-		return false, dbErr(err, "put shared tools")
+		return false, dbErr(err, op)
 	}
 	return stored, nil
 }

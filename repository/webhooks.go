@@ -274,8 +274,10 @@ var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 // LeaseFanOut reads up to limit events after the fan-out cursor and leases
 // that stretch of the feed to owner until now+lease, so that no other
 // replica routes or sends them meanwhile. It returns nil (and no error)
-// when there is nothing new or another owner's lease is live. Reading
-// costs no write while the feed is idle, and none while owner's lease has
+// when there is nothing new or another owner's lease is live; on
+// PostgreSQL, when another replica leads (fanoutlead.go), while a live
+// lease of an owner whose process no longer leads is taken over at once.
+// Reading costs no write while the feed is idle, and none while owner's lease has
 // more than half its time left (RecordFanOut renews it). Migration 0009
 // creates the cursor after the events that existed then; were it missing,
 // the fan-out would start from the first event (never skip one).
@@ -293,6 +295,10 @@ func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, le
 }
 
 func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
+	lead, err := s.leadFanOut(ctx, now, fanOutLeadPing)
+	if err != nil {
+		return nil, err
+	}
 	db := s.db.WithContext(ctx)
 	var rows []fanOutCursor
 	if err := db.Model(&EventCursorRow{}).Where("name = ?", webhookCursor).Find(&rows).Error; err != nil {
@@ -305,8 +311,18 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 		rows = []fanOutCursor{{}}
 	}
 	cur := rows[0]
+	// orphan is another owner's live lease that this Store takes over as
+	// the lead (fanoutlead.go): that owner's process died or lost its
+	// connection to the database.
+	orphan := ""
 	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
-		return nil, nil // another replica's
+		if !lead {
+			return nil, nil // another replica's
+		}
+		if lead, err = s.leadFanOut(ctx, now, 0); err != nil || !lead {
+			return nil, err // the lead was lost since its last check
+		}
+		orphan = cur.LeaseOwner
 	}
 	from := EventCursor{TxID: cur.TxID, ID: cur.EventID}
 	if after != nil {
@@ -329,8 +345,8 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 			// Renewed only: the cursor is where after's record leaves it.
 			q = q.Where("name = ? AND lease_owner = ?", webhookCursor, owner)
 		} else {
-			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner = '' OR lease_owner = ? OR lease_until IS NULL OR lease_until < ?)",
-				webhookCursor, from.TxID, from.ID, owner, now)
+			q = q.Where("name = ? AND txid = ? AND event_id = ? AND (lease_owner IN ('', ?, ?) OR lease_until IS NULL OR lease_until < ?)",
+				webhookCursor, from.TxID, from.ID, owner, orphan, now)
 		}
 		res := q.Updates(map[string]any{"lease_owner": owner, "lease_until": now.Add(lease)})
 		if res.Error != nil {
@@ -366,6 +382,13 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 // the lease was lost it writes nothing and returns an error wrapping
 // ErrFanOutLeaseLost. A delivery that exists already is kept
 // (insert-ignore on endpoint and event uid).
+//
+// A delivery to an endpoint deleted since the batch was leased (perhaps
+// while it was being sent) is dropped, not an error: failing would send
+// the whole batch again later, every other endpoint's deliveries with it.
+// The endpoints still there are locked (FOR SHARE) until the record
+// commits, so a deletion that has not committed yet waits for it, and then
+// deletes the recorded deliveries with its endpoint.
 func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDelivery, now time.Time, lease time.Duration) error {
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		// The cursor first: its row lock orders competing records.
@@ -378,8 +401,9 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		if res.RowsAffected == 0 {
 			return ErrFanOutLeaseLost
 		}
-		if len(ds) == 0 {
-			return nil
+		ds, err := toLiveEndpoints(tx, ds)
+		if err != nil || len(ds) == 0 {
+			return err
 		}
 		// The conflict target names the delivery's key, so that only that
 		// index is probed before each insert (without one, every unique
@@ -390,6 +414,45 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		return dbErr(err, "record fan-out")
 	}
 	return nil
+}
+
+// toLiveEndpoints returns the deliveries of ds whose endpoint still
+// exists, locking those endpoints' rows for the rest of tx (FOR SHARE on
+// PostgreSQL; SQLite's write transactions are exclusive). ds is returned
+// as is, without a copy, when every endpoint is there.
+func toLiveEndpoints(tx *gorm.DB, ds []WebhookDelivery) ([]WebhookDelivery, error) {
+	type endpoint struct{ TenantID, ID string }
+	var keys [][]any
+	seen := map[endpoint]bool{}
+	for i := range ds {
+		k := endpoint{ds[i].TenantID, ds[i].EndpointID}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, []any{k.TenantID, k.ID})
+		}
+	}
+	live := map[endpoint]bool{}
+	for chunk := range slices.Chunk(keys, groupTuples) {
+		var rows []endpoint
+		if err := tx.Model(&WebhookEndpoint{}).Clauses(clause.Locking{Strength: clause.LockingStrengthShare}).
+			Select("tenant_id", "id").Where("(tenant_id, id) IN "+valuesList(len(chunk), 2), flatten(chunk)...).
+			Find(&rows).Error; err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			live[r] = true
+		}
+	}
+	if len(live) == len(seen) {
+		return ds, nil
+	}
+	out := make([]WebhookDelivery, 0, len(ds))
+	for i := range ds {
+		if live[endpoint{ds[i].TenantID, ds[i].EndpointID}] {
+			out = append(out, ds[i])
+		}
+	}
+	return out, nil
 }
 
 // deliveryKey is the unique key of a delivery (uniq_webhook_delivery).
@@ -410,9 +473,11 @@ func (s *Store) RenewFanOut(ctx context.Context, owner string, until time.Time) 
 	return res.RowsAffected == 1, nil
 }
 
-// ReleaseFanOut gives the fan-out lease up if owner holds it (at shutdown,
-// so another replica takes over at once instead of when it expires).
+// ReleaseFanOut gives the fan-out lease up if owner holds it, and this
+// Store's lead (at shutdown, so another replica takes over at once instead
+// of when it expires).
 func (s *Store) ReleaseFanOut(ctx context.Context, owner string) error {
+	defer s.dropFanOutLead(ctx)
 	err := s.db.WithContext(ctx).Model(&EventCursorRow{}).Where("name = ? AND lease_owner = ?", webhookCursor, owner).
 		Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
 	return dbErr(err, "release fan-out")
@@ -631,23 +696,32 @@ func (s *Store) ListWebhookDeliveries(ctx context.Context, tenant, endpointID st
 	return out, dbErr(err, "list webhook deliveries")
 }
 
-// DeliveryCounts counts the endpoint's deliveries per state.
+// DeliveryCounts counts the endpoint's deliveries per state. The count
+// reads idx_webhook_delivery_endpoint alone (an index-only scan: the index
+// carries state, migration 0030a), never the rows.
 func (s *Store) DeliveryCounts(ctx context.Context, tenant, endpointID string) (map[int]int64, error) {
 	q, err := scoped(ctx, s.db, tenant)
 	if err != nil {
 		return nil, err
 	}
-	var rows []struct {
-		State int
-		N     int64
-	}
-	err = q.Model(&WebhookDelivery{}).Select("state, count(*) AS n").Where("endpoint_id = ?", endpointID).
-		Group("state").Scan(&rows).Error
+	var rows []deliveryCount
+	err = deliveryCounts(q, endpointID).Scan(&rows).Error
 	out := map[int]int64{}
 	for _, r := range rows {
 		out[r.State] = r.N
 	}
 	return out, dbErr(err, "count webhook deliveries")
+}
+
+// deliveryCount is one state's count of an endpoint's deliveries.
+type deliveryCount struct {
+	State int
+	N     int64
+}
+
+// deliveryCounts is DeliveryCounts' query on q (scoped to the tenant).
+func deliveryCounts(q *gorm.DB, endpointID string) *gorm.DB {
+	return q.Model(&WebhookDelivery{}).Select("state, count(*) AS n").Where("endpoint_id = ?", endpointID).Group("state")
 }
 
 // RedeliverWebhookEvent makes the delivery of event uid to the endpoint

@@ -53,6 +53,9 @@ type Event struct {
 // cases depend on this interface.
 type Recorder interface {
 	Record(ctx context.Context, e Event)
+	// RecordAsync records an event that changed nothing durable without
+	// waiting for it to be stored (see Auditor).
+	RecordAsync(ctx context.Context, e Event)
 }
 
 var _ Recorder = (*Auditor)(nil)
@@ -84,6 +87,13 @@ var _ Recorder = (*Auditor)(nil)
 //     kill -9 (or OOM, power loss) loses the events not yet stored: normally
 //     those of the last group commit in flight (milliseconds); during a
 //     database outage, every event recorded since it began.
+//   - RecordAsync is for events that record a request which changed nothing
+//     durable (an authorization started: its flow lives in the state store
+//     and its callback is audited, naming who started it). It does not wait:
+//     a batch holding only such events waits up to Linger (default 5 ms) for
+//     company before it commits, so a burst shares one statement. A Record
+//     arriving meanwhile ends the wait. Besides the above, kill -9 loses
+//     such events answered within the last Linger plus one commit.
 //
 // Changes to providers and grants do not come here: their events commit in
 // the transaction of the change (repository write methods take them).
@@ -94,11 +104,14 @@ type Auditor struct {
 	retry      retry.Policy
 	maxPending int
 	maxWait    time.Duration
+	linger     time.Duration
 	metrics    *metrics.Metrics
 
 	mu      sync.Mutex
 	ready   *sync.Cond // signalled when queue grows or stopping is set
 	queue   []*pending // recorded, not yet taken by a writer
+	waiting int        // queued events whose Record waits for them
+	hurry   int        // running Flush calls: nothing lingers
 	held    int        // events queued or in a writer's hands
 	drained *sync.Cond // signalled when held shrinks
 	closing bool       // Shutdown began: writers exit once the queue is empty
@@ -113,8 +126,16 @@ type Auditor struct {
 
 type pending struct {
 	row *repository.AuditEvent
-	// tried is closed after the first attempt to write the event.
+	// tried is closed after the first attempt to write the event; nil for
+	// RecordAsync's, which nobody waits for.
 	tried chan struct{}
+}
+
+// attempted tells p's Record, if it waits, that its event was tried.
+func (p *pending) attempted() {
+	if p.tried != nil {
+		close(p.tried)
+	}
 }
 
 // maxBatch bounds one group commit.
@@ -126,10 +147,15 @@ const maxBatch = 256
 // per StartAuthorization was 109 us against 101 with 2, side by side.
 const writers = 2
 
+// lingerBatch is the size at which a batch of RecordAsync events stops
+// waiting for company.
+const lingerBatch = maxBatch / 2
+
 // Defaults of the Auditor's options.
 const (
 	DefaultMaxPending = 50_000
 	DefaultMaxWait    = 2 * time.Second
+	DefaultLinger     = 5 * time.Millisecond
 	// closeGrace bounds Close's flush (Shutdown takes the caller's bound).
 	closeGrace = 15 * time.Second
 )
@@ -157,6 +183,20 @@ func WithMaxWait(d time.Duration) Option {
 	}
 }
 
+// WithLinger bounds how long a batch holding only RecordAsync events waits
+// for more before it commits; d < 0 commits at once, 0 selects
+// DefaultLinger.
+func WithLinger(d time.Duration) Option {
+	return func(a *Auditor) {
+		switch {
+		case d < 0:
+			a.linger = 0
+		case d > 0:
+			a.linger = d
+		}
+	}
+}
+
 // WithMetrics exports the held events and the lost ones.
 func WithMetrics(m *metrics.Metrics) Option { return func(a *Auditor) { a.metrics = m } }
 
@@ -167,7 +207,7 @@ func NewAuditor(store Store, log *slog.Logger, now Clock, opts ...Option) *Audit
 		now = time.Now
 	}
 	a := &Auditor{store: store, log: log, now: now, done: make(chan struct{}),
-		maxPending: DefaultMaxPending, maxWait: DefaultMaxWait,
+		maxPending: DefaultMaxPending, maxWait: DefaultMaxWait, linger: DefaultLinger,
 		retry: retry.Policy{Base: 50 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}}
 	for _, o := range opts {
 		o(a)
@@ -185,20 +225,79 @@ func NewAuditor(store Store, log *slog.Logger, now Clock, opts ...Option) *Audit
 }
 
 // next takes up to maxBatch queued events, waiting for the first; false
-// once Shutdown began and nothing is queued.
+// once Shutdown began and nothing is queued. A batch nobody waits for
+// (RecordAsync events only) first lingers for company (see Auditor).
 func (a *Auditor) next() ([]*pending, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for len(a.queue) == 0 && !a.closing {
+	for {
+		for len(a.queue) == 0 && !a.closing {
+			a.ready.Wait()
+		}
+		if len(a.queue) == 0 {
+			return nil, false
+		}
+		if a.lingers() {
+			a.lingerLocked()
+			if len(a.queue) == 0 {
+				continue // another writer took them
+			}
+		}
+		n := min(len(a.queue), maxBatch)
+		batch := a.queue[:n:n]
+		a.queue = a.queue[n:]
+		for _, p := range batch {
+			if p.tried != nil {
+				a.waiting--
+			}
+		}
+		return batch, true
+	}
+}
+
+// lingers reports whether the queued events may wait for company: nobody
+// waits for them, Shutdown has not begun and the batch is not full yet;
+// a.mu is held.
+func (a *Auditor) lingers() bool {
+	return a.linger > 0 && a.waiting == 0 && a.hurry == 0 && !a.closing && len(a.queue) < lingerBatch
+}
+
+// lingerLocked waits, a.mu held, until the queued events may not linger
+// any more or Linger passed.
+func (a *Auditor) lingerLocked() {
+	over := false
+	t := time.AfterFunc(a.linger, func() {
+		a.mu.Lock()
+		over = true
+		a.ready.Broadcast()
+		a.mu.Unlock()
+	})
+	for !over && a.lingers() {
 		a.ready.Wait()
 	}
-	if len(a.queue) == 0 {
-		return nil, false
+	t.Stop()
+}
+
+// Flush ends any linger and returns once no event is held (every event
+// recorded before it is stored, or reported lost; under a steady stream of
+// new events that may not happen) or ctx ended, returning ctx's error then.
+// Readers that must see RecordAsync events at once call it first.
+func (a *Auditor) Flush(ctx context.Context) error {
+	a.mu.Lock()
+	a.hurry++
+	a.ready.Broadcast()
+	stop := context.AfterFunc(ctx, func() {
+		a.mu.Lock()
+		a.drained.Broadcast()
+		a.mu.Unlock()
+	})
+	for a.held > 0 && ctx.Err() == nil {
+		a.drained.Wait()
 	}
-	n := min(len(a.queue), maxBatch)
-	batch := a.queue[:n:n]
-	a.queue = a.queue[n:]
-	return batch, true
+	a.hurry--
+	a.mu.Unlock()
+	stop()
+	return ctx.Err()
 }
 
 // finish releases n events from the held count.
@@ -232,7 +331,7 @@ func (a *Auditor) writer() {
 		}
 		a.writeBatch(rows, sync.OnceFunc(func() {
 			for _, p := range batch {
-				close(p.tried)
+				p.attempted()
 			}
 		}))
 		a.finish(len(batch))
@@ -341,7 +440,7 @@ func (a *Auditor) Shutdown(ctx context.Context) error {
 	a.mu.Lock()
 	a.closed = true
 	rest := a.queue
-	a.queue = nil
+	a.queue, a.waiting = nil, 0
 	a.held -= len(rest)
 	a.setPending()
 	a.mu.Unlock()
@@ -351,7 +450,7 @@ func (a *Auditor) Shutdown(ctx context.Context) error {
 	rows := make([]*repository.AuditEvent, len(rest))
 	for i, p := range rest {
 		rows[i] = p.row
-		close(p.tried)
+		p.attempted()
 	}
 	err := ctx.Err()
 	if err == nil {
@@ -377,10 +476,37 @@ func (a *Auditor) Close() {
 // passed or ctx ended, whichever comes first (at once while the database
 // is failing). The event is stored even if Record returned first.
 func (a *Auditor) Record(ctx context.Context, e Event) {
-	if a == nil {
+	p := a.enqueue(ctx, e, true)
+	if p == nil || a.failing.Load() {
 		return
 	}
-	p := &pending{tried: make(chan struct{}), row: a.row(ctx, e)}
+	t := time.NewTimer(a.maxWait)
+	defer t.Stop()
+	select {
+	case <-p.tried:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// RecordAsync queues e like Record and returns at once. It is for events
+// that record a request which changed nothing durable; see Auditor for what
+// it gives up.
+func (a *Auditor) RecordAsync(ctx context.Context, e Event) {
+	a.enqueue(ctx, e, false)
+}
+
+// enqueue queues e for the writers and returns its pending entry, or nil
+// when it was written directly (after Shutdown) or dropped (buffer full).
+// A waited-for entry carries a tried channel and ends any linger.
+func (a *Auditor) enqueue(ctx context.Context, e Event, wait bool) *pending {
+	if a == nil {
+		return nil
+	}
+	p := &pending{row: a.row(ctx, e)}
+	if wait {
+		p.tried = make(chan struct{})
+	}
 	a.mu.Lock()
 	switch {
 	case a.closed:
@@ -391,27 +517,23 @@ func (a *Auditor) Record(ctx context.Context, e Event) {
 		if err := a.store.AppendAudit(wctx, p.row); err != nil {
 			a.log.ErrorContext(ctx, "audit write failed", "event", string(e.Type), "tenant", e.Tenant, "err", err.Error())
 		}
-		return
+		return nil
 	case a.held >= a.maxPending:
 		a.mu.Unlock()
 		a.lost([]*repository.AuditEvent{p.row}, "buffer_full", fmt.Errorf("%d audit events already held in memory", a.maxPending))
-		return
+		return nil
 	}
 	a.queue = append(a.queue, p)
 	a.held++
+	if wait {
+		a.waiting++
+		a.ready.Broadcast() // a lingering writer commits now
+	} else {
+		a.ready.Signal()
+	}
 	a.setPending()
-	a.ready.Signal()
 	a.mu.Unlock()
-	if a.failing.Load() {
-		return
-	}
-	t := time.NewTimer(a.maxWait)
-	defer t.Stop()
-	select {
-	case <-p.tried:
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	return p
 }
 
 func (a *Auditor) row(ctx context.Context, e Event) *repository.AuditEvent {

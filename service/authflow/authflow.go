@@ -22,11 +22,13 @@ import (
 	"unicode/utf8"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/dpop"
 	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/reqid"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/vault"
@@ -696,6 +698,10 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 		PKCEException:     !md.SupportsS256() && !md.DefaultEndpoints,
 		RequireCompletion: in.RequireCompletion, ExpectedSubject: in.ExpectedSubject,
 		RestartUntil: expires.Add(s.restartWindow()).Unix(), AddScopes: in.AdditionalScopes,
+		StartedBy: again.actor, StartRequest: reqid.From(ctx),
+	}
+	if rec.StartedBy == "" {
+		rec.StartedBy = caller.ActorName(ctx)
 	}
 	if again.until != 0 {
 		rec.RestartUntil = again.until
@@ -722,10 +728,13 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	if again.until != 0 {
 		details["restarted"] = "true"
 	}
-	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
+	// A start changes nothing durable: its flow lives in the state store,
+	// and the callback's event names who started it. Its event is written
+	// without waiting (the Auditor's group commit batches a burst).
+	s.audit.RecordAsync(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
 		Outcome: domain.OutcomeSuccess, Details: details})
 	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || len(d.Compat.ExtraParams) > 0 {
-		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
+		s.audit.RecordAsync(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
 			Details: d.Compat.AuditDetails()})
 	}
 	return &Started{
@@ -869,8 +878,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	}
 	ctx = audit.WithScope(ctx, rec.Tenant, rec.Provider)
 	failed := func(reason string) {
-		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
-			Outcome: domain.OutcomeFailure, Reason: reason})
+		s.audit.Record(ctx, rec.event(domain.EventCallbackFailed, domain.OutcomeFailure, reason, nil))
 	}
 	fail := func(reason, detail string) *CallbackResult {
 		failed(reason)
@@ -927,8 +935,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 		// The token endpoint's error code (never its body or description)
 		// goes to the audit event; the status carries the reason.
 		details := tokenErrorDetails(err)
-		s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
-			Outcome: domain.OutcomeFailure, Reason: domain.ReasonTokenExchangeFailed, Details: details})
+		s.audit.Record(ctx, rec.event(domain.EventCallbackFailed, domain.OutcomeFailure, domain.ReasonTokenExchangeFailed, details))
 		_, _ = s.store.SetGrantStatus(ctx, rec.grant(), []domain.AuthStatus{domain.StatusPending},
 			domain.StatusUnauthorized, domain.ReasonTokenExchangeFailed, s.cipher.PrimaryID())
 		return &CallbackResult{Reason: domain.ReasonTokenExchangeFailed, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
@@ -941,8 +948,7 @@ func (s *Service) Callback(ctx context.Context, in CallbackInput) *CallbackResul
 	if res := s.bindCompletion(ctx, rec, row, reg, grant, tokens, fail); res != nil {
 		return res
 	}
-	succeeded := audit.Rows(ctx, s.now(), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User,
-		Outcome: domain.OutcomeSuccess, Details: callbackDetails(rec, tokens)})
+	succeeded := audit.Rows(ctx, s.now(), rec.event(domain.EventCallbackSucceeded, domain.OutcomeSuccess, "", callbackDetails(rec, tokens)))
 	if err := s.grants.StoreNew(ctx, row, rec.grant().User, grant, tokens, succeeded...); err != nil {
 		s.log.ErrorContext(ctx, "storing tokens failed", "tenant", rec.Tenant, "provider", rec.Provider, "err", err.Error())
 		return fail(domain.ReasonStoreFailed, "")

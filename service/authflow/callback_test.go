@@ -12,9 +12,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/mcpauth/mcpauth/apperr"
+	"github.com/mcpauth/mcpauth/caller"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/reqid"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/servicetest"
 	"github.com/mcpauth/mcpauth/service/vault"
@@ -140,7 +142,8 @@ func TestCallbackStoresTokens(t *testing.T) {
 	e := newProviderEnv(t, providerSpec{})
 	in := startIn()
 	in.ReturnURL = returnOrigin + "/settings?tab=1"
-	f := e.authorize(t, in)
+	starter := reqid.With(caller.WithIdentity(context.Background(), &caller.Identity{Name: "console-backend"}), "req-start-7")
+	f := e.authorizeAs(t, starter, in)
 	e.clock.Advance(30 * time.Second)
 	res := e.svc.Callback(context.Background(), f.callback())
 	want := CallbackResult{OK: true, Tenant: testTenant, Provider: testProvider, ReturnURL: in.ReturnURL}
@@ -172,8 +175,14 @@ func TestCallbackStoresTokens(t *testing.T) {
 	if ev.Actor != "user:"+testUser || ev.Outcome != int32(domain.OutcomeSuccess) || ev.ProviderID != testProvider {
 		t.Fatalf("callback event %+v", ev)
 	}
-	if d := details(t, ev); d["issuer"] != testIssuer || d["scopes"] != strings.Join(scopes, " ") {
+	// It names who started the flow, whose own event is written without
+	// waiting and could be lost to a crash.
+	if d := details(t, ev); d["issuer"] != testIssuer || d["scopes"] != strings.Join(scopes, " ") ||
+		d["started_by"] != "console-backend" || d["start_request_id"] != "req-start-7" {
 		t.Fatalf("callback details %v", d)
+	}
+	if st := e.event(t, domain.EventAuthStarted); st.Actor != "console-backend" || st.RequestID != "req-start-7" {
+		t.Fatalf("started event %+v", st)
 	}
 	// The grant serves its token.
 	tok, err := e.grants.Get(context.Background(), domain.TenantGrant(testTenant, testProvider))
@@ -684,7 +693,7 @@ func TestDiagnose(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, e)
 			}
-			regs, events := e.as.counts().registrations, len(e.store.Events())
+			regs, events := e.as.counts().registrations, len(e.stored())
 			d, err := e.svc.Diagnose(context.Background(), testTenant, testProvider)
 			if err != nil {
 				t.Fatal(err)
@@ -704,7 +713,7 @@ func TestDiagnose(t *testing.T) {
 			if !reflect.DeepEqual(got, steps) {
 				t.Fatalf("steps %q, want %q", got, steps)
 			}
-			if e.as.counts().registrations != regs || len(e.store.Events()) != events {
+			if e.as.counts().registrations != regs || len(e.stored()) != events {
 				t.Fatal("Diagnose registered a client or audited")
 			}
 		})

@@ -131,8 +131,7 @@ func (s *Service) bindCompletion(ctx context.Context, rec *flowRecord, row *repo
 	details := callbackDetails(rec, t)
 	details["completion"] = "required"
 	details["user"] = rec.User
-	s.audit.Record(ctx, audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackSucceeded, Provider: rec.Provider, User: rec.GrantUser,
-		Actor: "user:" + rec.User, Outcome: domain.OutcomeSuccess, Details: details})
+	s.audit.Record(ctx, rec.event(domain.EventCallbackSucceeded, domain.OutcomeSuccess, "", details))
 	return &CallbackResult{OK: true, CompletionCode: code, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 }
 

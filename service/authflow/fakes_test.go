@@ -479,6 +479,7 @@ func (f *flakyFlows) Get(ctx context.Context, key string) ([]byte, error) {
 type env struct {
 	svc    *Service
 	store  *servicetest.Store
+	audit  *audit.Auditor
 	clock  *servicetest.Clock
 	keys   *keyring.Keyring
 	as     *fakeAS
@@ -534,7 +535,7 @@ func newEnv(tb testing.TB, opts ...envOption) *env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &env{svc: svc, store: store, clock: clock, keys: keys, as: as, flows: flows, grants: g, cfg: svc.cfg}
+	return &env{svc: svc, store: store, audit: auditor, clock: clock, keys: keys, as: as, flows: flows, grants: g, cfg: svc.cfg}
 }
 
 // withCIMD makes the deployment serve a client ID metadata document.
@@ -646,10 +647,19 @@ func (e *env) wantStatus(tb testing.TB, id string, want domain.AuthStatus, wantR
 	}
 }
 
+// stored returns every stored audit event, once the events recorded so far
+// are in: starts are recorded without waiting (Auditor.RecordAsync).
+func (e *env) stored() []repository.AuditEvent {
+	if err := e.audit.Flush(context.Background()); err != nil {
+		panic(err)
+	}
+	return e.store.Events()
+}
+
 // events returns the stored audit events of the given type.
 func (e *env) events(typ domain.EventType) []repository.AuditEvent {
 	var out []repository.AuditEvent
-	for _, ev := range e.store.Events() {
+	for _, ev := range e.stored() {
 		if ev.EventType == string(typ) {
 			out = append(out, ev)
 		}
@@ -662,7 +672,7 @@ func (e *env) event(tb testing.TB, typ domain.EventType) repository.AuditEvent {
 	tb.Helper()
 	evs := e.events(typ)
 	if len(evs) != 1 {
-		tb.Fatalf("%d %s events, want 1: %+v", len(evs), typ, e.store.Events())
+		tb.Fatalf("%d %s events, want 1: %+v", len(evs), typ, e.stored())
 	}
 	return evs[0]
 }
@@ -715,7 +725,14 @@ func handle(tb testing.TB, st *Started) string {
 // authorize starts a flow, opens it in a browser and approves it.
 func (e *env) authorize(tb testing.TB, in StartInput) *flow {
 	tb.Helper()
-	st, err := e.svc.Start(context.Background(), in)
+	return e.authorizeAs(tb, context.Background(), in)
+}
+
+// authorizeAs is authorize with the start made in ctx (its caller and
+// request id).
+func (e *env) authorizeAs(tb testing.TB, ctx context.Context, in StartInput) *flow {
+	tb.Helper()
+	st, err := e.svc.Start(ctx, in)
 	if err != nil {
 		tb.Fatalf("Start: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
+	"github.com/mcpauth/mcpauth/service/audit"
 	"github.com/mcpauth/mcpauth/service/vault"
 	"github.com/mcpauth/mcpauth/statestore"
 )
@@ -82,6 +83,28 @@ type flowRecord struct {
 	// ExpectedSubject, when set, must be the sub of the ID token the code
 	// exchange returns (completion.go).
 	ExpectedSubject string `json:"es,omitempty"`
+	// StartedBy and StartRequest name the caller that started the flow and
+	// its request id. Every callback event carries them, so a used flow's
+	// start is on record even if its own event (written without waiting,
+	// audit.Auditor.RecordAsync) was lost to a crash.
+	StartedBy    string `json:"sb,omitempty"`
+	StartRequest string `json:"sr,omitempty"`
+}
+
+// event is an audit event of the flow's callback: by the person in the
+// browser, about the flow's grant, naming who started the flow.
+func (r *flowRecord) event(typ domain.EventType, outcome domain.Outcome, reason string, details map[string]string) audit.Event {
+	if r.StartedBy != "" || r.StartRequest != "" {
+		if details == nil {
+			details = make(map[string]string, 2)
+		}
+		details["started_by"] = r.StartedBy
+		if r.StartRequest != "" {
+			details["start_request_id"] = r.StartRequest
+		}
+	}
+	return audit.Event{Tenant: r.Tenant, Type: typ, Provider: r.Provider, User: r.GrantUser, Actor: "user:" + r.User,
+		Outcome: outcome, Reason: reason, Details: details}
 }
 
 // grant names the grant the flow completes: the provider's tenant-wide

@@ -73,8 +73,8 @@ func (s *Service) consumeFlow(ctx context.Context, in CallbackInput) (*flowRecor
 	case err == nil && !browserMatches(rec, secret):
 		// Not the browser that started the flow: the flow stays pending for
 		// the one that did, and the grant's status does not change.
-		s.audit.Record(audit.WithScope(ctx, rec.Tenant, rec.Provider), audit.Event{Tenant: rec.Tenant, Type: domain.EventCallbackFailed,
-			Provider: rec.Provider, User: rec.GrantUser, Actor: "user:" + rec.User, Outcome: domain.OutcomeFailure, Reason: domain.ReasonBrowserMismatch})
+		s.audit.Record(audit.WithScope(ctx, rec.Tenant, rec.Provider),
+			rec.event(domain.EventCallbackFailed, domain.OutcomeFailure, domain.ReasonBrowserMismatch, nil))
 		return nil, &CallbackResult{Reason: domain.ReasonBrowserMismatch, Tenant: rec.Tenant, Provider: rec.Provider, ReturnURL: rec.ReturnURL}
 	case err == nil:
 	case errors.Is(err, errFlowGone) && secret != "":

@@ -720,9 +720,9 @@ func TestStartValidatesInputBeforeAnything(t *testing.T) {
 			if ae := wantErr(t, err, apperr.KindInvalidArgument, domain.ReasonInvalidArgument); ae.Field != tc.wantField {
 				t.Fatalf("field %q, want %q", ae.Field, tc.wantField)
 			}
-			if c := e.as.counts(); c != (asCounts{}) || e.store.Calls("GetProvider") != 0 || len(e.store.Events()) != 0 ||
+			if c := e.as.counts(); c != (asCounts{}) || e.store.Calls("GetProvider") != 0 || len(e.stored()) != 0 ||
 				e.store.Credential(testTenant, testProvider) != nil {
-				t.Fatalf("an invalid start did something: servers %+v, events %v", c, e.store.Events())
+				t.Fatalf("an invalid start did something: servers %+v, events %v", c, e.stored())
 			}
 		})
 	}
@@ -731,8 +731,8 @@ func TestStartValidatesInputBeforeAnything(t *testing.T) {
 		e := newEnv(t)
 		_, err := e.svc.Start(context.Background(), startIn())
 		wantErr(t, err, apperr.KindNotFound, domain.ReasonNotFound)
-		if c := e.as.counts(); c != (asCounts{}) || len(e.store.Events()) != 0 {
-			t.Fatalf("servers %+v, events %v", c, e.store.Events())
+		if c := e.as.counts(); c != (asCounts{}) || len(e.stored()) != 0 {
+			t.Fatalf("servers %+v, events %v", c, e.stored())
 		}
 	})
 }

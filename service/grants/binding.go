@@ -39,6 +39,11 @@ import (
 //
 // The binding lives on the connection's row: deleting or revoking the
 // connection, or a provider change that drops its grants, clears it.
+// Setting or changing user_claim is such a change (the identity
+// provider's settings): connections bound before were never checked
+// against the claim, so all go, and each user exchanges again under it.
+// An exchange checked under the old rule and still under way stores
+// nothing (storeExchanged: PROVIDER_CHANGED).
 
 // stepBinding names the identity checks in errors and audit details.
 const stepBinding = "identity_binding"

@@ -35,6 +35,8 @@ const (
 	stepDiscovery     = "discovery"
 	stepTokenExchange = "token_exchange"
 	stepJWTBearer     = "jwt_bearer"
+	// stepStore is storing the tokens obtained.
+	stepStore = "store"
 )
 
 // IdentityAssertion asks for an enterprise-managed provider's tokens from
@@ -220,12 +222,20 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	if perUser {
 		bind = id.claims
 	}
-	if err := s.storeExchanged(pctx, ref, g, fresh, bind); err != nil {
-		if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
-			// Bound to another identity by an exchange that stored first:
-			// these tokens are nobody's to keep.
-			failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
-			s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+	if err := s.storeExchanged(pctx, ref, g, fresh, bind, row.Version); err != nil {
+		if e, ok := apperr.As(err); ok {
+			switch e.Reason {
+			case domain.ReasonIdentityBindingMismatch:
+				// Bound to another identity by an exchange that stored
+				// first: these tokens are nobody's to keep.
+				failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
+				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+			case domain.ReasonProviderChanged:
+				// Obtained under rules the provider no longer has (its
+				// grants were reset meanwhile): nobody's to keep either.
+				failed(stepStore, domain.ReasonProviderChanged, "")
+				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+			}
 		}
 		return nil, err
 	}
@@ -369,7 +379,13 @@ func oauthCodeOf(reason string) string {
 // not be bound to another identity (IDENTITY_BINDING_MISMATCH, nothing
 // stored), and the write binds it to bind's when it is not bound yet:
 // checked and written under the same compare-and-swap.
-func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims) error {
+//
+// The tokens are stored only while the provider is still at
+// providerVersion, the row whose rules (user_claim, identity provider,
+// client) the exchange was checked and made under: an update that changed
+// them reset the provider's grants, and tokens obtained under the old
+// rules must not come back after that reset (PROVIDER_CHANGED).
+func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims, providerVersion int64) error {
 	for attempt := 0; ; attempt++ {
 		prev, err := s.store.GetCredential(ctx, ref)
 		if apperr.KindOf(err) == apperr.KindNotFound {
@@ -381,7 +397,7 @@ func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vau
 		if bind != nil && bindingMismatch(prev, &exchangeIdentity{claims: bind}) {
 			return errBindingMismatch()
 		}
-		_, err = s.storeObtained(ctx, ref, prev, g, t, bind)
+		_, err = s.storeObtained(ctx, ref, prev, g, t, bind, providerVersion)
 		if apperr.KindOf(err) != apperr.KindAborted || attempt == 1 {
 			return err
 		}

@@ -41,6 +41,10 @@ type Store interface {
 	// The write methods take the audit events of the change and store them
 	// in its transaction.
 	PutCredential(ctx context.Context, c *repository.Credential, expectedGeneration int64, events ...*repository.AuditEvent) (int64, error)
+	// PutCredentialAtProvider is PutCredential that stores only while the
+	// provider is still at providerVersion, checked in the write's
+	// transaction; otherwise FAILED_PRECONDITION PROVIDER_CHANGED.
+	PutCredentialAtProvider(ctx context.Context, c *repository.Credential, expectedGeneration, providerVersion int64, events ...*repository.AuditEvent) (int64, error)
 	DeleteCredential(ctx context.Context, g domain.GrantRef, expectedGeneration int64, events ...*repository.AuditEvent) error
 	// ProviderGrants lists every grant of a provider that holds tokens
 	// (its tenant-wide grant or its connections), for revoking them all.

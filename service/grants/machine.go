@@ -200,7 +200,7 @@ func (s *Service) obtainLocked(ctx context.Context, ref domain.GrantRef, prev *r
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
-	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil)
+	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil, 0)
 	if apperr.KindOf(err) == apperr.KindAborted {
 		// Another writer stored a grant meanwhile: theirs wins.
 		latest, lh, lerr := s.load(pctx, ref)
@@ -298,8 +298,10 @@ func (s *Service) markDead(ctx context.Context, prev *repository.Credential, row
 }
 
 // storeObtained stores a token obtained without a person, replacing prev
-// (compare-and-swap on its generation; nil means none is stored).
-func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims) (*repository.Credential, error) {
+// (compare-and-swap on its generation; nil means none is stored). With
+// providerVersion (not 0) it stores only while the provider is still at
+// that version (PutCredentialAtProvider).
+func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *repository.Credential, g vault.Grant, t *oauthclient.Tokens, bind *oauthclient.IDTokenClaims, providerVersion int64) (*repository.Credential, error) {
 	now := s.now().UTC()
 	ct, err := vault.SealTokens(s.cipher, ref, t, g, now)
 	if err != nil {
@@ -316,7 +318,12 @@ func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *
 		c.IdentityIssuer, c.IdentitySubject = bind.Issuer, bind.Subject
 	}
 	s.cache.drop(ref.Key())
-	gen, err := s.store.PutCredential(ctx, c, expected)
+	var gen int64
+	if providerVersion != 0 {
+		gen, err = s.store.PutCredentialAtProvider(ctx, c, expected, providerVersion)
+	} else {
+		gen, err = s.store.PutCredential(ctx, c, expected)
+	}
 	s.cache.drop(ref.Key())
 	if err != nil {
 		return nil, err

@@ -206,7 +206,7 @@ func (e *env) authorize(tb testing.TB, tenant, id string) {
 		Status: domain.StatusAuthorized, KeyID: e.keys.PrimaryID(), Scopes: "[]"}, 0)
 	err2 := e.store.PutClientRegistration(ctx, &repository.ClientRegistration{TenantID: tenant, ProviderID: id,
 		Issuer: "https://as.example.com", Method: domain.RegDynamic, ClientID: "dcr", KeyID: e.keys.PrimaryID()})
-	err3 := e.store.PutTools(ctx, &repository.ToolList{TenantID: tenant, ProviderID: id, Tools: "[]"})
+	err3 := putTools(ctx, e.store, &repository.ToolList{TenantID: tenant, ProviderID: id, Tools: "[]"})
 	if err := errors.Join(err1, err2, err3); err != nil {
 		tb.Fatal(err)
 	}
@@ -259,4 +259,17 @@ func ciphertextKeys(tb testing.TB, row *repository.Provider) []uint32 {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// putTools stores t at its provider's current version.
+func putTools(ctx context.Context, st *servicetest.Store, t *repository.ToolList) error {
+	p, err := st.GetProvider(ctx, t.TenantID, t.ProviderID)
+	if err != nil {
+		return err
+	}
+	stored, err := st.PutTools(ctx, t, p.Version)
+	if err == nil && !stored {
+		return errors.New("tool list not stored at the current version")
+	}
+	return err
 }

@@ -884,6 +884,12 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	if slices.Contains(paths, PathRequireCompletion) {
 		details[PathRequireCompletion] = strconv.FormatBool(row.RequireCompletion)
 	}
+	userClaimChanged := before.cfg.IdP.UserClaim != after.cfg.IdP.UserClaim
+	if userClaimChanged {
+		// Who set, changed or removed the rule that binds a connection's
+		// ID tokens to its user, and to what ("" for removed).
+		details[detailUserClaim] = after.cfg.IdP.UserClaim
+	}
 	events := append([]audit.Event{{Tenant: tenant, Type: domain.EventProviderUpdated, Provider: id,
 		Outcome: domain.OutcomeSuccess, Details: details}}, dpopAudit(tenant, id, &after)...)
 	if urlChanged {
@@ -898,9 +904,18 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonServerURLChanged, Details: details})
 	}
 	if credReset {
-		// Tokens obtained with the old credential material go with it.
+		// Tokens obtained with the old credential material go with it. A
+		// new user_claim is such a change (the enterprise identity
+		// provider's settings): every connection was bound without
+		// checking it, so all are deleted and revoked, each user exchanges
+		// again under the new rule, and an exchange under way is refused
+		// when it stores (grants.storeExchanged). The event says so.
+		var resetDetails map[string]string
+		if userClaimChanged {
+			resetDetails = map[string]string{detailUserClaim: after.cfg.IdP.UserClaim}
+		}
 		events = append(events, audit.Event{Tenant: tenant, Type: domain.EventCredentialsReset, Provider: id,
-			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonCredentialKindChanged})
+			Outcome: domain.OutcomeSuccess, Reason: domain.ReasonCredentialKindChanged, Details: resetDetails})
 	}
 	rows := audit.Rows(ctx, s.now(), events...)
 	if urlChanged || credReset {
@@ -922,6 +937,10 @@ func (s *Service) Update(ctx context.Context, in UpdateInput) (*View, error) {
 	}
 	return s.view(row)
 }
+
+// detailUserClaim is the audit detail naming an enterprise provider's new
+// user_claim ("" when removed) in the update and reset events.
+const detailUserClaim = "user_claim"
 
 // dropUnsafe removes from row the credentials the update must not carry
 // over although the mask does not name them, and returns the paths of those

@@ -331,6 +331,11 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 	if err := s.enter("PutCredential", c.TenantID); err != nil {
 		return 0, err
 	}
+	return s.putCredential(c, expectedGeneration, events)
+}
+
+// putCredential is PutCredential with s.mu held.
+func (s *Store) putCredential(c *repository.Credential, expectedGeneration int64, events []*repository.AuditEvent) (int64, error) {
 	pk, k := key(c.TenantID, c.ProviderID), gkey(c.Ref())
 	p, ok := s.providers[pk]
 	cur, exists := s.creds[k]
@@ -362,6 +367,21 @@ func (s *Store) PutCredential(_ context.Context, c *repository.Credential, expec
 	c.Generation, c.UpdatedAt = gen, row.UpdatedAt
 	s.appendEvents(events)
 	return gen, nil
+}
+
+// PutCredentialAtProvider is PutCredential while the provider is at
+// providerVersion, as the repository.
+func (s *Store) PutCredentialAtProvider(_ context.Context, c *repository.Credential, expectedGeneration, providerVersion int64, events ...*repository.AuditEvent) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter("PutCredentialAtProvider", c.TenantID); err != nil {
+		return 0, err
+	}
+	if p, ok := s.providers[key(c.TenantID, c.ProviderID)]; ok && p.Version != providerVersion {
+		return 0, apperr.FailedPrecondition(domain.ReasonProviderChanged,
+			"the provider was changed while its tokens were being obtained: obtain them again")
+	}
+	return s.putCredential(c, expectedGeneration, events)
 }
 
 // DeleteCredential deletes the grant (any generation when 0).
@@ -533,18 +553,23 @@ func (s *Store) DeleteClientRegistration(_ context.Context, tenant, providerID, 
 	return nil
 }
 
-// PutTools stores a tool list.
-func (s *Store) PutTools(_ context.Context, t *repository.ToolList) error {
+// PutTools stores a grant's tool list only while the provider is at
+// providerVersion, as the repository.
+func (s *Store) PutTools(_ context.Context, t *repository.ToolList, providerVersion int64) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter("PutTools", t.TenantID); err != nil {
-		return err
+		return false, err
 	}
-	if _, ok := s.providers[key(t.TenantID, t.ProviderID)]; !ok {
-		return apperr.NotFound("provider")
+	p, ok := s.providers[key(t.TenantID, t.ProviderID)]
+	if !ok {
+		return false, apperr.NotFound("provider")
+	}
+	if p.Version != providerVersion {
+		return false, nil
 	}
 	s.tools[gkey(domain.GrantRef{Tenant: t.TenantID, Provider: t.ProviderID, User: t.UserID})] = *t
-	return nil
+	return true, nil
 }
 
 // PutSharedTools stores a USER provider's shared tool list only while the

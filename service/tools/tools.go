@@ -49,7 +49,10 @@ var _ Connector = (*mcpclient.Client)(nil)
 type Store interface {
 	vault.ProviderGetter
 	GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error)
-	PutTools(ctx context.Context, t *repository.ToolList) error
+	// PutTools stores a grant's own list only while the provider is still
+	// at providerVersion (the row the list was fetched under), checked in
+	// the write's transaction; it reports whether it stored the list.
+	PutTools(ctx context.Context, t *repository.ToolList, providerVersion int64) (bool, error)
 	// PutSharedTools stores a USER provider's shared list only while the
 	// provider is still shared at providerVersion, checked in the write's
 	// transaction; it reports whether it stored the list.
@@ -575,21 +578,7 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 	// fetch time as this answer.
 	now := s.now().UTC().Truncate(time.Microsecond)
 	tl := &repository.ToolList{TenantID: tenant, ProviderID: id, UserID: toolListRef(ss.d.Row, ss.grant).User, Tools: string(raw), FetchedAt: now}
-	if sharedToolList(ss.d.Row) {
-		// The provider row this refresh started from (perhaps another
-		// replica's cached copy) said the list is shared; the store keeps
-		// it as the shared list only if that is still so, checked in the
-		// write's transaction. Otherwise sharing was turned off meanwhile,
-		// and storing it would serve, once sharing is on again, a list
-		// from the earlier period: the caller still gets its answer.
-		stored, err := s.store.PutSharedTools(ctx, tl, ss.d.Row.Version)
-		if err != nil {
-			return nil, err
-		}
-		if !stored {
-			s.log.InfoContext(ctx, "shared tool list not stored: the provider changed during the refresh", "tenant", tenant, "provider", id)
-		}
-	} else if err := s.store.PutTools(ctx, tl); err != nil {
+	if err := s.storeList(ctx, ss.d.Row, tl); err != nil {
 		return nil, err
 	}
 	s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventToolsRefreshed, Provider: id, User: ss.grant.User, Outcome: domain.OutcomeSuccess,
@@ -599,6 +588,30 @@ func (s *Service) Refresh(ctx context.Context, tenant, id, user string) (*List, 
 		return nil, err
 	}
 	return &List{Tools: out, FetchedAt: now}, nil
+}
+
+// storeList stores tl, fetched under the provider row row, as the shared
+// list or as the grant's own. The store keeps it only if the provider is
+// still at row's version (perhaps another replica's cached copy), checked
+// in the write's transaction: otherwise the provider changed during the
+// fetch (sharing was turned off, or the provider moved to another server
+// and its lists were cleared), and storing the list would serve tools of
+// an earlier period or of the old server. A list not stored is no error:
+// the caller still gets its answer, and the next refresh stores a list
+// fetched under the current row.
+func (s *Service) storeList(ctx context.Context, row *repository.Provider, tl *repository.ToolList) error {
+	put := s.store.PutTools
+	if sharedToolList(row) {
+		put = s.store.PutSharedTools
+	}
+	stored, err := put(ctx, tl, row.Version)
+	if err != nil {
+		return err
+	}
+	if !stored {
+		s.log.InfoContext(ctx, "tool list not stored: the provider changed during the refresh", "tenant", tl.TenantID, "provider", tl.ProviderID)
+	}
+	return nil
 }
 
 // toolListRef names the tool list a grant's fetches fill and its reads

@@ -208,8 +208,8 @@ func TestStored(t *testing.T) {
 		{name: "provider missing", setup: func(*testing.T, *env) {}, kind: apperr.KindNotFound, reason: domain.ReasonNotFound},
 		{name: "stored list corrupt", setup: func(t *testing.T, e *env) {
 			e.addProvider(t, provider{id: "p"})
-			if err := e.store.PutTools(context.Background(), &repository.ToolList{TenantID: tenant, ProviderID: "p", Tools: "{not json", FetchedAt: t0}); err != nil {
-				t.Fatal(err)
+			if stored, err := e.store.PutTools(context.Background(), &repository.ToolList{TenantID: tenant, ProviderID: "p", Tools: "{not json", FetchedAt: t0}, 1); err != nil || !stored {
+				t.Fatal(stored, err)
 			}
 		}, kind: apperr.KindInternal, reason: domain.ReasonInternal},
 		{name: "store failing", setup: func(t *testing.T, e *env) {
@@ -1182,5 +1182,50 @@ func TestSharedToolListTurnedOffDuringRefresh(t *testing.T) {
 	e.update(t, "p", func(row *repository.Provider) { row.SharedToolList = true })
 	if l, err := e.svc.Stored(ctx, tenant, "p", "bob"); err != nil || len(l.Tools) != 0 {
 		t.Fatalf("bob's Stored once sharing is on again: %+v %v (a list from the earlier period)", l, err)
+	}
+}
+
+// TestToolListFromMovedServerNotStored: a refresh whose tools/list is
+// answered by the provider's old server, while the provider is moved to
+// another server (its tool lists cleared), stores no list, for the tenant
+// grant and for a user's, though it still answers its caller.
+func TestToolListFromMovedServerNotStored(t *testing.T) {
+	t.Parallel()
+	for _, user := range []string{"", "alice"} {
+		t.Run("user="+user, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.addProvider(t, provider{id: "p"})
+			if user != "" {
+				e.update(t, "p", func(row *repository.Provider) { row.GrantScope = domain.ScopeUser })
+				grant := vault.Grant{RegMethod: domain.RegPreRegistered, ClientID: clientID, Issuer: issuer, TokenEndpoint: tokenEndpoint}
+				if err := e.grants.StoreNew(context.Background(), e.row(t, "p"), user, grant, e.as.Issue(nil)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				e.authorize(t, e.grants, "p", "read")
+			}
+			e.serve(serverURL, e.as, echoTool("echo"))
+			svc := e.tools(t, func(d *tools.Deps) {
+				d.MCP = sharingTurnedOff{Connector: d.MCP, during: func() {
+					row := e.row(t, "p")
+					newURL := "https://moved.example.com/mcp"
+					row.ServerURL = e.seal(t, "p", vault.FieldServerURL, []byte(newURL))
+					row.URLHash = e.keys.Fingerprint(tenant, vault.PurposeURL, []byte(newURL))
+					if err := e.store.UpdateProviderResettingCredentials(context.Background(), row, row.Version); err != nil {
+						t.Error(err)
+					}
+				}}
+			})
+			ctx := context.Background()
+			fetched, err := svc.Refresh(ctx, tenant, "p", user)
+			if err != nil || len(fetched.Tools) != 1 {
+				t.Fatalf("Refresh: %+v %v", fetched, err)
+			}
+			ref := domain.GrantRef{Tenant: tenant, Provider: "p", User: user}
+			if tl, err := e.store.GetTools(ctx, ref); apperr.KindOf(err) != apperr.KindNotFound {
+				t.Fatalf("the old server's list was stored after the move: %+v %v", tl, err)
+			}
+		})
 	}
 }

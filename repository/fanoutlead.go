@@ -1,0 +1,101 @@
+package repository
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"sync"
+	"time"
+)
+
+// fanOutLead is a Store's hold on the lead of the webhook fan-out on
+// PostgreSQL: a session-level advisory lock, named after the schema, on a
+// connection of its own. The server releases it the moment that
+// connection closes, so when the holding process dies (kill -9, OOM, a lost
+// node) another replica, or the restarted process, takes the lead at its
+// next step and with it the dead owner's lease, instead of waiting for the
+// lease to end. The lease row (LeaseFanOut, RecordFanOut) still decides
+// which records count; the lead only allows taking over a live lease. A
+// lease that ended is anyone's, as before (a lead that stalls past its
+// lease loses it, and takes it back when it resumes).
+//
+// On SQLite there is no lead: one process writes the file, and the lease
+// alone applies.
+type fanOutLead struct {
+	mu     sync.Mutex
+	conn   *sql.Conn // nil while this Store does not lead
+	pinged time.Time // when conn last answered
+}
+
+// fanOutLockClass is the first key of the advisory lock (the second is a
+// hash of the schema's name): "mcpw" in ASCII.
+const fanOutLockClass = 0x6d637077
+
+// fanOutLeadPing is how often the leader checks that its lock's
+// connection still answers (a lost connection took the lock with it);
+// before it takes a live lease over, it checks at once.
+const fanOutLeadPing = 250 * time.Millisecond
+
+const (
+	fanOutLockSQL   = `SELECT pg_try_advisory_lock($1, hashtext(current_schema()))`
+	fanOutUnlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`
+)
+
+// leadFanOut reports whether this Store leads the fan-out, taking the lead
+// when nobody holds it; a lead whose connection last answered longer than
+// maxAge ago is checked first. Always false on SQLite.
+func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Duration) (bool, error) {
+	if s.db.Dialector.Name() != "postgres" {
+		return false, nil
+	}
+	l := &s.fanOut
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		if now.Sub(l.pinged) < maxAge {
+			return true, nil
+		}
+		if err := l.conn.PingContext(ctx); err == nil {
+			l.pinged = now
+			return true, nil
+		}
+		// The connection is gone, and the lock with it: another replica
+		// may lead already. Close returns nothing usable to the pool.
+		_ = l.conn.Close()
+		l.conn = nil
+	}
+	sqlDB, err := s.db.DB()
+	if err != nil {
+		return false, err
+	}
+	conn, err := sqlDB.Conn(ctx)
+	if err != nil {
+		return false, err
+	}
+	var got bool
+	if err := conn.QueryRowContext(ctx, fanOutLockSQL, fanOutLockClass).Scan(&got); err != nil || !got {
+		_ = conn.Close()
+		return false, err
+	}
+	l.conn, l.pinged = conn, now
+	return true, nil
+}
+
+// dropFanOutLead gives the lead up (at shutdown, or when the Store
+// closes), unlocking before the connection goes back to the pool.
+func (s *Store) dropFanOutLead(ctx context.Context) {
+	l := &s.fanOut
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return
+	}
+	var ok bool
+	if err := l.conn.QueryRowContext(ctx, fanOutUnlockSQL, fanOutLockClass).Scan(&ok); err != nil || !ok {
+		// Not known to be unlocked: have the pool discard the connection,
+		// which ends its session and the lock.
+		_ = l.conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	_ = l.conn.Close()
+	l.conn = nil
+}
