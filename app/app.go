@@ -425,7 +425,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	// NOT_AUTHORIZED answers about a user's connection carry a fresh
 	// authorization URL for that user.
 	tokens.SetStarter(flow)
-	a.mcp = mcpclient.New(a.guard.Client(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: version.String()})
+	// A tool call's answer comes when the tool is done: the provider's
+	// timeout bounds it (mcpclient.Target.Timeout), not the guard's header
+	// timeout.
+	a.mcp = mcpclient.New(a.guard.CallerBoundClient(), mcpclient.Options{ClientName: cfg.ClientName, ClientVersion: version.String()})
 	toolUC, err := tools.New(tools.Deps{Store: a.store, Cipher: a.keys, Grants: tokens, MCP: a.mcp,
 		Audit: auditor, Log: log, Metrics: a.metrics, MaxResultBytes: cfg.ToolResultMaxBytes, Starter: flow})
 	if err != nil {

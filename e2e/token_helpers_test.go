@@ -262,6 +262,51 @@ func tokRefreshRequests(as *testauthz.AuthServer) []testauthz.RecordedRequest {
 	return out
 }
 
+// tokChain checks the authorization server's whole history: the tokens it
+// issued after the authorization's are one chain of refreshes, each
+// presenting the refresh token issued just before it (so no refresh token
+// was used twice and no generation refreshed twice), none rejected as a
+// reuse, and each sent only once the generation it refreshes had come due
+// (so a second refresh is one for the next expiry, never a duplicate for
+// this one). It returns the chain; element 0 is the authorization's.
+//
+// The due check follows from mcpauth's rule, not from how fast anything
+// ran: it refreshes when less than a quarter of a token's lifetime is left
+// (at most MCPAUTH_REFRESH_MARGIN_MAX), the lifetime counted from when it
+// stored the token, after the server answered with expires_in. So no
+// refresh of a generation can reach the server before the server's answer
+// plus three quarters of expires_in; a loaded machine only makes it later.
+func tokChain(tb testing.TB, as *testauthz.AuthServer) []testauthz.Issuance {
+	tb.Helper()
+	var issued []testauthz.Issuance
+	// A caller served a still-valid token may have left its refresh
+	// running: wait until every refresh request that arrived is answered.
+	tokWait(tb, "every refresh request to be answered", time.Minute, func() bool {
+		issued = as.Issued()
+		return len(tokRefreshRequests(as)) == len(issued)-1+as.ReuseRejections()
+	})
+	if n := as.ReuseRejections(); n != 0 {
+		tb.Errorf("the authorization server rejected %d reused refresh tokens (and revoked the family)", n)
+	}
+	if len(issued) == 0 || issued[0].Grant != "authorization_code" {
+		tb.Fatalf("the first token issued was not the authorization's: %d issued", len(issued))
+	}
+	for i := 1; i < len(issued); i++ {
+		prev, is := issued[i-1], issued[i]
+		if is.Grant != "refresh_token" {
+			tb.Fatalf("token %d was issued for a %s grant, not a refresh", i, is.Grant)
+		}
+		if is.Presented != prev.RefreshToken {
+			tb.Errorf("refresh %d did not present the refresh token of generation %d: a generation refreshed twice", i, i-1)
+		}
+		if due := prev.Issued.Add(prev.ExpiresIn - prev.ExpiresIn/4); is.Requested.Before(due) {
+			tb.Errorf("refresh %d reached the server %s after generation %d was issued with expires_in %s, before it could be due: a second refresh for one expiry",
+				i, is.Requested.Sub(prev.Issued), i-1, prev.ExpiresIn)
+		}
+	}
+	return issued
+}
+
 // tokWait polls cond until it holds, failing the test after timeout.
 func tokWait(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
 	tb.Helper()

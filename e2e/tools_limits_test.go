@@ -80,7 +80,13 @@ func TestToolsDeadlinesAndSize(t *testing.T) {
 
 	t.Run("huge result", func(t *testing.T) {
 		t.Parallel()
-		name := createProvider(t, s, s.AdminKey, "tl-limits-c", "huge", srv.URL(), nil)
+		// The server builds and marshals the whole 10 MiB result before it
+		// sends its headers: about a second under -race, 7-10 s when several
+		// suites share the machine. The provider's timeout only has to
+		// outlast that; it is not what this case checks.
+		name := createProvider(t, s, s.AdminKey, "tl-limits-c", "huge", srv.URL(), func(p *mcpauthv1.Provider) {
+			p.Timeout = durationpb.New(2 * time.Minute)
+		})
 		_, err := tlCall(Ctx(t, s.AdminKey), s, name, "huge", nil)
 		tlWantReason(t, err, codes.FailedPrecondition, "RESULT_TOO_LARGE")
 		if msg := status.Convert(err).Message(); strings.Contains(msg, "xxxx") || len(msg) > 500 {

@@ -117,6 +117,7 @@ type Guard struct {
 	trustedDialer *net.Dialer
 	base          *http.Transport
 	client        *http.Client
+	callerBound   *http.Client
 }
 
 // New validates cfg, applies defaults and builds the Guard and its client.
@@ -183,14 +184,24 @@ func New(cfg Config) (*Guard, error) {
 		MaxIdleConnsPerHost:    10,
 		IdleConnTimeout:        90 * time.Second,
 	}
-	var base http.RoundTripper = g.base
-	if cfg.Instrument != nil {
-		base = cfg.Instrument(base)
+	// The same transport without the response-header bound, for requests
+	// whose callers bound them (CallerBoundClient); its own pool.
+	patient := g.base.Clone()
+	patient.ResponseHeaderTimeout = 0
+	instrument := func(rt http.RoundTripper) http.RoundTripper {
+		if cfg.Instrument != nil {
+			return cfg.Instrument(rt)
+		}
+		return rt
 	}
 	g.client = &http.Client{
-		Transport:     &transport{g: g, base: base},
+		Transport:     &transport{g: g, base: instrument(g.base)},
 		CheckRedirect: g.checkRedirect,
 		Timeout:       cfg.Timeout,
+	}
+	g.callerBound = &http.Client{
+		Transport:     &transport{g: g, base: instrument(patient)},
+		CheckRedirect: g.checkRedirect,
 	}
 	return g, nil
 }
@@ -201,6 +212,15 @@ func New(cfg Config) (*Guard, error) {
 // refused), the connected IP is checked at dial time, and response bodies
 // are capped at Config.MaxBodyBytes.
 func (g *Guard) Client() *http.Client { return g.client }
+
+// CallerBoundClient returns a client with the same checks and caps as
+// Client, for requests whose caller bounds them with its context: neither
+// Config.Timeout nor Config.HeaderTimeout ends its requests (the dial and
+// TLS handshake bounds still apply). An MCP server answers a tool call
+// with the call's result, so its response headers come only when the tool
+// is done: the provider's timeout must bound that wait, not HeaderTimeout.
+// Callers must not modify it.
+func (g *Guard) CallerBoundClient() *http.Client { return g.callerBound }
 
 // OAuth2Context returns ctx carrying the Guard's client under
 // oauth2.HTTPClient, so that golang.org/x/oauth2 token exchanges, refreshes

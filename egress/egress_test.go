@@ -688,3 +688,73 @@ func FuzzCheckURL(f *testing.F) {
 		}
 	})
 }
+
+// TestCallerBoundClientWaitsPastHeaderTimeout: Client gives up on a server
+// that has not sent its headers after HeaderTimeout; CallerBoundClient, with
+// the same checks, waits as long as the request's context allows (a tool
+// call's headers come when the tool is done). Ordered by events, not by
+// durations: the caller-bound request is in the handler before the plain one
+// is sent, and is answered only after the plain one has given up.
+func TestCallerBoundClientWaitsPastHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	entered := make(chan string, 2)
+	release := make(chan struct{})
+	srv := newCounted(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- r.URL.Path
+		select {
+		case <-release:
+			_, _ = io.WriteString(w, "done")
+		case <-r.Context().Done():
+		}
+	})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // runs before srv.Close
+	g := newGuard(t, Config{Allow: []string{"127.0.0.1"}, HeaderTimeout: 200 * time.Millisecond})
+
+	type result struct {
+		body string
+		err  error
+	}
+	patient := make(chan result, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a safety net, not a bound under test
+	defer cancel()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/patient", nil)
+		resp, err := g.CallerBoundClient().Do(req)
+		if err != nil {
+			patient <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		patient <- result{string(b), err}
+	}()
+	if p := <-entered; p != "/patient" {
+		t.Fatalf("handler entered for %s first", p)
+	}
+
+	resp, err := g.Client().Get(srv.URL + "/hurried")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("Client waited for headers past HeaderTimeout")
+	}
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Client: %v, want a header timeout", err)
+	}
+	// The caller-bound request has now waited longer than HeaderTimeout.
+	select {
+	case r := <-patient:
+		t.Fatalf("CallerBoundClient gave up before the server answered: %q %v", r.body, r.err)
+	default:
+	}
+	unblock()
+	if r := <-patient; r.err != nil || r.body != "done" {
+		t.Fatalf("CallerBoundClient: %q %v", r.body, r.err)
+	}
+
+	// Its requests get the same checks.
+	_, err = g.CallerBoundClient().Get("http://10.0.0.1/")
+	wantBlocked(t, err)
+}

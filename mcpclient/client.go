@@ -31,10 +31,12 @@
 //     describes.
 //
 // Every request goes through the http.Client given to New, normally the
-// egress guard's SSRF-safe client. Its Transport and CheckRedirect are used;
-// its Timeout is not (a legacy SSE stream lives as long as its session, and
-// calls are bounded by their own deadlines), and neither is its cookie jar
-// (cookies must not travel between tenants).
+// egress guard's SSRF-safe CallerBoundClient, which does not give up on
+// response headers by itself: a server answers a tool call when the tool
+// is done, and Target.Timeout bounds that. Its Transport and CheckRedirect
+// are used; its Timeout is not (a legacy SSE stream lives as long as its
+// session, and calls are bounded by their own deadlines), and neither is
+// its cookie jar (cookies must not travel between tenants).
 package mcpclient
 
 import (

@@ -154,6 +154,25 @@ type AuthServer struct {
 	refreshCount    int
 	reuseRejections int
 	revocations     int
+	issued          []Issuance
+}
+
+// Issuance is one successful answer of the token endpoint, in the order
+// they were written.
+type Issuance struct {
+	// Grant is the request's grant_type.
+	Grant string
+	// Presented is the refresh token a refresh_token grant presented.
+	Presented string
+	// AccessToken and RefreshToken are the tokens issued (RefreshToken is
+	// empty when none was sent back).
+	AccessToken, RefreshToken string
+	// ExpiresIn is the expires_in sent, whole seconds as on the wire.
+	ExpiresIn time.Duration
+	// Requested is when the request reached the handler; Issued is when
+	// the answer was about to be written (the client cannot have read it
+	// before).
+	Requested, Issued time.Time
 }
 
 // NewAuthServer starts an authorization server on 127.0.0.1 and stops it
@@ -462,6 +481,7 @@ func (a *AuthServer) tokenHandler() http.HandlerFunc {
 
 func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	requested := time.Now()
 	a.mu.Lock()
 	delay, status, retryAfter := a.tokenDelay, a.tokenStatus, a.retryAfter
 	a.mu.Unlock()
@@ -526,7 +546,27 @@ func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
 			delete(ar.Extra, "refresh_token")
 		}
 	}
+	a.noteIssued(r.PostForm, resp, requested)
 	a.provider.WriteAccessResponse(ctx, w, ar, resp)
+}
+
+// noteIssued records the answer about to be written to a token request.
+func (a *AuthServer) noteIssued(form url.Values, resp fosite.AccessResponder, requested time.Time) {
+	is := Issuance{Grant: form.Get("grant_type"), AccessToken: resp.GetAccessToken(), Requested: requested}
+	if is.Grant == "refresh_token" {
+		is.Presented = form.Get("refresh_token")
+	}
+	is.RefreshToken, _ = resp.GetExtra("refresh_token").(string)
+	switch n := resp.GetExtra("expires_in").(type) {
+	case int64:
+		is.ExpiresIn = time.Duration(n) * time.Second
+	case int:
+		is.ExpiresIn = time.Duration(n) * time.Second
+	}
+	is.Issued = time.Now()
+	a.mu.Lock()
+	a.issued = append(a.issued, is)
+	a.mu.Unlock()
 }
 
 func (a *AuthServer) revoke(w http.ResponseWriter, r *http.Request) {
@@ -717,6 +757,14 @@ func (a *AuthServer) RefreshCount() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.refreshCount
+}
+
+// Issued returns the token endpoint's successful answers so far, oldest
+// first.
+func (a *AuthServer) Issued() []Issuance {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.issued)
 }
 
 // ReuseRejections returns how many refresh requests presented a refresh

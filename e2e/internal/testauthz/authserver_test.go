@@ -275,6 +275,40 @@ func TestRefreshRotationAndReuseDetection(t *testing.T) {
 	}
 }
 
+// TestIssuedRecordsTheChain: Issued lists each successful answer with the
+// tokens the client got, the refresh token a refresh presented and the
+// expires_in sent; a rejected reuse adds nothing.
+func TestIssuedRecordsTheChain(t *testing.T) {
+	t.Parallel()
+	a := NewAuthServer(t, AuthServerOptions{})
+	a.RegisterClient("app", "", []string{testRedirect}, true)
+	t0 := a.MintTokens(t, FlowParams{ClientID: "app", RedirectURI: testRedirect, Scopes: []string{"offline_access"}})
+	t1, err := a.Refresh(t0.RefreshToken, "app", "")
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	_, err = a.Refresh(t0.RefreshToken, "app", "")
+	wantTokenError(t, err, "invalid_grant")
+
+	got := a.Issued()
+	if len(got) != 2 {
+		t.Fatalf("%d issuances, want 2: %+v", len(got), got)
+	}
+	for i, want := range []struct {
+		grant, presented string
+		tok              Tokens
+	}{{"authorization_code", "", t0}, {"refresh_token", t0.RefreshToken, t1}} {
+		is := got[i]
+		if is.Grant != want.grant || is.Presented != want.presented || is.AccessToken != want.tok.AccessToken ||
+			is.RefreshToken != want.tok.RefreshToken || is.ExpiresIn != time.Duration(want.tok.ExpiresIn)*time.Second {
+			t.Errorf("issuance %d = %+v, want grant %s presenting %q and the tokens the client got %+v", i, is, want.grant, want.presented, want.tok)
+		}
+		if is.Issued.Before(is.Requested) {
+			t.Errorf("issuance %d issued before it was requested", i)
+		}
+	}
+}
+
 func TestNoRefreshRotation(t *testing.T) {
 	t.Parallel()
 	a := NewAuthServer(t, AuthServerOptions{NoRefreshRotation: true})
