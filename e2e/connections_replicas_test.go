@@ -125,6 +125,9 @@ func TestConnectionsPerUserAcrossReplicas(t *testing.T) {
 		c.puWaitExpired(t, people, "alice")
 		c.puWaitExpired(t, people, "bob")
 		chains := tokChains(t, c.AS)
+		if t.Failed() {
+			t.FailNow()
+		}
 		before := map[string]int{"alice": len(chainOf(chains, "alice")), "bob": len(chainOf(chains, "bob"))}
 		check("after expiry")
 		chains = tokChains(t, c.AS)

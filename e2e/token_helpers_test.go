@@ -290,6 +290,10 @@ func tokChain(tb testing.TB, as *testauthz.AuthServer) []testauthz.Issuance {
 // stored the token, after the server answered with expires_in. So no
 // refresh of a generation can reach the server before the server's answer
 // plus three quarters of expires_in; a loaded machine only makes it later.
+//
+// It waits for every refresh request to end in a token or a reuse
+// rejection, so it is not for tests whose server fails refreshes on
+// purpose (SetTokenStatus, hung requests, expired refresh tokens).
 func tokChains(tb testing.TB, as *testauthz.AuthServer) [][]testauthz.Issuance {
 	tb.Helper()
 	var issued []testauthz.Issuance
