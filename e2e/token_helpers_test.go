@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -262,13 +263,26 @@ func tokRefreshRequests(as *testauthz.AuthServer) []testauthz.RecordedRequest {
 	return out
 }
 
-// tokChain checks the authorization server's whole history: the tokens it
-// issued after the authorization's are one chain of refreshes, each
-// presenting the refresh token issued just before it (so no refresh token
-// was used twice and no generation refreshed twice), none rejected as a
-// reuse, and each sent only once the generation it refreshes had come due
-// (so a second refresh is one for the next expiry, never a duplicate for
-// this one). It returns the chain; element 0 is the authorization's.
+// tokChain checks the authorization server's whole history (tokChains)
+// and that it holds exactly one authorization's chain, which it returns;
+// element 0 is the authorization's.
+func tokChain(tb testing.TB, as *testauthz.AuthServer) []testauthz.Issuance {
+	tb.Helper()
+	chains := tokChains(tb, as)
+	if len(chains) != 1 {
+		tb.Fatalf("the authorization server issued tokens for %d authorizations, want 1", len(chains))
+	}
+	return chains[0]
+}
+
+// tokChains checks the authorization server's whole history: the tokens it
+// issued form one chain of refreshes per authorization, each refresh
+// presenting the refresh token issued just before it in its chain (so no
+// refresh token was used twice and no generation refreshed twice), none
+// rejected as a reuse, and each sent only once the generation it refreshes
+// had come due (so a second refresh is one for the next expiry, never a
+// duplicate for this one). It returns the chains in the order of their
+// authorizations; element 0 of each is the authorization's.
 //
 // The due check follows from mcpauth's rule, not from how fast anything
 // ran: it refreshes when less than a quarter of a token's lifetime is left
@@ -276,35 +290,83 @@ func tokRefreshRequests(as *testauthz.AuthServer) []testauthz.RecordedRequest {
 // stored the token, after the server answered with expires_in. So no
 // refresh of a generation can reach the server before the server's answer
 // plus three quarters of expires_in; a loaded machine only makes it later.
-func tokChain(tb testing.TB, as *testauthz.AuthServer) []testauthz.Issuance {
+//
+// It waits for every refresh request to end in a token or a reuse
+// rejection, so it is not for tests whose server fails refreshes on
+// purpose (SetTokenStatus, hung requests, expired refresh tokens).
+func tokChains(tb testing.TB, as *testauthz.AuthServer) [][]testauthz.Issuance {
 	tb.Helper()
 	var issued []testauthz.Issuance
 	// A caller served a still-valid token may have left its refresh
 	// running: wait until every refresh request that arrived is answered.
 	tokWait(tb, "every refresh request to be answered", time.Minute, func() bool {
 		issued = as.Issued()
-		return len(tokRefreshRequests(as)) == len(issued)-1+as.ReuseRejections()
+		refreshed := 0
+		for _, is := range issued {
+			if is.Grant == "refresh_token" {
+				refreshed++
+			}
+		}
+		return len(tokRefreshRequests(as)) == refreshed+as.ReuseRejections()
 	})
 	if n := as.ReuseRejections(); n != 0 {
 		tb.Errorf("the authorization server rejected %d reused refresh tokens (and revoked the family)", n)
 	}
-	if len(issued) == 0 || issued[0].Grant != "authorization_code" {
-		tb.Fatalf("the first token issued was not the authorization's: %d issued", len(issued))
-	}
-	for i := 1; i < len(issued); i++ {
-		prev, is := issued[i-1], issued[i]
-		if is.Grant != "refresh_token" {
-			tb.Fatalf("token %d was issued for a %s grant, not a refresh", i, is.Grant)
+	var chains [][]testauthz.Issuance
+	for i, is := range issued {
+		switch is.Grant {
+		case "authorization_code":
+			chains = append(chains, []testauthz.Issuance{is})
+			continue
+		case "refresh_token":
+		default:
+			tb.Fatalf("token %d was issued for a %s grant, not an authorization or a refresh", i, is.Grant)
 		}
-		if is.Presented != prev.RefreshToken {
-			tb.Errorf("refresh %d did not present the refresh token of generation %d: a generation refreshed twice", i, i-1)
+		k := slices.IndexFunc(chains, func(ch []testauthz.Issuance) bool {
+			return ch[len(ch)-1].RefreshToken == is.Presented
+		})
+		if k < 0 {
+			tb.Errorf("token %d: the refresh did not present the refresh token of any chain's latest generation: a generation refreshed twice", i)
+			continue
 		}
+		prev, gen := chains[k][len(chains[k])-1], len(chains[k])
 		if due := prev.Issued.Add(prev.ExpiresIn - prev.ExpiresIn/4); is.Requested.Before(due) {
-			tb.Errorf("refresh %d reached the server %s after generation %d was issued with expires_in %s, before it could be due: a second refresh for one expiry",
-				i, is.Requested.Sub(prev.Issued), i-1, prev.ExpiresIn)
+			tb.Errorf("refresh %d of chain %d reached the server %s after generation %d was issued with expires_in %s, before it could be due: a second refresh for one expiry",
+				gen, k, is.Requested.Sub(prev.Issued), gen-1, prev.ExpiresIn)
 		}
+		chains[k] = append(chains[k], is)
 	}
-	return issued
+	if len(chains) == 0 {
+		tb.Fatal("the authorization server issued no token for an authorization")
+	}
+	return chains
+}
+
+// tokGenerations fails unless every caller succeeded with an access token
+// of chain's generation from or a later one (a token the server issued,
+// and no earlier generation's), and returns how many callers got each
+// generation.
+func tokGenerations(tb testing.TB, results []tokResult, chain []testauthz.Issuance, from int) map[int]int {
+	tb.Helper()
+	gen := map[string]int{}
+	for i, is := range chain {
+		gen[is.AccessToken] = i
+	}
+	got := map[int]int{}
+	for _, r := range results {
+		if r.err != nil {
+			tb.Fatalf("a caller on replica %d: %v", r.replica, r.err)
+		}
+		g, ok := gen[r.tok.GetAccessToken()]
+		switch {
+		case !ok:
+			tb.Fatalf("replica %d returned an access token the server never issued for this authorization", r.replica)
+		case g < from:
+			tb.Fatalf("replica %d returned the access token of generation %d, want generation %d or later", r.replica, g, from)
+		}
+		got[g]++
+	}
+	return got
 }
 
 // tokWait polls cond until it holds, failing the test after timeout.
