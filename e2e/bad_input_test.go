@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
@@ -92,6 +93,20 @@ func biSetup(t *testing.T) *biWorld {
 		t.Fatalf("StartAuthorization: %v", err)
 	}
 	w.Callback = oaToCallback(t, NewBrowser(t), second.GetAuthorizationUrl())
+	// The starts' events are stored just after the starts answered: the
+	// cases compare the audit log before and after each call.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		users := map[string]bool{}
+		for _, ev := range oaEvents(t, w.S, "acme", "oauth.authorization.started") {
+			users[ev.GetDetails()["user"]] = true
+		}
+		if users["bob"] && users["carol"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the starts for bob and carol are not audited: %v", users)
+		}
+	}
 	page, err := w.S.Audit().ListAuditEvents(w.Admin, &mcpauthv1.ListAuditEventsRequest{Parent: "tenants/acme", PageSize: 1})
 	if err != nil || page.GetNextPageToken() == "" {
 		t.Fatalf("ListAuditEvents: %v (token %q)", err, page.GetNextPageToken())
