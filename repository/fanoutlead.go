@@ -60,8 +60,9 @@ func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Durat
 			return true, nil
 		}
 		// The connection is gone, and the lock with it: another replica
-		// may lead already. Close returns nothing usable to the pool.
-		_ = l.conn.Close()
+		// may lead already. (Were it only this ping that failed, ending
+		// the session gives the lock up for sure.)
+		discard(l.conn)
 		l.conn = nil
 	}
 	sqlDB, err := s.db.DB()
@@ -73,9 +74,15 @@ func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Durat
 		return false, err
 	}
 	var got bool
-	if err := conn.QueryRowContext(ctx, fanOutLockSQL, fanOutLockClass).Scan(&got); err != nil || !got {
-		_ = conn.Close()
+	if err := conn.QueryRowContext(ctx, fanOutLockSQL, fanOutLockClass).Scan(&got); err != nil {
+		// The lock may have been granted before the error: the pool must
+		// not keep a session that could hold it.
+		discard(conn)
 		return false, err
+	}
+	if !got {
+		_ = conn.Close()
+		return false, nil
 	}
 	l.conn, l.pinged = conn, now
 	return true, nil
@@ -92,10 +99,16 @@ func (s *Store) dropFanOutLead(ctx context.Context) {
 	}
 	var ok bool
 	if err := l.conn.QueryRowContext(ctx, fanOutUnlockSQL, fanOutLockClass).Scan(&ok); err != nil || !ok {
-		// Not known to be unlocked: have the pool discard the connection,
-		// which ends its session and the lock.
-		_ = l.conn.Raw(func(any) error { return driver.ErrBadConn })
+		// Not known to be unlocked: end the session, and the lock with it.
+		discard(l.conn)
+	} else {
+		_ = l.conn.Close()
 	}
-	_ = l.conn.Close()
 	l.conn = nil
+}
+
+// discard closes conn's session instead of returning it to the pool.
+func discard(conn *sql.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = conn.Close()
 }
