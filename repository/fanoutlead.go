@@ -10,14 +10,17 @@ import (
 
 // fanOutLead is a Store's hold on the lead of the webhook fan-out on
 // PostgreSQL: a session-level advisory lock, named after the schema, on a
-// connection of its own. The server releases it the moment that
-// connection closes, so when the holding process dies (kill -9, OOM, a lost
-// node) another replica, or the restarted process, takes the lead at its
-// next step and with it the dead owner's lease, instead of waiting for the
-// lease to end. The lease row (LeaseFanOut, RecordFanOut) still decides
-// which records count; the lead only allows taking over a live lease. A
-// lease that ended is anyone's, as before (a lead that stalls past its
-// lease loses it, and takes it back when it resumes).
+// connection of its own. Only the lead fans out. The server releases the
+// lock the moment that connection closes, so when the leading process dies
+// (kill -9, OOM, a lost node) another replica, or the restarted process,
+// takes the lead at its next step and with it the dead owner's lease,
+// instead of waiting for the lease to end. The lease row (LeaseFanOut,
+// RecordFanOut) still fences the records: an owner that lost its lead
+// while sending (its lock's connection cut) cannot record after the new
+// lead took its lease over, and its sends are repeated (at least once).
+//
+// The lock needs a session of its own: behind a pooler in transaction mode
+// (PgBouncer) it does not hold, and the README says so.
 //
 // On SQLite there is no lead: one process writes the file, and the lease
 // alone applies.
@@ -41,13 +44,10 @@ const (
 	fanOutUnlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema()))`
 )
 
-// leadFanOut reports whether this Store leads the fan-out, taking the lead
-// when nobody holds it; a lead whose connection last answered longer than
-// maxAge ago is checked first. Always false on SQLite.
+// leadFanOut reports whether this Store leads the fan-out (PostgreSQL),
+// taking the lead when nobody holds it; a lead whose connection last
+// answered longer than maxAge ago is checked first.
 func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Duration) (bool, error) {
-	if s.db.Dialector.Name() != "postgres" {
-		return false, nil
-	}
 	l := &s.fanOut
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -274,9 +274,10 @@ var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 // LeaseFanOut reads up to limit events after the fan-out cursor and leases
 // that stretch of the feed to owner until now+lease, so that no other
 // replica routes or sends them meanwhile. It returns nil (and no error)
-// when there is nothing new or another owner's lease is live; on
-// PostgreSQL, when another replica leads (fanoutlead.go), while a live
-// lease of an owner whose process no longer leads is taken over at once.
+// when there is nothing new or another owner's lease is live. On
+// PostgreSQL it returns nil while another replica leads (fanoutlead.go),
+// and the lead takes over at once a live lease of an owner that no longer
+// leads.
 // Reading costs no write while the feed is idle, and none while owner's lease has
 // more than half its time left (RecordFanOut renews it). Migration 0009
 // creates the cursor after the events that existed then; were it missing,
@@ -295,9 +296,14 @@ func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, le
 }
 
 func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
-	lead, err := s.leadFanOut(ctx, now, fanOutLeadPing)
-	if err != nil {
-		return nil, err
+	// On PostgreSQL only the lead fans out (fanoutlead.go); on SQLite
+	// there is no lead, and the lease alone decides.
+	postgres := s.db.Dialector.Name() == "postgres"
+	if postgres {
+		lead, err := s.leadFanOut(ctx, now, fanOutLeadPing)
+		if err != nil || !lead {
+			return nil, err // another replica leads
+		}
 	}
 	db := s.db.WithContext(ctx)
 	var rows []fanOutCursor
@@ -312,14 +318,14 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	}
 	cur := rows[0]
 	// orphan is another owner's live lease that this Store takes over as
-	// the lead (fanoutlead.go): that owner's process died or lost its
-	// connection to the database.
+	// the lead: that owner no longer leads, so its process died or lost its
+	// connection to the database (or it predates the lead).
 	orphan := ""
 	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
-		if !lead {
+		if !postgres {
 			return nil, nil // another replica's
 		}
-		if lead, err = s.leadFanOut(ctx, now, 0); err != nil || !lead {
+		if lead, err := s.leadFanOut(ctx, now, 0); err != nil || !lead {
 			return nil, err // the lead was lost since its last check
 		}
 		orphan = cur.LeaseOwner
