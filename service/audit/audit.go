@@ -445,6 +445,7 @@ func (a *Auditor) Shutdown(ctx context.Context) error {
 	a.queue, a.waiting = nil, 0
 	a.held -= len(rest)
 	a.setPending()
+	a.drained.Broadcast() // a Flush waiting for them: Shutdown writes them now
 	a.mu.Unlock()
 	if len(rest) == 0 {
 		return ctx.Err()

@@ -730,11 +730,13 @@ func (s *Service) start(ctx context.Context, in StartInput, again restartOf) (*S
 	}
 	// A start changes nothing durable: its flow lives in the state store,
 	// and the callback's event names who started it. Its event is written
-	// without waiting (the Auditor's group commit batches a burst).
+	// without waiting (the Auditor's group commit batches a burst). A
+	// compatibility exception used by the flow is waited for: nothing else
+	// records it.
 	s.audit.RecordAsync(ctx, audit.Event{Tenant: tenant, Type: domain.EventAuthStarted, Provider: id, User: ref.User, Actor: again.actor,
 		Outcome: domain.OutcomeSuccess, Details: details})
 	if d.Compat.ResourceMode == domain.ResourceOmit || d.Compat.ResourceMode == domain.ResourceOverride || len(d.Compat.ExtraParams) > 0 {
-		s.audit.RecordAsync(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
+		s.audit.Record(ctx, audit.Event{Tenant: tenant, Type: domain.EventCompatRelaxation, Provider: id, Outcome: domain.OutcomeSuccess,
 			Details: d.Compat.AuditDetails()})
 	}
 	return &Started{
