@@ -248,10 +248,15 @@ func (s *Service) obtainUnder(ctx context.Context, ref domain.GrantRef, prev *re
 		return nil, err
 	}
 	if apperr.KindOf(err) == apperr.KindAborted {
-		// Another writer stored a grant meanwhile: theirs wins.
+		// Another writer stored a grant meanwhile: theirs wins, and ours,
+		// used by nobody, is revoked (unless the server answered both
+		// requests with the same token).
 		latest, lh, lerr := s.load(pctx, ref)
 		if lerr != nil {
 			return nil, lerr
+		}
+		if lh.Tokens.AccessToken.Reveal() != fresh.AccessToken.Reveal() {
+			s.revokeFresh(pctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
 		}
 		return token(lh.Tokens, latest, lh.Grant), nil
 	}

@@ -5,11 +5,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/metrics"
+	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/vault"
 )
 
@@ -174,4 +177,50 @@ func TestMachineProviderChangedTwice(t *testing.T) {
 	}
 	e.wantStoreRefusals(2)
 	e.wantEvents(domain.EventTokenObtained, pid, domain.OutcomeSuccess)
+}
+
+// A token obtained while another writer stored the grant first is not
+// kept: the other writer's grant is served, and ours, used by nobody, is
+// revoked at the server.
+func TestMachineTokenThatLostTheRaceIsRevoked(t *testing.T) {
+	e := newEnv(t, testConfig)
+	svc := e.machineService()
+	e.as.addClient("cc", "secret")
+	e.clientCredentialsProvider("cc", "secret")
+	theirs := &oauthclient.Tokens{AccessToken: secret.New("theirs-access"), TokenType: "Bearer", ExpiresAt: e.clock.Now().Add(time.Hour)}
+	var once sync.Once
+	e.as.set(func(f *fakeAS) {
+		// Another writer (a replica whose lease ran out meanwhile) stores
+		// its grant after the server issued ours, before ours is stored.
+		f.onIssue = func() {
+			once.Do(func() {
+				row, err := e.store.GetProvider(e.ctx, tnt, pid)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				g := vault.Grant{Issuer: issuer, TokenEndpoint: tokenEndpoint, RevocationEndpoint: revocationEndpoint,
+					RegMethod: domain.RegPreRegistered, ClientID: "cc", Kind: domain.KindClientCredentials}
+				if err := e.svc.StoreNew(e.ctx, row, "", g, theirs); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	})
+
+	tok := e.get(svc, tnt, pid)
+
+	issued := e.as.issued()
+	if len(issued) != 1 {
+		t.Fatalf("issued = %q, want one token", issued)
+	}
+	if got := tok.AccessToken.Reveal(); got != "theirs-access" {
+		t.Errorf("served %q, want the grant stored first", got)
+	}
+	if h := e.held(tnt, pid); h.Tokens.AccessToken.Reveal() != "theirs-access" {
+		t.Errorf("stored %q, want the grant stored first", h.Tokens.AccessToken.Reveal())
+	}
+	if got, want := e.as.revocations(), []revocation{{token: issued[0], hint: "access_token"}}; !slices.Equal(got, want) {
+		t.Errorf("revocations = %v, want %v (ours only)", got, want)
+	}
 }
