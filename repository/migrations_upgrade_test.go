@@ -83,14 +83,14 @@ func TestMigrationBindingToolListCompletionLease(t *testing.T) {
 
 		// The cursor is free: the fan-out leases it and reads the event.
 		now := time.Now().UTC()
-		fb, err := s.LeaseFanOut(ctx, "r1", now, 5*time.Second, 10, nil)
+		fb, err := s.LeaseFanOut(ctx, "r1", now, 5*time.Second, FanOutRead{Limit: 10}, nil)
 		wantNoErr(t, err, "lease the fan-out")
 		if fb == nil || len(fb.Events) != 1 || len(fb.Endpoints["t"]) != 1 {
 			t.Fatalf("fan-out batch after the upgrade: %+v", fb)
 		}
 		// Another replica: a Store of its own (on PostgreSQL the lead is a
 		// Store's, fanoutlead.go).
-		if again, err := openStore(t, dsn).LeaseFanOut(ctx, "r2", now, 5*time.Second, 10, nil); err != nil || again != nil {
+		if again, err := openStore(t, dsn).LeaseFanOut(ctx, "r2", now, 5*time.Second, FanOutRead{Limit: 10}, nil); err != nil || again != nil {
 			t.Fatalf("another replica leased the fan-out r1 holds: %+v %v", again, err)
 		}
 		wantNoErr(t, s.RecordFanOut(ctx, fb, nil, now, 5*time.Second), "record the fan-out")

@@ -258,12 +258,26 @@ type fanOutCursor struct {
 // FanOutBatch is a stretch of the event feed leased to one fan-out by
 // LeaseFanOut, to be routed, sent and then recorded with RecordFanOut.
 type FanOutBatch struct {
-	// Events are the events after the fan-out cursor, in feed order.
+	// Events are the events of the batch's stretch of the feed whose
+	// tenant has an endpoint (every event with FanOutRead.AllEvents), in
+	// feed order. The others have no deliveries: the record moves the
+	// cursor past them all the same.
 	Events []AuditEvent
+	// Scanned is how many events the stretch holds, Events or not.
+	Scanned int
 	// Endpoints are the endpoints of each tenant of Events, by tenant.
 	Endpoints map[string][]WebhookEndpoint
 	owner     string
 	from, to  EventCursor
+}
+
+// FanOutRead says what LeaseFanOut reads.
+type FanOutRead struct {
+	// Limit bounds the events of the stretch (see clampLimit).
+	Limit int
+	// AllEvents reads every event of the stretch, also those of tenants
+	// without endpoints (to mirror them to the log).
+	AllEvents bool
 }
 
 // ErrFanOutLeaseLost is the cause of RecordFanOut's error when the batch's
@@ -271,7 +285,7 @@ type FanOutBatch struct {
 // attempts again: at least once).
 var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 
-// LeaseFanOut reads up to limit events after the fan-out cursor and leases
+// LeaseFanOut reads up to read.Limit events after the fan-out cursor and leases
 // that stretch of the feed to owner until now+lease, so that no other
 // replica routes or sends them meanwhile. It returns nil (and no error)
 // when there is nothing new or another owner's lease is live. On
@@ -287,15 +301,15 @@ var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 // way), it reads the events after that batch instead, provided owner's
 // lease is still live; the new batch is to be recorded once after's
 // record has committed.
-func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
-	b, err := s.leaseFanOut(ctx, owner, now, lease, limit, after)
+func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, read FanOutRead, after *FanOutBatch) (*FanOutBatch, error) {
+	b, err := s.leaseFanOut(ctx, owner, now, lease, read, after)
 	if err != nil {
 		return nil, dbErr(err, "lease fan-out")
 	}
 	return b, nil
 }
 
-func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *FanOutBatch) (*FanOutBatch, error) {
+func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, read FanOutRead, after *FanOutBatch) (*FanOutBatch, error) {
 	// On PostgreSQL only the lead fans out (fanoutlead.go); on SQLite
 	// there is no lead, and the lease alone decides.
 	postgres := s.db.Dialector.Name() == "postgres"
@@ -337,12 +351,15 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 		}
 		from = after.to
 	}
-	var events []AuditEvent
-	if err := db.Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), from.TxID, from.ID).
-		Order("txid, id").Limit(clampLimit(limit)).Find(&events).Error; err != nil {
+	// The stretch's positions and tenants first: its events are read
+	// whole only for the tenants with endpoints (or all, to mirror them).
+	var stretch []feedPosition
+	if err := db.Model(&AuditEvent{}).Select("txid", "id", "tenant_id").
+		Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), from.TxID, from.ID).
+		Order("txid, id").Limit(clampLimit(read.Limit)).Find(&stretch).Error; err != nil {
 		return nil, err
 	}
-	if len(events) == 0 {
+	if len(stretch) == 0 {
 		return nil, nil
 	}
 	if cur.LeaseOwner != owner || cur.LeaseUntil == nil || cur.LeaseUntil.Before(now.Add(lease/2)) {
@@ -362,23 +379,56 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 			return nil, nil // taken (or moved) since the read
 		}
 	}
-	b := &FanOutBatch{Events: events, Endpoints: map[string][]WebhookEndpoint{}, owner: owner, from: from,
-		to: events[len(events)-1].Cursor()}
-	for _, ev := range events {
-		if _, ok := b.Endpoints[ev.TenantID]; ok {
-			continue
+	last := stretch[len(stretch)-1]
+	b := &FanOutBatch{Scanned: len(stretch), Endpoints: map[string][]WebhookEndpoint{}, owner: owner, from: from,
+		to: EventCursor{TxID: last.TxID, ID: last.ID}}
+	// The endpoints are read after the stretch, as they were before it
+	// was read in two steps: an endpoint created since is not the
+	// stretch's (route takes only endpoints older than the event anyway).
+	var tenants []string
+	for _, p := range stretch {
+		if _, ok := b.Endpoints[p.TenantID]; !ok {
+			b.Endpoints[p.TenantID] = nil
+			tenants = append(tenants, p.TenantID)
 		}
-		eq, err := scoped(ctx, s.db, ev.TenantID)
-		if err != nil {
-			return nil, err
-		}
+	}
+	for chunk := range slices.Chunk(tenants, groupTuples) {
 		var eps []WebhookEndpoint
-		if err := eq.Find(&eps).Error; err != nil {
+		if err := db.Where("tenant_id IN ?", chunk).Order("tenant_id, id").Find(&eps).Error; err != nil {
 			return nil, err
 		}
-		b.Endpoints[ev.TenantID] = eps
+		for _, ep := range eps {
+			b.Endpoints[ep.TenantID] = append(b.Endpoints[ep.TenantID], ep)
+		}
+	}
+	var routed []string
+	for _, t := range tenants {
+		if len(b.Endpoints[t]) > 0 || read.AllEvents {
+			routed = append(routed, t)
+		} else {
+			delete(b.Endpoints, t)
+		}
+	}
+	if len(routed) == 0 {
+		return b, nil // nothing to route: the record only moves the cursor
+	}
+	// The stretch is settled: every transaction below the horizon it was
+	// read under has ended, so (from, to] holds the same events now.
+	q := db.Where("(txid, id) > (?, ?) AND (txid, id) <= (?, ?)", from.TxID, from.ID, b.to.TxID, b.to.ID)
+	if len(routed) < len(tenants) {
+		q = q.Where("tenant_id IN ?", routed)
+	}
+	if err := q.Order("txid, id").Find(&b.Events).Error; err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// feedPosition is an event's place in the feed and its tenant.
+type feedPosition struct {
+	TxID     int64  `gorm:"column:txid"`
+	ID       int64  `gorm:"column:id"`
+	TenantID string `gorm:"column:tenant_id"`
 }
 
 // RecordFanOut stores the outcome of a batch: its deliveries in whatever
@@ -396,16 +446,14 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 // commits, so a deletion that has not committed yet waits for it, and then
 // deletes the recorded deliveries with its endpoint.
 func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDelivery, now time.Time, lease time.Duration) error {
+	if len(ds) == 0 {
+		// Only the cursor moves: one statement, no transaction around it.
+		return dbErr(moveFanOutCursor(s.db.WithContext(ctx), b, now, lease), "record fan-out")
+	}
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		// The cursor first: its row lock orders competing records.
-		res := tx.Model(&EventCursorRow{}).Where("name = ? AND txid = ? AND event_id = ? AND lease_owner = ?",
-			webhookCursor, b.from.TxID, b.from.ID, b.owner).
-			Updates(map[string]any{"txid": b.to.TxID, "event_id": b.to.ID, "lease_until": now.Add(lease)})
-		if res.Error != nil {
-			return res.Error
-		}
-		if res.RowsAffected == 0 {
-			return ErrFanOutLeaseLost
+		if err := moveFanOutCursor(tx, b, now, lease); err != nil {
+			return err
 		}
 		ds, err := toLiveEndpoints(tx, ds)
 		if err != nil || len(ds) == 0 {
@@ -418,6 +466,22 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 	})
 	if err != nil {
 		return dbErr(err, "record fan-out")
+	}
+	return nil
+}
+
+// moveFanOutCursor moves the fan-out cursor past b and renews the lease
+// until now+lease, provided b's owner still holds it at b's start:
+// otherwise it changes nothing and returns ErrFanOutLeaseLost.
+func moveFanOutCursor(db *gorm.DB, b *FanOutBatch, now time.Time, lease time.Duration) error {
+	res := db.Model(&EventCursorRow{}).Where("name = ? AND txid = ? AND event_id = ? AND lease_owner = ?",
+		webhookCursor, b.from.TxID, b.from.ID, b.owner).
+		Updates(map[string]any{"txid": b.to.TxID, "event_id": b.to.ID, "lease_until": now.Add(lease)})
+	if res.Error != nil {
+		return res.Error
+	}
+	if res.RowsAffected == 0 {
+		return ErrFanOutLeaseLost
 	}
 	return nil
 }

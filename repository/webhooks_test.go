@@ -47,7 +47,7 @@ func leaseAll(tb testing.TB, s *Store, owner string, want int, now time.Time) (*
 	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		b, err := s.LeaseFanOut(context.Background(), owner, now, time.Minute, 500, nil)
+		b, err := s.LeaseFanOut(context.Background(), owner, now, time.Minute, FanOutRead{Limit: 500}, nil)
 		wantNoErr(tb, err, "LeaseFanOut")
 		if b != nil && len(b.Events) >= want {
 			var ds []WebhookDelivery
@@ -149,7 +149,7 @@ func TestFanOutLeaseIsExclusive(t *testing.T) {
 		createEndpoint(t, sa, now)
 		uids := appendEvents(t, sa, "p", "q")
 		a, ads := leaseAll(t, sa, "a", 2, now)
-		b, err := sb.LeaseFanOut(ctx, "b", now.Add(30*time.Second), time.Minute, 500, nil)
+		b, err := sb.LeaseFanOut(ctx, "b", now.Add(30*time.Second), time.Minute, FanOutRead{Limit: 500}, nil)
 		wantNoErr(t, err, "LeaseFanOut while a holds the lease")
 		if b != nil {
 			t.Fatalf("b leased %d events while a's lease is live", len(b.Events))
@@ -158,7 +158,7 @@ func TestFanOutLeaseIsExclusive(t *testing.T) {
 		if sa.db.Dialector.Name() == "postgres" {
 			// Only the lead fans out: a's ended lease is not b's while a's
 			// process leads (two healthy replicas never send one batch).
-			if b, err := sb.LeaseFanOut(ctx, "b", later, time.Minute, 500, nil); err != nil || b != nil {
+			if b, err := sb.LeaseFanOut(ctx, "b", later, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
 				t.Fatalf("b leased %v (%v) while a's process leads", b, err)
 			}
 			sa.dropFanOutLead(ctx) // a's process stops leading
@@ -181,7 +181,7 @@ func TestFanOutLeaseIsExclusive(t *testing.T) {
 		wantNoErr(t, sb.RecordFanOut(ctx, b, bds, later, time.Minute), "b's RecordFanOut")
 		wantNoErr(t, sb.ReleaseFanOut(ctx, "b"), "ReleaseFanOut")
 		// Released: a leases again at once, and finds nothing new.
-		a, err = sa.LeaseFanOut(ctx, "a", later, time.Minute, 500, nil)
+		a, err = sa.LeaseFanOut(ctx, "a", later, time.Minute, FanOutRead{Limit: 500}, nil)
 		wantNoErr(t, err, "LeaseFanOut after the release")
 		if a != nil {
 			t.Fatalf("a leased %v after b recorded them", a.Events)
@@ -207,7 +207,7 @@ func TestFanOutLeadPassesWhenItsHolderDies(t *testing.T) {
 	createEndpoint(t, sa, now)
 	uids := appendEvents(t, sa, "p", "q")
 	a, ads := leaseAll(t, sa, "a", 2, now)
-	if b, err := sb.LeaseFanOut(ctx, "b", now, time.Minute, 500, nil); err != nil || b != nil {
+	if b, err := sb.LeaseFanOut(ctx, "b", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
 		t.Fatalf("b leased %v (%v) while a's process leads", b, err)
 	}
 	// a's process dies: the server ends its sessions, the lead's with them.
@@ -231,7 +231,7 @@ func TestFanOutLeadPassesWhenItsHolderDies(t *testing.T) {
 	// a's Store, were its process alive after all, no longer leads (its
 	// lead's connection is gone): it gets nothing while b's lease lives.
 	appendEvents(t, sb, "p")
-	if again, err := sa.LeaseFanOut(ctx, "a", now, time.Minute, 500, nil); err != nil || again != nil {
+	if again, err := sa.LeaseFanOut(ctx, "a", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
 		t.Fatalf("a leased %v (%v) after b took over", again, err)
 	}
 }
@@ -259,7 +259,7 @@ func TestFanOutReadsAheadOfItsRecord(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for b2 == nil || len(b2.Events) == 0 {
 			var err error
-			b2, err = s.LeaseFanOut(ctx, "me", now, time.Minute, 500, b1)
+			b2, err = s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, b1)
 			wantNoErr(t, err, "LeaseFanOut after an unrecorded batch")
 			if time.Now().After(deadline) {
 				t.Fatal("the batch after an unrecorded one was never read")
@@ -277,11 +277,11 @@ func TestFanOutReadsAheadOfItsRecord(t *testing.T) {
 		}
 		wantNoErr(t, s.RecordFanOut(ctx, b1, ds1, now, time.Minute), "RecordFanOut first batch")
 		wantNoErr(t, s.RecordFanOut(ctx, b2, ds2, now, time.Minute), "RecordFanOut second batch")
-		if b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, 500, nil); err != nil || b != nil {
+		if b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
 			t.Fatalf("LeaseFanOut after both records: %v, %v; want nothing new", b, err)
 		}
 		// Another owner cannot read ahead of a batch that is not its own.
-		if b, err := s.LeaseFanOut(ctx, "other", now, time.Minute, 500, b2); err != nil || b != nil {
+		if b, err := s.LeaseFanOut(ctx, "other", now, time.Minute, FanOutRead{Limit: 500}, b2); err != nil || b != nil {
 			t.Fatalf("another owner read ahead: %v, %v", b, err)
 		}
 	})
@@ -324,7 +324,7 @@ func TestFanOutRecordSkipsDeletedEndpoint(t *testing.T) {
 			t.Fatalf("%d deliveries to the deleted endpoint recorded", orphans)
 		}
 		// The cursor moved past the batch: nothing is leased (sent) again.
-		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, 500, nil); err != nil || again != nil {
+		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
 			t.Fatalf("LeaseFanOut after the record = %+v, %v; want nothing new", again, err)
 		}
 	})
@@ -384,6 +384,79 @@ func TestDeliveryCountsReadTheIndexOnly(t *testing.T) {
 		}
 		if !strings.Contains(strings.Join(plan, "\n"), "USING COVERING INDEX idx_webhook_delivery_endpoint") {
 			t.Fatalf("DeliveryCounts plan reads the deliveries:\n%s", strings.Join(plan, "\n"))
+		}
+	})
+}
+
+// TestFanOutReadsWholeOnlyEventsWithEndpoints: a stretch of the feed is
+// passed whole, but only the events of tenants with an endpoint are read
+// (and returned to be routed); the record moves the cursor past the
+// others too, also when the batch routes nothing (the record is then one
+// statement, still fenced by the lease). With AllEvents every event is
+// read, for the log mirror.
+func TestFanOutReadsWholeOnlyEventsWithEndpoints(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now) // tenant "t"'s; tenant "u" has none
+		var batch []*AuditEvent
+		for _, tenant := range []string{"u", "u", "t", "u"} {
+			batch = append(batch, &AuditEvent{TenantID: tenant, EventType: "x", ProviderID: "p", Details: "{}"})
+		}
+		PrepareEvents(now, batch...)
+		wantNoErr(t, s.AppendAuditBatch(ctx, batch), "AppendAuditBatch")
+
+		lease := func(read FanOutRead, want int) *FanOutBatch {
+			t.Helper()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, read, nil)
+				wantNoErr(t, err, "LeaseFanOut")
+				if b != nil && b.Scanned >= want {
+					return b
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("fewer than %d events passed: %+v", want, b)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		b := lease(FanOutRead{Limit: 500}, 4)
+		if b.Scanned != 4 || len(b.Events) != 1 || b.Events[0].UID != batch[2].UID {
+			t.Fatalf("batch: scanned %d, events %+v; want 4 scanned and only tenant t's event %s", b.Scanned, b.Events, batch[2].UID)
+		}
+		if _, ok := b.Endpoints["u"]; ok || len(b.Endpoints["t"]) != 1 {
+			t.Fatalf("endpoints %+v, want tenant t's only", b.Endpoints)
+		}
+		var ds []WebhookDelivery
+		for i := range b.Events {
+			ds = append(ds, routeAll(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
+		}
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
+			t.Fatalf("after the record: %+v %v, want nothing left", again, err)
+		}
+
+		// Only tenant u's events: nothing to route, the cursor moves all
+		// the same; a stale batch's record is refused.
+		more := []*AuditEvent{{TenantID: "u", EventType: "y", Details: "{}"}, {TenantID: "u", EventType: "z", Details: "{}"}}
+		PrepareEvents(now, more...)
+		wantNoErr(t, s.AppendAuditBatch(ctx, more), "AppendAuditBatch")
+		all := lease(FanOutRead{Limit: 500, AllEvents: true}, 2)
+		if len(all.Events) != 2 || all.Events[0].UID != more[0].UID || all.Events[1].UID != more[1].UID {
+			t.Fatalf("AllEvents read %+v, want both of tenant u's events", all.Events)
+		}
+		quiet := lease(FanOutRead{Limit: 500}, 2)
+		if len(quiet.Events) != 0 {
+			t.Fatalf("events %+v read for a tenant without endpoints", quiet.Events)
+		}
+		wantNoErr(t, s.RecordFanOut(ctx, quiet, nil, now, time.Minute), "RecordFanOut without deliveries")
+		if err := s.RecordFanOut(ctx, all, nil, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+			t.Fatalf("recording a batch the cursor moved past: %v, want ErrFanOutLeaseLost", err)
+		}
+		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
+			t.Fatalf("after the record without deliveries: %+v %v, want nothing left", again, err)
 		}
 	})
 }

@@ -199,7 +199,7 @@ func (d *Dispatcher) Step(ctx context.Context) bool {
 // pending are held back in memory meanwhile); a batch is recorded only
 // after the one before it, and when a record fails the batches after it
 // are dropped unrecorded, to be sent again. It returns how many events it
-// routed.
+// passed (routed, or of tenants without endpoints).
 func (d *Dispatcher) fanOut(ctx context.Context) int {
 	prev := d.inflight
 	var after *repository.FanOutBatch
@@ -207,7 +207,7 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		after = prev.batch
 	}
 	now := d.now().UTC()
-	b, err := d.store.LeaseFanOut(ctx, d.owner, now, d.cfg.FanOutLease, fanOutBatch, after)
+	b, err := d.store.LeaseFanOut(ctx, d.owner, now, d.cfg.FanOutLease, repository.FanOutRead{Limit: fanOutBatch, AllEvents: d.cfg.MirrorToLog}, after)
 	if err != nil || b == nil {
 		d.settle()
 		if err != nil && ctx.Err() == nil {
@@ -286,7 +286,7 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		}
 		rec.done <- err
 	}()
-	return len(b.Events)
+	return b.Scanned
 }
 
 // record stores a fan-out batch's outcome, trying again after a failure:

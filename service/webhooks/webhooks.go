@@ -33,7 +33,7 @@ type Store interface {
 	ListWebhookDeliveries(ctx context.Context, tenant, endpointID string, state int, afterUID string, limit int) ([]repository.WebhookDelivery, error)
 	DeliveryCounts(ctx context.Context, tenant, endpointID string) (map[int]int64, error)
 	RedeliverWebhookEvent(ctx context.Context, tenant, endpointID, eventUID string) error
-	LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int, after *repository.FanOutBatch) (*repository.FanOutBatch, error)
+	LeaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, read repository.FanOutRead, after *repository.FanOutBatch) (*repository.FanOutBatch, error)
 	HeldGroups(ctx context.Context, ds []repository.WebhookDelivery) (map[repository.DeliveryGroup]bool, error)
 	RecordFanOut(ctx context.Context, b *repository.FanOutBatch, ds []repository.WebhookDelivery, now time.Time, lease time.Duration) error
 	RenewFanOut(ctx context.Context, owner string, until time.Time) (bool, error)
