@@ -26,6 +26,17 @@ func TestAuditBatchRetryIsIdempotent(t *testing.T) {
 		if len(got) != 2 {
 			t.Fatalf("%d events stored, want 2 (the retry must not double them)", len(got))
 		}
+		// A batch holding one stored event and a new one (on PostgreSQL
+		// the COPY fails whole and the insert takes over): the new one is
+		// stored, the other not again.
+		fresh := &AuditEvent{TenantID: "a", EventType: "z"}
+		PrepareEvents(time.Now(), fresh)
+		wantNoErr(t, s.AppendAuditBatch(ctx, []*AuditEvent{batch[0], fresh}), "mixed write")
+		got, err = s.ListAudit(ctx, "a", AuditFilter{}, "", 10)
+		wantNoErr(t, err, "ListAudit")
+		if len(got) != 3 || got[0].UID != fresh.UID {
+			t.Fatalf("%d events stored (newest %q), want 3 with %q newest", len(got), got[0].UID, fresh.UID)
+		}
 	})
 }
 

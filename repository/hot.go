@@ -81,6 +81,11 @@ type hotTrace struct{ span trace.Span }
 // hotSpan starts a client span like the ones of GORM's statements
 // (statement text with placeholders, no values) when the store traces.
 func (s *Store) hotSpan(ctx context.Context, table, text string) (context.Context, hotTrace) {
+	return s.opSpan(ctx, "SELECT", table, text)
+}
+
+// opSpan is hotSpan for a statement of operation op (SELECT, COPY...).
+func (s *Store) opSpan(ctx context.Context, op, table, text string) (context.Context, hotTrace) {
 	if s.tracer == nil {
 		return ctx, hotTrace{}
 	}
@@ -88,8 +93,8 @@ func (s *Store) hotSpan(ctx context.Context, table, text string) (context.Contex
 	if s.db.Dialector.Name() == "postgres" {
 		system = "postgresql"
 	}
-	ctx, span := s.tracer.Start(ctx, "SELECT", trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
-		attribute.String("db.system.name", system), attribute.String("db.operation.name", "SELECT"),
+	ctx, span := s.tracer.Start(ctx, op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(
+		attribute.String("db.system.name", system), attribute.String("db.operation.name", op),
 		attribute.String("db.collection.name", table), attribute.String("db.query.text", text)))
 	return ctx, hotTrace{span}
 }
