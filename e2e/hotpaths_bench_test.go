@@ -39,7 +39,9 @@ import (
 // like the loop). MCPAUTH_BENCH_METHODS picks some of the methods
 // (comma-separated). With MCPAUTH_BENCH_PPROF_DIR set, each binary serves
 // its profiles on an admin port (MCPAUTH_PPROF) and a CPU profile of every
-// method's load is written there as <label>-<method>-<round>.pprof:
+// method's load is written there as <label>-<method>-<round>.pprof
+// (MCPAUTH_BENCH_PPROF=allocs writes the allocations made meanwhile
+// instead):
 //
 //	go tool pprof -top <dir>/this-StartAuthorization-1.pprof
 func BenchmarkHotPathsBinaries(b *testing.B) {
@@ -131,7 +133,7 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 					profiled = make(chan error, 1)
 					go func() {
 						time.Sleep(d) // the Health/Check run comes first
-						profiled <- saveCPUProfile(env["MCPAUTH_METRICS_ADDR"], d-d/4,
+						profiled <- saveProfile(env["MCPAUTH_METRICS_ADDR"], getenv("MCPAUTH_BENCH_PPROF", "profile"), d-d/4,
 							filepath.Join(pprofDir, fmt.Sprintf("%s-%s-%d.pprof", bn.label, m, round+1)))
 					}()
 				}
@@ -204,11 +206,11 @@ func BenchmarkHotPathsBinaries(b *testing.B) {
 	}
 }
 
-// saveCPUProfile fetches a CPU profile of d from the admin port at addr
+// saveProfile fetches a profile of kind ("profile" for CPU, "allocs") over d from the admin port at addr
 // into path.
-func saveCPUProfile(addr string, d time.Duration, path string) error {
+func saveProfile(addr, kind string, d time.Duration, path string) error {
 	secs := max(1, int(d.Seconds()))
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs))
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, secs))
 	if err != nil {
 		return err
 	}
