@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"gorm.io/gorm"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
@@ -348,4 +349,62 @@ func TestCredentialUpdateNotRaisingDoesNotQueue(t *testing.T) {
 	}
 	wantNoErr(t, tx.Commit().Error, "commit")
 	checkCredGeneration(t, s)
+}
+
+// TestDatabaseAbortIsAborted: a transaction PostgreSQL aborts to break a
+// deadlock (40P01, here two transactions taking two providers' rows in
+// opposite orders) or a serialization conflict (40001) is apperr.Aborted,
+// retryable as it is, with the database's error as its cause; a lost
+// compare-and-swap is Aborted without one and not retryable as it is.
+func TestDatabaseAbortIsAborted(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testenv.PostgresDSN(t))
+	ctx := context.Background()
+	mustCreate(t, s, newProvider("a", "p1"))
+	mustCreate(t, s, newProvider("a", "p2"))
+	lock := func(tx *gorm.DB, id string) error {
+		return tx.Exec(`UPDATE providers SET cred_generation = cred_generation + 1 WHERE tenant_id = 'a' AND id = ?`, id).Error
+	}
+	one, two := s.DB().WithContext(ctx).Begin(), s.DB().WithContext(ctx).Begin()
+	defer one.Rollback()
+	defer two.Rollback()
+	wantNoErr(t, lock(one, "p1"), "one locks p1")
+	wantNoErr(t, lock(two, "p2"), "two locks p2")
+	var holder int64
+	wantNoErr(t, two.Raw(`SELECT pg_backend_pid()`).Scan(&holder).Error, "pg_backend_pid")
+	done := make(chan error, 1)
+	var finished atomic.Bool
+	go func() {
+		err := lock(one, "p2")
+		finished.Store(true)
+		done <- err
+	}()
+	waitBlockedBy(t, s, holder, &finished)
+	errs := []error{lock(two, "p1"), <-done}
+	var deadlock error
+	for _, err := range errs {
+		if err != nil {
+			deadlock = err
+		}
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(deadlock, &pgErr) || pgErr.Code != "40P01" {
+		t.Fatalf("two transactions taking two rows in opposite orders: %v, want deadlock_detected (40P01)", deadlock)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"deadlock", deadlock},
+		{"serialization failure", &pgconn.PgError{Code: "40001"}},
+	} {
+		err := dbErr(tc.err, "put credential")
+		e, ok := apperr.As(err)
+		if !ok || e.Kind != apperr.KindAborted || !IsRetryable(err) || documentedRefusal(err) {
+			t.Errorf("%s: dbErr = %v (%T), want Aborted, retryable, with its cause", tc.name, err, err)
+		}
+	}
+	if err := credentialChanged(); IsRetryable(err) || !documentedRefusal(err) {
+		t.Errorf("a lost compare-and-swap %v is retryable as it is or carries a cause", err)
+	}
 }
