@@ -223,21 +223,21 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		bind = id.claims
 	}
 	if err := s.storeExchanged(pctx, ref, g, fresh, bind, row.Version); err != nil {
-		if e, ok := apperr.As(err); ok {
-			switch e.Reason {
-			case domain.ReasonIdentityBindingMismatch:
-				// Bound to another identity by an exchange that stored
-				// first: these tokens are nobody's to keep.
-				failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
-				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
-			case domain.ReasonProviderChanged:
-				// Obtained under rules the provider no longer has (its
-				// grants were reset meanwhile): nobody's to keep either.
-				failed(stepStore, domain.ReasonProviderChanged, "")
-				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+		if held, _, _, _ := s.heldNow(pctx, ref, fresh); !held {
+			// Nobody's to keep, whatever kept them out: revoked. Bound to
+			// another identity by an exchange that stored first; obtained
+			// under rules the provider no longer has (its grants were
+			// reset meanwhile: PROVIDER_CHANGED); or not stored at all
+			// (storeFailReason).
+			step, reason := stepStore, storeFailReason(err)
+			if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
+				step, reason = stepBinding, domain.ReasonIdentityBindingMismatch
 			}
+			failed(step, reason, "")
+			s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+			return nil, err
 		}
-		return nil, err
+		// Stored after all (the write's answer was lost): done.
 	}
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
 		"idp_grant_type": oauthclient.GrantTokenExchange}
