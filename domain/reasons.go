@@ -135,4 +135,8 @@ const (
 	// ReasonIDTokenUserMismatch: the ID token's claim named by the
 	// provider's user_claim is not the request's user.
 	ReasonIDTokenUserMismatch = "ID_TOKEN_USER_MISMATCH"
+	// ReasonIDTokenIssuerMismatch: the ID token's iss is not the issuer
+	// identifier of the provider's enterprise identity provider, exactly
+	// (OpenID Connect Core 1.0 section 3.1.3.7 step 2).
+	ReasonIDTokenIssuerMismatch = "ID_TOKEN_ISSUER_MISMATCH"
 )

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
 
@@ -428,4 +429,25 @@ func TestEnterpriseManagedREST(t *testing.T) {
 	if code != 400 || !strings.Contains(string(body), "id_token") || len(e.IdP.RequestsTo("/token")) != 1 {
 		t.Fatalf("bad id_token = %d %s", code, body)
 	}
+}
+
+// TestEnterpriseManagedProviderDeletedDuringGrant: the provider is deleted
+// while mcpauth's JWT bearer request (with the ID-JAG) is at the
+// authorization server, which has issued the token and not answered yet.
+// The token cannot be stored (NOT_FOUND): mcpauth revokes it at the server
+// (RFC 7009), which then refuses it, and audits oauth.token.obtain_failed
+// PROVIDER_GONE step store. Before, it was dropped live.
+func TestEnterpriseManagedProviderDeletedDuringGrant(t *testing.T) {
+	t.Parallel()
+	e := xaaStart(t, testauthz.MachineOptions{}, xaaASClient)
+	deleteDuringGrant(t, e.S, e.AS, xaaProviderRes, testauthz.GrantJWTBearer)
+
+	_, err := e.exchange(t, "alice", e.IdP.IDToken(t, "alice", xaaIdPClient, 10*time.Minute))
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("ExchangeIdentityAssertion for a provider deleted during the grant: %v, want NOT_FOUND", err)
+	}
+	wantOneIssuedRevoked(t, e.AS, testauthz.GrantJWTBearer)
+	tlWaitEvents(t, e.S, xaaTenant, xaaProviderRes, "oauth.token.obtain_failed", 1, func(ev *mcpauthv1.AuditEvent) bool {
+		return ev.GetReason() == "PROVIDER_GONE" && ev.GetDetails()["step"] == "store"
+	})
 }

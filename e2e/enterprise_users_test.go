@@ -49,10 +49,11 @@ func (e *xaaEnv) tokenRequests() (idp, as int) {
 // exchange their own ID token from the identity provider; tools listed
 // and called for each act with that person's token, also after a refresh
 // and after a new exchange. Each connection is bound to the identity
-// (iss, sub) of its first ID token: bob's ID token, or an ID token naming
-// "alice" from another identity provider, offered for alice is refused
-// with IDENTITY_BINDING_MISMATCH before it is sent anywhere, audited with
-// the identity offered (never the token), and alice's tokens stay hers.
+// (iss, sub) of its first ID token: bob's ID token offered for alice is
+// refused with IDENTITY_BINDING_MISMATCH (an ID token naming "alice" from
+// another identity provider with ID_TOKEN_ISSUER_MISMATCH) before it is
+// sent anywhere, audited with the identity offered (never the token), and
+// alice's tokens stay hers.
 // Deleting alice's connection clears the binding.
 func TestEnterpriseManagedPerUser(t *testing.T) {
 	t.Parallel()
@@ -117,16 +118,18 @@ func TestEnterpriseManagedPerUser(t *testing.T) {
 	}
 
 	// Bob's ID token, and an ID token naming "alice" at another identity
-	// provider, offered for alice: refused, nothing sent to either server.
+	// provider, offered for alice: refused, nothing sent to either server
+	// (the other provider's token for its issuer, before the binding is
+	// read: enterprise_issuer_test.go).
 	other := testauthz.NewIdentityProvider(t)
 	otherAlice := other.IDToken(t, "alice", xaaIdPClient, 10*time.Minute)
-	for _, c := range []struct{ name, token, iss, sub string }{
-		{"bob's ID token", e.IdP.IDToken(t, "bob", xaaIdPClient, 10*time.Minute), e.IdP.URL, "bob"},
-		{"another issuer's alice", otherAlice, other.URL, "alice"},
+	for _, c := range []struct{ name, token, iss, sub, reason string }{
+		{"bob's ID token", e.IdP.IDToken(t, "bob", xaaIdPClient, 10*time.Minute), e.IdP.URL, "bob", "IDENTITY_BINDING_MISMATCH"},
+		{"another issuer's alice", otherAlice, other.URL, "alice", "ID_TOKEN_ISSUER_MISMATCH"},
 	} {
 		idp, as := e.tokenRequests()
 		_, err := e.exchange(t, "alice", c.token)
-		ei := tlWantReason(t, err, codes.FailedPrecondition, "IDENTITY_BINDING_MISMATCH")
+		ei := tlWantReason(t, err, codes.FailedPrecondition, c.reason)
 		if ei.GetMetadata()["step"] != "identity_binding" {
 			t.Errorf("%s: metadata %v", c.name, ei.GetMetadata())
 		}
@@ -139,7 +142,7 @@ func TestEnterpriseManagedPerUser(t *testing.T) {
 		var audited bool
 		for _, ev := range tlEvents(t, e.S, xaaTenant, xaaProviderRes, "oauth.token.obtain_failed") {
 			d := ev.GetDetails()
-			if ev.GetReason() == "IDENTITY_BINDING_MISMATCH" && ev.GetUser() == "alice" && d["identity_issuer"] == c.iss &&
+			if ev.GetReason() == c.reason && ev.GetUser() == "alice" && d["identity_issuer"] == c.iss &&
 				d["identity_subject"] == c.sub && d["step"] == "identity_binding" {
 				audited = true
 			}

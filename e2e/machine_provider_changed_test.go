@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"strings"
 	"sync"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	mcpauthv1 "github.com/mcpauth/mcpauth/gen/mcpauth/v1"
@@ -85,4 +88,84 @@ func TestMachineClientReplacedDuringTokenRequest(t *testing.T) {
 	}
 	e.callEcho(t, p.GetName())
 	e.noSecretAnywhere(t, p.GetName(), oldSecret, newSecret, old, tok.GetAccessToken())
+}
+
+// TestMachineProviderDeletedDuringTokenRequest: a client-credentials
+// provider is deleted while mcpauth's first token request is at the
+// authorization server, which has issued the token and not answered yet.
+// The token cannot be stored (the provider is gone, NOT_FOUND): mcpauth
+// revokes it at the server (RFC 7009), which then refuses it, and audits
+// oauth.token.obtain_failed PROVIDER_GONE step store. Before, a token
+// whose write failed for any reason but a lost race or a changed provider
+// was dropped live: issued, held by nobody, never revoked.
+func TestMachineProviderDeletedDuringTokenRequest(t *testing.T) {
+	t.Parallel()
+	e := mcStart(t, testauthz.MachineOptions{})
+	const sec = "machine-secret-0123456789abcdef"
+	e.AS.RegisterMachineClient(testauthz.MachineClient{ID: "svc", Secret: sec})
+	p := e.create(t, "cc", &mcpauthv1.Provider{CredentialKind: mcpauthv1.CredentialKind_CREDENTIAL_KIND_CLIENT_CREDENTIALS,
+		OauthClient: &mcpauthv1.OAuthClient{ClientId: "svc", ClientSecret: sec}})
+	deleteDuringGrant(t, e.S, e.AS, p.GetName(), testauthz.GrantClientCredentials)
+
+	_, err := e.token(t, p.GetName())
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("GetAccessToken of a provider deleted during its token request: %v, want NOT_FOUND", err)
+	}
+	issued := wantOneIssuedRevoked(t, e.AS, testauthz.GrantClientCredentials)
+	tlWaitEvents(t, e.S, "acme", p.GetName(), "oauth.token.obtain_failed", 1, func(ev *mcpauthv1.AuditEvent) bool {
+		return ev.GetReason() == "PROVIDER_GONE" && ev.GetDetails()["step"] == "store" && ev.GetDetails()["kind"] == "client_credentials"
+	})
+	seen := e.S.Logs.String()
+	for _, ev := range provAuditEvents(t, e.S, e.S.AdminKey, "acme") {
+		seen += provJSON(t, ev)
+	}
+	for _, s := range []string{sec, issued} {
+		if strings.Contains(seen, s) {
+			t.Errorf("secret %.12q... found in the audit log or the logs", s)
+		}
+	}
+}
+
+// deleteDuringGrant deletes the provider name through s when the
+// authorization server is about to answer its first request of grant
+// (the token issued, not yet answered).
+func deleteDuringGrant(t *testing.T, s *Service, as *testauthz.AuthServer, name, grant string) {
+	t.Helper()
+	ctx := Ctx(t, s.AdminKey)
+	var once sync.Once
+	as.SetBeforeTokenAnswer(func(g string) {
+		if g != grant {
+			return
+		}
+		once.Do(func() {
+			if _, err := s.Providers().DeleteProvider(ctx, &mcpauthv1.DeleteProviderRequest{Name: name}); err != nil {
+				t.Errorf("DeleteProvider during the %s request: %v", grant, err)
+			}
+		})
+	})
+	t.Cleanup(func() { as.SetBeforeTokenAnswer(nil) })
+}
+
+// wantOneIssuedRevoked checks that as issued one token of grant, that it
+// was revoked (RFC 7009) and that the server refuses it now, and returns
+// it.
+func wantOneIssuedRevoked(t *testing.T, as *testauthz.AuthServer, grant string) string {
+	t.Helper()
+	var issued []string
+	for _, is := range as.Issued() {
+		if is.Grant == grant {
+			issued = append(issued, is.AccessToken)
+		}
+	}
+	if len(issued) != 1 {
+		t.Fatalf("%d tokens issued, want 1", len(issued))
+	}
+	revs := as.RequestsTo("/revoke")
+	if len(revs) != 1 || revs[0].Form.Get("token") != issued[0] {
+		t.Fatalf("%d revocations, want 1 of the issued token", len(revs))
+	}
+	if _, err := as.ValidateToken(t.Context(), issued[0]); err == nil {
+		t.Fatal("the issued token is still valid")
+	}
+	return issued[0]
 }

@@ -456,11 +456,36 @@ func (c *tokCluster) tokAudit(tb testing.TB, eventType string) []*mcpauthv1.Audi
 	return resp.GetAuditEvents()
 }
 
+// tokMonitorLine is one command Redis executed, as MONITOR shows it.
+type tokMonitorLine struct {
+	// At is when Redis executed it, by the Redis server's clock (this
+	// machine's wall clock).
+	At time.Time
+	// Script is true for a command a Lua script ran ("[0 lua]").
+	Script bool
+	// Cmd is the command name in lower case.
+	Cmd string
+}
+
+// tokMonitor records the commands Redis executes that contain a string,
+// in the order Redis executed them.
+type tokMonitor struct {
+	mu    sync.Mutex
+	lines []tokMonitorLine
+}
+
+// Lines returns the commands recorded so far.
+func (m *tokMonitor) Lines() []tokMonitorLine {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.lines)
+}
+
 // tokRedisMonitor streams the commands Redis executes (MONITOR) on its own
-// connection and closes the returned channel once a command line contains
-// match, ignoring case. It is how a test learns that another process is blocked polling a
-// lock, the way Gitaly's WaitForBlockedQuery watches pg_stat_activity.
-func tokRedisMonitor(tb testing.TB, match string) <-chan struct{} {
+// connection and records those whose line contains match, ignoring case.
+// It is how a test learns what another process did with a lock, and when,
+// the way Gitaly's WaitForBlockedQuery watches pg_stat_activity.
+func tokRedisMonitor(tb testing.TB, match string) *tokMonitor {
 	tb.Helper()
 	opts, err := redis.ParseURL(testenv.RedisURL(tb))
 	if err != nil {
@@ -491,21 +516,50 @@ func tokRedisMonitor(tb testing.TB, match string) <-chan struct{} {
 	}
 	// MONITOR answers +OK before streaming: commands after it are seen.
 	send("MONITOR")
-	seen := make(chan struct{})
-	var once sync.Once
+	m := &tokMonitor{}
+	match = strings.ToLower(match)
 	go func() {
 		for {
 			line, err := rd.ReadString('\n')
 			if err != nil {
 				return
 			}
-			// Command names appear as the client sent them (go-redis: lower case).
-			if strings.Contains(strings.ToLower(line), strings.ToLower(match)) {
-				once.Do(func() { close(seen) })
+			if !strings.Contains(strings.ToLower(line), match) {
+				continue
 			}
+			l, ok := tokParseMonitor(line)
+			if !ok {
+				continue
+			}
+			m.mu.Lock()
+			m.lines = append(m.lines, l)
+			m.mu.Unlock()
 		}
 	}()
-	return seen
+	return m
+}
+
+// tokParseMonitor reads a MONITOR line: `1700000000.123456 [0
+// 127.0.0.1:5000] "cmd" "arg"...`, or `[0 lua]` for a script's command.
+func tokParseMonitor(line string) (tokMonitorLine, bool) {
+	ts, rest, ok := strings.Cut(line, " ")
+	if !ok {
+		return tokMonitorLine{}, false
+	}
+	sec, usec, ok := strings.Cut(ts, ".")
+	var s, us int64
+	if _, err := fmt.Sscan(sec, &s); err != nil || !ok {
+		return tokMonitorLine{}, false
+	}
+	if _, err := fmt.Sscan(usec, &us); err != nil {
+		return tokMonitorLine{}, false
+	}
+	src, args, ok := strings.Cut(rest, "] ")
+	if !ok {
+		return tokMonitorLine{}, false
+	}
+	cmd, _, _ := strings.Cut(strings.TrimPrefix(args, `"`), `"`)
+	return tokMonitorLine{At: time.Unix(s, us*1000), Script: strings.HasSuffix(src, " lua"), Cmd: strings.ToLower(cmd)}, true
 }
 
 // tokQuote quotes s as a word of an inline Redis command.

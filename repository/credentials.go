@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"time"
 
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -32,11 +33,15 @@ func (s *Store) GetCredential(ctx context.Context, g domain.GrantRef) (*Credenti
 // An update keeps the stored identity binding unless c sets one.
 // expectedGeneration 0 inserts and requires that no credential exists;
 // otherwise the stored row is replaced only if its generation is
-// expectedGeneration. The new generation is expectedGeneration+1; it is
-// returned and stored in c.Generation. Any mismatch (including a row that
-// appeared or disappeared meanwhile) is apperr.Aborted and changes nothing,
-// so a writer holding stale tokens can never overwrite newer ones. A missing
-// provider is apperr.NotFound("provider not found").
+// expectedGeneration. The new generation (an update's expectedGeneration+1,
+// an insert's the next of the provider's sequence) is returned and stored
+// in c.Generation. Any mismatch (including a row that appeared or
+// disappeared meanwhile) is apperr.Aborted and changes nothing, so a writer
+// holding stale tokens can never overwrite newer ones. A missing provider
+// is apperr.NotFound("provider not found"). A write that raises the
+// provider's cred_generation takes the provider row before the credential
+// row (lockProvider): such writers queue on it; an update of one of a USER
+// provider's grants that raises nothing does not.
 //
 // events are inserted in the same transaction (see insertEvents): they are
 // stored exactly when the credential is.
@@ -48,14 +53,12 @@ func (s *Store) PutCredential(ctx context.Context, c *Credential, expectedGenera
 // provider is still at providerVersion, the version of the row the tokens
 // were obtained under: otherwise it changes nothing and answers
 // apperr.FailedPrecondition with reason PROVIDER_CHANGED. The check and
-// the write are one transaction, the provider row locked first (FOR NO KEY
-// UPDATE on PostgreSQL, the lock the write's cred_generation update takes
-// anyway, so two writers queue there instead of deadlocking on the
-// credential's unique key; SQLite's write transactions are exclusive), as
-// UpdateProvider takes it before deleting the grants: tokens obtained
-// under rules an update replaced meanwhile (an enterprise provider's
-// user_claim, its identity provider, its client) can never be stored
-// after that update reset the grants, each grant read afresh or not.
+// the write are one transaction, the version read under the provider row's
+// lock (lockProvider), the one UpdateProvider takes before deleting the
+// grants: tokens obtained under rules an update replaced meanwhile (an
+// enterprise provider's user_claim, its identity provider, its client) can
+// never be stored after that update reset the grants, each grant read
+// afresh or not.
 func (s *Store) PutCredentialAtProvider(ctx context.Context, c *Credential, expectedGeneration, providerVersion int64, events ...*AuditEvent) (int64, error) {
 	if providerVersion <= 0 {
 		return 0, apperr.Internal(errors.New("repository: no provider version"), "put credential")
@@ -67,6 +70,41 @@ func (s *Store) PutCredentialAtProvider(ctx context.Context, c *Credential, expe
 // UPDATE that changes no key takes, which foreign key checks of other
 // transactions (FOR KEY SHARE) do not wait for.
 const lockingNoKeyUpdate = "NO KEY UPDATE"
+
+// providerGen is what a credential write reads of its provider's row.
+type providerGen struct {
+	Version        int64 `gorm:"column:version"`
+	CredGeneration int64 `gorm:"column:cred_generation"`
+}
+
+// lockProvider locks the provider row of a credential write and reads its
+// version and cred_generation, in one statement. Every transaction that
+// takes the provider row and a grant's credential row takes the provider
+// row first, with this statement or by raising cred_generation
+// (raiseCredGeneration) before it writes the credential, as UpdateProvider
+// and DeleteProvider update the provider before deleting the grants.
+// Taken in one order, the locks queue writers instead of deadlocking them
+// on PostgreSQL (a writer holding the provider row, waiting on the
+// credential row or its unique key, while the one holding that waits on
+// the provider row: 40P01, one of them aborted after deadlock_timeout).
+// The lock is FOR NO KEY UPDATE, the one the cred_generation update takes
+// anyway, so it is never upgraded; a foreign key check (FOR KEY SHARE)
+// does not wait for it. SQLite's write transactions are exclusive and
+// ignore the clause. A missing provider is apperr.NotFound("provider not
+// found").
+func lockProvider(ctx context.Context, tx *gorm.DB, tenant, id string) (providerGen, error) {
+	var p providerGen
+	q, err := scoped(ctx, tx, tenant)
+	if err != nil {
+		return p, err
+	}
+	err = q.Model(&Provider{}).Clauses(clause.Locking{Strength: lockingNoKeyUpdate}).
+		Select("version", "cred_generation").Where("id = ?", id).Take(&p).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return p, apperr.NotFound("provider")
+	}
+	return p, err
+}
 
 // errProviderChanged is PutCredentialAtProvider's answer for a provider
 // changed since the tokens were obtained.
@@ -87,93 +125,36 @@ func (s *Store) putCredential(ctx context.Context, c *Credential, expectedGenera
 	now := s.db.NowFunc()
 	newGen := expectedGeneration + 1
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
-		pq, err := scoped(ctx, tx, c.TenantID)
-		if err != nil {
-			return err
-		}
-		if providerVersion != 0 {
-			var versions []int64
-			if err := pq.Model(&Provider{}).Clauses(clause.Locking{Strength: lockingNoKeyUpdate}).
-				Where("id = ?", c.ProviderID).Pluck("version", &versions).Error; err != nil {
+		// The provider row first, whenever the write takes it: see
+		// lockProvider.
+		raise := true
+		if providerVersion != 0 || expectedGeneration == 0 {
+			p, err := lockProvider(ctx, tx, c.TenantID, c.ProviderID)
+			if err != nil {
 				return err
 			}
-			if len(versions) == 0 {
-				return apperr.NotFound("provider")
-			}
-			if versions[0] != providerVersion {
+			if providerVersion != 0 && p.Version != providerVersion {
 				return errProviderChanged()
 			}
-			if pq, err = scoped(ctx, tx, c.TenantID); err != nil {
+			if expectedGeneration == 0 {
+				// A new credential continues the provider's generation
+				// sequence (providers.cred_generation), so a credential
+				// deleted and created again never reuses a generation a
+				// stale writer holds.
+				newGen = p.CredGeneration + 1
+			}
+			raise = p.CredGeneration < newGen
+		}
+		if raise {
+			if err := raiseCredGeneration(ctx, tx, c.TenantID, c.ProviderID, newGen); err != nil {
 				return err
 			}
 		}
 		if expectedGeneration == 0 {
-			// A new credential continues the provider's generation sequence
-			// (providers.cred_generation), so a credential deleted and
-			// created again never reuses a generation a stale writer holds.
-			var p Provider
-			if err := pq.Select("cred_generation").Where("id = ?", c.ProviderID).Take(&p).Error; err != nil {
-				if errors.Is(err, gorm.ErrRecordNotFound) {
-					return apperr.NotFound("provider")
-				}
+			if err := insertCredential(tx, c, newGen, now); err != nil {
 				return err
 			}
-			newGen = p.CredGeneration + 1
-			row := *c
-			row.Generation = newGen
-			row.UpdatedAt = now
-			if row.CreatedAt.IsZero() {
-				row.CreatedAt = now
-			}
-			row.ConnectionID = connectionID(row.UserID)
-			if err := tx.Create(&row).Error; err != nil {
-				if _, dup := uniqueViolation(err); dup {
-					return credentialChanged()
-				}
-				if foreignKeyViolation(err) {
-					return apperr.NotFound("provider")
-				}
-				return err
-			}
-		} else {
-			q, err := grantScoped(ctx, tx, c.Ref())
-			if err != nil {
-				return err
-			}
-			set := map[string]any{
-				"tokens":           c.Tokens,
-				"issuer":           c.Issuer,
-				"scopes":           c.Scopes,
-				"expires_at":       c.ExpiresAt,
-				"has_refresh":      c.HasRefresh,
-				"generation":       newGen,
-				"status":           c.Status,
-				"reason":           c.Reason,
-				"refresh_failures": c.RefreshFailures,
-				"last_refresh_at":  c.LastRefreshAt,
-				"key_id":           c.KeyID,
-				"updated_at":       now,
-			}
-			if c.IdentitySubject != "" {
-				// The binding is written by the writer that checked it
-				// against the row of expectedGeneration; the others leave
-				// it alone.
-				set["identity_issuer"], set["identity_subject"] = c.IdentityIssuer, c.IdentitySubject
-			}
-			res := q.Model(&Credential{}).Where("generation = ?", expectedGeneration).Updates(set)
-			if res.Error != nil {
-				return res.Error
-			}
-			if res.RowsAffected == 0 {
-				return credentialChanged()
-			}
-		}
-		pq, err = scoped(ctx, tx, c.TenantID)
-		if err != nil {
-			return err
-		}
-		if err := pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", c.ProviderID, newGen).
-			UpdateColumn("cred_generation", newGen).Error; err != nil {
+		} else if err := updateCredential(ctx, tx, c, expectedGeneration, newGen, now); err != nil {
 			return err
 		}
 		return insertEvents(ctx, tx, events)
@@ -188,6 +169,81 @@ func (s *Store) putCredential(ctx context.Context, c *Credential, expectedGenera
 	c.Generation = newGen
 	c.UpdatedAt = now
 	return newGen, nil
+}
+
+// raiseCredGeneration raises the provider's cred_generation to gen when it
+// is behind, so that it stays at least every generation its grants ever
+// had. An update that raises it takes the provider row's lock (FOR NO KEY
+// UPDATE); one that finds it at gen or beyond takes nothing: a refresh of
+// one of a USER provider's many grants rarely raises it, and such writers
+// do not queue on the provider row. It runs before the credential row is
+// written (lockProvider).
+func raiseCredGeneration(ctx context.Context, tx *gorm.DB, tenant, providerID string, gen int64) error {
+	pq, err := scoped(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	return pq.Model(&Provider{}).Where("id = ? AND cred_generation < ?", providerID, gen).
+		UpdateColumn("cred_generation", gen).Error
+}
+
+// insertCredential inserts c at generation gen. A row that exists already
+// is a lost race (apperr.Aborted), a missing provider apperr.NotFound.
+func insertCredential(tx *gorm.DB, c *Credential, gen int64, now time.Time) error {
+	row := *c
+	row.Generation = gen
+	row.UpdatedAt = now
+	if row.CreatedAt.IsZero() {
+		row.CreatedAt = now
+	}
+	row.ConnectionID = connectionID(row.UserID)
+	if err := tx.Create(&row).Error; err != nil {
+		if _, dup := uniqueViolation(err); dup {
+			return credentialChanged()
+		}
+		if foreignKeyViolation(err) {
+			return apperr.NotFound("provider")
+		}
+		return err
+	}
+	return nil
+}
+
+// updateCredential replaces the grant's row of generation expected with c
+// at generation gen; a row of another generation, or none, is a lost race
+// (apperr.Aborted).
+func updateCredential(ctx context.Context, tx *gorm.DB, c *Credential, expected, gen int64, now time.Time) error {
+	q, err := grantScoped(ctx, tx, c.Ref())
+	if err != nil {
+		return err
+	}
+	set := map[string]any{
+		"tokens":           c.Tokens,
+		"issuer":           c.Issuer,
+		"scopes":           c.Scopes,
+		"expires_at":       c.ExpiresAt,
+		"has_refresh":      c.HasRefresh,
+		"generation":       gen,
+		"status":           c.Status,
+		"reason":           c.Reason,
+		"refresh_failures": c.RefreshFailures,
+		"last_refresh_at":  c.LastRefreshAt,
+		"key_id":           c.KeyID,
+		"updated_at":       now,
+	}
+	if c.IdentitySubject != "" {
+		// The binding is written by the writer that checked it against
+		// the row of expected; the others leave it alone.
+		set["identity_issuer"], set["identity_subject"] = c.IdentityIssuer, c.IdentitySubject
+	}
+	res := q.Model(&Credential{}).Where("generation = ?", expected).Updates(set)
+	if res.Error != nil {
+		return res.Error
+	}
+	if res.RowsAffected == 0 {
+		return credentialChanged()
+	}
+	return nil
 }
 
 // DeleteCredential deletes the grant's credential. expectedGeneration 0
@@ -270,6 +326,13 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 			changed = res.RowsAffected > 0
 			return nil
 		}
+		// Creating the row writes cred_generation: the provider row is
+		// locked first (lockProvider). No credential row is held here: an
+		// UPDATE locks only the rows it changed, and it changed none.
+		p, err := lockProvider(ctx, tx, tenant, providerID)
+		if err != nil {
+			return err
+		}
 		q, err = grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
@@ -280,17 +343,6 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 		}
 		if n > 0 {
 			return nil
-		}
-		pq, err := scoped(ctx, tx, tenant)
-		if err != nil {
-			return err
-		}
-		var p Provider
-		if err := pq.Select("cred_generation").Where("id = ?", providerID).Take(&p).Error; err != nil {
-			if errors.Is(err, gorm.ErrRecordNotFound) {
-				return apperr.NotFound("provider")
-			}
-			return err
 		}
 		gen := p.CredGeneration + 1
 		row := Credential{TenantID: tenant, ProviderID: providerID, UserID: g.User, Tokens: []byte{}, Generation: gen, Status: to,
@@ -306,7 +358,7 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 		if res.RowsAffected == 0 {
 			return nil
 		}
-		pq, err = scoped(ctx, tx, tenant)
+		pq, err := scoped(ctx, tx, tenant)
 		if err != nil {
 			return err
 		}

@@ -23,7 +23,8 @@ import (
 // itself asks the client to retry), or SQLite was busy or locked.
 //
 // It is the one classifier of database errors: dbErr maps a retryable error
-// to UNAVAILABLE instead of INTERNAL, and writers that retry (the token
+// to UNAVAILABLE instead of INTERNAL (a transaction aborted by the database,
+// transactionAborted, to ABORTED), and writers that retry (the token
 // lifecycle, the audit outbox) ask it which failures are worth a retry.
 // A retried write may have committed before its acknowledgement was lost:
 // only writes that are idempotent (a compare-and-swap, an insert with an
@@ -78,4 +79,12 @@ func IsRetryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// transactionAborted reports whether PostgreSQL aborted err's transaction
+// because of another one: 40001 serialization_failure or 40P01
+// deadlock_detected. Nothing the transaction did was committed.
+func transactionAborted(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
 }

@@ -114,6 +114,7 @@ func TestIsRetryable(t *testing.T) {
 		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
 		{"too many connections", &pgconn.PgError{Code: "53300"}, true},
 		{"serialization", &pgconn.PgError{Code: "40001"}, true},
+		{"deadlock", &pgconn.PgError{Code: "40P01"}, true},
 		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
 		{"syntax", &pgconn.PgError{Code: "42601"}, false},
 		{"cancelled", context.Canceled, false},

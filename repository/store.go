@@ -313,7 +313,11 @@ func foreignKeyViolation(err error) bool {
 }
 
 // dbErr classifies an unexpected database error. Errors that already carry
-// an apperr kind pass through unchanged.
+// an apperr kind pass through unchanged. A transaction PostgreSQL aborted
+// to break a deadlock or a serialization conflict is apperr.Aborted, as a
+// lost compare-and-swap is, but with the database's error as its cause:
+// it wrote nothing and the same write may be retried as it is
+// (IsRetryable), whereas a lost compare-and-swap means another writer won.
 func dbErr(err error, what string) error {
 	if err == nil {
 		return nil
@@ -326,6 +330,9 @@ func dbErr(err error, what string) error {
 		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "DEADLINE_EXCEEDED", Message: what + ": deadline exceeded", Err: err}
 	case errors.Is(err, context.Canceled):
 		return &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "CANCELLED", Message: what + ": cancelled", Err: err}
+	case transactionAborted(err):
+		return &apperr.Error{Kind: apperr.KindAborted, Reason: "ABORTED",
+			Message: what + ": the database aborted the transaction to resolve a conflict with another; retry", Err: err}
 	case IsRetryable(err):
 		return apperr.Unavailable(err, "%s: database unreachable", what)
 	}

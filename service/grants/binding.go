@@ -77,6 +77,51 @@ func checkUserClaim(claim, user string, id *exchangeIdentity) error {
 		WithMeta("step", stepBinding)
 }
 
+// The issuer check. An ID token is only ever the word of the identity
+// provider that issued it, and it is sent only to the provider's own
+// enterprise identity provider: one whose iss is not that provider's
+// issuer identifier exactly (OpenID Connect Core 1.0 section 3.1.3.7
+// step 2) is refused (ID_TOKEN_ISSUER_MISMATCH), for every grant scope.
+// The identifier is known before anything is sent: it is the configured
+// enterprise_identity_provider.issuer, which the metadata's issuer must
+// equal to be used (RFC 8414 section 3.3), except that the two may differ
+// in the trailing slash of an issuer without a path (oauthclient.
+// SameIssuer). So the token is checked twice: before anything is sent,
+// against the configured issuer, leaving only that slash open; and after
+// the metadata was read, before the token exchange, against the issuer
+// the metadata names (the one "obtained during Discovery"), exactly. A
+// token of another identity provider thus goes nowhere. A provider
+// configured with a token endpoint alone names no issuer: nothing to
+// compare with, and its identity provider's own validation stands alone.
+
+// checkIssuerConfigured refuses, before anything is sent, an ID token
+// whose iss cannot be the configured issuer's identifier.
+func checkIssuerConfigured(configured string, id *exchangeIdentity) error {
+	if configured == "" || oauthclient.SameIssuer(id.claims.Issuer, configured) {
+		return nil
+	}
+	return errIssuerMismatch(configured)
+}
+
+// checkIssuerExact refuses an ID token whose iss is not exactly the
+// identity provider's issuer identifier (from its metadata when it was
+// read, else the configured one; identityProvider).
+func checkIssuerExact(idp *oauthclient.Metadata, id *exchangeIdentity) error {
+	if idp.Issuer == "" || id.claims.Issuer == idp.Issuer {
+		return nil
+	}
+	return errIssuerMismatch(idp.Issuer)
+}
+
+// errIssuerMismatch is the caller's error. It names the expected issuer
+// (the provider's setting, shown by GetProvider) but not the token's iss:
+// errors never quote an ID token's claims (the audit event names it).
+func errIssuerMismatch(want string) error {
+	return apperr.FailedPrecondition(domain.ReasonIDTokenIssuerMismatch,
+		"the ID token's iss is not exactly %q, the issuer of the provider's enterprise identity provider (OpenID Connect Core 1.0 section 3.1.3.7): it was sent nowhere", want).
+		WithMeta("step", stepBinding)
+}
+
 // bindingMismatch reports whether cred is bound to another identity than
 // id's.
 func bindingMismatch(cred *repository.Credential, id *exchangeIdentity) bool {

@@ -96,7 +96,8 @@ func notJWTRune(r rune) bool {
 // ID-JAG at the authorization server, as the provider's client. The tokens
 // replace the provider's grant. Neither the ID token nor the ID-JAG is kept,
 // logged or audited. Nothing is retried: an OAuth error at either step is
-// reported as it is. A USER provider's connection is bound to the identity
+// reported as it is. The ID token's iss must be exactly the identity
+// provider's issuer, or it is sent nowhere. A USER provider's connection is bound to the identity
 // (iss, sub) of the ID token of its first exchange, and the provider's
 // user_claim, when set, must name the user (binding.go).
 func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAssertion) (*Exchanged, error) {
@@ -141,17 +142,11 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	perUser := row.GrantScope.PerUser()
 	// The identity checks come first: a refused ID token goes nowhere,
 	// not even the MCP server is asked anything (binding.go).
-	if perUser {
-		err := checkUserClaim(d.CredConfig.IdP.UserClaim, in.User, id)
-		if err == nil {
-			err = s.checkBinding(ctx, ref, id)
+	if err := s.checkIdentity(ctx, d, ref, in.User, id, perUser); err != nil {
+		if e, ok := apperr.As(err); ok && e.Kind == apperr.KindFailedPrecondition {
+			failed(stepBinding, e.Reason, "")
 		}
-		if err != nil {
-			if e, ok := apperr.As(err); ok && e.Kind == apperr.KindFailedPrecondition {
-				failed(stepBinding, e.Reason, "")
-			}
-			return nil, err
-		}
+		return nil, err
 	}
 	probe, err := m.Discover.Probe(ctx, d.URL.String(), d.Headers, nil)
 	if err != nil {
@@ -174,6 +169,10 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	idp, err := s.identityProvider(ctx, d)
 	if err != nil {
 		failed(stepDiscovery, domain.ReasonUnavailable, "")
+		return nil, err
+	}
+	if err := checkIssuerExact(idp, id); err != nil {
+		failed(stepBinding, domain.ReasonIDTokenIssuerMismatch, "")
 		return nil, err
 	}
 	scopes, resource := grantScopes(d, probe, md), d.ResourceParam()
@@ -223,21 +222,21 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		bind = id.claims
 	}
 	if err := s.storeExchanged(pctx, ref, g, fresh, bind, row.Version); err != nil {
-		if e, ok := apperr.As(err); ok {
-			switch e.Reason {
-			case domain.ReasonIdentityBindingMismatch:
-				// Bound to another identity by an exchange that stored
-				// first: these tokens are nobody's to keep.
-				failed(stepBinding, domain.ReasonIdentityBindingMismatch, "")
-				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
-			case domain.ReasonProviderChanged:
-				// Obtained under rules the provider no longer has (its
-				// grants were reset meanwhile): nobody's to keep either.
-				failed(stepStore, domain.ReasonProviderChanged, "")
-				s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+		if held, _, _, _ := s.heldNow(pctx, ref, fresh); !held {
+			// Nobody's to keep, whatever kept them out: revoked. Bound to
+			// another identity by an exchange that stored first; obtained
+			// under rules the provider no longer has (its grants were
+			// reset meanwhile: PROVIDER_CHANGED); or not stored at all
+			// (storeFailReason).
+			step, reason := stepStore, storeFailReason(err)
+			if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
+				step, reason = stepBinding, domain.ReasonIdentityBindingMismatch
 			}
+			failed(step, reason, "")
+			s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+			return nil, err
 		}
-		return nil, err
+		// Stored after all (the write's answer was lost): done.
 	}
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType(), "auth_method": method,
 		"idp_grant_type": oauthclient.GrantTokenExchange}
@@ -248,6 +247,19 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 	s.audit.Record(pctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtained, Provider: in.Provider, User: ref.User,
 		Outcome: domain.OutcomeSuccess, Details: withUser(det, in.User)})
 	return &Exchanged{Issuer: md.Issuer, Scopes: fresh.Scopes, ExpiresAt: fresh.ExpiresAt, HasRefresh: !fresh.RefreshToken.IsZero()}, nil
+}
+
+// checkIdentity is the checks of an ID token made before anything is
+// sent (binding.go): its issuer for every provider; for a USER
+// provider's connection, its user claim and the connection's binding.
+func (s *Service) checkIdentity(ctx context.Context, d *vault.Provider, ref domain.GrantRef, user string, id *exchangeIdentity, perUser bool) error {
+	if err := checkIssuerConfigured(d.CredConfig.IdP.Issuer, id); err != nil || !perUser {
+		return err
+	}
+	if err := checkUserClaim(d.CredConfig.IdP.UserClaim, user, id); err != nil {
+		return err
+	}
+	return s.checkBinding(ctx, ref, id)
 }
 
 // withUser adds the end user to audit details when one is named.

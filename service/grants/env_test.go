@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/keyring"
@@ -36,6 +38,12 @@ var t0 = time.Date(2025, 3, 4, 10, 0, 0, 0, time.UTC)
 
 // errInjected is a database outage injected into the in-memory store.
 var errInjected = apperr.Unavailable(servicetest.ErrInjected, "database unavailable")
+
+// errDBAborted is a transaction the database aborted to break a deadlock,
+// as the repository answers it: Aborted, as a lost compare-and-swap, but
+// with PostgreSQL's error as its cause (nothing was written).
+var errDBAborted = &apperr.Error{Kind: apperr.KindAborted, Reason: domain.ReasonAborted,
+	Message: "put credential: the database aborted the transaction", Err: &pgconn.PgError{Code: "40P01"}}
 
 // testConfig keeps retry waits negligible: no test waits on the real clock
 // for a Retry-After or a backoff.

@@ -304,6 +304,10 @@ type hookStore struct {
 	*servicetest.Store
 	// onPut runs before each PutCredential; an error fails the write.
 	onPut func(c *repository.Credential, expected int64) error
+	// afterPutAt runs after each PutCredentialAtProvider with its error,
+	// and its answer is the write's: a database whose answer was lost
+	// after it committed returns an error for a stored write.
+	afterPutAt func(err error) error
 	// onDelete runs before each DeleteCredential.
 	onDelete func()
 	// afterList runs after CredentialsIdleSince lists its rows.
@@ -326,6 +330,16 @@ func (h *hookStore) PutCredential(ctx context.Context, c *repository.Credential,
 		}
 	}
 	return h.Store.PutCredential(ctx, c, expected, events...)
+}
+
+func (h *hookStore) PutCredentialAtProvider(ctx context.Context, c *repository.Credential, expected, version int64, events ...*repository.AuditEvent) (int64, error) {
+	gen, err := h.Store.PutCredentialAtProvider(ctx, c, expected, version, events...)
+	if h.afterPutAt != nil {
+		if err = h.afterPutAt(err); err != nil {
+			return 0, err
+		}
+	}
+	return gen, err
 }
 
 func (h *hookStore) DeleteCredential(ctx context.Context, g domain.GrantRef, expected int64, events ...*repository.AuditEvent) error {

@@ -1111,13 +1111,13 @@ func (s *Service) doRefresh(ctx context.Context, cred *repository.Credential, h 
 		func(ctx context.Context, _ int) error {
 			var perr error
 			stored, perr = s.persist(ctx, cred, h.Grant, fresh, refreshed...)
-			if apperr.KindOf(perr) == apperr.KindAborted {
+			if lostRace(perr) {
 				return retry.Permanent(perr)
 			}
 			return perr
 		})
 	ctx = pctx
-	if apperr.KindOf(err) == apperr.KindAborted {
+	if lostRace(err) {
 		// Someone stored newer tokens meanwhile: theirs win, ours are dropped.
 		latest, lh, lerr := s.load(ctx, ref)
 		if lerr != nil {
@@ -1173,8 +1173,7 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 		actx, cancel := context.WithTimeout(ctx, persistBudget)
 		defer cancel()
 		_, err := s.persist(actx, u.base, u.grant, u.tokens, refreshed...)
-		switch apperr.KindOf(err) {
-		case apperr.KindAborted, apperr.KindNotFound:
+		if lostRace(err) || apperr.KindOf(err) == apperr.KindNotFound {
 			return retry.Permanent(err)
 		}
 		return err
@@ -1194,6 +1193,16 @@ func (s *Service) storeLater(key string, u *unstoredRefresh) {
 	_ = s.store.ReleaseRefreshLease(actx, ref, u.holder)
 	s.metrics.Refreshes.WithLabelValues("stored_late").Inc()
 	s.log.Info("kept refreshed tokens stored", "tenant", ref.Tenant, "provider", ref.Provider)
+}
+
+// lostRace reports whether err is a credential write another writer won:
+// the store's compare-and-swap failed (apperr.Aborted), so newer tokens are
+// stored or the grant is gone. A transaction the database aborted to break
+// a deadlock or a serialization conflict is Aborted too, but wrote nothing
+// and may be retried as it is (repository.IsRetryable): tokens whose write
+// it aborted are not to be dropped as if another writer's had won.
+func lostRace(err error) bool {
+	return apperr.KindOf(err) == apperr.KindAborted && !repository.IsRetryable(err)
 }
 
 // persist stores refreshed tokens if the credential is still the one the

@@ -554,6 +554,54 @@ func TestRefreshPersistFailure(t *testing.T) {
 	e.wantRefreshes(2)
 }
 
+// TestRefreshStoreAbortedByTheDatabase: the database aborted the write of
+// an answered refresh (a deadlock or serialization failure: Aborted, as a
+// lost compare-and-swap is, but nothing was written and nobody else's
+// tokens were). The rotated tokens are not dropped as if another writer's
+// had won: the write is retried and they are stored and served; while the
+// database keeps aborting it they are kept and served from memory, and
+// stored once it takes them.
+func TestRefreshStoreAbortedByTheDatabase(t *testing.T) {
+	t.Parallel()
+	for _, aborts := range []int{1, 1000} {
+		t.Run(fmt.Sprintf("%d aborts", aborts), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testConfig)
+			s := e.authorize(grantSpec{})
+			hs := &hookStore{Store: e.store}
+			svc := e.service(testConfig, hs, e.locks)
+			var left atomic.Int64
+			left.Store(int64(aborts))
+			hs.onPut = func(*repository.Credential, int64) error {
+				if left.Add(-1) >= 0 {
+					return errDBAborted
+				}
+				return nil
+			}
+			e.clock.Advance(time.Hour) // expired: the caller waits for the refresh
+
+			tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
+			if err != nil {
+				t.Fatalf("refresh whose write the database aborted: %v", err)
+			}
+			if tok.AccessToken == s.tokens.AccessToken {
+				t.Fatal("the expired token was served: the refreshed one was dropped")
+			}
+			if e.as.isLive(s.tokens.RefreshToken.Reveal()) {
+				t.Fatal("the server did not rotate the refresh token: the test proves nothing")
+			}
+			left.Store(0)
+			for deadline := time.Now().Add(10 * time.Second); e.held(tnt, pid).Tokens.AccessToken != tok.AccessToken; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the refreshed tokens were never stored")
+				}
+			}
+			e.wantRefreshes(1)
+			e.wantGrant(tnt, pid, domain.StatusAuthorized, "")
+		})
+	}
+}
+
 func TestForceRefresh(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -239,29 +239,8 @@ func (s *Service) obtainUnder(ctx context.Context, ref domain.GrantRef, prev *re
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), persistBudget)
 	defer cancel()
 	stored, err := s.storeObtained(pctx, ref, prev, g, fresh, nil, row.Version)
-	if providerChanged(err) {
-		// Made with a configuration an update replaced meanwhile: nobody's
-		// to keep (obtainLocked asks again under the new row).
-		s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, User: ref.User,
-			Outcome: domain.OutcomeFailure, Reason: domain.ReasonProviderChanged, Details: map[string]string{"kind": string(d.Kind), "step": stepStore}})
-		s.revokeFresh(pctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
-		return nil, err
-	}
-	if apperr.KindOf(err) == apperr.KindAborted {
-		// Another writer stored a grant meanwhile: theirs wins, and ours,
-		// used by nobody, is revoked (unless the server answered both
-		// requests with the same token).
-		latest, lh, lerr := s.load(pctx, ref)
-		if lerr != nil {
-			return nil, lerr
-		}
-		if lh.Tokens.AccessToken.Reveal() != fresh.AccessToken.Reveal() {
-			s.revokeFresh(pctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
-		}
-		return token(lh.Tokens, latest, lh.Grant), nil
-	}
 	if err != nil {
-		return nil, err
+		return s.obtainedNotStored(pctx, ref, d.Kind, md, reg, fresh, err)
 	}
 	det := map[string]string{"kind": string(d.Kind), "grant_type": d.Kind.GrantType()}
 	if method != "" {
@@ -272,6 +251,59 @@ func (s *Service) obtainUnder(ctx context.Context, ref domain.GrantRef, prev *re
 	}
 	s.audit.Record(pctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtained, Provider: ref.Provider, User: ref.User, Outcome: domain.OutcomeSuccess, Details: det})
 	return token(fresh, stored, g), nil
+}
+
+// obtainedNotStored is obtainUnder's answer when the tokens it obtained
+// could not be stored (err). Tokens the grant does not hold are used by
+// nobody, so they are revoked at the server (revokeFresh), whatever kept
+// them out: another writer that stored the grant first (whose grant is
+// served), a provider changed meanwhile (obtainLocked asks again under the
+// new row), or a write that failed (a provider deleted, a database that is
+// down or aborted the transaction: the caller gets the store's error); all
+// but the first are audited as oauth.token.obtain_failed, step store
+// (storeFailReason). Tokens the grant holds after all are served, not
+// revoked (heldNow).
+func (s *Service) obtainedNotStored(ctx context.Context, ref domain.GrantRef, kind domain.CredentialKind, md *oauthclient.Metadata, reg *oauthclient.Registration, fresh *oauthclient.Tokens, err error) (*Token, error) {
+	held, latest, lh, lerr := s.heldNow(ctx, ref, fresh)
+	if held {
+		return token(lh.Tokens, latest, lh.Grant), nil
+	}
+	race := lostRace(err)
+	if !race {
+		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, User: ref.User,
+			Outcome: domain.OutcomeFailure, Reason: storeFailReason(err), Details: map[string]string{"kind": string(kind), "step": stepStore}})
+	}
+	s.revokeFresh(ctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
+	switch {
+	case !race:
+		return nil, err
+	case lerr != nil:
+		return nil, lerr
+	}
+	return token(lh.Tokens, latest, lh.Grant), nil
+}
+
+// heldNow reads the grant ref after a write of t failed, and reports
+// whether it holds t's access token after all (the write committed though
+// its answer was lost, or the server answered another writer with the same
+// token, which that writer stored), with what it holds.
+func (s *Service) heldNow(ctx context.Context, ref domain.GrantRef, t *oauthclient.Tokens) (bool, *repository.Credential, *vault.Held, error) {
+	cred, h, err := s.load(ctx, ref)
+	return err == nil && h.Tokens.AccessToken.Reveal() == t.AccessToken.Reveal(), cred, h, err
+}
+
+// storeFailReason is the audit reason of tokens obtained without a person
+// that a write did not store because of err.
+func storeFailReason(err error) string {
+	switch {
+	case providerChanged(err):
+		return domain.ReasonProviderChanged
+	case apperr.KindOf(err) == apperr.KindNotFound:
+		return domain.ReasonProviderGone
+	case lostRace(err):
+		return domain.ReasonAborted
+	}
+	return domain.ReasonDBWriteFailed
 }
 
 func orEmpty(r *oauthclient.Registration) *oauthclient.Registration {

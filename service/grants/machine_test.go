@@ -20,7 +20,13 @@ import (
 // without a person, at the fake server.
 func (e *env) machineService() *Service {
 	e.tb.Helper()
-	s, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
+	return e.machineServiceOver(e.store)
+}
+
+// machineServiceOver is machineService over store (a wrapped store).
+func (e *env) machineServiceOver(store Store) *Service {
+	e.tb.Helper()
+	s, err := New(Deps{Store: store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
 		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New(),
 		Machine: MachineDeps{Discover: fakeDiscovery{}, Proto: e.as}})
 	if err != nil {
@@ -222,5 +228,62 @@ func TestMachineTokenThatLostTheRaceIsRevoked(t *testing.T) {
 	}
 	if got, want := e.as.revocations(), []revocation{{token: issued[0], hint: "access_token"}}; !slices.Equal(got, want) {
 		t.Errorf("revocations = %v, want %v (ours only)", got, want)
+	}
+}
+
+// A token the server issued whose write failed is used by nobody: it is
+// revoked at the server and audited (oauth.token.obtain_failed, DB_WRITE_FAILED,
+// step store), and the caller gets the store's error. A write that committed
+// though its answer was lost stored the token: it is served, not revoked.
+func TestMachineTokenNotStoredIsRevoked(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer error
+		// committed: the write stored the token before answer was given.
+		committed bool
+	}{
+		{"database down", errInjected, false},
+		{"transaction aborted by the database", errDBAborted, false},
+		{"answer lost after the commit", errInjected, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, testConfig)
+			hs := &hookStore{Store: e.store}
+			if tc.committed {
+				hs.afterPutAt = func(error) error { return tc.answer }
+			} else {
+				e.store.FailOn("PutCredentialAtProvider", tc.answer)
+			}
+			svc := e.machineServiceOver(hs)
+			e.as.addClient("cc", "secret")
+			e.clientCredentialsProvider("cc", "secret")
+
+			tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
+
+			issued := e.as.issued()
+			if len(issued) != 1 {
+				t.Fatalf("issued = %q, want one token", issued)
+			}
+			if tc.committed {
+				if err != nil || tok.AccessToken.Reveal() != issued[0] {
+					t.Fatalf("Get = %v; want the stored token served", err)
+				}
+				if got := e.as.revocations(); len(got) != 0 {
+					t.Errorf("revocations = %v, want none: the token is stored", got)
+				}
+				return
+			}
+			if apperr.KindOf(err) != apperr.KindOf(tc.answer) {
+				t.Fatalf("Get = %v, want the store's error %v", err, tc.answer)
+			}
+			if got, want := e.as.revocations(), []revocation{{token: issued[0], hint: "access_token"}}; !slices.Equal(got, want) {
+				t.Errorf("revocations = %v, want %v", got, want)
+			}
+			for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed) {
+				if d := details(t, ev); d["step"] != stepStore {
+					t.Errorf("obtain_failed details = %v, want step %q", d, stepStore)
+				}
+			}
+		})
 	}
 }

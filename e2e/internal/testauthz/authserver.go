@@ -155,6 +155,10 @@ type AuthServer struct {
 	reuseRejections int
 	revocations     int
 	issued          []Issuance
+	// hangNext token requests hang until their client gives up; each
+	// sends on hung once it hangs (HangTokenRequests).
+	hangNext int
+	hung     chan struct{}
 }
 
 // Issuance is one successful answer of the token endpoint, in the order
@@ -484,7 +488,16 @@ func (a *AuthServer) token(w http.ResponseWriter, r *http.Request) {
 	requested := time.Now()
 	a.mu.Lock()
 	delay, status, retryAfter := a.tokenDelay, a.tokenStatus, a.retryAfter
+	hang, hung := a.hangNext > 0, a.hung
+	if hang {
+		a.hangNext--
+	}
 	a.mu.Unlock()
+	if hang {
+		hung <- struct{}{}
+		<-ctx.Done()
+		return
+	}
 	if delay > 0 {
 		t := time.NewTimer(delay)
 		select {
@@ -789,6 +802,19 @@ func (a *AuthServer) SetTokenDelay(d time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.tokenDelay = d
+}
+
+// HangTokenRequests makes the next n token requests hang, unanswered,
+// until their client gives up; the returned channel receives a value as
+// each of them starts hanging. Which requests hang is decided as each
+// arrives, so a test changing the server's behaviour once it learns a
+// request hangs cannot change that request's fate (as SetTokenDelay(0)
+// could, before the request read the delay).
+func (a *AuthServer) HangTokenRequests(n int) <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.hangNext, a.hung = n, make(chan struct{}, n)
+	return a.hung
 }
 
 // SetBeforeTokenAnswer makes the token endpoint call f with the request's

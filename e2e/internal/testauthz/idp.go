@@ -187,12 +187,26 @@ func (p *IdentityProvider) IDToken(tb TB, subject, clientID string, ttl time.Dur
 // they cannot replace iss, sub, aud, iat or exp.
 func (p *IdentityProvider) IDTokenWith(tb TB, subject, clientID string, ttl time.Duration, extra map[string]any) string {
 	tb.Helper()
+	return p.idToken(tb, p.URL, subject, clientID, ttl, extra)
+}
+
+// IDTokenIssuedAs is IDToken signed with the provider's key but naming
+// iss as its issuer: a token the provider would not issue (its ID tokens
+// carry its issuer identifier exactly), for clients that must refuse it.
+func (p *IdentityProvider) IDTokenIssuedAs(tb TB, iss, subject, clientID string, ttl time.Duration) string {
+	tb.Helper()
+	return p.idToken(tb, iss, subject, clientID, ttl, nil)
+}
+
+// idToken signs an ID token of iss for subject with the extra claims.
+func (p *IdentityProvider) idToken(tb TB, iss, subject, clientID string, ttl time.Duration, extra map[string]any) string {
+	tb.Helper()
 	now := time.Now()
 	claims := map[string]any{}
 	for k, v := range extra {
 		claims[k] = v
 	}
-	for k, v := range map[string]any{"iss": p.URL, "sub": subject, "aud": clientID, "iat": now.Unix(),
+	for k, v := range map[string]any{"iss": iss, "sub": subject, "aud": clientID, "iat": now.Unix(),
 		"exp": now.Add(ttl).Unix(), "auth_time": now.Unix()} {
 		claims[k] = v
 	}
@@ -209,6 +223,9 @@ func (p *IdentityProvider) Issued() []IDJAGClaims {
 	defer p.mu.Unlock()
 	return slices.Clone(p.issued)
 }
+
+// Requests returns every recorded request, in order of arrival.
+func (p *IdentityProvider) Requests() []RecordedRequest { return p.rec.all() }
 
 // RequestsTo returns the recorded requests to path.
 func (p *IdentityProvider) RequestsTo(path string) []RecordedRequest {

@@ -426,6 +426,17 @@ const (
 	// FAILED_PRECONDITION). Nothing is sent anywhere and nothing is stored.
 	// buf:lint:ignore ENUM_VALUE_PREFIX
 	ErrorReason_ID_TOKEN_USER_MISMATCH ErrorReason = 131
+	// ExchangeIdentityAssertion with an ID token whose iss claim is not
+	// exactly the issuer identifier of the provider's enterprise identity
+	// provider (OpenID Connect Core 1.0 section 3.1.3.7 step 2): the
+	// configured enterprise_identity_provider.issuer, checked before anything
+	// is sent, and the issuer its metadata names, checked before the token
+	// exchange (gRPC FAILED_PRECONDITION; metadata step identity_binding).
+	// The ID token is sent nowhere and nothing is stored. The token comes
+	// from another identity provider, or the configured issuer is not the
+	// one the identity provider puts in its ID tokens.
+	// buf:lint:ignore ENUM_VALUE_PREFIX
+	ErrorReason_ID_TOKEN_ISSUER_MISMATCH ErrorReason = 220
 )
 
 // Enum value maps for ErrorReason.
@@ -507,6 +518,7 @@ var (
 		124: "ID_TOKEN_INVALID",
 		130: "IDENTITY_BINDING_MISMATCH",
 		131: "ID_TOKEN_USER_MISMATCH",
+		220: "ID_TOKEN_ISSUER_MISMATCH",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -585,6 +597,7 @@ var (
 		"ID_TOKEN_INVALID":             124,
 		"IDENTITY_BINDING_MISMATCH":    130,
 		"ID_TOKEN_USER_MISMATCH":       131,
+		"ID_TOKEN_ISSUER_MISMATCH":     220,
 	}
 )
 
@@ -620,7 +633,7 @@ var File_mcpauth_v1_error_reason_proto protoreflect.FileDescriptor
 const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
 	"\x1dmcpauth/v1/error_reason.proto\x12\n" +
-	"mcpauth.v1*\xea\r\n" +
+	"mcpauth.v1*\x89\x0e\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10INVALID_ARGUMENT\x10\x01\x12\r\n" +
@@ -698,7 +711,8 @@ const file_mcpauth_v1_error_reason_proto_rawDesc = "" +
 	"\x19ID_TOKEN_SUBJECT_MISMATCH\x10{\x12\x14\n" +
 	"\x10ID_TOKEN_INVALID\x10|\x12\x1e\n" +
 	"\x19IDENTITY_BINDING_MISMATCH\x10\x82\x01\x12\x1b\n" +
-	"\x16ID_TOKEN_USER_MISMATCH\x10\x83\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
+	"\x16ID_TOKEN_USER_MISMATCH\x10\x83\x01\x12\x1d\n" +
+	"\x18ID_TOKEN_ISSUER_MISMATCH\x10\xdc\x01B5Z3github.com/mcpauth/mcpauth/gen/mcpauth/v1;mcpauthv1b\x06proto3"
 
 var (
 	file_mcpauth_v1_error_reason_proto_rawDescOnce sync.Once
