@@ -81,19 +81,6 @@ end
 return 0
 `)
 
-// putScript is SET NX PX that a retry cannot turn into "exists": a value
-// equal to ARGV[1] (a sealed, randomly nonced ciphertext: only this write
-// produced it) is this write's own.
-var putScript = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return 1
-end
-return 0
-`)
-
 // takeScript is GETDEL that a retry cannot lose: the taker leaves a receipt
 // (its token ARGV[1], 64 hex digits, followed by the value) for ARGV[2] ms,
 // and a later take with the same token, whose first answer was lost, gets

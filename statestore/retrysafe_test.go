@@ -13,14 +13,16 @@ import (
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
-// lostAnswer is a go-redis hook that, while armed, runs a script command on
-// Redis and then reports a network timeout instead of its answer: what a
-// client sees when Redis paused past the read timeout after executing the
-// command. With twice set, it runs the command a second time first, as
-// go-redis's own retry of a timed-out command does.
+// lostAnswer is a go-redis hook that, while armed, runs a script command
+// (or, with set, a SET) on Redis and then reports a network timeout
+// instead of its answer: what a client sees when Redis paused past the
+// read timeout after executing the command. With twice set, it runs the
+// command a second time first, as go-redis's own retry of a timed-out
+// command does.
 type lostAnswer struct {
-	armed atomic.Int32 // how many script calls lose their answer
+	armed atomic.Int32 // how many such commands lose their answer
 	twice bool
+	set   bool
 }
 
 type timeoutErr struct{}
@@ -38,7 +40,8 @@ func (h *lostAnswer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 func (h *lostAnswer) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		name := cmd.Name()
-		if (name != "evalsha" && name != "eval") || h.armed.Add(-1) < 0 {
+		hooked := name == "evalsha" || name == "eval" || (h.set && name == "set")
+		if !hooked || h.armed.Add(-1) < 0 {
 			return next(ctx, cmd)
 		}
 		if err := next(ctx, cmd); err != nil {
@@ -97,12 +100,15 @@ func TestRedisTakeSurvivesLostAnswer(t *testing.T) {
 // reports success, not ErrExists for its own value.
 func TestRedisPutSurvivesRetry(t *testing.T) {
 	t.Parallel()
-	h := &lostAnswer{twice: true}
+	h := &lostAnswer{twice: true, set: true}
 	s, _, _ := hookedRedis(t, h)
 	ctx := t.Context()
 	h.armed.Store(1)
 	if err := s.Put(ctx, "k", []byte("v1"), time.Minute); err != nil {
 		t.Fatalf("retried Put: %v", err)
+	}
+	if h.armed.Load() != 0 {
+		t.Fatal("the hook did not run the Put twice: the test proves nothing")
 	}
 	if err := s.Put(ctx, "k", []byte("v2"), time.Minute); err != statestore.ErrExists {
 		t.Fatalf("Put of another value: %v, want ErrExists", err)
