@@ -353,10 +353,8 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	}
 	// The stretch's positions and tenants first: its events are read
 	// whole only for the tenants with endpoints (or all, to mirror them).
-	var stretch []feedPosition
-	if err := db.Model(&AuditEvent{}).Select("txid", "id", "tenant_id").
-		Where("(txid, id) > (?, ?) AND txid < "+s.horizonSQL(), from.TxID, from.ID).
-		Order("txid, id").Limit(clampLimit(read.Limit)).Find(&stretch).Error; err != nil {
+	stretch, err := s.feedPositions(ctx, from, clampLimit(read.Limit))
+	if err != nil {
 		return nil, err
 	}
 	if len(stretch) == 0 {
@@ -426,9 +424,30 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 
 // feedPosition is an event's place in the feed and its tenant.
 type feedPosition struct {
-	TxID     int64  `gorm:"column:txid"`
-	ID       int64  `gorm:"column:id"`
-	TenantID string `gorm:"column:tenant_id"`
+	TxID, ID int64
+	TenantID string
+}
+
+// feedPositions reads the places and tenants of up to limit events after
+// from, below the horizon, in feed order. It scans rows itself: the
+// fan-out reads one per event written, and GORM's reflection per row cost
+// it more than the query.
+func (s *Store) feedPositions(ctx context.Context, from EventCursor, limit int) ([]feedPosition, error) {
+	rows, err := s.db.WithContext(ctx).Raw("SELECT txid, id, tenant_id FROM audit_events WHERE (txid, id) > (?, ?) AND txid < "+
+		s.horizonSQL()+" ORDER BY txid, id LIMIT ?", from.TxID, from.ID, limit).Rows()
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []feedPosition
+	for rows.Next() {
+		var p feedPosition
+		if err := rows.Scan(&p.TxID, &p.ID, &p.TenantID); err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
 }
 
 // RecordFanOut stores the outcome of a batch: its deliveries in whatever
