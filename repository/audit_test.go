@@ -2,8 +2,10 @@ package repository
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/internal/testenv"
@@ -79,4 +81,26 @@ func TestMigrationAuditUIDs(t *testing.T) {
 			t.Fatal("a repeated uid within a tenant was accepted")
 		}
 	})
+}
+
+// TestAuditUIDsSortByTime: event ids are 32 hex digits that begin with
+// their time (ids written later sort after earlier ones, to the
+// millisecond) and differ in their random part.
+func TestAuditUIDsSortByTime(t *testing.T) {
+	t.Parallel()
+	a := newAuditUID()
+	time.Sleep(2 * time.Millisecond)
+	b, c := newAuditUID(), newAuditUID()
+	for _, u := range []string{a, b, c} {
+		if len(u) != 32 || strings.Trim(u, "0123456789abcdef") != "" {
+			t.Fatalf("uid %q is not 32 lower-case hex digits", u)
+		}
+	}
+	if a >= b || b == c {
+		t.Fatalf("uids %s, %s, %s: want time-ordered with distinct random parts", a, b, c)
+	}
+	ms, err := strconv.ParseInt(a[:12], 16, 64)
+	if err != nil || time.Since(time.UnixMilli(ms)) > time.Minute || time.Since(time.UnixMilli(ms)) < 0 {
+		t.Fatalf("uid %s does not begin with the time now in milliseconds (%d, %v)", a, ms, err)
+	}
 }

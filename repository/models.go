@@ -215,8 +215,9 @@ type AuditEvent struct {
 	// are ordered by it. It is never shown to callers: it would tell them
 	// how many events other tenants wrote.
 	ID int64 `gorm:"column:id;primaryKey;autoIncrement"`
-	// UID is the event's public id, 32 random lower-case hex digits set on
-	// insert, unique per tenant.
+	// UID is the event's public id, 32 lower-case hex digits set on
+	// insert (the time in milliseconds, then 80 random bits: see
+	// newAuditUID), unique per tenant.
 	UID string `gorm:"column:uid"`
 	// TenantID is the tenant the event belongs to.
 	TenantID string `gorm:"column:tenant_id;size:63"`

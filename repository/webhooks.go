@@ -675,7 +675,7 @@ func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time
 		for i, d := range cands {
 			ids[i] = d.ID
 		}
-		token := owner + "/" + newAuditUID()[:8]
+		token := owner + "/" + randomHex(4)
 		until := now.Add(lease)
 		if err := tx.Model(&WebhookDelivery{}).Where("id IN ?", ids).
 			Updates(map[string]any{"lease_owner": token, "lease_until": until}).Error; err != nil {
