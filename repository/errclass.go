@@ -88,3 +88,26 @@ func transactionAborted(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
 }
+
+// NotWritten reports whether err, a failed write, proves that nothing of
+// the write was committed: PostgreSQL aborted its transaction
+// (transactionAborted), or the request never reached the database (a
+// connection that could not be made: pgconn.ConnectError, ECONNREFUSED,
+// 57P03 cannot_connect_now, 53300 too_many_connections; or pgx's
+// SafeToRetry, nothing of the failed request was sent, so a COMMIT it
+// names was not). A timeout, EOF or reset after the request was sent
+// proves nothing: the COMMIT may have landed before the answer was lost.
+func NotWritten(err error) bool {
+	if err == nil {
+		return false
+	}
+	var connErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	switch {
+	case transactionAborted(err), errors.As(err, &connErr), errors.Is(err, syscall.ECONNREFUSED), pgconn.SafeToRetry(err):
+		return true
+	case errors.As(err, &pgErr):
+		return pgErr.Code == "57P03" || pgErr.Code == "53300"
+	}
+	return false
+}

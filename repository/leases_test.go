@@ -130,6 +130,35 @@ func TestIsRetryable(t *testing.T) {
 	}
 }
 
+// TestNotWritten: only an abort by the database or a request that never
+// reached it proves a write committed nothing; an answer lost after the
+// request was sent (EOF, reset, timeout) does not.
+func TestNotWritten(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"deadlock, as dbErr answers it", dbErr(&pgconn.PgError{Code: "40P01"}, "x"), true},
+		{"serialization", &pgconn.PgError{Code: "40001"}, true},
+		{"refused", &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, true},
+		{"cannot connect now", &pgconn.PgError{Code: "57P03"}, true},
+		{"too many connections", dbErr(&pgconn.PgError{Code: "53300"}, "x"), true},
+		{"unexpected EOF", dbErr(io.ErrUnexpectedEOF, "x"), false},
+		{"reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, false},
+		{"deadline", dbErr(context.DeadlineExceeded, "x"), false},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, false},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
+		{"plain", errors.New("boom"), false},
+	} {
+		if got := NotWritten(tc.err); got != tc.want {
+			t.Errorf("%s: NotWritten = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestExpirePendingGrants(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, s *Store) {

@@ -131,10 +131,16 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		return nil, apperr.FailedPrecondition(domain.ReasonNotAuthorized, "enterprise-managed authorization is not available on this server")
 	}
 	ctx = audit.WithScope(ctx, in.Tenant, in.Provider)
+	// stored is the failure's "stored" detail: storedUnknown for tokens
+	// whose write may have committed.
+	var stored string
 	failed := func(step, reason, code string) {
 		det := map[string]string{"kind": string(d.Kind), "step": step}
 		if code != "" {
 			det["oauth_error"] = code
+		}
+		if stored != "" {
+			det["stored"] = stored
 		}
 		s.audit.Record(ctx, audit.Event{Tenant: in.Tenant, Type: domain.EventTokenObtainFailed, Provider: in.Provider, User: ref.User,
 			Outcome: domain.OutcomeFailure, Reason: reason, Details: withUser(identityDetails(det, id), in.User)})
@@ -222,16 +228,25 @@ func (s *Service) ExchangeIdentityAssertion(ctx context.Context, in IdentityAsse
 		bind = id.claims
 	}
 	if err := s.storeExchanged(pctx, ref, g, fresh, bind, row.Version); err != nil {
-		if held, _, _, _ := s.heldNow(pctx, ref, fresh); !held {
+		if held, _, _, lerr := s.readBack(ctx, ref, fresh); !held {
+			step, reason := stepStore, storeFailReason(err)
+			if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
+				step, reason = stepBinding, domain.ReasonIdentityBindingMismatch
+			}
+			if storeOutcomeUnknown(err, lerr) {
+				// The write may have committed (its answer and the
+				// read-back both failed): revoking could leave the stored
+				// grant with dead tokens, so they are left to expire.
+				stored = storedUnknown
+				failed(step, reason, "")
+				s.warnStoreUnknown(ref, err, lerr)
+				return nil, err
+			}
 			// Nobody's to keep, whatever kept them out: revoked. Bound to
 			// another identity by an exchange that stored first; obtained
 			// under rules the provider no longer has (its grants were
 			// reset meanwhile: PROVIDER_CHANGED); or not stored at all
 			// (storeFailReason).
-			step, reason := stepStore, storeFailReason(err)
-			if e, ok := apperr.As(err); ok && e.Reason == domain.ReasonIdentityBindingMismatch {
-				step, reason = stepBinding, domain.ReasonIdentityBindingMismatch
-			}
 			failed(step, reason, "")
 			s.revokeFresh(pctx, in.Tenant, in.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
 			return nil, err

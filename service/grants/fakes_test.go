@@ -314,11 +314,18 @@ type hookStore struct {
 	afterList func()
 	// onGet runs before each GetCredential.
 	onGet func()
+	// failGet runs before each GetCredential; an error fails the read.
+	failGet func() error
 }
 
 func (h *hookStore) GetCredential(ctx context.Context, g domain.GrantRef) (*repository.Credential, error) {
 	if h.onGet != nil {
 		h.onGet()
+	}
+	if h.failGet != nil {
+		if err := h.failGet(); err != nil {
+			return nil, err
+		}
 	}
 	return h.Store.GetCredential(ctx, g)
 }

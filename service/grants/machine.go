@@ -254,24 +254,36 @@ func (s *Service) obtainUnder(ctx context.Context, ref domain.GrantRef, prev *re
 }
 
 // obtainedNotStored is obtainUnder's answer when the tokens it obtained
-// could not be stored (err). Tokens the grant does not hold are used by
-// nobody, so they are revoked at the server (revokeFresh), whatever kept
-// them out: another writer that stored the grant first (whose grant is
-// served), a provider changed meanwhile (obtainLocked asks again under the
-// new row), or a write that failed (a provider deleted, a database that is
-// down or aborted the transaction: the caller gets the store's error); all
-// but the first are audited as oauth.token.obtain_failed, step store
-// (storeFailReason). Tokens the grant holds after all are served, not
-// revoked (heldNow).
+// could not be stored (err). Tokens the grant holds after all (the write
+// committed though its answer was lost) are served (readBack). Tokens the
+// grant is known not to hold are used by nobody, so they are revoked at
+// the server (revokeFresh), whatever kept them out: another writer that
+// stored the grant first (whose grant is served), a provider changed
+// meanwhile (obtainLocked asks again under the new row), or a write that
+// failed (a provider deleted, a database that is down or aborted the
+// transaction: the caller gets the store's error); all but the first are
+// audited as oauth.token.obtain_failed, step store (storeFailReason).
+// When neither the read-back nor err tells whether the write committed
+// (storeOutcomeUnknown), the tokens are left alone: revoking them could
+// revoke a stored grant's tokens.
 func (s *Service) obtainedNotStored(ctx context.Context, ref domain.GrantRef, kind domain.CredentialKind, md *oauthclient.Metadata, reg *oauthclient.Registration, fresh *oauthclient.Tokens, err error) (*Token, error) {
-	held, latest, lh, lerr := s.heldNow(ctx, ref, fresh)
+	held, latest, lh, lerr := s.readBack(ctx, ref, fresh)
 	if held {
 		return token(lh.Tokens, latest, lh.Grant), nil
 	}
+	unknown := storeOutcomeUnknown(err, lerr)
 	race := lostRace(err)
 	if !race {
+		det := map[string]string{"kind": string(kind), "step": stepStore}
+		if unknown {
+			det["stored"] = storedUnknown
+		}
 		s.audit.Record(ctx, audit.Event{Tenant: ref.Tenant, Type: domain.EventTokenObtainFailed, Provider: ref.Provider, User: ref.User,
-			Outcome: domain.OutcomeFailure, Reason: storeFailReason(err), Details: map[string]string{"kind": string(kind), "step": stepStore}})
+			Outcome: domain.OutcomeFailure, Reason: storeFailReason(err), Details: det})
+	}
+	if unknown {
+		s.warnStoreUnknown(ref, err, lerr)
+		return nil, err
 	}
 	s.revokeFresh(ctx, ref.Tenant, ref.Provider, md, reg, fresh.AccessToken, fresh.RefreshToken)
 	switch {
@@ -283,6 +295,36 @@ func (s *Service) obtainedNotStored(ctx context.Context, ref domain.GrantRef, ki
 	return token(lh.Tokens, latest, lh.Grant), nil
 }
 
+// readBackBudget is the time of one read of a grant after a write of it
+// failed: the write's own context may be spent (its deadline is what
+// failed it).
+const readBackBudget = 2 * time.Second
+
+// storedUnknown is the "stored" detail of an oauth.token.obtain_failed
+// event whose write may have committed: its tokens were not revoked.
+const storedUnknown = "unknown"
+
+// readBack is heldNow with its own time (readBackBudget, not cancelled
+// with ctx), tried once more when the database did not answer it
+// (readFailed).
+func (s *Service) readBack(ctx context.Context, ref domain.GrantRef, t *oauthclient.Tokens) (bool, *repository.Credential, *vault.Held, error) {
+	var (
+		held bool
+		cred *repository.Credential
+		h    *vault.Held
+		err  error
+	)
+	for attempt := 0; attempt < 2; attempt++ {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readBackBudget)
+		held, cred, h, err = s.heldNow(rctx, ref, t)
+		cancel()
+		if !readFailed(err) {
+			break
+		}
+	}
+	return held, cred, h, err
+}
+
 // heldNow reads the grant ref after a write of t failed, and reports
 // whether it holds t's access token after all (the write committed though
 // its answer was lost, or the server answered another writer with the same
@@ -290,6 +332,46 @@ func (s *Service) obtainedNotStored(ctx context.Context, ref domain.GrantRef, ki
 func (s *Service) heldNow(ctx context.Context, ref domain.GrantRef, t *oauthclient.Tokens) (bool, *repository.Credential, *vault.Held, error) {
 	cred, h, err := s.load(ctx, ref)
 	return err == nil && h.Tokens.AccessToken.Reveal() == t.AccessToken.Reveal(), cred, h, err
+}
+
+// readFailed reports whether err, a read-back's error, means the grant
+// could not be read (the database failed, or its tokens could not be
+// opened), rather than an answer about it (no grant, not authorized).
+func readFailed(err error) bool {
+	switch apperr.KindOf(err) {
+	case apperr.KindUnavailable, apperr.KindDeadlineExceeded, apperr.KindAborted, apperr.KindInternal:
+		return err != nil
+	}
+	return false
+}
+
+// storeOutcomeUnknown reports whether it is unknown if a failed write of
+// fresh tokens (err) committed: the read-back after it failed too (lerr,
+// readFailed), and err does not prove nothing was written (notStored).
+func storeOutcomeUnknown(err, lerr error) bool {
+	return readFailed(lerr) && !notStored(err)
+}
+
+// notStored reports whether err, a failed write of fresh tokens, proves
+// nothing was written: another writer's compare-and-swap won (lostRace),
+// the provider changed (PROVIDER_CHANGED) or is gone (NotFound), the grant
+// is bound to another identity, or the database aborted the transaction or
+// was never reached (repository.NotWritten). A timeout, EOF or reset after
+// the write was sent proves nothing: its COMMIT may have landed.
+func notStored(err error) bool {
+	e, ok := apperr.As(err)
+	if ok && (lostRace(err) || providerChanged(err) || e.Kind == apperr.KindNotFound || e.Reason == domain.ReasonIdentityBindingMismatch) {
+		return true
+	}
+	return repository.NotWritten(err)
+}
+
+// warnStoreUnknown logs fresh tokens of ref left live because it is
+// unknown whether their write (err) committed and the read-back failed
+// (lerr). Errors only, no secrets.
+func (s *Service) warnStoreUnknown(ref domain.GrantRef, err, lerr error) {
+	s.log.Warn("obtained tokens not revoked: unknown whether their write committed", "tenant", ref.Tenant, "provider", ref.Provider,
+		"user", ref.User, "err", err.Error(), "read_err", lerr.Error())
 }
 
 // storeFailReason is the audit reason of tokens obtained without a person

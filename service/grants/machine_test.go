@@ -1,9 +1,12 @@
 package grants
 
 import (
+	"context"
+	"net"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,28 +234,69 @@ func TestMachineTokenThatLostTheRaceIsRevoked(t *testing.T) {
 	}
 }
 
+// errWriteDeadline is a write whose deadline passed after it was sent, as
+// the repository answers it: it may have committed.
+var errWriteDeadline = &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "DEADLINE_EXCEEDED",
+	Message: "put credential: deadline exceeded", Err: context.DeadlineExceeded}
+
+// errConnectRefused is a write that never reached the database, as the
+// repository answers it: nothing was written.
+var errConnectRefused = apperr.Unavailable(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, "database unreachable")
+
 // A token the server issued whose write failed is used by nobody: it is
-// revoked at the server and audited (oauth.token.obtain_failed, DB_WRITE_FAILED,
-// step store), and the caller gets the store's error. A write that committed
-// though its answer was lost stored the token: it is served, not revoked.
+// revoked at the server and audited (oauth.token.obtain_failed,
+// DB_WRITE_FAILED, step store), and the caller gets the store's error. A
+// write that committed though its answer was lost stored the token: it is
+// served, not revoked. The grant is read back to tell (a read-back that
+// fails once is tried again); when it cannot be read and the write's error
+// proves nothing (a deadline after the write was sent), the token is not
+// revoked: the write may have committed, and revoking would leave the
+// stored grant with a dead token. A write that proves nothing was written
+// (an abort by the database, a connection never made) is revoked even when
+// the grant cannot be read back.
 func TestMachineTokenNotStoredIsRevoked(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		answer error
-		// committed: the write stored the token before answer was given.
+		name string
+		// answer is the write's answer; committed: it stored the token
+		// before answer was given.
+		answer    error
 		committed bool
+		// failedReads is how many reads after the write fail.
+		failedReads int
+		// served: Get serves the issued token; revoked: it is revoked.
+		served, revoked bool
 	}{
-		{"database down", errInjected, false},
-		{"transaction aborted by the database", errDBAborted, false},
-		{"answer lost after the commit", errInjected, true},
+		{"database down", errInjected, false, 0, false, true},
+		{"transaction aborted by the database", errDBAborted, false, 0, false, true},
+		{"answer lost after the commit", errInjected, true, 0, true, false},
+		{"deadline after the commit, one read-back failed", errWriteDeadline, true, 1, true, false},
+		{"deadline after the commit, read-backs failed", errWriteDeadline, true, 99, false, false},
+		{"deadline before the commit, read-backs failed", errWriteDeadline, false, 99, false, false},
+		{"transaction aborted by the database, read-backs failed", errDBAborted, false, 99, false, true},
+		{"database refused the connection, read-backs failed", errConnectRefused, false, 99, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, testConfig)
 			hs := &hookStore{Store: e.store}
-			if tc.committed {
-				hs.afterPutAt = func(error) error { return tc.answer }
-			} else {
+			var mu sync.Mutex
+			written, failedReads := false, 0
+			hs.afterPutAt = func(err error) error {
+				mu.Lock()
+				defer mu.Unlock()
+				written = true
+				return tc.answer
+			}
+			if !tc.committed {
 				e.store.FailOn("PutCredentialAtProvider", tc.answer)
+			}
+			hs.failGet = func() error {
+				mu.Lock()
+				defer mu.Unlock()
+				if !written || failedReads == tc.failedReads {
+					return nil
+				}
+				failedReads++
+				return errInjected
 			}
 			svc := e.machineServiceOver(hs)
 			e.as.addClient("cc", "secret")
@@ -264,24 +308,33 @@ func TestMachineTokenNotStoredIsRevoked(t *testing.T) {
 			if len(issued) != 1 {
 				t.Fatalf("issued = %q, want one token", issued)
 			}
-			if tc.committed {
+			var want []revocation
+			if tc.revoked {
+				want = []revocation{{token: issued[0], hint: "access_token"}}
+			}
+			if got := e.as.revocations(); !slices.Equal(got, want) {
+				t.Errorf("revocations = %v, want %v", got, want)
+			}
+			if tc.served {
 				if err != nil || tok.AccessToken.Reveal() != issued[0] {
 					t.Fatalf("Get = %v; want the stored token served", err)
-				}
-				if got := e.as.revocations(); len(got) != 0 {
-					t.Errorf("revocations = %v, want none: the token is stored", got)
 				}
 				return
 			}
 			if apperr.KindOf(err) != apperr.KindOf(tc.answer) {
 				t.Fatalf("Get = %v, want the store's error %v", err, tc.answer)
 			}
-			if got, want := e.as.revocations(), []revocation{{token: issued[0], hint: "access_token"}}; !slices.Equal(got, want) {
-				t.Errorf("revocations = %v, want %v", got, want)
+			if tc.committed {
+				hs.failGet = nil
+				if h := e.held(tnt, pid); h.Tokens.AccessToken.Reveal() != issued[0] {
+					t.Errorf("stored %q, want the issued token", h.Tokens.AccessToken.Reveal())
+				}
 			}
-			for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed) {
-				if d := details(t, ev); d["step"] != stepStore {
-					t.Errorf("obtain_failed details = %v, want step %q", d, stepStore)
+			reason := domain.ReasonDBWriteFailed
+			for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, reason) {
+				d := details(t, ev)
+				if unknown := d["stored"] == storedUnknown; d["step"] != stepStore || unknown == tc.revoked {
+					t.Errorf("obtain_failed details = %v, want step %q and stored %q unless revoked", d, stepStore, storedUnknown)
 				}
 			}
 		})
