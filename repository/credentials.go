@@ -301,7 +301,9 @@ var errNothingDeleted = errors.New("repository: nothing deleted")
 // generation. A provider without a grant row counts as UNAUTHORIZED: when
 // from names it, a row without tokens is created (keyID is the key id it
 // records, though it holds no ciphertext; its creator is the caller in ctx). It reports whether anything
-// changed. A missing provider is apperr.NotFound.
+// changed. A missing provider is apperr.NotFound. When from names
+// UNAUTHORIZED the provider row is locked before the credential row, as
+// every credential writer that takes both does.
 //
 // events are inserted in the same transaction, and only when the status
 // changed.
@@ -312,7 +314,24 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 	tenant, providerID := g.Tenant, g.Provider
 	changed := false
 	now := s.db.NowFunc()
+	mayCreate := slices.Contains(from, domain.StatusUnauthorized)
 	set := func(tx *gorm.DB) error {
+		var p providerGen
+		if mayCreate {
+			// Creating the row writes cred_generation: the provider row is
+			// locked first (lockProvider), before the UPDATE below and not
+			// after it. On PostgreSQL's READ COMMITTED an UPDATE that
+			// waited on a concurrent writer locks the newest row version
+			// before rechecking its WHERE, and keeps the lock when the
+			// recheck fails: asking for the provider row then would hold
+			// the credential row while waiting on UpdateProvider,
+			// DeleteProvider or PutCredential, which hold the provider row
+			// and wait on the credential row (40P01).
+			var err error
+			if p, err = lockProvider(ctx, tx, tenant, providerID); err != nil {
+				return err
+			}
+		}
 		q, err := grantScoped(ctx, tx, g)
 		if err != nil {
 			return err
@@ -322,16 +341,9 @@ func (s *Store) SetGrantStatus(ctx context.Context, g domain.GrantRef, from []do
 		if res.Error != nil {
 			return res.Error
 		}
-		if res.RowsAffected > 0 || !slices.Contains(from, domain.StatusUnauthorized) {
+		if res.RowsAffected > 0 || !mayCreate {
 			changed = res.RowsAffected > 0
 			return nil
-		}
-		// Creating the row writes cred_generation: the provider row is
-		// locked first (lockProvider). No credential row is held here: an
-		// UPDATE locks only the rows it changed, and it changed none.
-		p, err := lockProvider(ctx, tx, tenant, providerID)
-		if err != nil {
-			return err
 		}
 		q, err = grantScoped(ctx, tx, g)
 		if err != nil {

@@ -228,13 +228,8 @@ func TestCredentialWritersLockTheProviderFirst(t *testing.T) {
 	for _, w := range writers {
 		t.Run(w.name, func(t *testing.T) {
 			t.Parallel()
-			testenv.Backends(t, func(t *testing.T, dsn string) {
-				if !isPostgres(dsn) {
-					t.Skip("SQLite's write transactions are exclusive: there is no row lock order to check")
-				}
+			onPostgresWithProvider(t, func(t *testing.T, s *Store, p *Provider) {
 				ctx := context.Background()
-				s := openStore(t, dsn)
-				p := mustCreate(t, s, newProvider("a", "p1"))
 				var gen int64
 				if w.existing {
 					var err error
@@ -289,6 +284,103 @@ func TestCredentialWritersLockTheProviderFirst(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSetGrantStatusLocksTheProviderBeforeTheCredential: SetGrantStatus
+// from UNAUTHORIZED (which may create the row, and then raises the
+// provider's cred_generation) takes the provider row before its UPDATE of
+// the credential. On PostgreSQL's READ COMMITTED an UPDATE that waited on
+// a concurrent writer locks the newest row version before rechecking its
+// WHERE, and keeps that lock when the recheck fails: one that then asked
+// for the provider row waited on it while holding the credential row.
+// Here the credential is UNAUTHORIZED; holder one holds the provider and
+// authorizes the grant; SetGrantStatus starts, then holder two asks for
+// the provider (as PutCredential does) and then writes the credential.
+// SetGrantStatus taking the credential first deadlocked with holder two
+// (40P01).
+func TestSetGrantStatusLocksTheProviderBeforeTheCredential(t *testing.T) {
+	t.Parallel()
+	onPostgresWithProvider(t, func(t *testing.T, s *Store, _ *Provider) {
+		ctx := context.Background()
+		c := newCredential("a", "p1", "")
+		c.Status = domain.StatusUnauthorized
+		_, err := s.PutCredential(ctx, c, 0)
+		wantNoErr(t, err, "unauthorized grant")
+		begin := func(name string) (*gorm.DB, int64) {
+			tx := s.DB().WithContext(ctx).Begin()
+			wantNoErr(t, tx.Error, "%s begin", name)
+			t.Cleanup(func() { tx.Rollback() })
+			var pid int64
+			wantNoErr(t, tx.Raw(`SELECT pg_backend_pid()`).Scan(&pid).Error, "%s pg_backend_pid", name)
+			return tx, pid
+		}
+		const lockProvider = `SELECT cred_generation FROM providers WHERE tenant_id = 'a' AND id = 'p1' FOR NO KEY UPDATE`
+		const writeGrant = `UPDATE credentials SET status = ?, generation = generation + 1 WHERE tenant_id = 'a' AND provider_id = 'p1' AND user_id = ''`
+		one, holder := begin("holder one")
+		var credGen int64
+		wantNoErr(t, one.Raw(lockProvider).Scan(&credGen).Error, "holder one: lock provider")
+		wantNoErr(t, one.Exec(writeGrant, domain.StatusAuthorized).Error, "holder one: authorize")
+
+		done := make(chan error, 1)
+		var finished atomic.Bool
+		go func() {
+			_, err := s.SetGrantStatus(ctx, domain.TenantGrant("a", "p1"), []domain.AuthStatus{domain.StatusUnauthorized}, domain.StatusPending, "", 1)
+			finished.Store(true)
+			done <- err
+		}()
+		waitBlockedBy(t, s, holder, &finished)
+
+		two, second := begin("holder two")
+		twoDone := make(chan error, 1)
+		go func() {
+			var g int64
+			if err := two.Raw(lockProvider).Scan(&g).Error; err != nil {
+				twoDone <- err
+				return
+			}
+			if err := two.Exec(writeGrant, domain.StatusAuthorized).Error; err != nil {
+				twoDone <- err
+				return
+			}
+			twoDone <- two.Commit().Error
+		}()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			var n int64
+			wantNoErr(t, s.DB().Raw(`SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'`, second).Scan(&n).Error, "pg_stat_activity")
+			if n > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("holder two never waited for the provider row")
+			}
+		}
+		wantNoErr(t, one.Commit().Error, "holder one: commit")
+
+		if err := <-done; err != nil {
+			t.Errorf("SetGrantStatus: %v", err)
+		}
+		if err := <-twoDone; err != nil {
+			t.Errorf("holder two: %v", err)
+		}
+		got, err := s.GetCredential(ctx, domain.TenantGrant("a", "p1"))
+		wantNoErr(t, err, "GetCredential")
+		if got.Status != domain.StatusAuthorized {
+			t.Errorf("status %v, want AUTHORIZED: the grant was authorized before SetGrantStatus could move it", got.Status)
+		}
+	})
+}
+
+// onPostgresWithProvider runs f on PostgreSQL with a store holding the
+// provider a/p1. SQLite is skipped: its write transactions are exclusive,
+// there is no row lock order to check.
+func onPostgresWithProvider(t *testing.T, f func(t *testing.T, s *Store, p *Provider)) {
+	testenv.Backends(t, func(t *testing.T, dsn string) {
+		if !isPostgres(dsn) {
+			t.Skip("SQLite's write transactions are exclusive: there is no row lock order to check")
+		}
+		s := openStore(t, dsn)
+		f(t, s, mustCreate(t, s, newProvider("a", "p1")))
+	})
 }
 
 // waitBlockedBy waits until a statement of s waits for a lock the
