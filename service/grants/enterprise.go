@@ -419,7 +419,9 @@ func (s *Service) storeExchanged(ctx context.Context, ref domain.GrantRef, g vau
 			prev, err = nil, nil
 		}
 		if err != nil {
-			return err
+			// Nothing of this attempt was sent, and a first attempt
+			// retried was aborted: nothing was written.
+			return unsent{err}
 		}
 		if bind != nil && bindingMismatch(prev, &exchangeIdentity{claims: bind}) {
 			return errBindingMismatch()

@@ -2,6 +2,7 @@ package grants
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -23,9 +24,11 @@ const idpIssuer = "https://idp.example.com"
 // fakeIdP is an enterprise identity provider: its RFC 8414 metadata names
 // metaIssuer (the issuer identifier its ID tokens carry) and its token
 // endpoint refuses every token exchange with invalid_grant, as a real one
-// refuses an ID token it did not issue. It counts what it was asked.
+// refuses an ID token it did not issue, unless grants is set: then it
+// answers every exchange with an ID-JAG. It counts what it was asked.
 type fakeIdP struct {
 	metaIssuer string
+	grants     bool
 
 	mu        sync.Mutex
 	metadata  int
@@ -46,6 +49,9 @@ func (p *fakeIdP) ExchangeIDToken(_ context.Context, _ *oauthclient.Metadata, _ 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.exchanges = append(p.exchanges, idToken.Reveal())
+	if p.grants {
+		return &oauthclient.IDJAG{Assertion: secret.New("id-jag-" + strconv.Itoa(len(p.exchanges)))}, nil
+	}
 	return nil, &oauthclient.OAuthError{Op: "token exchange", Status: 400, Code: "invalid_grant"}
 }
 
@@ -91,13 +97,7 @@ type enterpriseEnv struct {
 func newEnterpriseEnv(t *testing.T, scope domain.GrantScope, cfgIssuer, tokenEndpoint, metaIssuer string) *enterpriseEnv {
 	t.Helper()
 	e := &enterpriseEnv{env: newEnv(t, testConfig), idp: &fakeIdP{metaIssuer: metaIssuer}, disc: &countingDiscovery{}}
-	svc, err := New(Deps{Store: e.store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
-		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New(),
-		Machine: MachineDeps{Discover: e.disc, Proto: e.as, Identity: e.idp}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.svc = svc
+	e.svc = e.serviceOver(e.store)
 	cfg := domain.CredentialConfig{IdP: domain.EnterpriseIdP{Issuer: cfgIssuer, TokenEndpoint: tokenEndpoint, ClientID: "mcpauth-at-idp"}}
 	row := &repository.Provider{TenantID: tnt, ID: pid, DisplayName: pid, ServerIdentifier: pid, URLHash: "k1:" + pid,
 		ServerURL: e.seal(tnt, pid, vault.FieldServerURL, serverURL(pid)), Scopes: "[]", KeyID: e.keys.PrimaryID(),
@@ -107,6 +107,18 @@ func newEnterpriseEnv(t *testing.T, scope domain.GrantScope, cfgIssuer, tokenEnd
 		t.Fatal(err)
 	}
 	return e
+}
+
+// serviceOver is the environment's service over store.
+func (e *enterpriseEnv) serviceOver(store Store) *Service {
+	e.tb.Helper()
+	svc, err := New(Deps{Store: store, Cipher: e.keys, Proto: e.as, Locks: e.locks, Audit: e.auditor, Reads: e.reads, Log: e.log,
+		Now: e.clock.Now, Config: testConfig, Metrics: metrics.New(),
+		Machine: MachineDeps{Discover: e.disc, Proto: e.as, Identity: e.idp}})
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	return svc
 }
 
 // idToken is an ID token (HS256: nothing here checks its signature)
@@ -223,6 +235,52 @@ func TestExchangeSendsTheIssuersToken(t *testing.T) {
 			if _, ex := e.idp.asked(); ex != 1 {
 				t.Fatalf("token exchanges = %d, want 1", ex)
 			}
+		})
+	}
+}
+
+// An exchange's tokens whose write failed are revoked only when the grant,
+// read back (tried twice), does not hold them or the write's error proves
+// nothing was written; a deadline after the write was sent with read-backs
+// that failed leaves them alone (the write may have committed) and audits
+// the failure with stored "unknown". Tokens stored after all are kept.
+func TestExchangeTokenNotStoredIsRevokedOnlyWhenNotWritten(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		answer      error
+		committed   bool
+		failedReads int
+		// stored: the exchange succeeds; revoked: its token is revoked.
+		stored, revoked bool
+		// kind is the exchange's error: the store's, or for an abort the
+		// retry's read (made before anything was sent: not written).
+		kind apperr.Kind
+	}{
+		{"database down", errInjected, false, 0, false, true, apperr.KindUnavailable},
+		{"deadline after the commit, one read-back failed", errWriteDeadline, true, 1, true, false, 0},
+		{"deadline after the commit, read-backs failed", errWriteDeadline, true, 99, false, false, apperr.KindDeadlineExceeded},
+		{"transaction aborted by the database, retry's read and read-backs failed", errDBAborted, false, 99, false, true, apperr.KindUnavailable},
+		{"database refused the connection, read-backs failed", errConnectRefused, false, 99, false, true, apperr.KindUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnterpriseEnv(t, domain.ScopeTenant, idpIssuer, "", idpIssuer)
+			e.idp.grants, e.as.jwtBearer = true, true
+			e.as.addClient("mcpauth-at-as", "as-secret")
+			e.svc = e.serviceOver(failWrite(e.store, tc.answer, tc.committed, tc.failedReads))
+
+			err := e.exchange("", idToken(t, idpIssuer, "alice"))
+
+			e.wantOneIssued(t, tc.revoked)
+			if tc.stored {
+				if err != nil {
+					t.Fatalf("exchange = %v; want the stored token kept", err)
+				}
+				return
+			}
+			if apperr.KindOf(err) != tc.kind {
+				t.Fatalf("exchange = %v, want %v", err, tc.kind)
+			}
+			e.wantStoreFailed(t, tc.revoked)
 		})
 	}
 }

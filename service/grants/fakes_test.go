@@ -44,7 +44,10 @@ type fakeAS struct {
 	// (tokens minted or the client refused), before it is given.
 	onIssue func()
 
-	obtained []string // access tokens issued by ClientCredentials, in order
+	// jwtBearer: JWTBearer serves the grant to known clients.
+	jwtBearer bool
+
+	obtained []string // access tokens issued by ClientCredentials and JWTBearer, in order
 
 	refreshes int      // Refresh calls, failed ones included
 	refreshed []string // subjects of successful refreshes, in order
@@ -216,12 +219,30 @@ func (f *fakeAS) ClientCredentials(_ context.Context, md *oauthclient.Metadata, 
 	return t, err
 }
 
-// JWTBearer is not served by this server.
-func (f *fakeAS) JWTBearer(context.Context, *oauthclient.Metadata, *oauthclient.Registration, secret.Secret, []string, string) (*oauthclient.Tokens, error) {
-	return nil, &oauthclient.OAuthError{Op: "jwt bearer", Status: 400, Code: "unsupported_grant_type"}
+// JWTBearer is the JWT bearer grant (RFC 7523 section 2.1) when jwtBearer
+// is set: the client must be known with that secret (else invalid_client,
+// RFC 6749 section 5.2) and the assertion present (else invalid_grant); the
+// token's subject is the client. No refresh token. Otherwise the grant is
+// not served (unsupported_grant_type).
+func (f *fakeAS) JWTBearer(_ context.Context, _ *oauthclient.Metadata, reg *oauthclient.Registration, assertion secret.Secret, _ []string, _ string) (*oauthclient.Tokens, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sec, ok := f.clients[reg.ClientID]
+	switch {
+	case !f.jwtBearer:
+		return nil, &oauthclient.OAuthError{Op: "jwt bearer", Status: 400, Code: "unsupported_grant_type"}
+	case !ok || sec != reg.ClientSecret.Reveal():
+		return nil, &oauthclient.OAuthError{Op: "jwt bearer", Status: 401, Code: "invalid_client"}
+	case assertion.IsZero():
+		return nil, &oauthclient.OAuthError{Op: "jwt bearer", Status: 400, Code: "invalid_grant"}
+	}
+	t := f.mint(reg.ClientID, reg.ClientID, false)
+	f.obtained = append(f.obtained, t.AccessToken.Reveal())
+	return t, nil
 }
 
-// issued lists the access tokens ClientCredentials issued, in order.
+// issued lists the access tokens ClientCredentials and JWTBearer issued,
+// in order.
 func (f *fakeAS) issued() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

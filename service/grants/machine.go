@@ -353,18 +353,26 @@ func storeOutcomeUnknown(err, lerr error) bool {
 }
 
 // notStored reports whether err, a failed write of fresh tokens, proves
-// nothing was written: another writer's compare-and-swap won (lostRace),
+// nothing was written: it was returned before the write was sent
+// (unsent), another writer's compare-and-swap won (lostRace),
 // the provider changed (PROVIDER_CHANGED) or is gone (NotFound), the grant
 // is bound to another identity, or the database aborted the transaction or
 // was never reached (repository.NotWritten). A timeout, EOF or reset after
 // the write was sent proves nothing: its COMMIT may have landed.
 func notStored(err error) bool {
+	var u unsent
 	e, ok := apperr.As(err)
-	if ok && (lostRace(err) || providerChanged(err) || e.Kind == apperr.KindNotFound || e.Reason == domain.ReasonIdentityBindingMismatch) {
+	if errors.As(err, &u) || ok && (lostRace(err) || providerChanged(err) || e.Kind == apperr.KindNotFound || e.Reason == domain.ReasonIdentityBindingMismatch) {
 		return true
 	}
 	return repository.NotWritten(err)
 }
+
+// unsent is a store error returned before the write was sent: nothing was
+// written (notStored). It is the error it wraps for everything else.
+type unsent struct{ error }
+
+func (u unsent) Unwrap() error { return u.error }
 
 // warnStoreUnknown logs fresh tokens of ref left live because it is
 // unknown whether their write (err) committed and the read-back failed
@@ -481,7 +489,7 @@ func (s *Service) storeObtained(ctx context.Context, ref domain.GrantRef, prev *
 	now := s.now().UTC()
 	ct, err := vault.SealTokens(s.cipher, ref, t, g, now)
 	if err != nil {
-		return nil, err
+		return nil, unsent{err}
 	}
 	var expected int64
 	if prev != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/mcpauth/mcpauth/oauthclient"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/secret"
+	"github.com/mcpauth/mcpauth/service/servicetest"
 	"github.com/mcpauth/mcpauth/service/vault"
 )
 
@@ -234,6 +235,65 @@ func TestMachineTokenThatLostTheRaceIsRevoked(t *testing.T) {
 	}
 }
 
+// failWrite is store whose PutCredentialAtProvider answers answer (after
+// storing, when committed) and whose next failedReads GetCredential calls
+// after it fail (errInjected).
+func failWrite(store *servicetest.Store, answer error, committed bool, failedReads int) *hookStore {
+	hs := &hookStore{Store: store}
+	var mu sync.Mutex
+	written, failed := false, 0
+	hs.afterPutAt = func(error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		written = true
+		return answer
+	}
+	if !committed {
+		store.FailOn("PutCredentialAtProvider", answer)
+	}
+	hs.failGet = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !written || failed == failedReads {
+			return nil
+		}
+		failed++
+		return errInjected
+	}
+	return hs
+}
+
+// wantOneIssued checks that the server issued one token, revoked (access
+// token hint) when revoked and not otherwise, and returns it.
+func (e *env) wantOneIssued(t *testing.T, revoked bool) string {
+	t.Helper()
+	issued := e.as.issued()
+	if len(issued) != 1 {
+		t.Fatalf("issued = %q, want one token", issued)
+	}
+	var want []revocation
+	if revoked {
+		want = []revocation{{token: issued[0], hint: "access_token"}}
+	}
+	if got := e.as.revocations(); !slices.Equal(got, want) {
+		t.Errorf("revocations = %v, want %v", got, want)
+	}
+	return issued[0]
+}
+
+// wantStoreFailed checks the one oauth.token.obtain_failed event of a
+// write that failed: DB_WRITE_FAILED, step store, and stored "unknown"
+// when its tokens were not revoked.
+func (e *env) wantStoreFailed(t *testing.T, revoked bool) {
+	t.Helper()
+	for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, domain.ReasonDBWriteFailed) {
+		d := details(t, ev)
+		if unknown := d["stored"] == storedUnknown; d["step"] != stepStore || unknown == revoked {
+			t.Errorf("obtain_failed details = %v, want step %q and stored %q unless revoked", d, stepStore, storedUnknown)
+		}
+	}
+}
+
 // errWriteDeadline is a write whose deadline passed after it was sent, as
 // the repository answers it: it may have committed.
 var errWriteDeadline = &apperr.Error{Kind: apperr.KindDeadlineExceeded, Reason: "DEADLINE_EXCEEDED",
@@ -277,46 +337,16 @@ func TestMachineTokenNotStoredIsRevoked(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, testConfig)
-			hs := &hookStore{Store: e.store}
-			var mu sync.Mutex
-			written, failedReads := false, 0
-			hs.afterPutAt = func(err error) error {
-				mu.Lock()
-				defer mu.Unlock()
-				written = true
-				return tc.answer
-			}
-			if !tc.committed {
-				e.store.FailOn("PutCredentialAtProvider", tc.answer)
-			}
-			hs.failGet = func() error {
-				mu.Lock()
-				defer mu.Unlock()
-				if !written || failedReads == tc.failedReads {
-					return nil
-				}
-				failedReads++
-				return errInjected
-			}
+			hs := failWrite(e.store, tc.answer, tc.committed, tc.failedReads)
 			svc := e.machineServiceOver(hs)
 			e.as.addClient("cc", "secret")
 			e.clientCredentialsProvider("cc", "secret")
 
 			tok, err := svc.Get(e.ctx, domain.TenantGrant(tnt, pid))
 
-			issued := e.as.issued()
-			if len(issued) != 1 {
-				t.Fatalf("issued = %q, want one token", issued)
-			}
-			var want []revocation
-			if tc.revoked {
-				want = []revocation{{token: issued[0], hint: "access_token"}}
-			}
-			if got := e.as.revocations(); !slices.Equal(got, want) {
-				t.Errorf("revocations = %v, want %v", got, want)
-			}
+			issued := e.wantOneIssued(t, tc.revoked)
 			if tc.served {
-				if err != nil || tok.AccessToken.Reveal() != issued[0] {
+				if err != nil || tok.AccessToken.Reveal() != issued {
 					t.Fatalf("Get = %v; want the stored token served", err)
 				}
 				return
@@ -326,17 +356,11 @@ func TestMachineTokenNotStoredIsRevoked(t *testing.T) {
 			}
 			if tc.committed {
 				hs.failGet = nil
-				if h := e.held(tnt, pid); h.Tokens.AccessToken.Reveal() != issued[0] {
+				if h := e.held(tnt, pid); h.Tokens.AccessToken.Reveal() != issued {
 					t.Errorf("stored %q, want the issued token", h.Tokens.AccessToken.Reveal())
 				}
 			}
-			reason := domain.ReasonDBWriteFailed
-			for _, ev := range e.wantEvents(domain.EventTokenObtainFailed, pid, domain.OutcomeFailure, reason) {
-				d := details(t, ev)
-				if unknown := d["stored"] == storedUnknown; d["step"] != stepStore || unknown == tc.revoked {
-					t.Errorf("obtain_failed details = %v, want step %q and stored %q unless revoked", d, stepStore, storedUnknown)
-				}
-			}
+			e.wantStoreFailed(t, tc.revoked)
 		})
 	}
 }
