@@ -41,16 +41,17 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// AppendAudit appends e and sets e.ID (and e.UID and e.CreatedAt when
-// empty). An event whose uid and time are already stored is skipped: a
+// AppendAudit appends e, setting e.UID and e.CreatedAt when empty (e.ID
+// is the database's, set on SQLite only: see AppendAuditBatch). An event whose uid and time are already stored is skipped: a
 // retried write is not doubled. Audit events are append-only: the repository
 // has no method that updates them; only retention removes old ones.
 func (s *Store) AppendAudit(ctx context.Context, e *AuditEvent) error {
 	return s.AppendAuditBatch(ctx, []*AuditEvent{e})
 }
 
-// AppendAuditBatch appends events in one statement and one transaction
-// (the audit writer's group commit). Every event must name a tenant. Events
+// AppendAuditBatch appends events in one statement, all or none (the
+// audit writer's group commit): a COPY on PostgreSQL, which reads no ids
+// back (e.ID stays 0), an insert on SQLite. Every event must name a tenant. Events
 // whose uid and time are already stored are skipped, so a batch retried after
 // its commit's acknowledgement was lost is not written twice.
 func (s *Store) AppendAuditBatch(ctx context.Context, events []*AuditEvent) error {
@@ -123,7 +124,11 @@ func (s *Store) copyEvents(ctx context.Context, events []*AuditEvent) error {
 		}))
 		return err
 	})
-	span.end(err, 0)
+	if _, dup := uniqueViolation(err); dup {
+		span.end(nil, 0) // expected on a retry: the insert takes over
+	} else {
+		span.end(err, 0)
+	}
 	return err
 }
 

@@ -21,7 +21,7 @@ import (
 // Each Put is still its own SET NX PX, safe to retry (see send); only
 // their transport is shared.
 func newPutPipeline(c redis.UniversalClient) *batch.Runner[*putRequest] {
-	return &batch.Runner[*putRequest]{Max: putPipelineMax, InFlight: putPipelineInFlight,
+	return &batch.Runner[*putRequest]{Max: putPipelineMax, InFlight: putPipelineInFlight, Gather: true,
 		Run: func(reqs []*putRequest) { send(c, reqs) }}
 }
 

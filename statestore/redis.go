@@ -176,6 +176,11 @@ func NewRedisFromURL(rawURL string) (*Redis, error) {
 		if err != nil {
 			return nil, fmt.Errorf("statestore: redis cluster URL: %w", redactURLError(err))
 		}
+		if opts.ReadOnly || opts.RouteByLatency || opts.RouteRandomly {
+			// Reads sent to replicas may miss a write just made on the
+			// primary: a Put's read-back, a lock's check.
+			return nil, errors.New("statestore: redis cluster URL: read_only, route_by_latency and route_randomly are not supported: the state store reads what it has just written, which a replica may not have yet")
+		}
 		client = redis.NewClusterClient(opts)
 	case "redis+sentinel", "rediss+sentinel":
 		opts, err := parseSentinelURL(u)

@@ -260,6 +260,9 @@ func TestNewRedisFromURLForms(t *testing.T) {
 		{url: "rediss://user:pw@example.com:6380"},
 		{url: "unix:///run/redis.sock?db=1"},
 		{url: "redis+cluster://127.0.0.1:7000?addr=127.0.0.1:7001&addr=127.0.0.1:7002"},
+		{url: "redis+cluster://127.0.0.1:7000?read_only=true", wantErr: "read_only"},
+		{url: "redis+cluster://127.0.0.1:7000?route_by_latency=true", wantErr: "not supported"},
+		{url: "redis+cluster://127.0.0.1:7000?route_randomly=true", wantErr: "not supported"},
 		{url: "redis+sentinel://:pw@127.0.0.1:26379/1?master_name=mymaster&addr=127.0.0.1:26380&sentinel_password=s&dial_timeout=2s"},
 		{url: "redis+sentinel://127.0.0.1:26379", wantErr: "master_name"},
 		{url: "redis+sentinel://127.0.0.1:26379?master_name=m&bogus=1", wantErr: "unknown parameter"},
@@ -295,8 +298,8 @@ func TestNewRedisFromURLForms(t *testing.T) {
 
 // TestRedisConcurrentPutsPipelined: many concurrent Puts (most of them
 // sharing pipelines) each store their own value or get ErrExists for a key
-// already taken, also right after the server forgot the put script
-// (SCRIPT FLUSH, as after a restart: NOSCRIPT inside a pipeline).
+// already taken, also right after the server forgot its scripts (SCRIPT
+// FLUSH, as after a restart: Puts use none).
 func TestRedisConcurrentPutsPipelined(t *testing.T) {
 	c := redisClient(t)
 	s := statestore.NewRedis(c, redisPrefix(t))

@@ -5,7 +5,10 @@
 // (a database statement, a Redis pipeline) serves many callers.
 package batch
 
-import "sync"
+import (
+	"runtime"
+	"sync"
+)
 
 // Runner queues items and runs them in batches of at most Max, with at
 // most InFlight runs at once. Run must answer every item of its batch
@@ -15,6 +18,10 @@ type Runner[T any] struct {
 	Max      int
 	InFlight int
 	Run      func(batch []T)
+	// Gather, when set, has a run that would take fewer than Max items
+	// yield the processor once first, so that callers already running
+	// can join its batch: fewer, fuller batches, for a scheduling delay.
+	Gather bool
 
 	mu      sync.Mutex
 	queue   []T
@@ -38,6 +45,14 @@ func (r *Runner[T]) Add(item T) {
 // drain runs batches until the queue is empty.
 func (r *Runner[T]) drain() {
 	for {
+		if r.Gather {
+			r.mu.Lock()
+			short := len(r.queue) < r.Max
+			r.mu.Unlock()
+			if short {
+				runtime.Gosched()
+			}
+		}
 		r.mu.Lock()
 		n := min(len(r.queue), r.Max)
 		if n == 0 {

@@ -10,13 +10,21 @@ import (
 // exactly once, in batches no larger than Max, with no more than InFlight
 // runs at a time.
 func TestRunnerAnswersEveryItemOnce(t *testing.T) {
+	for _, gather := range []bool{false, true} {
+		t.Run(map[bool]string{false: "at once", true: "gathering"}[gather], func(t *testing.T) {
+			runnerAnswersEveryItemOnce(t, gather)
+		})
+	}
+}
+
+func runnerAnswersEveryItemOnce(t *testing.T, gather bool) {
 	type item struct {
 		n    int
 		done chan struct{}
 	}
 	var inFlight, maxInFlight, biggest atomic.Int64
 	seen := make([]atomic.Int64, 2000)
-	r := &Runner[*item]{Max: 16, InFlight: 2, Run: func(b []*item) {
+	r := &Runner[*item]{Max: 16, InFlight: 2, Gather: gather, Run: func(b []*item) {
 		cur := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		for {
