@@ -591,7 +591,8 @@ func (a *Auditor) RecordUserDenied(ctx context.Context, tenant, provider, method
 
 // Entry is one stored audit event.
 type Entry struct {
-	// UID is the event's public id: random, unique within the tenant. (The
+	// UID is the event's public id: its time in milliseconds, then 80
+	// random bits, unique within the tenant. (The
 	// database's sequence is not exposed; it spans all tenants.)
 	UID      string
 	Time     time.Time
