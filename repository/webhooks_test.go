@@ -45,22 +45,35 @@ func appendEvents(tb testing.TB, s *Store, providers ...string) []string {
 // transactions end) and routes them to every endpoint.
 func leaseAll(tb testing.TB, s *Store, owner string, want int, now time.Time) (*FanOutBatch, []WebhookDelivery) {
 	tb.Helper()
+	b := leaseWhen(tb, s, owner, FanOutRead{Limit: 500}, now, func(b *FanOutBatch) bool { return len(b.Events) >= want })
+	return b, routeBatch(b)
+}
+
+// leaseWhen leases the fan-out for owner with read until the batch
+// satisfies enough, failing the test after 10 seconds.
+func leaseWhen(tb testing.TB, s *Store, owner string, read FanOutRead, now time.Time, enough func(*FanOutBatch) bool) *FanOutBatch {
+	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		b, err := s.LeaseFanOut(context.Background(), owner, now, time.Minute, FanOutRead{Limit: 500}, nil)
+		b, err := s.LeaseFanOut(context.Background(), owner, now, time.Minute, read, nil)
 		wantNoErr(tb, err, "LeaseFanOut")
-		if b != nil && len(b.Events) >= want {
-			var ds []WebhookDelivery
-			for i := range b.Events {
-				ds = append(ds, routeAll(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
-			}
-			return b, ds
+		if b != nil && enough(b) {
+			return b
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("fewer than %d events leased", want)
+			tb.Fatalf("the fan-out leased no batch with enough events: %+v", b)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// routeBatch routes every event of b to every endpoint of its tenant.
+func routeBatch(b *FanOutBatch) []WebhookDelivery {
+	var ds []WebhookDelivery
+	for i := range b.Events {
+		ds = append(ds, routeAll(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
+	}
+	return ds
 }
 
 func uidsOf(ds []WebhookDelivery) []string {
@@ -409,18 +422,7 @@ func TestFanOutReadsWholeOnlyEventsWithEndpoints(t *testing.T) {
 
 		lease := func(read FanOutRead, want int) *FanOutBatch {
 			t.Helper()
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, read, nil)
-				wantNoErr(t, err, "LeaseFanOut")
-				if b != nil && b.Scanned >= want {
-					return b
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("fewer than %d events passed: %+v", want, b)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			return leaseWhen(t, s, "me", read, now, func(b *FanOutBatch) bool { return b.Scanned >= want })
 		}
 		b := lease(FanOutRead{Limit: 500}, 4)
 		if b.Scanned != 4 || len(b.Events) != 1 || b.Events[0].UID != batch[2].UID {
@@ -429,11 +431,7 @@ func TestFanOutReadsWholeOnlyEventsWithEndpoints(t *testing.T) {
 		if _, ok := b.Endpoints["u"]; ok || len(b.Endpoints["t"]) != 1 {
 			t.Fatalf("endpoints %+v, want tenant t's only", b.Endpoints)
 		}
-		var ds []WebhookDelivery
-		for i := range b.Events {
-			ds = append(ds, routeAll(&b.Events[i], b.Endpoints[b.Events[i].TenantID])...)
-		}
-		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+		wantNoErr(t, s.RecordFanOut(ctx, b, routeBatch(b), now, time.Minute), "RecordFanOut")
 		if again, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
 			t.Fatalf("after the record: %+v %v, want nothing left", again, err)
 		}
