@@ -105,6 +105,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		sqlDB.SetConnMaxLifetime(0)
 	}
 	s := &Store{db: db}
+	if isPostgres(dsn) {
+		s.fanOut.pg = true
+	} else {
+		s.fanOut.file = openLeadFile(sqliteFile(dsn))
+	}
 	if err := s.watchWrites(); err != nil {
 		return nil, dbErr(err, "register callbacks")
 	}
@@ -147,10 +152,41 @@ func sqliteDSN(dsn string) string {
 	return path + "?" + q.Encode()
 }
 
+// sqliteFile returns the path of the file a SQLite dsn (as Open takes it)
+// names, or "" for an in-memory database (":memory:", mode=memory, the
+// memdb VFS, or no path at all). A "file:" URI's authority is dropped and
+// its path unescaped, as SQLite does.
+func sqliteFile(dsn string) string {
+	path := strings.TrimPrefix(dsn, "sqlite:")
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		if q, err := url.ParseQuery(path[i+1:]); err == nil && (q.Get("mode") == "memory" || q.Get("vfs") == "memdb") {
+			return ""
+		}
+		path = path[:i]
+	}
+	if rest, ok := strings.CutPrefix(path, "file:"); ok {
+		if after, ok := strings.CutPrefix(rest, "//"); ok {
+			// file://[authority]/path
+			rest = ""
+			if i := strings.IndexByte(after, '/'); i >= 0 {
+				rest = after[i:]
+			}
+		}
+		if p, err := url.PathUnescape(rest); err == nil {
+			rest = p
+		}
+		path = rest
+	}
+	if path == "" || strings.HasPrefix(path, ":memory:") {
+		return ""
+	}
+	return path
+}
+
 // Close closes the connection pool, giving up the fan-out's lead first.
 func (s *Store) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	s.dropFanOutLead(ctx)
+	s.closeFanOutLead(ctx)
 	cancel()
 	sqlDB, err := s.db.DB()
 	if err != nil {

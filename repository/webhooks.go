@@ -288,10 +288,11 @@ var ErrFanOutLeaseLost = errors.New("repository: webhook fan-out lease lost")
 // LeaseFanOut reads up to read.Limit events after the fan-out cursor and leases
 // that stretch of the feed to owner until now+lease, so that no other
 // replica routes or sends them meanwhile. It returns nil (and no error)
-// when there is nothing new or another owner's lease is live. On
-// PostgreSQL it returns nil while another replica leads (fanoutlead.go),
-// and the lead takes over at once a live lease of an owner that no longer
-// leads.
+// when there is nothing new or another owner's lease is live. It returns
+// nil while another replica (or process on the SQLite file) leads
+// (fanoutlead.go), and the lead takes over at once a live lease of an
+// owner that no longer leads; without a lead (in-memory SQLite) the lease
+// alone decides.
 // Reading costs no write while the feed is idle, and none while owner's lease has
 // more than half its time left (RecordFanOut renews it). Migration 0009
 // creates the cursor after the events that existed then; were it missing,
@@ -310,10 +311,10 @@ func (s *Store) LeaseFanOut(ctx context.Context, owner string, now time.Time, le
 }
 
 func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, lease time.Duration, read FanOutRead, after *FanOutBatch) (*FanOutBatch, error) {
-	// On PostgreSQL only the lead fans out (fanoutlead.go); on SQLite
-	// there is no lead, and the lease alone decides.
-	postgres := s.db.Dialector.Name() == "postgres"
-	if postgres {
+	// Only the lead fans out (fanoutlead.go); without a lead (in-memory
+	// SQLite, no flock) the lease alone decides.
+	leads := s.hasFanOutLead()
+	if leads {
 		lead, err := s.leadFanOut(ctx, now, fanOutLeadPing)
 		if err != nil || !lead {
 			return nil, err // another replica leads
@@ -336,7 +337,7 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	// connection to the database (or it predates the lead).
 	orphan := ""
 	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
-		if !postgres {
+		if !leads {
 			return nil, nil // another replica's
 		}
 		if lead, err := s.leadFanOut(ctx, now, 0); err != nil || !lead {

@@ -3,7 +3,6 @@ package repository
 import (
 	"context"
 	"errors"
-	"github.com/mcpauth/mcpauth/internal/testenv"
 	"slices"
 	"strings"
 	"testing"
@@ -151,12 +150,14 @@ func TestFanOutRecordsOutcomesAndQueuesHeldGroups(t *testing.T) {
 }
 
 // TestFanOutLeaseIsExclusive: while one replica's lease is live no other
-// replica's fan-out gets the feed (on PostgreSQL, none while it leads);
-// once it expires (and its lead is gone) another takes the same events
-// over, and the first owner's record then writes nothing.
+// replica's fan-out gets the feed (none while it leads: on PostgreSQL and
+// on a SQLite file); once it expires (and its lead is gone) another takes
+// the same events over, and the first owner's record then writes nothing.
+// On a shared in-memory SQLite database there is no lead, and the lease
+// alone decides.
 func TestFanOutLeaseIsExclusive(t *testing.T) {
 	t.Parallel()
-	eachBackendReplicas(t, func(t *testing.T, sa, sb *Store) {
+	run := func(t *testing.T, sa, sb *Store) {
 		ctx := context.Background()
 		now := time.Now().UTC()
 		createEndpoint(t, sa, now)
@@ -168,7 +169,7 @@ func TestFanOutLeaseIsExclusive(t *testing.T) {
 			t.Fatalf("b leased %d events while a's lease is live", len(b.Events))
 		}
 		later := now.Add(2 * time.Minute)
-		if sa.db.Dialector.Name() == "postgres" {
+		if sa.hasFanOutLead() {
 			// Only the lead fans out: a's ended lease is not b's while a's
 			// process leads (two healthy replicas never send one batch).
 			if b, err := sb.LeaseFanOut(ctx, "b", later, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
@@ -204,49 +205,91 @@ func TestFanOutLeaseIsExclusive(t *testing.T) {
 		if !slices.Equal(uidsOf(ads), next) {
 			t.Fatalf("a leased %v after the release, want %v", uidsOf(ads), next)
 		}
+	}
+	eachBackendReplicas(t, func(t *testing.T, sa, sb *Store) {
+		wantFanOutLead(t, sa, sb)
+		run(t, sa, sb)
+	})
+	t.Run("sqlite-memory", func(t *testing.T) {
+		dsn := "file:" + strings.ReplaceAll(t.Name(), "/", "-") + "?mode=memory&cache=shared"
+		sa, sb := openStore(t, dsn), openStore(t, dsn)
+		if sa.hasFanOutLead() || sb.hasFanOutLead() {
+			t.Fatal("a Store on an in-memory database has a fan-out lead")
+		}
+		run(t, sa, sb)
 	})
 }
 
-// TestFanOutLeadPassesWhenItsHolderDies: on PostgreSQL, when the process
-// holding the fan-out dies (its connections close), another replica takes
-// the feed over at its next step, without waiting for the dead one's lease
-// to end; the dead owner's record then writes nothing.
+// wantFanOutLead fails unless every store (on PostgreSQL or a SQLite file)
+// has a fan-out lead; on SQLite without flock it skips the test.
+func wantFanOutLead(tb testing.TB, stores ...*Store) {
+	tb.Helper()
+	for _, s := range stores {
+		if !s.fanOut.pg && !flockLead {
+			tb.Skip("no flock on this platform: SQLite has no fan-out lead")
+		}
+		if !s.hasFanOutLead() {
+			tb.Fatalf("a Store on %s has no fan-out lead", s.db.Dialector.Name())
+		}
+	}
+}
+
+// killFanOutLead ends a's lead as the death of a's process would, leaving
+// its lease row as it is: on PostgreSQL the server ends the lead's session
+// (asked on other's connection), on a SQLite file a's lock file closes.
+func killFanOutLead(tb testing.TB, a, other *Store) {
+	tb.Helper()
+	if a.fanOut.pg {
+		var killed int
+		err := other.DB().Raw(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+			WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, fanOutLockClass).Scan(&killed).Error
+		wantNoErr(tb, err, "end the lead's session")
+		if killed != 1 {
+			tb.Fatalf("ended %d sessions holding the lead, want 1", killed)
+		}
+		return
+	}
+	a.fanOut.mu.Lock()
+	defer a.fanOut.mu.Unlock()
+	a.fanOut.file.close()
+}
+
+// TestFanOutLeadPassesWhenItsHolderDies: when the process holding the
+// fan-out dies (its connections close on PostgreSQL, its lock file on
+// SQLite), another replica, or the restarted process, takes the feed over
+// at its next step, without waiting for the dead one's lease to end; the
+// dead owner's record then writes nothing.
 func TestFanOutLeadPassesWhenItsHolderDies(t *testing.T) {
 	t.Parallel()
-	dsn := testenv.PostgresDSN(t)
-	sa, sb := openStore(t, dsn), openStore(t, dsn)
-	ctx := context.Background()
-	now := time.Now().UTC()
-	createEndpoint(t, sa, now)
-	uids := appendEvents(t, sa, "p", "q")
-	a, ads := leaseAll(t, sa, "a", 2, now)
-	if b, err := sb.LeaseFanOut(ctx, "b", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
-		t.Fatalf("b leased %v (%v) while a's process leads", b, err)
-	}
-	// a's process dies: the server ends its sessions, the lead's with them.
-	var killed int
-	err := sb.DB().WithContext(ctx).Raw(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
-		WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = (hashtext(current_schema())::bigint & 4294967295)::oid
-		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`, fanOutLockClass).Scan(&killed).Error
-	wantNoErr(t, err, "end the lead's session")
-	if killed != 1 {
-		t.Fatalf("ended %d sessions holding the lead, want 1", killed)
-	}
-	// a's lease has a minute left: b takes it over anyway.
-	b, bds := leaseAll(t, sb, "b", 2, now.Add(time.Second))
-	if !slices.Equal(uidsOf(bds), uids) {
-		t.Fatalf("b took over %v, want %v", uidsOf(bds), uids)
-	}
-	if err := sa.RecordFanOut(ctx, a, ads, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
-		t.Fatalf("the dead owner's record: %v, want ErrFanOutLeaseLost", err)
-	}
-	wantNoErr(t, sb.RecordFanOut(ctx, b, bds, now, time.Minute), "b's RecordFanOut")
-	// a's Store, were its process alive after all, no longer leads (its
-	// lead's connection is gone): it gets nothing while b's lease lives.
-	appendEvents(t, sb, "p")
-	if again, err := sa.LeaseFanOut(ctx, "a", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
-		t.Fatalf("a leased %v (%v) after b took over", again, err)
-	}
+	eachBackendReplicas(t, func(t *testing.T, sa, sb *Store) {
+		wantFanOutLead(t, sa, sb)
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, sa, now)
+		uids := appendEvents(t, sa, "p", "q")
+		a, ads := leaseAll(t, sa, "a", 2, now)
+		if b, err := sb.LeaseFanOut(ctx, "b", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
+			t.Fatalf("b leased %v (%v) while a's process leads", b, err)
+		}
+		killFanOutLead(t, sa, sb)
+		// a's lease has a minute left: b takes it over anyway.
+		b, bds := leaseAll(t, sb, "b", 2, now.Add(time.Second))
+		if !slices.Equal(uidsOf(bds), uids) {
+			t.Fatalf("b took over %v, want %v", uidsOf(bds), uids)
+		}
+		if err := sa.RecordFanOut(ctx, a, ads, now, time.Minute); !errors.Is(err, ErrFanOutLeaseLost) {
+			t.Fatalf("the dead owner's record: %v, want ErrFanOutLeaseLost", err)
+		}
+		wantNoErr(t, sb.RecordFanOut(ctx, b, bds, now, time.Minute), "b's RecordFanOut")
+		// a's Store, were its process alive after all, no longer leads (its
+		// lead's connection, or lock file, is gone): it gets nothing while
+		// b's lease lives.
+		appendEvents(t, sb, "p")
+		if again, err := sa.LeaseFanOut(ctx, "a", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || again != nil {
+			t.Fatalf("a leased %v (%v) after b took over", again, err)
+		}
+	})
 }
 
 // createEndpoint creates tenant t's endpoint e, existing before now.
