@@ -105,17 +105,16 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		sqlDB.SetConnMaxLifetime(0)
 	}
 	s := &Store{db: db}
-	if isPostgres(dsn) {
-		s.fanOut.pg = true
-	} else {
-		s.fanOut.file = openLeadFile(sqliteFile(dsn))
-	}
+	s.fanOut.pg = isPostgres(dsn)
 	if err := s.watchWrites(); err != nil {
 		return nil, dbErr(err, "register callbacks")
 	}
 	if err := s.Ping(ctx); err != nil {
 		_ = s.Close()
 		return nil, err
+	}
+	if !s.fanOut.pg {
+		s.fanOut.file = openLeadFile(sqliteFile(dsn))
 	}
 	return s, nil
 }

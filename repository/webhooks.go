@@ -333,8 +333,9 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	}
 	cur := rows[0]
 	// orphan is another owner's live lease that this Store takes over as
-	// the lead: that owner no longer leads, so its process died or lost its
-	// connection to the database (or it predates the lead).
+	// the lead: that owner no longer leads, so its process died, lost its
+	// lock's connection to the database (PostgreSQL) or released its lock
+	// file (SQLite), or it predates the lead.
 	orphan := ""
 	if cur.LeaseOwner != "" && cur.LeaseOwner != owner && cur.LeaseUntil != nil && !cur.LeaseUntil.Before(now) {
 		if !leads {
