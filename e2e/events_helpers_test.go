@@ -2,48 +2,19 @@ package e2e
 
 import (
 	"context"
-
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"google.golang.org/grpc/metadata"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-// evVerify checks a message's signature as the Standard Webhooks
-// specification (v1.0.0, "Signature scheme", symmetric signatures) states
-// it, independently of the library the service signs with: the secret is
-// "whsec_" followed by the base64 key; the signed content is the message
-// id, the timestamp and the raw body joined by full stops; the signature is
-// the base64 of its HMAC-SHA256 under the key; webhook-signature holds a
-// space-delimited list of "v1,<signature>" entries, any one of which may
-// match (there is more than one while a secret is rotated).
-func evVerify(secret, id, ts string, body []byte, header string) error {
-	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(secret, "whsec_"))
-	if err != nil {
-		return errors.New("secret is not whsec_ and base64")
-	}
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(id + "." + ts + "."))
-	mac.Write(body)
-	want := base64.StdEncoding.EncodeToString(mac.Sum(nil))
-	for _, part := range strings.Split(header, " ") {
-		ver, sig, ok := strings.Cut(part, ",")
-		if ok && ver == "v1" && hmac.Equal([]byte(sig), []byte(want)) {
-			return nil
-		}
-	}
-	return errors.New("no signature matches")
-}
+	"google.golang.org/grpc/metadata"
+
+	"github.com/mcpauth/mcpauth/e2e/internal/webhookrecv"
+)
 
 // evMessage is one message a receiver took.
 type evMessage struct {
@@ -59,8 +30,8 @@ type evMessage struct {
 }
 
 // evReceiver is a webhook receiver (httptest) that verifies each message
-// with the spec's algorithm, answers as fail says, and keeps the messages it
-// accepted with 2xx.
+// with the spec's algorithm (webhookrecv.Verify), answers as fail says,
+// and keeps the messages it accepted with 2xx.
 type evReceiver struct {
 	srv    *httptest.Server
 	mu     sync.Mutex
@@ -103,7 +74,7 @@ func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	id, ts, sig := req.Header.Get("webhook-id"), req.Header.Get("webhook-timestamp"), req.Header.Get("webhook-signature")
-	if err := evVerify(r.secret, id, ts, body, sig); err != nil {
+	if err := webhookrecv.Verify(r.secret, id, ts, body, sig); err != nil {
 		r.bad = append(r.bad, id+": "+err.Error())
 		w.WriteHeader(http.StatusUnauthorized)
 		return

@@ -5,12 +5,14 @@ package walkthrough
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -24,10 +26,10 @@ import (
 // between the walkthrough markers, in order, through bash. The two server
 // blocks (the demo, then mcpauthd) run in the background as the README's
 // shells 1 and 2; the others run as one script in shell 3. The only
-// changes to the text are the four port numbers (9090, 8080, 9400, 9401),
-// replaced by free ports so that the test runs beside other services, with
-// the matching MCPAUTH_GRPC_ADDR, MCPAUTH_HTTP_ADDR and demo addresses in
-// the environment; MCPAUTH_PUBLIC_URL stays unset, so the flow also proves
+// changes to the text are the five port numbers (9090, 8080, 9400, 9401,
+// 9402), replaced by free ports so that the test runs beside other
+// services, with the matching MCPAUTH_GRPC_ADDR, MCPAUTH_HTTP_ADDR and demo
+// addresses in the environment; MCPAUTH_PUBLIC_URL stays unset, so the flow also proves
 // that the public URL follows MCPAUTH_HTTP_ADDR. It needs bash, curl, git
 // and the Go toolchain (and the module proxy for grpcurl's install line).
 func TestREADMEWalkthrough(t *testing.T) {
@@ -54,15 +56,17 @@ func TestREADMEWalkthrough(t *testing.T) {
 	clone := copyRepo(t, root)
 
 	ports := map[string]string{}
-	for _, p := range []string{"9090", "8080", "9400", "9401"} {
+	for _, p := range []string{"9090", "8080", "9400", "9401", "9402"} {
 		ports[p] = freePort(t)
 	}
 	subst := strings.NewReplacer(
 		"localhost:9090", "localhost:"+ports["9090"], "localhost:8080", "localhost:"+ports["8080"],
-		"127.0.0.1:9400", "127.0.0.1:"+ports["9400"], "127.0.0.1:9401", "127.0.0.1:"+ports["9401"])
+		"127.0.0.1:9400", "127.0.0.1:"+ports["9400"], "127.0.0.1:9401", "127.0.0.1:"+ports["9401"],
+		"127.0.0.1:9402", "127.0.0.1:"+ports["9402"])
 	env := []string{
 		"MCPAUTH_GRPC_ADDR=:" + ports["9090"], "MCPAUTH_HTTP_ADDR=:" + ports["8080"],
 		"MCPAUTH_DEMO_AS_ADDR=127.0.0.1:" + ports["9400"], "MCPAUTH_DEMO_MCP_ADDR=127.0.0.1:" + ports["9401"],
+		"MCPAUTH_DEMO_WEBHOOK_ADDR=127.0.0.1:" + ports["9402"],
 	}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MCPAUTH_") && !strings.HasPrefix(kv, "GOWORK=") {
@@ -90,6 +94,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	waitHTTP(t, "http://127.0.0.1:"+ports["8080"]+"/readyz", serverLogs)
 	waitHTTP(t, "http://127.0.0.1:"+ports["9400"]+"/.well-known/oauth-authorization-server", serverLogs)
+	waitHTTP(t, "http://127.0.0.1:"+ports["9402"]+"/received", serverLogs)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -126,9 +131,125 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if strings.Contains(text, "header-secret") || strings.Contains(joinLogs(serverLogs), "header-secret") {
 		t.Error("the provider's header value was echoed")
 	}
+	checkEvents(t, text, serverLogs[0].String())
+	// No webhook secret and no token (fosite's: ory_at_, ory_rt_ or ory_ac_
+	// and base64) in the output or the servers' logs.
+	if m := regexp.MustCompile(`whsec_[A-Za-z0-9+/]{8}|ory_(at|rt|ac)_[A-Za-z0-9_-]{8}`).FindString(text + joinLogs(serverLogs)); m != "" {
+		t.Errorf("a secret or a token was printed: %s...", m)
+	}
 	if t.Failed() {
 		t.Logf("output:\n%s", text)
 	}
+}
+
+// checkEvents checks the walk-through's events part: one
+// oauth.reauth_required event (reason INVALID_GRANT) on the audit log,
+// which the demo's receiver accepted, signed, with the same body, and the
+// WatchEvents subscriber received exactly as ListAuditEvents lists it,
+// and the demo's log line saying it verified.
+func checkEvents(tb testing.TB, out, demoLog string) {
+	tb.Helper()
+	var listed, watched []map[string]any
+	var received []struct {
+		ID       string `json:"id"`
+		Verified bool   `json:"verified"`
+		Error    string `json:"error"`
+		Body     struct {
+			Type string         `json:"type"`
+			Data map[string]any `json:"data"`
+		} `json:"body"`
+		ReceivedAt time.Time `json:"received_at"`
+	}
+	for _, doc := range jsonDocs(out) {
+		switch {
+		case bytes.HasPrefix(doc, []byte("[")) && bytes.Contains(doc, []byte(`"verified"`)):
+			if err := json.Unmarshal(doc, &received); err != nil {
+				tb.Fatalf("the receiver's list %s: %v", doc, err)
+			}
+		case bytes.HasPrefix(doc, []byte("{")):
+			var m struct {
+				AuditEvent  map[string]any   `json:"auditEvent"`
+				AuditEvents []map[string]any `json:"auditEvents"`
+			}
+			if err := json.Unmarshal(doc, &m); err != nil {
+				tb.Fatalf("%s: %v", doc, err)
+			}
+			if m.AuditEvent != nil {
+				watched = append(watched, m.AuditEvent)
+			}
+			if m.AuditEvents != nil {
+				listed = m.AuditEvents // the last list is the filtered one
+			}
+		}
+	}
+	if len(listed) != 1 || listed[0]["eventType"] != "oauth.reauth_required" || listed[0]["reason"] != "INVALID_GRANT" {
+		tb.Fatalf("ListAuditEvents filtered on oauth.reauth_required lists %d events, want one with reason INVALID_GRANT: %v", len(listed), listed)
+	}
+	ev := listed[0]
+	name, _ := ev["name"].(string)
+	id := regexp.MustCompile(`^tenants/acme/auditEvents/([0-9a-f]{32})$`).FindStringSubmatch(name)
+	if id == nil {
+		tb.Fatalf("the event's name %q is not tenants/acme/auditEvents/{32 hex digits}", name)
+	}
+	created, err := time.Parse(time.RFC3339Nano, fmt.Sprint(ev["createTime"]))
+	if err != nil {
+		tb.Fatalf("the event's createTime: %v", err)
+	}
+
+	n := 0
+	for _, m := range received {
+		if !m.Verified {
+			tb.Errorf("the receiver did not verify message %s (%s): %s", m.ID, m.Body.Type, m.Error)
+		}
+		if m.ID != id[1] {
+			continue
+		}
+		n++
+		d := m.Body.Data
+		if m.Body.Type != "oauth.reauth_required" || d["name"] != name || d["event_type"] != ev["eventType"] ||
+			d["provider"] != ev["provider"] || d["reason"] != ev["reason"] || d["request_id"] != ev["requestId"] {
+			tb.Errorf("webhook %s: body %v does not match the audited event %v", m.ID, m.Body, ev)
+		}
+		tb.Logf("the receiver got %s %s after the event's time", name, m.ReceivedAt.Sub(created).Round(time.Millisecond))
+	}
+	if n == 0 {
+		tb.Errorf("the receiver lists no message with webhook-id %s: %+v", id[1], received)
+	}
+	if !strings.Contains(demoLog, "webhook "+id[1]+" oauth.reauth_required: signature verified") {
+		tb.Errorf("the demo's log does not say it verified webhook %s:\n%s", id[1], demoLog)
+	}
+
+	n = 0
+	for _, w := range watched {
+		if w["name"] == name {
+			n++
+			if !reflect.DeepEqual(w, ev) {
+				tb.Errorf("watched %v\nlisted  %v", w, ev)
+			}
+		}
+	}
+	if n != 1 {
+		tb.Errorf("the watch received %s %d times, want once (watched: %v)", name, n, watched)
+	}
+}
+
+// jsonDocs returns the JSON documents of out that start a line with { or
+// [ (grpcurl's answers, curl's bodies), in order.
+func jsonDocs(out string) [][]byte {
+	var docs [][]byte
+	for i := 0; i < len(out); {
+		if (out[i] == '{' || out[i] == '[') && (i == 0 || out[i-1] == '\n') {
+			dec := json.NewDecoder(strings.NewReader(out[i:]))
+			var raw json.RawMessage
+			if dec.Decode(&raw) == nil {
+				docs = append(docs, raw)
+				i += int(dec.InputOffset())
+				continue
+			}
+		}
+		i++
+	}
+	return docs
 }
 
 // walkthroughBlocks returns the sh blocks between the walkthrough markers.

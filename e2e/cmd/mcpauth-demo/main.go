@@ -3,10 +3,13 @@
 // servers the end-to-end tests use (e2e/internal/testauthz: ory/fosite for
 // OAuth 2.1 with PKCE and dynamic client registration, the official MCP
 // go-sdk for the server and its bearer-token middleware and RFC 9728
-// metadata). The authorization server shows a consent page. It prints what
-// mcpauthd needs to reach them and runs until interrupted.
+// metadata). The authorization server shows a consent page and two demo-only
+// controls that make the tokens it issued fail (testauthz's DemoControls). A
+// webhook receiver (e2e/internal/webhookrecv) verifies the Standard Webhooks
+// signature of each message mcpauth posts to it and prints a line for each.
+// It prints what mcpauthd needs to reach them and runs until interrupted.
 //
-//	go run ./e2e/cmd/mcpauth-demo [-as-addr 127.0.0.1:9400] [-mcp-addr 127.0.0.1:9401]
+//	go run ./e2e/cmd/mcpauth-demo [-as-addr 127.0.0.1:9400] [-mcp-addr 127.0.0.1:9401] [-webhook-addr 127.0.0.1:9402]
 //
 // It lives in the e2e module so that nothing of it reaches the service's
 // binary or go.mod.
@@ -19,11 +22,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/mcpauth/mcpauth/e2e/internal/testauthz"
+	"github.com/mcpauth/mcpauth/e2e/internal/webhookrecv"
 )
 
 func main() {
@@ -44,9 +50,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	asAddr := fs.String("as-addr", envOr("MCPAUTH_DEMO_AS_ADDR", "127.0.0.1:9400"), "authorization server listen address (MCPAUTH_DEMO_AS_ADDR)")
 	mcpAddr := fs.String("mcp-addr", envOr("MCPAUTH_DEMO_MCP_ADDR", "127.0.0.1:9401"), "MCP server listen address (MCPAUTH_DEMO_MCP_ADDR)")
+	hookAddr := fs.String("webhook-addr", envOr("MCPAUTH_DEMO_WEBHOOK_ADDR", "127.0.0.1:9402"), "webhook receiver listen address (MCPAUTH_DEMO_WEBHOOK_ADDR)")
 	user := fs.String("user", "demo-user", "the user the authorization server signs in")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: mcpauth-demo [flags]\n\nRuns an OAuth-protected MCP server and its authorization server (with a consent page) until interrupted.")
+		fmt.Fprintln(fs.Output(), "usage: mcpauth-demo [flags]\n\nRuns an OAuth-protected MCP server, its authorization server (with a consent page) and a webhook receiver until interrupted.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -61,10 +68,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	hook, err := startReceiver(tb, *hookAddr, stdout)
+	if err != nil {
+		return err
+	}
 	host, _, _ := net.SplitHostPort(*mcpAddr)
 	fmt.Fprintf(stdout, `mcpauth demo running (Ctrl-C stops it)
   MCP server:            %s   (tools: echo, add, whoami, ...; needs a bearer token)
   authorization server:  %s   (consent page as %q; dynamic client registration)
+                         POST /demo/revoke-access-tokens, /demo/expire-refresh-tokens: make its tokens fail
+  webhook receiver:      %s   (POST /secret the endpoint's signing secret; GET /received)
 
 mcpauthd reaches these servers on a loopback address over plain http, which its
 SSRF guard refuses unless allowed. In the shell that runs mcpauthd:
@@ -73,7 +86,7 @@ SSRF guard refuses unless allowed. In the shell that runs mcpauthd:
 
 (MCPAUTH_PUBLIC_URL, the address browsers and this authorization server use to
 reach mcpauthd's callback, defaults to http://localhost:<port of MCPAUTH_HTTP_ADDR>.)
-`, mcp.URL(), as.URL, *user, host)
+`, mcp.URL(), as.URL, *user, hook, host)
 	<-ctx.Done()
 	return nil
 }
@@ -89,9 +102,23 @@ func start(tb *runTB, asAddr, mcpAddr, user string) (as *testauthz.AuthServer, m
 			err = errors.New(string(f))
 		}
 	}()
-	as = testauthz.NewAuthServer(tb, testauthz.AuthServerOptions{Addr: asAddr, DCR: true, Consent: true, User: user, IssParameter: true})
+	as = testauthz.NewAuthServer(tb, testauthz.AuthServerOptions{Addr: asAddr, DCR: true, Consent: true, User: user, IssParameter: true,
+		DemoControls: true})
 	mcp = testauthz.NewMCPServer(tb, testauthz.MCPServerOptions{Addr: mcpAddr, Auth: as})
 	return as, mcp, nil
+}
+
+// startReceiver serves a webhook receiver on addr that writes a line per
+// message to log; it returns the URL to register as the endpoint.
+func startReceiver(tb *runTB, addr string, log io.Writer) (string, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("webhook receiver: %w", err)
+	}
+	srv := &http.Server{Handler: webhookrecv.New(log), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	tb.Cleanup(func() { _ = srv.Close() })
+	return "http://" + l.Addr().String() + "/webhook", nil
 }
 
 func envOr(name, def string) string {

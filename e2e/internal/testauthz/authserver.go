@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -115,6 +116,13 @@ type AuthServerOptions struct {
 	// (cimd.go) and advertises client_id_metadata_document_supported and
 	// private_key_jwt.
 	CIMD *CIMDOptions
+
+	// DemoControls serves POST {issuer}/demo/revoke-access-tokens and POST
+	// {issuer}/demo/expire-refresh-tokens, RevokeAccessTokens and
+	// ExpireRefreshTokens over HTTP, so that the README's walk-through can
+	// make a refresh fail from a shell. Anyone who reaches the server may
+	// call them: only the demo sets this.
+	DemoControls bool
 
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
 	Addr string
@@ -308,7 +316,21 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 	for _, path := range a.metadataPaths() {
 		a.mux.HandleFunc("GET "+path, a.metadata)
 	}
+	if opt.DemoControls {
+		a.mux.HandleFunc("POST "+p+"/demo/revoke-access-tokens", demoControl(a.RevokeAccessTokens, "access tokens revoked"))
+		a.mux.HandleFunc("POST "+p+"/demo/expire-refresh-tokens", demoControl(a.ExpireRefreshTokens, "refresh tokens expired"))
+	}
 	return a
+}
+
+// demoControl answers a DemoControls request: it runs kill and says what it
+// did.
+func demoControl(kill func(), done string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		kill()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, done+"\n")
+	}
 }
 
 // metadataPaths lists the URL paths serving the metadata document.

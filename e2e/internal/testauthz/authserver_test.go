@@ -597,3 +597,48 @@ func TestDynamicClientSecretPost(t *testing.T) {
 	_, err := a.TokenRequest(url.Values{"grant_type": {"authorization_code"}, "code": {"x"}}, id, secret)
 	wantTokenError(t, err, "invalid_client")
 }
+
+// TestDemoControls: the demo's HTTP controls kill what their methods kill,
+// and a server without DemoControls does not serve them.
+func TestDemoControls(t *testing.T) {
+	t.Parallel()
+	post := func(a *AuthServer, path string) int {
+		t.Helper()
+		resp, err := http.Post(a.URL+path, "text/plain", nil)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	plain := NewAuthServer(t, AuthServerOptions{})
+	plain.RegisterClient("app", "", []string{testRedirect}, true)
+	kept := plain.MintTokens(t, FlowParams{ClientID: "app", RedirectURI: testRedirect})
+	for _, path := range []string{"/demo/revoke-access-tokens", "/demo/expire-refresh-tokens"} {
+		if code := post(plain, path); code == http.StatusOK {
+			t.Errorf("POST %s without DemoControls = %d", path, code)
+		}
+	}
+	if _, ok := plain.Validate(kept.AccessToken); !ok {
+		t.Fatal("a server without DemoControls lost its access token")
+	}
+
+	a := NewAuthServer(t, AuthServerOptions{DemoControls: true, IssuerPath: "/demo-issuer"})
+	a.RegisterClient("app", "", []string{testRedirect}, true)
+	tok := a.MintTokens(t, FlowParams{ClientID: "app", RedirectURI: testRedirect})
+	if code := post(a, "/demo/revoke-access-tokens"); code != http.StatusOK {
+		t.Fatalf("POST revoke-access-tokens = %d", code)
+	}
+	if _, ok := a.Validate(tok.AccessToken); ok {
+		t.Fatal("access token valid after revoke-access-tokens")
+	}
+	fresh, err := a.Refresh(tok.RefreshToken, "app", "")
+	if err != nil {
+		t.Fatalf("refresh after revoke-access-tokens: %v", err)
+	}
+	if code := post(a, "/demo/expire-refresh-tokens"); code != http.StatusOK {
+		t.Fatalf("POST expire-refresh-tokens = %d", code)
+	}
+	_, err = a.Refresh(fresh.RefreshToken, "app", "")
+	wantTokenError(t, err, "invalid_grant")
+}
