@@ -626,6 +626,11 @@ func (a *App) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	}
 	// Stopped with the refresher: an attempt cut short is not recorded, its
 	// lease expires and it is made again (at least once).
+	if mode, problem := a.store.FanOutLeadMode(); problem {
+		a.log.Warn("webhook fan-out: " + mode)
+	} else {
+		a.log.Info("webhook fan-out: " + mode)
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); a.dispatcher.Run(rctx) }()
 	go func() { defer wg.Done(); a.retention.Run(rctx, a.cfg.AuditRetentionInterval) }()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -27,22 +28,119 @@ import (
 //
 // On a SQLite file it is an exclusive flock on a lock file beside the
 // database (leadFile, leadfile_flock.go), which the kernel releases when
-// the process dies. An in-memory SQLite database, a platform without
-// flock, or a lock file that cannot be opened (a read-only directory) has
-// no lead (file is nil): the lease alone decides there.
+// the process dies. The lock file is named after the database file's
+// resolved, absolute path, so that the database reached under two names
+// (a symlink, a relative path) has one lead; it is opened at the first
+// fan-out step (or FanOutLeadMode), not at Open, so that a one-shot
+// command opening the Store leaves no lock file behind. A flock excludes
+// only the processes of one kernel: on a network or FUSE file system it
+// may be local to each host, and processes on two hosts sharing the file
+// would both lead (a SQLite file is meant for one host anyway).
+//
+// An in-memory SQLite database, a platform without flock, and a lock file
+// that cannot be opened, locked or trusted (a read-only directory, a
+// symlink, another user's file, a file others may write) give no lead:
+// the lease alone decides there (alone says why), as it does when the
+// lock file fails later on.
 type fanOutLead struct {
 	mu sync.Mutex
 	// pg selects the advisory lock (PostgreSQL).
 	pg     bool
 	conn   *sql.Conn // nil while this Store does not lead (PostgreSQL)
 	pinged time.Time // when conn last answered
-	// file is the SQLite lock file; nil on PostgreSQL and without one.
+	// lockPath is the SQLite lock file's path ("" without one).
+	lockPath string
+	// file is the SQLite lock file, opened by prepare; nil before, on
+	// PostgreSQL and without a lead.
 	file *leadFile
+	// alone says why this Store has no lead ("" while it has or may have
+	// one); problem tells a fallback because something is wrong from one
+	// by design (in-memory SQLite, no flock).
+	alone   string
+	problem bool
+	// closed is set when the Store closes: it never leads again.
+	closed bool
 }
 
-// hasFanOutLead reports whether this Store has a lead at all: without one
-// (in-memory SQLite, no flock) the lease alone decides who fans out.
-func (s *Store) hasFanOutLead() bool { return s.fanOut.pg || s.fanOut.file != nil }
+// leadFileSuffix names the SQLite lock file: <database file>.fanout-lead.
+const leadFileSuffix = ".fanout-lead"
+
+// initFanOutLead sets up the lead of a Store on the SQLite file dbPath
+// ("" in memory), without opening its lock file (prepare does).
+func (s *Store) initFanOutLead(dbPath string) {
+	l := &s.fanOut
+	switch {
+	case dbPath == "":
+		l.alone = "in-memory database"
+	case !flockLead:
+		l.alone = "no flock on this platform"
+	default:
+		path, err := leadFilePath(dbPath)
+		if err != nil {
+			l.fallBack(err)
+			return
+		}
+		l.lockPath = path
+	}
+}
+
+// prepare opens the SQLite lock file once, falling back to the lease
+// alone when it cannot. The caller holds l.mu.
+func (l *fanOutLead) prepare() {
+	if l.pg || l.closed || l.file != nil || l.alone != "" {
+		return
+	}
+	f, err := openLeadFile(l.lockPath)
+	if err != nil {
+		l.fallBack(err)
+		return
+	}
+	l.file = f
+}
+
+// fallBack leaves this Store with the lease alone because of err. The
+// caller holds l.mu (or has the Store to itself).
+func (l *fanOutLead) fallBack(err error) {
+	if l.file != nil {
+		l.file.close()
+		l.file = nil
+	}
+	l.alone, l.problem = err.Error(), true
+}
+
+// hasFanOutLead reports whether this Store has a lead at all, opening its
+// lock file first if need be: without one (in-memory SQLite, no flock, no
+// usable lock file) the lease alone decides who fans out.
+func (s *Store) hasFanOutLead() bool {
+	l := &s.fanOut
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.prepare()
+	return l.pg || l.file != nil
+}
+
+// FanOutLeadMode describes, for the log at startup, how this Store's
+// webhook fan-out is led: "lead by advisory lock" (PostgreSQL), "lead by
+// lock file PATH" (a SQLite file), or "lease alone (REASON)". On a SQLite
+// file it opens the lock file, as the first fan-out step would. problem
+// reports a fallback to the lease alone because something is wrong (the
+// lock file cannot be opened or trusted), not by design (in-memory
+// SQLite, no flock).
+func (s *Store) FanOutLeadMode() (mode string, problem bool) {
+	l := &s.fanOut
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.prepare()
+	switch {
+	case l.pg:
+		return "lead by advisory lock", false
+	case l.file != nil:
+		return "lead by lock file " + l.lockPath, false
+	case l.closed && l.alone == "":
+		return "lease alone (closed)", false
+	}
+	return "lease alone (" + l.alone + ")", l.problem
+}
 
 // fanOutLockClass is the first key of the advisory lock (the second is a
 // hash of the schema's name): "mcpw" in ASCII.
@@ -67,11 +165,22 @@ func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Durat
 	l := &s.fanOut
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return false, nil // never again: nothing is reopened
+	}
 	if !l.pg {
+		l.prepare()
 		if l.file == nil {
 			return false, nil
 		}
-		return l.file.lead(now, maxAge)
+		lead, err := l.file.lead(now, maxAge)
+		if err != nil {
+			// As when the lock file could not be opened at first: the
+			// lease alone from the next step on, said once.
+			l.fallBack(err)
+			return false, fmt.Errorf("fan-out lead lost, going on under the lease alone: %w", err)
+		}
+		return lead, nil
 	}
 	if l.conn != nil {
 		if now.Sub(l.pinged) < maxAge {
@@ -135,12 +244,13 @@ func (s *Store) dropFanOutLead(ctx context.Context) {
 }
 
 // closeFanOutLead gives the lead up and closes the lock file, when the
-// Store closes.
+// Store closes; the Store never leads again (leadFanOut reopens nothing).
 func (s *Store) closeFanOutLead(ctx context.Context) {
 	s.dropFanOutLead(ctx)
 	l := &s.fanOut
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.file != nil {
 		l.file.close()
 	}

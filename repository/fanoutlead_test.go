@@ -1,15 +1,16 @@
 package repository
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // TestSQLiteFileNamesTheDatabaseFile: the fan-out's lock file sits beside
-// the file a SQLite dsn names; an in-memory database names none.
+// the file a SQLite dsn names; an in-memory database names none. SQLite
+// takes mode=memory only in a "file:" URI (the driver cuts the query off
+// any other name) and a URI only in lower case; the last part checks that
+// against the driver.
 func TestSQLiteFileNamesTheDatabaseFile(t *testing.T) {
 	t.Parallel()
 	for dsn, want := range map[string]string{
@@ -23,38 +24,43 @@ func TestSQLiteFileNamesTheDatabaseFile(t *testing.T) {
 		"sqlite::memory:":                       "",
 		"file::memory:?cache=shared":            "",
 		"file:x?mode=memory&cache=shared":       "",
+		"sqlite:file:x?mode=memory":             "",
 		"file:/x.db?vfs=memdb":                  "",
+		"/x.db?vfs=memdb":                       "",
 		"":                                      "",
+		// Not a URI: mode=memory is cut off with the query.
+		"data/mcpauth.db?mode=memory":          "data/mcpauth.db",
+		"sqlite:x.db?cache=shared&mode=memory": "x.db",
+		// Not a URI either: a file named FILE:x.db.
+		"FILE:x.db":             "FILE:x.db",
+		"File:x.db?mode=memory": "File:x.db",
 	} {
 		if got := sqliteFile(dsn); got != want {
 			t.Errorf("sqliteFile(%q) = %q, want %q", dsn, got, want)
 		}
 	}
-}
-
-// TestFanOutLeaseAloneWithoutLockFile: when the lock file beside a SQLite
-// file cannot be opened, the Store has no lead and fans out under the
-// lease alone instead of failing.
-func TestFanOutLeaseAloneWithoutLockFile(t *testing.T) {
-	t.Parallel()
-	dsn := filepath.Join(t.TempDir(), "mcpauth.db")
-	// A directory where the lock file would be: no process can open it
-	// for writing.
-	if err := os.Mkdir(dsn+leadFileSuffix, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	s := openStore(t, dsn)
-	if s.hasFanOutLead() {
-		t.Fatal("the Store leads the fan-out without a lock file")
-	}
-	now := time.Now().UTC()
-	createEndpoint(t, s, now)
-	uids := appendEvents(t, s, "p")
-	_, ds := leaseAll(t, s, "a", 1, now)
-	if len(ds) != 1 || ds[0].EventUID != uids[0] {
-		t.Fatalf("leased %v, want %v", uidsOf(ds), uids)
-	}
-	if b, err := s.LeaseFanOut(context.Background(), "b", now, time.Minute, FanOutRead{Limit: 500}, nil); err != nil || b != nil {
-		t.Fatalf("b leased %v (%v) while a's lease is live", b, err)
+	// What the driver makes of them: a file where sqliteFile names one,
+	// none where it names none.
+	dir := t.TempDir()
+	for _, dsn := range []string{
+		filepath.Join(dir, "plain.db") + "?mode=memory",
+		"file:" + filepath.Join(dir, "uri.db") + "?mode=memory",
+		"file:" + filepath.Join(dir, "memdb.db") + "?vfs=memdb",
+		"file://localhost" + filepath.Join(dir, "host.db"),
+	} {
+		s := openStore(t, dsn)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"plain.db", "uri.db", "memdb.db", "host.db"} {
+			path := filepath.Join(dir, name)
+			_, err := os.Stat(path)
+			if named := sqliteFile(dsn) == path; named != (err == nil) {
+				t.Errorf("after opening %q: %s exists: %v, sqliteFile names it: %v", dsn, path, err == nil, named)
+			}
+		}
+		for _, name := range []string{"plain.db", "uri.db", "memdb.db", "host.db"} {
+			_ = os.Remove(filepath.Join(dir, name))
+		}
 	}
 }

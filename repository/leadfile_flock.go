@@ -4,7 +4,10 @@ package repository
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -21,30 +24,44 @@ type leadFile struct {
 	path    string
 	f       *os.File  // nil once closed (reopened at the next lead)
 	held    bool      // f holds the lock
-	checked time.Time // when f was last found to be the file at path
+	checked time.Time // when f was last found to be the file at path (held or not)
 }
 
 // flockLead reports whether a SQLite file has a fan-out lead here.
 const flockLead = true
 
-// leadFileSuffix names the lock file: <database file>.fanout-lead.
-const leadFileSuffix = ".fanout-lead"
-
-// openLeadFile opens the lock file of the SQLite file dbPath and checks
-// that flock works on it, without keeping the lock. It returns nil (no
-// lead: the lease alone decides) when dbPath is "" (an in-memory
-// database), and also when the lock file cannot be opened (a read-only
-// directory) or locked (a file system without flock): the fan-out then
-// goes on as it would without a lead, its takeovers bounded by the lease,
-// rather than stopping.
-func openLeadFile(dbPath string) *leadFile {
-	if dbPath == "" {
-		return nil
-	}
-	path := dbPath + leadFileSuffix
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+// leadFilePath names the lock file of the SQLite file dbPath after the
+// file's resolved, absolute path (its directory's, and its base name,
+// while it does not exist), so that every name of one database gives one
+// lock file.
+func leadFilePath(dbPath string) (string, error) {
+	abs, err := filepath.Abs(dbPath)
 	if err != nil {
-		return nil
+		return "", fmt.Errorf("lock file: %w", err)
+	}
+	resolved, err := filepath.EvalSymlinks(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		var dir string
+		if dir, err = filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+			resolved = filepath.Join(dir, filepath.Base(abs))
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("lock file: %w", err)
+	}
+	return resolved + leadFileSuffix, nil
+}
+
+// openLeadFile opens the lock file at path, creating it, and checks that
+// it can be trusted and that flock works on it, without keeping the lock.
+// It does not follow a symlink at path, and it takes only a regular file
+// of the effective user that no one else may read or write: another
+// user's file could be held locked for ever, or removed and replaced. On
+// an error the Store has no lead (the lease alone decides).
+func openLeadFile(path string) (*leadFile, error) {
+	f, err := openLockFile(path)
+	if err != nil {
+		return nil, err
 	}
 	switch err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB); {
 	case err == nil:
@@ -57,9 +74,40 @@ func openLeadFile(dbPath string) *leadFile {
 		// Another Store leads: flock works here.
 	default:
 		_ = f.Close()
-		return nil
+		return nil, &os.PathError{Op: "flock", Path: path, Err: err}
 	}
-	return &leadFile{path: path, f: f}
+	return &leadFile{path: path, f: f}, nil
+}
+
+// openLockFile opens (creating) the lock file at path, not through a
+// symlink, and returns it if it is a regular file of the effective user
+// without permission bits for group or others.
+func openLockFile(path string) (*os.File, error) {
+	// os.OpenFile adds O_CLOEXEC: a child process does not inherit the
+	// lock.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		err = errors.New("not a regular file")
+	case !ok || int64(st.Uid) != int64(os.Geteuid()):
+		err = errors.New("owned by another user")
+	case fi.Mode().Perm()&0o077 != 0:
+		err = fmt.Errorf("mode %v: group or others may use it", fi.Mode().Perm())
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, &os.PathError{Op: "lock file", Path: path, Err: err}
+	}
+	return f, nil
 }
 
 // lead reports whether this Store leads, taking the lock when nobody holds
@@ -76,9 +124,18 @@ func (l *leadFile) lead(now time.Time, maxAge time.Duration) (bool, error) {
 			return true, nil
 		}
 		l.close()
+	} else if l.f != nil && now.Sub(l.checked) >= maxAge {
+		// Not leading on a file that may have been replaced: were the
+		// lead to die, this Store would lock the old file while a new
+		// one locks the file on disk.
+		if !l.current() {
+			l.close()
+		} else {
+			l.checked = now
+		}
 	}
 	if l.f == nil {
-		f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := openLockFile(l.path)
 		if err != nil {
 			return false, err
 		}
@@ -100,9 +157,10 @@ func (l *leadFile) lead(now time.Time, maxAge time.Duration) (bool, error) {
 	return true, nil
 }
 
-// current reports whether the open lock file is still the one at path.
+// current reports whether the open lock file is still the one at path (a
+// symlink put there is not).
 func (l *leadFile) current() bool {
-	onDisk, err := os.Stat(l.path)
+	onDisk, err := os.Lstat(l.path)
 	if err != nil {
 		return false
 	}

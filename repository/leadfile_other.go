@@ -2,7 +2,10 @@
 
 package repository
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // leadFile is the SQLite lead of the fan-out where flock is available
 // (leadfile_flock.go); here there is none, and the lease alone decides.
@@ -11,8 +14,14 @@ type leadFile struct{}
 // flockLead reports whether a SQLite file has a fan-out lead here.
 const flockLead = false
 
-// openLeadFile returns nil: no lead without flock.
-func openLeadFile(string) *leadFile { return nil }
+// errNoFlock is why a SQLite file has no lead here.
+var errNoFlock = errors.New("no flock on this platform")
+
+// leadFilePath fails: no lead without flock.
+func leadFilePath(string) (string, error) { return "", errNoFlock }
+
+// openLeadFile fails: no lead without flock.
+func openLeadFile(string) (*leadFile, error) { return nil, errNoFlock }
 
 func (*leadFile) lead(time.Time, time.Duration) (bool, error) { return false, nil }
 func (*leadFile) drop()                                       {}

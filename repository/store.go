@@ -114,7 +114,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	if !s.fanOut.pg {
-		s.fanOut.file = openLeadFile(sqliteFile(dsn))
+		// Once the file exists: its lock file is named after its
+		// resolved path.
+		s.initFanOutLead(sqliteFile(dsn))
 	}
 	return s, nil
 }
@@ -152,17 +154,24 @@ func sqliteDSN(dsn string) string {
 }
 
 // sqliteFile returns the path of the file a SQLite dsn (as Open takes it)
-// names, or "" for an in-memory database (":memory:", mode=memory, the
-// memdb VFS, or no path at all). A "file:" URI's authority is dropped and
-// its path unescaped, as SQLite does.
+// names, or "" for an in-memory database (":memory:", mode=memory in a
+// "file:" URI, the memdb VFS, or no path at all). A "file:" URI's
+// authority is dropped and its path unescaped, as SQLite does.
 func sqliteFile(dsn string) string {
 	path := strings.TrimPrefix(dsn, "sqlite:")
 	if i := strings.IndexByte(path, '?'); i >= 0 {
-		if q, err := url.ParseQuery(path[i+1:]); err == nil && (q.Get("mode") == "memory" || q.Get("vfs") == "memdb") {
-			return ""
+		if q, err := url.ParseQuery(path[i+1:]); err == nil {
+			// The driver selects the VFS whatever the name, but hands the
+			// query to SQLite (mode=memory) only after a "file:" prefix
+			// (as it is, lower case): it cuts it off otherwise.
+			if q.Get("vfs") == "memdb" || q.Get("mode") == "memory" && strings.HasPrefix(path, "file:") {
+				return ""
+			}
 		}
 		path = path[:i]
 	}
+	// SQLite takes a URI only in lower case: "FILE:x.db" is a file of
+	// that name.
 	if rest, ok := strings.CutPrefix(path, "file:"); ok {
 		if after, ok := strings.CutPrefix(rest, "//"); ok {
 			// file://[authority]/path
