@@ -4,9 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"fmt"
 	"sync"
 	"time"
+
+	"github.com/mcpauth/mcpauth/apperr"
 )
 
 // fanOutLead is a Store's hold on the lead of the webhook fan-out. Only
@@ -178,7 +179,8 @@ func (s *Store) leadFanOut(ctx context.Context, now time.Time, maxAge time.Durat
 			// As when the lock file could not be opened at first: the
 			// lease alone from the next step on, said once.
 			l.fallBack(err)
-			return false, fmt.Errorf("fan-out lead lost, going on under the lease alone: %w", err)
+			// Not the database's failure (dbErr keeps it as it is).
+			return false, apperr.Internal(err, "lease fan-out: lead lost, going on under the lease alone")
 		}
 		return lead, nil
 	}
