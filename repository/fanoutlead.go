@@ -122,23 +122,23 @@ func (s *Store) hasFanOutLead() bool {
 
 // FanOutLeadMode describes, for the log at startup, how this Store's
 // webhook fan-out is led: "lead by advisory lock" (PostgreSQL), "lead by
-// lock file PATH" (a SQLite file), or "lease alone (REASON)". On a SQLite
-// file it opens the lock file, as the first fan-out step would. problem
-// reports a fallback to the lease alone because something is wrong (the
-// lock file cannot be opened or trusted), not by design (in-memory
-// SQLite, no flock).
+// lock file PATH" (a SQLite file), or "lease alone (REASON)"; "none
+// (closed)" once the Store closed. On a SQLite file it opens the lock
+// file, as the first fan-out step would. problem reports a fallback to
+// the lease alone because something is wrong (the lock file cannot be
+// opened or trusted), not by design (in-memory SQLite, no flock).
 func (s *Store) FanOutLeadMode() (mode string, problem bool) {
 	l := &s.fanOut
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.prepare()
 	switch {
+	case l.closed:
+		return "none (closed)", false
 	case l.pg:
 		return "lead by advisory lock", false
 	case l.file != nil:
 		return "lead by lock file " + l.lockPath, false
-	case l.closed && l.alone == "":
-		return "lease alone (closed)", false
 	}
 	return "lease alone (" + l.alone + ")", l.problem
 }
