@@ -146,7 +146,8 @@ func TestREADMEWalkthrough(t *testing.T) {
 // oauth.reauth_required event (reason INVALID_GRANT) on the audit log,
 // which the demo's receiver accepted, signed, with the same body, and the
 // WatchEvents subscriber received exactly as ListAuditEvents lists it,
-// and the demo's log line saying it verified.
+// and the demo's log line saying it verified (the receiver quotes the id
+// and the type).
 func checkEvents(tb testing.TB, out, demoLog string) {
 	tb.Helper()
 	var listed, watched []map[string]any
@@ -215,7 +216,7 @@ func checkEvents(tb testing.TB, out, demoLog string) {
 	if n == 0 {
 		tb.Errorf("the receiver lists no message with webhook-id %s: %+v", id[1], received)
 	}
-	if !strings.Contains(demoLog, "webhook "+id[1]+" oauth.reauth_required: signature verified") {
+	if !strings.Contains(demoLog, `webhook "`+id[1]+`" "oauth.reauth_required": signature verified`) {
 		tb.Errorf("the demo's log does not say it verified webhook %s:\n%s", id[1], demoLog)
 	}
 
