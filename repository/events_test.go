@@ -2,8 +2,13 @@ package repository
 
 import (
 	"context"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"gorm.io/gorm"
 
 	"github.com/mcpauth/mcpauth/apperr"
 	"github.com/mcpauth/mcpauth/domain"
@@ -186,4 +191,73 @@ func TestChangeEventsCommitWithTheirChange(t *testing.T) {
 			t.Fatalf("changed=%v, %d events for a challenge that changed the status, want 1", changed, count("mcp.challenge.recorded"))
 		}
 	})
+}
+
+// TestFeedReadsWalkRangesOnSQLite: every read of the event feed on SQLite
+// (the fan-out's positions and its stretch of whole events, a tenant's
+// events for WatchEvents, all events for the log mirror) walks an index
+// range. A full scan of the audit table would run on every poll of an idle
+// feed, and the table holds up to MCPAUTH_AUDIT_MAX_ROWS events.
+func TestFeedReadsWalkRangesOnSQLite(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testenv.SQLiteDSN(t))
+	ctx := context.Background()
+	now := time.Now().UTC()
+	createEndpoint(t, s, now)
+	appendEvents(t, s, "p", "q", "p")
+	other := &AuditEvent{TenantID: "u", EventType: "x", Details: "{}"}
+	PrepareEvents(now, other)
+	wantNoErr(t, s.AppendAuditBatch(ctx, []*AuditEvent{other}), "AppendAuditBatch")
+
+	// Every statement that reads audit_events, with its arguments.
+	type stmt struct {
+		sql  string
+		vars []any
+	}
+	var mu sync.Mutex
+	var reads []stmt
+	capture := func(db *gorm.DB) {
+		if sql := db.Statement.SQL.String(); strings.Contains(sql, "audit_events") && strings.HasPrefix(strings.TrimSpace(sql), "SELECT") {
+			mu.Lock()
+			reads = append(reads, stmt{sql, slices.Clone(db.Statement.Vars)})
+			mu.Unlock()
+		}
+	}
+	wantNoErr(t, s.db.Callback().Query().After("gorm:query").Register("test:feed_reads", capture), "register query callback")
+	wantNoErr(t, s.db.Callback().Row().After("gorm:row").Register("test:feed_reads", capture), "register row callback")
+
+	b, err := s.LeaseFanOut(ctx, "me", now, time.Minute, FanOutRead{Limit: 500}, nil)
+	if err != nil || b == nil || len(b.Events) != 3 {
+		t.Fatalf("LeaseFanOut: %v, %v, want tenant t's 3 events read whole", b, err)
+	}
+	if evs, err := s.EventsAfter(ctx, "t", EventCursor{}, 10); err != nil || len(evs) != 3 {
+		t.Fatalf("EventsAfter: %d events, %v; want 3", len(evs), err)
+	}
+	if evs, err := s.AllEventsAfter(ctx, EventCursor{}, 10); err != nil || len(evs) != 4 {
+		t.Fatalf("AllEventsAfter: %d events, %v; want 4", len(evs), err)
+	}
+	wantNoErr(t, s.db.Callback().Query().Remove("test:feed_reads"), "remove query callback")
+	wantNoErr(t, s.db.Callback().Row().Remove("test:feed_reads"), "remove row callback")
+
+	if len(reads) < 4 {
+		t.Fatalf("captured %d reads of audit_events, want the fan-out's two and the feeds' two at least", len(reads))
+	}
+	for _, r := range reads {
+		rows, err := s.db.Raw("EXPLAIN QUERY PLAN "+r.sql, r.vars...).Rows()
+		wantNoErr(t, err, "EXPLAIN QUERY PLAN")
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			wantNoErr(t, rows.Scan(&id, &parent, &unused, &detail), "scan plan")
+			plan = append(plan, detail)
+		}
+		wantNoErr(t, rows.Err(), "plan rows")
+		rows.Close()
+		for _, step := range plan {
+			if strings.HasPrefix(step, "SCAN audit_events") {
+				t.Errorf("%s\nscans the audit table: %v", r.sql, plan)
+			}
+		}
+	}
 }

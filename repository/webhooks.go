@@ -414,11 +414,12 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	}
 	// The stretch is settled: every transaction below the horizon it was
 	// read under has ended, so (from, to] holds the same events now.
-	q := db.Where("(txid, id) > (?, ?) AND (txid, id) <= (?, ?)", from.TxID, from.ID, b.to.TxID, b.to.ID)
+	where, args, order := s.feedBetween(from, b.to)
+	q := db.Where(where, args...)
 	if len(routed) < len(tenants) {
 		q = q.Where("tenant_id IN ?", routed)
 	}
-	if err := q.Order("txid, id").Find(&b.Events).Error; err != nil {
+	if err := q.Order(order).Find(&b.Events).Error; err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -435,8 +436,9 @@ type feedPosition struct {
 // fan-out reads one per event written, and GORM's reflection per row cost
 // it more than the query.
 func (s *Store) feedPositions(ctx context.Context, from EventCursor, limit int) ([]feedPosition, error) {
-	rows, err := s.db.WithContext(ctx).Raw("SELECT txid, id, tenant_id FROM audit_events WHERE (txid, id) > (?, ?) AND txid < "+
-		s.horizonSQL()+" ORDER BY txid, id LIMIT ?", from.TxID, from.ID, limit).Rows()
+	where, args, order := s.feedAfter(from)
+	rows, err := s.db.WithContext(ctx).Raw("SELECT txid, id, tenant_id FROM audit_events WHERE "+where+
+		" ORDER BY "+order+" LIMIT ?", append(args, limit)...).Rows()
 	if err != nil {
 		return nil, err
 	}
@@ -645,6 +647,25 @@ const claimLockKey = 0x6d6370776864 // "mcpwhd"
 // provider are not ordered. The lease owner recorded is a fresh token per
 // claim (in LeaseOwner of the rows returned).
 func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]WebhookDelivery, error) {
+	// The state is written into the SQL, not bound, so that a generic
+	// plan can still prove the partial indexes' predicates.
+	pending := strconv.Itoa(DeliveryPending)
+	// Most polls find nothing due. Two probes of the partial indexes
+	// (free, and leased with the lease over) say so without the claim's
+	// transaction, lock and query, whose preparation alone costs SQLite
+	// milliseconds on every poll of an idle process. A delivery they miss
+	// was not a candidate either.
+	var due bool
+	if err := s.db.WithContext(ctx).Raw(`SELECT EXISTS (SELECT 1 FROM webhook_deliveries
+			WHERE state = `+pending+` AND lease_owner = '' AND next_attempt_at <= ?)
+		OR EXISTS (SELECT 1 FROM webhook_deliveries
+			WHERE state = `+pending+` AND lease_owner <> '' AND lease_until < ? AND next_attempt_at <= ?)`,
+		now, now, now).Scan(&due).Error; err != nil {
+		return nil, dbErr(err, "claim deliveries")
+	}
+	if !due {
+		return nil, nil
+	}
 	var out []WebhookDelivery
 	err := s.transaction(ctx, func(tx *gorm.DB) error {
 		if s.db.Dialector.Name() == "postgres" {
@@ -659,9 +680,6 @@ func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time
 		// Each part reads a partial index of migration 0015, so a claim
 		// costs the candidates it looks at, not the deliveries in flight.
 		var cands []WebhookDelivery
-		// The state is written into the SQL, not bound, so that a generic
-		// plan can still prove the partial indexes' predicates.
-		pending := strconv.Itoa(DeliveryPending)
 		err := tx.Raw(`SELECT d.* FROM webhook_deliveries d
 			WHERE d.state = `+pending+` AND d.next_attempt_at <= ? AND (d.lease_owner = '' OR d.lease_until < ?)
 				AND (d.provider_id = '' OR NOT EXISTS (SELECT 1 FROM webhook_deliveries e

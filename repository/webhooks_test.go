@@ -501,3 +501,38 @@ func TestFanOutReadsWholeOnlyEventsWithEndpoints(t *testing.T) {
 		}
 	})
 }
+
+// TestClaimTakesOverExpiredLeases: a delivery due for its retry is claimed
+// once; while that claim's lease is live no other replica claims it, and
+// once the lease is over (its claimer died mid-send) another one does.
+func TestClaimTakesOverExpiredLeases(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now)
+		uids := appendEvents(t, s, "p")
+		b, ds := leaseAll(t, s, "me", 1, now)
+		ds[0].Attempts, ds[0].NextAttemptAt, ds[0].LastError = 1, now.Add(time.Minute), "boom"
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+
+		claim := func(owner string, at time.Time) []string {
+			t.Helper()
+			got, err := s.ClaimDeliveries(ctx, owner, at, time.Minute, 10)
+			wantNoErr(t, err, "ClaimDeliveries")
+			return uidsOf(got)
+		}
+		if got := claim("a", now); len(got) != 0 {
+			t.Fatalf("claimed %v before its retry was due", got)
+		}
+		if got := claim("a", now.Add(2*time.Minute)); !slices.Equal(got, uids) {
+			t.Fatalf("a claimed %v once due, want %v", got, uids)
+		}
+		if got := claim("b", now.Add(2*time.Minute+30*time.Second)); len(got) != 0 {
+			t.Fatalf("b claimed %v under a's live lease", got)
+		}
+		if got := claim("b", now.Add(4*time.Minute)); !slices.Equal(got, uids) {
+			t.Fatalf("b claimed %v after a's lease ended, want %v", got, uids)
+		}
+	})
+}

@@ -146,7 +146,9 @@ func TestREADMEWalkthrough(t *testing.T) {
 // oauth.reauth_required event (reason INVALID_GRANT) on the audit log,
 // which the demo's receiver accepted, signed, with the same body, and the
 // WatchEvents subscriber received exactly as ListAuditEvents lists it,
-// and the demo's log line saying it verified.
+// together with the failed call's mcp.tool.called event (the same
+// requestId, as the README says), and the demo's log line saying it
+// verified (the receiver quotes the id and the type).
 func checkEvents(tb testing.TB, out, demoLog string) {
 	tb.Helper()
 	var listed, watched []map[string]any
@@ -215,7 +217,7 @@ func checkEvents(tb testing.TB, out, demoLog string) {
 	if n == 0 {
 		tb.Errorf("the receiver lists no message with webhook-id %s: %+v", id[1], received)
 	}
-	if !strings.Contains(demoLog, "webhook "+id[1]+" oauth.reauth_required: signature verified") {
+	if !strings.Contains(demoLog, `webhook "`+id[1]+`" "oauth.reauth_required": signature verified`) {
 		tb.Errorf("the demo's log does not say it verified webhook %s:\n%s", id[1], demoLog)
 	}
 
@@ -230,6 +232,19 @@ func checkEvents(tb testing.TB, out, demoLog string) {
 	}
 	if n != 1 {
 		tb.Errorf("the watch received %s %d times, want once (watched: %v)", name, n, watched)
+	}
+	rid, _ := ev["requestId"].(string)
+	if rid == "" {
+		tb.Fatalf("the event %s has no requestId: %v", name, ev)
+	}
+	n = 0
+	for _, w := range watched {
+		if w["eventType"] == "mcp.tool.called" && w["requestId"] == rid {
+			n++
+		}
+	}
+	if n == 0 {
+		tb.Errorf("the watch has no mcp.tool.called event with the reauth event's requestId %s (watched: %v)", rid, watched)
 	}
 }
 

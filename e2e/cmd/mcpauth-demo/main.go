@@ -78,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
   authorization server:  %s   (consent page as %q; dynamic client registration)
                          POST /demo/revoke-access-tokens, /demo/expire-refresh-tokens: make its tokens fail
   webhook receiver:      %s   (POST /secret the endpoint's signing secret; GET /received)
+  (the POSTs above need the header X-Demo-Control: 1, which no web page can send cross-site)
 
 mcpauthd reaches these servers on a loopback address over plain http, which its
 SSRF guard refuses unless allowed. In the shell that runs mcpauthd:

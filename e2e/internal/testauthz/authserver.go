@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpauth/mcpauth/e2e/internal/democontrol"
 	"github.com/ory/fosite"
 	"github.com/ory/fosite/compose"
 )
@@ -120,8 +121,10 @@ type AuthServerOptions struct {
 	// DemoControls serves POST {issuer}/demo/revoke-access-tokens and POST
 	// {issuer}/demo/expire-refresh-tokens, RevokeAccessTokens and
 	// ExpireRefreshTokens over HTTP, so that the README's walk-through can
-	// make a refresh fail from a shell. Anyone who reaches the server may
-	// call them: only the demo sets this.
+	// make a refresh fail from a shell. Each needs the header
+	// "X-Demo-Control: 1" (democontrol.Header; 403 without it), so that a
+	// web page cannot trigger it with a plain cross-site POST; anyone else
+	// who reaches the server may call them: only the demo sets this.
 	DemoControls bool
 
 	// Addr is the listen address; default "127.0.0.1:0" (a free port).
@@ -317,8 +320,8 @@ func newAuthServer(tb TB, opt AuthServerOptions, origin string) *AuthServer {
 		a.mux.HandleFunc("GET "+path, a.metadata)
 	}
 	if opt.DemoControls {
-		a.mux.HandleFunc("POST "+p+"/demo/revoke-access-tokens", demoControl(a.RevokeAccessTokens, "access tokens revoked"))
-		a.mux.HandleFunc("POST "+p+"/demo/expire-refresh-tokens", demoControl(a.ExpireRefreshTokens, "refresh tokens expired"))
+		a.mux.HandleFunc("POST "+p+"/demo/revoke-access-tokens", democontrol.Require(demoControl(a.RevokeAccessTokens, "access tokens revoked")))
+		a.mux.HandleFunc("POST "+p+"/demo/expire-refresh-tokens", democontrol.Require(demoControl(a.ExpireRefreshTokens, "refresh tokens expired")))
 	}
 	return a
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mcpauth/mcpauth/e2e/internal/democontrol"
 )
 
 const testRedirect = "http://127.0.0.1:9/callback"
@@ -599,12 +601,22 @@ func TestDynamicClientSecretPost(t *testing.T) {
 }
 
 // TestDemoControls: the demo's HTTP controls kill what their methods kill,
-// and a server without DemoControls does not serve them.
+// only when asked with the X-Demo-Control header (a plain POST, which any
+// web page could send cross-site, gets 403 and kills nothing), and a
+// server without DemoControls does not serve them.
 func TestDemoControls(t *testing.T) {
 	t.Parallel()
-	post := func(a *AuthServer, path string) int {
+	post := func(a *AuthServer, path string, header bool) int {
 		t.Helper()
-		resp, err := http.Post(a.URL+path, "text/plain", nil)
+		req, err := http.NewRequest(http.MethodPost, a.URL+path, strings.NewReader("x=1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if header {
+			req.Header.Set(democontrol.Header, "1")
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatalf("POST %s: %v", path, err)
 		}
@@ -615,7 +627,7 @@ func TestDemoControls(t *testing.T) {
 	plain.RegisterClient("app", "", []string{testRedirect}, true)
 	kept := plain.MintTokens(t, FlowParams{ClientID: "app", RedirectURI: testRedirect})
 	for _, path := range []string{"/demo/revoke-access-tokens", "/demo/expire-refresh-tokens"} {
-		if code := post(plain, path); code == http.StatusOK {
+		if code := post(plain, path, true); code == http.StatusOK {
 			t.Errorf("POST %s without DemoControls = %d", path, code)
 		}
 	}
@@ -626,7 +638,15 @@ func TestDemoControls(t *testing.T) {
 	a := NewAuthServer(t, AuthServerOptions{DemoControls: true, IssuerPath: "/demo-issuer"})
 	a.RegisterClient("app", "", []string{testRedirect}, true)
 	tok := a.MintTokens(t, FlowParams{ClientID: "app", RedirectURI: testRedirect})
-	if code := post(a, "/demo/revoke-access-tokens"); code != http.StatusOK {
+	for _, path := range []string{"/demo/revoke-access-tokens", "/demo/expire-refresh-tokens"} {
+		if code := post(a, path, false); code != http.StatusForbidden {
+			t.Errorf("POST %s without %s = %d, want 403", path, democontrol.Header, code)
+		}
+	}
+	if _, ok := a.Validate(tok.AccessToken); !ok {
+		t.Fatal("a control without its header revoked the access token")
+	}
+	if code := post(a, "/demo/revoke-access-tokens", true); code != http.StatusOK {
 		t.Fatalf("POST revoke-access-tokens = %d", code)
 	}
 	if _, ok := a.Validate(tok.AccessToken); ok {
@@ -634,9 +654,9 @@ func TestDemoControls(t *testing.T) {
 	}
 	fresh, err := a.Refresh(tok.RefreshToken, "app", "")
 	if err != nil {
-		t.Fatalf("refresh after revoke-access-tokens: %v", err)
+		t.Fatalf("refresh after revoke-access-tokens (its refresh token was expired by a control without its header?): %v", err)
 	}
-	if code := post(a, "/demo/expire-refresh-tokens"); code != http.StatusOK {
+	if code := post(a, "/demo/expire-refresh-tokens", true); code != http.StatusOK {
 		t.Fatalf("POST expire-refresh-tokens = %d", code)
 	}
 	_, err = a.Refresh(fresh.RefreshToken, "app", "")

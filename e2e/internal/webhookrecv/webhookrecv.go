@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mcpauth/mcpauth/e2e/internal/democontrol"
 )
 
 // Verify checks a message's signature as the Standard Webhooks
@@ -63,6 +65,11 @@ const Tolerance = 5 * time.Minute
 // maxBody bounds what the receiver reads of a message or a secret.
 const maxBody = 1 << 20
 
+// MaxKept is how many messages the receiver keeps: the newest, the older
+// ones dropped, so that a sender (or anyone who reaches the receiver) cannot
+// grow its memory without limit.
+const MaxKept = 1000
+
 // Message is one message the receiver took, as GET /received lists it.
 type Message struct {
 	// ID is its webhook-id (for mcpauth, the event id: repeats share it).
@@ -83,26 +90,34 @@ type Message struct {
 //
 //	POST /webhook   a message: verified, kept, one line written to the log;
 //	                204 if it verifies, else 401 (the sender retries)
-//	POST /secret    the endpoint's signing secret ("whsec_..."), the body
-//	GET  /received  the messages kept, oldest first, as a JSON list
+//	POST /secret    the endpoint's signing secret ("whsec_..."), the body;
+//	                it needs the header "X-Demo-Control: 1" (democontrol),
+//	                403 without it, so that no web page can set a secret
+//	GET  /received  the last MaxKept messages, oldest first, as a JSON list
 //
-// The secret arrives by POST because mcpauth shows it only in the answer
-// that creates the endpoint. It is never written anywhere.
+// The secret arrives by POST because mcpauth shows it only in the answers
+// of CreateWebhookEndpoint and RotateWebhookEndpointSecret. It is never
+// written anywhere.
+//
+// A log line quotes (Go's %q) what the message carries, its webhook-id and
+// its type, so that a message cannot write a line of its own (such as a
+// forged "signature verified") with a newline. Lines are written under the
+// receiver's lock: the log need not be safe for concurrent use.
 type Receiver struct {
 	mux *http.ServeMux
 	log io.Writer
 	now func() time.Time
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards secret, got and writes to log
 	secret string
-	got    []Message
+	got    []Message // the last MaxKept messages, oldest first
 }
 
 // New returns a Receiver that writes a line per message to log.
 func New(log io.Writer) *Receiver {
 	r := &Receiver{mux: http.NewServeMux(), log: log, now: time.Now}
 	r.mux.HandleFunc("POST /webhook", r.message)
-	r.mux.HandleFunc("POST /secret", r.setSecret)
+	r.mux.HandleFunc("POST /secret", democontrol.Require(r.setSecret))
 	r.mux.HandleFunc("GET /received", r.received)
 	return r
 }
@@ -133,14 +148,25 @@ func (r *Receiver) message(w http.ResponseWriter, req *http.Request) {
 	} else {
 		m.Verified = true
 	}
-	r.got = append(r.got, m)
+	r.keep(m)
 	if m.Verified {
-		fmt.Fprintf(r.log, "webhook %s %s: signature verified\n", m.ID, m.Type)
+		fmt.Fprintf(r.log, "webhook %q %q: signature verified\n", m.ID, m.Type)
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	fmt.Fprintf(r.log, "webhook %s %s: signature INVALID (%s)\n", m.ID, m.Type, m.Error)
+	fmt.Fprintf(r.log, "webhook %q %q: signature INVALID (%s)\n", m.ID, m.Type, m.Error)
 	http.Error(w, "signature INVALID", http.StatusUnauthorized)
+}
+
+// keep appends m to the messages kept, dropping the oldest beyond MaxKept
+// (r.mu held).
+func (r *Receiver) keep(m Message) {
+	if len(r.got) >= MaxKept {
+		n := copy(r.got, r.got[len(r.got)-MaxKept+1:])
+		clear(r.got[n:])
+		r.got = r.got[:n]
+	}
+	r.got = append(r.got, m)
 }
 
 // check verifies a message under the secret held (r.mu held).
@@ -171,8 +197,8 @@ func (r *Receiver) setSecret(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	r.secret = secret
-	r.mu.Unlock()
 	fmt.Fprintln(r.log, "webhook receiver: signing secret set")
+	r.mu.Unlock()
 	_, _ = io.WriteString(w, "signing secret set\n")
 }
 
