@@ -342,6 +342,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		a.flows = statestore.NewMemory()
 		log.Info("flow state and refresh locks are in process memory: run one replica only, or set MCPAUTH_REDIS_URL")
 	} else {
+		// go-redis logs plain text to stderr unless told otherwise; the
+		// service's log is JSON.
+		statestore.RouteRedisLogs(log)
 		r, err := statestore.NewRedisFromURL(cfg.RedisURL.Reveal())
 		if err != nil {
 			return nil, fmt.Errorf("MCPAUTH_REDIS_URL: %w", err)

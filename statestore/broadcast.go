@@ -40,8 +40,13 @@ type Broadcast struct {
 // and through the shared pool they would keep go-redis's dial circuit
 // breaker open and fail the flow-state calls after Redis is back.
 func (r *Redis) NewBroadcast(log *slog.Logger) *Broadcast {
-	client, own := r.client, broadcastClient(r.client)
-	if own != nil {
+	client, own, sibling := r.client, redis.UniversalClient(nil), r.sibling
+	if sibling == nil {
+		sibling = siblings(r.client)
+	}
+	if sibling != nil {
+		// Publishes are sequential; the subscription has its own connection.
+		own = sibling(2, false)
 		client = own
 	}
 	b := &Broadcast{client: client, own: own, prefix: r.prefix + "bcast:", log: log, pending: map[string]bool{},
@@ -147,21 +152,4 @@ func (b *Broadcast) Close() {
 	if b.own != nil {
 		_ = b.own.Close()
 	}
-}
-
-// broadcastClient returns a client with client's settings and a small pool
-// of its own (publishes are sequential; the subscription has its own
-// connection), or nil for a client type it does not know.
-func broadcastClient(client redis.UniversalClient) redis.UniversalClient {
-	switch c := client.(type) {
-	case *redis.Client:
-		o := *c.Options()
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 2, 0, 2
-		return redis.NewClient(&o)
-	case *redis.ClusterClient:
-		o := *c.Options()
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns = 2, 0, 2
-		return redis.NewClusterClient(&o)
-	}
-	return nil
 }

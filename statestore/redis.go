@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/mcpauth/mcpauth/internal/batch"
 
@@ -49,6 +50,9 @@ type Redis struct {
 	// open, fails every call until its once-a-second probe gets through:
 	// a health check must not delay the service's recovery.
 	probe redis.UniversalClient
+	// sibling, when set, makes more clients with client's settings
+	// (siblings), snapshotted before client dialled.
+	sibling func(poolSize int, noRetry bool) redis.UniversalClient
 	// puts pipelines concurrent Puts (putpipe.go).
 	puts *batch.Runner[*putRequest]
 }
@@ -193,24 +197,75 @@ func NewRedisFromURL(rawURL string) (*Redis, error) {
 	}
 	r := NewRedis(client, prefix)
 	r.owned = true
-	r.probe = probeClient(client)
+	// Before client dials: see siblings.
+	if r.sibling = siblings(client); r.sibling != nil {
+		r.probe = r.sibling(1, true)
+	}
 	return r, nil
 }
 
-// probeClient returns a client with client's settings, one connection and
-// no retries, or nil for a client type it does not know.
-func probeClient(client redis.UniversalClient) redis.UniversalClient {
+// siblings returns a maker of new clients with client's settings and a
+// pool of poolSize connections (noRetry: no retries), or nil for a client
+// type it does not know. It snapshots client's options now: call it before
+// client has dialled, or on a client passed in (whose settings are the
+// caller's).
+//
+// A client's options are not quite the settings it was given. NewClient
+// keeps the client's push notification processor in them, for the clients
+// it derives itself; a second client built from a plain copy used that
+// processor too, and go-redis's maintenance notifications, registering their
+// handlers (MOVING, MIGRATING, ...) for the second client, found the first
+// client's there: "cannot overwrite existing handler", a plain-text line on
+// stderr at every start (once for the health probe's client, once for the
+// broadcast's), and the second client's notifications went to the first
+// client's handlers. The copy therefore drops the processor, so that each
+// client makes its own. Its maintenance notifications settings are copied
+// too, not shared: go-redis rewrites a live client's mode when it falls back
+// (auto mode on a server without them).
+//
+// Maintenance notifications stay in go-redis's default auto mode, not
+// disabled: the client offers them in the connection handshake
+// (CLIENT MAINT_NOTIFICATIONS), a server without them (Redis Open Source,
+// which this service is tested on) refuses, and the client turns them off for
+// good, without a log line; Redis Software and Redis Cloud announce a node's
+// maintenance instead, and the client moves its connections before the node
+// goes rather than failing calls. Sentinel clients have them disabled by
+// go-redis, which the copy keeps.
+func siblings(client redis.UniversalClient) func(poolSize int, noRetry bool) redis.UniversalClient {
 	switch c := client.(type) {
 	case *redis.Client: // one node, or a Sentinel failover client (its dialer asks the sentinels)
-		o := *c.Options()
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxRetries = 1, 0, 1, -1
-		return redis.NewClient(&o)
+		base := *c.Options()
+		base.PushNotificationProcessor, base.MaintNotificationsConfig = nil, copyMaint(base.MaintNotificationsConfig)
+		return func(poolSize int, noRetry bool) redis.UniversalClient {
+			o := base // NewClient copies the maintenance notifications settings again
+			o.PoolSize, o.MinIdleConns, o.MaxIdleConns = poolSize, 0, poolSize
+			if noRetry {
+				o.MaxRetries = -1
+			}
+			return redis.NewClient(&o)
+		}
 	case *redis.ClusterClient:
-		o := *c.Options()
-		o.PoolSize, o.MinIdleConns, o.MaxIdleConns, o.MaxRetries = 1, 0, 1, -1
-		return redis.NewClusterClient(&o)
+		base := *c.Options()
+		base.PushNotificationProcessor, base.MaintNotificationsConfig = nil, copyMaint(base.MaintNotificationsConfig)
+		return func(poolSize int, noRetry bool) redis.UniversalClient {
+			o := base
+			o.PoolSize, o.MinIdleConns, o.MaxIdleConns = poolSize, 0, poolSize
+			if noRetry {
+				o.MaxRetries = -1
+			}
+			return redis.NewClusterClient(&o)
+		}
 	}
 	return nil
+}
+
+// copyMaint returns a copy of m (nil for nil).
+func copyMaint(m *maintnotifications.Config) *maintnotifications.Config {
+	if m == nil {
+		return nil
+	}
+	c := *m
+	return &c
 }
 
 // redactURLError drops go-redis URL errors that could quote the URL; the
