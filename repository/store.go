@@ -50,6 +50,13 @@ type Store struct {
 	fanOut fanOutLead
 }
 
+// storeNow is the Store's clock (GORM's NowFunc), which stamps the rows it
+// writes (created_at, updated_at, leases): UTC, in whole microseconds,
+// the precision PostgreSQL keeps. A row written with nanoseconds was read
+// back with them cut, so a write's answer (the row as written) differed
+// from what a Get returned, and from what the database compares with.
+func storeNow() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
 // Open connects to the database named by dsn. A dsn starting with
 // postgres:// or postgresql:// selects PostgreSQL; anything else is a SQLite
 // file path, optionally prefixed with "sqlite:", opened with WAL journaling,
@@ -60,7 +67,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	cfg := &gorm.Config{
 		Logger:                 logger.Discard,
 		SkipDefaultTransaction: true,
-		NowFunc:                func() time.Time { return time.Now().UTC() },
+		NowFunc:                storeNow,
 		DisableAutomaticPing:   true,
 	}
 	var (
