@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -18,8 +16,7 @@ import (
 // clock that stamped the row (...37.542487904Z, stored as ...37.542487Z).
 func TestWritesAnswerWhatIsStored(t *testing.T) {
 	t.Parallel()
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
-	defer hook.Close()
+	hookURL := acceptingReceiver(t)
 	s := Start(t, Options{Postgres: true, Env: map[string]string{"MCPAUTH_EGRESS_ALLOW": "127.0.0.1"}})
 	ctx := Ctx(t, s.AdminKey)
 	same := func(what string, answer, stored proto.Message) {
@@ -30,7 +27,7 @@ func TestWritesAnswerWhatIsStored(t *testing.T) {
 	}
 
 	created, err := s.Webhooks().CreateWebhookEndpoint(ctx, &mcpauthv1.CreateWebhookEndpointRequest{Parent: "tenants/acme",
-		WebhookEndpointId: "hook", WebhookEndpoint: &mcpauthv1.WebhookEndpoint{Url: hook.URL + "/a"}})
+		WebhookEndpointId: "hook", WebhookEndpoint: &mcpauthv1.WebhookEndpoint{Url: hookURL + "/a"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +40,7 @@ func TestWritesAnswerWhatIsStored(t *testing.T) {
 	}
 	same("CreateWebhookEndpoint", created.GetWebhookEndpoint(), getHook())
 	updated, err := s.Webhooks().UpdateWebhookEndpoint(ctx, &mcpauthv1.UpdateWebhookEndpointRequest{
-		WebhookEndpoint: &mcpauthv1.WebhookEndpoint{Name: created.GetWebhookEndpoint().GetName(), Url: hook.URL + "/b"},
+		WebhookEndpoint: &mcpauthv1.WebhookEndpoint{Name: created.GetWebhookEndpoint().GetName(), Url: hookURL + "/b"},
 		UpdateMask:      &fieldmaskpb.FieldMask{Paths: []string{"url"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"github.com/mcpauth/mcpauth/domain"
 	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
+	"github.com/mcpauth/mcpauth/reqid"
 	"github.com/mcpauth/mcpauth/service/servicetest"
 )
 
@@ -41,6 +42,8 @@ func TestEgressBlockHook(t *testing.T) {
 		ctx       context.Context
 		want      *repository.AuditEvent
 		wantWarns int
+		// wantLog is the in-scope warning, after its time.
+		wantLog string
 	}{
 		{
 			name: "in a tenant scope",
@@ -48,6 +51,16 @@ func TestEgressBlockHook(t *testing.T) {
 			want: &repository.AuditEvent{ID: 1, TenantID: "t1", CreatedAt: epoch.UTC(), EventType: "egress.blocked", Actor: "anonymous",
 				ProviderID: "p1", Outcome: int32(domain.OutcomeDenied), Reason: domain.ReasonEgressBlocked,
 				Details: `{"host":"10.0.0.7","rule":"connected address 10.0.0.7 is private"}`},
+			wantLog: `level=WARN msg="egress blocked" tenant=t1 provider=p1 host=10.0.0.7 reason="connected address 10.0.0.7 is private"`,
+		},
+		{
+			name: "in a webhook endpoint's scope",
+			ctx:  reqid.With(WithWebhookScope(context.Background(), "t1", "hook", "https://hooks.example.com/******"), "req-1"),
+			want: &repository.AuditEvent{ID: 1, TenantID: "t1", CreatedAt: epoch.UTC(), EventType: "egress.blocked", Actor: "anonymous",
+				Outcome: int32(domain.OutcomeDenied), Reason: domain.ReasonEgressBlocked, RequestID: "req-1",
+				Details: `{"host":"10.0.0.7","rule":"connected address 10.0.0.7 is private","url":"https://hooks.example.com/******","webhook_endpoint":"hook"}`},
+			wantLog: `level=WARN msg="egress blocked" tenant=t1 webhook_endpoint=hook host=10.0.0.7 ` +
+				`reason="connected address 10.0.0.7 is private" request_id=req-1`,
 		},
 		{name: "outside a scope", ctx: context.Background(), wantWarns: 1},
 		{name: "scope without a tenant", ctx: WithScope(context.Background(), "", "p1"), wantWarns: 1},
@@ -71,6 +84,9 @@ func TestEgressBlockHook(t *testing.T) {
 			}
 			if got := strings.Count(logs.String(), "egress blocked outside a tenant scope"); got != tt.wantWarns {
 				t.Errorf("%d warnings, want %d:\n%s", got, tt.wantWarns, logs)
+			}
+			if _, line, _ := strings.Cut(strings.TrimSpace(logs.String()), " "); tt.wantLog != "" && line != tt.wantLog {
+				t.Errorf("logged %q, want %q after the time", line, tt.wantLog)
 			}
 			if got := blockedCount(t, m, "private"); got != 1 {
 				t.Errorf("egress_blocked_total{reason=private} = %v, want 1", got)

@@ -140,16 +140,21 @@ func scope(tenant, id string) keyring.Scope {
 	return keyring.Scope{Tenant: tenant, Provider: id, Field: fieldSecret}
 }
 
-// checkURL validates an endpoint URL: well formed, and allowed by the egress
-// policy (https, not a private address, also after a DNS look-up now).
-func (s *Service) checkURL(ctx context.Context, raw string) (string, error) {
+// checkURL validates the URL of the tenant's endpoint id: well formed, and
+// allowed by the egress policy (https, not a private address, also after a
+// DNS look-up now). The egress guard's hook logs and audits a refusal for
+// the tenant, naming the endpoint and its masked URL. The refusal's message
+// quotes the guard's error, so that the caller sees why; it carries no
+// cause besides, which would only say the same again in the log.
+func (s *Service) checkURL(ctx context.Context, tenant, id, raw string) (string, error) {
 	u, err := validate.ServerURL("webhook_endpoint.url", raw)
 	if err != nil {
 		return "", err
 	}
+	ctx = audit.WithWebhookScope(ctx, tenant, id, validate.MaskURL(u))
 	if err := s.check.CheckResolved(ctx, u.String()); err != nil {
 		return "", &apperr.Error{Kind: apperr.KindInvalidArgument, Reason: domain.ReasonEgressBlocked, Field: "webhook_endpoint.url",
-			Message: "is refused by the egress policy: " + err.Error(), Err: err}
+			Message: "is refused by the egress policy: " + err.Error()}
 	}
 	return u.String(), nil
 }
@@ -180,7 +185,7 @@ func (s *Service) Create(ctx context.Context, tenant, id, rawURL string, types [
 	if err != nil {
 		return nil, secret.Secret{}, err
 	}
-	u, err := s.checkURL(ctx, rawURL)
+	u, err := s.checkURL(ctx, tenant, id, rawURL)
 	if err != nil {
 		return nil, secret.Secret{}, err
 	}
@@ -252,7 +257,7 @@ func (s *Service) Update(ctx context.Context, tenant, id string, p Patch) (*Endp
 	}
 	var fields []string
 	if p.URL != nil {
-		if r.URL, err = s.checkURL(ctx, *p.URL); err != nil {
+		if r.URL, err = s.checkURL(ctx, tenant, id, *p.URL); err != nil {
 			return nil, err
 		}
 		fields = append(fields, "url")
