@@ -143,7 +143,8 @@ const (
 	// reason INSUFFICIENT_SCOPE or STEP_UP_LOOP).
 	AuditEventType_AUDIT_EVENT_TYPE_OAUTH_STEP_UP_REQUIRED AuditEventType = 18
 	// "egress.blocked": the egress policy refused an address (DENIED, reason
-	// EGRESS_BLOCKED; details.host and details.rule).
+	// EGRESS_BLOCKED; details.host and details.rule; for a webhook endpoint's
+	// URL also details.webhook_endpoint and details.url, masked).
 	AuditEventType_AUDIT_EVENT_TYPE_EGRESS_BLOCKED AuditEventType = 19
 	// "mcp.tools.refreshed": RefreshTools listed the tools (SUCCESS) or failed
 	// (FAILURE with the call's ErrorReason).
