@@ -466,7 +466,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if a.dispatcher, err = webhooks.NewDispatcher(a.store, a.keys, sender, log, nil, wake, webhooks.DispatchConfig{
 		Poll: cfg.EventsPoll, BackoffBase: cfg.WebhookBackoffBase, BackoffMax: cfg.WebhookBackoffMax,
 		MaxAttempts: cfg.WebhookMaxAttempts, Lease: 3 * cfg.WebhookTimeout, Workers: cfg.WebhookWorkers,
-		MirrorToLog: cfg.AuditLogMirror}); err != nil {
+		MirrorToLog: cfg.AuditLogMirror, Metrics: a.metrics}); err != nil {
 		return nil, err
 	}
 	if a.retention, err = audit.NewRetention(a.store, log, nil, cfg.AuditRetention,

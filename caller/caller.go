@@ -180,6 +180,16 @@ func parseFile(path string, raw []byte) (*Authenticator, error) {
 	return FromFile(f)
 }
 
+// validPermissions lists the permissions a callers file may name, comma
+// separated, for the error that rejects an unknown one.
+func validPermissions() string {
+	names := make([]string, len(All))
+	for i, p := range All {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
+}
+
 // FromFile validates a callers document and builds the authenticator.
 func FromFile(f File) (*Authenticator, error) {
 	a := &Authenticator{byHash: map[[32]byte]*Identity{}, byURI: map[string]*Identity{}, bySubject: map[string]*Identity{}}
@@ -208,7 +218,7 @@ func FromFile(f File) (*Authenticator, error) {
 				continue
 			}
 			if !slices.Contains(All, Permission(p)) {
-				return nil, fmt.Errorf("callers[%d] %q: unknown permission %q", i, c.Name, p)
+				return nil, fmt.Errorf("callers[%d] %q: unknown permission %q (valid: %s, or \"*\" for all)", i, c.Name, p, validPermissions())
 			}
 			perms = append(perms, Permission(p))
 		}

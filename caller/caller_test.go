@@ -71,6 +71,30 @@ func TestFromFileRejects(t *testing.T) {
 	}
 }
 
+// TestUnknownPermissionListsValid checks that the error refusing an unknown
+// permission names every valid one, so an operator can fix the file from
+// the message alone.
+func TestUnknownPermissionListsValid(t *testing.T) {
+	t.Parallel()
+	_, hash, _ := NewKey()
+	_, err := FromFile(File{Callers: []FileCaller{{Name: "x", KeySHA256: hash, Tenants: []string{"a"}, Permissions: []string{"providers.read", "fly"}}}})
+	if err == nil {
+		t.Fatal("accepted an unknown permission")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, `unknown permission "fly"`) {
+		t.Errorf("error %q does not name the unknown permission", msg)
+	}
+	for _, p := range All {
+		if !strings.Contains(msg, string(p)) {
+			t.Errorf("error %q does not list valid permission %q", msg, p)
+		}
+	}
+	if !strings.Contains(msg, `"*"`) {
+		t.Errorf("error %q does not mention \"*\"", msg)
+	}
+}
+
 func TestAdminKeyFile(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "d", "admin.key")

@@ -248,7 +248,7 @@ func flagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "gRPC listen address (MCPAUTH_GRPC_ADDR)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP gateway listen address (MCPAUTH_HTTP_ADDR)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory (MCPAUTH_DATA_DIR)")
-	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "external base URL of the gateway (MCPAUTH_PUBLIC_URL; default http://localhost:<port of -http-addr>)")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "external base URL of the gateway (MCPAUTH_PUBLIC_URL; default http(s)://<host of -http-addr, localhost for none or a wildcard>:<its port>)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (MCPAUTH_LOG_LEVEL)")
 	return fs
 }

@@ -30,6 +30,17 @@ type Metrics struct {
 	// database rejected the event itself), shutdown (unstored when the
 	// drain ended).
 	AuditLost *prometheus.CounterVec
+	// WebhookAttempts counts webhook delivery attempts by outcome
+	// (delivered; failed, to be tried again; dead, the last attempt
+	// failed) and class (the receiver's answer as 1xx to 5xx; blocked when
+	// the egress policy refused the connection; error for no answer).
+	WebhookAttempts *prometheus.CounterVec
+	// WebhookAttemptDuration is the duration of webhook requests, from
+	// sending to the receiver's answer (or the error).
+	WebhookAttemptDuration prometheus.Histogram
+	// WebhookDeliveryLag is, for each delivered webhook message, the time
+	// from its event to the receiver's 2xx answer, retries included.
+	WebhookDeliveryLag prometheus.Histogram
 	// RPC is the per-RPC RED metrics of the gRPC server (grpc_server_started_total,
 	// grpc_server_handled_total by code, grpc_server_handling_seconds), labelled
 	// by service, method and code only.
@@ -74,11 +85,23 @@ func New() *Metrics {
 		AuditLost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mcpauth_audit_events_lost_total", Help: "Audit events that will never be stored, by reason.",
 		}, []string{"reason"}),
+		WebhookAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mcpauth_webhook_attempts_total", Help: "Webhook delivery attempts, by outcome and class of the receiver's answer.",
+		}, []string{"outcome", "class"}),
+		WebhookAttemptDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mcpauth_webhook_attempt_duration_seconds", Help: "Duration of webhook delivery requests.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}),
+		WebhookDeliveryLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mcpauth_webhook_delivery_lag_seconds", Help: "Time from an event to its webhook delivery's success, retries included.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400},
+		}),
 		RPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.001, 2, 15)))),
 	}
 	r.MustRegister(m.RPC, m.Refreshes, m.RefreshLatency, m.LockWaits, m.TokensServed, m.ReauthRequired, m.EgressBlocked,
-		m.CallbackResults, m.ToolCalls, m.AuditPending, m.AuditLost, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.CallbackResults, m.ToolCalls, m.AuditPending, m.AuditLost,
+		m.WebhookAttempts, m.WebhookAttemptDuration, m.WebhookDeliveryLag, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

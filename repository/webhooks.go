@@ -419,7 +419,7 @@ func (s *Store) leaseFanOut(ctx context.Context, owner string, now time.Time, le
 	if len(routed) < len(tenants) {
 		q = q.Where("tenant_id IN ?", routed)
 	}
-	if err := q.Order(order).Find(&b.Events).Error; err != nil {
+	if b.Events, err = findEvents(q.Order(order)); err != nil {
 		return nil, err
 	}
 	return b, nil

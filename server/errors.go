@@ -44,6 +44,19 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	// The caller went away or ran out of time, and the call failed of it
+	// (a store's write cut short, say, whatever its layer called that
+	// error): the caller's own outcome, not the service's error. Nobody
+	// reads the answer; the metrics and the log must not count it as an
+	// internal error.
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
+		code := codes.Canceled
+		if errors.Is(cerr, context.DeadlineExceeded) {
+			code = codes.DeadlineExceeded
+		}
+		log.DebugContext(ctx, "call ended by its caller", errAttrs(ctx, err, nil)...)
+		return status.Error(code, cerr.Error())
+	}
 	msg := apperr.PublicMessage(err)
 	e, ok := apperr.As(err)
 	if !ok {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -239,5 +240,53 @@ func TestToStatusUnknownKindIsInternal(t *testing.T) {
 	st := status.Convert(toStatus(context.Background(), log, &apperr.Error{Kind: apperr.Kind(99), Message: "odd"}))
 	if st.Code() != codes.Internal || st.Message() != "internal error" {
 		t.Fatalf("got %v %q, want INTERNAL \"internal error\"", st.Code(), st.Message())
+	}
+}
+
+// TestToStatusCallerGone: a call that failed because its caller cancelled
+// or ran out of time answers CANCELED or DEADLINE_EXCEEDED and logs no
+// error, however a layer classified the failure (an outside load test saw
+// cancelled StartAuthorization calls counted and logged as INTERNAL). The
+// same error while the caller still waits keeps its classification.
+func TestToStatusCallerGone(t *testing.T) {
+	t.Parallel()
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel2()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want codes.Code
+		logs int
+	}{
+		{"store write cut short by the caller's cancel", canceled,
+			apperr.Internal(fmt.Errorf("statestore: put: %w", context.Canceled), "flow state store"), codes.Canceled, 0},
+		{"caller's deadline inside an unavailable", expired,
+			apperr.Unavailable(fmt.Errorf("read: %w", context.DeadlineExceeded), "database unreachable"), codes.DeadlineExceeded, 0},
+		{"caller still waiting: still internal", context.Background(),
+			apperr.Internal(fmt.Errorf("statestore: put: %w", context.Canceled), "flow state store"), codes.Internal, 1},
+		{"cancelled caller, unrelated failure: still internal", canceled,
+			apperr.Internal(errors.New("disk full"), "flow state store"), codes.Internal, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			log, logs := newJSONLog()
+			st := status.Convert(toStatus(tt.ctx, log, tt.err))
+			if st.Code() != tt.want {
+				t.Errorf("code %v (%q), want %v", st.Code(), st.Message(), tt.want)
+			}
+			var errorLines int
+			for _, rec := range logs.lines(t) {
+				if rec["level"] == "ERROR" || rec["level"] == "WARN" {
+					errorLines++
+				}
+			}
+			if errorLines != tt.logs {
+				t.Errorf("%d warn/error log lines, want %d", errorLines, tt.logs)
+			}
+		})
 	}
 }

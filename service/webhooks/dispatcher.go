@@ -9,17 +9,22 @@ import (
 	"log/slog"
 	"math"
 	mrand "math/rand/v2"
+	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mcpauth/mcpauth/domain"
+	"github.com/mcpauth/mcpauth/egress"
+	"github.com/mcpauth/mcpauth/metrics"
 	"github.com/mcpauth/mcpauth/repository"
 	"github.com/mcpauth/mcpauth/resname"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/service/audit"
+	"github.com/mcpauth/mcpauth/validate"
 )
 
 // DispatchConfig tunes delivery.
@@ -45,6 +50,9 @@ type DispatchConfig struct {
 	// MirrorToLog writes every event to the log as it is fanned out (at
 	// least once), for a log pipeline.
 	MirrorToLog bool
+	// Metrics, when set, records each attempt (outcome, class of the
+	// answer, duration) and each delivery's lag from its event.
+	Metrics *metrics.Metrics
 }
 
 // Dispatcher fans the event feed out to endpoints and delivers.
@@ -564,6 +572,8 @@ func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.We
 
 // attempt sends one delivery signed with secs and reports whether it was
 // delivered; a failure sets the delivery's next attempt, or makes it dead.
+// A failed attempt is logged at WARN (at ERROR when the delivery is dead);
+// a delivered one is not logged (one line per message would drown the log).
 func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery, ep *repository.WebhookEndpoint, secs []secret.Secret) bool {
 	var status int
 	var err error
@@ -572,22 +582,91 @@ func (d *Dispatcher) attempt(ctx context.Context, dl *repository.WebhookDelivery
 	} else if secs == nil {
 		err = errNoSecret
 	} else {
+		start := time.Now()
 		status, err = d.send.Send(ctx, ep.URL, dl.EventUID, d.now(), []byte(dl.Payload), secs)
+		if m := d.cfg.Metrics; m != nil {
+			m.WebhookAttemptDuration.Observe(time.Since(start).Seconds())
+		}
 	}
 	dl.LastStatus = status
+	class := attemptClass(status, err)
 	if err == nil {
+		if m := d.cfg.Metrics; m != nil {
+			m.WebhookAttempts.WithLabelValues(attemptDelivered, class).Inc()
+			m.WebhookDeliveryLag.Observe(d.now().Sub(eventTime(dl)).Seconds())
+		}
 		return true
 	}
 	dl.Attempts++
 	dl.LastError = err.Error()
+	outcome := attemptFailed
 	if dl.Attempts >= d.cfg.MaxAttempts {
 		dl.State = repository.DeliveryDead
-		d.log.Warn("webhook delivery dead", "tenant", dl.TenantID, "endpoint", dl.EndpointID, "event_id", dl.EventUID,
-			"attempts", dl.Attempts)
+		outcome = attemptDead
 	} else {
 		dl.NextAttemptAt = d.now().UTC().Add(d.backoff(dl.Attempts))
 	}
+	if ctx.Err() != nil {
+		return false // shutting down: not recorded, the attempt is made again
+	}
+	if m := d.cfg.Metrics; m != nil {
+		m.WebhookAttempts.WithLabelValues(outcome, class).Inc()
+	}
+	attrs := []any{"tenant", dl.TenantID, "endpoint", dl.EndpointID, "url", maskedURL(ep), "provider", dl.ProviderID,
+		"event_id", dl.EventUID, "event_type", dl.EventType, "attempt", dl.Attempts, "status", status, "class", class,
+		"err", dl.LastError}
+	if outcome == attemptDead {
+		d.log.Error("webhook delivery dead: its last attempt failed; RedeliverWebhookEvent sends it again", attrs...)
+	} else {
+		d.log.Warn("webhook delivery attempt failed; retrying", append(attrs, "next_attempt", dl.NextAttemptAt)...)
+	}
 	return false
+}
+
+// Outcomes of an attempt (the outcome label of mcpauth_webhook_attempts_total).
+const (
+	attemptDelivered = "delivered"
+	attemptFailed    = "failed"
+	attemptDead      = "dead"
+)
+
+// attemptClass is the class label of an attempt: the class of the
+// receiver's HTTP status ("2xx" to "5xx"), "blocked" when the egress policy
+// refused the connection, "error" when there was no answer.
+func attemptClass(status int, err error) string {
+	if status >= 100 && status <= 599 {
+		return strconv.Itoa(status/100) + "xx"
+	}
+	var blocked *egress.BlockedError
+	if errors.As(err, &blocked) {
+		return "blocked"
+	}
+	return "error"
+}
+
+// maskedURL is the form of ep's URL a log may show: scheme and host, with
+// anything else (userinfo, path, query) masked.
+func maskedURL(ep *repository.WebhookEndpoint) string {
+	if ep == nil {
+		return ""
+	}
+	u, err := url.Parse(ep.URL)
+	if err != nil {
+		return validate.MaskURL(nil)
+	}
+	return validate.MaskURL(u)
+}
+
+// eventTime is when dl's event happened: its payload's timestamp, or the
+// delivery's creation (at the event's fan-out) when that cannot be read.
+func eventTime(dl *repository.WebhookDelivery) time.Time {
+	var p struct {
+		Timestamp time.Time `json:"timestamp"`
+	}
+	if json.Unmarshal([]byte(dl.Payload), &p) == nil && !p.Timestamp.IsZero() {
+		return p.Timestamp
+	}
+	return dl.CreatedAt
 }
 
 func (d *Dispatcher) secrets(ep *repository.WebhookEndpoint) []secret.Secret {

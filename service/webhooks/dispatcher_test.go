@@ -2,11 +2,15 @@ package webhooks
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/mcpauth/mcpauth/egress"
 	"github.com/mcpauth/mcpauth/repository"
 )
 
@@ -63,6 +67,28 @@ func TestBackoff(t *testing.T) {
 			if got := d.backoff(n); got < max/2 || got > max {
 				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", n, got, max/2, max)
 			}
+		}
+	}
+}
+
+// TestAttemptClass: the class label is the status class of an answer,
+// "blocked" for an egress refusal however wrapped, "error" otherwise.
+func TestAttemptClass(t *testing.T) {
+	t.Parallel()
+	blocked := fmt.Errorf("webhook: %w", &net.OpError{Op: "dial", Net: "tcp",
+		Err: &egress.BlockedError{Host: "hooks.example.com", Reason: "private address"}})
+	for _, tt := range []struct {
+		status int
+		err    error
+		want   string
+	}{
+		{204, nil, "2xx"}, {301, errors.New("webhook: endpoint answered 301"), "3xx"},
+		{401, errors.New("webhook: endpoint answered 401"), "4xx"}, {503, errors.New("webhook: endpoint answered 503"), "5xx"},
+		{0, blocked, "blocked"}, {0, errors.New("webhook: context deadline exceeded"), "error"}, {0, errNoSecret, "error"},
+		{999, errors.New("webhook: endpoint answered 999"), "error"},
+	} {
+		if got := attemptClass(tt.status, tt.err); got != tt.want {
+			t.Errorf("attemptClass(%d, %v) = %q, want %q", tt.status, tt.err, got, tt.want)
 		}
 	}
 }

@@ -86,7 +86,8 @@ SSRF guard refuses unless allowed. In the shell that runs mcpauthd:
   export MCPAUTH_EGRESS_ALLOW=%s
 
 (MCPAUTH_PUBLIC_URL, the address browsers and this authorization server use to
-reach mcpauthd's callback, defaults to http://localhost:<port of MCPAUTH_HTTP_ADDR>.)
+reach mcpauthd's callback, defaults to http://localhost:<port of MCPAUTH_HTTP_ADDR>,
+or http://<its host>:<port> when MCPAUTH_HTTP_ADDR names a specific host.)
 `, mcp.URL(), as.URL, *user, hook, host)
 	<-ctx.Done()
 	return nil
