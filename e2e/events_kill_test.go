@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -225,5 +226,94 @@ func TestWebhookSurvivesKill9(t *testing.T) {
 	}
 	if len(got) != len(audited) {
 		t.Errorf("%d messages accepted, want %d", len(got), len(audited))
+	}
+}
+
+// TestWebhookSlowEndpointCrash: one endpoint answers at once, another takes
+// longer than the fan-out waits for a batch's stragglers (1 s). The fast
+// endpoint's delivery is recorded while the slow one is still being sent,
+// so a SIGKILL then repeats only the slow one: the next process sends it
+// once the killed one's lease on it ends, and the fast endpoint receives the
+// event once. (A batch recorded only after its slowest send went out again
+// to every endpoint after such a crash.)
+func TestWebhookSlowEndpointCrash(t *testing.T) {
+	t.Parallel()
+	dsn := testenv.PostgresDSN(t)
+	dataDir := t.TempDir()
+	// A sender timeout of 6 s (the slow answer takes 4 s), so a delivery
+	// the killed process held is leased for 3 x 6 s.
+	env := evEnv(map[string]string{"MCPAUTH_WEBHOOK_TIMEOUT": "6s"})
+	a := evSpawn(t, dsn, dataDir, env)
+	as := &Service{Conn: a.conn, AdminKey: a.key}
+	fast, slow := evNewReceiver(t), evNewReceiver(t)
+	evCreateEndpoint(t, as, "acme", "fast", fast)
+	evCreateEndpoint(t, as, "acme", "slow", slow)
+	endpoint := func(s *Service, id string) *mcpauthv1.WebhookEndpoint {
+		t.Helper()
+		resp, err := s.Webhooks().GetWebhookEndpoint(Ctx(t, s.AdminKey), &mcpauthv1.GetWebhookEndpointRequest{Name: "tenants/acme/webhookEndpoints/" + id})
+		if err != nil {
+			t.Fatalf("GetWebhookEndpoint(%s): %v", id, err)
+		}
+		return resp.GetWebhookEndpoint()
+	}
+	// The endpoints' own events first, delivered and recorded: the fast
+	// one receives the slow one's creation.
+	var before, slowBefore int64
+	tokWait(t, "the endpoints' events delivered", 30*time.Second, func() bool {
+		f, s := endpoint(as, "fast"), endpoint(as, "slow")
+		before, slowBefore = f.GetDeliveredDeliveries(), s.GetDeliveredDeliveries()
+		return before > 0 && f.GetPendingDeliveries() == 0 && s.GetPendingDeliveries() == 0 && before == int64(len(fast.messages())) &&
+			s.GetDeliveredDeliveries() == int64(len(slow.messages()))
+	})
+	slow.setBeforeNext(func() { time.Sleep(4 * time.Second) })
+	if _, err := as.Providers().CreateProvider(Ctx(t, as.AdminKey), &mcpauthv1.CreateProviderRequest{Parent: "tenants/acme",
+		ProviderId: "p", Provider: provNewProvider("p")}); err != nil {
+		t.Fatal(err)
+	}
+	created := evAuditNames(t, as, "acme")
+	name := created[len(created)-1].GetName()
+	fast.waitFor(t, []string{name}, 30*time.Second)
+	received := time.Now()
+
+	// Recorded within the straggler wait (1 s) and its record, well before
+	// the slow answer (4 s after it was sent).
+	for endpoint(as, "fast").GetDeliveredDeliveries() != before+1 {
+		if time.Since(received) > 2500*time.Millisecond {
+			f, sl := endpoint(as, "fast"), endpoint(as, "slow")
+			t.Fatalf("the fast endpoint's delivery was not recorded %s after it answered, while the slow endpoint was still being sent (fast %d/%d delivered/pending, before %d; slow %d/%d)",
+				time.Since(received).Round(time.Millisecond), f.GetDeliveredDeliveries(), f.GetPendingDeliveries(), before, sl.GetDeliveredDeliveries(), sl.GetPendingDeliveries())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ep := endpoint(as, "slow"); ep.GetDeliveredDeliveries() != slowBefore || ep.GetPendingDeliveries() != 1 {
+		t.Fatalf("slow endpoint before the kill: %d delivered, %d pending; want its delivery pending (being sent)",
+			ep.GetDeliveredDeliveries(), ep.GetPendingDeliveries())
+	}
+	a.kill()
+
+	b := evSpawn(t, dsn, dataDir, env)
+	bs := &Service{Conn: b.conn, AdminKey: b.key}
+	deadline := time.Now().Add(60 * time.Second)
+	for endpoint(bs, "slow").GetDeliveredDeliveries() != slowBefore+1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow endpoint's delivery was never made again after the kill")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a repeat to the fast endpoint would arrive meanwhile
+	n := 0
+	for _, m := range fast.messages() {
+		if m.Name == name {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the fast endpoint accepted %s %d times, want once: only the straggler is sent again after the crash", name, n)
+	}
+	if !slices.ContainsFunc(slow.messages(), func(m evMessage) bool { return m.Name == name }) {
+		t.Error("the slow endpoint never accepted the event")
+	}
+	if bad := append(fast.badSignatures(), slow.badSignatures()...); len(bad) > 0 {
+		t.Errorf("messages whose signature does not verify: %v", bad)
 	}
 }

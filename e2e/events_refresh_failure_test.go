@@ -100,6 +100,7 @@ type rfPayload struct {
 		EventType string            `json:"event_type"`
 		Actor     string            `json:"actor"`
 		Provider  string            `json:"provider"`
+		User      string            `json:"user"`
 		Outcome   string            `json:"outcome"`
 		Reason    string            `json:"reason"`
 		RequestID string            `json:"request_id"`
@@ -284,7 +285,7 @@ func rfSeenOutside(t *testing.T, dsn string) {
 		}
 		d := body.Data
 		if msg.ID != strings.TrimPrefix(ev.GetName(), "tenants/"+tenant+"/auditEvents/") || body.Type != ev.GetEventType() ||
-			d.Name != ev.GetName() || d.EventType != ev.GetEventType() || d.Provider != ev.GetProvider() ||
+			d.Name != ev.GetName() || d.EventType != ev.GetEventType() || d.Provider != ev.GetProvider() || d.User != ev.GetUser() ||
 			d.Outcome != strings.TrimPrefix(ev.GetOutcome().String(), "AUDIT_OUTCOME_") || d.Reason != ev.GetReason() ||
 			d.RequestID != ev.GetRequestId() || d.Actor != ev.GetActor() || !maps.Equal(d.Details, ev.GetDetails()) ||
 			!body.Timestamp.Equal(ev.GetCreateTime().AsTime()) {

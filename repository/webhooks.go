@@ -485,10 +485,47 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		// The conflict target names the delivery's key, so that only that
 		// index is probed before each insert (without one, every unique
 		// index is, the primary key too).
-		return tx.Clauses(clause.OnConflict{Columns: deliveryKey, DoNothing: true}).CreateInBatches(ds, recordBatch).Error
+		if err := tx.Clauses(clause.OnConflict{Columns: deliveryKey, DoNothing: true}).CreateInBatches(ds, recordBatch).Error; err != nil {
+			return err
+		}
+		return leasedIDs(tx, ds)
 	})
 	if err != nil {
 		return dbErr(err, "record fan-out")
+	}
+	return nil
+}
+
+// leasedIDs sets the row id of each delivery of ds recorded leased (a
+// straggler, whose outcome is recorded by id and lease when its attempt
+// ends), read back by its lease token, and 0 where the insert kept a row
+// already there: that row is not the caller's to finish.
+func leasedIDs(tx *gorm.DB, ds []WebhookDelivery) error {
+	var tokens []string
+	for i := range ds {
+		if ds[i].LeaseOwner != "" {
+			ds[i].ID = 0
+			if !slices.Contains(tokens, ds[i].LeaseOwner) {
+				tokens = append(tokens, ds[i].LeaseOwner)
+			}
+		}
+	}
+	if len(tokens) == 0 {
+		return nil
+	}
+	var rows []WebhookDelivery
+	if err := tx.Select("id, tenant_id, endpoint_id, event_uid, lease_owner").Where("lease_owner IN ?", tokens).Find(&rows).Error; err != nil {
+		return err
+	}
+	type key struct{ tenant, endpoint, event, token string }
+	ids := make(map[key]int64, len(rows))
+	for _, r := range rows {
+		ids[key{r.TenantID, r.EndpointID, r.EventUID, r.LeaseOwner}] = r.ID
+	}
+	for i := range ds {
+		if d := &ds[i]; d.LeaseOwner != "" {
+			d.ID = ids[key{d.TenantID, d.EndpointID, d.EventUID, d.LeaseOwner}]
+		}
 	}
 	return nil
 }

@@ -50,6 +50,10 @@ type DispatchConfig struct {
 	// MirrorToLog writes every event to the log as it is fanned out (at
 	// least once), for a log pipeline.
 	MirrorToLog bool
+	// Straggle is how long a fan-out batch waits for its slowest sends
+	// (default 1 s); those still under way then finish on their own,
+	// recorded as pending deliveries leased to this process (see fanOut).
+	Straggle time.Duration
 	// Metrics, when set, records each attempt (outcome, class of the
 	// answer, duration) and each delivery's lag from its event.
 	Metrics *metrics.Metrics
@@ -71,6 +75,9 @@ type Dispatcher struct {
 	// inflight is the fan-out batch whose record is under way (owned by
 	// the fan-out loop).
 	inflight *recording
+	// stragglers counts the records under way with their straggling
+	// attempts, which Run waits for before it returns.
+	stragglers sync.WaitGroup
 }
 
 // recording is a fan-out batch being recorded while the next one is sent.
@@ -115,6 +122,9 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	if cfg.FanOutLease <= 0 {
 		cfg.FanOutLease = 5 * time.Second
 	}
+	if cfg.Straggle <= 0 {
+		cfg.Straggle = time.Second
+	}
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
@@ -144,6 +154,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	// New events do not wake the claims: they are the fan-out's.
 	d.loop(ctx, nil, d.routed, func() bool { return d.deliverDue(ctx) > 0 })
 	wg.Wait()
+	d.stragglers.Wait()
 	// Another replica takes the feed over at once, not when the lease ends.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
@@ -256,18 +267,40 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 	// The lease is renewed while sending; new attempts start only while
 	// it was renewed less than half of it ago.
 	hold := d.holdFanOut(ctx, now)
-	result := d.attemptAll(ctx, ds, endpoints, skip, hold.ok)
+	// A slow endpoint does not hold the batch back past Straggle: its
+	// delivery is then recorded pending and leased to this process (no
+	// claim takes it, its group's later deliveries queue behind it) while
+	// its attempt ends, and the others' outcomes are recorded at once, so
+	// that a crash meanwhile repeats only the straggler, and the next
+	// batch (other tenants' events) goes out without waiting.
+	untouched := slices.Clone(ds)
+	cut := time.NewTimer(d.cfg.Straggle)
+	res := d.attemptAll(ctx, ds, endpoints, skip, hold.ok, cut.C)
+	cut.Stop()
 	hold.stop()
 	if ctx.Err() != nil {
 		d.settle()
 		return 0 // shutting down: the next fan-out makes these attempts again
 	}
+	recs := make([]repository.WebhookDelivery, len(ds))
+	token := ""
+	if len(res.stragglers) > 0 {
+		token = d.owner + "/" + randomToken()
+	}
+	until := d.now().UTC().Add(d.cfg.Lease)
 	rec := &recording{batch: b, pending: map[repository.DeliveryGroup]bool{}, done: make(chan error, 1)}
 	queued := false
 	for i := range ds {
-		dl := &ds[i]
-		if result[i] == delivered {
+		dl := &recs[i]
+		switch res.result[i] {
+		case straggling:
+			*dl = untouched[i]
+			dl.LeaseOwner, dl.LeaseUntil = token, &until
+		case delivered:
+			*dl = ds[i]
 			dl.State, dl.Attempts, dl.LastError = repository.DeliveryDelivered, 1, ""
+		default:
+			*dl = ds[i]
 		}
 		if dl.State == repository.DeliveryPending {
 			queued = true
@@ -284,8 +317,10 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		}
 	}
 	d.inflight = rec
+	d.stragglers.Add(1)
 	go func() {
-		err := d.record(b, ds)
+		defer d.stragglers.Done()
+		err := d.record(b, recs)
 		if err == nil && queued {
 			select {
 			case d.routed <- struct{}{}:
@@ -293,8 +328,37 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 			}
 		}
 		rec.done <- err
+		d.finishStragglers(ds, recs, res.late, err == nil)
 	}()
 	return b.Scanned
+}
+
+// finishStragglers records the outcome of each straggling delivery of a
+// batch as its attempt ends (ds holds the deliveries as their attempts
+// left them, recs as the batch recorded them: pending, leased, with their
+// row ids), if the batch was recorded: otherwise it goes out again whole.
+// A straggler whose lease was taken over meanwhile is left to its new
+// holder.
+func (d *Dispatcher) finishStragglers(ds, recs []repository.WebhookDelivery, late <-chan lateAttempt, recorded bool) {
+	for la := range late {
+		row := recs[la.i]
+		if !recorded || row.ID == 0 {
+			continue
+		}
+		dl := ds[la.i]
+		dl.ID, dl.LeaseOwner = row.ID, row.LeaseOwner
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var err error
+		if la.ok {
+			err = d.store.FinishDelivered(ctx, []repository.WebhookDelivery{dl})
+		} else {
+			_, err = d.store.FinishAttempt(ctx, &dl)
+		}
+		cancel()
+		if err != nil {
+			d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
+		}
+	}
 }
 
 // record stores a fan-out batch's outcome, trying again after a failure:
@@ -436,6 +500,7 @@ type eventData struct {
 	EventType string            `json:"event_type"`
 	Actor     string            `json:"actor,omitempty"`
 	Provider  string            `json:"provider,omitempty"`
+	User      string            `json:"user,omitempty"`
 	Outcome   string            `json:"outcome"`
 	Reason    string            `json:"reason,omitempty"`
 	RequestID string            `json:"request_id,omitempty"`
@@ -445,7 +510,7 @@ type eventData struct {
 // Payload is the JSON body delivered for ev.
 func Payload(ev *repository.AuditEvent) string {
 	p := payload{Type: ev.EventType, Timestamp: ev.CreatedAt.UTC(), Data: eventData{
-		Name: resname.AuditEventName(ev.TenantID, ev.UID), EventType: ev.EventType, Actor: ev.Actor,
+		Name: resname.AuditEventName(ev.TenantID, ev.UID), EventType: ev.EventType, Actor: ev.Actor, User: ev.UserID,
 		Outcome: outcomeName(domain.Outcome(ev.Outcome)), Reason: ev.Reason, RequestID: ev.RequestID}}
 	if ev.ProviderID != "" {
 		p.Data.Provider = resname.ProviderName(ev.TenantID, ev.ProviderID)
@@ -465,7 +530,35 @@ const (
 	untried = iota
 	delivered
 	failed
+	// straggling: still being sent when attemptAll returned at its cut;
+	// the outcome comes later, on attempts.late.
+	straggling
 )
+
+// States of one delivery while attemptAll runs (besides the outcomes).
+const (
+	sending = iota + 100 // an attempt is under way
+	cutOff               // never to start: attemptAll returned at its cut
+)
+
+// attempts is what attemptAll returns.
+type attempts struct {
+	// result is each delivery's outcome: untried, delivered, failed or
+	// straggling.
+	result []int
+	// late carries the outcome of each straggling delivery when its
+	// attempt ends (the delivery itself, as attempt left it, may be read
+	// once its outcome arrived), and is closed when every attempt has.
+	late <-chan lateAttempt
+	// stragglers are the straggling deliveries' indices.
+	stragglers []int
+}
+
+// lateAttempt is the outcome of a straggling delivery: delivered or not.
+type lateAttempt struct {
+	i  int
+	ok bool
+}
 
 // attemptAll attempts the deliveries ds not skipped, up to Workers groups
 // at once; the deliveries of one group (endpoint and provider) go one after
@@ -474,8 +567,13 @@ const (
 // skipped delivery. No attempt starts unless mayStart says so. Each endpoint's secrets
 // are opened once. It returns each delivery's outcome; a failed one has
 // its next attempt (or the dead state) set.
+//
+// When cut fires before every group is done (a slow endpoint), it returns
+// at once: no attempt starts any more, those under way are straggling and
+// end in the background, reporting on late. Until a delivery's outcome is
+// known (here or on late) its entry of ds belongs to its attempt.
 func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDelivery, endpoints map[endpointKey]*repository.WebhookEndpoint,
-	skip []bool, mayStart func(time.Time) bool) []int {
+	skip []bool, mayStart func(time.Time) bool, cut <-chan time.Time) attempts {
 	var order []string
 	groups := map[string][]int{}
 	for i, dl := range ds {
@@ -494,31 +592,68 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 			secs[k] = d.secrets(ep)
 		}
 	}
-	result := make([]int, len(ds))
+	// state[i] goes untried -> sending -> delivered or failed, by its
+	// group's goroutine; the cut moves untried to cutOff and sending to
+	// straggling, so each compare-and-swap decides who owns the outcome.
+	state := make([]atomic.Int32, len(ds))
+	late := make(chan lateAttempt, len(ds))
 	sem := make(chan struct{}, d.cfg.Workers)
 	var wg sync.WaitGroup
-	for _, k := range order {
-		idx := groups[k]
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			for _, i := range idx {
-				if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) {
-					return
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, k := range order {
+			idx := groups[k]
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				for _, i := range idx {
+					if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) || !state[i].CompareAndSwap(untried, sending) {
+						return
+					}
+					dl := &ds[i]
+					key := endpointKey{dl.TenantID, dl.EndpointID}
+					ok := d.attempt(ctx, dl, endpoints[key], secs[key])
+					out := int32(failed)
+					if ok {
+						out = delivered
+					}
+					if !state[i].CompareAndSwap(sending, out) {
+						late <- lateAttempt{i, ok} // cut meanwhile: straggling
+					}
+					if !ok {
+						return
+					}
 				}
-				dl := &ds[i]
-				key := endpointKey{dl.TenantID, dl.EndpointID}
-				if !d.attempt(ctx, dl, endpoints[key], secs[key]) {
-					result[i] = failed
-					return
-				}
-				result[i] = delivered
+			}()
+		}
+	}()
+	all := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(late)
+		close(all)
+	}()
+	res := attempts{result: make([]int, len(ds)), late: late}
+	select {
+	case <-all:
+	case <-cut:
+		for i := range state {
+			if !state[i].CompareAndSwap(untried, cutOff) && state[i].CompareAndSwap(sending, straggling) {
+				res.stragglers = append(res.stragglers, i)
 			}
-		}()
+		}
 	}
-	wg.Wait()
-	return result
+	for i := range state {
+		switch v := int(state[i].Load()); v {
+		case delivered, failed, straggling:
+			res.result[i] = v
+		default:
+			res.result[i] = untried
+		}
+	}
+	return res
 }
 
 // deliverClaimed attempts the claimed deliveries (see attemptAll) and
@@ -539,7 +674,7 @@ func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.We
 	// New attempts start only in the first half of the lease, so that the
 	// last one ends (within the sender's timeout) while it is still held.
 	until := d.now().Add(d.cfg.Lease / 2)
-	result := d.attemptAll(ctx, claimed, endpoints, nil, until.After)
+	result := d.attemptAll(ctx, claimed, endpoints, nil, until.After, nil).result
 	if ctx.Err() != nil {
 		return // shutting down: the leases expire and the attempts are made again
 	}
@@ -686,4 +821,12 @@ func (d *Dispatcher) backoff(n int) time.Duration {
 		exp = float64(d.cfg.BackoffMax)
 	}
 	return time.Duration(exp/2 + mrand.Float64()*exp/2)
+}
+
+// randomToken returns 8 random hex digits, telling one lease of this
+// process from its others.
+func randomToken() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -21,7 +21,7 @@ func TestRoute(t *testing.T) {
 	at := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
 	d := &Dispatcher{now: func() time.Time { return at }, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ev := &repository.AuditEvent{ID: 7, TxID: 99, UID: "0123456789abcdef0123456789abcdef", TenantID: "acme", CreatedAt: at,
-		EventType: "oauth.reauth_required", ProviderID: "linear", Outcome: 2, Reason: "INVALID_GRANT", Details: `{"k":"v"}`}
+		EventType: "oauth.reauth_required", ProviderID: "linear", UserID: "alice@acme", Outcome: 2, Reason: "INVALID_GRANT", Details: `{"k":"v"}`}
 	eps := []repository.WebhookEndpoint{
 		{TenantID: "acme", ID: "all", CreatedAt: at.Add(-time.Hour)},
 		{TenantID: "acme", ID: "reauth", EventTypes: "provider.created,oauth.reauth_required", CreatedAt: at.Add(-time.Hour)},
@@ -43,15 +43,15 @@ func TestRoute(t *testing.T) {
 		Type      string    `json:"type"`
 		Timestamp time.Time `json:"timestamp"`
 		Data      struct {
-			Name, EventType, Provider, Outcome, Reason string
-			Details                                    map[string]string
+			Name, EventType, Provider, User, Outcome, Reason string
+			Details                                          map[string]string
 		} `json:"data"`
 	}
 	if err := json.Unmarshal([]byte(out[0].Payload), &body); err != nil {
 		t.Fatal(err)
 	}
 	if body.Type != "oauth.reauth_required" || !body.Timestamp.Equal(at) || body.Data.Name != "tenants/acme/auditEvents/"+ev.UID ||
-		body.Data.Provider != "tenants/acme/providers/linear" || body.Data.Outcome != "FAILURE" || body.Data.Reason != "INVALID_GRANT" ||
+		body.Data.Provider != "tenants/acme/providers/linear" || body.Data.User != "alice@acme" || body.Data.Outcome != "FAILURE" || body.Data.Reason != "INVALID_GRANT" ||
 		body.Data.Details["k"] != "v" {
 		t.Errorf("payload %s", out[0].Payload)
 	}
