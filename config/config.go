@@ -313,6 +313,9 @@ func (c *Config) validate() error {
 	if c.AuditWait < 10*time.Millisecond || c.AuditWait > 30*time.Second {
 		errs = append(errs, errors.New("MCPAUTH_AUDIT_WAIT must be between 10ms and 30s"))
 	}
+	if c.AuditRetentionInterval < time.Second || c.AuditRetentionInterval > 24*time.Hour {
+		errs = append(errs, errors.New("MCPAUTH_AUDIT_RETENTION_INTERVAL must be between 1s and 24h"))
+	}
 	if c.DPoPRetryInterval < time.Second || c.DPoPRetryInterval > 24*time.Hour {
 		errs = append(errs, errors.New("MCPAUTH_DPOP_RETRY_INTERVAL must be between 1s and 24h"))
 	}

@@ -65,6 +65,8 @@ func TestInvalid(t *testing.T) {
 		"cache ttl":                 {"MCPAUTH_TOKEN_CACHE_TTL": "1h"},
 		"origin with path":          {"MCPAUTH_RETURN_ORIGINS": "https://console.example/app"},
 		"bad duration":              {"MCPAUTH_FLOW_TTL": "soon"},
+		"no retention interval":     {"MCPAUTH_AUDIT_RETENTION_INTERVAL": "0s"},
+		"negative retention":        {"MCPAUTH_AUDIT_RETENTION_INTERVAL": "-1m"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

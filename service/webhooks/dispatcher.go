@@ -33,7 +33,8 @@ type DispatchConfig struct {
 	// nothing wakes the dispatcher (default 250 ms).
 	Poll time.Duration
 	// BackoffBase is the first retry delay (default 1 s); each retry
-	// doubles it, with full jitter, up to BackoffMax (default 10 min).
+	// doubles it, up to BackoffMax (default 10 min); each delay is drawn
+	// between half and all of that (jitter).
 	BackoffBase, BackoffMax time.Duration
 	// MaxAttempts after which a delivery is dead (default 30, about four
 	// hours at the default backoff).
