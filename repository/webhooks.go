@@ -478,16 +478,18 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 		if err := moveFanOutCursor(tx, b, now, lease); err != nil {
 			return err
 		}
-		ds, err := toLiveEndpoints(tx, ds)
-		if err != nil || len(ds) == 0 {
+		live, err := toLiveEndpoints(tx, ds)
+		if err != nil || len(live) == 0 {
 			return err
 		}
 		// The conflict target names the delivery's key, so that only that
 		// index is probed before each insert (without one, every unique
 		// index is, the primary key too).
-		if err := tx.Clauses(clause.OnConflict{Columns: deliveryKey, DoNothing: true}).CreateInBatches(ds, recordBatch).Error; err != nil {
+		if err := tx.Clauses(clause.OnConflict{Columns: deliveryKey, DoNothing: true}).CreateInBatches(live, recordBatch).Error; err != nil {
 			return err
 		}
+		// The caller's slice (live may be a copy): a delivery dropped with
+		// its endpoint is not found, and keeps no id.
 		return leasedIDs(tx, ds)
 	})
 	if err != nil {
@@ -498,33 +500,24 @@ func (s *Store) RecordFanOut(ctx context.Context, b *FanOutBatch, ds []WebhookDe
 
 // leasedIDs sets the row id of each delivery of ds recorded leased (a
 // straggler, whose outcome is recorded by id and lease when its attempt
-// ends), read back by its lease token, and 0 where the insert kept a row
-// already there: that row is not the caller's to finish.
+// ends), read back by its key (the unique index; there are at most a few
+// stragglers a batch), and 0 where the row there is not leased with its
+// token: the insert kept a row already there, which is not the caller's
+// to finish.
 func leasedIDs(tx *gorm.DB, ds []WebhookDelivery) error {
-	var tokens []string
 	for i := range ds {
-		if ds[i].LeaseOwner != "" {
-			ds[i].ID = 0
-			if !slices.Contains(tokens, ds[i].LeaseOwner) {
-				tokens = append(tokens, ds[i].LeaseOwner)
-			}
+		d := &ds[i]
+		if d.LeaseOwner == "" {
+			continue
 		}
-	}
-	if len(tokens) == 0 {
-		return nil
-	}
-	var rows []WebhookDelivery
-	if err := tx.Select("id, tenant_id, endpoint_id, event_uid, lease_owner").Where("lease_owner IN ?", tokens).Find(&rows).Error; err != nil {
-		return err
-	}
-	type key struct{ tenant, endpoint, event, token string }
-	ids := make(map[key]int64, len(rows))
-	for _, r := range rows {
-		ids[key{r.TenantID, r.EndpointID, r.EventUID, r.LeaseOwner}] = r.ID
-	}
-	for i := range ds {
-		if d := &ds[i]; d.LeaseOwner != "" {
-			d.ID = ids[key{d.TenantID, d.EndpointID, d.EventUID, d.LeaseOwner}]
+		var rows []WebhookDelivery
+		if err := tx.Select("id, lease_owner").Where("tenant_id = ? AND endpoint_id = ? AND event_uid = ?", d.TenantID, d.EndpointID, d.EventUID).
+			Limit(1).Find(&rows).Error; err != nil {
+			return err
+		}
+		d.ID = 0
+		if len(rows) == 1 && rows[0].LeaseOwner == d.LeaseOwner {
+			d.ID = rows[0].ID
 		}
 	}
 	return nil

@@ -536,3 +536,50 @@ func TestClaimTakesOverExpiredLeases(t *testing.T) {
 		}
 	})
 }
+
+// TestFanOutRecordReadsBackLeasedIDs: a delivery recorded leased (a
+// straggler still being sent) gets its row id back, to be finished by,
+// also when another endpoint of the batch was deleted meanwhile (its
+// deliveries dropped from the insert); a delivery leased by another token
+// (a row already there) gets none.
+func TestFanOutRecordReadsBackLeasedIDs(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		now := time.Now().UTC()
+		createEndpoint(t, s, now)
+		wantNoErr(t, s.CreateWebhookEndpoint(ctx, &WebhookEndpoint{TenantID: "t", ID: "gone", URL: "https://g.example/",
+			Secret: []byte("ct"), KeyID: 1, Version: 1, CreatedAt: now.Add(-time.Hour), UpdatedAt: now}), "CreateWebhookEndpoint gone")
+		appendEvents(t, s, "p", "q")
+		b, ds := leaseAll(t, s, "me", 2, now)
+		until := now.Add(time.Minute)
+		var straggler int
+		for i := range ds {
+			switch {
+			case ds[i].EndpointID == "e" && ds[i].ProviderID == "p":
+				straggler = i
+				ds[i].LeaseOwner, ds[i].LeaseUntil = "me/s1", &until
+			default:
+				ds[i].State, ds[i].Attempts, ds[i].LastStatus = DeliveryDelivered, 1, 204
+			}
+		}
+		wantNoErr(t, s.DeleteWebhookEndpoint(ctx, "t", "gone"), "DeleteWebhookEndpoint mid-batch")
+		wantNoErr(t, s.RecordFanOut(ctx, b, ds, now, time.Minute), "RecordFanOut")
+		if ds[straggler].ID == 0 {
+			t.Fatal("the straggler's row id was not read back")
+		}
+		var row WebhookDelivery
+		wantNoErr(t, s.db.Where("id = ?", ds[straggler].ID).First(&row).Error, "read the straggler's row")
+		if row.EventUID != ds[straggler].EventUID || row.EndpointID != "e" || row.LeaseOwner != "me/s1" || row.State != DeliveryPending {
+			t.Fatalf("row %d is %+v, not the straggler's pending leased delivery", ds[straggler].ID, row)
+		}
+		done := ds[straggler]
+		done.LastStatus = 204
+		wantNoErr(t, s.FinishDelivered(ctx, []WebhookDelivery{done}), "FinishDelivered")
+		counts, err := s.DeliveryCounts(ctx, "t", "e")
+		wantNoErr(t, err, "DeliveryCounts")
+		if counts[DeliveryPending] != 0 || counts[DeliveryDelivered] != 2 {
+			t.Fatalf("counts %v after finishing the straggler, want 2 delivered", counts)
+		}
+	})
+}

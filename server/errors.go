@@ -49,19 +49,32 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	// error): the caller's own outcome, not the service's error. Nobody
 	// reads the answer; the metrics and the log must not count it as an
 	// internal error.
+	//
+	// A cancellation is the caller's alone. A deadline error is ambiguous
+	// (a detached step with its own timeout, such as storing tokens
+	// already obtained, fails the same way), so it is still logged as its
+	// classification says.
 	if cerr := ctx.Err(); cerr != nil && errors.Is(err, cerr) {
-		code := codes.Canceled
-		if errors.Is(cerr, context.DeadlineExceeded) {
-			code = codes.DeadlineExceeded
+		e, _ := apperr.As(err)
+		if errors.Is(cerr, context.Canceled) {
+			log.DebugContext(ctx, "call cancelled by its caller", errAttrs(ctx, err, e)...)
+			return status.Error(codes.Canceled, cerr.Error())
 		}
-		log.DebugContext(ctx, "call ended by its caller", errAttrs(ctx, err, nil)...)
-		return status.Error(code, cerr.Error())
+		switch {
+		case e == nil:
+		case e.Kind == apperr.KindInternal:
+			log.ErrorContext(ctx, "internal error", errAttrs(ctx, err, e)...)
+		case e.Err != nil:
+			log.WarnContext(ctx, "call failed", errAttrs(ctx, err, e)...)
+		}
+		return status.Error(codes.DeadlineExceeded, cerr.Error())
 	}
 	msg := apperr.PublicMessage(err)
 	e, ok := apperr.As(err)
 	if !ok {
-		// Only an unclassified context error is the caller's own deadline
-		// or cancellation; a classified error (an upstream timeout mapped to
+		// The caller still waits (else the branch above answered): an
+		// unclassified context error is a step's own deadline or
+		// cancellation; a classified error (an upstream timeout mapped to
 		// UNAVAILABLE, say) keeps its code even if it wraps one.
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):

@@ -244,10 +244,12 @@ func TestToStatusUnknownKindIsInternal(t *testing.T) {
 }
 
 // TestToStatusCallerGone: a call that failed because its caller cancelled
-// or ran out of time answers CANCELED or DEADLINE_EXCEEDED and logs no
-// error, however a layer classified the failure (an outside load test saw
-// cancelled StartAuthorization calls counted and logged as INTERNAL). The
-// same error while the caller still waits keeps its classification.
+// or ran out of time answers CANCELED or DEADLINE_EXCEEDED, however a layer
+// classified the failure (an outside load test saw cancelled
+// StartAuthorization calls counted and logged as INTERNAL). A cancellation
+// logs nothing above debug; a deadline is still logged as classified (an
+// internal step with its own timeout fails the same way). The same error
+// while the caller still waits keeps its classification.
 func TestToStatusCallerGone(t *testing.T) {
 	t.Parallel()
 	canceled, cancel := context.WithCancel(context.Background())
@@ -263,8 +265,11 @@ func TestToStatusCallerGone(t *testing.T) {
 	}{
 		{"store write cut short by the caller's cancel", canceled,
 			apperr.Internal(fmt.Errorf("statestore: put: %w", context.Canceled), "flow state store"), codes.Canceled, 0},
-		{"caller's deadline inside an unavailable", expired,
-			apperr.Unavailable(fmt.Errorf("read: %w", context.DeadlineExceeded), "database unreachable"), codes.DeadlineExceeded, 0},
+		{"caller's deadline inside an unavailable: its code, still logged", expired,
+			apperr.Unavailable(fmt.Errorf("read: %w", context.DeadlineExceeded), "database unreachable"), codes.DeadlineExceeded, 1},
+		{"deadline of an internal step: its code, still an error in the log", expired,
+			apperr.Internal(fmt.Errorf("store tokens: %w", context.DeadlineExceeded), "tokens obtained but not stored"), codes.DeadlineExceeded, 1},
+		{"caller's own deadline, unclassified: no log", expired, fmt.Errorf("read: %w", context.DeadlineExceeded), codes.DeadlineExceeded, 0},
 		{"caller still waiting: still internal", context.Background(),
 			apperr.Internal(fmt.Errorf("statestore: put: %w", context.Canceled), "flow state store"), codes.Internal, 1},
 		{"cancelled caller, unrelated failure: still internal", canceled,

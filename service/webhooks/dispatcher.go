@@ -42,7 +42,8 @@ type DispatchConfig struct {
 	// Lease keeps other replicas off a delivery being attempted (default
 	// 30 s; longer than the sender's timeout).
 	Lease time.Duration
-	// Workers deliver in parallel (default 32).
+	// Workers bounds the attempts in flight at once (default 32), the
+	// fan-out's and the claims' together, slow ones included.
 	Workers int
 	// FanOutLease keeps other replicas off the feed while one fans out
 	// (default 5 s), renewed every third of it while sending: after a
@@ -79,6 +80,9 @@ type Dispatcher struct {
 	// stragglers counts the records under way with their straggling
 	// attempts, which Run waits for before it returns.
 	stragglers sync.WaitGroup
+	// workers bounds the attempts in flight, stragglers included, of all
+	// the fan-out's and the claims' batches together (Workers groups).
+	workers chan struct{}
 }
 
 // recording is a fan-out batch being recorded while the next one is sent.
@@ -129,7 +133,7 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
-		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1)}, nil
+		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1), workers: make(chan struct{}, cfg.Workers)}, nil
 }
 
 // fanOutBatch bounds the events routed in one transaction; claimBatch the
@@ -288,7 +292,6 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 	if len(res.stragglers) > 0 {
 		token = d.owner + "/" + randomToken()
 	}
-	until := d.now().UTC().Add(d.cfg.Lease)
 	rec := &recording{batch: b, pending: map[repository.DeliveryGroup]bool{}, done: make(chan error, 1)}
 	queued := false
 	for i := range ds {
@@ -296,7 +299,7 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		switch res.result[i] {
 		case straggling:
 			*dl = untouched[i]
-			dl.LeaseOwner, dl.LeaseUntil = token, &until
+			dl.LeaseOwner = token // and its end, when the record starts
 		case delivered:
 			*dl = ds[i]
 			dl.State, dl.Attempts, dl.LastError = repository.DeliveryDelivered, 1, ""
@@ -314,51 +317,85 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 	if prev != nil {
 		d.inflight = nil
 		if err := <-prev.done; err != nil {
-			return 0 // b is dropped: the next fan-out sends it again
+			// b is dropped: the next fan-out sends it again, once b's own
+			// attempts have ended (never two sends of a delivery at once,
+			// nor a group's later event before its earlier one).
+			for range res.late {
+			}
+			return 0
 		}
 	}
 	d.inflight = rec
 	d.stragglers.Add(1)
 	go func() {
 		defer d.stragglers.Done()
-		err := d.record(b, recs)
-		if err == nil && queued {
-			select {
-			case d.routed <- struct{}{}:
-			default:
-			}
+		// A straggler's lease runs from its record, so that its attempt
+		// (within the sender's timeout) and its finish end inside it.
+		until := d.now().UTC().Add(d.cfg.Lease)
+		for _, i := range res.stragglers {
+			recs[i].LeaseUntil = &until
 		}
-		rec.done <- err
-		d.finishStragglers(ds, recs, res.late, err == nil)
+		err := d.record(b, recs)
+		if err != nil {
+			// The batch goes out again from the cursor: not before its
+			// attempts under way have ended.
+			for range res.late {
+			}
+			rec.done <- err
+			return
+		}
+		if queued {
+			d.wakeClaims()
+		}
+		rec.done <- nil
+		d.finishStragglers(ds, recs, res.late)
 	}()
 	return b.Scanned
 }
 
 // finishStragglers records the outcome of each straggling delivery of a
-// batch as its attempt ends (ds holds the deliveries as their attempts
-// left them, recs as the batch recorded them: pending, leased, with their
-// row ids), if the batch was recorded: otherwise it goes out again whole.
-// A straggler whose lease was taken over meanwhile is left to its new
-// holder.
-func (d *Dispatcher) finishStragglers(ds, recs []repository.WebhookDelivery, late <-chan lateAttempt, recorded bool) {
+// recorded batch as its attempt ends (ds holds the deliveries as their
+// attempts left them, recs as the batch recorded them: pending, leased,
+// with their row ids) and wakes the claims, which may now send the next
+// deliveries of its group. An attempt cut short by shutdown releases its
+// lease untried (it is made again, as attempt's other callers do); a
+// straggler whose lease was taken over meanwhile is left to its new holder.
+func (d *Dispatcher) finishStragglers(ds, recs []repository.WebhookDelivery, late <-chan lateAttempt) {
 	for la := range late {
 		row := recs[la.i]
-		if !recorded || row.ID == 0 {
-			continue
+		if row.ID == 0 {
+			continue // not recorded as this batch's (its endpoint is gone, or the row was there)
 		}
 		dl := ds[la.i]
 		dl.ID, dl.LeaseOwner = row.ID, row.LeaseOwner
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		var err error
-		if la.ok {
+		held := true
+		switch {
+		case la.canceled:
+			err = d.store.ReleaseDeliveries(ctx, []repository.WebhookDelivery{dl})
+		case la.ok:
 			err = d.store.FinishDelivered(ctx, []repository.WebhookDelivery{dl})
-		} else {
-			_, err = d.store.FinishAttempt(ctx, &dl)
+		default:
+			held, err = d.store.FinishAttempt(ctx, &dl)
 		}
 		cancel()
-		if err != nil {
-			d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
+		attrs := []any{"tenant", dl.TenantID, "endpoint", dl.EndpointID, "event_id", dl.EventUID}
+		switch {
+		case err != nil:
+			d.log.Warn("recording a webhook attempt failed; it will be made again when its lease ends", append(attrs, "err", err.Error())...)
+		case !held:
+			d.log.Info("a webhook attempt ended after its lease; the lease's new holder makes it", attrs...)
 		}
+		d.wakeClaims()
+	}
+}
+
+// wakeClaims wakes the claim loop (deliveries pending and free to go).
+func (d *Dispatcher) wakeClaims() {
+	select {
+	case d.routed <- struct{}{}:
+	default:
 	}
 }
 
@@ -559,6 +596,8 @@ type attempts struct {
 type lateAttempt struct {
 	i  int
 	ok bool
+	// canceled: the attempt was cut short by shutdown (not an answer).
+	canceled bool
 }
 
 // attemptAll attempts the deliveries ds not skipped, up to Workers groups
@@ -598,7 +637,7 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 	// straggling, so each compare-and-swap decides who owns the outcome.
 	state := make([]atomic.Int32, len(ds))
 	late := make(chan lateAttempt, len(ds))
-	sem := make(chan struct{}, d.cfg.Workers)
+	sem := d.workers
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -621,7 +660,7 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 						out = delivered
 					}
 					if !state[i].CompareAndSwap(sending, out) {
-						late <- lateAttempt{i, ok} // cut meanwhile: straggling
+						late <- lateAttempt{i: i, ok: ok, canceled: !ok && ctx.Err() != nil} // cut meanwhile: straggling
 					}
 					if !ok {
 						return
