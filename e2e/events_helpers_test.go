@@ -47,6 +47,8 @@ type evReceiver struct {
 	// beforeNext, when set, runs (once) before the next request is
 	// answered.
 	beforeNext func()
+	// delay holds every answer back this long (a slow endpoint).
+	delay time.Duration
 }
 
 func evNewReceiver(tb testing.TB) *evReceiver {
@@ -60,12 +62,13 @@ func evNewReceiver(tb testing.TB) *evReceiver {
 func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
 	r.mu.Lock()
-	before := r.beforeNext
+	before, delay := r.beforeNext, r.delay
 	r.beforeNext = nil
 	r.mu.Unlock()
 	if before != nil {
 		before()
 	}
+	time.Sleep(delay)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.tries++
@@ -102,6 +105,13 @@ func (r *evReceiver) serve(w http.ResponseWriter, req *http.Request) {
 func (r *evReceiver) setDown(down bool) {
 	r.mu.Lock()
 	r.down = down
+	r.mu.Unlock()
+}
+
+// setDelay holds every answer back by d.
+func (r *evReceiver) setDelay(d time.Duration) {
+	r.mu.Lock()
+	r.delay = d
 	r.mu.Unlock()
 }
 

@@ -317,3 +317,45 @@ func TestWebhookSlowEndpointCrash(t *testing.T) {
 		t.Errorf("messages whose signature does not verify: %v", bad)
 	}
 }
+
+// TestWebhookSlowTenantDoesNotStallOthers: a tenant whose endpoints answer
+// only after 5 s, with hundreds of deliveries to make, holds at most its
+// share of the workers (a quarter): another tenant's event is delivered
+// meanwhile, long before the slow answers come.
+func TestWebhookSlowTenantDoesNotStallOthers(t *testing.T) {
+	t.Parallel()
+	dsn := testenv.PostgresDSN(t)
+	env := evEnv(map[string]string{"MCPAUTH_WEBHOOK_TIMEOUT": "8s"})
+	a := evSpawn(t, dsn, t.TempDir(), env)
+	s := &Service{Conn: a.conn, AdminKey: a.key}
+	slow := evNewReceiver(t)
+	slow.setDelay(5 * time.Second)
+	// Each endpoint's creation is an event (about no provider: not
+	// ordered, each its own group) for every endpoint already there:
+	// about 40 x 40 / 2 slow deliveries.
+	for i := range 40 {
+		evCreateEndpoint(t, s, "slowco", fmt.Sprintf("slow%d", i), slow)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for slow.attempts() < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d attempts at the slow tenant's endpoints", slow.attempts())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fast := evNewReceiver(t)
+	evCreateEndpoint(t, s, "fastco", "fast", fast)
+	start := time.Now()
+	if _, err := s.Providers().CreateProvider(Ctx(t, s.AdminKey), &mcpauthv1.CreateProviderRequest{Parent: "tenants/fastco",
+		ProviderId: "p", Provider: provNewProvider("p")}); err != nil {
+		t.Fatal(err)
+	}
+	evs := evAuditNames(t, s, "fastco")
+	fast.waitFor(t, []string{evs[len(evs)-1].GetName()}, 30*time.Second)
+	took := time.Since(start)
+	t.Logf("the other tenant's event was delivered %s after its change, while the slow tenant's answers take 5 s", took.Round(time.Millisecond))
+	// Behind the slow tenant's sends it would wait for their 5 s answers.
+	if took > 4*time.Second {
+		t.Errorf("the other tenant's event took %s: it waited for the slow tenant's sends", took.Round(time.Millisecond))
+	}
+}

@@ -744,13 +744,21 @@ func (s *Store) ClaimDeliveries(ctx context.Context, owner string, now time.Time
 }
 
 // ReleaseDeliveries gives back the leases of deliveries not attempted (the
-// followers of a failed delivery in their group), unchanged otherwise.
+// followers of a failed delivery in their group, or of a tenant whose
+// share of the workers was in use), unchanged otherwise: one statement per
+// lease token (and thousand deliveries).
 func (s *Store) ReleaseDeliveries(ctx context.Context, ds []WebhookDelivery) error {
+	byToken := map[string][]int64{}
 	for _, d := range ds {
-		err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id = ? AND lease_owner = ?", d.ID, d.LeaseOwner).
-			Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
-		if err != nil {
-			return dbErr(err, "release deliveries")
+		byToken[d.LeaseOwner] = append(byToken[d.LeaseOwner], d.ID)
+	}
+	for token, ids := range byToken {
+		for chunk := range slices.Chunk(ids, groupTuples) {
+			err := s.db.WithContext(ctx).Model(&WebhookDelivery{}).Where("id IN ? AND lease_owner = ?", chunk, token).
+				Updates(map[string]any{"lease_owner": "", "lease_until": nil}).Error
+			if err != nil {
+				return dbErr(err, "release deliveries")
+			}
 		}
 	}
 	return nil

@@ -83,6 +83,11 @@ type Dispatcher struct {
 	// workers bounds the attempts in flight, stragglers included, of all
 	// the fan-out's and the claims' batches together (Workers groups).
 	workers chan struct{}
+	// tenantInFlight counts each tenant's attempts in flight, up to
+	// tenantShare (see takeTenantSlot).
+	tenantMu       sync.Mutex
+	tenantInFlight map[string]int
+	tenantShare    int
 }
 
 // recording is a fan-out batch being recorded while the next one is sent.
@@ -133,7 +138,8 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
-		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1), workers: make(chan struct{}, cfg.Workers)}, nil
+		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1), workers: make(chan struct{}, cfg.Workers),
+		tenantInFlight: map[string]int{}, tenantShare: max(1, cfg.Workers/4)}, nil
 }
 
 // fanOutBatch bounds the events routed in one transaction; claimBatch the
@@ -318,8 +324,11 @@ func (d *Dispatcher) fanOut(ctx context.Context) int {
 		d.inflight = nil
 		if err := <-prev.done; err != nil {
 			// b is dropped: the next fan-out sends it again, once b's own
-			// attempts have ended (never two sends of a delivery at once,
-			// nor a group's later event before its earlier one).
+			// attempts have ended (this process never sends a delivery
+			// twice at once, nor a group's later event before its earlier
+			// one; the fan-out's lease is no longer renewed meanwhile, so a
+			// wait longer than it lets another replica take the feed over
+			// and send the batch again: at least once).
 			for range res.late {
 			}
 			return 0
@@ -479,10 +488,33 @@ func (d *Dispatcher) deliverDue(ctx context.Context) int {
 	if err != nil && ctx.Err() == nil {
 		d.log.Warn("claiming webhook deliveries failed; retrying", "err", err.Error())
 	}
-	if len(claimed) > 0 {
-		d.deliverClaimed(ctx, claimed)
+	if len(claimed) == 0 {
+		return 0
 	}
-	return len(claimed)
+	return d.deliverClaimed(ctx, claimed)
+}
+
+// takeTenantSlot takes one of the tenant's share of the attempts in flight
+// (a quarter of Workers), reporting false when it is all in use: one
+// tenant's slow or hanging endpoints hold at most that share of the
+// workers, and the other tenants' deliveries keep going.
+func (d *Dispatcher) takeTenantSlot(tenant string) bool {
+	d.tenantMu.Lock()
+	defer d.tenantMu.Unlock()
+	if d.tenantInFlight[tenant] >= d.tenantShare {
+		return false
+	}
+	d.tenantInFlight[tenant]++
+	return true
+}
+
+// releaseTenantSlot gives back a slot takeTenantSlot gave.
+func (d *Dispatcher) releaseTenantSlot(tenant string) {
+	d.tenantMu.Lock()
+	defer d.tenantMu.Unlock()
+	if d.tenantInFlight[tenant]--; d.tenantInFlight[tenant] <= 0 {
+		delete(d.tenantInFlight, tenant)
+	}
 }
 
 // route creates an event's deliveries: one per endpoint of its tenant that
@@ -638,23 +670,36 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 	state := make([]atomic.Int32, len(ds))
 	late := make(chan lateAttempt, len(ds))
 	sem := d.workers
+	stopped := make(chan struct{}) // closed at the cut: launch no more groups
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for _, k := range order {
 			idx := groups[k]
-			sem <- struct{}{}
+			select {
+			case sem <- struct{}{}:
+			case <-stopped:
+				return
+			}
 			wg.Add(1)
 			go func() {
 				defer func() { <-sem; wg.Done() }()
 				for _, i := range idx {
-					if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) || !state[i].CompareAndSwap(untried, sending) {
+					if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) {
 						return
 					}
 					dl := &ds[i]
+					if !d.takeTenantSlot(dl.TenantID) {
+						return // the tenant's share is in use: untried, for a later claim
+					}
+					if !state[i].CompareAndSwap(untried, sending) {
+						d.releaseTenantSlot(dl.TenantID)
+						return
+					}
 					key := endpointKey{dl.TenantID, dl.EndpointID}
 					ok := d.attempt(ctx, dl, endpoints[key], secs[key])
+					d.releaseTenantSlot(dl.TenantID)
 					out := int32(failed)
 					if ok {
 						out = delivered
@@ -679,6 +724,7 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 	select {
 	case <-all:
 	case <-cut:
+		close(stopped)
 		for i := range state {
 			if !state[i].CompareAndSwap(untried, cutOff) && state[i].CompareAndSwap(sending, straggling) {
 				res.stragglers = append(res.stragglers, i)
@@ -698,8 +744,10 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 
 // deliverClaimed attempts the claimed deliveries (see attemptAll) and
 // records the outcomes: the delivered ones in one statement, the failed
-// ones one by one with their next attempt, the untried ones released.
-func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.WebhookDelivery) {
+// ones one by one with their next attempt, the untried ones released. It
+// returns how many it attempted (none when their tenants' shares of the
+// workers are in use: the claims then wait for the next poll or wake-up).
+func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.WebhookDelivery) int {
 	endpoints := map[endpointKey]*repository.WebhookEndpoint{}
 	for _, dl := range claimed {
 		k := endpointKey{dl.TenantID, dl.EndpointID}
@@ -716,18 +764,21 @@ func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.We
 	until := d.now().Add(d.cfg.Lease / 2)
 	result := d.attemptAll(ctx, claimed, endpoints, nil, until.After, nil).result
 	if ctx.Err() != nil {
-		return // shutting down: the leases expire and the attempts are made again
+		return 0 // shutting down: the leases expire and the attempts are made again
 	}
+	attempted := 0
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	var done, release []repository.WebhookDelivery
 	for i := range claimed {
 		switch result[i] {
 		case delivered:
+			attempted++
 			done = append(done, claimed[i])
 		case untried:
 			release = append(release, claimed[i])
 		case failed:
+			attempted++
 			if _, err := d.store.FinishAttempt(fctx, &claimed[i]); err != nil {
 				d.log.Warn("recording a webhook attempt failed; it will be made again", "err", err.Error())
 			}
@@ -743,6 +794,7 @@ func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.We
 			d.log.Warn("releasing webhook deliveries failed; their leases expire", "err", err.Error())
 		}
 	}
+	return attempted
 }
 
 // attempt sends one delivery signed with secs and reports whether it was
