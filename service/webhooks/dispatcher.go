@@ -42,8 +42,9 @@ type DispatchConfig struct {
 	// Lease keeps other replicas off a delivery being attempted (default
 	// 30 s; longer than the sender's timeout).
 	Lease time.Duration
-	// Workers bounds the attempts in flight at once (default 32), the
-	// fan-out's and the claims' together, slow ones included.
+	// Workers bounds the attempts in flight of one batch (default 32);
+	// a batch's slow sends keep theirs after its straggler wait, so at
+	// most Workers more per Straggle of the sender's timeout are in flight.
 	Workers int
 	// FanOutLease keeps other replicas off the feed while one fans out
 	// (default 5 s), renewed every third of it while sending: after a
@@ -80,14 +81,6 @@ type Dispatcher struct {
 	// stragglers counts the records under way with their straggling
 	// attempts, which Run waits for before it returns.
 	stragglers sync.WaitGroup
-	// workers bounds the attempts in flight, stragglers included, of all
-	// the fan-out's and the claims' batches together (Workers groups).
-	workers chan struct{}
-	// tenantInFlight counts each tenant's attempts in flight, up to
-	// tenantShare (see takeTenantSlot).
-	tenantMu       sync.Mutex
-	tenantInFlight map[string]int
-	tenantShare    int
 }
 
 // recording is a fan-out batch being recorded while the next one is sent.
@@ -138,8 +131,7 @@ func NewDispatcher(store Store, cipher Cipher, send Sender, log *slog.Logger, no
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Dispatcher{store: store, cipher: cipher, send: send, log: log, now: now, wake: wake, cfg: cfg,
-		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1), workers: make(chan struct{}, cfg.Workers),
-		tenantInFlight: map[string]int{}, tenantShare: max(1, cfg.Workers/4)}, nil
+		owner: hex.EncodeToString(b), routed: make(chan struct{}, 1)}, nil
 }
 
 // fanOutBatch bounds the events routed in one transaction; claimBatch the
@@ -494,29 +486,6 @@ func (d *Dispatcher) deliverDue(ctx context.Context) int {
 	return d.deliverClaimed(ctx, claimed)
 }
 
-// takeTenantSlot takes one of the tenant's share of the attempts in flight
-// (a quarter of Workers), reporting false when it is all in use: one
-// tenant's slow or hanging endpoints hold at most that share of the
-// workers, and the other tenants' deliveries keep going.
-func (d *Dispatcher) takeTenantSlot(tenant string) bool {
-	d.tenantMu.Lock()
-	defer d.tenantMu.Unlock()
-	if d.tenantInFlight[tenant] >= d.tenantShare {
-		return false
-	}
-	d.tenantInFlight[tenant]++
-	return true
-}
-
-// releaseTenantSlot gives back a slot takeTenantSlot gave.
-func (d *Dispatcher) releaseTenantSlot(tenant string) {
-	d.tenantMu.Lock()
-	defer d.tenantMu.Unlock()
-	if d.tenantInFlight[tenant]--; d.tenantInFlight[tenant] <= 0 {
-		delete(d.tenantInFlight, tenant)
-	}
-}
-
 // route creates an event's deliveries: one per endpoint of its tenant that
 // existed when the event happened and whose filter takes its type.
 func (d *Dispatcher) route(ev *repository.AuditEvent, endpoints []repository.WebhookEndpoint) []repository.WebhookDelivery {
@@ -669,7 +638,11 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 	// straggling, so each compare-and-swap decides who owns the outcome.
 	state := make([]atomic.Int32, len(ds))
 	late := make(chan lateAttempt, len(ds))
-	sem := d.workers
+	// The batch's own workers: its stragglers keep theirs after the cut,
+	// and the next batch starts with all of its own, so a slow endpoint
+	// (one tenant's) never holds back the next batch's sends (everyone
+	// else's).
+	sem := make(chan struct{}, d.cfg.Workers)
 	stopped := make(chan struct{}) // closed at the cut: launch no more groups
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -689,17 +662,12 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 					if skip != nil && skip[i] || ctx.Err() != nil || !mayStart(d.now()) {
 						return
 					}
-					dl := &ds[i]
-					if !d.takeTenantSlot(dl.TenantID) {
-						return // the tenant's share is in use: untried, for a later claim
-					}
 					if !state[i].CompareAndSwap(untried, sending) {
-						d.releaseTenantSlot(dl.TenantID)
 						return
 					}
+					dl := &ds[i]
 					key := endpointKey{dl.TenantID, dl.EndpointID}
 					ok := d.attempt(ctx, dl, endpoints[key], secs[key])
-					d.releaseTenantSlot(dl.TenantID)
 					out := int32(failed)
 					if ok {
 						out = delivered
@@ -745,8 +713,7 @@ func (d *Dispatcher) attemptAll(ctx context.Context, ds []repository.WebhookDeli
 // deliverClaimed attempts the claimed deliveries (see attemptAll) and
 // records the outcomes: the delivered ones in one statement, the failed
 // ones one by one with their next attempt, the untried ones released. It
-// returns how many it attempted (none when their tenants' shares of the
-// workers are in use: the claims then wait for the next poll or wake-up).
+// returns how many it attempted.
 func (d *Dispatcher) deliverClaimed(ctx context.Context, claimed []repository.WebhookDelivery) int {
 	endpoints := map[endpointKey]*repository.WebhookEndpoint{}
 	for _, dl := range claimed {
