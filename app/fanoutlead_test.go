@@ -1,14 +1,12 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,25 +14,8 @@ import (
 
 	"github.com/mcpauth/mcpauth/app"
 	"github.com/mcpauth/mcpauth/config"
+	"github.com/mcpauth/mcpauth/internal/testenv"
 )
-
-// lockedBuffer is a log the serving goroutines and the test share.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestFanOutLeadLogged: a serving app says once, at startup, how its
 // webhook fan-out is led: by the lock file beside its SQLite file, or by
@@ -95,7 +76,7 @@ func serveLog(t *testing.T, dataDir string) string {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testenv.LockedBuffer{}
 	a, err := app.New(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {
 		t.Fatalf("app.New: %v", err)

@@ -1,13 +1,11 @@
 package statestore_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,29 +15,11 @@ import (
 	"github.com/mcpauth/mcpauth/statestore"
 )
 
-// lockedBuffer is a bytes.Buffer safe for go-redis's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // routeRedisLogs sends go-redis's log lines to a buffer until t ends. The
 // logger is one per process: tests calling it must not be parallel.
-func routeRedisLogs(t *testing.T) *lockedBuffer {
+func routeRedisLogs(t *testing.T) *testenv.LockedBuffer {
 	t.Helper()
-	buf := &lockedBuffer{}
+	buf := &testenv.LockedBuffer{}
 	statestore.RouteRedisLogs(slog.New(slog.NewJSONHandler(buf, nil)))
 	t.Cleanup(func() { statestore.RouteRedisLogs(slog.Default()) })
 	return buf

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mcpauth/mcpauth/e2e/internal/democontrol"
+	"github.com/mcpauth/mcpauth/internal/testenv"
 	"github.com/mcpauth/mcpauth/secret"
 	"github.com/mcpauth/mcpauth/webhook"
 )
@@ -40,7 +41,7 @@ func newSecret(t *testing.T) string {
 // line), and the secret never reaches it.
 func TestReceiver(t *testing.T) {
 	t.Parallel()
-	var log lockedBuffer
+	var log testenv.LockedBuffer
 	r := New(&log)
 	srv := httptest.NewServer(r)
 	t.Cleanup(srv.Close)
@@ -243,22 +244,4 @@ func TestReceiverLogUnlocked(t *testing.T) {
 	if len(lines) != 2*n || set != n {
 		t.Errorf("log has %d lines (%d secrets set), want %d (%d):\n%s", len(lines), set, 2*n, n, log.String())
 	}
-}
-
-// lockedBuffer is a log written by the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
