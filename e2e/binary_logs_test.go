@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/json"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,15 +21,8 @@ import (
 func TestBinaryLogsAreJSONWithRedis(t *testing.T) {
 	t.Parallel()
 	_, prefix := testenv.Redis(t)
-	u, err := url.Parse(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
 	dataDir := t.TempDir()
-	p := startBinary(t, mcpauthdBinary(t), map[string]string{"MCPAUTH_REDIS_URL": u.String(), "MCPAUTH_DATA_DIR": dataDir,
+	p := startBinary(t, mcpauthdBinary(t), map[string]string{"MCPAUTH_REDIS_URL": testenv.RedisURLWithPrefix(t, prefix), "MCPAUTH_DATA_DIR": dataDir,
 		"MCPAUTH_LOG_LEVEL": "debug"})
 	raw, err := os.ReadFile(filepath.Join(dataDir, "admin.key"))
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -543,13 +542,7 @@ func TestMachineOneRequestAcrossReplicas(t *testing.T) {
 	as.RegisterMachineClient(testauthz.MachineClient{ID: "svc", Secret: "replica-secret"})
 	mcp := testauthz.NewMCPServer(t, testauthz.MCPServerOptions{Auth: as})
 	_, prefix := testenv.Redis(t)
-	ru, err := url.Parse(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := ru.Query()
-	q.Set("prefix", prefix)
-	ru.RawQuery = q.Encode()
+	redisURL := testenv.RedisURLWithPrefix(t, prefix)
 	master := make([]byte, 32)
 	_, _ = rand.Read(master)
 	fc, key := NewCaller(t, "machine-replicas", []string{"*"}, caller.ProvidersRead, caller.ProvidersWrite, caller.TokensRead)
@@ -558,7 +551,7 @@ func TestMachineOneRequestAcrossReplicas(t *testing.T) {
 	dsn := testenv.PostgresDSN(t)
 	var replicas []*Service
 	for range 3 {
-		replicas = append(replicas, Start(t, Options{DSN: dsn, RedisURL: ru.String(), Env: env,
+		replicas = append(replicas, Start(t, Options{DSN: dsn, RedisURL: redisURL, Env: env,
 			Callers: &caller.File{Callers: []caller.FileCaller{fc}}}))
 	}
 	out, err := replicas[0].Providers().CreateProvider(Ctx(t, key), &mcpauthv1.CreateProviderRequest{Parent: "tenants/acme", ProviderId: "cc",

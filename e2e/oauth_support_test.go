@@ -46,14 +46,7 @@ func oaAllowEnv(extra ...string) map[string]string {
 func oaRedis(tb testing.TB) (string, redis.UniversalClient, string) {
 	tb.Helper()
 	client, prefix := testenv.Redis(tb)
-	u, err := url.Parse(testenv.RedisURL(tb))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
-	return u.String(), client, prefix
+	return testenv.RedisURLWithPrefix(tb, prefix), client, prefix
 }
 
 // oaRedisKeys lists the keys under pattern (SCAN, never KEYS).

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -39,14 +38,7 @@ func tlStart(tb testing.TB, env map[string]string) *Service {
 		e[k] = v
 	}
 	_, prefix := testenv.Redis(tb)
-	ru, err := url.Parse(testenv.RedisURL(tb))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	q := ru.Query()
-	q.Set("prefix", prefix)
-	ru.RawQuery = q.Encode()
-	return Start(tb, Options{Postgres: true, RedisURL: ru.String(), Env: e})
+	return Start(tb, Options{Postgres: true, RedisURL: testenv.RedisURLWithPrefix(tb, prefix), Env: e})
 }
 
 // tlAuthorize runs StartAuthorization for the provider (with

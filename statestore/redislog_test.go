@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -36,14 +35,7 @@ func TestRedisStoreLogsNothingAtStart(t *testing.T) { // not parallel: see route
 	redisClient(t) // skip or fail when Redis is down
 	prefix := redisPrefix(t)
 	logs := routeRedisLogs(t)
-	u, err := url.Parse(testenv.RedisURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
-	s, err := statestore.NewRedisFromURL(u.String())
+	s, err := statestore.NewRedisFromURL(testenv.RedisURLWithPrefix(t, prefix))
 	if err != nil {
 		t.Fatalf("NewRedisFromURL: %v", err)
 	}

@@ -169,6 +169,21 @@ func RedisURL(tb testing.TB) string {
 	return DefaultRedisURL
 }
 
+// RedisURLWithPrefix returns RedisURL with its key prefix set to prefix
+// (the ?prefix= parameter mcpauth reads), for a process under test to keep
+// its keys under the test's own prefix.
+func RedisURLWithPrefix(tb testing.TB, prefix string) string {
+	tb.Helper()
+	u, err := url.Parse(RedisURL(tb))
+	if err != nil {
+		tb.Fatalf("MCPAUTH_TEST_REDIS_URL: %v", err)
+	}
+	q := u.Query()
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // Redis returns a client on RedisURL and a key prefix unique to the test
 // ("mcpauth_test:<random>:"). Tests must keep their keys under the prefix;
 // cleanup deletes them (SCAN + DEL) and closes the client.
